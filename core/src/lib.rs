@@ -1,0 +1,48 @@
+//! The shared core of cbfs: the key hierarchy, key sources and the signed
+//! key documents every tool reads.
+//!
+//! ```
+//! use cbfs_core::{AdminSecret, FsName, Keyset, ScopeLabel};
+//!
+//! // The administrator makes a root secret and its public keyset.
+//! let admin = AdminSecret::generate();
+//! let mut keyset = Keyset::new(FsName::new("projects").unwrap(), &admin);
+//! keyset.add_scope(&admin, &ScopeLabel::new("alice").unwrap()).unwrap();
+//! let signed = keyset.to_signed_bytes(&admin).unwrap();
+//!
+//! // The write path reads only the public, signed keyset.
+//! let public = Keyset::from_bytes(&signed, "keyset.json").unwrap();
+//! let alice = public.scope(&ScopeLabel::new("alice").unwrap()).unwrap();
+//! let (capsule, sealed) = umbral_pre::encrypt(alice, b"a group key").unwrap();
+//!
+//! // Only alice's scope secret opens what was sealed for alice's scope.
+//! let scope = admin.scope(&ScopeLabel::new("alice").unwrap());
+//! let opened = umbral_pre::decrypt_original(scope.secret_key(), &capsule, &sealed).unwrap();
+//! assert_eq!(&*opened, b"a group key");
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod grant;
+mod ids;
+mod keys;
+mod keyset;
+mod signed;
+mod source;
+mod user;
+
+pub use error::{Error, Result};
+pub use grant::{DelegationTerms, Grant, delegate};
+pub use ids::{FsName, ScopeLabel, UserName};
+pub use keys::{
+    AdminSecret, SEED_LEN, ScopeSecret, Seed, UserSecret, fingerprint, public_key_from_hex,
+    public_key_hex,
+};
+pub use keyset::Keyset;
+pub use signed::parse_time;
+pub use source::{KeySource, Protection, Rewrapped, Unlock};
+pub use user::UserPublic;
+
+/// Re-exported so that users of this crate name the same Umbral types.
+pub use umbral_pre;

@@ -1,0 +1,331 @@
+//! Key sources: where a secret seed lives, written the same way by every tool.
+//!
+//! - `file:PATH`: the file holds the 32-byte key and nothing else, or an age
+//!   file wrapping it (passphrase or x25519 recipients). Created 0600; a file
+//!   that group or others can read is refused, as ssh does.
+//! - `keyring:SERVICE/NAME`: the OS keyring through `keyring-core` (Linux
+//!   kernel keyutils; keys there do not survive a reboot).
+//! - `openbao:KEYNAME:PATH`: PATH holds the key wrapped by the OpenBao/Vault
+//!   transit key KEYNAME; it is unwrapped in memory at each use. The address
+//!   and token come from `BAO_ADDR`/`BAO_TOKEN` or `VAULT_ADDR`/`VAULT_TOKEN`.
+
+mod file;
+#[cfg(target_os = "linux")]
+mod keyring;
+#[cfg(feature = "kms")]
+mod openbao;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use secrecy::SecretString;
+
+use crate::error::{Error, Result};
+use crate::keys::Seed;
+
+/// Where a secret lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// A key file.
+    File(PathBuf),
+    /// An entry in the OS keyring.
+    Keyring {
+        /// The keyring service (for example `cbfs`).
+        service: String,
+        /// The entry's name within the service.
+        name: String,
+    },
+    /// A key file wrapped by an OpenBao/Vault transit key.
+    OpenBao {
+        /// The transit key's name.
+        key: String,
+        /// The file that holds the wrapped key.
+        path: PathBuf,
+    },
+}
+
+impl FromStr for KeySource {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::BadSource {
+            spec: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let Some((kind, rest)) = spec.split_once(':') else {
+            return Err(bad("it has no kind; for a key file write file:PATH"));
+        };
+        match kind {
+            "file" => {
+                if rest.is_empty() {
+                    return Err(bad("the path is empty"));
+                }
+                Ok(KeySource::File(PathBuf::from(rest)))
+            }
+            "keyring" => {
+                let (service, name) = rest
+                    .split_once('/')
+                    .ok_or_else(|| bad("write keyring:SERVICE/NAME"))?;
+                let ok = |s: &str| {
+                    !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+                };
+                if !ok(service) || !ok(name) {
+                    return Err(bad("the service and the name must be non-empty, without spaces"));
+                }
+                Ok(KeySource::Keyring {
+                    service: service.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            "openbao" | "vault" => {
+                let (key, path) = rest
+                    .split_once(':')
+                    .ok_or_else(|| bad("write openbao:KEYNAME:PATH"))?;
+                let key_ok = !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if !key_ok {
+                    return Err(bad("the transit key name must be letters, digits, '-', '_' or '.'"));
+                }
+                if path.is_empty() {
+                    return Err(bad("the path of the wrapped key is empty"));
+                }
+                Ok(KeySource::OpenBao {
+                    key: key.to_owned(),
+                    path: PathBuf::from(path),
+                })
+            }
+            _ => Err(bad("unknown kind")),
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::File(p) => write!(f, "file:{}", p.display()),
+            KeySource::Keyring { service, name } => write!(f, "keyring:{service}/{name}"),
+            KeySource::OpenBao { key, path } => write!(f, "openbao:{key}:{}", path.display()),
+        }
+    }
+}
+
+/// How a protected key may be unlocked when it is loaded.
+#[derive(Clone, Debug, Default)]
+pub struct Unlock {
+    /// An age identity file for x25519-wrapped key files.
+    pub age_identity: Option<PathBuf>,
+    /// A file holding the passphrase of passphrase-wrapped key files (0600).
+    pub passphrase_file: Option<PathBuf>,
+    /// Whether to ask for a passphrase on the terminal.
+    pub allow_prompt: bool,
+}
+
+impl Unlock {
+    /// From `CBFS_AGE_IDENTITY` and `CBFS_PASSPHRASE_FILE` (paths, never
+    /// secrets), prompting on the terminal if stdin is one.
+    pub fn from_env() -> Self {
+        use std::io::IsTerminal;
+        Unlock {
+            age_identity: std::env::var_os("CBFS_AGE_IDENTITY").map(PathBuf::from),
+            passphrase_file: std::env::var_os("CBFS_PASSPHRASE_FILE").map(PathBuf::from),
+            allow_prompt: std::io::stdin().is_terminal(),
+        }
+    }
+}
+
+/// How a new key file is protected at rest.
+#[derive(Default)]
+pub enum Protection {
+    /// The raw key, in a 0600 file.
+    #[default]
+    None,
+    /// Wrapped with age under a passphrase (scrypt).
+    Passphrase(SecretString),
+    /// Wrapped with age for these x25519 recipients (`age1...`).
+    Recipients(Vec<String>),
+}
+
+impl fmt::Debug for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Protection::None => f.write_str("None"),
+            Protection::Passphrase(_) => f.write_str("Passphrase([redacted])"),
+            Protection::Recipients(r) => f.debug_tuple("Recipients").field(r).finish(),
+        }
+    }
+}
+
+/// What a rewrap did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewrapped {
+    /// The transit key version the secret was wrapped with before.
+    pub from_version: u32,
+    /// The version it is wrapped with now.
+    pub to_version: u32,
+}
+
+impl KeySource {
+    /// Loads the seed.
+    pub fn load(&self, unlock: &Unlock) -> Result<Seed> {
+        let seed = match self {
+            KeySource::File(path) => file::load(path, unlock),
+            KeySource::Keyring { service, name } => keyring_load(service, name),
+            KeySource::OpenBao { key, path } => kms_load(key, path),
+        }?;
+        tracing::debug!(source = %self, "loaded key");
+        Ok(seed)
+    }
+
+    /// Stores a new seed. Refuses to overwrite an existing key.
+    ///
+    /// `protection` applies to `file:` sources; the keyring and the KMS
+    /// protect the key themselves.
+    pub fn store_new(&self, seed: &Seed, protection: &Protection) -> Result<()> {
+        if !matches!(protection, Protection::None) && !matches!(self, KeySource::File(_)) {
+            return Err(Error::BadSource {
+                spec: self.to_string(),
+                reason: "age protection applies to file: sources only".into(),
+            });
+        }
+        match self {
+            KeySource::File(path) => file::store_new(path, seed, protection),
+            KeySource::Keyring { service, name } => keyring_store(service, name, seed),
+            KeySource::OpenBao { key, path } => kms_store(key, path, seed),
+        }?;
+        tracing::debug!(source = %self, "stored new key");
+        Ok(())
+    }
+
+    /// Moves an OpenBao-wrapped key to the transit key's newest version.
+    pub fn rewrap(&self) -> Result<Rewrapped> {
+        match self {
+            KeySource::OpenBao { key, path } => kms_rewrap(key, path),
+            _ => Err(Error::BadSource {
+                spec: self.to_string(),
+                reason: "only openbao: sources can be rewrapped".into(),
+            }),
+        }
+    }
+
+    /// A warning about how long the key lives there, if the user should hear one.
+    pub fn durability_note(&self) -> Option<&'static str> {
+        match self {
+            KeySource::Keyring { .. } => Some(
+                "keys in the Linux kernel keyring live in memory only: they do not survive a reboot, \
+                 and the persistent keyring expires after 3 days unused. Keep a durable copy, \
+                 for example: cbfs-keytool copy --from keyring:SERVICE/NAME --to file:PATH --protect passphrase",
+            ),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn keyring_load(service: &str, name: &str) -> Result<Seed> {
+    keyring::load(service, name)
+}
+#[cfg(target_os = "linux")]
+fn keyring_store(service: &str, name: &str, seed: &Seed) -> Result<()> {
+    keyring::store_new(service, name, seed)
+}
+#[cfg(not(target_os = "linux"))]
+fn keyring_load(service: &str, name: &str) -> Result<Seed> {
+    Err(Error::Keyring {
+        location: format!("keyring:{service}/{name}"),
+        reason: "this build supports the Linux kernel keyring only".into(),
+    })
+}
+#[cfg(not(target_os = "linux"))]
+fn keyring_store(service: &str, name: &str, _seed: &Seed) -> Result<()> {
+    keyring_load(service, name).map(|_| ())
+}
+
+#[cfg(feature = "kms")]
+fn kms_load(key: &str, path: &std::path::Path) -> Result<Seed> {
+    openbao::load(key, path)
+}
+#[cfg(feature = "kms")]
+fn kms_store(key: &str, path: &std::path::Path, seed: &Seed) -> Result<()> {
+    openbao::store_new(key, path, seed)
+}
+#[cfg(feature = "kms")]
+fn kms_rewrap(key: &str, path: &std::path::Path) -> Result<Rewrapped> {
+    openbao::rewrap(key, path)
+}
+#[cfg(not(feature = "kms"))]
+fn no_kms(key: &str, path: &std::path::Path) -> Error {
+    Error::Kms {
+        op: "use",
+        location: format!("openbao:{key}:{}", path.display()),
+        reason: "this tool is built without network access; unwrap the key with cbfs-keytool copy --to file:PATH first".into(),
+        transient: false,
+    }
+}
+#[cfg(not(feature = "kms"))]
+fn kms_load(key: &str, path: &std::path::Path) -> Result<Seed> {
+    Err(no_kms(key, path))
+}
+#[cfg(not(feature = "kms"))]
+fn kms_store(key: &str, path: &std::path::Path, _seed: &Seed) -> Result<()> {
+    Err(no_kms(key, path))
+}
+#[cfg(not(feature = "kms"))]
+fn kms_rewrap(key: &str, path: &std::path::Path) -> Result<Rewrapped> {
+    Err(no_kms(key, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind() {
+        assert_eq!(
+            "file:/k/admin.key".parse::<KeySource>().unwrap(),
+            KeySource::File("/k/admin.key".into())
+        );
+        assert_eq!(
+            "keyring:cbfs/fs1-admin".parse::<KeySource>().unwrap(),
+            KeySource::Keyring {
+                service: "cbfs".into(),
+                name: "fs1-admin".into()
+            }
+        );
+        assert_eq!(
+            "openbao:cbfs-kek:/k/admin.wrapped".parse::<KeySource>().unwrap(),
+            KeySource::OpenBao {
+                key: "cbfs-kek".into(),
+                path: "/k/admin.wrapped".into()
+            }
+        );
+        for s in ["file:x", "keyring:a/b", "openbao:k:p"] {
+            assert_eq!(s.parse::<KeySource>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_sources_with_a_hint() {
+        for (spec, needle) in [
+            ("/k/admin.key", "file:PATH"),
+            ("file:", "empty"),
+            ("keyring:noslash", "SERVICE/NAME"),
+            ("keyring:/name", "non-empty"),
+            ("openbao:onlykey", "KEYNAME:PATH"),
+            ("openbao:bad key:p", "transit key name"),
+            ("s3:x", "unknown kind"),
+        ] {
+            let err = spec.parse::<KeySource>().unwrap_err().to_string();
+            assert!(err.contains(needle) && err.contains(spec), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn protection_debug_hides_passphrase() {
+        let p = Protection::Passphrase(SecretString::from("hunter2-very-secret"));
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,467 @@
+//! Member payloads: zstd-compressed, framed plaintext inside an age v1 file whose one
+//! `cbfs1` stanza wraps the file key under the member's group key.
+//!
+//! Both directions stream: memory stays bounded whatever the content length.
+
+use std::cell::RefCell;
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+use crate::error::{Error, ObjectKind};
+use crate::ids::MemberId;
+use crate::keys::{GroupKey, GroupKeys};
+use crate::metadata::{MAX_METADATA_LEN, Metadata};
+use crate::stanza::{CbfsIdentity, CbfsRecipient, Outcome};
+
+/// The zstd level used unless the caller picks another.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Brand of the framed member plaintext.
+pub(crate) const PLAINTEXT_BRAND: &[u8; 8] = b"CBFSMEMB";
+/// Version of the framed member plaintext this release writes.
+pub(crate) const PLAINTEXT_VERSION: u16 = 1;
+const COPY_BUF: usize = 64 * 1024;
+
+/// Encrypts one member to `output`: metadata first, then exactly `meta.size` bytes of
+/// `content`. Returns `output` once the last chunk is written.
+///
+/// Fails with [`Error::ContentLength`] if `content` gives more or fewer bytes than
+/// `meta.size` (the file changed while being read).
+pub fn write_member<W: Write>(
+    output: W,
+    member: MemberId,
+    key: &GroupKey,
+    meta: &Metadata,
+    content: impl Read,
+    zstd_level: i32,
+) -> Result<W, Error> {
+    let encoded = meta.encode()?;
+    let recipient = CbfsRecipient { member, key };
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .map_err(|e| Error::InvalidInput {
+                reason: format!("age refused the cbfs1 recipient: {e}"),
+            })?;
+    let writing = "writing a member payload";
+    let stream = encryptor.wrap_output(output).map_err(Error::io(writing))?;
+    let mut z = zstd::stream::write::Encoder::new(stream, zstd_level).map_err(Error::io(writing))?;
+    let mut head = Vec::with_capacity(14 + encoded.len());
+    head.extend_from_slice(PLAINTEXT_BRAND);
+    head.extend_from_slice(&PLAINTEXT_VERSION.to_be_bytes());
+    head.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    head.extend_from_slice(&encoded);
+    z.write_all(&head).map_err(Error::io(writing))?;
+    copy_exact(content, &mut z, meta)?;
+    let stream = z.finish().map_err(Error::io(writing))?;
+    stream.finish().map_err(Error::io(writing))
+}
+
+/// Copies exactly `meta.size` bytes, failing if the reader gives more or fewer.
+pub(crate) fn copy_exact(mut content: impl Read, out: &mut impl Write, meta: &Metadata) -> Result<u64, Error> {
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = match content.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Io {
+                    context: "reading file content",
+                    source: e,
+                });
+            }
+        };
+        total += n as u64;
+        if total > meta.size {
+            return Err(Error::ContentLength {
+                path: meta.path_lossy(),
+                declared: meta.size,
+                actual: total,
+            });
+        }
+        out.write_all(&buf[..n])
+            .map_err(Error::io("writing a member payload"))?;
+    }
+    if total != meta.size {
+        return Err(Error::ContentLength {
+            path: meta.path_lossy(),
+            declared: meta.size,
+            actual: total,
+        });
+    }
+    Ok(total)
+}
+
+/// Decrypts one member: returns its metadata and a reader over its content.
+///
+/// The group key is looked up by the group id in the member's stanza. Read the content
+/// to the end (or call [`ContentReader::finish`]): only then is the end of the payload
+/// authenticated, and a truncated or altered payload always ends in an error.
+pub fn open_member<'a, R: Read + 'a>(
+    member: MemberId,
+    payload: R,
+    keys: &dyn GroupKeys,
+) -> Result<(Metadata, ContentReader<'a>), Error> {
+    open_member_inner(member, payload, None, keys)
+}
+
+pub(crate) fn open_member_inner<'a, R: Read + 'a>(
+    member: MemberId,
+    payload: R,
+    expected_len: Option<u64>,
+    keys: &dyn GroupKeys,
+) -> Result<(Metadata, ContentReader<'a>), Error> {
+    let source = BufReader::new(Source {
+        inner: payload,
+        read: 0,
+        expected: expected_len,
+    });
+    let decryptor =
+        age::Decryptor::new_buffered(source).map_err(|e| header_error(member, e, &Outcome::NotCalled))?;
+    let identity = CbfsIdentity {
+        member,
+        keys,
+        outcome: RefCell::new(Outcome::NotCalled),
+    };
+    let stream = decryptor
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .map_err(|e| header_error(member, e, &identity.outcome.borrow()))?;
+    let age_layer = BufReader::new(AgeLayer {
+        inner: stream,
+        member,
+    });
+    let decoder = zstd::stream::read::Decoder::with_buffer(age_layer)
+        .map_err(|e| corrupt(member, e.to_string()))?
+        .single_frame();
+    let mut plain = EncryptedPlain { decoder, member };
+
+    let mut head = [0u8; 14];
+    plain.read_exact_checked(&mut head)?;
+    if &head[..8] != PLAINTEXT_BRAND {
+        return Err(Error::BadBrand {
+            object: ObjectKind::MemberPlaintext,
+        });
+    }
+    let version = u16::from_be_bytes([head[8], head[9]]);
+    if version != PLAINTEXT_VERSION {
+        return Err(Error::UnknownVersion {
+            object: ObjectKind::MemberPlaintext,
+            found: version.to_string(),
+        });
+    }
+    let len = u32::from_be_bytes([head[10], head[11], head[12], head[13]]) as usize;
+    if len > MAX_METADATA_LEN {
+        return Err(corrupt(member, format!("metadata length {len} over the limit")));
+    }
+    let mut encoded = vec![0u8; len];
+    plain.read_exact_checked(&mut encoded)?;
+    let meta = Metadata::decode(&encoded)?;
+    let size = meta.size;
+    Ok((meta, ContentReader::new(Box::new(plain), size)))
+}
+
+fn corrupt(member: MemberId, reason: impl Into<String>) -> Error {
+    Error::CorruptPlaintext {
+        member,
+        reason: reason.into(),
+    }
+}
+
+fn header_error(member: MemberId, err: age::DecryptError, outcome: &Outcome) -> Error {
+    use age::DecryptError as D;
+    match (err, outcome) {
+        (D::InvalidHeader, Outcome::BadStanza(reason)) => Error::MemberHeader {
+            member,
+            reason: reason.clone(),
+        },
+        (D::InvalidHeader, _) => Error::MemberHeader {
+            member,
+            reason: "not a valid age v1 header".into(),
+        },
+        (D::InvalidMac, _) => Error::HeaderMac { member },
+        (D::NoMatchingKeys, Outcome::NoKey(group)) => Error::WrongKey {
+            member,
+            group: Some(*group),
+        },
+        (D::NoMatchingKeys, _) => Error::WrongKey {
+            member,
+            group: None,
+        },
+        (D::DecryptionFailed | D::KeyDecryptionFailed, Outcome::Unwrap(group)) => {
+            Error::WrongKey {
+                member,
+                group: Some(*group),
+            }
+        }
+        (D::UnknownFormat, _) => Error::UnknownVersion {
+            object: ObjectKind::MemberPayload,
+            found: "an age format other than v1".into(),
+        },
+        (D::Io(e), _) => match classify_source(e) {
+            Cause::Short => Error::PayloadTruncated { member },
+            Cause::Fault(source) => Error::Io {
+                context: READING,
+                source,
+            },
+            Cause::Other(e) => Error::MemberHeader {
+                member,
+                reason: if e.kind() == io::ErrorKind::UnexpectedEof {
+                    "payload ends inside the header".into()
+                } else {
+                    e.to_string()
+                },
+            },
+        },
+        (other, _) => Error::MemberHeader {
+            member,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// An I/O error of the underlying reader, marked so that it is never mistaken for an
+/// authentication failure on its way up through age and zstd.
+#[derive(Debug)]
+struct SourceFault(io::Error);
+
+impl std::fmt::Display for SourceFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl std::error::Error for SourceFault {}
+
+/// The source ended before the length the segment declared.
+#[derive(Debug)]
+struct SourceShort;
+
+impl std::fmt::Display for SourceShort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("payload source ended early")
+    }
+}
+impl std::error::Error for SourceShort {}
+
+enum Cause {
+    /// The source ended before the length the segment declared.
+    Short,
+    /// The source itself failed.
+    Fault(io::Error),
+    /// Anything else: age's or zstd's own error.
+    Other(io::Error),
+}
+
+/// Sorts out errors that came from the source rather than from age's checks.
+fn classify_source(err: io::Error) -> Cause {
+    if err.get_ref().is_some_and(|i| i.is::<SourceShort>()) {
+        return Cause::Short;
+    }
+    if err.get_ref().is_some_and(|i| i.is::<SourceFault>()) {
+        let kind = err.kind();
+        let inner = err
+            .into_inner()
+            .and_then(|b| b.downcast::<SourceFault>().ok())
+            .map(|b| b.0)
+            .unwrap_or_else(|| io::Error::new(kind, "source error"));
+        return Cause::Fault(inner);
+    }
+    Cause::Other(err)
+}
+
+const READING: &str = "reading a member payload";
+
+struct Source<R> {
+    inner: R,
+    read: u64,
+    expected: Option<u64>,
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(0) if !buf.is_empty() && self.expected.is_some_and(|e| self.read < e) => {
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, SourceShort))
+            }
+            Ok(n) => {
+                self.read += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => Err(io::Error::other(SourceFault(e))),
+        }
+    }
+}
+
+/// Turns age's stream errors into this crate's errors (carried in `io::Error`).
+struct AgeLayer<R: Read> {
+    inner: age::stream::StreamReader<BufReader<Source<R>>>,
+    member: MemberId,
+}
+
+impl<R: Read> Read for AgeLayer<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return e;
+            }
+            let member = self.member;
+            let ours = match classify_source(e) {
+                Cause::Short => Error::PayloadTruncated { member },
+                Cause::Fault(source) => Error::Io {
+                    context: READING,
+                    source,
+                },
+                Cause::Other(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    Error::PayloadTruncated { member }
+                }
+                Cause::Other(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    Error::PayloadAuth { member }
+                }
+                Cause::Other(e) => Error::Io {
+                    context: "decrypting a member payload",
+                    source: e,
+                },
+            };
+            ours.into_io()
+        })
+    }
+}
+
+/// A content source that can tell whether it was fully and validly consumed.
+pub(crate) trait PlainSource: Read {
+    /// Called once all declared content was read: checks that nothing follows and that
+    /// the source's own integrity checks pass.
+    fn verify_end(&mut self) -> io::Result<()>;
+
+    /// The error for a source that ends before the declared content length.
+    fn ended_early(&self) -> Error;
+}
+
+fn map_plain_error(member: MemberId, e: io::Error) -> io::Error {
+    if e.get_ref().is_some_and(|i| i.is::<Error>()) || e.kind() == io::ErrorKind::Interrupted {
+        e
+    } else {
+        corrupt(member, format!("decompression failed: {e}")).into_io()
+    }
+}
+
+struct EncryptedPlain<R: Read> {
+    decoder: zstd::stream::read::Decoder<'static, BufReader<AgeLayer<R>>>,
+    member: MemberId,
+}
+
+impl<R: Read> EncryptedPlain<R> {
+    fn map(&self, e: io::Error) -> io::Error {
+        map_plain_error(self.member, e)
+    }
+
+    fn read_exact_checked(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read(&mut buf[done..]) {
+                Ok(0) => {
+                    return Err(corrupt(self.member, "plaintext ends inside the metadata"));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::from_io(e, "reading a member")),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for EncryptedPlain<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.decoder.read(buf).map_err(|e| self.map(e))
+    }
+}
+
+impl<R: Read> PlainSource for EncryptedPlain<R> {
+    fn verify_end(&mut self) -> io::Result<()> {
+        let mut probe = [0u8; 1];
+        loop {
+            match self.read(&mut probe) {
+                Ok(0) => break,
+                Ok(_) => return Err(corrupt(self.member, "data after the content").into_io()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // The zstd frame is over; nothing may follow it, and age must see its last chunk.
+        let member = self.member;
+        let rest = self
+            .decoder
+            .get_mut()
+            .fill_buf()
+            .map_err(|e| map_plain_error(member, e))?;
+        if !rest.is_empty() {
+            return Err(corrupt(self.member, "data after the compressed frame").into_io());
+        }
+        Ok(())
+    }
+
+    fn ended_early(&self) -> Error {
+        corrupt(self.member, "plaintext ends before the size in its metadata")
+    }
+}
+
+/// Reads a member's content: exactly the size in its metadata, then checks the end.
+///
+/// Every error is an [`io::Error`] carrying an [`Error`]; get it back with
+/// [`Error::from_io`].
+pub struct ContentReader<'a> {
+    inner: Box<dyn PlainSource + 'a>,
+    remaining: u64,
+    verified: bool,
+}
+
+impl<'a> ContentReader<'a> {
+    pub(crate) fn new(inner: Box<dyn PlainSource + 'a>, size: u64) -> Self {
+        ContentReader {
+            inner,
+            remaining: size,
+            verified: false,
+        }
+    }
+
+    /// Content bytes not read yet.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Reads and drops what is left, then checks the end of the payload.
+    pub fn finish(mut self) -> Result<(), Error> {
+        io::copy(&mut self, &mut io::sink()).map_err(Error::io("reading member content"))?;
+        Ok(())
+    }
+}
+
+impl Read for ContentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.remaining == 0 {
+            if !self.verified {
+                self.inner.verify_end()?;
+                self.verified = true;
+            }
+            return Ok(0);
+        }
+        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(self.inner.ended_early().into_io());
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+impl std::fmt::Debug for ContentReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentReader")
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
