@@ -176,11 +176,6 @@ impl<'a> Dec<'a> {
     }
 }
 
-/// Rounds up to a multiple of 512.
-pub(crate) fn pad512(n: u64) -> u64 {
-    n.div_ceil(512).saturating_mul(512)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,13 +203,5 @@ mod tests {
             Dec::brand(b"CBF", b"CBFSTEST", ObjectKind::Summary),
             Err(Error::BadBrand { .. })
         ));
-    }
-
-    #[test]
-    fn pad() {
-        assert_eq!(pad512(0), 0);
-        assert_eq!(pad512(1), 512);
-        assert_eq!(pad512(512), 512);
-        assert_eq!(pad512(513), 1024);
     }
 }

@@ -44,6 +44,7 @@ macro_rules! id_type {
             }
 
             /// Whether all bytes are zero (never true of a generated id).
+            #[allow(dead_code)]
             pub(crate) fn is_zero(&self) -> bool {
                 self.0 == [0u8; 16]
             }

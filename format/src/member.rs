@@ -198,6 +198,7 @@ fn header_error(member: MemberId, err: age::DecryptError, outcome: &Outcome) -> 
         },
         (D::Io(e), _) => match classify_source(e) {
             Cause::Short => Error::PayloadTruncated { member },
+            Cause::Ours(e) => e,
             Cause::Fault(source) => Error::Io {
                 context: READING,
                 source,
@@ -242,6 +243,8 @@ impl std::fmt::Display for SourceShort {
 impl std::error::Error for SourceShort {}
 
 enum Cause {
+    /// Already one of this crate's errors (from a segment reader underneath).
+    Ours(Error),
     /// The source ended before the length the segment declared.
     Short,
     /// The source itself failed.
@@ -252,6 +255,9 @@ enum Cause {
 
 /// Sorts out errors that came from the source rather than from age's checks.
 fn classify_source(err: io::Error) -> Cause {
+    if err.get_ref().is_some_and(|i| i.is::<Error>()) {
+        return Cause::Ours(Error::from_io(err, READING));
+    }
     if err.get_ref().is_some_and(|i| i.is::<SourceShort>()) {
         return Cause::Short;
     }
@@ -286,6 +292,7 @@ impl<R: Read> Read for Source<R> {
                 Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) if e.get_ref().is_some_and(|i| i.is::<Error>()) => Err(e),
             Err(e) => Err(io::Error::other(SourceFault(e))),
         }
     }
@@ -306,6 +313,7 @@ impl<R: Read> Read for AgeLayer<R> {
             let member = self.member;
             let ours = match classify_source(e) {
                 Cause::Short => Error::PayloadTruncated { member },
+                Cause::Ours(e) => e,
                 Cause::Fault(source) => Error::Io {
                     context: READING,
                     source,

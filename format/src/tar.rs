@@ -57,7 +57,7 @@ fn put_size(field: &mut [u8; 12], value: u64) {
 
 fn get_numeric(field: &[u8]) -> Option<u64> {
     if field.first().is_some_and(|b| b & 0x80 != 0) {
-        if field[0] != 0x80 || field[1..field.len() - 8].iter().any(|&b| b != 0) {
+        if field.len() < 9 || field[0] != 0x80 || field[1..field.len() - 8].iter().any(|&b| b != 0) {
             return None;
         }
         let mut v = [0u8; 8];

@@ -71,9 +71,9 @@ fn bin_dir() -> PathBuf {
 pub fn require_tool(name: &str, install_hint: &str) -> PathBuf {
     match find_on_path(name) {
         Some(path) => path,
-        None => panic!(
-            "`{name}` not found on PATH: install it with {install_hint} (.ci/run does this)"
-        ),
+        None => {
+            panic!("`{name}` not found on PATH: install it with {install_hint} (.ci/run does this)")
+        }
     }
 }
 

@@ -586,7 +586,10 @@ mod tests {
         assert!(a.starts_with("HTTP/1.1 503 Slow Down\r\n"), "{a}");
         assert!(a.contains("<Code>SlowDown</Code>"));
         let b = String::from_utf8(exchange(&proxy, put).unwrap()).unwrap();
-        assert!(b.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{b}");
+        assert!(
+            b.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{b}"
+        );
         let c = exchange(&proxy, put).unwrap();
         assert!(c.is_empty(), "dropped connection answered {c:?}");
         let full = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nConnection: close\r\n\r\n\

@@ -95,7 +95,10 @@ fn encodings(secret: &[u8]) -> Vec<(String, Vec<u8>)> {
             pairs.join(":").into_bytes(),
         );
         let items: Vec<String> = pairs.iter().map(|p| format!("0x{p}")).collect();
-        add(&format!("{case} 0x.. hex list"), items.join(", ").into_bytes());
+        add(
+            &format!("{case} 0x.. hex list"),
+            items.join(", ").into_bytes(),
+        );
     }
 
     for (name, engine) in [

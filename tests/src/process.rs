@@ -199,7 +199,10 @@ mod tests {
     fn early_exit_is_seen_and_logged() {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo starting; echo 'bind: address in use' >&2; exit 7"]);
+        cmd.args([
+            "-c",
+            "echo starting; echo 'bind: address in use' >&2; exit 7",
+        ]);
         let mut server = ServerProcess::spawn("failing", &cmd, &dir.path().join("log"), dir.path());
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {

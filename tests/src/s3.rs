@@ -16,13 +16,6 @@ use crate::process::ServerProcess;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 3;
 
-/// moto does not check signatures, but it treats a request without an
-/// `Authorization` header as anonymous and refuses to read objects for it.
-/// This header makes a plain request an authenticated one.
-const FAKE_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
-    Credential=test/20240101/us-east-1/s3/aws4_request, \
-    SignedHeaders=host;x-amz-date, Signature=0000";
-
 /// An S3-compatible object store (`moto_server`) on 127.0.0.1, with its
 /// state in memory: every test gets an empty store of its own.
 ///
@@ -45,6 +38,16 @@ pub struct S3Server {
 }
 
 impl S3Server {
+    /// An `Authorization` header value for plain HTTP requests to the server.
+    ///
+    /// moto does not check signatures, but it treats a request without an
+    /// `Authorization` header as anonymous and refuses to read objects for it,
+    /// and it takes the region from the header's credential scope. With this
+    /// header, an unsigned request is served like a signed one.
+    pub const AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
+        Credential=test/20240101/us-east-1/s3/aws4_request, \
+        SignedHeaders=host;x-amz-date, Signature=0000";
+
     /// Starts `moto_server -H 127.0.0.1 -p <free port>` and waits (up to
     /// 30 s) until it answers HTTP.
     ///
@@ -71,9 +74,11 @@ impl S3Server {
                 .current_dir(dir.path());
             let mut server = ServerProcess::spawn("moto", &cmd, &log, dir.path());
             let url = format!("http://{addr}/");
-            let ready = poll_http(&client, &url, START_TIMEOUT, || match server.exit_status() {
-                Some(status) => Err(format!("moto_server exited during start-up ({status})")),
-                None => Ok(()),
+            let ready = poll_http(&client, &url, START_TIMEOUT, || {
+                match server.exit_status() {
+                    Some(status) => Err(format!("moto_server exited during start-up ({status})")),
+                    None => Ok(()),
+                }
             });
             match ready {
                 Ok(_) => {
@@ -217,7 +222,7 @@ impl S3Server {
         }
         self.client
             .request(method, url)
-            .header("Authorization", FAKE_AUTHORIZATION)
+            .header("Authorization", S3Server::AUTHORIZATION)
     }
 
     fn send(&self, request: RequestBuilder) -> Response {

@@ -1,0 +1,339 @@
+//! Writes a segment to a seekable local spool file, member by member.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::ids::{MemberId, SegmentId};
+use crate::keys::GroupKey;
+use crate::member::{DEFAULT_ZSTD_LEVEL, copy_exact, write_member};
+use crate::metadata::Metadata;
+use crate::plain::{padded, plain_headers};
+use crate::segment_reader::check_header_region;
+use crate::summary::{Summary, SummaryEntry};
+use crate::tar::{BLOCK, GLOBAL_HEADER_LEN, global_header, member_header};
+
+/// Whether a segment's members are encrypted or plain tar entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SegmentMode {
+    /// Opaque member names; each payload is an age file with a `cbfs1` stanza.
+    Encrypted,
+    /// Real names, modes, owners and times; raw content. GNU tar extracts it as is.
+    Plain,
+}
+
+/// Length of the end-of-archive marker: two zero blocks.
+const TRAILER: u64 = 2 * BLOCK as u64;
+
+const WRITING: &str = "writing a segment";
+
+/// Counts and hashes what goes through to the inner writer.
+struct HashWriter<'a, W> {
+    inner: &'a mut W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Write for HashWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Builds one segment.
+///
+/// The payload length of an encrypted member is only known once it is written, so the
+/// writer needs a seekable spool (a local file): it writes a placeholder header,
+/// streams the payload, then goes back to fill in the header. If an `append_*` call
+/// fails, the writer rewinds to where the member began and stays usable; the spool
+/// may then hold stale bytes past the end, so always cut it to
+/// [`Summary::segment_len`] after [`finish`](Self::finish) (`File::set_len`).
+pub struct SegmentWriter<W> {
+    out: W,
+    base: u64,
+    segment: SegmentId,
+    mode: SegmentMode,
+    zstd_level: i32,
+    pos: u64,
+    entries: Vec<SummaryEntry>,
+    ids: HashSet<MemberId>,
+    broken: bool,
+}
+
+impl<W: Read + Write + Seek> SegmentWriter<W> {
+    /// Starts a segment at the spool's current position (normally 0).
+    pub fn new(mut out: W, segment: SegmentId, mode: SegmentMode) -> Result<Self, Error> {
+        let base = out.stream_position().map_err(Error::io(WRITING))?;
+        out.write_all(&global_header(&segment, mode == SegmentMode::Encrypted))
+            .map_err(Error::io(WRITING))?;
+        Ok(SegmentWriter {
+            out,
+            base,
+            segment,
+            mode,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            pos: GLOBAL_HEADER_LEN,
+            entries: Vec::new(),
+            ids: HashSet::new(),
+            broken: false,
+        })
+    }
+
+    /// Sets the zstd level for the members appended from now on (default 3).
+    pub fn with_zstd_level(mut self, level: i32) -> Self {
+        self.zstd_level = level;
+        self
+    }
+
+    /// The segment's id.
+    pub fn segment_id(&self) -> SegmentId {
+        self.segment
+    }
+
+    /// The segment's mode.
+    pub fn mode(&self) -> SegmentMode {
+        self.mode
+    }
+
+    /// The segment's length if it were finished now.
+    pub fn len(&self) -> u64 {
+        self.pos + TRAILER
+    }
+
+    /// Whether no member was appended yet.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The members appended so far.
+    pub fn entries(&self) -> &[SummaryEntry] {
+        &self.entries
+    }
+
+    fn check(&self, mode: SegmentMode, member: &MemberId) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "segment {}: an earlier failure left the spool unusable",
+                    self.segment
+                ),
+            });
+        }
+        if mode != self.mode {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "segment {} is {:?}, cannot append a {mode:?} member",
+                    self.segment, self.mode
+                ),
+            });
+        }
+        if self.ids.contains(member) {
+            return Err(Error::InvalidInput {
+                reason: format!("segment {}: member {member} appended twice", self.segment),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs one append; on failure, rewinds to where the member began.
+    fn guarded(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<SummaryEntry, Error>,
+    ) -> Result<SummaryEntry, Error> {
+        let start = self.pos;
+        match f(self) {
+            Ok(entry) => {
+                self.pos = entry.data_offset + padded(entry.data_len);
+                self.ids.insert(entry.member);
+                self.entries.push(entry.clone());
+                Ok(entry)
+            }
+            Err(e) => {
+                if self.out.seek(SeekFrom::Start(self.base + start)).is_err() {
+                    self.broken = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Pads the data just written and leaves the spool at the next header.
+    fn pad(&mut self, data_len: u64) -> Result<(), Error> {
+        let pad = (padded(data_len) - data_len) as usize;
+        self.out.write_all(&[0u8; BLOCK][..pad]).map_err(Error::io(WRITING))
+    }
+
+    /// Compresses, encrypts and appends one file.
+    ///
+    /// `content` must give exactly `meta.size` bytes ([`Error::ContentLength`] if not).
+    pub fn append_encrypted(
+        &mut self,
+        member: MemberId,
+        key: &GroupKey,
+        meta: &Metadata,
+        content: impl Read,
+    ) -> Result<SummaryEntry, Error> {
+        self.check(SegmentMode::Encrypted, &member)?;
+        self.guarded(|w| {
+            let header_offset = w.pos;
+            w.out.write_all(&[0u8; BLOCK]).map_err(Error::io(WRITING))?;
+            let hw = HashWriter {
+                inner: &mut w.out,
+                hasher: Sha256::new(),
+                count: 0,
+            };
+            let hw = write_member(hw, member, key, meta, content, w.zstd_level)?;
+            let (sha256, data_len) = (hw.hasher.finalize().into(), hw.count);
+            w.pad(data_len)?;
+            let at = w.base + header_offset;
+            w.out.seek(SeekFrom::Start(at)).map_err(Error::io(WRITING))?;
+            w.out
+                .write_all(&member_header(&member, data_len))
+                .map_err(Error::io(WRITING))?;
+            let end = at + BLOCK as u64 + padded(data_len);
+            w.out.seek(SeekFrom::Start(end)).map_err(Error::io(WRITING))?;
+            Ok(SummaryEntry {
+                member,
+                header_offset,
+                data_offset: header_offset + BLOCK as u64,
+                data_len,
+                group: Some(key.id()),
+                sha256,
+            })
+        })
+    }
+
+    /// Appends one file as an ordinary tar entry (plain mode).
+    pub fn append_plain(
+        &mut self,
+        member: MemberId,
+        meta: &Metadata,
+        content: impl Read,
+    ) -> Result<SummaryEntry, Error> {
+        self.check(SegmentMode::Plain, &member)?;
+        let headers = plain_headers(meta)?;
+        self.guarded(|w| {
+            let header_offset = w.pos;
+            w.out.write_all(&headers).map_err(Error::io(WRITING))?;
+            let mut hw = HashWriter {
+                inner: &mut w.out,
+                hasher: Sha256::new(),
+                count: 0,
+            };
+            copy_exact(content, &mut hw, meta)?;
+            let (sha256, data_len) = (hw.hasher.finalize().into(), hw.count);
+            w.pad(data_len)?;
+            Ok(SummaryEntry {
+                member,
+                header_offset,
+                data_offset: header_offset + headers.len() as u64,
+                data_len,
+                group: None,
+                sha256,
+            })
+        })
+    }
+
+    /// Copies a member of another segment byte for byte (garbage collection; no key).
+    ///
+    /// `source` gives the old segment's bytes from the member's header offset to the end
+    /// of its data (`data_offset + data_len - header_offset` bytes, as a ranged GET
+    /// would). The header bytes and the data's SHA-256 are checked against `old`.
+    pub fn append_copy(
+        &mut self,
+        old: &Summary,
+        member: &MemberId,
+        mut source: impl Read,
+    ) -> Result<SummaryEntry, Error> {
+        let mismatch = |offset: u64, reason: String| Error::SummaryMismatch {
+            segment: old.segment_id(),
+            offset,
+            reason,
+        };
+        let entry = old
+            .entry(member)
+            .ok_or_else(|| mismatch(0, format!("member {member} is not in the summary")))?
+            .clone();
+        if old.mode() != self.mode {
+            return Err(Error::InvalidInput {
+                reason: format!("cannot copy a {:?} member into a {:?} segment", old.mode(), self.mode),
+            });
+        }
+        self.check(self.mode, member)?;
+        let header_len = entry.data_offset - entry.header_offset;
+        let mut header = vec![0u8; header_len as usize];
+        source
+            .read_exact(&mut header)
+            .map_err(Error::io("reading the member to copy"))?;
+        check_header_region(old, &entry, &header)?;
+        self.guarded(|w| {
+            let header_offset = w.pos;
+            w.out.write_all(&header).map_err(Error::io(WRITING))?;
+            let mut hw = HashWriter {
+                inner: &mut w.out,
+                hasher: Sha256::new(),
+                count: 0,
+            };
+            let copied = io::copy(&mut (&mut source).take(entry.data_len), &mut hw)
+                .map_err(Error::io("copying a member"))?;
+            let sha256: [u8; 32] = hw.hasher.finalize().into();
+            if copied != entry.data_len || sha256 != entry.sha256 {
+                return Err(mismatch(
+                    entry.data_offset,
+                    format!("member {member}: copied data does not match its length or SHA-256"),
+                ));
+            }
+            w.pad(copied)?;
+            Ok(SummaryEntry {
+                header_offset,
+                data_offset: header_offset + header_len,
+                ..entry
+            })
+        })
+    }
+
+    /// Writes the end-of-archive marker, hashes the whole segment and returns the spool
+    /// (positioned at the segment's end) and the summary.
+    pub fn finish(mut self) -> Result<(W, Summary), Error> {
+        if self.broken {
+            return Err(Error::InvalidInput {
+                reason: format!("segment {}: the spool is unusable", self.segment),
+            });
+        }
+        self.out
+            .seek(SeekFrom::Start(self.base + self.pos))
+            .map_err(Error::io(WRITING))?;
+        self.out
+            .write_all(&[0u8; TRAILER as usize])
+            .map_err(Error::io(WRITING))?;
+        self.out.flush().map_err(Error::io(WRITING))?;
+        let len = self.pos + TRAILER;
+        self.out
+            .seek(SeekFrom::Start(self.base))
+            .map_err(Error::io(WRITING))?;
+        let mut hw = HashWriter {
+            inner: &mut io::sink(),
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        io::copy(&mut (&mut self.out).take(len), &mut hw)
+            .map_err(Error::io("hashing the segment"))?;
+        if hw.count != len {
+            return Err(Error::Io {
+                context: "hashing the segment",
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "spool is shorter than written"),
+            });
+        }
+        let sha256 = hw.hasher.finalize().into();
+        let summary = Summary::new(self.segment, self.mode, len, sha256, self.entries)?;
+        Ok((self.out, summary))
+    }
+}

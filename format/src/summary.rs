@@ -1,0 +1,284 @@
+//! Segment summaries: plaintext, keyless descriptions of a segment's members.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+
+use sha2::{Digest, Sha256};
+
+use crate::codec::{Dec, Enc};
+use crate::error::{Error, ObjectKind};
+use crate::ids::{GroupId, MemberId, SegmentId};
+use crate::plain::padded;
+use crate::segment_reader::{MAX_PAX_LEN, SegmentReader};
+use crate::segment_writer::SegmentMode;
+use crate::tar::{BLOCK, GLOBAL_HEADER_LEN};
+
+const BRAND: &[u8; 8] = b"CBFSSUMM";
+const VERSION: u16 = 1;
+const ENTRY_LEN: usize = 16 + 8 + 8 + 8 + 16 + 32;
+/// Offset of the first entry: brand, version, segment id, mode, length, hash, count.
+const ENTRIES_AT: usize = 8 + 2 + 16 + 1 + 8 + 32 + 4;
+const TRAILER: u64 = 2 * BLOCK as u64;
+
+/// One member in a summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummaryEntry {
+    /// The member's id.
+    pub member: MemberId,
+    /// Offset of its first header block in the segment.
+    pub header_offset: u64,
+    /// Offset of its data.
+    pub data_offset: u64,
+    /// Length of its data, without padding.
+    pub data_len: u64,
+    /// The group whose key wraps its file key; `None` in plain mode.
+    pub group: Option<GroupId>,
+    /// SHA-256 of its data bytes (the ciphertext, in encrypted mode).
+    pub sha256: [u8; 32],
+}
+
+impl SummaryEntry {
+    /// Offset just past the member's padded data: where the next member starts.
+    pub fn end_offset(&self) -> u64 {
+        self.data_offset + padded(self.data_len)
+    }
+}
+
+/// What a segment holds, without names or keys: enough for GC to work with no key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    segment: SegmentId,
+    mode: SegmentMode,
+    segment_len: u64,
+    segment_sha256: [u8; 32],
+    entries: Vec<SummaryEntry>,
+}
+
+impl Summary {
+    /// A summary, checked for consistency (offsets contiguous, ids unique, ...).
+    pub(crate) fn new(
+        segment: SegmentId,
+        mode: SegmentMode,
+        segment_len: u64,
+        segment_sha256: [u8; 32],
+        entries: Vec<SummaryEntry>,
+    ) -> Result<Self, Error> {
+        let s = Summary {
+            segment,
+            mode,
+            segment_len,
+            segment_sha256,
+            entries,
+        };
+        s.check_layout().map_err(|(i, reason)| Error::Malformed {
+            object: ObjectKind::Summary,
+            offset: (ENTRIES_AT + i * ENTRY_LEN) as u64,
+            reason,
+        })?;
+        Ok(s)
+    }
+
+    fn check_layout(&self) -> Result<(), (usize, String)> {
+        let mut next = GLOBAL_HEADER_LEN;
+        let mut seen = HashSet::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.header_offset != next {
+                return Err((i, format!("member {} starts at {}, expected {next}", e.member, e.header_offset)));
+            }
+            let header_len = e.data_offset.checked_sub(e.header_offset).unwrap_or(0);
+            let header_ok = match self.mode {
+                SegmentMode::Encrypted => header_len == BLOCK as u64,
+                SegmentMode::Plain => {
+                    header_len >= BLOCK as u64
+                        && header_len % BLOCK as u64 == 0
+                        && header_len <= MAX_PAX_LEN + 2 * BLOCK as u64
+                }
+            };
+            if !header_ok {
+                return Err((i, format!("member {}: bad header length {header_len}", e.member)));
+            }
+            match (self.mode, e.group) {
+                (SegmentMode::Encrypted, Some(g)) if !g.is_zero() => {}
+                (SegmentMode::Plain, None) => {}
+                _ => return Err((i, format!("member {}: group does not fit the mode", e.member))),
+            }
+            if !seen.insert(e.member) {
+                return Err((i, format!("member {} listed twice", e.member)));
+            }
+            next = e
+                .data_offset
+                .checked_add(padded(e.data_len))
+                .filter(|n| *n < u64::MAX / 2)
+                .ok_or((i, "offsets overflow".to_string()))?;
+        }
+        if self.segment_len != next + TRAILER {
+            return Err((self.entries.len(), format!("segment length {} should be {}", self.segment_len, next + TRAILER)));
+        }
+        Ok(())
+    }
+
+    /// The segment's id.
+    pub fn segment_id(&self) -> SegmentId {
+        self.segment
+    }
+    /// The segment's mode.
+    pub fn mode(&self) -> SegmentMode {
+        self.mode
+    }
+    /// The segment's total length in bytes.
+    pub fn segment_len(&self) -> u64 {
+        self.segment_len
+    }
+    /// SHA-256 of the whole segment.
+    pub fn segment_sha256(&self) -> &[u8; 32] {
+        &self.segment_sha256
+    }
+    /// The members, in segment order.
+    pub fn entries(&self) -> &[SummaryEntry] {
+        &self.entries
+    }
+    /// The entry of one member.
+    pub fn entry(&self, member: &MemberId) -> Option<&SummaryEntry> {
+        self.entries.iter().find(|e| e.member == *member)
+    }
+
+    /// The canonical bytes (see `docs/FORMAT.md`, "Summary").
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut e = Enc::with_brand(BRAND, VERSION);
+        e.raw(self.segment.as_bytes());
+        e.u8(match self.mode {
+            SegmentMode::Encrypted => 1,
+            SegmentMode::Plain => 2,
+        });
+        e.u64(self.segment_len);
+        e.raw(&self.segment_sha256);
+        e.u32(self.entries.len() as u32);
+        for x in &self.entries {
+            e.raw(x.member.as_bytes());
+            e.u64(x.header_offset);
+            e.u64(x.data_offset);
+            e.u64(x.data_len);
+            e.raw(x.group.as_ref().map_or(&[0u8; 16], |g| g.as_bytes()));
+            e.raw(&x.sha256);
+        }
+        e.into_vec()
+    }
+
+    /// Parses strictly: brand, version, exact length, consistent layout.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let (mut d, version) = Dec::brand(bytes, BRAND, ObjectKind::Summary)?;
+        if version != VERSION {
+            return Err(Dec::unknown_version(ObjectKind::Summary, version));
+        }
+        let segment = SegmentId::from_bytes(d.array()?);
+        let mode_at = d.pos();
+        let mode = match d.u8()? {
+            1 => SegmentMode::Encrypted,
+            2 => SegmentMode::Plain,
+            m => return Err(d.err_at(mode_at, format!("unknown mode {m}"))),
+        };
+        let segment_len = d.u64()?;
+        let segment_sha256 = d.array()?;
+        let count_at = d.pos();
+        let count = d.u32()? as usize;
+        if count.checked_mul(ENTRY_LEN) != Some(d.remaining()) {
+            return Err(d.err_at(count_at, format!("{count} entries do not fill the remaining {} bytes", d.remaining())));
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let member = MemberId::from_bytes(d.array()?);
+            let header_offset = d.u64()?;
+            let data_offset = d.u64()?;
+            let data_len = d.u64()?;
+            let group = GroupId::from_bytes(d.array()?);
+            let sha256 = d.array()?;
+            entries.push(SummaryEntry {
+                member,
+                header_offset,
+                data_offset,
+                data_len,
+                group: (!group.is_zero()).then_some(group),
+                sha256,
+            });
+        }
+        d.finish()?;
+        Summary::new(segment, mode, segment_len, segment_sha256, entries)
+    }
+
+    /// Checks a segment's bytes against this summary, without any key: tar structure,
+    /// ids, offsets, lengths, each member's SHA-256 and the whole segment's SHA-256.
+    pub fn verify_segment(&self, segment: impl Read) -> Result<(), Error> {
+        let mut hashing = HashReader {
+            inner: segment,
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        let mismatch = |offset: u64, reason: String| Error::SummaryMismatch {
+            segment: self.segment,
+            offset,
+            reason,
+        };
+        {
+            let mut reader = SegmentReader::new(&mut hashing)?;
+            if reader.segment_id() != self.segment || reader.mode() != self.mode {
+                return Err(mismatch(0, format!(
+                    "segment header names {} ({:?}), summary is for {} ({:?})",
+                    reader.segment_id(),
+                    reader.mode(),
+                    self.segment,
+                    self.mode
+                )));
+            }
+            for expected in &self.entries {
+                let Some(member) = reader.next_member()? else {
+                    return Err(mismatch(expected.header_offset, format!("member {} is missing", expected.member)));
+                };
+                let info = member.info().clone();
+                if info.header_offset != expected.header_offset
+                    || info.data_offset != expected.data_offset
+                    || info.data_len != expected.data_len
+                    || info.member.is_some_and(|m| m != expected.member)
+                {
+                    return Err(mismatch(info.header_offset, format!("member {}: position or id differs", expected.member)));
+                }
+                let mut hw = HashReader {
+                    inner: member.raw(),
+                    hasher: Sha256::new(),
+                    count: 0,
+                };
+                io::copy(&mut hw, &mut io::sink()).map_err(|e| Error::from_io(e, "reading a segment"))?;
+                let sha: [u8; 32] = hw.hasher.finalize().into();
+                if sha != expected.sha256 {
+                    return Err(mismatch(info.data_offset, format!("member {}: SHA-256 differs", expected.member)));
+                }
+            }
+            if let Some(extra) = reader.next_member()? {
+                let at = extra.info().header_offset;
+                return Err(mismatch(at, "the segment has members the summary does not list".into()));
+            }
+        }
+        if hashing.count != self.segment_len {
+            return Err(mismatch(hashing.count, format!("segment is {} bytes, summary says {}", hashing.count, self.segment_len)));
+        }
+        let sha: [u8; 32] = hashing.hasher.finalize().into();
+        if sha != self.segment_sha256 {
+            return Err(mismatch(0, "SHA-256 of the whole segment differs".into()));
+        }
+        Ok(())
+    }
+}
+
+struct HashReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}

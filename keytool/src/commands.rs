@@ -1,0 +1,540 @@
+//! The subcommands: thin wrappers over `cbfs-core`.
+
+use std::fs;
+use std::io::IsTerminal;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cbfs_core::{
+    AdminSecret, DelegationTerms, Grant, KeySource, Keyset, Protection, ScopeSecret, Seed, Unlock,
+    UserPublic, UserSecret, fingerprint,
+};
+use clap::CommandFactory;
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::output::emit;
+use crate::{Cli, Command, ProtectArgs, ProtectKind};
+
+pub fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    let mut unlock = Unlock::from_env();
+    if cli.unlock.age_identity.is_some() {
+        unlock.age_identity = cli.unlock.age_identity.clone();
+    }
+    match cli.command {
+        Command::CreateAdmin {
+            fs,
+            secret,
+            keyset,
+            protect,
+        } => {
+            refuse_existing(&keyset, "keyset")?;
+            let protection = protection(&protect)?;
+            let admin = AdminSecret::generate();
+            let ks = Keyset::new(fs, &admin);
+            let bytes = ks.to_signed_bytes(&admin)?;
+            secret.store_new(admin.seed(), &protection)?;
+            write_new_public(&keyset, &bytes)?;
+            note_durability(&secret);
+            let fp = fingerprint(ks.admin_verifying_key());
+            emit(
+                json,
+                json!({
+                    "fs": ks.fs(), "secret": secret.to_string(), "keyset": keyset,
+                    "admin_fingerprint": fp, "scopes": ["default"],
+                }),
+                || {
+                    format!(
+                        "created root secret for file system `{}`\n  secret:    {secret}\n  keyset:    {}\n  admin key: {fp}\n  scopes:    default\n\
+                         Keep the root secret offline and backed up: it opens every scope.\n",
+                        ks.fs(),
+                        keyset.display()
+                    )
+                },
+            );
+        }
+        Command::AddScope {
+            admin,
+            keyset,
+            scope,
+        } => {
+            let mut ks = Keyset::load(&keyset)?;
+            let admin_secret = load_admin(&admin, &unlock, &ks)?;
+            let added = ks.add_scope(&admin_secret, &scope)?;
+            if added {
+                replace_public(&keyset, &ks.to_signed_bytes(&admin_secret)?)?;
+            }
+            let fp = fingerprint(ks.scope(&scope).expect("scope was just added"));
+            emit(
+                json,
+                json!({ "scope": scope, "added": added, "serial": ks.serial(), "scope_fingerprint": fp }),
+                || {
+                    if added {
+                        format!("added scope `{scope}` (key {fp}); keyset serial is now {}\n", ks.serial())
+                    } else {
+                        format!("scope `{scope}` already exists (key {fp}); keyset unchanged\n")
+                    }
+                },
+            );
+        }
+        Command::AddWriter {
+            admin,
+            keyset,
+            public,
+        } => {
+            let mut ks = Keyset::load(&keyset)?;
+            let admin_secret = load_admin(&admin, &unlock, &ks)?;
+            let writer = UserPublic::load(&public)?;
+            let added = ks.add_writer(&admin_secret, writer.name(), *writer.verifying_key())?;
+            if added {
+                replace_public(&keyset, &ks.to_signed_bytes(&admin_secret)?)?;
+            }
+            emit(
+                json,
+                json!({ "writer": writer.name(), "added": added, "serial": ks.serial() }),
+                || format!("writer `{}` {}\n", writer.name(), if added { "registered" } else { "was already registered" }),
+            );
+        }
+        Command::CreateUser {
+            name,
+            secret,
+            public,
+            protect,
+        } => {
+            refuse_existing(&public, "public key file")?;
+            let protection = protection(&protect)?;
+            let user = UserSecret::generate();
+            let pubkeys = UserPublic::from_secret(name.clone(), &user);
+            let bytes = pubkeys.to_signed_bytes(&user)?;
+            secret.store_new(user.seed(), &protection)?;
+            write_new_public(&public, &bytes)?;
+            note_durability(&secret);
+            let fp = fingerprint(pubkeys.public_key());
+            emit(
+                json,
+                json!({ "user": name, "secret": secret.to_string(), "public": public, "fingerprint": fp }),
+                || format!("created user `{name}`\n  secret: {secret}\n  public: {}\n  key:    {fp}\n", public.display()),
+            );
+        }
+        Command::Delegate {
+            admin,
+            keyset,
+            scope,
+            to,
+            threshold,
+            shares,
+            expires,
+            out,
+        } => {
+            let ks = Keyset::load(&keyset)?;
+            let user = UserPublic::load(&to)?;
+            let expires = expires.map(|e| parse_expiry(&e)).transpose()?;
+            let admin_secret = load_admin(&admin, &unlock, &ks)?;
+            let terms = DelegationTerms {
+                threshold,
+                shares,
+                expires: expires.clone(),
+            };
+            let grants = cbfs_core::delegate(&admin_secret, &ks, &scope, &user, &terms)?;
+            make_private_dir(&out)?;
+            let mut files = Vec::new();
+            for grant in &grants {
+                let path = out.join(format!(
+                    "{}.{}.{}-of-{}.grant",
+                    scope,
+                    user.name(),
+                    grant.share(),
+                    grant.shares()
+                ));
+                write_new_private(&path, &grant.to_signed_bytes(&admin_secret)?)?;
+                files.push(path);
+            }
+            emit(
+                json,
+                json!({
+                    "scope": scope, "user": user.name(), "threshold": threshold, "shares": shares,
+                    "expires": expires, "files": files,
+                }),
+                || {
+                    let mut s = format!(
+                        "delegated scope `{scope}` to `{}`: {threshold} of {shares} shares{}\n",
+                        user.name(),
+                        expires.as_deref().map(|e| format!(", until {e}")).unwrap_or_default()
+                    );
+                    for f in &files {
+                        s.push_str(&format!("  {}\n", f.display()));
+                    }
+                    s.push_str(
+                        "Give each grant file to a different proxy node, never to the user.\n\
+                         Revocation stops new unlocks; file keys already released cannot be taken back.\n",
+                    );
+                    s
+                },
+            );
+        }
+        Command::ExportScope {
+            admin,
+            keyset,
+            scope,
+            secret,
+            protect,
+        } => {
+            let ks = Keyset::load(&keyset)?;
+            if ks.scope(&scope).is_none() {
+                bail!("scope `{scope}` is not in keyset {}", keyset.display());
+            }
+            let protection = protection(&protect)?;
+            let admin_secret = load_admin(&admin, &unlock, &ks)?;
+            let scope_secret = admin_secret.scope(&scope);
+            secret.store_new(scope_secret.seed(), &protection)?;
+            note_durability(&secret);
+            emit(
+                json,
+                json!({ "scope": scope, "secret": secret.to_string() }),
+                || format!("exported the secret of scope `{scope}` to {secret}\nIt opens that scope only.\n"),
+            );
+        }
+        Command::Copy { from, to, protect } => {
+            let protection = protection(&protect)?;
+            let seed = from.load(&unlock)?;
+            to.store_new(&seed, &protection)?;
+            // Prove the copy by reading it back, unless that needs a passphrase.
+            if matches!(protection, Protection::None) {
+                let back = to.load(&unlock)?;
+                if back.expose_secret_bytes() != seed.expose_secret_bytes() {
+                    bail!("the copy at {to} does not read back the same key");
+                }
+            }
+            note_durability(&to);
+            emit(
+                json,
+                json!({ "from": from.to_string(), "to": to.to_string() }),
+                || format!("copied {from} to {to}\n"),
+            );
+        }
+        Command::Rewrap { secret } => {
+            let r = secret.rewrap()?;
+            emit(
+                json,
+                json!({ "secret": secret.to_string(), "from_version": r.from_version, "to_version": r.to_version }),
+                || format!("{secret}: transit key version {} -> {}\n", r.from_version, r.to_version),
+            );
+        }
+        Command::Show {
+            keyset,
+            user,
+            grant,
+            secret,
+        } => show(json, &unlock, keyset, user, grant, secret)?,
+        Command::List { keyset, grants } => list(json, &keyset, grants)?,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cbfs-keytool", &mut std::io::stdout());
+        }
+    }
+    Ok(())
+}
+
+fn show(
+    json: bool,
+    unlock: &Unlock,
+    keyset: Option<PathBuf>,
+    user: Option<PathBuf>,
+    grant: Option<PathBuf>,
+    secret: Option<KeySource>,
+) -> Result<()> {
+    if keyset.is_none() && user.is_none() && grant.is_none() {
+        bail!("nothing to show: give --keyset, --user or --grant");
+    }
+    let ks = keyset.as_deref().map(Keyset::load).transpose()?;
+    let up = user.as_deref().map(UserPublic::load).transpose()?;
+    let mut out = serde_json::Map::new();
+    let mut text = String::new();
+    if let Some(ks) = &ks {
+        let v = keyset_json(ks);
+        text.push_str(&keyset_text(ks));
+        out.insert("keyset".into(), v);
+    }
+    if let Some(u) = &up {
+        out.insert(
+            "user".into(),
+            json!({ "name": u.name(), "created": u.created(), "fingerprint": fingerprint(u.public_key()),
+                    "verifying_fingerprint": fingerprint(u.verifying_key()) }),
+        );
+        text.push_str(&format!(
+            "user `{}` (created {})\n  key:         {}\n  signing key: {}\n",
+            u.name(),
+            u.created(),
+            fingerprint(u.public_key()),
+            fingerprint(u.verifying_key())
+        ));
+    }
+    if let Some(path) = &grant {
+        let Some(ks) = &ks else {
+            bail!("--grant needs --keyset, to check the administrator's signature");
+        };
+        let g = Grant::load(path, ks.admin_verifying_key())?;
+        out.insert("grant".into(), grant_json(path, &g));
+        text.push_str(&grant_text(path, &g));
+    }
+    if let Some(src) = &secret {
+        let seed = src.load(unlock)?;
+        let identity = identify(&seed, ks.as_ref(), up.as_ref());
+        out.insert("secret".into(), json!({ "source": src.to_string(), "is": identity }));
+        text.push_str(&format!("{src} is {identity}\n"));
+    }
+    emit(json, serde_json::Value::Object(out), || text);
+    Ok(())
+}
+
+fn identify(seed: &Seed, ks: Option<&Keyset>, user: Option<&UserPublic>) -> String {
+    let bytes = seed.expose_secret_bytes();
+    if let Some(ks) = ks {
+        let admin = AdminSecret::from_seed(Seed::from_slice(bytes, "").expect("32 bytes"));
+        if ks.check_admin(&admin).is_ok() {
+            return format!("the root secret of file system `{}`", ks.fs());
+        }
+        for (label, pk) in ks.scopes() {
+            let s = ScopeSecret::from_seed(label.clone(), Seed::from_slice(bytes, "").expect("32 bytes"));
+            if &s.public_key() == pk {
+                return format!("the secret of scope `{label}`");
+            }
+        }
+    }
+    if let Some(u) = user {
+        let s = UserSecret::from_seed(Seed::from_slice(bytes, "").expect("32 bytes"));
+        if u.check_secret(&s).is_ok() {
+            return format!("the secret of user `{}`", u.name());
+        }
+    }
+    "a key that matches none of the given files".into()
+}
+
+fn list(json: bool, keyset: &Path, grants: Option<PathBuf>) -> Result<()> {
+    let ks = Keyset::load(keyset)?;
+    let mut value = keyset_json(&ks);
+    let mut text = keyset_text(&ks);
+    if let Some(dir) = grants {
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot read grant directory {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "grant"))
+            .collect();
+        entries.sort();
+        let mut list = Vec::new();
+        for path in entries {
+            let g = Grant::load(&path, ks.admin_verifying_key())?;
+            text.push_str(&grant_text(&path, &g));
+            list.push(grant_json(&path, &g));
+        }
+        value["grants"] = list.into();
+    }
+    emit(json, value, || text);
+    Ok(())
+}
+
+fn keyset_json(ks: &Keyset) -> serde_json::Value {
+    json!({
+        "fs": ks.fs(), "serial": ks.serial(), "updated": ks.updated(),
+        "admin_fingerprint": fingerprint(ks.admin_verifying_key()),
+        "scopes": ks.scopes().iter().map(|(l, k)| json!({ "scope": l, "fingerprint": fingerprint(k) })).collect::<Vec<_>>(),
+        "writers": ks.writers().iter().map(|(n, k)| json!({ "writer": n, "fingerprint": fingerprint(k) })).collect::<Vec<_>>(),
+    })
+}
+
+fn keyset_text(ks: &Keyset) -> String {
+    let mut s = format!(
+        "keyset of file system `{}`, serial {}, updated {}\n  admin key: {}\n  scopes:\n",
+        ks.fs(),
+        ks.serial(),
+        ks.updated(),
+        fingerprint(ks.admin_verifying_key())
+    );
+    for (l, k) in ks.scopes() {
+        s.push_str(&format!("    {l:<24} {}\n", fingerprint(k)));
+    }
+    if !ks.writers().is_empty() {
+        s.push_str("  writers:\n");
+        for (n, k) in ks.writers() {
+            s.push_str(&format!("    {n:<24} {}\n", fingerprint(k)));
+        }
+    }
+    s
+}
+
+fn grant_json(path: &Path, g: &Grant) -> serde_json::Value {
+    json!({
+        "file": path, "fs": g.fs(), "scope": g.scope(), "user": g.user(), "share": g.share(),
+        "threshold": g.threshold(), "shares": g.shares(), "issued": g.issued(), "expires": g.expires(),
+        "expired": g.is_expired(time::OffsetDateTime::now_utc()),
+    })
+}
+
+fn grant_text(path: &Path, g: &Grant) -> String {
+    format!(
+        "grant {}: scope `{}` to `{}`, share {} ({} of {}), issued {}, {}\n",
+        path.display(),
+        g.scope(),
+        g.user(),
+        g.share(),
+        g.threshold(),
+        g.shares(),
+        g.issued(),
+        match g.expires() {
+            Some(e) if g.is_expired(time::OffsetDateTime::now_utc()) => format!("EXPIRED {e}"),
+            Some(e) => format!("expires {e}"),
+            None => "no expiry".into(),
+        }
+    )
+}
+
+fn load_admin(source: &KeySource, unlock: &Unlock, ks: &Keyset) -> Result<AdminSecret> {
+    let admin = AdminSecret::from_seed(source.load(unlock)?);
+    ks.check_admin(&admin)?;
+    Ok(admin)
+}
+
+fn protection(args: &ProtectArgs) -> Result<Protection> {
+    match args.protect {
+        ProtectKind::None => {
+            if !args.recipients.is_empty() {
+                bail!("--recipient needs --protect age");
+            }
+            Ok(Protection::None)
+        }
+        ProtectKind::Age => {
+            if args.recipients.is_empty() {
+                bail!("--protect age needs at least one --recipient age1...");
+            }
+            Ok(Protection::Recipients(args.recipients.clone()))
+        }
+        ProtectKind::Passphrase => Ok(Protection::Passphrase(new_passphrase()?)),
+    }
+}
+
+fn new_passphrase() -> Result<SecretString> {
+    if let Some(path) = std::env::var_os("CBFS_PASSPHRASE_FILE") {
+        let unlock = Unlock {
+            passphrase_file: Some(PathBuf::from(&path)),
+            ..Unlock::default()
+        };
+        // Read through the same checks as for unlocking (0600 or refused).
+        let pass = read_passphrase_file(&unlock)?;
+        return Ok(pass);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("--protect passphrase needs a terminal to ask for the passphrase, or CBFS_PASSPHRASE_FILE naming a 0600 file that holds it");
+    }
+    let first = rpassword::prompt_password("New passphrase: ")?;
+    let second = rpassword::prompt_password("Repeat passphrase: ")?;
+    if first != second {
+        bail!("the passphrases do not match");
+    }
+    if first.chars().count() < 12 {
+        bail!("the passphrase is too short: use at least 12 characters");
+    }
+    Ok(SecretString::from(first))
+}
+
+fn read_passphrase_file(unlock: &Unlock) -> Result<SecretString> {
+    let path = unlock.passphrase_file.as_ref().expect("set by caller");
+    let meta = fs::metadata(path).with_context(|| format!("cannot read passphrase file {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(cbfs_core::Error::InsecurePermissions { path: path.clone(), mode }.into());
+    }
+    let text = zeroize::Zeroizing::new(
+        fs::read_to_string(path).with_context(|| format!("cannot read passphrase file {}", path.display()))?,
+    );
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        bail!("passphrase file {} is empty", path.display());
+    }
+    Ok(SecretString::from(line.to_owned()))
+}
+
+fn note_durability(source: &KeySource) {
+    if let Some(note) = source.durability_note() {
+        eprintln!("note: {note}");
+    }
+}
+
+fn parse_expiry(text: &str) -> Result<String> {
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("valid");
+    let fmt = &time::format_description::well_known::Rfc3339;
+    if let Some((num, unit)) = text.len().checked_sub(1).map(|i| text.split_at(i))
+        && let Ok(n) = num.parse::<i64>()
+    {
+        let secs = match unit {
+            "s" => Some(n),
+            "m" => Some(n * 60),
+            "h" => Some(n * 3600),
+            "d" => Some(n * 86400),
+            _ => None,
+        };
+        if let Some(secs) = secs {
+            if secs <= 0 {
+                bail!("--expires {text}: the duration must be positive");
+            }
+            return Ok((now + time::Duration::seconds(secs)).format(fmt)?);
+        }
+    }
+    let t = cbfs_core::parse_time(text).map_err(anyhow::Error::msg)?;
+    Ok(t.format(fmt)?)
+}
+
+fn refuse_existing(path: &Path, what: &str) -> Result<()> {
+    if path.exists() {
+        bail!(
+            "{what} {} already exists; refusing to overwrite it (choose another path)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_new_public(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    use std::io::Write;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    use std::io::Write;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn replace_public(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    write_new_public(&tmp, bytes)?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+fn make_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))
+}

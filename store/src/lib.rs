@@ -1,0 +1,1 @@
+//! cbfs object stores.
