@@ -37,8 +37,10 @@ struct Body {
 }
 
 /// A verified public keyset.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Keyset {
+    /// The signed bytes it was read from; empty for a keyset made here.
+    raw: Vec<u8>,
     fs: FsName,
     serial: u64,
     updated: String,
@@ -51,6 +53,7 @@ impl Keyset {
     /// A new keyset for file system `fs`, holding the `default` scope.
     pub fn new(fs: FsName, admin: &AdminSecret) -> Self {
         let mut keyset = Keyset {
+            raw: Vec::new(),
             fs,
             serial: 0,
             updated: signed::now_rfc3339(),
@@ -95,6 +98,7 @@ impl Keyset {
             writers.insert(name.clone(), key(&format!("writer {name}"), hex)?);
         }
         Ok(Keyset {
+            raw: bytes.to_vec(),
             fs: body.fs,
             serial: body.serial,
             updated: body.updated,
@@ -171,6 +175,12 @@ impl Keyset {
         self.updated = signed::now_rfc3339();
     }
 
+    /// The signed bytes this keyset was read from (empty if it was made in
+    /// this process and not read back).
+    pub fn signed_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
     /// The file system this keyset belongs to.
     pub fn fs(&self) -> &FsName {
         &self.fs
@@ -204,6 +214,17 @@ impl Keyset {
     /// All registered writers, by name.
     pub fn writers(&self) -> &BTreeMap<UserName, PublicKey> {
         &self.writers
+    }
+}
+
+impl PartialEq for Keyset {
+    fn eq(&self, other: &Self) -> bool {
+        self.fs == other.fs
+            && self.serial == other.serial
+            && self.updated == other.updated
+            && self.admin == other.admin
+            && self.scopes == other.scopes
+            && self.writers == other.writers
     }
 }
 

@@ -74,7 +74,11 @@ impl<'a> Dec<'a> {
     }
 
     /// Checks the brand, then reads the version and returns it.
-    pub(crate) fn brand(buf: &'a [u8], brand: &[u8; 8], object: ObjectKind) -> Result<(Self, u16), Error> {
+    pub(crate) fn brand(
+        buf: &'a [u8],
+        brand: &[u8; 8],
+        object: ObjectKind,
+    ) -> Result<(Self, u16), Error> {
         if buf.len() < 8 || &buf[..8] != brand {
             return Err(Error::BadBrand { object });
         }

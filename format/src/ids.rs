@@ -118,9 +118,18 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text, "ab".repeat(16));
         assert_eq!(text.parse::<MemberId>().unwrap(), id);
-        assert!("AB".repeat(16).parse::<MemberId>().is_err(), "uppercase refused");
-        assert!("ab".repeat(15).parse::<MemberId>().is_err(), "short refused");
-        assert!(format!("{text}0").parse::<MemberId>().is_err(), "long refused");
+        assert!(
+            "AB".repeat(16).parse::<MemberId>().is_err(),
+            "uppercase refused"
+        );
+        assert!(
+            "ab".repeat(15).parse::<MemberId>().is_err(),
+            "short refused"
+        );
+        assert!(
+            format!("{text}0").parse::<MemberId>().is_err(),
+            "long refused"
+        );
         assert!(format!(" {}", &text[1..]).parse::<MemberId>().is_err());
         assert!("g".repeat(32).parse::<SegmentId>().is_err());
         assert_eq!(format!("{id:?}"), format!("MemberId({text})"));

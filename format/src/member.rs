@@ -42,7 +42,8 @@ pub fn write_member<W: Write>(
             })?;
     let writing = "writing a member payload";
     let stream = encryptor.wrap_output(output).map_err(Error::io(writing))?;
-    let mut z = zstd::stream::write::Encoder::new(stream, zstd_level).map_err(Error::io(writing))?;
+    let mut z =
+        zstd::stream::write::Encoder::new(stream, zstd_level).map_err(Error::io(writing))?;
     let mut head = Vec::with_capacity(14 + encoded.len());
     head.extend_from_slice(PLAINTEXT_BRAND);
     head.extend_from_slice(&PLAINTEXT_VERSION.to_be_bytes());
@@ -55,7 +56,11 @@ pub fn write_member<W: Write>(
 }
 
 /// Copies exactly `meta.size` bytes, failing if the reader gives more or fewer.
-pub(crate) fn copy_exact(mut content: impl Read, out: &mut impl Write, meta: &Metadata) -> Result<u64, Error> {
+pub(crate) fn copy_exact(
+    mut content: impl Read,
+    out: &mut impl Write,
+    meta: &Metadata,
+) -> Result<u64, Error> {
     let mut buf = vec![0u8; COPY_BUF];
     let mut total = 0u64;
     loop {
@@ -96,7 +101,7 @@ pub(crate) fn copy_exact(mut content: impl Read, out: &mut impl Write, meta: &Me
 /// The group key is looked up by the group id in the member's stanza. Read the content
 /// to the end (or call [`ContentReader::finish`]): only then is the end of the payload
 /// authenticated, and a truncated or altered payload always ends in an error.
-pub fn open_member<'a, R: Read + 'a>(
+pub fn open_member<'a, R: Read + Send + 'a>(
     member: MemberId,
     payload: R,
     keys: &dyn GroupKeys,
@@ -104,7 +109,7 @@ pub fn open_member<'a, R: Read + 'a>(
     open_member_inner(member, payload, None, keys)
 }
 
-pub(crate) fn open_member_inner<'a, R: Read + 'a>(
+pub(crate) fn open_member_inner<'a, R: Read + Send + 'a>(
     member: MemberId,
     payload: R,
     expected_len: Option<u64>,
@@ -115,8 +120,8 @@ pub(crate) fn open_member_inner<'a, R: Read + 'a>(
         read: 0,
         expected: expected_len,
     });
-    let decryptor =
-        age::Decryptor::new_buffered(source).map_err(|e| header_error(member, e, &Outcome::NotCalled))?;
+    let decryptor = age::Decryptor::new_buffered(source)
+        .map_err(|e| header_error(member, e, &Outcome::NotCalled))?;
     let identity = CbfsIdentity {
         member,
         keys,
@@ -150,7 +155,10 @@ pub(crate) fn open_member_inner<'a, R: Read + 'a>(
     }
     let len = u32::from_be_bytes([head[10], head[11], head[12], head[13]]) as usize;
     if len > MAX_METADATA_LEN {
-        return Err(corrupt(member, format!("metadata length {len} over the limit")));
+        return Err(corrupt(
+            member,
+            format!("metadata length {len} over the limit"),
+        ));
     }
     let mut encoded = vec![0u8; len];
     plain.read_exact_checked(&mut encoded)?;
@@ -186,12 +194,10 @@ fn header_error(member: MemberId, err: age::DecryptError, outcome: &Outcome) -> 
             member,
             group: None,
         },
-        (D::DecryptionFailed | D::KeyDecryptionFailed, Outcome::Unwrap(group)) => {
-            Error::WrongKey {
-                member,
-                group: Some(*group),
-            }
-        }
+        (D::DecryptionFailed | D::KeyDecryptionFailed, Outcome::Unwrap(group)) => Error::WrongKey {
+            member,
+            group: Some(*group),
+        },
         (D::UnknownFormat, _) => Error::UnknownVersion {
             object: ObjectKind::MemberPayload,
             found: "an age format other than v1".into(),
@@ -409,7 +415,10 @@ impl<R: Read> PlainSource for EncryptedPlain<R> {
     }
 
     fn ended_early(&self) -> Error {
-        corrupt(self.member, "plaintext ends before the size in its metadata")
+        corrupt(
+            self.member,
+            "plaintext ends before the size in its metadata",
+        )
     }
 }
 
@@ -418,13 +427,13 @@ impl<R: Read> PlainSource for EncryptedPlain<R> {
 /// Every error is an [`io::Error`] carrying an [`Error`]; get it back with
 /// [`Error::from_io`].
 pub struct ContentReader<'a> {
-    inner: Box<dyn PlainSource + 'a>,
+    inner: Box<dyn PlainSource + Send + 'a>,
     remaining: u64,
     verified: bool,
 }
 
 impl<'a> ContentReader<'a> {
-    pub(crate) fn new(inner: Box<dyn PlainSource + 'a>, size: u64) -> Self {
+    pub(crate) fn new(inner: Box<dyn PlainSource + Send + 'a>, size: u64) -> Self {
         ContentReader {
             inner,
             remaining: size,
@@ -456,7 +465,9 @@ impl Read for ContentReader<'_> {
             }
             return Ok(0);
         }
-        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let max = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 {
             return Err(self.inner.ended_early().into_io());

@@ -88,9 +88,29 @@ fn content_length_changes_are_refused() {
     let (member, key, _) = setup();
     let meta = file_meta("grows", 10);
     let err = write_member(Vec::new(), member, &key, &meta, &[0u8; 11][..], 3).unwrap_err();
-    assert!(matches!(err, Error::ContentLength { declared: 10, actual: 11, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::ContentLength {
+                declared: 10,
+                actual: 11,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = write_member(Vec::new(), member, &key, &meta, &[0u8; 9][..], 3).unwrap_err();
-    assert!(matches!(err, Error::ContentLength { declared: 10, actual: 9, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::ContentLength {
+                declared: 10,
+                actual: 9,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -99,10 +119,16 @@ fn wrong_member_id_wrong_key_and_missing_group() {
     let meta = file_meta("f", 3);
     let payload = encrypt(member, &key, &meta, b"abc");
     let err = decrypt(MemberId::random(), &ring, &payload).unwrap_err();
-    assert!(matches!(err, Error::WrongKey { group: Some(g), .. } if g == key.id()), "{err}");
-    let impostor: Keyring = [GroupKey::new(key.id(), secrecy::SecretBox::new(Box::new([7; 32])))]
-        .into_iter()
-        .collect();
+    assert!(
+        matches!(err, Error::WrongKey { group: Some(g), .. } if g == key.id()),
+        "{err}"
+    );
+    let impostor: Keyring = [GroupKey::new(
+        key.id(),
+        secrecy::SecretBox::new(Box::new([7; 32])),
+    )]
+    .into_iter()
+    .collect();
     let err = decrypt(member, &impostor, &payload).unwrap_err();
     assert_eq!(err.code(), "wrong_key");
     let err = decrypt(member, &Keyring::new(), &payload).unwrap_err();
@@ -121,9 +147,15 @@ fn header_damage_is_caught() {
     let mac = payload.windows(5).position(|w| w == b"\n--- ").unwrap() + 6;
     let mut bad = payload.clone();
     bad[mac] = if bad[mac] == b'A' { b'B' } else { b'A' };
-    assert_eq!(decrypt(member, &ring, &bad).unwrap_err().code(), "header_mac");
+    assert_eq!(
+        decrypt(member, &ring, &bad).unwrap_err().code(),
+        "header_mac"
+    );
     // Not age at all.
-    assert_eq!(decrypt(member, &ring, b"hello world\n").unwrap_err().code(), "member_header");
+    assert_eq!(
+        decrypt(member, &ring, b"hello world\n").unwrap_err().code(),
+        "member_header"
+    );
     // Empty.
     let err = decrypt(member, &ring, b"").unwrap_err();
     assert_eq!(err.code(), "member_header", "{err}");
@@ -141,22 +173,37 @@ fn payload_damage_is_caught() {
 
     let mut flipped = payload.clone();
     flipped[start + CHUNK + 5] ^= 1;
-    assert_eq!(decrypt(member, &ring, &flipped).unwrap_err().code(), "payload_auth");
+    assert_eq!(
+        decrypt(member, &ring, &flipped).unwrap_err().code(),
+        "payload_auth"
+    );
 
     let mut swapped = payload[..start].to_vec();
     swapped.extend_from_slice(&payload[start + CHUNK..start + 2 * CHUNK]);
     swapped.extend_from_slice(&payload[start..start + CHUNK]);
     swapped.extend_from_slice(&payload[start + 2 * CHUNK..]);
-    assert_eq!(decrypt(member, &ring, &swapped).unwrap_err().code(), "payload_auth");
+    assert_eq!(
+        decrypt(member, &ring, &swapped).unwrap_err().code(),
+        "payload_auth"
+    );
 
     let cut = &payload[..start + 3 * CHUNK];
-    assert_eq!(decrypt(member, &ring, cut).unwrap_err().code(), "payload_truncated");
+    assert_eq!(
+        decrypt(member, &ring, cut).unwrap_err().code(),
+        "payload_truncated"
+    );
     let cut = &payload[..payload.len() - 1];
-    assert_eq!(decrypt(member, &ring, cut).unwrap_err().code(), "payload_auth");
+    assert_eq!(
+        decrypt(member, &ring, cut).unwrap_err().code(),
+        "payload_auth"
+    );
 
     let mut trailing = payload.clone();
     trailing.extend_from_slice(b"more");
-    assert_eq!(decrypt(member, &ring, &trailing).unwrap_err().code(), "payload_auth");
+    assert_eq!(
+        decrypt(member, &ring, &trailing).unwrap_err().code(),
+        "payload_auth"
+    );
 
     // A chunk from another member with the same group and member id.
     let other = encrypt(member, &key, &meta, &content);
@@ -164,12 +211,18 @@ fn payload_damage_is_caught() {
     let mut spliced = payload[..start + CHUNK].to_vec();
     spliced.extend_from_slice(&other[o_start + CHUNK..o_start + 2 * CHUNK]);
     spliced.extend_from_slice(&payload[start + 2 * CHUNK..]);
-    assert_eq!(decrypt(member, &ring, &spliced).unwrap_err().code(), "payload_auth");
+    assert_eq!(
+        decrypt(member, &ring, &spliced).unwrap_err().code(),
+        "payload_auth"
+    );
 
     // The header of another member in front of this payload.
     let mut header_swap = other[..o_start].to_vec();
     header_swap.extend_from_slice(&payload[start..]);
-    assert_eq!(decrypt(member, &ring, &header_swap).unwrap_err().code(), "payload_auth");
+    assert_eq!(
+        decrypt(member, &ring, &header_swap).unwrap_err().code(),
+        "payload_auth"
+    );
 }
 
 #[test]
@@ -189,7 +242,10 @@ fn source_errors_are_io_errors() {
     struct Failing;
     impl Read for Failing {
         fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "disk on fire"))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "disk on fire",
+            ))
         }
     }
     let (member, _, ring) = setup();
@@ -202,8 +258,12 @@ fn non_file_entries_carry_no_content() {
     let (member, key, ring) = setup();
     for kind in [
         EntryKind::Dir,
-        EntryKind::Symlink { target: b"../t".to_vec() },
-        EntryKind::Hardlink { target: b"a/b".to_vec() },
+        EntryKind::Symlink {
+            target: b"../t".to_vec(),
+        },
+        EntryKind::Hardlink {
+            target: b"a/b".to_vec(),
+        },
         EntryKind::CharDevice { major: 1, minor: 3 },
         EntryKind::Fifo,
     ] {

@@ -149,7 +149,9 @@ impl Metadata {
         }
         for (what, name) in [("user name", &self.uname), ("group name", &self.gname)] {
             if name.len() > MAX_NAME_LEN || name.as_bytes().contains(&0) {
-                return bad(format!("{what} is longer than {MAX_NAME_LEN} bytes or has NUL"));
+                return bad(format!(
+                    "{what} is longer than {MAX_NAME_LEN} bytes or has NUL"
+                ));
             }
         }
         if self.mtime.nanos >= 1_000_000_000 {
@@ -205,7 +207,10 @@ impl Metadata {
         let out = e.into_vec();
         if out.len() > MAX_METADATA_LEN {
             return Err(Error::InvalidInput {
-                reason: format!("{}: metadata over {MAX_METADATA_LEN} bytes", self.path_lossy()),
+                reason: format!(
+                    "{}: metadata over {MAX_METADATA_LEN} bytes",
+                    self.path_lossy()
+                ),
             });
         }
         Ok(out)
@@ -321,8 +326,10 @@ pub(crate) mod tests {
             Just(EntryKind::Dir),
             arb_path().prop_map(|target| EntryKind::Symlink { target }),
             arb_path().prop_map(|target| EntryKind::Hardlink { target }),
-            (any::<u32>(), any::<u32>()).prop_map(|(major, minor)| EntryKind::CharDevice { major, minor }),
-            (any::<u32>(), any::<u32>()).prop_map(|(major, minor)| EntryKind::BlockDevice { major, minor }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(major, minor)| EntryKind::CharDevice { major, minor }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(major, minor)| EntryKind::BlockDevice { major, minor }),
             Just(EntryKind::Fifo),
         ]
     }

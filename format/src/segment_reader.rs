@@ -133,19 +133,28 @@ impl<R: Read> SegmentReader<R> {
         Ok(())
     }
 
+    /// Skips what is left of the current member's data, then checks its padding is zero.
     fn skip_rest(&mut self) -> Result<(), Error> {
-        let left = self.data_left + self.pad_left;
-        if left > 0 {
+        if self.data_left > 0 {
             let at = self.pos;
+            let left = self.data_left;
             let n = io::copy(&mut (&mut self.input).take(left), &mut io::sink())
                 .map_err(Error::io("reading a segment"))?;
             self.pos += n;
             if n != left {
                 return Err(self.tar_err(at, "segment ends inside member data"));
             }
+            self.data_left = 0;
         }
-        self.data_left = 0;
-        self.pad_left = 0;
+        if self.pad_left > 0 {
+            let mut pad = [0u8; BLOCK];
+            let len = self.pad_left as usize;
+            self.read_exact_here(&mut pad[..len], "member padding")?;
+            if pad[..len].iter().any(|&b| b != 0) {
+                return Err(self.tar_err(self.pos - len as u64, "non-zero padding"));
+            }
+            self.pad_left = 0;
+        }
         Ok(())
     }
 
@@ -190,7 +199,9 @@ impl<R: Read> SegmentReader<R> {
     fn encrypted_header(&self, at: u64, block: &[u8; BLOCK]) -> Result<MemberInfo, Error> {
         let bad = || self.tar_err(at, "member header is not in canonical form");
         let h = Ustar::decode(block).ok_or_else(bad)?;
-        let member = parse_hex16(&h.name).map(MemberId::from_bytes).map_err(|_| bad())?;
+        let member = parse_hex16(&h.name)
+            .map(MemberId::from_bytes)
+            .map_err(|_| bad())?;
         if member_header(&member, h.size) != *block {
             return Err(bad());
         }
@@ -202,18 +213,35 @@ impl<R: Read> SegmentReader<R> {
         })
     }
 
-    fn plain_header(&mut self, at: u64, first: [u8; BLOCK]) -> Result<(MemberInfo, Metadata), Error> {
+    fn plain_header(
+        &mut self,
+        at: u64,
+        first: [u8; BLOCK],
+    ) -> Result<(MemberInfo, Metadata), Error> {
         let bad = |s: &Self, reason: String| s.tar_err(at, reason);
         let mut raw = first.to_vec();
         let mut h = Ustar::decode(&first).ok_or_else(|| bad(self, "bad header block".into()))?;
         let mut records = Vec::new();
-        if h.typeflag == b'x' {
+        // Extension blocks, at most three ('L', 'K', 'x'); the canonical check below
+        // fixes their order.
+        for _ in 0..3 {
+            if !matches!(h.typeflag, b'L' | b'K' | b'x') {
+                break;
+            }
             if h.size > MAX_PAX_LEN {
-                return Err(bad(self, "pax header too large".into()));
+                return Err(bad(self, "extension header too large".into()));
             }
             let mut data = vec![0u8; padded(h.size) as usize];
-            self.read_exact_here(&mut data, "a pax header")?;
-            records = parse_pax(&data[..h.size as usize]).map_err(|r| bad(self, r))?;
+            self.read_exact_here(&mut data, "an extension header")?;
+            let body = &data[..h.size as usize];
+            match h.typeflag {
+                b'x' => records.extend(parse_pax(body).map_err(|r| bad(self, r))?),
+                flag => {
+                    let name = body.strip_suffix(b"\0").unwrap_or(body).to_vec();
+                    let key = if flag == b'L' { "path" } else { "linkpath" };
+                    records.push((key.to_string(), name));
+                }
+            }
             raw.extend_from_slice(&data);
             let mut block = [0u8; BLOCK];
             self.read_exact_here(&mut block, "a header")?;
@@ -260,7 +288,7 @@ impl<R: Read + Seek> SegmentReader<R> {
 
 /// Opens one encrypted member by its data offset and length, as an index stores them.
 /// The member id is checked cryptographically (it is bound into the member's stanza).
-pub fn open_member_at<'a, R: Read + Seek>(
+pub fn open_member_at<'a, R: Read + Seek + Send>(
     input: &'a mut R,
     member: MemberId,
     data_offset: u64,
@@ -301,6 +329,14 @@ impl<'a, R: Read> SegmentMember<'a, R> {
         (reader, self.info, self.meta)
     }
 
+    /// The member's raw data bytes (an encrypted member's ciphertext), exactly
+    /// `data_len` of them; for hashing or copying without a key.
+    pub fn raw(self) -> RawData<'a, R> {
+        RawData(self.data().0)
+    }
+}
+
+impl<'a, R: Read + Send> SegmentMember<'a, R> {
     /// The metadata and a reader over the content. Encrypted members need the group
     /// key named in their stanza; plain members ignore `keys`.
     pub fn open(self, keys: &dyn GroupKeys) -> Result<(Metadata, ContentReader<'a>), Error> {
@@ -316,12 +352,6 @@ impl<'a, R: Read> SegmentMember<'a, R> {
             }),
         }
     }
-
-    /// The member's raw data bytes (an encrypted member's ciphertext), exactly
-    /// `data_len` of them; for hashing or copying without a key.
-    pub fn raw(self) -> RawData<'a, R> {
-        RawData(self.data().0)
-    }
 }
 
 /// Reads the current member's data; `Ok(0)` early if the segment ends early.
@@ -334,7 +364,9 @@ struct DataReader<'a, R> {
 
 impl<R: Read> Read for DataReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let max = usize::try_from(*self.left).unwrap_or(usize::MAX).min(buf.len());
+        let max = usize::try_from(*self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         if max == 0 {
             return Ok(0);
         }
@@ -386,7 +418,11 @@ impl<R: Read> PlainSource for PlainData<'_, R> {
 }
 
 /// Checks the header bytes of a member about to be copied (GC) against its summary.
-pub(crate) fn check_header_region(old: &Summary, entry: &SummaryEntry, header: &[u8]) -> Result<(), Error> {
+pub(crate) fn check_header_region(
+    old: &Summary,
+    entry: &SummaryEntry,
+    header: &[u8],
+) -> Result<(), Error> {
     let mismatch = |reason: &str| Error::SummaryMismatch {
         segment: old.segment_id(),
         offset: entry.header_offset,
@@ -395,19 +431,10 @@ pub(crate) fn check_header_region(old: &Summary, entry: &SummaryEntry, header: &
     let ok = match old.mode() {
         SegmentMode::Encrypted => member_header(&entry.member, entry.data_len).as_slice() == header,
         SegmentMode::Plain => {
-            let mut r = SegmentReader {
-                input: header,
-                segment: old.segment_id(),
-                mode: SegmentMode::Plain,
-                pos: entry.header_offset,
-                data_left: 0,
-                pad_left: 0,
-                done: false,
-            };
-            let mut first = [0u8; BLOCK];
-            r.read_exact_here(&mut first, "a header")?;
-            let (info, _) = r.plain_header(entry.header_offset, first)?;
-            info.data_len == entry.data_len && r.input.is_empty()
+            parse_plain_region(old.segment_id(), entry.header_offset, header)?
+                .0
+                .data_len
+                == entry.data_len
         }
     };
     if ok {
@@ -415,6 +442,30 @@ pub(crate) fn check_header_region(old: &Summary, entry: &SummaryEntry, header: &
     } else {
         Err(mismatch("header bytes differ from the summary"))
     }
+}
+
+/// Parses a plain member's header region (exactly: no bytes may be left over).
+pub(crate) fn parse_plain_region(
+    segment: SegmentId,
+    header_offset: u64,
+    header: &[u8],
+) -> Result<(MemberInfo, Metadata), Error> {
+    let mut r = SegmentReader {
+        input: header,
+        segment,
+        mode: SegmentMode::Plain,
+        pos: header_offset,
+        data_left: 0,
+        pad_left: 0,
+        done: false,
+    };
+    let mut first = [0u8; BLOCK];
+    r.read_exact_here(&mut first, "a header")?;
+    let parsed = r.plain_header(header_offset, first)?;
+    if !r.input.is_empty() {
+        return Err(r.tar_err(r.pos, "bytes left after the member's headers"));
+    }
+    Ok(parsed)
 }
 
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

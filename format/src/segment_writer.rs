@@ -168,7 +168,9 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
     /// Pads the data just written and leaves the spool at the next header.
     fn pad(&mut self, data_len: u64) -> Result<(), Error> {
         let pad = (padded(data_len) - data_len) as usize;
-        self.out.write_all(&[0u8; BLOCK][..pad]).map_err(Error::io(WRITING))
+        self.out
+            .write_all(&[0u8; BLOCK][..pad])
+            .map_err(Error::io(WRITING))
     }
 
     /// Compresses, encrypts and appends one file.
@@ -194,12 +196,16 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             let (sha256, data_len) = (hw.hasher.finalize().into(), hw.count);
             w.pad(data_len)?;
             let at = w.base + header_offset;
-            w.out.seek(SeekFrom::Start(at)).map_err(Error::io(WRITING))?;
+            w.out
+                .seek(SeekFrom::Start(at))
+                .map_err(Error::io(WRITING))?;
             w.out
                 .write_all(&member_header(&member, data_len))
                 .map_err(Error::io(WRITING))?;
             let end = at + BLOCK as u64 + padded(data_len);
-            w.out.seek(SeekFrom::Start(end)).map_err(Error::io(WRITING))?;
+            w.out
+                .seek(SeekFrom::Start(end))
+                .map_err(Error::io(WRITING))?;
             Ok(SummaryEntry {
                 member,
                 header_offset,
@@ -264,7 +270,11 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             .clone();
         if old.mode() != self.mode {
             return Err(Error::InvalidInput {
-                reason: format!("cannot copy a {:?} member into a {:?} segment", old.mode(), self.mode),
+                reason: format!(
+                    "cannot copy a {:?} member into a {:?} segment",
+                    old.mode(),
+                    self.mode
+                ),
             });
         }
         self.check(self.mode, member)?;
@@ -329,7 +339,10 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         if hw.count != len {
             return Err(Error::Io {
                 context: "hashing the segment",
-                source: io::Error::new(io::ErrorKind::UnexpectedEof, "spool is shorter than written"),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "spool is shorter than written",
+                ),
             });
         }
         let sha256 = hw.hasher.finalize().into();

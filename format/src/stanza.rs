@@ -115,7 +115,10 @@ impl age::Identity for CbfsIdentity<'_> {
         // are ignored. Anything else must be exactly one cbfs1 stanza.
         let mut real = stanzas.iter().filter(|s| !s.tag.ends_with("-grease"));
         let (Some(stanza), None) = (real.next(), real.next()) else {
-            let count = stanzas.iter().filter(|s| !s.tag.ends_with("-grease")).count();
+            let count = stanzas
+                .iter()
+                .filter(|s| !s.tag.ends_with("-grease"))
+                .count();
             return self.bad(format!(
                 "expected exactly one non-grease stanza, found {count}"
             ));
@@ -171,4 +174,27 @@ impl age::Identity for CbfsIdentity<'_> {
             }
         }
     }
+}
+
+/// The group id named by the cbfs1 stanza in the first bytes of a member payload,
+/// read without any key; `None` unless there is exactly one cbfs1 stanza.
+pub(crate) fn group_in_header(prefix: &[u8]) -> Option<GroupId> {
+    let mut lines = prefix.split(|&b| b == b'\n');
+    if lines.next()? != b"age-encryption.org/v1" {
+        return None;
+    }
+    let mut found = None;
+    for line in lines {
+        if line.starts_with(b"--- ") {
+            return found;
+        }
+        if let Some(rest) = line.strip_prefix(b"-> cbfs1 ") {
+            let hex = rest.split(|&b| b == b' ').next()?;
+            let group = GroupId::from_bytes(parse_hex16(hex).ok()?);
+            if found.replace(group).is_some() {
+                return None;
+            }
+        }
+    }
+    None
 }

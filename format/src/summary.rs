@@ -11,6 +11,7 @@ use crate::ids::{GroupId, MemberId, SegmentId};
 use crate::plain::padded;
 use crate::segment_reader::{MAX_PAX_LEN, SegmentReader};
 use crate::segment_writer::SegmentMode;
+use crate::stanza::group_in_header;
 use crate::tar::{BLOCK, GLOBAL_HEADER_LEN};
 
 const BRAND: &[u8; 8] = b"CBFSSUMM";
@@ -19,6 +20,8 @@ const ENTRY_LEN: usize = 16 + 8 + 8 + 8 + 16 + 32;
 /// Offset of the first entry: brand, version, segment id, mode, length, hash, count.
 const ENTRIES_AT: usize = 8 + 2 + 16 + 1 + 8 + 32 + 4;
 const TRAILER: u64 = 2 * BLOCK as u64;
+/// How much of an encrypted payload to look at for its stanza's group id.
+const HEADER_PEEK: usize = 4096;
 
 /// One member in a summary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,9 +86,15 @@ impl Summary {
         let mut seen = HashSet::new();
         for (i, e) in self.entries.iter().enumerate() {
             if e.header_offset != next {
-                return Err((i, format!("member {} starts at {}, expected {next}", e.member, e.header_offset)));
+                return Err((
+                    i,
+                    format!(
+                        "member {} starts at {}, expected {next}",
+                        e.member, e.header_offset
+                    ),
+                ));
             }
-            let header_len = e.data_offset.checked_sub(e.header_offset).unwrap_or(0);
+            let header_len = e.data_offset.saturating_sub(e.header_offset);
             let header_ok = match self.mode {
                 SegmentMode::Encrypted => header_len == BLOCK as u64,
                 SegmentMode::Plain => {
@@ -95,12 +104,20 @@ impl Summary {
                 }
             };
             if !header_ok {
-                return Err((i, format!("member {}: bad header length {header_len}", e.member)));
+                return Err((
+                    i,
+                    format!("member {}: bad header length {header_len}", e.member),
+                ));
             }
             match (self.mode, e.group) {
                 (SegmentMode::Encrypted, Some(g)) if !g.is_zero() => {}
                 (SegmentMode::Plain, None) => {}
-                _ => return Err((i, format!("member {}: group does not fit the mode", e.member))),
+                _ => {
+                    return Err((
+                        i,
+                        format!("member {}: group does not fit the mode", e.member),
+                    ));
+                }
             }
             if !seen.insert(e.member) {
                 return Err((i, format!("member {} listed twice", e.member)));
@@ -112,7 +129,14 @@ impl Summary {
                 .ok_or((i, "offsets overflow".to_string()))?;
         }
         if self.segment_len != next + TRAILER {
-            return Err((self.entries.len(), format!("segment length {} should be {}", self.segment_len, next + TRAILER)));
+            return Err((
+                self.entries.len(),
+                format!(
+                    "segment length {} should be {}",
+                    self.segment_len,
+                    next + TRAILER
+                ),
+            ));
         }
         Ok(())
     }
@@ -137,6 +161,11 @@ impl Summary {
     pub fn entries(&self) -> &[SummaryEntry] {
         &self.entries
     }
+    /// The groups whose lockboxes open this segment's members.
+    pub fn groups(&self) -> std::collections::BTreeSet<GroupId> {
+        self.entries.iter().filter_map(|e| e.group).collect()
+    }
+
     /// The entry of one member.
     pub fn entry(&self, member: &MemberId) -> Option<&SummaryEntry> {
         self.entries.iter().find(|e| e.member == *member)
@@ -182,7 +211,13 @@ impl Summary {
         let count_at = d.pos();
         let count = d.u32()? as usize;
         if count.checked_mul(ENTRY_LEN) != Some(d.remaining()) {
-            return Err(d.err_at(count_at, format!("{count} entries do not fill the remaining {} bytes", d.remaining())));
+            return Err(d.err_at(
+                count_at,
+                format!(
+                    "{count} entries do not fill the remaining {} bytes",
+                    d.remaining()
+                ),
+            ));
         }
         let mut entries = Vec::with_capacity(count);
         for _ in 0..count {
@@ -221,17 +256,23 @@ impl Summary {
         {
             let mut reader = SegmentReader::new(&mut hashing)?;
             if reader.segment_id() != self.segment || reader.mode() != self.mode {
-                return Err(mismatch(0, format!(
-                    "segment header names {} ({:?}), summary is for {} ({:?})",
-                    reader.segment_id(),
-                    reader.mode(),
-                    self.segment,
-                    self.mode
-                )));
+                return Err(mismatch(
+                    0,
+                    format!(
+                        "segment header names {} ({:?}), summary is for {} ({:?})",
+                        reader.segment_id(),
+                        reader.mode(),
+                        self.segment,
+                        self.mode
+                    ),
+                ));
             }
             for expected in &self.entries {
                 let Some(member) = reader.next_member()? else {
-                    return Err(mismatch(expected.header_offset, format!("member {} is missing", expected.member)));
+                    return Err(mismatch(
+                        expected.header_offset,
+                        format!("member {} is missing", expected.member),
+                    ));
                 };
                 let info = member.info().clone();
                 if info.header_offset != expected.header_offset
@@ -239,26 +280,54 @@ impl Summary {
                     || info.data_len != expected.data_len
                     || info.member.is_some_and(|m| m != expected.member)
                 {
-                    return Err(mismatch(info.header_offset, format!("member {}: position or id differs", expected.member)));
+                    return Err(mismatch(
+                        info.header_offset,
+                        format!("member {}: position or id differs", expected.member),
+                    ));
                 }
                 let mut hw = HashReader {
                     inner: member.raw(),
                     hasher: Sha256::new(),
                     count: 0,
                 };
-                io::copy(&mut hw, &mut io::sink()).map_err(|e| Error::from_io(e, "reading a segment"))?;
+                let mut prefix = Vec::with_capacity(HEADER_PEEK);
+                (&mut hw)
+                    .take(HEADER_PEEK as u64)
+                    .read_to_end(&mut prefix)
+                    .map_err(|e| Error::from_io(e, "reading a segment"))?;
+                io::copy(&mut hw, &mut io::sink())
+                    .map_err(|e| Error::from_io(e, "reading a segment"))?;
                 let sha: [u8; 32] = hw.hasher.finalize().into();
+                if self.mode == SegmentMode::Encrypted && group_in_header(&prefix) != expected.group
+                {
+                    return Err(mismatch(
+                        info.data_offset,
+                        format!("member {}: group in its stanza differs", expected.member),
+                    ));
+                }
                 if sha != expected.sha256 {
-                    return Err(mismatch(info.data_offset, format!("member {}: SHA-256 differs", expected.member)));
+                    return Err(mismatch(
+                        info.data_offset,
+                        format!("member {}: SHA-256 differs", expected.member),
+                    ));
                 }
             }
             if let Some(extra) = reader.next_member()? {
                 let at = extra.info().header_offset;
-                return Err(mismatch(at, "the segment has members the summary does not list".into()));
+                return Err(mismatch(
+                    at,
+                    "the segment has members the summary does not list".into(),
+                ));
             }
         }
         if hashing.count != self.segment_len {
-            return Err(mismatch(hashing.count, format!("segment is {} bytes, summary says {}", hashing.count, self.segment_len)));
+            return Err(mismatch(
+                hashing.count,
+                format!(
+                    "segment is {} bytes, summary says {}",
+                    hashing.count, self.segment_len
+                ),
+            ));
         }
         let sha: [u8; 32] = hashing.hasher.finalize().into();
         if sha != self.segment_sha256 {
@@ -280,5 +349,70 @@ impl<R: Read> Read for HashReader<R> {
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_summary() -> impl Strategy<Value = Summary> {
+        (
+            any::<bool>(),
+            any::<[u8; 32]>(),
+            proptest::collection::vec((0u64..5_000_000, 0u64..4, any::<[u8; 32]>()), 0..20),
+        )
+            .prop_map(|(encrypted, seg_sha, members)| {
+                let mode = if encrypted {
+                    SegmentMode::Encrypted
+                } else {
+                    SegmentMode::Plain
+                };
+                let mut next = GLOBAL_HEADER_LEN;
+                let mut entries = Vec::new();
+                for (len, extra_blocks, sha256) in members {
+                    let header_len = BLOCK as u64 * if encrypted { 1 } else { 1 + extra_blocks };
+                    let e = SummaryEntry {
+                        member: MemberId::random(),
+                        header_offset: next,
+                        data_offset: next + header_len,
+                        data_len: len,
+                        group: encrypted.then(GroupId::random),
+                        sha256,
+                    };
+                    next = e.end_offset();
+                    entries.push(e);
+                }
+                Summary::new(SegmentId::random(), mode, next + TRAILER, seg_sha, entries).unwrap()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn summary_round_trip(s in arb_summary()) {
+            let bytes = s.to_bytes();
+            let back = Summary::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(&back, &s);
+            prop_assert_eq!(back.to_bytes(), bytes);
+        }
+
+        #[test]
+        fn summary_parse_is_canonical_under_bit_flips(s in arb_summary(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut bytes = s.to_bytes();
+            let i = at.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            if let Ok(parsed) = Summary::from_bytes(&bytes) {
+                prop_assert_eq!(parsed.to_bytes(), bytes);
+            }
+        }
+
+        #[test]
+        fn summary_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Summary::from_bytes(&bytes);
+            let mut branded = b"CBFSSUMM\0\x01".to_vec();
+            branded.extend_from_slice(&bytes);
+            let _ = Summary::from_bytes(&branded);
+        }
     }
 }

@@ -57,7 +57,8 @@ fn put_size(field: &mut [u8; 12], value: u64) {
 
 fn get_numeric(field: &[u8]) -> Option<u64> {
     if field.first().is_some_and(|b| b & 0x80 != 0) {
-        if field.len() < 9 || field[0] != 0x80 || field[1..field.len() - 8].iter().any(|&b| b != 0) {
+        if field.len() < 9 || field[0] != 0x80 || field[1..field.len() - 8].iter().any(|&b| b != 0)
+        {
             return None;
         }
         let mut v = [0u8; 8];
@@ -85,7 +86,13 @@ fn checksum(block: &[u8; BLOCK]) -> u32 {
     block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
         .sum()
 }
 
@@ -260,7 +267,10 @@ pub(crate) fn parse_global_header(bytes: &[u8; GLOBAL_HEADER_LEN as usize]) -> G
         return GlobalHeader::NotOurs;
     };
     let comment = String::from_utf8_lossy(comment);
-    let Some(rest) = comment.strip_prefix(SEGMENT_BRAND).and_then(|r| r.strip_prefix('/')) else {
+    let Some(rest) = comment
+        .strip_prefix(SEGMENT_BRAND)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
         return GlobalHeader::NotOurs;
     };
     let mut words = rest.split(' ');

@@ -72,7 +72,9 @@ pub fn require_tool(name: &str, install_hint: &str) -> PathBuf {
     match find_on_path(name) {
         Some(path) => path,
         None => {
-            panic!("`{name}` not found on PATH: install it with {install_hint} (.ci/run does this)")
+            panic!(
+                "`{name}` not found on PATH: install it with {install_hint} (scripts/setup, run by .ci/run, does this)"
+            )
         }
     }
 }
@@ -117,6 +119,15 @@ mod tests {
     #[should_panic(expected = "`cbfs-no-such-tool` not found on PATH: install it with `nothing`")]
     fn missing_tool_panics_with_hint() {
         require_tool("cbfs-no-such-tool", "`nothing`");
+    }
+
+    #[test]
+    fn binaries_are_looked_for_next_to_deps() {
+        if env::var_os(BIN_DIR_ENV).is_some() {
+            return; // overridden on purpose
+        }
+        let exe = env::current_exe().unwrap();
+        assert_eq!(exe.parent(), Some(bin_dir().join("deps").as_path()));
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! A fresh, named kernel session keyring per test.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use std::io::{BufRead, BufReader, Read};
 
 use crate::bins::{hints, require_tool};
 
@@ -63,9 +62,13 @@ invalidate_ours @s
 /// the test runs through [`wrap`](KeyringSession::wrap).
 ///
 /// A holder process, `keyctl session cbfs-test-<random> ...`, creates the
-/// keyring and keeps it alive; wrapped processes join it by name. A process
-/// that is not wrapped does not see it: its own session keyring search does
-/// not reach keys stored here.
+/// keyring, grants the user Search on it (without that, joining a named
+/// keyring by name silently creates a new one) and keeps it alive until the
+/// session is dropped or the test process dies. Wrapped processes join it by
+/// name. A process that is not wrapped does not see it: its own session
+/// keyring search does not reach keys stored here. The test process itself
+/// stays in its own session keyring; code under test that uses the keyring
+/// must run in a wrapped child process.
 ///
 /// # The persistent keyring is shared
 ///

@@ -72,7 +72,7 @@ pub use leak::{MIN_SECRET_LEN, assert_no_secret};
 pub use net::{free_port, http_client, loopback, wait_for_http};
 pub use openbao::OpenBao;
 pub use run::{
-    COMMAND_TIMEOUT_ENV, captured_output, clear_captured_output, describe, run, run_fail,
+    COMMAND_TIMEOUT_ENV, captured_output, clear_captured_output, command_line, run, run_fail,
     run_fail_with_stdin, run_ok, run_ok_with_stdin,
 };
 pub use s3::S3Server;

@@ -80,7 +80,7 @@ pub fn run_fail_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
 /// The command line of `cmd`, for messages: program and arguments, lossily
 /// converted to UTF-8. Environment variables are left out on purpose: tests
 /// hand tokens to child processes that way.
-pub fn describe(cmd: &Command) -> String {
+pub fn command_line(cmd: &Command) -> String {
     let mut line = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         line.push(' ');
@@ -98,7 +98,7 @@ fn command_timeout() -> Duration {
 }
 
 fn execute(cmd: &mut Command, input: Option<&[u8]>) -> Output {
-    let line = describe(cmd);
+    let line = command_line(cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if input.is_some() {
         Stdio::piped()
@@ -190,7 +190,7 @@ fn expect_status(cmd: &Command, output: &Output, want_success: bool) {
     if !as_expected {
         panic!(
             "`{}` {}, but {} was expected\n{}",
-            describe(cmd),
+            command_line(cmd),
             status_text(status),
             if want_success {
                 "success"

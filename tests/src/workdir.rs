@@ -1,10 +1,9 @@
 //! A scratch directory per test.
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-use std::io::Write;
 
 use tempfile::TempDir;
 

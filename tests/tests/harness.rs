@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use cbfs_tests::reqwest::StatusCode;
 use cbfs_tests::{
-    Fault, FaultPlan, FaultyProxy, KeyringSession, OpenBao, S3Server, http_client, random_bytes,
-    require_tool, run, run_fail, run_ok, run_ok_with_stdin,
+    Fault, FaultPlan, FaultyProxy, KeyringSession, OpenBao, S3Server, assert_no_secret,
+    captured_output, clear_captured_output, http_client, random_bytes, require_tool, run, run_fail,
+    run_ok, run_ok_with_stdin,
 };
 use serde_json::{Value, json};
 
@@ -329,7 +330,7 @@ fn keyring_session_is_shared_by_wrapped_processes_only() {
     // Dropping the session removes the key.
     run_ok(Command::new(&keyctl).args(["describe", &key_id]));
     drop(session);
-    let out = run(&mut Command::new(&keyctl).args(["describe", &key_id]));
+    let out = run(Command::new(&keyctl).args(["describe", &key_id]));
     assert!(
         !out.status.success(),
         "key {key_id} survived its session: {}",
@@ -383,6 +384,28 @@ fn keyring_session_drop_cleans_its_keys_from_the_persistent_keyring() {
         !out.status.success(),
         "key {key_id} is still in the persistent keyring after the session ended"
     );
+}
+
+#[test]
+fn leak_check_sees_what_commands_printed() {
+    let secret = random_bytes(32);
+    let mut encode = Command::new("sh");
+    encode.args(["-c", "echo starting >&2; base64 -w0; echo"]);
+    let out = run_ok_with_stdin(&mut encode, &secret);
+    assert!(!out.stdout.is_empty());
+    // The input is not output: only what the command printed counts.
+    let captured = captured_output();
+    assert!(captured.windows(8).any(|w| w == b"starting"));
+    let leak = panic::catch_unwind(|| assert_no_secret(&captured, &secret, "base64 output"));
+    let message = *leak
+        .expect_err("base64 of the secret was printed")
+        .downcast::<String>()
+        .unwrap();
+    assert!(message.contains("base64"), "{message}");
+
+    clear_captured_output();
+    run_ok(Command::new("sh").args(["-c", "echo nothing to see"]));
+    assert_no_secret(&captured_output(), &secret, "harmless output");
 }
 
 #[test]

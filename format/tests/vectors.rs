@@ -1,0 +1,269 @@
+//! Checks every committed test vector in `format/vectors/index.json`.
+//!
+//! The vectors were made once by `examples/gen_vectors.rs`; this test only reads,
+//! decrypts and verifies them, and asserts each stated outcome.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use cbfs_format::{
+    Error, GroupId, GroupKey, Keyring, Lockbox, Manifest, MemberId, SegmentReader, Summary,
+    open_member,
+};
+use secrecy::SecretBox;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use umbral_pre::{CapsuleFrag, DefaultDeserialize, SecretKey, SecretKeyFactory, Signer};
+
+struct Keys {
+    scope: SecretKey,
+    user: SecretKey,
+    writer: Signer,
+    delegation: Signer,
+    groups: BTreeMap<String, (GroupId, [u8; 32])>,
+}
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors")
+}
+
+fn load_keys(index: &Value) -> Keys {
+    let k = &index["keys"];
+    let seed = hex::decode(k["umbral_factory_seed"].as_str().unwrap()).unwrap();
+    let factory = SecretKeyFactory::from_secure_randomness(&seed).unwrap();
+    let key = |name: &str| factory.make_key(k[name].as_str().unwrap().as_bytes());
+    let groups = k["groups"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, g)| {
+            let id: GroupId = g["id"].as_str().unwrap().parse().unwrap();
+            let bytes: [u8; 32] = hex::decode(g["key"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
+            (name.clone(), (id, bytes))
+        })
+        .collect();
+    Keys {
+        scope: key("scope_label"),
+        user: key("user_label"),
+        writer: Signer::new(key("writer_label")),
+        delegation: Signer::new(key("delegation_signer_label")),
+        groups,
+    }
+}
+
+fn keyring(keys: &Keys, v: &Value) -> Keyring {
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let (id, bytes) = keys.groups[n.as_str().unwrap()];
+            GroupKey::new(id, SecretBox::new(Box::new(bytes)))
+        })
+        .collect()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn read(name: &Value) -> Vec<u8> {
+    fs::read(dir().join(name.as_str().unwrap())).unwrap()
+}
+
+/// Runs one vector; `Ok` carries the facts to compare for an `ok` vector.
+fn run(keys: &Keys, v: &Value) -> Result<(), Error> {
+    match v["kind"].as_str().unwrap() {
+        "member" => {
+            let member: MemberId = v["member_id"].as_str().unwrap().parse().unwrap();
+            let ring = keyring(keys, v);
+            let payload = read(&v["file"]);
+            let (meta, mut content) = open_member(member, &payload[..], &ring)?;
+            let mut data = Vec::new();
+            content
+                .read_to_end(&mut data)
+                .map_err(|e| Error::from_io(e, "vector"))?;
+            assert_eq!(
+                hex::encode(&meta.path),
+                v["path_hex"].as_str().unwrap(),
+                "{}",
+                v["name"]
+            );
+            assert_eq!(
+                sha(&data),
+                v["content_sha256"].as_str().unwrap(),
+                "{}",
+                v["name"]
+            );
+            Ok(())
+        }
+        "lockbox" => {
+            let lb = Lockbox::from_bytes(&read(&v["file"]))?;
+            let key = match v["open_with"].as_str().unwrap() {
+                "scope" => lb.open(&keys.scope)?,
+                "user-as-scope" => lb.open(&keys.user)?,
+                "user" => {
+                    let scope_pk = keys.scope.public_key();
+                    let cfrags = v["cfrags"].as_array().unwrap().iter().map(|f| {
+                        CapsuleFrag::from_bytes(&read(f))
+                            .unwrap()
+                            .verify(
+                                lb.capsule(),
+                                &keys.delegation.verifying_key(),
+                                &scope_pk,
+                                &keys.user.public_key(),
+                            )
+                            .unwrap()
+                    });
+                    lb.open_reencrypted(&keys.user, &scope_pk, cfrags)?
+                }
+                other => panic!("unknown open_with {other}"),
+            };
+            assert_eq!(key.id().to_string(), v["group_id"].as_str().unwrap());
+            assert_eq!(
+                sha(key.expose_secret()),
+                v["group_key_sha256"].as_str().unwrap()
+            );
+            assert_eq!(
+                lb.segment_id().to_string(),
+                v["segment_id"].as_str().unwrap()
+            );
+            assert_eq!(lb.scope(), v["scope"].as_str().unwrap());
+            Ok(())
+        }
+        "segment" => {
+            let seg = read(&v["file"]);
+            let summary = Summary::from_bytes(&read(&v["summary"]))?;
+            assert_eq!(Summary::from_bytes(&summary.to_bytes())?, summary);
+            summary.verify_segment(&seg[..])?;
+            let ring = keyring(keys, v);
+            let mut reader = SegmentReader::new(&seg[..])?;
+            let mut got = Vec::new();
+            while let Some(m) = reader.next_member()? {
+                let (meta, content) = m.open(&ring)?;
+                got.push((hex::encode(&meta.path), sha(&common::read_all(content)?)));
+            }
+            let want: Vec<(String, String)> = v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    (
+                        m["path_hex"].as_str().unwrap().to_string(),
+                        m["content_sha256"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "{}", v["name"]);
+            Ok(())
+        }
+        "manifest" => {
+            let trusted = match v["trusted"].as_str().unwrap() {
+                "writer" => keys.writer.verifying_key(),
+                other => panic!("unknown trusted {other}"),
+            };
+            let bytes = read(&v["file"]);
+            let m = Manifest::from_bytes(&bytes, &trusted)?;
+            assert_eq!(m.to_bytes(), bytes);
+            assert_eq!(
+                hex::encode(m.merkle_root()),
+                v["merkle_root"].as_str().unwrap()
+            );
+            assert_eq!(m.entries().len() as u64, v["entries"].as_u64().unwrap());
+            assert_eq!(m.sequence(), v["sequence"].as_u64().unwrap());
+            for e in m.entries() {
+                assert!(
+                    m.prove(&e.segment, &e.member)
+                        .unwrap()
+                        .verify(m.merkle_root(), e)
+                );
+            }
+            Ok(())
+        }
+        other => panic!("unknown vector kind {other}"),
+    }
+}
+
+#[test]
+fn committed_vectors_give_their_stated_outcome() {
+    let index: Value =
+        serde_json::from_slice(&fs::read(dir().join("index.json")).expect("vectors/index.json"))
+            .unwrap();
+    let keys = load_keys(&index);
+    let vectors = index["vectors"].as_array().unwrap();
+    assert!(vectors.len() >= 30, "only {} vectors", vectors.len());
+    let mut failures = Vec::new();
+    let mut classes = BTreeMap::new();
+    for v in vectors {
+        let name = v["name"].as_str().unwrap();
+        let expect = v["expect"].as_str().unwrap();
+        *classes.entry(expect.to_string()).or_insert(0) += 1;
+        let outcome = match run(&keys, v) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => {
+                // Error messages must never carry key bytes.
+                for (_, bytes) in keys.groups.values() {
+                    assert!(!format!("{e} {e:?}").contains(&hex::encode(bytes)));
+                }
+                e.code().to_string()
+            }
+        };
+        if outcome != expect {
+            failures.push(format!("{name}: expected {expect}, got {outcome}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "vector failures:\n{}",
+        failures.join("\n")
+    );
+    for class in [
+        "ok",
+        "bad_brand",
+        "unknown_version",
+        "malformed",
+        "member_header",
+        "header_mac",
+        "wrong_key",
+        "payload_auth",
+        "payload_truncated",
+        "lockbox_open",
+        "summary_mismatch",
+        "tar",
+        "bad_signature",
+        "untrusted_signer",
+        "merkle_mismatch",
+    ] {
+        assert!(classes.contains_key(class), "no vector covers {class}");
+    }
+}
+
+#[test]
+fn every_vector_file_is_listed() {
+    let index: Value =
+        serde_json::from_slice(&fs::read(dir().join("index.json")).unwrap()).unwrap();
+    let mut listed = std::collections::BTreeSet::new();
+    for v in index["vectors"].as_array().unwrap() {
+        for field in ["file", "summary"] {
+            if let Some(f) = v[field].as_str() {
+                listed.insert(f.to_string());
+            }
+        }
+        for f in v["cfrags"].as_array().into_iter().flatten() {
+            listed.insert(f.as_str().unwrap().to_string());
+        }
+    }
+    for entry in fs::read_dir(dir()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name != "index.json" && name != "README.md" {
+            assert!(listed.contains(&name), "{name} is not listed in index.json");
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The crate's one error type, and how `object_store` errors map onto it.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::path::PathBuf;
+
+use object_store::client::{HttpError, HttpErrorKind};
+
+/// What a [`Store`](crate::Store) was doing when an error happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// Writing an object ([`Store::put_new`](crate::Store::put_new),
+    /// [`Store::put_file_new`](crate::Store::put_file_new)).
+    Put,
+    /// Reading an object or a range of it.
+    Get,
+    /// Reading an object's metadata.
+    Head,
+    /// Listing objects under a prefix.
+    List,
+    /// Deleting an object.
+    Delete,
+    /// Opening the store.
+    Open,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::Head => "head",
+            Op::List => "list",
+            Op::Delete => "delete",
+            Op::Open => "open",
+        })
+    }
+}
+
+/// Everything that can go wrong in a [`Store`](crate::Store).
+///
+/// Each message names the store (as [`Store::describe`](crate::Store::describe)
+/// gives it) and the object key. No message ever carries a credential.
+/// [`Error::is_transient`] tells the errors that a later retry may cure
+/// (network, 5xx, throttling: already retried with backoff inside the store)
+/// from those it will not.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// There is no object under this key.
+    #[error("{store}: object {key:?} does not exist")]
+    NotFound {
+        /// The store, as [`Store::describe`](crate::Store::describe) gives it.
+        store: String,
+        /// The object key.
+        key: String,
+    },
+
+    /// A write-once put found an object with different contents under this key.
+    /// Objects are never overwritten; the original is intact.
+    #[error(
+        "{store}: object {key:?} already exists with different contents; \
+         objects are never overwritten"
+    )]
+    AlreadyExists {
+        /// The store.
+        store: String,
+        /// The object key.
+        key: String,
+    },
+
+    /// The store could not be reached or kept failing (network errors, 5xx,
+    /// throttling), and the retries ran out. Trying again later may work.
+    #[error("{store}: {op} {key:?} failed for now (retries exhausted): {detail}")]
+    Transient {
+        /// The store.
+        store: String,
+        /// The object key or prefix.
+        key: String,
+        /// What the store was doing.
+        op: Op,
+        /// What went wrong, from the underlying client.
+        detail: String,
+    },
+
+    /// The store refused the operation, or it failed in a way that retrying
+    /// will not fix (permissions, a malformed answer, a full disk, ...).
+    #[error("{store}: {op} {key:?} failed: {detail}")]
+    Permanent {
+        /// The store.
+        store: String,
+        /// The object key or prefix.
+        key: String,
+        /// What the store was doing.
+        op: Op,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// An object key or prefix is not acceptable (see [`validate_key`](crate::validate_key)).
+    #[error("bad object key {key:?}: {reason}")]
+    BadKey {
+        /// The key as given.
+        key: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// A store specification could not be used.
+    #[error("bad store specification {spec:?}: {reason}")]
+    BadSpec {
+        /// The specification, with any credentials in it removed.
+        spec: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
+    /// A local file that an object was read from or written to failed.
+    #[error("{store}: {op} {key:?}: local file {}: {source}", path.display())]
+    LocalFile {
+        /// The store.
+        store: String,
+        /// The object key.
+        key: String,
+        /// What the store was doing.
+        op: Op,
+        /// The local file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether a later retry may succeed: network errors, 5xx answers and
+    /// throttling that outlasted the store's own retries.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Transient { .. })
+    }
+
+    /// Whether this is [`Error::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// Whether this is [`Error::AlreadyExists`].
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Error::AlreadyExists { .. })
+    }
+}
+
+/// A specialised `Result` for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How an `object_store` error is to be reported.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    NotFound,
+    /// `AlreadyExists` or a failed precondition: the object is there.
+    Exists,
+    Transient,
+    Permanent,
+}
+
+/// Sorts an `object_store` error into a [`Kind`].
+pub(crate) fn classify(e: &object_store::Error) -> Kind {
+    use object_store::Error as E;
+    match e {
+        // A 404 for a missing bucket is a configuration error, not a missing object.
+        E::NotFound { .. } if e.to_string().contains("NoSuchBucket") => Kind::Permanent,
+        E::NotFound { .. } => Kind::NotFound,
+        E::AlreadyExists { .. } | E::Precondition { .. } => Kind::Exists,
+        E::Generic { source, .. } => {
+            if chain_is_transient(source.as_ref()) {
+                Kind::Transient
+            } else {
+                Kind::Permanent
+            }
+        }
+        _ => Kind::Permanent,
+    }
+}
+
+/// Walks an error chain looking for a cause that retrying may cure.
+///
+/// `object_store` keeps its retry error type private, so the HTTP status is
+/// read from the message of its `RequestError`
+/// ("Server returned non-2xx status code: 503 ..."), and transport failures
+/// from the public [`HttpError`].
+fn chain_is_transient(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(http) = err.downcast_ref::<HttpError>() {
+            if matches!(
+                http.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            ) {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            if matches!(
+                io.kind(),
+                K::TimedOut
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::ConnectionRefused
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        if message_is_transient(&err.to_string()) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether an `object_store` request-error message reports a failure worth
+/// retrying: a transport failure (no answer at all: refused, reset, closed,
+/// timed out; `object_store` retries these itself, so reaching us means its
+/// retries ran out), a 5xx, 429 Too Many Requests, 408 Request Timeout, or a
+/// 200 whose body is an S3 `InternalError`/`SlowDown`.
+///
+/// The transport case is matched on the message because `object_store`
+/// wraps its [`HttpError`] in a `#[error(transparent)]` variant, which hides
+/// it from the `source()` chain.
+fn message_is_transient(msg: &str) -> bool {
+    if msg.starts_with("Server returned error response:") || msg.starts_with("HTTP error:") {
+        return true;
+    }
+    let Some(rest) = msg.strip_prefix("Server returned non-2xx status code: ") else {
+        return false;
+    };
+    match rest.get(..3).and_then(|s| s.parse::<u16>().ok()) {
+        Some(status) => (500..600).contains(&status) || status == 429 || status == 408,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_are_sorted() {
+        assert!(message_is_transient(
+            "Server returned non-2xx status code: 503 Service Unavailable: "
+        ));
+        assert!(message_is_transient(
+            "Server returned non-2xx status code: 429 Too Many Requests: x"
+        ));
+        assert!(message_is_transient(
+            "Server returned error response: <Error><Code>SlowDown</Code></Error>"
+        ));
+        assert!(!message_is_transient(
+            "Server returned non-2xx status code: 403 Forbidden: denied"
+        ));
+        assert!(!message_is_transient(
+            "Server returned non-2xx status code: 400 Bad Request: "
+        ));
+        assert!(message_is_transient("HTTP error: error sending request"));
+        assert!(!message_is_transient("something else 503"));
+    }
+
+    #[test]
+    fn object_store_errors_are_classified() {
+        let nf = object_store::Error::NotFound {
+            path: "a".into(),
+            source: "gone".into(),
+        };
+        assert_eq!(classify(&nf), Kind::NotFound);
+        let nb = object_store::Error::NotFound {
+            path: "a".into(),
+            source: "404: <Error><Code>NoSuchBucket</Code></Error>".into(),
+        };
+        assert_eq!(classify(&nb), Kind::Permanent);
+        let pre = object_store::Error::Precondition {
+            path: "a".into(),
+            source: "412".into(),
+        };
+        assert_eq!(classify(&pre), Kind::Exists);
+        let io = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        };
+        assert_eq!(classify(&io), Kind::Transient);
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 400 Bad Request: no".into(),
+        };
+        assert_eq!(classify(&other), Kind::Permanent);
+        assert_eq!(
+            classify(&object_store::Error::NotImplemented),
+            Kind::Permanent
+        );
+    }
+
+    #[test]
+    fn messages_name_store_and_key() {
+        let e = Error::Transient {
+            store: "s3://b/p".into(),
+            key: "segments/x.tar".into(),
+            op: Op::Put,
+            detail: "503".into(),
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("s3://b/p") && msg.contains("segments/x.tar"),
+            "{msg}"
+        );
+        assert!(e.is_transient());
+    }
+}

@@ -1,0 +1,383 @@
+//! One behaviour suite, run against every backend: a local directory, a real
+//! S3 server (`moto_server` on 127.0.0.1), and that server behind a proxy
+//! that injects 503s, 500s and dropped connections.
+//!
+//! Each case is an async function taking a [`Fixture`]; the `suite!` macro
+//! turns it into one test per backend. `moto_server` missing is a failure,
+//! never a skip.
+
+mod common;
+
+use cbfs_store::{Error, ObjectInfo, PutOutcome};
+use common::{Fixture, PART, pattern};
+
+macro_rules! suite {
+    (all: [$($case:ident),* $(,)?], local: [$($local:ident),* $(,)?] $(,)?) => {
+        mod local {
+            $(#[test] fn $case() { let fx = super::Fixture::local(); fx.run(super::$case); })*
+            $(#[test] fn $local() { let fx = super::Fixture::local(); fx.run(super::$local); })*
+        }
+        mod s3 {
+            $(#[test] fn $case() { let fx = super::Fixture::s3(); fx.run(super::$case); })*
+        }
+        mod s3_faulty {
+            $(#[test] fn $case() {
+                let fx = super::Fixture::faulty();
+                fx.run(super::$case);
+                let proxy = fx.proxy().expect("a proxy");
+                assert!(proxy.faults_injected() > 0, "the proxy injected no fault");
+            })*
+        }
+    };
+}
+
+suite!(
+    all: [
+        round_trip,
+        same_bytes_twice_is_fine,
+        different_bytes_are_refused,
+        missing_objects_are_not_found,
+        list_is_sorted_and_scoped,
+        ranges,
+        delete_is_idempotent,
+        large_file_goes_in_parts,
+        small_file_goes_in_one_put,
+        download_to_file,
+        bad_keys_are_refused,
+    ],
+    // Two writers racing for one key: exactly one may win. On S3 that is the
+    // server's promise for `If-None-Match: *`; moto checks the condition and
+    // then writes, without a lock, so on moto both racers can win. These
+    // run on the local store only, where the hard link decides atomically.
+    local: [
+        racing_writers_one_wins,
+        racing_multipart_writers_one_wins,
+    ],
+);
+
+fn keys(list: &[ObjectInfo]) -> Vec<&str> {
+    list.iter().map(|o| o.key.as_str()).collect()
+}
+
+/// The message names the store and the key.
+fn assert_names(err: &Error, fx: &Fixture, key: &str) {
+    let msg = err.to_string();
+    assert!(msg.contains(fx.store.describe()), "store not named: {msg}");
+    assert!(msg.contains(key), "key not named: {msg}");
+}
+
+async fn round_trip(fx: &Fixture) {
+    let data = pattern(10_000, 1);
+    let out = fx.store.put_new("segments/aa.tar", data.clone()).await;
+    assert_eq!(out.unwrap(), PutOutcome::Created);
+    assert_eq!(fx.store.get("segments/aa.tar").await.unwrap(), data);
+    let info = fx.store.head("segments/aa.tar").await.unwrap().unwrap();
+    assert_eq!(info.key, "segments/aa.tar");
+    assert_eq!(info.size, 10_000);
+
+    // The empty object is an object too.
+    let out = fx.store.put_new("empty", Vec::new()).await.unwrap();
+    assert_eq!(out, PutOutcome::Created);
+    assert!(fx.store.get("empty").await.unwrap().is_empty());
+    assert_eq!(fx.store.head("empty").await.unwrap().unwrap().size, 0);
+}
+
+async fn same_bytes_twice_is_fine(fx: &Fixture) {
+    let data = pattern(3000, 2);
+    let first = fx
+        .store
+        .put_new("lockboxes/g1", data.clone())
+        .await
+        .unwrap();
+    assert_eq!(first, PutOutcome::Created);
+    let again = fx
+        .store
+        .put_new("lockboxes/g1", data.clone())
+        .await
+        .unwrap();
+    assert_eq!(again, PutOutcome::AlreadyPresent);
+    assert_eq!(fx.store.get("lockboxes/g1").await.unwrap(), data);
+    assert_eq!(fx.store.list("").await.unwrap().len(), 1);
+}
+
+async fn different_bytes_are_refused(fx: &Fixture) {
+    let key = "snapshots/0001.manifest";
+    let original = pattern(500, 3);
+    fx.store.put_new(key, original.clone()).await.unwrap();
+    for other in [pattern(500, 4), pattern(501, 3), Vec::new()] {
+        let err = fx.store.put_new(key, other).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::AlreadyExists { key: k, .. } if k == key),
+            "{err:?}"
+        );
+        assert!(err.is_already_exists() && !err.is_transient());
+        assert_names(&err, fx, key);
+    }
+    assert_eq!(fx.store.get(key).await.unwrap(), original);
+}
+
+async fn missing_objects_are_not_found(fx: &Fixture) {
+    let key = "segments/missing.tar";
+    let err = fx.store.get(key).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound { key: k, .. } if k == key),
+        "{err:?}"
+    );
+    assert!(err.is_not_found() && !err.is_transient());
+    assert_names(&err, fx, key);
+    assert!(fx.store.head(key).await.unwrap().is_none());
+    let err = fx.store.get_range(key, 0..10).await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let err = fx
+        .store
+        .get_to_file(key, dir.path().join("out"))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+async fn list_is_sorted_and_scoped(fx: &Fixture) {
+    let names = [
+        "segments/b.tar",
+        "summaries/a.sum",
+        "segments/a.tar",
+        "segments-old/x",
+        "segments/sub/c.tar",
+        "segment",
+        "z",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        fx.store.put_new(name, pattern(10 + i, 5)).await.unwrap();
+    }
+    let segments = fx.store.list("segments").await.unwrap();
+    assert_eq!(
+        keys(&segments),
+        ["segments/a.tar", "segments/b.tar", "segments/sub/c.tar"]
+    );
+    assert_eq!(segments[0].size, 12);
+    assert_eq!(
+        keys(&fx.store.list("segments/").await.unwrap()),
+        keys(&segments)
+    );
+    assert_eq!(
+        keys(&fx.store.list("segments/sub").await.unwrap()),
+        ["segments/sub/c.tar"]
+    );
+    let mut all: Vec<&str> = names.to_vec();
+    all.sort();
+    assert_eq!(keys(&fx.store.list("").await.unwrap()), all);
+    assert!(fx.store.list("nothing").await.unwrap().is_empty());
+    assert!(fx.store.list("segm").await.unwrap().is_empty());
+}
+
+async fn ranges(fx: &Fixture) {
+    let data = pattern(100, 6);
+    fx.store.put_new("r", data.clone()).await.unwrap();
+    for range in [0..100u64, 10..20, 0..1, 99..100] {
+        let got = fx.store.get_range("r", range.clone()).await.unwrap();
+        assert_eq!(
+            got,
+            data[range.start as usize..range.end as usize],
+            "{range:?}"
+        );
+    }
+    assert!(fx.store.get_range("r", 5..5).await.unwrap().is_empty());
+    for bad in [90..101u64, 100..110, 200..300] {
+        let err = fx.store.get_range("r", bad.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::Permanent { .. }), "{bad:?}: {err:?}");
+        assert_names(&err, fx, "r");
+    }
+}
+
+async fn delete_is_idempotent(fx: &Fixture) {
+    fx.store.put_new("gc/old", b"old".to_vec()).await.unwrap();
+    fx.store.put_new("gc/keep", b"keep".to_vec()).await.unwrap();
+    fx.store.delete("gc/old").await.unwrap();
+    assert!(fx.store.head("gc/old").await.unwrap().is_none());
+    fx.store.delete("gc/old").await.unwrap();
+    fx.store.delete("gc/never-was").await.unwrap();
+    assert_eq!(keys(&fx.store.list("gc").await.unwrap()), ["gc/keep"]);
+    // A deleted key is free again.
+    let out = fx.store.put_new("gc/old", b"new".to_vec()).await.unwrap();
+    assert_eq!(out, PutOutcome::Created);
+}
+
+async fn large_file_goes_in_parts(fx: &Fixture) {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("segment.tar");
+    let data = pattern(2 * PART + 1_234_567, 7); // three parts, the last short
+    std::fs::write(&big, &data).unwrap();
+    let key = "segments/big.tar";
+
+    let out = fx.store.put_file_new(key, &big).await.unwrap();
+    assert_eq!(out, PutOutcome::Created);
+    let got = fx.store.get(key).await.unwrap();
+    assert!(got == data, "the object differs from the file");
+    let info = fx.store.head(key).await.unwrap().unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    match &fx.kind {
+        common::Kind::S3 { .. } | common::Kind::Faulty { .. } => {
+            let etag = info.e_tag.clone().expect("S3 gives an ETag");
+            assert!(
+                etag.trim_matches('"').ends_with("-3"),
+                "not a 3-part upload: ETag {etag}"
+            );
+        }
+        common::Kind::Local(_) => {}
+    }
+    if let Some(proxy) = fx.proxy() {
+        let parts = proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.target.contains("partNumber="))
+            .count();
+        assert!(parts >= 3, "{parts} part uploads went through the proxy");
+    }
+
+    // A rerun is fine; other bytes of the same size are refused.
+    let again = fx.store.put_file_new(key, &big).await.unwrap();
+    assert_eq!(again, PutOutcome::AlreadyPresent);
+    let other = dir.path().join("other.tar");
+    let mut changed = data.clone();
+    changed[PART + 17] ^= 1;
+    std::fs::write(&other, &changed).unwrap();
+    let err = fx.store.put_file_new(key, &other).await.unwrap_err();
+    assert!(err.is_already_exists(), "{err:?}");
+    assert_names(&err, fx, key);
+    assert!(
+        fx.store.get(key).await.unwrap() == data,
+        "the original changed"
+    );
+    // No staging leftovers are listed.
+    assert_eq!(keys(&fx.store.list("").await.unwrap()), [key]);
+}
+
+async fn small_file_goes_in_one_put(fx: &Fixture) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("summary");
+    let data = pattern(PART, 8); // exactly the threshold: one request
+    std::fs::write(&path, &data).unwrap();
+    let out = fx.store.put_file_new("summaries/s1", &path).await.unwrap();
+    assert_eq!(out, PutOutcome::Created);
+    assert!(fx.store.get("summaries/s1").await.unwrap() == data);
+    if !fx.is_local() {
+        let info = fx.store.head("summaries/s1").await.unwrap().unwrap();
+        let etag = info.e_tag.unwrap();
+        assert!(!etag.contains('-'), "a multipart ETag: {etag}");
+    }
+    let err = fx
+        .store
+        .put_file_new("summaries/s2", dir.path().join("absent"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LocalFile { .. }), "{err:?}");
+}
+
+async fn download_to_file(fx: &Fixture) {
+    let data = pattern(PART + 999, 9);
+    fx.store
+        .put_new("segments/dl.tar", data.clone())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("restored.tar");
+    std::fs::write(&dest, b"stale contents").unwrap();
+    let n = fx
+        .store
+        .get_to_file("segments/dl.tar", &dest)
+        .await
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert!(std::fs::read(&dest).unwrap() == data);
+    // Only the destination is left in the directory.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["restored.tar"]);
+}
+
+async fn racing_writers_one_wins(fx: &Fixture) {
+    let key = "manifests/race";
+    let (a, b) = (pattern(4000, 10), pattern(4000, 11));
+    let (ra, rb) = tokio::join!(
+        fx.store.put_new(key, a.clone()),
+        fx.store.put_new(key, b.clone())
+    );
+    let stored = fx.store.get(key).await.unwrap();
+    match (ra, rb) {
+        (Ok(PutOutcome::Created), Err(e)) => {
+            assert!(e.is_already_exists(), "{e:?}");
+            assert!(stored == a);
+        }
+        (Err(e), Ok(PutOutcome::Created)) => {
+            assert!(e.is_already_exists(), "{e:?}");
+            assert!(stored == b);
+        }
+        other => panic!("both or neither won: {other:?}"),
+    }
+}
+
+async fn racing_multipart_writers_one_wins(fx: &Fixture) {
+    let key = "segments/race.tar";
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a"), dir.path().join("b"));
+    let (a, b) = (pattern(PART + 4096, 12), pattern(PART + 4096, 13));
+    std::fs::write(&pa, &a).unwrap();
+    std::fs::write(&pb, &b).unwrap();
+    let (ra, rb) = tokio::join!(
+        fx.store.put_file_new(key, &pa),
+        fx.store.put_file_new(key, &pb)
+    );
+    let stored = fx.store.get(key).await.unwrap();
+    match (ra, rb) {
+        (Ok(PutOutcome::Created), Err(e)) => {
+            assert!(e.is_already_exists(), "{e:?}");
+            assert!(stored == a);
+        }
+        (Err(e), Ok(PutOutcome::Created)) => {
+            assert!(e.is_already_exists(), "{e:?}");
+            assert!(stored == b);
+        }
+        other => panic!("both or neither won: {other:?}"),
+    }
+    assert_eq!(keys(&fx.store.list("").await.unwrap()), [key]);
+}
+
+async fn bad_keys_are_refused(fx: &Fixture) {
+    for key in [
+        "../x",
+        "/abs",
+        "a//b",
+        "",
+        "a/../../etc/passwd",
+        ".hidden",
+        "a b",
+    ] {
+        let bad = |e: Error| assert!(matches!(e, Error::BadKey { .. }), "{key:?}: {e:?}");
+        bad(fx.store.put_new(key, b"x".to_vec()).await.unwrap_err());
+        bad(fx.store.get(key).await.unwrap_err());
+        bad(fx.store.get_range(key, 0..1).await.unwrap_err());
+        bad(fx.store.head(key).await.unwrap_err());
+        bad(fx.store.delete(key).await.unwrap_err());
+        bad(fx
+            .store
+            .put_file_new(key, "/nonexistent")
+            .await
+            .unwrap_err());
+        bad(fx
+            .store
+            .get_to_file(key, "/nonexistent/out")
+            .await
+            .unwrap_err());
+    }
+    for prefix in ["../", "/", "a//", "."] {
+        let e = fx.store.list(prefix).await.unwrap_err();
+        assert!(matches!(e, Error::BadKey { .. }), "{prefix:?}: {e:?}");
+    }
+    let err = fx.store.get("../x").await.unwrap_err();
+    assert!(err.to_string().contains("../x"), "{err}");
+    assert!(fx.store.list("").await.unwrap().is_empty());
+}

@@ -1,0 +1,740 @@
+//! `cbfs-tier out`: one tiering run.
+//!
+//! ```text
+//! scan ─▶ per changed file: zstd ─▶ encrypt ─▶ append to a segment spool
+//!      ─▶ full segment: upload segment, lockboxes, summary ─▶ commit index
+//!      ─▶ end of run: deletions ─▶ signed snapshot manifest ─▶ commit index
+//! ```
+//!
+//! Objects are written before the index names them, and the manifest after
+//! the index, so a crash at any point loses nothing committed; a rerun
+//! finishes the job. What a crash leaves behind is garbage for GC.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use cbfs_core::ScopeLabel;
+use cbfs_format::{
+    GroupKey, Lockbox, ManifestBuilder, ManifestEntry, MemberId, SegmentId, SegmentMode, SegmentWriter,
+    SnapshotId, SummaryEntry,
+};
+use serde::Serialize;
+
+use crate::agent::Agent;
+use crate::error::{Error, Result};
+use crate::index::{Batch, FileRecord, MemberRecord, SegmentRecord, SnapshotRecord};
+use crate::layout;
+use crate::progress::Progress;
+use crate::rules::ScopeRules;
+use crate::scan::{self, Entry, Names, Problem, Stat};
+
+/// What a run is asked to do.
+#[derive(Clone, Debug)]
+pub struct OutOptions {
+    /// The tree to tier out.
+    pub source: PathBuf,
+    /// Which scope each path goes to.
+    pub rules: ScopeRules,
+    /// Close a segment once it reaches this many bytes.
+    pub segment_size: u64,
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Write plain tars: no compression, no encryption, real names.
+    pub plain: bool,
+    /// Worker threads (each fills its own segments).
+    pub workers: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// For tests of crash safety: stop the process abruptly at this point.
+    pub crash_at: Option<CrashPoint>,
+}
+
+/// Where a test may make the run die, to check that a rerun recovers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After the nth segment is uploaded, before its lockboxes.
+    AfterSegment(u32),
+    /// After the nth segment's lockboxes, before its summary.
+    AfterLockboxes(u32),
+    /// After the nth summary, before the index commit.
+    AfterSummary(u32),
+    /// After the nth index commit.
+    AfterCommit(u32),
+    /// After the manifest is uploaded, before the index records it.
+    AfterManifest,
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (name, n) = s.split_once(':').unwrap_or((s, "1"));
+        let n: u32 = n.parse().map_err(|_| format!("bad crash point {s}"))?;
+        Ok(match name {
+            "segment" => CrashPoint::AfterSegment(n),
+            "lockboxes" => CrashPoint::AfterLockboxes(n),
+            "summary" => CrashPoint::AfterSummary(n),
+            "commit" => CrashPoint::AfterCommit(n),
+            "manifest" => CrashPoint::AfterManifest,
+            _ => return Err(format!("unknown crash point {s}")),
+        })
+    }
+}
+
+fn crash_if(opts: &OutOptions, point: CrashPoint) {
+    if opts.crash_at == Some(point) {
+        eprintln!("cbfs-tier: crashing on purpose at {point:?}");
+        std::process::abort();
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OutReport {
+    /// Entries found in the tree.
+    pub scanned: u64,
+    /// Entries stored in this run (new or changed).
+    pub files: u64,
+    /// Entries unchanged since the last run.
+    pub unchanged: u64,
+    /// Entries gone from the tree since the last run.
+    pub deleted: u64,
+    /// Content bytes read.
+    pub bytes_read: u64,
+    /// Bytes added to the store (segments, lockboxes, summaries, manifest).
+    pub bytes_stored: u64,
+    /// Segments written.
+    pub new_segments: u64,
+    /// The snapshot made, if anything changed.
+    pub snapshot: Option<String>,
+    /// Its sequence number.
+    pub sequence: Option<u64>,
+    /// Entries skipped (unreadable, vanished, changed while read); the next
+    /// run tries them again.
+    pub skipped: Vec<Problem>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// One entry to store.
+struct Work {
+    entry: Entry,
+    scope: ScopeLabel,
+    hardlink_to: Option<Vec<u8>>,
+}
+
+/// One entry stored in a segment, waiting for the segment's commit.
+struct Stored {
+    rel: Vec<u8>,
+    stat: Stat,
+    scope: ScopeLabel,
+    summary: SummaryEntry,
+    hardlink_to: Option<Vec<u8>>,
+}
+
+struct Shared<'a> {
+    agent: &'a Agent,
+    opts: &'a OutOptions,
+    commit_lock: Mutex<u32>,
+    segments_done: Mutex<u32>,
+    stop: AtomicBool,
+    bytes_read: AtomicU64,
+    bytes_stored: AtomicU64,
+    new_segments: AtomicU64,
+    files: AtomicU64,
+    problems: Mutex<Vec<Problem>>,
+    progress: Progress,
+    spool_dir: PathBuf,
+}
+
+/// Runs one tiering pass over `opts.source`.
+pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
+    let started = Instant::now();
+    check_scopes(agent, opts)?;
+    let mut state = agent.index.state()?;
+    match state.plain {
+        Some(p) if p != opts.plain => {
+            return Err(Error::Usage(format!(
+                "this index was made with {}; a store is either encrypted or plain",
+                if p { "--plain" } else { "encryption" }
+            )));
+        }
+        _ => {}
+    }
+    if state.plain.is_none() {
+        state.plain = Some(opts.plain);
+        let mut b = Batch::default();
+        b.put_state(&state);
+        agent.index.commit(b)?;
+    }
+    agent.publish_keyset()?;
+
+    let meta = std::fs::metadata(&opts.source).map_err(|e| Error::io("cannot read source", &opts.source, e))?;
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!("{} is not a directory", opts.source.display())));
+    }
+
+    // Scan, and decide what changed.
+    let mut report = OutReport::default();
+    let mut work = Vec::new();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut first_link: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let mut walk_error = None;
+    let mut problems = Vec::new();
+    scan::walk(
+        &opts.source,
+        |entry| {
+            if walk_error.is_some() {
+                return;
+            }
+            report.scanned += 1;
+            let st = entry.stat;
+            let hardlink_to = if st.nlink > 1 && st.file_type() != libc::S_IFDIR {
+                match first_link.get(&(st.dev, st.ino)) {
+                    Some(first) => Some(first.clone()),
+                    None => {
+                        first_link.insert((st.dev, st.ino), entry.rel.clone());
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let scope = opts.rules.scope_of(&entry.rel);
+            seen.insert(entry.rel.clone());
+            match agent.index.file(&entry.rel) {
+                Ok(Some(rec))
+                    if rec.stat.same_version(&st)
+                        && rec.scope == scope.as_str()
+                        && rec.hardlink_to == hardlink_to =>
+                {
+                    report.unchanged += 1;
+                }
+                Ok(_) => work.push(Work {
+                    entry,
+                    scope,
+                    hardlink_to,
+                }),
+                Err(e) => walk_error = Some(e),
+            }
+        },
+        |p| problems.push(p),
+    );
+    if let Some(e) = walk_error {
+        return Err(e);
+    }
+
+    // Store what changed.
+    let total_bytes: u64 = work
+        .iter()
+        .filter(|w| w.entry.stat.is_file() && w.hardlink_to.is_none())
+        .map(|w| w.entry.stat.size)
+        .sum();
+    let spool_dir = agent_spool_dir(agent)?;
+    let shared = Shared {
+        agent,
+        opts,
+        commit_lock: Mutex::new(0),
+        segments_done: Mutex::new(0),
+        stop: AtomicBool::new(false),
+        bytes_read: AtomicU64::new(0),
+        bytes_stored: AtomicU64::new(0),
+        new_segments: AtomicU64::new(0),
+        files: AtomicU64::new(0),
+        problems: Mutex::new(problems),
+        progress: Progress::new(opts.progress, work.len() as u64, total_bytes),
+        spool_dir,
+    };
+    store_all(&shared, work)?;
+    shared.progress.finish();
+
+    // Forget what is gone from the tree.
+    let mut deleted = Vec::new();
+    agent.index.for_each_file(|path, rec| {
+        if !seen.contains(path) {
+            deleted.push((path.to_vec(), rec));
+        }
+        Ok(())
+    })?;
+    let mut state = agent.index.state()?;
+    if !deleted.is_empty() {
+        let _guard = shared.commit_lock.lock().expect("commit lock");
+        let mut batch = Batch::default();
+        let mut seg_updates: HashMap<SegmentId, SegmentRecord> = HashMap::new();
+        for (path, rec) in &deleted {
+            batch.delete_file(path);
+            release(agent, &mut seg_updates, rec)?;
+        }
+        for (id, rec) in &seg_updates {
+            batch.put_segment(id, rec);
+        }
+        state.dirty = true;
+        batch.put_state(&state);
+        agent.index.commit(batch)?;
+        report.deleted = deleted.len() as u64;
+    }
+
+    // A snapshot for whatever changed, in this run or in a run that died
+    // before its manifest.
+    let state = agent.index.state()?;
+    if state.dirty {
+        let rec = write_manifest(agent, opts, &shared)?;
+        report.snapshot = Some(rec.id.to_string());
+        report.sequence = Some(rec.sequence);
+    }
+
+    report.files = shared.files.load(Ordering::Relaxed);
+    report.bytes_read = shared.bytes_read.load(Ordering::Relaxed);
+    report.bytes_stored = shared.bytes_stored.load(Ordering::Relaxed);
+    report.new_segments = shared.new_segments.load(Ordering::Relaxed);
+    report.skipped = shared.problems.into_inner().expect("problems lock");
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn agent_spool_dir(agent: &Agent) -> Result<PathBuf> {
+    let dir = agent.index_dir().join("spool");
+    // Spools of a run that died are garbage now.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create spool directory", &dir, e))?;
+    Ok(dir)
+}
+
+fn check_scopes(agent: &Agent, opts: &OutOptions) -> Result<()> {
+    if opts.plain {
+        return Ok(());
+    }
+    let Some(ks) = &agent.keyset else {
+        return Err(Error::Usage(
+            "encrypted tiering needs the public keyset: give --keyset KEYSET.json".into(),
+        ));
+    };
+    for label in opts.rules.scopes() {
+        if ks.scope(label).is_none() {
+            return Err(Error::Usage(format!(
+                "scope `{label}` is not in the keyset of `{}`; add it with cbfs-keytool add-scope",
+                ks.fs()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Lowers the liveness of the segment holding an old version.
+fn release(agent: &Agent, updates: &mut HashMap<SegmentId, SegmentRecord>, old: &FileRecord) -> Result<()> {
+    let rec = match updates.get_mut(&old.segment) {
+        Some(r) => r,
+        None => {
+            let r = agent.index.segment(&old.segment)?.unwrap_or_default();
+            updates.entry(old.segment).or_insert(r)
+        }
+    };
+    rec.live_members = rec.live_members.saturating_sub(1);
+    rec.live_bytes = rec.live_bytes.saturating_sub(old.stored);
+    Ok(())
+}
+
+fn store_all(shared: &Shared<'_>, work: Vec<Work>) -> Result<()> {
+    if work.is_empty() {
+        return Ok(());
+    }
+    let workers = shared.opts.workers.clamp(1, 16).min(work.len());
+    let (tx, rx) = mpsc::sync_channel::<Work>(256);
+    let rx = Arc::new(Mutex::new(rx));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = Arc::clone(&rx);
+                s.spawn(move || {
+                    let result = worker(shared, &rx);
+                    if result.is_err() {
+                        shared.stop.store(true, Ordering::SeqCst);
+                    }
+                    result
+                })
+            })
+            .collect();
+        for w in work {
+            if shared.stop.load(Ordering::SeqCst) || tx.send(w).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let mut first = Ok(());
+        for h in handles {
+            let r = h.join().expect("worker thread panicked");
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+}
+
+/// A segment being filled by one worker.
+struct OpenSegment {
+    id: SegmentId,
+    path: PathBuf,
+    writer: SegmentWriter<File>,
+    groups: HashMap<ScopeLabel, GroupKey>,
+    lockboxes: Vec<Lockbox>,
+    stored: Vec<Stored>,
+}
+
+fn worker(shared: &Shared<'_>, rx: &Mutex<mpsc::Receiver<Work>>) -> Result<()> {
+    let mut names = Names::default();
+    let mut seg: Option<OpenSegment> = None;
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let next = rx.lock().expect("work queue").recv();
+        let Ok(work) = next else { break };
+        if seg.is_none() {
+            seg = Some(open_segment(shared)?);
+        }
+        let open = seg.as_mut().expect("just opened");
+        store_one(shared, open, &mut names, work)?;
+        if open.writer.len() >= shared.opts.segment_size {
+            close_segment(shared, seg.take().expect("open"))?;
+        }
+    }
+    if let Some(open) = seg {
+        close_segment(shared, open)?;
+    }
+    Ok(())
+}
+
+fn open_segment(shared: &Shared<'_>) -> Result<OpenSegment> {
+    let id = SegmentId::random();
+    let path = shared.spool_dir.join(format!("{id}.tar"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| Error::io("cannot create segment spool", &path, e))?;
+    let mode = if shared.opts.plain {
+        SegmentMode::Plain
+    } else {
+        SegmentMode::Encrypted
+    };
+    let writer = SegmentWriter::new(file, id, mode)?.with_zstd_level(shared.opts.zstd_level);
+    Ok(OpenSegment {
+        id,
+        path,
+        writer,
+        groups: HashMap::new(),
+        lockboxes: Vec::new(),
+        stored: Vec::new(),
+    })
+}
+
+fn skip(shared: &Shared<'_>, entry: &Entry, reason: String) {
+    let path = entry.abs.display().to_string();
+    tracing::warn!(%path, %reason, "skipped; the next run tries again");
+    shared
+        .problems
+        .lock()
+        .expect("problems lock")
+        .push(Problem { path, reason });
+}
+
+fn store_one(shared: &Shared<'_>, seg: &mut OpenSegment, names: &mut Names, work: Work) -> Result<()> {
+    let Work {
+        entry,
+        scope,
+        hardlink_to,
+    } = work;
+    let regular = entry.stat.is_file() && hardlink_to.is_none();
+    // Open first, then take the stat from the open file, so that what is
+    // recorded is what was read.
+    let (file, stat) = if regular {
+        match File::open(&entry.abs) {
+            Ok(f) => match f.metadata() {
+                Ok(m) => {
+                    let st = Stat::from_metadata(&m);
+                    (Some(f), st)
+                }
+                Err(e) => {
+                    skip(shared, &entry, format!("cannot stat: {e}"));
+                    return Ok(());
+                }
+            },
+            Err(e) => {
+                let why = if e.kind() == std::io::ErrorKind::NotFound {
+                    "vanished before it could be read".to_owned()
+                } else {
+                    format!("cannot open: {e}")
+                };
+                skip(shared, &entry, why);
+                return Ok(());
+            }
+        }
+    } else {
+        (None, entry.stat)
+    };
+    let entry = Entry { stat, ..entry };
+    let meta = match scan::metadata_of(&entry, names, hardlink_to.as_deref()) {
+        Ok(m) => m,
+        Err(e) => {
+            skip(shared, &entry, format!("cannot read metadata: {e}"));
+            return Ok(());
+        }
+    };
+    let member = MemberId::random();
+    let counted = CountingReader {
+        inner: file.as_ref(),
+        shared,
+    };
+    let result = if shared.opts.plain {
+        seg.writer.append_plain(member, &meta, counted)
+    } else {
+        let key = group_key(shared, &mut seg.groups, &mut seg.lockboxes, seg.id, &scope)?;
+        seg.writer.append_encrypted(member, key, &meta, counted)
+    };
+    let summary = match result {
+        Ok(s) => s,
+        Err(cbfs_format::Error::ContentLength { .. }) => {
+            skip(shared, &entry, "changed while being read".into());
+            return Ok(());
+        }
+        Err(cbfs_format::Error::Io { source, .. }) if regular && source.kind() != std::io::ErrorKind::StorageFull => {
+            // A read error of the source file; a write error of the spool
+            // (disk full) ends the run instead.
+            skip(shared, &entry, format!("cannot read: {source}"));
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(f) = &file {
+        let after = f.metadata().map(|m| Stat::from_metadata(&m));
+        if after.map(|a| a != stat).unwrap_or(true) {
+            skip(shared, &entry, "changed while being read".into());
+            return Ok(());
+        }
+    }
+    shared.files.fetch_add(1, Ordering::Relaxed);
+    shared.progress.file_done();
+    seg.stored.push(Stored {
+        rel: entry.rel,
+        stat,
+        scope,
+        summary,
+        hardlink_to,
+    });
+    Ok(())
+}
+
+/// The segment's group key for `scope`, sealing a lockbox for it on first use.
+fn group_key<'s>(
+    shared: &Shared<'_>,
+    groups: &'s mut HashMap<ScopeLabel, GroupKey>,
+    lockboxes: &mut Vec<Lockbox>,
+    segment: SegmentId,
+    scope: &ScopeLabel,
+) -> Result<&'s GroupKey> {
+    if !groups.contains_key(scope) {
+        let ks = shared.agent.keyset.as_ref().expect("checked before the run");
+        let pk = ks.scope(scope).expect("checked before the run");
+        let (lockbox, key) = Lockbox::seal(scope.as_str(), pk, segment)?;
+        lockboxes.push(lockbox);
+        groups.insert(scope.clone(), key);
+    }
+    Ok(groups.get(scope).expect("just inserted"))
+}
+
+struct CountingReader<'a, 'b> {
+    inner: Option<&'a File>,
+    shared: &'a Shared<'b>,
+}
+
+impl std::io::Read for CountingReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(mut f) = self.inner else {
+            return Ok(0);
+        };
+        let n = std::io::Read::read(&mut f, buf)?;
+        self.shared.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.shared.progress.bytes(n as u64);
+        Ok(n)
+    }
+}
+
+fn close_segment(shared: &Shared<'_>, seg: OpenSegment) -> Result<()> {
+    let OpenSegment {
+        id,
+        path,
+        writer,
+        lockboxes,
+        stored,
+        ..
+    } = seg;
+    let (mut file, summary) = writer.finish()?;
+    if stored.is_empty() {
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    // A failed member may have left bytes past the end; cut them.
+    file.set_len(summary.segment_len())
+        .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("cannot finish segment spool", &path, e))?;
+    drop(file);
+    let n = {
+        let mut done = shared.segments_done.lock().expect("segment counter");
+        *done += 1;
+        *done
+    };
+    let agent = shared.agent;
+    let handle = agent.handle();
+    let mut stored_bytes = summary.segment_len();
+    handle.block_on(agent.store.put_file_new(&layout::segment(&id), &path))?;
+    crash_if(shared.opts, CrashPoint::AfterSegment(n));
+    for lb in &lockboxes {
+        let bytes = lb.to_bytes();
+        stored_bytes += bytes.len() as u64;
+        handle.block_on(
+            agent
+                .store
+                .put_new(&layout::lockbox(&id, &lb.group_id()), bytes),
+        )?;
+    }
+    crash_if(shared.opts, CrashPoint::AfterLockboxes(n));
+    let summary_bytes = summary.to_bytes();
+    stored_bytes += summary_bytes.len() as u64;
+    handle.block_on(agent.store.put_new(&layout::summary(&id), summary_bytes))?;
+    crash_if(shared.opts, CrashPoint::AfterSummary(n));
+
+    // Now the index may name what the store holds.
+    {
+        let _guard = shared.commit_lock.lock().expect("commit lock");
+        let mut batch = Batch::default();
+        let mut updates: HashMap<SegmentId, SegmentRecord> = HashMap::new();
+        let mut live_bytes = 0;
+        for s in &stored {
+            if let Some(old) = agent.index.file(&s.rel)? {
+                release(agent, &mut updates, &old)?;
+            }
+            let rec = FileRecord {
+                stat: s.stat,
+                scope: s.scope.to_string(),
+                segment: id,
+                member: s.summary.member,
+                sha256: s.summary.sha256,
+                stored: s.summary.data_len,
+                hardlink_to: s.hardlink_to.clone(),
+            };
+            live_bytes += s.summary.data_len;
+            batch.put_file(&s.rel, &rec);
+            batch.put_member(
+                &s.summary.member,
+                &MemberRecord {
+                    path: s.rel.clone(),
+                    stat: s.stat,
+                    scope: s.scope.to_string(),
+                    stored: s.summary.data_len,
+                },
+            );
+        }
+        updates.insert(
+            id,
+            SegmentRecord {
+                size: summary.segment_len(),
+                members: summary.entries().len() as u64,
+                live_members: stored.len() as u64,
+                live_bytes,
+            },
+        );
+        for (sid, rec) in &updates {
+            batch.put_segment(sid, rec);
+        }
+        let mut state = agent.index.state()?;
+        state.dirty = true;
+        batch.put_state(&state);
+        agent.index.commit(batch)?;
+    }
+    crash_if(shared.opts, CrashPoint::AfterCommit(n));
+    let _ = std::fs::remove_file(&path);
+    shared.bytes_stored.fetch_add(stored_bytes, Ordering::Relaxed);
+    shared.new_segments.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(segment = %id, members = stored.len(), bytes = summary.segment_len(), "segment stored");
+    Ok(())
+}
+
+fn write_manifest(agent: &Agent, opts: &OutOptions, shared: &Shared<'_>) -> Result<SnapshotRecord> {
+    let mut state = agent.index.state()?;
+    let mut entries = Vec::new();
+    agent.index.for_each_file(|_, rec| {
+        entries.push(ManifestEntry {
+            segment: rec.segment,
+            member: rec.member,
+            sha256: rec.sha256,
+        });
+        Ok(())
+    })?;
+    entries.sort();
+    let mut sequence = state.last_snapshot.as_ref().map(|s| s.sequence + 1).unwrap_or(1);
+    let previous = state.last_snapshot.as_ref().map(|s| s.manifest_hash);
+    let root = cbfs_format::merkle_root(&entries);
+
+    // A run that died after uploading its manifest and before recording it
+    // left that manifest behind: adopt it if it is this very state, else
+    // number past it.
+    let mut adopted = None;
+    for obj in agent.block_on(agent.store.list(layout::SNAPSHOTS))? {
+        let Some((seq, _)) = layout::parse_manifest(&obj.key) else {
+            continue;
+        };
+        if seq < sequence {
+            continue;
+        }
+        let bytes = agent.block_on(agent.store.get(&obj.key))?;
+        match cbfs_format::Manifest::from_bytes(&bytes, &agent.writer_key()) {
+            Ok(m) if seq == sequence && m.merkle_root() == &root && m.previous_hash() == previous => {
+                adopted = Some((obj.key.clone(), m));
+            }
+            _ => sequence = sequence.max(seq + 1),
+        }
+    }
+    let (key, manifest) = match adopted {
+        Some(found) => found,
+        None => {
+            let id = SnapshotId::random();
+            let created = time::OffsetDateTime::now_utc().unix_timestamp();
+            let mut builder = ManifestBuilder::new(id, sequence, previous, created);
+            builder.extend(entries.iter().copied());
+            let manifest = builder.sign(agent.writer())?;
+            let bytes = manifest.to_bytes();
+            let key = layout::manifest(sequence, &id);
+            agent.block_on(agent.store.put_new(&key, bytes.clone()))?;
+            shared
+                .bytes_stored
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            crash_if(opts, CrashPoint::AfterManifest);
+            (key, manifest)
+        }
+    };
+    let id = manifest.snapshot_id();
+    let created = manifest.created_unix();
+    let rec = SnapshotRecord {
+        id,
+        sequence,
+        manifest_key: key,
+        manifest_hash: manifest.hash(),
+        created,
+        entries: entries.len() as u64,
+    };
+    state.dirty = false;
+    state.last_snapshot = Some(rec.clone());
+    let mut batch = Batch::default();
+    batch.put_snapshot(&rec);
+    batch.put_state(&state);
+    agent.index.commit(batch)?;
+    Ok(rec)
+}
