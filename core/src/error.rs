@@ -88,6 +88,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A request that cannot be carried out as asked (bad terms, unknown scope).
+    #[error("{0}")]
+    Usage(String),
+
     /// A secret does not belong to the document it is used with.
     #[error("{what}")]
     KeyMismatch { what: String },

@@ -3,13 +3,24 @@
 //!
 //! A grant is made for one share of an m-of-n delegation and is meant for
 //! one proxy node. It is never handed to the user.
+//!
+//! - A grant can be bound to one node ([`Grant::for_node`]): the node's public
+//!   key is then part of what the administrator signs, and a node refuses a
+//!   grant bound to another. [`Grant::seal_for_node`] encrypts the signed
+//!   grant for that node ([`SealedGrant`]), so the kfrag travels and rests
+//!   encrypted for the node alone.
+//! - A [`Revocation`] is the administrator's signed order to delete a user's
+//!   grants of one scope, and to refuse them from then on.
 
 use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
-use umbral_pre::{DefaultDeserialize, DefaultSerialize, KeyFrag, PublicKey, VerifiedKeyFrag};
+use umbral_pre::{
+    Capsule, DefaultDeserialize, DefaultSerialize, KeyFrag, PublicKey, SecretKey, VerifiedKeyFrag,
+};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::ids::{FsName, ScopeLabel, UserName};
@@ -41,6 +52,11 @@ struct Body {
     issued: String,
     expires: Option<String>,
     kfrag: String,
+    /// The node this share is for (hex of its public key). Absent in grants
+    /// that are not bound to a node, such as those of `delegate --out`
+    /// before nodes were bound; such grants serialize exactly as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
 }
 
 /// The terms of a delegation, as the administrator decides them.
@@ -55,7 +71,9 @@ pub struct DelegationTerms {
 }
 
 /// One verified share of a delegation.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` shows the terms, never the kfrag.
+#[derive(Clone)]
 pub struct Grant {
     body: Body,
     kfrag: VerifiedKeyFrag,
@@ -63,6 +81,24 @@ pub struct Grant {
     user_pk: PublicKey,
     user_vk: PublicKey,
     admin_vk: PublicKey,
+    node_pk: Option<PublicKey>,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("fs", &self.body.fs)
+            .field("scope", &self.body.scope)
+            .field("user", &self.body.user)
+            .field("share", &self.body.share)
+            .field("threshold", &self.body.threshold)
+            .field("shares", &self.body.shares)
+            .field("issued", &self.body.issued)
+            .field("expires", &self.body.expires)
+            .field("node", &self.body.node)
+            .field("kfrag", &"[redacted]")
+            .finish()
+    }
 }
 
 /// Makes the n grants of an m-of-n delegation of `scope` to `user`.
@@ -78,22 +114,25 @@ pub fn delegate(
     terms: &DelegationTerms,
 ) -> Result<Vec<Grant>> {
     keyset.check_admin(admin)?;
-    let scope_pk = *keyset.scope(scope).ok_or_else(|| Error::KeyMismatch {
-        what: format!(
+    let scope_pk = *keyset.scope(scope).ok_or_else(|| {
+        Error::Usage(format!(
             "scope `{scope}` is not in keyset `{}`; add it first with `cbfs-keytool add-scope`",
             keyset.fs()
-        ),
+        ))
     })?;
     if terms.threshold == 0 || terms.threshold > terms.shares || terms.shares > 255 {
-        return Err(Error::KeyMismatch {
-            what: format!(
-                "threshold {} of {} shares is not possible: need 1 <= threshold <= shares <= 255",
-                terms.threshold, terms.shares
-            ),
-        });
+        return Err(Error::Usage(format!(
+            "threshold {} of {} shares is not possible: need 1 <= threshold <= shares <= 255",
+            terms.threshold, terms.shares
+        )));
     }
     if let Some(expires) = &terms.expires {
-        signed::parse_time(expires).map_err(|what| Error::KeyMismatch { what })?;
+        let t = signed::parse_time(expires).map_err(Error::Usage)?;
+        if t <= time::OffsetDateTime::now_utc() {
+            return Err(Error::Usage(format!(
+                "--expires {expires} is in the past: the delegation would be dead on arrival"
+            )));
+        }
     }
     let scope_secret = admin.scope(scope);
     let signer = admin.signer();
@@ -128,6 +167,7 @@ pub fn delegate(
                 issued: issued.clone(),
                 expires: terms.expires.clone(),
                 kfrag: B64.encode(bytes),
+                node: None,
             };
             Grant {
                 body,
@@ -136,6 +176,7 @@ pub fn delegate(
                 user_pk: *user.public_key(),
                 user_vk: *user.verifying_key(),
                 admin_vk: admin.verifying_key(),
+                node_pk: None,
             }
         })
         .collect();
@@ -151,6 +192,32 @@ impl Grant {
             });
         }
         Ok(signed::sign(DOMAIN, &self.body, &admin.signer()))
+    }
+
+    /// The same share, bound to the node whose public key is `node`. The
+    /// binding is part of what the administrator signs.
+    pub fn for_node(&self, node: &PublicKey) -> Grant {
+        let mut grant = self.clone();
+        grant.body.node = Some(public_key_hex(node));
+        grant.node_pk = Some(*node);
+        grant
+    }
+
+    /// Signs the grant and encrypts it for the node it is bound to (see
+    /// [`for_node`](Self::for_node)): only that node's secret opens it.
+    pub fn seal_for_node(&self, admin: &AdminSecret) -> Result<Vec<u8>> {
+        let node = self.node_pk.ok_or_else(|| Error::KeyMismatch {
+            what: "the grant is not bound to a node; bind it with Grant::for_node first".into(),
+        })?;
+        let signed = Zeroizing::new(self.to_signed_bytes(admin)?);
+        let (capsule, ciphertext) = umbral_pre::encrypt(&node, &signed)
+            .map_err(|e| Error::Reencryption(format!("cannot encrypt the grant for the node: {e}")))?;
+        Ok(SealedGrant {
+            node,
+            capsule,
+            ciphertext,
+        }
+        .to_bytes())
     }
 
     /// Parses a grant and verifies both the administrator's signature over its
@@ -191,6 +258,7 @@ impl Grant {
             .map_err(|e| Error::doc(KIND, location, format!("malformed kfrag: {e}")))?
             .verify(admin, Some(&scope_pk), Some(&user_pk))
             .map_err(|(e, _)| Error::doc(KIND, location, format!("the kfrag does not verify: {e}")))?;
+        let node_pk = body.node.as_deref().map(|hex| key("node", hex)).transpose()?;
         Ok(Grant {
             body,
             kfrag,
@@ -198,6 +266,7 @@ impl Grant {
             user_pk,
             user_vk,
             admin_vk,
+            node_pk,
         })
     }
 
@@ -266,5 +335,335 @@ impl Grant {
     /// When the grant expires (RFC 3339), if ever.
     pub fn expires(&self) -> Option<&str> {
         self.body.expires.as_deref()
+    }
+    /// The node this share is bound to, if it is bound to one.
+    pub fn node(&self) -> Option<&PublicKey> {
+        self.node_pk.as_ref()
+    }
+}
+
+const SEALED_FORMAT: &str = "cbfs-sealed-grant";
+const SEALED_KIND: &str = "sealed grant";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedBody {
+    format: String,
+    version: u32,
+    node: String,
+    capsule: String,
+    ciphertext: String,
+}
+
+/// A signed grant encrypted for one node with Umbral `encrypt` under the
+/// node's public key: what `delegate --node` sends, and what a node keeps at
+/// rest.
+///
+/// The JSON object has `format` (`cbfs-sealed-grant`), `version` (1), `node`
+/// (hex of the node's public key), `capsule` and `ciphertext` (standard
+/// base64 of the Umbral capsule and of the ciphertext of the signed grant).
+/// The outer fields are not signed; the grant inside is, node binding
+/// included.
+#[derive(Clone)]
+pub struct SealedGrant {
+    node: PublicKey,
+    capsule: Capsule,
+    ciphertext: Box<[u8]>,
+}
+
+impl std::fmt::Debug for SealedGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedGrant(for node {})", fingerprint(&self.node))
+    }
+}
+
+impl SealedGrant {
+    /// The canonical JSON bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let body = SealedBody {
+            format: SEALED_FORMAT.into(),
+            version: VERSION,
+            node: public_key_hex(&self.node),
+            capsule: B64.encode(self.capsule.to_bytes().expect("capsules serialize")),
+            ciphertext: B64.encode(&self.ciphertext),
+        };
+        serde_json::to_vec(&body).expect("sealed grants serialize")
+    }
+
+    /// Parses a sealed grant (it is opened by [`open`](Self::open)).
+    pub fn from_bytes(bytes: &[u8], location: &str) -> Result<Self> {
+        let body: SealedBody = serde_json::from_slice(bytes)
+            .map_err(|e| Error::doc(SEALED_KIND, location, format!("not a sealed grant: {e}")))?;
+        if body.format != SEALED_FORMAT || body.version != VERSION {
+            return Err(Error::doc(
+                SEALED_KIND,
+                location,
+                format!("unsupported format `{}` version {}", body.format, body.version),
+            ));
+        }
+        let node = public_key_from_hex(&body.node)
+            .map_err(|e| Error::doc(SEALED_KIND, location, format!("node: {e}")))?;
+        let raw = B64
+            .decode(&body.capsule)
+            .map_err(|_| Error::doc(SEALED_KIND, location, "the capsule is not base64"))?;
+        let capsule = Capsule::from_bytes(&raw)
+            .map_err(|e| Error::doc(SEALED_KIND, location, format!("malformed capsule: {e}")))?;
+        let ciphertext = B64
+            .decode(&body.ciphertext)
+            .map_err(|_| Error::doc(SEALED_KIND, location, "the ciphertext is not base64"))?
+            .into_boxed_slice();
+        Ok(SealedGrant {
+            node,
+            capsule,
+            ciphertext,
+        })
+    }
+
+    /// The node the grant was sealed for.
+    pub fn node(&self) -> &PublicKey {
+        &self.node
+    }
+
+    /// Decrypts with the node's secret key and verifies the grant inside:
+    /// the administrator's signature (against `admin`, the key the node
+    /// trusts), the kfrag, and that the administrator bound it to this node.
+    pub fn open(&self, node_sk: &SecretKey, admin: &PublicKey, location: &str) -> Result<Grant> {
+        let node_pk = node_sk.public_key();
+        if node_pk != self.node {
+            return Err(Error::doc(
+                SEALED_KIND,
+                location,
+                format!(
+                    "it was sealed for node {}, not for this node ({})",
+                    fingerprint(&self.node),
+                    fingerprint(&node_pk)
+                ),
+            ));
+        }
+        let signed = Zeroizing::new(
+            umbral_pre::decrypt_original(node_sk, &self.capsule, &self.ciphertext).map_err(|_| {
+                Error::doc(SEALED_KIND, location, "it does not decrypt with this node's key (altered?)")
+            })?,
+        );
+        let grant = Grant::from_bytes(&signed, location, admin)?;
+        match grant.node() {
+            Some(bound) if *bound == node_pk => Ok(grant),
+            Some(bound) => Err(Error::doc(
+                KIND,
+                location,
+                format!(
+                    "the administrator bound it to node {}, not to this node ({})",
+                    fingerprint(bound),
+                    fingerprint(&node_pk)
+                ),
+            )),
+            None => Err(Error::doc(
+                KIND,
+                location,
+                "the administrator did not bind it to a node; make it with `cbfs-keytool delegate --node`",
+            )),
+        }
+    }
+}
+
+const REVOCATION_FORMAT: &str = "cbfs-revocation";
+const REVOCATION_DOMAIN: &str = "cbfs-revocation/v1";
+const REVOCATION_KIND: &str = "revocation";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationBody {
+    format: String,
+    version: u32,
+    scope: ScopeLabel,
+    user: UserName,
+    user_public_key: String,
+    admin_verifying_key: String,
+    revoked: String,
+}
+
+/// The administrator's signed order to revoke the delegation of one scope to
+/// one user: a node deletes every grant of that (scope, user) issued at or
+/// before `revoked`, and refuses such grants from then on.
+///
+/// Revocation stops new unlocks only. A file key that a user has already
+/// unlocked cannot be taken back: re-key (new group keys) when that matters.
+#[derive(Clone, Debug)]
+pub struct Revocation {
+    body: RevocationBody,
+    revoked: time::OffsetDateTime,
+}
+
+impl Revocation {
+    /// A revocation of `scope` for `user`, as of now.
+    pub fn new(admin: &AdminSecret, scope: &ScopeLabel, user: &UserPublic) -> Self {
+        let revoked = signed::now_rfc3339();
+        Revocation {
+            revoked: signed::parse_time(&revoked).expect("we format valid times"),
+            body: RevocationBody {
+                format: REVOCATION_FORMAT.into(),
+                version: VERSION,
+                scope: scope.clone(),
+                user: user.name().clone(),
+                user_public_key: public_key_hex(user.public_key()),
+                admin_verifying_key: public_key_hex(&admin.verifying_key()),
+                revoked,
+            },
+        }
+    }
+
+    /// Serializes the revocation, signed by the administrator.
+    pub fn to_signed_bytes(&self, admin: &AdminSecret) -> Result<Vec<u8>> {
+        if public_key_hex(&admin.verifying_key()) != self.body.admin_verifying_key {
+            return Err(Error::KeyMismatch {
+                what: "the administrator secret did not make this revocation".into(),
+            });
+        }
+        Ok(signed::sign(REVOCATION_DOMAIN, &self.body, &admin.signer()))
+    }
+
+    /// Parses a revocation and verifies the signature of `admin`, the
+    /// administrator key the caller trusts.
+    pub fn from_bytes(bytes: &[u8], location: &str, admin: &PublicKey) -> Result<Self> {
+        let (body, signature): (RevocationBody, _) = signed::parse(REVOCATION_KIND, location, bytes)?;
+        if body.format != REVOCATION_FORMAT || body.version != VERSION {
+            return Err(Error::doc(
+                REVOCATION_KIND,
+                location,
+                format!("unsupported format `{}` version {}", body.format, body.version),
+            ));
+        }
+        if body.admin_verifying_key != public_key_hex(admin) {
+            return Err(Error::doc(
+                REVOCATION_KIND,
+                location,
+                format!("it was not made by the expected administrator key {}", fingerprint(admin)),
+            ));
+        }
+        signed::verify(REVOCATION_KIND, location, REVOCATION_DOMAIN, &body, &signature, admin)?;
+        public_key_from_hex(&body.user_public_key)
+            .map_err(|e| Error::doc(REVOCATION_KIND, location, format!("user_public_key: {e}")))?;
+        let revoked = signed::parse_time(&body.revoked)
+            .map_err(|e| Error::doc(REVOCATION_KIND, location, e))?;
+        Ok(Revocation { body, revoked })
+    }
+
+    /// The revoked scope.
+    pub fn scope(&self) -> &ScopeLabel {
+        &self.body.scope
+    }
+    /// The user whose delegation is revoked.
+    pub fn user(&self) -> &UserName {
+        &self.body.user
+    }
+    /// When the revocation was made (RFC 3339).
+    pub fn revoked(&self) -> &str {
+        &self.body.revoked
+    }
+    /// When the revocation was made.
+    pub fn revoked_at(&self) -> time::OffsetDateTime {
+        self.revoked
+    }
+    /// Whether this revocation applies to `grant`: same scope and user, and
+    /// issued at or before the revocation.
+    pub fn covers(&self, grant: &Grant) -> bool {
+        grant.scope() == self.scope()
+            && grant.user() == self.user()
+            && signed::parse_time(grant.issued()).is_ok_and(|issued| issued <= self.revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::UserSecret;
+
+    fn setup() -> (AdminSecret, Keyset, ScopeLabel, UserSecret, UserPublic) {
+        let admin = AdminSecret::generate();
+        let mut keyset = Keyset::new(FsName::new("fs").unwrap(), &admin);
+        let scope = ScopeLabel::new("proj").unwrap();
+        keyset.add_scope(&admin, &scope).unwrap();
+        let user = UserSecret::generate();
+        let public = UserPublic::from_secret(UserName::new("alice").unwrap(), &user);
+        (admin, keyset, scope, user, public)
+    }
+
+    fn terms() -> DelegationTerms {
+        DelegationTerms {
+            threshold: 2,
+            shares: 3,
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn unbound_grants_keep_their_old_form() {
+        let (admin, keyset, scope, _, user) = setup();
+        let grant = &delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[0];
+        let bytes = grant.to_signed_bytes(&admin).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"node\""));
+        let back = Grant::from_bytes(&bytes, "t", &admin.verifying_key()).unwrap();
+        assert!(back.node().is_none());
+        assert_eq!(back.to_signed_bytes(&admin).unwrap(), bytes);
+    }
+
+    #[test]
+    fn sealed_grant_opens_only_at_its_node() {
+        let (admin, keyset, scope, _, user) = setup();
+        let node = UserSecret::generate();
+        let other = UserSecret::generate();
+        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[1].for_node(&node.public_key());
+        let sealed_bytes = grant.seal_for_node(&admin).unwrap();
+        let text = String::from_utf8_lossy(&sealed_bytes).to_string();
+        assert!(!text.contains(&B64.encode(grant.kfrag().to_bytes().unwrap())));
+        let sealed = SealedGrant::from_bytes(&sealed_bytes, "t").unwrap();
+        assert_eq!(sealed.to_bytes(), sealed_bytes);
+        let opened = sealed.open(&node.secret_key(), &admin.verifying_key(), "t").unwrap();
+        assert_eq!(opened.share(), 2);
+        assert_eq!(opened.node(), Some(&node.public_key()));
+        let err = sealed.open(&other.secret_key(), &admin.verifying_key(), "t").unwrap_err();
+        assert!(err.to_string().contains("sealed for node"), "{err}");
+        let wrong_admin = AdminSecret::generate().verifying_key();
+        assert!(sealed.open(&node.secret_key(), &wrong_admin, "t").is_err());
+        assert!(!format!("{grant:?}").contains(&grant.body.kfrag));
+    }
+
+    #[test]
+    fn a_grant_bound_to_another_node_is_refused_even_if_sealed_for_this_one() {
+        let (admin, keyset, scope, _, user) = setup();
+        let node = UserSecret::generate();
+        let other = UserSecret::generate();
+        // Bound to `other`, but encrypted for `node` by someone replaying it.
+        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[0].for_node(&other.public_key());
+        let signed = grant.to_signed_bytes(&admin).unwrap();
+        let (capsule, ciphertext) = umbral_pre::encrypt(&node.public_key(), &signed).unwrap();
+        let sealed = SealedGrant {
+            node: node.public_key(),
+            capsule,
+            ciphertext,
+        };
+        let err = sealed.open(&node.secret_key(), &admin.verifying_key(), "t").unwrap_err();
+        assert!(err.to_string().contains("bound it to node"), "{err}");
+        // An unbound grant cannot be sealed at all.
+        let unbound = &delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[0];
+        assert!(unbound.seal_for_node(&admin).is_err());
+    }
+
+    #[test]
+    fn revocation_round_trip_and_coverage() {
+        let (admin, keyset, scope, _, user) = setup();
+        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap().remove(0);
+        let revocation = Revocation::new(&admin, &scope, &user);
+        let bytes = revocation.to_signed_bytes(&admin).unwrap();
+        let back = Revocation::from_bytes(&bytes, "t", &admin.verifying_key()).unwrap();
+        assert_eq!(back.scope(), &scope);
+        assert_eq!(back.user().as_str(), "alice");
+        assert!(back.covers(&grant));
+        let other_scope = ScopeLabel::new("other").unwrap();
+        let other = Revocation::new(&admin, &other_scope, &user);
+        assert!(!other.covers(&grant));
+        assert!(Revocation::from_bytes(&bytes, "t", &AdminSecret::generate().verifying_key()).is_err());
+        let tampered = String::from_utf8(bytes).unwrap().replace("alice", "bob");
+        assert!(Revocation::from_bytes(tampered.as_bytes(), "t", &admin.verifying_key()).is_err());
     }
 }

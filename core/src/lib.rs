@@ -33,7 +33,7 @@ mod source;
 mod user;
 
 pub use error::{Error, Result};
-pub use grant::{DelegationTerms, Grant, delegate};
+pub use grant::{DelegationTerms, Grant, Revocation, SealedGrant, delegate};
 pub use ids::{FsName, ScopeLabel, UserName};
 pub use keys::{
     AdminSecret, SEED_LEN, ScopeSecret, Seed, UserSecret, fingerprint, public_key_from_hex,

@@ -18,11 +18,11 @@ const SIGNATURE_LEN: usize = 64;
 /// Collects a snapshot's entries, then signs them into a [`Manifest`].
 #[derive(Clone, Debug)]
 pub struct ManifestBuilder {
-    snapshot: SnapshotId,
-    sequence: u64,
-    previous: [u8; 32],
-    created_unix: i64,
-    entries: Vec<ManifestEntry>,
+    pub(crate) snapshot: SnapshotId,
+    pub(crate) sequence: u64,
+    pub(crate) previous: [u8; 32],
+    pub(crate) created_unix: i64,
+    pub(crate) entries: Vec<ManifestEntry>,
 }
 
 impl ManifestBuilder {
@@ -53,9 +53,8 @@ impl ManifestBuilder {
         self.entries.extend(entries);
     }
 
-    /// Sorts the entries, computes the Merkle root and signs. Fails if a
-    /// (segment, member) pair appears twice.
-    pub fn sign(mut self, signer: &Signer) -> Result<Manifest, Error> {
+    /// Sorts the entries and fails if a (segment, member) pair appears twice.
+    pub(crate) fn sort_unique(&mut self) -> Result<(), Error> {
         self.entries.sort();
         if let Some(w) = self
             .entries
@@ -69,6 +68,13 @@ impl ManifestBuilder {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Sorts the entries, computes the Merkle root and signs a full manifest.
+    /// Fails if a (segment, member) pair appears twice.
+    pub fn sign(mut self, signer: &Signer) -> Result<Manifest, Error> {
+        self.sort_unique()?;
         let root = merkle_root(&self.entries);
         let writer = signer.verifying_key();
         let mut e = Enc::with_brand(BRAND, VERSION);
@@ -100,25 +106,28 @@ impl ManifestBuilder {
             entries: self.entries,
             root,
             bytes,
+            delta: false,
         })
     }
 }
 
-fn signed_message(body: &[u8]) -> Vec<u8> {
+pub(crate) fn signed_message(body: &[u8]) -> Vec<u8> {
     [SIGNATURE_DOMAIN, body].concat()
 }
 
 /// A verified snapshot manifest: well-formed, sorted, Merkle root and signature checked.
 #[derive(Clone, Debug)]
 pub struct Manifest {
-    snapshot: SnapshotId,
-    sequence: u64,
-    previous: [u8; 32],
-    created_unix: i64,
-    writer: PublicKey,
-    entries: Vec<ManifestEntry>,
-    root: [u8; 32],
-    bytes: Vec<u8>,
+    pub(crate) snapshot: SnapshotId,
+    pub(crate) sequence: u64,
+    pub(crate) previous: [u8; 32],
+    pub(crate) created_unix: i64,
+    pub(crate) writer: PublicKey,
+    pub(crate) entries: Vec<ManifestEntry>,
+    pub(crate) root: [u8; 32],
+    pub(crate) bytes: Vec<u8>,
+    /// Whether `bytes` is a delta against the previous manifest.
+    pub(crate) delta: bool,
 }
 
 impl Manifest {
@@ -137,7 +146,14 @@ impl Manifest {
     /// Parses and verifies a manifest against the key written inside it. This proves
     /// integrity only: check [`writer_key`](Self::writer_key) against a trusted key
     /// before relying on it, or use [`from_bytes`](Self::from_bytes).
+    ///
+    /// A delta manifest cannot stand alone: use [`resolve_manifest_chain`](crate::resolve_manifest_chain).
     pub fn from_bytes_any_signer(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.starts_with(crate::delta::DELTA_BRAND) {
+            return Err(Error::InvalidInput {
+                reason: "this is a delta manifest: resolve it against the manifests before it".into(),
+            });
+        }
         let (mut d, version) = Dec::brand(bytes, BRAND, ObjectKind::Manifest)?;
         if version != VERSION {
             return Err(Dec::unknown_version(ObjectKind::Manifest, version));
@@ -198,7 +214,14 @@ impl Manifest {
             entries,
             root,
             bytes: bytes.to_vec(),
+            delta: false,
         })
+    }
+
+    /// Whether this manifest's object is a delta against the previous one
+    /// (its [`entries`](Self::entries) are still the whole snapshot).
+    pub fn is_delta(&self) -> bool {
+        self.delta
     }
 
     /// The canonical bytes, signature included.

@@ -35,8 +35,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let admin = AdminSecret::generate();
             let ks = Keyset::new(fs, &admin);
             let bytes = ks.to_signed_bytes(&admin)?;
-            secret.store_new(admin.seed(), &protection)?;
-            write_new_public(&keyset, &bytes)?;
+            store_with_public(&secret, admin.seed(), &protection, &keyset, &bytes)?;
             note_durability(&secret);
             let fp = fingerprint(ks.admin_verifying_key());
             emit(
@@ -108,8 +107,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let user = UserSecret::generate();
             let pubkeys = UserPublic::from_secret(name.clone(), &user);
             let bytes = pubkeys.to_signed_bytes(&user)?;
-            secret.store_new(user.seed(), &protection)?;
-            write_new_public(&public, &bytes)?;
+            store_with_public(&secret, user.seed(), &protection, &public, &bytes)?;
             note_durability(&secret);
             let fp = fingerprint(pubkeys.public_key());
             emit(
@@ -183,7 +181,11 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let ks = Keyset::load(&keyset)?;
             if ks.scope(&scope).is_none() {
-                bail!("scope `{scope}` is not in keyset {}", keyset.display());
+                return Err(cbfs_core::Error::Usage(format!(
+                    "scope `{scope}` is not in keyset {}; add it first with cbfs-keytool add-scope",
+                    keyset.display()
+                ))
+                .into());
             }
             let protection = protection(&protect)?;
             let admin_secret = load_admin(&admin, &unlock, &ks)?;
@@ -230,7 +232,9 @@ pub fn run(cli: Cli) -> Result<()> {
         } => show(json, &unlock, keyset, user, grant, secret)?,
         Command::List { keyset, grants } => list(json, &keyset, grants)?,
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "cbfs-keytool", &mut std::io::stdout());
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cbfs-keytool", &mut buf);
+            crate::output::write_stdout(&buf);
         }
     }
     Ok(())
@@ -449,8 +453,11 @@ fn read_passphrase_file(unlock: &Unlock) -> Result<SecretString> {
         fs::read_to_string(path).with_context(|| format!("cannot read passphrase file {}", path.display()))?,
     );
     let line = text.lines().next().unwrap_or_default();
-    if line.is_empty() {
-        bail!("passphrase file {} is empty", path.display());
+    if line.chars().count() < 12 {
+        bail!(
+            "the passphrase in {} is too short: use at least 12 characters",
+            path.display()
+        );
     }
     Ok(SecretString::from(line.to_owned()))
 }
@@ -495,6 +502,24 @@ fn refuse_existing(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes the public file first, then stores the secret; if storing fails,
+/// the public file goes again, so a retry starts clean and no orphan secret
+/// or orphan public file is left.
+fn store_with_public(
+    source: &KeySource,
+    seed: &Seed,
+    protection: &Protection,
+    public_path: &Path,
+    public_bytes: &[u8],
+) -> Result<()> {
+    write_new_public(public_path, public_bytes)?;
+    if let Err(e) = source.store_new(seed, protection) {
+        let _ = fs::remove_file(public_path);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 fn write_new_public(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -530,6 +555,9 @@ fn replace_public(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn make_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
         return Ok(());
     }
     fs::DirBuilder::new()

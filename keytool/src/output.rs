@@ -15,17 +15,29 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             | Error::AlreadyExists { .. },
         ) => 3,
         Some(Error::Document { .. } | Error::KeyMismatch { .. }) => 4,
+        Some(Error::Usage(_) | Error::InvalidName { .. } | Error::BadSource { .. }) => 2,
         Some(e) if e.is_transient() => 5,
         Some(Error::Kms { .. }) => 3,
         _ => 1,
     }
 }
 
-/// Prints either the JSON value or the human text.
+/// Prints either the JSON value or the human text. A closed pipe (as in
+/// `cbfs-keytool list | head -1`) is not an error.
 pub fn emit(json: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&value).expect("JSON values serialize"));
+    let text = if json {
+        let mut t = serde_json::to_string_pretty(&value).expect("JSON values serialize");
+        t.push('\n');
+        t
     } else {
-        print!("{}", human());
-    }
+        human()
+    };
+    write_stdout(text.as_bytes());
+}
+
+/// Writes to stdout, ignoring a closed pipe.
+pub fn write_stdout(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
 }

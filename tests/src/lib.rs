@@ -16,6 +16,8 @@
 //! - [`assert_no_secret`]: fails if a secret shows up in any common encoding;
 //!   [`captured_output`] holds everything the commands run by [`run`],
 //!   [`run_ok`] and [`run_fail`] printed.
+//! - [`TreeGen`]: deterministic trees with every entry type and series of
+//!   updates; [`checksum`] and [`assert_same_tree`] compare trees.
 //! - [`Workdir`], [`free_port`], [`wait_for_http`], [`random_bytes`].
 //!
 //! Every server is killed when its handle is dropped, also when the test
@@ -59,6 +61,7 @@ mod openbao;
 mod process;
 mod run;
 mod s3;
+mod tree;
 mod workdir;
 
 use std::process::Command;
@@ -76,6 +79,7 @@ pub use run::{
     run_fail_with_stdin, run_ok, run_ok_with_stdin,
 };
 pub use s3::S3Server;
+pub use tree::{Compare, TreeGen, assert_same_tree, checksum, describe};
 pub use workdir::{KEEP_WORKDIR_ENV, Workdir};
 
 /// The HTTP client library the harness uses, for tests that talk HTTP to the

@@ -8,7 +8,7 @@ use cbfs_core::umbral_pre::{PublicKey, Signer};
 
 use crate::error::{Error, Result};
 use crate::index::{Batch, Index};
-use crate::layout;
+use cbfs_format::layout;
 
 /// Everything a tiering run works with.
 pub struct Agent {

@@ -11,7 +11,6 @@
 mod agent;
 mod error;
 mod index;
-mod layout;
 mod list;
 mod out;
 mod progress;
@@ -21,13 +20,7 @@ mod scan;
 pub use agent::{Agent, AgentOptions};
 pub use error::{Error, Result};
 pub use index::{FileRecord, Index, MemberRecord, SegmentRecord, SnapshotRecord, State};
-pub use layout::{manifest as manifest_key, parse_manifest, parse_segment};
 pub use list::{ListedEntry, SnapshotInfo, list_entries, list_snapshots};
 pub use out::{CrashPoint, OutOptions, OutReport, run as run_out};
 pub use rules::{ScopeRule, ScopeRules};
 pub use scan::{Problem, Stat};
-
-/// Object-name layout of a store.
-pub mod objects {
-    pub use crate::layout::*;
-}

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::agent::Agent;
 use crate::error::{Error, Result};
-use crate::layout;
+use cbfs_format::layout;
 use crate::scan::Stat;
 
 /// One snapshot in the store.
@@ -35,14 +35,47 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// Every manifest in the store, oldest first, each verified and resolved
+/// (a delta against the resolved manifest before it).
+pub(crate) fn load_manifests(agent: &Agent) -> Result<Vec<(String, Manifest)>> {
+    let mut out: Vec<(String, Manifest)> = Vec::new();
+    let mut by_hash: std::collections::HashMap<[u8; 32], usize> = std::collections::HashMap::new();
+    let mut keys: Vec<(u64, String)> = agent
+        .block_on(agent.store.list(layout::SNAPSHOTS))?
+        .into_iter()
+        .filter_map(|o| layout::parse_manifest(&o.key).map(|(seq, _)| (seq, o.key)))
+        .collect();
+    keys.sort();
+    for (_, key) in keys {
+        let bytes = agent.block_on(agent.store.get(&key))?;
+        let bad = |e: cbfs_format::Error| Error::Integrity {
+            object: key.clone(),
+            reason: e.to_string(),
+        };
+        let header = cbfs_format::ManifestHeader::peek(&bytes).map_err(bad)?;
+        let manifest = if header.delta {
+            let base = header
+                .previous
+                .and_then(|h| by_hash.get(&h))
+                .map(|&i| &out[i].1)
+                .ok_or_else(|| Error::Integrity {
+                    object: key.clone(),
+                    reason: "a delta manifest whose previous manifest is missing or altered".into(),
+                })?;
+            Manifest::from_delta_bytes(&bytes, base.writer_key(), base).map_err(bad)?
+        } else {
+            Manifest::from_bytes_any_signer(&bytes).map_err(bad)?
+        };
+        by_hash.insert(manifest.hash(), out.len());
+        out.push((key, manifest));
+    }
+    Ok(out)
+}
+
 /// Reads, verifies and lists every snapshot manifest in the store.
 pub fn list_snapshots(agent: &Agent) -> Result<Vec<SnapshotInfo>> {
     let mut out = Vec::new();
-    for obj in agent.block_on(agent.store.list(layout::SNAPSHOTS))? {
-        if layout::parse_manifest(&obj.key).is_none() {
-            continue;
-        }
-        let manifest = load_manifest(agent, &obj.key)?;
+    for (key, manifest) in load_manifests(agent)? {
         let writer = *manifest.writer_key();
         let trusted = writer == agent.writer_key()
             || agent
@@ -56,20 +89,13 @@ pub fn list_snapshots(agent: &Agent) -> Result<Vec<SnapshotInfo>> {
             entries: manifest.entries().len() as u64,
             writer: fingerprint(&writer),
             trusted_writer: trusted,
-            manifest: obj.key,
+            manifest: key,
         });
     }
     out.sort_by_key(|s| s.sequence);
     Ok(out)
 }
 
-fn load_manifest(agent: &Agent, key: &str) -> Result<Manifest> {
-    let bytes = agent.block_on(agent.store.get(key))?;
-    Manifest::from_bytes_any_signer(&bytes).map_err(|e| Error::Integrity {
-        object: key.to_owned(),
-        reason: e.to_string(),
-    })
-}
 
 /// One entry of a snapshot, as the local index knows it.
 #[derive(Clone, Debug, Serialize)]
@@ -93,12 +119,13 @@ pub struct ListedEntry {
 /// The entries of a snapshot (the newest if `snapshot` is `None`; an id or a
 /// sequence number otherwise) under `prefix`.
 pub fn list_entries(agent: &Agent, snapshot: Option<&str>, prefix: Option<&str>) -> Result<Vec<ListedEntry>> {
-    let snaps = list_snapshots(agent)?;
+    let snaps = load_manifests(agent)?;
     let chosen = match snapshot {
         None => snaps.last(),
-        Some(s) => snaps
-            .iter()
-            .find(|i| i.id == s || i.id.starts_with(s) && s.len() >= 8 || i.sequence.to_string() == s),
+        Some(s) => snaps.iter().find(|(_, m)| {
+            let id = m.snapshot_id().to_string();
+            id == s || (s.len() >= 8 && id.starts_with(s)) || m.sequence().to_string() == s
+        }),
     }
     .ok_or_else(|| {
         Error::Usage(match snapshot {
@@ -106,7 +133,7 @@ pub fn list_entries(agent: &Agent, snapshot: Option<&str>, prefix: Option<&str>)
             None => format!("{} holds no snapshot yet", agent.store.describe()),
         })
     })?;
-    let manifest = load_manifest(agent, &chosen.manifest)?;
+    let manifest = &chosen.1;
     let prefix = prefix.map(|p| p.trim_end_matches('/'));
     let mut out = Vec::new();
     let mut unknown = 0;

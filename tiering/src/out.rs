@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::agent::Agent;
 use crate::error::{Error, Result};
 use crate::index::{Batch, FileRecord, MemberRecord, SegmentRecord, SnapshotRecord};
-use crate::layout;
+use cbfs_format::layout;
 use crate::progress::Progress;
 use crate::rules::ScopeRules;
 use crate::scan::{self, Entry, Names, Problem, Stat};
@@ -180,6 +180,7 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
 
     // Scan, and decide what changed.
     let mut report = OutReport::default();
+    let recovering = agent.index.state()?.dirty;
     let mut work = Vec::new();
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut first_link: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
@@ -204,7 +205,11 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
             } else {
                 None
             };
-            let scope = opts.rules.scope_of(&entry.rel);
+            let scope = if st.file_type() == libc::S_IFDIR {
+                opts.rules.scope_of_dir(&entry.rel)
+            } else {
+                opts.rules.scope_of(&entry.rel)
+            };
             seen.insert(entry.rel.clone());
             match agent.index.file(&entry.rel) {
                 Ok(Some(rec))
@@ -249,6 +254,12 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
         progress: Progress::new(opts.progress, work.len() as u64, total_bytes),
         spool_dir,
     };
+    if recovering {
+        // A run died after committing segments and before its manifest:
+        // finish its snapshot first (adopting its manifest if it got out).
+        let rec = write_manifest(agent, opts, &shared)?;
+        tracing::info!(sequence = rec.sequence, "finished the snapshot of an interrupted run");
+    }
     store_all(&shared, work)?;
     shared.progress.finish();
 
@@ -685,21 +696,22 @@ fn write_manifest(agent: &Agent, opts: &OutOptions, shared: &Shared<'_>) -> Resu
 
     // A run that died after uploading its manifest and before recording it
     // left that manifest behind: adopt it if it is this very state, else
-    // number past it.
+    // number past it. The newest manifest recorded is the base of a delta.
     let mut adopted = None;
-    for obj in agent.block_on(agent.store.list(layout::SNAPSHOTS))? {
-        let Some((seq, _)) = layout::parse_manifest(&obj.key) else {
-            continue;
-        };
-        if seq < sequence {
-            continue;
-        }
-        let bytes = agent.block_on(agent.store.get(&obj.key))?;
-        match cbfs_format::Manifest::from_bytes(&bytes, &agent.writer_key()) {
-            Ok(m) if seq == sequence && m.merkle_root() == &root && m.previous_hash() == previous => {
-                adopted = Some((obj.key.clone(), m));
+    let mut base = None;
+    for (key, m) in crate::list::load_manifests(agent)? {
+        if Some(m.hash()) == previous {
+            base = Some(m);
+        } else if m.sequence() >= sequence {
+            if m.sequence() == sequence
+                && m.merkle_root() == &root
+                && m.previous_hash() == previous
+                && m.writer_key() == &agent.writer_key()
+            {
+                adopted = Some((key, m));
+            } else {
+                sequence = sequence.max(m.sequence() + 1);
             }
-            _ => sequence = sequence.max(seq + 1),
         }
     }
     let (key, manifest) = match adopted {
@@ -709,7 +721,10 @@ fn write_manifest(agent: &Agent, opts: &OutOptions, shared: &Shared<'_>) -> Resu
             let created = time::OffsetDateTime::now_utc().unix_timestamp();
             let mut builder = ManifestBuilder::new(id, sequence, previous, created);
             builder.extend(entries.iter().copied());
-            let manifest = builder.sign(agent.writer())?;
+            let manifest = match &base {
+                Some(b) if b.sequence() + 1 == sequence => builder.sign_delta(agent.writer(), b)?,
+                _ => builder.sign(agent.writer())?,
+            };
             let bytes = manifest.to_bytes();
             let key = layout::manifest(sequence, &id);
             agent.block_on(agent.store.put_new(&key, bytes.clone()))?;

@@ -75,6 +75,21 @@ impl ScopeRules {
             .unwrap_or_else(ScopeLabel::default_scope)
     }
 
+    /// The scope of a directory: that of its own path, or else the scope its
+    /// contents go to, so that `home/alice/**=alice` also keeps the name and
+    /// metadata of `home/alice` itself in scope `alice`.
+    pub fn scope_of_dir(&self, rel_path: &[u8]) -> ScopeLabel {
+        let own = std::path::Path::new(std::ffi::OsStr::from_bytes(rel_path));
+        let mut child = rel_path.to_vec();
+        child.extend_from_slice(b"/\x01");
+        let inside = std::path::Path::new(std::ffi::OsStr::from_bytes(&child));
+        self.rules
+            .iter()
+            .find(|r| r.matcher.is_match(own) || r.matcher.is_match(inside))
+            .map(|r| r.scope.clone())
+            .unwrap_or_else(ScopeLabel::default_scope)
+    }
+
     /// Every scope the rules name.
     pub fn scopes(&self) -> impl Iterator<Item = &ScopeLabel> {
         self.rules.iter().map(|r| &r.scope)
@@ -102,6 +117,10 @@ mod tests {
         assert_eq!(r.scope_of(b"home/bob/secret/x").as_str(), "vault");
         assert_eq!(r.scope_of(b"home/bob/x").as_str(), "homes");
         assert_eq!(r.scope_of(b"etc/passwd").as_str(), "default");
+        assert_eq!(r.scope_of_dir(b"home/alice").as_str(), "alice");
+        assert_eq!(r.scope_of_dir(b"home/bob/secret").as_str(), "vault");
+        assert_eq!(r.scope_of_dir(b"home").as_str(), "homes");
+        assert_eq!(r.scope_of_dir(b"etc").as_str(), "default");
     }
 
     #[test]

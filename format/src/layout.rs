@@ -1,4 +1,4 @@
-//! Where each object lives in the store.
+//! Where each object lives in a store: the object names every cbfs tool uses.
 //!
 //! ```text
 //! keysets/<serial, 20 digits>.json            the public keyset, signed
@@ -10,7 +10,7 @@
 //!
 //! Object names carry no file names and no key material.
 
-use cbfs_format::{GroupId, SegmentId, SnapshotId};
+use crate::ids::{GroupId, SegmentId, SnapshotId};
 
 /// Prefix of keyset objects.
 pub const KEYSETS: &str = "keysets/";

@@ -1,0 +1,190 @@
+//! The node's RocksDB: grants (still sealed for the node), revocations and
+//! the nonces of recent requests.
+//!
+//! | key | value |
+//! |---|---|
+//! | `grant/<scope>/<user>` | the `SealedGrant` bytes as uploaded: encrypted for the node |
+//! | `revoked/<scope>/<user>` | the latest signed `Revocation` of that (scope, user) |
+//! | `nonce/<user>/<nonce>` | the request's timestamp, 8 bytes big-endian |
+//!
+//! Scope and user names cannot contain `/` (see `cbfs_core::ScopeLabel`).
+//! Grant and revocation writes are synced before the node answers.
+
+use std::path::{Path, PathBuf};
+
+use cbfs_core::{ScopeLabel, UserName};
+use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+
+use crate::error::{Error, Result};
+
+/// The node's database.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+fn grant_key(scope: &ScopeLabel, user: &UserName) -> Vec<u8> {
+    format!("grant/{scope}/{user}").into_bytes()
+}
+
+fn revoked_key(scope: &ScopeLabel, user: &UserName) -> Vec<u8> {
+    format!("revoked/{scope}/{user}").into_bytes()
+}
+
+fn nonce_key(user: &UserName, nonce: &str) -> Vec<u8> {
+    format!("nonce/{user}/{nonce}").into_bytes()
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        let db = DB::open(&opts, path).map_err(|e| Error::Store {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{e} (is another cbfs-delegation using this data folder?)"
+            ),
+        })?;
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, e: rocksdb::Error) -> Error {
+        Error::Store {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn synced() -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        w
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Stores the sealed grant of (scope, user), replacing any older one.
+    pub fn put_grant(&self, scope: &ScopeLabel, user: &UserName, sealed: &[u8]) -> Result<()> {
+        self.db
+            .put_opt(grant_key(scope, user), sealed, &Self::synced())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every stored sealed grant, with the key it is stored under.
+    pub fn grants(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .scan(b"grant/")?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
+    /// Records a revocation and deletes the grant of (scope, user) in one
+    /// synced write (`delete_grant` false keeps a newer grant).
+    pub fn revoke(
+        &self,
+        scope: &ScopeLabel,
+        user: &UserName,
+        revocation: &[u8],
+        delete_grant: bool,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(revoked_key(scope, user), revocation);
+        if delete_grant {
+            batch.delete(grant_key(scope, user));
+        }
+        self.db
+            .write_opt(batch, &Self::synced())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The latest revocation of (scope, user), if any.
+    pub fn revocation(&self, scope: &ScopeLabel, user: &UserName) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get(revoked_key(scope, user))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every stored revocation.
+    pub fn revocations(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(self.scan(b"revoked/")?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Records `nonce` of `user` unless it is already there; false if it
+    /// was (a replay). The caller serializes calls.
+    pub fn record_nonce(&self, user: &UserName, nonce: &str, timestamp: i64) -> Result<bool> {
+        let key = nonce_key(user, nonce);
+        if self.db.get_pinned(&key).map_err(|e| self.err(e))?.is_some() {
+            return Ok(false);
+        }
+        self.db
+            .put_opt(key, timestamp.to_be_bytes(), &Self::synced())
+            .map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// Forgets nonces of requests made before `before` (seconds since the
+    /// epoch): such requests are refused as stale anyway. Returns how many.
+    pub fn purge_nonces(&self, before: i64) -> Result<usize> {
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for (k, v) in self.scan(b"nonce/")? {
+            let ts = <[u8; 8]>::try_from(v.as_slice()).map(i64::from_be_bytes).unwrap_or(i64::MIN);
+            if ts < before {
+                batch.delete(k);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.db.write(batch).map_err(|e| self.err(e))?;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_revocations_and_nonces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (s, u) = (ScopeLabel::new("proj").unwrap(), UserName::new("alice").unwrap());
+        let other = UserName::new("bob").unwrap();
+        store.put_grant(&s, &u, b"sealed-a").unwrap();
+        store.put_grant(&s, &other, b"sealed-b").unwrap();
+        assert_eq!(store.grants().unwrap().len(), 2);
+        store.revoke(&s, &u, b"rev", true).unwrap();
+        assert_eq!(store.grants().unwrap(), [("grant/proj/bob".to_owned(), b"sealed-b".to_vec())]);
+        assert_eq!(store.revocation(&s, &u).unwrap().as_deref(), Some(&b"rev"[..]));
+        assert_eq!(store.revocations().unwrap().len(), 1);
+        assert!(store.revocation(&s, &other).unwrap().is_none());
+
+        assert!(store.record_nonce(&u, "n1", 100).unwrap());
+        assert!(!store.record_nonce(&u, "n1", 100).unwrap());
+        assert!(store.record_nonce(&other, "n1", 100).unwrap());
+        assert!(store.record_nonce(&u, "n2", 200).unwrap());
+        assert_eq!(store.purge_nonces(150).unwrap(), 2);
+        assert!(store.record_nonce(&u, "n1", 300).unwrap());
+        assert!(!store.record_nonce(&u, "n2", 300).unwrap());
+        drop(store);
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.grants().unwrap().len(), 1);
+        assert!(Store::open(dir.path()).is_err(), "a second opener is locked out");
+    }
+}

@@ -1,0 +1,308 @@
+//! The restore engine's state, and reading one member at a known place.
+//!
+//! A restore runs in two passes, so that the output can be in path order
+//! while memory stays bounded:
+//!
+//! 1. `plan.rs`: per segment, open the lockboxes this identity can, and read
+//!    each member's metadata (the path is encrypted inside the member).
+//! 2. `emit.rs`: check every path and link, sort, then read each member again
+//!    by offset, streaming its content to the sink while hashing the
+//!    ciphertext; commit it only once it authenticated and the hash matched.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+
+use cbfs_format::{
+    EntryKind, Keyring, MemberId, Metadata, SegmentId, SegmentMode, SegmentReader, open_member_at,
+};
+
+use crate::error::{Error, Result};
+use crate::hashing::HashingReader;
+use crate::opener::LockboxOpener;
+use crate::paths::PathFilter;
+use crate::report::{Failure, Report};
+use crate::source::{ObjectSource, ReadSeek};
+
+/// Where a member's bytes are.
+#[derive(Clone, Debug)]
+pub(crate) struct Location {
+    /// The key to open the segment by.
+    pub key: String,
+    /// How to name the segment in reports (the key, or a file path).
+    pub object: String,
+    pub segment: SegmentId,
+    pub member: Option<MemberId>,
+    pub mode: SegmentMode,
+    pub header_offset: u64,
+    pub data_offset: u64,
+    pub data_len: u64,
+    /// The SHA-256 the manifest gives for the data; `None` for loose segments.
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl Location {
+    pub(crate) fn member_text(&self) -> Option<String> {
+        self.member.map(|m| m.to_string())
+    }
+
+    pub(crate) fn failure(&self, err: &Error) -> Failure {
+        Failure::new(self.object.clone(), self.member_text(), err)
+    }
+}
+
+/// A member found in pass 1, to be written in pass 2.
+#[derive(Clone)]
+pub(crate) struct Planned {
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
+    pub loc: Location,
+}
+
+/// What pass 2 does with a member as it is read.
+pub(crate) trait Visit {
+    /// The member's metadata, before any content.
+    fn meta(&mut self, meta: &Metadata) -> Result<()>;
+    /// A piece of content.
+    fn data(&mut self, data: &[u8]) -> Result<()>;
+}
+
+/// Why reading a member failed.
+pub(crate) struct MemberError {
+    pub err: Error,
+    /// The error came from the visitor (the sink), not from the member.
+    pub from_visitor: bool,
+    /// The member's bytes were also found to differ from the manifest.
+    pub hash_differs: bool,
+}
+
+impl MemberError {
+    fn member(err: Error) -> Self {
+        MemberError {
+            err,
+            from_visitor: false,
+            hash_differs: false,
+        }
+    }
+
+    pub(crate) fn into_failure(self, loc: &Location) -> Failure {
+        let mut f = loc.failure(&self.err);
+        if self.hash_differs {
+            f.error.push_str(
+                "; its bytes also differ from the SHA-256 in the manifest (altered in the store)",
+            );
+        }
+        f
+    }
+}
+
+/// Opens a member at its location and visits its metadata and all its
+/// content. Succeeds only if the member authenticated to its end and, when
+/// the location has a SHA-256, its data bytes hash to it.
+pub(crate) fn read_member(
+    reader: &mut (dyn ReadSeek + '_),
+    loc: &Location,
+    keys: &Keyring,
+    visit: &mut dyn Visit,
+) -> Result<Metadata, MemberError> {
+    let mut hashing = HashingReader::new(reader, loc.data_offset, loc.data_len);
+    let result = stream(&mut hashing, loc, keys, visit);
+    let digest = hashing.finish();
+    let hash_ok = match (&digest, loc.sha256) {
+        (_, None) => true,
+        (Ok(Some((got, true))), Some(want)) => *got == want,
+        _ => false,
+    };
+    match result {
+        Err(mut e) => {
+            e.hash_differs = !hash_ok && !e.from_visitor && matches!(digest, Ok(Some(_)));
+            Err(e)
+        }
+        Ok(_) if !hash_ok => {
+            let reason = match digest {
+                Ok(Some((got, true))) => format!(
+                    "its data hashes to {}, but the manifest says {}: altered in the store, \
+                     or a member swapped in from another segment",
+                    hex::encode(got),
+                    hex::encode(loc.sha256.unwrap_or_default())
+                ),
+                Ok(Some((_, false))) => "the segment ends inside the member's data".to_owned(),
+                Ok(None) => "the member's data was read out of order".to_owned(),
+                Err(e) => format!("cannot read the member's data to hash it: {e}"),
+            };
+            Err(MemberError::member(Error::HashMismatch {
+                object: loc.object.clone(),
+                member: loc.member_text().unwrap_or_default(),
+                reason,
+            }))
+        }
+        Ok(meta) => Ok(meta),
+    }
+}
+
+fn stream(
+    input: &mut HashingReader<'_, '_>,
+    loc: &Location,
+    keys: &Keyring,
+    visit: &mut dyn Visit,
+) -> Result<Metadata, MemberError> {
+    let fmt = |e: cbfs_format::Error| MemberError::member(Error::format(loc.object.clone(), e));
+    match (loc.mode, loc.member) {
+        (SegmentMode::Encrypted, Some(member)) => {
+            let (meta, content) =
+                open_member_at(input, member, loc.data_offset, loc.data_len, keys).map_err(fmt)?;
+            pump(meta, content, loc, visit)
+        }
+        (SegmentMode::Encrypted, None) => Err(MemberError::member(Error::Usage(
+            "an encrypted member without an id".into(),
+        ))),
+        (SegmentMode::Plain, _) => {
+            let mut seg =
+                SegmentReader::resume_at(input, loc.segment, SegmentMode::Plain, loc.header_offset)
+                    .map_err(fmt)?;
+            let Some(m) = seg.next_member().map_err(fmt)? else {
+                return Err(fmt(cbfs_format::Error::Tar {
+                    segment: Some(loc.segment),
+                    offset: loc.header_offset,
+                    reason: "no member at this offset".into(),
+                }));
+            };
+            if m.info().data_offset != loc.data_offset || m.info().data_len != loc.data_len {
+                return Err(fmt(cbfs_format::Error::SummaryMismatch {
+                    segment: loc.segment,
+                    offset: loc.header_offset,
+                    reason: format!(
+                        "the member here has its data at {} ({} bytes), not at {} ({} bytes)",
+                        m.info().data_offset,
+                        m.info().data_len,
+                        loc.data_offset,
+                        loc.data_len
+                    ),
+                }));
+            }
+            let (meta, content) = m.open(&Keyring::new()).map_err(fmt)?;
+            pump(meta, content, loc, visit)
+        }
+    }
+}
+
+fn pump(
+    meta: Metadata,
+    mut content: impl Read,
+    loc: &Location,
+    visit: &mut dyn Visit,
+) -> Result<Metadata, MemberError> {
+    let from_visitor = |err| MemberError {
+        err,
+        from_visitor: true,
+        hash_differs: false,
+    };
+    visit.meta(&meta).map_err(from_visitor)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match content.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let e = cbfs_format::Error::from_io(e, "reading a member");
+                return Err(MemberError::member(Error::format(loc.object.clone(), e)));
+            }
+        };
+        visit.data(&buf[..n]).map_err(from_visitor)?;
+    }
+    Ok(meta)
+}
+
+/// The restore's working state, shared by both passes.
+pub(crate) struct Engine<'s> {
+    pub source: &'s dyn ObjectSource,
+    pub opener: &'s dyn LockboxOpener,
+    pub filter: &'s PathFilter,
+    /// Every group key opened so far.
+    pub keys: Keyring,
+    /// Members to write.
+    pub planned: Vec<Planned>,
+    /// Members the filter left out, kept to restore a hard link whose target
+    /// was left out as a copy.
+    pub excluded: HashMap<Vec<u8>, Planned>,
+    pub report: Report,
+}
+
+impl<'s> Engine<'s> {
+    pub(crate) fn new(
+        source: &'s dyn ObjectSource,
+        opener: &'s dyn LockboxOpener,
+        filter: &'s PathFilter,
+    ) -> Self {
+        Engine {
+            source,
+            opener,
+            filter,
+            keys: Keyring::new(),
+            planned: Vec::new(),
+            excluded: HashMap::new(),
+            report: Report::default(),
+        }
+    }
+
+    /// Records a member whose metadata pass 1 read.
+    pub(crate) fn found(&mut self, meta: &Metadata, loc: Location) {
+        let planned = Planned {
+            path: meta.path.clone(),
+            kind: meta.kind.clone(),
+            loc,
+        };
+        if self.filter.matches(&meta.path) {
+            self.planned.push(planned);
+        } else {
+            self.report.filtered_out += 1;
+            if meta.kind == EntryKind::File {
+                self.excluded.insert(meta.path.clone(), planned);
+            }
+        }
+    }
+}
+
+/// Reads only a member's metadata (pass 1): the age header and the first
+/// chunk, not the content. Nothing is proven about the rest yet.
+pub(crate) fn peek_meta(
+    reader: &mut (dyn ReadSeek + '_),
+    loc: &Location,
+    keys: &Keyring,
+) -> Result<Metadata, cbfs_format::Error> {
+    match (loc.mode, loc.member) {
+        (SegmentMode::Encrypted, Some(member)) => {
+            let mut input = &mut *reader;
+            let (meta, content) =
+                open_member_at(&mut input, member, loc.data_offset, loc.data_len, keys)?;
+            drop(content);
+            Ok(meta)
+        }
+        (SegmentMode::Encrypted, None) => Err(cbfs_format::Error::InvalidInput {
+            reason: "an encrypted member without an id".into(),
+        }),
+        (SegmentMode::Plain, _) => {
+            let mut seg = SegmentReader::resume_at(
+                &mut *reader,
+                loc.segment,
+                SegmentMode::Plain,
+                loc.header_offset,
+            )?;
+            let m = seg.next_member()?.ok_or_else(|| cbfs_format::Error::Tar {
+                segment: Some(loc.segment),
+                offset: loc.header_offset,
+                reason: "no member at this offset".into(),
+            })?;
+            if m.info().data_offset != loc.data_offset || m.info().data_len != loc.data_len {
+                return Err(cbfs_format::Error::SummaryMismatch {
+                    segment: loc.segment,
+                    offset: loc.header_offset,
+                    reason: "the member here does not have the summary's offsets".into(),
+                });
+            }
+            Ok(m.plain_metadata()
+                .cloned()
+                .expect("plain members carry metadata"))
+        }
+    }
+}

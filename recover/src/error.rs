@@ -1,0 +1,244 @@
+//! The one error type of `cbfs-recover`.
+//!
+//! Every variant names the object (store key or file) or the path it is
+//! about. None carries key material.
+
+use std::io;
+
+/// Errors of the recovery library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An object the store should hold is not there.
+    #[error("object {key} is missing from the store")]
+    Missing {
+        /// The object's key (or file).
+        key: String,
+    },
+
+    /// Reading an object failed.
+    #[error("cannot read object {key}: {source}")]
+    Read {
+        /// The object's key (or file).
+        key: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An object key that this source refuses (it would leave the store).
+    #[error("refusing object key `{key}`: {reason}")]
+    BadKey {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// An object failed to parse or verify.
+    #[error("{object}: {source}")]
+    Format {
+        /// The object's key (or file).
+        object: String,
+        /// What the format layer found.
+        #[source]
+        source: cbfs_format::Error,
+    },
+
+    /// Keys, keysets, grants or key sources.
+    #[error("{context}: {source}")]
+    Key {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: cbfs_core::Error,
+    },
+
+    /// No keyset could be found or trusted.
+    #[error("{0}")]
+    Keyset(String),
+
+    /// No snapshot matches, or the selector is ambiguous.
+    #[error("{0}")]
+    NoSnapshot(String),
+
+    /// A manifest stored under a name that does not match its contents.
+    #[error(
+        "snapshot manifest {key} does not match its object name: {reason} \
+         (an older manifest served under a newer name?)"
+    )]
+    ManifestName {
+        /// The manifest's key.
+        key: String,
+        /// What differs.
+        reason: String,
+    },
+
+    /// A manifest does not follow the previous one in the store.
+    #[error("snapshot manifest {key} does not follow {previous}: {reason}")]
+    BrokenChain {
+        /// The manifest's key.
+        key: String,
+        /// The previous manifest's key.
+        previous: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A member's bytes do not hash to what the manifest (or summary) says.
+    #[error("{object}: member {member}: {reason}")]
+    HashMismatch {
+        /// The object holding the member.
+        object: String,
+        /// The member id.
+        member: String,
+        /// What differs.
+        reason: String,
+    },
+
+    /// A delegation grant is past its expiry.
+    #[error(
+        "the delegation of scope `{scope}` expired at {expires}; refusing to use it \
+         (ask the administrator for a new delegation)"
+    )]
+    GrantExpired {
+        /// The scope.
+        scope: String,
+        /// When it expired (RFC 3339).
+        expires: String,
+    },
+
+    /// A capsule fragment failed verification.
+    #[error("capsule fragment {index} ({origin}) does not verify: {reason}")]
+    BadCfrag {
+        /// Its position in the batch, from 0.
+        index: usize,
+        /// Where it came from (a grant share, a node).
+        origin: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A delegation cannot be used (too few shares, another user, ...).
+    #[error("{0}")]
+    Delegation(String),
+
+    /// A member path, link target or output path that would escape the target.
+    #[error("refusing {what} {path:?}: {reason}")]
+    UnsafePath {
+        /// "path", "symlink target", "hard link target".
+        what: &'static str,
+        /// The path, lossily as UTF-8.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// Something the output cannot represent or create.
+    #[error("{path:?}: {reason}")]
+    Unsupported {
+        /// The entry's path, lossily as UTF-8.
+        path: String,
+        /// What is not supported.
+        reason: String,
+    },
+
+    /// Writing the output failed. Fatal for a tar; one entry for a directory.
+    #[error("cannot write {target}: {source}")]
+    Output {
+        /// The output file or the entry's path.
+        target: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+        /// Whether the whole output is broken (a tar stream), not just one entry.
+        fatal: bool,
+    },
+
+    /// Bad arguments to a library call.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// A stable snake_case name for the error class, used in `--json` output.
+    /// Errors from `cbfs-format` keep that crate's codes (`payload_auth`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Missing { .. } => "missing_object",
+            Error::Read { .. } => "io",
+            Error::BadKey { .. } => "bad_key",
+            Error::Format { source, .. } => source.code(),
+            Error::Key { .. } => "key",
+            Error::Keyset(_) => "keyset",
+            Error::NoSnapshot(_) => "no_snapshot",
+            Error::ManifestName { .. } => "manifest_name",
+            Error::BrokenChain { .. } => "broken_chain",
+            Error::HashMismatch { .. } => "hash_mismatch",
+            Error::GrantExpired { .. } => "grant_expired",
+            Error::BadCfrag { .. } => "bad_cfrag",
+            Error::Delegation(_) => "delegation",
+            Error::UnsafePath { .. } => "unsafe_path",
+            Error::Unsupported { .. } => "unsupported",
+            Error::Output { .. } => "output",
+            Error::Usage(_) => "usage",
+        }
+    }
+
+    /// Whether this error means the snapshot could not be verified (as
+    /// opposed to an object that could not be read at all).
+    pub fn is_verification(&self) -> bool {
+        match self {
+            Error::ManifestName { .. } | Error::BrokenChain { .. } | Error::HashMismatch { .. } => {
+                true
+            }
+            Error::Format { source, .. } => !matches!(source, cbfs_format::Error::Io { .. }),
+            _ => false,
+        }
+    }
+
+    /// Whether the output as a whole is broken and the restore must stop.
+    pub fn is_fatal_output(&self) -> bool {
+        matches!(self, Error::Output { fatal: true, .. })
+    }
+
+    pub(crate) fn format(object: impl Into<String>, source: cbfs_format::Error) -> Self {
+        Error::Format {
+            object: object.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn key(context: impl Into<String>, source: cbfs_core::Error) -> Self {
+        Error::Key {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn unsafe_path(what: &'static str, path: &[u8], reason: impl Into<String>) -> Self {
+        Error::UnsafePath {
+            what,
+            path: lossy(path),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn read(key: impl Into<String>, source: io::Error) -> Self {
+        let key = key.into();
+        if source.kind() == io::ErrorKind::NotFound {
+            Error::Missing { key }
+        } else {
+            Error::Read { key, source }
+        }
+    }
+}
+
+/// A path as text, for messages.
+pub(crate) fn lossy(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// Result alias for `cbfs-recover`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,484 @@
+//! Pass 1: per segment, open the lockboxes this identity can and read each
+//! member's metadata; record what cannot be read, naming the object.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, SeekFrom};
+
+use cbfs_format::{
+    GroupId, Lockbox, ManifestEntry, MemberId, SegmentId, SegmentMode, SegmentReader, Summary,
+    SummaryEntry, layout,
+};
+use sha2::{Digest, Sha256};
+
+use crate::engine::{Engine, Location, peek_meta};
+use crate::error::Error;
+use crate::report::Failure;
+use crate::source::ReadSeek;
+
+/// What became of one group's lockbox.
+enum GroupState {
+    Open,
+    NoAccess(String),
+    Failed(Failure),
+}
+
+/// The lockboxes of one segment.
+pub(crate) struct Lockboxes {
+    states: HashMap<GroupId, GroupState>,
+    listing: Option<Failure>,
+    segment: SegmentId,
+}
+
+/// The outcome of looking up a member's group.
+enum Access {
+    Open,
+    Skip(String),
+    Fail(Failure),
+}
+
+impl Lockboxes {
+    fn access(&self, group: &GroupId) -> Access {
+        match self.states.get(group) {
+            Some(GroupState::Open) => Access::Open,
+            Some(GroupState::NoAccess(scope)) => Access::Skip(scope.clone()),
+            Some(GroupState::Failed(f)) => Access::Fail(f.clone()),
+            None => Access::Fail(self.listing.clone().unwrap_or_else(|| {
+                let key = layout::lockbox(&self.segment, group);
+                Failure::new(key.clone(), None, &Error::Missing { key })
+            })),
+        }
+    }
+}
+
+impl Engine<'_> {
+    /// Loads and opens the lockboxes of `segment` (those of `needed` groups
+    /// only, when given).
+    pub(crate) fn lockboxes(
+        &mut self,
+        segment: SegmentId,
+        needed: Option<&BTreeSet<GroupId>>,
+    ) -> Lockboxes {
+        let mut out = Lockboxes {
+            states: HashMap::new(),
+            listing: None,
+            segment,
+        };
+        let prefix = layout::lockboxes_of(&segment);
+        let keys = match self.source.list(&prefix) {
+            Ok(k) => k,
+            Err(e) => {
+                out.listing = Some(Failure::new(prefix, None, &e));
+                return out;
+            }
+        };
+        let mut to_open: Vec<(GroupId, String, Lockbox)> = Vec::new();
+        for key in keys {
+            let name = key.rsplit('/').next().unwrap_or_default();
+            let Some(group) = name
+                .strip_suffix(".lockbox")
+                .and_then(|g| g.parse::<GroupId>().ok())
+            else {
+                self.report
+                    .warnings
+                    .push(format!("ignoring {key}: not a lockbox name"));
+                continue;
+            };
+            if needed.is_some_and(|n| !n.contains(&group)) {
+                continue;
+            }
+            let parsed = self.source.get(&key).and_then(|bytes| {
+                let lb = Lockbox::from_bytes(&bytes).map_err(|e| Error::format(key.clone(), e))?;
+                if lb.group_id() != group {
+                    return Err(Error::format(
+                        key.clone(),
+                        cbfs_format::Error::Malformed {
+                            object: cbfs_format::ObjectKind::Lockbox,
+                            offset: 0,
+                            reason: format!(
+                                "it holds the key of group {}, not {group}",
+                                lb.group_id()
+                            ),
+                        },
+                    ));
+                }
+                Ok(lb)
+            });
+            match parsed {
+                Ok(lb) => to_open.push((group, key, lb)),
+                Err(e) => {
+                    out.states
+                        .insert(group, GroupState::Failed(Failure::new(key, None, &e)));
+                }
+            }
+        }
+        let refs: Vec<&Lockbox> = to_open.iter().map(|(_, _, lb)| lb).collect();
+        let results = self.opener.open_batch(&refs);
+        for ((group, key, lb), result) in to_open.iter().zip(results) {
+            let state = match result {
+                Ok(Some(k)) if k.id() == *group => {
+                    self.keys.insert(k);
+                    GroupState::Open
+                }
+                Ok(Some(_)) => GroupState::Failed(Failure::new(
+                    key.clone(),
+                    None,
+                    &Error::Usage("the opener returned the key of another group".into()),
+                )),
+                Ok(None) => GroupState::NoAccess(lb.scope().to_owned()),
+                Err(e) => GroupState::Failed(Failure::new(key.clone(), None, &e)),
+            };
+            out.states.insert(*group, state);
+        }
+        out
+    }
+
+    fn fail_all<'e>(
+        &mut self,
+        object: &str,
+        members: impl IntoIterator<Item = &'e MemberId>,
+        err: &Error,
+    ) {
+        for m in members {
+            self.report
+                .fail(Failure::new(object.to_owned(), Some(m.to_string()), err));
+        }
+    }
+
+    /// Pass 1 over one segment of a snapshot: `entries` are the manifest's
+    /// members in it.
+    pub(crate) fn plan_store_segment(&mut self, segment: SegmentId, entries: &[ManifestEntry]) {
+        let seg_key = layout::segment(&segment);
+        let sum_key = layout::summary(&segment);
+        let ids: Vec<MemberId> = entries.iter().map(|e| e.member).collect();
+
+        // The summary says where each member is. Damage to it is worked
+        // around by scanning the segment; the manifest still proves the data.
+        let summary = self.source.get(&sum_key).and_then(|bytes| {
+            let s = Summary::from_bytes(&bytes).map_err(|e| Error::format(sum_key.clone(), e))?;
+            if s.segment_id() != segment {
+                return Err(Error::format(
+                    sum_key.clone(),
+                    cbfs_format::Error::SummaryMismatch {
+                        segment,
+                        offset: 0,
+                        reason: format!(
+                            "the object holds the summary of segment {}",
+                            s.segment_id()
+                        ),
+                    },
+                ));
+            }
+            Ok(s)
+        });
+        let summary = match summary {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.report.damaged(Failure::new(sum_key.clone(), None, &e));
+                None
+            }
+        };
+
+        let mut reader = match self.source.open(&seg_key) {
+            Ok(r) => r,
+            Err(e) => return self.fail_all(&seg_key, &ids, &e),
+        };
+        let (found_id, mode) = match SegmentReader::new(&mut reader) {
+            Ok(r) => (r.segment_id(), r.mode()),
+            Err(e) => return self.fail_all(&seg_key, &ids, &Error::format(seg_key.clone(), e)),
+        };
+        if found_id != segment {
+            let e = cbfs_format::Error::Tar {
+                segment: Some(found_id),
+                offset: 0,
+                reason: format!(
+                    "the object holds segment {found_id}, not {segment} (objects swapped?)"
+                ),
+            };
+            return self.fail_all(&seg_key, &ids, &Error::format(seg_key.clone(), e));
+        }
+
+        let mut located: Vec<(ManifestEntry, SummaryEntry)> = Vec::new();
+        let mut unlocated: Vec<ManifestEntry> = Vec::new();
+        match &summary {
+            Some(s) if s.mode() != mode => {
+                let e = Error::format(
+                    sum_key.clone(),
+                    cbfs_format::Error::SummaryMismatch {
+                        segment,
+                        offset: 0,
+                        reason: "its mode (encrypted or plain) differs from the segment's".into(),
+                    },
+                );
+                self.report.damaged(Failure::new(sum_key.clone(), None, &e));
+                unlocated.extend_from_slice(entries);
+            }
+            Some(s) => {
+                for e in entries {
+                    match s.entry(&e.member) {
+                        Some(se) if se.sha256 == e.sha256 => located.push((*e, se.clone())),
+                        other => {
+                            let reason = if other.is_some() {
+                                "its SHA-256 differs from the manifest's"
+                            } else {
+                                "it is not listed"
+                            };
+                            let err = Error::format(
+                                sum_key.clone(),
+                                cbfs_format::Error::SummaryMismatch {
+                                    segment,
+                                    offset: 0,
+                                    reason: format!("member {}: {reason}", e.member),
+                                },
+                            );
+                            self.report.damaged(Failure::new(
+                                sum_key.clone(),
+                                Some(e.member.to_string()),
+                                &err,
+                            ));
+                            unlocated.push(*e);
+                        }
+                    }
+                }
+            }
+            None => unlocated.extend_from_slice(entries),
+        }
+
+        let needed: BTreeSet<GroupId> = located.iter().filter_map(|(_, s)| s.group).collect();
+        let lockboxes = if mode == SegmentMode::Plain {
+            Lockboxes {
+                states: HashMap::new(),
+                listing: None,
+                segment,
+            }
+        } else {
+            self.lockboxes(segment, unlocated.is_empty().then_some(&needed))
+        };
+
+        for (entry, se) in &located {
+            let loc = Location {
+                key: seg_key.clone(),
+                object: seg_key.clone(),
+                segment,
+                member: Some(entry.member),
+                mode,
+                header_offset: se.header_offset,
+                data_offset: se.data_offset,
+                data_len: se.data_len,
+                sha256: Some(entry.sha256),
+            };
+            if let (SegmentMode::Encrypted, Some(group)) = (mode, se.group) {
+                match lockboxes.access(&group) {
+                    Access::Open => {}
+                    Access::Skip(scope) => {
+                        self.report.skip_scope(&scope);
+                        continue;
+                    }
+                    Access::Fail(f) => {
+                        self.report.fail(Failure {
+                            member: loc.member_text(),
+                            ..f
+                        });
+                        continue;
+                    }
+                }
+            }
+            match peek_meta(&mut *reader, &loc, &self.keys) {
+                Ok(meta) => self.found(&meta, loc),
+                Err(e) => {
+                    let mut failure = loc.failure(&Error::format(seg_key.clone(), e));
+                    if hash_differs(&mut *reader, &loc) {
+                        failure.error.push_str(
+                            "; its bytes also differ from the SHA-256 in the manifest \
+                             (altered in the store, or a member swapped in from another segment)",
+                        );
+                    }
+                    self.report.fail(failure);
+                }
+            }
+        }
+        if !unlocated.is_empty() {
+            self.plan_by_scan(
+                &mut *reader,
+                &seg_key,
+                &seg_key,
+                segment,
+                mode,
+                Some(&unlocated),
+                &lockboxes,
+            );
+        }
+    }
+
+    /// Pass 1 by reading a segment from its start: for loose segment files,
+    /// and for members a damaged summary cannot locate. With `wanted`, only
+    /// those members are planned (and any not found fails); without, every
+    /// member is.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn plan_by_scan(
+        &mut self,
+        reader: &mut (dyn ReadSeek + '_),
+        key: &str,
+        object: &str,
+        segment: SegmentId,
+        mode: SegmentMode,
+        wanted: Option<&[ManifestEntry]>,
+        lockboxes: &Lockboxes,
+    ) {
+        let mut by_id: HashMap<MemberId, [u8; 32]> = HashMap::new();
+        let mut by_hash: HashMap<[u8; 32], Vec<MemberId>> = HashMap::new();
+        for e in wanted.unwrap_or_default() {
+            by_id.insert(e.member, e.sha256);
+            by_hash.entry(e.sha256).or_default().push(e.member);
+        }
+        let fail_rest = |engine: &mut Self, by_id: &HashMap<MemberId, [u8; 32]>, err: &Error| {
+            if wanted.is_some() {
+                let mut left: Vec<&MemberId> = by_id.keys().collect();
+                left.sort();
+                engine.fail_all(object, left, err);
+            } else {
+                engine
+                    .report
+                    .fail(Failure::new(object.to_owned(), None, err));
+            }
+        };
+        if let Err(e) = reader.seek(SeekFrom::Start(0)) {
+            return fail_rest(self, &by_id, &Error::read(object.to_owned(), e));
+        }
+        let mut sr = match SegmentReader::new(&mut *reader) {
+            Ok(r) => r,
+            Err(e) => return fail_rest(self, &by_id, &Error::format(object.to_owned(), e)),
+        };
+        loop {
+            let member = match sr.next_member() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    let err = Error::format(object.to_owned(), e);
+                    fail_rest(self, &by_id, &err);
+                    by_id.clear();
+                    break;
+                }
+            };
+            let info = member.info().clone();
+            let mut loc = Location {
+                key: key.to_owned(),
+                object: object.to_owned(),
+                segment,
+                member: info.member,
+                mode,
+                header_offset: info.header_offset,
+                data_offset: info.data_offset,
+                data_len: info.data_len,
+                sha256: None,
+            };
+            match mode {
+                SegmentMode::Encrypted => {
+                    let id = info.member.expect("encrypted members have ids");
+                    if wanted.is_some() {
+                        match by_id.remove(&id) {
+                            Some(sha) => loc.sha256 = Some(sha),
+                            None => continue,
+                        }
+                    }
+                    match member.open(&self.keys) {
+                        Ok((meta, _content)) => self.found(&meta, loc),
+                        Err(
+                            e @ cbfs_format::Error::WrongKey {
+                                group: Some(group), ..
+                            },
+                        ) if self.keys.get(&group).is_none() => match lockboxes.access(&group) {
+                            Access::Skip(scope) => self.report.skip_scope(&scope),
+                            Access::Fail(f) => self.report.fail(Failure {
+                                member: loc.member_text(),
+                                ..f
+                            }),
+                            Access::Open => self
+                                .report
+                                .fail(loc.failure(&Error::format(object.to_owned(), e))),
+                        },
+                        Err(e) => self
+                            .report
+                            .fail(loc.failure(&Error::format(object.to_owned(), e))),
+                    }
+                }
+                SegmentMode::Plain => {
+                    let meta = member
+                        .plain_metadata()
+                        .cloned()
+                        .expect("plain members carry metadata");
+                    let mut hasher = Sha256::new();
+                    let mut raw = member.raw();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let hashed = loop {
+                        match raw.read(&mut buf) {
+                            Ok(0) => break Ok(()),
+                            Ok(n) => hasher.update(&buf[..n]),
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    if let Err(e) = hashed {
+                        let err = Error::format(
+                            object.to_owned(),
+                            cbfs_format::Error::from_io(e, "reading a segment"),
+                        );
+                        fail_rest(self, &by_id, &err);
+                        by_id.clear();
+                        break;
+                    }
+                    let sha: [u8; 32] = hasher.finalize().into();
+                    if wanted.is_some() {
+                        let Some(id) = by_hash.get_mut(&sha).and_then(Vec::pop) else {
+                            continue;
+                        };
+                        by_id.remove(&id);
+                        loc.member = Some(id);
+                        loc.sha256 = Some(sha);
+                    }
+                    self.found(&meta, loc);
+                }
+            }
+        }
+        if !by_id.is_empty() {
+            let mut left: Vec<(MemberId, [u8; 32])> = by_id.into_iter().collect();
+            left.sort();
+            for (id, _) in left {
+                let e = Error::format(
+                    object.to_owned(),
+                    cbfs_format::Error::Tar {
+                        segment: Some(segment),
+                        offset: 0,
+                        reason: format!("member {id} of the snapshot is not in the segment"),
+                    },
+                );
+                self.report
+                    .fail(Failure::new(object.to_owned(), Some(id.to_string()), &e));
+            }
+        }
+    }
+}
+
+/// Whether a member's data bytes differ from the manifest's SHA-256 (a
+/// short read counts as differing). For the message of a member that failed.
+fn hash_differs(reader: &mut (dyn ReadSeek + '_), loc: &Location) -> bool {
+    let Some(want) = loc.sha256 else {
+        return false;
+    };
+    if reader.seek(SeekFrom::Start(loc.data_offset)).is_err() {
+        return true;
+    }
+    let mut hasher = Sha256::new();
+    let copied = std::io::copy(&mut reader.take(loc.data_len), &mut HashSink(&mut hasher));
+    !matches!(copied, Ok(n) if n == loc.data_len) || <[u8; 32]>::from(hasher.finalize()) != want
+}
+
+struct HashSink<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

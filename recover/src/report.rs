@@ -1,0 +1,157 @@
+//! What a restore did: restored, skipped, failed, and what damage it saw.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::snapshot::SnapshotInfo;
+
+/// Something that went wrong with one object or member.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    /// The object at fault: a store key (segment, lockbox, summary) or a file.
+    pub object: String,
+    /// The member id, when the failure is about one member.
+    pub member: Option<String>,
+    /// The member's path, once it is known (it is encrypted until opened).
+    pub path: Option<String>,
+    /// A stable error class (`payload_auth`, `missing_object`, `unsafe_path`, ...).
+    pub code: String,
+    /// What went wrong, in words.
+    pub error: String,
+}
+
+impl Failure {
+    pub(crate) fn new(object: impl Into<String>, member: Option<String>, err: &Error) -> Self {
+        let object = object.into();
+        // The object is a field of its own: do not repeat it in the message.
+        let error = match err {
+            Error::Format { object: o, source } if *o == object => source.to_string(),
+            other => other.to_string(),
+        };
+        Failure {
+            object,
+            member,
+            path: None,
+            code: err.code().to_owned(),
+            error,
+        }
+    }
+
+    pub(crate) fn with_path(mut self, path: &[u8]) -> Self {
+        self.path = Some(String::from_utf8_lossy(path).into_owned());
+        self
+    }
+}
+
+/// The outcome of a restore. Serializes to the `--json` output.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// The snapshot restored (`None` for loose segment files).
+    pub snapshot: Option<SnapshotInfo>,
+    /// Whether a verified manifest proves that nothing is missing. False for
+    /// loose segment files: nothing proves they are all there, or current.
+    pub complete_by_manifest: bool,
+    /// Entries written to the output.
+    pub restored_entries: u64,
+    /// Content bytes written to the output.
+    pub restored_bytes: u64,
+    /// Members left out because this identity has no key for their scope,
+    /// by scope label. Not failures.
+    pub skipped_scopes: BTreeMap<String, u64>,
+    /// Members left out by the path filter.
+    pub filtered_out: u64,
+    /// Members (or entries) that could not be restored, each with the
+    /// object at fault.
+    pub failures: Vec<Failure>,
+    /// Damaged objects worked around: every member they concern was still
+    /// restored and verified against the manifest.
+    pub damaged_objects: Vec<Failure>,
+    /// Things to know that are neither (unregistered writer, ownership not
+    /// restored, ...).
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// Whether every member in reach was restored (skipped scopes aside).
+    pub fn is_complete(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    pub(crate) fn fail(&mut self, failure: Failure) {
+        tracing::warn!(object = %failure.object, member = ?failure.member, code = %failure.code, "{}", failure.error);
+        self.failures.push(failure);
+    }
+
+    pub(crate) fn damaged(&mut self, failure: Failure) {
+        tracing::warn!(object = %failure.object, code = %failure.code, "damaged: {}", failure.error);
+        if !self.damaged_objects.contains(&failure) {
+            self.damaged_objects.push(failure);
+        }
+    }
+
+    pub(crate) fn skip_scope(&mut self, scope: &str) {
+        *self.skipped_scopes.entry(scope.to_owned()).or_default() += 1;
+    }
+
+    /// A summary for people: what was restored, what was skipped for lack of
+    /// a key, and every failure with its object.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        if let Some(snap) = &self.snapshot {
+            let _ = writeln!(
+                s,
+                "snapshot {} (sequence {}, {} members, {})",
+                snap.id, snap.sequence, snap.members, snap.object
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "loose segment files: no manifest, so nothing proves they are complete or current"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "restored {} entries, {} bytes of content",
+            self.restored_entries, self.restored_bytes
+        );
+        if self.filtered_out > 0 {
+            let _ = writeln!(s, "left out by the path filter: {}", self.filtered_out);
+        }
+        for (scope, n) in &self.skipped_scopes {
+            let _ = writeln!(s, "skipped {n} member(s) of scope `{scope}`: no key for it");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        for d in &self.damaged_objects {
+            let _ = writeln!(
+                s,
+                "damaged (worked around, data verified): {} [{}]: {}",
+                d.object, d.code, d.error
+            );
+        }
+        for f in &self.failures {
+            let mut what = f.object.clone();
+            if let Some(m) = &f.member {
+                let _ = write!(what, " member {m}");
+            }
+            if let Some(p) = &f.path {
+                let _ = write!(what, " ({p})");
+            }
+            let _ = writeln!(s, "FAILED {what} [{}]: {}", f.code, f.error);
+        }
+        if self.failures.is_empty() {
+            let _ = writeln!(s, "all members in reach were restored");
+        } else {
+            let _ = writeln!(
+                s,
+                "{} failure(s); every other member was restored",
+                self.failures.len()
+            );
+        }
+        s
+    }
+}

@@ -1,0 +1,354 @@
+//! End-to-end tests of `cbfs-tier out`: one behaviour suite for the local
+//! directory store and a real S3-compatible server, incremental runs,
+//! snapshots, crash safety, retries and the update-series method.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cbfs_tests::{
+    Compare, FaultPlan, Fault, FaultyProxy, S3Server, TreeGen, Workdir, assert_same_tree, cbfs_cmd, require_tool, run,
+    run_ok,
+};
+use serde_json::Value;
+
+/// Keys for a test: an admin with scopes alice and bob.
+struct Keys {
+    dir: PathBuf,
+}
+
+impl Keys {
+    fn new(work: &Workdir) -> Keys {
+        let dir = work.mkdir("keys");
+        let kt = |args: &[&str]| {
+            run_ok(cbfs_cmd("cbfs-keytool").current_dir(&dir).args(args));
+        };
+        kt(&["create-admin", "--fs", "test", "--secret", "file:admin.key", "--keyset", "keyset.json"]);
+        for scope in ["alice", "bob"] {
+            kt(&["add-scope", "--admin", "file:admin.key", "--keyset", "keyset.json", "--scope", scope]);
+        }
+        Keys { dir }
+    }
+    fn keyset(&self) -> PathBuf {
+        self.dir.join("keyset.json")
+    }
+    fn admin(&self) -> String {
+        format!("file:{}", self.dir.join("admin.key").display())
+    }
+}
+
+/// A store under test: where it is, how to reach it, and how to read it raw.
+enum Backend {
+    Local(PathBuf),
+    S3 { server: Box<S3Server>, bucket: String, endpoint: Option<String> },
+}
+
+impl Backend {
+    fn spec(&self) -> String {
+        match self {
+            Backend::Local(p) => p.display().to_string(),
+            Backend::S3 { bucket, .. } => format!("s3://{bucket}/cbfs"),
+        }
+    }
+    fn envs(&self) -> Vec<(String, String)> {
+        match self {
+            Backend::Local(_) => Vec::new(),
+            Backend::S3 { server, endpoint: Some(e), .. } => server.envs_with_endpoint(e),
+            Backend::S3 { server, .. } => server.envs(),
+        }
+    }
+    /// Every object: key (relative to the store) and bytes.
+    fn objects(&self) -> BTreeMap<String, Vec<u8>> {
+        match self {
+            Backend::Local(root) => {
+                let mut out = BTreeMap::new();
+                let mut stack = vec![root.clone()];
+                while let Some(d) = stack.pop() {
+                    for e in std::fs::read_dir(&d).unwrap() {
+                        let p = e.unwrap().path();
+                        if p.is_dir() {
+                            stack.push(p);
+                        } else {
+                            let key = p.strip_prefix(root).unwrap().display().to_string();
+                            if !key.starts_with('.') {
+                                out.insert(key, std::fs::read(&p).unwrap());
+                            }
+                        }
+                    }
+                }
+                out
+            }
+            Backend::S3 { server, bucket, .. } => server
+                .list_objects(bucket)
+                .into_iter()
+                .filter_map(|(k, _)| {
+                    let rel = k.strip_prefix("cbfs/")?.to_owned();
+                    Some((rel, server.get_object(bucket, &k)))
+                })
+                .collect(),
+        }
+    }
+    fn total_bytes(&self) -> u64 {
+        self.objects().values().map(|v| v.len() as u64).sum()
+    }
+}
+
+fn tier_out(backend: &Backend, keys: &Keys, index: &Path, src: &Path, extra: &[&str]) -> Value {
+    let mut cmd = cbfs_cmd("cbfs-tier");
+    cmd.arg("--json")
+        .arg("out")
+        .arg(src)
+        .arg("--store")
+        .arg(backend.spec())
+        .arg("--index")
+        .arg(index)
+        .arg("--keyset")
+        .arg(keys.keyset())
+        .args(["--scope", "alice/**=alice", "--scope", "bob/**=bob"])
+        .args(extra)
+        .envs(backend.envs());
+    let out = run_ok(&mut cmd);
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+fn tier_json(backend: &Backend, index: &Path, args: &[&str]) -> Value {
+    let mut cmd = cbfs_cmd("cbfs-tier");
+    cmd.arg("--json")
+        .args(args)
+        .arg("--store")
+        .arg(backend.spec())
+        .arg("--index")
+        .arg(index)
+        .envs(backend.envs());
+    serde_json::from_slice(&run_ok(&mut cmd).stdout).unwrap()
+}
+
+/// Recovers snapshot `seq` with the root secret into `dest`, through a tar
+/// that GNU tar extracts.
+fn recover_snapshot(backend: &Backend, keys: &Keys, work: &Workdir, seq: u64, dest: &Path) {
+    let store_dir = match backend {
+        Backend::Local(p) => p.clone(),
+        Backend::S3 { .. } => {
+            // cbfs-recover reads local stores: copy the objects out.
+            let copy = work.path(&format!("s3-copy-{seq}"));
+            for (k, v) in backend.objects() {
+                let p = copy.join(&k);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, v).unwrap();
+            }
+            copy
+        }
+    };
+    let tar = work.path(&format!("snapshot-{seq}.tar"));
+    run_ok(
+        cbfs_cmd("cbfs-recover")
+            .args(["--identity", &keys.admin(), "--store"])
+            .arg(&store_dir)
+            .args(["--snapshot", &seq.to_string(), "-o"])
+            .arg(&tar),
+    );
+    std::fs::create_dir_all(dest).unwrap();
+    run_ok(
+        Command::new(require_tool("tar", "apt-get install tar"))
+            .args(["--xattrs", "--xattrs-include=*", "-xpf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(dest),
+    );
+}
+
+/// The suite every backend passes.
+fn behaviour_suite(backend: Backend) {
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let index = work.path("index");
+    let src = work.path("src");
+    let mut tree = TreeGen::new(&src, 7);
+    tree.populate(40);
+    std::fs::create_dir_all(src.join("alice")).unwrap();
+    std::fs::write(src.join("alice").join(format!("{}-alice-only", tree.marker)), b"alice's data").unwrap();
+    std::fs::create_dir_all(src.join("bob")).unwrap();
+    std::fs::write(src.join("bob").join(format!("{}-bob-only", tree.marker)), b"bob's data").unwrap();
+    let state1 = work.path("state1");
+    tree.copy_to(&state1);
+
+    // First run: everything is stored, in a snapshot.
+    let r1 = tier_out(&backend, &keys, &index, &src, &["--segment-size", "1M"]);
+    assert!(r1["files"].as_u64().unwrap() > 40, "{r1}");
+    assert_eq!(r1["sequence"], 1, "{r1}");
+    assert!(r1["new_segments"].as_u64().unwrap() >= 2, "small segments: {r1}");
+    assert!(r1["skipped"].as_array().unwrap().is_empty(), "{r1}");
+
+    // The store holds no name and no content of the tree.
+    let objects = backend.objects();
+    assert!(objects.keys().any(|k| k.starts_with("segments/")));
+    assert!(objects.keys().any(|k| k.starts_with("lockboxes/")));
+    assert!(objects.keys().any(|k| k.starts_with("summaries/")));
+    assert!(objects.keys().any(|k| k.starts_with("snapshots/")));
+    for (key, bytes) in &objects {
+        for needle in [tree.marker.as_bytes(), b"alice's data", "données".as_bytes(), "日本語".as_bytes()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle) && !key.as_bytes().windows(needle.len()).any(|w| w == needle),
+                "object {key} contains {:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+
+    // GNU tar lists every segment.
+    for (key, bytes) in objects.iter().filter(|(k, _)| k.starts_with("segments/")) {
+        let p = work.path("segment-check.tar");
+        std::fs::write(&p, bytes).unwrap();
+        let out = run_ok(Command::new("tar").arg("tvf").arg(&p));
+        assert!(!out.stdout.is_empty(), "tar lists nothing in {key}");
+    }
+
+    // A rerun over the unchanged tree adds nothing.
+    let before = backend.total_bytes();
+    let r2 = tier_out(&backend, &keys, &index, &src, &["--segment-size", "1M"]);
+    assert_eq!(r2["files"], 0, "{r2}");
+    assert_eq!(r2["bytes_stored"], 0, "{r2}");
+    assert!(r2["snapshot"].is_null(), "{r2}");
+    assert_eq!(backend.total_bytes(), before, "an unchanged rerun added bytes");
+
+    // One changed file moves only that file.
+    let files = tree.files();
+    let changed = src.join(&files[files.len() / 2]);
+    let mode = std::fs::metadata(&changed).unwrap().permissions();
+    std::fs::set_permissions(&changed, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&changed, b"a new version").unwrap();
+    std::fs::set_permissions(&changed, mode).unwrap();
+    let state2 = work.path("state2");
+    tree.copy_to(&state2);
+    let r3 = tier_out(&backend, &keys, &index, &src, &["--segment-size", "1M"]);
+    assert_eq!(r3["files"], 1, "{r3}");
+    assert_eq!(r3["new_segments"], 1, "{r3}");
+    assert_eq!(r3["sequence"], 2, "{r3}");
+
+    // A deleted file is gone from the newest snapshot and still in the older ones.
+    let gone = src.join("bob").join(format!("{}-bob-only", tree.marker));
+    std::fs::remove_file(&gone).unwrap();
+    let r4 = tier_out(&backend, &keys, &index, &src, &["--segment-size", "1M"]);
+    assert_eq!(r4["deleted"], 1, "{r4}");
+    assert_eq!(r4["sequence"], 3, "{r4}");
+    let bob_path = format!("bob/{}-bob-only", tree.marker);
+    let ls_old = tier_json(&backend, &index, &["ls", "--snapshot", "2"]);
+    assert!(ls_old.as_array().unwrap().iter().any(|e| e["path"] == bob_path.as_str()), "{ls_old}");
+    let ls_new = tier_json(&backend, &index, &["ls"]);
+    assert!(!ls_new.as_array().unwrap().iter().any(|e| e["path"] == bob_path.as_str()));
+    let alice = ls_new.as_array().unwrap().iter().find(|e| e["path"].as_str().unwrap().starts_with("alice/")).unwrap();
+    assert_eq!(alice["scope"], "alice");
+    let ls_bob = tier_json(&backend, &index, &["ls", "--snapshot", "1", "bob"]);
+    assert_eq!(ls_bob.as_array().unwrap().len(), 2, "bob and its one file: {ls_bob}");
+
+    let snaps = tier_json(&backend, &index, &["snapshots"]);
+    let seqs: Vec<u64> = snaps.as_array().unwrap().iter().map(|s| s["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+
+    // Every snapshot comes back whole.
+    for (seq, expected) in [(1, &state1), (2, &state2)] {
+        let dest = work.path(&format!("restored-{seq}"));
+        recover_snapshot(&backend, &keys, &work, seq, &dest);
+        assert_same_tree(expected, &dest, Compare::default());
+    }
+}
+
+#[test]
+fn behaviour_local_store() {
+    let work = Workdir::new();
+    behaviour_suite(Backend::Local(work.path("store")));
+    drop(work);
+}
+
+#[test]
+fn behaviour_s3_store() {
+    let server = S3Server::start();
+    server.create_bucket("cbfs-behaviour");
+    behaviour_suite(Backend::S3 { server: Box::new(server), bucket: "cbfs-behaviour".into(), endpoint: None });
+}
+
+#[test]
+fn s3_retries_through_faults_and_multipart_upload() {
+    let server = S3Server::start();
+    server.create_bucket("cbfs-faults");
+    let plan = FaultPlan::new()
+        .then(Fault::Pass)
+        .then(Fault::SlowDown)
+        .then(Fault::InternalError)
+        .then(Fault::DropBeforeResponse)
+        .then(Fault::Pass)
+        .then(Fault::SlowDown)
+        .then(Fault::DropMidResponse);
+    let proxy = FaultyProxy::start(server.socket_addr(), plan);
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let src = work.mkdir("src");
+    // 24 MiB of random data: one segment, uploaded in parts.
+    std::fs::write(src.join("big.bin"), cbfs_tests::random_bytes(24 << 20)).unwrap();
+    std::fs::write(src.join("small.txt"), b"small").unwrap();
+    let endpoint = proxy.endpoint();
+    let backend = Backend::S3 { server: Box::new(server), bucket: "cbfs-faults".into(), endpoint: Some(endpoint) };
+    let r = tier_out(&backend, &keys, &work.path("index"), &src, &["--segment-size", "64M"]);
+    assert_eq!(r["files"], 2, "{r}");
+    assert!(proxy.faults_injected() >= 5, "faults: {}", proxy.faults_injected());
+    let parts = proxy.requests().iter().filter(|r| r.target.contains("partNumber=")).count();
+    assert!(parts >= 2, "the 24 MiB segment went up in parts: {parts}");
+    let dest = work.path("restored");
+    recover_snapshot(&backend, &keys, &work, 1, &dest);
+    assert_same_tree(&src, &dest, Compare::default());
+}
+
+#[test]
+fn store_is_unreachable_gives_a_clear_transient_error() {
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let src = work.mkdir("src");
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let port = cbfs_tests::free_port();
+    let mut cmd = cbfs_cmd("cbfs-tier");
+    cmd.arg("out")
+        .arg(&src)
+        .args(["--store", "s3://nobucket/p", "--index"])
+        .arg(work.path("index"))
+        .arg("--keyset")
+        .arg(keys.keyset())
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true");
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1") || err.contains("s3://nobucket"), "{err}");
+}
+
+#[test]
+fn ten_thousand_files_one_change_adds_under_one_percent() {
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let src = work.mkdir("src");
+    for d in 0..100 {
+        let dir = src.join(format!("dir-{d:03}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..100 {
+            let text = format!("file {d}/{f}: ").repeat(40 + (d * f) % 60);
+            std::fs::write(dir.join(format!("file-{f:03}.txt")), text).unwrap();
+        }
+    }
+    let backend = Backend::Local(work.path("store"));
+    let index = work.path("index");
+    let first = tier_out(&backend, &keys, &index, &src, &[]);
+    assert_eq!(first["files"], 10_100, "10,000 files and 100 directories: {first}");
+    let first_bytes = backend.total_bytes();
+    std::fs::write(src.join("dir-042").join("file-042.txt"), b"changed").unwrap();
+    let second = tier_out(&backend, &keys, &index, &src, &[]);
+    assert_eq!(second["files"], 1, "{second}");
+    let added = backend.total_bytes() - first_bytes;
+    assert_eq!(added, second["bytes_stored"].as_u64().unwrap(), "the report counts what the store gained");
+    assert!(
+        added * 100 < first_bytes,
+        "one changed file added {added} bytes, {:.3}% of the first run's {first_bytes}",
+        added as f64 * 100.0 / first_bytes as f64
+    );
+}
