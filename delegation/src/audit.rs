@@ -368,10 +368,11 @@ mod tests {
         let orig = lines(dir.path());
 
         let mut edited = orig.clone();
-        edited[2] = edited[2].replace("\"deny\"", "\"allow\"");
+        assert!(edited[1].contains("\"deny\""));
+        edited[1] = edited[1].replace("\"deny\"", "\"allow\"");
         rewrite(dir.path(), &edited);
         let err = verify(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("entry 4 does not chain") && err.contains("entry 3 was edited"), "{err}");
+        assert!(err.contains("entry 3 does not chain") && err.contains("entry 2 was edited"), "{err}");
 
         let mut deleted = orig.clone();
         deleted.remove(1);

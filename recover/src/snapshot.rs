@@ -1,8 +1,12 @@
 //! Choosing and verifying a snapshot manifest.
 
+use cbfs_core::umbral_pre::PublicKey;
 use cbfs_core::{Keyset, fingerprint};
-use cbfs_format::{Manifest, SnapshotId, layout};
+use cbfs_format::{
+    Manifest, ManifestHeader, SnapshotId, gather_manifest_chain, layout, resolve_manifest_chain,
+};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::source::ObjectSource;
@@ -85,7 +89,7 @@ fn verify(
     bytes: &[u8],
     keyset: Option<&Keyset>,
     warnings: &mut Vec<String>,
-) -> Result<(Manifest, Option<String>)> {
+) -> Result<(Manifest, Option<String>, PublicKey)> {
     let manifest = Manifest::from_bytes_any_signer(bytes).map_err(|e| Error::format(key, e))?;
     let writers = keyset.map(|k| k.writers());
     match writers {
@@ -93,13 +97,12 @@ fn verify(
             match writers.iter().find(|(_, k)| *k == manifest.writer_key()) {
                 Some((name, k)) => {
                     let m = Manifest::from_bytes(bytes, k).map_err(|e| Error::format(key, e))?;
-                    Ok((m, Some(name.to_string())))
+                    Ok((m, Some(name.to_string()), *k))
                 }
                 None => {
                     let any = writers.values().next().expect("not empty");
-                    let err = Manifest::from_bytes(bytes, any)
-                        .err()
-                        .expect("another key cannot verify");
+                    let err =
+                        Manifest::from_bytes(bytes, any).expect_err("another key cannot verify");
                     Err(Error::format(
                         format!("{key} (the keyset registers no such writer)"),
                         err,
@@ -118,9 +121,40 @@ fn verify(
                 },
                 fingerprint(manifest.writer_key())
             ));
-            Ok((manifest, None))
+            let writer = *manifest.writer_key();
+            Ok((manifest, None, writer))
         }
     }
+}
+
+/// Verifies the chosen manifest object: a full manifest on its own, a delta
+/// through the chain of deltas back to the nearest full manifest (all
+/// signed by the same trusted writer).
+fn verify_target(
+    source: &dyn ObjectSource,
+    listed: &[Listed],
+    key: &str,
+    bytes: Vec<u8>,
+    keyset: Option<&Keyset>,
+    warnings: &mut Vec<String>,
+) -> Result<(Manifest, Option<String>)> {
+    let header = ManifestHeader::peek(&bytes).map_err(|e| Error::format(key, e))?;
+    if !header.delta {
+        let (m, writer, _) = verify(key, &bytes, keyset, warnings)?;
+        return Ok((m, writer));
+    }
+    let chain = gather_manifest_chain(bytes, |sequence| {
+        listed
+            .iter()
+            .filter(|l| l.sequence == sequence)
+            .filter_map(|l| source.get(&l.key).ok())
+            .collect()
+    })
+    .map_err(|e| Error::format(key, e))?;
+    let base = format!("{key} (the full manifest its delta chain starts from)");
+    let (_, writer, writer_key) = verify(&base, &chain[0], keyset, warnings)?;
+    let m = resolve_manifest_chain(&chain, &writer_key).map_err(|e| Error::format(key, e))?;
+    Ok((m, writer))
 }
 
 struct Listed {
@@ -132,7 +166,8 @@ struct Listed {
 /// Lists the store's snapshot manifests, picks one and verifies it.
 ///
 /// `selector` is a snapshot id, an id prefix of at least 8 characters, or a
-/// sequence number; `None` picks the newest. The manifest must be signed by
+/// sequence number; `None` picks the newest. A delta manifest is resolved
+/// through the store's earlier manifests back to the nearest full one. The manifest must be signed by
 /// a writer the keyset registers (or, if it registers none, by the key
 /// inside it: reported as a warning); its object name must carry its own
 /// sequence and id; and it must follow the manifest it names as previous,
@@ -158,7 +193,8 @@ pub fn open_snapshot(
     }
     let chosen = select(&listed, selector)?;
     let bytes = source.get(&chosen.key)?;
-    let (manifest, writer) = verify(&chosen.key, &bytes, keyset, &mut warnings)?;
+    let (manifest, writer) =
+        verify_target(source, &listed, &chosen.key, bytes, keyset, &mut warnings)?;
     if manifest.sequence() != chosen.sequence || manifest.snapshot_id() != chosen.id {
         return Err(Error::ManifestName {
             key: chosen.key.clone(),
@@ -171,14 +207,7 @@ pub fn open_snapshot(
             ),
         });
     }
-    let previous = check_chain(
-        source,
-        keyset,
-        &listed,
-        &chosen.key,
-        &manifest,
-        &mut warnings,
-    )?;
+    let previous = check_chain(source, &listed, &chosen.key, &manifest, &mut warnings)?;
     Ok(Snapshot {
         key: chosen.key.clone(),
         manifest,
@@ -241,11 +270,12 @@ fn select<'a>(listed: &'a [Listed], selector: Option<&str>) -> Result<&'a Listed
     }
 }
 
-/// Checks that `manifest` follows the earlier manifest whose hash it names.
+/// Checks that `manifest` follows an earlier manifest of the store: the one
+/// whose bytes hash to the `previous` it names (its signature covers that
+/// hash, so the match proves those bytes), with a lower sequence number.
 /// Returns the key of that manifest, if the store still holds it.
 fn check_chain(
     source: &dyn ObjectSource,
-    keyset: Option<&Keyset>,
     listed: &[Listed],
     key: &str,
     manifest: &Manifest,
@@ -268,26 +298,25 @@ fn check_chain(
     };
     let mut unreadable = Vec::new();
     for prev in &earlier {
-        let parsed = source
-            .get(&prev.key)
-            .and_then(|b| verify(&prev.key, &b, keyset, &mut Vec::new()));
-        let previous = match parsed {
-            Ok((m, _)) => m,
+        let bytes = match source.get(&prev.key) {
+            Ok(b) => b,
             Err(e) => {
-                unreadable.push(format!("{e}"));
+                unreadable.push(e.to_string());
                 continue;
             }
         };
-        if previous.hash() != wanted {
+        if <[u8; 32]>::from(Sha256::digest(&bytes)) != wanted {
             continue;
         }
-        manifest
-            .check_follows(&previous)
-            .map_err(|e| Error::BrokenChain {
+        let header =
+            ManifestHeader::peek(&bytes).map_err(|e| Error::format(prev.key.clone(), e))?;
+        if header.sequence >= manifest.sequence() || header.sequence != prev.sequence {
+            return Err(Error::BrokenChain {
                 key: key.to_owned(),
                 previous: prev.key.clone(),
-                reason: e.to_string(),
-            })?;
+                reason: "the sequence number does not increase".into(),
+            });
+        }
         return Ok(Some(prev.key.clone()));
     }
     match earlier.first() {

@@ -117,6 +117,13 @@ fn intact_store_restores_everything_in_order() {
     let snap = report.snapshot.as_ref().unwrap();
     let index = fixture_index();
     assert_eq!(snap.sequence, 2);
+    let source = LocalDir::new(&store).unwrap();
+    let newest = open_snapshot(&source, Some(&fixture_keyset()), None).unwrap();
+    assert!(
+        newest.manifest().is_delta(),
+        "snapshot 2 is stored as a delta"
+    );
+    assert_eq!(newest.manifest().entries().len(), 16);
     assert_eq!(snap.writer.as_deref(), Some("agent"));
     assert_eq!(snap.follows.as_deref(), index["snapshots"][0].as_str());
     assert_restored_all_but(&entries, &[]);
@@ -328,6 +335,15 @@ fn rolled_back_forked_or_foreign_manifests_are_refused() {
         }
         other => panic!("expected a broken chain, got {other}"),
     }
+
+    let (_d4, store) = fixture_store("store", Some("delta-base-missing"));
+    let source = LocalDir::new(&store).unwrap();
+    let err = open_snapshot(&source, Some(&keyset), None).unwrap_err();
+    assert!(err.is_verification(), "{err}");
+    assert!(
+        err.to_string().contains(snap2) && err.to_string().contains("missing or altered"),
+        "{err}"
+    );
 
     let (_d3, store) = fixture_store("store", Some("untrusted-writer"));
     let source = LocalDir::new(&store).unwrap();

@@ -78,10 +78,14 @@ fn generate() {
     );
     let user = UserSecret::from_seed(seed(&USER_SEED));
     let alice = UserPublic::from_secret(UserName::new("alice").unwrap(), &user);
-    for (folder, expires) in [
-        ("grants", None),
-        ("expired-grants", Some("2001-01-01T00:00:00Z".to_owned())),
-    ] {
+    // Grants must not be dead on arrival, so the expired ones live for two
+    // seconds: they are long expired when the tests read them.
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::seconds(2))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    for (folder, expires) in [("grants", None), ("expired-grants", Some(soon.clone()))] {
         let terms = DelegationTerms {
             threshold: 2,
             shares: 3,
@@ -151,6 +155,10 @@ fn generate() {
         ],
     );
     let (snap2_key, snap2) = w.snapshot();
+    assert!(
+        snap2.is_delta(),
+        "snapshot 2 is a delta manifest, as the agent writes them"
+    );
 
     // A store whose members ask for paths outside the target.
     let evil_store = dir.join("evil-store");
@@ -336,6 +344,13 @@ fn generate() {
         &[],
     );
 
+    v.add(
+        "delta-base-missing",
+        "snapshot 1 deleted: snapshot 2, a delta, cannot be resolved",
+        &[],
+        &[&snap1_key],
+    );
+
     let other = Keys::random(true);
     let mut alien = ManifestBuilder::new(
         SnapshotId::random(),
@@ -391,6 +406,7 @@ fn generate() {
         "members": members,
         "snapshots": [snap1_key, snap2_key],
         "plain_segment": p.id.to_string(),
+        "expired_grants_expire": soon,
         "variants": v.list,
     });
     write(

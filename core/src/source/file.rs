@@ -95,6 +95,7 @@ pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Replaces `path` atomically with a new 0600 file holding `bytes`.
+#[cfg(feature = "kms")]
 pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(format!(".tmp-{}", std::process::id()));

@@ -147,6 +147,8 @@ pub struct StoreWriter<'k> {
     live: BTreeMap<Vec<u8>, ManifestEntry>,
     last: Option<Manifest>,
     sequence: u64,
+    /// Write delta manifests where they are smaller (on by default).
+    pub deltas: bool,
 }
 
 impl<'k> StoreWriter<'k> {
@@ -162,6 +164,7 @@ impl<'k> StoreWriter<'k> {
             live: BTreeMap::new(),
             last: None,
             sequence: 0,
+            deltas: true,
         }
     }
 
@@ -245,7 +248,12 @@ impl<'k> StoreWriter<'k> {
             1_700_000_000 + self.sequence as i64,
         );
         b.extend(self.live.values().copied());
-        let m = b.sign(&self.keys.writer).unwrap();
+        // As the agent does: a delta against the previous manifest when
+        // that is smaller (cbfs_format decides), else a full manifest.
+        let m = match &self.last {
+            Some(base) if self.deltas => b.sign_delta(&self.keys.writer, base).unwrap(),
+            _ => b.sign(&self.keys.writer).unwrap(),
+        };
         let key = layout::manifest(self.sequence, &id);
         fs::write(self.root.join(&key), m.to_bytes()).unwrap();
         self.last = Some(m.clone());
@@ -269,7 +277,7 @@ pub fn xattrs_of(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
 /// Scans a tree into member metadata and content, in sorted order, as the
 /// tiering agent does (hard links point at the first path of the inode).
 pub fn scan_tree(root: &Path) -> Vec<(Metadata, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let mut names: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -283,12 +291,12 @@ pub fn scan_tree(root: &Path) -> Vec<(Metadata, Vec<u8>)> {
         for p in names {
             out.push(p.clone());
             if fs::symlink_metadata(&p).unwrap().is_dir() {
-                walk(root, &p, out);
+                walk(&p, out);
             }
         }
     }
     let mut paths = Vec::new();
-    walk(root, root, &mut paths);
+    walk(root, &mut paths);
     let mut first: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut out = Vec::new();
     for p in paths {
