@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use cbfs_core::{
-    AdminSecret, DelegationTerms, Grant, KeySource, Keyset, Protection, ScopeSecret, Seed, Unlock,
+    AdminSecret, Grant, KeySource, Keyset, Protection, ScopeSecret, Seed, Unlock,
     UserPublic, UserSecret, fingerprint,
 };
 use clap::CommandFactory;
@@ -125,53 +125,45 @@ pub fn run(cli: Cli) -> Result<()> {
             shares,
             expires,
             out,
-        } => {
-            let ks = Keyset::load(&keyset)?;
-            let user = UserPublic::load(&to)?;
-            let expires = expires.map(|e| parse_expiry(&e)).transpose()?;
-            let admin_secret = load_admin(&admin, &unlock, &ks)?;
-            let terms = DelegationTerms {
+            nodes,
+            node_timeout,
+        } => crate::delegate::delegate(
+            json,
+            &unlock,
+            crate::delegate::DelegateArgs {
+                admin,
+                keyset,
+                scope,
+                to,
                 threshold,
                 shares,
-                expires: expires.clone(),
-            };
-            let grants = cbfs_core::delegate(&admin_secret, &ks, &scope, &user, &terms)?;
-            make_private_dir(&out)?;
-            let mut files = Vec::new();
-            for grant in &grants {
-                let path = out.join(format!(
-                    "{}.{}.{}-of-{}.grant",
-                    scope,
-                    user.name(),
-                    grant.share(),
-                    grant.shares()
-                ));
-                write_new_private(&path, &grant.to_signed_bytes(&admin_secret)?)?;
-                files.push(path);
-            }
-            emit(
-                json,
-                json!({
-                    "scope": scope, "user": user.name(), "threshold": threshold, "shares": shares,
-                    "expires": expires, "files": files,
-                }),
-                || {
-                    let mut s = format!(
-                        "delegated scope `{scope}` to `{}`: {threshold} of {shares} shares{}\n",
-                        user.name(),
-                        expires.as_deref().map(|e| format!(", until {e}")).unwrap_or_default()
-                    );
-                    for f in &files {
-                        s.push_str(&format!("  {}\n", f.display()));
-                    }
-                    s.push_str(
-                        "Give each grant file to a different proxy node, never to the user.\n\
-                         Revocation stops new unlocks; file keys already released cannot be taken back.\n",
-                    );
-                    s
-                },
-            );
-        }
+                expires,
+                out,
+                nodes,
+                node_timeout,
+            },
+        )?,
+        Command::Revoke {
+            admin,
+            keyset,
+            scope,
+            user,
+            nodes,
+            threshold,
+            node_timeout,
+        } => crate::delegate::revoke(
+            json,
+            &unlock,
+            crate::delegate::RevokeArgs {
+                admin,
+                keyset,
+                scope,
+                user,
+                nodes,
+                threshold,
+                node_timeout,
+            },
+        )?,
         Command::ExportScope {
             admin,
             keyset,
@@ -393,7 +385,7 @@ fn grant_text(path: &Path, g: &Grant) -> String {
     )
 }
 
-fn load_admin(source: &KeySource, unlock: &Unlock, ks: &Keyset) -> Result<AdminSecret> {
+pub(crate) fn load_admin(source: &KeySource, unlock: &Unlock, ks: &Keyset) -> Result<AdminSecret> {
     let admin = AdminSecret::from_seed(source.load(unlock)?);
     ks.check_admin(&admin)?;
     Ok(admin)
@@ -468,7 +460,7 @@ fn note_durability(source: &KeySource) {
     }
 }
 
-fn parse_expiry(text: &str) -> Result<String> {
+pub(crate) fn parse_expiry(text: &str) -> Result<String> {
     let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("valid");
     let fmt = &time::format_description::well_known::Rfc3339;
     if let Some((num, unit)) = text.len().checked_sub(1).map(|i| text.split_at(i))
@@ -533,7 +525,7 @@ fn write_new_public(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -553,7 +545,7 @@ fn replace_public(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn make_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn make_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))

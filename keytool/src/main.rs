@@ -2,11 +2,14 @@
 //!
 //! Exit codes: 0 success, 1 other error, 2 usage error, 3 key material not
 //! found, locked, refused by the key service, or unsafe (permissions), 4 a signature or key check failed,
-//! 5 the key management service is unreachable or failing (worth retrying).
+//! 5 the key management service is unreachable or failing (worth retrying),
+//! 6 too few delegation nodes did what was asked (`delegate --node`, `revoke`).
 
 #![forbid(unsafe_code)]
 
 mod commands;
+mod delegate;
+mod nodes;
 mod output;
 
 use std::path::PathBuf;
@@ -26,6 +29,14 @@ Examples:
   # Delegate scope alice to user alice, 2 of 3 proxy shares
   cbfs-keytool delegate --admin file:admin.key --keyset keyset.json --scope alice \\
       --to alice.pub --threshold 2 --shares 3 --out grants/
+  # ... or send each share straight to its own delegation node, for 30 days
+  cbfs-keytool delegate --admin file:admin.key --keyset keyset.json --scope alice \\
+      --to alice.pub --threshold 2 --expires 30d \\
+      --node http://node1:7600 --node http://node2:7600 --node http://node3:7600
+  # Revoke it: holds once n - m + 1 nodes have deleted their share. File keys
+  # alice has already unlocked CANNOT be revoked; re-key the data if that matters.
+  cbfs-keytool revoke --admin file:admin.key --scope alice --user alice.pub \\
+      --node http://node1:7600 --node http://node2:7600 --node http://node3:7600
   cbfs-keytool list --keyset keyset.json --json
 
 Key sources:
@@ -35,7 +46,8 @@ Key sources:
                         (BAO_ADDR/BAO_TOKEN or VAULT_ADDR/VAULT_TOKEN)
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 key not found/locked/unsafe,
-            4 signature or key check failed, 5 key service unavailable (retry)";
+            4 signature or key check failed, 5 key service unavailable (retry),
+            6 too few delegation nodes complied (retry when they are back)";
 
 /// Create and manage cbfs administrator, scope and user keys, and delegations.
 #[derive(Parser)]
@@ -133,8 +145,14 @@ enum Command {
     },
     /// Delegate a scope to a user: m-of-n key fragments, one per proxy node.
     ///
-    /// Delegation is always from a scope key, never from the root. A file key
-    /// a user has already unlocked cannot be taken back by revocation.
+    /// Delegation is always from a scope key, never from the root. With
+    /// --node, each share is bound to its node (the node's key is part of
+    /// what the administrator signs), encrypted for that node alone, and
+    /// sent to it; n is the number of nodes. With --out, the grants are
+    /// written to files instead (or as well).
+    ///
+    /// Revocation (`cbfs-keytool revoke`) stops new unlocks only: a file key
+    /// that a user has already unlocked cannot be revoked or taken back.
     Delegate {
         /// The administrator's root secret.
         #[arg(long, value_name = "SOURCE")]
@@ -151,15 +169,59 @@ enum Command {
         /// How many nodes must answer (m).
         #[arg(long, value_name = "M")]
         threshold: u32,
-        /// How many shares to make, one per node (n).
+        /// How many shares to make, one per node (n). With --node it may be
+        /// left out: n is the number of nodes.
         #[arg(long, value_name = "N")]
-        shares: u32,
+        shares: Option<u32>,
         /// When the delegation ends: an RFC 3339 time, or a duration like 30d, 12h.
+        /// Nodes refuse an expired delegation.
         #[arg(long, value_name = "WHEN")]
         expires: Option<String>,
         /// Directory to write the n grant files into (created 0700; files 0600).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present = "nodes")]
+        out: Option<PathBuf>,
+        /// A delegation node (http://HOST:PORT), one per share: share i goes to
+        /// the i-th node, encrypted for it. Repeat for each node.
+        #[arg(long = "node", value_name = "URL")]
+        nodes: Vec<String>,
+        /// Seconds to wait for each node.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        node_timeout: u64,
+    },
+    /// Revoke a user's delegation of a scope on every node.
+    ///
+    /// Each node deletes the user's kfrag of the scope and refuses that
+    /// delegation from then on (a new `delegate` made later is accepted). The
+    /// revocation holds once n - m + 1 nodes comply, because then fewer than
+    /// m can still answer; the command fails (exit 6) until then: rerun it
+    /// when the missing nodes are back.
+    ///
+    /// Revocation stops new unlocks only. File keys that the user has
+    /// already unlocked CANNOT be revoked or taken back: if that matters,
+    /// re-key the data (new group keys, re-encrypted members).
+    Revoke {
+        /// The administrator's root secret (it signs the revocation).
+        #[arg(long, value_name = "SOURCE")]
+        admin: KeySource,
+        /// The keyset, to check that the secret is its administrator's.
+        #[arg(long, value_name = "KEYSET.json")]
+        keyset: Option<PathBuf>,
+        /// The scope.
+        #[arg(long)]
+        scope: ScopeLabel,
+        /// The user's public key file.
+        #[arg(long, value_name = "NAME.pub")]
+        user: PathBuf,
+        /// Every node of the delegation (all n). Repeat for each node.
+        #[arg(long = "node", value_name = "URL", required = true)]
+        nodes: Vec<String>,
+        /// m of the delegation. Default: what the nodes report of the share
+        /// they deleted, or, if none did, n (every node must comply).
+        #[arg(long, value_name = "M")]
+        threshold: Option<u32>,
+        /// Seconds to wait for each node.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        node_timeout: u64,
     },
     /// Export one scope's secret, to open that scope alone without the root.
     ExportScope {

@@ -4,6 +4,9 @@ use cbfs_core::Error;
 
 /// Maps an error to the documented exit code.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<crate::nodes::TooFewNodes>().is_some() {
+        return 6;
+    }
     match err.downcast_ref::<Error>() {
         Some(
             Error::NotFound { .. }

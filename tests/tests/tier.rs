@@ -113,14 +113,56 @@ fn tier_out(backend: &Backend, keys: &Keys, index: &Path, src: &Path, extra: &[&
 
 fn tier_json(backend: &Backend, index: &Path, args: &[&str]) -> Value {
     let mut cmd = cbfs_cmd("cbfs-tier");
-    cmd.arg("--json")
-        .args(args)
-        .arg("--store")
-        .arg(backend.spec())
-        .arg("--index")
-        .arg(index)
-        .envs(backend.envs());
+    cmd.arg("--json").args(args).arg("--store").arg(backend.spec());
+    if !matches!(args.first(), Some(&"verify")) {
+        cmd.arg("--index").arg(index);
+    }
+    cmd.envs(backend.envs());
     serde_json::from_slice(&run_ok(&mut cmd).stdout).unwrap()
+}
+
+#[test]
+fn verify_names_a_damaged_segment_and_restore_still_brings_back_the_rest() {
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let src = work.mkdir("src");
+    for i in 0..6 {
+        std::fs::write(src.join(format!("file-{i}")), cbfs_tests::random_bytes(50_000)).unwrap();
+    }
+    let store = work.path("store");
+    let backend = Backend::Local(store.clone());
+    let index = work.path("index");
+    tier_out(&backend, &keys, &index, &src, &["--segment-size", "64K", "--jobs", "1"]);
+    let segments: Vec<PathBuf> = std::fs::read_dir(store.join("segments")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let victim = &segments[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let at = 4096; // inside the first member's ciphertext
+    bytes[at] ^= 0x40;
+    std::fs::write(victim, bytes).unwrap();
+    let victim_key = format!("segments/{}", victim.file_name().unwrap().to_string_lossy());
+
+    let out = run(cbfs_cmd("cbfs-tier").args(["--json", "verify", "--store"]).arg(&store));
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["problems"].as_array().unwrap().iter().any(|p| p["object"] == victim_key.as_str()), "{v}");
+
+    let dest = work.path("restored");
+    let out = run(
+        cbfs_cmd("cbfs-tier")
+            .args(["--json", "restore", "--store"])
+            .arg(&store)
+            .arg("--identity")
+            .arg(keys.admin())
+            .arg(".")
+            .arg(&dest),
+    );
+    assert_eq!(out.status.code(), Some(3), "partial: {}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failures = r["failures"].as_array().unwrap();
+    assert!(!failures.is_empty() && failures.iter().all(|f| f["object"] == victim_key.as_str()), "{r}");
+    let restored = std::fs::read_dir(&dest).unwrap().count();
+    assert_eq!(restored + failures.len(), 6, "every intact file came back: {r}");
 }
 
 /// Recovers snapshot `seq` with the root secret into `dest`, through a tar
@@ -244,6 +286,52 @@ fn behaviour_suite(backend: Backend) {
     let snaps = tier_json(&backend, &index, &["snapshots"]);
     let seqs: Vec<u64> = snaps.as_array().unwrap().iter().map(|s| s["sequence"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3]);
+
+    // A user with a delegation for scope alice restores exactly alice's
+    // files, and none of bob's or of the default scope.
+    run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys.dir).args([
+        "create-user", "alice", "--secret", "file:alice.key", "--public", "alice.pub",
+    ]));
+    run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys.dir).args([
+        "delegate", "--admin", "file:admin.key", "--keyset", "keyset.json", "--scope", "alice", "--to", "alice.pub",
+        "--threshold", "2", "--shares", "3", "--out", "alice-grants",
+    ]));
+    let mine = work.path("alice-restore");
+    let out = run_ok(
+        cbfs_cmd("cbfs-tier")
+            .args(["--json", "restore", "--store", &backend.spec(), "--identity"])
+            .arg(format!("file:{}", keys.dir.join("alice.key").display()))
+            .arg("--kfrags")
+            .arg(keys.dir.join("alice-grants"))
+            .arg("--index")
+            .arg(&index)
+            .arg(".")
+            .arg(&mine)
+            .envs(backend.envs()),
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["failures"].as_array().unwrap().is_empty(), "{report}");
+    assert!(report["skipped_scopes"]["bob"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["skipped_scopes"]["default"].as_u64().unwrap() >= 1, "{report}");
+    let restored: Vec<String> = cbfs_tests::describe(&mine, Compare::default())
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(
+        restored,
+        ["alice".to_owned(), format!("alice/{}-alice-only", tree.marker)],
+        "alice gets exactly her scope"
+    );
+    assert_eq!(std::fs::read(mine.join(format!("alice/{}-alice-only", tree.marker))).unwrap(), b"alice's data");
+
+    // The store verifies without a key, and with the root secret it decrypts.
+    let v = tier_json(&backend, &index, &["verify"]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert!(v["segments"].as_u64().unwrap() >= 3, "{v}");
+    let admin = keys.admin();
+    let v = tier_json(&backend, &index, &["verify", "--read-data", "--identity", &admin]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert!(v["decrypted"].as_u64().unwrap() > 40, "{v}");
 
     // Every snapshot comes back whole.
     for (seq, expected) in [(1, &state1), (2, &state2)] {

@@ -105,7 +105,9 @@ fn crash_in_second_run(point: &str) {
     assert_eq!(tier(&s)["sequence"], 1);
     tree.update(12);
     // Enough incompressible data for several 64 KiB segments.
-    std::fs::write(s.src.join("incompressible.bin"), cbfs_tests::random_bytes(200_000)).unwrap();
+    for name in ["0-a.bin", "0-b.bin", "0-c.bin"] {
+        std::fs::write(s.src.join(name), cbfs_tests::random_bytes(100_000)).unwrap();
+    }
     let state2 = s.work.path("state2");
     tree.copy_to(&state2);
     crash(&s, point);

@@ -192,6 +192,19 @@ impl Index {
         })
     }
 
+    /// Opens an existing index for reading only (while an agent may hold it).
+    pub fn open_read_only(dir: &Path) -> Result<Self> {
+        let opts = rocksdb::Options::default();
+        let db = rocksdb::DB::open_for_read_only(&opts, dir, false).map_err(|e| Error::Index {
+            path: dir.to_owned(),
+            detail: e.to_string(),
+        })?;
+        Ok(Index {
+            db,
+            path: dir.to_owned(),
+        })
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> Error {
         Error::Index {
             path: self.path.clone(),

@@ -14,13 +14,17 @@ mod index;
 mod list;
 mod out;
 mod progress;
+mod restore;
 mod rules;
 mod scan;
+mod source;
 
 pub use agent::{Agent, AgentOptions};
 pub use error::{Error, Result};
 pub use index::{FileRecord, Index, MemberRecord, SegmentRecord, SnapshotRecord, State};
 pub use list::{ListedEntry, SnapshotInfo, list_entries, list_snapshots};
 pub use out::{CrashPoint, OutOptions, OutReport, run as run_out};
+pub use restore::{Problem as VerifyProblem, RestoreOptions, VerifyReport, opener_for, run_restore, run_verify};
 pub use rules::{ScopeRule, ScopeRules};
+pub use source::StoreSource;
 pub use scan::{Problem, Stat};

@@ -23,9 +23,15 @@ Examples:
   cbfs-tier out /srv/projects --store s3://bucket/projects --keyset keyset.json
   cbfs-tier snapshots --store /mnt/archive
   cbfs-tier ls --store /mnt/archive home/alice
+  # A user restores their own files with their own key and delegation
+  cbfs-tier restore --store /mnt/archive --identity file:alice.key --kfrags grants/ home/alice ./alice
+  # Check the store without a key; then decrypt everything with the root secret
+  cbfs-tier verify --store /mnt/archive
+  cbfs-tier verify --store /mnt/archive --read-data --identity file:admin.key
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 key material, 4 verification failed,
-            5 store unreachable (retry), 6 done but some entries skipped";
+Exit codes: 0 ok, 1 error, 2 usage, 3 key material (restore: partial, some
+            entries failed), 4 verification failed, 5 store unreachable (retry),
+            6 done but some entries skipped";
 
 /// Tier files out to object storage as compressed, encrypted segments.
 #[derive(Parser)]
@@ -90,6 +96,51 @@ enum Command {
     Snapshots {
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Restore files from a snapshot into a directory, with your own key.
+    ///
+    /// A user gives their own secret and their delegation (--kfrags); only the
+    /// scopes delegated to them are opened, and what could not be opened is
+    /// reported. The result is checked against the signed snapshot manifest.
+    Restore {
+        /// The store: a directory, or s3://BUCKET/PREFIX.
+        #[arg(long, value_name = "STORE")]
+        store: String,
+        /// Your secret (a user key with --kfrags, or a root or scope secret).
+        #[arg(long, value_name = "SOURCE")]
+        identity: KeySource,
+        /// Directory of your delegation grant files.
+        #[arg(long, value_name = "DIR")]
+        kfrags: Option<PathBuf>,
+        /// A keyset file instead of the one the store carries.
+        #[arg(long, value_name = "KEYSET.json")]
+        keyset: Option<PathBuf>,
+        /// A snapshot id (or its first 8+ characters) or sequence number; the newest by default.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// The agent's index, to refuse a store rolled back behind it.
+        #[arg(long, value_name = "DIR")]
+        index: Option<PathBuf>,
+        /// What to restore: a path in the tree, or `.` for everything.
+        path: String,
+        /// Where to restore it.
+        dest: PathBuf,
+    },
+    /// Check a store: manifests, objects, summaries against segments, lockboxes;
+    /// with --read-data and --identity, decrypt everything too.
+    Verify {
+        /// The store: a directory, or s3://BUCKET/PREFIX.
+        #[arg(long, value_name = "STORE")]
+        store: String,
+        /// A keyset file instead of the one the store carries.
+        #[arg(long, value_name = "KEYSET.json")]
+        keyset: Option<PathBuf>,
+        /// Also decrypt every member (needs --identity).
+        #[arg(long)]
+        read_data: bool,
+        /// The root or a scope secret, for --read-data.
+        #[arg(long, value_name = "SOURCE")]
+        identity: Option<KeySource>,
     },
     /// List the entries of a snapshot (the newest by default).
     Ls {
@@ -220,6 +271,63 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
             Ok(0)
+        }
+        Command::Restore {
+            store,
+            identity,
+            kfrags,
+            keyset,
+            snapshot,
+            index,
+            path,
+            dest,
+        } => {
+            let index = index.or_else(|| Some(default_index(&store)));
+            let report = cbfs_tiering::run_restore(&cbfs_tiering::RestoreOptions {
+                store: &store,
+                keyset: keyset.as_deref(),
+                identity: &identity,
+                kfrags: kfrags.as_deref(),
+                snapshot: snapshot.as_deref(),
+                path: &path,
+                dest: &dest,
+                index: index.as_deref(),
+                progress: !json,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                eprint!("{}", report.human());
+            }
+            Ok(if report.failures.is_empty() { 0 } else { 3 })
+        }
+        Command::Verify {
+            store,
+            keyset,
+            read_data,
+            identity,
+        } => {
+            let report = cbfs_tiering::run_verify(&store, keyset.as_deref(), identity.as_ref(), read_data)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} snapshots, {} segments, {} members, {} lockboxes checked; {} unreferenced segments{}",
+                    report.snapshots,
+                    report.segments,
+                    report.members,
+                    report.lockboxes,
+                    report.unreferenced_segments,
+                    if read_data { format!("; {} entries decrypted", report.decrypted) } else { String::new() }
+                );
+                for p in &report.problems {
+                    println!("PROBLEM {}: {}", p.object, p.error);
+                }
+                if report.problems.is_empty() {
+                    println!("the store verified");
+                }
+            }
+            Ok(if report.problems.is_empty() { 0 } else { 4 })
         }
         Command::Ls { store, snapshot, path } => {
             let agent = open_agent(&store)?;
