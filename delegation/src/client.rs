@@ -337,12 +337,23 @@ pub async fn fetch_cfrags(
                 (i, answer)
             })
             .collect();
-        let mut good: Vec<(usize, Vec<VerifiedCapsuleFrag>)> = Vec::new();
+        // Answers grouped by the delegation (grant issue time) that made them:
+        // only cfrags of one delegation combine.
+        let mut groups: Vec<(String, Vec<(usize, Vec<VerifiedCapsuleFrag>)>)> = Vec::new();
+        let mut done = None;
         while let Some((i, answer)) = pending.next().await {
             match answer {
-                Ok(cfrags) => {
-                    good.push((i, cfrags));
-                    if good.len() == access.threshold {
+                Ok((issued, cfrags)) => {
+                    let at = match groups.iter().position(|(g, _)| *g == issued) {
+                        Some(at) => at,
+                        None => {
+                            groups.push((issued, Vec::new()));
+                            groups.len() - 1
+                        }
+                    };
+                    groups[at].1.push((i, cfrags));
+                    if groups[at].1.len() == access.threshold {
+                        done = Some(at);
                         break;
                     }
                 }
@@ -363,14 +374,33 @@ pub async fn fetch_cfrags(
         }
         // The slower nodes are not waited for: dropping their futures cancels them.
         drop(pending);
-        if good.len() < access.threshold {
+        let Some(done) = done else {
+            let answered = groups.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
+            if groups.len() > 1 {
+                let newest = groups.iter().map(|(issued, _)| issued.clone()).max().unwrap_or_default();
+                for (issued, members) in &groups {
+                    for (i, _) in members {
+                        fetched.failures.push(NodeFailure {
+                            node: nodes.nodes[*i].url.clone(),
+                            problem: NodeProblem::Refused {
+                                status: 200,
+                                code: "other_delegation".into(),
+                                reason: format!(
+                                    "it holds the share of the delegation issued {issued}, while other nodes hold another (newest {newest}); shares of different delegations do not combine: rerun `cbfs-keytool delegate` so that every node holds the current one"
+                                ),
+                            },
+                        });
+                    }
+                }
+            }
             return Err(FetchError::NotEnoughNodes {
                 needed: access.threshold,
                 asked: nodes.len(),
-                answered: good.len(),
+                answered,
                 failures: fetched.failures,
             });
-        }
+        };
+        let mut good = groups.swap_remove(done).1;
         good.sort_by_key(|(i, _)| *i);
         for (i, _) in &good {
             let url = &nodes.nodes[*i].url;
@@ -436,7 +466,7 @@ async fn ask(
     access: &Access,
     path: &str,
     capsules: &[Capsule],
-) -> Result<Vec<VerifiedCapsuleFrag>, NodeProblem> {
+) -> Result<(String, Vec<VerifiedCapsuleFrag>), NodeProblem> {
     let node_pk = node_key(nodes, node).await?;
     let request = ReencryptBody::new(&node_pk, &access.user, &access.scope, path, capsules).sign(&user.signer());
     let response = nodes
@@ -476,9 +506,11 @@ async fn ask(
     let capsules = capsules.to_vec();
     let (admin, scope, user_key) = (access.admin_key, access.scope_key, *user_key);
     // Verification is elliptic-curve work: keep it off the async threads.
-    tokio::task::spawn_blocking(move || verify_all(&answer.cfrags, &capsules, &admin, &scope, &user_key))
-        .await
-        .map_err(|e| NodeProblem::Protocol(format!("verification failed to run: {e}")))?
+    let cfrags =
+        tokio::task::spawn_blocking(move || verify_all(&answer.cfrags, &capsules, &admin, &scope, &user_key))
+            .await
+            .map_err(|e| NodeProblem::Protocol(format!("verification failed to run: {e}")))??;
+    Ok((answer.grant_issued, cfrags))
 }
 
 fn verify_all(

@@ -640,6 +640,7 @@ impl Node {
         Ok(Cfrags {
             format: CFRAGS_FORMAT.into(),
             version: WIRE_VERSION,
+            grant_issued: grant.issued().to_owned(),
             cfrags: cfrags.iter().map(encode_cfrag).collect(),
         })
     }

@@ -177,6 +177,10 @@ pub struct Cfrags {
     pub format: String,
     /// Always [`WIRE_VERSION`].
     pub version: u32,
+    /// When the grant that made them was issued (RFC 3339). Cfrags of
+    /// different delegations of the same scope (an older share left on one
+    /// node) each verify but do not combine; the client groups answers by this.
+    pub grant_issued: String,
     /// Standard base64 of each cfrag, in the order of the request's capsules.
     pub cfrags: Vec<String>,
 }

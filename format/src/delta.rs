@@ -21,7 +21,7 @@
 
 use umbral_pre::{PublicKey, Signature, Signer};
 
-use crate::codec::{Dec, Enc};
+use crate::codec::Dec;
 use crate::error::{Error, ObjectKind};
 use crate::ids::{MemberId, SegmentId, SnapshotId};
 use crate::manifest::{Manifest, ManifestBuilder, signed_message};
@@ -93,14 +93,7 @@ impl ManifestBuilder {
         if self.sequence % FULL_MANIFEST_EVERY == 1 || delta_len >= self.entries.len() * 64 {
             return self.sign(signer);
         }
-        let root = merkle_root(&self.entries);
-        let writer = signer.verifying_key();
-        let mut e = Enc::with_brand(DELTA_BRAND, DELTA_VERSION);
-        e.raw(self.snapshot.as_bytes());
-        e.u64(self.sequence);
-        e.raw(&self.previous);
-        e.i64(self.created_unix);
-        e.raw(&writer.to_compressed_bytes());
+        let mut e = self.header(DELTA_BRAND, DELTA_VERSION, signer);
         e.u32(removed.len() as u32);
         for (s, m) in &removed {
             e.raw(s.as_bytes());
@@ -112,21 +105,7 @@ impl ManifestBuilder {
             e.raw(x.member.as_bytes());
             e.raw(&x.sha256);
         }
-        e.raw(&root);
-        let mut bytes = e.into_vec();
-        let signature = signer.sign(&signed_message(&bytes));
-        bytes.extend_from_slice(&signature.to_be_bytes());
-        Ok(Manifest {
-            snapshot: self.snapshot,
-            sequence: self.sequence,
-            previous: self.previous,
-            created_unix: self.created_unix,
-            writer,
-            entries: self.entries,
-            root,
-            bytes,
-            delta: true,
-        })
+        Ok(self.seal(e, signer, true))
     }
 }
 

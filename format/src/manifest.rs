@@ -75,14 +75,7 @@ impl ManifestBuilder {
     /// Fails if a (segment, member) pair appears twice.
     pub fn sign(mut self, signer: &Signer) -> Result<Manifest, Error> {
         self.sort_unique()?;
-        let root = merkle_root(&self.entries);
-        let writer = signer.verifying_key();
-        let mut e = Enc::with_brand(BRAND, VERSION);
-        e.raw(self.snapshot.as_bytes());
-        e.u64(self.sequence);
-        e.raw(&self.previous);
-        e.i64(self.created_unix);
-        e.raw(&writer.to_compressed_bytes());
+        let mut e = self.header(BRAND, VERSION, signer);
         e.u32(
             u32::try_from(self.entries.len()).map_err(|_| Error::InvalidInput {
                 reason: "more than 2^32-1 entries".into(),
@@ -93,21 +86,38 @@ impl ManifestBuilder {
             e.raw(x.member.as_bytes());
             e.raw(&x.sha256);
         }
+        Ok(self.seal(e, signer, false))
+    }
+
+    /// Starts an object: brand, version, and the fields every manifest has.
+    pub(crate) fn header(&self, brand: &[u8; 8], version: u16, signer: &Signer) -> Enc {
+        let mut e = Enc::with_brand(brand, version);
+        e.raw(self.snapshot.as_bytes());
+        e.u64(self.sequence);
+        e.raw(&self.previous);
+        e.i64(self.created_unix);
+        e.raw(&signer.verifying_key().to_compressed_bytes());
+        e
+    }
+
+    /// Ends an object: the Merkle root over the whole snapshot, then the signature.
+    pub(crate) fn seal(self, mut e: Enc, signer: &Signer, delta: bool) -> Manifest {
+        let root = merkle_root(&self.entries);
         e.raw(&root);
         let mut bytes = e.into_vec();
         let signature = signer.sign(&signed_message(&bytes));
         bytes.extend_from_slice(&signature.to_be_bytes());
-        Ok(Manifest {
+        Manifest {
             snapshot: self.snapshot,
             sequence: self.sequence,
             previous: self.previous,
             created_unix: self.created_unix,
-            writer,
+            writer: signer.verifying_key(),
             entries: self.entries,
             root,
             bytes,
-            delta: false,
-        })
+            delta,
+        }
     }
 }
 

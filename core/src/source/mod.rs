@@ -3,8 +3,11 @@
 //! - `file:PATH`: the file holds the 32-byte key and nothing else, or an age
 //!   file wrapping it (passphrase or x25519 recipients). Created 0600; a file
 //!   that group or others can read is refused, as ssh does.
-//! - `keyring:SERVICE/NAME`: the OS keyring through `keyring-core` (Linux
-//!   kernel keyutils; keys there do not survive a reboot).
+//! - `keyring:SERVICE/NAME`: the OS keyring through `keyring-core`: the
+//!   freedesktop Secret Service where a session bus has one running (with the
+//!   `secret-service` feature), else the Linux kernel keyutils, whose keys do
+//!   not survive a reboot. `CBFS_KEYRING_STORE=keyutils|secret-service`
+//!   picks one.
 //! - `openbao:KEYNAME:PATH`: PATH holds the key wrapped by the OpenBao/Vault
 //!   transit key KEYNAME; it is unwrapped in memory at each use. The address
 //!   and token come from `BAO_ADDR`/`BAO_TOKEN` or `VAULT_ADDR`/`VAULT_TOKEN`.
@@ -212,9 +215,13 @@ impl KeySource {
     }
 
     /// A warning about how long the key lives there, if the user should hear one.
+    ///
+    /// For `keyring:` sources this depends on the store the process uses
+    /// (and chooses it if nothing has yet): only kernel keyring keys are lost
+    /// at a reboot; the Secret Service keeps its keys on disk.
     pub fn durability_note(&self) -> Option<&'static str> {
         match self {
-            KeySource::Keyring { .. } => Some(
+            KeySource::Keyring { .. } if keyring_uses_keyutils() => Some(
                 "keys in the Linux kernel keyring live in memory only: they do not survive a reboot, \
                  and the persistent keyring expires after 3 days unused. Keep a durable copy, \
                  for example: cbfs-keytool copy --from keyring:SERVICE/NAME --to file:PATH --protect passphrase",
@@ -231,6 +238,14 @@ fn keyring_load(service: &str, name: &str) -> Result<Seed> {
 #[cfg(target_os = "linux")]
 fn keyring_store(service: &str, name: &str, seed: &Seed) -> Result<()> {
     keyring::store_new(service, name, seed)
+}
+#[cfg(target_os = "linux")]
+fn keyring_uses_keyutils() -> bool {
+    keyring::uses_keyutils()
+}
+#[cfg(not(target_os = "linux"))]
+fn keyring_uses_keyutils() -> bool {
+    false
 }
 #[cfg(not(target_os = "linux"))]
 fn keyring_load(service: &str, name: &str) -> Result<Seed> {

@@ -1,0 +1,361 @@
+//! n real `cbfs-delegation serve` processes on 127.0.0.1, the keys of one
+//! file system made with the real `cbfs-keytool`, and the client library
+//! to fetch cfrags from the nodes.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cbfs_core::{AdminSecret, KeySource, Keyset, ScopeLabel, Seed, Unlock, UserName, UserSecret};
+use cbfs_delegation::client::{Access, FetchError, Fetched, NodeSet, fetch_cfrags};
+use cbfs_format::{GroupKey, Lockbox, SegmentId};
+use cbfs_tests::{Workdir, assert_no_secret, cbfs_bin, cbfs_cmd, free_port, run_ok};
+
+/// The scope every test delegates.
+pub const SCOPE: &str = "proj";
+/// The user every test delegates to.
+pub const USER: &str = "alice";
+
+/// Kills the server when the test ends, even if it panics, and even if
+/// the test process is killed outright: the server runs under a small `sh`
+/// supervisor that kills it when its stdin (held by this process) closes.
+const SUPERVISOR: &str = r#"
+pidfile=$1; shift
+exec 3<&0
+"$@" </dev/null 3<&- &
+server=$!
+echo "$server" > "$pidfile"
+( read _ <&3; kill -9 "$server" 2>/dev/null ) &
+watcher=$!
+exec 3<&-
+wait "$server"
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status"
+"#;
+
+/// One `cbfs-delegation serve` process.
+pub struct NodeProc {
+    pub url: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    supervisor: Child,
+    lifeline: Option<ChildStdin>,
+    pidfile: PathBuf,
+}
+
+impl NodeProc {
+    /// Starts a node and waits until `/healthz` answers 200.
+    pub fn start(work: &Workdir, name: &str, keyset: &Path, extra: &[String]) -> NodeProc {
+        let data = work.mkdir(name);
+        let log = work.path(format!("{name}.log"));
+        let pidfile = work.path(format!("{name}.pid"));
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let out = File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut supervisor = Command::new("sh")
+            .arg("-c")
+            .arg(SUPERVISOR)
+            .arg(format!("cbfs-supervise-{name}"))
+            .arg(&pidfile)
+            .arg(cbfs_bin("cbfs-delegation"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(&data)
+            .arg("--keyset")
+            .arg(keyset)
+            .args(extra)
+            .env("RUST_LOG", "cbfs_delegation=debug,cbfs_core=debug")
+            .env_remove("CBFS_AGE_IDENTITY")
+            .env_remove("CBFS_PASSPHRASE_FILE")
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("cannot start sh");
+        let lifeline = supervisor.stdin.take();
+        let mut node = NodeProc {
+            url,
+            data,
+            log,
+            supervisor,
+            lifeline,
+            pidfile,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = node.supervisor.try_wait().unwrap() {
+                panic!("node {name} exited with {status} during start-up:\n{}", node.log_text());
+            }
+            let health = cbfs_tests::http_client()
+                .get(format!("{}/healthz", node.url))
+                .timeout(Duration::from_secs(2))
+                .send();
+            if health.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {name} did not become healthy within 60 s:\n{}",
+                node.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        node
+    }
+
+    fn pid(&self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = fs::read_to_string(&self.pidfile).ok().and_then(|s| s.trim().parse().ok()) {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "no pid file for {}", self.url);
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, ...) to the node process itself.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the node to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.supervisor.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not exit within {within:?}:\n{}",
+                self.url,
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the node at once (SIGKILL), as a crash or a pulled plug would.
+    pub fn kill(&mut self) {
+        if self.supervisor.try_wait().unwrap().is_some() {
+            return;
+        }
+        drop(self.lifeline.take());
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    pub fn log_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            f.read_to_end(&mut bytes).unwrap();
+        }
+        bytes
+    }
+
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&self.log_bytes()).into_owned()
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.data.join("audit/audit.log")
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        drop(self.lifeline.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.supervisor.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.supervisor.kill();
+        let _ = self.supervisor.wait();
+    }
+}
+
+/// A file system's keys, a user, and n nodes.
+pub struct Cluster {
+    pub work: Workdir,
+    pub nodes: Vec<NodeProc>,
+    pub keyset: Keyset,
+    pub user: UserSecret,
+}
+
+/// A `cbfs-keytool` command in `dir`, in a clean environment.
+pub fn keytool(dir: &Path) -> Command {
+    let mut cmd = cbfs_cmd("cbfs-keytool");
+    cmd.current_dir(dir);
+    for var in ["CBFS_AGE_IDENTITY", "CBFS_PASSPHRASE_FILE", "RUST_LOG", "BAO_ADDR", "BAO_TOKEN"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `line` split on whitespace.
+pub fn words(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn load_seed(path: &Path) -> Seed {
+    KeySource::File(path.to_path_buf())
+        .load(&Unlock::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl Cluster {
+    /// Keys made with the keytool, and `n` nodes started with `extra` serve
+    /// arguments each.
+    pub fn start(n: usize, extra: &[String]) -> Cluster {
+        let work = Workdir::new();
+        let kt = || keytool(work.root());
+        run_ok(kt().args(words("create-admin --fs fs1 --secret file:admin.key --keyset keyset.json")));
+        run_ok(kt().args(words(&format!(
+            "add-scope --admin file:admin.key --keyset keyset.json --scope {SCOPE}"
+        ))));
+        run_ok(kt().args(words(&format!(
+            "create-user {USER} --secret file:{USER}.key --public {USER}.pub"
+        ))));
+        let keyset = Keyset::load(&work.path("keyset.json")).unwrap();
+        let user = UserSecret::from_seed(load_seed(&work.path(format!("{USER}.key"))));
+        let nodes = (1..=n)
+            .map(|i| NodeProc::start(&work, &format!("node{i}"), &work.path("keyset.json"), extra))
+            .collect();
+        Cluster {
+            work,
+            nodes,
+            keyset,
+            user,
+        }
+    }
+
+    pub fn admin(&self) -> AdminSecret {
+        AdminSecret::from_seed(load_seed(&self.work.path("admin.key")))
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+
+    pub fn node_args(urls: &[String]) -> Vec<String> {
+        urls.iter().flat_map(|u| ["--node".to_owned(), u.clone()]).collect()
+    }
+
+    /// `cbfs-keytool delegate` of the scope to the user, `threshold` of the
+    /// nodes, through `--node`.
+    pub fn delegate_cmd(&self, threshold: u32, extra: &[&str]) -> Command {
+        let mut cmd = keytool(self.work.root());
+        cmd.args(words(&format!(
+            "delegate --admin file:admin.key --keyset keyset.json --scope {SCOPE} --to {USER}.pub --threshold {threshold}"
+        )))
+        .args(Self::node_args(&self.urls()))
+        .args(extra);
+        cmd
+    }
+
+    pub fn delegate(&self, threshold: u32, extra: &[&str]) -> Output {
+        run_ok(&mut self.delegate_cmd(threshold, extra))
+    }
+
+    pub fn revoke_cmd(&self, extra: &[&str]) -> Command {
+        let mut cmd = keytool(self.work.root());
+        cmd.args(words(&format!(
+            "revoke --admin file:admin.key --scope {SCOPE} --user {USER}.pub"
+        )))
+        .args(Self::node_args(&self.urls()))
+        .args(extra);
+        cmd
+    }
+
+    pub fn scope_key(&self) -> cbfs_core::umbral_pre::PublicKey {
+        *self.keyset.scope(&ScopeLabel::new(SCOPE).unwrap()).unwrap()
+    }
+
+    /// `n` lockboxes sealed under the scope's public key, as the write path does.
+    pub fn lockboxes(&self, n: usize) -> Vec<(Lockbox, GroupKey)> {
+        let pk = self.scope_key();
+        (0..n)
+            .map(|_| Lockbox::seal(SCOPE, &pk, SegmentId::random()).unwrap())
+            .collect()
+    }
+
+    pub fn access(&self, threshold: usize) -> Access {
+        Access::from_keyset(
+            &self.keyset,
+            UserName::new(USER).unwrap(),
+            ScopeLabel::new(SCOPE).unwrap(),
+            threshold,
+        )
+        .unwrap()
+    }
+
+    /// The client library against `urls`: all at once, first `threshold` verified.
+    pub fn fetch(
+        &self,
+        urls: &[String],
+        threshold: usize,
+        path: &str,
+        lockboxes: &[(Lockbox, GroupKey)],
+    ) -> Result<Fetched, FetchError> {
+        let http = cbfs_tests::reqwest::Client::builder().no_proxy().build().unwrap();
+        let nodes = NodeSet::new(urls)
+            .unwrap()
+            .with_timeout(Duration::from_secs(60))
+            .with_http_client(http);
+        let capsules: Vec<_> = lockboxes.iter().map(|(l, _)| l.capsule().clone()).collect();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(fetch_cfrags(&nodes, &self.user, &self.access(threshold), path, &capsules))
+    }
+
+    /// Opens every lockbox with the fetched cfrags and checks the group keys.
+    pub fn open_all(&self, fetched: Fetched, lockboxes: &[(Lockbox, GroupKey)]) {
+        assert_eq!(fetched.cfrags.len(), lockboxes.len());
+        let sk = self.user.secret_key();
+        for ((lockbox, key), cfrags) in lockboxes.iter().zip(fetched.cfrags) {
+            let opened = lockbox
+                .open_reencrypted(&sk, &self.scope_key(), cfrags)
+                .unwrap_or_else(|e| panic!("lockbox does not open: {e}"));
+            assert_eq!(opened.expose_secret(), key.expose_secret());
+        }
+    }
+
+    /// Fails if a seed of this test (root, user, any node) shows up in any
+    /// node's log or audit log, in any encoding.
+    pub fn assert_no_secrets(&self) {
+        let mut secrets = vec![
+            ("root seed", fs::read(self.work.path("admin.key")).unwrap()),
+            ("user seed", fs::read(self.work.path(format!("{USER}.key"))).unwrap()),
+        ];
+        let admin = self.admin();
+        secrets.push((
+            "scope seed",
+            admin.scope(&ScopeLabel::new(SCOPE).unwrap()).seed().expose_secret_bytes().to_vec(),
+        ));
+        for node in &self.nodes {
+            secrets.push(("node seed", fs::read(node.data.join("node.key")).unwrap()));
+        }
+        for node in &self.nodes {
+            let audit = fs::read(node.audit_path()).unwrap_or_default();
+            for (name, secret) in &secrets {
+                assert_no_secret(&node.log_bytes(), secret, &format!("log of {} ({name})", node.url));
+                assert_no_secret(&audit, secret, &format!("audit log of {} ({name})", node.url));
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! A lying node: an HTTP proxy in front of a real node that swaps the first
+//! two cfrags of every re-encryption answer. Each swapped cfrag is a real,
+//! well-formed cfrag, made by the real kfrag, for the wrong capsule: only
+//! verification against the capsule catches it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+pub struct LyingProxy {
+    pub url: String,
+    /// How many answers it tampered with.
+    pub lies: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    port: u16,
+}
+
+impl LyingProxy {
+    pub fn start(upstream: &str) -> LyingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let lies = Arc::new(AtomicUsize::new(0));
+        let upstream = upstream.to_owned();
+        let thread = {
+            let (stop, lies) = (stop.clone(), lies.clone());
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (upstream, lies) = (upstream.clone(), lies.clone());
+                    thread::spawn(move || {
+                        let _ = serve(conn, &upstream, &lies);
+                    });
+                }
+            })
+        };
+        LyingProxy {
+            url: format!("http://127.0.0.1:{port}"),
+            lies,
+            stop,
+            thread: Some(thread),
+            port,
+        }
+    }
+}
+
+impl Drop for LyingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or("GET").to_owned(), parts.next().unwrap_or("/").to_owned());
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+
+    let client = cbfs_tests::http_client();
+    let url = format!("{upstream}{path}");
+    let response = if method == "POST" {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    } else {
+        client.get(&url).send()
+    };
+    let (status, mut answer) = match response {
+        Ok(r) => (r.status().as_u16(), r.bytes().map(|b| b.to_vec()).unwrap_or_default()),
+        Err(_) => (502, b"{\"error\":\"internal\",\"reason\":\"upstream down\"}".to_vec()),
+    };
+    if path == "/v1/reencrypt" && status == 200 {
+        let mut value: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let cfrags = value["cfrags"].as_array_mut().unwrap();
+        if cfrags.len() >= 2 {
+            cfrags.swap(0, 1);
+            lies.fetch_add(1, Ordering::SeqCst);
+        }
+        answer = serde_json::to_vec(&value).unwrap();
+    }
+    let mut conn = conn;
+    write!(
+        conn,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        answer.len()
+    )?;
+    conn.write_all(&answer)?;
+    conn.flush()?;
+    conn.shutdown(Shutdown::Both)
+}
