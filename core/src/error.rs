@@ -34,12 +34,17 @@ pub enum Error {
     InsecurePermissions { path: PathBuf, mode: u32 },
 
     /// A key already exists where a new one was to be stored.
-    #[error("a key already exists at {location}; refusing to overwrite it (choose another location, or remove the old key deliberately)")]
+    #[error(
+        "a key already exists at {location}; refusing to overwrite it (choose another location, or remove the old key deliberately)"
+    )]
     AlreadyExists { location: String },
 
     /// No key was found at the given location.
     #[error("no key found at {location}{hint}")]
-    NotFound { location: String, hint: &'static str },
+    NotFound {
+        location: String,
+        hint: &'static str,
+    },
 
     /// Reading or writing a file failed.
     #[error("{op} {}: {source}", path.display())]
@@ -104,7 +109,13 @@ pub enum Error {
 impl Error {
     /// Whether retrying the same operation could succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Kms { transient: true, .. })
+        matches!(
+            self,
+            Error::Kms {
+                transient: true,
+                ..
+            }
+        )
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -115,7 +126,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn doc(kind: &'static str, location: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn doc(
+        kind: &'static str,
+        location: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::Document {
             kind,
             location: location.into(),

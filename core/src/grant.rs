@@ -210,8 +210,9 @@ impl Grant {
             what: "the grant is not bound to a node; bind it with Grant::for_node first".into(),
         })?;
         let signed = Zeroizing::new(self.to_signed_bytes(admin)?);
-        let (capsule, ciphertext) = umbral_pre::encrypt(&node, &signed)
-            .map_err(|e| Error::Reencryption(format!("cannot encrypt the grant for the node: {e}")))?;
+        let (capsule, ciphertext) = umbral_pre::encrypt(&node, &signed).map_err(|e| {
+            Error::Reencryption(format!("cannot encrypt the grant for the node: {e}"))
+        })?;
         Ok(SealedGrant {
             node,
             capsule,
@@ -229,7 +230,10 @@ impl Grant {
             return Err(Error::doc(
                 KIND,
                 location,
-                format!("unsupported format `{}` version {}", body.format, body.version),
+                format!(
+                    "unsupported format `{}` version {}",
+                    body.format, body.version
+                ),
             ));
         }
         let key = |what: &str, hex: &str| {
@@ -257,8 +261,14 @@ impl Grant {
         let kfrag = KeyFrag::from_bytes(&raw)
             .map_err(|e| Error::doc(KIND, location, format!("malformed kfrag: {e}")))?
             .verify(admin, Some(&scope_pk), Some(&user_pk))
-            .map_err(|(e, _)| Error::doc(KIND, location, format!("the kfrag does not verify: {e}")))?;
-        let node_pk = body.node.as_deref().map(|hex| key("node", hex)).transpose()?;
+            .map_err(|(e, _)| {
+                Error::doc(KIND, location, format!("the kfrag does not verify: {e}"))
+            })?;
+        let node_pk = body
+            .node
+            .as_deref()
+            .map(|hex| key("node", hex))
+            .transpose()?;
         Ok(Grant {
             body,
             kfrag,
@@ -398,7 +408,10 @@ impl SealedGrant {
             return Err(Error::doc(
                 SEALED_KIND,
                 location,
-                format!("unsupported format `{}` version {}", body.format, body.version),
+                format!(
+                    "unsupported format `{}` version {}",
+                    body.format, body.version
+                ),
             ));
         }
         let node = public_key_from_hex(&body.node)
@@ -441,9 +454,15 @@ impl SealedGrant {
             ));
         }
         let signed = Zeroizing::new(
-            umbral_pre::decrypt_original(node_sk, &self.capsule, &self.ciphertext).map_err(|_| {
-                Error::doc(SEALED_KIND, location, "it does not decrypt with this node's key (altered?)")
-            })?,
+            umbral_pre::decrypt_original(node_sk, &self.capsule, &self.ciphertext).map_err(
+                |_| {
+                    Error::doc(
+                        SEALED_KIND,
+                        location,
+                        "it does not decrypt with this node's key (altered?)",
+                    )
+                },
+            )?,
         );
         let grant = Grant::from_bytes(&signed, location, admin)?;
         match grant.node() {
@@ -525,22 +544,36 @@ impl Revocation {
     /// Parses a revocation and verifies the signature of `admin`, the
     /// administrator key the caller trusts.
     pub fn from_bytes(bytes: &[u8], location: &str, admin: &PublicKey) -> Result<Self> {
-        let (body, signature): (RevocationBody, _) = signed::parse(REVOCATION_KIND, location, bytes)?;
+        let (body, signature): (RevocationBody, _) =
+            signed::parse(REVOCATION_KIND, location, bytes)?;
         if body.format != REVOCATION_FORMAT || body.version != VERSION {
             return Err(Error::doc(
                 REVOCATION_KIND,
                 location,
-                format!("unsupported format `{}` version {}", body.format, body.version),
+                format!(
+                    "unsupported format `{}` version {}",
+                    body.format, body.version
+                ),
             ));
         }
         if body.admin_verifying_key != public_key_hex(admin) {
             return Err(Error::doc(
                 REVOCATION_KIND,
                 location,
-                format!("it was not made by the expected administrator key {}", fingerprint(admin)),
+                format!(
+                    "it was not made by the expected administrator key {}",
+                    fingerprint(admin)
+                ),
             ));
         }
-        signed::verify(REVOCATION_KIND, location, REVOCATION_DOMAIN, &body, &signature, admin)?;
+        signed::verify(
+            REVOCATION_KIND,
+            location,
+            REVOCATION_DOMAIN,
+            &body,
+            &signature,
+            admin,
+        )?;
         public_key_from_hex(&body.user_public_key)
             .map_err(|e| Error::doc(REVOCATION_KIND, location, format!("user_public_key: {e}")))?;
         let revoked = signed::parse_time(&body.revoked)
@@ -609,7 +642,10 @@ mod tests {
             v.as_object_mut().unwrap().remove("signature");
             v
         };
-        assert_eq!(unsigned(&back.to_signed_bytes(&admin).unwrap()), unsigned(&bytes));
+        assert_eq!(
+            unsigned(&back.to_signed_bytes(&admin).unwrap()),
+            unsigned(&bytes)
+        );
     }
 
     #[test]
@@ -617,16 +653,21 @@ mod tests {
         let (admin, keyset, scope, _, user) = setup();
         let node = UserSecret::generate();
         let other = UserSecret::generate();
-        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[1].for_node(&node.public_key());
+        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[1]
+            .for_node(&node.public_key());
         let sealed_bytes = grant.seal_for_node(&admin).unwrap();
         let text = String::from_utf8_lossy(&sealed_bytes).to_string();
         assert!(!text.contains(&B64.encode(grant.kfrag().to_bytes().unwrap())));
         let sealed = SealedGrant::from_bytes(&sealed_bytes, "t").unwrap();
         assert_eq!(sealed.to_bytes(), sealed_bytes);
-        let opened = sealed.open(&node.secret_key(), &admin.verifying_key(), "t").unwrap();
+        let opened = sealed
+            .open(&node.secret_key(), &admin.verifying_key(), "t")
+            .unwrap();
         assert_eq!(opened.share(), 2);
         assert_eq!(opened.node(), Some(&node.public_key()));
-        let err = sealed.open(&other.secret_key(), &admin.verifying_key(), "t").unwrap_err();
+        let err = sealed
+            .open(&other.secret_key(), &admin.verifying_key(), "t")
+            .unwrap_err();
         assert!(err.to_string().contains("sealed for node"), "{err}");
         let wrong_admin = AdminSecret::generate().verifying_key();
         assert!(sealed.open(&node.secret_key(), &wrong_admin, "t").is_err());
@@ -639,7 +680,8 @@ mod tests {
         let node = UserSecret::generate();
         let other = UserSecret::generate();
         // Bound to `other`, but encrypted for `node` by someone replaying it.
-        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[0].for_node(&other.public_key());
+        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[0]
+            .for_node(&other.public_key());
         let signed = grant.to_signed_bytes(&admin).unwrap();
         let (capsule, ciphertext) = umbral_pre::encrypt(&node.public_key(), &signed).unwrap();
         let sealed = SealedGrant {
@@ -647,7 +689,9 @@ mod tests {
             capsule,
             ciphertext,
         };
-        let err = sealed.open(&node.secret_key(), &admin.verifying_key(), "t").unwrap_err();
+        let err = sealed
+            .open(&node.secret_key(), &admin.verifying_key(), "t")
+            .unwrap_err();
         assert!(err.to_string().contains("bound it to node"), "{err}");
         // An unbound grant cannot be sealed at all.
         let unbound = &delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[0];
@@ -657,7 +701,9 @@ mod tests {
     #[test]
     fn revocation_round_trip_and_coverage() {
         let (admin, keyset, scope, _, user) = setup();
-        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap().remove(0);
+        let grant = delegate(&admin, &keyset, &scope, &user, &terms())
+            .unwrap()
+            .remove(0);
         let revocation = Revocation::new(&admin, &scope, &user);
         let bytes = revocation.to_signed_bytes(&admin).unwrap();
         let back = Revocation::from_bytes(&bytes, "t", &admin.verifying_key()).unwrap();
@@ -667,7 +713,9 @@ mod tests {
         let other_scope = ScopeLabel::new("other").unwrap();
         let other = Revocation::new(&admin, &other_scope, &user);
         assert!(!other.covers(&grant));
-        assert!(Revocation::from_bytes(&bytes, "t", &AdminSecret::generate().verifying_key()).is_err());
+        assert!(
+            Revocation::from_bytes(&bytes, "t", &AdminSecret::generate().verifying_key()).is_err()
+        );
         let tampered = String::from_utf8(bytes).unwrap().replace("alice", "bob");
         assert!(Revocation::from_bytes(tampered.as_bytes(), "t", &admin.verifying_key()).is_err());
     }

@@ -256,8 +256,9 @@ mod tests {
     #[test]
     fn derivation_is_deterministic_and_separated() {
         let admin = AdminSecret::generate();
-        let again =
-            AdminSecret::from_seed(Seed::from_slice(admin.seed().expose_secret_bytes(), "t").unwrap());
+        let again = AdminSecret::from_seed(
+            Seed::from_slice(admin.seed().expose_secret_bytes(), "t").unwrap(),
+        );
         assert_eq!(admin.verifying_key(), again.verifying_key());
         let a = admin.scope(&label("a")).public_key();
         assert_eq!(a, again.scope(&label("a")).public_key());
@@ -273,7 +274,10 @@ mod tests {
         let rebuilt = ScopeSecret::from_seed(label("proj"), exported);
         assert_eq!(rebuilt.public_key(), scope.public_key());
         let (capsule, ct) = encrypt(&scope.public_key(), b"group key").unwrap();
-        assert_eq!(&*decrypt_original(rebuilt.secret_key(), &capsule, &ct).unwrap(), b"group key");
+        assert_eq!(
+            &*decrypt_original(rebuilt.secret_key(), &capsule, &ct).unwrap(),
+            b"group key"
+        );
         let other = admin.scope(&label("other"));
         assert!(decrypt_original(other.secret_key(), &capsule, &ct).is_err());
     }
@@ -295,7 +299,9 @@ mod tests {
 
     #[test]
     fn seed_length_is_checked() {
-        let err = Seed::from_slice(&[0u8; 31], "file:x").unwrap_err().to_string();
+        let err = Seed::from_slice(&[0u8; 31], "file:x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("file:x") && err.contains("found 31"), "{err}");
     }
 

@@ -72,13 +72,20 @@ impl Keyset {
     pub fn from_bytes(bytes: &[u8], location: &str) -> Result<Self> {
         let (body, signature): (Body, _) = signed::parse(KIND, location, bytes)?;
         if body.format != FORMAT {
-            return Err(Error::doc(KIND, location, format!("format is `{}`, not `{FORMAT}`", body.format)));
+            return Err(Error::doc(
+                KIND,
+                location,
+                format!("format is `{}`, not `{FORMAT}`", body.format),
+            ));
         }
         if body.version != VERSION {
             return Err(Error::doc(
                 KIND,
                 location,
-                format!("version {} is not supported (this build reads version {VERSION})", body.version),
+                format!(
+                    "version {} is not supported (this build reads version {VERSION})",
+                    body.version
+                ),
             ));
         }
         let key = |what: &str, hex: &str| {
@@ -126,8 +133,16 @@ impl Keyset {
             serial: self.serial,
             updated: self.updated.clone(),
             admin_verifying_key: public_key_hex(&self.admin),
-            scopes: self.scopes.iter().map(|(l, k)| (l.clone(), public_key_hex(k))).collect(),
-            writers: self.writers.iter().map(|(n, k)| (n.clone(), public_key_hex(k))).collect(),
+            scopes: self
+                .scopes
+                .iter()
+                .map(|(l, k)| (l.clone(), public_key_hex(k)))
+                .collect(),
+            writers: self
+                .writers
+                .iter()
+                .map(|(n, k)| (n.clone(), public_key_hex(k)))
+                .collect(),
         };
         Ok(signed::sign(DOMAIN, &body, &admin.signer()))
     }
@@ -154,13 +169,19 @@ impl Keyset {
         if self.scopes.contains_key(label) {
             return Ok(false);
         }
-        self.scopes.insert(label.clone(), admin.scope(label).public_key());
+        self.scopes
+            .insert(label.clone(), admin.scope(label).public_key());
         self.bump();
         Ok(true)
     }
 
     /// Registers a writer's verifying key. Returns false if it was already there.
-    pub fn add_writer(&mut self, admin: &AdminSecret, name: &UserName, key: PublicKey) -> Result<bool> {
+    pub fn add_writer(
+        &mut self,
+        admin: &AdminSecret,
+        name: &UserName,
+        key: PublicKey,
+    ) -> Result<bool> {
         self.check_admin(admin)?;
         if self.writers.get(name) == Some(&key) {
             return Ok(false);
@@ -241,8 +262,14 @@ mod tests {
     #[test]
     fn round_trip_and_verify() {
         let (admin, mut ks) = setup();
-        assert!(ks.add_scope(&admin, &ScopeLabel::new("alice").unwrap()).unwrap());
-        assert!(!ks.add_scope(&admin, &ScopeLabel::new("alice").unwrap()).unwrap());
+        assert!(
+            ks.add_scope(&admin, &ScopeLabel::new("alice").unwrap())
+                .unwrap()
+        );
+        assert!(
+            !ks.add_scope(&admin, &ScopeLabel::new("alice").unwrap())
+                .unwrap()
+        );
         let bytes = ks.to_signed_bytes(&admin).unwrap();
         let back = Keyset::from_bytes(&bytes, "t").unwrap();
         assert_eq!(back, ks);
@@ -259,8 +286,13 @@ mod tests {
         let text = String::from_utf8(ks.to_signed_bytes(&admin).unwrap()).unwrap();
         let forged = text.replace("\"serial\": 0", "\"serial\": 7");
         assert_ne!(forged, text);
-        let err = Keyset::from_bytes(forged.as_bytes(), "ks.json").unwrap_err().to_string();
-        assert!(err.contains("ks.json") && err.contains("does not verify"), "{err}");
+        let err = Keyset::from_bytes(forged.as_bytes(), "ks.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ks.json") && err.contains("does not verify"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -277,7 +309,10 @@ mod tests {
     #[test]
     fn wrong_admin_is_refused() {
         let (_, ks) = setup();
-        let err = ks.to_signed_bytes(&AdminSecret::generate()).unwrap_err().to_string();
+        let err = ks
+            .to_signed_bytes(&AdminSecret::generate())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not belong to keyset `fs1`"), "{err}");
     }
 
@@ -286,7 +321,9 @@ mod tests {
         let (admin, ks) = setup();
         let text = String::from_utf8(ks.to_signed_bytes(&admin).unwrap()).unwrap();
         let future = text.replace("\"version\": 1", "\"version\": 9");
-        let err = Keyset::from_bytes(future.as_bytes(), "t").unwrap_err().to_string();
+        let err = Keyset::from_bytes(future.as_bytes(), "t")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("version 9 is not supported"), "{err}");
     }
 }

@@ -23,10 +23,13 @@ fn message<T: Serialize>(domain: &str, body: &T) -> Vec<u8> {
 pub(crate) fn sign<T: Serialize>(domain: &str, body: &T, signer: &Signer) -> Vec<u8> {
     let signature = signer.sign(&message(domain, body));
     let mut value = serde_json::to_value(body).expect("documents serialize");
-    value.as_object_mut().expect("documents are objects").insert(
-        "signature".into(),
-        hex::encode(signature.to_der_bytes()).into(),
-    );
+    value
+        .as_object_mut()
+        .expect("documents are objects")
+        .insert(
+            "signature".into(),
+            hex::encode(signature.to_der_bytes()).into(),
+        );
     let mut out = serde_json::to_vec_pretty(&value).expect("documents serialize");
     out.push(b'\n');
     out

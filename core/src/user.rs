@@ -71,7 +71,10 @@ impl UserPublic {
             return Err(Error::doc(
                 KIND,
                 location,
-                format!("unsupported format `{}` version {}", body.format, body.version),
+                format!(
+                    "unsupported format `{}` version {}",
+                    body.format, body.version
+                ),
             ));
         }
         let key = |what: &str, hex: &str| {
@@ -140,7 +143,9 @@ mod tests {
         let public = UserPublic::from_secret(UserName::new("alice").unwrap(), &secret);
         let bytes = public.to_signed_bytes(&secret).unwrap();
         assert_eq!(UserPublic::from_bytes(&bytes, "t").unwrap(), public);
-        let text = String::from_utf8(bytes).unwrap().replace("alice", "mallory");
+        let text = String::from_utf8(bytes)
+            .unwrap()
+            .replace("alice", "mallory");
         assert!(UserPublic::from_bytes(text.as_bytes(), "t").is_err());
         assert!(public.check_secret(&UserSecret::generate()).is_err());
     }

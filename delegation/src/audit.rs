@@ -251,12 +251,17 @@ pub fn verify(dir: &Path) -> Result<Verified> {
                 if line.last() != Some(&b'\n') {
                     return Err(audit_error(
                         &path,
-                        format!("line {at} is cut short (no newline): the last write was interrupted or the file was truncated"),
+                        format!(
+                            "line {at} is cut short (no newline): the last write was interrupted or the file was truncated"
+                        ),
                     ));
                 }
                 line.pop();
                 let entry: Entry = serde_json::from_slice(&line).map_err(|e| {
-                    audit_error(&path, format!("line {at} is not an audit entry ({e}): it was edited"))
+                    audit_error(
+                        &path,
+                        format!("line {at} is not an audit entry ({e}): it was edited"),
+                    )
                 })?;
                 if entry.seq != at {
                     return Err(audit_error(
@@ -359,7 +364,10 @@ mod tests {
         let first: serde_json::Value = serde_json::from_str(&lines(dir.path())[0]).unwrap();
         assert_eq!(first["prev"], genesis());
         assert_eq!(first["decision"], "allow");
-        assert_eq!(verify(tempfile::tempdir().unwrap().path()).unwrap().entries, 0);
+        assert_eq!(
+            verify(tempfile::tempdir().unwrap().path()).unwrap().entries,
+            0
+        );
     }
 
     #[test]
@@ -372,7 +380,10 @@ mod tests {
         edited[1] = edited[1].replace("\"deny\"", "\"allow\"");
         rewrite(dir.path(), &edited);
         let err = verify(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("entry 3 does not chain") && err.contains("entry 2 was edited"), "{err}");
+        assert!(
+            err.contains("entry 3 does not chain") && err.contains("entry 2 was edited"),
+            "{err}"
+        );
 
         let mut deleted = orig.clone();
         deleted.remove(1);
@@ -383,7 +394,12 @@ mod tests {
         let mut swapped = orig.clone();
         swapped.swap(3, 4);
         rewrite(dir.path(), &swapped);
-        assert!(verify(dir.path()).unwrap_err().to_string().contains("line 4 has seq 5"));
+        assert!(
+            verify(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("line 4 has seq 5")
+        );
 
         rewrite(dir.path(), &orig[..4]);
         let err = verify(dir.path()).unwrap_err().to_string();
@@ -392,7 +408,12 @@ mod tests {
         let mut last = orig.clone();
         last[4] = last[4].replace("reason 4", "reason X");
         rewrite(dir.path(), &last);
-        assert!(verify(dir.path()).unwrap_err().to_string().contains("does not match the head"));
+        assert!(
+            verify(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("does not match the head")
+        );
 
         let mut first = orig.clone();
         first[0] = first[0].replace("reason 0", "reason X");
@@ -400,8 +421,17 @@ mod tests {
         let err = verify(dir.path()).unwrap_err().to_string();
         assert!(err.contains("entry 2 does not chain"), "{err}");
 
-        fs::write(dir.path().join(LOG_NAME), format!("{}\n{}", orig[0], orig[1])).unwrap();
-        assert!(verify(dir.path()).unwrap_err().to_string().contains("cut short"));
+        fs::write(
+            dir.path().join(LOG_NAME),
+            format!("{}\n{}", orig[0], orig[1]),
+        )
+        .unwrap();
+        assert!(
+            verify(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("cut short")
+        );
         let err = AuditLog::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("will not append"), "{err}");
     }

@@ -96,7 +96,10 @@ impl Access {
         threshold: usize,
     ) -> Result<Self, FetchError> {
         let scope_key = *keyset.scope(&scope).ok_or_else(|| {
-            FetchError::Config(format!("scope `{scope}` is not in the keyset of `{}`", keyset.fs()))
+            FetchError::Config(format!(
+                "scope `{scope}` is not in the keyset of `{}`",
+                keyset.fs()
+            ))
         })?;
         Ok(Access {
             user,
@@ -153,11 +156,20 @@ impl fmt::Display for NodeFailure {
         let node = &self.node;
         match &self.problem {
             NodeProblem::Down(e) => write!(f, "node {node} is down or unreachable: {e}"),
-            NodeProblem::Timeout(d) => write!(f, "node {node} did not answer within {} s", d.as_secs_f32()),
-            NodeProblem::Refused { status, code, reason } => {
+            NodeProblem::Timeout(d) => {
+                write!(f, "node {node} did not answer within {} s", d.as_secs_f32())
+            }
+            NodeProblem::Refused {
+                status,
+                code,
+                reason,
+            } => {
                 write!(f, "node {node} refused ({status} {code}): {reason}")
             }
-            NodeProblem::Lied(e) => write!(f, "node {node} LIED: it returned bad capsule fragments: {e}"),
+            NodeProblem::Lied(e) => write!(
+                f,
+                "node {node} LIED: it returned bad capsule fragments: {e}"
+            ),
             NodeProblem::Protocol(e) => write!(f, "node {node} answered nonsense: {e}"),
         }
     }
@@ -203,7 +215,9 @@ fn not_enough(needed: usize, asked: usize, answered: usize, failures: &[NodeFail
         s.push_str(&failure.to_string());
     }
     if failures.iter().any(NodeFailure::lied) {
-        s.push_str("\nA node that lied is faulty or compromised: tell its operator and the administrator.");
+        s.push_str(
+            "\nA node that lied is faulty or compromised: tell its operator and the administrator.",
+        );
     } else {
         s.push_str("\nBring enough nodes back (or wait for them), then try again.");
     }
@@ -236,10 +250,14 @@ impl NodeSet {
             let parsed = url::Url::parse(text)
                 .map_err(|e| FetchError::Config(format!("node URL `{text}`: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(FetchError::Config(format!("node URL `{text}` is not http(s)")));
+                return Err(FetchError::Config(format!(
+                    "node URL `{text}` is not http(s)"
+                )));
             }
             if nodes.iter().any(|n: &Node| n.url == text) {
-                return Err(FetchError::Config(format!("node URL `{text}` is given twice")));
+                return Err(FetchError::Config(format!(
+                    "node URL `{text}` is given twice"
+                )));
             }
             nodes.push(Node {
                 url: text.to_owned(),
@@ -377,7 +395,11 @@ pub async fn fetch_cfrags(
         let Some(done) = done else {
             let answered = groups.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
             if groups.len() > 1 {
-                let newest = groups.iter().map(|(issued, _)| issued.clone()).max().unwrap_or_default();
+                let newest = groups
+                    .iter()
+                    .map(|(issued, _)| issued.clone())
+                    .max()
+                    .unwrap_or_default();
                 for (issued, members) in &groups {
                     for (i, _) in members {
                         fetched.failures.push(NodeFailure {
@@ -411,9 +433,12 @@ pub async fn fetch_cfrags(
         let mut per_node: Vec<std::vec::IntoIter<VerifiedCapsuleFrag>> =
             good.into_iter().map(|(_, c)| c.into_iter()).collect();
         for _ in batch {
-            fetched
-                .cfrags
-                .push(per_node.iter_mut().map(|it| it.next().expect("one cfrag per capsule")).collect());
+            fetched.cfrags.push(
+                per_node
+                    .iter_mut()
+                    .map(|it| it.next().expect("one cfrag per capsule"))
+                    .collect(),
+            );
         }
     }
     Ok(fetched)
@@ -430,7 +455,9 @@ async fn node_key(nodes: &NodeSet, node: &Node) -> Result<PublicKey, NodeProblem
                 .map_err(|e| NodeProblem::Down(without_url(&e)))?;
             let status = response.status();
             if !status.is_success() {
-                return Err(NodeProblem::Protocol(format!("GET /v1/node answered {status}")));
+                return Err(NodeProblem::Protocol(format!(
+                    "GET /v1/node answered {status}"
+                )));
             }
             let info: NodeInfo = response
                 .json()
@@ -447,7 +474,9 @@ async fn node_key(nodes: &NodeSet, node: &Node) -> Result<PublicKey, NodeProblem
 fn without_url(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     if let Some(url) = e.url() {
-        text = text.replace(&format!(" ({url})"), "").replace(url.as_str(), "");
+        text = text
+            .replace(&format!(" ({url})"), "")
+            .replace(url.as_str(), "");
     }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -468,7 +497,8 @@ async fn ask(
     capsules: &[Capsule],
 ) -> Result<(String, Vec<VerifiedCapsuleFrag>), NodeProblem> {
     let node_pk = node_key(nodes, node).await?;
-    let request = ReencryptBody::new(&node_pk, &access.user, &access.scope, path, capsules).sign(&user.signer());
+    let request = ReencryptBody::new(&node_pk, &access.user, &access.scope, path, capsules)
+        .sign(&user.signer());
     let response = nodes
         .http
         .post(format!("{}/v1/reencrypt", node.url))
@@ -494,7 +524,10 @@ async fn ask(
     let answer: Cfrags = serde_json::from_slice(&bytes)
         .map_err(|e| NodeProblem::Protocol(format!("not a cfrag answer: {e}")))?;
     if answer.format != CFRAGS_FORMAT {
-        return Err(NodeProblem::Protocol(format!("answer format `{}`", answer.format)));
+        return Err(NodeProblem::Protocol(format!(
+            "answer format `{}`",
+            answer.format
+        )));
     }
     if answer.cfrags.len() != capsules.len() {
         return Err(NodeProblem::Lied(format!(
@@ -506,10 +539,11 @@ async fn ask(
     let capsules = capsules.to_vec();
     let (admin, scope, user_key) = (access.admin_key, access.scope_key, *user_key);
     // Verification is elliptic-curve work: keep it off the async threads.
-    let cfrags =
-        tokio::task::spawn_blocking(move || verify_all(&answer.cfrags, &capsules, &admin, &scope, &user_key))
-            .await
-            .map_err(|e| NodeProblem::Protocol(format!("verification failed to run: {e}")))??;
+    let cfrags = tokio::task::spawn_blocking(move || {
+        verify_all(&answer.cfrags, &capsules, &admin, &scope, &user_key)
+    })
+    .await
+    .map_err(|e| NodeProblem::Protocol(format!("verification failed to run: {e}")))??;
     Ok((answer.grant_issued, cfrags))
 }
 
@@ -535,7 +569,8 @@ fn verify_all(
                         .enumerate()
                         .map(|(j, (text, capsule))| {
                             let at = part * chunk + j;
-                            let cfrag = decode_cfrag(text).map_err(|e| NodeProblem::Lied(format!("cfrag {at}: {e}")))?;
+                            let cfrag = decode_cfrag(text)
+                                .map_err(|e| NodeProblem::Lied(format!("cfrag {at}: {e}")))?;
                             cfrag.verify(capsule, admin, scope, user).map_err(|(e, _)| {
                                 NodeProblem::Lied(format!("cfrag {at} does not verify: {e}"))
                             })

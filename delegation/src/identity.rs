@@ -75,7 +75,8 @@ impl NodeIdentity {
     /// Makes the node's key in `source` (default `DATA/node.key`) unless one
     /// is there, and writes `DATA/node.pub`.
     pub fn init(data: &Path, source: Option<&KeySource>, unlock: &Unlock) -> Result<(Self, Init)> {
-        std::fs::create_dir_all(data).map_err(|e| Error::io("cannot create data folder", data, e))?;
+        std::fs::create_dir_all(data)
+            .map_err(|e| Error::io("cannot create data folder", data, e))?;
         let source = source.cloned().unwrap_or_else(|| default_key_source(data));
         match source.load(unlock) {
             Ok(seed) => {
@@ -139,7 +140,10 @@ mod tests {
         let unlock = Unlock::default();
         let (a, how) = NodeIdentity::init(dir.path(), None, &unlock).unwrap();
         assert_eq!(how, Init::Created);
-        let mode = std::fs::metadata(dir.path().join("node.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let (b, how) = NodeIdentity::init(dir.path(), None, &unlock).unwrap();
         assert_eq!(how, Init::Existing);

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cbfs_core::{KeySource, Unlock, fingerprint};
-use cbfs_delegation::{Error, Init, Limits, Node, NodeConfig, NodeIdentity, Policies, PolicySource};
+use cbfs_delegation::{
+    Error, Init, Limits, Node, NodeConfig, NodeIdentity, Policies, PolicySource,
+};
 use clap::{Args, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
@@ -180,10 +182,14 @@ fn init_logging(verbose: u8, serving: bool) {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { key } => {
-            let (identity, how) = NodeIdentity::init(&key.data, key.node_key.as_ref(), &Unlock::from_env())?;
+            let (identity, how) =
+                NodeIdentity::init(&key.data, key.node_key.as_ref(), &Unlock::from_env())?;
             let fp = fingerprint(identity.public_key());
             match how {
-                Init::Created => println!("created node key {fp}\n  public: {}", key.data.join("node.pub").display()),
+                Init::Created => println!(
+                    "created node key {fp}\n  public: {}",
+                    key.data.join("node.pub").display()
+                ),
                 Init::Existing => println!("node key {fp} already exists; kept it"),
             }
             Ok(())
@@ -234,7 +240,11 @@ fn run(cli: Cli) -> Result<()> {
                 "{}: {} {} valid against the schema: {}",
                 dir.display(),
                 ids.len(),
-                if ids.len() == 1 { "policy is" } else { "policies are" },
+                if ids.len() == 1 {
+                    "policy is"
+                } else {
+                    "policies are"
+                },
                 ids.join(", ")
             );
             Ok(())
@@ -248,7 +258,11 @@ fn run(cli: Cli) -> Result<()> {
                 dir.display(),
                 verified.entries,
                 verified.head,
-                if verified.head_file { " (matches the head file)" } else { " (no head file to compare)" }
+                if verified.head_file {
+                    " (matches the head file)"
+                } else {
+                    " (no head file to compare)"
+                }
             );
             Ok(())
         }

@@ -27,7 +27,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("cbfs_delegation_requests_total", "HTTP requests, by endpoint"),
+            Opts::new(
+                "cbfs_delegation_requests_total",
+                "HTTP requests, by endpoint",
+            ),
             &["endpoint"],
         )
         .expect("valid metric");
@@ -49,14 +52,19 @@ impl Metrics {
                 "cbfs_delegation_batch_seconds",
                 "Time to decide and answer one re-encryption request",
             )
-            .buckets(vec![0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["decision"],
         )
         .expect("valid metric");
         let grants = IntGauge::new("cbfs_delegation_grants", "Grants (kfrags) the node holds")
             .expect("valid metric");
         let reloads = IntCounterVec::new(
-            Opts::new("cbfs_delegation_policy_reloads_total", "Policy reloads, by result"),
+            Opts::new(
+                "cbfs_delegation_policy_reloads_total",
+                "Policy reloads, by result",
+            ),
             &["result"],
         )
         .expect("valid metric");
@@ -105,7 +113,9 @@ mod tests {
     fn renders_every_family() {
         let m = Metrics::new();
         m.requests.with_label_values(&["reencrypt"]).inc();
-        m.decisions.with_label_values(&["reencrypt", "deny", "replayed"]).inc();
+        m.decisions
+            .with_label_values(&["reencrypt", "deny", "replayed"])
+            .inc();
         m.capsules.inc_by(1000);
         m.batch_seconds.with_label_values(&["allow"]).observe(0.2);
         m.grants.set(3);

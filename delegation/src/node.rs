@@ -171,10 +171,14 @@ impl Node {
         let admin = self.keyset.admin_verifying_key();
         let mut grants = self.grants.write().expect("lock");
         for (key, sealed) in self.store.grants()? {
-            let grant = SealedGrant::from_bytes(&sealed, &key).and_then(|s| s.open(&sk, admin, &key));
+            let grant =
+                SealedGrant::from_bytes(&sealed, &key).and_then(|s| s.open(&sk, admin, &key));
             match grant {
                 Ok(grant) => {
-                    grants.insert((grant.scope().clone(), grant.user().clone()), Arc::new(grant));
+                    grants.insert(
+                        (grant.scope().clone(), grant.user().clone()),
+                        Arc::new(grant),
+                    );
                 }
                 // A grant this node cannot open is useless here; say so, keep serving the rest.
                 Err(e) => tracing::error!("skipping stored grant {key}: {e}"),
@@ -317,7 +321,11 @@ impl Node {
             ));
         }
         let grant = sealed
-            .open(&self.identity.secret_key(), self.keyset.admin_verifying_key(), "uploaded grant")
+            .open(
+                &self.identity.secret_key(),
+                self.keyset.admin_verifying_key(),
+                "uploaded grant",
+            )
             .map_err(|e| bad(e.to_string()))?;
         event.user = field(grant.user());
         event.scope = field(grant.scope());
@@ -340,7 +348,10 @@ impl Node {
             return Err(Refusal::new(
                 403,
                 "expired",
-                format!("the delegation expired at {}", grant.expires().unwrap_or("?")),
+                format!(
+                    "the delegation expired at {}",
+                    grant.expires().unwrap_or("?")
+                ),
             ));
         }
         let key = (grant.scope().clone(), grant.user().clone());
@@ -389,20 +400,35 @@ impl Node {
             grant.shares(),
             grant.threshold(),
             grant.issued(),
-            grant.expires().map(|e| format!("expires {e}")).unwrap_or_else(|| "no expiry".into())
+            grant
+                .expires()
+                .map(|e| format!("expires {e}"))
+                .unwrap_or_else(|| "no expiry".into())
         );
         grants.insert(key, Arc::new(grant));
         self.metrics.grants.set(grants.len() as i64);
         Ok(stored)
     }
 
-    fn revocation(&self, scope: &ScopeLabel, user: &UserName) -> Result<Option<Revocation>, Refusal> {
-        let Some(bytes) = self.store.revocation(scope, user).map_err(Refusal::internal)? else {
+    fn revocation(
+        &self,
+        scope: &ScopeLabel,
+        user: &UserName,
+    ) -> Result<Option<Revocation>, Refusal> {
+        let Some(bytes) = self
+            .store
+            .revocation(scope, user)
+            .map_err(Refusal::internal)?
+        else {
             return Ok(None);
         };
-        Revocation::from_bytes(&bytes, "stored revocation", self.keyset.admin_verifying_key())
-            .map(Some)
-            .map_err(Refusal::internal)
+        Revocation::from_bytes(
+            &bytes,
+            "stored revocation",
+            self.keyset.admin_verifying_key(),
+        )
+        .map(Some)
+        .map_err(Refusal::internal)
     }
 
     /// `POST /v1/revoke`: deletes a user's grant of a scope, and refuses
@@ -414,23 +440,33 @@ impl Node {
     }
 
     fn try_revoke(&self, body: &[u8], event: &mut Event) -> Result<RevokeDone, Refusal> {
-        let revocation = Revocation::from_bytes(body, "revocation", self.keyset.admin_verifying_key())
-            .map_err(|e| Refusal::new(403, "bad_revocation", e.to_string()))?;
+        let revocation =
+            Revocation::from_bytes(body, "revocation", self.keyset.admin_verifying_key())
+                .map_err(|e| Refusal::new(403, "bad_revocation", e.to_string()))?;
         let key = (revocation.scope().clone(), revocation.user().clone());
         event.user = field(&key.1);
         event.scope = field(&key.0);
         let mut grants = self.grants.write().expect("lock");
         // Keep the latest revocation: an older one replayed must not shorten it.
-        let stored = self.store.revocation(&key.0, &key.1).map_err(Refusal::internal)?;
+        let stored = self
+            .store
+            .revocation(&key.0, &key.1)
+            .map_err(Refusal::internal)?;
         let held_revocation = match &stored {
             Some(bytes) => Some(
-                Revocation::from_bytes(bytes, "stored revocation", self.keyset.admin_verifying_key())
-                    .map_err(Refusal::internal)?,
+                Revocation::from_bytes(
+                    bytes,
+                    "stored revocation",
+                    self.keyset.admin_verifying_key(),
+                )
+                .map_err(Refusal::internal)?,
             ),
             None => None,
         };
         let (latest, record) = match (held_revocation, stored) {
-            (Some(held), Some(bytes)) if held.revoked_at() > revocation.revoked_at() => (held, bytes),
+            (Some(held), Some(bytes)) if held.revoked_at() > revocation.revoked_at() => {
+                (held, bytes)
+            }
             _ => (revocation, body.to_vec()),
         };
         let held = grants.get(&key).cloned();
@@ -470,14 +506,22 @@ impl Node {
         let burst = f64::from(self.limits.burst.max(1));
         let mut buckets = self.rate.lock().expect("rate lock");
         let now = Instant::now();
-        let bucket = buckets.entry(user.clone()).or_insert(Bucket { tokens: burst, at: now });
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        let bucket = buckets.entry(user.clone()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            let wait = if rate > 0.0 { ((1.0 - bucket.tokens) / rate).ceil() } else { 60.0 };
+            let wait = if rate > 0.0 {
+                ((1.0 - bucket.tokens) / rate).ceil()
+            } else {
+                60.0
+            };
             Err(Refusal::new(
                 429,
                 "rate_limited",
@@ -506,15 +550,18 @@ impl Node {
 
     fn try_reencrypt(&self, body: &[u8], event: &mut Event) -> Result<Cfrags, Refusal> {
         let bad = |reason: String| Refusal::new(400, "bad_request", reason);
-        let signed: SignedReencrypt =
-            serde_json::from_slice(body).map_err(|e| bad(format!("not a re-encryption request: {e}")))?;
+        let signed: SignedReencrypt = serde_json::from_slice(body)
+            .map_err(|e| bad(format!("not a re-encryption request: {e}")))?;
         let req = &signed.request;
         event.user = field(&req.user);
         event.scope = field(&req.scope);
         event.path = Some(req.path.clone());
         event.capsules = Some(req.capsules.len() as u64);
         if req.format != REENCRYPT_FORMAT || req.version != WIRE_VERSION {
-            return Err(bad(format!("unsupported format `{}` version {}", req.format, req.version)));
+            return Err(bad(format!(
+                "unsupported format `{}` version {}",
+                req.format, req.version
+            )));
         }
         if req.node != public_key_hex(self.identity.public_key()) {
             return Err(Refusal::new(
@@ -559,7 +606,10 @@ impl Node {
             return Err(Refusal::new(
                 403,
                 "no_delegation",
-                format!("this node holds no delegation of scope `{}` to `{}`", key.0, key.1),
+                format!(
+                    "this node holds no delegation of scope `{}` to `{}`",
+                    key.0, key.1
+                ),
             ));
         };
         if !signed.verify(grant.user_verifying_key()) {
@@ -632,11 +682,19 @@ impl Node {
         });
         event.policies = verdict.policies.clone();
         if !verdict.allowed {
-            return Err(Refusal::new(403, "denied", format!("policy: {}", verdict.reason)));
+            return Err(Refusal::new(
+                403,
+                "denied",
+                format!("policy: {}", verdict.reason),
+            ));
         }
         let cfrags = reencrypt_all(&capsules, grant.kfrag());
         self.metrics.capsules.inc_by(cfrags.len() as u64);
-        event.reason = format!("policy: {}; re-encrypted with share {}", verdict.reason, grant.share());
+        event.reason = format!(
+            "policy: {}; re-encrypted with share {}",
+            verdict.reason,
+            grant.share()
+        );
         Ok(Cfrags {
             format: CFRAGS_FORMAT.into(),
             version: WIRE_VERSION,

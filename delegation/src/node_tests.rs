@@ -39,7 +39,11 @@ fn world_with(policies: PolicySource, limits: Limits) -> World {
     let scope = ScopeLabel::new("proj").unwrap();
     let mut keyset = Keyset::new(FsName::new("fs1").unwrap(), &admin);
     keyset.add_scope(&admin, &scope).unwrap();
-    std::fs::write(dir.path().join("keyset.json"), keyset.to_signed_bytes(&admin).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("keyset.json"),
+        keyset.to_signed_bytes(&admin).unwrap(),
+    )
+    .unwrap();
     let user = UserSecret::generate();
     let user_pub = UserPublic::from_secret(UserName::new("alice").unwrap(), &user);
     let node = Node::open(config(dir.path(), policies, limits)).unwrap();
@@ -69,11 +73,21 @@ impl World {
             shares: 3,
             expires,
         };
-        delegate(&self.admin, &self.keyset, &self.scope, &self.user_pub, &terms).unwrap()
+        delegate(
+            &self.admin,
+            &self.keyset,
+            &self.scope,
+            &self.user_pub,
+            &terms,
+        )
+        .unwrap()
     }
 
     fn sealed(&self, grant: &Grant) -> Vec<u8> {
-        grant.for_node(&self.node_pk()).seal_for_node(&self.admin).unwrap()
+        grant
+            .for_node(&self.node_pk())
+            .seal_for_node(&self.admin)
+            .unwrap()
     }
 
     fn upload_one(&self) -> Grant {
@@ -85,13 +99,25 @@ impl World {
     fn capsules(&self, n: usize) -> Vec<Capsule> {
         let pk = self.keyset.scope(&self.scope).unwrap();
         (0..n)
-            .map(|_| Lockbox::seal("proj", pk, SegmentId::random()).unwrap().0.capsule().clone())
+            .map(|_| {
+                Lockbox::seal("proj", pk, SegmentId::random())
+                    .unwrap()
+                    .0
+                    .capsule()
+                    .clone()
+            })
             .collect()
     }
 
     fn request(&self, path: &str, capsules: &[Capsule]) -> SignedReencrypt {
-        ReencryptBody::new(&self.node_pk(), self.user_pub.name(), &self.scope, path, capsules)
-            .sign(&self.user.signer())
+        ReencryptBody::new(
+            &self.node_pk(),
+            self.user_pub.name(),
+            &self.scope,
+            path,
+            capsules,
+        )
+        .sign(&self.user.signer())
     }
 
     fn send(&self, request: &SignedReencrypt) -> Result<Cfrags, Refusal> {
@@ -122,7 +148,12 @@ fn a_grant_for_this_node_reencrypts_a_thousand_capsules() {
     for (text, capsule) in answer.cfrags.iter().zip(&capsules).take(20) {
         decode_cfrag(text)
             .unwrap()
-            .verify(capsule, &admin, grant.scope_public_key(), &w.user.public_key())
+            .verify(
+                capsule,
+                &admin,
+                grant.scope_public_key(),
+                &w.user.public_key(),
+            )
             .unwrap();
     }
     let audit = w.audit_text();
@@ -133,7 +164,12 @@ fn a_grant_for_this_node_reencrypts_a_thousand_capsules() {
     assert_eq!(last["scope"], "proj");
     assert_eq!(last["capsules"], 1000);
     assert_eq!(last["policies"][0], "live-delegation");
-    assert!(w.node.metrics().render().contains("cbfs_delegation_capsules_reencrypted_total 1000"));
+    assert!(
+        w.node
+            .metrics()
+            .render()
+            .contains("cbfs_delegation_capsules_reencrypted_total 1000")
+    );
     crate::audit::verify(&w.dir.path().join("node")).unwrap();
 }
 
@@ -168,13 +204,28 @@ fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
         "/",
         &capsules,
     );
-    assert_eq!(code(w.send(&elsewhere.sign(&w.user.signer()))).0, "wrong_node");
+    assert_eq!(
+        code(w.send(&elsewhere.sign(&w.user.signer()))).0,
+        "wrong_node"
+    );
 
-    let stranger = ReencryptBody::new(&w.node_pk(), &UserName::new("bob").unwrap(), &w.scope, "/", &capsules);
-    assert_eq!(code(w.send(&stranger.sign(&w.user.signer()))).0, "no_delegation");
+    let stranger = ReencryptBody::new(
+        &w.node_pk(),
+        &UserName::new("bob").unwrap(),
+        &w.scope,
+        "/",
+        &capsules,
+    );
+    assert_eq!(
+        code(w.send(&stranger.sign(&w.user.signer()))).0,
+        "no_delegation"
+    );
 
     assert_eq!(code(w.node.reencrypt(b"{not json")).0, "bad_request");
-    assert_eq!(code(w.send(&w.request("relative", &capsules))).0, "bad_request");
+    assert_eq!(
+        code(w.send(&w.request("relative", &capsules))).0,
+        "bad_request"
+    );
     let mut bad_capsule = w.request("/", &capsules);
     bad_capsule.request.capsules[1] = "AAAA".into();
     let signed = bad_capsule.request.sign(&w.user.signer());
@@ -183,7 +234,13 @@ fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
     assert!(reason.contains("capsule 1"), "{reason}");
 
     let audit = w.audit_text();
-    for needed in ["bad_signature", "replayed", "stale_request", "wrong_node", "no_delegation"] {
+    for needed in [
+        "bad_signature",
+        "replayed",
+        "stale_request",
+        "wrong_node",
+        "no_delegation",
+    ] {
         assert!(audit.contains(needed), "audit lacks {needed}");
     }
 }
@@ -228,7 +285,10 @@ fn revocation_deletes_and_refuses_the_old_grant() {
     w.send(&w.request("/", &capsules)).unwrap();
 
     let revocation = Revocation::new(&w.admin, &w.scope, &w.user_pub);
-    let done = w.node.revoke(&revocation.to_signed_bytes(&w.admin).unwrap()).unwrap();
+    let done = w
+        .node
+        .revoke(&revocation.to_signed_bytes(&w.admin).unwrap())
+        .unwrap();
     assert!(done.revoked && done.deleted);
     assert_eq!(done.threshold, Some(2));
     assert_eq!(w.node.grant_count(), 0);
@@ -237,11 +297,16 @@ fn revocation_deletes_and_refuses_the_old_grant() {
     // The same old grant, uploaded again, is refused.
     assert_eq!(code(w.node.upload(&w.sealed(&grant))).0, "revoked");
     // Revoking again complies, with nothing to delete.
-    let again = w.node.revoke(&revocation.to_signed_bytes(&w.admin).unwrap()).unwrap();
+    let again = w
+        .node
+        .revoke(&revocation.to_signed_bytes(&w.admin).unwrap())
+        .unwrap();
     assert!(again.revoked && !again.deleted);
     // A revocation the administrator did not sign is refused.
     let rogue = AdminSecret::generate();
-    let forged = Revocation::new(&rogue, &w.scope, &w.user_pub).to_signed_bytes(&rogue).unwrap();
+    let forged = Revocation::new(&rogue, &w.scope, &w.user_pub)
+        .to_signed_bytes(&rogue)
+        .unwrap();
     assert_eq!(code(w.node.revoke(&forged)).0, "bad_revocation");
 
     // State survives a restart.
@@ -250,7 +315,10 @@ fn revocation_deletes_and_refuses_the_old_grant() {
     let node = Node::open(config(&data, PolicySource::BuiltIn, Limits::default())).unwrap();
     assert_eq!(node.grant_count(), 0);
     let sealed = grant.for_node(&public_key_from_hex(&node.info().public_key).unwrap());
-    assert_eq!(code(node.upload(&sealed.seal_for_node(&w.admin).unwrap())).0, "revoked");
+    assert_eq!(
+        code(node.upload(&sealed.seal_for_node(&w.admin).unwrap())).0,
+        "revoked"
+    );
 }
 
 #[test]

@@ -42,7 +42,9 @@ pub enum PolicySource {
 impl fmt::Display for PolicySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PolicySource::BuiltIn => f.write_str("the built-in default policies (policies/default)"),
+            PolicySource::BuiltIn => {
+                f.write_str("the built-in default policies (policies/default)")
+            }
             PolicySource::Dir(dir) => write!(f, "policy folder {}", dir.display()),
         }
     }
@@ -139,8 +141,8 @@ impl Policies {
             .map_err(|e| policy_error(&source, None, format!("cannot read the folder: {e}")))?;
         let mut files = BTreeMap::new();
         for entry in entries {
-            let entry =
-                entry.map_err(|e| policy_error(&source, None, format!("cannot read the folder: {e}")))?;
+            let entry = entry
+                .map_err(|e| policy_error(&source, None, format!("cannot read the folder: {e}")))?;
             let path = entry.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                 continue;
@@ -164,7 +166,10 @@ impl Policies {
     }
 
     fn from_files(source: PolicySource, files: BTreeMap<String, String>) -> Result<Self, Error> {
-        let schemas: Vec<_> = files.keys().filter(|n| n.ends_with(".cedarschema")).collect();
+        let schemas: Vec<_> = files
+            .keys()
+            .filter(|n| n.ends_with(".cedarschema"))
+            .collect();
         let schema_name = match schemas.as_slice() {
             [one] => (*one).clone(),
             [] => {
@@ -181,14 +186,18 @@ impl Policies {
                     format!(
                         "it has {} schema files ({}); keep exactly one *.cedarschema",
                         many.len(),
-                        many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        many.iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
         };
         let schema_text = &files[&schema_name];
-        let (schema, _warnings) = Schema::from_cedarschema_str(schema_text)
-            .map_err(|e| policy_error(&source, Some(&schema_name), describe(&e, &e, schema_text)))?;
+        let (schema, _warnings) = Schema::from_cedarschema_str(schema_text).map_err(|e| {
+            policy_error(&source, Some(&schema_name), describe(&e, &e, schema_text))
+        })?;
 
         let mut set = PolicySet::new();
         let mut seen = HashSet::new();
@@ -196,13 +205,19 @@ impl Policies {
             let parsed = PolicySet::from_str(text)
                 .map_err(|e| policy_error(&source, Some(name), describe(&e, &e, text)))?;
             if parsed.templates().next().is_some() {
-                return Err(policy_error(&source, Some(name), "policy templates are not supported"));
+                return Err(policy_error(
+                    &source,
+                    Some(name),
+                    "policy templates are not supported",
+                ));
             }
             // Parsing gives positional ids; name each policy by its @id or its place.
             let mut in_file: Vec<&Policy> = parsed.policies().collect();
             in_file.sort_by_key(|p| {
                 let id = p.id().to_string();
-                id.trim_start_matches("policy").parse::<usize>().unwrap_or(usize::MAX)
+                id.trim_start_matches("policy")
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX)
             });
             for (n, policy) in in_file.into_iter().enumerate() {
                 let id = policy
@@ -233,7 +248,10 @@ impl Policies {
             return Err(policy_error(
                 &source,
                 None,
-                format!("the policies do not validate against {schema_name}: {}", reasons.join("; ")),
+                format!(
+                    "the policies do not validate against {schema_name}: {}",
+                    reasons.join("; ")
+                ),
             ));
         }
         Ok(Policies {
@@ -292,26 +310,46 @@ impl Policies {
             Entity::new(
                 prefix.clone(),
                 HashMap::from([
-                    ("scope".to_owned(), RestrictedExpression::new_entity_uid(scope.clone())),
-                    ("path".to_owned(), RestrictedExpression::new_string(q.path.to_owned())),
+                    (
+                        "scope".to_owned(),
+                        RestrictedExpression::new_entity_uid(scope.clone()),
+                    ),
+                    (
+                        "path".to_owned(),
+                        RestrictedExpression::new_string(q.path.to_owned()),
+                    ),
                 ]),
                 HashSet::from([scope]),
             )
             .map_err(|e| e.to_string())?,
         ];
-        let entities = Entities::from_entities(entities, Some(&self.schema)).map_err(|e| e.to_string())?;
+        let entities =
+            Entities::from_entities(entities, Some(&self.schema)).map_err(|e| e.to_string())?;
         let context = Context::from_pairs([
             ("time".to_owned(), RestrictedExpression::new_long(q.time)),
-            ("path".to_owned(), RestrictedExpression::new_string(q.path.to_owned())),
+            (
+                "path".to_owned(),
+                RestrictedExpression::new_string(q.path.to_owned()),
+            ),
             ("count".to_owned(), RestrictedExpression::new_long(count)),
         ])
         .map_err(|e| e.to_string())?;
         let request = cedar_policy::Request::new(user, action, prefix, context, Some(&self.schema))
             .map_err(|e| e.to_string())?;
-        let response = self.authorizer.is_authorized(&request, &self.set, &entities);
-        let mut policies: Vec<String> = response.diagnostics().reason().map(|p| p.to_string()).collect();
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.set, &entities);
+        let mut policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|p| p.to_string())
+            .collect();
         policies.sort();
-        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
         let allowed = response.decision() == Decision::Allow;
         let mut reason = if allowed {
             format!("permitted by {}", policies.join(", "))
@@ -321,7 +359,10 @@ impl Policies {
             format!("forbidden by {}", policies.join(", "))
         };
         if !errors.is_empty() {
-            reason.push_str(&format!(" (policies that failed to evaluate: {})", errors.join("; ")));
+            reason.push_str(&format!(
+                " (policies that failed to evaluate: {})",
+                errors.join("; ")
+            ));
         }
         Ok(Verdict {
             allowed,
@@ -358,7 +399,10 @@ mod tests {
     fn default_allows_a_live_delegation_only() {
         let p = Policies::built_in().unwrap();
         assert_eq!(p.ids(), ["live-delegation"]);
-        let (u, s) = (UserName::new("alice").unwrap(), ScopeLabel::new("proj").unwrap());
+        let (u, s) = (
+            UserName::new("alice").unwrap(),
+            ScopeLabel::new("proj").unwrap(),
+        );
         let v = p.decide(&question(&u, &s, "/any/where"));
         assert!(v.allowed, "{v:?}");
         assert_eq!(v.policies, ["live-delegation"]);
@@ -388,7 +432,10 @@ forbid (principal, action, resource) when { context.count > 5000 };"#,
         )]);
         let p = Policies::load(dir.path()).unwrap();
         assert_eq!(p.ids(), ["live-delegation", "no-secret", "paths.cedar#1"]);
-        let (u, s) = (UserName::new("alice").unwrap(), ScopeLabel::new("proj").unwrap());
+        let (u, s) = (
+            UserName::new("alice").unwrap(),
+            ScopeLabel::new("proj").unwrap(),
+        );
         assert!(p.decide(&question(&u, &s, "/public/x")).allowed);
         let v = p.decide(&question(&u, &s, "/secret/plans"));
         assert!(!v.allowed);
@@ -401,13 +448,22 @@ forbid (principal, action, resource) when { context.count > 5000 };"#,
 
     #[test]
     fn broken_folders_are_refused_with_the_file_and_line() {
-        let dir = folder(&[("bad.cedar", "permit (principal, action, resource)\nwhen { context.nope };")]);
+        let dir = folder(&[(
+            "bad.cedar",
+            "permit (principal, action, resource)\nwhen { context.nope };",
+        )]);
         let err = Policies::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("do not validate") && err.contains("nope"), "{err}");
+        assert!(
+            err.contains("do not validate") && err.contains("nope"),
+            "{err}"
+        );
 
         let dir = folder(&[("syntax.cedar", "permit (principal,\n action resource);")]);
         let err = Policies::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("syntax.cedar") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("syntax.cedar") && err.contains("line 2"),
+            "{err}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.cedar"), DEFAULT_POLICIES[1].1).unwrap();
@@ -423,7 +479,9 @@ forbid (principal, action, resource) when { context.count > 5000 };"#,
         let err = Policies::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("used twice"), "{err}");
 
-        let err = Policies::load(Path::new("/no/such/dir")).unwrap_err().to_string();
+        let err = Policies::load(Path::new("/no/such/dir"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/no/such/dir"), "{err}");
     }
 }

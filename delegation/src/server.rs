@@ -101,7 +101,10 @@ where
 }
 
 async fn healthz(State(node): State<Arc<Node>>) -> Response {
-    node.metrics().requests.with_label_values(&["healthz"]).inc();
+    node.metrics()
+        .requests
+        .with_label_values(&["healthz"])
+        .inc();
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -113,7 +116,10 @@ async fn healthz(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    node.metrics().requests.with_label_values(&["metrics"]).inc();
+    node.metrics()
+        .requests
+        .with_label_values(&["metrics"])
+        .inc();
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -140,7 +146,11 @@ async fn reencrypt(State(node): State<Arc<Node>>, body: Body) -> Response {
 }
 
 async fn not_found() -> Response {
-    refusal(Refusal::new(404, "not_found", "no such endpoint (see cbfs-delegation --help)"))
+    refusal(Refusal::new(
+        404,
+        "not_found",
+        "no such endpoint (see cbfs-delegation --help)",
+    ))
 }
 
 /// The node's routes.
@@ -176,7 +186,9 @@ pub async fn serve(node: Arc<Node>, listen: SocketAddr) -> Result<()> {
                 let n = node.clone();
                 match tokio::task::spawn_blocking(move || n.reload_policies()).await {
                     Ok(Ok(ids)) => tracing::info!("SIGHUP: policies reloaded: {}", ids.join(", ")),
-                    Ok(Err(e)) => tracing::error!("SIGHUP: policies NOT reloaded, the old ones stay in force: {e}"),
+                    Ok(Err(e)) => tracing::error!(
+                        "SIGHUP: policies NOT reloaded, the old ones stay in force: {e}"
+                    ),
                     Err(e) => tracing::error!("SIGHUP: policy reload failed: {e}"),
                 }
             }

@@ -42,9 +42,7 @@ impl Store {
         opts.create_if_missing(true);
         let db = DB::open(&opts, path).map_err(|e| Error::Store {
             path: path.to_path_buf(),
-            reason: format!(
-                "{e} (is another cbfs-delegation using this data folder?)"
-            ),
+            reason: format!("{e} (is another cbfs-delegation using this data folder?)"),
         })?;
         Ok(Store {
             db,
@@ -67,7 +65,10 @@ impl Store {
 
     fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator(IteratorMode::From(prefix, Direction::Forward))
+        {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if !k.starts_with(prefix) {
                 break;
@@ -121,7 +122,11 @@ impl Store {
 
     /// Every stored revocation.
     pub fn revocations(&self) -> Result<Vec<Vec<u8>>> {
-        Ok(self.scan(b"revoked/")?.into_iter().map(|(_, v)| v).collect())
+        Ok(self
+            .scan(b"revoked/")?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 
     /// Records `nonce` of `user` unless it is already there; false if it
@@ -143,7 +148,9 @@ impl Store {
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (k, v) in self.scan(b"nonce/")? {
-            let ts = <[u8; 8]>::try_from(v.as_slice()).map(i64::from_be_bytes).unwrap_or(i64::MIN);
+            let ts = <[u8; 8]>::try_from(v.as_slice())
+                .map(i64::from_be_bytes)
+                .unwrap_or(i64::MIN);
             if ts < before {
                 batch.delete(k);
                 n += 1;
@@ -164,14 +171,23 @@ mod tests {
     fn grants_revocations_and_nonces() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (s, u) = (ScopeLabel::new("proj").unwrap(), UserName::new("alice").unwrap());
+        let (s, u) = (
+            ScopeLabel::new("proj").unwrap(),
+            UserName::new("alice").unwrap(),
+        );
         let other = UserName::new("bob").unwrap();
         store.put_grant(&s, &u, b"sealed-a").unwrap();
         store.put_grant(&s, &other, b"sealed-b").unwrap();
         assert_eq!(store.grants().unwrap().len(), 2);
         store.revoke(&s, &u, b"rev", true).unwrap();
-        assert_eq!(store.grants().unwrap(), [("grant/proj/bob".to_owned(), b"sealed-b".to_vec())]);
-        assert_eq!(store.revocation(&s, &u).unwrap().as_deref(), Some(&b"rev"[..]));
+        assert_eq!(
+            store.grants().unwrap(),
+            [("grant/proj/bob".to_owned(), b"sealed-b".to_vec())]
+        );
+        assert_eq!(
+            store.revocation(&s, &u).unwrap().as_deref(),
+            Some(&b"rev"[..])
+        );
         assert_eq!(store.revocations().unwrap().len(), 1);
         assert!(store.revocation(&s, &other).unwrap().is_none());
 
@@ -185,6 +201,9 @@ mod tests {
         drop(store);
         let again = Store::open(dir.path()).unwrap();
         assert_eq!(again.grants().unwrap().len(), 1);
-        assert!(Store::open(dir.path()).is_err(), "a second opener is locked out");
+        assert!(
+            Store::open(dir.path()).is_err(),
+            "a second opener is locked out"
+        );
     }
 }

@@ -300,7 +300,13 @@ mod tests {
         for ok in ["/", "/projects/apollo/", "/a b/c"] {
             check_path(ok).unwrap();
         }
-        for bad in ["", "relative", "/a/../b", "/a\nb", &format!("/{}", "x".repeat(5000))] {
+        for bad in [
+            "",
+            "relative",
+            "/a/../b",
+            "/a\nb",
+            &format!("/{}", "x".repeat(5000)),
+        ] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
     }

@@ -148,7 +148,11 @@ fn diff(old: &[ManifestEntry], new: &[ManifestEntry]) -> (Vec<Key>, Vec<Manifest
 impl Manifest {
     /// Parses and verifies a delta manifest against its base: the manifest
     /// just before it, already verified. Its signature must be by `trusted_writer`.
-    pub fn from_delta_bytes(bytes: &[u8], trusted_writer: &PublicKey, base: &Manifest) -> Result<Manifest, Error> {
+    pub fn from_delta_bytes(
+        bytes: &[u8],
+        trusted_writer: &PublicKey,
+        base: &Manifest,
+    ) -> Result<Manifest, Error> {
         let (mut d, version) = Dec::brand(bytes, DELTA_BRAND, ObjectKind::Manifest)?;
         if version != DELTA_VERSION {
             return Err(Dec::unknown_version(ObjectKind::Manifest, version));
@@ -166,12 +170,18 @@ impl Manifest {
         let at = d.pos();
         let n_removed = d.u32()? as usize;
         if n_removed.checked_mul(32).is_none_or(|n| n > d.remaining()) {
-            return Err(d.err_at(at, format!("{n_removed} removed members do not fit the length")));
+            return Err(d.err_at(
+                at,
+                format!("{n_removed} removed members do not fit the length"),
+            ));
         }
         let mut removed: Vec<Key> = Vec::with_capacity(n_removed);
         for _ in 0..n_removed {
             let at = d.pos();
-            let k = (SegmentId::from_bytes(d.array()?), MemberId::from_bytes(d.array()?));
+            let k = (
+                SegmentId::from_bytes(d.array()?),
+                MemberId::from_bytes(d.array()?),
+            );
             if removed.last().is_some_and(|l| *l >= k) {
                 return Err(d.err_at(at, "removed members are not sorted and unique"));
             }
@@ -243,7 +253,11 @@ impl Manifest {
     }
 }
 
-fn apply(base: &[ManifestEntry], removed: &[Key], added: &[ManifestEntry]) -> Result<Vec<ManifestEntry>, &'static str> {
+fn apply(
+    base: &[ManifestEntry],
+    removed: &[Key],
+    added: &[ManifestEntry],
+) -> Result<Vec<ManifestEntry>, &'static str> {
     let mut kept = Vec::with_capacity(base.len() + added.len());
     let mut r = removed.iter().peekable();
     for e in base {
@@ -260,7 +274,9 @@ fn apply(base: &[ManifestEntry], removed: &[Key], added: &[ManifestEntry]) -> Re
     let (mut i, mut j) = (0, 0);
     while i < kept.len() || j < added.len() {
         match (kept.get(i), added.get(j)) {
-            (Some(a), Some(b)) if key(a) == key(b) => return Err("it adds a member the base already holds"),
+            (Some(a), Some(b)) if key(a) == key(b) => {
+                return Err("it adds a member the base already holds");
+            }
             (Some(a), Some(b)) if key(a) < key(b) => {
                 out.push(*a);
                 i += 1;
@@ -296,7 +312,10 @@ pub fn gather_manifest_chain(
         }
         let (Some(previous), Some(seq)) = (head.previous, head.sequence.checked_sub(1)) else {
             return Err(Error::InvalidInput {
-                reason: format!("delta manifest of snapshot {} names no previous manifest", head.snapshot),
+                reason: format!(
+                    "delta manifest of snapshot {} names no previous manifest",
+                    head.snapshot
+                ),
             });
         };
         let found = candidates(seq)
@@ -315,7 +334,10 @@ pub fn gather_manifest_chain(
         }
         if chain.len() as u64 > 4 * FULL_MANIFEST_EVERY + 1 {
             return Err(Error::InvalidInput {
-                reason: format!("snapshot {}: the delta chain is implausibly long", head.snapshot),
+                reason: format!(
+                    "snapshot {}: the delta chain is implausibly long",
+                    head.snapshot
+                ),
             });
         }
     }
@@ -326,7 +348,10 @@ pub fn gather_manifest_chain(
 /// Verifies a chain of manifest objects, oldest first: the first must be a
 /// full manifest, every later one must follow the one before it (full or
 /// delta). Returns the last, resolved: its entries are the whole snapshot.
-pub fn resolve_manifest_chain(chain: &[Vec<u8>], trusted_writer: &PublicKey) -> Result<Manifest, Error> {
+pub fn resolve_manifest_chain(
+    chain: &[Vec<u8>],
+    trusted_writer: &PublicKey,
+) -> Result<Manifest, Error> {
     let Some((first, rest)) = chain.split_first() else {
         return Err(Error::InvalidInput {
             reason: "an empty manifest chain".into(),
@@ -367,7 +392,12 @@ mod tests {
                 set.retain(|e| e.member.as_bytes()[0] != seq as u8);
                 set.push(entry(100 + seq as u8));
             }
-            let mut b = ManifestBuilder::new(SnapshotId::random(), seq, out.last().map(Manifest::hash), seq as i64);
+            let mut b = ManifestBuilder::new(
+                SnapshotId::random(),
+                seq,
+                out.last().map(Manifest::hash),
+                seq as i64,
+            );
             b.extend(set.iter().copied());
             let m = match out.last() {
                 Some(base) => b.sign_delta(signer, base).unwrap(),
@@ -393,7 +423,10 @@ mod tests {
         assert_eq!(resolved.hash(), ms[3].hash());
         assert_eq!(resolved.entries().len(), 40);
         let by_seq = |seq: u64| vec![bytes[seq as usize - 1].clone()];
-        assert_eq!(gather_manifest_chain(bytes[3].clone(), by_seq).unwrap(), bytes);
+        assert_eq!(
+            gather_manifest_chain(bytes[3].clone(), by_seq).unwrap(),
+            bytes
+        );
         let h = ManifestHeader::peek(&bytes[2]).unwrap();
         assert!(h.delta && h.sequence == 3 && h.previous == Some(ms[1].hash()));
     }
@@ -406,7 +439,9 @@ mod tests {
         // A gap in the chain.
         let gap = vec![bytes[0].clone(), bytes[2].clone()];
         assert_eq!(
-            resolve_manifest_chain(&gap, &signer.verifying_key()).unwrap_err().code(),
+            resolve_manifest_chain(&gap, &signer.verifying_key())
+                .unwrap_err()
+                .code(),
             "broken_chain"
         );
         // A delta cannot stand alone.
@@ -418,7 +453,10 @@ mod tests {
         for i in (0..bytes[3].len()).step_by(7) {
             let mut chain = bytes.clone();
             chain[3][i] ^= 0x10;
-            assert!(resolve_manifest_chain(&chain, &signer.verifying_key()).is_err(), "flip at {i}");
+            assert!(
+                resolve_manifest_chain(&chain, &signer.verifying_key()).is_err(),
+                "flip at {i}"
+            );
         }
     }
 
@@ -430,7 +468,12 @@ mod tests {
             b.extend((1..=20).map(entry));
             b.sign(&signer).unwrap()
         };
-        let mut b = ManifestBuilder::new(SnapshotId::random(), FULL_MANIFEST_EVERY + 1, Some(base.hash()), 0);
+        let mut b = ManifestBuilder::new(
+            SnapshotId::random(),
+            FULL_MANIFEST_EVERY + 1,
+            Some(base.hash()),
+            0,
+        );
         b.extend((1..=20).map(entry));
         assert!(!b.sign_delta(&signer, &base).unwrap().is_delta());
     }

@@ -65,7 +65,10 @@ pub fn parse_manifest(key: &str) -> Option<(u64, SnapshotId)> {
 
 /// Parses a segment key into its id.
 pub fn parse_segment(key: &str) -> Option<SegmentId> {
-    key.strip_prefix(SEGMENTS)?.strip_suffix(".tar")?.parse().ok()
+    key.strip_prefix(SEGMENTS)?
+        .strip_suffix(".tar")?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

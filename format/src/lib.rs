@@ -102,11 +102,13 @@ mod stanza;
 mod summary;
 mod tar;
 
+pub use delta::{
+    FULL_MANIFEST_EVERY, ManifestHeader, gather_manifest_chain, resolve_manifest_chain,
+};
 pub use error::{Error, ObjectKind, Result};
 pub use ids::{GroupId, MemberId, SegmentId, SnapshotId};
 pub use keys::{GROUP_KEY_LEN, GroupKey, GroupKeys, Keyring};
 pub use lockbox::{Lockbox, MAX_SCOPE_LABEL_LEN};
-pub use delta::{FULL_MANIFEST_EVERY, ManifestHeader, gather_manifest_chain, resolve_manifest_chain};
 pub use manifest::{Manifest, ManifestBuilder};
 pub use member::{ContentReader, DEFAULT_ZSTD_LEVEL, open_member, write_member};
 pub use merkle::{ManifestEntry, MerkleProof, merkle_root};

@@ -161,7 +161,8 @@ impl Manifest {
     pub fn from_bytes_any_signer(bytes: &[u8]) -> Result<Self, Error> {
         if bytes.starts_with(crate::delta::DELTA_BRAND) {
             return Err(Error::InvalidInput {
-                reason: "this is a delta manifest: resolve it against the manifests before it".into(),
+                reason: "this is a delta manifest: resolve it against the manifests before it"
+                    .into(),
             });
         }
         let (mut d, version) = Dec::brand(bytes, BRAND, ObjectKind::Manifest)?;

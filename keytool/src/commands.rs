@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use cbfs_core::{
-    AdminSecret, Grant, KeySource, Keyset, Protection, ScopeSecret, Seed, Unlock,
-    UserPublic, UserSecret, fingerprint,
+    AdminSecret, Grant, KeySource, Keyset, Protection, ScopeSecret, Seed, Unlock, UserPublic,
+    UserSecret, fingerprint,
 };
 use clap::CommandFactory;
 use secrecy::SecretString;
@@ -71,7 +71,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 json!({ "scope": scope, "added": added, "serial": ks.serial(), "scope_fingerprint": fp }),
                 || {
                     if added {
-                        format!("added scope `{scope}` (key {fp}); keyset serial is now {}\n", ks.serial())
+                        format!(
+                            "added scope `{scope}` (key {fp}); keyset serial is now {}\n",
+                            ks.serial()
+                        )
                     } else {
                         format!("scope `{scope}` already exists (key {fp}); keyset unchanged\n")
                     }
@@ -93,7 +96,17 @@ pub fn run(cli: Cli) -> Result<()> {
             emit(
                 json,
                 json!({ "writer": writer.name(), "added": added, "serial": ks.serial() }),
-                || format!("writer `{}` {}\n", writer.name(), if added { "registered" } else { "was already registered" }),
+                || {
+                    format!(
+                        "writer `{}` {}\n",
+                        writer.name(),
+                        if added {
+                            "registered"
+                        } else {
+                            "was already registered"
+                        }
+                    )
+                },
             );
         }
         Command::CreateUser {
@@ -113,7 +126,12 @@ pub fn run(cli: Cli) -> Result<()> {
             emit(
                 json,
                 json!({ "user": name, "secret": secret.to_string(), "public": public, "fingerprint": fp }),
-                || format!("created user `{name}`\n  secret: {secret}\n  public: {}\n  key:    {fp}\n", public.display()),
+                || {
+                    format!(
+                        "created user `{name}`\n  secret: {secret}\n  public: {}\n  key:    {fp}\n",
+                        public.display()
+                    )
+                },
             );
         }
         Command::Delegate {
@@ -187,7 +205,11 @@ pub fn run(cli: Cli) -> Result<()> {
             emit(
                 json,
                 json!({ "scope": scope, "secret": secret.to_string() }),
-                || format!("exported the secret of scope `{scope}` to {secret}\nIt opens that scope only.\n"),
+                || {
+                    format!(
+                        "exported the secret of scope `{scope}` to {secret}\nIt opens that scope only.\n"
+                    )
+                },
             );
         }
         Command::Copy { from, to, protect } => {
@@ -213,7 +235,12 @@ pub fn run(cli: Cli) -> Result<()> {
             emit(
                 json,
                 json!({ "secret": secret.to_string(), "from_version": r.from_version, "to_version": r.to_version }),
-                || format!("{secret}: transit key version {} -> {}\n", r.from_version, r.to_version),
+                || {
+                    format!(
+                        "{secret}: transit key version {} -> {}\n",
+                        r.from_version, r.to_version
+                    )
+                },
             );
         }
         Command::Show {
@@ -277,7 +304,10 @@ fn show(
     if let Some(src) = &secret {
         let seed = src.load(unlock)?;
         let identity = identify(&seed, ks.as_ref(), up.as_ref());
-        out.insert("secret".into(), json!({ "source": src.to_string(), "is": identity }));
+        out.insert(
+            "secret".into(),
+            json!({ "source": src.to_string(), "is": identity }),
+        );
         text.push_str(&format!("{src} is {identity}\n"));
     }
     emit(json, serde_json::Value::Object(out), || text);
@@ -292,7 +322,10 @@ fn identify(seed: &Seed, ks: Option<&Keyset>, user: Option<&UserPublic>) -> Stri
             return format!("the root secret of file system `{}`", ks.fs());
         }
         for (label, pk) in ks.scopes() {
-            let s = ScopeSecret::from_seed(label.clone(), Seed::from_slice(bytes, "").expect("32 bytes"));
+            let s = ScopeSecret::from_seed(
+                label.clone(),
+                Seed::from_slice(bytes, "").expect("32 bytes"),
+            );
             if &s.public_key() == pk {
                 return format!("the secret of scope `{label}`");
             }
@@ -420,7 +453,9 @@ fn new_passphrase() -> Result<SecretString> {
         return Ok(pass);
     }
     if !std::io::stdin().is_terminal() {
-        bail!("--protect passphrase needs a terminal to ask for the passphrase, or CBFS_PASSPHRASE_FILE naming a 0600 file that holds it");
+        bail!(
+            "--protect passphrase needs a terminal to ask for the passphrase, or CBFS_PASSPHRASE_FILE naming a 0600 file that holds it"
+        );
     }
     let first = rpassword::prompt_password("New passphrase: ")?;
     let second = rpassword::prompt_password("Repeat passphrase: ")?;
@@ -435,14 +470,20 @@ fn new_passphrase() -> Result<SecretString> {
 
 fn read_passphrase_file(unlock: &Unlock) -> Result<SecretString> {
     let path = unlock.passphrase_file.as_ref().expect("set by caller");
-    let meta = fs::metadata(path).with_context(|| format!("cannot read passphrase file {}", path.display()))?;
+    let meta = fs::metadata(path)
+        .with_context(|| format!("cannot read passphrase file {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(cbfs_core::Error::InsecurePermissions { path: path.clone(), mode }.into());
+        return Err(cbfs_core::Error::InsecurePermissions {
+            path: path.clone(),
+            mode,
+        }
+        .into());
     }
     let text = zeroize::Zeroizing::new(
-        fs::read_to_string(path).with_context(|| format!("cannot read passphrase file {}", path.display()))?,
+        fs::read_to_string(path)
+            .with_context(|| format!("cannot read passphrase file {}", path.display()))?,
     );
     let line = text.lines().next().unwrap_or_default();
     if line.chars().count() < 12 {
@@ -461,7 +502,9 @@ fn note_durability(source: &KeySource) {
 }
 
 pub(crate) fn parse_expiry(text: &str) -> Result<String> {
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("valid");
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("valid");
     let fmt = &time::format_description::well_known::Rfc3339;
     if let Some((num, unit)) = text.len().checked_sub(1).map(|i| text.split_at(i))
         && let Ok(n) = num.parse::<i64>()

@@ -42,7 +42,9 @@ fn urls(nodes: &[String]) -> Result<Vec<String>> {
         .collect::<Result<Vec<_>>>()?;
     for (i, url) in urls.iter().enumerate() {
         if urls[..i].contains(url) {
-            return Err(usage(format!("--node {url} is given twice: give each node once")));
+            return Err(usage(format!(
+                "--node {url} is given twice: give each node once"
+            )));
         }
     }
     Ok(urls)
@@ -109,7 +111,11 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
     let grants: Vec<Grant> = if keys.is_empty() {
         grants
     } else {
-        grants.iter().zip(&keys).map(|(g, k)| g.for_node(k)).collect()
+        grants
+            .iter()
+            .zip(&keys)
+            .map(|(g, k)| g.for_node(k))
+            .collect()
     };
 
     let mut files = Vec::new();
@@ -146,7 +152,10 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
                 a.scope,
                 user.name(),
                 a.threshold,
-                expires.as_deref().map(|e| format!(", until {e}")).unwrap_or_default()
+                expires
+                    .as_deref()
+                    .map(|e| format!(", until {e}"))
+                    .unwrap_or_default()
             );
             for f in &files {
                 s.push_str(&format!("  {}\n", f.display()));
@@ -245,11 +254,14 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
     if let Some(m) = a.threshold
         && (m == 0 || m > n)
     {
-        return Err(usage(format!("--threshold {m} is not possible with {n} nodes")));
+        return Err(usage(format!(
+            "--threshold {m} is not possible with {n} nodes"
+        )));
     }
     let revocation = Revocation::new(&admin, &a.scope, &user).to_signed_bytes(&admin)?;
     let client = Nodes::new(Duration::from_secs(a.node_timeout.max(1)))?;
-    let answers: Vec<Result<_, NodeError>> = on_each(&urls, |_, url| client.revoke(url, revocation.clone()));
+    let answers: Vec<Result<_, NodeError>> =
+        on_each(&urls, |_, url| client.revoke(url, revocation.clone()));
 
     let reported = answers
         .iter()
@@ -257,7 +269,10 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
         .max();
     let m = a.threshold.or(reported).unwrap_or(1).min(n);
     let needed = n - m + 1;
-    let complied = answers.iter().filter(|r| r.as_ref().is_ok_and(|d| d.revoked)).count() as u32;
+    let complied = answers
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|d| d.revoked))
+        .count() as u32;
     let holds = complied >= needed;
     let how_m = match (a.threshold, reported) {
         (Some(_), _) => "as given",
@@ -282,13 +297,19 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
             );
             for (url, r) in urls.iter().zip(&answers) {
                 match r {
-                    Ok(d) if d.deleted => s.push_str(&format!("  {url}: complied, deleted its share\n")),
-                    Ok(_) => s.push_str(&format!("  {url}: complied (it held no share; it will refuse one)\n")),
+                    Ok(d) if d.deleted => {
+                        s.push_str(&format!("  {url}: complied, deleted its share\n"))
+                    }
+                    Ok(_) => s.push_str(&format!(
+                        "  {url}: complied (it held no share; it will refuse one)\n"
+                    )),
                     Err(e) => s.push_str(&format!("  {url}: FAILED: {e}\n")),
                 }
             }
             if holds {
-                s.push_str("The revocation holds: fewer than m nodes can still answer for this user.\n");
+                s.push_str(
+                    "The revocation holds: fewer than m nodes can still answer for this user.\n",
+                );
             }
             s.push_str(NOT_REVOCABLE);
             s.push_str(" Re-key the data if that matters.\n");

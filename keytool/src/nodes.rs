@@ -33,7 +33,11 @@ impl std::fmt::Display for NodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NodeError::Down(e) => write!(f, "unreachable: {e}"),
-            NodeError::Refused { status, code, reason } => write!(f, "refused ({status} {code}): {reason}"),
+            NodeError::Refused {
+                status,
+                code,
+                reason,
+            } => write!(f, "refused ({status} {code}): {reason}"),
             NodeError::Protocol(e) => write!(f, "not a cbfs delegation node? {e}"),
         }
     }
@@ -91,7 +95,9 @@ pub fn check_url(url: &str) -> Result<String, String> {
 fn without_url(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     if let Some(url) = e.url() {
-        text = text.replace(&format!(" ({url})"), "").replace(url.as_str(), "");
+        text = text
+            .replace(&format!(" ({url})"), "")
+            .replace(url.as_str(), "");
     }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -117,7 +123,9 @@ impl Nodes {
     ) -> Result<T, NodeError> {
         let response = response.map_err(|e| NodeError::Down(without_url(&e)))?;
         let status = response.status();
-        let bytes = response.bytes().map_err(|e| NodeError::Down(without_url(&e)))?;
+        let bytes = response
+            .bytes()
+            .map_err(|e| NodeError::Down(without_url(&e)))?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => NodeError::Refused {
@@ -128,7 +136,8 @@ impl Nodes {
                 Err(_) => NodeError::Protocol(format!("it answered {status}")),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| NodeError::Protocol(format!("unexpected answer: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| NodeError::Protocol(format!("unexpected answer: {e}")))
     }
 
     /// The node's public key (`GET /v1/node`), checked against the
@@ -137,7 +146,9 @@ impl Nodes {
         let info: NodeInfo = Self::answer(self.http.get(format!("{url}/v1/node")).send())?;
         let key = public_key_from_hex(&info.public_key).map_err(NodeError::Protocol)?;
         if fingerprint(&key) != info.fingerprint {
-            return Err(NodeError::Protocol("its key and fingerprint disagree".into()));
+            return Err(NodeError::Protocol(
+                "its key and fingerprint disagree".into(),
+            ));
         }
         Ok(key)
     }
@@ -189,15 +200,25 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        assert_eq!(check_url("http://127.0.0.1:7600/").unwrap(), "http://127.0.0.1:7600");
-        assert_eq!(check_url("https://node.example").unwrap(), "https://node.example");
+        assert_eq!(
+            check_url("http://127.0.0.1:7600/").unwrap(),
+            "http://127.0.0.1:7600"
+        );
+        assert_eq!(
+            check_url("https://node.example").unwrap(),
+            "https://node.example"
+        );
         assert!(check_url("127.0.0.1:7600").is_err());
         assert!(check_url("http://").is_err());
     }
 
     #[test]
     fn a_node_that_is_not_there_is_down() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let nodes = Nodes::new(Duration::from_secs(2)).unwrap();
         let err = nodes.key(&format!("http://127.0.0.1:{port}")).unwrap_err();
         assert!(matches!(err, NodeError::Down(_)), "{err}");

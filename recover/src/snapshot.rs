@@ -154,7 +154,8 @@ fn verify_target(
     let base_seq = cbfs_format::ManifestHeader::peek(&chain[0])
         .map(|h| h.sequence.to_string())
         .unwrap_or_else(|_| "?".into());
-    let base = format!("the full manifest of sequence {base_seq}, where the delta chain of {key} starts");
+    let base =
+        format!("the full manifest of sequence {base_seq}, where the delta chain of {key} starts");
     let (_, writer, writer_key) = verify(&base, &chain[0], keyset, warnings)?;
     let m = resolve_manifest_chain(&chain, &writer_key).map_err(|e| Error::format(key, e))?;
     Ok((m, writer))

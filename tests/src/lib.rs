@@ -61,6 +61,7 @@ mod openbao;
 mod process;
 mod run;
 mod s3;
+mod secret_service;
 mod tree;
 mod workdir;
 
@@ -79,6 +80,7 @@ pub use run::{
     run_fail_with_stdin, run_ok, run_ok_with_stdin,
 };
 pub use s3::S3Server;
+pub use secret_service::{SECRET_SERVICE_NAME, SecretService, SessionBus};
 pub use tree::{Compare, TreeGen, assert_same_tree, checksum, describe};
 pub use workdir::{KEEP_WORKDIR_ENV, Workdir};
 

@@ -41,7 +41,10 @@ fn refusal_codes(err: &FetchError) -> Vec<String> {
         .collect()
 }
 
-fn expect_refused(result: Result<cbfs_delegation::client::Fetched, FetchError>, code: &str) -> String {
+fn expect_refused(
+    result: Result<cbfs_delegation::client::Fetched, FetchError>,
+    code: &str,
+) -> String {
     let err = result.expect_err("the fetch must be refused");
     let message = err.to_string();
     let codes = refusal_codes(&err);
@@ -93,9 +96,16 @@ fn two_of_three_survives_one_dead_node_and_fails_clearly_with_two() {
     c.nodes[1].kill();
     let err = c.fetch(&all, 2, "/projects/", &lockboxes).unwrap_err();
     let message = err.to_string();
-    assert!(message.contains("2 of the 3 delegation nodes must answer") && message.contains("only 1 did"), "{message}");
+    assert!(
+        message.contains("2 of the 3 delegation nodes must answer")
+            && message.contains("only 1 did"),
+        "{message}"
+    );
     for dead in &all[1..] {
-        assert!(message.contains(&format!("node {dead} is down")), "{message}");
+        assert!(
+            message.contains(&format!("node {dead} is down")),
+            "{message}"
+        );
     }
     assert_eq!(err.failures().len(), 2);
     c.assert_no_secrets();
@@ -108,14 +118,33 @@ fn one_node_reencrypts_a_thousand_capsules_into_verified_cfrags() {
     let lockboxes = c.lockboxes(1000);
     let started = Instant::now();
     let fetched = c.fetch(&c.urls()[..1], 1, "/", &lockboxes).unwrap();
-    eprintln!("1000 capsules: re-encrypted and verified in {:?}", started.elapsed());
+    eprintln!(
+        "1000 capsules: re-encrypted and verified in {:?}",
+        started.elapsed()
+    );
     assert_eq!(fetched.cfrags.len(), 1000);
-    assert!(fetched.cfrags.iter().all(|per_capsule| per_capsule.len() == 1));
+    assert!(
+        fetched
+            .cfrags
+            .iter()
+            .all(|per_capsule| per_capsule.len() == 1)
+    );
     assert!(fetched.failures.is_empty());
     // One request, not a thousand.
-    let metrics = http_client().get(format!("{}/metrics", c.urls()[0])).send().unwrap().text().unwrap();
-    assert!(metrics.contains("cbfs_delegation_capsules_reencrypted_total 1000"), "{metrics}");
-    assert!(metrics.contains("cbfs_delegation_batch_seconds_count{decision=\"allow\"} 1"), "{metrics}");
+    let metrics = http_client()
+        .get(format!("{}/metrics", c.urls()[0]))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("cbfs_delegation_capsules_reencrypted_total 1000"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cbfs_delegation_batch_seconds_count{decision=\"allow\"} 1"),
+        "{metrics}"
+    );
     let audit = fs::read_to_string(c.nodes[0].audit_path()).unwrap();
     assert!(audit.contains("\"capsules\":1000"), "{audit}");
 }
@@ -148,7 +177,11 @@ fn a_revoked_user_is_refused() {
     let grant_file = c.work.path(format!("grants/{SCOPE}.{USER}.1-of-3.grant"));
     let grant = cbfs_core::Grant::load(&grant_file, &admin.verifying_key()).unwrap();
     let sealed = grant.seal_for_node(&admin).unwrap();
-    let answer = http_client().post(format!("{}/v1/grants", all[0])).body(sealed).send().unwrap();
+    let answer = http_client()
+        .post(format!("{}/v1/grants", all[0]))
+        .body(sealed)
+        .send()
+        .unwrap();
     assert_eq!(answer.status(), 403);
     let body: serde_json::Value = answer.json().unwrap();
     assert_eq!(body["error"], "revoked", "{body}");
@@ -158,7 +191,10 @@ fn a_revoked_user_is_refused() {
     let out = run_fail(&mut c.revoke_cmd(&[]));
     assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
     let said = text(&out.stdout) + &text(&out.stderr);
-    assert!(said.contains("1 of 3 nodes complied") && said.contains("does not hold"), "{said}");
+    assert!(
+        said.contains("1 of 3 nodes complied") && said.contains("does not hold"),
+        "{said}"
+    );
     assert!(said.contains("cannot be revoked"), "{said}");
 
     // A new delegation after the revocation is honoured again.
@@ -180,7 +216,11 @@ fn an_expired_delegation_is_refused() {
     let c = Cluster::start(3, &[]);
     let out = c.delegate(2, &["--expires", "8s"]);
     let granted = Instant::now();
-    assert!(text(&out.stdout).contains("until "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("until "),
+        "{}",
+        text(&out.stdout)
+    );
     let lockboxes = c.lockboxes(2);
     let all = c.urls();
     c.open_all(c.fetch(&all, 2, "/", &lockboxes).unwrap(), &lockboxes);
@@ -202,7 +242,10 @@ fn a_path_the_policy_excludes_is_refused() {
     c.delegate(2, &[]);
     let lockboxes = c.lockboxes(2);
     let all = c.urls();
-    c.open_all(c.fetch(&all, 2, "/public/reports/", &lockboxes).unwrap(), &lockboxes);
+    c.open_all(
+        c.fetch(&all, 2, "/public/reports/", &lockboxes).unwrap(),
+        &lockboxes,
+    );
     let message = expect_refused(c.fetch(&all, 2, "/private/payroll/", &lockboxes), "denied");
     assert!(message.contains("forbidden by no-private"), "{message}");
     let audit = fs::read_to_string(c.nodes[0].audit_path()).unwrap();
@@ -221,9 +264,18 @@ fn a_path_the_policy_excludes_is_refused() {
 
 /// A request signed by `signer`, as the client library would make it.
 fn raw_request(c: &Cluster, url: &str, signer: &UserSecret) -> SignedReencrypt {
-    let info: NodeInfo = http_client().get(format!("{url}/v1/node")).send().unwrap().json().unwrap();
+    let info: NodeInfo = http_client()
+        .get(format!("{url}/v1/node"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let node_pk = public_key_from_hex(&info.public_key).unwrap();
-    let capsules: Vec<_> = c.lockboxes(2).iter().map(|(l, _)| l.capsule().clone()).collect();
+    let capsules: Vec<_> = c
+        .lockboxes(2)
+        .iter()
+        .map(|(l, _)| l.capsule().clone())
+        .collect();
     ReencryptBody::new(
         &node_pk,
         &UserName::new(USER).unwrap(),
@@ -235,7 +287,11 @@ fn raw_request(c: &Cluster, url: &str, signer: &UserSecret) -> SignedReencrypt {
 }
 
 fn post(url: &str, request: &SignedReencrypt) -> (u16, serde_json::Value) {
-    let answer = http_client().post(format!("{url}/v1/reencrypt")).json(request).send().unwrap();
+    let answer = http_client()
+        .post(format!("{url}/v1/reencrypt"))
+        .json(request)
+        .send()
+        .unwrap();
     let status = answer.status().as_u16();
     (status, answer.json().unwrap())
 }
@@ -248,25 +304,46 @@ fn forged_and_replayed_requests_are_refused() {
 
     let mallory = UserSecret::generate();
     let (status, body) = post(url, &raw_request(&c, url, &mallory));
-    assert_eq!((status, body["error"].as_str()), (401, Some("bad_signature")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("bad_signature")),
+        "{body}"
+    );
 
     let mut altered = raw_request(&c, url, &c.user);
     altered.request.path = "/somewhere/else".into();
     let (status, body) = post(url, &altered);
-    assert_eq!((status, body["error"].as_str()), (401, Some("bad_signature")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("bad_signature")),
+        "{body}"
+    );
 
     let good = raw_request(&c, url, &c.user);
     let (status, body) = post(url, &good);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["cfrags"].as_array().unwrap().len(), 2);
     let (status, body) = post(url, &good);
-    assert_eq!((status, body["error"].as_str()), (409, Some("replayed")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("replayed")),
+        "{body}"
+    );
 
     // The same request at another node is addressed to the wrong node.
     let (status, body) = post(&c.urls()[1], &good);
-    assert_eq!((status, body["error"].as_str()), (400, Some("wrong_node")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("wrong_node")),
+        "{body}"
+    );
 
-    let metrics = http_client().get(format!("{url}/metrics")).send().unwrap().text().unwrap();
+    let metrics = http_client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(
         metrics.contains("cbfs_delegation_decisions_total{code=\"replayed\",decision=\"deny\",kind=\"reencrypt\"} 1"),
         "{metrics}"
@@ -319,24 +396,44 @@ fn the_audit_log_shows_edited_and_deleted_entries() {
     node.signal("TERM");
     assert!(node.wait_exit(Duration::from_secs(20)).success());
     let data = node.data.clone();
-    let verify = || cbfs_cmd("cbfs-delegation").arg("audit").arg("verify").arg(&data).output().unwrap();
+    let verify = || {
+        cbfs_cmd("cbfs-delegation")
+            .arg("audit")
+            .arg("verify")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
     let out = verify();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("chain intact"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("chain intact"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let path = node.audit_path();
     let original = fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = original.lines().collect();
     // start, grant, 3 allows, 1 deny, stop
     assert_eq!(lines.len(), 7, "{original}");
-    assert!(lines[5].contains("\"bad_signature\"") && lines[5].contains("\"deny\""), "{}", lines[5]);
+    assert!(
+        lines[5].contains("\"bad_signature\"") && lines[5].contains("\"deny\""),
+        "{}",
+        lines[5]
+    );
 
     // Turn the denial into an allow.
     let edited = original.replacen(lines[5], &lines[5].replace("\"deny\"", "\"allow\""), 1);
     fs::write(&path, edited).unwrap();
     let out = verify();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("entry 7 does not chain") && text(&out.stderr).contains("entry 6 was edited"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("entry 7 does not chain")
+            && text(&out.stderr).contains("entry 6 was edited"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Delete one of the allows.
     let mut kept: Vec<&str> = lines.clone();
@@ -344,7 +441,11 @@ fn the_audit_log_shows_edited_and_deleted_entries() {
     fs::write(&path, kept.join("\n") + "\n").unwrap();
     let out = verify();
     assert_eq!(out.status.code(), Some(4));
-    assert!(text(&out.stderr).contains("line 4 has seq 5"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 4 has seq 5"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A node does not append to a broken log.
     let restart = cbfs_cmd("cbfs-delegation")
@@ -355,7 +456,11 @@ fn the_audit_log_shows_edited_and_deleted_entries() {
         .output()
         .unwrap();
     assert_eq!(restart.status.code(), Some(4), "{}", text(&restart.stderr));
-    assert!(text(&restart.stderr).contains("will not append"), "{}", text(&restart.stderr));
+    assert!(
+        text(&restart.stderr).contains("will not append"),
+        "{}",
+        text(&restart.stderr)
+    );
 
     fs::write(&path, &original).unwrap();
     assert!(verify().status.success());
@@ -364,27 +469,55 @@ fn the_audit_log_shows_edited_and_deleted_entries() {
 
 #[test]
 fn check_policies_accepts_the_default_folder_and_refuses_a_broken_one() {
-    let out = run_ok(cbfs_cmd("cbfs-delegation").arg("check-policies").arg(repo_policies()));
-    assert!(text(&out.stdout).contains("1 policy is valid against the schema: live-delegation"), "{}", text(&out.stdout));
+    let out = run_ok(
+        cbfs_cmd("cbfs-delegation")
+            .arg("check-policies")
+            .arg(repo_policies()),
+    );
+    assert!(
+        text(&out.stdout).contains("1 policy is valid against the schema: live-delegation"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let work = cbfs_tests::Workdir::new();
     let good = policy_folder(&work, "good");
     fs::write(good.join("private.cedar"), NO_PRIVATE).unwrap();
     let out = run_ok(cbfs_cmd("cbfs-delegation").arg("check-policies").arg(&good));
-    assert!(text(&out.stdout).contains("2 policies are valid"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("2 policies are valid"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let syntax = policy_folder(&work, "syntax");
-    fs::write(syntax.join("bad.cedar"), "permit (\n  principal,\n  action resource\n);\n").unwrap();
-    let out = run_fail(cbfs_cmd("cbfs-delegation").arg("check-policies").arg(&syntax));
+    fs::write(
+        syntax.join("bad.cedar"),
+        "permit (\n  principal,\n  action resource\n);\n",
+    )
+    .unwrap();
+    let out = run_fail(
+        cbfs_cmd("cbfs-delegation")
+            .arg("check-policies")
+            .arg(&syntax),
+    );
     assert_eq!(out.status.code(), Some(4));
     let err = text(&out.stderr);
     assert!(err.contains("bad.cedar") && err.contains("line 3"), "{err}");
 
     let typo = policy_folder(&work, "typo");
-    fs::write(typo.join("typo.cedar"), "forbid (principal, action, resource) when { context.size > 5 };\n").unwrap();
+    fs::write(
+        typo.join("typo.cedar"),
+        "forbid (principal, action, resource) when { context.size > 5 };\n",
+    )
+    .unwrap();
     let out = run_fail(cbfs_cmd("cbfs-delegation").arg("check-policies").arg(&typo));
     assert_eq!(out.status.code(), Some(4));
-    assert!(text(&out.stderr).contains("do not validate"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("do not validate"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -395,15 +528,19 @@ fn sighup_reloads_policies_without_dropping_requests() {
     c.delegate(1, &[]);
     let url = c.urls();
     let lockboxes = c.lockboxes(2);
-    c.open_all(c.fetch(&url, 1, "/private/x/", &lockboxes).unwrap(), &lockboxes);
+    c.open_all(
+        c.fetch(&url, 1, "/private/x/", &lockboxes).unwrap(),
+        &lockboxes,
+    );
 
     // Requests keep going while the policies change under them.
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let served = std::thread::scope(|s| {
         let background = s.spawn(|| {
             let mut n = 0;
-            while stop_rx.try_recv().is_err() {
-                c.fetch(&url, 1, "/public/", &lockboxes).expect("a request during the reload failed");
+            while !stop.load(Ordering::SeqCst) {
+                c.fetch(&url, 1, "/public/", &lockboxes)
+                    .expect("a request during the reload failed");
                 n += 1;
             }
             n
@@ -412,7 +549,7 @@ fn sighup_reloads_policies_without_dropping_requests() {
         c.nodes[0].signal("HUP");
         wait_for_policy(&url[0], "no-private", true);
         std::thread::sleep(Duration::from_millis(300));
-        stop_tx.send(()).unwrap();
+        stop.store(true, Ordering::SeqCst);
         background.join().unwrap()
     });
     assert!(served >= 1);
@@ -424,16 +561,26 @@ fn sighup_reloads_policies_without_dropping_requests() {
     c.nodes[0].signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !c.nodes[0].log_text().contains("NOT reloaded") {
-        assert!(Instant::now() < deadline, "no reload error logged:\n{}", c.nodes[0].log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no reload error logged:\n{}",
+            c.nodes[0].log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(c.nodes[0].log_text().contains("broken.cedar"));
     wait_for_policy(&url[0], "no-private", true);
     expect_single_refusal(c.fetch(&url, 1, "/private/x/", &lockboxes), "denied");
-    c.open_all(c.fetch(&url, 1, "/public/", &lockboxes).unwrap(), &lockboxes);
+    c.open_all(
+        c.fetch(&url, 1, "/public/", &lockboxes).unwrap(),
+        &lockboxes,
+    );
 }
 
-fn expect_single_refusal(result: Result<cbfs_delegation::client::Fetched, FetchError>, code: &str) -> String {
+fn expect_single_refusal(
+    result: Result<cbfs_delegation::client::Fetched, FetchError>,
+    code: &str,
+) -> String {
     let err = result.expect_err("the fetch must be refused");
     assert_eq!(refusal_codes(&err), [code], "{err}");
     err.to_string()
@@ -442,12 +589,24 @@ fn expect_single_refusal(result: Result<cbfs_delegation::client::Fetched, FetchE
 fn wait_for_policy(url: &str, id: &str, present: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let health: serde_json::Value = http_client().get(format!("{url}/healthz")).send().unwrap().json().unwrap();
-        let has = health["policies"].as_array().unwrap().iter().any(|p| p == id);
+        let health: serde_json::Value = http_client()
+            .get(format!("{url}/healthz"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let has = health["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == id);
         if has == present {
             return;
         }
-        assert!(Instant::now() < deadline, "policy {id} present={has} after 20 s: {health}");
+        assert!(
+            Instant::now() < deadline,
+            "policy {id} present={has} after 20 s: {health}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -473,10 +632,17 @@ fn delegate_sends_nothing_unless_every_node_answers() {
     let out = run_fail(&mut c.delegate_cmd(2, &[]));
     assert_eq!(out.status.code(), Some(6));
     let err = text(&out.stderr);
-    assert!(err.contains("nothing was delegated") && err.contains(&c.urls()[1]), "{err}");
+    assert!(
+        err.contains("nothing was delegated") && err.contains(&c.urls()[1]),
+        "{err}"
+    );
     for node in [&c.nodes[0], &c.nodes[2]] {
-        let health: serde_json::Value =
-            http_client().get(format!("{}/healthz", node.url)).send().unwrap().json().unwrap();
+        let health: serde_json::Value = http_client()
+            .get(format!("{}/healthz", node.url))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         assert_eq!(health["grants"], 0);
     }
     // --shares must match the nodes given.

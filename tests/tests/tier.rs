@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cbfs_tests::{
-    Compare, FaultPlan, Fault, FaultyProxy, S3Server, TreeGen, Workdir, assert_same_tree, cbfs_cmd, require_tool, run,
-    run_ok,
+    Compare, Fault, FaultPlan, FaultyProxy, S3Server, TreeGen, Workdir, assert_same_tree, cbfs_cmd,
+    require_tool, run, run_ok,
 };
 use serde_json::Value;
 
@@ -23,9 +23,25 @@ impl Keys {
         let kt = |args: &[&str]| {
             run_ok(cbfs_cmd("cbfs-keytool").current_dir(&dir).args(args));
         };
-        kt(&["create-admin", "--fs", "test", "--secret", "file:admin.key", "--keyset", "keyset.json"]);
+        kt(&[
+            "create-admin",
+            "--fs",
+            "test",
+            "--secret",
+            "file:admin.key",
+            "--keyset",
+            "keyset.json",
+        ]);
         for scope in ["alice", "bob"] {
-            kt(&["add-scope", "--admin", "file:admin.key", "--keyset", "keyset.json", "--scope", scope]);
+            kt(&[
+                "add-scope",
+                "--admin",
+                "file:admin.key",
+                "--keyset",
+                "keyset.json",
+                "--scope",
+                scope,
+            ]);
         }
         Keys { dir }
     }
@@ -40,7 +56,11 @@ impl Keys {
 /// A store under test: where it is, how to reach it, and how to read it raw.
 enum Backend {
     Local(PathBuf),
-    S3 { server: Box<S3Server>, bucket: String, endpoint: Option<String> },
+    S3 {
+        server: Box<S3Server>,
+        bucket: String,
+        endpoint: Option<String>,
+    },
 }
 
 impl Backend {
@@ -53,7 +73,11 @@ impl Backend {
     fn envs(&self) -> Vec<(String, String)> {
         match self {
             Backend::Local(_) => Vec::new(),
-            Backend::S3 { server, endpoint: Some(e), .. } => server.envs_with_endpoint(e),
+            Backend::S3 {
+                server,
+                endpoint: Some(e),
+                ..
+            } => server.envs_with_endpoint(e),
             Backend::S3 { server, .. } => server.envs(),
         }
     }
@@ -113,7 +137,10 @@ fn tier_out(backend: &Backend, keys: &Keys, index: &Path, src: &Path, extra: &[&
 
 fn tier_json(backend: &Backend, index: &Path, args: &[&str]) -> Value {
     let mut cmd = cbfs_cmd("cbfs-tier");
-    cmd.arg("--json").args(args).arg("--store").arg(backend.spec());
+    cmd.arg("--json")
+        .args(args)
+        .arg("--store")
+        .arg(backend.spec());
     if !matches!(args.first(), Some(&"verify")) {
         cmd.arg("--index").arg(index);
     }
@@ -127,13 +154,26 @@ fn verify_names_a_damaged_segment_and_restore_still_brings_back_the_rest() {
     let keys = Keys::new(&work);
     let src = work.mkdir("src");
     for i in 0..6 {
-        std::fs::write(src.join(format!("file-{i}")), cbfs_tests::random_bytes(50_000)).unwrap();
+        std::fs::write(
+            src.join(format!("file-{i}")),
+            cbfs_tests::random_bytes(50_000),
+        )
+        .unwrap();
     }
     let store = work.path("store");
     let backend = Backend::Local(store.clone());
     let index = work.path("index");
-    tier_out(&backend, &keys, &index, &src, &["--segment-size", "64K", "--jobs", "1"]);
-    let segments: Vec<PathBuf> = std::fs::read_dir(store.join("segments")).unwrap().map(|e| e.unwrap().path()).collect();
+    tier_out(
+        &backend,
+        &keys,
+        &index,
+        &src,
+        &["--segment-size", "64K", "--jobs", "1"],
+    );
+    let segments: Vec<PathBuf> = std::fs::read_dir(store.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert!(segments.len() >= 3, "{segments:?}");
     let victim = &segments[0];
     let mut bytes = std::fs::read(victim).unwrap();
@@ -142,27 +182,51 @@ fn verify_names_a_damaged_segment_and_restore_still_brings_back_the_rest() {
     std::fs::write(victim, bytes).unwrap();
     let victim_key = format!("segments/{}", victim.file_name().unwrap().to_string_lossy());
 
-    let out = run(cbfs_cmd("cbfs-tier").args(["--json", "verify", "--store"]).arg(&store));
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(cbfs_cmd("cbfs-tier")
+        .args(["--json", "verify", "--store"])
+        .arg(&store));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["problems"].as_array().unwrap().iter().any(|p| p["object"] == victim_key.as_str()), "{v}");
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["object"] == victim_key.as_str()),
+        "{v}"
+    );
 
     let dest = work.path("restored");
-    let out = run(
-        cbfs_cmd("cbfs-tier")
-            .args(["--json", "restore", "--store"])
-            .arg(&store)
-            .arg("--identity")
-            .arg(keys.admin())
-            .arg(".")
-            .arg(&dest),
+    let out = run(cbfs_cmd("cbfs-tier")
+        .args(["--json", "restore", "--store"])
+        .arg(&store)
+        .arg("--identity")
+        .arg(keys.admin())
+        .arg(".")
+        .arg(&dest));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "partial: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(3), "partial: {}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let failures = r["failures"].as_array().unwrap();
-    assert!(!failures.is_empty() && failures.iter().all(|f| f["object"] == victim_key.as_str()), "{r}");
+    assert!(
+        !failures.is_empty() && failures.iter().all(|f| f["object"] == victim_key.as_str()),
+        "{r}"
+    );
     let restored = std::fs::read_dir(&dest).unwrap().count();
-    assert_eq!(restored + failures.len(), 6, "every intact file came back: {r}");
+    assert_eq!(
+        restored + failures.len(),
+        6,
+        "every intact file came back: {r}"
+    );
 }
 
 /// Recovers snapshot `seq` with the root secret into `dest`, through a tar
@@ -208,9 +272,18 @@ fn behaviour_suite(backend: Backend) {
     let mut tree = TreeGen::new(&src, 7);
     tree.populate(40);
     std::fs::create_dir_all(src.join("alice")).unwrap();
-    std::fs::write(src.join("alice").join(format!("{}-alice-only", tree.marker)), b"alice's data").unwrap();
+    std::fs::write(
+        src.join("alice")
+            .join(format!("{}-alice-only", tree.marker)),
+        b"alice's data",
+    )
+    .unwrap();
     std::fs::create_dir_all(src.join("bob")).unwrap();
-    std::fs::write(src.join("bob").join(format!("{}-bob-only", tree.marker)), b"bob's data").unwrap();
+    std::fs::write(
+        src.join("bob").join(format!("{}-bob-only", tree.marker)),
+        b"bob's data",
+    )
+    .unwrap();
     let state1 = work.path("state1");
     tree.copy_to(&state1);
 
@@ -218,7 +291,10 @@ fn behaviour_suite(backend: Backend) {
     let r1 = tier_out(&backend, &keys, &index, &src, &["--segment-size", "1M"]);
     assert!(r1["files"].as_u64().unwrap() > 40, "{r1}");
     assert_eq!(r1["sequence"], 1, "{r1}");
-    assert!(r1["new_segments"].as_u64().unwrap() >= 2, "small segments: {r1}");
+    assert!(
+        r1["new_segments"].as_u64().unwrap() >= 2,
+        "small segments: {r1}"
+    );
     assert!(r1["skipped"].as_array().unwrap().is_empty(), "{r1}");
 
     // The store holds no name and no content of the tree.
@@ -228,9 +304,15 @@ fn behaviour_suite(backend: Backend) {
     assert!(objects.keys().any(|k| k.starts_with("summaries/")));
     assert!(objects.keys().any(|k| k.starts_with("snapshots/")));
     for (key, bytes) in &objects {
-        for needle in [tree.marker.as_bytes(), b"alice's data", "données".as_bytes(), "日本語".as_bytes()] {
+        for needle in [
+            tree.marker.as_bytes(),
+            b"alice's data",
+            "données".as_bytes(),
+            "日本語".as_bytes(),
+        ] {
             assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle) && !key.as_bytes().windows(needle.len()).any(|w| w == needle),
+                !bytes.windows(needle.len()).any(|w| w == needle)
+                    && !key.as_bytes().windows(needle.len()).any(|w| w == needle),
                 "object {key} contains {:?}",
                 String::from_utf8_lossy(needle)
             );
@@ -251,13 +333,21 @@ fn behaviour_suite(backend: Backend) {
     assert_eq!(r2["files"], 0, "{r2}");
     assert_eq!(r2["bytes_stored"], 0, "{r2}");
     assert!(r2["snapshot"].is_null(), "{r2}");
-    assert_eq!(backend.total_bytes(), before, "an unchanged rerun added bytes");
+    assert_eq!(
+        backend.total_bytes(),
+        before,
+        "an unchanged rerun added bytes"
+    );
 
     // One changed file moves only that file.
     let files = tree.files();
     let changed = src.join(&files[files.len() / 2]);
     let mode = std::fs::metadata(&changed).unwrap().permissions();
-    std::fs::set_permissions(&changed, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        &changed,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     std::fs::write(&changed, b"a new version").unwrap();
     std::fs::set_permissions(&changed, mode).unwrap();
     let state2 = work.path("state2");
@@ -275,31 +365,82 @@ fn behaviour_suite(backend: Backend) {
     assert_eq!(r4["sequence"], 3, "{r4}");
     let bob_path = format!("bob/{}-bob-only", tree.marker);
     let ls_old = tier_json(&backend, &index, &["ls", "--snapshot", "2"]);
-    assert!(ls_old.as_array().unwrap().iter().any(|e| e["path"] == bob_path.as_str()), "{ls_old}");
+    assert!(
+        ls_old
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == bob_path.as_str()),
+        "{ls_old}"
+    );
     let ls_new = tier_json(&backend, &index, &["ls"]);
-    assert!(!ls_new.as_array().unwrap().iter().any(|e| e["path"] == bob_path.as_str()));
-    let alice = ls_new.as_array().unwrap().iter().find(|e| e["path"].as_str().unwrap().starts_with("alice/")).unwrap();
+    assert!(
+        !ls_new
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == bob_path.as_str())
+    );
+    let alice = ls_new
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"].as_str().unwrap().starts_with("alice/"))
+        .unwrap();
     assert_eq!(alice["scope"], "alice");
     let ls_bob = tier_json(&backend, &index, &["ls", "--snapshot", "1", "bob"]);
-    assert_eq!(ls_bob.as_array().unwrap().len(), 2, "bob and its one file: {ls_bob}");
+    assert_eq!(
+        ls_bob.as_array().unwrap().len(),
+        2,
+        "bob and its one file: {ls_bob}"
+    );
 
     let snaps = tier_json(&backend, &index, &["snapshots"]);
-    let seqs: Vec<u64> = snaps.as_array().unwrap().iter().map(|s| s["sequence"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sequence"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [1, 2, 3]);
 
     // A user with a delegation for scope alice restores exactly alice's
     // files, and none of bob's or of the default scope.
     run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys.dir).args([
-        "create-user", "alice", "--secret", "file:alice.key", "--public", "alice.pub",
+        "create-user",
+        "alice",
+        "--secret",
+        "file:alice.key",
+        "--public",
+        "alice.pub",
     ]));
     run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys.dir).args([
-        "delegate", "--admin", "file:admin.key", "--keyset", "keyset.json", "--scope", "alice", "--to", "alice.pub",
-        "--threshold", "2", "--shares", "3", "--out", "alice-grants",
+        "delegate",
+        "--admin",
+        "file:admin.key",
+        "--keyset",
+        "keyset.json",
+        "--scope",
+        "alice",
+        "--to",
+        "alice.pub",
+        "--threshold",
+        "2",
+        "--shares",
+        "3",
+        "--out",
+        "alice-grants",
     ]));
     let mine = work.path("alice-restore");
     let out = run_ok(
         cbfs_cmd("cbfs-tier")
-            .args(["--json", "restore", "--store", &backend.spec(), "--identity"])
+            .args([
+                "--json",
+                "restore",
+                "--store",
+                &backend.spec(),
+                "--identity",
+            ])
             .arg(format!("file:{}", keys.dir.join("alice.key").display()))
             .arg("--kfrags")
             .arg(keys.dir.join("alice-grants"))
@@ -310,26 +451,45 @@ fn behaviour_suite(backend: Backend) {
             .envs(backend.envs()),
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["failures"].as_array().unwrap().is_empty(), "{report}");
-    assert!(report["skipped_scopes"]["bob"].as_u64().unwrap() >= 1, "{report}");
-    assert!(report["skipped_scopes"]["default"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        report["failures"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    assert!(
+        report["skipped_scopes"]["bob"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(
+        report["skipped_scopes"]["default"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
     let restored: Vec<String> = cbfs_tests::describe(&mine, Compare::default())
         .keys()
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .collect();
     assert_eq!(
         restored,
-        ["alice".to_owned(), format!("alice/{}-alice-only", tree.marker)],
+        [
+            "alice".to_owned(),
+            format!("alice/{}-alice-only", tree.marker)
+        ],
         "alice gets exactly her scope"
     );
-    assert_eq!(std::fs::read(mine.join(format!("alice/{}-alice-only", tree.marker))).unwrap(), b"alice's data");
+    assert_eq!(
+        std::fs::read(mine.join(format!("alice/{}-alice-only", tree.marker))).unwrap(),
+        b"alice's data"
+    );
 
     // The store verifies without a key, and with the root secret it decrypts.
     let v = tier_json(&backend, &index, &["verify"]);
     assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
     assert!(v["segments"].as_u64().unwrap() >= 3, "{v}");
     let admin = keys.admin();
-    let v = tier_json(&backend, &index, &["verify", "--read-data", "--identity", &admin]);
+    let v = tier_json(
+        &backend,
+        &index,
+        &["verify", "--read-data", "--identity", &admin],
+    );
     assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
     assert!(v["decrypted"].as_u64().unwrap() > 40, "{v}");
 
@@ -352,7 +512,11 @@ fn behaviour_local_store() {
 fn behaviour_s3_store() {
     let server = S3Server::start();
     server.create_bucket("cbfs-behaviour");
-    behaviour_suite(Backend::S3 { server: Box::new(server), bucket: "cbfs-behaviour".into(), endpoint: None });
+    behaviour_suite(Backend::S3 {
+        server: Box::new(server),
+        bucket: "cbfs-behaviour".into(),
+        endpoint: None,
+    });
 }
 
 #[test]
@@ -375,11 +539,29 @@ fn s3_retries_through_faults_and_multipart_upload() {
     std::fs::write(src.join("big.bin"), cbfs_tests::random_bytes(24 << 20)).unwrap();
     std::fs::write(src.join("small.txt"), b"small").unwrap();
     let endpoint = proxy.endpoint();
-    let backend = Backend::S3 { server: Box::new(server), bucket: "cbfs-faults".into(), endpoint: Some(endpoint) };
-    let r = tier_out(&backend, &keys, &work.path("index"), &src, &["--segment-size", "64M"]);
+    let backend = Backend::S3 {
+        server: Box::new(server),
+        bucket: "cbfs-faults".into(),
+        endpoint: Some(endpoint),
+    };
+    let r = tier_out(
+        &backend,
+        &keys,
+        &work.path("index"),
+        &src,
+        &["--segment-size", "64M"],
+    );
     assert_eq!(r["files"], 2, "{r}");
-    assert!(proxy.faults_injected() >= 5, "faults: {}", proxy.faults_injected());
-    let parts = proxy.requests().iter().filter(|r| r.target.contains("partNumber=")).count();
+    assert!(
+        proxy.faults_injected() >= 5,
+        "faults: {}",
+        proxy.faults_injected()
+    );
+    let parts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.target.contains("partNumber="))
+        .count();
     assert!(parts >= 2, "the 24 MiB segment went up in parts: {parts}");
     let dest = work.path("restored");
     recover_snapshot(&backend, &keys, &work, 1, &dest);
@@ -406,9 +588,17 @@ fn store_is_unreachable_gives_a_clear_transient_error() {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ALLOW_HTTP", "true");
     let out = run(&mut cmd);
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("127.0.0.1") || err.contains("s3://nobucket"), "{err}");
+    assert!(
+        err.contains("127.0.0.1") || err.contains("s3://nobucket"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -427,16 +617,68 @@ fn ten_thousand_files_one_change_adds_under_one_percent() {
     let backend = Backend::Local(work.path("store"));
     let index = work.path("index");
     let first = tier_out(&backend, &keys, &index, &src, &[]);
-    assert_eq!(first["files"], 10_100, "10,000 files and 100 directories: {first}");
+    assert_eq!(
+        first["files"], 10_100,
+        "10,000 files and 100 directories: {first}"
+    );
     let first_bytes = backend.total_bytes();
     std::fs::write(src.join("dir-042").join("file-042.txt"), b"changed").unwrap();
     let second = tier_out(&backend, &keys, &index, &src, &[]);
     assert_eq!(second["files"], 1, "{second}");
     let added = backend.total_bytes() - first_bytes;
-    assert_eq!(added, second["bytes_stored"].as_u64().unwrap(), "the report counts what the store gained");
+    assert_eq!(
+        added,
+        second["bytes_stored"].as_u64().unwrap(),
+        "the report counts what the store gained"
+    );
     assert!(
         added * 100 < first_bytes,
         "one changed file added {added} bytes, {:.3}% of the first run's {first_bytes}",
         added as f64 * 100.0 / first_bytes as f64
     );
+}
+
+#[test]
+fn plain_mode_segments_are_ordinary_tars() {
+    let work = Workdir::new();
+    let src = work.mkdir("src");
+    std::fs::create_dir(src.join("docs")).unwrap();
+    std::fs::write(
+        src.join("docs").join("readme.txt"),
+        b"plain text, readable by anyone",
+    )
+    .unwrap();
+    std::fs::write(src.join("data.bin"), cbfs_tests::random_bytes(10_000)).unwrap();
+    std::os::unix::fs::symlink("docs/readme.txt", src.join("link")).unwrap();
+    let store = work.path("store");
+    let out = run_ok(
+        cbfs_cmd("cbfs-tier")
+            .args(["--json", "out"])
+            .arg(&src)
+            .arg("--store")
+            .arg(&store)
+            .arg("--index")
+            .arg(work.path("index"))
+            .args(["--plain", "--jobs", "1"]),
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["files"], 4, "{r}");
+    let segments: Vec<PathBuf> = std::fs::read_dir(store.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(segments.len(), 1);
+    assert!(
+        !store.join("lockboxes").exists(),
+        "plain mode has no lockboxes"
+    );
+    let dest = work.mkdir("extracted");
+    run_ok(
+        Command::new("tar")
+            .arg("-xpf")
+            .arg(&segments[0])
+            .arg("-C")
+            .arg(&dest),
+    );
+    assert_same_tree(&src, &dest, Compare::default());
 }

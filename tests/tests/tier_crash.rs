@@ -19,7 +19,13 @@ fn setup(seed: u64) -> (Setup, TreeGen) {
     let work = Workdir::new();
     let keys = work.mkdir("keys");
     run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys).args([
-        "create-admin", "--fs", "crash", "--secret", "file:admin.key", "--keyset", "keyset.json",
+        "create-admin",
+        "--fs",
+        "crash",
+        "--secret",
+        "file:admin.key",
+        "--keyset",
+        "keyset.json",
     ]));
     let src = work.path("src");
     let mut tree = TreeGen::new(&src, seed);
@@ -81,7 +87,13 @@ fn assert_snapshot(s: &Setup, seq: u64, expected: &Path) {
     let dest = s.work.path(&format!("restored-{seq}"));
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::create_dir_all(&dest).unwrap();
-    run_ok(Command::new("tar").args(["--xattrs", "--xattrs-include=*", "-xpf"]).arg(&tar).arg("-C").arg(&dest));
+    run_ok(
+        Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "-xpf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&dest),
+    );
     assert_same_tree(expected, &dest, Compare::default());
 }
 
@@ -94,7 +106,11 @@ fn sequences(s: &Setup) -> Vec<u64> {
             .arg(&s.index),
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array().unwrap().iter().map(|x| x["sequence"].as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["sequence"].as_u64().unwrap())
+        .collect()
 }
 
 /// Crash in the second run, rerun, check both snapshots.
@@ -174,14 +190,34 @@ fn update_series_every_state_comes_back() {
         tree.copy_to(&copy);
         let checksum = cbfs_tests::checksum(&copy, Compare::default());
         let r = tier(&s);
-        let seq = r["sequence"].as_u64().unwrap_or_else(|| panic!("round {round} made no snapshot: {r}"));
+        let seq = r["sequence"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("round {round} made no snapshot: {r}"));
         states.push((seq, copy, checksum));
     }
-    // Bring back states in a scrambled order.
+    // Bring back states in a scrambled order, through GNU tar and bsdtar.
     for i in [3usize, 0, 5, 1, 4, 2] {
         let (seq, copy, checksum) = &states[i];
         assert_snapshot(&s, *seq, copy);
         let dest = s.work.path(&format!("restored-{seq}"));
-        assert_eq!(&cbfs_tests::checksum(&dest, Compare::default()), checksum, "state {i} (snapshot {seq})");
+        assert_eq!(
+            &cbfs_tests::checksum(&dest, Compare::default()),
+            checksum,
+            "state {i} (snapshot {seq})"
+        );
+        let bsd = s.work.path(&format!("bsdtar-{seq}"));
+        std::fs::create_dir_all(&bsd).unwrap();
+        run_ok(
+            Command::new(cbfs_tests::require_tool(
+                "bsdtar",
+                "apt-get install libarchive-tools",
+            ))
+            .env("LC_ALL", "C.UTF-8")
+            .arg("-xpf")
+            .arg(s.work.path(&format!("s{seq}.tar")))
+            .arg("-C")
+            .arg(&bsd),
+        );
+        assert_same_tree(copy, &bsd, Compare::default());
     }
 }

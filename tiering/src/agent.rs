@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use cbfs_core::{KeySource, Keyset, Protection, Seed, Unlock, UserSecret, fingerprint, public_key_hex};
-use cbfs_store::Store;
 use cbfs_core::umbral_pre::{PublicKey, Signer};
+use cbfs_core::{
+    KeySource, Keyset, Protection, Seed, Unlock, UserSecret, fingerprint, public_key_hex,
+};
+use cbfs_store::Store;
 
 use crate::error::{Error, Result};
 use crate::index::{Batch, Index};

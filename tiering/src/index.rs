@@ -155,7 +155,8 @@ impl Batch {
     }
     /// Records a snapshot.
     pub fn put_snapshot(&mut self, rec: &SnapshotRecord) {
-        self.inner.put(key(SNAPSHOT, &rec.sequence.to_be_bytes()), enc(rec));
+        self.inner
+            .put(key(SNAPSHOT, &rec.sequence.to_be_bytes()), enc(rec));
     }
     /// Replaces the state.
     pub fn put_state(&mut self, state: &State) {
@@ -170,7 +171,8 @@ impl Batch {
 impl Index {
     /// Opens (or creates) the index in `dir`. Only one process may have it open.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create index directory", dir, e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("cannot create index directory", dir, e))?;
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.set_max_open_files(256);
@@ -221,14 +223,22 @@ impl Index {
         }
     }
 
-    fn scan<T: DeserializeOwned>(&self, tag: u8, mut f: impl FnMut(&[u8], T) -> Result<()>) -> Result<()> {
-        let it = self.db.iterator(rocksdb::IteratorMode::From(&[tag], rocksdb::Direction::Forward));
+    fn scan<T: DeserializeOwned>(
+        &self,
+        tag: u8,
+        mut f: impl FnMut(&[u8], T) -> Result<()>,
+    ) -> Result<()> {
+        let it = self.db.iterator(rocksdb::IteratorMode::From(
+            &[tag],
+            rocksdb::Direction::Forward,
+        ));
         for item in it {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if k.first() != Some(&tag) {
                 break;
             }
-            let rec = serde_json::from_slice(&v).map_err(|e| self.err(format!("corrupt record: {e}")))?;
+            let rec =
+                serde_json::from_slice(&v).map_err(|e| self.err(format!("corrupt record: {e}")))?;
             f(&k[1..], rec)?;
         }
         Ok(())

@@ -24,7 +24,9 @@ pub use error::{Error, Result};
 pub use index::{FileRecord, Index, MemberRecord, SegmentRecord, SnapshotRecord, State};
 pub use list::{ListedEntry, SnapshotInfo, list_entries, list_snapshots};
 pub use out::{CrashPoint, OutOptions, OutReport, run as run_out};
-pub use restore::{Problem as VerifyProblem, RestoreOptions, VerifyReport, opener_for, run_restore, run_verify};
+pub use restore::{
+    Problem as VerifyProblem, RestoreOptions, VerifyReport, opener_for, run_restore, run_verify,
+};
 pub use rules::{ScopeRule, ScopeRules};
-pub use source::StoreSource;
 pub use scan::{Problem, Stat};
+pub use source::StoreSource;

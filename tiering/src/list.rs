@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::agent::Agent;
 use crate::error::{Error, Result};
-use cbfs_format::layout;
 use crate::scan::Stat;
+use cbfs_format::layout;
 
 /// One snapshot in the store.
 #[derive(Clone, Debug, Serialize)]
@@ -31,7 +31,10 @@ pub struct SnapshotInfo {
 fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -96,7 +99,6 @@ pub fn list_snapshots(agent: &Agent) -> Result<Vec<SnapshotInfo>> {
     Ok(out)
 }
 
-
 /// One entry of a snapshot, as the local index knows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ListedEntry {
@@ -118,7 +120,11 @@ pub struct ListedEntry {
 
 /// The entries of a snapshot (the newest if `snapshot` is `None`; an id or a
 /// sequence number otherwise) under `prefix`.
-pub fn list_entries(agent: &Agent, snapshot: Option<&str>, prefix: Option<&str>) -> Result<Vec<ListedEntry>> {
+pub fn list_entries(
+    agent: &Agent,
+    snapshot: Option<&str>,
+    prefix: Option<&str>,
+) -> Result<Vec<ListedEntry>> {
     let snaps = load_manifests(agent)?;
     let chosen = match snapshot {
         None => snaps.last(),

@@ -162,7 +162,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
         Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like 64M"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64M"))?;
     let size = n.checked_mul(mult).ok_or("size too large")?;
     if size < 64 << 10 {
         return Err("the segment size must be at least 64K".into());
@@ -188,7 +190,10 @@ fn default_index(store: &str) -> PathBuf {
 }
 
 fn open_agent(args: &StoreArgs) -> anyhow::Result<Agent> {
-    let index = args.index.clone().unwrap_or_else(|| default_index(&args.store));
+    let index = args
+        .index
+        .clone()
+        .unwrap_or_else(|| default_index(&args.store));
     Ok(Agent::open(AgentOptions {
         store: &args.store,
         index: &index,
@@ -211,7 +216,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             crash_at,
         } => {
             let agent = open_agent(&store)?;
-            let workers = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+            let workers = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            });
             let opts = OutOptions {
                 source: source.clone(),
                 rules: ScopeRules::new(scopes),
@@ -257,7 +266,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             } else if snaps.is_empty() {
                 println!("no snapshots in {}", agent.store.describe());
             } else {
-                println!("{:>6}  {:<32}  {:<20}  {:>8}  writer", "seq", "id", "created", "entries");
+                println!(
+                    "{:>6}  {:<32}  {:<20}  {:>8}  writer",
+                    "seq", "id", "created", "entries"
+                );
                 for s in &snaps {
                     println!(
                         "{:>6}  {:<32}  {:<20}  {:>8}  {}{}",
@@ -266,7 +278,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         s.created,
                         s.entries,
                         s.writer,
-                        if s.trusted_writer { "" } else { " (UNREGISTERED)" }
+                        if s.trusted_writer {
+                            ""
+                        } else {
+                            " (UNREGISTERED)"
+                        }
                     );
                 }
             }
@@ -307,7 +323,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             read_data,
             identity,
         } => {
-            let report = cbfs_tiering::run_verify(&store, keyset.as_deref(), identity.as_ref(), read_data)?;
+            let report =
+                cbfs_tiering::run_verify(&store, keyset.as_deref(), identity.as_ref(), read_data)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -318,7 +335,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     report.members,
                     report.lockboxes,
                     report.unreferenced_segments,
-                    if read_data { format!("; {} entries decrypted", report.decrypted) } else { String::new() }
+                    if read_data {
+                        format!("; {} entries decrypted", report.decrypted)
+                    } else {
+                        String::new()
+                    }
                 );
                 for p in &report.problems {
                     println!("PROBLEM {}: {}", p.object, p.error);
@@ -329,7 +350,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(if report.problems.is_empty() { 0 } else { 4 })
         }
-        Command::Ls { store, snapshot, path } => {
+        Command::Ls {
+            store,
+            snapshot,
+            path,
+        } => {
             let agent = open_agent(&store)?;
             let entries = cbfs_tiering::list_entries(&agent, snapshot.as_deref(), path.as_deref())?;
             if json {
@@ -372,7 +397,10 @@ fn main() -> ExitCode {
         Err(err) => {
             let code = exit_code(&err);
             if json {
-                println!("{}", serde_json::json!({ "error": format!("{err:#}"), "exit_code": code }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": format!("{err:#}"), "exit_code": code })
+                );
             }
             eprintln!("cbfs-tier: error: {err:#}");
             ExitCode::from(code)
@@ -388,8 +416,11 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,cbfs_tiering={level},cbfs_store={level},cbfs_core={level}")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,cbfs_tiering={level},cbfs_store={level},cbfs_core={level}"
+        ))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

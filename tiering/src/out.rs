@@ -20,18 +20,18 @@ use std::time::Instant;
 
 use cbfs_core::ScopeLabel;
 use cbfs_format::{
-    GroupKey, Lockbox, ManifestBuilder, ManifestEntry, MemberId, SegmentId, SegmentMode, SegmentWriter,
-    SnapshotId, SummaryEntry,
+    GroupKey, Lockbox, ManifestBuilder, ManifestEntry, MemberId, SegmentId, SegmentMode,
+    SegmentWriter, SnapshotId, SummaryEntry,
 };
 use serde::Serialize;
 
 use crate::agent::Agent;
 use crate::error::{Error, Result};
 use crate::index::{Batch, FileRecord, MemberRecord, SegmentRecord, SnapshotRecord};
-use cbfs_format::layout;
 use crate::progress::Progress;
 use crate::rules::ScopeRules;
 use crate::scan::{self, Entry, Names, Problem, Stat};
+use cbfs_format::layout;
 
 /// What a run is asked to do.
 #[derive(Clone, Debug)]
@@ -173,9 +173,13 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
     }
     agent.publish_keyset()?;
 
-    let meta = std::fs::metadata(&opts.source).map_err(|e| Error::io("cannot read source", &opts.source, e))?;
+    let meta = std::fs::metadata(&opts.source)
+        .map_err(|e| Error::io("cannot read source", &opts.source, e))?;
     if !meta.is_dir() {
-        return Err(Error::Usage(format!("{} is not a directory", opts.source.display())));
+        return Err(Error::Usage(format!(
+            "{} is not a directory",
+            opts.source.display()
+        )));
     }
 
     // Scan, and decide what changed.
@@ -258,7 +262,10 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
         // A run died after committing segments and before its manifest:
         // finish its snapshot first (adopting its manifest if it got out).
         let rec = write_manifest(agent, opts, &shared)?;
-        tracing::info!(sequence = rec.sequence, "finished the snapshot of an interrupted run");
+        tracing::info!(
+            sequence = rec.sequence,
+            "finished the snapshot of an interrupted run"
+        );
     }
     store_all(&shared, work)?;
     shared.progress.finish();
@@ -311,7 +318,8 @@ fn agent_spool_dir(agent: &Agent) -> Result<PathBuf> {
     let dir = agent.index_dir().join("spool");
     // Spools of a run that died are garbage now.
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create spool directory", &dir, e))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io("cannot create spool directory", &dir, e))?;
     Ok(dir)
 }
 
@@ -336,7 +344,11 @@ fn check_scopes(agent: &Agent, opts: &OutOptions) -> Result<()> {
 }
 
 /// Lowers the liveness of the segment holding an old version.
-fn release(agent: &Agent, updates: &mut HashMap<SegmentId, SegmentRecord>, old: &FileRecord) -> Result<()> {
+fn release(
+    agent: &Agent,
+    updates: &mut HashMap<SegmentId, SegmentRecord>,
+    old: &FileRecord,
+) -> Result<()> {
     let rec = match updates.get_mut(&old.segment) {
         Some(r) => r,
         None => {
@@ -455,7 +467,12 @@ fn skip(shared: &Shared<'_>, entry: &Entry, reason: String) {
         .push(Problem { path, reason });
 }
 
-fn store_one(shared: &Shared<'_>, seg: &mut OpenSegment, names: &mut Names, work: Work) -> Result<()> {
+fn store_one(
+    shared: &Shared<'_>,
+    seg: &mut OpenSegment,
+    names: &mut Names,
+    work: Work,
+) -> Result<()> {
     let Work {
         entry,
         scope,
@@ -514,7 +531,9 @@ fn store_one(shared: &Shared<'_>, seg: &mut OpenSegment, names: &mut Names, work
             skip(shared, &entry, "changed while being read".into());
             return Ok(());
         }
-        Err(cbfs_format::Error::Io { source, .. }) if regular && source.kind() != std::io::ErrorKind::StorageFull => {
+        Err(cbfs_format::Error::Io { source, .. })
+            if regular && source.kind() != std::io::ErrorKind::StorageFull =>
+        {
             // A read error of the source file; a write error of the spool
             // (disk full) ends the run instead.
             skip(shared, &entry, format!("cannot read: {source}"));
@@ -550,7 +569,11 @@ fn group_key<'s>(
     scope: &ScopeLabel,
 ) -> Result<&'s GroupKey> {
     if !groups.contains_key(scope) {
-        let ks = shared.agent.keyset.as_ref().expect("checked before the run");
+        let ks = shared
+            .agent
+            .keyset
+            .as_ref()
+            .expect("checked before the run");
         let pk = ks.scope(scope).expect("checked before the run");
         let (lockbox, key) = Lockbox::seal(scope.as_str(), pk, segment)?;
         lockboxes.push(lockbox);
@@ -570,7 +593,9 @@ impl std::io::Read for CountingReader<'_, '_> {
             return Ok(0);
         };
         let n = std::io::Read::read(&mut f, buf)?;
-        self.shared.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.shared
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
         self.shared.progress.bytes(n as u64);
         Ok(n)
     }
@@ -672,7 +697,9 @@ fn close_segment(shared: &Shared<'_>, seg: OpenSegment) -> Result<()> {
     }
     crash_if(shared.opts, CrashPoint::AfterCommit(n));
     let _ = std::fs::remove_file(&path);
-    shared.bytes_stored.fetch_add(stored_bytes, Ordering::Relaxed);
+    shared
+        .bytes_stored
+        .fetch_add(stored_bytes, Ordering::Relaxed);
     shared.new_segments.fetch_add(1, Ordering::Relaxed);
     tracing::info!(segment = %id, members = stored.len(), bytes = summary.segment_len(), "segment stored");
     Ok(())
@@ -690,7 +717,11 @@ fn write_manifest(agent: &Agent, opts: &OutOptions, shared: &Shared<'_>) -> Resu
         Ok(())
     })?;
     entries.sort();
-    let mut sequence = state.last_snapshot.as_ref().map(|s| s.sequence + 1).unwrap_or(1);
+    let mut sequence = state
+        .last_snapshot
+        .as_ref()
+        .map(|s| s.sequence + 1)
+        .unwrap_or(1);
     let previous = state.last_snapshot.as_ref().map(|s| s.manifest_hash);
     let root = cbfs_format::merkle_root(&entries);
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use cbfs_core::{KeySource, Keyset, Unlock, UserSecret};
 use cbfs_format::{Lockbox, Metadata, SegmentId, Summary, layout};
 use cbfs_recover::{
-    DirSink, GrantOpener, LockboxOpener, ObjectSource, PathFilter, Report, Sink, identify, load_grants, load_keyset,
-    open_snapshot,
+    DirSink, GrantOpener, LockboxOpener, ObjectSource, PathFilter, Report, Sink, identify,
+    load_grants, load_keyset, open_snapshot,
 };
 use cbfs_store::Store;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -60,7 +60,8 @@ pub fn opener_for(
     if let Some(dir) = kfrags {
         let user = UserSecret::from_seed(seed);
         let grants = load_grants(dir, keyset).map_err(|e| Error::Usage(e.to_string()))?;
-        let opener = GrantOpener::new(&user, grants, keyset).map_err(|e| Error::Usage(e.to_string()))?;
+        let opener =
+            GrantOpener::new(&user, grants, keyset).map_err(|e| Error::Usage(e.to_string()))?;
         return Ok(Box::new(opener));
     }
     match identify(seed, keyset) {
@@ -100,8 +101,12 @@ pub fn run_restore(opts: &RestoreOptions<'_>) -> Result<Report> {
     let reader = Reader::open(opts.store, opts.keyset)?;
     let keyset = reader.keyset()?;
     let opener = opener_for(keyset, opts.identity, opts.kfrags)?;
-    let snapshot = open_snapshot(&reader.source, Some(keyset), opts.snapshot)
-        .map_err(|e| Error::Integrity { object: "snapshots/".into(), reason: e.to_string() })?;
+    let snapshot = open_snapshot(&reader.source, Some(keyset), opts.snapshot).map_err(|e| {
+        Error::Integrity {
+            object: "snapshots/".into(),
+            reason: e.to_string(),
+        }
+    })?;
     if opts.snapshot.is_none()
         && let Some(dir) = opts.index
         && dir.join("CURRENT").exists()
@@ -123,13 +128,23 @@ pub fn run_restore(opts: &RestoreOptions<'_>) -> Result<Report> {
     let filter = if matches!(opts.path, "." | "/" | "") {
         PathFilter::all()
     } else {
-        PathFilter::new([opts.path.trim_end_matches('/').as_bytes()]).map_err(|e| Error::Usage(e.to_string()))?
+        PathFilter::new([opts.path.trim_end_matches('/').as_bytes()])
+            .map_err(|e| Error::Usage(e.to_string()))?
     };
     std::fs::create_dir_all(opts.dest).map_err(|e| Error::io("cannot create", opts.dest, e))?;
     let dir = DirSink::new(opts.dest).map_err(|e| Error::Usage(e.to_string()))?;
     let mut sink = ProgressSink::new(dir, opts.progress);
-    let report = cbfs_recover::restore(&reader.source, &snapshot, opener.as_ref(), &filter, &mut sink)
-        .map_err(|e| Error::Integrity { object: snapshot.key().to_owned(), reason: e.to_string() })?;
+    let report = cbfs_recover::restore(
+        &reader.source,
+        &snapshot,
+        opener.as_ref(),
+        &filter,
+        &mut sink,
+    )
+    .map_err(|e| Error::Integrity {
+        object: snapshot.key().to_owned(),
+        reason: e.to_string(),
+    })?;
     sink.bar.finish_and_clear();
     drop(reader.rt);
     Ok(report)
@@ -147,8 +162,10 @@ impl<S: Sink> ProgressSink<S> {
         let bar = if enabled && std::io::stderr().is_terminal() {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bytes} {binary_bytes_per_sec} {msg}")
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bytes} {binary_bytes_per_sec} {msg}",
+                )
+                .expect("valid template"),
             );
             b
         } else {
@@ -248,23 +265,35 @@ pub fn run_verify(
     let source = &reader.source;
     let mut report = VerifyReport::default();
     let mut problems = Vec::new();
-    let mut referenced: BTreeMap<SegmentId, BTreeMap<cbfs_format::MemberId, [u8; 32]>> = BTreeMap::new();
+    let mut referenced: BTreeMap<SegmentId, BTreeMap<cbfs_format::MemberId, [u8; 32]>> =
+        BTreeMap::new();
     let mut snapshots = Vec::new();
-    let manifests = source.list(layout::SNAPSHOTS).map_err(|e| Error::Usage(e.to_string()))?;
+    let manifests = source
+        .list(layout::SNAPSHOTS)
+        .map_err(|e| Error::Usage(e.to_string()))?;
     for key in &manifests {
-        let Some((seq, _)) = layout::parse_manifest(key) else { continue };
+        let Some((seq, _)) = layout::parse_manifest(key) else {
+            continue;
+        };
         match open_snapshot(source, reader.keyset.as_ref(), Some(&seq.to_string())) {
             Ok(s) => {
                 report.snapshots += 1;
                 for e in s.manifest().entries() {
-                    referenced.entry(e.segment).or_default().insert(e.member, e.sha256);
+                    referenced
+                        .entry(e.segment)
+                        .or_default()
+                        .insert(e.member, e.sha256);
                 }
                 snapshots.push(s);
             }
             Err(e) => problems.push(report_problem(key, e.to_string())),
         }
     }
-    let existing: BTreeSet<String> = source.list(layout::SEGMENTS).map_err(|e| Error::Usage(e.to_string()))?.into_iter().collect();
+    let existing: BTreeSet<String> = source
+        .list(layout::SEGMENTS)
+        .map_err(|e| Error::Usage(e.to_string()))?
+        .into_iter()
+        .collect();
     report.unreferenced_segments = existing
         .iter()
         .filter_map(|k| layout::parse_segment(k))
@@ -273,7 +302,11 @@ pub fn run_verify(
     for (segment, members) in &referenced {
         report.members += members.len() as u64;
         let skey = layout::summary(segment);
-        let summary = match source.get(&skey).map_err(|e| e.to_string()).and_then(|b| Summary::from_bytes(&b).map_err(|e| e.to_string())) {
+        let summary = match source
+            .get(&skey)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Summary::from_bytes(&b).map_err(|e| e.to_string()))
+        {
             Ok(s) => s,
             Err(e) => {
                 problems.push(report_problem(&skey, e));
@@ -283,8 +316,14 @@ pub fn run_verify(
         for (member, sha) in members {
             match summary.entry(member) {
                 Some(e) if &e.sha256 == sha => {}
-                Some(_) => problems.push(report_problem(&skey, format!("member {member}: its hash differs from the manifest's"))),
-                None => problems.push(report_problem(&skey, format!("member {member} of a snapshot is not in the summary"))),
+                Some(_) => problems.push(report_problem(
+                    &skey,
+                    format!("member {member}: its hash differs from the manifest's"),
+                )),
+                None => problems.push(report_problem(
+                    &skey,
+                    format!("member {member} of a snapshot is not in the summary"),
+                )),
             }
         }
         let seg_key = layout::segment(segment);
@@ -299,9 +338,18 @@ pub fn run_verify(
         }
         for group in summary.groups() {
             let lkey = layout::lockbox(segment, &group);
-            match source.get(&lkey).map_err(|e| e.to_string()).and_then(|b| Lockbox::from_bytes(&b).map_err(|e| e.to_string())) {
-                Ok(lb) if lb.segment_id() == *segment && lb.group_id() == group => report.lockboxes += 1,
-                Ok(_) => problems.push(report_problem(&lkey, "the lockbox names another segment or group".into())),
+            match source
+                .get(&lkey)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Lockbox::from_bytes(&b).map_err(|e| e.to_string()))
+            {
+                Ok(lb) if lb.segment_id() == *segment && lb.group_id() == group => {
+                    report.lockboxes += 1
+                }
+                Ok(_) => problems.push(report_problem(
+                    &lkey,
+                    "the lockbox names another segment or group".into(),
+                )),
                 Err(e) => problems.push(report_problem(&lkey, e)),
             }
         }
@@ -312,11 +360,23 @@ pub fn run_verify(
         };
         let opener = opener_for(reader.keyset()?, identity, None)?;
         for s in &snapshots {
-            let r = cbfs_recover::restore(source, s, opener.as_ref(), &PathFilter::all(), &mut DiscardSink)
-                .map_err(|e| Error::Integrity { object: s.key().to_owned(), reason: e.to_string() })?;
+            let r = cbfs_recover::restore(
+                source,
+                s,
+                opener.as_ref(),
+                &PathFilter::all(),
+                &mut DiscardSink,
+            )
+            .map_err(|e| Error::Integrity {
+                object: s.key().to_owned(),
+                reason: e.to_string(),
+            })?;
             report.decrypted += r.restored_entries;
             for f in r.failures {
-                problems.push(report_problem(&f.object, format!("member {}: {}", f.member.unwrap_or_default(), f.error)));
+                problems.push(report_problem(
+                    &f.object,
+                    format!("member {}: {}", f.member.unwrap_or_default(), f.error),
+                ));
             }
         }
     }

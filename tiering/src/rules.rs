@@ -111,7 +111,11 @@ mod tests {
 
     #[test]
     fn first_match_wins_and_default_catches_the_rest() {
-        let r = rules(&["home/alice/**=alice", "home/*/secret/**=vault", "home/**=homes"]);
+        let r = rules(&[
+            "home/alice/**=alice",
+            "home/*/secret/**=vault",
+            "home/**=homes",
+        ]);
         assert_eq!(r.scope_of(b"home/alice/a.txt").as_str(), "alice");
         assert_eq!(r.scope_of(b"home/alice/secret/x").as_str(), "alice");
         assert_eq!(r.scope_of(b"home/bob/secret/x").as_str(), "vault");
@@ -132,7 +136,11 @@ mod tests {
 
     #[test]
     fn bad_rules_are_explained() {
-        for (rule, needle) in [("nolabel", "GLOB=LABEL"), ("a/**=bad label", "invalid scope label"), ("a[=x", "a[")] {
+        for (rule, needle) in [
+            ("nolabel", "GLOB=LABEL"),
+            ("a/**=bad label", "invalid scope label"),
+            ("a[=x", "a["),
+        ] {
             let err = rule.parse::<ScopeRule>().unwrap_err().to_string();
             assert!(err.contains(needle), "{rule}: {err}");
         }

@@ -198,7 +198,10 @@ pub fn metadata_of(
             libc::S_IFREG => EntryKind::File,
             libc::S_IFDIR => EntryKind::Dir,
             libc::S_IFLNK => EntryKind::Symlink {
-                target: std::fs::read_link(&entry.abs)?.as_os_str().as_bytes().to_vec(),
+                target: std::fs::read_link(&entry.abs)?
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
             },
             libc::S_IFCHR => EntryKind::CharDevice {
                 major: libc::major(st.rdev),

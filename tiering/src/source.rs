@@ -27,20 +27,29 @@ impl StoreSource {
     /// A source for `spec` (a directory or `s3://...`).
     pub fn open(spec: &str, store: Store, handle: Handle) -> crate::Result<Self> {
         if !spec.starts_with("s3://") {
-            let dir = LocalDir::new(Path::new(spec)).map_err(|e| crate::Error::Usage(e.to_string()))?;
+            let dir =
+                LocalDir::new(Path::new(spec)).map_err(|e| crate::Error::Usage(e.to_string()))?;
             return Ok(StoreSource::Local(dir));
         }
         let spool = tempfile::Builder::new()
             .prefix("cbfs-restore-")
             .tempdir()
-            .map_err(|e| crate::Error::io("cannot create a spool directory", std::env::temp_dir(), e))?;
-        Ok(StoreSource::Remote { store, handle, spool })
+            .map_err(|e| {
+                crate::Error::io("cannot create a spool directory", std::env::temp_dir(), e)
+            })?;
+        Ok(StoreSource::Remote {
+            store,
+            handle,
+            spool,
+        })
     }
 }
 
 fn convert(key: &str, e: cbfs_store::Error) -> RecoverError {
     if e.is_not_found() {
-        RecoverError::Missing { key: key.to_owned() }
+        RecoverError::Missing {
+            key: key.to_owned(),
+        }
     } else {
         RecoverError::Read {
             key: key.to_owned(),
@@ -73,7 +82,11 @@ impl ObjectSource for StoreSource {
     fn open(&self, key: &str) -> cbfs_recover::Result<Box<dyn ReadSeek + '_>> {
         match self {
             StoreSource::Local(d) => d.open(key),
-            StoreSource::Remote { store, handle, spool } => {
+            StoreSource::Remote {
+                store,
+                handle,
+                spool,
+            } => {
                 let path = spool.path().join(key.replace('/', "_"));
                 if !path.exists() {
                     handle

@@ -126,15 +126,19 @@ pub(super) fn store_new(path: &Path, seed: &Seed, protection: &Protection) -> Re
     let location = || format!("file:{}", path.display());
     let bytes: Zeroizing<Vec<u8>> = match protection {
         Protection::None => Zeroizing::new(seed.expose_secret_bytes().to_vec()),
-        Protection::Passphrase(pass) => {
-            age_wrap(age::Encryptor::with_user_passphrase(pass.clone()), seed, path)?
-        }
+        Protection::Passphrase(pass) => age_wrap(
+            age::Encryptor::with_user_passphrase(pass.clone()),
+            seed,
+            path,
+        )?,
         Protection::Recipients(list) => {
             let mut recipients: Vec<age::x25519::Recipient> = Vec::new();
             for r in list {
                 recipients.push(r.parse().map_err(|e| Error::BadSource {
                     spec: location(),
-                    reason: format!("age recipient `{r}` is not an x25519 recipient (age1...): {e}"),
+                    reason: format!(
+                        "age recipient `{r}` is not an x25519 recipient (age1...): {e}"
+                    ),
                 })?);
             }
             if recipients.is_empty() {
@@ -273,7 +277,10 @@ mod tests {
         store_new(&path, &Seed::generate(), &Protection::None).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load(&path, &Unlock::default()).unwrap_err().to_string();
-        assert!(err.contains("mode 0644") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.contains("mode 0644") && err.contains("chmod 600"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -315,7 +322,13 @@ mod tests {
             seed.expose_secret_bytes()
         );
         let other = dir.path().join("other.txt");
-        std::fs::write(&other, age::x25519::Identity::generate().to_string().expose_secret()).unwrap();
+        std::fs::write(
+            &other,
+            age::x25519::Identity::generate()
+                .to_string()
+                .expose_secret(),
+        )
+        .unwrap();
         let unlock = Unlock {
             age_identity: Some(other),
             ..Unlock::default()
@@ -329,6 +342,9 @@ mod tests {
         let path = dir.path().join("k");
         write_new_private(&path, b"too short").unwrap();
         let err = load(&path, &Unlock::default()).unwrap_err().to_string();
-        assert!(err.contains("exactly 32 bytes") && err.contains("9 bytes"), "{err}");
+        assert!(
+            err.contains("exactly 32 bytes") && err.contains("9 bytes"),
+            "{err}"
+        );
     }
 }

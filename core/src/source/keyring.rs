@@ -197,9 +197,8 @@ mod secret_service {
                 Err(e) => return Err(format!("the session bus cannot be reached: {e}")),
             }
         }
-        let store = zbus_secret_service_keyring_store::Store::new().map_err(|e| {
-            format!("the Secret Service cannot be opened: {}", describe(&e))
-        })?;
+        let store = zbus_secret_service_keyring_store::Store::new()
+            .map_err(|e| format!("the Secret Service cannot be opened: {}", describe(&e)))?;
         keyring_core::set_default_store(store);
         Ok(())
     }
@@ -318,7 +317,9 @@ mod tests {
         for bad in ["kwallet", "Keyutils", "secret_service", " keyutils"] {
             let err = Store::requested(Some(OsStr::new(bad))).unwrap_err();
             assert!(
-                err.contains(STORE_ENV) && err.contains(bad) && err.contains("keyutils or secret-service"),
+                err.contains(STORE_ENV)
+                    && err.contains(bad)
+                    && err.contains("keyutils or secret-service"),
                 "{bad}: {err}"
             );
         }
@@ -337,14 +338,19 @@ mod tests {
         assert!(keyutils.contains("CBFS_KEYRING_STORE=secret-service"));
         let ss = Store::SecretService.not_found_hint();
         assert!(!ss.contains("reboot"), "{ss}");
-        assert!(ss.contains("cbfs-keytool copy --from") && ss.contains("CBFS_KEYRING_STORE=keyutils"));
+        assert!(
+            ss.contains("cbfs-keytool copy --from") && ss.contains("CBFS_KEYRING_STORE=keyutils")
+        );
     }
 
     #[test]
     fn locked_secret_service_says_what_to_do() {
         let e = KrError::NoStorageAccess("locked".into());
         let text = describe_in(Store::SecretService, &e);
-        assert!(text.contains("unlock") && text.contains("CBFS_KEYRING_STORE=keyutils"), "{text}");
+        assert!(
+            text.contains("unlock") && text.contains("CBFS_KEYRING_STORE=keyutils"),
+            "{text}"
+        );
         assert_eq!(describe_in(Store::Keyutils, &e), describe(&e));
     }
 }

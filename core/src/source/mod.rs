@@ -75,7 +75,9 @@ impl FromStr for KeySource {
                     !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
                 };
                 if !ok(service) || !ok(name) {
-                    return Err(bad("the service and the name must be non-empty, without spaces"));
+                    return Err(bad(
+                        "the service and the name must be non-empty, without spaces",
+                    ));
                 }
                 Ok(KeySource::Keyring {
                     service: service.to_owned(),
@@ -91,7 +93,9 @@ impl FromStr for KeySource {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
                 if !key_ok {
-                    return Err(bad("the transit key name must be letters, digits, '-', '_' or '.'"));
+                    return Err(bad(
+                        "the transit key name must be letters, digits, '-', '_' or '.'",
+                    ));
                 }
                 if path.is_empty() {
                     return Err(bad("the path of the wrapped key is empty"));
@@ -311,7 +315,9 @@ mod tests {
             }
         );
         assert_eq!(
-            "openbao:cbfs-kek:/k/admin.wrapped".parse::<KeySource>().unwrap(),
+            "openbao:cbfs-kek:/k/admin.wrapped"
+                .parse::<KeySource>()
+                .unwrap(),
             KeySource::OpenBao {
                 key: "cbfs-kek".into(),
                 path: "/k/admin.wrapped".into()

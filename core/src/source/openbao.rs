@@ -57,7 +57,13 @@ impl Kms {
 
     /// POSTs to the transit engine and returns the `data` object. The
     /// response body is kept in zeroizing memory: it may hold key material.
-    fn call(&self, op: &'static str, key: &str, loc: &str, body: &Value) -> Result<Zeroizing<String>> {
+    fn call(
+        &self,
+        op: &'static str,
+        key: &str,
+        loc: &str,
+        body: &Value,
+    ) -> Result<Zeroizing<String>> {
         let url = format!("{}/v1/{}/{op}/{key}", self.addr, self.mount);
         let err = |reason: String, transient: bool| Error::Kms {
             op,
@@ -71,9 +77,17 @@ impl Kms {
             .header("X-Vault-Token", self.token.expose_secret())
             .json(body)
             .send()
-            .map_err(|e| err(format!("cannot reach {}: {}", self.addr, e.without_url()), true))?;
+            .map_err(|e| {
+                err(
+                    format!("cannot reach {}: {}", self.addr, e.without_url()),
+                    true,
+                )
+            })?;
         let status = resp.status();
-        let text = Zeroizing::new(resp.text().map_err(|e| err(e.without_url().to_string(), true))?);
+        let text = Zeroizing::new(
+            resp.text()
+                .map_err(|e| err(e.without_url().to_string(), true))?,
+        );
         if !status.is_success() {
             // Error bodies carry messages, never key material.
             let detail = serde_json::from_str::<Value>(&text)
@@ -141,7 +155,12 @@ pub(super) fn store_new(key: &str, path: &Path, seed: &Seed) -> Result<()> {
     }
     let kms = Kms::from_env(&loc)?;
     let plaintext = Zeroizing::new(B64.encode(seed.expose_secret_bytes()));
-    let text = kms.call("encrypt", key, &loc, &json!({ "plaintext": plaintext.as_str() }))?;
+    let text = kms.call(
+        "encrypt",
+        key,
+        &loc,
+        &json!({ "plaintext": plaintext.as_str() }),
+    )?;
     let ciphertext = field(&text, "ciphertext", "encrypt", &loc)?;
     write_new_private(path, format!("{}\n", ciphertext.as_str()).as_bytes())
 }

@@ -88,7 +88,10 @@ impl NodeProc {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = node.supervisor.try_wait().unwrap() {
-                panic!("node {name} exited with {status} during start-up:\n{}", node.log_text());
+                panic!(
+                    "node {name} exited with {status} during start-up:\n{}",
+                    node.log_text()
+                );
             }
             let health = cbfs_tests::http_client()
                 .get(format!("{}/healthz", node.url))
@@ -110,7 +113,10 @@ impl NodeProc {
     fn pid(&self) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(pid) = fs::read_to_string(&self.pidfile).ok().and_then(|s| s.trim().parse().ok()) {
+            if let Some(pid) = fs::read_to_string(&self.pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
                 return pid;
             }
             assert!(Instant::now() < deadline, "no pid file for {}", self.url);
@@ -198,7 +204,13 @@ pub struct Cluster {
 pub fn keytool(dir: &Path) -> Command {
     let mut cmd = cbfs_cmd("cbfs-keytool");
     cmd.current_dir(dir);
-    for var in ["CBFS_AGE_IDENTITY", "CBFS_PASSPHRASE_FILE", "RUST_LOG", "BAO_ADDR", "BAO_TOKEN"] {
+    for var in [
+        "CBFS_AGE_IDENTITY",
+        "CBFS_PASSPHRASE_FILE",
+        "RUST_LOG",
+        "BAO_ADDR",
+        "BAO_TOKEN",
+    ] {
         cmd.env_remove(var);
     }
     cmd
@@ -225,7 +237,9 @@ impl Cluster {
     pub fn start(n: usize, extra: &[String]) -> Cluster {
         let work = Workdir::new();
         let kt = || keytool(work.root());
-        run_ok(kt().args(words("create-admin --fs fs1 --secret file:admin.key --keyset keyset.json")));
+        run_ok(kt().args(words(
+            "create-admin --fs fs1 --secret file:admin.key --keyset keyset.json",
+        )));
         run_ok(kt().args(words(&format!(
             "add-scope --admin file:admin.key --keyset keyset.json --scope {SCOPE}"
         ))));
@@ -254,7 +268,9 @@ impl Cluster {
     }
 
     pub fn node_args(urls: &[String]) -> Vec<String> {
-        urls.iter().flat_map(|u| ["--node".to_owned(), u.clone()]).collect()
+        urls.iter()
+            .flat_map(|u| ["--node".to_owned(), u.clone()])
+            .collect()
     }
 
     /// `cbfs-keytool delegate` of the scope to the user, `threshold` of the
@@ -313,14 +329,23 @@ impl Cluster {
         path: &str,
         lockboxes: &[(Lockbox, GroupKey)],
     ) -> Result<Fetched, FetchError> {
-        let http = cbfs_tests::reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = cbfs_tests::reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap();
         let nodes = NodeSet::new(urls)
             .unwrap()
             .with_timeout(Duration::from_secs(60))
             .with_http_client(http);
         let capsules: Vec<_> = lockboxes.iter().map(|(l, _)| l.capsule().clone()).collect();
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(fetch_cfrags(&nodes, &self.user, &self.access(threshold), path, &capsules))
+        runtime.block_on(fetch_cfrags(
+            &nodes,
+            &self.user,
+            &self.access(threshold),
+            path,
+            &capsules,
+        ))
     }
 
     /// Opens every lockbox with the fetched cfrags and checks the group keys.
@@ -340,12 +365,19 @@ impl Cluster {
     pub fn assert_no_secrets(&self) {
         let mut secrets = vec![
             ("root seed", fs::read(self.work.path("admin.key")).unwrap()),
-            ("user seed", fs::read(self.work.path(format!("{USER}.key"))).unwrap()),
+            (
+                "user seed",
+                fs::read(self.work.path(format!("{USER}.key"))).unwrap(),
+            ),
         ];
         let admin = self.admin();
         secrets.push((
             "scope seed",
-            admin.scope(&ScopeLabel::new(SCOPE).unwrap()).seed().expose_secret_bytes().to_vec(),
+            admin
+                .scope(&ScopeLabel::new(SCOPE).unwrap())
+                .seed()
+                .expose_secret_bytes()
+                .to_vec(),
         ));
         for node in &self.nodes {
             secrets.push(("node seed", fs::read(node.data.join("node.key")).unwrap()));
@@ -353,8 +385,16 @@ impl Cluster {
         for node in &self.nodes {
             let audit = fs::read(node.audit_path()).unwrap_or_default();
             for (name, secret) in &secrets {
-                assert_no_secret(&node.log_bytes(), secret, &format!("log of {} ({name})", node.url));
-                assert_no_secret(&audit, secret, &format!("audit log of {} ({name})", node.url));
+                assert_no_secret(
+                    &node.log_bytes(),
+                    secret,
+                    &format!("log of {} ({name})", node.url),
+                );
+                assert_no_secret(
+                    &audit,
+                    secret,
+                    &format!("audit log of {} ({name})", node.url),
+                );
             }
         }
     }

@@ -67,7 +67,10 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize) -> std::io::Result
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or("GET").to_owned(), parts.next().unwrap_or("/").to_owned());
+    let (method, path) = (
+        parts.next().unwrap_or("GET").to_owned(),
+        parts.next().unwrap_or("/").to_owned(),
+    );
     let mut length = 0usize;
     loop {
         let mut line = String::new();
@@ -97,8 +100,14 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize) -> std::io::Result
         client.get(&url).send()
     };
     let (status, mut answer) = match response {
-        Ok(r) => (r.status().as_u16(), r.bytes().map(|b| b.to_vec()).unwrap_or_default()),
-        Err(_) => (502, b"{\"error\":\"internal\",\"reason\":\"upstream down\"}".to_vec()),
+        Ok(r) => (
+            r.status().as_u16(),
+            r.bytes().map(|b| b.to_vec()).unwrap_or_default(),
+        ),
+        Err(_) => (
+            502,
+            b"{\"error\":\"internal\",\"reason\":\"upstream down\"}".to_vec(),
+        ),
     };
     if path == "/v1/reencrypt" && status == 200 {
         let mut value: serde_json::Value = serde_json::from_slice(&answer).unwrap();
