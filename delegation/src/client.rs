@@ -33,6 +33,9 @@
 //! # Ok(()) }
 //! ```
 
+/// Verified cfrags per answering node (by index), for one delegation.
+type NodeAnswers = Vec<(usize, Vec<VerifiedCapsuleFrag>)>;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -357,7 +360,7 @@ pub async fn fetch_cfrags(
             .collect();
         // Answers grouped by the delegation (grant issue time) that made them:
         // only cfrags of one delegation combine.
-        let mut groups: Vec<(String, Vec<(usize, Vec<VerifiedCapsuleFrag>)>)> = Vec::new();
+        let mut groups: Vec<(String, NodeAnswers)> = Vec::new();
         let mut done = None;
         while let Some((i, answer)) = pending.next().await {
             match answer {

@@ -7,7 +7,8 @@
 //! fails clearly with two; a revoked user, an expired delegation, a path
 //! the policy excludes, a forged and a replayed request are refused; a node
 //! that returns tampered cfrags is detected and named; one node re-encrypts
-//! a 1,000-capsule batch into verified cfrags. Then the operations: audit
+//! a 1,000-capsule batch into verified cfrags; a slow node does not hold
+//! a restore up. Then the operations: audit
 //! log verification, `check-policies`, SIGHUP reload, SIGTERM, and no
 //! secret in any node log or audit log.
 
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use cbfs_core::{ScopeLabel, UserName, UserSecret, public_key_from_hex};
 use cbfs_delegation::client::{FetchError, NodeProblem};
 use cbfs_delegation::wire::{NodeInfo, ReencryptBody, SignedReencrypt};
-use cbfs_tests::{cbfs_cmd, http_client, run_fail, run_ok};
+use cbfs_tests::{Fault, FaultPlan, FaultyProxy, cbfs_cmd, http_client, run_fail, run_ok};
 use cluster::{Cluster, SCOPE, USER, text};
 use liar::LyingProxy;
 
@@ -380,6 +381,47 @@ fn a_node_that_returns_tampered_cfrags_is_detected_and_named() {
         "{message}"
     );
     assert!(message.contains("faulty or compromised"), "{message}");
+}
+
+#[test]
+fn a_slow_node_does_not_hold_up_the_restore() {
+    let mut c = Cluster::start(3, &[]);
+    c.delegate(2, &[]);
+    let upstream = c.nodes[0]
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let slow = FaultyProxy::start(
+        upstream,
+        FaultPlan::first(100, Fault::Delay(Duration::from_secs(30))),
+    );
+    let urls = vec![slow.endpoint(), c.urls()[1].clone(), c.urls()[2].clone()];
+    let lockboxes = c.lockboxes(3);
+    let started = Instant::now();
+    let fetched = c.fetch(&urls, 2, "/", &lockboxes).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "waited {:?} for the slow node",
+        started.elapsed()
+    );
+    assert_eq!(fetched.answered, &urls[1..]);
+    c.open_all(fetched, &lockboxes);
+
+    // With one fast node left, the slow one runs out of time, and is named.
+    c.nodes[2].kill();
+    let err = c
+        .fetch_within(Duration::from_secs(2), &urls, 2, "/", &lockboxes)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("node {} did not answer within 2 s", urls[0])),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("node {} is down", urls[2])),
+        "{message}"
+    );
 }
 
 #[test]

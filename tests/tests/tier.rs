@@ -236,7 +236,7 @@ fn recover_snapshot(backend: &Backend, keys: &Keys, work: &Workdir, seq: u64, de
         Backend::Local(p) => p.clone(),
         Backend::S3 { .. } => {
             // cbfs-recover reads local stores: copy the objects out.
-            let copy = work.path(&format!("s3-copy-{seq}"));
+            let copy = work.path(format!("s3-copy-{seq}"));
             for (k, v) in backend.objects() {
                 let p = copy.join(&k);
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -245,7 +245,7 @@ fn recover_snapshot(backend: &Backend, keys: &Keys, work: &Workdir, seq: u64, de
             copy
         }
     };
-    let tar = work.path(&format!("snapshot-{seq}.tar"));
+    let tar = work.path(format!("snapshot-{seq}.tar"));
     run_ok(
         cbfs_cmd("cbfs-recover")
             .args(["--identity", &keys.admin(), "--store"])
@@ -495,7 +495,7 @@ fn behaviour_suite(backend: Backend) {
 
     // Every snapshot comes back whole.
     for (seq, expected) in [(1, &state1), (2, &state2)] {
-        let dest = work.path(&format!("restored-{seq}"));
+        let dest = work.path(format!("restored-{seq}"));
         recover_snapshot(&backend, &keys, &work, seq, &dest);
         assert_same_tree(expected, &dest, Compare::default());
     }

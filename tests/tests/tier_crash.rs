@@ -73,7 +73,7 @@ fn crash(s: &Setup, point: &str) {
 }
 
 fn assert_snapshot(s: &Setup, seq: u64, expected: &Path) {
-    let tar = s.work.path(&format!("s{seq}.tar"));
+    let tar = s.work.path(format!("s{seq}.tar"));
     let _ = std::fs::remove_file(&tar);
     run_ok(
         cbfs_cmd("cbfs-recover")
@@ -84,7 +84,7 @@ fn assert_snapshot(s: &Setup, seq: u64, expected: &Path) {
             .args(["--snapshot", &seq.to_string(), "-o"])
             .arg(&tar),
     );
-    let dest = s.work.path(&format!("restored-{seq}"));
+    let dest = s.work.path(format!("restored-{seq}"));
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::create_dir_all(&dest).unwrap();
     run_ok(
@@ -186,7 +186,7 @@ fn update_series_every_state_comes_back() {
         if round > 0 {
             tree.update(8);
         }
-        let copy = s.work.path(&format!("state-{round}"));
+        let copy = s.work.path(format!("state-{round}"));
         tree.copy_to(&copy);
         let checksum = cbfs_tests::checksum(&copy, Compare::default());
         let r = tier(&s);
@@ -199,13 +199,13 @@ fn update_series_every_state_comes_back() {
     for i in [3usize, 0, 5, 1, 4, 2] {
         let (seq, copy, checksum) = &states[i];
         assert_snapshot(&s, *seq, copy);
-        let dest = s.work.path(&format!("restored-{seq}"));
+        let dest = s.work.path(format!("restored-{seq}"));
         assert_eq!(
             &cbfs_tests::checksum(&dest, Compare::default()),
             checksum,
             "state {i} (snapshot {seq})"
         );
-        let bsd = s.work.path(&format!("bsdtar-{seq}"));
+        let bsd = s.work.path(format!("bsdtar-{seq}"));
         std::fs::create_dir_all(&bsd).unwrap();
         run_ok(
             Command::new(cbfs_tests::require_tool(
@@ -214,7 +214,7 @@ fn update_series_every_state_comes_back() {
             ))
             .env("LC_ALL", "C.UTF-8")
             .arg("-xpf")
-            .arg(s.work.path(&format!("s{seq}.tar")))
+            .arg(s.work.path(format!("s{seq}.tar")))
             .arg("-C")
             .arg(&bsd),
         );

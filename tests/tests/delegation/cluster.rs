@@ -329,13 +329,25 @@ impl Cluster {
         path: &str,
         lockboxes: &[(Lockbox, GroupKey)],
     ) -> Result<Fetched, FetchError> {
+        self.fetch_within(Duration::from_secs(60), urls, threshold, path, lockboxes)
+    }
+
+    /// [`fetch`](Self::fetch), giving each node `timeout` to answer.
+    pub fn fetch_within(
+        &self,
+        timeout: Duration,
+        urls: &[String],
+        threshold: usize,
+        path: &str,
+        lockboxes: &[(Lockbox, GroupKey)],
+    ) -> Result<Fetched, FetchError> {
         let http = cbfs_tests::reqwest::Client::builder()
             .no_proxy()
             .build()
             .unwrap();
         let nodes = NodeSet::new(urls)
             .unwrap()
-            .with_timeout(Duration::from_secs(60))
+            .with_timeout(timeout)
             .with_http_client(http);
         let capsules: Vec<_> = lockboxes.iter().map(|(l, _)| l.capsule().clone()).collect();
         let runtime = tokio::runtime::Runtime::new().unwrap();
