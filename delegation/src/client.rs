@@ -86,7 +86,8 @@ pub struct Access {
     pub scope_key: PublicKey,
     /// The administrator's verifying key, from the keyset: it signed the kfrags.
     pub admin_key: PublicKey,
-    /// m: how many nodes must answer.
+    /// m: how many nodes must answer; 0 to take m from the nodes' answers
+    /// (each says the m of the grant it holds).
     pub threshold: usize,
 }
 
@@ -185,7 +186,7 @@ pub enum FetchError {
     /// Fewer than m nodes answered with verified cfrags.
     #[error("{}", not_enough(*.needed, *.asked, *.answered, .failures))]
     NotEnoughNodes {
-        /// m.
+        /// m (0 if it was not given and no node answered to tell it).
         needed: usize,
         /// n.
         asked: usize,
@@ -210,9 +211,15 @@ impl FetchError {
 }
 
 fn not_enough(needed: usize, asked: usize, answered: usize, failures: &[NodeFailure]) -> String {
-    let mut s = format!(
-        "cannot unlock: {needed} of the {asked} delegation nodes must answer with verified capsule fragments, and only {answered} did"
-    );
+    let mut s = if needed == 0 {
+        format!(
+            "cannot unlock: none of the {asked} delegation nodes answered with verified capsule fragments"
+        )
+    } else {
+        format!(
+            "cannot unlock: {needed} of the {asked} delegation nodes must answer with verified capsule fragments, and only {answered} did"
+        )
+    };
     for failure in failures {
         s.push_str("\n  - ");
         s.push_str(&failure.to_string());
@@ -326,7 +333,7 @@ pub async fn fetch_cfrags(
     path: &str,
     capsules: &[Capsule],
 ) -> Result<Fetched, FetchError> {
-    if access.threshold == 0 || access.threshold > nodes.len() {
+    if access.threshold > nodes.len() {
         return Err(FetchError::Config(format!(
             "threshold {} is not possible with {} nodes",
             access.threshold,
@@ -358,9 +365,9 @@ pub async fn fetch_cfrags(
                 (i, answer)
             })
             .collect();
-        // Answers grouped by the delegation (grant issue time) that made them:
-        // only cfrags of one delegation combine.
-        let mut groups: Vec<(String, NodeAnswers)> = Vec::new();
+        // Answers grouped by the delegation (grant issue time and m) that
+        // made them: only cfrags of one delegation combine.
+        let mut groups: Vec<((String, usize), NodeAnswers)> = Vec::new();
         let mut done = None;
         while let Some((i, answer)) = pending.next().await {
             match answer {
@@ -373,7 +380,11 @@ pub async fn fetch_cfrags(
                         }
                     };
                     groups[at].1.push((i, cfrags));
-                    if groups[at].1.len() == access.threshold {
+                    let need = match access.threshold {
+                        0 => groups[at].0.1,
+                        m => m,
+                    };
+                    if groups[at].1.len() >= need {
                         done = Some(at);
                         break;
                     }
@@ -397,13 +408,18 @@ pub async fn fetch_cfrags(
         drop(pending);
         let Some(done) = done else {
             let answered = groups.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
+            let needed = match access.threshold {
+                // 0 when no node answered, so m is not known.
+                0 => groups.iter().map(|((_, m), _)| *m).max().unwrap_or(0),
+                m => m,
+            };
             if groups.len() > 1 {
                 let newest = groups
                     .iter()
-                    .map(|(issued, _)| issued.clone())
+                    .map(|((issued, _), _)| issued.clone())
                     .max()
                     .unwrap_or_default();
-                for (issued, members) in &groups {
+                for ((issued, _), members) in &groups {
                     for (i, _) in members {
                         fetched.failures.push(NodeFailure {
                             node: nodes.nodes[*i].url.clone(),
@@ -419,7 +435,7 @@ pub async fn fetch_cfrags(
                 }
             }
             return Err(FetchError::NotEnoughNodes {
-                needed: access.threshold,
+                needed,
                 asked: nodes.len(),
                 answered,
                 failures: fetched.failures,
@@ -498,7 +514,7 @@ async fn ask(
     access: &Access,
     path: &str,
     capsules: &[Capsule],
-) -> Result<(String, Vec<VerifiedCapsuleFrag>), NodeProblem> {
+) -> Result<((String, usize), Vec<VerifiedCapsuleFrag>), NodeProblem> {
     let node_pk = node_key(nodes, node).await?;
     let request = ReencryptBody::new(&node_pk, &access.user, &access.scope, path, capsules)
         .sign(&user.signer());
@@ -539,6 +555,13 @@ async fn ask(
             capsules.len()
         )));
     }
+    let threshold = answer.threshold as usize;
+    if threshold == 0 || (access.threshold == 0 && threshold > nodes.len()) {
+        return Err(NodeProblem::Protocol(format!(
+            "it holds a {threshold}-of-n share, and {} nodes were given",
+            nodes.len()
+        )));
+    }
     let capsules = capsules.to_vec();
     let (admin, scope, user_key) = (access.admin_key, access.scope_key, *user_key);
     // Verification is elliptic-curve work: keep it off the async threads.
@@ -547,7 +570,7 @@ async fn ask(
     })
     .await
     .map_err(|e| NodeProblem::Protocol(format!("verification failed to run: {e}")))??;
-    Ok((answer.grant_issued, cfrags))
+    Ok(((answer.grant_issued, threshold), cfrags))
 }
 
 fn verify_all(

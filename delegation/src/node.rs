@@ -699,6 +699,7 @@ impl Node {
             format: CFRAGS_FORMAT.into(),
             version: WIRE_VERSION,
             grant_issued: grant.issued().to_owned(),
+            threshold: grant.threshold(),
             cfrags: cfrags.iter().map(encode_cfrag).collect(),
         })
     }

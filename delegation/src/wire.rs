@@ -181,6 +181,10 @@ pub struct Cfrags {
     /// different delegations of the same scope (an older share left on one
     /// node) each verify but do not combine; the client groups answers by this.
     pub grant_issued: String,
+    /// m, as that grant says: how many nodes' cfrags open a capsule. A
+    /// client that was not told m learns it here; a wrong m only makes the
+    /// opening fail, it never opens anything the cfrags would not.
+    pub threshold: u32,
     /// Standard base64 of each cfrag, in the order of the request's capsules.
     pub cfrags: Vec<String>,
 }

@@ -24,6 +24,18 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// The object, member and path, for people.
+    fn what(&self) -> String {
+        let mut what = self.object.clone();
+        if let Some(m) = &self.member {
+            let _ = write!(what, " member {m}");
+        }
+        if let Some(p) = &self.path {
+            let _ = write!(what, " ({p})");
+        }
+        what
+    }
+
     pub(crate) fn new(object: impl Into<String>, member: Option<String>, err: &Error) -> Self {
         let object = object.into();
         // The object is a field of its own: do not repeat it in the message.
@@ -81,7 +93,13 @@ impl Report {
     }
 
     pub(crate) fn fail(&mut self, failure: Failure) {
-        tracing::warn!(object = %failure.object, member = ?failure.member, code = %failure.code, "{}", failure.error);
+        // Logged once per distinct error: a locked scope fails every member
+        // of it the same way, and the report lists them all.
+        if self.failures.iter().any(|f| f.error == failure.error) {
+            tracing::debug!(object = %failure.object, member = ?failure.member, code = %failure.code, "{}", failure.error);
+        } else {
+            tracing::warn!(object = %failure.object, member = ?failure.member, code = %failure.code, "{}", failure.error);
+        }
         self.failures.push(failure);
     }
 
@@ -133,15 +151,34 @@ impl Report {
                 d.object, d.code, d.error
             );
         }
+        // Failures with the same error are said once, with what they concern.
+        let mut groups: Vec<(&str, &str, Vec<&Failure>)> = Vec::new();
         for f in &self.failures {
-            let mut what = f.object.clone();
-            if let Some(m) = &f.member {
-                let _ = write!(what, " member {m}");
+            match groups
+                .iter_mut()
+                .find(|(code, error, _)| *code == f.code && *error == f.error)
+            {
+                Some(g) => g.2.push(f),
+                None => groups.push((&f.code, &f.error, vec![f])),
             }
-            if let Some(p) = &f.path {
-                let _ = write!(what, " ({p})");
+        }
+        const LISTED: usize = 10;
+        for (code, error, members) in groups {
+            if let [f] = members[..] {
+                let _ = writeln!(s, "FAILED {} [{code}]: {error}", f.what());
+                continue;
             }
-            let _ = writeln!(s, "FAILED {what} [{}]: {}", f.code, f.error);
+            let _ = writeln!(s, "FAILED {} members [{code}]: {error}", members.len());
+            for f in members.iter().take(LISTED) {
+                let _ = writeln!(s, "  - {}", f.what());
+            }
+            if members.len() > LISTED {
+                let _ = writeln!(
+                    s,
+                    "  - and {} more (--json lists every one)",
+                    members.len() - LISTED
+                );
+            }
         }
         if self.failures.is_empty() {
             let _ = writeln!(s, "all members in reach were restored");

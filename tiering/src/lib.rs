@@ -14,6 +14,7 @@ mod index;
 mod list;
 mod out;
 mod progress;
+mod remote;
 mod restore;
 mod rules;
 mod scan;
@@ -24,6 +25,7 @@ pub use error::{Error, Result};
 pub use index::{FileRecord, Index, MemberRecord, SegmentRecord, SnapshotRecord, State};
 pub use list::{ListedEntry, SnapshotInfo, list_entries, list_snapshots};
 pub use out::{CrashPoint, OutOptions, OutReport, run as run_out};
+pub use remote::{NodeOpener, NodeOptions};
 pub use restore::{
     Problem as VerifyProblem, RestoreOptions, VerifyReport, opener_for, run_restore, run_verify,
 };

@@ -99,7 +99,8 @@ enum Command {
     },
     /// Restore files from a snapshot into a directory, with your own key.
     ///
-    /// A user gives their own secret and their delegation (--kfrags); only the
+    /// A user gives their own secret and either their delegation nodes
+    /// (--node URL... --user NAME.pub) or grant files (--kfrags); only the
     /// scopes delegated to them are opened, and what could not be opened is
     /// reported. The result is checked against the signed snapshot manifest.
     Restore {
@@ -109,9 +110,23 @@ enum Command {
         /// Your secret (a user key with --kfrags, or a root or scope secret).
         #[arg(long, value_name = "SOURCE")]
         identity: KeySource,
-        /// Directory of your delegation grant files.
-        #[arg(long, value_name = "DIR")]
+        /// Directory of your delegation grant files (kfrags held locally).
+        #[arg(long, value_name = "DIR", conflicts_with = "node")]
         kfrags: Option<PathBuf>,
+        /// A delegation node; repeat for all n nodes of your delegation. All
+        /// are asked at once and the first m verified answers are used; a
+        /// node that is down, slow or lies is named and worked around.
+        #[arg(long, value_name = "URL", requires = "user")]
+        node: Vec<String>,
+        /// With --node: who you are, your NAME.pub file (or your name).
+        #[arg(long, value_name = "NAME.pub")]
+        user: Option<String>,
+        /// With --node: m of your m-of-n delegation; by default the nodes say it.
+        #[arg(long, value_name = "M", requires = "node")]
+        threshold: Option<usize>,
+        /// With --node: seconds one node gets to answer one batch.
+        #[arg(long, value_name = "SECS", default_value_t = 60, requires = "node")]
+        node_timeout: u64,
         /// A keyset file instead of the one the store carries.
         #[arg(long, value_name = "KEYSET.json")]
         keyset: Option<PathBuf>,
@@ -292,6 +307,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             store,
             identity,
             kfrags,
+            node,
+            user,
+            threshold,
+            node_timeout,
             keyset,
             snapshot,
             index,
@@ -309,6 +328,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 dest: &dest,
                 index: index.as_deref(),
                 progress: !json,
+                nodes: &node,
+                user: user.as_deref(),
+                threshold: threshold.unwrap_or(0),
+                node_timeout: std::time::Duration::from_secs(node_timeout.max(1)),
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use cbfs_core::{KeySource, Keyset, Unlock, UserSecret};
+use cbfs_core::{KeySource, Keyset, Unlock, UserName, UserPublic, UserSecret};
 use cbfs_format::{Lockbox, Metadata, SegmentId, Summary, layout};
 use cbfs_recover::{
     DirSink, GrantOpener, LockboxOpener, ObjectSource, PathFilter, Report, Sink, identify,
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::index::Index;
+use crate::remote::{NodeOpener, NodeOptions};
 use crate::source::StoreSource;
 
 /// How to reach a store for reading.
@@ -94,13 +96,112 @@ pub struct RestoreOptions<'a> {
     pub index: Option<&'a std::path::Path>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Delegation nodes to unlock through (instead of `kfrags`).
+    pub nodes: &'a [String],
+    /// With `nodes`: who the user is, a name or a `NAME.pub` file.
+    pub user: Option<&'a str>,
+    /// With `nodes`: m, or 0 to take it from the nodes' answers.
+    pub threshold: usize,
+    /// With `nodes`: how long one node gets to answer one batch.
+    pub node_timeout: std::time::Duration,
+}
+
+/// The user a `--user` argument names: a `NAME.pub` file (checked against the
+/// secret) or a bare name.
+fn user_name(arg: &str, secret: &UserSecret) -> Result<UserName> {
+    let path = std::path::Path::new(arg);
+    if arg.ends_with(".pub") || path.is_file() {
+        let public = UserPublic::load(path)?;
+        public.check_secret(secret).map_err(|_| {
+            Error::Usage(format!(
+                "the --identity secret is not the key of user `{}` ({arg})",
+                public.name()
+            ))
+        })?;
+        return Ok(public.name().clone());
+    }
+    UserName::new(arg).map_err(|e| Error::Usage(format!("--user {arg}: {e}")))
+}
+
+/// The opener a restore uses, and the node opener behind it (for its notes)
+/// when it goes through delegation nodes.
+type RestoreOpener = (Box<dyn LockboxOpener>, Option<Arc<NodeOpener>>);
+
+/// The opener of a restore: through delegation nodes, or [`opener_for`].
+fn restore_opener(
+    opts: &RestoreOptions<'_>,
+    keyset: &Keyset,
+    rt: tokio::runtime::Handle,
+) -> Result<RestoreOpener> {
+    if opts.nodes.is_empty() {
+        if opts.user.is_some() || opts.threshold > 0 {
+            return Err(Error::Usage(
+                "--user and --threshold go with --node URL".into(),
+            ));
+        }
+        return Ok((opener_for(keyset, opts.identity, opts.kfrags)?, None));
+    }
+    if opts.kfrags.is_some() {
+        return Err(Error::Usage(
+            "give either --kfrags DIR (grants held locally) or --node URL... (delegation nodes), not both".into(),
+        ));
+    }
+    let Some(user) = opts.user else {
+        return Err(Error::Usage(
+            "--node needs --user NAME.pub (or the user's name): the nodes know you by it".into(),
+        ));
+    };
+    let secret = UserSecret::from_seed(opts.identity.load(&Unlock::from_env())?);
+    let name = user_name(user, &secret)?;
+    let opener = Arc::new(NodeOpener::new(
+        rt,
+        secret,
+        keyset,
+        NodeOptions {
+            urls: opts.nodes,
+            user: name,
+            threshold: opts.threshold,
+            timeout: opts.node_timeout,
+            path: request_path(opts.path),
+        },
+    )?);
+    Ok((Box::new(SharedOpener(opener.clone())), Some(opener)))
+}
+
+/// The path prefix a restore of `path` asks the nodes for: `/` for the whole
+/// tree, else `/PATH`.
+fn request_path(path: &str) -> String {
+    let trimmed = path.trim_matches('/');
+    if matches!(trimmed, "." | "") {
+        "/".into()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+/// Lends an opener to a restore while the caller keeps it for its notes.
+struct SharedOpener(Arc<NodeOpener>);
+
+impl LockboxOpener for SharedOpener {
+    fn open(&self, lockbox: &Lockbox) -> cbfs_recover::Result<Option<cbfs_format::GroupKey>> {
+        self.0.open(lockbox)
+    }
+    fn open_batch(
+        &self,
+        lockboxes: &[&Lockbox],
+    ) -> Vec<cbfs_recover::Result<Option<cbfs_format::GroupKey>>> {
+        self.0.open_batch(lockboxes)
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
 }
 
 /// Restores files a user may open from a snapshot into a directory.
 pub fn run_restore(opts: &RestoreOptions<'_>) -> Result<Report> {
     let reader = Reader::open(opts.store, opts.keyset)?;
     let keyset = reader.keyset()?;
-    let opener = opener_for(keyset, opts.identity, opts.kfrags)?;
+    let (opener, remote) = restore_opener(opts, keyset, reader.rt.handle().clone())?;
     let snapshot = open_snapshot(&reader.source, Some(keyset), opts.snapshot).map_err(|e| {
         Error::Integrity {
             object: "snapshots/".into(),
@@ -145,7 +246,12 @@ pub fn run_restore(opts: &RestoreOptions<'_>) -> Result<Report> {
         object: snapshot.key().to_owned(),
         reason: e.to_string(),
     })?;
+    let mut report = report;
+    if let Some(remote) = remote {
+        report.warnings.extend(remote.notes());
+    }
     sink.bar.finish_and_clear();
+    drop(opener);
     drop(reader.rt);
     Ok(report)
 }

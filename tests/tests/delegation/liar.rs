@@ -1,7 +1,8 @@
 //! A lying node: an HTTP proxy in front of a real node that swaps the first
 //! two cfrags of every re-encryption answer. Each swapped cfrag is a real,
 //! well-formed cfrag, made by the real kfrag, for the wrong capsule: only
-//! verification against the capsule catches it.
+//! verification against the capsule catches it. An answer of one cfrag gets
+//! one bit of that cfrag flipped instead.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -114,6 +115,15 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize) -> std::io::Result
         let cfrags = value["cfrags"].as_array_mut().unwrap();
         if cfrags.len() >= 2 {
             cfrags.swap(0, 1);
+            lies.fetch_add(1, Ordering::SeqCst);
+        } else if let Some(only) = cfrags.first_mut() {
+            // One cfrag: flip a bit of its signature instead.
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let mut bytes = b64.decode(only.as_str().unwrap()).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            *only = serde_json::Value::String(b64.encode(bytes));
             lies.fetch_add(1, Ordering::SeqCst);
         }
         answer = serde_json::to_vec(&value).unwrap();

@@ -1,0 +1,238 @@
+//! Opening lockboxes through delegation nodes: `cbfs-tier restore --node`.
+//!
+//! For each segment the restore reads, [`NodeOpener`] sends the capsules of
+//! its lockboxes, one batch per scope, to all n nodes at once
+//! ([`cbfs_delegation::client::fetch_cfrags`]), takes the first m answers
+//! whose every capsule fragment verifies, and opens the lockboxes with the
+//! user's own key. A node that is down, slow, refuses or lies does not stop
+//! the restore while m honest nodes answer; each is named in the report.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cbfs_core::{Keyset, ScopeLabel, UserName, UserSecret, fingerprint};
+use cbfs_delegation::client::{Access, FetchError, NodeProblem, NodeSet, fetch_cfrags};
+use cbfs_format::{GroupKey, Lockbox};
+use cbfs_recover::LockboxOpener;
+
+use crate::error::{Error, Result};
+
+/// What the opener learned about one scope.
+enum ScopeState {
+    /// No node holds a delegation of it to this user: its members are skipped.
+    NotDelegated,
+    /// It could not be unlocked; later lockboxes of the scope fail the same
+    /// way without asking the nodes again.
+    Failed(String),
+}
+
+#[derive(Default)]
+struct State {
+    scopes: BTreeMap<String, ScopeState>,
+    /// Nodes that failed or lied along the way, once each.
+    notes: Vec<String>,
+}
+
+/// Opens lockboxes with capsule fragments from m of n delegation nodes.
+pub struct NodeOpener {
+    rt: tokio::runtime::Handle,
+    nodes: NodeSet,
+    user: UserSecret,
+    name: UserName,
+    keyset: Keyset,
+    threshold: usize,
+    path: String,
+    state: Mutex<State>,
+}
+
+/// How to reach the nodes.
+pub struct NodeOptions<'a> {
+    /// The nodes' URLs.
+    pub urls: &'a [String],
+    /// The user's name, as the administrator delegated to it.
+    pub user: UserName,
+    /// m, or 0 to take it from the nodes' answers.
+    pub threshold: usize,
+    /// How long one node gets to answer one batch.
+    pub timeout: Duration,
+    /// The path prefix the restore asks for (policies may limit it).
+    pub path: String,
+}
+
+impl NodeOpener {
+    /// An opener for `user` (the secret) on `keyset`'s file system, driving
+    /// its requests on `rt`.
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        user: UserSecret,
+        keyset: &Keyset,
+        opts: NodeOptions<'_>,
+    ) -> Result<Self> {
+        let nodes = NodeSet::new(opts.urls)
+            .map_err(|e| Error::Usage(e.to_string()))?
+            .with_timeout(opts.timeout);
+        if opts.threshold > nodes.len() {
+            return Err(Error::Usage(format!(
+                "--threshold {} is not possible with {} nodes",
+                opts.threshold,
+                nodes.len()
+            )));
+        }
+        cbfs_delegation::wire::check_path(&opts.path)
+            .map_err(|e| Error::Usage(format!("path `{}`: {e}", opts.path)))?;
+        Ok(NodeOpener {
+            rt,
+            nodes,
+            user,
+            name: opts.user,
+            keyset: keyset.clone(),
+            threshold: opts.threshold,
+            path: opts.path,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The nodes that failed, refused or lied while the restore went on
+    /// (each once), for the report.
+    pub fn notes(&self) -> Vec<String> {
+        self.state.lock().expect("opener state").notes.clone()
+    }
+
+    fn note(&self, text: String) {
+        let mut state = self.state.lock().expect("opener state");
+        if !state.notes.contains(&text) {
+            state.notes.push(text);
+        }
+    }
+
+    /// Unlocks the lockboxes of one scope: `None` each if the scope is not
+    /// delegated to this user.
+    fn open_scope(
+        &self,
+        scope: &str,
+        lockboxes: &[&Lockbox],
+    ) -> Vec<Result<Option<GroupKey>, String>> {
+        let all = |r: Result<(), String>| -> Vec<Result<Option<GroupKey>, String>> {
+            lockboxes.iter().map(|_| r.clone().map(|()| None)).collect()
+        };
+        match self.state.lock().expect("opener state").scopes.get(scope) {
+            Some(ScopeState::NotDelegated) => return all(Ok(())),
+            Some(ScopeState::Failed(why)) => return all(Err(why.clone())),
+            None => {}
+        }
+        let access = match ScopeLabel::new(scope)
+            .map_err(|e| format!("scope label `{scope}`: {e}"))
+            .and_then(|label| {
+                Access::from_keyset(&self.keyset, self.name.clone(), label, self.threshold)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(a) => a,
+            Err(why) => return all(Err(why)),
+        };
+        let capsules: Vec<_> = lockboxes.iter().map(|l| l.capsule().clone()).collect();
+        let fetched = self.rt.block_on(fetch_cfrags(
+            &self.nodes,
+            &self.user,
+            &access,
+            &self.path,
+            &capsules,
+        ));
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                let state = if not_delegated(&e) {
+                    ScopeState::NotDelegated
+                } else {
+                    ScopeState::Failed(format!("scope `{scope}`: {e}"))
+                };
+                let mut guard = self.state.lock().expect("opener state");
+                let entry = guard.scopes.entry(scope.to_owned()).or_insert(state);
+                let r = match entry {
+                    ScopeState::NotDelegated => Ok(()),
+                    ScopeState::Failed(why) => Err(why.clone()),
+                };
+                drop(guard);
+                return all(r);
+            }
+        };
+        for failure in &fetched.failures {
+            self.note(failure.to_string());
+        }
+        let user_sk = self.user.secret_key();
+        lockboxes
+            .iter()
+            .zip(fetched.cfrags)
+            .map(|(lockbox, cfrags)| {
+                lockbox
+                    .open_reencrypted(&user_sk, &access.scope_key, cfrags)
+                    .map(Some)
+                    .map_err(|e| {
+                        format!(
+                            "the verified capsule fragments of nodes {} do not open the lockbox of group {} (a delegation with another m?): {e}",
+                            fetched.answered.join(", "),
+                            lockbox.group_id()
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Whether a failed fetch means "this scope is not delegated to you": no
+/// node answered with fragments, at least one said it holds no delegation,
+/// and every other one is unreachable (none refused for another reason, or
+/// lied).
+fn not_delegated(e: &FetchError) -> bool {
+    let FetchError::NotEnoughNodes {
+        answered: 0,
+        failures,
+        ..
+    } = e
+    else {
+        return false;
+    };
+    let says_none =
+        |p: &NodeProblem| matches!(p, NodeProblem::Refused { code, .. } if code == "no_delegation");
+    failures.iter().any(|f| says_none(&f.problem))
+        && failures.iter().all(|f| {
+            says_none(&f.problem)
+                || matches!(f.problem, NodeProblem::Down(_) | NodeProblem::Timeout(_))
+        })
+}
+
+impl LockboxOpener for NodeOpener {
+    fn open(&self, lockbox: &Lockbox) -> cbfs_recover::Result<Option<GroupKey>> {
+        self.open_batch(&[lockbox])
+            .pop()
+            .expect("one result per lockbox")
+    }
+
+    fn open_batch(&self, lockboxes: &[&Lockbox]) -> Vec<cbfs_recover::Result<Option<GroupKey>>> {
+        let mut by_scope: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, lb) in lockboxes.iter().enumerate() {
+            by_scope.entry(lb.scope()).or_default().push(i);
+        }
+        let mut results: Vec<Option<cbfs_recover::Result<Option<GroupKey>>>> =
+            (0..lockboxes.len()).map(|_| None).collect();
+        for (scope, at) in by_scope {
+            let batch: Vec<&Lockbox> = at.iter().map(|&i| lockboxes[i]).collect();
+            for (i, r) in at.into_iter().zip(self.open_scope(scope, &batch)) {
+                results[i] = Some(r.map_err(cbfs_recover::Error::Delegation));
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every lockbox answered"))
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "user `{}` (key {}) through delegation nodes {}",
+            self.name,
+            fingerprint(&self.user.public_key()),
+            self.nodes.urls().join(", ")
+        )
+    }
+}
