@@ -33,6 +33,21 @@ pub fn write_member<W: Write>(
     content: impl Read,
     zstd_level: i32,
 ) -> Result<W, Error> {
+    let mut cctx = zstd::zstd_safe::CCtx::create();
+    write_member_with(output, &mut cctx, member, key, meta, content, zstd_level)
+}
+
+/// [`write_member`] with a zstd context that the caller keeps from one
+/// member to the next.
+pub(crate) fn write_member_with<W: Write>(
+    output: W,
+    cctx: &mut zstd::zstd_safe::CCtx<'static>,
+    member: MemberId,
+    key: &GroupKey,
+    meta: &Metadata,
+    content: impl Read,
+    zstd_level: i32,
+) -> Result<W, Error> {
     let encoded = meta.encode()?;
     let recipient = CbfsRecipient { member, key };
     let encryptor =
@@ -42,13 +57,24 @@ pub fn write_member<W: Write>(
             })?;
     let writing = "writing a member payload";
     let stream = encryptor.wrap_output(output).map_err(Error::io(writing))?;
-    let mut z =
-        zstd::stream::write::Encoder::new(stream, zstd_level).map_err(Error::io(writing))?;
+    cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(zstd_level))
+        .map_err(|code| Error::InvalidInput {
+            reason: format!(
+                "zstd level {zstd_level}: {}",
+                zstd::zstd_safe::get_error_name(code)
+            ),
+        })?;
+    let mut z = zstd::stream::write::Encoder::with_context(stream, cctx);
     let mut head = Vec::with_capacity(14 + encoded.len());
     head.extend_from_slice(PLAINTEXT_BRAND);
     head.extend_from_slice(&PLAINTEXT_VERSION.to_be_bytes());
     head.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
     head.extend_from_slice(&encoded);
+    // Told the size, zstd sizes its tables to the input: small files
+    // compress several times faster. A content of another length fails in
+    // `copy_exact` before zstd would notice.
+    z.set_pledged_src_size(Some(head.len() as u64 + meta.size))
+        .map_err(Error::io(writing))?;
     z.write_all(&head).map_err(Error::io(writing))?;
     copy_exact(content, &mut z, meta)?;
     let stream = z.finish().map_err(Error::io(writing))?;

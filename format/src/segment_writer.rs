@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::error::Error;
 use crate::ids::{MemberId, SegmentId};
 use crate::keys::GroupKey;
-use crate::member::{DEFAULT_ZSTD_LEVEL, copy_exact, write_member};
+use crate::member::{DEFAULT_ZSTD_LEVEL, copy_exact, write_member, write_member_with};
 use crate::metadata::Metadata;
 use crate::plain::{padded, plain_headers};
 use crate::segment_reader::check_header_region;
@@ -66,7 +66,16 @@ pub struct SegmentWriter<W> {
     entries: Vec<SummaryEntry>,
     ids: HashSet<MemberId>,
     broken: bool,
+    /// A small member is built here whole, then written with its header in
+    /// one call: no placeholder, no seeking back, one system call.
+    scratch: Vec<u8>,
+    /// One zstd context for every member: allocating and clearing its
+    /// tables for each small file costs more than compressing it.
+    cctx: Option<zstd::zstd_safe::CCtx<'static>>,
 }
+
+/// Members of files up to this size are built in memory.
+const IN_MEMORY_MEMBER: u64 = 1 << 20;
 
 impl<W: Read + Write + Seek> SegmentWriter<W> {
     /// Starts a segment at the spool's current position (normally 0).
@@ -84,6 +93,8 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             entries: Vec::new(),
             ids: HashSet::new(),
             broken: false,
+            scratch: Vec::new(),
+            cctx: None,
         })
     }
 
@@ -184,6 +195,9 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         content: impl Read,
     ) -> Result<SummaryEntry, Error> {
         self.check(SegmentMode::Encrypted, &member)?;
+        if meta.size <= IN_MEMORY_MEMBER {
+            return self.guarded(|w| w.append_in_memory(member, key, meta, content));
+        }
         self.guarded(|w| {
             let header_offset = w.pos;
             w.out.write_all(&[0u8; BLOCK]).map_err(Error::io(WRITING))?;
@@ -215,6 +229,47 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
                 sha256,
             })
         })
+    }
+
+    /// [`append_encrypted`](Self::append_encrypted) of a small file: the
+    /// member is built in memory, then written with its header at once.
+    fn append_in_memory(
+        &mut self,
+        member: MemberId,
+        key: &GroupKey,
+        meta: &Metadata,
+        content: impl Read,
+    ) -> Result<SummaryEntry, Error> {
+        let header_offset = self.pos;
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.resize(BLOCK, 0);
+        let cctx = match &mut self.cctx {
+            Some(c) => c,
+            none => none.insert(zstd::zstd_safe::CCtx::create()),
+        };
+        let built = write_member_with(&mut buf, cctx, member, key, meta, content, self.zstd_level)
+            .map(|_| ());
+        let result = built.and_then(|()| {
+            let data_len = (buf.len() - BLOCK) as u64;
+            let sha256: [u8; 32] = Sha256::digest(&buf[BLOCK..]).into();
+            buf[..BLOCK].copy_from_slice(&member_header(&member, data_len));
+            buf.resize(BLOCK + padded(data_len) as usize, 0);
+            self.out.write_all(&buf).map_err(Error::io(WRITING))?;
+            Ok(SummaryEntry {
+                member,
+                header_offset,
+                data_offset: header_offset + BLOCK as u64,
+                data_len,
+                group: Some(key.id()),
+                sha256,
+            })
+        });
+        // Keep the buffer for the next member, unless a rare large one grew it.
+        if buf.capacity() <= 2 * IN_MEMORY_MEMBER as usize {
+            self.scratch = buf;
+        }
+        result
     }
 
     /// Appends one file as an ordinary tar entry (plain mode).

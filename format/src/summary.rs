@@ -55,6 +55,8 @@ pub struct Summary {
     segment_len: u64,
     segment_sha256: [u8; 32],
     entries: Vec<SummaryEntry>,
+    /// Where each member is in `entries`: lookups stay O(1) in big segments.
+    by_member: std::collections::HashMap<MemberId, usize>,
 }
 
 impl Summary {
@@ -66,12 +68,18 @@ impl Summary {
         segment_sha256: [u8; 32],
         entries: Vec<SummaryEntry>,
     ) -> Result<Self, Error> {
+        let by_member = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.member, i))
+            .collect();
         let s = Summary {
             segment,
             mode,
             segment_len,
             segment_sha256,
             entries,
+            by_member,
         };
         s.check_layout().map_err(|(i, reason)| Error::Malformed {
             object: ObjectKind::Summary,
@@ -168,7 +176,7 @@ impl Summary {
 
     /// The entry of one member.
     pub fn entry(&self, member: &MemberId) -> Option<&SummaryEntry> {
-        self.entries.iter().find(|e| e.member == *member)
+        self.by_member.get(member).map(|&i| &self.entries[i])
     }
 
     /// The canonical bytes (see `docs/FORMAT.md`, "Summary").

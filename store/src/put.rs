@@ -83,14 +83,35 @@ impl Store {
     /// `If-None-Match: *`; a failed upload is aborted (a crash can still leave
     /// an incomplete upload behind: give the bucket a lifecycle rule that
     /// aborts them after a day or so). On a local directory the file is
-    /// copied into a staging area under the root (`.cbfs-staging/`, where a
-    /// crash may leave garbage), then hard-linked into place.
+    /// hard-linked into place when it is on the store's file system (no
+    /// copy: do not change the file afterwards), else copied into a staging
+    /// area under the root (`.cbfs-staging/`, where a crash may leave
+    /// garbage), then hard-linked into place.
     ///
     /// The file must not change during the upload; if its size does, the
     /// upload fails.
     pub async fn put_file_new(&self, key: &str, path: impl AsRef<FsPath>) -> Result<PutOutcome> {
         let path = path.as_ref();
         let loc = self.location(key)?;
+        if let Some(target) = self.local_path(key) {
+            let source = path.to_path_buf();
+            let linked = tokio::task::spawn_blocking(move || link_into_place(&source, &target))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            match linked {
+                Ok(true) => {
+                    self.sync_local(key).await?;
+                    tracing::debug!(store = %self.describe(), key, "file linked into place");
+                    return Ok(PutOutcome::Created);
+                }
+                // Another file system: copy below. Already there: the copy
+                // below finds it and compares.
+                Ok(false) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(self.local_error(key, path, e)),
+            }
+        }
         let meta = tokio::fs::metadata(path)
             .await
             .map_err(|e| self.local_error(key, path, e))?;
@@ -378,6 +399,23 @@ impl PartReader {
         })?;
         self.offset += n as u64;
         Ok(Some(Bytes::from(buf)))
+    }
+}
+
+/// Hard-links `source` to `target` (never replacing it): `Ok(false)` when
+/// the two cannot be linked (another file system, no hard links), so the
+/// caller copies instead.
+fn link_into_place(source: &FsPath, target: &FsPath) -> std::io::Result<bool> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::hard_link(source, target) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot hard-link into the store; copying");
+            Ok(false)
+        }
     }
 }
 

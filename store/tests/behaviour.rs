@@ -225,7 +225,12 @@ async fn large_file_goes_in_parts(fx: &Fixture) {
                 "not a 3-part upload: ETag {etag}"
             );
         }
-        common::Kind::Local(_) => {}
+        common::Kind::Local(root) => {
+            // Same file system: linked into place, not copied.
+            use std::os::unix::fs::MetadataExt as _;
+            let object = std::fs::metadata(root.path().join("store").join(key)).unwrap();
+            assert_eq!(object.ino(), std::fs::metadata(&big).unwrap().ino());
+        }
     }
     if let Some(proxy) = fx.proxy() {
         let parts = proxy

@@ -1,0 +1,524 @@
+#!/usr/bin/env python3
+"""The cbfs benchmark: every row measured side by side, in one run, on this
+machine, against the peers a user would otherwise pick and against the
+in-process limits. `bench/run` builds the binaries and calls this.
+
+Each command runs several times; the table gives medians. Wall time, CPU
+time (user + system, the process and everything it waited for) and peak RSS
+(the largest single process) come from wait4(2) on the command itself, so
+one run gives all three. Caches are warm for every tool alike: the datasets
+are read from the page cache.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIB = 1024 * 1024
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- measuring
+
+class Sample:
+    def __init__(self, wall, cpu, rss):
+        self.wall, self.cpu, self.rss = wall, cpu, rss
+
+
+def run_once(cmd, env=None, cwd=None, stdout=None):
+    """Runs `cmd` (a list, or a string for bash), returns a Sample.
+
+    Peak RSS comes from GNU time, which forks the command: a process keeps
+    the peak RSS of whatever exec'd it, so a command started straight from
+    this (larger) Python process would report Python's."""
+    if isinstance(cmd, str):
+        cmd = ["bash", "-o", "pipefail", "-c", cmd]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    out = open(stdout, "wb") if stdout else subprocess.DEVNULL
+    with tempfile.NamedTemporaryFile(prefix="cbfs-bench-rss-") as rss_file:
+        timed = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd]
+        started = time.perf_counter()
+        proc = subprocess.Popen(timed, env=full_env, cwd=cwd, stdout=out, stderr=subprocess.PIPE)
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        rss_kib = int(open(rss_file.name).read().split()[-1] or 0) if status == 0 else 0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if stdout:
+        out.close()
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.decode(errors='replace')[-4000:]}"
+        )
+    return Sample(wall, usage.ru_utime + usage.ru_stime, rss_kib * 1024)
+
+
+def median_sample(samples):
+    return Sample(
+        statistics.median(s.wall for s in samples),
+        statistics.median(s.cpu for s in samples),
+        max(s.rss for s in samples),
+    )
+
+
+def measure(name, cmd, runs, prepare=None, **kw):
+    samples = []
+    for i in range(runs):
+        if prepare:
+            prepare()
+        s = run_once(cmd, **kw)
+        log(f"{name} run {i + 1}/{runs}: {s.wall:.2f} s wall, {s.cpu:.2f} s CPU, {s.rss / MIB:.0f} MiB")
+        samples.append(s)
+    return median_sample(samples)
+
+
+def du(path):
+    """Bytes of the files under `path` (apparent sizes)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
+
+
+def rm(*paths):
+    for p in paths:
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.unlink(p)
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, **kw).stdout
+
+
+# ---------------------------------------------------------------- the bench
+
+class Bench:
+    def __init__(self, args):
+        self.bin = args.bin
+        self.work = args.work
+        self.runs = args.runs
+        self.scale = args.scale
+        self.rows = []
+        self.notes = []
+        self.checks = []
+        os.makedirs(self.work, exist_ok=True)
+        # Restores write to memory (tmpfs): ext4's inode allocator slows down
+        # sharply when the same 20,000 inodes are freed and allocated again
+        # run after run, and would measure that instead of the tools.
+        self.scratch = args.scratch
+        os.makedirs(self.scratch, exist_ok=True)
+        self.keys = os.path.join(self.work, "keys")
+        self.env = {"RESTIC_PASSWORD": "cbfs-bench", "RUST_LOG": "error"}
+
+    def b(self, name):
+        return os.path.join(self.bin, name)
+
+    def p(self, *parts):
+        return os.path.join(self.work, *parts)
+
+    # -- set-up
+
+    def datasets(self):
+        for kind in ("small", "large"):
+            d = self.p(kind)
+            if not os.path.isdir(d):
+                log(f"generating the {kind} dataset")
+                info = json.loads(sh([self.b("cbfs-bench"), "gen", kind, d, "--scale", str(self.scale)]))
+                with open(d + ".json", "w") as f:
+                    json.dump(info, f)
+        self.data = {k: json.load(open(self.p(k + ".json"))) for k in ("small", "large")}
+        for k in ("small", "large"):
+            z = json.loads(sh([self.b("cbfs-bench"), "zsize", self.p(k)]))
+            self.data[k]["compressed"] = z["compressed"]
+
+    def make_keys(self):
+        rm(self.keys)
+        os.makedirs(self.keys)
+        kt = self.b("cbfs-keytool")
+        k = self.keys
+        sh([kt, "create-admin", "--fs", "bench", "--secret", f"file:{k}/admin.key", "--keyset", f"{k}/keyset.json"])
+        sh([kt, "add-scope", "--admin", f"file:{k}/admin.key", "--keyset", f"{k}/keyset.json", "--scope", "bench"])
+        sh([kt, "create-user", "alice", "--secret", f"file:{k}/alice.key", "--public", f"{k}/alice.pub"])
+        sh([kt, "delegate", "--admin", f"file:{k}/admin.key", "--keyset", f"{k}/keyset.json", "--scope", "bench",
+            "--to", f"{k}/alice.pub", "--threshold", "1", "--shares", "1", "--out", f"{k}/grants"])
+        age_key = f"{k}/age.key"
+        sh(["age-keygen", "-o", age_key])
+        self.age_recipient = [l for l in open(age_key).read().splitlines() if l.startswith("# public key:")][0].split()[-1]
+        self.age_key = age_key
+
+    # -- commands
+
+    def tier_out(self, src, store, index):
+        return [self.b("cbfs-tier"), "out", src, "--store", store, "--index", index,
+                "--keyset", f"{self.keys}/keyset.json", "--scope", "**=bench"]
+
+    def peers_backup(self, kind):
+        src = self.p(kind)
+        repo = self.p(f"restic-{kind}")
+        tarball = self.p(f"{kind}.tar.zst.age")
+
+        def restic_init():
+            rm(repo)
+            sh(["restic", "init", "-q", "--repo", repo], env={**os.environ, **self.env})
+
+        restic = measure(f"restic backup {kind}", ["restic", "-q", "--repo", repo, "backup", "."], self.runs,
+                         prepare=restic_init, env=self.env, cwd=src)
+        pipe = measure(f"tar|zstd|age {kind}",
+                       f"tar -C {src} -cf - . | zstd -q -3 | age -r {self.age_recipient} -o {tarball}",
+                       self.runs, prepare=lambda: rm(tarball))
+        return restic, du(repo), pipe, du(tarball)
+
+    def cbfs_out(self, kind, incremental=False):
+        """Full runs of `cbfs-tier out`; for small, each followed by an
+        incremental run after 1% of the files changed."""
+        src = self.p(kind)
+        store, index, copy = self.p(f"store-{kind}"), self.p(f"index-{kind}"), self.p(f"{kind}-copy")
+        full, incr = [], []
+        for i in range(self.runs):
+            rm(store, index)
+            target = src
+            if incremental:
+                rm(copy)
+                sh(["cp", "-a", src, copy])
+                target = copy
+            s = run_once(self.tier_out(target, store, index), env=self.env)
+            log(f"cbfs-tier out {kind} run {i + 1}/{self.runs}: {s.wall:.2f} s wall, {s.cpu:.2f} s CPU, {s.rss / MIB:.0f} MiB")
+            full.append(s)
+            if incremental:
+                sh([self.b("cbfs-bench"), "update", copy])
+                s = run_once(self.tier_out(copy, store, index), env=self.env)
+                log(f"cbfs-tier out {kind} incremental run {i + 1}/{self.runs}: {s.wall:.2f} s wall")
+                incr.append(s)
+        stored = du(store)
+        if incremental:
+            # Keep the store and index of one full run for the restore rows.
+            rm(store, index)
+            run_once(self.tier_out(src, store, index), env=self.env)
+            stored = du(store)
+        return median_sample(full), stored, (median_sample(incr) if incr else None)
+
+    def limit(self, kind):
+        samples = []
+        for i in range(self.runs):
+            out = json.loads(sh([self.b("cbfs-bench"), "limit", self.p(kind)]))
+            samples.append(out["seconds"])
+        return statistics.median(samples)
+
+    def restores(self, kind):
+        store = self.p(f"store-{kind}")
+        dest = os.path.join(self.scratch, f"restore-{kind}")
+        k = self.keys
+        user = measure(f"cbfs-tier restore {kind}",
+                       [self.b("cbfs-tier"), "restore", "--store", store, "--identity", f"file:{k}/alice.key",
+                        "--kfrags", f"{k}/grants", "--index", self.p("no-index"), ".", dest],
+                       self.runs, prepare=lambda: rm(dest), env=self.env)
+        self.check_same(kind, dest)
+        restic = measure(f"restic restore {kind}",
+                         ["restic", "-q", "--repo", self.p(f"restic-{kind}"), "restore", "latest", "--target", dest],
+                         self.runs, prepare=lambda: rm(dest), env=self.env)
+        self.check_same(kind, dest)
+        tarball = self.p(f"{kind}.tar.zst.age")
+
+        def mkdest():
+            rm(dest)
+            os.makedirs(dest)
+
+        pipe = measure(f"age|zstd|tar -x {kind}",
+                       f"age -d -i {self.age_key} {tarball} | zstd -q -d | tar -C {dest} -xf -",
+                       self.runs, prepare=mkdest)
+        self.check_same(kind, dest)
+        out_tar = os.path.join(self.scratch, f"recovered-{kind}.tar")
+        recover = measure(f"cbfs-recover {kind}",
+                          [self.b("cbfs-recover"), "--identity", f"file:{k}/admin.key", "--store", store, "-o", out_tar],
+                          self.runs, prepare=lambda: rm(out_tar), env=self.env)
+        plain_tar = os.path.join(self.scratch, f"plain-{kind}.tar")
+        age_zstd = measure(f"age -d|zstd -d {kind}",
+                           f"age -d -i {self.age_key} {tarball} | zstd -q -d -o {plain_tar}",
+                           self.runs, prepare=lambda: rm(plain_tar))
+        rm(dest, out_tar, plain_tar)
+        return user, restic, pipe, recover, age_zstd
+
+    def check_same(self, kind, dest):
+        """The restored tree holds the dataset's files, byte for byte (by size and a sample of contents)."""
+        src = self.p(kind)
+        n = 0
+        for dirpath, _, files in os.walk(src):
+            for f in files:
+                a = os.path.join(dirpath, f)
+                b = os.path.join(dest, os.path.relpath(a, src))
+                if os.path.getsize(a) != os.path.getsize(b):
+                    raise SystemExit(f"restore of {kind} differs at {b}")
+                if n % 97 == 0 and not same_content(a, b):
+                    raise SystemExit(f"restore of {kind} differs at {b}")
+                n += 1
+
+    def delegation(self):
+        k = self.keys
+        node_dir = self.p("node")
+        rm(node_dir)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log_file = open(self.p("node.log"), "wb")
+        node = subprocess.Popen([self.b("cbfs-delegation"), "serve", "--listen", f"127.0.0.1:{port}",
+                                 "--data", node_dir, "--keyset", f"{k}/keyset.json", "--rate", "100000",
+                                 "--burst", "10000"],
+                                stdout=log_file, stderr=log_file, env={**os.environ, **self.env})
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/healthz", timeout=2)
+                    break
+                except OSError:
+                    if time.time() > deadline or node.poll() is not None:
+                        raise SystemExit("the delegation node did not start; see " + self.p("node.log"))
+                    time.sleep(0.1)
+            sh([self.b("cbfs-keytool"), "delegate", "--admin", f"file:{k}/admin.key", "--keyset",
+                f"{k}/keyset.json", "--scope", "bench", "--to", f"{k}/alice.pub", "--threshold", "1",
+                "--node", url])
+            batches = max(3, 6 * self.runs)
+            out = json.loads(sh([self.b("cbfs-bench"), "delegation", "--node", url, "--keyset",
+                                 f"{k}/keyset.json", "--scope", "bench", "--user", "alice", "--identity",
+                                 f"file:{k}/alice.key", "--batch", "1000", "--batches", str(batches),
+                                 "--concurrency", "2"]))
+        finally:
+            node.terminate()
+            node.wait(timeout=30)
+        raw = json.loads(sh([self.b("cbfs-bench"), "reencrypt", "--capsules", "1000", "--rounds", str(batches)]))
+        return out, raw
+
+    def overhead(self):
+        store = self.p("store-small")
+        parts = {d: du(os.path.join(store, d)) for d in sorted(os.listdir(store))}
+        total = sum(parts.values())
+        index = du(self.p("index-small"))
+        files = self.data["small"]["files"]
+        content = self.data["small"]["compressed"]
+        return parts, total, index, files, content
+
+    # -- the table
+
+    def row(self, row, tool, sample=None, bytes_in=None, stored=None, ratio=None, target=None, ok=None, note=""):
+        self.rows.append(dict(row=row, tool=tool, sample=sample, bytes_in=bytes_in, stored=stored,
+                              ratio=ratio, target=target, ok=ok, note=note))
+
+    def run(self):
+        log(f"work folder {self.work}; {self.runs} runs per row")
+        self.datasets()
+        self.make_keys()
+        small, large = self.data["small"]["bytes"], self.data["large"]["bytes"]
+
+        # tier out, small (+ incremental)
+        cbfs_s, cbfs_s_stored, incr = self.cbfs_out("small", incremental=True)
+        restic_s, restic_s_stored, pipe_s, pipe_s_stored = self.peers_backup("small")
+        r1 = restic_s.wall / cbfs_s.wall
+        r2 = pipe_s.wall / cbfs_s.wall
+        self.row("tier out, small", "cbfs-tier out", cbfs_s, small, cbfs_s_stored)
+        self.row("tier out, small", "restic backup", restic_s, small, restic_s_stored, r1, ">= 3x restic", r1 >= 3)
+        self.row("tier out, small", "tar \\| zstd -3 \\| age", pipe_s, small, pipe_s_stored, r2, ">= 1.5x tar\\|zstd\\|age", r2 >= 1.5)
+
+        # tier out, large, and the limit
+        cbfs_l, cbfs_l_stored, _ = self.cbfs_out("large")
+        restic_l, restic_l_stored, pipe_l, pipe_l_stored = self.peers_backup("large")
+        limit_l = self.limit("large")
+        r = limit_l / cbfs_l.wall
+        self.row("tier out, large", "cbfs-tier out", cbfs_l, large, cbfs_l_stored)
+        self.row("tier out, large", "restic backup", restic_l, large, restic_l_stored, restic_l.wall / cbfs_l.wall)
+        self.row("tier out, large", "tar \\| zstd -3 \\| age", pipe_l, large, pipe_l_stored, pipe_l.wall / cbfs_l.wall)
+        self.row("tier out, large", "limit: zstd-3 + AEAD in process", Sample(limit_l, None, None), large, None, r,
+                 ">= 85% of the limit", r >= 0.85, "ratio = limit time / cbfs time")
+
+        # restores
+        for kind, size in (("small", small), ("large", large)):
+            user, restic, pipe, recover, age_zstd = self.restores(kind)
+            self.row(f"user restore, {kind}", "cbfs-tier restore (user key + grants)", user, size)
+            rr = restic.wall / user.wall
+            self.row(f"user restore, {kind}", "restic restore", restic, size, None, rr,
+                     ">= 3x restic" if kind == "small" else None, (rr >= 3) if kind == "small" else None)
+            self.row(f"user restore, {kind}", "age -d \\| zstd -d \\| tar -x", pipe, size, None, pipe.wall / user.wall)
+            rt = age_zstd.wall / recover.wall
+            self.row(f"recover to tar, {kind}", "cbfs-recover -o FILE.tar", recover, size)
+            self.row(f"recover to tar, {kind}", "age -d \\| zstd -d > FILE.tar", age_zstd, size, None, rt,
+                     ">= 1x", rt >= 1.0)
+
+        # incremental
+        ri = incr.wall / cbfs_s.wall
+        self.row("incremental, 1% changed", "cbfs-tier out (update set)", incr, None, None, ri,
+                 "<= 10% of the full run", ri <= 0.10, "ratio = incremental time / full time")
+
+        # delegation
+        node, raw = self.delegation()
+        rd = node["per_second"] / raw["per_second"]
+        self.row("delegation", "one node over HTTP, batches of 1,000", None, None, None, rd, ">= 80% of raw", rd >= 0.8,
+                 f"{node['per_second']:.0f} re-encryptions/s; p50 {node['p50_s'] * 1000:.0f} ms, "
+                 f"p99 {node['p99_s'] * 1000:.0f} ms per batch")
+        self.row("delegation", "raw umbral_pre::reencrypt, same cores", None, None, None, None, None, None,
+                 f"{raw['per_second']:.0f} re-encryptions/s on {raw['threads']} threads")
+        self.row("delegation", "in process: decode (checks the capsule) + reencrypt + encode", None, None, None,
+                 node["per_second"] / raw["with_wire_per_second"], None, None,
+                 f"{raw['with_wire_per_second']:.0f}/s; ratio = node over HTTP / this")
+        self.delegation_figures = (node, raw)
+
+        # overhead
+        parts, total, index, files, content = self.overhead()
+        per_file = (total - content) / files
+        self.row("overhead, small", "store bytes beyond compressed content", None, None, total - content,
+                 per_file, "<= 200 B per file", per_file <= 200,
+                 f"per file {per_file:.0f} B; index on disk {index / files:.0f} B per file")
+        self.overhead_figures = (parts, total, index, files, content)
+
+        # peak RSS
+        worst = max((r["sample"].rss for r in self.rows if r["sample"] and r["sample"].rss and r["tool"].startswith("cbfs")),
+                    default=0)
+        self.row("peak RSS", "largest of every cbfs command above", None, None, None, worst / MIB,
+                 "<= 256 MiB", worst <= 256 * MIB, f"{worst / MIB:.0f} MiB")
+
+    # -- output
+
+    def table(self):
+        lines = ["| row | tool | wall s | MB/s | CPU s | peak RSS MiB | stored MB | ratio | target | met |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+        for r in self.rows:
+            s = r["sample"]
+            wall = f"{s.wall:.2f}" if s else ""
+            mbs = f"{r['bytes_in'] / s.wall / 1e6:.0f}" if s and r["bytes_in"] else ""
+            cpu = f"{s.cpu:.2f}" if s and s.cpu is not None else ""
+            rss = f"{s.rss / MIB:.0f}" if s and s.rss else ""
+            stored = f"{r['stored'] / 1e6:.1f}" if r["stored"] is not None else ""
+            ratio = ""
+            if r["ratio"] is not None:
+                ratio = f"{r['ratio']:.2f}"
+                if r["row"] == "overhead, small":
+                    ratio = f"{r['ratio']:.0f} B"
+                if r["row"] == "peak RSS":
+                    ratio = f"{r['ratio']:.0f} MiB"
+            met = "" if r["ok"] is None else ("yes" if r["ok"] else "**no**")
+            tool = r["tool"] + (f" ({r['note']})" if r["note"] else "")
+            lines.append(f"| {r['row']} | {tool} | {wall} | {mbs} | {cpu} | {rss} | {stored} | {ratio} | {r['target'] or ''} | {met} |")
+        return "\n".join(lines)
+
+    def machine(self):
+        cpu = ""
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        fs = sh(["df", "-T", self.work]).decode().splitlines()[-1].split()[1]
+
+        def version(cmd):
+            try:
+                return sh(cmd).decode().splitlines()[0].strip()
+            except (OSError, subprocess.CalledProcessError):
+                return "?"
+
+        return [
+            f"- CPU: {cpu}, {os.cpu_count()} cores; RAM {mem:.0f} GiB; {platform.system()} {platform.release()}",
+            f"- Work folder file system: {fs} (datasets, stores and restic repositories on the same disk); "
+            f"restores write to {self.scratch} (tmpfs)",
+            f"- Peers: {version(['restic', 'version'])}; age {version(['age', '--version'])}; "
+            f"{version(['zstd', '--version'])}; {version(['tar', '--version'])}",
+            f"- {version(['rustc', '--version'])}; cbfs release build",
+            f"- Datasets: small {self.data['small']['files']} files, {self.data['small']['bytes'] / 1e6:.0f} MB; "
+            f"large {self.data['large']['files']} files, {self.data['large']['bytes'] / 1e6:.0f} MB "
+            f"(scale {self.scale}); medians of {self.runs} runs",
+        ]
+
+    def report(self):
+        parts, total, index, files, content = self.overhead_figures
+        node, raw = self.delegation_figures
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        out = [f"Measured {now} by `bench/run`.", "", *self.machine(), "", self.table(), "",
+               "Overhead of the small set's store, by object kind (bytes):", ""]
+        out.append("| objects | bytes | per file |")
+        out.append("|---|---:|---:|")
+        for name, size in parts.items():
+            out.append(f"| {name}/ | {size} | {size / files:.1f} |")
+        out.append(f"| all objects | {total} | {total / files:.1f} |")
+        out.append(f"| the files' content, zstd -3 one by one | {content} | {content / files:.1f} |")
+        out.append(f"| **overhead** (all objects - content) | {total - content} | {(total - content) / files:.1f} |")
+        out.append(f"| index on disk (agent side, not stored) | {index} | {index / files:.1f} |")
+        out.append("")
+        out.append(f"Delegation: {node['batches']} batches of {node['batch']} capsules, {node['concurrency']} in flight: "
+                   f"{node['per_second']:.0f}/s, p50 {node['p50_s'] * 1000:.0f} ms, p99 {node['p99_s'] * 1000:.0f} ms; "
+                   f"raw reencrypt {raw['per_second']:.0f}/s on {raw['threads']} threads; decode + reencrypt + "
+                   f"encode in process {raw['with_wire_per_second']:.0f}/s.")
+        return "\n".join(out) + "\n"
+
+
+def same_content(a, b):
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def write_performance(path, generated):
+    """Replaces the generated part of docs/PERFORMANCE.md, keeping the rest."""
+    begin, end = "<!-- bench/run: begin -->", "<!-- bench/run: end -->"
+    text = open(path).read() if os.path.exists(path) else f"# Performance\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{begin}\n{generated}{end}{tail}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--bin", required=True, help="folder of the release binaries")
+    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cbfs-bench"))
+    ap.add_argument("--scratch", default="/dev/shm/cbfs-bench",
+                    help="where restores write (a tmpfs by default)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0, help="dataset scale (1 = the full sets)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "PERFORMANCE.md"))
+    args = ap.parse_args()
+    bench = Bench(args)
+    bench.run()
+    generated = bench.report()
+    print(generated)
+    if args.out != "-":
+        write_performance(args.out, generated)
+        log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
