@@ -101,6 +101,7 @@ mod segment_writer;
 mod stanza;
 mod summary;
 mod tar;
+mod zframe;
 
 pub use delta::{
     FULL_MANIFEST_EVERY, ManifestHeader, gather_manifest_chain, resolve_manifest_chain,

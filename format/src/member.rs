@@ -11,6 +11,7 @@ use crate::ids::MemberId;
 use crate::keys::{GroupKey, GroupKeys};
 use crate::metadata::{MAX_METADATA_LEN, Metadata};
 use crate::stanza::{CbfsIdentity, CbfsRecipient, Outcome};
+use crate::zframe::FrameDecoder;
 
 /// The zstd level used unless the caller picks another.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
@@ -160,9 +161,7 @@ pub(crate) fn open_member_inner<'a, R: Read + Send + 'a>(
         inner: stream,
         member,
     });
-    let decoder = zstd::stream::read::Decoder::with_buffer(age_layer)
-        .map_err(|e| corrupt(member, e.to_string()))?
-        .single_frame();
+    let decoder = FrameDecoder::new(age_layer);
     let mut plain = EncryptedPlain { decoder, member };
 
     let mut head = [0u8; 14];
@@ -385,7 +384,7 @@ fn map_plain_error(member: MemberId, e: io::Error) -> io::Error {
 }
 
 struct EncryptedPlain<R: Read> {
-    decoder: zstd::stream::read::Decoder<'static, BufReader<AgeLayer<R>>>,
+    decoder: FrameDecoder<BufReader<AgeLayer<R>>>,
     member: MemberId,
 }
 

@@ -33,6 +33,9 @@ pub struct DirSink {
     dirs: Vec<(PathBuf, Metadata)>,
     warnings: Vec<String>,
     owner_failures: u64,
+    /// Parents already found to be real directories in this restore: each
+    /// is checked once, not once per file under it.
+    checked_dirs: std::cell::RefCell<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl DirSink {
@@ -54,6 +57,7 @@ impl DirSink {
             dirs: Vec::new(),
             warnings: Vec::new(),
             owner_failures: 0,
+            checked_dirs: Default::default(),
         })
     }
 
@@ -71,9 +75,14 @@ impl DirSink {
     /// missing ones; never follows a symbolic link.
     fn parents(&self, rel: &[u8], create: bool) -> Result<()> {
         for parent in ancestors(rel) {
+            if self.checked_dirs.borrow().contains(parent) {
+                continue;
+            }
             let p = self.join(parent)?;
             match fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_dir() => {}
+                Ok(m) if m.file_type().is_dir() => {
+                    self.checked_dirs.borrow_mut().insert(parent.to_vec());
+                }
                 Ok(_) => {
                     return Err(Error::unsafe_path(
                         "path",
@@ -86,6 +95,7 @@ impl DirSink {
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     fs::create_dir(&p).map_err(|e| out_err(&p, e))?;
+                    self.checked_dirs.borrow_mut().insert(parent.to_vec());
                 }
                 Err(e) => return Err(out_err(&p, e)),
             }
