@@ -82,31 +82,7 @@ enum Command {
         rounds: usize,
     },
     /// Re-encryptions per second of one delegation node over HTTP.
-    Delegation {
-        /// The node.
-        #[arg(long)]
-        node: String,
-        /// The file system's keyset.
-        #[arg(long)]
-        keyset: PathBuf,
-        /// The delegated scope.
-        #[arg(long)]
-        scope: String,
-        /// The user's name and key source.
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        identity: KeySource,
-        /// Capsules per request.
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        /// Requests.
-        #[arg(long, default_value_t = 20)]
-        batches: usize,
-        /// Requests in flight at once.
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-    },
+    Delegation(DelegationRun),
 }
 
 fn main() -> Result<()> {
@@ -120,25 +96,7 @@ fn main() -> Result<()> {
         Command::Limit { dir, level } => limit(&dir, level),
         Command::Zsize { dir, level } => zsize(&dir, level),
         Command::Reencrypt { capsules, rounds } => reencrypt(capsules, rounds),
-        Command::Delegation {
-            node,
-            keyset,
-            scope,
-            user,
-            identity,
-            batch,
-            batches,
-            concurrency,
-        } => delegation(&DelegationRun {
-            node,
-            keyset,
-            scope,
-            user,
-            identity,
-            batch,
-            batches,
-            concurrency,
-        }),
+        Command::Delegation(run) => delegation(&run),
     }
 }
 
@@ -409,6 +367,17 @@ fn zsize(dir: &Path, level: i32) -> Result<()> {
 
 // ---------------------------------------------------------------- crypto
 
+/// `n` capsules sealed under `pk`, as lockboxes hold them.
+fn capsules_for(pk: &umbral_pre::PublicKey, n: usize) -> Result<Vec<Capsule>> {
+    (0..n)
+        .map(|_| {
+            umbral_pre::encrypt(pk, b"0123456789abcdef0123456789abcdef")
+                .map(|(c, _)| c)
+                .map_err(|e| anyhow::anyhow!("encrypt: {e}"))
+        })
+        .collect()
+}
+
 fn reencrypt(capsules: usize, rounds: usize) -> Result<()> {
     let delegating = SecretKey::random();
     let receiving = SecretKey::random();
@@ -424,16 +393,7 @@ fn reencrypt(capsules: usize, rounds: usize) -> Result<()> {
     )
     .into_vec()
     .remove(0);
-    let caps: Vec<Capsule> = (0..capsules)
-        .map(|_| {
-            umbral_pre::encrypt(
-                &delegating.public_key(),
-                b"0123456789abcdef0123456789abcdef",
-            )
-            .map(|(c, _)| c)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("encrypt: {e}"))?;
+    let caps = capsules_for(&delegating.public_key(), capsules)?;
     let per = capsules.div_ceil(threads()).max(1);
     let mut times = Vec::new();
     for _ in 0..rounds {
@@ -483,14 +443,31 @@ fn reencrypt(capsules: usize, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct DelegationRun {
+    /// The node.
+    #[arg(long)]
     node: String,
+    /// The file system's keyset.
+    #[arg(long)]
     keyset: PathBuf,
+    /// The delegated scope.
+    #[arg(long)]
     scope: String,
+    /// The user's name.
+    #[arg(long)]
     user: String,
+    /// The user's key source.
+    #[arg(long)]
     identity: KeySource,
+    /// Capsules per request.
+    #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Requests.
+    #[arg(long, default_value_t = 20)]
     batches: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
     concurrency: usize,
 }
 
@@ -510,12 +487,7 @@ fn delegation(run: &DelegationRun) -> Result<()> {
         .error_for_status()?
         .json()?;
     let node_pk = cbfs_core::public_key_from_hex(&info.public_key).map_err(anyhow::Error::msg)?;
-    let capsules: Vec<Capsule> = (0..run.batch)
-        .map(|_| {
-            umbral_pre::encrypt(&scope_pk, b"0123456789abcdef0123456789abcdef").map(|(c, _)| c)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("encrypt: {e}"))?;
+    let capsules = capsules_for(&scope_pk, run.batch)?;
     // Requests are made (and signed) before the clock starts: the load
     // client must not compete with the node for the cores.
     let bodies: Vec<Vec<u8>> = (0..run.batches + 1)

@@ -24,7 +24,7 @@ use umbral_pre::{PublicKey, Signature, Signer};
 use crate::codec::Dec;
 use crate::error::{Error, ObjectKind};
 use crate::ids::{MemberId, SegmentId, SnapshotId};
-use crate::manifest::{Manifest, ManifestBuilder, signed_message};
+use crate::manifest::{Manifest, ManifestBuilder, read_entries, signed_message};
 use crate::merkle::{ManifestEntry, merkle_root};
 
 pub(crate) const DELTA_BRAND: &[u8; 8] = b"CBFSSDLT";
@@ -187,28 +187,7 @@ impl Manifest {
             }
             removed.push(k);
         }
-        let at = d.pos();
-        let n_added = d.u32()? as usize;
-        if n_added
-            .checked_mul(64)
-            .and_then(|n| n.checked_add(32 + SIGNATURE_LEN))
-            != Some(d.remaining())
-        {
-            return Err(d.err_at(at, format!("{n_added} added members do not fit the length")));
-        }
-        let mut added: Vec<ManifestEntry> = Vec::with_capacity(n_added);
-        for _ in 0..n_added {
-            let at = d.pos();
-            let entry = ManifestEntry {
-                segment: SegmentId::from_bytes(d.array()?),
-                member: MemberId::from_bytes(d.array()?),
-                sha256: d.array()?,
-            };
-            if added.last().is_some_and(|l| key(l) >= key(&entry)) {
-                return Err(d.err_at(at, "added members are not sorted and unique"));
-            }
-            added.push(entry);
-        }
+        let added = read_entries(&mut d, "added members")?;
         let root: [u8; 32] = d.array()?;
         let signed_len = d.pos();
         let signature: [u8; SIGNATURE_LEN] = d.array()?;

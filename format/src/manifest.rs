@@ -179,31 +179,7 @@ impl Manifest {
             .ok()
             .filter(|k| *k.to_compressed_bytes() == key_bytes)
             .ok_or_else(|| d.err_at(at, "invalid writer key"))?;
-        let at = d.pos();
-        let count = d.u32()? as usize;
-        if count
-            .checked_mul(ENTRY_LEN)
-            .and_then(|n| n.checked_add(32 + SIGNATURE_LEN))
-            != Some(d.remaining())
-        {
-            return Err(d.err_at(at, format!("{count} entries do not fit the length")));
-        }
-        let mut entries: Vec<ManifestEntry> = Vec::with_capacity(count);
-        for _ in 0..count {
-            let at = d.pos();
-            let entry = ManifestEntry {
-                segment: SegmentId::from_bytes(d.array()?),
-                member: MemberId::from_bytes(d.array()?),
-                sha256: d.array()?,
-            };
-            if entries
-                .last()
-                .is_some_and(|l| (l.segment, l.member) >= (entry.segment, entry.member))
-            {
-                return Err(d.err_at(at, "entries are not sorted and unique"));
-            }
-            entries.push(entry);
-        }
+        let entries = read_entries(&mut d, "entries")?;
         let root: [u8; 32] = d.array()?;
         let signed_len = d.pos();
         let signature: [u8; SIGNATURE_LEN] = d.array()?;
@@ -306,6 +282,38 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Reads the last list of a manifest object: a count, then that many
+/// entries, sorted and unique by (segment, member), then only the Merkle
+/// root and the signature. `what` names the list in errors.
+pub(crate) fn read_entries(d: &mut Dec<'_>, what: &str) -> Result<Vec<ManifestEntry>, Error> {
+    let at = d.pos();
+    let count = d.u32()? as usize;
+    if count
+        .checked_mul(ENTRY_LEN)
+        .and_then(|n| n.checked_add(32 + SIGNATURE_LEN))
+        != Some(d.remaining())
+    {
+        return Err(d.err_at(at, format!("{count} {what} do not fit the length")));
+    }
+    let mut entries: Vec<ManifestEntry> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let at = d.pos();
+        let entry = ManifestEntry {
+            segment: SegmentId::from_bytes(d.array()?),
+            member: MemberId::from_bytes(d.array()?),
+            sha256: d.array()?,
+        };
+        if entries
+            .last()
+            .is_some_and(|l| (l.segment, l.member) >= (entry.segment, entry.member))
+        {
+            return Err(d.err_at(at, format!("{what} are not sorted and unique")));
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]

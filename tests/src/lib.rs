@@ -75,6 +75,7 @@ pub use keyring::KeyringSession;
 pub use leak::{MIN_SECRET_LEN, assert_no_secret};
 pub use net::{free_port, http_client, loopback, wait_for_http};
 pub use openbao::OpenBao;
+pub use process::ServerProcess;
 pub use run::{
     COMMAND_TIMEOUT_ENV, captured_output, clear_captured_output, command_line, run, run_fail,
     run_fail_with_stdin, run_ok, run_ok_with_stdin,

@@ -33,7 +33,7 @@ exit "$status"
 "#;
 
 /// A server running under the supervisor; killed and reaped on drop.
-pub(crate) struct ServerProcess {
+pub struct ServerProcess {
     name: String,
     supervisor: Child,
     lifeline: Option<ChildStdin>,
@@ -45,7 +45,7 @@ impl ServerProcess {
     /// Starts `cmd` under the supervisor. Its stdout and stderr go to `log`.
     /// `cmd`'s program, arguments, environment changes and working directory
     /// are carried over; its stdio settings are not.
-    pub(crate) fn spawn(name: &str, cmd: &Command, log: &Path, scratch: &Path) -> ServerProcess {
+    pub fn spawn(name: &str, cmd: &Command, log: &Path, scratch: &Path) -> ServerProcess {
         let sh = require_tool("sh", hints::SH);
         let pidfile = scratch.join(format!("{name}.pid"));
         let log_file = File::create(log)
@@ -79,31 +79,31 @@ impl ServerProcess {
     }
 
     /// `Some(status)` once the server has exited.
-    pub(crate) fn exit_status(&mut self) -> Option<ExitStatus> {
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
         self.supervisor
             .try_wait()
             .unwrap_or_else(|e| panic!("cannot check on {}: {e}", self.name))
     }
 
     /// The process id of the server itself, once the supervisor has started it.
-    pub(crate) fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         fs::read_to_string(&self.pidfile)
             .ok()
             .and_then(|s| s.trim().parse().ok())
     }
 
     /// Everything the server has logged so far.
-    pub(crate) fn log_contents(&self) -> Vec<u8> {
+    pub fn log_contents(&self) -> Vec<u8> {
         fs::read(&self.log).unwrap_or_default()
     }
 
     /// The last `max_lines` lines of the server's log, for failure messages.
-    pub(crate) fn log_tail(&self, max_lines: usize) -> String {
+    pub fn log_tail(&self, max_lines: usize) -> String {
         log_tail(&self.log, max_lines)
     }
 
     /// Kills the server and waits until it and its supervisor have gone.
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.supervisor.try_wait() {
             return;
         }

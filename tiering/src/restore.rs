@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use cbfs_core::{KeySource, Keyset, Unlock, UserName, UserPublic, UserSecret};
 use cbfs_format::{Lockbox, Metadata, SegmentId, Summary, layout};
@@ -123,9 +122,21 @@ fn user_name(arg: &str, secret: &UserSecret) -> Result<UserName> {
     UserName::new(arg).map_err(|e| Error::Usage(format!("--user {arg}: {e}")))
 }
 
-/// The opener a restore uses, and the node opener behind it (for its notes)
-/// when it goes through delegation nodes.
-type RestoreOpener = (Box<dyn LockboxOpener>, Option<Arc<NodeOpener>>);
+/// What opens a restore's lockboxes: a local identity, or delegation nodes
+/// (whose notes on failing nodes go into the report).
+enum RestoreOpener {
+    Local(Box<dyn LockboxOpener>),
+    Nodes(Box<NodeOpener>),
+}
+
+impl RestoreOpener {
+    fn as_dyn(&self) -> &dyn LockboxOpener {
+        match self {
+            RestoreOpener::Local(o) => o.as_ref(),
+            RestoreOpener::Nodes(o) => o.as_ref(),
+        }
+    }
+}
 
 /// The opener of a restore: through delegation nodes, or [`opener_for`].
 fn restore_opener(
@@ -139,7 +150,11 @@ fn restore_opener(
                 "--user and --threshold go with --node URL".into(),
             ));
         }
-        return Ok((opener_for(keyset, opts.identity, opts.kfrags)?, None));
+        return Ok(RestoreOpener::Local(opener_for(
+            keyset,
+            opts.identity,
+            opts.kfrags,
+        )?));
     }
     if opts.kfrags.is_some() {
         return Err(Error::Usage(
@@ -153,7 +168,7 @@ fn restore_opener(
     };
     let secret = UserSecret::from_seed(opts.identity.load(&Unlock::from_env())?);
     let name = user_name(user, &secret)?;
-    let opener = Arc::new(NodeOpener::new(
+    let opener = NodeOpener::new(
         rt,
         secret,
         keyset,
@@ -164,8 +179,8 @@ fn restore_opener(
             timeout: opts.node_timeout,
             path: request_path(opts.path),
         },
-    )?);
-    Ok((Box::new(SharedOpener(opener.clone())), Some(opener)))
+    )?;
+    Ok(RestoreOpener::Nodes(Box::new(opener)))
 }
 
 /// The path prefix a restore of `path` asks the nodes for: `/` for the whole
@@ -179,29 +194,11 @@ fn request_path(path: &str) -> String {
     }
 }
 
-/// Lends an opener to a restore while the caller keeps it for its notes.
-struct SharedOpener(Arc<NodeOpener>);
-
-impl LockboxOpener for SharedOpener {
-    fn open(&self, lockbox: &Lockbox) -> cbfs_recover::Result<Option<cbfs_format::GroupKey>> {
-        self.0.open(lockbox)
-    }
-    fn open_batch(
-        &self,
-        lockboxes: &[&Lockbox],
-    ) -> Vec<cbfs_recover::Result<Option<cbfs_format::GroupKey>>> {
-        self.0.open_batch(lockboxes)
-    }
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-}
-
 /// Restores files a user may open from a snapshot into a directory.
 pub fn run_restore(opts: &RestoreOptions<'_>) -> Result<Report> {
     let reader = Reader::open(opts.store, opts.keyset)?;
     let keyset = reader.keyset()?;
-    let (opener, remote) = restore_opener(opts, keyset, reader.rt.handle().clone())?;
+    let opener = restore_opener(opts, keyset, reader.rt.handle().clone())?;
     let snapshot = open_snapshot(&reader.source, Some(keyset), opts.snapshot).map_err(|e| {
         Error::Integrity {
             object: "snapshots/".into(),
@@ -235,10 +232,10 @@ pub fn run_restore(opts: &RestoreOptions<'_>) -> Result<Report> {
     std::fs::create_dir_all(opts.dest).map_err(|e| Error::io("cannot create", opts.dest, e))?;
     let dir = DirSink::new(opts.dest).map_err(|e| Error::Usage(e.to_string()))?;
     let mut sink = ProgressSink::new(dir, opts.progress);
-    let report = cbfs_recover::restore(
+    let mut report = cbfs_recover::restore(
         &reader.source,
         &snapshot,
-        opener.as_ref(),
+        opener.as_dyn(),
         &filter,
         &mut sink,
     )
@@ -246,9 +243,8 @@ pub fn run_restore(opts: &RestoreOptions<'_>) -> Result<Report> {
         object: snapshot.key().to_owned(),
         reason: e.to_string(),
     })?;
-    let mut report = report;
-    if let Some(remote) = remote {
-        report.warnings.extend(remote.notes());
+    if let RestoreOpener::Nodes(nodes) = &opener {
+        report.warnings.extend(nodes.notes());
     }
     sink.bar.finish_and_clear();
     drop(opener);

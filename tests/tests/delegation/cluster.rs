@@ -2,49 +2,28 @@
 //! file system made with the real `cbfs-keytool`, and the client library
 //! to fetch cfrags from the nodes.
 
-use std::fs::{self, File};
-use std::io::Read;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cbfs_core::{AdminSecret, KeySource, Keyset, ScopeLabel, Seed, Unlock, UserName, UserSecret};
 use cbfs_delegation::client::{Access, FetchError, Fetched, NodeSet, fetch_cfrags};
 use cbfs_format::{GroupKey, Lockbox, SegmentId};
-use cbfs_tests::{Workdir, assert_no_secret, cbfs_bin, cbfs_cmd, free_port, run_ok};
+use cbfs_tests::{ServerProcess, Workdir, assert_no_secret, cbfs_bin, cbfs_cmd, free_port, run_ok};
 
 /// The scope every test delegates.
 pub const SCOPE: &str = "proj";
 /// The user every test delegates to.
 pub const USER: &str = "alice";
 
-/// Kills the server when the test ends, even if it panics, and even if
-/// the test process is killed outright: the server runs under a small `sh`
-/// supervisor that kills it when its stdin (held by this process) closes.
-const SUPERVISOR: &str = r#"
-pidfile=$1; shift
-exec 3<&0
-"$@" </dev/null 3<&- &
-server=$!
-echo "$server" > "$pidfile"
-( read _ <&3; kill -9 "$server" 2>/dev/null ) &
-watcher=$!
-exec 3<&-
-wait "$server"
-status=$?
-kill "$watcher" 2>/dev/null
-exit "$status"
-"#;
-
-/// One `cbfs-delegation serve` process.
+/// One `cbfs-delegation serve` process, under the harness's supervisor: it
+/// is killed when the test ends, even if the test panics or is killed.
 pub struct NodeProc {
     pub url: String,
     pub data: PathBuf,
-    pub log: PathBuf,
-    supervisor: Child,
-    lifeline: Option<ChildStdin>,
-    pidfile: PathBuf,
+    server: ServerProcess,
 }
 
 impl NodeProc {
@@ -52,42 +31,22 @@ impl NodeProc {
     pub fn start(work: &Workdir, name: &str, keyset: &Path, extra: &[String]) -> NodeProc {
         let data = work.mkdir(name);
         let log = work.path(format!("{name}.log"));
-        let pidfile = work.path(format!("{name}.pid"));
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let out = File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let mut supervisor = Command::new("sh")
-            .arg("-c")
-            .arg(SUPERVISOR)
-            .arg(format!("cbfs-supervise-{name}"))
-            .arg(&pidfile)
-            .arg(cbfs_bin("cbfs-delegation"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        let mut cmd = Command::new(cbfs_bin("cbfs-delegation"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(&data)
             .arg("--keyset")
             .arg(keyset)
             .args(extra)
             .env("RUST_LOG", "cbfs_delegation=debug,cbfs_core=debug")
             .env_remove("CBFS_AGE_IDENTITY")
-            .env_remove("CBFS_PASSPHRASE_FILE")
-            .stdin(Stdio::piped())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("cannot start sh");
-        let lifeline = supervisor.stdin.take();
-        let mut node = NodeProc {
-            url,
-            data,
-            log,
-            supervisor,
-            lifeline,
-            pidfile,
-        };
+            .env_remove("CBFS_PASSPHRASE_FILE");
+        let server = ServerProcess::spawn(name, &cmd, &log, work.root());
+        let mut node = NodeProc { url, data, server };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = node.supervisor.try_wait().unwrap() {
+            if let Some(status) = node.server.exit_status() {
                 panic!(
                     "node {name} exited with {status} during start-up:\n{}",
                     node.log_text()
@@ -113,10 +72,7 @@ impl NodeProc {
     fn pid(&self) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(pid) = fs::read_to_string(&self.pidfile)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
+            if let Some(pid) = self.server.pid() {
                 return pid;
             }
             assert!(Instant::now() < deadline, "no pid file for {}", self.url);
@@ -138,7 +94,7 @@ impl NodeProc {
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(status) = self.supervisor.try_wait().unwrap() {
+            if let Some(status) = self.server.exit_status() {
                 return status;
             }
             assert!(
@@ -153,19 +109,11 @@ impl NodeProc {
 
     /// Kills the node at once (SIGKILL), as a crash or a pulled plug would.
     pub fn kill(&mut self) {
-        if self.supervisor.try_wait().unwrap().is_some() {
-            return;
-        }
-        drop(self.lifeline.take());
-        self.wait_exit(Duration::from_secs(10));
+        self.server.stop();
     }
 
     pub fn log_bytes(&self) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        if let Ok(mut f) = File::open(&self.log) {
-            f.read_to_end(&mut bytes).unwrap();
-        }
-        bytes
+        self.server.log_contents()
     }
 
     pub fn log_text(&self) -> String {
@@ -174,21 +122,6 @@ impl NodeProc {
 
     pub fn audit_path(&self) -> PathBuf {
         self.data.join("audit/audit.log")
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        drop(self.lifeline.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.supervisor.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.supervisor.kill();
-        let _ = self.supervisor.wait();
     }
 }
 
