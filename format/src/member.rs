@@ -77,6 +77,10 @@ pub(crate) fn write_member_with<W: Write>(
     z.set_pledged_src_size(Some(head.len() as u64 + meta.size))
         .map_err(Error::io(writing))?;
     z.write_all(&head).map_err(Error::io(writing))?;
+    // The metadata ends a zstd block of its own: a reader that wants only
+    // the metadata (a restore's planning pass) then decompresses only that
+    // block, not the first 128 KiB of content with it. Still one frame.
+    z.flush().map_err(Error::io(writing))?;
     copy_exact(content, &mut z, meta)?;
     let stream = z.finish().map_err(Error::io(writing))?;
     stream.finish().map_err(Error::io(writing))

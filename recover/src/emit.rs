@@ -1,14 +1,21 @@
 //! Pass 2: check every path and link, then write the entries in path order
 //! (hard links last), each read again, authenticated and hash-checked
 //! before it is committed to the sink.
+//!
+//! Members up to [`AHEAD_MEMBER_MAX`] are decoded ahead, whole, on worker
+//! threads (at most [`AHEAD_BYTES`] of content waiting), while the calling
+//! thread writes them to the sink in order; larger members stream through
+//! the calling thread as they are decoded.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, mpsc};
 
-use cbfs_format::{EntryKind, Metadata};
+use cbfs_format::{EntryKind, Keyring, Metadata};
 
-use crate::engine::{Engine, Planned, Visit, read_member};
+use crate::engine::{Engine, MemberError, Planned, Visit, read_member};
 use crate::error::{Error, Result, lossy};
 use crate::paths::{ancestors, check_member_path, check_symlink_target, sort_key};
+use crate::report::Report;
 use crate::sink::Sink;
 use crate::source::{ObjectSource, ReadSeek};
 
@@ -145,24 +152,20 @@ impl Engine<'_> {
         }
     }
 
-    /// Reads one member again and writes it. `Ok(None)`: it failed (and the
+    /// Reads one member again and writes it; `decoded` is the member
+    /// already read whole by a worker. `Ok(None)`: it failed (and the
     /// failure is recorded); `Err`: the output is broken.
+    #[allow(clippy::too_many_arguments)]
     fn emit_one(
-        &mut self,
+        report: &mut Report,
+        keys: &Keyring,
         readers: &mut Readers<'_>,
         sink: &mut dyn Sink,
         planned: &Planned,
         out_path: &[u8],
         defer: bool,
+        decoded: Option<Decoded>,
     ) -> Result<Option<Metadata>> {
-        let reader = match readers.get(&planned.loc.key) {
-            Ok(r) => r,
-            Err(e) => {
-                self.report
-                    .fail(planned.loc.failure(&e).with_path(out_path));
-                return Ok(None);
-            }
-        };
         let mut visit = Emit {
             sink,
             planned,
@@ -171,7 +174,16 @@ impl Engine<'_> {
             began: false,
             out_meta: None,
         };
-        let result = read_member(reader, &planned.loc, &self.keys, &mut visit);
+        let result = match decoded {
+            Some(d) => d.replay(&mut visit),
+            None => match readers.get(&planned.loc.key) {
+                Ok(reader) => read_member(reader, &planned.loc, keys, &mut visit),
+                Err(e) => {
+                    report.fail(planned.loc.failure(&e).with_path(out_path));
+                    return Ok(None);
+                }
+            },
+        };
         let (began, out_meta) = (visit.began, visit.out_meta.take());
         let outcome = match result {
             Ok(_) if defer => return Ok(out_meta),
@@ -191,15 +203,14 @@ impl Engine<'_> {
                 if me.from_visitor && me.err.is_fatal_output() {
                     return Err(me.err);
                 }
-                self.report
-                    .fail(me.into_failure(&planned.loc).with_path(out_path));
+                report.fail(me.into_failure(&planned.loc).with_path(out_path));
                 return Ok(None);
             }
         };
         match outcome {
             Ok(meta) => {
-                self.report.restored_entries += 1;
-                self.report.restored_bytes += meta.size;
+                report.restored_entries += 1;
+                report.restored_bytes += meta.size;
                 Ok(Some(meta))
             }
             Err(e) if e.is_fatal_output() => Err(e),
@@ -207,8 +218,7 @@ impl Engine<'_> {
                 if began {
                     sink.abort_file();
                 }
-                self.report
-                    .fail(planned.loc.failure(&e).with_path(out_path));
+                report.fail(planned.loc.failure(&e).with_path(out_path));
                 Ok(None)
             }
         }
@@ -220,18 +230,66 @@ impl Engine<'_> {
         let (links, others): (Vec<Planned>, Vec<Planned>) = planned
             .into_iter()
             .partition(|p| matches!(p.kind, EntryKind::Hardlink { .. }));
+        let keys = std::mem::take(&mut self.keys);
+        let source = self.source;
+        let workers = if self.threads > 1 && others.len() > 1 {
+            self.threads
+        } else {
+            0
+        };
+        let (job_tx, job_rx) = mpsc::channel::<(usize, Planned)>();
+        let (done_tx, done_rx) = mpsc::channel::<(usize, Decoded)>();
+        let job_rx = Mutex::new(job_rx);
+        let result = std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let (job_rx, done_tx, keys) = (&job_rx, done_tx.clone(), &keys);
+                scope.spawn(move || decode_ahead(source, keys, job_rx, done_tx));
+            }
+            drop(done_tx);
+            let mut ahead = Ahead {
+                jobs: (workers > 0).then_some(job_tx),
+                done: done_rx,
+                next: 0,
+                waiting: HashMap::new(),
+                in_flight: 0,
+                in_flight_bytes: 0,
+            };
+            self.emit_all(sink, &keys, &others, &links, &mut ahead)
+        });
+        self.keys = keys;
+        result
+    }
+
+    fn emit_all(
+        &mut self,
+        sink: &mut dyn Sink,
+        keys: &Keyring,
+        others: &[Planned],
+        links: &[Planned],
+        ahead: &mut Ahead,
+    ) -> Result<()> {
         let mut readers = Readers {
             source: self.source,
             open: Vec::new(),
         };
         let mut restored: HashMap<Vec<u8>, bool> = HashMap::new();
-        for p in &others {
-            if let Some(meta) = self.emit_one(&mut readers, sink, p, &p.path, false)? {
+        for (i, p) in others.iter().enumerate() {
+            ahead.fill(others);
+            let decoded = ahead.take(i, p);
+            let report = &mut self.report;
+            if let Some(meta) =
+                Self::emit_one(report, keys, &mut readers, sink, p, &p.path, false, decoded)?
+            {
                 restored.insert(meta.path, meta.kind == EntryKind::Dir);
             }
         }
-        for p in &links {
-            let Some(meta) = self.emit_one(&mut readers, sink, p, &p.path, true)? else {
+        // The workers stop once the queue is closed and empty.
+        ahead.jobs = None;
+        for p in links {
+            let report = &mut self.report;
+            let Some(meta) =
+                Self::emit_one(report, keys, &mut readers, sink, p, &p.path, true, None)?
+            else {
                 continue;
             };
             let EntryKind::Hardlink { target } = &meta.kind else {
@@ -251,7 +309,18 @@ impl Engine<'_> {
                 Some(true) => self.report.fail(refuse("it is a directory")),
                 None => match self.excluded.get(target).cloned() {
                     Some(t) => {
-                        if self.emit_one(&mut readers, sink, &t, &p.path, false)?.is_some() {
+                        let report = &mut self.report;
+                        let copied = Self::emit_one(
+                            report,
+                            keys,
+                            &mut readers,
+                            sink,
+                            &t,
+                            &p.path,
+                            false,
+                            None,
+                        )?;
+                        if copied.is_some() {
                             self.report.warnings.push(format!(
                                 "{}: restored as a copy of {}, which the path filter left out",
                                 lossy(&p.path),
@@ -266,5 +335,162 @@ impl Engine<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Members up to this content size are decoded ahead by workers.
+const AHEAD_MEMBER_MAX: u64 = 4 << 20;
+/// Decoded content waiting for the sink, at most (one member may exceed it).
+const AHEAD_BYTES: u64 = 64 << 20;
+/// Members waiting for the sink, at most.
+const AHEAD_MEMBERS: usize = 4096;
+
+fn ahead_eligible(p: &Planned) -> bool {
+    !matches!(p.kind, EntryKind::Hardlink { .. }) && p.size <= AHEAD_MEMBER_MAX
+}
+
+/// A member a worker read whole: authenticated and hash-checked, or why not.
+pub(crate) struct Decoded(std::result::Result<(Metadata, Vec<u8>), MemberError>);
+
+impl Decoded {
+    /// Gives the member to `visit` as if it were being read now.
+    fn replay(self, visit: &mut dyn Visit) -> std::result::Result<Metadata, MemberError> {
+        let (meta, content) = self.0?;
+        let from_visitor = |err| MemberError {
+            err,
+            from_visitor: true,
+            hash_differs: false,
+        };
+        visit.meta(&meta).map_err(from_visitor)?;
+        if !content.is_empty() {
+            visit.data(&content).map_err(from_visitor)?;
+        }
+        Ok(meta)
+    }
+}
+
+/// Collects a member's content, up to the size pass 1 read.
+struct Collect {
+    limit: u64,
+    meta: Option<Metadata>,
+    content: Vec<u8>,
+}
+
+impl Visit for Collect {
+    fn meta(&mut self, meta: &Metadata) -> Result<()> {
+        self.content
+            .reserve_exact(meta.size.min(self.limit) as usize);
+        self.meta = Some(meta.clone());
+        Ok(())
+    }
+
+    fn data(&mut self, data: &[u8]) -> Result<()> {
+        if (self.content.len() + data.len()) as u64 > self.limit {
+            return Err(Error::Unsupported {
+                path: self
+                    .meta
+                    .as_ref()
+                    .map(|m| lossy(&m.path))
+                    .unwrap_or_default(),
+                reason: "the member is larger than the first pass read: \
+                         the store changed during the restore"
+                    .into(),
+            });
+        }
+        self.content.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A worker: decodes the members it is given, whole, until the queue closes.
+fn decode_ahead(
+    source: &dyn ObjectSource,
+    keys: &Keyring,
+    jobs: &Mutex<mpsc::Receiver<(usize, Planned)>>,
+    done: mpsc::Sender<(usize, Decoded)>,
+) {
+    let mut readers = Readers {
+        source,
+        open: Vec::new(),
+    };
+    loop {
+        let job = jobs.lock().map(|rx| rx.recv());
+        let Ok(Ok((i, p))) = job else { return };
+        let result = match readers.get(&p.loc.key) {
+            Err(err) => Err(MemberError {
+                err,
+                from_visitor: false,
+                hash_differs: false,
+            }),
+            Ok(reader) => {
+                let mut collect = Collect {
+                    limit: p.size,
+                    meta: None,
+                    content: Vec::new(),
+                };
+                read_member(reader, &p.loc, keys, &mut collect).map(|meta| (meta, collect.content))
+            }
+        };
+        if done.send((i, Decoded(result))).is_err() {
+            return;
+        }
+    }
+}
+
+/// The members given to the workers and not yet written.
+struct Ahead {
+    /// `None`: no workers, every member is read on the writing thread.
+    jobs: Option<mpsc::Sender<(usize, Planned)>>,
+    done: mpsc::Receiver<(usize, Decoded)>,
+    /// The next member to consider giving out.
+    next: usize,
+    /// Decoded members that came back before their turn.
+    waiting: HashMap<usize, Decoded>,
+    in_flight: usize,
+    in_flight_bytes: u64,
+}
+
+impl Ahead {
+    /// Gives out members while the window has room.
+    fn fill(&mut self, planned: &[Planned]) {
+        let Some(jobs) = &self.jobs else { return };
+        while let Some(p) = planned.get(self.next) {
+            if self.in_flight >= AHEAD_MEMBERS
+                || (self.in_flight > 0 && self.in_flight_bytes + p.size > AHEAD_BYTES)
+            {
+                return;
+            }
+            if ahead_eligible(p) {
+                if jobs.send((self.next, p.clone())).is_err() {
+                    self.jobs = None;
+                    return;
+                }
+                self.in_flight += 1;
+                self.in_flight_bytes += p.size;
+            }
+            self.next += 1;
+        }
+    }
+
+    /// Member `i`, decoded, if it was given out; waits for it.
+    fn take(&mut self, i: usize, p: &Planned) -> Option<Decoded> {
+        if i >= self.next || !ahead_eligible(p) || self.jobs.is_none() {
+            return None;
+        }
+        let decoded = loop {
+            if let Some(d) = self.waiting.remove(&i) {
+                break d;
+            }
+            match self.done.recv() {
+                Ok((j, d)) => {
+                    self.waiting.insert(j, d);
+                }
+                // Workers gone (a panic): read it here.
+                Err(_) => return None,
+            }
+        };
+        self.in_flight -= 1;
+        self.in_flight_bytes -= p.size;
+        Some(decoded)
     }
 }

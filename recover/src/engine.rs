@@ -55,6 +55,8 @@ impl Location {
 pub(crate) struct Planned {
     pub path: Vec<u8>,
     pub kind: EntryKind,
+    /// The content size the metadata gave in pass 1.
+    pub size: u64,
     pub loc: Location,
 }
 
@@ -214,6 +216,10 @@ fn pump(
 }
 
 /// The restore's working state, shared by both passes.
+///
+/// Members are decoded on up to [`threads`](Self::threads) threads in both
+/// passes; everything that decides or writes (the report, the vetting, the
+/// sink) stays on the calling thread, in order.
 pub(crate) struct Engine<'s> {
     pub source: &'s dyn ObjectSource,
     pub opener: &'s dyn LockboxOpener,
@@ -226,6 +232,8 @@ pub(crate) struct Engine<'s> {
     /// was left out as a copy.
     pub excluded: HashMap<Vec<u8>, Planned>,
     pub report: Report,
+    /// Threads that decode members (1: all on the calling thread).
+    pub threads: usize,
 }
 
 impl<'s> Engine<'s> {
@@ -242,6 +250,10 @@ impl<'s> Engine<'s> {
             planned: Vec::new(),
             excluded: HashMap::new(),
             report: Report::default(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8),
         }
     }
 
@@ -250,6 +262,7 @@ impl<'s> Engine<'s> {
         let planned = Planned {
             path: meta.path.clone(),
             kind: meta.kind.clone(),
+            size: meta.size,
             loc,
         };
         if self.filter.matches(&meta.path) {

@@ -67,4 +67,4 @@ pub use report::{Failure, Report};
 pub use restore::{restore, restore_segments};
 pub use sink::{DirSink, Sink, TarSink};
 pub use snapshot::{Snapshot, SnapshotInfo, open_snapshot};
-pub use source::{LocalDir, ObjectSource, ReadSeek};
+pub use source::{LocalDir, ObjectSource, ReadSeek, SegmentFile};

@@ -5,12 +5,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, SeekFrom};
 
 use cbfs_format::{
-    GroupId, Lockbox, ManifestEntry, MemberId, SegmentId, SegmentMode, SegmentReader, Summary,
-    SummaryEntry, layout,
+    GroupId, Lockbox, ManifestEntry, MemberId, Metadata, SegmentId, SegmentMode, SegmentReader,
+    Summary, SummaryEntry, layout,
 };
 use sha2::{Digest, Sha256};
 
 use crate::engine::{Engine, Location, peek_meta};
+
+/// Members a pass-1 thread reads at least (fewer are read on one thread).
+const PEEK_SHARE_MIN: usize = 64;
 use crate::error::Error;
 use crate::report::Failure;
 use crate::source::ReadSeek;
@@ -254,6 +257,7 @@ impl Engine<'_> {
             self.lockboxes(segment, unlocated.is_empty().then_some(&needed))
         };
 
+        let mut to_peek = Vec::with_capacity(located.len());
         for (entry, se) in &located {
             let loc = Location {
                 key: seg_key.clone(),
@@ -282,7 +286,11 @@ impl Engine<'_> {
                     }
                 }
             }
-            match peek_meta(&mut *reader, &loc, &self.keys) {
+            to_peek.push(loc);
+        }
+        let peeked = self.peek_all(&mut *reader, &to_peek);
+        for (loc, result) in to_peek.into_iter().zip(peeked) {
+            match result {
                 Ok(meta) => self.found(&meta, loc),
                 Err(e) => {
                     let mut failure = loc.failure(&Error::format(seg_key.clone(), e));
@@ -307,6 +315,52 @@ impl Engine<'_> {
                 &lockboxes,
             );
         }
+    }
+
+    /// Reads the metadata of members of one segment, in the order given.
+    /// With more than one thread, each thread reads a contiguous share of
+    /// them through its own reader (so each still reads forward).
+    fn peek_all(
+        &self,
+        reader: &mut (dyn ReadSeek + '_),
+        locs: &[Location],
+    ) -> Vec<Result<Metadata, cbfs_format::Error>> {
+        let threads = self.threads.min(locs.len() / PEEK_SHARE_MIN).max(1);
+        if threads == 1 {
+            return locs
+                .iter()
+                .map(|loc| peek_meta(&mut *reader, loc, &self.keys))
+                .collect();
+        }
+        let share = locs.len().div_ceil(threads);
+        let (source, keys) = (self.source, &self.keys);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = locs
+                .chunks(share)
+                .map(|part| {
+                    scope.spawn(move || -> Vec<Result<Metadata, cbfs_format::Error>> {
+                        match source.open(&part[0].key) {
+                            Ok(mut r) => part
+                                .iter()
+                                .map(|loc| peek_meta(&mut *r, loc, keys))
+                                .collect(),
+                            Err(e) => part
+                                .iter()
+                                .map(|_| {
+                                    Err(cbfs_format::Error::InvalidInput {
+                                        reason: format!("cannot open the segment again: {e}"),
+                                    })
+                                })
+                                .collect(),
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a metadata reader panicked"))
+                .collect()
+        })
     }
 
     /// Pass 1 by reading a segment from its start: for loose segment files,

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+
 use std::path::{Path, PathBuf};
 
 use cbfs_format::{SegmentId, SegmentReader, layout};
@@ -14,7 +14,7 @@ use crate::paths::PathFilter;
 use crate::report::{Failure, Report};
 use crate::sink::Sink;
 use crate::snapshot::Snapshot;
-use crate::source::{ObjectSource, ReadSeek, check_key};
+use crate::source::{ObjectSource, ReadSeek, SegmentFile, check_key};
 
 /// Restores a verified snapshot into `sink`.
 ///
@@ -90,7 +90,7 @@ impl ObjectSource for LooseFiles {
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>> {
         let path = self.path(key)?;
         let file = File::open(path).map_err(|e| Error::read(path.display().to_string(), e))?;
-        Ok(Box::new(BufReader::with_capacity(128 * 1024, file)))
+        Ok(Box::new(SegmentFile::new(file)))
     }
 }
 
@@ -138,7 +138,7 @@ pub fn restore_segments(
         let header = File::open(path)
             .map_err(|e| Error::read(name.clone(), e))
             .and_then(|f| {
-                SegmentReader::new(BufReader::new(f))
+                SegmentReader::new(std::io::BufReader::new(f))
                     .map(|r| r.segment_id())
                     .map_err(|e| Error::format(name.clone(), e))
             });

@@ -2,7 +2,8 @@
 //! directory store, [`LocalDir`].
 
 use std::fs::File;
-use std::io::{Read, Seek};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -13,12 +14,13 @@ pub trait ReadSeek: Read + Seek + Send {}
 impl<T: Read + Seek + Send> ReadSeek for T {}
 
 /// Read access to a store's objects, by key (`segments/<id>.tar`, see
-/// `cbfs_format::layout`).
+/// `cbfs_format::layout`). Shared by the threads of a restore: each opens
+/// its own readers.
 ///
 /// Implementations must report a missing object as [`Error::Missing`] naming
 /// the key, and every other failure with the key too. The tiering agent
 /// implements this over S3 (ranged GETs behind [`open`](Self::open)).
-pub trait ObjectSource {
+pub trait ObjectSource: Sync {
     /// The keys that start with `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// A whole (small) object: a keyset, manifest, summary or lockbox.
@@ -158,16 +160,194 @@ impl ObjectSource for LocalDir {
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>> {
         let path = self.path_of(key)?;
         let file = File::open(path).map_err(|e| Error::read(key, e))?;
-        Ok(Box::new(std::io::BufReader::with_capacity(
-            128 * 1024,
+        Ok(Box::new(SegmentFile::new(file)))
+    }
+}
+
+/// A buffered reader over a segment file that keeps its buffer across seeks.
+///
+/// A restore reads members by offset: in the order they were written while
+/// planning, in path order while writing. `std::io::BufReader` drops its
+/// buffer on every seek, so each small member cost a fresh 128 KiB read.
+/// Here a seek inside the buffer costs nothing, reads go through `pread` (a
+/// seek is never a system call), and the first read after a jump is short:
+/// most members are a few KiB, and reading on grows the reads again.
+pub struct SegmentFile {
+    file: File,
+    buf: Box<[u8]>,
+    /// File offset of `buf[0]`.
+    start: u64,
+    /// Valid bytes in `buf`.
+    len: usize,
+    /// The reader's position in the file.
+    pos: u64,
+    /// Bytes the next fill asks for.
+    fill: usize,
+}
+
+impl SegmentFile {
+    const CAPACITY: usize = 128 * 1024;
+    const FIRST_FILL: usize = 16 * 1024;
+
+    /// Reads `file` from its start.
+    pub fn new(file: File) -> Self {
+        SegmentFile {
             file,
-        )))
+            buf: vec![0u8; Self::CAPACITY].into_boxed_slice(),
+            start: 0,
+            len: 0,
+            pos: 0,
+            fill: Self::FIRST_FILL,
+        }
+    }
+
+    /// The buffered bytes at the position, if any.
+    fn buffered(&self) -> &[u8] {
+        match self.pos.checked_sub(self.start) {
+            Some(off) if off < self.len as u64 => &self.buf[off as usize..self.len],
+            _ => &[],
+        }
+    }
+}
+
+impl Read for SegmentFile {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let have = self.buffered();
+        if !have.is_empty() {
+            let n = have.len().min(out.len());
+            out[..n].copy_from_slice(&have[..n]);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        if out.len() >= self.buf.len() {
+            let n = self.file.read_at(out, self.pos)?;
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        // Reading on from the end of the buffer is sequential: read more.
+        let sequential = self.len > 0 && self.pos == self.start + self.len as u64;
+        self.fill = if sequential {
+            (self.fill * 2).min(Self::CAPACITY)
+        } else {
+            Self::FIRST_FILL
+        };
+        self.len = 0;
+        self.start = self.pos;
+        let want = self.fill.max(out.len()).min(Self::CAPACITY);
+        self.len = self.file.read_at(&mut self.buf[..want], self.pos)?;
+        let n = self.len.min(out.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for SegmentFile {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.file.metadata()?.len().checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek to a negative or overflowing position",
+            )
+        })?;
+        Ok(self.pos)
+    }
+
+    fn stream_position(&mut self) -> io::Result<u64> {
+        Ok(self.pos)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    /// A read of `len` bytes at `at` (or from where the last read ended).
+    #[derive(Clone, Debug)]
+    struct Step {
+        at: Option<u64>,
+        len: usize,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            proptest::option::of(0u64..300_000),
+            prop_oneof![1usize..64, 1usize..20_000, 100_000usize..200_000],
+        )
+            .prop_map(|(at, len)| Step { at, len })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any mix of seeks and reads gives the bytes a plain cursor gives,
+        /// including reads that straddle the buffer, bypass it, or start
+        /// past the end of the file.
+        #[test]
+        fn segment_file_reads_like_a_cursor(
+            size in 0usize..260_000,
+            steps in proptest::collection::vec(step(), 1..40),
+        ) {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("seg");
+            std::fs::write(&path, &data).unwrap();
+            let mut got = SegmentFile::new(File::open(&path).unwrap());
+            let mut want = std::io::Cursor::new(&data);
+            for s in steps {
+                if let Some(at) = s.at {
+                    prop_assert_eq!(got.seek(SeekFrom::Start(at)).unwrap(), at);
+                    want.seek(SeekFrom::Start(at)).unwrap();
+                }
+                let mut a = vec![0u8; s.len];
+                let mut b = vec![0u8; s.len];
+                let n = read_full(&mut got, &mut a);
+                let m = read_full(&mut want, &mut b);
+                prop_assert_eq!(n, m);
+                prop_assert_eq!(&a[..n], &b[..m]);
+                prop_assert_eq!(got.stream_position().unwrap(), want.position());
+            }
+            let end = got.seek(SeekFrom::End(-1)).ok();
+            prop_assert_eq!(end, (size as u64).checked_sub(1));
+        }
+    }
+
+    fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..]).unwrap() {
+                0 => break,
+                k => n += k,
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn segment_file_refuses_a_negative_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        std::fs::write(&path, b"abc").unwrap();
+        let mut f = SegmentFile::new(File::open(&path).unwrap());
+        assert_eq!(
+            f.seek(SeekFrom::Current(-1)).unwrap_err().kind(),
+            std::io::ErrorKind::InvalidInput
+        );
+        assert_eq!(f.seek(SeekFrom::End(-3)).unwrap(), 0);
+        let mut all = Vec::new();
+        f.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"abc");
+    }
 
     #[test]
     fn lists_objects_and_skips_bookkeeping() {

@@ -14,6 +14,12 @@
 //! | `g` | segment id | [`SegmentRecord`] |
 //! | `n` | sequence, 8 bytes big-endian | [`SnapshotRecord`] |
 //! | `s` | `state` | [`State`] |
+//!
+//! The two tables with a record per file (`f`, `m`) hold a compact binary
+//! encoding (see [`binary`]): a run over an unchanged tree reads every file
+//! record, and decoding them as JSON was most of such a run. The others are
+//! JSON. A record that starts with `{` is the JSON of an older index and is
+//! still read; it is rewritten in binary when its path next changes.
 
 use std::path::{Path, PathBuf};
 
@@ -132,14 +138,209 @@ fn key(tag: u8, k: &[u8]) -> Vec<u8> {
     v
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("index records serialize")
+/// How a record is kept in the database.
+trait Record: Sized + Serialize + DeserializeOwned {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("index records serialize")
+    }
+    fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+impl Record for SegmentRecord {}
+impl Record for SnapshotRecord {}
+impl Record for State {}
+
+impl Record for FileRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut o = binary::Out::new(160 + self.scope.len());
+        o.stat(&self.stat);
+        o.bytes(self.scope.as_bytes());
+        o.raw(self.segment.as_bytes());
+        o.raw(self.member.as_bytes());
+        o.raw(&self.sha256);
+        o.u64(self.stored);
+        match &self.hardlink_to {
+            None => o.u8(0),
+            Some(target) => {
+                o.u8(1);
+                o.bytes(target);
+            }
+        }
+        o.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+        if bytes.first() == Some(&b'{') {
+            return serde_json::from_slice(bytes).map_err(|e| e.to_string());
+        }
+        let mut i = binary::In::new(bytes)?;
+        let rec = FileRecord {
+            stat: i.stat()?,
+            scope: i.text()?,
+            segment: SegmentId::from_bytes(i.array()?),
+            member: MemberId::from_bytes(i.array()?),
+            sha256: i.array()?,
+            stored: i.u64()?,
+            hardlink_to: match i.u8()? {
+                0 => None,
+                1 => Some(i.bytes()?.to_vec()),
+                other => return Err(format!("hard link flag {other}")),
+            },
+        };
+        i.end()?;
+        Ok(rec)
+    }
+}
+
+impl Record for MemberRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut o = binary::Out::new(110 + self.path.len() + self.scope.len());
+        o.bytes(&self.path);
+        o.stat(&self.stat);
+        o.bytes(self.scope.as_bytes());
+        o.u64(self.stored);
+        o.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+        if bytes.first() == Some(&b'{') {
+            return serde_json::from_slice(bytes).map_err(|e| e.to_string());
+        }
+        let mut i = binary::In::new(bytes)?;
+        let rec = MemberRecord {
+            path: i.bytes()?.to_vec(),
+            stat: i.stat()?,
+            scope: i.text()?,
+            stored: i.u64()?,
+        };
+        i.end()?;
+        Ok(rec)
+    }
+}
+
+/// The binary record encoding: a version byte (1), then the fields in
+/// order; integers little-endian and fixed-size, byte strings as a u32
+/// length and the bytes, ids and hashes as their raw bytes.
+mod binary {
+    use crate::scan::Stat;
+
+    const VERSION: u8 = 1;
+
+    pub(super) struct Out(Vec<u8>);
+
+    impl Out {
+        pub(super) fn new(capacity: usize) -> Self {
+            let mut v = Vec::with_capacity(capacity);
+            v.push(VERSION);
+            Out(v)
+        }
+        pub(super) fn u8(&mut self, v: u8) {
+            self.0.push(v);
+        }
+        pub(super) fn u32(&mut self, v: u32) {
+            self.0.extend_from_slice(&v.to_le_bytes());
+        }
+        pub(super) fn u64(&mut self, v: u64) {
+            self.0.extend_from_slice(&v.to_le_bytes());
+        }
+        pub(super) fn raw(&mut self, v: &[u8]) {
+            self.0.extend_from_slice(v);
+        }
+        pub(super) fn bytes(&mut self, v: &[u8]) {
+            self.u32(u32::try_from(v.len()).expect("paths and names are far below 4 GiB"));
+            self.raw(v);
+        }
+        pub(super) fn stat(&mut self, s: &Stat) {
+            self.u64(s.dev);
+            self.u64(s.ino);
+            self.u32(s.mode);
+            self.u64(s.nlink);
+            self.u32(s.uid);
+            self.u32(s.gid);
+            self.u64(s.size);
+            self.u64(s.mtime as u64);
+            self.u32(s.mtime_ns);
+            self.u64(s.ctime as u64);
+            self.u32(s.ctime_ns);
+            self.u64(s.rdev);
+        }
+        pub(super) fn finish(self) -> Vec<u8> {
+            self.0
+        }
+    }
+
+    pub(super) struct In<'a>(&'a [u8]);
+
+    impl<'a> In<'a> {
+        pub(super) fn new(bytes: &'a [u8]) -> Result<Self, String> {
+            match bytes.split_first() {
+                Some((&VERSION, rest)) => Ok(In(rest)),
+                Some((v, _)) => Err(format!("unknown record version {v}")),
+                None => Err("empty record".into()),
+            }
+        }
+        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            if self.0.len() < n {
+                return Err(format!(
+                    "record ends early ({} bytes left, {n} needed)",
+                    self.0.len()
+                ));
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+        pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+            Ok(self.take(N)?.try_into().expect("took N bytes"))
+        }
+        pub(super) fn u8(&mut self) -> Result<u8, String> {
+            Ok(self.take(1)?[0])
+        }
+        pub(super) fn u32(&mut self) -> Result<u32, String> {
+            Ok(u32::from_le_bytes(self.array()?))
+        }
+        pub(super) fn u64(&mut self) -> Result<u64, String> {
+            Ok(u64::from_le_bytes(self.array()?))
+        }
+        pub(super) fn bytes(&mut self) -> Result<&'a [u8], String> {
+            let n = self.u32()? as usize;
+            self.take(n)
+        }
+        pub(super) fn text(&mut self) -> Result<String, String> {
+            String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "a name is not UTF-8".into())
+        }
+        pub(super) fn stat(&mut self) -> Result<Stat, String> {
+            Ok(Stat {
+                dev: self.u64()?,
+                ino: self.u64()?,
+                mode: self.u32()?,
+                nlink: self.u64()?,
+                uid: self.u32()?,
+                gid: self.u32()?,
+                size: self.u64()?,
+                mtime: self.u64()? as i64,
+                mtime_ns: self.u32()?,
+                ctime: self.u64()? as i64,
+                ctime_ns: self.u32()?,
+                rdev: self.u64()?,
+            })
+        }
+        pub(super) fn end(&self) -> Result<(), String> {
+            if self.0.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} bytes after the record", self.0.len()))
+            }
+        }
+    }
 }
 
 impl Batch {
     /// Records the stored version of a path.
     pub fn put_file(&mut self, path: &[u8], rec: &FileRecord) {
-        self.inner.put(key(FILE, path), enc(rec));
+        self.inner.put(key(FILE, path), rec.encode());
     }
     /// Forgets a path (deleted from the tree).
     pub fn delete_file(&mut self, path: &[u8]) {
@@ -147,20 +348,20 @@ impl Batch {
     }
     /// Records what a member holds.
     pub fn put_member(&mut self, id: &MemberId, rec: &MemberRecord) {
-        self.inner.put(key(MEMBER, id.as_bytes()), enc(rec));
+        self.inner.put(key(MEMBER, id.as_bytes()), rec.encode());
     }
     /// Records a segment.
     pub fn put_segment(&mut self, id: &SegmentId, rec: &SegmentRecord) {
-        self.inner.put(key(SEGMENT, id.as_bytes()), enc(rec));
+        self.inner.put(key(SEGMENT, id.as_bytes()), rec.encode());
     }
     /// Records a snapshot.
     pub fn put_snapshot(&mut self, rec: &SnapshotRecord) {
         self.inner
-            .put(key(SNAPSHOT, &rec.sequence.to_be_bytes()), enc(rec));
+            .put(key(SNAPSHOT, &rec.sequence.to_be_bytes()), rec.encode());
     }
     /// Replaces the state.
     pub fn put_state(&mut self, state: &State) {
-        self.inner.put(key(STATE, b"state"), enc(state));
+        self.inner.put(key(STATE, b"state"), state.encode());
     }
     /// Whether there is nothing to commit.
     pub fn is_empty(&self) -> bool {
@@ -214,20 +415,23 @@ impl Index {
         }
     }
 
-    fn get<T: DeserializeOwned>(&self, k: Vec<u8>) -> Result<Option<T>> {
+    fn get<T: Record>(&self, k: Vec<u8>) -> Result<Option<T>> {
         match self.db.get_pinned(&k).map_err(|e| self.err(e))? {
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| self.err(format!("corrupt record: {e}"))),
+            Some(v) => T::decode(&v).map(Some).map_err(|e| self.corrupt(&k, e)),
             None => Ok(None),
         }
     }
 
-    fn scan<T: DeserializeOwned>(
-        &self,
-        tag: u8,
-        mut f: impl FnMut(&[u8], T) -> Result<()>,
-    ) -> Result<()> {
+    fn corrupt(&self, k: &[u8], e: String) -> Error {
+        let (tag, rest) = k.split_first().unwrap_or((&b'?', &[]));
+        let name = match *tag {
+            FILE => String::from_utf8_lossy(rest).into_owned(),
+            _ => hex::encode(rest),
+        };
+        self.err(format!("corrupt record {}:{name}: {e}", *tag as char))
+    }
+
+    fn scan<T: Record>(&self, tag: u8, mut f: impl FnMut(&[u8], T) -> Result<()>) -> Result<()> {
         let it = self.db.iterator(rocksdb::IteratorMode::From(
             &[tag],
             rocksdb::Direction::Forward,
@@ -237,8 +441,7 @@ impl Index {
             if k.first() != Some(&tag) {
                 break;
             }
-            let rec =
-                serde_json::from_slice(&v).map_err(|e| self.err(format!("corrupt record: {e}")))?;
+            let rec = T::decode(&v).map_err(|e| self.corrupt(&k, e))?;
             f(&k[1..], rec)?;
         }
         Ok(())
@@ -259,6 +462,20 @@ impl Index {
     /// Every stored path, in byte order.
     pub fn for_each_file(&self, f: impl FnMut(&[u8], FileRecord) -> Result<()>) -> Result<()> {
         self.scan(FILE, f)
+    }
+
+    /// Every stored path, in byte order, without reading the records.
+    pub fn for_each_path(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut it = self.db.raw_iterator();
+        it.seek([FILE]);
+        while let Some(k) = it.key() {
+            if k.first() != Some(&FILE) {
+                break;
+            }
+            f(&k[1..])?;
+            it.next();
+        }
+        it.status().map_err(|e| self.err(e))
     }
 
     /// A member's record.
@@ -322,5 +539,131 @@ mod as_text {
     {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(mtime: i64) -> Stat {
+        Stat {
+            dev: 66305,
+            ino: 1 << 40,
+            mode: libc::S_IFREG | 0o4755,
+            nlink: 2,
+            uid: 1000,
+            gid: u32::MAX,
+            size: 12345,
+            mtime,
+            mtime_ns: 999_999_999,
+            ctime: 1_700_000_000,
+            ctime_ns: 1,
+            rdev: 0,
+        }
+    }
+
+    fn file(hardlink_to: Option<Vec<u8>>) -> FileRecord {
+        FileRecord {
+            stat: stat(-86_400),
+            scope: "proj".into(),
+            segment: SegmentId::random(),
+            member: MemberId::random(),
+            sha256: [7; 32],
+            stored: 4096,
+            hardlink_to,
+        }
+    }
+
+    #[test]
+    fn file_and_member_records_round_trip_in_binary() {
+        for rec in [file(None), file(Some(b"a/\xffb".to_vec()))] {
+            let bytes = rec.encode();
+            assert_eq!(bytes[0], 1, "binary, version 1");
+            assert_eq!(FileRecord::decode(&bytes).unwrap(), rec);
+        }
+        let m = MemberRecord {
+            path: b"dir/\x00odd name".to_vec(),
+            stat: stat(i64::MIN),
+            scope: String::new(),
+            stored: u64::MAX,
+        };
+        assert_eq!(MemberRecord::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn json_records_of_an_older_index_are_still_read() {
+        let rec = file(Some(b"x".to_vec()));
+        let json = serde_json::to_vec(&rec).unwrap();
+        assert_eq!(FileRecord::decode(&json).unwrap(), rec);
+        let m = MemberRecord {
+            path: b"p".to_vec(),
+            stat: stat(5),
+            scope: "default".into(),
+            stored: 3,
+        };
+        assert_eq!(
+            MemberRecord::decode(&serde_json::to_vec(&m).unwrap()).unwrap(),
+            m
+        );
+    }
+
+    #[test]
+    fn damaged_binary_records_are_refused() {
+        let bytes = file(None).encode();
+        for cut in [0, 1, 40, bytes.len() - 1] {
+            let err = FileRecord::decode(&bytes[..cut]).unwrap_err();
+            assert!(err.contains("empty") || err.contains("ends early"), "{err}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(
+            FileRecord::decode(&longer)
+                .unwrap_err()
+                .contains("after the record")
+        );
+        let mut version = bytes.clone();
+        version[0] = 9;
+        assert!(
+            FileRecord::decode(&version)
+                .unwrap_err()
+                .contains("version 9")
+        );
+        let mut flag = bytes;
+        *flag.last_mut().unwrap() = 2;
+        assert!(
+            FileRecord::decode(&flag)
+                .unwrap_err()
+                .contains("hard link flag")
+        );
+    }
+
+    #[test]
+    fn the_index_reads_both_encodings_and_names_a_corrupt_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let (a, b) = (file(None), file(Some(b"a".to_vec())));
+        let mut batch = Batch::default();
+        batch.put_file(b"a", &a);
+        batch
+            .inner
+            .put(key(FILE, b"b"), serde_json::to_vec(&b).unwrap());
+        batch.inner.put(key(FILE, b"c"), b"\x01\x02");
+        batch.put_segment(&SegmentId::random(), &SegmentRecord::default());
+        index.commit(batch).unwrap();
+
+        assert_eq!(index.file(b"a").unwrap(), Some(a));
+        assert_eq!(index.file(b"b").unwrap(), Some(b));
+        let err = index.file(b"c").unwrap_err().to_string();
+        assert!(err.contains("corrupt record f:c"), "{err}");
+
+        let mut paths = Vec::new();
+        index
+            .for_each_path(|p| {
+                paths.push(p.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(paths, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
     }
 }

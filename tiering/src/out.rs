@@ -271,13 +271,19 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
     shared.progress.finish();
 
     // Forget what is gone from the tree.
-    let mut deleted = Vec::new();
-    agent.index.for_each_file(|path, rec| {
+    let mut gone = Vec::new();
+    agent.index.for_each_path(|path| {
         if !seen.contains(path) {
-            deleted.push((path.to_vec(), rec));
+            gone.push(path.to_vec());
         }
         Ok(())
     })?;
+    let mut deleted = Vec::with_capacity(gone.len());
+    for path in gone {
+        if let Some(rec) = agent.index.file(&path)? {
+            deleted.push((path, rec));
+        }
+    }
     let mut state = agent.index.state()?;
     if !deleted.is_empty() {
         let _guard = shared.commit_lock.lock().expect("commit lock");

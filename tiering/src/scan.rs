@@ -96,40 +96,81 @@ pub struct Problem {
 }
 
 /// Walks `root` (excluding the root itself), calling `entry` for each entry
-/// in sorted order.
+/// in sorted order: depth first, a directory before what it holds, the
+/// entries of a directory sorted by name bytes. Symbolic links are not
+/// followed.
+///
+/// Entries are `stat`ed relative to their open directory (`statx` on the
+/// directory's descriptor), not by their full path: on a tree of 20,000
+/// files, resolving every path again from the root was a third of a run with
+/// nothing to store. A directory's descriptor is closed before the walk goes
+/// into its subdirectories, so deep trees do not run out of descriptors.
 pub fn walk(root: &Path, mut entry: impl FnMut(Entry), mut problem: impl FnMut(Problem)) {
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .min_depth(1)
-        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
-    for item in walker {
-        match item {
-            Ok(e) => {
-                let rel = match e.path().strip_prefix(root) {
-                    Ok(r) => r.as_os_str().as_bytes().to_vec(),
-                    Err(_) => continue,
-                };
-                match std::fs::symlink_metadata(e.path()) {
-                    Ok(m) => entry(Entry {
-                        rel,
-                        abs: e.path().to_owned(),
-                        stat: Stat::from_metadata(&m),
-                    }),
-                    Err(err) => problem(Problem {
-                        path: e.path().display().to_string(),
-                        reason: err.to_string(),
-                    }),
+    let mut stack: Vec<Level> = list(root.to_owned(), Vec::new(), &mut problem)
+        .into_iter()
+        .collect();
+    while let Some(level) = stack.last_mut() {
+        let Some((name, meta)) = level.rest.pop() else {
+            stack.pop();
+            continue;
+        };
+        let abs = level.abs.join(&name);
+        let mut rel = Vec::with_capacity(level.rel.len() + 1 + name.len());
+        if !level.rel.is_empty() {
+            rel.extend_from_slice(&level.rel);
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name.as_bytes());
+        match meta {
+            Ok(m) => {
+                let is_dir = m.is_dir();
+                entry(Entry {
+                    rel: rel.clone(),
+                    abs: abs.clone(),
+                    stat: Stat::from_metadata(&m),
+                });
+                if is_dir && let Some(sub) = list(abs, rel, &mut problem) {
+                    stack.push(sub);
                 }
             }
-            Err(err) => problem(Problem {
-                path: err
-                    .path()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                reason: err.to_string(),
-            }),
+            Err(err) => problem(walk_problem(&abs, err, "cannot stat")),
         }
     }
+}
+
+/// A directory's entries not visited yet, last first.
+struct Level {
+    abs: PathBuf,
+    rel: Vec<u8>,
+    rest: Vec<(std::ffi::OsString, std::io::Result<std::fs::Metadata>)>,
+}
+
+fn walk_problem(path: &Path, err: std::io::Error, what: &str) -> Problem {
+    Problem {
+        path: path.display().to_string(),
+        reason: format!("{what}: {err}"),
+    }
+}
+
+/// Reads a directory's entries and stats each through the open directory.
+fn list(abs: PathBuf, rel: Vec<u8>, problem: &mut impl FnMut(Problem)) -> Option<Level> {
+    let listing = "cannot list the directory";
+    let dir = match std::fs::read_dir(&abs) {
+        Ok(d) => d,
+        Err(err) => {
+            problem(walk_problem(&abs, err, listing));
+            return None;
+        }
+    };
+    let mut rest = Vec::new();
+    for item in dir {
+        match item {
+            Ok(e) => rest.push((e.file_name(), e.metadata())),
+            Err(err) => problem(walk_problem(&abs, err, listing)),
+        }
+    }
+    rest.sort_by(|a, b| b.0.as_bytes().cmp(a.0.as_bytes()));
+    Some(Level { abs, rel, rest })
 }
 
 /// Looks up user and group names, remembering them.
@@ -231,4 +272,68 @@ pub fn metadata_of(
     meta.size = size;
     meta.xattrs = read_xattrs(&entry.abs)?;
     Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walked(root: &Path) -> (Vec<String>, Vec<Problem>) {
+        let mut seen = Vec::new();
+        let mut problems = Vec::new();
+        walk(
+            root,
+            |e| {
+                assert_eq!(e.abs, root.join(std::ffi::OsStr::from_bytes(&e.rel)));
+                seen.push(String::from_utf8(e.rel).unwrap());
+            },
+            |p| problems.push(p),
+        );
+        (seen, problems)
+    }
+
+    #[test]
+    fn walks_depth_first_in_name_order_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for d in ["b/z", "b/a", "a.b", "a"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        for f in ["b/z/1", "b/a/2", "a/x", "c", "a.b/y"] {
+            std::fs::write(r.join(f), f).unwrap();
+        }
+        std::os::unix::fs::symlink("b", r.join("link")).unwrap();
+        let (seen, problems) = walked(r);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            seen,
+            [
+                "a", "a/x", "a.b", "a.b/y", "b", "b/a", "b/a/2", "b/z", "b/z/1", "c", "link"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_deep_tree_is_walked_and_a_missing_root_is_a_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().to_owned();
+        for _ in 0..300 {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), b"x").unwrap();
+        let (seen, problems) = walked(dir.path());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(seen.len(), 301);
+        assert!(seen.last().unwrap().ends_with("/d/f"));
+
+        let (seen, problems) = walked(&dir.path().join("nope"));
+        assert!(seen.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].reason.starts_with("cannot list the directory"),
+            "{}",
+            problems[0].reason
+        );
+    }
 }

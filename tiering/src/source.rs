@@ -97,7 +97,7 @@ impl ObjectSource for StoreSource {
                     key: key.to_owned(),
                     source: e,
                 })?;
-                Ok(Box::new(f))
+                Ok(Box::new(cbfs_recover::SegmentFile::new(f)))
             }
         }
     }
