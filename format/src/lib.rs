@@ -111,7 +111,7 @@ pub use ids::{GroupId, MemberId, SegmentId, SnapshotId};
 pub use keys::{GROUP_KEY_LEN, GroupKey, GroupKeys, Keyring};
 pub use lockbox::{Lockbox, MAX_SCOPE_LABEL_LEN};
 pub use manifest::{Manifest, ManifestBuilder};
-pub use member::{ContentReader, DEFAULT_ZSTD_LEVEL, open_member, write_member};
+pub use member::{ContentReader, DEFAULT_ZSTD_LEVEL, open_member, open_member_piped, write_member};
 pub use merkle::{ManifestEntry, MerkleProof, merkle_root};
 pub use metadata::{
     EntryKind, MAX_METADATA_LEN, MAX_NAME_LEN, MAX_PATH_LEN, MAX_XATTR_NAME_LEN,

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::mpsc;
 
 use crate::error::{Error, ObjectKind};
 use crate::ids::MemberId;
@@ -146,6 +147,18 @@ pub(crate) fn open_member_inner<'a, R: Read + Send + 'a>(
     expected_len: Option<u64>,
     keys: &dyn GroupKeys,
 ) -> Result<(Metadata, ContentReader<'a>), Error> {
+    let age = open_age(member, payload, expected_len, keys)?;
+    decode_plain(member, BufReader::new(age))
+}
+
+/// Reads the age header and unwraps the file key: the member's payload
+/// as a stream of decrypted (still compressed) plaintext.
+fn open_age<R: Read>(
+    member: MemberId,
+    payload: R,
+    expected_len: Option<u64>,
+    keys: &dyn GroupKeys,
+) -> Result<AgeLayer<R>, Error> {
     let source = BufReader::new(Source {
         inner: payload,
         read: 0,
@@ -161,11 +174,18 @@ pub(crate) fn open_member_inner<'a, R: Read + Send + 'a>(
     let stream = decryptor
         .decrypt(std::iter::once(&identity as &dyn age::Identity))
         .map_err(|e| header_error(member, e, &identity.outcome.borrow()))?;
-    let age_layer = BufReader::new(AgeLayer {
+    Ok(AgeLayer {
         inner: stream,
         member,
-    });
-    let decoder = FrameDecoder::new(age_layer);
+    })
+}
+
+/// Decompresses the plaintext and reads the metadata at its start.
+fn decode_plain<'a, P: BufRead + Send + 'a>(
+    member: MemberId,
+    plain: P,
+) -> Result<(Metadata, ContentReader<'a>), Error> {
+    let decoder = FrameDecoder::new(plain);
     let mut plain = EncryptedPlain { decoder, member };
 
     let mut head = [0u8; 14];
@@ -194,6 +214,139 @@ pub(crate) fn open_member_inner<'a, R: Read + Send + 'a>(
     let meta = Metadata::decode(&encoded)?;
     let size = meta.size;
     Ok((meta, ContentReader::new(Box::new(plain), size)))
+}
+
+/// Decrypted pieces of plaintext queued between the two threads of
+/// [`open_member_piped`], at most.
+const PIPE_DEPTH: usize = 4;
+
+/// What the decrypting thread sends.
+enum Piece {
+    Data(Vec<u8>),
+    End,
+    Failed(io::Error),
+}
+
+/// Plaintext bytes per piece sent between the threads (a few age chunks:
+/// fewer hand-overs, fewer wake-ups).
+const PIECE: usize = 256 * 1024;
+
+/// Decrypts a member's payload to the end, sending the plaintext on.
+fn decrypt_into<R: Read>(mut age: AgeLayer<R>, tx: mpsc::SyncSender<Piece>) {
+    loop {
+        let mut buf = vec![0u8; PIECE];
+        let mut filled = 0;
+        let mut failed = None;
+        while filled < PIECE {
+            match age.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let ended = filled < PIECE;
+        if filled > 0 {
+            buf.truncate(filled);
+            if tx.send(Piece::Data(buf)).is_err() {
+                return;
+            }
+        }
+        if let Some(e) = failed {
+            let _ = tx.send(Piece::Failed(e));
+            return;
+        }
+        if ended {
+            let _ = tx.send(Piece::End);
+            return;
+        }
+    }
+}
+
+/// The plaintext arriving from the decrypting thread.
+struct Piped {
+    rx: mpsc::Receiver<Piece>,
+    buf: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for Piped {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let have = self.fill_buf()?;
+        let n = have.len().min(out.len());
+        out[..n].copy_from_slice(&have[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Piped {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.buf.len() && !self.ended {
+            match self.rx.recv() {
+                Ok(Piece::Data(v)) => {
+                    self.buf = v;
+                    self.pos = 0;
+                }
+                Ok(Piece::End) => self.ended = true,
+                Ok(Piece::Failed(e)) => return Err(e),
+                Err(_) => {
+                    return Err(Error::Io {
+                        context: "decrypting a member payload",
+                        source: io::Error::other("the decrypting thread stopped"),
+                    }
+                    .into_io());
+                }
+            }
+        }
+        Ok(&self.buf[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
+}
+
+/// Opens one member of a segment like [`crate::open_member_at`], but
+/// decrypts on a second thread while `f` decompresses and consumes the
+/// content on this one: for large members, this uses two cores the way
+/// `age -d | zstd -d` does. The content reader lives only as long as `f`.
+pub fn open_member_piped<R, T>(
+    input: &mut R,
+    member: MemberId,
+    data_offset: u64,
+    data_len: u64,
+    keys: &dyn GroupKeys,
+    f: impl for<'c> FnOnce(Result<(Metadata, ContentReader<'c>), Error>) -> T,
+) -> T
+where
+    R: Read + io::Seek + Send,
+{
+    if let Err(e) = input.seek(io::SeekFrom::Start(data_offset)) {
+        return f(Err(Error::Io {
+            context: "seeking in a segment",
+            source: e,
+        }));
+    }
+    let age = match open_age(member, input.take(data_len), Some(data_len), keys) {
+        Ok(age) => age,
+        Err(e) => return f(Err(e)),
+    };
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel(PIPE_DEPTH);
+        scope.spawn(move || decrypt_into(age, tx));
+        let piped = Piped {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            ended: false,
+        };
+        f(decode_plain(member, piped))
+    })
 }
 
 fn corrupt(member: MemberId, reason: impl Into<String>) -> Error {
@@ -387,12 +540,12 @@ fn map_plain_error(member: MemberId, e: io::Error) -> io::Error {
     }
 }
 
-struct EncryptedPlain<R: Read> {
-    decoder: FrameDecoder<BufReader<AgeLayer<R>>>,
+struct EncryptedPlain<P: BufRead> {
+    decoder: FrameDecoder<P>,
     member: MemberId,
 }
 
-impl<R: Read> EncryptedPlain<R> {
+impl<P: BufRead> EncryptedPlain<P> {
     fn map(&self, e: io::Error) -> io::Error {
         map_plain_error(self.member, e)
     }
@@ -413,13 +566,13 @@ impl<R: Read> EncryptedPlain<R> {
     }
 }
 
-impl<R: Read> Read for EncryptedPlain<R> {
+impl<P: BufRead> Read for EncryptedPlain<P> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.decoder.read(buf).map_err(|e| self.map(e))
     }
 }
 
-impl<R: Read> PlainSource for EncryptedPlain<R> {
+impl<P: BufRead> PlainSource for EncryptedPlain<P> {
     fn verify_end(&mut self) -> io::Result<()> {
         let mut probe = [0u8; 1];
         loop {

@@ -8,7 +8,9 @@ use rand::{RngCore, SeedableRng};
 use crate::error::Error;
 use crate::ids::{GroupId, MemberId};
 use crate::keys::{GroupKey, Keyring};
-use crate::member::{DEFAULT_ZSTD_LEVEL, open_member, write_member};
+use crate::member::{
+    ContentReader, DEFAULT_ZSTD_LEVEL, open_member, open_member_piped, write_member,
+};
 use crate::metadata::{EntryKind, Metadata, Timestamp};
 
 const CHUNK: usize = 64 * 1024 + 16;
@@ -33,13 +35,48 @@ fn encrypt(member: MemberId, key: &GroupKey, meta: &Metadata, content: &[u8]) ->
     write_member(Vec::new(), member, key, meta, content, DEFAULT_ZSTD_LEVEL).unwrap()
 }
 
+/// Decrypts with [`open_member`], and again with [`open_member_piped`]
+/// (decryption on a second thread), which must agree on the content or on
+/// the class of the error.
 fn decrypt(member: MemberId, keys: &Keyring, payload: &[u8]) -> Result<(Metadata, Vec<u8>), Error> {
-    let (meta, mut reader) = open_member(member, payload, keys)?;
-    let mut out = Vec::new();
-    reader
-        .read_to_end(&mut out)
-        .map_err(|e| Error::from_io(e, "test"))?;
-    Ok((meta, out))
+    let read_all = |meta: Metadata, mut reader: ContentReader<'_>| {
+        let mut out = Vec::new();
+        reader
+            .read_to_end(&mut out)
+            .map_err(|e| Error::from_io(e, "test"))?;
+        Ok((meta, out))
+    };
+    let direct = open_member(member, payload, keys).and_then(|(m, r)| read_all(m, r));
+    let mut padded = b"segment bytes before the member".to_vec();
+    let at = padded.len() as u64;
+    padded.extend_from_slice(payload);
+    padded.extend_from_slice(b"and after it");
+    let mut input = std::io::Cursor::new(&padded[..]);
+    let piped = open_member_piped(&mut input, member, at, payload.len() as u64, keys, |r| {
+        r.and_then(|(m, r)| read_all(m, r))
+    });
+    match (&direct, &piped) {
+        (Ok(a), Ok(b)) => assert!(a == b, "the piped reader gives other content"),
+        (Err(a), Err(b)) => assert_eq!(a.code(), b.code(), "{a} / {b}"),
+        _ => panic!("the piped reader disagrees: {direct:?} / {piped:?}"),
+    }
+    direct
+}
+
+#[test]
+fn a_piped_reader_dropped_early_stops_its_thread() {
+    let (member, key, ring) = setup();
+    let content = random_bytes(3, 3 << 20);
+    let meta = file_meta("big", content.len() as u64);
+    let payload = encrypt(member, &key, &meta, &content);
+    let mut input = std::io::Cursor::new(&payload[..]);
+    let first = open_member_piped(&mut input, member, 0, payload.len() as u64, &ring, |r| {
+        let (_, mut reader) = r.unwrap();
+        let mut head = [0u8; 10];
+        reader.read_exact(&mut head).unwrap();
+        head
+    });
+    assert_eq!(first[..], content[..10]);
 }
 
 /// Offset of the first payload chunk (after the header and the 16-byte nonce).

@@ -23,6 +23,8 @@ use crate::source::{ObjectSource, ReadSeek};
 struct Readers<'s> {
     source: &'s dyn ObjectSource,
     open: Vec<(String, Box<dyn ReadSeek + 's>)>,
+    /// Decrypt members larger than [`AHEAD_MEMBER_MAX`] on a second thread.
+    pipe_large: bool,
 }
 
 impl<'s> Readers<'s> {
@@ -176,9 +178,12 @@ impl Engine<'_> {
         };
         let result = match decoded {
             Some(d) => d.replay(&mut visit),
-            None => match readers.get(&planned.loc.key) {
-                Ok(reader) => read_member(reader, &planned.loc, keys, &mut visit),
-                Err(e) => {
+            None => match (
+                readers.pipe_large && planned.size > AHEAD_MEMBER_MAX,
+                readers.get(&planned.loc.key),
+            ) {
+                (piped, Ok(reader)) => read_member(reader, &planned.loc, keys, &mut visit, piped),
+                (_, Err(e)) => {
                     report.fail(planned.loc.failure(&e).with_path(out_path));
                     return Ok(None);
                 }
@@ -271,6 +276,7 @@ impl Engine<'_> {
         let mut readers = Readers {
             source: self.source,
             open: Vec::new(),
+            pipe_large: self.threads > 1,
         };
         let mut restored: HashMap<Vec<u8>, bool> = HashMap::new();
         for (i, p) in others.iter().enumerate() {
@@ -412,6 +418,7 @@ fn decode_ahead(
     let mut readers = Readers {
         source,
         open: Vec::new(),
+        pipe_large: false,
     };
     loop {
         let job = jobs.lock().map(|rx| rx.recv());
@@ -428,7 +435,8 @@ fn decode_ahead(
                     meta: None,
                     content: Vec::new(),
                 };
-                read_member(reader, &p.loc, keys, &mut collect).map(|meta| (meta, collect.content))
+                read_member(reader, &p.loc, keys, &mut collect, false)
+                    .map(|meta| (meta, collect.content))
             }
         };
         if done.send((i, Decoded(result))).is_err() {

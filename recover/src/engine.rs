@@ -14,6 +14,7 @@ use std::io::{self, Read};
 
 use cbfs_format::{
     EntryKind, Keyring, MemberId, Metadata, SegmentId, SegmentMode, SegmentReader, open_member_at,
+    open_member_piped,
 };
 
 use crate::error::{Error, Result};
@@ -100,14 +101,16 @@ impl MemberError {
 /// Opens a member at its location and visits its metadata and all its
 /// content. Succeeds only if the member authenticated to its end and, when
 /// the location has a SHA-256, its data bytes hash to it.
+/// With `piped`, decryption runs on a second thread (for large members).
 pub(crate) fn read_member(
     reader: &mut (dyn ReadSeek + '_),
     loc: &Location,
     keys: &Keyring,
     visit: &mut dyn Visit,
+    piped: bool,
 ) -> Result<Metadata, MemberError> {
     let mut hashing = HashingReader::new(reader, loc.data_offset, loc.data_len);
-    let result = stream(&mut hashing, loc, keys, visit);
+    let result = stream(&mut hashing, loc, keys, visit, piped);
     let digest = hashing.finish();
     let hash_ok = match (&digest, loc.sha256) {
         (_, None) => true,
@@ -146,9 +149,21 @@ fn stream(
     loc: &Location,
     keys: &Keyring,
     visit: &mut dyn Visit,
+    piped: bool,
 ) -> Result<Metadata, MemberError> {
     let fmt = |e: cbfs_format::Error| MemberError::member(Error::format(loc.object.clone(), e));
     match (loc.mode, loc.member) {
+        (SegmentMode::Encrypted, Some(member)) if piped => open_member_piped(
+            input,
+            member,
+            loc.data_offset,
+            loc.data_len,
+            keys,
+            |opened| match opened {
+                Ok((meta, content)) => pump(meta, content, loc, visit),
+                Err(e) => Err(fmt(e)),
+            },
+        ),
         (SegmentMode::Encrypted, Some(member)) => {
             let (meta, content) =
                 open_member_at(input, member, loc.data_offset, loc.data_len, keys).map_err(fmt)?;

@@ -65,6 +65,6 @@ pub use opener::{AdminOpener, Identity, LockboxOpener, NoKey, ScopeOpener, ident
 pub use paths::{PathFilter, check_member_path, check_symlink_target};
 pub use report::{Failure, Report};
 pub use restore::{restore, restore_segments};
-pub use sink::{DirSink, Sink, TarSink};
+pub use sink::{DirSink, Rewind, Sink, TarSink};
 pub use snapshot::{Snapshot, SnapshotInfo, open_snapshot};
 pub use source::{LocalDir, ObjectSource, ReadSeek, SegmentFile};

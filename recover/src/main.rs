@@ -404,7 +404,7 @@ fn open_output(output: &Output, force: bool) -> anyhow::Result<Box<dyn SinkOut>>
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .map(Path::to_owned);
-            let mut sink = TarSink::new(
+            let mut sink = TarSink::rewindable(
                 std::io::BufWriter::with_capacity(1 << 20, file),
                 dest.display().to_string(),
             );

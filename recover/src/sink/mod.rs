@@ -14,7 +14,7 @@ mod tar;
 use cbfs_format::Metadata;
 
 pub use self::dir::DirSink;
-pub use self::tar::TarSink;
+pub use self::tar::{Rewind, TarSink};
 use crate::error::Result;
 
 /// A restore's output.

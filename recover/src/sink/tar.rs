@@ -35,7 +35,43 @@ const MAX_OCTAL_7: u64 = 0o7_777_777;
 
 enum Spool {
     Memory(Vec<u8>),
-    File { file: File, len: u64 },
+    File {
+        file: File,
+        len: u64,
+    },
+    /// Written straight into a rewindable output, from its header at
+    /// `start`; taken back by truncating there if it fails.
+    Direct {
+        start: u64,
+        len: u64,
+    },
+}
+
+/// An output that an entry can be taken back from: a file.
+pub trait Rewind: Write {
+    /// Where the next byte goes.
+    fn position(&mut self) -> io::Result<u64>;
+    /// Drops everything from `pos` on; the next byte goes at `pos`.
+    fn rewind_to(&mut self, pos: u64) -> io::Result<()>;
+}
+
+impl Rewind for io::BufWriter<File> {
+    fn position(&mut self) -> io::Result<u64> {
+        self.stream_position()
+    }
+
+    fn rewind_to(&mut self, pos: u64) -> io::Result<()> {
+        self.flush()?;
+        let file = self.get_mut();
+        file.set_len(pos)?;
+        file.seek(SeekFrom::Start(pos)).map(drop)
+    }
+}
+
+/// The [`Rewind`] methods of a sink's writer, when it has them.
+struct Rewinder<W> {
+    position: fn(&mut W) -> io::Result<u64>,
+    rewind_to: fn(&mut W, u64) -> io::Result<()>,
 }
 
 /// Writes restored entries as one pax tar stream to any writer (a file,
@@ -43,11 +79,16 @@ enum Spool {
 ///
 /// A file's content is spooled (in memory up to 1 MiB, else in an unnamed
 /// temporary file) until it has fully authenticated, and only then appended:
-/// a damaged member never leaves a partial entry in the tar.
+/// a damaged member never leaves a partial entry in the tar. A tar written
+/// to a file ([`TarSink::rewindable`]) takes larger files straight into the
+/// tar instead, and cuts a failed one off again.
 pub struct TarSink<W: Write> {
     builder: Option<tar::Builder<W>>,
     target: String,
     spool_dir: Option<PathBuf>,
+    rewinder: Option<Rewinder<W>>,
+    /// The output could not be put back after a failed entry.
+    broken: Option<io::Error>,
     pending: Option<(Metadata, Spool)>,
     warnings: Vec<String>,
     finished: bool,
@@ -81,12 +122,48 @@ impl<W: Write> TarSink<W> {
             builder: Some(builder),
             target: target.into(),
             spool_dir: None,
+            rewinder: None,
+            broken: None,
             pending: None,
             warnings: Vec::new(),
             finished: false,
             dirs: HashMap::new(),
             touched: BTreeSet::new(),
             last: Vec::new(),
+        }
+    }
+
+    /// A tar written to a file: files over 1 MiB go straight into it, with
+    /// no spool, and a file that fails is cut off again.
+    pub fn rewindable(out: W, target: impl Into<String>) -> Self
+    where
+        W: Rewind,
+    {
+        let mut sink = Self::new(out, target);
+        sink.rewinder = Some(Rewinder {
+            position: W::position,
+            rewind_to: W::rewind_to,
+        });
+        sink
+    }
+
+    /// Cuts the output back to `start` (a failed entry written straight in).
+    fn take_back(&mut self, start: u64) {
+        let Some(r) = &self.rewinder else { return };
+        let rewind_to = r.rewind_to;
+        if let Err(e) = rewind_to(self.builder().get_mut(), start) {
+            self.broken.get_or_insert(e);
+        }
+    }
+
+    /// Fails if the output could not be put back after a failed entry.
+    fn check_broken(&self) -> Result<()> {
+        match &self.broken {
+            Some(e) => Err(fatal(
+                &self.target,
+                io::Error::new(e.kind(), format!("cannot take a failed entry back: {e}")),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -150,15 +227,48 @@ fn spool_err(source: io::Error) -> Error {
 impl<W: Write> Sink for TarSink<W> {
     fn begin_file(&mut self, meta: &Metadata) -> Result<()> {
         self.abort_file();
-        self.pending = Some((meta.clone(), Spool::Memory(Vec::new())));
+        self.check_broken()?;
+        let spool = match &self.rewinder {
+            Some(r) if meta.size > MEMORY_SPOOL as u64 => {
+                let position = r.position;
+                let target = self.target.clone();
+                let start = position(self.builder().get_mut()).map_err(|e| fatal(&target, e))?;
+                // The entry is in the tar from here on; a failure cuts it off.
+                self.pending = Some((meta.clone(), Spool::Direct { start, len: 0 }));
+                let written = self
+                    .write_headers(meta)
+                    .and_then(|header| self.append(&header, io::empty()));
+                if written.is_err() {
+                    self.abort_file();
+                }
+                return written;
+            }
+            _ => Spool::Memory(Vec::new()),
+        };
+        self.pending = Some((meta.clone(), spool));
         Ok(())
     }
 
     fn write_content(&mut self, data: &[u8]) -> Result<()> {
         let spool_dir = self.spool_dir.clone();
-        let Some((_, spool)) = self.pending.as_mut() else {
+        let target = self.target.clone();
+        let Some((meta, spool)) = self.pending.as_mut() else {
             return Err(Error::Usage("write_content without begin_file".into()));
         };
+        if let Spool::Direct { len, .. } = spool {
+            if *len + data.len() as u64 > meta.size {
+                return Err(Error::Unsupported {
+                    path: lossy(&meta.path),
+                    reason: format!("more content than its size of {}", meta.size),
+                });
+            }
+            *len += data.len() as u64;
+            let builder = self.builder.as_mut().expect("builder present");
+            return builder
+                .get_mut()
+                .write_all(data)
+                .map_err(|e| fatal(&target, e));
+        }
         if let Spool::Memory(buf) = spool {
             if buf.len() + data.len() <= MEMORY_SPOOL {
                 buf.extend_from_slice(data);
@@ -181,18 +291,31 @@ impl<W: Write> Sink for TarSink<W> {
     }
 
     fn commit_file(&mut self) -> Result<()> {
+        self.check_broken()?;
         let Some((meta, spool)) = self.pending.take() else {
             return Err(Error::Usage("commit_file without begin_file".into()));
         };
         let len = match &spool {
             Spool::Memory(b) => b.len() as u64,
-            Spool::File { len, .. } => *len,
+            Spool::File { len, .. } | Spool::Direct { len, .. } => *len,
         };
         if len != meta.size {
+            if let Spool::Direct { start, .. } = spool {
+                self.take_back(start);
+            }
             return Err(Error::Unsupported {
                 path: lossy(&meta.path),
                 reason: format!("{len} content bytes for a size of {}", meta.size),
             });
+        }
+        if let Spool::Direct { .. } = spool {
+            let pad = (512 - (len % 512) as usize) % 512;
+            let target = self.target.clone();
+            return self
+                .builder()
+                .get_mut()
+                .write_all(&[0u8; 512][..pad])
+                .map_err(|e| fatal(&target, e));
         }
         let header = self.write_headers(&meta)?;
         match spool {
@@ -200,7 +323,7 @@ impl<W: Write> Sink for TarSink<W> {
             Spool::File { mut file, len } => {
                 file.seek(SeekFrom::Start(0)).map_err(spool_err)?;
                 let mut exact = ExactReader {
-                    inner: file.take(len),
+                    inner: io::BufReader::with_capacity(1 << 20, file.take(len)),
                     left: len,
                 };
                 self.append(&header, &mut exact)?;
@@ -212,15 +335,20 @@ impl<W: Write> Sink for TarSink<W> {
                 }
                 Ok(())
             }
+            Spool::Direct { .. } => unreachable!("handled above"),
         }
     }
 
     fn abort_file(&mut self) {
-        // Dropping the spool frees the memory or the unnamed temporary file.
-        self.pending = None;
+        // Dropping a spool frees the memory or the unnamed temporary file; a
+        // file written straight into the tar is cut off.
+        if let Some((_, Spool::Direct { start, .. })) = self.pending.take() {
+            self.take_back(start);
+        }
     }
 
     fn add_entry(&mut self, meta: &Metadata) -> Result<()> {
+        self.check_broken()?;
         if meta.kind == EntryKind::File {
             self.begin_file(meta)?;
             return self.commit_file();
@@ -230,6 +358,8 @@ impl<W: Write> Sink for TarSink<W> {
     }
 
     fn finish(&mut self) -> Result<()> {
+        self.abort_file();
+        self.check_broken()?;
         if self.finished {
             return Ok(());
         }
@@ -464,6 +594,85 @@ fn unsupported(meta: &Metadata, e: io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file(path: &str, size: u64) -> Metadata {
+        let mut m = Metadata::new(path, EntryKind::File);
+        m.size = size;
+        m
+    }
+
+    /// Committed, failed and unfinished files, large and small.
+    fn feed(sink: &mut dyn Sink) {
+        let big = |seed: u8| -> Vec<u8> { (0..(2 << 20) + 7).map(|i| (i as u8) ^ seed).collect() };
+        sink.add_entry(&Metadata::new("d", EntryKind::Dir)).unwrap();
+        sink.begin_file(&file("d/a", 3)).unwrap();
+        sink.write_content(b"abc").unwrap();
+        sink.commit_file().unwrap();
+        // Fails halfway (the member did not authenticate).
+        let b = big(1);
+        sink.begin_file(&file("d/b1", b.len() as u64)).unwrap();
+        sink.write_content(&b[..1 << 20]).unwrap();
+        sink.write_content(&b[1 << 20..(3 << 19)]).unwrap();
+        sink.abort_file();
+        // Gives fewer bytes than its size: refused at commit.
+        sink.begin_file(&file("d/b2", b.len() as u64)).unwrap();
+        sink.write_content(&b[..b.len() - 1]).unwrap();
+        assert!(sink.commit_file().is_err());
+        let c = big(3);
+        sink.begin_file(&file("d/b3", c.len() as u64)).unwrap();
+        sink.write_content(&c).unwrap();
+        sink.commit_file().unwrap();
+        // Begun, never committed: finishing drops it.
+        sink.begin_file(&file("d/b4", c.len() as u64)).unwrap();
+        sink.write_content(&c[..10]).unwrap();
+        sink.finish().unwrap();
+    }
+
+    #[test]
+    fn a_rewindable_tar_equals_the_spooled_one() {
+        let mut spooled = TarSink::new(Vec::new(), "memory");
+        feed(&mut spooled);
+        let spooled = spooled.into_inner().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.tar");
+        let out = io::BufWriter::new(File::create(&path).unwrap());
+        let mut direct = TarSink::rewindable(out, "out.tar");
+        feed(&mut direct);
+        direct.into_inner().unwrap().flush().unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert!(written == spooled, "the two tars differ");
+
+        let mut archive = tar::Archive::new(&written[..]);
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["d/", "d/a", "d/b3"]);
+    }
+
+    #[test]
+    fn a_rewindable_tar_refuses_more_content_than_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = io::BufWriter::new(File::create(dir.path().join("t.tar")).unwrap());
+        let mut sink = TarSink::rewindable(out, "t.tar");
+        sink.begin_file(&file("x", 2 << 20)).unwrap();
+        sink.write_content(&vec![0u8; 2 << 20]).unwrap();
+        let err = sink.write_content(b"!").unwrap_err();
+        assert!(err.to_string().contains("more content"), "{err}");
+        sink.abort_file();
+        sink.finish().unwrap();
+        let len = sink
+            .into_inner()
+            .unwrap()
+            .into_inner()
+            .unwrap()
+            .metadata()
+            .unwrap()
+            .len();
+        assert_eq!(len, 1024, "only the end-of-archive blocks are left");
+    }
 
     #[test]
     fn pax_records_count_their_own_length() {
