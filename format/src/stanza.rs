@@ -53,8 +53,10 @@ impl age::Recipient for CbfsRecipient<'_> {
         &self,
         file_key: &FileKey,
     ) -> Result<(Vec<Stanza>, HashSet<String>), EncryptError> {
+        // A nonce needs to be unique, not secret: the thread's CSPRNG
+        // (seeded from the OS) spares a system call per member.
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::thread_rng().fill_bytes(&mut nonce);
         let group = self.key.id();
         let ad = associated_data(&self.member, &group);
         let body = cipher(self.key)

@@ -682,3 +682,51 @@ fn plain_mode_segments_are_ordinary_tars() {
     );
     assert_same_tree(&src, &dest, Compare::default());
 }
+
+#[test]
+fn a_long_history_keeps_its_delta_chain_past_a_full_manifest() {
+    // A full manifest is written every 16 snapshots; a run reads the
+    // history back only to the newest full one. Twenty runs cross that
+    // boundary: every snapshot must still be numbered, chained and whole.
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let src = work.mkdir("src");
+    for f in 0..30 {
+        std::fs::write(src.join(format!("f{f:02}")), format!("first {f}")).unwrap();
+    }
+    let backend = Backend::Local(work.path("store"));
+    let index = work.path("index");
+    let mut states = Vec::new();
+    for run in 1..=20u64 {
+        std::fs::write(src.join(format!("f{:02}", run % 30)), format!("run {run}")).unwrap();
+        let r = tier_out(&backend, &keys, &index, &src, &[]);
+        assert_eq!(r["sequence"], run, "{r}");
+        let state = work.path(format!("state-{run}"));
+        copy_tree(&src, &state);
+        states.push(state);
+    }
+    let snaps = tier_json(&backend, &index, &["snapshots"]);
+    let seqs: Vec<u64> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    let v = tier_json(&backend, &index, &["verify"]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    for seq in [16u64, 17, 18, 20] {
+        let dest = work.path(format!("restored-{seq}"));
+        recover_snapshot(&backend, &keys, &work, seq, &dest);
+        assert_same_tree(&states[seq as usize - 1], &dest, Compare::default());
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "cp -a {}",
+        from.display()
+    );
+}

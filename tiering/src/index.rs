@@ -447,6 +447,22 @@ impl Index {
         Ok(())
     }
 
+    /// Writes the in-memory table out if it holds much: otherwise the next
+    /// open replays the whole write-ahead log (after a first run over 20,000
+    /// files, a quarter of the next run's time).
+    pub fn flush_if_large(&self) -> Result<()> {
+        const LARGE: u64 = 1 << 20;
+        let held = self
+            .db
+            .property_int_value("rocksdb.cur-size-all-mem-tables")
+            .map_err(|e| self.err(e))?
+            .unwrap_or(0);
+        if held >= LARGE {
+            self.db.flush().map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     /// Commits a batch atomically and durably.
     pub fn commit(&self, batch: Batch) -> Result<()> {
         let mut wo = rocksdb::WriteOptions::default();

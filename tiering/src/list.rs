@@ -41,6 +41,13 @@ fn rfc3339(unix: i64) -> String {
 /// Every manifest in the store, oldest first, each verified and resolved
 /// (a delta against the resolved manifest before it).
 pub(crate) fn load_manifests(agent: &Agent) -> Result<Vec<(String, Manifest)>> {
+    load_manifests_since(agent, 0)
+}
+
+/// The manifests from sequence `from` on, oldest first, each verified and
+/// resolved; reading back only as far as the newest full manifest at or
+/// before `from` (which the deltas after it need), not the whole history.
+pub(crate) fn load_manifests_since(agent: &Agent, from: u64) -> Result<Vec<(String, Manifest)>> {
     let mut out: Vec<(String, Manifest)> = Vec::new();
     let mut by_hash: std::collections::HashMap<[u8; 32], usize> = std::collections::HashMap::new();
     let mut keys: Vec<(u64, String)> = agent
@@ -49,8 +56,25 @@ pub(crate) fn load_manifests(agent: &Agent) -> Result<Vec<(String, Manifest)>> {
         .filter_map(|o| layout::parse_manifest(&o.key).map(|(seq, _)| (seq, o.key)))
         .collect();
     keys.sort();
-    for (_, key) in keys {
-        let bytes = agent.block_on(agent.store.get(&key))?;
+    let mut fetched = std::collections::HashMap::new();
+    let mut start = keys.partition_point(|(seq, _)| *seq < from);
+    // Back to the newest full manifest at or before `from`.
+    let mut i = keys.partition_point(|(seq, _)| *seq <= from);
+    while i > 0 {
+        i -= 1;
+        let bytes = agent.block_on(agent.store.get(&keys[i].1))?;
+        let full = cbfs_format::ManifestHeader::peek(&bytes).is_ok_and(|h| !h.delta);
+        fetched.insert(i, bytes);
+        start = i;
+        if full {
+            break;
+        }
+    }
+    for (i, (_, key)) in keys.into_iter().enumerate().skip(start) {
+        let bytes = match fetched.remove(&i) {
+            Some(b) => b,
+            None => agent.block_on(agent.store.get(&key))?,
+        };
         let bad = |e: cbfs_format::Error| Error::Integrity {
             object: key.clone(),
             reason: e.to_string(),
