@@ -95,6 +95,7 @@ mod manifest;
 mod member;
 mod merkle;
 mod metadata;
+mod peek;
 mod plain;
 mod segment_reader;
 mod segment_writer;
@@ -117,6 +118,7 @@ pub use metadata::{
     EntryKind, MAX_METADATA_LEN, MAX_NAME_LEN, MAX_PATH_LEN, MAX_XATTR_NAME_LEN,
     MAX_XATTR_VALUE_LEN, Metadata, Timestamp,
 };
+pub use peek::{PEEK_LEN, peek_metadata};
 pub use segment_reader::{MemberInfo, RawData, SegmentMember, SegmentReader, open_member_at};
 pub use segment_writer::{SegmentMode, SegmentWriter};
 pub use summary::{Summary, SummaryEntry};

@@ -59,7 +59,10 @@ struct Emit<'a> {
 
 impl Visit for Emit<'_> {
     fn meta(&mut self, meta: &Metadata) -> Result<()> {
-        if meta.path != self.planned.path || meta.kind != self.planned.kind {
+        if meta.path != self.planned.path
+            || meta.kind != self.planned.kind
+            || meta.size != self.planned.size
+        {
             return Err(Error::Unsupported {
                 path: lossy(&self.planned.path),
                 reason: format!(
@@ -184,7 +187,7 @@ impl Engine<'_> {
             ) {
                 (piped, Ok(reader)) => read_member(reader, &planned.loc, keys, &mut visit, piped),
                 (_, Err(e)) => {
-                    report.fail(planned.loc.failure(&e).with_path(out_path));
+                    report.fail(planned.loc.failure(&e));
                     return Ok(None);
                 }
             },
@@ -208,7 +211,15 @@ impl Engine<'_> {
                 if me.from_visitor && me.err.is_fatal_output() {
                     return Err(me.err);
                 }
-                report.fail(me.into_failure(&planned.loc).with_path(out_path));
+                // The path planned with is the member's unauthenticated
+                // claim: a failure names it only once it authenticated.
+                let known = me.from_visitor || out_meta.is_some();
+                let failure = me.into_failure(&planned.loc);
+                report.fail(if known {
+                    failure.with_path(out_path)
+                } else {
+                    failure
+                });
                 return Ok(None);
             }
         };
@@ -242,8 +253,8 @@ impl Engine<'_> {
         } else {
             0
         };
-        let (job_tx, job_rx) = mpsc::channel::<(usize, Planned)>();
-        let (done_tx, done_rx) = mpsc::channel::<(usize, Decoded)>();
+        let (job_tx, job_rx) = mpsc::channel::<Vec<(usize, Planned)>>();
+        let (done_tx, done_rx) = mpsc::channel::<Vec<(usize, Decoded)>>();
         let job_rx = Mutex::new(job_rx);
         let result = std::thread::scope(|scope| {
             for _ in 0..workers {
@@ -350,22 +361,39 @@ const AHEAD_MEMBER_MAX: u64 = 4 << 20;
 const AHEAD_BYTES: u64 = 64 << 20;
 /// Members waiting for the sink, at most.
 const AHEAD_MEMBERS: usize = 4096;
+/// Members handed to a worker at a time (one wake-up each way per batch,
+/// not per member), and the content size that closes a batch early.
+const BATCH_MEMBERS: usize = 32;
+const BATCH_BYTES: u64 = 1 << 20;
 
 fn ahead_eligible(p: &Planned) -> bool {
     !matches!(p.kind, EntryKind::Hardlink { .. }) && p.size <= AHEAD_MEMBER_MAX
 }
 
 /// A member a worker read whole: authenticated and hash-checked, or why not.
-pub(crate) struct Decoded(std::result::Result<(Metadata, Vec<u8>), MemberError>);
+pub(crate) struct Decoded {
+    result: std::result::Result<(Metadata, Vec<u8>), MemberError>,
+    /// The authenticated metadata, also when the rest of the member failed.
+    meta: Option<Metadata>,
+}
 
 impl Decoded {
-    /// Gives the member to `visit` as if it were being read now.
+    /// Gives the member to `visit` as if it were being read now: the
+    /// metadata if it authenticated, then the content or the failure.
     fn replay(self, visit: &mut dyn Visit) -> std::result::Result<Metadata, MemberError> {
-        let (meta, content) = self.0?;
         let from_visitor = |err| MemberError {
             err,
             from_visitor: true,
             hash_differs: false,
+        };
+        let (meta, content) = match self.result {
+            Ok(done) => done,
+            Err(e) => {
+                if let Some(meta) = &self.meta {
+                    visit.meta(meta).map_err(from_visitor)?;
+                }
+                return Err(e);
+            }
         };
         visit.meta(&meta).map_err(from_visitor)?;
         if !content.is_empty() {
@@ -412,8 +440,8 @@ impl Visit for Collect {
 fn decode_ahead(
     source: &dyn ObjectSource,
     keys: &Keyring,
-    jobs: &Mutex<mpsc::Receiver<(usize, Planned)>>,
-    done: mpsc::Sender<(usize, Decoded)>,
+    jobs: &Mutex<mpsc::Receiver<Vec<(usize, Planned)>>>,
+    done: mpsc::Sender<Vec<(usize, Decoded)>>,
 ) {
     let mut readers = Readers {
         source,
@@ -422,25 +450,45 @@ fn decode_ahead(
     };
     loop {
         let job = jobs.lock().map(|rx| rx.recv());
-        let Ok(Ok((i, p))) = job else { return };
-        let result = match readers.get(&p.loc.key) {
-            Err(err) => Err(MemberError {
+        let Ok(Ok(batch)) = job else { return };
+        let decoded = batch
+            .into_iter()
+            .map(|(i, p)| (i, decode_whole(&mut readers, keys, &p)))
+            .collect();
+        if done.send(decoded).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one member whole, for [`decode_ahead`].
+fn decode_whole(readers: &mut Readers<'_>, keys: &Keyring, p: &Planned) -> Decoded {
+    match readers.get(&p.loc.key) {
+        Err(err) => Decoded {
+            result: Err(MemberError {
                 err,
                 from_visitor: false,
                 hash_differs: false,
             }),
-            Ok(reader) => {
-                let mut collect = Collect {
-                    limit: p.size,
+            meta: None,
+        },
+        Ok(reader) => {
+            let mut collect = Collect {
+                limit: p.size,
+                meta: None,
+                content: Vec::new(),
+            };
+            let result = read_member(reader, &p.loc, keys, &mut collect, false);
+            match result {
+                Ok(meta) => Decoded {
+                    result: Ok((meta, collect.content)),
                     meta: None,
-                    content: Vec::new(),
-                };
-                read_member(reader, &p.loc, keys, &mut collect, false)
-                    .map(|meta| (meta, collect.content))
+                },
+                Err(e) => Decoded {
+                    result: Err(e),
+                    meta: collect.meta,
+                },
             }
-        };
-        if done.send((i, Decoded(result))).is_err() {
-            return;
         }
     }
 }
@@ -448,8 +496,8 @@ fn decode_ahead(
 /// The members given to the workers and not yet written.
 struct Ahead {
     /// `None`: no workers, every member is read on the writing thread.
-    jobs: Option<mpsc::Sender<(usize, Planned)>>,
-    done: mpsc::Receiver<(usize, Decoded)>,
+    jobs: Option<mpsc::Sender<Vec<(usize, Planned)>>>,
+    done: mpsc::Receiver<Vec<(usize, Decoded)>>,
     /// The next member to consider giving out.
     next: usize,
     /// Decoded members that came back before their turn.
@@ -459,24 +507,42 @@ struct Ahead {
 }
 
 impl Ahead {
-    /// Gives out members while the window has room.
+    /// Gives out members, in batches, while the window has room.
     fn fill(&mut self, planned: &[Planned]) {
         let Some(jobs) = &self.jobs else { return };
+        // Wait until a whole batch fits: refilling one member at a time
+        // would wake a worker per member.
+        if self.in_flight > 0
+            && (self.in_flight + BATCH_MEMBERS > AHEAD_MEMBERS
+                || self.in_flight_bytes + BATCH_BYTES > AHEAD_BYTES)
+        {
+            return;
+        }
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
         while let Some(p) = planned.get(self.next) {
             if self.in_flight >= AHEAD_MEMBERS
                 || (self.in_flight > 0 && self.in_flight_bytes + p.size > AHEAD_BYTES)
             {
-                return;
+                break;
             }
             if ahead_eligible(p) {
-                if jobs.send((self.next, p.clone())).is_err() {
-                    self.jobs = None;
-                    return;
-                }
+                batch.push((self.next, p.clone()));
+                batch_bytes += p.size;
                 self.in_flight += 1;
                 self.in_flight_bytes += p.size;
             }
             self.next += 1;
+            if batch.len() >= BATCH_MEMBERS || batch_bytes >= BATCH_BYTES {
+                if jobs.send(std::mem::take(&mut batch)).is_err() {
+                    self.jobs = None;
+                    return;
+                }
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() && jobs.send(batch).is_err() {
+            self.jobs = None;
         }
     }
 
@@ -490,9 +556,7 @@ impl Ahead {
                 break d;
             }
             match self.done.recv() {
-                Ok((j, d)) => {
-                    self.waiting.insert(j, d);
-                }
+                Ok(batch) => self.waiting.extend(batch),
                 // Workers gone (a panic): read it here.
                 Err(_) => return None,
             }

@@ -10,11 +10,11 @@
 //!    ciphertext; commit it only once it authenticated and the hash matched.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, SeekFrom};
 
 use cbfs_format::{
-    EntryKind, Keyring, MemberId, Metadata, SegmentId, SegmentMode, SegmentReader, open_member_at,
-    open_member_piped,
+    EntryKind, Keyring, MemberId, Metadata, PEEK_LEN, SegmentId, SegmentMode, SegmentReader,
+    open_member_at, open_member_piped, peek_metadata,
 };
 
 use crate::error::{Error, Result};
@@ -291,8 +291,10 @@ impl<'s> Engine<'s> {
     }
 }
 
-/// Reads only a member's metadata (pass 1): the age header and the first
-/// chunk, not the content. Nothing is proven about the rest yet.
+/// Reads only a member's metadata (pass 1). Nothing is proven yet: an
+/// encrypted member's metadata is read without authentication
+/// ([`peek_metadata`]), or if that fails, from its authenticated first chunk.
+/// Pass 2 authenticates everything and holds it to what pass 1 read.
 pub(crate) fn peek_meta(
     reader: &mut (dyn ReadSeek + '_),
     loc: &Location,
@@ -300,6 +302,17 @@ pub(crate) fn peek_meta(
 ) -> Result<Metadata, cbfs_format::Error> {
     match (loc.mode, loc.member) {
         (SegmentMode::Encrypted, Some(member)) => {
+            // The claim is checked when the member is read again: pass 2
+            // authenticates it and refuses it unless it is what was planned.
+            let mut head = vec![0u8; (loc.data_len as usize).min(PEEK_LEN)];
+            let read = reader
+                .seek(SeekFrom::Start(loc.data_offset))
+                .and_then(|_| reader.read_exact(&mut head));
+            if read.is_ok()
+                && let Some(meta) = peek_metadata(member, &head, loc.data_len, keys)
+            {
+                return Ok(meta);
+            }
             let mut input = &mut *reader;
             let (meta, content) =
                 open_member_at(&mut input, member, loc.data_offset, loc.data_len, keys)?;

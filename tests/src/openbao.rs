@@ -55,15 +55,17 @@ impl OpenBao {
     /// then carries the end of the server's log.
     pub fn start() -> OpenBao {
         let bao = require_tool("bao", hints::BAO);
-        let dir = tempfile::Builder::new()
-            .prefix("cbfs-openbao-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("cannot create a directory for OpenBao: {e}"));
         let token = format!("cbfs-test-{}", crate::random_hex(16));
         let client = http_client();
 
         let mut failures = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
+            // Its own directory per attempt: a server removes its directory
+            // when it stops, and a failed attempt must not take the next one's.
+            let dir = tempfile::Builder::new()
+                .prefix("cbfs-openbao-")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("cannot create a directory for OpenBao: {e}"));
             let port = free_port_pair();
             let addr = loopback(port);
             let log = dir.path().join(format!("bao-{attempt}.log"));
@@ -86,7 +88,7 @@ impl OpenBao {
             ] {
                 cmd.env_remove(var);
             }
-            let mut server = ServerProcess::spawn("openbao", &cmd, &log, dir.path());
+            let mut server = ServerProcess::spawn_owning("openbao", &cmd, &log, dir.path());
             let health = format!("http://{addr}/v1/sys/health");
             let ready = poll_http(&client, &health, START_TIMEOUT, || {
                 match server.exit_status() {

@@ -7,6 +7,12 @@
 //! process died outright, the watcher kills the server with SIGKILL. When the
 //! server exits on its own, the supervisor exits with its status, so a
 //! server that dies during start-up is noticed at once.
+//!
+//! A server whose scratch directory is its own ([`ServerProcess::spawn_owning`])
+//! has the supervisor remove that directory once the watcher killed the
+//! server (the lifeline closed): a
+//! server kept in a `static` for a whole test process (never dropped) then
+//! leaves nothing in the temporary directory when the process exits.
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
@@ -18,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::bins::{hints, require_tool};
 
 const SUPERVISOR: &str = r#"
-pidfile=$1; shift
+pidfile=$1; remove=$2; shift 2
 exec 3<&0
 "$@" </dev/null 3<&- &
 server=$!
@@ -29,6 +35,7 @@ exec 3<&-
 wait "$server"
 status=$?
 kill "$watcher" 2>/dev/null
+if [ -n "$remove" ] && [ "$status" -eq 137 ]; then rm -rf -- "$remove"; fi
 exit "$status"
 "#;
 
@@ -46,6 +53,17 @@ impl ServerProcess {
     /// `cmd`'s program, arguments, environment changes and working directory
     /// are carried over; its stdio settings are not.
     pub fn spawn(name: &str, cmd: &Command, log: &Path, scratch: &Path) -> ServerProcess {
+        Self::start(name, cmd, log, scratch, false)
+    }
+
+    /// [`spawn`](Self::spawn) for a server whose `scratch` directory is its
+    /// own: the directory is removed when the server is stopped, or when the
+    /// test process ends without dropping it.
+    pub fn spawn_owning(name: &str, cmd: &Command, log: &Path, scratch: &Path) -> ServerProcess {
+        Self::start(name, cmd, log, scratch, true)
+    }
+
+    fn start(name: &str, cmd: &Command, log: &Path, scratch: &Path, owns: bool) -> ServerProcess {
         let sh = require_tool("sh", hints::SH);
         let pidfile = scratch.join(format!("{name}.pid"));
         let log_file = File::create(log)
@@ -59,6 +77,11 @@ impl ServerProcess {
             .arg(SUPERVISOR)
             .arg(format!("cbfs-supervise-{name}"))
             .arg(&pidfile)
+            .arg(if owns {
+                scratch.as_os_str()
+            } else {
+                "".as_ref()
+            })
             .arg(cmd.get_program())
             .args(cmd.get_args());
         crate::copy_env_and_dir(cmd, &mut sup);
@@ -193,6 +216,24 @@ mod tests {
         assert!(alive(pid));
         drop(server);
         assert!(!alive(pid), "server {pid} survived its ServerProcess");
+    }
+
+    #[test]
+    fn an_owned_scratch_directory_goes_with_the_server() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("scratch");
+        std::fs::create_dir(&dir).unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("300");
+        let server = ServerProcess::spawn_owning("sleeper", &cmd, &dir.join("log"), &dir);
+        let pid = wait_for_pid(&server);
+        drop(server);
+        assert!(!alive(pid));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dir.exists() {
+            assert!(Instant::now() < deadline, "the scratch directory stayed");
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

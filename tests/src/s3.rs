@@ -57,14 +57,16 @@ impl S3Server {
     /// message then carries the end of its log.
     pub fn start() -> S3Server {
         let moto = require_tool("moto_server", hints::MOTO);
-        let dir = tempfile::Builder::new()
-            .prefix("cbfs-s3-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("cannot create a directory for moto_server: {e}"));
         let client = http_client();
 
         let mut failures = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
+            // Its own directory per attempt: a server removes its directory
+            // when it stops, and a failed attempt must not take the next one's.
+            let dir = tempfile::Builder::new()
+                .prefix("cbfs-s3-")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("cannot create a directory for moto_server: {e}"));
             let port = free_port();
             let addr = loopback(port);
             let log = dir.path().join(format!("moto-{attempt}.log"));
@@ -72,7 +74,7 @@ impl S3Server {
             cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .env("PYTHONUNBUFFERED", "1")
                 .current_dir(dir.path());
-            let mut server = ServerProcess::spawn("moto", &cmd, &log, dir.path());
+            let mut server = ServerProcess::spawn_owning("moto", &cmd, &log, dir.path());
             let url = format!("http://{addr}/");
             let ready = poll_http(&client, &url, START_TIMEOUT, || {
                 match server.exit_status() {

@@ -2,8 +2,10 @@
 //!
 //! Parents are created one component at a time and must be real directories
 //! (never a symbolic link, even one this restore created); files are written
-//! under a temporary name with `O_CREAT|O_EXCL|O_NOFOLLOW` and linked into
-//! place only once they authenticated; nothing existing is overwritten.
+//! as unnamed files (`O_TMPFILE`, on Linux) or else under a temporary name
+//! with `O_CREAT|O_EXCL|O_NOFOLLOW`, and linked into place only once they
+//! authenticated; nothing existing is overwritten. An unnamed file that
+//! fails, or a restore that is killed, leaves nothing behind.
 //! Directory modes and times are set last, deepest first. The checks are
 //! made against the file system as it is, so do not restore into a
 //! directory that other users can write to while the restore runs.
@@ -21,7 +23,8 @@ use crate::paths::{ancestors, check_member_path};
 
 struct Pending {
     meta: Metadata,
-    temp: PathBuf,
+    /// The temporary name, or `None` for an unnamed (`O_TMPFILE`) file.
+    temp: Option<PathBuf>,
     dest: PathBuf,
     file: BufWriter<File>,
 }
@@ -36,6 +39,8 @@ pub struct DirSink {
     /// Parents already found to be real directories in this restore: each
     /// is checked once, not once per file under it.
     checked_dirs: std::cell::RefCell<std::collections::HashSet<Vec<u8>>>,
+    /// Files can be created unnamed and linked in through `/proc/self/fd`.
+    unnamed: bool,
 }
 
 impl DirSink {
@@ -58,6 +63,7 @@ impl DirSink {
             warnings: Vec::new(),
             owner_failures: 0,
             checked_dirs: Default::default(),
+            unnamed: cfg!(target_os = "linux") && Path::new("/proc/self/fd").is_dir(),
         })
     }
 
@@ -235,6 +241,47 @@ fn open_dir_nofollow(path: &Path) -> io::Result<File> {
     opts.open(path)
 }
 
+/// Creates the file for `dest`: unnamed in its directory when the system
+/// can, else under a temporary name beside it.
+fn create_temp(dest: &Path, unnamed: bool) -> io::Result<(File, Option<PathBuf>)> {
+    #[cfg(target_os = "linux")]
+    if unnamed && let Some(dir) = dest.parent() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = OpenOptions::new()
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir);
+        match opened {
+            Ok(f) => return Ok((f, None)),
+            // The file system cannot: a named temporary file, then.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = unnamed;
+    let temp = temp_name(dest);
+    open_new(&temp).map(|f| (f, Some(temp)))
+}
+
+/// Links an unnamed file in at `dest`; fails if the name exists.
+#[cfg(target_os = "linux")]
+fn place_unnamed(file: &File, dest: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use std::os::unix::io::AsRawFd;
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+    linkat(CWD, from.as_str(), CWD, dest, AtFlags::SYMLINK_FOLLOW).map_err(io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn place_unnamed(_file: &File, _dest: &Path) -> io::Result<()> {
+    Err(io::Error::other("unnamed files are only made on Linux"))
+}
+
 /// Puts the finished temporary file in place without ever replacing an
 /// existing entry: a hard link fails if the name exists.
 fn place(temp: &Path, dest: &Path) -> io::Result<()> {
@@ -260,8 +307,7 @@ impl Sink for DirSink {
         let dest = self.join(&meta.path)?;
         self.parents(&meta.path, true)?;
         self.refuse_existing(&meta.path, &dest)?;
-        let temp = temp_name(&dest);
-        let file = open_new(&temp).map_err(|e| out_err(&temp, e))?;
+        let (file, temp) = create_temp(&dest, self.unnamed).map_err(|e| out_err(&dest, e))?;
         self.pending = Some(Pending {
             meta: meta.clone(),
             temp,
@@ -291,10 +337,15 @@ impl Sink for DirSink {
         let result = file
             .into_inner()
             .map_err(|e| e.into_error())
-            .and_then(|f| apply(self, &f, &meta))
-            .and_then(|()| place(&temp, &dest));
+            .and_then(|f| apply(self, &f, &meta).map(|()| f))
+            .and_then(|f| match &temp {
+                Some(temp) => place(temp, &dest),
+                None => place_unnamed(&f, &dest),
+            });
         if let Err(e) = result {
-            let _ = fs::remove_file(&temp);
+            if let Some(temp) = &temp {
+                let _ = fs::remove_file(temp);
+            }
             return Err(Error::Output {
                 target: lossy(&meta.path),
                 source: e,
@@ -307,7 +358,9 @@ impl Sink for DirSink {
     fn abort_file(&mut self) {
         if let Some(p) = self.pending.take() {
             drop(p.file);
-            let _ = fs::remove_file(&p.temp);
+            if let Some(temp) = &p.temp {
+                let _ = fs::remove_file(temp);
+            }
         }
     }
 
