@@ -214,7 +214,14 @@ fn pump(
         hash_differs: false,
     };
     visit.meta(&meta).map_err(from_visitor)?;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Sized to the content (most files are small; a zeroed 64 KiB buffer
+    // per member showed in the profile), plus a byte to see the end.
+    let mut buf = vec![
+        0u8;
+        (meta.size as usize)
+            .saturating_add(1)
+            .clamp(4096, 64 * 1024)
+    ];
     loop {
         let n = match content.read(&mut buf) {
             Ok(0) => break,

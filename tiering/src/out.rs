@@ -396,7 +396,17 @@ fn store_all(shared: &Shared<'_>, work: Vec<Work>) -> Result<()> {
     if work.is_empty() {
         return Ok(());
     }
-    let workers = shared.opts.workers.clamp(1, 16).min(work.len());
+    // A worker per 8 MiB of content at most: each fills a segment of its
+    // own, and a small incremental run is better off with one segment (one
+    // summary, one lockbox per scope) than with a few almost empty ones.
+    let bytes: u64 = work.iter().map(|w| w.entry.stat.size).sum();
+    let by_size = usize::try_from(bytes.div_ceil(8 << 20)).unwrap_or(usize::MAX);
+    let workers = shared
+        .opts
+        .workers
+        .clamp(1, 16)
+        .min(work.len())
+        .min(by_size.max(1));
     // All the work is known: the workers take it in order through one
     // atomic counter (a locked channel cost five futex calls per file).
     let queue = WorkQueue {
