@@ -86,7 +86,8 @@ pub(crate) fn payload_start(file: &[u8]) -> usize {
     eol + 1 + 16
 }
 
-fn setup() -> (MemberId, GroupKey, Keyring) {
+/// A member id, a group key and a keyring holding (a copy of) that key.
+pub(crate) fn setup() -> (MemberId, GroupKey, Keyring) {
     let key = GroupKey::generate();
     let ring: Keyring = [GroupKey::new(
         key.id(),

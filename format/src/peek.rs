@@ -120,18 +120,8 @@ mod tests {
     use super::*;
     use crate::keys::{GroupKey, Keyring};
     use crate::member::write_member;
+    use crate::member_tests::setup;
     use crate::metadata::{EntryKind, Metadata};
-
-    fn setup() -> (MemberId, GroupKey, Keyring) {
-        let key = GroupKey::generate();
-        let ring: Keyring = [GroupKey::new(
-            key.id(),
-            secrecy::SecretBox::new(Box::new(*key.expose_secret())),
-        )]
-        .into_iter()
-        .collect();
-        (MemberId::random(), key, ring)
-    }
 
     fn member(key: &GroupKey, id: MemberId, path: &str, content: &[u8]) -> (Metadata, Vec<u8>) {
         let mut meta = Metadata::new(path, EntryKind::File);
