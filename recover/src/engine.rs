@@ -237,6 +237,27 @@ fn pump(
     Ok(meta)
 }
 
+/// Threads a restore decodes members on: 0 means one per core (at most 8).
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets how many threads restores in this process decode members on
+/// (`None`: one per core, at most 8; `Some(1)`: everything on the calling
+/// thread). The output is written in order by the calling thread either way.
+pub fn set_decode_threads(threads: Option<usize>) {
+    let n = threads.map_or(0, |n| n.max(1));
+    THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn decode_threads() -> usize {
+    match THREADS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8),
+        n => n,
+    }
+}
+
 /// The restore's working state, shared by both passes.
 ///
 /// Members are decoded on up to [`threads`](Self::threads) threads in both
@@ -272,10 +293,7 @@ impl<'s> Engine<'s> {
             planned: Vec::new(),
             excluded: HashMap::new(),
             report: Report::default(),
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(8),
+            threads: decode_threads(),
         }
     }
 

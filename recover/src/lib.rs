@@ -58,6 +58,7 @@ mod sink;
 mod snapshot;
 mod source;
 
+pub use engine::set_decode_threads;
 pub use error::{Error, Result};
 pub use grant::{CfragCheck, GrantOpener, load_grants, verify_cfrags};
 pub use keyset::load_keyset;

@@ -96,6 +96,9 @@ struct Cli {
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
+    /// Threads that decode members (default: one per core, at most 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Print the report as JSON (on standard output, or on standard error when the tar goes there).
     #[arg(long)]
     json: bool,
@@ -164,6 +167,7 @@ enum Output {
 }
 
 fn run(cli: Cli) -> Result<u8, Failed> {
+    cbfs_recover::set_decode_threads(cli.jobs.map(usize::from));
     let filter = path_filter(&cli.paths).map_err(fail(2))?;
     let output = plan_output(&cli).map_err(fail(2))?;
     let store = cli

@@ -380,3 +380,33 @@ fn an_age_wrapped_key_unlocks_with_a_passphrase_file() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(json(&out.stdout)["restored_entries"], 16);
 }
+
+#[test]
+fn the_tar_is_the_same_on_any_number_of_threads() {
+    // Members are decoded on worker threads but written in order by one:
+    // the output does not depend on how many threads decoded it, for an
+    // intact store and for a damaged one alike.
+    for damage in [None, Some("segment-bitflip")] {
+        let (dir, store) = fixture_store("store", damage);
+        let tars: Vec<Vec<u8>> = ["1", "2", "5"]
+            .iter()
+            .map(|jobs| {
+                let out = run(recover_cmd()
+                    .args(["--identity", &key(dir.path(), "admin.key"), "--jobs", jobs])
+                    .args(["-o", "-", "--store"])
+                    .arg(&store));
+                assert!(
+                    matches!(out.status.code(), Some(0 | 3)),
+                    "{}",
+                    text(&out.stderr)
+                );
+                out.stdout
+            })
+            .collect();
+        assert!(tars[0].len() > 10_240, "{damage:?}: an empty tar");
+        assert!(tars[0] == tars[1], "{damage:?}: 1 and 2 threads differ");
+        assert!(tars[0] == tars[2], "{damage:?}: 1 and 5 threads differ");
+    }
+    let out = run(recover_cmd().args(["--jobs", "0", "--store", "x"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

@@ -636,6 +636,26 @@ fn ten_thousand_files_one_change_adds_under_one_percent() {
         "one changed file added {added} bytes, {:.3}% of the first run's {first_bytes}",
         added as f64 * 100.0 / first_bytes as f64
     );
+
+    // Decoding on one thread or several gives the same tar, byte for byte
+    // (enough members here for every thread to get a share of each pass).
+    let tar_with = |jobs: &str| {
+        let tar = work.path(format!("jobs-{jobs}.tar"));
+        run_ok(
+            cbfs_cmd("cbfs-recover")
+                .args(["--identity", &keys.admin(), "--jobs", jobs, "--store"])
+                .arg(work.path("store"))
+                .arg("-o")
+                .arg(&tar),
+        );
+        std::fs::read(&tar).unwrap()
+    };
+    let one = tar_with("1");
+    assert!(one.len() > 10_000 * 512, "{} bytes", one.len());
+    assert!(
+        one == tar_with("3"),
+        "1 and 3 decoding threads give different tars"
+    );
 }
 
 #[test]

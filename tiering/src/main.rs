@@ -136,6 +136,9 @@ enum Command {
         /// The agent's index, to refuse a store rolled back behind it.
         #[arg(long, value_name = "DIR")]
         index: Option<PathBuf>,
+        /// Threads that decode members (default: one per core, at most 8).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
         /// What to restore: a path in the tree, or `.` for everything.
         path: String,
         /// Where to restore it.
@@ -314,9 +317,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             keyset,
             snapshot,
             index,
+            jobs,
             path,
             dest,
         } => {
+            cbfs_recover::set_decode_threads(jobs.map(usize::from));
             let index = index.or_else(|| Some(default_index(&store)));
             let report = cbfs_tiering::run_restore(&cbfs_tiering::RestoreOptions {
                 store: &store,
