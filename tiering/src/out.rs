@@ -216,43 +216,52 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
             }
             problems
         });
-        for entry in received.into_iter().flatten() {
+        for batch in received {
             if walk_error.is_some() {
                 continue;
             }
-            report.scanned += 1;
-            let st = entry.stat;
-            let hardlink_to = if st.nlink > 1 && st.file_type() != libc::S_IFDIR {
-                match first_link.get(&(st.dev, st.ino)) {
-                    Some(first) => Some(first.clone()),
-                    None => {
-                        first_link.insert((st.dev, st.ino), entry.rel.clone());
-                        None
+            let paths: Vec<&[u8]> = batch.iter().map(|e| e.rel.as_slice()).collect();
+            let records = match agent.index.files(&paths) {
+                Ok(r) => r,
+                Err(e) => {
+                    walk_error = Some(e);
+                    continue;
+                }
+            };
+            for (entry, stored) in batch.into_iter().zip(records) {
+                report.scanned += 1;
+                let st = entry.stat;
+                let hardlink_to = if st.nlink > 1 && st.file_type() != libc::S_IFDIR {
+                    match first_link.get(&(st.dev, st.ino)) {
+                        Some(first) => Some(first.clone()),
+                        None => {
+                            first_link.insert((st.dev, st.ino), entry.rel.clone());
+                            None
+                        }
                     }
+                } else {
+                    None
+                };
+                let scope = if st.file_type() == libc::S_IFDIR {
+                    opts.rules.scope_of_dir(&entry.rel)
+                } else {
+                    opts.rules.scope_of(&entry.rel)
+                };
+                seen.insert(entry.rel.clone());
+                match stored {
+                    Some(rec)
+                        if rec.stat.same_version(&st)
+                            && rec.scope == scope.as_str()
+                            && rec.hardlink_to == hardlink_to =>
+                    {
+                        report.unchanged += 1;
+                    }
+                    _ => work.push(Work {
+                        entry,
+                        scope,
+                        hardlink_to,
+                    }),
                 }
-            } else {
-                None
-            };
-            let scope = if st.file_type() == libc::S_IFDIR {
-                opts.rules.scope_of_dir(&entry.rel)
-            } else {
-                opts.rules.scope_of(&entry.rel)
-            };
-            seen.insert(entry.rel.clone());
-            match agent.index.file(&entry.rel) {
-                Ok(Some(rec))
-                    if rec.stat.same_version(&st)
-                        && rec.scope == scope.as_str()
-                        && rec.hardlink_to == hardlink_to =>
-                {
-                    report.unchanged += 1;
-                }
-                Ok(_) => work.push(Work {
-                    entry,
-                    scope,
-                    hardlink_to,
-                }),
-                Err(e) => walk_error = Some(e),
             }
         }
         walker.join().expect("the walk panicked")
