@@ -192,28 +192,27 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut first_link: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut walk_error = None;
-    // The walk (directory reads and stats) runs on its own thread, handing
-    // entries over in batches, while this one looks each up in the index.
+    // The walk (directory reads and stats) runs on threads of its own, one
+    // top directory each, handing entries over in order and in batches,
+    // while this one looks each batch up in the index.
     let (batches, received) = mpsc::sync_channel::<Vec<scan::Entry>>(16);
     let source = &opts.source;
     let problems = std::thread::scope(|s| {
+        let walkers = opts.workers.clamp(1, 4);
         let walker = s.spawn(move || {
             let mut problems = Vec::new();
-            let mut batch = Vec::with_capacity(WALK_BATCH);
-            scan::walk(
-                source,
-                |entry| {
-                    batch.push(entry);
-                    if batch.len() == WALK_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH));
-                        let _ = batches.send(full);
+            scan::walk_parallel(source, walkers, WALK_BATCH, |items| {
+                let mut entries = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        scan::Walked::Entry(e) => entries.push(e),
+                        scan::Walked::Problem(p) => problems.push(p),
                     }
-                },
-                |p| problems.push(p),
-            );
-            if !batch.is_empty() {
-                let _ = batches.send(batch);
-            }
+                }
+                if !entries.is_empty() {
+                    let _ = batches.send(entries);
+                }
+            });
             problems
         });
         for batch in received {
