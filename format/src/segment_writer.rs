@@ -72,6 +72,10 @@ pub struct SegmentWriter<W> {
     /// One zstd context for every member: allocating and clearing its
     /// tables for each small file costs more than compressing it.
     cctx: Option<zstd::zstd_safe::CCtx<'static>>,
+    /// The segment's SHA-256 so far, while every byte was written once and
+    /// in order (only members built in memory): [`finish`](Self::finish)
+    /// then need not read the spool back. `None` after any other append.
+    running: Option<Sha256>,
 }
 
 /// Members of files up to this size are built in memory.
@@ -81,8 +85,8 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
     /// Starts a segment at the spool's current position (normally 0).
     pub fn new(mut out: W, segment: SegmentId, mode: SegmentMode) -> Result<Self, Error> {
         let base = out.stream_position().map_err(Error::io(WRITING))?;
-        out.write_all(&global_header(&segment, mode == SegmentMode::Encrypted))
-            .map_err(Error::io(WRITING))?;
+        let header = global_header(&segment, mode == SegmentMode::Encrypted);
+        out.write_all(&header).map_err(Error::io(WRITING))?;
         Ok(SegmentWriter {
             out,
             base,
@@ -95,6 +99,7 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             broken: false,
             scratch: Vec::new(),
             cctx: None,
+            running: Some(Sha256::new_with_prefix(&header)),
         })
     }
 
@@ -168,6 +173,7 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
                 Ok(entry)
             }
             Err(e) => {
+                self.running = None;
                 if self.out.seek(SeekFrom::Start(self.base + start)).is_err() {
                     self.broken = true;
                 }
@@ -198,6 +204,8 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         if meta.size <= IN_MEMORY_MEMBER {
             return self.guarded(|w| w.append_in_memory(member, key, meta, content));
         }
+        // Its header is written after its payload: the hash needs a re-read.
+        self.running = None;
         self.guarded(|w| {
             let header_offset = w.pos;
             w.out.write_all(&[0u8; BLOCK]).map_err(Error::io(WRITING))?;
@@ -256,6 +264,9 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             buf[..BLOCK].copy_from_slice(&member_header(&member, data_len));
             buf.resize(BLOCK + padded(data_len) as usize, 0);
             self.out.write_all(&buf).map_err(Error::io(WRITING))?;
+            if let Some(h) = &mut self.running {
+                h.update(&buf);
+            }
             Ok(SummaryEntry {
                 member,
                 header_offset,
@@ -281,6 +292,8 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
     ) -> Result<SummaryEntry, Error> {
         self.check(SegmentMode::Plain, &member)?;
         let headers = plain_headers(meta)?;
+        // Streamed: the hash needs a re-read at the end.
+        self.running = None;
         self.guarded(|w| {
             let header_offset = w.pos;
             w.out.write_all(&headers).map_err(Error::io(WRITING))?;
@@ -339,6 +352,8 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             .read_exact(&mut header)
             .map_err(Error::io("reading the member to copy"))?;
         check_header_region(old, &entry, &header)?;
+        // Streamed: the hash needs a re-read at the end.
+        self.running = None;
         self.guarded(|w| {
             let header_offset = w.pos;
             w.out.write_all(&header).map_err(Error::io(WRITING))?;
@@ -381,6 +396,17 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             .map_err(Error::io(WRITING))?;
         self.out.flush().map_err(Error::io(WRITING))?;
         let len = self.pos + TRAILER;
+        if let Some(mut h) = self.running.take() {
+            h.update([0u8; TRAILER as usize]);
+            let summary = Summary::new(
+                self.segment,
+                self.mode,
+                len,
+                h.finalize().into(),
+                self.entries,
+            )?;
+            return Ok((self.out, summary));
+        }
         self.out
             .seek(SeekFrom::Start(self.base))
             .map_err(Error::io(WRITING))?;
