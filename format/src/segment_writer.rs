@@ -78,6 +78,24 @@ pub struct SegmentWriter<W> {
     running: Option<Sha256>,
 }
 
+/// The summary entry of an encrypted member: one header block, then data.
+fn encrypted_entry(
+    member: MemberId,
+    key: &GroupKey,
+    header_offset: u64,
+    data_len: u64,
+    sha256: [u8; 32],
+) -> SummaryEntry {
+    SummaryEntry {
+        member,
+        header_offset,
+        data_offset: header_offset + BLOCK as u64,
+        data_len,
+        group: Some(key.id()),
+        sha256,
+    }
+}
+
 /// Members of files up to this size are built in memory.
 const IN_MEMORY_MEMBER: u64 = 1 << 20;
 
@@ -228,14 +246,13 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             w.out
                 .seek(SeekFrom::Start(end))
                 .map_err(Error::io(WRITING))?;
-            Ok(SummaryEntry {
+            Ok(encrypted_entry(
                 member,
+                key,
                 header_offset,
-                data_offset: header_offset + BLOCK as u64,
                 data_len,
-                group: Some(key.id()),
                 sha256,
-            })
+            ))
         })
     }
 
@@ -267,14 +284,13 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             if let Some(h) = &mut self.running {
                 h.update(&buf);
             }
-            Ok(SummaryEntry {
+            Ok(encrypted_entry(
                 member,
+                key,
                 header_offset,
-                data_offset: header_offset + BLOCK as u64,
                 data_len,
-                group: Some(key.id()),
                 sha256,
-            })
+            ))
         });
         // Keep the buffer for the next member, unless a rare large one grew it.
         if buf.capacity() <= 2 * IN_MEMORY_MEMBER as usize {
