@@ -315,11 +315,11 @@ fn manifest_entries(seed: u64, count: usize) -> Vec<ManifestEntry> {
         .map(|_| {
             let mut sha256 = [0u8; 32];
             rng.fill_bytes(&mut sha256);
-            ManifestEntry {
-                segment: segments[rng.gen_range(0..segments.len())],
-                member: MemberId::random_with_rng(&mut rng),
+            ManifestEntry::single(
+                segments[rng.gen_range(0..segments.len())],
+                MemberId::random_with_rng(&mut rng),
                 sha256,
-            }
+            )
         })
         .collect()
 }

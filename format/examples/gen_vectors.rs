@@ -726,11 +726,11 @@ fn manifests(g: &mut Gen, writer: &Signer, other: &Signer) {
         1_700_000_000,
     );
     for i in 0..5u8 {
-        b.push(ManifestEntry {
-            segment: SegmentId::from_bytes([0x50 + i % 2; 16]),
-            member: MemberId::from_bytes([0x10 + i; 16]),
-            sha256: Sha256::digest([i]).into(),
-        });
+        b.push(ManifestEntry::single(
+            SegmentId::from_bytes([0x50 + i % 2; 16]),
+            MemberId::from_bytes([0x10 + i; 16]),
+            Sha256::digest([i]).into(),
+        ));
     }
     let m = b.sign(writer).unwrap();
     let good = m.to_bytes();
@@ -832,14 +832,14 @@ fn manifests(g: &mut Gen, writer: &Signer, other: &Signer) {
         "entries 1 and 2 swapped, validly signed",
     );
     let mut v = good.clone();
-    v[9] = 2;
+    v[9] = 9;
     push(
         g,
         "manifest-unknown-version",
         &v,
         "writer",
         "unknown_version",
-        "version 2",
+        "version 9",
     );
     push(
         g,

@@ -10,11 +10,12 @@
 //! smaller, which bounds the chain a reader must fetch.
 //!
 //! ```text
-//! "CBFSSDLT" u16 version=1
+//! "CBFSSDLT" u16 version=2
 //! snapshot id [16]  sequence u64  previous manifest hash [32]  created i64
 //! writer key [33]
 //! removed count u32, then (segment id [16], member id [16]) sorted
-//! added count u32, then (segment id [16], member id [16], sha256 [32]) sorted
+//! added count u32, then (segment id [16], member id [16], sha256 [32],
+//!                         u8 len, slot bitmap [len]) sorted
 //! merkle root [32] (over the whole snapshot)
 //! signature [64] over "cbfs manifest signature v1\0" || everything before it
 //! ```
@@ -24,11 +25,13 @@ use umbral_pre::{PublicKey, Signature, Signer};
 use crate::codec::Dec;
 use crate::error::{Error, ObjectKind};
 use crate::ids::{MemberId, SegmentId, SnapshotId};
-use crate::manifest::{Manifest, ManifestBuilder, read_entries, signed_message};
+use crate::manifest::{Manifest, ManifestBuilder, read_entries, signed_message, write_entry};
 use crate::merkle::{ManifestEntry, merkle_root};
 
 pub(crate) const DELTA_BRAND: &[u8; 8] = b"CBFSSDLT";
-const DELTA_VERSION: u16 = 1;
+/// The version this release writes; version 1 (entries without a slot
+/// bitmap) is still read.
+const DELTA_VERSION: u16 = 2;
 const FULL_BRAND: &[u8; 8] = b"CBFSSNAP";
 const KEY_LEN: usize = 33;
 const SIGNATURE_LEN: usize = 64;
@@ -89,8 +92,10 @@ impl ManifestBuilder {
             });
         }
         let (removed, added) = diff(base.entries(), &self.entries);
-        let delta_len = removed.len() * 32 + added.len() * 64;
-        if self.sequence % FULL_MANIFEST_EVERY == 1 || delta_len >= self.entries.len() * 64 {
+        let entry_len = |e: &ManifestEntry| 65 + e.slots.to_bitmap().len();
+        let delta_len = removed.len() * 32 + added.iter().map(entry_len).sum::<usize>();
+        let full_len: usize = self.entries.iter().map(entry_len).sum();
+        if self.sequence % FULL_MANIFEST_EVERY == 1 || delta_len >= full_len {
             return self.sign(signer);
         }
         let mut e = self.header(DELTA_BRAND, DELTA_VERSION, signer);
@@ -101,9 +106,7 @@ impl ManifestBuilder {
         }
         e.u32(added.len() as u32);
         for x in &added {
-            e.raw(x.segment.as_bytes());
-            e.raw(x.member.as_bytes());
-            e.raw(&x.sha256);
+            write_entry(&mut e, x);
         }
         Ok(self.seal(e, signer, true))
     }
@@ -116,7 +119,7 @@ fn diff(old: &[ManifestEntry], new: &[ManifestEntry]) -> (Vec<Key>, Vec<Manifest
     while i < old.len() || j < new.len() {
         match (old.get(i), new.get(j)) {
             (Some(a), Some(b)) if key(a) == key(b) => {
-                if a.sha256 != b.sha256 {
+                if a.sha256 != b.sha256 || a.slots != b.slots {
                     removed.push(key(a));
                     added.push(*b);
                 }
@@ -154,7 +157,7 @@ impl Manifest {
         base: &Manifest,
     ) -> Result<Manifest, Error> {
         let (mut d, version) = Dec::brand(bytes, DELTA_BRAND, ObjectKind::Manifest)?;
-        if version != DELTA_VERSION {
+        if version != 1 && version != DELTA_VERSION {
             return Err(Dec::unknown_version(ObjectKind::Manifest, version));
         }
         let snapshot = SnapshotId::from_bytes(d.array()?);
@@ -187,7 +190,7 @@ impl Manifest {
             }
             removed.push(k);
         }
-        let added = read_entries(&mut d, "added members")?;
+        let added = read_entries(&mut d, "added members", version)?;
         let root: [u8; 32] = d.array()?;
         let signed_len = d.pos();
         let signature: [u8; SIGNATURE_LEN] = d.array()?;
@@ -356,11 +359,11 @@ mod tests {
     use umbral_pre::SecretKey;
 
     fn entry(i: u8) -> ManifestEntry {
-        ManifestEntry {
-            segment: SegmentId::from_bytes([1; 16]),
-            member: MemberId::from_bytes([i; 16]),
-            sha256: [i; 32],
-        }
+        ManifestEntry::single(
+            SegmentId::from_bytes([1; 16]),
+            MemberId::from_bytes([i; 16]),
+            [i; 32],
+        )
     }
 
     fn chain(signer: &Signer) -> Vec<Manifest> {
@@ -408,6 +411,38 @@ mod tests {
         );
         let h = ManifestHeader::peek(&bytes[2]).unwrap();
         assert!(h.delta && h.sequence == 3 && h.previous == Some(ms[1].hash()));
+    }
+
+    #[test]
+    fn a_pack_losing_files_is_a_change_of_its_slots() {
+        let signer = Signer::new(SecretKey::random());
+        let pack = |slots: &[usize]| ManifestEntry {
+            slots: slots.iter().copied().collect(),
+            ..entry(7)
+        };
+        let mut set: Vec<ManifestEntry> = (1..=6).map(entry).collect();
+        set.push(pack(&[0, 1, 2, 200]));
+        set.sort();
+        let mut b = ManifestBuilder::new(SnapshotId::random(), 2, None, 0);
+        b.extend(set.iter().copied());
+        let base = b.sign(&signer).unwrap();
+        // Files 1 and 200 of the pack were replaced or deleted.
+        for e in set.iter_mut().filter(|e| e.member == entry(7).member) {
+            *e = pack(&[0, 2]);
+        }
+        let mut b = ManifestBuilder::new(SnapshotId::random(), 3, Some(base.hash()), 1);
+        b.extend(set.iter().copied());
+        let next = b.sign_delta(&signer, &base).unwrap();
+        assert!(next.is_delta());
+        let chain = [base.to_bytes(), next.to_bytes()];
+        let resolved = resolve_manifest_chain(&chain, &signer.verifying_key()).unwrap();
+        assert_eq!(resolved.entries(), &set[..]);
+        let got = resolved.find(&entry(7).segment, &entry(7).member).unwrap();
+        assert_eq!(got.slots.iter().collect::<Vec<_>>(), vec![0, 2]);
+        // A builder entry with no slot is refused.
+        let mut b = ManifestBuilder::new(SnapshotId::random(), 1, None, 0);
+        b.push(pack(&[]));
+        assert!(b.sign(&signer).is_err());
     }
 
     #[test]

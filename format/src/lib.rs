@@ -112,14 +112,19 @@ pub use ids::{GroupId, MemberId, SegmentId, SnapshotId};
 pub use keys::{GROUP_KEY_LEN, GroupKey, GroupKeys, Keyring};
 pub use lockbox::{Lockbox, MAX_SCOPE_LABEL_LEN};
 pub use manifest::{Manifest, ManifestBuilder};
-pub use member::{ContentReader, DEFAULT_ZSTD_LEVEL, open_member, open_member_piped, write_member};
-pub use merkle::{ManifestEntry, MerkleProof, merkle_root};
+pub use member::{
+    ContentReader, DEFAULT_ZSTD_LEVEL, MemberFiles, open_member, open_member_files,
+    open_member_piped, write_member, write_pack,
+};
+pub use merkle::{MAX_PACK_FILES, ManifestEntry, MerkleProof, Slots, merkle_root};
 pub use metadata::{
     EntryKind, MAX_METADATA_LEN, MAX_NAME_LEN, MAX_PATH_LEN, MAX_XATTR_NAME_LEN,
     MAX_XATTR_VALUE_LEN, Metadata, Timestamp,
 };
 pub use peek::{PEEK_LEN, peek_metadata};
-pub use segment_reader::{MemberInfo, RawData, SegmentMember, SegmentReader, open_member_at};
+pub use segment_reader::{
+    MemberInfo, RawData, SegmentMember, SegmentReader, open_member_at, open_member_files_at,
+};
 pub use segment_writer::{SegmentMode, SegmentWriter};
 pub use summary::{Summary, SummaryEntry};
 

@@ -6,12 +6,17 @@ use umbral_pre::{PublicKey, Signature, Signer};
 use crate::codec::{Dec, Enc};
 use crate::error::{Error, ObjectKind};
 use crate::ids::{MemberId, SegmentId, SnapshotId};
-use crate::merkle::{ManifestEntry, MerkleProof, merkle_root, prove};
+use crate::merkle::{ManifestEntry, MerkleProof, Slots, merkle_root, prove};
 
 const BRAND: &[u8; 8] = b"CBFSSNAP";
-const VERSION: u16 = 1;
+/// The version this release writes; version 1 (one-file members only,
+/// entries without a slot bitmap) is still read.
+const VERSION: u16 = 2;
 const SIGNATURE_DOMAIN: &[u8] = b"cbfs manifest signature v1\0";
-const ENTRY_LEN: usize = 16 + 16 + 32;
+const ENTRY_LEN_V1: usize = 16 + 16 + 32;
+/// A version 2 entry's least length: a version 1 entry, a length byte and
+/// a one-byte bitmap.
+const ENTRY_MIN_V2: usize = ENTRY_LEN_V1 + 2;
 const KEY_LEN: usize = 33;
 const SIGNATURE_LEN: usize = 64;
 
@@ -53,8 +58,17 @@ impl ManifestBuilder {
         self.entries.extend(entries);
     }
 
-    /// Sorts the entries and fails if a (segment, member) pair appears twice.
+    /// Sorts the entries and fails if a (segment, member) pair appears
+    /// twice or an entry has no slot.
     pub(crate) fn sort_unique(&mut self) -> Result<(), Error> {
+        if let Some(e) = self.entries.iter().find(|e| e.slots.is_empty()) {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "snapshot {}: member {} of segment {} is listed with no file",
+                    self.snapshot, e.member, e.segment
+                ),
+            });
+        }
         self.entries.sort();
         if let Some(w) = self
             .entries
@@ -82,9 +96,7 @@ impl ManifestBuilder {
             })?,
         );
         for x in &self.entries {
-            e.raw(x.segment.as_bytes());
-            e.raw(x.member.as_bytes());
-            e.raw(&x.sha256);
+            write_entry(&mut e, x);
         }
         Ok(self.seal(e, signer, false))
     }
@@ -166,7 +178,7 @@ impl Manifest {
             });
         }
         let (mut d, version) = Dec::brand(bytes, BRAND, ObjectKind::Manifest)?;
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(Dec::unknown_version(ObjectKind::Manifest, version));
         }
         let snapshot = SnapshotId::from_bytes(d.array()?);
@@ -179,7 +191,7 @@ impl Manifest {
             .ok()
             .filter(|k| *k.to_compressed_bytes() == key_bytes)
             .ok_or_else(|| d.err_at(at, "invalid writer key"))?;
-        let entries = read_entries(&mut d, "entries")?;
+        let entries = read_entries(&mut d, "entries", version)?;
         let root: [u8; 32] = d.array()?;
         let signed_len = d.pos();
         let signature: [u8; SIGNATURE_LEN] = d.array()?;
@@ -284,27 +296,55 @@ impl Manifest {
     }
 }
 
-/// Reads the last list of a manifest object: a count, then that many
-/// entries, sorted and unique by (segment, member), then only the Merkle
-/// root and the signature. `what` names the list in errors.
-pub(crate) fn read_entries(d: &mut Dec<'_>, what: &str) -> Result<Vec<ManifestEntry>, Error> {
+/// Writes one entry as version 2 has it: ids, hash, then `u8` length and
+/// the slot bitmap.
+pub(crate) fn write_entry(e: &mut Enc, x: &ManifestEntry) {
+    e.raw(x.segment.as_bytes());
+    e.raw(x.member.as_bytes());
+    e.raw(&x.sha256);
+    e.bytes8(&x.slots.to_bitmap());
+}
+
+/// Reads the last list of a manifest object (of `version` 1 or 2): a
+/// count, then that many entries, sorted and unique by (segment, member),
+/// then only the Merkle root and the signature. `what` names the list in
+/// errors.
+pub(crate) fn read_entries(
+    d: &mut Dec<'_>,
+    what: &str,
+    version: u16,
+) -> Result<Vec<ManifestEntry>, Error> {
     let at = d.pos();
     let count = d.u32()? as usize;
-    if count
-        .checked_mul(ENTRY_LEN)
-        .and_then(|n| n.checked_add(32 + SIGNATURE_LEN))
-        != Some(d.remaining())
-    {
+    let least = if version == 1 {
+        ENTRY_LEN_V1
+    } else {
+        ENTRY_MIN_V2
+    };
+    let needed = count
+        .checked_mul(least)
+        .and_then(|n| n.checked_add(32 + SIGNATURE_LEN));
+    let fits = if version == 1 {
+        needed == Some(d.remaining())
+    } else {
+        needed.is_some_and(|n| n <= d.remaining())
+    };
+    if !fits {
         return Err(d.err_at(at, format!("{count} {what} do not fit the length")));
     }
     let mut entries: Vec<ManifestEntry> = Vec::with_capacity(count);
     for _ in 0..count {
         let at = d.pos();
-        let entry = ManifestEntry {
-            segment: SegmentId::from_bytes(d.array()?),
-            member: MemberId::from_bytes(d.array()?),
-            sha256: d.array()?,
-        };
+        let mut entry = ManifestEntry::single(
+            SegmentId::from_bytes(d.array()?),
+            MemberId::from_bytes(d.array()?),
+            d.array()?,
+        );
+        if version != 1 {
+            let bitmap = d.bytes8()?;
+            entry.slots = Slots::from_bitmap(bitmap)
+                .ok_or_else(|| d.err_at(at, format!("{what}: a slot bitmap is not canonical")))?;
+        }
         if entries
             .last()
             .is_some_and(|l| (l.segment, l.member) >= (entry.segment, entry.member))
@@ -325,11 +365,11 @@ mod tests {
     fn build(n: usize, signer: &Signer) -> Manifest {
         let mut b = ManifestBuilder::new(SnapshotId::random(), 7, None, 1_700_000_000);
         for i in 0..n {
-            b.push(ManifestEntry {
-                segment: SegmentId::from_bytes([(i % 3) as u8 + 1; 16]),
-                member: MemberId::random(),
-                sha256: [i as u8; 32],
-            });
+            b.push(ManifestEntry::single(
+                SegmentId::from_bytes([(i % 3) as u8 + 1; 16]),
+                MemberId::random(),
+                [i as u8; 32],
+            ));
         }
         b.sign(signer).unwrap()
     }
@@ -381,11 +421,7 @@ mod tests {
     #[test]
     fn duplicates_are_refused() {
         let signer = Signer::new(SecretKey::random());
-        let e = ManifestEntry {
-            segment: SegmentId::random(),
-            member: MemberId::random(),
-            sha256: [0; 32],
-        };
+        let e = ManifestEntry::single(SegmentId::random(), MemberId::random(), [0; 32]);
         let mut b = ManifestBuilder::new(SnapshotId::random(), 1, None, 0);
         b.extend([
             e,
@@ -402,17 +438,20 @@ mod tests {
         #[test]
         fn round_trip(
             entries in proptest::collection::btree_map(
-                (any::<[u8; 16]>(), any::<[u8; 16]>()), any::<[u8; 32]>(), 0..40),
+                (any::<[u8; 16]>(), any::<[u8; 16]>()),
+                (any::<[u8; 32]>(), proptest::collection::btree_set(0usize..256, 1..6)),
+                0..40),
             sequence in any::<u64>(),
             created in any::<i64>(),
             previous in proptest::option::of(any::<[u8; 32]>()),
         ) {
             let signer = Signer::new(SecretKey::random());
             let mut b = ManifestBuilder::new(SnapshotId::random(), sequence, previous, created);
-            b.extend(entries.iter().map(|((s, m), h)| ManifestEntry {
+            b.extend(entries.iter().map(|((s, m), (h, slots))| ManifestEntry {
                 segment: SegmentId::from_bytes(*s),
                 member: MemberId::from_bytes(*m),
                 sha256: *h,
+                slots: slots.iter().copied().collect(),
             }));
             let m = b.sign(&signer).unwrap();
             let back = Manifest::from_bytes(&m.to_bytes(), &signer.verifying_key()).unwrap();

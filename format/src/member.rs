@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use crate::error::{Error, ObjectKind};
 use crate::ids::MemberId;
 use crate::keys::{GroupKey, GroupKeys};
+use crate::merkle::MAX_PACK_FILES;
 use crate::metadata::{MAX_METADATA_LEN, Metadata};
 use crate::stanza::{CbfsIdentity, CbfsRecipient, Outcome};
 use crate::zframe::FrameDecoder;
@@ -18,8 +19,11 @@ use crate::zframe::FrameDecoder;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Brand of the framed member plaintext.
 pub(crate) const PLAINTEXT_BRAND: &[u8; 8] = b"CBFSMEMB";
-/// Version of the framed member plaintext this release writes.
+/// Version of the framed plaintext of a member of one file.
 pub(crate) const PLAINTEXT_VERSION: u16 = 1;
+/// Version of the framed plaintext of a pack: several small files in one
+/// member.
+pub(crate) const PACK_VERSION: u16 = 2;
 const COPY_BUF: usize = 64 * 1024;
 
 /// Encrypts one member to `output`: metadata first, then exactly `meta.size` bytes of
@@ -51,22 +55,8 @@ pub(crate) fn write_member_with<W: Write>(
     zstd_level: i32,
 ) -> Result<W, Error> {
     let encoded = meta.encode()?;
-    let recipient = CbfsRecipient { member, key };
-    let encryptor =
-        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-            .map_err(|e| Error::InvalidInput {
-                reason: format!("age refused the cbfs1 recipient: {e}"),
-            })?;
     let writing = "writing a member payload";
-    let stream = encryptor.wrap_output(output).map_err(Error::io(writing))?;
-    cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(zstd_level))
-        .map_err(|code| Error::InvalidInput {
-            reason: format!(
-                "zstd level {zstd_level}: {}",
-                zstd::zstd_safe::get_error_name(code)
-            ),
-        })?;
-    let mut z = zstd::stream::write::Encoder::with_context(stream, cctx);
+    let mut z = start_payload(output, cctx, member, key, zstd_level)?;
     let mut head = Vec::with_capacity(14 + encoded.len());
     head.extend_from_slice(PLAINTEXT_BRAND);
     head.extend_from_slice(&PLAINTEXT_VERSION.to_be_bytes());
@@ -85,6 +75,112 @@ pub(crate) fn write_member_with<W: Write>(
     copy_exact(content, &mut z, meta)?;
     let stream = z.finish().map_err(Error::io(writing))?;
     stream.finish().map_err(Error::io(writing))
+}
+
+/// The table of a pack: `u16` count, then per file a `u32` length and its
+/// metadata record.
+fn encode_table(files: &[(&Metadata, &[u8])]) -> Result<Vec<u8>, Error> {
+    if files.is_empty() || files.len() > MAX_PACK_FILES {
+        return Err(Error::InvalidInput {
+            reason: format!(
+                "a pack holds 1 to {MAX_PACK_FILES} files, not {}",
+                files.len()
+            ),
+        });
+    }
+    let mut table = Vec::with_capacity(2 + files.len() * 96);
+    table.extend_from_slice(&(files.len() as u16).to_be_bytes());
+    for (meta, content) in files {
+        if content.len() as u64 != meta.size {
+            return Err(Error::ContentLength {
+                path: meta.path_lossy(),
+                declared: meta.size,
+                actual: content.len() as u64,
+            });
+        }
+        let record = meta.encode()?;
+        table.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        table.extend_from_slice(&record);
+    }
+    if table.len() > MAX_METADATA_LEN {
+        return Err(Error::InvalidInput {
+            reason: format!("a pack's table of {} bytes is over the limit", table.len()),
+        });
+    }
+    Ok(table)
+}
+
+/// Encrypts a pack: several small files in one member (plaintext version
+/// 2), their metadata in a table first, then their contents one after the
+/// other. Returns `output` once the last chunk is written.
+pub fn write_pack<W: Write>(
+    output: W,
+    member: MemberId,
+    key: &GroupKey,
+    files: &[(&Metadata, &[u8])],
+    zstd_level: i32,
+) -> Result<W, Error> {
+    let mut cctx = zstd::zstd_safe::CCtx::create();
+    write_pack_with(output, &mut cctx, member, key, files, zstd_level)
+}
+
+/// [`write_pack`] with a zstd context that the caller keeps.
+pub(crate) fn write_pack_with<W: Write>(
+    output: W,
+    cctx: &mut zstd::zstd_safe::CCtx<'static>,
+    member: MemberId,
+    key: &GroupKey,
+    files: &[(&Metadata, &[u8])],
+    zstd_level: i32,
+) -> Result<W, Error> {
+    let table = encode_table(files)?;
+    let total: u64 = files.iter().map(|(m, _)| m.size).sum();
+    let mut head = Vec::with_capacity(14 + table.len());
+    head.extend_from_slice(PLAINTEXT_BRAND);
+    head.extend_from_slice(&PACK_VERSION.to_be_bytes());
+    head.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    head.extend_from_slice(&table);
+    let writing = "writing a member payload";
+    let mut z = start_payload(output, cctx, member, key, zstd_level)?;
+    z.set_pledged_src_size(Some(head.len() as u64 + total))
+        .map_err(Error::io(writing))?;
+    z.write_all(&head).map_err(Error::io(writing))?;
+    // The table ends a zstd block of its own, as a lone file's metadata does.
+    z.flush().map_err(Error::io(writing))?;
+    for (_, content) in files {
+        z.write_all(content).map_err(Error::io(writing))?;
+    }
+    let stream = z.finish().map_err(Error::io(writing))?;
+    stream.finish().map_err(Error::io(writing))
+}
+
+type PayloadEncoder<'c, W> = zstd::stream::write::Encoder<'c, age::stream::StreamWriter<W>>;
+
+/// The age layer with the cbfs1 stanza, and a zstd encoder over it.
+fn start_payload<'c, W: Write>(
+    output: W,
+    cctx: &'c mut zstd::zstd_safe::CCtx<'static>,
+    member: MemberId,
+    key: &GroupKey,
+    zstd_level: i32,
+) -> Result<PayloadEncoder<'c, W>, Error> {
+    let recipient = CbfsRecipient { member, key };
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .map_err(|e| Error::InvalidInput {
+                reason: format!("age refused the cbfs1 recipient: {e}"),
+            })?;
+    let stream = encryptor
+        .wrap_output(output)
+        .map_err(Error::io("writing a member payload"))?;
+    cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(zstd_level))
+        .map_err(|code| Error::InvalidInput {
+            reason: format!(
+                "zstd level {zstd_level}: {}",
+                zstd::zstd_safe::get_error_name(code)
+            ),
+        })?;
+    Ok(zstd::stream::write::Encoder::with_context(stream, cctx))
 }
 
 /// Copies exactly `meta.size` bytes, failing if the reader gives more or fewer.
@@ -128,7 +224,9 @@ pub(crate) fn copy_exact(
     Ok(total)
 }
 
-/// Decrypts one member: returns its metadata and a reader over its content.
+/// Decrypts one member of one file: returns its metadata and a reader over
+/// its content. A pack (several files in one member) is refused with
+/// [`Error::InvalidInput`]: read it with [`open_member_files`].
 ///
 /// The group key is looked up by the group id in the member's stanza. Read the content
 /// to the end (or call [`ContentReader::finish`]): only then is the end of the payload
@@ -138,7 +236,46 @@ pub fn open_member<'a, R: Read + Send + 'a>(
     payload: R,
     keys: &dyn GroupKeys,
 ) -> Result<(Metadata, ContentReader<'a>), Error> {
+    open_member_inner(member, payload, None, keys)?.into_single(member)
+}
+
+/// Decrypts one member, of one file or a pack: the files' metadata, and
+/// one reader over all their contents one after the other.
+pub fn open_member_files<'a, R: Read + Send + 'a>(
+    member: MemberId,
+    payload: R,
+    keys: &dyn GroupKeys,
+) -> Result<MemberFiles<'a>, Error> {
     open_member_inner(member, payload, None, keys)
+}
+
+/// What a member holds: one file, or a pack of small files.
+pub struct MemberFiles<'a> {
+    /// The files' metadata, in the member's order (slot 0 first).
+    pub entries: Vec<Metadata>,
+    /// Their contents, one after the other: exactly the sum of their sizes.
+    /// Read it to the end to authenticate the end of the payload.
+    pub content: ContentReader<'a>,
+}
+
+impl<'a> MemberFiles<'a> {
+    /// The one file of a member that holds one.
+    pub fn into_single(mut self, member: MemberId) -> Result<(Metadata, ContentReader<'a>), Error> {
+        match self.entries.len() {
+            1 => Ok((self.entries.pop().expect("one entry"), self.content)),
+            n => Err(Error::InvalidInput {
+                reason: format!("member {member} is a pack of {n} files, not one file"),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for MemberFiles<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberFiles")
+            .field("files", &self.entries.len())
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) fn open_member_inner<'a, R: Read + Send + 'a>(
@@ -146,7 +283,7 @@ pub(crate) fn open_member_inner<'a, R: Read + Send + 'a>(
     payload: R,
     expected_len: Option<u64>,
     keys: &dyn GroupKeys,
-) -> Result<(Metadata, ContentReader<'a>), Error> {
+) -> Result<MemberFiles<'a>, Error> {
     let age = open_age(member, payload, expected_len, keys)?;
     decode_plain(member, BufReader::new(age))
 }
@@ -180,29 +317,18 @@ fn open_age<R: Read>(
     })
 }
 
-/// Decompresses the plaintext and reads the metadata at its start.
+/// Decompresses the plaintext and reads the metadata at its start (one
+/// record, or a pack's table).
 fn decode_plain<'a, P: BufRead + Send + 'a>(
     member: MemberId,
     plain: P,
-) -> Result<(Metadata, ContentReader<'a>), Error> {
+) -> Result<MemberFiles<'a>, Error> {
     let decoder = FrameDecoder::new(plain);
     let mut plain = EncryptedPlain { decoder, member };
 
     let mut head = [0u8; 14];
     plain.read_exact_checked(&mut head)?;
-    if &head[..8] != PLAINTEXT_BRAND {
-        return Err(Error::BadBrand {
-            object: ObjectKind::MemberPlaintext,
-        });
-    }
-    let version = u16::from_be_bytes([head[8], head[9]]);
-    if version != PLAINTEXT_VERSION {
-        return Err(Error::UnknownVersion {
-            object: ObjectKind::MemberPlaintext,
-            found: version.to_string(),
-        });
-    }
-    let len = u32::from_be_bytes([head[10], head[11], head[12], head[13]]) as usize;
+    let (version, len) = parse_head(&head)?;
     if len > MAX_METADATA_LEN {
         return Err(corrupt(
             member,
@@ -211,9 +337,76 @@ fn decode_plain<'a, P: BufRead + Send + 'a>(
     }
     let mut encoded = vec![0u8; len];
     plain.read_exact_checked(&mut encoded)?;
-    let meta = Metadata::decode(&encoded)?;
-    let size = meta.size;
-    Ok((meta, ContentReader::new(Box::new(plain), size)))
+    let entries = decode_metadata(member, version, &encoded)?;
+    let mut total = 0u64;
+    for m in &entries {
+        total = total
+            .checked_add(m.size)
+            .ok_or_else(|| corrupt(member, "the pack's sizes overflow"))?;
+    }
+    Ok(MemberFiles {
+        entries,
+        content: ContentReader::new(Box::new(plain), total),
+    })
+}
+
+/// The plaintext version (1 or 2) and the metadata length, from the first
+/// 14 plaintext bytes.
+pub(crate) fn parse_head(head: &[u8; 14]) -> Result<(u16, usize), Error> {
+    if &head[..8] != PLAINTEXT_BRAND {
+        return Err(Error::BadBrand {
+            object: ObjectKind::MemberPlaintext,
+        });
+    }
+    let version = u16::from_be_bytes([head[8], head[9]]);
+    if version != PLAINTEXT_VERSION && version != PACK_VERSION {
+        return Err(Error::UnknownVersion {
+            object: ObjectKind::MemberPlaintext,
+            found: version.to_string(),
+        });
+    }
+    Ok((
+        version,
+        u32::from_be_bytes([head[10], head[11], head[12], head[13]]) as usize,
+    ))
+}
+
+/// The files' metadata: one record (version 1) or a pack's table (2).
+pub(crate) fn decode_metadata(
+    member: MemberId,
+    version: u16,
+    encoded: &[u8],
+) -> Result<Vec<Metadata>, Error> {
+    if version == PLAINTEXT_VERSION {
+        return Ok(vec![Metadata::decode(encoded)?]);
+    }
+    let bad = |reason: String| corrupt(member, format!("pack table: {reason}"));
+    let (count, mut rest) = match encoded {
+        [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]) as usize, rest),
+        _ => return Err(bad("shorter than its count".into())),
+    };
+    if count == 0 || count > MAX_PACK_FILES {
+        return Err(bad(format!(
+            "{count} files (a pack holds 1 to {MAX_PACK_FILES})"
+        )));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for i in 0..count {
+        let Some((len, after)) = rest.split_first_chunk::<4>() else {
+            return Err(bad(format!("ends inside entry {i}")));
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if after.len() < len {
+            return Err(bad(format!("entry {i} runs past the table")));
+        }
+        let (record, after) = after.split_at(len);
+        entries.push(Metadata::decode(record)?);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(bad(format!("{} bytes after the last entry", rest.len())));
+    }
+    Ok(entries)
 }
 
 /// Decrypted pieces of plaintext queued between the two threads of
@@ -321,7 +514,7 @@ pub fn open_member_piped<R, T>(
     data_offset: u64,
     data_len: u64,
     keys: &dyn GroupKeys,
-    f: impl for<'c> FnOnce(Result<(Metadata, ContentReader<'c>), Error>) -> T,
+    f: impl for<'c> FnOnce(Result<MemberFiles<'c>, Error>) -> T,
 ) -> T
 where
     R: Read + io::Seek + Send,

@@ -53,7 +53,8 @@ fn decrypt(member: MemberId, keys: &Keyring, payload: &[u8]) -> Result<(Metadata
     padded.extend_from_slice(b"and after it");
     let mut input = std::io::Cursor::new(&padded[..]);
     let piped = open_member_piped(&mut input, member, at, payload.len() as u64, keys, |r| {
-        r.and_then(|(m, r)| read_all(m, r))
+        r.and_then(|f| f.into_single(member))
+            .and_then(|(m, r)| read_all(m, r))
     });
     match (&direct, &piped) {
         (Ok(a), Ok(b)) => assert!(a == b, "the piped reader gives other content"),
@@ -71,7 +72,7 @@ fn a_piped_reader_dropped_early_stops_its_thread() {
     let payload = encrypt(member, &key, &meta, &content);
     let mut input = std::io::Cursor::new(&payload[..]);
     let first = open_member_piped(&mut input, member, 0, payload.len() as u64, &ring, |r| {
-        let (_, mut reader) = r.unwrap();
+        let (_, mut reader) = r.unwrap().into_single(member).unwrap();
         let mut head = [0u8; 10];
         reader.read_exact(&mut head).unwrap();
         head
@@ -334,4 +335,164 @@ proptest! {
         prop_assert!(data == content);
         let _ = GroupId::random();
     }
+}
+
+/// A pack of `n` files: some empty, one folder, the rest of assorted sizes.
+fn pack_files(n: usize) -> Vec<(Metadata, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            if i == 1 {
+                return (
+                    Metadata::new(format!("dir-{i}"), EntryKind::Dir),
+                    Vec::new(),
+                );
+            }
+            let content = random_bytes(i as u64, (i * 997) % 5000);
+            (
+                file_meta(&format!("dir/f-{i}"), content.len() as u64),
+                content,
+            )
+        })
+        .collect()
+}
+
+fn encrypt_pack(member: MemberId, key: &GroupKey, files: &[(Metadata, Vec<u8>)]) -> Vec<u8> {
+    let refs: Vec<(&Metadata, &[u8])> = files.iter().map(|(m, c)| (m, c.as_slice())).collect();
+    crate::member::write_pack(Vec::new(), member, key, &refs, DEFAULT_ZSTD_LEVEL).unwrap()
+}
+
+/// Every file of a member, read through [`crate::open_member_files`].
+fn decrypt_files(
+    member: MemberId,
+    keys: &Keyring,
+    payload: &[u8],
+) -> Result<Vec<(Metadata, Vec<u8>)>, Error> {
+    let files = crate::open_member_files(member, payload, keys)?;
+    let mut content = files.content;
+    let mut out = Vec::new();
+    for meta in files.entries {
+        let mut buf = vec![0u8; meta.size as usize];
+        content
+            .read_exact(&mut buf)
+            .map_err(|e| Error::from_io(e, "test"))?;
+        out.push((meta, buf));
+    }
+    // The end of the payload is checked once everything was read.
+    let mut rest = Vec::new();
+    content
+        .read_to_end(&mut rest)
+        .map_err(|e| Error::from_io(e, "test"))?;
+    assert!(rest.is_empty());
+    Ok(out)
+}
+
+#[test]
+fn a_pack_round_trips_and_is_not_mistaken_for_one_file() {
+    let (id, key, ring) = setup();
+    for n in [1, 2, 3, 40, crate::MAX_PACK_FILES] {
+        let files = pack_files(n);
+        let payload = encrypt_pack(id, &key, &files);
+        assert_eq!(
+            decrypt_files(id, &ring, &payload).unwrap(),
+            files,
+            "{n} files"
+        );
+        // The planning peek reads the same table, unauthenticated.
+        let head = &payload[..payload.len().min(crate::PEEK_LEN)];
+        if let Some(table) = crate::peek_metadata(id, head, payload.len() as u64, &ring) {
+            let metas: Vec<Metadata> = files.iter().map(|(m, _)| m.clone()).collect();
+            assert_eq!(table, metas, "{n} files");
+        } else {
+            assert!(n > 40, "a small pack's table fits the peek");
+        }
+        if n > 1 {
+            let err = open_member(id, &payload[..], &ring).unwrap_err();
+            assert_eq!(err.code(), "invalid_input", "{err}");
+            assert!(err.to_string().contains("pack of"), "{err}");
+        }
+    }
+    // A member of one file reads as a member of one file.
+    let meta = file_meta("one", 5);
+    let one = encrypt(id, &key, &meta, b"hello");
+    assert_eq!(
+        decrypt_files(id, &ring, &one).unwrap(),
+        vec![(meta, b"hello".to_vec())]
+    );
+}
+
+#[test]
+fn a_pack_refuses_what_it_cannot_hold() {
+    let (id, key, _) = setup();
+    for files in [Vec::new(), pack_files(crate::MAX_PACK_FILES + 1)] {
+        let r: Vec<(&Metadata, &[u8])> = files.iter().map(|(m, c)| (m, c.as_slice())).collect();
+        let err = crate::member::write_pack(Vec::new(), id, &key, &r, 3).unwrap_err();
+        assert_eq!(err.code(), "invalid_input", "{err}");
+    }
+    // A content that is not its metadata's size.
+    let meta = file_meta("short", 10);
+    let err =
+        crate::member::write_pack(Vec::new(), id, &key, &[(&meta, &b"four"[..])], 3).unwrap_err();
+    assert_eq!(err.code(), "content_length", "{err}");
+}
+
+#[test]
+fn a_damaged_pack_fails_as_a_whole() {
+    let (id, key, ring) = setup();
+    let files = pack_files(30);
+    let payload = encrypt_pack(id, &key, &files);
+    let start = payload_start(&payload);
+    for at in [start + 20, payload.len() / 2, payload.len() - 1] {
+        let mut bad = payload.clone();
+        bad[at] ^= 1;
+        let err = decrypt_files(id, &ring, &bad).unwrap_err();
+        assert_eq!(err.code(), "payload_auth", "byte {at}: {err}");
+    }
+    let err = decrypt_files(id, &ring, &payload[..payload.len() - 10]).unwrap_err();
+    assert!(
+        matches!(err.code(), "payload_auth" | "payload_truncated"),
+        "{err}"
+    );
+    let other = MemberId::random();
+    assert_eq!(
+        decrypt_files(other, &ring, &payload).unwrap_err().code(),
+        "wrong_key"
+    );
+}
+
+#[test]
+fn a_pack_table_is_parsed_strictly() {
+    let id = MemberId::random();
+    let meta = file_meta("a", 3);
+    let record = meta.encode().unwrap();
+    let table = |count: u16, records: &[&[u8]], extra: &[u8]| {
+        let mut t = count.to_be_bytes().to_vec();
+        for r in records {
+            t.extend_from_slice(&(r.len() as u32).to_be_bytes());
+            t.extend_from_slice(r);
+        }
+        t.extend_from_slice(extra);
+        t
+    };
+    let decode = |t: &[u8]| crate::member::decode_metadata(id, 2, t);
+    assert_eq!(
+        decode(&table(1, &[&record], &[])).unwrap(),
+        vec![meta.clone()]
+    );
+    assert_eq!(
+        decode(&table(2, &[&record, &record], &[])).unwrap().len(),
+        2
+    );
+    for (what, bad) in [
+        ("empty", Vec::new()),
+        ("no files", table(0, &[], &[])),
+        ("count past the entries", table(2, &[&record], &[])),
+        ("bytes after the table", table(1, &[&record], &[0])),
+        ("over the limit", table(257, &[&record], &[])),
+    ] {
+        let err = decode(&bad).unwrap_err();
+        assert_eq!(err.code(), "corrupt_plaintext", "{what}: {err}");
+    }
+    let mut cut = table(1, &[&record], &[]);
+    cut[5] = 0xff; // the entry's length runs past the table
+    assert_eq!(decode(&cut).unwrap_err().code(), "corrupt_plaintext");
 }

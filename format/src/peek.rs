@@ -27,22 +27,24 @@ use sha2::Sha256;
 
 use crate::ids::MemberId;
 use crate::keys::GroupKeys;
-use crate::member::{PLAINTEXT_BRAND, PLAINTEXT_VERSION};
+use crate::member::{decode_metadata, parse_head};
 use crate::metadata::{MAX_METADATA_LEN, Metadata};
 use crate::stanza::{CbfsIdentity, Outcome};
 use crate::zframe::FrameDecoder;
 
 /// Payload bytes that [`peek_metadata`] wants: enough for the age header and
-/// the metadata block of any member this release writes.
-pub const PEEK_LEN: usize = 4096;
+/// the metadata block of a member of one file, and of most packs (a pack
+/// whose table needs more is read through [`crate::open_member_files`]).
+pub const PEEK_LEN: usize = 8192;
 
 const VERSION_LINE: &[u8] = b"age-encryption.org/v1\n";
 const NONCE_LEN: usize = 16;
 const CHUNK: u64 = 64 * 1024;
 const TAG: u64 = 16;
 
-/// The metadata a member's payload claims, read from `head` (its first
-/// bytes, [`PEEK_LEN`] or all of it if shorter) without authentication.
+/// The metadata a member's payload claims (one record, or a pack's table),
+/// read from `head` (its first bytes, [`PEEK_LEN`] or all of it if
+/// shorter) without authentication.
 /// `payload_len` is the member's full data length. `None` whenever anything
 /// does not work out: read the member with [`crate::open_member_at`] then.
 pub fn peek_metadata(
@@ -50,7 +52,7 @@ pub fn peek_metadata(
     head: &[u8],
     payload_len: u64,
     keys: &dyn GroupKeys,
-) -> Option<Metadata> {
+) -> Option<Vec<Metadata>> {
     let (stanzas, header_len) = parse_header(head)?;
     let nonce = head.get(header_len..header_len + NONCE_LEN)?;
     let identity = CbfsIdentity {
@@ -85,18 +87,13 @@ pub fn peek_metadata(
     let mut z = FrameDecoder::new(&plain[..]);
     let mut fixed = [0u8; 14];
     z.read_exact(&mut fixed).ok()?;
-    if &fixed[..8] != PLAINTEXT_BRAND
-        || u16::from_be_bytes([fixed[8], fixed[9]]) != PLAINTEXT_VERSION
-    {
-        return None;
-    }
-    let len = u32::from_be_bytes([fixed[10], fixed[11], fixed[12], fixed[13]]) as usize;
+    let (version, len) = parse_head(&fixed).ok()?;
     if len > MAX_METADATA_LEN {
         return None;
     }
     let mut encoded = vec![0u8; len];
     z.read_exact(&mut encoded).ok()?;
-    Metadata::decode(&encoded).ok()
+    decode_metadata(member, version, &encoded).ok()
 }
 
 /// The stanzas of an age v1 header and the header's length (through the
@@ -142,7 +139,7 @@ mod tests {
             let content: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let (meta, bytes) = member(&key, id, "a/b.txt", &content);
             let got = peek_metadata(id, head(&bytes), bytes.len() as u64, &ring);
-            assert_eq!(got, Some(meta), "len {len}");
+            assert_eq!(got, Some(vec![meta]), "len {len}");
         }
     }
 
@@ -151,7 +148,10 @@ mod tests {
         let (id, key, ring) = setup();
         let (meta, bytes) = member(&key, id, "f", b"hello");
         let len = bytes.len() as u64;
-        assert_eq!(peek_metadata(id, &bytes, len, &ring), Some(meta.clone()));
+        assert_eq!(
+            peek_metadata(id, &bytes, len, &ring),
+            Some(vec![meta.clone()])
+        );
         // Another member's id, no key, a cut header, a wrong length.
         assert_eq!(peek_metadata(MemberId::random(), &bytes, len, &ring), None);
         assert_eq!(peek_metadata(id, &bytes, len, &Keyring::new()), None);
@@ -167,7 +167,7 @@ mod tests {
             let mut bad = bytes.clone();
             bad[i] ^= 0x20;
             match peek_metadata(id, &bad, len, &ring) {
-                Some(m) if m != meta => assert!(
+                Some(m) if m != [meta.clone()] => assert!(
                     crate::open_member(id, &bad[..], &ring)
                         .and_then(|(_, r)| r.finish())
                         .is_err(),

@@ -5,7 +5,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use crate::error::{Error, ObjectKind};
 use crate::ids::{MemberId, SegmentId, parse_hex16};
 use crate::keys::GroupKeys;
-use crate::member::{ContentReader, PlainSource, open_member_inner};
+use crate::member::{ContentReader, MemberFiles, PlainSource, open_member_inner};
 use crate::metadata::Metadata;
 use crate::plain::{padded, plain_headers, plain_metadata};
 use crate::segment_writer::SegmentMode;
@@ -295,6 +295,17 @@ pub fn open_member_at<'a, R: Read + Seek + Send>(
     data_len: u64,
     keys: &dyn GroupKeys,
 ) -> Result<(Metadata, ContentReader<'a>), Error> {
+    open_member_files_at(input, member, data_offset, data_len, keys)?.into_single(member)
+}
+
+/// [`open_member_at`] for a member of one file or a pack.
+pub fn open_member_files_at<'a, R: Read + Seek + Send>(
+    input: &'a mut R,
+    member: MemberId,
+    data_offset: u64,
+    data_len: u64,
+    keys: &dyn GroupKeys,
+) -> Result<MemberFiles<'a>, Error> {
     input
         .seek(SeekFrom::Start(data_offset))
         .map_err(Error::io("seeking in a segment"))?;
@@ -337,15 +348,37 @@ impl<'a, R: Read> SegmentMember<'a, R> {
 }
 
 impl<'a, R: Read + Send> SegmentMember<'a, R> {
-    /// The metadata and a reader over the content. Encrypted members need the group
-    /// key named in their stanza; plain members ignore `keys`.
+    /// The metadata and a reader over the content of a member of one file
+    /// (a pack is refused: use [`open_files`](Self::open_files)). Encrypted
+    /// members need the group key named in their stanza; plain members
+    /// ignore `keys`.
     pub fn open(self, keys: &dyn GroupKeys) -> Result<(Metadata, ContentReader<'a>), Error> {
+        let member = self.info.member;
+        let files = self.open_files(keys)?;
+        match member {
+            Some(id) => files.into_single(id),
+            None => {
+                let MemberFiles {
+                    mut entries,
+                    content,
+                } = files;
+                Ok((entries.pop().expect("a plain member is one file"), content))
+            }
+        }
+    }
+
+    /// The files' metadata (one, or a pack's) and a reader over all their
+    /// contents.
+    pub fn open_files(self, keys: &dyn GroupKeys) -> Result<MemberFiles<'a>, Error> {
         let (data, info, meta) = self.data();
         match (info.member, meta) {
             (Some(member), _) => open_member_inner(member, data, Some(info.data_len), keys),
             (None, Some(meta)) => {
                 let size = meta.size;
-                Ok((meta, ContentReader::new(Box::new(PlainData(data)), size)))
+                Ok(MemberFiles {
+                    entries: vec![meta],
+                    content: ContentReader::new(Box::new(PlainData(data)), size),
+                })
             }
             (None, None) => Err(Error::InvalidInput {
                 reason: "member has neither id nor metadata".into(),

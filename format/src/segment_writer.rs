@@ -8,7 +8,9 @@ use sha2::{Digest, Sha256};
 use crate::error::Error;
 use crate::ids::{MemberId, SegmentId};
 use crate::keys::GroupKey;
-use crate::member::{DEFAULT_ZSTD_LEVEL, copy_exact, write_member, write_member_with};
+use crate::member::{
+    DEFAULT_ZSTD_LEVEL, copy_exact, write_member, write_member_with, write_pack_with,
+};
 use crate::metadata::Metadata;
 use crate::plain::{padded, plain_headers};
 use crate::segment_reader::check_header_region;
@@ -256,6 +258,23 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         })
     }
 
+    /// Compresses, encrypts and appends several small files as one member
+    /// (a pack): one tar entry, one age header and one zstd frame for all
+    /// of them. Each content must be exactly its metadata's size.
+    pub fn append_pack(
+        &mut self,
+        member: MemberId,
+        key: &GroupKey,
+        files: &[(&Metadata, &[u8])],
+    ) -> Result<SummaryEntry, Error> {
+        self.check(SegmentMode::Encrypted, &member)?;
+        self.guarded(|w| {
+            w.append_built(member, key, |buf, cctx, level| {
+                write_pack_with(buf, cctx, member, key, files, level).map(|_| ())
+            })
+        })
+    }
+
     /// [`append_encrypted`](Self::append_encrypted) of a small file: the
     /// member is built in memory, then written with its header at once.
     fn append_in_memory(
@@ -265,6 +284,19 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         meta: &Metadata,
         content: impl Read,
     ) -> Result<SummaryEntry, Error> {
+        self.append_built(member, key, |buf, cctx, level| {
+            write_member_with(buf, cctx, member, key, meta, content, level).map(|_| ())
+        })
+    }
+
+    /// Builds a member's payload in memory with `build`, then writes it
+    /// with its header at once.
+    fn append_built(
+        &mut self,
+        member: MemberId,
+        key: &GroupKey,
+        build: impl FnOnce(&mut Vec<u8>, &mut zstd::zstd_safe::CCtx<'static>, i32) -> Result<(), Error>,
+    ) -> Result<SummaryEntry, Error> {
         let header_offset = self.pos;
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
@@ -273,8 +305,7 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             Some(c) => c,
             none => none.insert(zstd::zstd_safe::CCtx::create()),
         };
-        let built = write_member_with(&mut buf, cctx, member, key, meta, content, self.zstd_level)
-            .map(|_| ());
+        let built = build(&mut buf, cctx, self.zstd_level);
         let result = built.and_then(|()| {
             let data_len = (buf.len() - BLOCK) as u64;
             let sha256: [u8; 32] = Sha256::digest(&buf[BLOCK..]).into();

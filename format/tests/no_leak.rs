@@ -63,11 +63,12 @@ fn no_marker_in_segment_summary_lockbox_or_manifest() {
     let seg_bytes = spool.into_inner();
 
     let mut mb = ManifestBuilder::new(SnapshotId::random(), 1, None, 0);
-    mb.extend(summary.entries().iter().map(|e| ManifestEntry {
-        segment,
-        member: e.member,
-        sha256: e.sha256,
-    }));
+    mb.extend(
+        summary
+            .entries()
+            .iter()
+            .map(|e| ManifestEntry::single(segment, e.member, e.sha256)),
+    );
     let manifest = mb.sign(&Signer::new(SecretKey::random())).unwrap();
 
     let objects = [

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use cbfs_format::{
     Error, GroupId, GroupKey, Keyring, Lockbox, Manifest, MemberId, SegmentReader, Summary,
-    open_member,
+    open_member, open_member_files,
 };
 use secrecy::SecretBox;
 use serde_json::Value;
@@ -102,6 +102,33 @@ fn run(keys: &Keys, v: &Value) -> Result<(), Error> {
                 "{}",
                 v["name"]
             );
+            Ok(())
+        }
+        "pack" => {
+            let member: MemberId = v["member_id"].as_str().unwrap().parse().unwrap();
+            let ring = keyring(keys, v);
+            let payload = read(&v["file"]);
+            let files = open_member_files(member, &payload[..], &ring)?;
+            let all = common::read_all(files.content)?;
+            let mut at = 0;
+            let mut got = Vec::new();
+            for meta in &files.entries {
+                let end = at + meta.size as usize;
+                got.push((hex::encode(&meta.path), sha(&all[at..end])));
+                at = end;
+            }
+            let want: Vec<(String, String)> = v["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    (
+                        f["path_hex"].as_str().unwrap().to_string(),
+                        f["content_sha256"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "{}", v["name"]);
             Ok(())
         }
         "lockbox" => {

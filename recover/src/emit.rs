@@ -12,7 +12,7 @@ use std::sync::{Mutex, mpsc};
 
 use cbfs_format::{EntryKind, Keyring, Metadata};
 
-use crate::engine::{Engine, MemberError, Planned, Visit, read_member};
+use crate::engine::{Engine, Location, MemberError, Planned, Visit, read_member};
 use crate::error::{Error, Result, lossy};
 use crate::paths::{ancestors, check_member_path, check_symlink_target, sort_key};
 use crate::report::Report;
@@ -45,7 +45,7 @@ impl<'s> Readers<'s> {
     }
 }
 
-/// Streams one member into the sink as it is read.
+/// Streams one file (of a member, or of a pack) into the sink as it is read.
 struct Emit<'a> {
     sink: &'a mut dyn Sink,
     planned: &'a Planned,
@@ -58,7 +58,10 @@ struct Emit<'a> {
 }
 
 impl Visit for Emit<'_> {
-    fn meta(&mut self, meta: &Metadata) -> Result<()> {
+    fn meta(&mut self, slot: usize, meta: &Metadata) -> Result<()> {
+        if slot != self.planned.slot {
+            return Ok(());
+        }
         if meta.path != self.planned.path
             || meta.kind != self.planned.kind
             || meta.size != self.planned.size
@@ -81,8 +84,8 @@ impl Visit for Emit<'_> {
         Ok(())
     }
 
-    fn data(&mut self, data: &[u8]) -> Result<()> {
-        if self.began {
+    fn data(&mut self, slot: usize, data: &[u8]) -> Result<()> {
+        if self.began && slot == self.planned.slot {
             self.sink.write_content(data)?;
         }
         Ok(())
@@ -180,12 +183,14 @@ impl Engine<'_> {
             out_meta: None,
         };
         let result = match decoded {
-            Some(d) => d.replay(&mut visit),
+            Some(d) => d.replay(&mut visit).map(|_| ()),
             None => match (
                 readers.pipe_large && planned.size > AHEAD_MEMBER_MAX,
                 readers.get(&planned.loc.key),
             ) {
-                (piped, Ok(reader)) => read_member(reader, &planned.loc, keys, &mut visit, piped),
+                (piped, Ok(reader)) => {
+                    read_member(reader, &planned.loc, keys, &mut visit, piped).map(|_| ())
+                }
                 (_, Err(e)) => {
                     report.fail(planned.loc.failure(&e));
                     return Ok(None);
@@ -209,7 +214,7 @@ impl Engine<'_> {
                     sink.abort_file();
                 }
                 if me.from_visitor && me.err.is_fatal_output() {
-                    return Err(me.err);
+                    return Err(me.into_error());
                 }
                 // The path planned with is the member's unauthenticated
                 // claim: a failure names it only once it authenticated.
@@ -253,7 +258,7 @@ impl Engine<'_> {
         } else {
             0
         };
-        let (job_tx, job_rx) = mpsc::channel::<Vec<(usize, Planned)>>();
+        let (job_tx, job_rx) = mpsc::channel::<Vec<Job>>();
         let (done_tx, done_rx) = mpsc::channel::<Vec<(usize, Decoded)>>();
         let job_rx = Mutex::new(job_rx);
         let result = std::thread::scope(|scope| {
@@ -262,14 +267,7 @@ impl Engine<'_> {
                 scope.spawn(move || decode_ahead(source, keys, job_rx, done_tx));
             }
             drop(done_tx);
-            let mut ahead = Ahead {
-                jobs: (workers > 0).then_some(job_tx),
-                done: done_rx,
-                next: 0,
-                waiting: HashMap::new(),
-                in_flight: 0,
-                in_flight_bytes: 0,
-            };
+            let mut ahead = Ahead::new((workers > 0).then_some(job_tx), done_rx, &others);
             self.emit_all(sink, &keys, &others, &links, &mut ahead)
         });
         self.keys = keys;
@@ -292,6 +290,11 @@ impl Engine<'_> {
         let mut restored: HashMap<Vec<u8>, bool> = HashMap::new();
         for (i, p) in others.iter().enumerate() {
             ahead.fill(others);
+            if ahead.jobs.is_none() {
+                // No workers: a pack is still read once, here, for all of
+                // its files in the restore.
+                ahead.decode_here(i, others, &mut readers, keys);
+            }
             let decoded = ahead.take(i, p);
             let report = &mut self.report;
             if let Some(meta) =
@@ -359,10 +362,10 @@ impl Engine<'_> {
 const AHEAD_MEMBER_MAX: u64 = 4 << 20;
 /// Decoded content waiting for the sink, at most (one member may exceed it).
 const AHEAD_BYTES: u64 = 64 << 20;
-/// Members waiting for the sink, at most.
+/// Files waiting for the sink, at most.
 const AHEAD_MEMBERS: usize = 4096;
-/// Members handed to a worker at a time (one wake-up each way per batch,
-/// not per member), and the content size that closes a batch early.
+/// Files handed to a worker at a time (one wake-up each way per batch,
+/// not per file), and the content size that closes a batch early.
 const BATCH_MEMBERS: usize = 32;
 const BATCH_BYTES: u64 = 1 << 20;
 
@@ -370,68 +373,75 @@ fn ahead_eligible(p: &Planned) -> bool {
     !matches!(p.kind, EntryKind::Hardlink { .. }) && p.size <= AHEAD_MEMBER_MAX
 }
 
-/// A member a worker read whole: authenticated and hash-checked, or why not.
+/// One member to decode whole, and which of its files the restore wants:
+/// (index in the restore's order, slot in the member, size planned).
+pub(crate) struct Job {
+    loc: Location,
+    wanted: Vec<(usize, usize, u64)>,
+}
+
+/// A file a worker read whole: authenticated and hash-checked, or why not.
 pub(crate) struct Decoded {
     result: std::result::Result<(Metadata, Vec<u8>), MemberError>,
     /// The authenticated metadata, also when the rest of the member failed.
     meta: Option<Metadata>,
+    /// Which file of its member it is.
+    slot: usize,
 }
 
 impl Decoded {
-    /// Gives the member to `visit` as if it were being read now: the
+    /// Gives the file to `visit` as if it were being read now: the
     /// metadata if it authenticated, then the content or the failure.
     fn replay(self, visit: &mut dyn Visit) -> std::result::Result<Metadata, MemberError> {
-        let from_visitor = |err| MemberError {
-            err,
-            from_visitor: true,
-            hash_differs: false,
-        };
+        let slot = self.slot;
         let (meta, content) = match self.result {
             Ok(done) => done,
             Err(e) => {
                 if let Some(meta) = &self.meta {
-                    visit.meta(meta).map_err(from_visitor)?;
+                    visit.meta(slot, meta).map_err(MemberError::visitor)?;
                 }
                 return Err(e);
             }
         };
-        visit.meta(&meta).map_err(from_visitor)?;
+        visit.meta(slot, &meta).map_err(MemberError::visitor)?;
         if !content.is_empty() {
-            visit.data(&content).map_err(from_visitor)?;
+            visit.data(slot, &content).map_err(MemberError::visitor)?;
         }
         Ok(meta)
     }
 }
 
-/// Collects a member's content, up to the size pass 1 read.
+/// Collects the wanted files of a member, each up to the size pass 1 read.
 struct Collect {
-    limit: u64,
-    meta: Option<Metadata>,
-    content: Vec<u8>,
+    /// Slot → the size planned.
+    wanted: HashMap<usize, u64>,
+    got: HashMap<usize, (Metadata, Vec<u8>)>,
 }
 
 impl Visit for Collect {
-    fn meta(&mut self, meta: &Metadata) -> Result<()> {
-        self.content
-            .reserve_exact(meta.size.min(self.limit) as usize);
-        self.meta = Some(meta.clone());
+    fn meta(&mut self, slot: usize, meta: &Metadata) -> Result<()> {
+        if let Some(limit) = self.wanted.get(&slot) {
+            let content = Vec::with_capacity(meta.size.min(*limit) as usize);
+            self.got.insert(slot, (meta.clone(), content));
+        }
         Ok(())
     }
 
-    fn data(&mut self, data: &[u8]) -> Result<()> {
-        if (self.content.len() + data.len()) as u64 > self.limit {
+    fn data(&mut self, slot: usize, data: &[u8]) -> Result<()> {
+        let (Some(limit), Some((meta, content))) =
+            (self.wanted.get(&slot), self.got.get_mut(&slot))
+        else {
+            return Ok(());
+        };
+        if (content.len() + data.len()) as u64 > *limit {
             return Err(Error::Unsupported {
-                path: self
-                    .meta
-                    .as_ref()
-                    .map(|m| lossy(&m.path))
-                    .unwrap_or_default(),
+                path: lossy(&meta.path),
                 reason: "the member is larger than the first pass read: \
                          the store changed during the restore"
                     .into(),
             });
         }
-        self.content.extend_from_slice(data);
+        content.extend_from_slice(data);
         Ok(())
     }
 }
@@ -440,7 +450,7 @@ impl Visit for Collect {
 fn decode_ahead(
     source: &dyn ObjectSource,
     keys: &Keyring,
-    jobs: &Mutex<mpsc::Receiver<Vec<(usize, Planned)>>>,
+    jobs: &Mutex<mpsc::Receiver<Vec<Job>>>,
     done: mpsc::Sender<Vec<(usize, Decoded)>>,
 ) {
     let mut readers = Readers {
@@ -452,8 +462,8 @@ fn decode_ahead(
         let job = jobs.lock().map(|rx| rx.recv());
         let Ok(Ok(batch)) = job else { return };
         let decoded = batch
-            .into_iter()
-            .map(|(i, p)| (i, decode_whole(&mut readers, keys, &p)))
+            .iter()
+            .flat_map(|job| decode_job(&mut readers, keys, job))
             .collect();
         if done.send(decoded).is_err() {
             return;
@@ -461,55 +471,168 @@ fn decode_ahead(
     }
 }
 
-/// Reads one member whole, for [`decode_ahead`].
-fn decode_whole(readers: &mut Readers<'_>, keys: &Keyring, p: &Planned) -> Decoded {
-    match readers.get(&p.loc.key) {
-        Err(err) => Decoded {
-            result: Err(MemberError {
-                err,
-                from_visitor: false,
-                hash_differs: false,
-            }),
-            meta: None,
-        },
-        Ok(reader) => {
-            let mut collect = Collect {
-                limit: p.size,
-                meta: None,
-                content: Vec::new(),
-            };
-            let result = read_member(reader, &p.loc, keys, &mut collect, false);
-            match result {
-                Ok(meta) => Decoded {
-                    result: Ok((meta, collect.content)),
-                    meta: None,
-                },
-                Err(e) => Decoded {
-                    result: Err(e),
-                    meta: collect.meta,
-                },
-            }
+/// Reads one member whole, keeping the files the job wants. The files of
+/// a member stand or fall together: one failure is every wanted file's.
+fn decode_job(readers: &mut Readers<'_>, keys: &Keyring, job: &Job) -> Vec<(usize, Decoded)> {
+    let failed = |e: &MemberError, meta: Option<Metadata>, slot| Decoded {
+        result: Err(e.clone()),
+        meta,
+        slot,
+    };
+    let reader = match readers.get(&job.loc.key) {
+        Ok(r) => r,
+        Err(err) => {
+            let e = MemberError::member(err);
+            return job
+                .wanted
+                .iter()
+                .map(|&(i, slot, _)| (i, failed(&e, None, slot)))
+                .collect();
         }
-    }
+    };
+    let mut collect = Collect {
+        wanted: job
+            .wanted
+            .iter()
+            .map(|&(_, slot, size)| (slot, size))
+            .collect(),
+        got: HashMap::new(),
+    };
+    let result = read_member(reader, &job.loc, keys, &mut collect, false);
+    job.wanted
+        .iter()
+        .map(|&(i, slot, _)| {
+            let got = collect.got.remove(&slot);
+            let decoded = match (&result, got) {
+                (Ok(_), Some(done)) => Decoded {
+                    result: Ok(done),
+                    meta: None,
+                    slot,
+                },
+                (Ok(table), None) => failed(
+                    &MemberError::member(Error::Unsupported {
+                        path: String::new(),
+                        reason: format!(
+                            "the member now holds {} file(s), not file {slot} as the first pass read: \
+                             the store changed during the restore",
+                            table.len()
+                        ),
+                    }),
+                    None,
+                    slot,
+                ),
+                (Err(e), got) => failed(e, got.map(|(m, _)| m), slot),
+            };
+            (i, decoded)
+        })
+        .collect()
 }
 
-/// The members given to the workers and not yet written.
+/// The files given to the workers (or decoded here) and not yet written.
 struct Ahead {
-    /// `None`: no workers, every member is read on the writing thread.
-    jobs: Option<mpsc::Sender<Vec<(usize, Planned)>>>,
+    /// `None`: no workers; packs are decoded on the writing thread.
+    jobs: Option<mpsc::Sender<Vec<Job>>>,
     done: mpsc::Receiver<Vec<(usize, Decoded)>>,
-    /// The next member to consider giving out.
+    /// The next file to consider giving out.
     next: usize,
-    /// Decoded members that came back before their turn.
+    /// Decoded files that came back before their turn.
     waiting: HashMap<usize, Decoded>,
     in_flight: usize,
     in_flight_bytes: u64,
+    /// Whether each file was given out (or decoded here).
+    given: Vec<bool>,
+    /// Each file's member: an index into `members`.
+    member_of: Vec<usize>,
+    /// Per member, its files in the restore (indices, in order).
+    members: Vec<Vec<usize>>,
 }
 
 impl Ahead {
+    fn new(
+        jobs: Option<mpsc::Sender<Vec<Job>>>,
+        done: mpsc::Receiver<Vec<(usize, Decoded)>>,
+        planned: &[Planned],
+    ) -> Self {
+        let mut by_member: HashMap<(&str, u64), usize> = HashMap::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        let mut member_of = Vec::with_capacity(planned.len());
+        for (i, p) in planned.iter().enumerate() {
+            let n = *by_member
+                .entry((p.loc.key.as_str(), p.loc.data_offset))
+                .or_insert_with(|| {
+                    members.push(Vec::new());
+                    members.len() - 1
+                });
+            members[n].push(i);
+            member_of.push(n);
+        }
+        Ahead {
+            jobs,
+            done,
+            next: 0,
+            waiting: HashMap::new(),
+            in_flight: 0,
+            in_flight_bytes: 0,
+            given: vec![false; planned.len()],
+            member_of,
+            members,
+        }
+    }
+
+    /// The job for file `i`'s member: all its files in the restore, if
+    /// they may be decoded ahead (and none was given out yet).
+    fn job_of(&self, i: usize, planned: &[Planned]) -> Option<(Job, u64)> {
+        let files = &self.members[self.member_of[i]];
+        if files
+            .iter()
+            .any(|&j| self.given[j] || !ahead_eligible(&planned[j]))
+        {
+            return None;
+        }
+        let bytes: u64 = files.iter().map(|&j| planned[j].size).sum();
+        if files.len() > 1 && bytes > AHEAD_MEMBER_MAX {
+            return None;
+        }
+        let wanted = files
+            .iter()
+            .map(|&j| (j, planned[j].slot, planned[j].size))
+            .collect();
+        let loc = planned[i].loc.clone();
+        Some((Job { loc, wanted }, bytes))
+    }
+
+    fn mark_given(&mut self, job: &Job, bytes: u64) {
+        for &(j, _, _) in &job.wanted {
+            self.given[j] = true;
+        }
+        self.in_flight += job.wanted.len();
+        self.in_flight_bytes += bytes;
+    }
+
+    /// Without workers: decodes file `i`'s member here if it is a pack
+    /// (so that it is read once for all its files).
+    fn decode_here(
+        &mut self,
+        i: usize,
+        planned: &[Planned],
+        readers: &mut Readers<'_>,
+        keys: &Keyring,
+    ) {
+        if self.members[self.member_of[i]].len() < 2 {
+            return;
+        }
+        if let Some((job, bytes)) = self.job_of(i, planned) {
+            self.mark_given(&job, bytes);
+            let decoded = decode_job(readers, keys, &job);
+            self.waiting.extend(decoded);
+        }
+    }
+
     /// Gives out members, in batches, while the window has room.
     fn fill(&mut self, planned: &[Planned]) {
-        let Some(jobs) = &self.jobs else { return };
+        if self.jobs.is_none() {
+            return;
+        }
         // Wait until a whole batch fits: refilling one member at a time
         // would wake a worker per member.
         if self.in_flight > 0
@@ -519,36 +642,50 @@ impl Ahead {
             return;
         }
         let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        while let Some(p) = planned.get(self.next) {
-            if self.in_flight >= AHEAD_MEMBERS
-                || (self.in_flight > 0 && self.in_flight_bytes + p.size > AHEAD_BYTES)
+        let (mut batch_files, mut batch_bytes) = (0, 0);
+        while self.next < planned.len() {
+            let i = self.next;
+            if self.given[i] {
+                self.next += 1;
+                continue;
+            }
+            let job = self.job_of(i, planned);
+            if let Some((_, bytes)) = &job
+                && (self.in_flight >= AHEAD_MEMBERS
+                    || (self.in_flight > 0 && self.in_flight_bytes + bytes > AHEAD_BYTES))
             {
                 break;
             }
-            if ahead_eligible(p) {
-                batch.push((self.next, p.clone()));
-                batch_bytes += p.size;
-                self.in_flight += 1;
-                self.in_flight_bytes += p.size;
-            }
             self.next += 1;
-            if batch.len() >= BATCH_MEMBERS || batch_bytes >= BATCH_BYTES {
-                if jobs.send(std::mem::take(&mut batch)).is_err() {
-                    self.jobs = None;
+            if let Some((job, bytes)) = job {
+                self.mark_given(&job, bytes);
+                batch_files += job.wanted.len();
+                batch_bytes += bytes;
+                batch.push(job);
+            }
+            if batch_files >= BATCH_MEMBERS || batch_bytes >= BATCH_BYTES {
+                if !self.send(std::mem::take(&mut batch)) {
                     return;
                 }
-                batch_bytes = 0;
+                (batch_files, batch_bytes) = (0, 0);
             }
         }
-        if !batch.is_empty() && jobs.send(batch).is_err() {
-            self.jobs = None;
+        if !batch.is_empty() {
+            self.send(batch);
         }
     }
 
-    /// Member `i`, decoded, if it was given out; waits for it.
+    fn send(&mut self, batch: Vec<Job>) -> bool {
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(batch).is_ok());
+        if !sent {
+            self.jobs = None;
+        }
+        sent
+    }
+
+    /// File `i`, decoded, if it was given out; waits for it.
     fn take(&mut self, i: usize, p: &Planned) -> Option<Decoded> {
-        if i >= self.next || !ahead_eligible(p) || self.jobs.is_none() {
+        if !self.given[i] {
             return None;
         }
         let decoded = loop {
@@ -562,7 +699,7 @@ impl Ahead {
             }
         };
         self.in_flight -= 1;
-        self.in_flight_bytes -= p.size;
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(p.size);
         Some(decoded)
     }
 }

@@ -11,10 +11,11 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, SeekFrom};
+use std::sync::Arc;
 
 use cbfs_format::{
-    EntryKind, Keyring, MemberId, Metadata, PEEK_LEN, SegmentId, SegmentMode, SegmentReader,
-    open_member_at, open_member_piped, peek_metadata,
+    EntryKind, Keyring, MemberFiles, MemberId, Metadata, PEEK_LEN, SegmentId, SegmentMode,
+    SegmentReader, open_member_files_at, open_member_piped, peek_metadata,
 };
 
 use crate::error::{Error, Result};
@@ -51,7 +52,7 @@ impl Location {
     }
 }
 
-/// A member found in pass 1, to be written in pass 2.
+/// A file found in pass 1, to be written in pass 2.
 #[derive(Clone)]
 pub(crate) struct Planned {
     pub path: Vec<u8>,
@@ -59,19 +60,23 @@ pub(crate) struct Planned {
     /// The content size the metadata gave in pass 1.
     pub size: u64,
     pub loc: Location,
+    /// Which file of its member it is (0 unless the member is a pack).
+    pub slot: usize,
 }
 
-/// What pass 2 does with a member as it is read.
+/// What pass 2 does with a member's files as they are read.
 pub(crate) trait Visit {
-    /// The member's metadata, before any content.
-    fn meta(&mut self, meta: &Metadata) -> Result<()>;
-    /// A piece of content.
-    fn data(&mut self, data: &[u8]) -> Result<()>;
+    /// File `slot`'s metadata, before any of its content.
+    fn meta(&mut self, slot: usize, meta: &Metadata) -> Result<()>;
+    /// A piece of file `slot`'s content.
+    fn data(&mut self, slot: usize, data: &[u8]) -> Result<()>;
 }
 
-/// Why reading a member failed.
+/// Why reading a member failed. Shared by the files of a pack, which fail
+/// together.
+#[derive(Clone)]
 pub(crate) struct MemberError {
-    pub err: Error,
+    pub err: Arc<Error>,
     /// The error came from the visitor (the sink), not from the member.
     pub from_visitor: bool,
     /// The member's bytes were also found to differ from the manifest.
@@ -79,12 +84,25 @@ pub(crate) struct MemberError {
 }
 
 impl MemberError {
-    fn member(err: Error) -> Self {
+    pub(crate) fn member(err: Error) -> Self {
         MemberError {
-            err,
+            err: Arc::new(err),
             from_visitor: false,
             hash_differs: false,
         }
+    }
+
+    pub(crate) fn visitor(err: Error) -> Self {
+        MemberError {
+            err: Arc::new(err),
+            from_visitor: true,
+            hash_differs: false,
+        }
+    }
+
+    /// The error itself (a copy of its text if it is shared).
+    pub(crate) fn into_error(self) -> Error {
+        Arc::try_unwrap(self.err).unwrap_or_else(|shared| Error::Usage(shared.to_string()))
     }
 
     pub(crate) fn into_failure(self, loc: &Location) -> Failure {
@@ -98,9 +116,9 @@ impl MemberError {
     }
 }
 
-/// Opens a member at its location and visits its metadata and all its
-/// content. Succeeds only if the member authenticated to its end and, when
-/// the location has a SHA-256, its data bytes hash to it.
+/// Opens a member at its location and visits each of its files' metadata
+/// and content in turn. Succeeds only if the member authenticated to its
+/// end and, when the location has a SHA-256, its data bytes hash to it.
 /// With `piped`, decryption runs on a second thread (for large members).
 pub(crate) fn read_member(
     reader: &mut (dyn ReadSeek + '_),
@@ -108,7 +126,7 @@ pub(crate) fn read_member(
     keys: &Keyring,
     visit: &mut dyn Visit,
     piped: bool,
-) -> Result<Metadata, MemberError> {
+) -> Result<Vec<Metadata>, MemberError> {
     let mut hashing = HashingReader::new(reader, loc.data_offset, loc.data_len);
     let result = stream(&mut hashing, loc, keys, visit, piped);
     let digest = hashing.finish();
@@ -150,7 +168,7 @@ fn stream(
     keys: &Keyring,
     visit: &mut dyn Visit,
     piped: bool,
-) -> Result<Metadata, MemberError> {
+) -> Result<Vec<Metadata>, MemberError> {
     let fmt = |e: cbfs_format::Error| MemberError::member(Error::format(loc.object.clone(), e));
     match (loc.mode, loc.member) {
         (SegmentMode::Encrypted, Some(member)) if piped => open_member_piped(
@@ -160,14 +178,14 @@ fn stream(
             loc.data_len,
             keys,
             |opened| match opened {
-                Ok((meta, content)) => pump(meta, content, loc, visit),
+                Ok(files) => pump(files, loc, visit),
                 Err(e) => Err(fmt(e)),
             },
         ),
         (SegmentMode::Encrypted, Some(member)) => {
-            let (meta, content) =
-                open_member_at(input, member, loc.data_offset, loc.data_len, keys).map_err(fmt)?;
-            pump(meta, content, loc, visit)
+            let files = open_member_files_at(input, member, loc.data_offset, loc.data_len, keys)
+                .map_err(fmt)?;
+            pump(files, loc, visit)
         }
         (SegmentMode::Encrypted, None) => Err(MemberError::member(Error::Usage(
             "an encrypted member without an id".into(),
@@ -196,45 +214,53 @@ fn stream(
                     ),
                 }));
             }
-            let (meta, content) = m.open(&Keyring::new()).map_err(fmt)?;
-            pump(meta, content, loc, visit)
+            let files = m.open_files(&Keyring::new()).map_err(fmt)?;
+            pump(files, loc, visit)
         }
     }
 }
 
 fn pump(
-    meta: Metadata,
-    mut content: impl Read,
+    files: MemberFiles<'_>,
     loc: &Location,
     visit: &mut dyn Visit,
-) -> Result<Metadata, MemberError> {
-    let from_visitor = |err| MemberError {
-        err,
-        from_visitor: true,
-        hash_differs: false,
+) -> Result<Vec<Metadata>, MemberError> {
+    let MemberFiles {
+        entries,
+        mut content,
+    } = files;
+    let fmt = |e: io::Error| {
+        let e = cbfs_format::Error::from_io(e, "reading a member");
+        MemberError::member(Error::format(loc.object.clone(), e))
     };
-    visit.meta(&meta).map_err(from_visitor)?;
-    // Sized to the content (most files are small; a zeroed 64 KiB buffer
-    // per member showed in the profile), plus a byte to see the end.
-    let mut buf = vec![
-        0u8;
-        (meta.size as usize)
-            .saturating_add(1)
-            .clamp(4096, 64 * 1024)
-    ];
-    loop {
-        let n = match content.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let e = cbfs_format::Error::from_io(e, "reading a member");
-                return Err(MemberError::member(Error::format(loc.object.clone(), e)));
-            }
-        };
-        visit.data(&buf[..n]).map_err(from_visitor)?;
+    // Sized to the largest file (most are small; a zeroed 64 KiB buffer
+    // per member showed in the profile).
+    let largest = entries.iter().map(|m| m.size).max().unwrap_or(0);
+    let mut buf = vec![0u8; (largest as usize).clamp(4096, 64 * 1024)];
+    for (slot, meta) in entries.iter().enumerate() {
+        visit.meta(slot, meta).map_err(MemberError::visitor)?;
+        let mut left = meta.size;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = match content.read(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(fmt(e)),
+            };
+            left -= n as u64;
+            visit.data(slot, &buf[..n]).map_err(MemberError::visitor)?;
+        }
     }
-    Ok(meta)
+    // The end of the payload is checked once all content was read.
+    loop {
+        match content.read(&mut buf[..1]) {
+            Ok(0) => break,
+            Ok(_) => return Err(fmt(io::Error::other("content past the files' sizes"))),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(fmt(e)),
+        }
+    }
+    Ok(entries)
 }
 
 /// Threads a restore decodes members on: 0 means one per core (at most 8).
@@ -297,13 +323,15 @@ impl<'s> Engine<'s> {
         }
     }
 
-    /// Records a member whose metadata pass 1 read.
-    pub(crate) fn found(&mut self, meta: &Metadata, loc: Location) {
+    /// Records a file whose metadata pass 1 read: file `slot` of the
+    /// member at `loc`.
+    pub(crate) fn found(&mut self, meta: &Metadata, loc: Location, slot: usize) {
         let planned = Planned {
             path: meta.path.clone(),
             kind: meta.kind.clone(),
             size: meta.size,
             loc,
+            slot,
         };
         if self.filter.matches(&meta.path) {
             self.planned.push(planned);
@@ -316,15 +344,16 @@ impl<'s> Engine<'s> {
     }
 }
 
-/// Reads only a member's metadata (pass 1). Nothing is proven yet: an
-/// encrypted member's metadata is read without authentication
-/// ([`peek_metadata`]), or if that fails, from its authenticated first chunk.
-/// Pass 2 authenticates everything and holds it to what pass 1 read.
+/// Reads only a member's metadata (pass 1): its one file's, or a pack's
+/// table. Nothing is proven yet: an encrypted member's metadata is read
+/// without authentication ([`peek_metadata`]), or if that fails, from its
+/// authenticated first chunk(s). Pass 2 authenticates everything and holds
+/// it to what pass 1 read.
 pub(crate) fn peek_meta(
     reader: &mut (dyn ReadSeek + '_),
     loc: &Location,
     keys: &Keyring,
-) -> Result<Metadata, cbfs_format::Error> {
+) -> Result<Vec<Metadata>, cbfs_format::Error> {
     match (loc.mode, loc.member) {
         (SegmentMode::Encrypted, Some(member)) => {
             // The claim is checked when the member is read again: pass 2
@@ -339,10 +368,9 @@ pub(crate) fn peek_meta(
                 return Ok(meta);
             }
             let mut input = &mut *reader;
-            let (meta, content) =
-                open_member_at(&mut input, member, loc.data_offset, loc.data_len, keys)?;
-            drop(content);
-            Ok(meta)
+            let files =
+                open_member_files_at(&mut input, member, loc.data_offset, loc.data_len, keys)?;
+            Ok(files.entries)
         }
         (SegmentMode::Encrypted, None) => Err(cbfs_format::Error::InvalidInput {
             reason: "an encrypted member without an id".into(),
@@ -366,9 +394,11 @@ pub(crate) fn peek_meta(
                     reason: "the member here does not have the summary's offsets".into(),
                 });
             }
-            Ok(m.plain_metadata()
-                .cloned()
-                .expect("plain members carry metadata"))
+            Ok(vec![
+                m.plain_metadata()
+                    .cloned()
+                    .expect("plain members carry metadata"),
+            ])
         }
     }
 }

@@ -6,7 +6,7 @@ use std::io::{Read, SeekFrom};
 
 use cbfs_format::{
     GroupId, Lockbox, ManifestEntry, MemberId, Metadata, SegmentId, SegmentMode, SegmentReader,
-    Summary, SummaryEntry, layout,
+    Slots, Summary, SummaryEntry, layout,
 };
 use sha2::{Digest, Sha256};
 
@@ -133,6 +133,36 @@ impl Engine<'_> {
             out.states.insert(*group, state);
         }
         out
+    }
+
+    /// Records the files of a member whose metadata pass 1 read: those in
+    /// `slots` (every one when `None`, for a segment read without a
+    /// manifest). A slot the member does not have fails, naming it.
+    fn found_slots(&mut self, table: &[Metadata], loc: Location, slots: Option<Slots>) {
+        let wanted: Vec<usize> = match slots {
+            Some(s) => s.iter().collect(),
+            None => (0..table.len()).collect(),
+        };
+        for slot in wanted {
+            match table.get(slot) {
+                Some(meta) => self.found(meta, loc.clone(), slot),
+                None => {
+                    let e = Error::format(
+                        loc.object.clone(),
+                        cbfs_format::Error::Tar {
+                            segment: Some(loc.segment),
+                            offset: loc.header_offset,
+                            reason: format!(
+                                "the snapshot names file {slot} of member {}, which holds {} file(s)",
+                                loc.member_text().unwrap_or_default(),
+                                table.len()
+                            ),
+                        },
+                    );
+                    self.report.fail(loc.failure(&e));
+                }
+            }
+        }
     }
 
     fn fail_all<'e>(
@@ -286,12 +316,12 @@ impl Engine<'_> {
                     }
                 }
             }
-            to_peek.push(loc);
+            to_peek.push((loc, entry.slots));
         }
         let peeked = self.peek_all(&mut *reader, &to_peek);
-        for (loc, result) in to_peek.into_iter().zip(peeked) {
+        for ((loc, slots), result) in to_peek.into_iter().zip(peeked) {
             match result {
-                Ok(meta) => self.found(&meta, loc),
+                Ok(table) => self.found_slots(&table, loc, Some(slots)),
                 Err(e) => {
                     let mut failure = loc.failure(&Error::format(seg_key.clone(), e));
                     if hash_differs(&mut *reader, &loc) {
@@ -323,13 +353,13 @@ impl Engine<'_> {
     fn peek_all(
         &self,
         reader: &mut (dyn ReadSeek + '_),
-        locs: &[Location],
-    ) -> Vec<Result<Metadata, cbfs_format::Error>> {
+        locs: &[(Location, Slots)],
+    ) -> Vec<Result<Vec<Metadata>, cbfs_format::Error>> {
         let threads = self.threads.min(locs.len() / PEEK_SHARE_MIN).max(1);
         if threads == 1 {
             return locs
                 .iter()
-                .map(|loc| peek_meta(&mut *reader, loc, &self.keys))
+                .map(|(loc, _)| peek_meta(&mut *reader, loc, &self.keys))
                 .collect();
         }
         let share = locs.len().div_ceil(threads);
@@ -338,11 +368,11 @@ impl Engine<'_> {
             let handles: Vec<_> = locs
                 .chunks(share)
                 .map(|part| {
-                    scope.spawn(move || -> Vec<Result<Metadata, cbfs_format::Error>> {
-                        match source.open(&part[0].key) {
+                    scope.spawn(move || -> Vec<Result<Vec<Metadata>, cbfs_format::Error>> {
+                        match source.open(&part[0].0.key) {
                             Ok(mut r) => part
                                 .iter()
-                                .map(|loc| peek_meta(&mut *r, loc, keys))
+                                .map(|(loc, _)| peek_meta(&mut *r, loc, keys))
                                 .collect(),
                             Err(e) => part
                                 .iter()
@@ -378,13 +408,14 @@ impl Engine<'_> {
         wanted: Option<&[ManifestEntry]>,
         lockboxes: &Lockboxes,
     ) {
-        let mut by_id: HashMap<MemberId, [u8; 32]> = HashMap::new();
+        let mut by_id: HashMap<MemberId, ([u8; 32], Slots)> = HashMap::new();
         let mut by_hash: HashMap<[u8; 32], Vec<MemberId>> = HashMap::new();
         for e in wanted.unwrap_or_default() {
-            by_id.insert(e.member, e.sha256);
+            by_id.insert(e.member, (e.sha256, e.slots));
             by_hash.entry(e.sha256).or_default().push(e.member);
         }
-        let fail_rest = |engine: &mut Self, by_id: &HashMap<MemberId, [u8; 32]>, err: &Error| {
+        type ById = HashMap<MemberId, ([u8; 32], Slots)>;
+        let fail_rest = |engine: &mut Self, by_id: &ById, err: &Error| {
             if wanted.is_some() {
                 let mut left: Vec<&MemberId> = by_id.keys().collect();
                 left.sort();
@@ -428,14 +459,18 @@ impl Engine<'_> {
             match mode {
                 SegmentMode::Encrypted => {
                     let id = info.member.expect("encrypted members have ids");
+                    let mut slots = None;
                     if wanted.is_some() {
                         match by_id.remove(&id) {
-                            Some(sha) => loc.sha256 = Some(sha),
+                            Some((sha, live)) => {
+                                loc.sha256 = Some(sha);
+                                slots = Some(live);
+                            }
                             None => continue,
                         }
                     }
-                    match member.open(&self.keys) {
-                        Ok((meta, _content)) => self.found(&meta, loc),
+                    match member.open_files(&self.keys) {
+                        Ok(files) => self.found_slots(&files.entries, loc, slots),
                         Err(
                             e @ cbfs_format::Error::WrongKey {
                                 group: Some(group), ..
@@ -488,14 +523,14 @@ impl Engine<'_> {
                         loc.member = Some(id);
                         loc.sha256 = Some(sha);
                     }
-                    self.found(&meta, loc);
+                    self.found(&meta, loc, 0);
                 }
             }
         }
         if !by_id.is_empty() {
-            let mut left: Vec<(MemberId, [u8; 32])> = by_id.into_iter().collect();
+            let mut left: Vec<MemberId> = by_id.into_keys().collect();
             left.sort();
-            for (id, _) in left {
+            for id in left {
                 let e = Error::format(
                     object.to_owned(),
                     cbfs_format::Error::Tar {

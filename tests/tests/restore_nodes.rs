@@ -192,7 +192,9 @@ fn restore_through_nodes_survives_one_dead_node_and_fails_clearly_with_two() {
         said.matches("delegation nodes must answer").count() <= 2,
         "{said}"
     );
-    assert!(said.contains("members [delegation]"), "{said}");
+    // One line for all the members that failed alike (small files share
+    // members, so there may be only one).
+    assert!(said.contains("[delegation]: scope `proj`"), "{said}");
     c.assert_no_secrets();
 }
 

@@ -10,7 +10,7 @@
 //! | tag | key | value |
 //! |---|---|---|
 //! | `f` | path bytes | [`FileRecord`] |
-//! | `m` | member id | [`MemberRecord`] |
+//! | `m` | member id, then for files of a pack after the first a `u16` slot (big-endian) | [`MemberRecord`] |
 //! | `g` | segment id | [`SegmentRecord`] |
 //! | `n` | sequence, 8 bytes big-endian | [`SnapshotRecord`] |
 //! | `s` | `state` | [`State`] |
@@ -51,11 +51,14 @@ pub struct FileRecord {
     /// SHA-256 of the member's ciphertext.
     #[serde(with = "hex_32")]
     pub sha256: [u8; 32],
-    /// Bytes the member takes in its segment.
+    /// Bytes the member takes in its segment (a file of a pack: its share).
     pub stored: u64,
     /// For a hard link: the path it links to.
     #[serde(default)]
     pub hardlink_to: Option<Vec<u8>>,
+    /// Which file of its member it is (0 unless the member is a pack).
+    #[serde(default)]
+    pub slot: u16,
 }
 
 /// What `ls` shows of a member, kept so that old snapshots can be listed
@@ -138,6 +141,16 @@ fn key(tag: u8, k: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The key of file `slot` of a member: the member id alone for slot 0 (as
+/// before packs), then the slot.
+fn member_key(id: &MemberId, slot: u16) -> Vec<u8> {
+    let mut k = key(MEMBER, id.as_bytes());
+    if slot > 0 {
+        k.extend_from_slice(&slot.to_be_bytes());
+    }
+    k
+}
+
 /// How a record is kept in the database.
 trait Record: Sized + Serialize + DeserializeOwned {
     fn encode(&self) -> Vec<u8> {
@@ -154,7 +167,7 @@ impl Record for State {}
 
 impl Record for FileRecord {
     fn encode(&self) -> Vec<u8> {
-        let mut o = binary::Out::new(160 + self.scope.len());
+        let mut o = binary::Out::new(binary::VERSION_SLOT, 162 + self.scope.len());
         o.stat(&self.stat);
         o.bytes(self.scope.as_bytes());
         o.raw(self.segment.as_bytes());
@@ -168,6 +181,7 @@ impl Record for FileRecord {
                 o.bytes(target);
             }
         }
+        o.u16(self.slot);
         o.finish()
     }
 
@@ -176,7 +190,7 @@ impl Record for FileRecord {
             return serde_json::from_slice(bytes).map_err(|e| e.to_string());
         }
         let mut i = binary::In::new(bytes)?;
-        let rec = FileRecord {
+        let mut rec = FileRecord {
             stat: i.stat()?,
             scope: i.text()?,
             segment: SegmentId::from_bytes(i.array()?),
@@ -188,7 +202,11 @@ impl Record for FileRecord {
                 1 => Some(i.bytes()?.to_vec()),
                 other => return Err(format!("hard link flag {other}")),
             },
+            slot: 0,
         };
+        if i.version() >= binary::VERSION_SLOT {
+            rec.slot = i.u16()?;
+        }
         i.end()?;
         Ok(rec)
     }
@@ -196,7 +214,7 @@ impl Record for FileRecord {
 
 impl Record for MemberRecord {
     fn encode(&self) -> Vec<u8> {
-        let mut o = binary::Out::new(110 + self.path.len() + self.scope.len());
+        let mut o = binary::Out::new(binary::VERSION, 110 + self.path.len() + self.scope.len());
         o.bytes(&self.path);
         o.stat(&self.stat);
         o.bytes(self.scope.as_bytes());
@@ -220,24 +238,30 @@ impl Record for MemberRecord {
     }
 }
 
-/// The binary record encoding: a version byte (1), then the fields in
-/// order; integers little-endian and fixed-size, byte strings as a u32
-/// length and the bytes, ids and hashes as their raw bytes.
+/// The binary record encoding: a version byte, then the fields in order;
+/// integers little-endian and fixed-size, byte strings as a u32 length and
+/// the bytes, ids and hashes as their raw bytes. Version 2 of a file
+/// record adds the slot at the end.
 mod binary {
     use crate::scan::Stat;
 
-    const VERSION: u8 = 1;
+    pub(super) const VERSION: u8 = 1;
+    /// File records with the member's slot.
+    pub(super) const VERSION_SLOT: u8 = 2;
 
     pub(super) struct Out(Vec<u8>);
 
     impl Out {
-        pub(super) fn new(capacity: usize) -> Self {
+        pub(super) fn new(version: u8, capacity: usize) -> Self {
             let mut v = Vec::with_capacity(capacity);
-            v.push(VERSION);
+            v.push(version);
             Out(v)
         }
         pub(super) fn u8(&mut self, v: u8) {
             self.0.push(v);
+        }
+        pub(super) fn u16(&mut self, v: u16) {
+            self.0.extend_from_slice(&v.to_le_bytes());
         }
         pub(super) fn u32(&mut self, v: u32) {
             self.0.extend_from_slice(&v.to_le_bytes());
@@ -271,15 +295,18 @@ mod binary {
         }
     }
 
-    pub(super) struct In<'a>(&'a [u8]);
+    pub(super) struct In<'a>(&'a [u8], u8);
 
     impl<'a> In<'a> {
         pub(super) fn new(bytes: &'a [u8]) -> Result<Self, String> {
             match bytes.split_first() {
-                Some((&VERSION, rest)) => Ok(In(rest)),
+                Some((&v, rest)) if v == VERSION || v == VERSION_SLOT => Ok(In(rest, v)),
                 Some((v, _)) => Err(format!("unknown record version {v}")),
                 None => Err("empty record".into()),
             }
+        }
+        pub(super) fn version(&self) -> u8 {
+            self.1
         }
         fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
             if self.0.len() < n {
@@ -297,6 +324,9 @@ mod binary {
         }
         pub(super) fn u8(&mut self) -> Result<u8, String> {
             Ok(self.take(1)?[0])
+        }
+        pub(super) fn u16(&mut self) -> Result<u16, String> {
+            Ok(u16::from_le_bytes(self.array()?))
         }
         pub(super) fn u32(&mut self) -> Result<u32, String> {
             Ok(u32::from_le_bytes(self.array()?))
@@ -346,9 +376,9 @@ impl Batch {
     pub fn delete_file(&mut self, path: &[u8]) {
         self.inner.delete(key(FILE, path));
     }
-    /// Records what a member holds.
-    pub fn put_member(&mut self, id: &MemberId, rec: &MemberRecord) {
-        self.inner.put(key(MEMBER, id.as_bytes()), rec.encode());
+    /// Records what file `slot` of a member is.
+    pub fn put_member(&mut self, id: &MemberId, slot: u16, rec: &MemberRecord) {
+        self.inner.put(member_key(id, slot), rec.encode());
     }
     /// Records a segment.
     pub fn put_segment(&mut self, id: &SegmentId, rec: &SegmentRecord) {
@@ -525,9 +555,9 @@ impl Index {
         it.status().map_err(|e| self.err(e))
     }
 
-    /// A member's record.
-    pub fn member(&self, id: &MemberId) -> Result<Option<MemberRecord>> {
-        self.get(key(MEMBER, id.as_bytes()))
+    /// What file `slot` of a member is.
+    pub fn member(&self, id: &MemberId, slot: u16) -> Result<Option<MemberRecord>> {
+        self.get(member_key(id, slot))
     }
 
     /// A segment's record.
@@ -619,15 +649,27 @@ mod tests {
             sha256: [7; 32],
             stored: 4096,
             hardlink_to,
+            slot: 0,
         }
     }
 
     #[test]
     fn file_and_member_records_round_trip_in_binary() {
-        for rec in [file(None), file(Some(b"a/\xffb".to_vec()))] {
+        let packed = FileRecord {
+            slot: 255,
+            ..file(None)
+        };
+        for rec in [file(None), file(Some(b"a/\xffb".to_vec())), packed] {
             let bytes = rec.encode();
-            assert_eq!(bytes[0], 1, "binary, version 1");
+            assert_eq!(bytes[0], 2, "binary, version 2");
             assert_eq!(FileRecord::decode(&bytes).unwrap(), rec);
+            // Version 1, written before packs: the same without the slot.
+            let mut v1 = bytes[..bytes.len() - 2].to_vec();
+            v1[0] = 1;
+            assert_eq!(
+                FileRecord::decode(&v1).unwrap(),
+                FileRecord { slot: 0, ..rec }
+            );
         }
         let m = MemberRecord {
             path: b"dir/\x00odd name".to_vec(),
@@ -677,7 +719,8 @@ mod tests {
                 .contains("version 9")
         );
         let mut flag = bytes;
-        *flag.last_mut().unwrap() = 2;
+        let at = flag.len() - 3; // the hard link flag, before the slot
+        flag[at] = 2;
         assert!(
             FileRecord::decode(&flag)
                 .unwrap_err()

@@ -168,25 +168,28 @@ pub fn list_entries(
     let mut out = Vec::new();
     let mut unknown = 0;
     for entry in manifest.entries() {
-        let Some(rec) = agent.index.member(&entry.member)? else {
-            unknown += 1;
-            continue;
-        };
-        let path = String::from_utf8_lossy(&rec.path).into_owned();
-        if let Some(p) = prefix
-            && !(path == p || path.starts_with(&format!("{p}/")))
-        {
-            continue;
+        for slot in entry.slots.iter() {
+            let slot = u16::try_from(slot).expect("slots are below 256");
+            let Some(rec) = agent.index.member(&entry.member, slot)? else {
+                unknown += 1;
+                continue;
+            };
+            let path = String::from_utf8_lossy(&rec.path).into_owned();
+            if let Some(p) = prefix
+                && !(path == p || path.starts_with(&format!("{p}/")))
+            {
+                continue;
+            }
+            out.push(ListedEntry {
+                path,
+                kind: kind_of(&rec.stat),
+                mode: rec.stat.mode & 0o7777,
+                size: if rec.stat.is_file() { rec.stat.size } else { 0 },
+                mtime: rec.stat.mtime,
+                scope: rec.scope,
+                member: entry.member.to_string(),
+            });
         }
-        out.push(ListedEntry {
-            path,
-            kind: kind_of(&rec.stat),
-            mode: rec.stat.mode & 0o7777,
-            size: if rec.stat.is_file() { rec.stat.size } else { 0 },
-            mtime: rec.stat.mtime,
-            scope: rec.scope,
-            member: entry.member.to_string(),
-        });
     }
     if unknown > 0 {
         tracing::warn!(

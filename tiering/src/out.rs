@@ -137,6 +137,34 @@ struct Stored {
     scope: ScopeLabel,
     summary: SummaryEntry,
     hardlink_to: Option<Vec<u8>>,
+    /// Which file of its member it is (0 unless the member is a pack).
+    slot: u16,
+    /// Its share of the member's bytes.
+    share: u64,
+}
+
+/// Regular files up to this size go into packs: one member (one tar
+/// entry, one age header, one zstd frame) for many small files, which
+/// would otherwise cost about a kilobyte of framing each. So do entries
+/// without content (folders, links, devices).
+const PACK_FILE_MAX: u64 = 128 << 10;
+/// A pack is closed once its files' content reaches this.
+const PACK_BYTES: u64 = 1 << 20;
+
+/// A file read whole, waiting in a pack.
+struct PackFile {
+    meta: cbfs_format::Metadata,
+    content: Vec<u8>,
+    rel: Vec<u8>,
+    stat: Stat,
+    hardlink_to: Option<Vec<u8>>,
+}
+
+/// The small files of one scope waiting to be written as one member.
+#[derive(Default)]
+struct Pack {
+    files: Vec<PackFile>,
+    bytes: u64,
 }
 
 struct Shared<'a> {
@@ -466,6 +494,8 @@ struct OpenSegment {
     groups: HashMap<ScopeLabel, GroupKey>,
     lockboxes: Vec<Lockbox>,
     stored: Vec<Stored>,
+    /// Per scope, the pack being filled.
+    packs: HashMap<ScopeLabel, Pack>,
 }
 
 fn worker(shared: &Shared<'_>, queue: &WorkQueue) -> Result<()> {
@@ -481,7 +511,8 @@ fn worker(shared: &Shared<'_>, queue: &WorkQueue) -> Result<()> {
         }
         let open = seg.as_mut().expect("just opened");
         store_one(shared, open, &mut names, work)?;
-        if open.writer.len() >= shared.opts.segment_size {
+        let packed: u64 = open.packs.values().map(|p| p.bytes).sum();
+        if open.writer.len() + packed >= shared.opts.segment_size {
             close_segment(shared, seg.take().expect("open"))?;
         }
     }
@@ -513,6 +544,7 @@ fn open_segment(shared: &Shared<'_>) -> Result<OpenSegment> {
         groups: HashMap::new(),
         lockboxes: Vec::new(),
         stored: Vec::new(),
+        packs: HashMap::new(),
     })
 }
 
@@ -573,6 +605,9 @@ fn store_one(
             return Ok(());
         }
     };
+    if !shared.opts.plain && (!regular || stat.size <= PACK_FILE_MAX) {
+        return add_to_pack(shared, seg, file.as_ref(), entry, meta, scope, hardlink_to);
+    }
     // From the thread's CSPRNG (seeded from the OS): ids are public.
     let member = MemberId::random_with_rng(&mut rand::thread_rng());
     let counted = CountingReader {
@@ -614,9 +649,94 @@ fn store_one(
         rel: entry.rel,
         stat,
         scope,
+        share: summary.data_len,
         summary,
         hardlink_to,
+        slot: 0,
     });
+    Ok(())
+}
+
+/// Reads a small file (or takes an entry without content) into its
+/// scope's pack; writes the pack out once it is full.
+fn add_to_pack(
+    shared: &Shared<'_>,
+    seg: &mut OpenSegment,
+    file: Option<&File>,
+    entry: Entry,
+    meta: cbfs_format::Metadata,
+    scope: ScopeLabel,
+    hardlink_to: Option<Vec<u8>>,
+) -> Result<()> {
+    let stat = entry.stat;
+    let mut content = Vec::new();
+    if let Some(mut f) = file {
+        content.reserve_exact(meta.size as usize + 1);
+        let read = std::io::Read::read_to_end(
+            &mut std::io::Read::take(&mut f, meta.size + 1),
+            &mut content,
+        );
+        if let Err(e) = read {
+            skip(shared, &entry, format!("cannot read: {e}"));
+            return Ok(());
+        }
+        shared
+            .bytes_read
+            .fetch_add(content.len() as u64, Ordering::Relaxed);
+        shared.progress.bytes(content.len() as u64);
+        let after = f.metadata().map(|m| Stat::from_metadata(&m));
+        if content.len() as u64 != meta.size || after.map(|a| a != stat).unwrap_or(true) {
+            skip(shared, &entry, "changed while being read".into());
+            return Ok(());
+        }
+    }
+    shared.files.fetch_add(1, Ordering::Relaxed);
+    shared.progress.file_done();
+    let pack = seg.packs.entry(scope.clone()).or_default();
+    pack.bytes += meta.size;
+    pack.files.push(PackFile {
+        meta,
+        content,
+        rel: entry.rel,
+        stat,
+        hardlink_to,
+    });
+    if pack.files.len() >= cbfs_format::MAX_PACK_FILES || pack.bytes >= PACK_BYTES {
+        write_pack(shared, seg, &scope)?;
+    }
+    Ok(())
+}
+
+/// Writes the pack of `scope` into the segment as one member.
+fn write_pack(shared: &Shared<'_>, seg: &mut OpenSegment, scope: &ScopeLabel) -> Result<()> {
+    let Some(pack) = seg.packs.remove(scope) else {
+        return Ok(());
+    };
+    if pack.files.is_empty() {
+        return Ok(());
+    }
+    let member = MemberId::random_with_rng(&mut rand::thread_rng());
+    let key = group_key(shared, &mut seg.groups, &mut seg.lockboxes, seg.id, scope)?;
+    let files: Vec<(&cbfs_format::Metadata, &[u8])> = pack
+        .files
+        .iter()
+        .map(|f| (&f.meta, f.content.as_slice()))
+        .collect();
+    let summary = seg.writer.append_pack(member, key, &files)?;
+    let n = pack.files.len() as u64;
+    let len = summary.data_len;
+    for (i, f) in pack.files.into_iter().enumerate() {
+        let i = i as u64;
+        seg.stored.push(Stored {
+            rel: f.rel,
+            stat: f.stat,
+            scope: scope.clone(),
+            summary: summary.clone(),
+            hardlink_to: f.hardlink_to,
+            slot: i as u16,
+            share: len * (i + 1) / n - len * i / n,
+        });
+    }
     Ok(())
 }
 
@@ -661,7 +781,12 @@ impl std::io::Read for CountingReader<'_, '_> {
     }
 }
 
-fn close_segment(shared: &Shared<'_>, seg: OpenSegment) -> Result<()> {
+fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result<()> {
+    let mut scopes: Vec<ScopeLabel> = seg.packs.keys().cloned().collect();
+    scopes.sort();
+    for scope in scopes {
+        write_pack(shared, &mut seg, &scope)?;
+    }
     let OpenSegment {
         id,
         path,
@@ -723,18 +848,20 @@ fn close_segment(shared: &Shared<'_>, seg: OpenSegment) -> Result<()> {
                 segment: id,
                 member: s.summary.member,
                 sha256: s.summary.sha256,
-                stored: s.summary.data_len,
+                stored: s.share,
                 hardlink_to: s.hardlink_to.clone(),
+                slot: s.slot,
             };
-            live_bytes += s.summary.data_len;
+            live_bytes += s.share;
             batch.put_file(&s.rel, &rec);
             batch.put_member(
                 &s.summary.member,
+                s.slot,
                 &MemberRecord {
                     path: s.rel.clone(),
                     stat: s.stat,
                     scope: s.scope.to_string(),
-                    stored: s.summary.data_len,
+                    stored: s.share,
                 },
             );
         }
@@ -767,15 +894,20 @@ fn close_segment(shared: &Shared<'_>, seg: OpenSegment) -> Result<()> {
 
 fn write_manifest(agent: &Agent, opts: &OutOptions, shared: &Shared<'_>) -> Result<SnapshotRecord> {
     let mut state = agent.index.state()?;
-    let mut entries = Vec::new();
+    // One entry per member, with the slots of its files still in the tree.
+    let mut members: HashMap<(SegmentId, MemberId), ManifestEntry> = HashMap::new();
     agent.index.for_each_file(|_, rec| {
-        entries.push(ManifestEntry {
-            segment: rec.segment,
-            member: rec.member,
-            sha256: rec.sha256,
-        });
+        members
+            .entry((rec.segment, rec.member))
+            .or_insert(ManifestEntry {
+                slots: cbfs_format::Slots::empty(),
+                ..ManifestEntry::single(rec.segment, rec.member, rec.sha256)
+            })
+            .slots
+            .insert(usize::from(rec.slot));
         Ok(())
     })?;
+    let mut entries: Vec<ManifestEntry> = members.into_values().collect();
     entries.sort();
     let mut sequence = state
         .last_snapshot
@@ -835,7 +967,7 @@ fn write_manifest(agent: &Agent, opts: &OutOptions, shared: &Shared<'_>) -> Resu
         manifest_key: key,
         manifest_hash: manifest.hash(),
         created,
-        entries: entries.len() as u64,
+        entries: entries.iter().map(|e| e.slots.len() as u64).sum(),
     };
     state.dirty = false;
     state.last_snapshot = Some(rec.clone());

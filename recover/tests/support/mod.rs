@@ -202,11 +202,7 @@ impl<'k> StoreWriter<'k> {
             };
             self.live.insert(
                 item.meta.path.clone(),
-                ManifestEntry {
-                    segment: id,
-                    member,
-                    sha256: entry.sha256,
-                },
+                ManifestEntry::single(id, member, entry.sha256),
             );
             members.push((item.meta.path.clone(), member));
         }
