@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::Instant;
 
@@ -130,6 +130,17 @@ struct Work {
     hardlink_to: Option<Vec<u8>>,
 }
 
+impl Work {
+    /// The content bytes it will read.
+    fn content_len(&self) -> u64 {
+        if self.entry.stat.is_file() && self.hardlink_to.is_none() {
+            self.entry.stat.size
+        } else {
+            0
+        }
+    }
+}
+
 /// One entry stored in a segment, waiting for the segment's commit.
 struct Stored {
     rel: Vec<u8>,
@@ -213,10 +224,35 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
         )));
     }
 
-    // Scan, and decide what changed.
-    let mut report = OutReport::default();
     let recovering = agent.index.state()?.dirty;
-    let mut work = Vec::new();
+    let spool_dir = agent_spool_dir(agent)?;
+    let shared = Shared {
+        agent,
+        opts,
+        commit_lock: Mutex::new(0),
+        segments_done: Mutex::new(0),
+        stop: AtomicBool::new(false),
+        bytes_read: AtomicU64::new(0),
+        bytes_stored: AtomicU64::new(0),
+        new_segments: AtomicU64::new(0),
+        files: AtomicU64::new(0),
+        problems: Mutex::new(Vec::new()),
+        progress: Progress::new(opts.progress),
+        spool_dir,
+    };
+    if recovering {
+        // A run died after committing segments and before its manifest:
+        // finish its snapshot first (adopting its manifest if it got out).
+        let rec = write_manifest(agent, opts, &shared)?;
+        tracing::info!(
+            sequence = rec.sequence,
+            "finished the snapshot of an interrupted run"
+        );
+    }
+
+    // Scan, decide what changed, and store it: the changed entries go to
+    // the workers as the walk finds them.
+    let mut report = OutReport::default();
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut first_link: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut walk_error = None;
@@ -225,7 +261,8 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
     // while this one looks each batch up in the index.
     let (batches, received) = mpsc::sync_channel::<Vec<scan::Entry>>(16);
     let source = &opts.source;
-    let problems = std::thread::scope(|s| {
+    let queue = WorkQueue::default();
+    let (problems, stored) = std::thread::scope(|s| {
         let walkers = opts.workers.clamp(1, 4);
         let walker = s.spawn(move || {
             let mut problems = Vec::new();
@@ -243,8 +280,10 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
             });
             problems
         });
+        let mut workers = Vec::new();
+        let mut queued_bytes = 0u64;
         for batch in received {
-            if walk_error.is_some() {
+            if walk_error.is_some() || shared.stop.load(Ordering::SeqCst) {
                 continue;
             }
             let paths: Vec<&[u8]> = batch.iter().map(|e| e.rel.as_slice()).collect();
@@ -252,9 +291,11 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
                 Ok(r) => r,
                 Err(e) => {
                     walk_error = Some(e);
+                    shared.stop.store(true, Ordering::SeqCst);
                     continue;
                 }
             };
+            let mut changed = Vec::new();
             for (entry, stored) in batch.into_iter().zip(records) {
                 report.scanned += 1;
                 let st = entry.stat;
@@ -283,51 +324,59 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
                     {
                         report.unchanged += 1;
                     }
-                    _ => work.push(Work {
+                    _ => changed.push(Work {
                         entry,
                         scope,
                         hardlink_to,
                     }),
                 }
             }
+            if changed.is_empty() {
+                continue;
+            }
+            let bytes: u64 = changed.iter().map(Work::content_len).sum();
+            queued_bytes += bytes;
+            shared.progress.add_work(changed.len() as u64, bytes);
+            // A worker per 8 MiB of changed content at most: each fills a
+            // segment of its own, and a small incremental run is better
+            // off with one segment (one summary, one lockbox per scope)
+            // than with a few almost empty ones.
+            let wanted = usize::try_from(queued_bytes.div_ceil(8 << 20))
+                .unwrap_or(usize::MAX)
+                .clamp(1, opts.workers.clamp(1, 16));
+            while workers.len() < wanted {
+                let (shared, queue) = (&shared, &queue);
+                workers.push(s.spawn(move || {
+                    let result = worker(shared, queue);
+                    if result.is_err() {
+                        shared.stop.store(true, Ordering::SeqCst);
+                        queue.close();
+                    }
+                    result
+                }));
+            }
+            queue.push(changed);
         }
-        walker.join().expect("the walk panicked")
+        queue.close();
+        let problems = walker.join().expect("the walk panicked");
+        let mut stored = Ok(());
+        for w in workers {
+            let r = w.join().expect("worker thread panicked");
+            if stored.is_ok() {
+                stored = r;
+            }
+        }
+        (problems, stored)
     });
     if let Some(e) = walk_error {
         return Err(e);
     }
-
-    // Store what changed.
-    let total_bytes: u64 = work
-        .iter()
-        .filter(|w| w.entry.stat.is_file() && w.hardlink_to.is_none())
-        .map(|w| w.entry.stat.size)
-        .sum();
-    let spool_dir = agent_spool_dir(agent)?;
-    let shared = Shared {
-        agent,
-        opts,
-        commit_lock: Mutex::new(0),
-        segments_done: Mutex::new(0),
-        stop: AtomicBool::new(false),
-        bytes_read: AtomicU64::new(0),
-        bytes_stored: AtomicU64::new(0),
-        new_segments: AtomicU64::new(0),
-        files: AtomicU64::new(0),
-        problems: Mutex::new(problems),
-        progress: Progress::new(opts.progress, work.len() as u64, total_bytes),
-        spool_dir,
-    };
-    if recovering {
-        // A run died after committing segments and before its manifest:
-        // finish its snapshot first (adopting its manifest if it got out).
-        let rec = write_manifest(agent, opts, &shared)?;
-        tracing::info!(
-            sequence = rec.sequence,
-            "finished the snapshot of an interrupted run"
-        );
-    }
-    store_all(&shared, work)?;
+    stored?;
+    shared
+        .problems
+        .lock()
+        .expect("problems lock")
+        .extend(problems);
     shared.progress.finish();
 
     // Forget what is gone from the tree.
@@ -428,61 +477,58 @@ fn release(
     Ok(())
 }
 
-fn store_all(shared: &Shared<'_>, work: Vec<Work>) -> Result<()> {
-    if work.is_empty() {
-        return Ok(());
-    }
-    // A worker per 8 MiB of content at most: each fills a segment of its
-    // own, and a small incremental run is better off with one segment (one
-    // summary, one lockbox per scope) than with a few almost empty ones.
-    let bytes: u64 = work.iter().map(|w| w.entry.stat.size).sum();
-    let by_size = usize::try_from(bytes.div_ceil(8 << 20)).unwrap_or(usize::MAX);
-    let workers = shared
-        .opts
-        .workers
-        .clamp(1, 16)
-        .min(work.len())
-        .min(by_size.max(1));
-    // All the work is known: the workers take it in order through one
-    // atomic counter (a locked channel cost five futex calls per file).
-    let queue = WorkQueue {
-        items: work.into_iter().map(|w| Mutex::new(Some(w))).collect(),
-        next: AtomicUsize::new(0),
-    };
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                let queue = &queue;
-                s.spawn(move || {
-                    let result = worker(shared, queue);
-                    if result.is_err() {
-                        shared.stop.store(true, Ordering::SeqCst);
-                    }
-                    result
-                })
-            })
-            .collect();
-        let mut first = Ok(());
-        for h in handles {
-            let r = h.join().expect("worker thread panicked");
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
-    })
+/// Batches of entries to store, between the scan and the workers. The
+/// scan waits while it is full; a worker takes a whole batch at a time
+/// (one wake-up per batch, not per file).
+#[derive(Default)]
+struct WorkQueue {
+    state: Mutex<QueueState>,
+    changed: std::sync::Condvar,
 }
 
-/// The files to store, taken by the workers in order.
-struct WorkQueue {
-    items: Vec<Mutex<Option<Work>>>,
-    next: AtomicUsize,
+#[derive(Default)]
+struct QueueState {
+    batches: std::collections::VecDeque<Vec<Work>>,
+    closed: bool,
 }
+
+/// Batches waiting for the workers, at most.
+const QUEUED_BATCHES: usize = 32;
 
 impl WorkQueue {
-    fn take(&self) -> Option<Work> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.items.get(i)?.lock().expect("work slot").take()
+    /// Adds a batch; waits while the queue is full (unless it was closed).
+    fn push(&self, batch: Vec<Work>) {
+        let mut st = self.state.lock().expect("work queue");
+        while st.batches.len() >= QUEUED_BATCHES && !st.closed {
+            st = self.changed.wait(st).expect("work queue");
+        }
+        if !st.closed {
+            st.batches.push_back(batch);
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// No more batches: the workers finish what is queued and stop.
+    fn close(&self) {
+        self.state.lock().expect("work queue").closed = true;
+        self.changed.notify_all();
+    }
+
+    /// The next batch, waiting for one; `None` once closed and empty.
+    fn take(&self) -> Option<Vec<Work>> {
+        let mut st = self.state.lock().expect("work queue");
+        loop {
+            if let Some(batch) = st.batches.pop_front() {
+                drop(st);
+                self.changed.notify_all();
+                return Some(batch);
+            }
+            if st.closed {
+                return None;
+            }
+            st = self.changed.wait(st).expect("work queue");
+        }
     }
 }
 
@@ -501,19 +547,22 @@ struct OpenSegment {
 fn worker(shared: &Shared<'_>, queue: &WorkQueue) -> Result<()> {
     let mut names = Names::default();
     let mut seg: Option<OpenSegment> = None;
-    loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let Some(work) = queue.take() else { break };
-        if seg.is_none() {
-            seg = Some(open_segment(shared)?);
-        }
-        let open = seg.as_mut().expect("just opened");
-        store_one(shared, open, &mut names, work)?;
-        let packed: u64 = open.packs.values().map(|p| p.bytes).sum();
-        if open.writer.len() + packed >= shared.opts.segment_size {
-            close_segment(shared, seg.take().expect("open"))?;
+    while let Some(batch) = queue.take() {
+        for work in batch {
+            if shared.stop.load(Ordering::SeqCst) {
+                // Another worker failed: the run ends; this spool is
+                // garbage the next run clears.
+                return Ok(());
+            }
+            if seg.is_none() {
+                seg = Some(open_segment(shared)?);
+            }
+            let open = seg.as_mut().expect("just opened");
+            store_one(shared, open, &mut names, work)?;
+            let packed: u64 = open.packs.values().map(|p| p.bytes).sum();
+            if open.writer.len() + packed >= shared.opts.segment_size {
+                close_segment(shared, seg.take().expect("open"))?;
+            }
         }
     }
     if let Some(open) = seg {

@@ -1,30 +1,45 @@
 //! Progress bars on stderr, only when it is a terminal.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A byte-and-file progress bar, or nothing.
+/// A byte-and-file progress bar, or nothing. Its totals grow as the scan
+/// finds work: storing starts before the scan ends.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    files_done: AtomicU64,
+    files_total: AtomicU64,
 }
 
 impl Progress {
-    /// A bar over `bytes` bytes in `files` entries, if `enabled` and stderr
-    /// is a terminal.
-    pub fn new(enabled: bool, files: u64, bytes: u64) -> Self {
+    /// A bar, if `enabled` and stderr is a terminal.
+    pub fn new(enabled: bool) -> Self {
         use std::io::IsTerminal;
-        if !enabled || !std::io::stderr().is_terminal() || files == 0 {
-            return Progress { bar: None };
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            files_done: AtomicU64::new(0),
+            files_total: AtomicU64::new(0),
         }
-        let bar = ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
-            )
-            .expect("valid template"),
-        );
-        bar.set_message(format!("0/{files} files"));
-        bar.set_length(bytes);
-        Progress { bar: Some(bar) }
+    }
+
+    /// The scan found `files` more entries to store, with `bytes` of content.
+    pub fn add_work(&self, files: u64, bytes: u64) {
+        self.files_total.fetch_add(files, Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.inc_length(bytes);
+            self.show_files(b);
+        }
     }
 
     /// Bytes read.
@@ -36,14 +51,18 @@ impl Progress {
 
     /// One more entry done.
     pub fn file_done(&self) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
         if let Some(b) = &self.bar {
-            let msg = b.message();
-            let (done, total) = msg
-                .split_once('/')
-                .map(|(d, t)| (d.parse::<u64>().unwrap_or(0), t.to_owned()))
-                .unwrap_or((0, String::new()));
-            b.set_message(format!("{}/{total}", done + 1));
+            self.show_files(b);
         }
+    }
+
+    fn show_files(&self, bar: &ProgressBar) {
+        bar.set_message(format!(
+            "{}/{} files",
+            self.files_done.load(Ordering::Relaxed),
+            self.files_total.load(Ordering::Relaxed)
+        ));
     }
 
     /// Clears the bar.
