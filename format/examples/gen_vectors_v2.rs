@@ -1,6 +1,8 @@
 //! Adds the vectors of the version 2 layouts (a pack member: plaintext
 //! version 2; a manifest whose entries carry slot bitmaps: manifest version
-//! 2) to `format/vectors/`, leaving every existing vector as it is.
+//! 2; a summary whose segment digest replaces each member's data by its
+//! SHA-256: summary version 2) to `format/vectors/`, leaving every existing
+//! vector as it is.
 //!
 //! ```sh
 //! cargo run -p cbfs-format --example gen_vectors_v2 [-- format/vectors]
@@ -13,9 +15,11 @@
 use std::fs;
 use std::path::PathBuf;
 
+use std::io::Cursor;
+
 use cbfs_format::{
     EntryKind, GroupId, GroupKey, ManifestBuilder, ManifestEntry, MemberId, Metadata, SegmentId,
-    SnapshotId, Timestamp, write_pack,
+    SegmentMode, SegmentWriter, SnapshotId, Timestamp, write_pack,
 };
 use secrecy::SecretBox;
 use serde_json::{Value, json};
@@ -134,6 +138,41 @@ fn main() {
     new.push(json!({"name": "manifest-v2-slot-added", "kind": "manifest",
         "file": "manifest-v2-slot-added.manifest", "trusted": "writer", "expect": "merkle_mismatch",
         "note": "slot 1 added to the first entry's bitmap"}));
+
+    // A segment with a version 2 summary: a small member and one streamed
+    // (over 1 MiB, its header written after its data).
+    let mut w = SegmentWriter::new(
+        Cursor::new(Vec::new()),
+        SegmentId::from_bytes([0x61; 16]),
+        SegmentMode::Encrypted,
+    )
+    .unwrap();
+    let mut members = Vec::new();
+    for (i, len) in [(0u8, 3000usize), (1, (1 << 20) + 5000)] {
+        let content: Vec<u8> = (0..len).map(|j| (j % 251) as u8 ^ i).collect();
+        let mut m = Metadata::new(format!("seg/file-{i}"), EntryKind::File);
+        m.size = len as u64;
+        m.mtime = Timestamp::new(1_700_000_000, 0);
+        w.append_encrypted(MemberId::from_bytes([0x40 + i; 16]), &g1, &m, &content[..])
+            .unwrap();
+        members.push(json!({"path_hex": hex::encode(&m.path), "content_sha256": sha(&content)}));
+    }
+    let (spool, summary) = w.finish().unwrap();
+    let seg = spool.into_inner();
+    fs::write(dir.join("segment-v2-ok.tar"), &seg).unwrap();
+    fs::write(dir.join("segment-v2-ok.summary"), summary.to_bytes()).unwrap();
+    new.push(json!({"name": "segment-v2-ok", "kind": "segment", "file": "segment-v2-ok.tar",
+        "summary": "segment-v2-ok.summary", "keys": ["g1"], "expect": "ok", "members": members,
+        "note": "summary version 2: the digest of the segment with each member's data replaced by its SHA-256"}));
+    // Brand 8, version 2, segment id 16, mode 1, length 8: the digest.
+    let mut bad = summary.to_bytes();
+    bad[35] ^= 0x01;
+    fs::write(dir.join("segment-v2-digest-flipped.summary"), &bad).unwrap();
+    new.push(
+        json!({"name": "segment-v2-digest-flipped", "kind": "segment",
+        "file": "segment-v2-ok.tar", "summary": "segment-v2-digest-flipped.summary", "keys": ["g1"],
+        "expect": "summary_mismatch", "note": "one bit flipped in the summary's segment digest"}),
+    );
 
     let vectors = index["vectors"].as_array_mut().unwrap();
     let names: Vec<String> = new

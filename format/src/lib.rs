@@ -8,6 +8,7 @@
 //! | object | type | in the store |
 //! |---|---|---|
 //! | member payload | [`write_member`] / [`open_member`] | inside a segment |
+//! | pack (small files in one member) | [`write_pack`] / [`open_member_files`] | inside a segment |
 //! | segment (a tar file) | [`SegmentWriter`] / [`SegmentReader`] | object of its own |
 //! | summary | [`Summary`] | object of its own, plaintext, keyless |
 //! | lockbox | [`Lockbox`] | object of its own |

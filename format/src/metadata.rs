@@ -178,6 +178,12 @@ impl Metadata {
     }
 
     /// The canonical encoding (see `docs/FORMAT.md`, "Metadata record").
+    /// The length of its encoded record (what it costs in a pack's table),
+    /// or why it cannot be encoded.
+    pub fn record_len(&self) -> Result<usize, Error> {
+        self.encode().map(|r| r.len())
+    }
+
     pub(crate) fn encode(&self) -> Result<Vec<u8>, Error> {
         self.validate()?;
         let mut e = Enc::default();

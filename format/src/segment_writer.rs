@@ -74,10 +74,10 @@ pub struct SegmentWriter<W> {
     /// One zstd context for every member: allocating and clearing its
     /// tables for each small file costs more than compressing it.
     cctx: Option<zstd::zstd_safe::CCtx<'static>>,
-    /// The segment's SHA-256 so far, while every byte was written once and
-    /// in order (only members built in memory): [`finish`](Self::finish)
-    /// then need not read the spool back. `None` after any other append.
-    running: Option<Sha256>,
+    /// The segment digest so far (see [`crate::summary`]): the bytes
+    /// before each member's data, its data's SHA-256, its padding. Updated
+    /// once a member is written whole, so that nothing is read back.
+    digest: Sha256,
 }
 
 /// The summary entry of an encrypted member: one header block, then data.
@@ -119,7 +119,7 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             broken: false,
             scratch: Vec::new(),
             cctx: None,
-            running: Some(Sha256::new_with_prefix(&header)),
+            digest: Sha256::new_with_prefix(&header),
         })
     }
 
@@ -179,21 +179,26 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         Ok(())
     }
 
-    /// Runs one append; on failure, rewinds to where the member began.
+    /// Runs one append, which gives the member's summary entry and the
+    /// bytes before its data (its headers); on failure, rewinds to where
+    /// the member began.
     fn guarded(
         &mut self,
-        f: impl FnOnce(&mut Self) -> Result<SummaryEntry, Error>,
+        f: impl FnOnce(&mut Self) -> Result<(SummaryEntry, Vec<u8>), Error>,
     ) -> Result<SummaryEntry, Error> {
         let start = self.pos;
         match f(self) {
-            Ok(entry) => {
+            Ok((entry, headers)) => {
+                self.digest.update(&headers);
+                self.digest.update(entry.sha256);
+                let pad = padded(entry.data_len) - entry.data_len;
+                self.digest.update(&[0u8; BLOCK][..pad as usize]);
                 self.pos = entry.data_offset + padded(entry.data_len);
                 self.ids.insert(entry.member);
                 self.entries.push(entry.clone());
                 Ok(entry)
             }
             Err(e) => {
-                self.running = None;
                 if self.out.seek(SeekFrom::Start(self.base + start)).is_err() {
                     self.broken = true;
                 }
@@ -224,8 +229,6 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         if meta.size <= IN_MEMORY_MEMBER {
             return self.guarded(|w| w.append_in_memory(member, key, meta, content));
         }
-        // Its header is written after its payload: the hash needs a re-read.
-        self.running = None;
         self.guarded(|w| {
             let header_offset = w.pos;
             w.out.write_all(&[0u8; BLOCK]).map_err(Error::io(WRITING))?;
@@ -248,13 +251,8 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             w.out
                 .seek(SeekFrom::Start(end))
                 .map_err(Error::io(WRITING))?;
-            Ok(encrypted_entry(
-                member,
-                key,
-                header_offset,
-                data_len,
-                sha256,
-            ))
+            let entry = encrypted_entry(member, key, header_offset, data_len, sha256);
+            Ok((entry, member_header(&member, data_len).to_vec()))
         })
     }
 
@@ -283,7 +281,7 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         key: &GroupKey,
         meta: &Metadata,
         content: impl Read,
-    ) -> Result<SummaryEntry, Error> {
+    ) -> Result<(SummaryEntry, Vec<u8>), Error> {
         self.append_built(member, key, |buf, cctx, level| {
             write_member_with(buf, cctx, member, key, meta, content, level).map(|_| ())
         })
@@ -296,7 +294,7 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         member: MemberId,
         key: &GroupKey,
         build: impl FnOnce(&mut Vec<u8>, &mut zstd::zstd_safe::CCtx<'static>, i32) -> Result<(), Error>,
-    ) -> Result<SummaryEntry, Error> {
+    ) -> Result<(SummaryEntry, Vec<u8>), Error> {
         let header_offset = self.pos;
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
@@ -312,16 +310,8 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             buf[..BLOCK].copy_from_slice(&member_header(&member, data_len));
             buf.resize(BLOCK + padded(data_len) as usize, 0);
             self.out.write_all(&buf).map_err(Error::io(WRITING))?;
-            if let Some(h) = &mut self.running {
-                h.update(&buf);
-            }
-            Ok(encrypted_entry(
-                member,
-                key,
-                header_offset,
-                data_len,
-                sha256,
-            ))
+            let entry = encrypted_entry(member, key, header_offset, data_len, sha256);
+            Ok((entry, buf[..BLOCK].to_vec()))
         });
         // Keep the buffer for the next member, unless a rare large one grew it.
         if buf.capacity() <= 2 * IN_MEMORY_MEMBER as usize {
@@ -339,8 +329,6 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
     ) -> Result<SummaryEntry, Error> {
         self.check(SegmentMode::Plain, &member)?;
         let headers = plain_headers(meta)?;
-        // Streamed: the hash needs a re-read at the end.
-        self.running = None;
         self.guarded(|w| {
             let header_offset = w.pos;
             w.out.write_all(&headers).map_err(Error::io(WRITING))?;
@@ -352,14 +340,15 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             copy_exact(content, &mut hw, meta)?;
             let (sha256, data_len) = (hw.hasher.finalize().into(), hw.count);
             w.pad(data_len)?;
-            Ok(SummaryEntry {
+            let entry = SummaryEntry {
                 member,
                 header_offset,
                 data_offset: header_offset + headers.len() as u64,
                 data_len,
                 group: None,
                 sha256,
-            })
+            };
+            Ok((entry, headers))
         })
     }
 
@@ -399,8 +388,6 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             .read_exact(&mut header)
             .map_err(Error::io("reading the member to copy"))?;
         check_header_region(old, &entry, &header)?;
-        // Streamed: the hash needs a re-read at the end.
-        self.running = None;
         self.guarded(|w| {
             let header_offset = w.pos;
             w.out.write_all(&header).map_err(Error::io(WRITING))?;
@@ -419,11 +406,12 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
                 ));
             }
             w.pad(copied)?;
-            Ok(SummaryEntry {
+            let entry = SummaryEntry {
                 header_offset,
                 data_offset: header_offset + header_len,
                 ..entry
-            })
+            };
+            Ok((entry, header))
         })
     }
 
@@ -443,38 +431,9 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
             .map_err(Error::io(WRITING))?;
         self.out.flush().map_err(Error::io(WRITING))?;
         let len = self.pos + TRAILER;
-        if let Some(mut h) = self.running.take() {
-            h.update([0u8; TRAILER as usize]);
-            let summary = Summary::new(
-                self.segment,
-                self.mode,
-                len,
-                h.finalize().into(),
-                self.entries,
-            )?;
-            return Ok((self.out, summary));
-        }
-        self.out
-            .seek(SeekFrom::Start(self.base))
-            .map_err(Error::io(WRITING))?;
-        let mut hw = HashWriter {
-            inner: &mut io::sink(),
-            hasher: Sha256::new(),
-            count: 0,
-        };
-        io::copy(&mut (&mut self.out).take(len), &mut hw)
-            .map_err(Error::io("hashing the segment"))?;
-        if hw.count != len {
-            return Err(Error::Io {
-                context: "hashing the segment",
-                source: io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "spool is shorter than written",
-                ),
-            });
-        }
-        let sha256 = hw.hasher.finalize().into();
-        let summary = Summary::new(self.segment, self.mode, len, sha256, self.entries)?;
+        self.digest.update([0u8; TRAILER as usize]);
+        let digest = self.digest.finalize().into();
+        let summary = Summary::new(self.segment, self.mode, len, digest, self.entries)?;
         Ok((self.out, summary))
     }
 }

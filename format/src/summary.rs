@@ -1,4 +1,10 @@
 //! Segment summaries: plaintext, keyless descriptions of a segment's members.
+//!
+//! The summary's segment digest is, in version 2, the SHA-256 of the
+//! segment's bytes with each member's data replaced by that data's SHA-256
+//! (the entry's `sha256`): a writer computes it in one pass even when a
+//! member's header is written after its data. Version 1 (still read) held
+//! the SHA-256 of all the segment's bytes.
 
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -15,7 +21,8 @@ use crate::stanza::group_in_header;
 use crate::tar::{BLOCK, GLOBAL_HEADER_LEN};
 
 const BRAND: &[u8; 8] = b"CBFSSUMM";
-const VERSION: u16 = 1;
+/// The version this release writes; version 1 is still read.
+const VERSION: u16 = 2;
 const ENTRY_LEN: usize = 16 + 8 + 8 + 8 + 16 + 32;
 /// Offset of the first entry: brand, version, segment id, mode, length, hash, count.
 const ENTRIES_AT: usize = 8 + 2 + 16 + 1 + 8 + 32 + 4;
@@ -55,13 +62,27 @@ pub struct Summary {
     segment_len: u64,
     segment_sha256: [u8; 32],
     entries: Vec<SummaryEntry>,
+    /// 1: `segment_sha256` is of all the bytes; 2: the segment digest.
+    version: u16,
     /// Where each member is in `entries`: lookups stay O(1) in big segments.
     by_member: std::collections::HashMap<MemberId, usize>,
 }
 
 impl Summary {
-    /// A summary, checked for consistency (offsets contiguous, ids unique, ...).
+    /// A summary of the version this release writes, checked for
+    /// consistency (offsets contiguous, ids unique, ...).
     pub(crate) fn new(
+        segment: SegmentId,
+        mode: SegmentMode,
+        segment_len: u64,
+        segment_digest: [u8; 32],
+        entries: Vec<SummaryEntry>,
+    ) -> Result<Self, Error> {
+        Self::with_version(VERSION, segment, mode, segment_len, segment_digest, entries)
+    }
+
+    fn with_version(
+        version: u16,
         segment: SegmentId,
         mode: SegmentMode,
         segment_len: u64,
@@ -79,6 +100,7 @@ impl Summary {
             segment_len,
             segment_sha256,
             entries,
+            version,
             by_member,
         };
         s.check_layout().map_err(|(i, reason)| Error::Malformed {
@@ -161,7 +183,8 @@ impl Summary {
     pub fn segment_len(&self) -> u64 {
         self.segment_len
     }
-    /// SHA-256 of the whole segment.
+    /// The segment digest (version 2: of the segment's bytes with each
+    /// member's data replaced by its SHA-256; version 1: of all its bytes).
     pub fn segment_sha256(&self) -> &[u8; 32] {
         &self.segment_sha256
     }
@@ -181,7 +204,7 @@ impl Summary {
 
     /// The canonical bytes (see `docs/FORMAT.md`, "Summary").
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut e = Enc::with_brand(BRAND, VERSION);
+        let mut e = Enc::with_brand(BRAND, self.version);
         e.raw(self.segment.as_bytes());
         e.u8(match self.mode {
             SegmentMode::Encrypted => 1,
@@ -204,7 +227,7 @@ impl Summary {
     /// Parses strictly: brand, version, exact length, consistent layout.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         let (mut d, version) = Dec::brand(bytes, BRAND, ObjectKind::Summary)?;
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(Dec::unknown_version(ObjectKind::Summary, version));
         }
         let segment = SegmentId::from_bytes(d.array()?);
@@ -245,16 +268,30 @@ impl Summary {
             });
         }
         d.finish()?;
-        Summary::new(segment, mode, segment_len, segment_sha256, entries)
+        Summary::with_version(version, segment, mode, segment_len, segment_sha256, entries)
     }
 
     /// Checks a segment's bytes against this summary, without any key: tar structure,
     /// ids, offsets, lengths, each member's SHA-256 and the whole segment's SHA-256.
     pub fn verify_segment(&self, segment: impl Read) -> Result<(), Error> {
+        // Version 1 hashes every byte; version 2 replaces each member's
+        // data by its SHA-256 (the one in the entry: that the data hashes
+        // to it is checked member by member below).
+        let data: Vec<(u64, u64, [u8; 32])> = if self.version == 1 {
+            Vec::new()
+        } else {
+            self.entries
+                .iter()
+                .map(|e| (e.data_offset, e.data_len, e.sha256))
+                .collect()
+        };
         let mut hashing = HashReader {
             inner: segment,
             hasher: Sha256::new(),
             count: 0,
+            data: &data,
+            next: 0,
+            inserted: false,
         };
         let mismatch = |offset: u64, reason: String| Error::SummaryMismatch {
             segment: self.segment,
@@ -297,6 +334,9 @@ impl Summary {
                     inner: member.raw(),
                     hasher: Sha256::new(),
                     count: 0,
+                    data: &[],
+                    next: 0,
+                    inserted: false,
                 };
                 let mut prefix = Vec::with_capacity(HEADER_PEEK);
                 (&mut hw)
@@ -337,24 +377,80 @@ impl Summary {
                 ),
             ));
         }
+        hashing.reach(self.segment_len);
         let sha: [u8; 32] = hashing.hasher.finalize().into();
         if sha != self.segment_sha256 {
-            return Err(mismatch(0, "SHA-256 of the whole segment differs".into()));
+            return Err(mismatch(
+                0,
+                "the digest of the whole segment differs".into(),
+            ));
         }
         Ok(())
     }
 }
 
-struct HashReader<R> {
+/// Hashes what it reads: every byte, except the `data` ranges (offset,
+/// length, SHA-256), each of which is hashed as its SHA-256 instead.
+struct HashReader<'d, R> {
     inner: R,
     hasher: Sha256,
     count: u64,
+    data: &'d [(u64, u64, [u8; 32])],
+    /// The next range not yet passed.
+    next: usize,
+    /// Whether that range's SHA-256 was hashed already.
+    inserted: bool,
 }
 
-impl<R: Read> Read for HashReader<R> {
+impl<R> HashReader<'_, R> {
+    /// Hashes `bytes`, which sit at `self.count` in the stream.
+    fn hash(&mut self, mut bytes: &[u8]) {
+        let mut pos = self.count;
+        loop {
+            let Some(&(start, len, sha)) = self.data.get(self.next) else {
+                self.hasher.update(bytes);
+                return;
+            };
+            if pos < start {
+                let n = usize::try_from(start - pos)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                self.hasher.update(&bytes[..n]);
+                (bytes, pos) = (&bytes[n..], pos + n as u64);
+                if pos < start {
+                    return;
+                }
+            }
+            if !self.inserted {
+                self.hasher.update(sha);
+                self.inserted = true;
+            }
+            let end = start + len;
+            let n = usize::try_from(end - pos)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            (bytes, pos) = (&bytes[n..], pos + n as u64);
+            if pos < end {
+                return;
+            }
+            self.next += 1;
+            self.inserted = false;
+        }
+    }
+
+    /// Accounts for ranges that start at the end of what was read (empty
+    /// data right before the end).
+    fn reach(&mut self, end: u64) {
+        if self.count == end {
+            self.hash(&[]);
+        }
+    }
+}
+
+impl<R: Read> Read for HashReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        self.hash(&buf[..n]);
         self.count += n as u64;
         Ok(n)
     }

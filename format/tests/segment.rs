@@ -139,6 +139,12 @@ fn plain_segment_round_trip() {
     let (spool, summary) = w.finish().unwrap();
     let bytes = spool.into_inner();
     summary.verify_segment(&bytes[..]).unwrap();
+    // Plain members include empty ones (folders): data of length 0.
+    assert!(summary.entries().iter().any(|e| e.data_len == 0));
+    assert_eq!(
+        summary.segment_sha256(),
+        &digest_by_definition(&bytes, &summary)
+    );
     assert_eq!(Summary::from_bytes(&summary.to_bytes()).unwrap(), summary);
     assert_eq!(mode_of(&bytes), SegmentMode::Plain);
     assert_eq!(read_segment(&bytes, &Keyring::new()).unwrap(), entries);
@@ -287,10 +293,10 @@ fn summary_bit_flips_never_pass() {
             }
         }
     }
-    let mut v2 = good.clone();
-    v2[9] = 2;
+    let mut v9 = good.clone();
+    v9[9] = 9;
     assert_eq!(
-        Summary::from_bytes(&v2).unwrap_err().code(),
+        Summary::from_bytes(&v9).unwrap_err().code(),
         "unknown_version"
     );
     assert_eq!(
@@ -388,11 +394,30 @@ mod robustness {
     }
 }
 
+/// The segment digest computed from the bytes as FORMAT.md defines it:
+/// the segment with each member's data replaced by its SHA-256.
+fn digest_by_definition(bytes: &[u8], summary: &Summary) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut at = 0usize;
+    for e in summary.entries() {
+        let (start, end) = (
+            e.data_offset as usize,
+            (e.data_offset + e.data_len) as usize,
+        );
+        h.update(&bytes[at..start]);
+        h.update(Sha256::digest(&bytes[start..end]));
+        at = end;
+    }
+    h.update(&bytes[at..]);
+    h.finalize().into()
+}
+
 #[test]
 fn the_summary_hash_matches_the_bytes_with_small_and_streamed_members() {
-    // Small members are hashed as they are written; a streamed one (over
-    // 1 MiB, its header written after its payload) makes the writer read
-    // the spool back. Both ways, the summary's hash is the segment's.
+    // Small members are built in memory; a streamed one (over 1 MiB) has
+    // its header written after its payload. Either way the writer computes
+    // the segment digest as it goes, and it is the one of the definition.
     let key = GroupKey::generate();
     for with_large in [false, true] {
         let mut entries = sample_entries();
@@ -401,7 +426,22 @@ fn the_summary_hash_matches_the_bytes_with_small_and_streamed_members() {
         }
         let (bytes, summary, _) = write_encrypted(&entries, &key);
         assert_eq!(summary.segment_len(), bytes.len() as u64);
+        assert_eq!(
+            summary.segment_sha256(),
+            &digest_by_definition(&bytes, &summary)
+        );
         summary.verify_segment(&bytes[..]).unwrap();
+        // A flipped bit in a header block, in padding or in the end marker
+        // changes the digest.
+        for at in [
+            600,
+            summary.entries()[0].end_offset() as usize - 1,
+            bytes.len() - 1,
+        ] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            assert!(summary.verify_segment(&bad[..]).is_err(), "byte {at}");
+        }
         let mut flipped = bytes.clone();
         let last = flipped.len() - 2000;
         flipped[last] ^= 1;

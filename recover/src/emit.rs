@@ -198,6 +198,20 @@ impl Engine<'_> {
             },
         };
         let (began, out_meta) = (visit.began, visit.out_meta.take());
+        // The member authenticated, but without the file planned: it
+        // changed in the store since pass 1.
+        let result = match (result, &out_meta) {
+            (Ok(()), None) => Err(MemberError::member(Error::Unsupported {
+                path: String::new(),
+                reason: format!(
+                    "member {} no longer holds file {} that the first pass read: \
+                     the store changed during the restore",
+                    planned.loc.member_text().unwrap_or_default(),
+                    planned.slot
+                ),
+            })),
+            (other, _) => other,
+        };
         let outcome = match result {
             Ok(_) if defer => return Ok(out_meta),
             Ok(_) => {
@@ -290,11 +304,9 @@ impl Engine<'_> {
         let mut restored: HashMap<Vec<u8>, bool> = HashMap::new();
         for (i, p) in others.iter().enumerate() {
             ahead.fill(others);
-            if ahead.jobs.is_none() {
-                // No workers: a pack is still read once, here, for all of
-                // its files in the restore.
-                ahead.decode_here(i, others, &mut readers, keys);
-            }
+            // A file of a pack not given to a worker (no workers, or the
+            // window is full) is still read once for the pack's files.
+            ahead.decode_here(i, others, &mut readers, keys);
             let decoded = ahead.take(i, p);
             let report = &mut self.report;
             if let Some(meta) =
@@ -521,7 +533,15 @@ fn decode_job(readers: &mut Readers<'_>, keys: &Keyring, job: &Job) -> Vec<(usiz
                     None,
                     slot,
                 ),
-                (Err(e), got) => failed(e, got.map(|(m, _)| m), slot),
+                (Err(e), got) => {
+                    // A visitor's error is of the file it was visiting: the
+                    // others fail with it, as the member's failure.
+                    let mut e = e.clone();
+                    if got.is_none() {
+                        e.from_visitor = false;
+                    }
+                    failed(&e, got.map(|(m, _)| m), slot)
+                }
             };
             (i, decoded)
         })
@@ -579,14 +599,23 @@ impl Ahead {
         }
     }
 
-    /// The job for file `i`'s member: all its files in the restore, if
-    /// they may be decoded ahead (and none was given out yet).
-    fn job_of(&self, i: usize, planned: &[Planned]) -> Option<(Job, u64)> {
-        let files = &self.members[self.member_of[i]];
-        if files
-            .iter()
-            .any(|&j| self.given[j] || !ahead_eligible(&planned[j]))
-        {
+    /// The job for file `i`'s member: its files in the restore not given
+    /// out yet (only `i` itself with `alone`), if they may be decoded
+    /// ahead.
+    fn job_of(&self, i: usize, planned: &[Planned], alone: bool) -> Option<(Job, u64)> {
+        if self.given[i] {
+            return None;
+        }
+        let files: Vec<usize> = if alone {
+            vec![i]
+        } else {
+            self.members[self.member_of[i]]
+                .iter()
+                .copied()
+                .filter(|&j| !self.given[j])
+                .collect()
+        };
+        if files.iter().any(|&j| !ahead_eligible(&planned[j])) {
             return None;
         }
         let bytes: u64 = files.iter().map(|&j| planned[j].size).sum();
@@ -609,8 +638,9 @@ impl Ahead {
         self.in_flight_bytes += bytes;
     }
 
-    /// Without workers: decodes file `i`'s member here if it is a pack
-    /// (so that it is read once for all its files).
+    /// Decodes file `i`'s member here if `i` is a file of a pack not given
+    /// out (no workers, or the window was full): the pack is read once for
+    /// all its files in the restore not given out yet.
     fn decode_here(
         &mut self,
         i: usize,
@@ -618,10 +648,12 @@ impl Ahead {
         readers: &mut Readers<'_>,
         keys: &Keyring,
     ) {
-        if self.members[self.member_of[i]].len() < 2 {
+        if self.given[i] || self.members[self.member_of[i]].len() < 2 {
             return;
         }
-        if let Some((job, bytes)) = self.job_of(i, planned) {
+        // While the window is full, only this file is kept.
+        let full = self.in_flight >= AHEAD_MEMBERS || self.in_flight_bytes >= AHEAD_BYTES;
+        if let Some((job, bytes)) = self.job_of(i, planned, full) {
             self.mark_given(&job, bytes);
             let decoded = decode_job(readers, keys, &job);
             self.waiting.extend(decoded);
@@ -649,7 +681,7 @@ impl Ahead {
                 self.next += 1;
                 continue;
             }
-            let job = self.job_of(i, planned);
+            let job = self.job_of(i, planned, false);
             if let Some((_, bytes)) = &job
                 && (self.in_flight >= AHEAD_MEMBERS
                     || (self.in_flight > 0 && self.in_flight_bytes + bytes > AHEAD_BYTES))
@@ -686,6 +718,8 @@ impl Ahead {
     /// File `i`, decoded, if it was given out; waits for it.
     fn take(&mut self, i: usize, p: &Planned) -> Option<Decoded> {
         if !self.given[i] {
+            // The caller reads it; it is never given out later.
+            self.given[i] = true;
             return None;
         }
         let decoded = loop {
@@ -701,5 +735,223 @@ impl Ahead {
         self.in_flight -= 1;
         self.in_flight_bytes = self.in_flight_bytes.saturating_sub(p.size);
         Some(decoded)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cbfs_format::{MemberId, SegmentId, SegmentMode};
+
+    fn planned(i: usize, packs: usize) -> Planned {
+        let pack = i % packs;
+        Planned {
+            path: format!("f{i:06}").into_bytes(),
+            kind: EntryKind::File,
+            size: 0,
+            loc: Location {
+                key: "seg".into(),
+                object: "seg".into(),
+                segment: SegmentId::from_bytes([1; 16]),
+                member: Some(MemberId::from_bytes([pack as u8 + 1; 16])),
+                mode: SegmentMode::Encrypted,
+                header_offset: 0,
+                data_offset: (pack as u64 + 1) * 1000,
+                data_len: 10,
+                sha256: None,
+            },
+            slot: i / packs,
+        }
+    }
+
+    /// Packs whose files are interleaved in restore order (pack = i % 250,
+    /// 200 files each): far more than the window holds. Runs emit_all's
+    /// loop with a fake worker that answers every job: no file may be
+    /// given out after it was written, and the window must drain.
+    #[test]
+    fn ahead_accounting_with_interleaved_packs() {
+        let packs = 250;
+        let n = packs * 200;
+        let planned: Vec<Planned> = (0..n).map(|i| planned(i, packs)).collect();
+        let (job_tx, job_rx) = mpsc::channel::<Vec<Job>>();
+        let (done_tx, done_rx) = mpsc::channel::<Vec<(usize, Decoded)>>();
+        let given_late = std::sync::Arc::new(Mutex::new(Vec::<usize>::new()));
+        let cursor = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (late, cur) = (given_late.clone(), cursor.clone());
+        let worker = std::thread::spawn(move || {
+            for batch in job_rx {
+                let mut out = Vec::new();
+                for job in batch {
+                    for &(i, slot, _) in &job.wanted {
+                        if i < cur.load(std::sync::atomic::Ordering::SeqCst) {
+                            late.lock().unwrap().push(i);
+                        }
+                        out.push((
+                            i,
+                            Decoded {
+                                result: Err(MemberError::member(Error::Usage("fake".into()))),
+                                meta: None,
+                                slot,
+                            },
+                        ));
+                    }
+                }
+                if done_tx.send(out).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut ahead = Ahead::new(Some(job_tx), done_rx, &planned);
+        let mut direct = 0;
+        for (i, p) in planned.iter().enumerate() {
+            cursor.store(i, std::sync::atomic::Ordering::SeqCst);
+            ahead.fill(&planned);
+            if ahead.take(i, p).is_none() {
+                direct += 1;
+            }
+        }
+        cursor.store(n, std::sync::atomic::Ordering::SeqCst);
+        let (in_flight, waiting) = (ahead.in_flight, ahead.waiting.len());
+        ahead.jobs = None;
+        drop(ahead);
+        worker.join().unwrap();
+        let late = given_late.lock().unwrap().clone();
+        assert!(direct < n, "every file was read on the writing thread");
+        assert_eq!(waiting, 0, "decoded files left waiting");
+        assert!(
+            late.is_empty(),
+            "files given to a worker after they were written: {late:?}"
+        );
+        assert_eq!(in_flight, 0, "in_flight leaked");
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+    use cbfs_format::{GroupKey, MemberId, SegmentId, SegmentMode, SegmentWriter};
+    use std::io::Cursor;
+
+    struct Mem(Vec<u8>);
+    impl ObjectSource for Mem {
+        fn list(&self, _: &str) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+        fn get(&self, _: &str) -> Result<Vec<u8>> {
+            Ok(self.0.clone())
+        }
+        fn open(&self, _: &str) -> Result<Box<dyn ReadSeek + '_>> {
+            Ok(Box::new(Cursor::new(self.0.clone())))
+        }
+    }
+
+    #[derive(Default)]
+    struct Rec(Vec<String>);
+    impl Sink for Rec {
+        fn begin_file(&mut self, m: &Metadata) -> Result<()> {
+            self.0.push(format!("begin {}", lossy(&m.path)));
+            Ok(())
+        }
+        fn write_content(&mut self, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn commit_file(&mut self) -> Result<()> {
+            self.0.push("commit".into());
+            Ok(())
+        }
+        fn abort_file(&mut self) {
+            self.0.push("abort".into());
+        }
+        fn add_entry(&mut self, m: &Metadata) -> Result<()> {
+            self.0.push(format!("entry {}", lossy(&m.path)));
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A pack that (now) holds 2 files, while pass 1 planned its file 5
+    /// (as when a loose segment file was replaced between the passes).
+    fn setup(kind: EntryKind) -> (Mem, Keyring, Planned) {
+        let key = GroupKey::generate();
+        let seg = SegmentId::random();
+        let member = MemberId::random();
+        let mut w =
+            SegmentWriter::new(Cursor::new(Vec::new()), seg, SegmentMode::Encrypted).unwrap();
+        let mut a = Metadata::new("a", EntryKind::File);
+        a.size = 2;
+        let b = Metadata::new("b", EntryKind::Dir);
+        let e = w
+            .append_pack(member, &key, &[(&a, &b"aa"[..]), (&b, &b""[..])])
+            .unwrap();
+        let (cur, _) = w.finish().unwrap();
+        let mut keys = Keyring::new();
+        keys.insert(key);
+        let planned = Planned {
+            path: b"c".to_vec(),
+            kind,
+            size: 0,
+            loc: Location {
+                key: "seg".into(),
+                object: "seg".into(),
+                segment: seg,
+                member: Some(member),
+                mode: SegmentMode::Encrypted,
+                header_offset: e.header_offset,
+                data_offset: e.data_offset,
+                data_len: e.data_len,
+                sha256: None,
+            },
+            slot: 5,
+        };
+        (Mem(cur.into_inner()), keys, planned)
+    }
+
+    /// Writes the planned file through `emit_one`: its report, and what
+    /// `emit_one` returned.
+    fn emit_planned(kind: EntryKind, defer: bool) -> (Report, Result<Option<Metadata>>) {
+        let (src, keys, p) = setup(kind);
+        let mut readers = Readers {
+            source: &src,
+            open: Vec::new(),
+            pipe_large: false,
+        };
+        let mut report = Report::default();
+        let mut sink = Rec::default();
+        let got = Engine::emit_one(
+            &mut report,
+            &keys,
+            &mut readers,
+            &mut sink,
+            &p,
+            b"c",
+            defer,
+            None,
+        );
+        (report, got)
+    }
+
+    #[test]
+    fn a_planned_slot_missing_in_pass_2_is_a_failure_not_a_panic() {
+        let (report, got) = emit_planned(EntryKind::File, false);
+        assert!(got.unwrap().is_none());
+        assert_eq!(report.failures.len(), 1);
+        assert!(
+            report.failures[0].error.contains("no longer holds file 5"),
+            "{}",
+            report.failures[0].error
+        );
+    }
+
+    #[test]
+    fn a_hard_link_whose_slot_is_missing_in_pass_2_is_reported() {
+        let target = b"a".to_vec();
+        let (report, got) = emit_planned(EntryKind::Hardlink { target }, true);
+        assert!(got.unwrap().is_none());
+        assert_eq!(
+            report.failures.len(),
+            1,
+            "the link vanished without a failure"
+        );
     }
 }

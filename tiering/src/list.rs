@@ -113,7 +113,11 @@ pub fn list_snapshots(agent: &Agent) -> Result<Vec<SnapshotInfo>> {
             sequence: manifest.sequence(),
             id: manifest.snapshot_id().to_string(),
             created: rfc3339(manifest.created_unix()),
-            entries: manifest.entries().len() as u64,
+            entries: manifest
+                .entries()
+                .iter()
+                .map(|e| e.slots.len() as u64)
+                .sum(),
             writer: fingerprint(&writer),
             trusted_writer: trusted,
             manifest: key,

@@ -161,6 +161,11 @@ struct Stored {
 const PACK_FILE_MAX: u64 = 128 << 10;
 /// A pack is closed once its files' content reaches this.
 const PACK_BYTES: u64 = 1 << 20;
+/// An entry whose metadata record (with its extended attributes) is larger
+/// than this is stored alone; a pack's table is kept under
+/// [`PACK_TABLE_MAX`] (the format allows 16 MiB).
+const PACK_META_MAX: usize = 64 << 10;
+const PACK_TABLE_MAX: usize = 4 << 20;
 
 /// A file read whole, waiting in a pack.
 struct PackFile {
@@ -176,6 +181,8 @@ struct PackFile {
 struct Pack {
     files: Vec<PackFile>,
     bytes: u64,
+    /// The length of their metadata records.
+    table: usize,
 }
 
 struct Shared<'a> {
@@ -654,8 +661,13 @@ fn store_one(
             return Ok(());
         }
     };
-    if !shared.opts.plain && (!regular || stat.size <= PACK_FILE_MAX) {
-        return add_to_pack(shared, seg, file.as_ref(), entry, meta, scope, hardlink_to);
+    let small = !regular || stat.size <= PACK_FILE_MAX;
+    if !shared.opts.plain && small {
+        let record = meta.record_len().map_or(usize::MAX, |n| n + 4);
+        if record <= PACK_META_MAX {
+            let meta = (meta, record);
+            return add_to_pack(shared, seg, file.as_ref(), entry, meta, scope, hardlink_to);
+        }
     }
     // From the thread's CSPRNG (seeded from the OS): ids are public.
     let member = MemberId::random_with_rng(&mut rand::thread_rng());
@@ -707,13 +719,14 @@ fn store_one(
 }
 
 /// Reads a small file (or takes an entry without content) into its
-/// scope's pack; writes the pack out once it is full.
+/// scope's pack; writes the pack out once it is full. `meta` comes with
+/// the length of its record in the pack's table.
 fn add_to_pack(
     shared: &Shared<'_>,
     seg: &mut OpenSegment,
     file: Option<&File>,
     entry: Entry,
-    meta: cbfs_format::Metadata,
+    (meta, record): (cbfs_format::Metadata, usize),
     scope: ScopeLabel,
     hardlink_to: Option<Vec<u8>>,
 ) -> Result<()> {
@@ -741,8 +754,16 @@ fn add_to_pack(
     }
     shared.files.fetch_add(1, Ordering::Relaxed);
     shared.progress.file_done();
+    if seg
+        .packs
+        .get(&scope)
+        .is_some_and(|p| p.table + record > PACK_TABLE_MAX)
+    {
+        write_pack(shared, seg, &scope)?;
+    }
     let pack = seg.packs.entry(scope.clone()).or_default();
     pack.bytes += meta.size;
+    pack.table += record;
     pack.files.push(PackFile {
         meta,
         content,
