@@ -362,7 +362,21 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
                     result
                 }));
             }
-            queue.push(changed);
+            // Handed over in small batches, so that the workers share a
+            // walk batch of large files between them.
+            let mut part = Vec::new();
+            let mut part_bytes = 0;
+            for w in changed {
+                part_bytes += w.content_len();
+                part.push(w);
+                if part.len() >= QUEUE_BATCH_FILES || part_bytes >= QUEUE_BATCH_BYTES {
+                    queue.push(std::mem::take(&mut part));
+                    part_bytes = 0;
+                }
+            }
+            if !part.is_empty() {
+                queue.push(part);
+            }
         }
         queue.close();
         let problems = walker.join().expect("the walk panicked");
@@ -500,7 +514,11 @@ struct QueueState {
 }
 
 /// Batches waiting for the workers, at most.
-const QUEUED_BATCHES: usize = 32;
+const QUEUED_BATCHES: usize = 64;
+/// A batch holds at most this many entries, or this much content (one
+/// file may exceed it).
+const QUEUE_BATCH_FILES: usize = 64;
+const QUEUE_BATCH_BYTES: u64 = 4 << 20;
 
 impl WorkQueue {
     /// Adds a batch; waits while the queue is full (unless it was closed).
