@@ -121,8 +121,8 @@ impl Report {
         if let Some(snap) = &self.snapshot {
             let _ = writeln!(
                 s,
-                "snapshot {} (sequence {}, {} members, {})",
-                snap.id, snap.sequence, snap.members, snap.object
+                "snapshot {} (sequence {}, {} files in {} members, {})",
+                snap.id, snap.sequence, snap.files, snap.members, snap.object
             );
         } else {
             let _ = writeln!(

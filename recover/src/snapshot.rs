@@ -34,6 +34,9 @@ pub struct SnapshotInfo {
     pub created_unix: i64,
     /// How many members it lists.
     pub members: usize,
+    /// How many files (entries) those members hold in it: more than the
+    /// members when small files are packed together.
+    pub files: usize,
     /// The registered writer that signed it, if the keyset registers writers.
     pub writer: Option<String>,
     /// The manifest it was checked to follow, if the store still holds it.
@@ -75,6 +78,7 @@ impl Snapshot {
             sequence: self.sequence(),
             created_unix: self.manifest.created_unix(),
             members: self.manifest.entries().len(),
+            files: self.manifest.entries().iter().map(|e| e.slots.len()).sum(),
             writer: self.writer.clone(),
             follows: self.previous.clone(),
         }
