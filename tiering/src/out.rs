@@ -270,6 +270,8 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
     let source = &opts.source;
     let queue = WorkQueue::default();
     let (problems, stored) = std::thread::scope(|s| {
+        // However the scan ends (a panic included), the workers are told.
+        let _closing = CloseOnDrop(&shared, &queue);
         let walkers = opts.workers.clamp(1, 4);
         let walker = s.spawn(move || {
             let mut problems = Vec::new();
@@ -354,10 +356,14 @@ pub fn run(agent: &Agent, opts: &OutOptions) -> Result<OutReport> {
             while workers.len() < wanted {
                 let (shared, queue) = (&shared, &queue);
                 workers.push(s.spawn(move || {
+                    // A worker that fails or panics stops the run: the
+                    // scan must not wait on a queue nobody empties.
+                    let closing = CloseOnDrop(shared, queue);
                     let result = worker(shared, queue);
                     if result.is_err() {
                         shared.stop.store(true, Ordering::SeqCst);
-                        queue.close();
+                    } else {
+                        std::mem::forget(closing);
                     }
                     result
                 }));
@@ -511,6 +517,19 @@ struct WorkQueue {
 struct QueueState {
     batches: std::collections::VecDeque<Vec<Work>>,
     closed: bool,
+}
+
+/// Closes the queue when dropped (also while unwinding from a panic), and
+/// then stops the run if a panic is the reason.
+struct CloseOnDrop<'a>(&'a Shared<'a>, &'a WorkQueue);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop.store(true, Ordering::SeqCst);
+        }
+        self.1.close();
+    }
 }
 
 /// Batches waiting for the workers, at most.
