@@ -101,7 +101,7 @@ fn encrypted_entry(
 /// Members of files up to this size are built in memory.
 const IN_MEMORY_MEMBER: u64 = 1 << 20;
 
-impl<W: Read + Write + Seek> SegmentWriter<W> {
+impl<W: Write + Seek> SegmentWriter<W> {
     /// Starts a segment at the spool's current position (normally 0).
     pub fn new(mut out: W, segment: SegmentId, mode: SegmentMode) -> Result<Self, Error> {
         let base = out.stream_position().map_err(Error::io(WRITING))?;
@@ -415,7 +415,7 @@ impl<W: Read + Write + Seek> SegmentWriter<W> {
         })
     }
 
-    /// Writes the end-of-archive marker, hashes the whole segment and returns the spool
+    /// Writes the end-of-archive marker, completes the segment digest and returns the spool
     /// (positioned at the segment's end) and the summary.
     pub fn finish(mut self) -> Result<(W, Summary), Error> {
         if self.broken {

@@ -796,7 +796,7 @@ fn add_to_pack(
         .get(&scope)
         .is_some_and(|p| p.table + record > PACK_TABLE_MAX)
     {
-        write_pack(shared, seg, &scope)?;
+        flush_pack(shared, seg, &scope)?;
     }
     let pack = seg.packs.entry(scope.clone()).or_default();
     pack.bytes += meta.size;
@@ -809,13 +809,13 @@ fn add_to_pack(
         hardlink_to,
     });
     if pack.files.len() >= cbfs_format::MAX_PACK_FILES || pack.bytes >= PACK_BYTES {
-        write_pack(shared, seg, &scope)?;
+        flush_pack(shared, seg, &scope)?;
     }
     Ok(())
 }
 
 /// Writes the pack of `scope` into the segment as one member.
-fn write_pack(shared: &Shared<'_>, seg: &mut OpenSegment, scope: &ScopeLabel) -> Result<()> {
+fn flush_pack(shared: &Shared<'_>, seg: &mut OpenSegment, scope: &ScopeLabel) -> Result<()> {
     let Some(pack) = seg.packs.remove(scope) else {
         return Ok(());
     };
@@ -892,7 +892,7 @@ fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result<()> {
     let mut scopes: Vec<ScopeLabel> = seg.packs.keys().cloned().collect();
     scopes.sort();
     for scope in scopes {
-        write_pack(shared, &mut seg, &scope)?;
+        flush_pack(shared, &mut seg, &scope)?;
     }
     let OpenSegment {
         id,
