@@ -2,13 +2,15 @@
 //! with the terms the administrator signed.
 //!
 //! A grant is made for one share of an m-of-n delegation and is meant for
-//! one proxy node. It is never handed to the user.
+//! one proxy node. It is never handed to the user: with Umbral, a user
+//! holding threshold-many kfrags can compute the scope secret.
 //!
-//! - A grant can be bound to one node ([`Grant::for_node`]): the node's public
-//!   key is then part of what the administrator signs, and a node refuses a
-//!   grant bound to another. [`Grant::seal_for_node`] encrypts the signed
-//!   grant for that node ([`SealedGrant`]), so the kfrag travels and rests
-//!   encrypted for the node alone.
+//! - [`delegate`] binds every share to one node: the node's public key is
+//!   part of what the administrator signs, and a node refuses a grant bound
+//!   to another. [`Grant::seal_for_node`] encrypts the signed grant for that
+//!   node ([`SealedGrant`]), so the kfrag travels and rests encrypted for the
+//!   node alone. The public terms go beside it as a
+//!   [`DelegationRecord`](crate::DelegationRecord).
 //! - A [`Revocation`] is the administrator's signed order to delete a user's
 //!   grants of one scope, and to refuse them from then on.
 
@@ -22,6 +24,8 @@ use umbral_pre::{
 };
 use zeroize::Zeroizing;
 
+use crate::clock::Clock;
+use crate::delegation::DelegationRecord;
 use crate::error::{Error, Result};
 use crate::ids::{FsName, ScopeLabel, UserName};
 use crate::keys::{AdminSecret, fingerprint, public_key_from_hex, public_key_hex};
@@ -101,18 +105,33 @@ impl std::fmt::Debug for Grant {
     }
 }
 
-/// Makes the n grants of an m-of-n delegation of `scope` to `user`.
+/// An m-of-n delegation as the administrator makes it: the public record
+/// of its terms, and one grant per node, each bound to its node.
+#[derive(Debug)]
+pub struct Delegation {
+    /// The signed terms, without any key fragment: every node keeps a copy
+    /// and returns it with its answers.
+    pub record: DelegationRecord,
+    /// Share i (1-based) for node i - 1 of the nodes given.
+    pub grants: Vec<Grant>,
+}
+
+/// Makes an m-of-n delegation of `scope` to `user`, one share for each of
+/// the n `nodes` (their public keys, in share order).
 ///
 /// The scope key, never the root, is the delegating key: a user who gathers
 /// threshold-many kfrags can compute the delegating secret, so the most a
-/// delegation can ever expose is one scope.
+/// delegation can ever expose is one scope. That is also why every share is
+/// bound to a node: no grant exists that a user could hold.
 pub fn delegate(
     admin: &AdminSecret,
     keyset: &Keyset,
     scope: &ScopeLabel,
     user: &UserPublic,
     terms: &DelegationTerms,
-) -> Result<Vec<Grant>> {
+    nodes: &[PublicKey],
+    clock: &dyn Clock,
+) -> Result<Delegation> {
     keyset.check_admin(admin)?;
     let scope_pk = *keyset.scope(scope).ok_or_else(|| {
         Error::Usage(format!(
@@ -126,9 +145,25 @@ pub fn delegate(
             terms.threshold, terms.shares
         )));
     }
+    if nodes.len() != terms.shares as usize {
+        return Err(Error::Usage(format!(
+            "{} shares need {} nodes, one each; {} were given",
+            terms.shares,
+            terms.shares,
+            nodes.len()
+        )));
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if nodes[..i].contains(n) {
+            return Err(Error::Usage(format!(
+                "node {} is given twice: each share needs a node of its own",
+                fingerprint(n)
+            )));
+        }
+    }
     if let Some(expires) = &terms.expires {
         let t = signed::parse_time(expires).map_err(Error::Usage)?;
-        if t <= time::OffsetDateTime::now_utc() {
+        if t <= clock.now() {
             return Err(Error::Usage(format!(
                 "--expires {expires} is in the past: the delegation would be dead on arrival"
             )));
@@ -145,11 +180,27 @@ pub fn delegate(
         true,
         true,
     );
-    let issued = signed::now_rfc3339();
+    let issued = clock.rfc3339();
+    let record = DelegationRecord::sign(
+        crate::delegation::body(
+            keyset.fs(),
+            scope,
+            user,
+            &scope_pk,
+            admin,
+            terms.threshold,
+            terms.shares,
+            &issued,
+            terms.expires.as_deref(),
+            nodes,
+        ),
+        admin,
+    )?;
     let grants = kfrags
         .iter()
+        .zip(nodes)
         .enumerate()
-        .map(|(i, kfrag)| {
+        .map(|(i, (kfrag, node))| {
             let bytes = kfrag.to_bytes().expect("kfrags serialize");
             let body = Body {
                 format: FORMAT.into(),
@@ -167,7 +218,7 @@ pub fn delegate(
                 issued: issued.clone(),
                 expires: terms.expires.clone(),
                 kfrag: B64.encode(bytes),
-                node: None,
+                node: Some(public_key_hex(node)),
             };
             Grant {
                 body,
@@ -176,11 +227,11 @@ pub fn delegate(
                 user_pk: *user.public_key(),
                 user_vk: *user.verifying_key(),
                 admin_vk: admin.verifying_key(),
-                node_pk: None,
+                node_pk: Some(*node),
             }
         })
         .collect();
-    Ok(grants)
+    Ok(Delegation { record, grants })
 }
 
 impl Grant {
@@ -194,20 +245,11 @@ impl Grant {
         Ok(signed::sign(DOMAIN, &self.body, &admin.signer()))
     }
 
-    /// The same share, bound to the node whose public key is `node`. The
-    /// binding is part of what the administrator signs.
-    pub fn for_node(&self, node: &PublicKey) -> Grant {
-        let mut grant = self.clone();
-        grant.body.node = Some(public_key_hex(node));
-        grant.node_pk = Some(*node);
-        grant
-    }
-
-    /// Signs the grant and encrypts it for the node it is bound to (see
-    /// [`for_node`](Self::for_node)): only that node's secret opens it.
+    /// Signs the grant and encrypts it for the node it is bound to: only
+    /// that node's secret opens it.
     pub fn seal_for_node(&self, admin: &AdminSecret) -> Result<Vec<u8>> {
         let node = self.node_pk.ok_or_else(|| Error::KeyMismatch {
-            what: "the grant is not bound to a node; bind it with Grant::for_node first".into(),
+            what: "the grant is not bound to a node".into(),
         })?;
         let signed = Zeroizing::new(self.to_signed_bytes(admin)?);
         let (capsule, ciphertext) = umbral_pre::encrypt(&node, &signed).map_err(|e| {
@@ -286,7 +328,8 @@ impl Grant {
         Self::from_bytes(&bytes, &path.display().to_string(), admin)
     }
 
-    /// Whether the grant has expired at `now`.
+    /// Whether the grant has expired at `now`. An expiry that does not
+    /// parse counts as expired.
     pub fn is_expired(&self, now: time::OffsetDateTime) -> bool {
         match &self.body.expires {
             Some(t) => signed::parse_time(t).map(|t| t <= now).unwrap_or(true),
@@ -514,9 +557,14 @@ pub struct Revocation {
 }
 
 impl Revocation {
-    /// A revocation of `scope` for `user`, as of now.
-    pub fn new(admin: &AdminSecret, scope: &ScopeLabel, user: &UserPublic) -> Self {
-        let revoked = signed::now_rfc3339();
+    /// A revocation of `scope` for `user`, as of the clock's now.
+    pub fn new(
+        admin: &AdminSecret,
+        scope: &ScopeLabel,
+        user: &UserPublic,
+        clock: &dyn Clock,
+    ) -> Self {
+        let revoked = clock.rfc3339();
         Revocation {
             revoked: signed::parse_time(&revoked).expect("we format valid times"),
             body: RevocationBody {
@@ -602,7 +650,8 @@ impl Revocation {
     pub fn covers(&self, grant: &Grant) -> bool {
         grant.scope() == self.scope()
             && grant.user() == self.user()
-            && signed::parse_time(grant.issued()).is_ok_and(|issued| issued <= self.revoked)
+            // A grant whose issue time does not parse is covered: fail closed.
+            && signed::parse_time(grant.issued()).map_or(true, |issued| issued <= self.revoked)
     }
 }
 
@@ -629,32 +678,92 @@ mod tests {
         }
     }
 
+    fn nodes() -> Vec<UserSecret> {
+        (0..3).map(|_| UserSecret::generate()).collect()
+    }
+
+    fn keys(nodes: &[UserSecret]) -> Vec<PublicKey> {
+        nodes.iter().map(UserSecret::public_key).collect()
+    }
+
+    fn make(
+        admin: &AdminSecret,
+        keyset: &Keyset,
+        scope: &ScopeLabel,
+        user: &UserPublic,
+        nodes: &[UserSecret],
+    ) -> Delegation {
+        delegate(
+            admin,
+            keyset,
+            scope,
+            user,
+            &terms(),
+            &keys(nodes),
+            &crate::SystemClock,
+        )
+        .unwrap()
+    }
+
     #[test]
-    fn unbound_grants_keep_their_old_form() {
+    fn every_share_is_bound_to_its_node_and_the_record_lists_them() {
         let (admin, keyset, scope, _, user) = setup();
-        let grant = &delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[0];
-        let bytes = grant.to_signed_bytes(&admin).unwrap();
-        assert!(!String::from_utf8_lossy(&bytes).contains("\"node\""));
-        let back = Grant::from_bytes(&bytes, "t", &admin.verifying_key()).unwrap();
-        assert!(back.node().is_none());
-        let unsigned = |b: &[u8]| {
-            let mut v: serde_json::Value = serde_json::from_slice(b).unwrap();
-            v.as_object_mut().unwrap().remove("signature");
-            v
-        };
-        assert_eq!(
-            unsigned(&back.to_signed_bytes(&admin).unwrap()),
-            unsigned(&bytes)
+        let nodes = nodes();
+        let d = make(&admin, &keyset, &scope, &user, &nodes);
+        assert_eq!(d.grants.len(), 3);
+        for (i, g) in d.grants.iter().enumerate() {
+            assert_eq!(g.node(), Some(&nodes[i].public_key()));
+            assert_eq!(d.record.share_of(&nodes[i].public_key()), Some(g.share()));
+            assert_eq!(g.issued(), d.record.issued());
+        }
+        assert_eq!(d.record.threshold(), 2);
+        let back =
+            DelegationRecord::from_bytes(d.record.to_bytes(), "t", &admin.verifying_key()).unwrap();
+        assert_eq!(back, d.record);
+        // The record holds no kfrag.
+        let text = String::from_utf8_lossy(d.record.to_bytes()).to_string();
+        for g in &d.grants {
+            assert!(!text.contains(&g.body.kfrag));
+        }
+        // Another administrator's key refuses it; an edited m does not verify.
+        let other = AdminSecret::generate().verifying_key();
+        assert!(DelegationRecord::from_bytes(d.record.to_bytes(), "t", &other).is_err());
+        let forged = text.replace("\"threshold\": 2", "\"threshold\": 1");
+        assert_ne!(forged, text);
+        assert!(
+            DelegationRecord::from_bytes(forged.as_bytes(), "t", &admin.verifying_key()).is_err()
         );
+    }
+
+    #[test]
+    fn delegating_needs_one_distinct_node_per_share() {
+        let (admin, keyset, scope, _, user) = setup();
+        let nodes = nodes();
+        let clock = crate::SystemClock;
+        let two = keys(&nodes[..2]);
+        let err = delegate(&admin, &keyset, &scope, &user, &terms(), &two, &clock).unwrap_err();
+        assert!(err.to_string().contains("need 3 nodes"), "{err}");
+        let same = vec![nodes[0].public_key(); 3];
+        let err = delegate(&admin, &keyset, &scope, &user, &terms(), &same, &clock).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+    }
+
+    #[test]
+    fn grants_round_trip() {
+        let (admin, keyset, scope, _, user) = setup();
+        let grant = &make(&admin, &keyset, &scope, &user, &nodes()).grants[0];
+        let bytes = grant.to_signed_bytes(&admin).unwrap();
+        let back = Grant::from_bytes(&bytes, "t", &admin.verifying_key()).unwrap();
+        assert_eq!(back.node(), grant.node());
+        assert_eq!(back.to_signed_bytes(&admin).unwrap(), bytes);
     }
 
     #[test]
     fn sealed_grant_opens_only_at_its_node() {
         let (admin, keyset, scope, _, user) = setup();
-        let node = UserSecret::generate();
-        let other = UserSecret::generate();
-        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[1]
-            .for_node(&node.public_key());
+        let nodes = nodes();
+        let (node, other) = (&nodes[1], &nodes[0]);
+        let grant = make(&admin, &keyset, &scope, &user, &nodes).grants[1].clone();
         let sealed_bytes = grant.seal_for_node(&admin).unwrap();
         let text = String::from_utf8_lossy(&sealed_bytes).to_string();
         assert!(!text.contains(&B64.encode(grant.kfrag().to_bytes().unwrap())));
@@ -677,11 +786,11 @@ mod tests {
     #[test]
     fn a_grant_bound_to_another_node_is_refused_even_if_sealed_for_this_one() {
         let (admin, keyset, scope, _, user) = setup();
-        let node = UserSecret::generate();
-        let other = UserSecret::generate();
+        let nodes = nodes();
+        let (node, other) = (&nodes[1], &nodes[0]);
         // Bound to `other`, but encrypted for `node` by someone replaying it.
-        let grant = delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[0]
-            .for_node(&other.public_key());
+        let grant = make(&admin, &keyset, &scope, &user, &nodes).grants[0].clone();
+        assert_eq!(grant.node(), Some(&other.public_key()));
         let signed = grant.to_signed_bytes(&admin).unwrap();
         let (capsule, ciphertext) = umbral_pre::encrypt(&node.public_key(), &signed).unwrap();
         let sealed = SealedGrant {
@@ -693,30 +802,36 @@ mod tests {
             .open(&node.secret_key(), &admin.verifying_key(), "t")
             .unwrap_err();
         assert!(err.to_string().contains("bound it to node"), "{err}");
-        // An unbound grant cannot be sealed at all.
-        let unbound = &delegate(&admin, &keyset, &scope, &user, &terms()).unwrap()[0];
-        assert!(unbound.seal_for_node(&admin).is_err());
     }
 
     #[test]
     fn revocation_round_trip_and_coverage() {
         let (admin, keyset, scope, _, user) = setup();
-        let grant = delegate(&admin, &keyset, &scope, &user, &terms())
-            .unwrap()
-            .remove(0);
-        let revocation = Revocation::new(&admin, &scope, &user);
+        let grant = make(&admin, &keyset, &scope, &user, &nodes()).grants.remove(0);
+        let revocation = Revocation::new(&admin, &scope, &user, &crate::SystemClock);
         let bytes = revocation.to_signed_bytes(&admin).unwrap();
         let back = Revocation::from_bytes(&bytes, "t", &admin.verifying_key()).unwrap();
         assert_eq!(back.scope(), &scope);
         assert_eq!(back.user().as_str(), "alice");
         assert!(back.covers(&grant));
         let other_scope = ScopeLabel::new("other").unwrap();
-        let other = Revocation::new(&admin, &other_scope, &user);
+        let other = Revocation::new(&admin, &other_scope, &user, &crate::SystemClock);
         assert!(!other.covers(&grant));
         assert!(
             Revocation::from_bytes(&bytes, "t", &AdminSecret::generate().verifying_key()).is_err()
         );
         let tampered = String::from_utf8(bytes).unwrap().replace("alice", "bob");
         assert!(Revocation::from_bytes(tampered.as_bytes(), "t", &admin.verifying_key()).is_err());
+    }
+
+    #[test]
+    fn a_revocation_covers_a_grant_whose_issue_time_does_not_parse() {
+        let (admin, keyset, scope, _, user) = setup();
+        let mut grant = make(&admin, &keyset, &scope, &user, &nodes()).grants.remove(0);
+        let clock = crate::FakeClock::at(0);
+        let revocation = Revocation::new(&admin, &scope, &user, clock.as_ref());
+        assert!(!revocation.covers(&grant), "issued after the revocation");
+        grant.body.issued = "not a time".into();
+        assert!(revocation.covers(&grant), "an unparsable issue time fails closed");
     }
 }

@@ -23,6 +23,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod clock;
+mod delegation;
 mod error;
 mod grant;
 mod ids;
@@ -32,8 +34,10 @@ mod signed;
 mod source;
 mod user;
 
+pub use clock::{Clock, FakeClock, SystemClock, system_clock};
+pub use delegation::DelegationRecord;
 pub use error::{Error, Result};
-pub use grant::{DelegationTerms, Grant, Revocation, SealedGrant, delegate};
+pub use grant::{Delegation, DelegationTerms, Grant, Revocation, SealedGrant, delegate};
 pub use ids::{FsName, ScopeLabel, UserName};
 pub use keys::{
     AdminSecret, SEED_LEN, ScopeSecret, Seed, UserSecret, fingerprint, public_key_from_hex,

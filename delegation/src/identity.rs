@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use cbfs_core::umbral_pre::{PublicKey, SecretKey};
-use cbfs_core::{KeySource, Protection, Unlock, UserSecret, fingerprint, public_key_hex};
-use serde::{Deserialize, Serialize};
+use cbfs_core::{KeySource, Protection, Unlock, UserSecret, fingerprint};
+use cbfs_wire::NodePublicFile;
 
 use crate::error::{Error, Result};
 
@@ -25,20 +25,6 @@ impl std::fmt::Debug for NodeIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "NodeIdentity({}, [redacted])", fingerprint(&self.public))
     }
-}
-
-/// The contents of `node.pub`.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodePublicFile {
-    /// Always `cbfs-node-key`.
-    pub format: String,
-    /// Always 1.
-    pub version: u32,
-    /// Hex of the node's public key.
-    pub public_key: String,
-    /// Its fingerprint.
-    pub fingerprint: String,
 }
 
 /// The default key source of a node: `file:DATA/node.key`.
@@ -104,12 +90,7 @@ impl NodeIdentity {
 
     fn write_public(&self, data: &Path) -> Result<()> {
         let path = public_path(data);
-        let file = NodePublicFile {
-            format: "cbfs-node-key".into(),
-            version: 1,
-            public_key: public_key_hex(&self.public),
-            fingerprint: fingerprint(&self.public),
-        };
+        let file = NodePublicFile::new(&self.public);
         let mut bytes = serde_json::to_vec_pretty(&file).expect("node keys serialize");
         bytes.push(b'\n');
         if std::fs::read(&path).ok().as_deref() == Some(&bytes[..]) {
@@ -150,9 +131,8 @@ mod tests {
         assert_eq!(a.public_key(), b.public_key());
         let c = NodeIdentity::load(dir.path(), None, &unlock).unwrap();
         assert_eq!(c.public_key(), a.public_key());
-        let public: NodePublicFile =
-            serde_json::from_slice(&std::fs::read(dir.path().join("node.pub")).unwrap()).unwrap();
-        assert_eq!(public.public_key, public_key_hex(a.public_key()));
+        let public = NodePublicFile::load(&dir.path().join("node.pub")).unwrap();
+        assert_eq!(&public, a.public_key());
         assert!(format!("{a:?}").contains("redacted"));
         let empty = tempfile::tempdir().unwrap();
         assert!(NodeIdentity::load(empty.path(), None, &unlock).is_err());

@@ -7,12 +7,12 @@
 //! signed by the user, checked against Cedar policies, and written to a
 //! hash-chained audit log.
 //!
-//! - [`client`]: asks all n nodes at once and keeps the first m verified
-//!   answers ([`client::fetch_cfrags`]).
 //! - [`Node`] and [`server`]: the node itself, behind `cbfs-delegation serve`.
-//! - [`wire`]: the JSON that travels, and how requests are signed.
 //! - [`Policies`]: Cedar policy folders (`policies/default` is built in).
 //! - [`audit`]: the audit log and its verification.
+//! - What travels, and the client that asks m of n nodes, are in
+//!   `cbfs-wire` (which needs neither this crate's server, its policy
+//!   engine nor its database).
 //!
 //! Revocation (`cbfs-keytool revoke`) stops new unlocks once n − m + 1 nodes
 //! have deleted their kfrags. A file key that a user has already unlocked
@@ -27,8 +27,9 @@
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use cbfs_core::*;
-//! use cbfs_delegation::{Limits, Node, NodeConfig, PolicySource, client};
+//! use cbfs_delegation::{Limits, Node, NodeConfig, PolicySource};
 //! use cbfs_format::{Lockbox, SegmentId};
+//! use cbfs_wire::{Access, GrantUpload, client};
 //!
 //! let dir = tempfile::tempdir()?;
 //! // The administrator: a keyset with a scope, and a user.
@@ -40,30 +41,31 @@
 //! let alice = UserSecret::generate();
 //! let alice_pub = UserPublic::from_secret(UserName::new("alice")?, &alice);
 //!
-//! // The node.
+//! // The node, on a port of its own.
 //! let node = Arc::new(Node::open(NodeConfig {
 //!     data: dir.path().join("node"),
 //!     keyset: dir.path().join("keyset.json"),
 //!     policies: PolicySource::BuiltIn,
 //!     node_key: None,
 //!     limits: Limits::default(),
+//!     clock: system_clock(),
 //! })?);
-//! let info = node.info();
-//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let node_pk = public_key_from_hex(&node.info().public_key)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let addr = listener.local_addr()?;
-//! drop(listener);
-//! tokio::spawn(cbfs_delegation::server::serve(node.clone(), addr));
+//! let never = futures::stream::pending::<()>();
+//! tokio::spawn(cbfs_delegation::server::serve(node.clone(), listener, std::future::pending(), never));
 //!
-//! // Delegate: one grant, bound to the node and sealed for it.
+//! // Delegate: one share, bound to the node and sealed for it.
 //! let terms = DelegationTerms { threshold: 1, shares: 1, expires: None };
-//! let grant = &delegate(&admin, &keyset, &scope, &alice_pub, &terms)?[0];
-//! let node_pk = public_key_from_hex(&info.public_key)?;
-//! node.upload(&grant.for_node(&node_pk).seal_for_node(&admin)?).unwrap();
+//! let d = delegate(&admin, &keyset, &scope, &alice_pub, &terms, &[node_pk], &SystemClock)?;
+//! node.upload(&serde_json::to_vec(&GrantUpload::new(&d.grants[0].seal_for_node(&admin)?, &d.record))?)
+//!     .unwrap();
 //!
 //! // The write path seals a lockbox; alice opens it through the node.
 //! let (lockbox, key) = Lockbox::seal("proj", keyset.scope(&scope).unwrap(), SegmentId::random())?;
 //! let nodes = client::NodeSet::new([format!("http://{addr}")])?;
-//! let access = client::Access::from_keyset(&keyset, UserName::new("alice")?, scope, 1)?;
+//! let access = Access::from_keyset(&keyset, UserName::new("alice")?, scope)?;
 //! let fetched = client::fetch_cfrags(&nodes, &alice, &access, "/", &[lockbox.capsule().clone()]).await?;
 //! let opened = lockbox.open_reencrypted(
 //!     &alice.secret_key(),
@@ -78,7 +80,6 @@
 #![warn(missing_docs)]
 
 pub mod audit;
-pub mod client;
 mod error;
 mod identity;
 mod metrics;
@@ -86,11 +87,11 @@ mod node;
 mod policy;
 pub mod server;
 mod store;
-pub mod wire;
 
 pub use error::{Error, Result};
-pub use identity::{Init, NodeIdentity, NodePublicFile, default_key_source};
+pub use cbfs_wire::NodePublicFile;
+pub use identity::{Init, NodeIdentity, default_key_source};
 pub use metrics::Metrics;
-pub use node::{Limits, Node, NodeConfig, Refusal};
+pub use node::{Limits, Node, NodeConfig, Refusal, Ticket};
 pub use policy::{DEFAULT_POLICIES, Policies, PolicySource, Question, Verdict};
 pub use store::Store;

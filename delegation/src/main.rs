@@ -33,6 +33,12 @@ Examples:
 The administrator sends kfrags to nodes with `cbfs-keytool delegate --node URL...`
 and withdraws them with `cbfs-keytool revoke --node URL...`. Revocation stops new
 unlocks only: a file key that a user has already unlocked cannot be taken back.
+For a node without a network path from the administrator, `cbfs-keytool delegate
+--node-key node.pub --out DIR` writes each share sealed for its node, and
+`cbfs-delegation import --data DIR FILE` stores it (the node must be stopped).
+
+`--listen 127.0.0.1:0` picks a free port; the first line on standard output is
+`listening on http://ADDRESS`.
 
 Signals: SIGHUP reloads the policies (a folder that does not validate is refused,
 and the old policies stay in force); SIGTERM or SIGINT stops the node gracefully.
@@ -88,6 +94,18 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Store shares written by `cbfs-keytool delegate --out` (each sealed for
+    /// this node) while the node is stopped.
+    Import {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The file system's signed public keyset.
+        #[arg(long, value_name = "KEYSET.json")]
+        keyset: PathBuf,
+        /// The `*.share` files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
     /// Validate a policy folder against its schema.
     CheckPolicies {
         /// The folder.
@@ -130,6 +148,10 @@ struct LimitArgs {
     /// How far a request's timestamp may be from the node's clock, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = Limits::default().clock_skew.as_secs())]
     clock_skew: u64,
+    /// Requests per minute, from everyone, that fail authentication; beyond
+    /// it they are refused without an audit record each.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().unauthenticated_per_minute)]
+    unauthenticated_rate: u32,
 }
 
 fn main() -> ExitCode {
@@ -208,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
                 burst: limits.burst,
                 request_timeout: Duration::from_secs(limits.timeout.max(1)),
                 clock_skew: Duration::from_secs(limits.clock_skew),
+                unauthenticated_per_minute: limits.unauthenticated_rate,
             };
             let config = NodeConfig {
                 data: key.data,
@@ -215,6 +238,7 @@ fn run(cli: Cli) -> Result<()> {
                 policies: policies.map_or(PolicySource::BuiltIn, PolicySource::Dir),
                 node_key: key.node_key,
                 limits,
+                clock: cbfs_core::system_clock(),
             };
             let node = Arc::new(Node::open(config)?);
             let info = node.info();
@@ -230,7 +254,62 @@ fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(cbfs_delegation::server::serve(node, listen))?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                let local = listener.local_addr().context("cannot read the bound address")?;
+                {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "listening on http://{local}")?;
+                    out.flush()?;
+                }
+                let shutdown = cbfs_delegation::server::termination()?;
+                let reload = cbfs_delegation::server::hangups()?;
+                cbfs_delegation::server::serve(node, listener, shutdown, reload).await?;
+                anyhow::Ok(())
+            })?;
+            Ok(())
+        }
+        Command::Import {
+            key,
+            keyset,
+            files,
+        } => {
+            let config = NodeConfig {
+                data: key.data,
+                keyset,
+                policies: PolicySource::BuiltIn,
+                node_key: key.node_key,
+                limits: Limits::default(),
+                clock: cbfs_core::system_clock(),
+            };
+            let node = Node::open(config)?;
+            let mut failed = 0;
+            for file in &files {
+                let bytes = std::fs::read(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                match node.upload(&bytes) {
+                    Ok(stored) => println!(
+                        "{}: stored share {} of {} ({} needed) of scope `{}` for `{}`",
+                        file.display(),
+                        stored.share,
+                        stored.shares,
+                        stored.threshold,
+                        stored.scope,
+                        stored.user
+                    ),
+                    Err(r) => {
+                        failed += 1;
+                        eprintln!("{}: refused ({}): {}", file.display(), r.code, r.reason);
+                    }
+                }
+            }
+            node.stopped()?;
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} shares were not stored", files.len());
+            }
             Ok(())
         }
         Command::CheckPolicies { dir } => {

@@ -7,10 +7,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use cbfs_core::umbral_pre::{Capsule, VerifiedCapsuleFrag, VerifiedKeyFrag};
+use cbfs_core::umbral_pre::{Capsule, PublicKey, VerifiedCapsuleFrag, VerifiedKeyFrag};
 use cbfs_core::{
-    Grant, KeySource, Keyset, Revocation, ScopeLabel, SealedGrant, Unlock, UserName, fingerprint,
-    public_key_hex,
+    Clock, DelegationRecord, Grant, KeySource, Keyset, Revocation, ScopeLabel, SealedGrant, Unlock,
+    UserName, fingerprint, public_key_from_hex, public_key_hex,
+};
+use cbfs_wire::{
+    CFRAGS_FORMAT, CFRAGS_VERSION, Cfrags, GrantStored, GrantUpload, NODE_FORMAT, NODE_VERSION,
+    NodeInfo, REENCRYPT_FORMAT, REENCRYPT_VERSION, RevokeDone, SignedReencrypt, UPLOAD_FORMAT,
+    UPLOAD_VERSION, check_path, decode_capsule, encode_cfrag, record_from_value,
 };
 
 use crate::audit::{AuditLog, Event, audit_dir};
@@ -19,10 +24,6 @@ use crate::identity::NodeIdentity;
 use crate::metrics::Metrics;
 use crate::policy::{Policies, PolicySource, Question};
 use crate::store::Store;
-use crate::wire::{
-    CFRAGS_FORMAT, Cfrags, GrantStored, NODE_FORMAT, NodeInfo, REENCRYPT_FORMAT, RevokeDone,
-    SignedReencrypt, WIRE_VERSION, check_path, decode_capsule, encode_cfrag,
-};
 
 /// The limits a node enforces. Every one is a `serve` option.
 #[derive(Clone, Debug)]
@@ -39,6 +40,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// How far a request's timestamp may be from the node's clock.
     pub clock_skew: Duration,
+    /// Requests per minute, from everyone together, that fail before they
+    /// are authenticated (unknown user, bad signature, garbage): beyond
+    /// this they are refused without an audit record each.
+    pub unauthenticated_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -50,6 +55,7 @@ impl Default for Limits {
             burst: 60,
             request_timeout: Duration::from_secs(120),
             clock_skew: Duration::from_secs(300),
+            unauthenticated_per_minute: 120,
         }
     }
 }
@@ -67,6 +73,8 @@ pub struct NodeConfig {
     pub node_key: Option<KeySource>,
     /// The limits.
     pub limits: Limits,
+    /// Where the time comes from (expiry, request timestamps).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// A refusal: the HTTP status, a stable code and a reason for people.
@@ -74,7 +82,7 @@ pub struct NodeConfig {
 pub struct Refusal {
     /// HTTP status.
     pub status: u16,
-    /// Stable code (see [`crate::wire::ErrorBody`]).
+    /// Stable code (see [`cbfs_wire::ErrorBody`]).
     pub code: &'static str,
     /// Why.
     pub reason: String,
@@ -95,9 +103,83 @@ impl Refusal {
 
 type GrantKey = (ScopeLabel, UserName);
 
+/// A share the node holds: the grant (with its kfrag) and the public record
+/// of its delegation, which every answer carries.
+struct Held {
+    grant: Grant,
+    record: DelegationRecord,
+    /// The record as a JSON value, ready to go into answers.
+    record_json: serde_json::Value,
+}
+
+/// A token bucket: `burst` requests at once, then `per_minute`.
 struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64) -> Self {
+        Bucket {
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one; otherwise the seconds until there is.
+    fn take(&mut self, per_minute: u32, burst: f64) -> Result<(), f64> {
+        let rate = f64::from(per_minute) / 60.0;
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else if rate > 0.0 {
+            Err(((1.0 - self.tokens) / rate).ceil())
+        } else {
+            Err(60.0)
+        }
+    }
+}
+
+/// The fate of one re-encryption answer, shared by the request's handler
+/// and the blocking work that makes the answer: whichever comes first
+/// decides whether the answer is sent (and audited as allowed) or dropped
+/// on a timeout (and audited as refused). The audit log records what was
+/// sent, never an answer nobody got.
+#[derive(Clone, Debug, Default)]
+pub struct Ticket(Arc<std::sync::atomic::AtomicU8>);
+
+const TICKET_OPEN: u8 = 0;
+const TICKET_SENT: u8 = 1;
+const TICKET_DROPPED: u8 = 2;
+
+impl Ticket {
+    /// The work claims the answer for sending; false if the handler already
+    /// gave up on it.
+    fn claim(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(TICKET_OPEN, TICKET_SENT, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            || self.0.load(Ordering::SeqCst) == TICKET_SENT
+    }
+
+    /// The handler gives up on the answer; false if the work already claimed
+    /// it (then the answer is on its way and must be sent).
+    pub fn drop_answer(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(
+                TICKET_OPEN,
+                TICKET_DROPPED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+            || self.0.load(Ordering::SeqCst) == TICKET_DROPPED
+    }
 }
 
 /// A running node's state.
@@ -105,18 +187,20 @@ pub struct Node {
     identity: NodeIdentity,
     keyset: Keyset,
     store: Store,
-    grants: RwLock<HashMap<GrantKey, Arc<Grant>>>,
+    grants: RwLock<HashMap<GrantKey, Arc<Held>>>,
+    /// Every user's request-verifying key, from the grants the node was
+    /// given (kept after a revocation, so that a revoked user's requests
+    /// are still authenticated, and refused as revoked).
+    user_keys: RwLock<HashMap<UserName, PublicKey>>,
     policies: ArcSwap<Policies>,
     policy_source: PolicySource,
     audit: Mutex<AuditLog>,
     limits: Limits,
     rate: Mutex<HashMap<UserName, Bucket>>,
+    unauthenticated: Mutex<Bucket>,
     nonces: Mutex<()>,
     metrics: Metrics,
-}
-
-fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    clock: Arc<dyn Clock>,
 }
 
 fn field(value: &impl std::fmt::Display) -> Option<String> {
@@ -136,18 +220,22 @@ impl Node {
         let policies = Policies::load_from(&config.policies)?;
         let audit = AuditLog::open(&audit_dir(&config.data))?;
         let store = Store::open(&config.data.join("db"))?;
+        let unauthenticated = Bucket::full(unauth_burst(&config.limits));
         let node = Node {
             identity,
             keyset,
             store,
             grants: RwLock::new(HashMap::new()),
+            user_keys: RwLock::new(HashMap::new()),
             policies: ArcSwap::from_pointee(policies),
             policy_source: config.policies,
             audit: Mutex::new(audit),
             limits: config.limits,
             rate: Mutex::new(HashMap::new()),
+            unauthenticated: Mutex::new(unauthenticated),
             nonces: Mutex::new(()),
             metrics: Metrics::new(),
+            clock: config.clock,
         };
         node.load_grants()?;
         let mut event = Event::new(
@@ -170,22 +258,87 @@ impl Node {
         let sk = self.identity.secret_key();
         let admin = self.keyset.admin_verifying_key();
         let mut grants = self.grants.write().expect("lock");
+        let records: HashMap<String, Vec<u8>> = self.store.records()?.into_iter().collect();
         for (key, sealed) in self.store.grants()? {
-            let grant =
-                SealedGrant::from_bytes(&sealed, &key).and_then(|s| s.open(&sk, admin, &key));
-            match grant {
-                Ok(grant) => {
+            let held = SealedGrant::from_bytes(&sealed, &key)
+                .and_then(|s| s.open(&sk, admin, &key))
+                .map_err(|e| e.to_string())
+                .and_then(|grant| {
+                    let record_key = key.replacen("grant/", "record/", 1);
+                    let bytes = records.get(&record_key).ok_or_else(|| {
+                        "it has no delegation record (stored by an older node); delegate again"
+                            .to_owned()
+                    })?;
+                    let value: serde_json::Value = serde_json::from_slice(bytes)
+                        .map_err(|e| format!("its delegation record is not JSON: {e}"))?;
+                    self.held(grant, value)
+                });
+            match held {
+                Ok(held) => {
+                    self.user_keys
+                        .write()
+                        .expect("lock")
+                        .insert(held.grant.user().clone(), *held.grant.user_verifying_key());
                     grants.insert(
-                        (grant.scope().clone(), grant.user().clone()),
-                        Arc::new(grant),
+                        (held.grant.scope().clone(), held.grant.user().clone()),
+                        Arc::new(held),
                     );
                 }
                 // A grant this node cannot open is useless here; say so, keep serving the rest.
                 Err(e) => tracing::error!("skipping stored grant {key}: {e}"),
             }
         }
+        for (user, hex) in self.store.user_keys()? {
+            match (UserName::new(user.as_str()), public_key_from_hex(&hex)) {
+                (Ok(name), Ok(key)) => {
+                    self.user_keys
+                        .write()
+                        .expect("lock")
+                        .entry(name)
+                        .or_insert(key);
+                }
+                _ => tracing::error!("skipping the stored key of user {user}: malformed"),
+            }
+        }
         self.metrics.grants.set(grants.len() as i64);
         Ok(())
+    }
+
+    /// Pairs a grant with its delegation record, checking that the record
+    /// is the administrator's and that both describe the same share.
+    fn held(&self, grant: Grant, record_json: serde_json::Value) -> Result<Held, String> {
+        let record = record_from_value(
+            &record_json,
+            "delegation record",
+            self.keyset.admin_verifying_key(),
+        )?;
+        let same = record.fs() == grant.fs()
+            && record.scope() == grant.scope()
+            && record.user() == grant.user()
+            && record.user_public_key() == grant.user_public_key()
+            && record.user_verifying_key() == grant.user_verifying_key()
+            && record.scope_public_key() == grant.scope_public_key()
+            && record.threshold() == grant.threshold()
+            && record.shares() == grant.shares()
+            && record.issued() == grant.issued()
+            && record.expires() == grant.expires();
+        if !same {
+            return Err(
+                "the delegation record and the grant describe different delegations".into(),
+            );
+        }
+        if record.share_of(self.identity.public_key()) != Some(grant.share()) {
+            return Err(format!(
+                "the delegation record does not give share {} to this node ({})",
+                grant.share(),
+                fingerprint(self.identity.public_key())
+            ));
+        }
+        Ok(Held {
+            grant,
+            record,
+            record_json,
+        })
     }
 
     /// The limits.
@@ -212,7 +365,7 @@ impl Node {
     pub fn info(&self) -> NodeInfo {
         NodeInfo {
             format: NODE_FORMAT.into(),
-            version: WIRE_VERSION,
+            version: NODE_VERSION,
             public_key: public_key_hex(self.identity.public_key()),
             fingerprint: fingerprint(self.identity.public_key()),
             fs: self.keyset.fs().to_string(),
@@ -225,8 +378,19 @@ impl Node {
     }
 
     /// Audits a decision, counts it, and turns an audit failure into a
-    /// refusal: nothing is released that was not logged.
-    fn decided<T>(&self, mut event: Event, outcome: Result<T, Refusal>) -> Result<T, Refusal> {
+    /// refusal: nothing is released that was not logged. With a `ticket`,
+    /// an answer the request's handler has given up on (a timeout) is
+    /// audited and returned as the refusal it became.
+    fn decided<T>(
+        &self,
+        mut event: Event,
+        outcome: Result<T, Refusal>,
+        ticket: Option<&Ticket>,
+    ) -> Result<T, Refusal> {
+        let outcome = match outcome {
+            Ok(_) if ticket.is_some_and(|t| !t.claim()) => Err(self.timed_out()),
+            other => other,
+        };
         let (allowed, code) = match &outcome {
             Ok(_) => (true, "ok"),
             Err(r) => (false, r.code),
@@ -286,6 +450,18 @@ impl Node {
         }
     }
 
+    /// The refusal of a request that took longer than the node's limit.
+    pub fn timed_out(&self) -> Refusal {
+        Refusal::new(
+            503,
+            "timeout",
+            format!(
+                "the request took longer than this node's limit of {} s",
+                self.limits.request_timeout.as_secs()
+            ),
+        )
+    }
+
     /// Records the node's stop in the audit log.
     pub fn stopped(&self) -> Result<()> {
         self.audit(&Event::new("stop", true, "the node stopped"))
@@ -294,21 +470,44 @@ impl Node {
     /// Forgets nonces old enough to be refused as stale anyway.
     pub fn purge_nonces(&self) -> Result<usize> {
         let _guard = self.nonces.lock().expect("nonce lock");
-        let horizon = 2 * self.limits.clock_skew.as_secs() as i64 + 60;
-        self.store.purge_nonces(now_unix() - horizon)
+        let horizon = i64::try_from(self.limits.clock_skew.as_secs())
+            .unwrap_or(i64::MAX / 4)
+            .saturating_mul(2)
+            .saturating_add(60);
+        self.store
+            .purge_nonces(self.clock.unix().saturating_sub(horizon))
     }
 
-    /// `POST /v1/grants`: stores a grant sealed for this node.
+    /// `POST /v1/grants`: stores a grant sealed for this node, with the
+    /// record of its delegation ([`GrantUpload`]).
     pub fn upload(&self, body: &[u8]) -> Result<GrantStored, Refusal> {
         let mut event = Event::new("grant", false, "");
         let outcome = self.try_upload(body, &mut event);
-        self.decided(event, outcome)
+        self.decided(event, outcome, None)
     }
 
     fn try_upload(&self, body: &[u8], event: &mut Event) -> Result<GrantStored, Refusal> {
         let bad = |reason: String| Refusal::new(403, "bad_grant", reason);
-        let sealed = SealedGrant::from_bytes(body, "uploaded grant")
-            .map_err(|e| Refusal::new(400, "bad_grant", e.to_string()))?;
+        let upload: GrantUpload = serde_json::from_slice(body).map_err(|e| {
+            Refusal::new(
+                400,
+                "bad_grant",
+                format!("not a grant upload ({UPLOAD_FORMAT} version {UPLOAD_VERSION}): {e}"),
+            )
+        })?;
+        if upload.format != UPLOAD_FORMAT || upload.version != UPLOAD_VERSION {
+            return Err(Refusal::new(
+                400,
+                "bad_grant",
+                format!(
+                    "unsupported upload format `{}` version {}",
+                    upload.format, upload.version
+                ),
+            ));
+        }
+        let (sealed, sealed_bytes) = upload
+            .sealed_grant()
+            .map_err(|e| Refusal::new(400, "bad_grant", e))?;
         if sealed.node() != self.identity.public_key() {
             return Err(Refusal::new(
                 403,
@@ -344,7 +543,7 @@ impl Node {
                 grant.scope()
             )));
         }
-        if grant.is_expired(time::OffsetDateTime::now_utc()) {
+        if grant.is_expired(self.clock.now()) {
             return Err(Refusal::new(
                 403,
                 "expired",
@@ -368,24 +567,37 @@ impl Node {
                 ),
             ));
         }
+        let held = self.held(grant, upload.delegation).map_err(bad)?;
+        let grant = &held.grant;
         let mut grants = self.grants.write().expect("lock");
-        if let Some(held) = grants.get(&key) {
-            let older = |g: &Grant| cbfs_core::parse_time(g.issued()).ok();
-            if older(&grant) < older(held) {
+        if let Some(old) = grants.get(&key) {
+            let issued = |g: &Grant| cbfs_core::parse_time(g.issued()).ok();
+            if issued(grant) < issued(&old.grant) {
                 return Err(Refusal::new(
                     409,
                     "stale_grant",
                     format!(
                         "the node holds a newer grant of this scope for this user (issued {}, this one {})",
-                        held.issued(),
+                        old.grant.issued(),
                         grant.issued()
                     ),
                 ));
             }
         }
+        let record_bytes = serde_json::to_vec(&held.record_json).expect("values serialize");
         self.store
-            .put_grant(&key.0, &key.1, body)
+            .put_grant(
+                &key.0,
+                &key.1,
+                &sealed_bytes,
+                &record_bytes,
+                &public_key_hex(grant.user_verifying_key()),
+            )
             .map_err(Refusal::internal)?;
+        self.user_keys
+            .write()
+            .expect("lock")
+            .insert(key.1.clone(), *grant.user_verifying_key());
         let stored = GrantStored {
             scope: grant.scope().to_string(),
             user: grant.user().to_string(),
@@ -405,7 +617,7 @@ impl Node {
                 .map(|e| format!("expires {e}"))
                 .unwrap_or_else(|| "no expiry".into())
         );
-        grants.insert(key, Arc::new(grant));
+        grants.insert(key, Arc::new(held));
         self.metrics.grants.set(grants.len() as i64);
         Ok(stored)
     }
@@ -436,7 +648,7 @@ impl Node {
     pub fn revoke(&self, body: &[u8]) -> Result<RevokeDone, Refusal> {
         let mut event = Event::new("revoke", false, "");
         let outcome = self.try_revoke(body, &mut event);
-        self.decided(event, outcome)
+        self.decided(event, outcome, None)
     }
 
     fn try_revoke(&self, body: &[u8], event: &mut Event) -> Result<RevokeDone, Refusal> {
@@ -469,7 +681,7 @@ impl Node {
             }
             _ => (revocation, body.to_vec()),
         };
-        let held = grants.get(&key).cloned();
+        let held = grants.get(&key).map(|h| h.grant.clone());
         let delete = held.as_ref().is_some_and(|g| latest.covers(g));
         self.store
             .revoke(&key.0, &key.1, &record, delete)
@@ -502,44 +714,58 @@ impl Node {
     }
 
     fn check_rate(&self, user: &UserName) -> Result<(), Refusal> {
-        let rate = f64::from(self.limits.rate_per_minute) / 60.0;
         let burst = f64::from(self.limits.burst.max(1));
         let mut buckets = self.rate.lock().expect("rate lock");
-        let now = Instant::now();
-        let bucket = buckets.entry(user.clone()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = if rate > 0.0 {
-                ((1.0 - bucket.tokens) / rate).ceil()
-            } else {
-                60.0
-            };
-            Err(Refusal::new(
-                429,
-                "rate_limited",
-                format!(
-                    "user `{user}` is over {} requests per minute; retry in {wait} s",
-                    self.limits.rate_per_minute
-                ),
-            ))
-        }
+        let bucket = buckets
+            .entry(user.clone())
+            .or_insert_with(|| Bucket::full(burst));
+        bucket
+            .take(self.limits.rate_per_minute, burst)
+            .map_err(|wait| {
+                Refusal::new(
+                    429,
+                    "rate_limited",
+                    format!(
+                        "user `{user}` is over {} requests per minute; retry in {wait} s",
+                        self.limits.rate_per_minute
+                    ),
+                )
+            })
+    }
+
+    /// Whether another unauthenticated failure may be audited now; beyond
+    /// the limit such requests are refused with 429, counted, not audited.
+    fn unauthenticated_allowed(&self) -> bool {
+        let burst = unauth_burst(&self.limits);
+        self.unauthenticated
+            .lock()
+            .expect("rate lock")
+            .take(self.limits.unauthenticated_per_minute, burst)
+            .is_ok()
     }
 
     /// `POST /v1/reencrypt`: checks and decides a user's signed request, and
-    /// re-encrypts its capsules.
-    pub fn reencrypt(&self, body: &[u8]) -> Result<Cfrags, Refusal> {
+    /// re-encrypts its capsules. `ticket` ties the answer to the request's
+    /// handler (see [`Ticket`]); `None` when nobody can give up on it.
+    pub fn reencrypt(&self, body: &[u8], ticket: Option<&Ticket>) -> Result<Cfrags, Refusal> {
         let started = Instant::now();
         let mut event = Event::new("reencrypt", false, "");
         let outcome = self.try_reencrypt(body, &mut event);
-        let outcome = self.decided(event, outcome);
+        if let Err(r) = &outcome
+            && r.code == "unauthenticated"
+            && !self.unauthenticated_allowed()
+        {
+            self.metrics
+                .decisions
+                .with_label_values(&["reencrypt", "deny", "rate_limited"])
+                .inc();
+            return Err(Refusal::new(
+                429,
+                "rate_limited",
+                "too many unauthenticated requests; retry later",
+            ));
+        }
+        let outcome = self.decided(event, outcome, ticket);
         let decision = if outcome.is_ok() { "allow" } else { "deny" };
         self.metrics
             .batch_seconds
@@ -550,14 +776,24 @@ impl Node {
 
     fn try_reencrypt(&self, body: &[u8], event: &mut Event) -> Result<Cfrags, Refusal> {
         let bad = |reason: String| Refusal::new(400, "bad_request", reason);
+        let unauthenticated = |reason: String| Refusal::new(401, "unauthenticated", reason);
         let signed: SignedReencrypt = serde_json::from_slice(body)
-            .map_err(|e| bad(format!("not a re-encryption request: {e}")))?;
+            .map_err(|e| unauthenticated(format!("not a re-encryption request: {e}")))?;
         let req = &signed.request;
         event.user = field(&req.user);
         event.scope = field(&req.scope);
         event.path = Some(req.path.clone());
         event.capsules = Some(req.capsules.len() as u64);
-        if req.format != REENCRYPT_FORMAT || req.version != WIRE_VERSION {
+        // Who asks comes first: nothing about delegations is told to a
+        // request that is not signed by a user this node knows.
+        let user_key = self.user_keys.read().expect("lock").get(&req.user).copied();
+        if !user_key.is_some_and(|k| signed.verify(&k)) {
+            return Err(unauthenticated(format!(
+                "the request does not verify with a signing key this node knows for user `{}`: forged, altered, or a user it holds no delegation for",
+                req.user
+            )));
+        }
+        if req.format != REENCRYPT_FORMAT || req.version != REENCRYPT_VERSION {
             return Err(bad(format!(
                 "unsupported format `{}` version {}",
                 req.format, req.version
@@ -572,6 +808,38 @@ impl Node {
                     fingerprint(self.identity.public_key())
                 ),
             ));
+        }
+        let now = self.clock.unix();
+        let skew = self.limits.clock_skew.as_secs();
+        match req.skew_from(now) {
+            Some(off) if off <= skew => {}
+            _ => {
+                return Err(Refusal::new(
+                    401,
+                    "stale_request",
+                    format!(
+                        "the request is dated {} (Unix time), the node's clock says {now}; at most {skew} s apart is accepted (check the clocks)",
+                        req.timestamp
+                    ),
+                ));
+            }
+        }
+        if req.nonce.len() != 32 || !req.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("the nonce must be 16 bytes in hex".into()));
+        }
+        {
+            let _guard = self.nonces.lock().expect("nonce lock");
+            let fresh = self
+                .store
+                .record_nonce(&req.user, &req.nonce.to_ascii_lowercase(), req.timestamp)
+                .map_err(Refusal::internal)?;
+            if !fresh {
+                return Err(Refusal::new(
+                    409,
+                    "replayed",
+                    "this request (its nonce) was already seen: replays are refused",
+                ));
+            }
         }
         if req.capsules.is_empty() {
             return Err(bad("the request holds no capsules".into()));
@@ -589,8 +857,8 @@ impl Node {
         }
         check_path(&req.path).map_err(|e| bad(e.into()))?;
         let key = (req.scope.clone(), req.user.clone());
-        let grant = self.grants.read().expect("lock").get(&key).cloned();
-        let Some(grant) = grant else {
+        let held = self.grants.read().expect("lock").get(&key).cloned();
+        let Some(held) = held else {
             if let Some(revocation) = self.revocation(&key.0, &key.1)? {
                 return Err(Refusal::new(
                     403,
@@ -612,48 +880,17 @@ impl Node {
                 ),
             ));
         };
+        let grant = &held.grant;
         if !signed.verify(grant.user_verifying_key()) {
-            return Err(Refusal::new(
-                401,
-                "bad_signature",
-                format!(
-                    "the signature does not verify with the signing key of `{}` ({}): forged or altered",
-                    key.1,
-                    fingerprint(grant.user_verifying_key())
-                ),
-            ));
+            // The user's key changed since this grant was made: the grant's
+            // key is the one that counts for it.
+            return Err(unauthenticated(format!(
+                "the signature does not verify with the signing key of `{}` in its grant ({})",
+                key.1,
+                fingerprint(grant.user_verifying_key())
+            )));
         }
-        let now = now_unix();
-        let skew = self.limits.clock_skew.as_secs() as i64;
-        if (req.timestamp - now).abs() > skew {
-            return Err(Refusal::new(
-                401,
-                "stale_request",
-                format!(
-                    "the request is dated {} s from the node's clock; at most {skew} s is accepted (check the clocks)",
-                    req.timestamp - now
-                ),
-            ));
-        }
-        if req.nonce.len() != 32 || !req.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("the nonce must be 16 bytes in hex".into()));
-        }
-        {
-            let _guard = self.nonces.lock().expect("nonce lock");
-            let fresh = self
-                .store
-                .record_nonce(&req.user, &req.nonce.to_ascii_lowercase(), req.timestamp)
-                .map_err(Refusal::internal)?;
-            if !fresh {
-                return Err(Refusal::new(
-                    409,
-                    "replayed",
-                    "this request (its nonce) was already seen: replays are refused",
-                ));
-            }
-        }
-        let now_t = time::OffsetDateTime::now_utc();
-        if grant.is_expired(now_t) {
+        if grant.is_expired(self.clock.now()) {
             return Err(Refusal::new(
                 403,
                 "expired",
@@ -691,18 +928,22 @@ impl Node {
         let cfrags = reencrypt_all(&capsules, grant.kfrag());
         self.metrics.capsules.inc_by(cfrags.len() as u64);
         event.reason = format!(
-            "policy: {}; re-encrypted with share {}",
+            "policy: {}; re-encrypted with share {} of the delegation issued {}",
             verdict.reason,
-            grant.share()
+            grant.share(),
+            held.record.issued()
         );
         Ok(Cfrags {
             format: CFRAGS_FORMAT.into(),
-            version: WIRE_VERSION,
-            grant_issued: grant.issued().to_owned(),
-            threshold: grant.threshold(),
+            version: CFRAGS_VERSION,
+            delegation: held.record_json.clone(),
             cfrags: cfrags.iter().map(encode_cfrag).collect(),
         })
     }
+}
+
+fn unauth_burst(limits: &Limits) -> f64 {
+    f64::from((limits.unauthenticated_per_minute / 4).max(1))
 }
 
 /// Re-encrypts every capsule, on every core.

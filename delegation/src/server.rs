@@ -9,12 +9,13 @@
 //! | `POST /v1/revoke` | revoke a (scope, user) delegation |
 //! | `POST /v1/reencrypt` | re-encrypt a signed batch of capsules |
 //!
-//! SIGHUP reloads the policies (requests in flight finish under the old
-//! ones; a folder that does not validate is refused and the old policies
-//! stay). SIGTERM and SIGINT stop the node gracefully: it stops accepting,
-//! finishes the requests it has, records the stop, and exits 0.
+//! [`serve`] takes a bound listener, a shutdown future and a stream of
+//! reload requests. The binary feeds them from signals ([`termination`],
+//! [`hangups`]): SIGHUP reloads the policies (requests in flight finish under
+//! the old ones; a folder that does not validate is refused and the old
+//! policies stay); SIGTERM and SIGINT stop the node gracefully: it stops
+//! accepting, finishes the requests it has, records the stop, and exits 0.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +29,8 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::{Error, Result};
-use crate::node::{Node, Refusal};
-use crate::wire::ErrorBody;
+use crate::node::{Node, Refusal, Ticket};
+use cbfs_wire::ErrorBody;
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     (
@@ -59,43 +60,51 @@ fn refusal(r: Refusal) -> Response {
 
 /// Reads the body within the node's limits, then runs `decide` on a
 /// blocking thread (it signs, verifies, fsyncs and re-encrypts), all within
-/// the request timeout.
+/// the request timeout. `decide` gets a [`Ticket`]: when the time runs out
+/// first, the handler gives up on the answer and the node audits a refusal
+/// instead of an answer nobody got; when the answer was already claimed,
+/// the handler waits for it and sends it.
 async fn handle<T, F>(node: Arc<Node>, endpoint: &'static str, body: Body, decide: F) -> Response
 where
     T: Serialize + Send + 'static,
-    F: FnOnce(&Node, &[u8]) -> Result<T, Refusal> + Send + 'static,
+    F: FnOnce(&Node, &[u8], &Ticket) -> Result<T, Refusal> + Send + 'static,
 {
     node.metrics().requests.with_label_values(&[endpoint]).inc();
     let limits = node.limits().clone();
-    let work = async move {
-        let bytes = match axum::body::to_bytes(body, limits.max_body).await {
-            Ok(bytes) => bytes,
-            Err(_) => {
-                let r = Refusal::new(
-                    413,
-                    "too_large",
-                    format!(
-                        "the request body is larger than this node's limit of {} bytes (or it broke off)",
-                        limits.max_body
-                    ),
-                );
-                return Err(r);
-            }
-        };
-        tokio::task::spawn_blocking(move || decide(&node, &bytes))
-            .await
-            .map_err(|e| Refusal::new(500, "internal", format!("the node failed: {e}")))?
+    let deadline = tokio::time::Instant::now() + limits.request_timeout;
+    let read = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limits.max_body));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return refusal(Refusal::new(
+                413,
+                "too_large",
+                format!(
+                    "the request body is larger than this node's limit of {} bytes (or it broke off)",
+                    limits.max_body
+                ),
+            ));
+        }
+        Err(_) => return refusal(node.timed_out()),
     };
-    match tokio::time::timeout(limits.request_timeout, work).await {
+    let ticket = Ticket::default();
+    let mut work = {
+        let (node, ticket) = (node.clone(), ticket.clone());
+        tokio::task::spawn_blocking(move || decide(&node, &bytes, &ticket))
+    };
+    let joined = match tokio::time::timeout_at(deadline, &mut work).await {
+        Ok(joined) => joined,
+        // Too late, unless the answer is already on its way.
+        Err(_) if ticket.drop_answer() => return refusal(node.timed_out()),
+        Err(_) => work.await,
+    };
+    match joined {
         Ok(Ok(answer)) => json(StatusCode::OK, &answer),
         Ok(Err(r)) => refusal(r),
-        Err(_) => refusal(Refusal::new(
-            503,
-            "timeout",
-            format!(
-                "the request took longer than this node's limit of {} s",
-                limits.request_timeout.as_secs()
-            ),
+        Err(e) => refusal(Refusal::new(
+            500,
+            "internal",
+            format!("the node failed: {e}"),
         )),
     }
 }
@@ -134,15 +143,15 @@ async fn node_info(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn upload(State(node): State<Arc<Node>>, body: Body) -> Response {
-    handle(node, "grants", body, |n, b| n.upload(b)).await
+    handle(node, "grants", body, |n, b, _| n.upload(b)).await
 }
 
 async fn revoke(State(node): State<Arc<Node>>, body: Body) -> Response {
-    handle(node, "revoke", body, |n, b| n.revoke(b)).await
+    handle(node, "revoke", body, |n, b, _| n.revoke(b)).await
 }
 
 async fn reencrypt(State(node): State<Arc<Node>>, body: Body) -> Response {
-    handle(node, "reencrypt", body, |n, b| n.reencrypt(b)).await
+    handle(node, "reencrypt", body, |n, b, t| n.reencrypt(b, Some(t))).await
 }
 
 async fn not_found() -> Response {
@@ -166,30 +175,34 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Serves `node` on `listen` until SIGTERM or SIGINT; reloads policies on
-/// SIGHUP.
-pub async fn serve(node: Arc<Node>, listen: SocketAddr) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Error::Server(format!("cannot listen on {listen}: {e}")))?;
+/// Serves `node` on `listener` until `shutdown` completes: then it stops
+/// accepting, finishes the requests it has, and records the stop. Policies
+/// are reloaded whenever `reload` yields (the binary feeds it SIGHUP).
+pub async fn serve<S, R>(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    shutdown: S,
+    mut reload: R,
+) -> Result<()>
+where
+    S: std::future::Future<Output = ()> + Send + 'static,
+    R: futures::Stream<Item = ()> + Send + Unpin + 'static,
+{
+    use futures::StreamExt as _;
     let local = listener
         .local_addr()
-        .map_err(|e| Error::Server(format!("cannot listen on {listen}: {e}")))?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Server(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Server(e.to_string()))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Server(e.to_string()))?;
-
+        .map_err(|e| Error::Server(format!("cannot read the listening address: {e}")))?;
     let reloader = {
         let node = node.clone();
         tokio::spawn(async move {
-            while hup.recv().await.is_some() {
+            while reload.next().await.is_some() {
                 let n = node.clone();
                 match tokio::task::spawn_blocking(move || n.reload_policies()).await {
-                    Ok(Ok(ids)) => tracing::info!("SIGHUP: policies reloaded: {}", ids.join(", ")),
-                    Ok(Err(e)) => tracing::error!(
-                        "SIGHUP: policies NOT reloaded, the old ones stay in force: {e}"
-                    ),
-                    Err(e) => tracing::error!("SIGHUP: policy reload failed: {e}"),
+                    Ok(Ok(ids)) => tracing::info!("policies reloaded: {}", ids.join(", ")),
+                    Ok(Err(e)) => {
+                        tracing::error!("policies NOT reloaded, the old ones stay in force: {e}")
+                    }
+                    Err(e) => tracing::error!("policy reload failed: {e}"),
                 }
             }
         })
@@ -207,14 +220,7 @@ pub async fn serve(node: Arc<Node>, listen: SocketAddr) -> Result<()> {
             }
         })
     };
-
     tracing::info!("listening on http://{local}");
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
-        }
-    };
     let served = axum::serve(listener, router(node.clone()))
         .with_graceful_shutdown(shutdown)
         .await
@@ -225,4 +231,24 @@ pub async fn serve(node: Arc<Node>, listen: SocketAddr) -> Result<()> {
     node.stopped()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM or SIGINT, whichever comes first: the binary's shutdown signal.
+pub fn termination() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Server(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Server(e.to_string()))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
+        }
+    })
+}
+
+/// Every SIGHUP, as a stream: the binary's reload signal.
+pub fn hangups() -> Result<impl futures::Stream<Item = ()> + Send + Unpin + 'static> {
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Server(e.to_string()))?;
+    Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+        hup.poll_recv(cx)
+    })))
 }

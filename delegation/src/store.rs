@@ -4,6 +4,8 @@
 //! | key | value |
 //! |---|---|
 //! | `grant/<scope>/<user>` | the `SealedGrant` bytes as uploaded: encrypted for the node |
+//! | `record/<scope>/<user>` | the delegation record of that grant (public, signed) |
+//! | `userkey/<user>` | hex of the user's request-verifying key, from the newest grant |
 //! | `revoked/<scope>/<user>` | the latest signed `Revocation` of that (scope, user) |
 //! | `nonce/<user>/<nonce>` | the request's timestamp, 8 bytes big-endian |
 //!
@@ -25,6 +27,14 @@ pub struct Store {
 
 fn grant_key(scope: &ScopeLabel, user: &UserName) -> Vec<u8> {
     format!("grant/{scope}/{user}").into_bytes()
+}
+
+fn record_key(scope: &ScopeLabel, user: &UserName) -> Vec<u8> {
+    format!("record/{scope}/{user}").into_bytes()
+}
+
+fn user_key(user: &UserName) -> Vec<u8> {
+    format!("userkey/{user}").into_bytes()
 }
 
 fn revoked_key(scope: &ScopeLabel, user: &UserName) -> Vec<u8> {
@@ -78,11 +88,47 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores the sealed grant of (scope, user), replacing any older one.
-    pub fn put_grant(&self, scope: &ScopeLabel, user: &UserName, sealed: &[u8]) -> Result<()> {
+    /// Stores the sealed grant of (scope, user) with its delegation record,
+    /// replacing any older one, and remembers the user's verifying key, in
+    /// one synced write.
+    pub fn put_grant(
+        &self,
+        scope: &ScopeLabel,
+        user: &UserName,
+        sealed: &[u8],
+        record: &[u8],
+        verifying_key: &str,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(grant_key(scope, user), sealed);
+        batch.put(record_key(scope, user), record);
+        batch.put(user_key(user), verifying_key);
         self.db
-            .put_opt(grant_key(scope, user), sealed, &Self::synced())
+            .write_opt(batch, &Self::synced())
             .map_err(|e| self.err(e))
+    }
+
+    /// Every stored delegation record, with the key it is stored under.
+    pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .scan(b"record/")?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
+    /// Every user key the node learned: (user name, verifying key hex).
+    pub fn user_keys(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .scan(b"userkey/")?
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k["userkey/".len()..]).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect())
     }
 
     /// Every stored sealed grant, with the key it is stored under.
@@ -107,6 +153,7 @@ impl Store {
         batch.put(revoked_key(scope, user), revocation);
         if delete_grant {
             batch.delete(grant_key(scope, user));
+            batch.delete(record_key(scope, user));
         }
         self.db
             .write_opt(batch, &Self::synced())
@@ -176,14 +223,22 @@ mod tests {
             UserName::new("alice").unwrap(),
         );
         let other = UserName::new("bob").unwrap();
-        store.put_grant(&s, &u, b"sealed-a").unwrap();
-        store.put_grant(&s, &other, b"sealed-b").unwrap();
+        store.put_grant(&s, &u, b"sealed-a", b"rec-a", "vk-a").unwrap();
+        store.put_grant(&s, &other, b"sealed-b", b"rec-b", "vk-b").unwrap();
         assert_eq!(store.grants().unwrap().len(), 2);
+        assert_eq!(store.records().unwrap().len(), 2);
         store.revoke(&s, &u, b"rev", true).unwrap();
         assert_eq!(
             store.grants().unwrap(),
             [("grant/proj/bob".to_owned(), b"sealed-b".to_vec())]
         );
+        assert_eq!(
+            store.records().unwrap(),
+            [("record/proj/bob".to_owned(), b"rec-b".to_vec())]
+        );
+        // The user's key outlives the revoked grant: a revoked user's
+        // requests are still authenticated, and refused as revoked.
+        assert_eq!(store.user_keys().unwrap().len(), 2);
         assert_eq!(
             store.revocation(&s, &u).unwrap().as_deref(),
             Some(&b"rev"[..])

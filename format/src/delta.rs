@@ -148,6 +148,82 @@ fn diff(old: &[ManifestEntry], new: &[ManifestEntry]) -> (Vec<Key>, Vec<Manifest
     (removed, added)
 }
 
+/// A delta manifest parsed, with its signature checked against the key
+/// inside it; its entries still need its base.
+struct ParsedDelta {
+    snapshot: SnapshotId,
+    sequence: u64,
+    previous: [u8; 32],
+    created_unix: i64,
+    writer: PublicKey,
+    removed: Vec<Key>,
+    added: Vec<ManifestEntry>,
+    root: [u8; 32],
+}
+
+fn parse_delta(bytes: &[u8]) -> Result<ParsedDelta, Error> {
+    let (mut d, version) = Dec::brand(bytes, DELTA_BRAND, ObjectKind::Manifest)?;
+    if version != 1 && version != DELTA_VERSION {
+        return Err(Dec::unknown_version(ObjectKind::Manifest, version));
+    }
+    let snapshot = SnapshotId::from_bytes(d.array()?);
+    let sequence = d.u64()?;
+    let previous: [u8; 32] = d.array()?;
+    let created_unix = d.i64()?;
+    let at = d.pos();
+    let key_bytes: [u8; KEY_LEN] = d.array()?;
+    let writer = PublicKey::try_from_compressed_bytes(&key_bytes)
+        .ok()
+        .filter(|k| *k.to_compressed_bytes() == key_bytes)
+        .ok_or_else(|| d.err_at(at, "invalid writer key"))?;
+    let at = d.pos();
+    let n_removed = d.u32()? as usize;
+    if n_removed.checked_mul(32).is_none_or(|n| n > d.remaining()) {
+        return Err(d.err_at(
+            at,
+            format!("{n_removed} removed members do not fit the length"),
+        ));
+    }
+    let mut removed: Vec<Key> = Vec::with_capacity(n_removed);
+    for _ in 0..n_removed {
+        let at = d.pos();
+        let k = (
+            SegmentId::from_bytes(d.array()?),
+            MemberId::from_bytes(d.array()?),
+        );
+        if removed.last().is_some_and(|l| *l >= k) {
+            return Err(d.err_at(at, "removed members are not sorted and unique"));
+        }
+        removed.push(k);
+    }
+    let added = read_entries(&mut d, "added members", version)?;
+    let root: [u8; 32] = d.array()?;
+    let signed_len = d.pos();
+    let signature: [u8; SIGNATURE_LEN] = d.array()?;
+    d.finish()?;
+    let verified = Signature::try_from_be_bytes(&signature)
+        .is_ok_and(|s| s.verify(&writer, &signed_message(&bytes[..signed_len])));
+    if !verified {
+        return Err(Error::BadSignature { snapshot });
+    }
+    Ok(ParsedDelta {
+        snapshot,
+        sequence,
+        previous,
+        created_unix,
+        writer,
+        removed,
+        added,
+        root,
+    })
+}
+
+/// The key that signed a delta manifest, once its layout and signature
+/// check: whom a reader must trust before resolving the delta's chain.
+pub fn delta_writer(bytes: &[u8]) -> Result<PublicKey, Error> {
+    parse_delta(bytes).map(|p| p.writer)
+}
+
 impl Manifest {
     /// Parses and verifies a delta manifest against its base: the manifest
     /// just before it, already verified. Its signature must be by `trusted_writer`.
@@ -156,50 +232,16 @@ impl Manifest {
         trusted_writer: &PublicKey,
         base: &Manifest,
     ) -> Result<Manifest, Error> {
-        let (mut d, version) = Dec::brand(bytes, DELTA_BRAND, ObjectKind::Manifest)?;
-        if version != 1 && version != DELTA_VERSION {
-            return Err(Dec::unknown_version(ObjectKind::Manifest, version));
-        }
-        let snapshot = SnapshotId::from_bytes(d.array()?);
-        let sequence = d.u64()?;
-        let previous: [u8; 32] = d.array()?;
-        let created_unix = d.i64()?;
-        let at = d.pos();
-        let key_bytes: [u8; KEY_LEN] = d.array()?;
-        let writer = PublicKey::try_from_compressed_bytes(&key_bytes)
-            .ok()
-            .filter(|k| *k.to_compressed_bytes() == key_bytes)
-            .ok_or_else(|| d.err_at(at, "invalid writer key"))?;
-        let at = d.pos();
-        let n_removed = d.u32()? as usize;
-        if n_removed.checked_mul(32).is_none_or(|n| n > d.remaining()) {
-            return Err(d.err_at(
-                at,
-                format!("{n_removed} removed members do not fit the length"),
-            ));
-        }
-        let mut removed: Vec<Key> = Vec::with_capacity(n_removed);
-        for _ in 0..n_removed {
-            let at = d.pos();
-            let k = (
-                SegmentId::from_bytes(d.array()?),
-                MemberId::from_bytes(d.array()?),
-            );
-            if removed.last().is_some_and(|l| *l >= k) {
-                return Err(d.err_at(at, "removed members are not sorted and unique"));
-            }
-            removed.push(k);
-        }
-        let added = read_entries(&mut d, "added members", version)?;
-        let root: [u8; 32] = d.array()?;
-        let signed_len = d.pos();
-        let signature: [u8; SIGNATURE_LEN] = d.array()?;
-        d.finish()?;
-        let verified = Signature::try_from_be_bytes(&signature)
-            .is_ok_and(|s| s.verify(&writer, &signed_message(&bytes[..signed_len])));
-        if !verified {
-            return Err(Error::BadSignature { snapshot });
-        }
+        let ParsedDelta {
+            snapshot,
+            sequence,
+            previous,
+            created_unix,
+            writer,
+            removed,
+            added,
+            root,
+        } = parse_delta(bytes)?;
         if writer != *trusted_writer {
             return Err(Error::UntrustedSigner {
                 snapshot,

@@ -106,7 +106,8 @@ mod tar;
 mod zframe;
 
 pub use delta::{
-    FULL_MANIFEST_EVERY, ManifestHeader, gather_manifest_chain, resolve_manifest_chain,
+    FULL_MANIFEST_EVERY, ManifestHeader, delta_writer, gather_manifest_chain,
+    resolve_manifest_chain,
 };
 pub use error::{Error, ObjectKind, Result};
 pub use ids::{GroupId, MemberId, SegmentId, SnapshotId};

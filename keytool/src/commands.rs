@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use cbfs_core::{
-    AdminSecret, Grant, KeySource, Keyset, Protection, ScopeSecret, Seed, Unlock, UserPublic,
-    UserSecret, fingerprint,
+    AdminSecret, DelegationRecord, KeySource, Keyset, Protection, ScopeSecret, Seed, SystemClock,
+    Unlock, UserPublic, UserSecret, fingerprint,
 };
 use clap::CommandFactory;
 use secrecy::SecretString;
@@ -28,12 +28,20 @@ pub fn run(cli: Cli) -> Result<()> {
             fs,
             secret,
             keyset,
+            writers,
             protect,
         } => {
             refuse_existing(&keyset, "keyset")?;
             let protection = protection(&protect)?;
+            let writers = writers
+                .iter()
+                .map(|p| UserPublic::load(p))
+                .collect::<Result<Vec<_>, _>>()?;
             let admin = AdminSecret::generate();
-            let ks = Keyset::new(fs, &admin);
+            let mut ks = Keyset::new(fs, &admin);
+            for w in &writers {
+                ks.add_writer(&admin, w.name(), *w.verifying_key())?;
+            }
             let bytes = ks.to_signed_bytes(&admin)?;
             store_with_public(&secret, admin.seed(), &protection, &keyset, &bytes)?;
             note_durability(&secret);
@@ -43,14 +51,33 @@ pub fn run(cli: Cli) -> Result<()> {
                 json!({
                     "fs": ks.fs(), "secret": secret.to_string(), "keyset": keyset,
                     "admin_fingerprint": fp, "scopes": ["default"],
+                    "writers": writers.iter().map(|w| json!({
+                        "writer": w.name(), "fingerprint": fingerprint(w.verifying_key()),
+                    })).collect::<Vec<_>>(),
                 }),
                 || {
-                    format!(
-                        "created root secret for file system `{}`\n  secret:    {secret}\n  keyset:    {}\n  admin key: {fp}\n  scopes:    default\n\
-                         Keep the root secret offline and backed up: it opens every scope.\n",
+                    let mut s = format!(
+                        "created root secret for file system `{}`\n  secret:    {secret}\n  keyset:    {}\n  admin key: {fp}\n  scopes:    default\n",
                         ks.fs(),
                         keyset.display()
-                    )
+                    );
+                    for w in &writers {
+                        s.push_str(&format!(
+                            "  writer:    {} ({})\n",
+                            w.name(),
+                            fingerprint(w.verifying_key())
+                        ));
+                    }
+                    if writers.is_empty() {
+                        s.push_str(
+                            "  writers:   none yet: register the tiering agent's key with `cbfs-keytool add-writer` before it tiers out\n",
+                        );
+                    }
+                    s.push_str(
+                        "Keep the root secret offline and backed up: it opens every scope.\n\
+                         Readers pin the admin key above: give its fingerprint to your users (--admin-key).\n",
+                    );
+                    s
                 },
             );
         }
@@ -140,10 +167,10 @@ pub fn run(cli: Cli) -> Result<()> {
             scope,
             to,
             threshold,
-            shares,
             expires,
-            out,
             nodes,
+            node_keys,
+            out,
             node_timeout,
         } => crate::delegate::delegate(
             json,
@@ -154,10 +181,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 scope,
                 to,
                 threshold,
-                shares,
                 expires,
-                out,
                 nodes,
+                node_keys,
+                out,
                 node_timeout,
             },
         )?,
@@ -246,10 +273,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Show {
             keyset,
             user,
-            grant,
+            share,
             secret,
-        } => show(json, &unlock, keyset, user, grant, secret)?,
-        Command::List { keyset, grants } => list(json, &keyset, grants)?,
+        } => show(json, &unlock, keyset, user, share, secret)?,
+        Command::List { keyset, shares } => list(json, &keyset, shares)?,
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "cbfs-keytool", &mut buf);
@@ -264,11 +291,11 @@ fn show(
     unlock: &Unlock,
     keyset: Option<PathBuf>,
     user: Option<PathBuf>,
-    grant: Option<PathBuf>,
+    share: Option<PathBuf>,
     secret: Option<KeySource>,
 ) -> Result<()> {
-    if keyset.is_none() && user.is_none() && grant.is_none() {
-        bail!("nothing to show: give --keyset, --user or --grant");
+    if keyset.is_none() && user.is_none() && share.is_none() {
+        bail!("nothing to show: give --keyset, --user or --share");
     }
     let ks = keyset.as_deref().map(Keyset::load).transpose()?;
     let up = user.as_deref().map(UserPublic::load).transpose()?;
@@ -293,13 +320,13 @@ fn show(
             fingerprint(u.verifying_key())
         ));
     }
-    if let Some(path) = &grant {
+    if let Some(path) = &share {
         let Some(ks) = &ks else {
-            bail!("--grant needs --keyset, to check the administrator's signature");
+            bail!("--share needs --keyset, to check the administrator's signature");
         };
-        let g = Grant::load(path, ks.admin_verifying_key())?;
-        out.insert("grant".into(), grant_json(path, &g));
-        text.push_str(&grant_text(path, &g));
+        let r = load_share(path, ks)?;
+        out.insert("share".into(), share_json(path, &r));
+        text.push_str(&share_text(path, &r));
     }
     if let Some(src) = &secret {
         let seed = src.load(unlock)?;
@@ -340,27 +367,41 @@ fn identify(seed: &Seed, ks: Option<&Keyset>, user: Option<&UserPublic>) -> Stri
     "a key that matches none of the given files".into()
 }
 
-fn list(json: bool, keyset: &Path, grants: Option<PathBuf>) -> Result<()> {
+fn list(json: bool, keyset: &Path, shares: Option<PathBuf>) -> Result<()> {
     let ks = Keyset::load(keyset)?;
     let mut value = keyset_json(&ks);
     let mut text = keyset_text(&ks);
-    if let Some(dir) = grants {
+    if let Some(dir) = shares {
         let mut entries: Vec<_> = fs::read_dir(&dir)
-            .with_context(|| format!("cannot read grant directory {}", dir.display()))?
+            .with_context(|| format!("cannot read share directory {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "grant"))
+            .filter(|p| p.extension().is_some_and(|x| x == "share"))
             .collect();
         entries.sort();
         let mut list = Vec::new();
         for path in entries {
-            let g = Grant::load(&path, ks.admin_verifying_key())?;
-            text.push_str(&grant_text(&path, &g));
-            list.push(grant_json(&path, &g));
+            let r = load_share(&path, &ks)?;
+            text.push_str(&share_text(&path, &r));
+            list.push(share_json(&path, &r));
         }
-        value["grants"] = list.into();
+        value["shares"] = list.into();
     }
     emit(json, value, || text);
     Ok(())
+}
+
+/// The delegation record of a share file, verified against the keyset's
+/// administrator. The kfrag in it stays sealed for its node.
+fn load_share(path: &Path, ks: &Keyset) -> Result<DelegationRecord> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let upload: cbfs_wire::GrantUpload = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a share file", path.display()))?;
+    Ok(cbfs_wire::record_from_value(
+        &upload.delegation,
+        &path.display().to_string(),
+        ks.admin_verifying_key(),
+    )
+    .map_err(anyhow::Error::msg)?)
 }
 
 fn keyset_json(ks: &Keyset) -> serde_json::Value {
@@ -392,26 +433,26 @@ fn keyset_text(ks: &Keyset) -> String {
     s
 }
 
-fn grant_json(path: &Path, g: &Grant) -> serde_json::Value {
+fn share_json(path: &Path, r: &DelegationRecord) -> serde_json::Value {
     json!({
-        "file": path, "fs": g.fs(), "scope": g.scope(), "user": g.user(), "share": g.share(),
-        "threshold": g.threshold(), "shares": g.shares(), "issued": g.issued(), "expires": g.expires(),
-        "expired": g.is_expired(time::OffsetDateTime::now_utc()),
+        "file": path, "fs": r.fs(), "scope": r.scope(), "user": r.user(),
+        "threshold": r.threshold(), "shares": r.shares(), "issued": r.issued(), "expires": r.expires(),
+        "expired": r.is_expired(&SystemClock),
+        "nodes": r.nodes().iter().map(fingerprint).collect::<Vec<_>>(),
     })
 }
 
-fn grant_text(path: &Path, g: &Grant) -> String {
+fn share_text(path: &Path, r: &DelegationRecord) -> String {
     format!(
-        "grant {}: scope `{}` to `{}`, share {} ({} of {}), issued {}, {}\n",
+        "share {}: scope `{}` to `{}`, {} of {}, issued {}, {}\n",
         path.display(),
-        g.scope(),
-        g.user(),
-        g.share(),
-        g.threshold(),
-        g.shares(),
-        g.issued(),
-        match g.expires() {
-            Some(e) if g.is_expired(time::OffsetDateTime::now_utc()) => format!("EXPIRED {e}"),
+        r.scope(),
+        r.user(),
+        r.threshold(),
+        r.shares(),
+        r.issued(),
+        match r.expires() {
+            Some(e) if r.is_expired(&SystemClock) => format!("EXPIRED {e}"),
             Some(e) => format!("expires {e}"),
             None => "no expiry".into(),
         }

@@ -1,4 +1,8 @@
-//! `delegate` (to files, to nodes, or both) and `revoke`.
+//! `delegate` (to nodes, or sealed for them into files) and `revoke`.
+//!
+//! No command writes a key fragment anyone but its node can read: with
+//! Umbral, a user holding threshold-many kfrags can compute the scope
+//! secret, so a share goes only to its node, encrypted for that node.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,13 +10,14 @@ use std::time::Duration;
 use anyhow::Result;
 use cbfs_core::umbral_pre::PublicKey;
 use cbfs_core::{
-    AdminSecret, DelegationTerms, Error, Grant, KeySource, Keyset, Revocation, ScopeLabel, Unlock,
+    DelegationTerms, Error, Grant, KeySource, Keyset, Revocation, ScopeLabel, SystemClock, Unlock,
     UserPublic, fingerprint,
 };
+use cbfs_wire::{GrantUpload, NodePublicFile};
 use serde_json::json;
 
 use crate::commands::{load_admin, make_private_dir, parse_expiry, write_new_private};
-use crate::nodes::{NodeError, Nodes, TooFewNodes, check_url, on_each};
+use crate::nodes::{Nodes, TooFewNodes, check_url};
 use crate::output::emit;
 
 const NOT_REVOCABLE: &str = "Revocation stops new unlocks only: file keys already unlocked cannot be revoked or taken back.";
@@ -24,10 +29,10 @@ pub struct DelegateArgs {
     pub scope: ScopeLabel,
     pub to: PathBuf,
     pub threshold: u32,
-    pub shares: Option<u32>,
     pub expires: Option<String>,
-    pub out: Option<PathBuf>,
     pub nodes: Vec<String>,
+    pub node_keys: Vec<PathBuf>,
+    pub out: Option<PathBuf>,
     pub node_timeout: u64,
 }
 
@@ -52,36 +57,48 @@ fn urls(nodes: &[String]) -> Result<Vec<String>> {
 
 pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
     let urls = urls(&a.nodes)?;
-    let shares = match (a.shares, urls.len()) {
-        (Some(s), 0) => s,
-        (None, 0) => return Err(usage("give --shares N, or one --node URL per share".into())),
-        (None, n) => n as u32,
-        (Some(s), n) if s as usize == n => s,
-        (Some(s), n) => {
-            return Err(usage(format!(
-                "--shares {s} with {n} --node: each share goes to its own node, so give as many nodes as shares"
-            )));
+    match (urls.is_empty(), a.node_keys.is_empty(), &a.out) {
+        (false, true, None) | (true, false, Some(_)) => {}
+        (true, true, _) => {
+            return Err(usage(
+                "give the delegation nodes: --node URL for each (shares are sent), or --node-key NODE.pub for each with --out DIR (shares are written sealed for their nodes)".into(),
+            ));
         }
-    };
+        (false, false, _) => {
+            return Err(usage(
+                "give either --node URL... or --node-key NODE.pub..., not both".into(),
+            ));
+        }
+        (false, true, Some(_)) => {
+            return Err(usage(
+                "--out writes shares for --node-key nodes; with --node they are sent".into(),
+            ));
+        }
+        (true, false, None) => {
+            return Err(usage(
+                "--node-key needs --out DIR: where to write the sealed shares".into(),
+            ));
+        }
+    }
     let ks = Keyset::load(&a.keyset)?;
     let user = UserPublic::load(&a.to)?;
     let expires = a.expires.map(|e| parse_expiry(&e)).transpose()?;
     let admin = load_admin(&a.admin, unlock, &ks)?;
-    let terms = DelegationTerms {
-        threshold: a.threshold,
-        shares,
-        expires: expires.clone(),
-    };
     let client = Nodes::new(Duration::from_secs(a.node_timeout.max(1)))?;
 
     // Every node's key first: nothing is made or sent unless all n answer.
-    let keys: Vec<PublicKey> = if urls.is_empty() {
-        Vec::new()
+    let (keys, names): (Vec<PublicKey>, Vec<String>) = if urls.is_empty() {
+        let keys = a
+            .node_keys
+            .iter()
+            .map(|p| NodePublicFile::load(p).map_err(usage))
+            .collect::<Result<Vec<_>>>()?;
+        let names = a.node_keys.iter().map(|p| p.display().to_string()).collect();
+        (keys, names)
     } else {
-        let answers = on_each(&urls, |_, url| client.key(url));
         let mut keys = Vec::new();
         let mut down = Vec::new();
-        for (url, answer) in urls.iter().zip(answers) {
+        for (url, answer) in urls.iter().zip(client.keys(&urls)) {
             match answer {
                 Ok(k) => keys.push(k),
                 Err(e) => down.push(format!("  {url}: {e}")),
@@ -94,53 +111,58 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
             ))
             .into());
         }
-        for (i, k) in keys.iter().enumerate() {
-            if let Some(j) = keys[..i].iter().position(|other| other == k) {
-                return Err(usage(format!(
-                    "{} and {} are the same node (key {}): each share needs a node of its own",
-                    urls[j],
-                    urls[i],
-                    fingerprint(k)
-                )));
-            }
+        (keys, urls.clone())
+    };
+    for (i, k) in keys.iter().enumerate() {
+        if let Some(j) = keys[..i].iter().position(|other| other == k) {
+            return Err(usage(format!(
+                "{} and {} are the same node (key {}): each share needs a node of its own",
+                names[j],
+                names[i],
+                fingerprint(k)
+            )));
         }
-        keys
+    }
+    let terms = DelegationTerms {
+        threshold: a.threshold,
+        shares: keys.len() as u32,
+        expires: expires.clone(),
     };
-
-    let grants = cbfs_core::delegate(&admin, &ks, &a.scope, &user, &terms)?;
-    let grants: Vec<Grant> = if keys.is_empty() {
-        grants
-    } else {
-        grants
-            .iter()
-            .zip(&keys)
-            .map(|(g, k)| g.for_node(k))
-            .collect()
-    };
+    let delegation = cbfs_core::delegate(&admin, &ks, &a.scope, &user, &terms, &keys, &SystemClock)?;
+    let uploads = delegation
+        .grants
+        .iter()
+        .map(|g| {
+            let sealed = g.seal_for_node(&admin)?;
+            Ok(GrantUpload::new(&sealed, &delegation.record))
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let mut files = Vec::new();
-    if let Some(out) = &a.out {
+    let sent = if let Some(out) = &a.out {
         make_private_dir(out)?;
-        for grant in &grants {
+        for (grant, upload) in delegation.grants.iter().zip(&uploads) {
             let path = out.join(format!(
-                "{}.{}.{}-of-{}.grant",
+                "{}.{}.{}-of-{}.share",
                 a.scope,
                 user.name(),
                 grant.share(),
                 grant.shares()
             ));
-            write_new_private(&path, &grant.to_signed_bytes(&admin)?)?;
+            write_new_private(&path, &serde_json::to_vec_pretty(upload)?)?;
             files.push(path);
         }
-    }
-
-    let sent = send_grants(&client, &admin, &urls, &keys, &grants)?;
+        Vec::new()
+    } else {
+        send_grants(&client, &urls, &keys, &delegation.grants, &uploads)
+    };
     let failed = sent.iter().filter(|s| s.error.is_some()).count();
+    let shares = terms.shares;
     emit(
         json,
         json!({
             "scope": a.scope, "user": user.name(), "threshold": a.threshold, "shares": shares,
-            "expires": expires, "files": files,
+            "expires": expires, "issued": delegation.record.issued(), "files": files,
             "nodes": sent.iter().map(|s| json!({
                 "url": s.url, "share": s.share, "fingerprint": s.fingerprint,
                 "stored": s.error.is_none(), "error": s.error,
@@ -157,8 +179,8 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
                     .map(|e| format!(", until {e}"))
                     .unwrap_or_default()
             );
-            for f in &files {
-                s.push_str(&format!("  {}\n", f.display()));
+            for (f, k) in files.iter().zip(&keys) {
+                s.push_str(&format!("  {} (sealed for node {})\n", f.display(), fingerprint(k)));
             }
             for n in &sent {
                 match &n.error {
@@ -173,7 +195,9 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
                 }
             }
             if !files.is_empty() {
-                s.push_str("Give each grant file to a different proxy node, never to the user.\n");
+                s.push_str(
+                    "Each file is sealed for its node: only that node can open it. Carry it there and run `cbfs-delegation import`.\n",
+                );
             }
             s.push_str(NOT_REVOCABLE);
             s.push('\n');
@@ -201,18 +225,13 @@ struct Sent {
 
 fn send_grants(
     client: &Nodes,
-    admin: &AdminSecret,
     urls: &[String],
     keys: &[PublicKey],
     grants: &[Grant],
-) -> Result<Vec<Sent>> {
-    let sealed = grants
-        .iter()
-        .take(urls.len())
-        .map(|g| g.seal_for_node(admin))
-        .collect::<Result<Vec<_>, _>>()?;
-    let answers = on_each(urls, |i, url| client.upload(url, sealed[i].clone()));
-    Ok(answers
+    uploads: &[GrantUpload],
+) -> Vec<Sent> {
+    client
+        .upload(urls, uploads)
         .into_iter()
         .enumerate()
         .map(|(i, answer)| Sent {
@@ -229,7 +248,7 @@ fn send_grants(
                 Err(e) => Some(e.to_string()),
             },
         })
-        .collect())
+        .collect()
 }
 
 /// What `revoke` was asked to do.
@@ -248,7 +267,7 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
     let user = UserPublic::load(&a.user)?;
     let admin = match &a.keyset {
         Some(path) => load_admin(&a.admin, unlock, &Keyset::load(path)?)?,
-        None => AdminSecret::from_seed(a.admin.load(unlock)?),
+        None => cbfs_core::AdminSecret::from_seed(a.admin.load(unlock)?),
     };
     let n = urls.len() as u32;
     if let Some(m) = a.threshold
@@ -258,10 +277,10 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
             "--threshold {m} is not possible with {n} nodes"
         )));
     }
-    let revocation = Revocation::new(&admin, &a.scope, &user).to_signed_bytes(&admin)?;
+    let revocation =
+        Revocation::new(&admin, &a.scope, &user, &SystemClock).to_signed_bytes(&admin)?;
     let client = Nodes::new(Duration::from_secs(a.node_timeout.max(1)))?;
-    let answers: Vec<Result<_, NodeError>> =
-        on_each(&urls, |_, url| client.revoke(url, revocation.clone()));
+    let answers = client.revoke(&urls, &revocation);
 
     let reported = answers
         .iter()

@@ -20,8 +20,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const EXAMPLES: &str = "\
 Examples:
-  # A new file system: its root secret in a 0600 file, its public keyset beside it
-  cbfs-keytool create-admin --fs projects --secret file:admin.key --keyset keyset.json
+  # The tiering agent's writer key, then a new file system that trusts it:
+  # its root secret in a 0600 file, its public keyset beside it
+  cbfs-keytool create-user agent --secret file:agent.key --public agent.pub
+  cbfs-keytool create-admin --fs projects --secret file:admin.key --keyset keyset.json \
+      --writer agent.pub
   # A scope per project or home directory
   cbfs-keytool add-scope --admin file:admin.key --keyset keyset.json --scope alice
   # A user key pair (the secret could as well live in the kernel keyring)
@@ -103,6 +106,11 @@ enum Command {
         /// Where to write the public keyset (must not exist).
         #[arg(long, value_name = "KEYSET.json")]
         keyset: PathBuf,
+        /// A writer (tiering agent) to register at once, by its public key
+        /// file (made with create-user); repeatable. Snapshots are trusted
+        /// only from registered writers.
+        #[arg(long = "writer", value_name = "NAME.pub")]
+        writers: Vec<PathBuf>,
         #[command(flatten)]
         protect: ProtectArgs,
     },
@@ -145,11 +153,14 @@ enum Command {
     },
     /// Delegate a scope to a user: m-of-n key fragments, one per proxy node.
     ///
-    /// Delegation is always from a scope key, never from the root. With
-    /// --node, each share is bound to its node (the node's key is part of
-    /// what the administrator signs), encrypted for that node alone, and
-    /// sent to it; n is the number of nodes. With --out, the grants are
-    /// written to files instead (or as well).
+    /// Delegation is always from a scope key, never from the root. Each
+    /// share is bound to its node (the node's key is part of what the
+    /// administrator signs) and encrypted for that node alone; n is the
+    /// number of nodes. With --node the shares are sent; with --node-key and
+    /// --out they are written into files for nodes without a network path
+    /// (`cbfs-delegation import` stores them). No share is ever readable by
+    /// the user: with Umbral, a user holding m kfrags could compute the
+    /// scope secret, and expiry and revocation would mean nothing.
     ///
     /// Revocation (`cbfs-keytool revoke`) stops new unlocks only: a file key
     /// that a user has already unlocked cannot be revoked or taken back.
@@ -169,21 +180,22 @@ enum Command {
         /// How many nodes must answer (m).
         #[arg(long, value_name = "M")]
         threshold: u32,
-        /// How many shares to make, one per node (n). With --node it may be
-        /// left out: n is the number of nodes.
-        #[arg(long, value_name = "N")]
-        shares: Option<u32>,
         /// When the delegation ends: an RFC 3339 time, or a duration like 30d, 12h.
         /// Nodes refuse an expired delegation.
         #[arg(long, value_name = "WHEN")]
         expires: Option<String>,
-        /// Directory to write the n grant files into (created 0700; files 0600).
-        #[arg(long, value_name = "DIR", required_unless_present = "nodes")]
-        out: Option<PathBuf>,
         /// A delegation node (http://HOST:PORT), one per share: share i goes to
         /// the i-th node, encrypted for it. Repeat for each node.
         #[arg(long = "node", value_name = "URL")]
         nodes: Vec<String>,
+        /// A node's public key file (its DATA/node.pub), one per share, for
+        /// nodes this machine cannot reach: the shares go into --out.
+        #[arg(long = "node-key", value_name = "NODE.pub")]
+        node_keys: Vec<PathBuf>,
+        /// With --node-key: the directory to write the sealed shares into
+        /// (created 0700; files 0600).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
         /// Seconds to wait for each node.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         node_timeout: u64,
@@ -258,7 +270,7 @@ enum Command {
         #[arg(long, value_name = "SOURCE")]
         secret: KeySource,
     },
-    /// Show a keyset, a user key file, a grant, or which key a secret is.
+    /// Show a keyset, a user key file, a share file's terms, or which key a secret is.
     Show {
         /// A keyset file.
         #[arg(long, value_name = "KEYSET.json")]
@@ -266,21 +278,22 @@ enum Command {
         /// A user public key file.
         #[arg(long, value_name = "NAME.pub")]
         user: Option<PathBuf>,
-        /// A grant file (needs --keyset to verify it).
+        /// A share file of `delegate --out` (needs --keyset to verify its
+        /// terms; its kfrag is sealed for its node and stays so).
         #[arg(long, value_name = "FILE")]
-        grant: Option<PathBuf>,
+        share: Option<PathBuf>,
         /// A secret to identify against --keyset or --user (prints no secret).
         #[arg(long, value_name = "SOURCE")]
         secret: Option<KeySource>,
     },
-    /// List the scopes and writers of a keyset, or the grants in a directory.
+    /// List the scopes and writers of a keyset, or the share files in a directory.
     List {
         /// The keyset.
         #[arg(long, value_name = "KEYSET.json")]
         keyset: PathBuf,
-        /// A directory of grant files to list as well.
+        /// A directory of share files (`delegate --out`) to list as well.
         #[arg(long, value_name = "DIR")]
-        grants: Option<PathBuf>,
+        shares: Option<PathBuf>,
     },
     /// Print shell completions.
     Completions {

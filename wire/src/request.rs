@@ -1,20 +1,9 @@
-//! What travels between clients, the keytool and nodes, as JSON over HTTP.
+//! A user's signed re-encryption request, and the codecs of what it carries.
 //!
-//! | endpoint | request | answer |
-//! |---|---|---|
-//! | `GET /v1/node` | — | [`NodeInfo`] |
-//! | `POST /v1/grants` | a `cbfs_core::SealedGrant` | [`GrantStored`] |
-//! | `POST /v1/revoke` | a signed `cbfs_core::Revocation` | [`RevokeDone`] |
-//! | `POST /v1/reencrypt` | [`SignedReencrypt`] | [`Cfrags`] |
-//!
-//! Every refusal is an [`ErrorBody`] with a stable `error` code and a
-//! `reason` for people. No body ever carries a secret.
-//!
-//! A re-encryption request is signed by the user's signing key (the grant
-//! carries its verifying key). The signed message is the domain
-//! `cbfs-reencrypt/v1`, a zero byte, then the compact JSON of the `request`
-//! object exactly as [`ReencryptBody`] serializes it (fixed field order), so
-//! the signature does not depend on how the JSON was formatted in transit.
+//! The signed message is the domain `cbfs-reencrypt/v1`, a zero byte, then
+//! the compact JSON of the `request` object exactly as [`ReencryptBody`]
+//! serializes it (fixed field order), so the signature does not depend on
+//! how the JSON was formatted in transit.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -27,12 +16,8 @@ use serde::{Deserialize, Serialize};
 
 /// `format` of a re-encryption request.
 pub const REENCRYPT_FORMAT: &str = "cbfs-reencrypt";
-/// `format` of a re-encryption answer.
-pub const CFRAGS_FORMAT: &str = "cbfs-cfrags";
-/// `format` of a node's description.
-pub const NODE_FORMAT: &str = "cbfs-node";
-/// The version of every format in this module.
-pub const WIRE_VERSION: u32 = 1;
+/// Version of the re-encryption request.
+pub const REENCRYPT_VERSION: u32 = 1;
 /// Signature domain of re-encryption requests.
 pub const REENCRYPT_DOMAIN: &str = "cbfs-reencrypt/v1";
 /// Longest path prefix a request may name, in bytes.
@@ -44,7 +29,7 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub struct ReencryptBody {
     /// Always [`REENCRYPT_FORMAT`].
     pub format: String,
-    /// Always [`WIRE_VERSION`].
+    /// Always [`REENCRYPT_VERSION`].
     pub version: u32,
     /// Hex of the public key of the node the request is for: a request cannot
     /// be replayed at another node.
@@ -92,27 +77,39 @@ impl ReencryptBody {
         }
     }
 
-    /// A new body for `node` with a fresh nonce and the current time.
+    /// A new body for `node` with a fresh nonce, dated `timestamp` (seconds
+    /// since the Unix epoch, from the caller's clock).
     pub fn new(
         node: &PublicKey,
         user: &UserName,
         scope: &ScopeLabel,
         path: &str,
         capsules: &[Capsule],
+        timestamp: i64,
     ) -> Self {
         let mut nonce = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
         ReencryptBody {
             format: REENCRYPT_FORMAT.into(),
-            version: WIRE_VERSION,
+            version: REENCRYPT_VERSION,
             node: public_key_hex(node),
             user: user.clone(),
             scope: scope.clone(),
             path: path.to_owned(),
-            timestamp: time::OffsetDateTime::now_utc().unix_timestamp(),
+            timestamp,
             nonce: hex::encode(nonce),
             capsules: capsules.iter().map(encode_capsule).collect(),
         }
+    }
+
+    /// How far the request's timestamp is from `now`, in seconds, or `None`
+    /// when the difference does not fit an `i64` (a timestamp near `i64::MIN`
+    /// or `i64::MAX`): such a request is always stale.
+    pub fn skew_from(&self, now: i64) -> Option<u64> {
+        self.timestamp
+            .checked_sub(now)
+            .and_then(i64::checked_abs)
+            .map(i64::unsigned_abs)
     }
 }
 
@@ -169,95 +166,12 @@ pub fn decode_cfrag(text: &str) -> Result<CapsuleFrag, String> {
     CapsuleFrag::from_bytes(&raw).map_err(|e| format!("not an Umbral capsule fragment: {e}"))
 }
 
-/// The answer to a re-encryption request: one cfrag per capsule, in order.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Cfrags {
-    /// Always [`CFRAGS_FORMAT`].
-    pub format: String,
-    /// Always [`WIRE_VERSION`].
-    pub version: u32,
-    /// When the grant that made them was issued (RFC 3339). Cfrags of
-    /// different delegations of the same scope (an older share left on one
-    /// node) each verify but do not combine; the client groups answers by this.
-    pub grant_issued: String,
-    /// m, as that grant says: how many nodes' cfrags open a capsule. A
-    /// client that was not told m learns it here; a wrong m only makes the
-    /// opening fail, it never opens anything the cfrags would not.
-    pub threshold: u32,
-    /// Standard base64 of each cfrag, in the order of the request's capsules.
-    pub cfrags: Vec<String>,
-}
-
-/// What `GET /v1/node` says about a node.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeInfo {
-    /// Always [`NODE_FORMAT`].
-    pub format: String,
-    /// Always [`WIRE_VERSION`].
-    pub version: u32,
-    /// Hex of the node's public key: grants for the node are bound to it and
-    /// encrypted under it, and requests name it.
-    pub public_key: String,
-    /// The fingerprint of that key, to compare with `node.pub`.
-    pub fingerprint: String,
-    /// The file system whose keyset the node trusts.
-    pub fs: String,
-    /// The fingerprint of that file system's administrator key.
-    pub admin_fingerprint: String,
-}
-
-/// The answer to a grant upload.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrantStored {
-    /// The scope.
-    pub scope: String,
-    /// The user.
-    pub user: String,
-    /// Which share the node now holds.
-    pub share: u32,
-    /// m.
-    pub threshold: u32,
-    /// n.
-    pub shares: u32,
-    /// When the delegation ends, if ever (RFC 3339).
-    pub expires: Option<String>,
-}
-
-/// The answer to a revocation.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeDone {
-    /// The revocation is recorded: the node refuses the user's grants of the
-    /// scope issued at or before it.
-    pub revoked: bool,
-    /// Whether the node held a kfrag for the (scope, user) and deleted it.
-    pub deleted: bool,
-    /// The threshold (m) of the grant that was deleted, if one was.
-    pub threshold: Option<u32>,
-    /// The number of shares (n) of the grant that was deleted, if one was.
-    pub shares: Option<u32>,
-}
-
-/// The body of every refusal.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// A stable code: `bad_request`, `bad_signature`, `stale_request`,
-    /// `replayed`, `no_delegation`, `expired`, `revoked`, `denied`,
-    /// `too_large`, `rate_limited`, `wrong_node`, `bad_grant`, `internal`.
-    pub error: String,
-    /// What went wrong, for people.
-    pub reason: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use cbfs_core::UserSecret;
 
-    fn body() -> (UserSecret, ReencryptBody) {
+    fn body(timestamp: i64) -> (UserSecret, ReencryptBody) {
         let user = UserSecret::generate();
         let node = UserSecret::generate().public_key();
         let (capsule, _) = cbfs_core::umbral_pre::encrypt(&node, b"k").unwrap();
@@ -267,13 +181,14 @@ mod tests {
             &ScopeLabel::new("proj").unwrap(),
             "/a/b",
             &[capsule],
+            timestamp,
         );
         (user, body)
     }
 
     #[test]
     fn signature_survives_reformatting_and_catches_changes() {
-        let (user, body) = body();
+        let (user, body) = body(1_700_000_000);
         let signed = body.sign(&user.signer());
         assert!(signed.verify(&user.verifying_key()));
         let pretty = serde_json::to_string_pretty(&signed).unwrap();
@@ -290,13 +205,24 @@ mod tests {
 
     #[test]
     fn capsules_round_trip_and_nonces_differ() {
-        let (_, a) = body();
-        let (_, b) = body();
+        let (_, a) = body(0);
+        let (_, b) = body(0);
         assert_ne!(a.nonce, b.nonce);
         let capsule = decode_capsule(&a.capsules[0]).unwrap();
         assert_eq!(encode_capsule(&capsule), a.capsules[0]);
         assert!(decode_capsule("!!").is_err());
         assert!(decode_capsule("AAAA").is_err());
+    }
+
+    #[test]
+    fn skew_never_overflows() {
+        let now = 1_700_000_000;
+        assert_eq!(body(now - 30).1.skew_from(now), Some(30));
+        assert_eq!(body(now + 30).1.skew_from(now), Some(30));
+        // i64::MIN - now overflows: such a timestamp is never within any skew.
+        assert_eq!(body(i64::MIN).1.skew_from(now), None);
+        assert_eq!(body(i64::MAX).1.skew_from(-now), None);
+        assert_eq!(body(i64::MIN + 1).1.skew_from(0), Some(i64::MAX as u64));
     }
 
     #[test]

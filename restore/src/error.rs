@@ -1,4 +1,4 @@
-//! The one error type of `cbfs-recover`.
+//! The one error type of `cbfs-restore`.
 //!
 //! Every variant names the object (store key or file) or the path it is
 //! about. None carries key material.
@@ -14,6 +14,18 @@ pub enum Error {
     Missing {
         /// The object's key (or file).
         key: String,
+    },
+
+    /// The store could not be reached, or failed in a way worth retrying
+    /// (network, 5xx, throttling, a local resource).
+    #[error("the store {store} is unavailable reading {key} (retry later): {reason}")]
+    Unavailable {
+        /// The store, as its source describes it.
+        store: String,
+        /// The object's key.
+        key: String,
+        /// What happened.
+        reason: String,
     },
 
     /// Reading an object failed.
@@ -59,6 +71,28 @@ pub enum Error {
     #[error("{0}")]
     Keyset(String),
 
+    /// A snapshot manifest signed by a key the trusted keyset does not
+    /// register as a writer.
+    #[error(
+        "snapshot manifest {object} is signed by writer key {fingerprint}, which {keyset} does not register: \
+         a forgery by someone who can write to the store, or a writer not registered yet \
+         (cbfs-keytool add-writer); to accept it for this one command, give \
+         --accept-unregistered-writer {fingerprint}"
+    )]
+    UntrustedWriter {
+        /// The manifest's key.
+        object: String,
+        /// The fingerprint of the key that signed it.
+        fingerprint: String,
+        /// Which keyset (file system and serial).
+        keyset: String,
+    },
+
+    /// The store holds less than the reader has already seen: an older
+    /// keyset, or fewer snapshots.
+    #[error("{0}")]
+    Rollback(String),
+
     /// No snapshot matches, or the selector is ambiguous.
     #[error("{0}")]
     NoSnapshot(String),
@@ -94,29 +128,6 @@ pub enum Error {
         /// The member id.
         member: String,
         /// What differs.
-        reason: String,
-    },
-
-    /// A delegation grant is past its expiry.
-    #[error(
-        "the delegation of scope `{scope}` expired at {expires}; refusing to use it \
-         (ask the administrator for a new delegation)"
-    )]
-    GrantExpired {
-        /// The scope.
-        scope: String,
-        /// When it expired (RFC 3339).
-        expires: String,
-    },
-
-    /// A capsule fragment failed verification.
-    #[error("capsule fragment {index} ({origin}) does not verify: {reason}")]
-    BadCfrag {
-        /// Its position in the batch, from 0.
-        index: usize,
-        /// Where it came from (a grant share, a node).
-        origin: String,
-        /// Why.
         reason: String,
     },
 
@@ -167,17 +178,18 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Missing { .. } => "missing_object",
+            Error::Unavailable { .. } => "unavailable",
             Error::Read { .. } => "io",
             Error::BadKey { .. } => "bad_key",
             Error::Format { source, .. } => source.code(),
             Error::Key { .. } => "key",
             Error::Keyset(_) => "keyset",
+            Error::UntrustedWriter { .. } => "untrusted_writer",
+            Error::Rollback(_) => "rollback",
             Error::NoSnapshot(_) => "no_snapshot",
             Error::ManifestName { .. } => "manifest_name",
             Error::BrokenChain { .. } => "broken_chain",
             Error::HashMismatch { .. } => "hash_mismatch",
-            Error::GrantExpired { .. } => "grant_expired",
-            Error::BadCfrag { .. } => "bad_cfrag",
             Error::Delegation(_) => "delegation",
             Error::UnsafePath { .. } => "unsafe_path",
             Error::Unsupported { .. } => "unsupported",
@@ -190,12 +202,35 @@ impl Error {
     /// opposed to an object that could not be read at all).
     pub fn is_verification(&self) -> bool {
         match self {
-            Error::ManifestName { .. } | Error::BrokenChain { .. } | Error::HashMismatch { .. } => {
-                true
-            }
+            Error::ManifestName { .. }
+            | Error::BrokenChain { .. }
+            | Error::HashMismatch { .. }
+            | Error::UntrustedWriter { .. }
+            | Error::Rollback(_)
+            | Error::Keyset(_) => true,
             Error::Format { source, .. } => !matches!(source, cbfs_format::Error::Io { .. }),
             _ => false,
         }
+    }
+
+    /// Whether trying again later could succeed: the store was unreachable.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+
+    /// Whether the error is a full disk or another exhausted resource of
+    /// this machine (`ENOSPC`, `EDQUOT`): worth retrying once there is room.
+    pub fn is_resource(&self) -> bool {
+        let io = match self {
+            Error::Read { source, .. } | Error::Output { source, .. } => Some(source),
+            _ => None,
+        };
+        io.is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            )
+        })
     }
 
     /// Whether the output as a whole is broken and the restore must stop.
@@ -240,5 +275,5 @@ pub(crate) fn lossy(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
 
-/// Result alias for `cbfs-recover`.
+/// Result alias for `cbfs-restore`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

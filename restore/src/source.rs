@@ -1,8 +1,9 @@
-//! Where objects come from: the [`ObjectSource`] trait and the local
-//! directory store, [`LocalDir`].
+//! Where objects come from: the [`ObjectSource`] trait, the local
+//! directory store [`LocalDir`], and [`Buffered`] reads of large objects.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -14,19 +15,96 @@ pub trait ReadSeek: Read + Seek + Send {}
 impl<T: Read + Seek + Send> ReadSeek for T {}
 
 /// Read access to a store's objects, by key (`segments/<id>.tar`, see
-/// `cbfs_format::layout`). Shared by the threads of a restore: each opens
-/// its own readers.
+/// `cbfs_format::layout`): a local directory ([`LocalDir`]), an S3 bucket
+/// (`S3Source` with the `s3` feature, or the tiering agent's store), or a
+/// gateway. Shared by the threads of a restore: each opens its own readers.
 ///
-/// Implementations must report a missing object as [`Error::Missing`] naming
-/// the key, and every other failure with the key too. The tiering agent
-/// implements this over S3 (ranged GETs behind [`open`](Self::open)).
+/// A restore reads whole small objects (keysets, manifests, summaries,
+/// lockboxes) and, of segments, only the byte ranges it needs: what
+/// [`open`](Self::open) returns reads by [`get_range`](Self::get_range).
+///
+/// Implementations must report a missing object as [`Error::Missing`]
+/// naming the key, a failure worth retrying (network, 5xx, throttling) as
+/// [`Error::Unavailable`], and every other failure with the key too.
 pub trait ObjectSource: Sync {
+    /// What the store is, for messages (never a credential).
+    fn describe(&self) -> String;
     /// The keys that start with `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// A whole (small) object: a keyset, manifest, summary or lockbox.
     fn get(&self, key: &str) -> Result<Vec<u8>>;
-    /// A large object (a segment), read with seeks.
-    fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>>;
+    /// Bytes `range` of an object; shorter only at the object's end.
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>>;
+    /// An object's size in bytes.
+    fn size(&self, key: &str) -> Result<u64>;
+    /// A large object (a segment), read with seeks, by ranges.
+    fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>> {
+        Ok(Box::new(Buffered::remote(ObjectRanges {
+            source: self,
+            key: key.to_owned(),
+            size: None,
+        })))
+    }
+    /// Bytes read from the store so far, by everything this source did.
+    fn fetched(&self) -> u64 {
+        0
+    }
+}
+
+/// Positional reads: what [`Buffered`] reads from.
+pub trait ReadAt: Send {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// The total length.
+    fn total_len(&mut self) -> io::Result<u64>;
+}
+
+impl ReadAt for File {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+    fn total_len(&mut self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+/// An object of a source, read by ranges.
+struct ObjectRanges<'s, S: ObjectSource + ?Sized> {
+    source: &'s S,
+    key: String,
+    size: Option<u64>,
+}
+
+impl<S: ObjectSource + ?Sized> ReadAt for ObjectRanges<'_, S> {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let size = self.total_len()?;
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = size.min(offset.saturating_add(buf.len() as u64));
+        let bytes = self
+            .source
+            .get_range(&self.key, offset..end)
+            .map_err(io::Error::other)?;
+        if bytes.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: the store returned no bytes at offset {offset}", self.key),
+            ));
+        }
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        Ok(n)
+    }
+
+    fn total_len(&mut self) -> io::Result<u64> {
+        if let Some(n) = self.size {
+            return Ok(n);
+        }
+        let n = self.source.size(&self.key).map_err(io::Error::other)?;
+        self.size = Some(n);
+        Ok(n)
+    }
 }
 
 /// A store kept in a local directory, with the layout of `cbfs_format::layout`:
@@ -108,6 +186,10 @@ fn is_object_name(name: &str) -> bool {
 }
 
 impl ObjectSource for LocalDir {
+    fn describe(&self) -> String {
+        format!("directory {}", self.root.display())
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         // Walk the deepest directory the prefix names in full.
         let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
@@ -157,6 +239,31 @@ impl ObjectSource for LocalDir {
         std::fs::read(path).map_err(|e| Error::read(key, e))
     }
 
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        let path = self.path_of(key)?;
+        let file = File::open(path).map_err(|e| Error::read(key, e))?;
+        let len = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match FileExt::read_at(&file, &mut buf[got..], range.start + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::read(key, e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        let path = self.path_of(key)?;
+        std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|e| Error::read(key, e))
+    }
+
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>> {
         let path = self.path_of(key)?;
         let file = File::open(path).map_err(|e| Error::read(key, e))?;
@@ -164,41 +271,59 @@ impl ObjectSource for LocalDir {
     }
 }
 
-/// A buffered reader over a segment file that keeps its buffer across seeks.
+/// A buffered reader over positional reads that keeps its buffer across
+/// seeks.
 ///
 /// A restore reads members by offset: in the order they were written while
 /// planning, in path order while writing. `std::io::BufReader` drops its
-/// buffer on every seek, so each small member cost a fresh 128 KiB read.
-/// Here a seek inside the buffer costs nothing, reads go through `pread` (a
-/// seek is never a system call), and the first read after a jump is short:
-/// most members are a few KiB, and reading on grows the reads again.
-pub struct SegmentFile {
-    file: File,
+/// buffer on every seek, so each small member cost a fresh read. Here a seek
+/// inside the buffer costs nothing, a seek is never a system call or a
+/// request, and the first read after a jump is short: most members are a few
+/// KiB, and reading on grows the reads again (up to the capacity).
+pub struct Buffered<R: ReadAt> {
+    inner: R,
     buf: Box<[u8]>,
-    /// File offset of `buf[0]`.
+    /// Offset of `buf[0]`.
     start: u64,
     /// Valid bytes in `buf`.
     len: usize,
-    /// The reader's position in the file.
+    /// The reader's position.
     pos: u64,
     /// Bytes the next fill asks for.
     fill: usize,
+    first_fill: usize,
 }
 
-impl SegmentFile {
-    const CAPACITY: usize = 128 * 1024;
-    const FIRST_FILL: usize = 16 * 1024;
+/// A segment file of a local store, read with `pread`.
+pub type SegmentFile = Buffered<File>;
 
-    /// Reads `file` from its start.
+impl Buffered<File> {
+    /// Reads `file` from its start: fills of 16 KiB growing to 128 KiB.
     pub fn new(file: File) -> Self {
-        SegmentFile {
-            file,
-            buf: vec![0u8; Self::CAPACITY].into_boxed_slice(),
+        Buffered::with_sizes(file, 16 << 10, 128 << 10)
+    }
+}
+
+impl<R: ReadAt> Buffered<R> {
+    /// Reads `inner` with fills of `first_fill` bytes after a jump, growing
+    /// to `capacity` while the reads go on sequentially.
+    pub fn with_sizes(inner: R, first_fill: usize, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Buffered {
+            inner,
+            buf: vec![0u8; capacity].into_boxed_slice(),
             start: 0,
             len: 0,
             pos: 0,
-            fill: Self::FIRST_FILL,
+            fill: first_fill.clamp(1, capacity),
+            first_fill: first_fill.clamp(1, capacity),
         }
+    }
+
+    /// For an object behind a network: a request costs far more than its
+    /// bytes, so fills start at 64 KiB and grow to 4 MiB.
+    pub fn remote(inner: R) -> Self {
+        Buffered::with_sizes(inner, 64 << 10, 4 << 20)
     }
 
     /// The buffered bytes at the position, if any.
@@ -210,7 +335,7 @@ impl SegmentFile {
     }
 }
 
-impl Read for SegmentFile {
+impl<R: ReadAt> Read for Buffered<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
@@ -223,21 +348,21 @@ impl Read for SegmentFile {
             return Ok(n);
         }
         if out.len() >= self.buf.len() {
-            let n = self.file.read_at(out, self.pos)?;
+            let n = self.inner.read_at(out, self.pos)?;
             self.pos += n as u64;
             return Ok(n);
         }
         // Reading on from the end of the buffer is sequential: read more.
         let sequential = self.len > 0 && self.pos == self.start + self.len as u64;
         self.fill = if sequential {
-            (self.fill * 2).min(Self::CAPACITY)
+            (self.fill * 2).min(self.buf.len())
         } else {
-            Self::FIRST_FILL
+            self.first_fill
         };
         self.len = 0;
         self.start = self.pos;
-        let want = self.fill.max(out.len()).min(Self::CAPACITY);
-        self.len = self.file.read_at(&mut self.buf[..want], self.pos)?;
+        let want = self.fill.max(out.len()).min(self.buf.len());
+        self.len = self.inner.read_at(&mut self.buf[..want], self.pos)?;
         let n = self.len.min(out.len());
         out[..n].copy_from_slice(&self.buf[..n]);
         self.pos += n as u64;
@@ -245,12 +370,12 @@ impl Read for SegmentFile {
     }
 }
 
-impl Seek for SegmentFile {
+impl<R: ReadAt> Seek for Buffered<R> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let target = match to {
             SeekFrom::Start(p) => Some(p),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(d) => self.file.metadata()?.len().checked_add_signed(d),
+            SeekFrom::End(d) => self.inner.total_len()?.checked_add_signed(d),
         };
         self.pos = target.ok_or_else(|| {
             io::Error::new(

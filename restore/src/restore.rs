@@ -2,15 +2,15 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Seek as _;
 
 use std::path::{Path, PathBuf};
 
 use cbfs_format::{SegmentId, SegmentReader, layout};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::opener::LockboxOpener;
-use crate::paths::PathFilter;
 use crate::report::{Failure, Report};
 use crate::sink::Sink;
 use crate::snapshot::Snapshot;
@@ -31,10 +31,10 @@ pub fn restore(
     source: &dyn ObjectSource,
     snapshot: &Snapshot,
     opener: &dyn LockboxOpener,
-    filter: &PathFilter,
+    opts: &RestoreOptions,
     sink: &mut dyn Sink,
 ) -> Result<Report> {
-    let mut engine = Engine::new(source, opener, filter);
+    let mut engine = Engine::new(source, opener, opts);
     engine.report.snapshot = Some(snapshot.info());
     engine.report.complete_by_manifest = true;
     engine
@@ -71,6 +71,10 @@ impl LooseFiles {
 }
 
 impl ObjectSource for LooseFiles {
+    fn describe(&self) -> String {
+        "loose segment files".into()
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut keys: Vec<String> = self
             .files
@@ -85,6 +89,27 @@ impl ObjectSource for LooseFiles {
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key)?;
         std::fs::read(path).map_err(|e| Error::read(path.display().to_string(), e))
+    }
+
+    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let mut r = self.open(key)?;
+        let name = || self.path(key).map(|p| p.display().to_string()).unwrap_or_default();
+        r.seek(std::io::SeekFrom::Start(range.start))
+            .map_err(|e| Error::read(name(), e))?;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(r, range.end.saturating_sub(range.start)),
+            &mut out,
+        )
+        .map_err(|e| Error::read(name(), e))?;
+        Ok(out)
+    }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        let path = self.path(key)?;
+        std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|e| Error::read(path.display().to_string(), e))
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>> {
@@ -115,17 +140,21 @@ fn lockbox_dir(segment_file: &Path, given: Option<&Path>, segment: &SegmentId) -
     }
 }
 
-/// Restores loose segment files, read sequentially, with no manifest: each
-/// member still authenticates, but nothing proves that the files are all
-/// there or current ([`Report::complete_by_manifest`] is false).
+/// Restores loose segment files, read sequentially, with no manifest: the
+/// last resort when a store's manifests are gone. NOTHING IS AUTHENTICATED
+/// as the administrator's: anyone who holds the public keyset can make
+/// members that decrypt, so these files may be anyone's, and nothing proves
+/// that they are all there or current ([`Report::complete_by_manifest`] is
+/// false). Never used in place of a missing or unreadable manifest: the
+/// caller asks for it by name.
 ///
 /// Lockboxes are looked up as [`lockbox_dir`] says: `<group id>.lockbox`
 /// files, as the store names them.
-pub fn restore_segments(
+pub fn restore_unauthenticated_segments(
     segment_files: &[PathBuf],
     lockboxes: Option<&Path>,
     opener: &dyn LockboxOpener,
-    filter: &PathFilter,
+    opts: &RestoreOptions,
     sink: &mut dyn Sink,
 ) -> Result<Report> {
     let mut loose = LooseFiles {
@@ -181,10 +210,11 @@ pub fn restore_segments(
         segments.push((segment, path.clone()));
     }
 
-    let mut engine = Engine::new(&loose, opener, filter);
+    let mut engine = Engine::new(&loose, opener, opts);
     engine.report = report;
+    engine.report.unauthenticated = true;
     engine.report.warnings.push(
-        "loose segment files: there is no manifest, so nothing proves that they are complete or current".into(),
+        "UNAUTHENTICATED: loose segment files have no signed manifest, so nothing proves that they are the administrator's, complete or current; anyone with the public keyset can make members that decrypt".into(),
     );
     for (segment, path) in &segments {
         let key = layout::segment(segment);

@@ -66,6 +66,11 @@ pub struct Report {
     /// Whether a verified manifest proves that nothing is missing. False for
     /// loose segment files: nothing proves they are all there, or current.
     pub complete_by_manifest: bool,
+    /// Whether the data was restored without any proof that it is the
+    /// administrator's (loose segment files, asked for by name).
+    pub unauthenticated: bool,
+    /// Bytes read from the store (objects and ranges of segments).
+    pub fetched_bytes: u64,
     /// Entries written to the output.
     pub restored_entries: u64,
     /// Content bytes written to the output.
@@ -127,7 +132,7 @@ impl Report {
         } else {
             let _ = writeln!(
                 s,
-                "loose segment files: no manifest, so nothing proves they are complete or current"
+                "UNAUTHENTICATED loose segment files: no signed manifest, so nothing proves they are the administrator's, complete or current"
             );
         }
         let _ = writeln!(

@@ -263,24 +263,28 @@ fn pump(
     Ok(entries)
 }
 
-/// Threads a restore decodes members on: 0 means one per core (at most 8).
-static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Sets how many threads restores in this process decode members on
-/// (`None`: one per core, at most 8; `Some(1)`: everything on the calling
-/// thread). The output is written in order by the calling thread either way.
-pub fn set_decode_threads(threads: Option<usize>) {
-    let n = threads.map_or(0, |n| n.max(1));
-    THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+/// How a restore runs (the same output whatever is chosen).
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// What to restore: everything by default.
+    pub filter: PathFilter,
+    /// Threads that decode members: `None` for one per core (at most 8),
+    /// `Some(1)` for everything on the calling thread. The output is
+    /// written in order by the calling thread either way. Each restore has
+    /// its own: nothing is set for the whole process.
+    pub threads: Option<usize>,
 }
 
-fn decode_threads() -> usize {
-    match THREADS.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(8),
-        n => n,
+impl RestoreOptions {
+    /// The decoding threads this restore uses.
+    pub(crate) fn decode_threads(&self) -> usize {
+        match self.threads {
+            Some(n) => n.max(1),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8),
+        }
     }
 }
 
@@ -309,17 +313,17 @@ impl<'s> Engine<'s> {
     pub(crate) fn new(
         source: &'s dyn ObjectSource,
         opener: &'s dyn LockboxOpener,
-        filter: &'s PathFilter,
+        opts: &'s RestoreOptions,
     ) -> Self {
         Engine {
             source,
             opener,
-            filter,
+            filter: &opts.filter,
             keys: Keyring::new(),
             planned: Vec::new(),
             excluded: HashMap::new(),
             report: Report::default(),
-            threads: decode_threads(),
+            threads: opts.decode_threads(),
         }
     }
 

@@ -1,0 +1,564 @@
+//! Choosing and verifying snapshot manifests: the one verifier that every
+//! reader uses (restore, recover, list, ls, verify).
+//!
+//! A manifest is trusted only if a writer that the trusted keyset registers
+//! signed it ([`Trust`]). An object that no registered writer signed
+//! (planted by anyone who can write to the store, or damaged) is reported
+//! and ignored: it can neither be restored nor hide the real snapshots.
+
+use std::collections::HashMap;
+
+use cbfs_core::umbral_pre::PublicKey;
+use cbfs_core::{Keyset, fingerprint};
+use cbfs_format::{
+    Manifest, ManifestHeader, SnapshotId, gather_manifest_chain, layout, resolve_manifest_chain,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::source::ObjectSource;
+
+/// What snapshots are trusted by: the registered writers of a trusted
+/// keyset, and, only when asked for by name for one command, one writer key
+/// that no keyset registers.
+#[derive(Clone, Debug)]
+pub struct Trust {
+    keyset: Option<Keyset>,
+    unregistered: Option<String>,
+}
+
+impl Trust {
+    /// Trusts the writers `keyset` registers (and no one if it registers none).
+    pub fn new(keyset: Keyset) -> Self {
+        Trust {
+            keyset: Some(keyset),
+            unregistered: None,
+        }
+    }
+
+    /// Trusts no keyset at all: only the writer accepted with
+    /// [`accept_unregistered_writer`](Self::accept_unregistered_writer).
+    pub fn without_keyset() -> Self {
+        Trust {
+            keyset: None,
+            unregistered: None,
+        }
+    }
+
+    /// Also trusts the writer key with this fingerprint, registered or not:
+    /// the explicit, named exception (`--accept-unregistered-writer`).
+    pub fn accept_unregistered_writer(mut self, fingerprint: Option<String>) -> Self {
+        self.unregistered = fingerprint.map(|f| normalize(&f));
+        self
+    }
+
+    /// The trusted keyset, if there is one.
+    pub fn keyset(&self) -> Option<&Keyset> {
+        self.keyset.as_ref()
+    }
+
+    /// Whether a writer key is trusted: `Ok(Some(name))` registered,
+    /// `Ok(None)` accepted by name, `Err` not trusted.
+    pub fn writer(&self, key: &PublicKey) -> std::result::Result<Option<String>, ()> {
+        if let Some(ks) = &self.keyset
+            && let Some((name, _)) = ks.writers().iter().find(|(_, k)| *k == key)
+        {
+            return Ok(Some(name.to_string()));
+        }
+        match &self.unregistered {
+            Some(fp) if *fp == normalize(&fingerprint(key)) => Ok(None),
+            _ => Err(()),
+        }
+    }
+
+    fn describe_keyset(&self) -> String {
+        match &self.keyset {
+            Some(ks) if ks.writers().is_empty() => format!(
+                "the keyset of `{}` (serial {}, which registers no writer at all)",
+                ks.fs(),
+                ks.serial()
+            ),
+            Some(ks) => format!("the keyset of `{}` (serial {})", ks.fs(), ks.serial()),
+            None => "no keyset (none was trusted)".into(),
+        }
+    }
+
+    /// Parses a manifest object, checks its signature and that a trusted
+    /// writer made it: the writer's key and name.
+    fn signer(&self, object: &str, bytes: &[u8]) -> Result<(PublicKey, Option<String>)> {
+        let manifest =
+            Manifest::from_bytes_any_signer(bytes).map_err(|e| Error::format(object, e))?;
+        let key = *manifest.writer_key();
+        match self.writer(&key) {
+            Ok(name) => Ok((key, name)),
+            Err(()) => Err(Error::UntrustedWriter {
+                object: object.to_owned(),
+                fingerprint: fingerprint(&key),
+                keyset: self.describe_keyset(),
+            }),
+        }
+    }
+}
+
+fn normalize(fp: &str) -> String {
+    fp.chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// A verified snapshot manifest and where it came from.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    key: String,
+    manifest: Manifest,
+    writer: Option<String>,
+    previous: Option<String>,
+    warnings: Vec<String>,
+}
+
+/// What a report says about the snapshot it restored.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The manifest's object key.
+    pub object: String,
+    /// The snapshot id.
+    pub id: String,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// When it was made, seconds since the Unix epoch.
+    pub created_unix: i64,
+    /// How many members it lists.
+    pub members: usize,
+    /// How many files (entries) those members hold in it: more than the
+    /// members when small files are packed together.
+    pub files: usize,
+    /// The registered writer that signed it (`None`: a writer accepted by
+    /// name with `--accept-unregistered-writer`).
+    pub writer: Option<String>,
+    /// The fingerprint of the key that signed it.
+    pub writer_fingerprint: String,
+    /// The manifest it was checked to follow, if the store still holds it.
+    pub follows: Option<String>,
+}
+
+impl Snapshot {
+    /// The manifest's object key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// The verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// The snapshot id.
+    pub fn id(&self) -> SnapshotId {
+        self.manifest.snapshot_id()
+    }
+    /// The sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.manifest.sequence()
+    }
+    /// The registered writer that signed it (`None`: accepted by name).
+    pub fn writer(&self) -> Option<&str> {
+        self.writer.as_deref()
+    }
+    /// What was checked but could not be proven, and what was ignored
+    /// (objects no registered writer signed, a previous manifest no longer
+    /// in the store, ...).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+    /// A summary for reports.
+    pub fn info(&self) -> SnapshotInfo {
+        SnapshotInfo {
+            object: self.key.clone(),
+            id: self.id().to_string(),
+            sequence: self.sequence(),
+            created_unix: self.manifest.created_unix(),
+            members: self.manifest.entries().len(),
+            files: self.manifest.entries().iter().map(|e| e.slots.len()).sum(),
+            writer: self.writer.clone(),
+            writer_fingerprint: fingerprint(self.manifest.writer_key()),
+            follows: self.previous.clone(),
+        }
+    }
+}
+
+/// A manifest object in the store, by its name.
+struct Listed {
+    sequence: u64,
+    id: SnapshotId,
+    key: String,
+}
+
+fn list(source: &dyn ObjectSource, warnings: &mut Vec<String>) -> Result<Vec<Listed>> {
+    let mut listed = Vec::new();
+    for key in source.list(layout::SNAPSHOTS)? {
+        match layout::parse_manifest(&key) {
+            Some((sequence, id)) => listed.push(Listed { sequence, id, key }),
+            None => warnings.push(format!("ignoring {key}: not a manifest name")),
+        }
+    }
+    listed.sort_by(|a, b| (a.sequence, &a.key).cmp(&(b.sequence, &b.key)));
+    Ok(listed)
+}
+
+/// Whether an error means "not a manifest a trusted writer made" (ignored
+/// with a warning) rather than "a trusted manifest that is broken".
+fn untrusted(e: &Error) -> bool {
+    match e {
+        Error::UntrustedWriter { .. } => true,
+        Error::Format { source, .. } => matches!(
+            source,
+            cbfs_format::Error::BadSignature { .. }
+                | cbfs_format::Error::UntrustedSigner { .. }
+                | cbfs_format::Error::Malformed { .. }
+                | cbfs_format::Error::BadBrand { .. }
+        ),
+        _ => false,
+    }
+}
+
+/// Verifies one manifest object: a full manifest on its own, a delta
+/// through the chain of deltas back to the nearest full manifest (all
+/// signed by the same trusted writer). Checks that the name matches.
+fn verify_object(
+    source: &dyn ObjectSource,
+    listed: &[Listed],
+    chosen: &Listed,
+    trust: &Trust,
+) -> Result<(Manifest, Option<String>)> {
+    let key = chosen.key.as_str();
+    let bytes = source.get(key)?;
+    let header = ManifestHeader::peek(&bytes).map_err(|e| Error::format(key, e))?;
+    let (manifest, writer) = if !header.delta {
+        let (writer_key, writer) = trust.signer(key, &bytes)?;
+        let m = Manifest::from_bytes(&bytes, &writer_key).map_err(|e| Error::format(key, e))?;
+        (m, writer)
+    } else {
+        // The delta itself must be a trusted writer's before its chain is read.
+        let (writer_key, writer) = trust.signer_of_delta(key, &bytes)?;
+        let chain = gather_manifest_chain(bytes, |sequence| {
+            listed
+                .iter()
+                .filter(|l| l.sequence == sequence)
+                .filter_map(|l| source.get(&l.key).ok())
+                .collect()
+        })
+        .map_err(|e| Error::format(key, e))?;
+        let m = resolve_manifest_chain(&chain, &writer_key).map_err(|e| Error::format(key, e))?;
+        (m, writer)
+    };
+    if manifest.sequence() != chosen.sequence || manifest.snapshot_id() != chosen.id {
+        return Err(Error::ManifestName {
+            key: key.to_owned(),
+            reason: format!(
+                "the name says sequence {} and snapshot {}, the signed manifest holds sequence {} and snapshot {}",
+                chosen.sequence,
+                chosen.id,
+                manifest.sequence(),
+                manifest.snapshot_id()
+            ),
+        });
+    }
+    Ok((manifest, writer))
+}
+
+impl Trust {
+    /// The trusted writer of a delta manifest object, from its header and
+    /// signature alone (its entries need its base).
+    fn signer_of_delta(&self, object: &str, bytes: &[u8]) -> Result<(PublicKey, Option<String>)> {
+        let key = cbfs_format::delta_writer(bytes).map_err(|e| Error::format(object, e))?;
+        match self.writer(&key) {
+            Ok(name) => Ok((key, name)),
+            Err(()) => Err(Error::UntrustedWriter {
+                object: object.to_owned(),
+                fingerprint: fingerprint(&key),
+                keyset: self.describe_keyset(),
+            }),
+        }
+    }
+}
+
+/// Lists the store's snapshot manifests, picks one and verifies it.
+///
+/// `selector` is a snapshot id, an id prefix of at least 8 characters, or a
+/// sequence number; `None` picks the newest snapshot a trusted writer
+/// signed. Objects no trusted writer signed are ignored, each named in the
+/// snapshot's warnings. A delta manifest is resolved through the store's
+/// earlier manifests back to the nearest full one. The manifest's object
+/// name must carry its own sequence and id, and it must follow the manifest
+/// it names as previous, which must be one of the store's earlier manifests
+/// when any is left.
+pub fn open_snapshot(
+    source: &dyn ObjectSource,
+    trust: &Trust,
+    selector: Option<&str>,
+) -> Result<Snapshot> {
+    let mut warnings = Vec::new();
+    let listed = list(source, &mut warnings)?;
+    if listed.is_empty() {
+        return Err(Error::NoSnapshot(format!(
+            "the store {} holds no snapshot manifest (snapshots/*.manifest)",
+            source.describe()
+        )));
+    }
+    let candidates: Vec<&Listed> = match selector {
+        None => listed.iter().rev().collect(),
+        Some(sel) => select(&listed, sel)?,
+    };
+    let mut chosen: Option<(&Listed, Manifest, Option<String>)> = None;
+    let mut last_error = None;
+    for c in candidates {
+        if let Some((first, ..)) = &chosen {
+            if c.sequence < first.sequence {
+                break;
+            }
+            // Two trusted manifests of one sequence: a fork.
+            if verify_object(source, &listed, c, trust).is_ok() {
+                return Err(Error::NoSnapshot(format!(
+                    "2 manifests signed by trusted writers claim sequence {}: {} and {} (a fork?); pick one with --snapshot ID",
+                    c.sequence, first.key, c.key
+                )));
+            }
+            continue;
+        }
+        match verify_object(source, &listed, c, trust) {
+            Ok((m, writer)) => chosen = Some((c, m, writer)),
+            Err(e) if untrusted(&e) => {
+                warnings.push(format!("ignored {}: {e}", c.key));
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((chosen, manifest, writer)) = chosen else {
+        return Err(match (last_error, selector) {
+            (Some(e), Some(_)) => e,
+            (Some(e), None) => Error::NoSnapshot(format!(
+                "none of the {} manifests in the store is signed by a trusted writer; the last one tried: {e}",
+                listed.len()
+            )),
+            (None, _) => Error::NoSnapshot("no snapshot matches".into()),
+        });
+    };
+    let previous = check_chain(source, &listed, &chosen.key, &manifest, &mut warnings)?;
+    Ok(Snapshot {
+        key: chosen.key.clone(),
+        manifest,
+        writer,
+        previous,
+        warnings,
+    })
+}
+
+/// Every snapshot of the store that a trusted writer signed, oldest first,
+/// each verified (deltas resolved against the snapshot before), from
+/// sequence `from` on (reading back only as far as the newest full manifest
+/// at or before it, which later deltas need); and what was ignored, by
+/// object.
+pub fn snapshots(
+    source: &dyn ObjectSource,
+    trust: &Trust,
+    from: u64,
+) -> Result<(Vec<Snapshot>, Vec<(String, String)>)> {
+    let mut warnings = Vec::new();
+    let listed = list(source, &mut warnings)?;
+    let mut ignored: Vec<(String, String)> = warnings
+        .into_iter()
+        .map(|w| (layout::SNAPSHOTS.to_owned(), w))
+        .collect();
+    // Back to the newest full manifest at or before `from`.
+    let mut start = listed.partition_point(|l| l.sequence < from);
+    let mut fetched: HashMap<usize, Vec<u8>> = HashMap::new();
+    let mut i = listed.partition_point(|l| l.sequence <= from);
+    while i > 0 && from > 0 {
+        i -= 1;
+        let bytes = source.get(&listed[i].key)?;
+        let full = ManifestHeader::peek(&bytes).is_ok_and(|h| !h.delta);
+        fetched.insert(i, bytes);
+        start = i;
+        if full {
+            break;
+        }
+    }
+    let mut out: Vec<Snapshot> = Vec::new();
+    let mut by_hash: HashMap<[u8; 32], usize> = HashMap::new();
+    for (i, l) in listed.iter().enumerate().skip(start) {
+        let bytes = match fetched.remove(&i) {
+            Some(b) => b,
+            None => match source.get(&l.key) {
+                Ok(b) => b,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    ignored.push((l.key.clone(), e.to_string()));
+                    continue;
+                }
+            },
+        };
+        let verified = (|| {
+            let header = ManifestHeader::peek(&bytes).map_err(|e| Error::format(&l.key, e))?;
+            let (m, writer) = if header.delta {
+                let (wk, writer) = trust.signer_of_delta(&l.key, &bytes)?;
+                let base = header
+                    .previous
+                    .and_then(|h| by_hash.get(&h))
+                    .map(|&i| &out[i])
+                    .ok_or_else(|| Error::BrokenChain {
+                        key: l.key.clone(),
+                        previous: format!("sequence {}", l.sequence.saturating_sub(1)),
+                        reason: "it is a delta, and the manifest it follows is missing, altered or untrusted".into(),
+                    })?;
+                let m = Manifest::from_delta_bytes(&bytes, &wk, &base.manifest)
+                    .map_err(|e| Error::format(&l.key, e))?;
+                (m, writer)
+            } else {
+                let (wk, writer) = trust.signer(&l.key, &bytes)?;
+                let m = Manifest::from_bytes(&bytes, &wk).map_err(|e| Error::format(&l.key, e))?;
+                (m, writer)
+            };
+            if m.sequence() != l.sequence || m.snapshot_id() != l.id {
+                return Err(Error::ManifestName {
+                    key: l.key.clone(),
+                    reason: "its name does not carry its own sequence and id".into(),
+                });
+            }
+            Ok((m, writer))
+        })();
+        match verified {
+            Ok((manifest, writer)) => {
+                let previous = manifest
+                    .previous_hash()
+                    .and_then(|h| by_hash.get(&h))
+                    .map(|&i| out[i].key.clone());
+                by_hash.insert(manifest.hash(), out.len());
+                out.push(Snapshot {
+                    key: l.key.clone(),
+                    manifest,
+                    writer,
+                    previous,
+                    warnings: Vec::new(),
+                });
+            }
+            Err(e) => ignored.push((l.key.clone(), e.to_string())),
+        }
+    }
+    out.retain(|s| s.sequence() >= from);
+    Ok((out, ignored))
+}
+
+fn select<'a>(listed: &'a [Listed], sel: &str) -> Result<Vec<&'a Listed>> {
+    let by_sequence = sel.bytes().all(|b| b.is_ascii_digit()) && !sel.is_empty();
+    let by_id = sel.len() >= 8
+        && sel.len() <= 32
+        && sel.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !by_sequence && !by_id {
+        return Err(Error::Usage(format!(
+            "snapshot selector `{sel}`: give a sequence number, or a snapshot id \
+             (at least 8 lowercase hex characters)"
+        )));
+    }
+    let matches: Vec<&Listed> = listed
+        .iter()
+        .filter(|l| {
+            (by_sequence && sel.parse::<u64>().ok() == Some(l.sequence))
+                || (by_id && l.id.to_string().starts_with(sel))
+        })
+        .collect();
+    if matches.is_empty() {
+        return Err(Error::NoSnapshot(format!(
+            "no snapshot matches `{sel}`; the store holds sequences {}..={}",
+            listed[0].sequence,
+            listed.last().expect("not empty").sequence
+        )));
+    }
+    let ids: std::collections::BTreeSet<SnapshotId> = matches.iter().map(|l| l.id).collect();
+    if !by_sequence && ids.len() > 1 {
+        return Err(Error::NoSnapshot(format!(
+            "`{sel}` matches {} manifests: {}; give more of the id",
+            matches.len(),
+            matches
+                .iter()
+                .map(|l| l.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(matches.into_iter().rev().collect())
+}
+
+/// Checks that `manifest` follows an earlier manifest of the store: the one
+/// whose bytes hash to the `previous` it names (its signature covers that
+/// hash, so the match proves those bytes), with a lower sequence number.
+/// Returns the key of that manifest, if the store still holds it.
+fn check_chain(
+    source: &dyn ObjectSource,
+    listed: &[Listed],
+    key: &str,
+    manifest: &Manifest,
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>> {
+    let earlier: Vec<&Listed> = listed
+        .iter()
+        .filter(|l| l.sequence < manifest.sequence())
+        .rev()
+        .collect();
+    let Some(wanted) = manifest.previous_hash() else {
+        if !earlier.is_empty() {
+            warnings.push(format!(
+                "{key} claims to be the first snapshot, yet the store holds {} earlier manifest(s) \
+                 (an agent index rebuilt from scratch, or a fork)",
+                earlier.len()
+            ));
+        }
+        return Ok(None);
+    };
+    let mut unreadable = Vec::new();
+    for prev in &earlier {
+        let bytes = match source.get(&prev.key) {
+            Ok(b) => b,
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                unreadable.push(e.to_string());
+                continue;
+            }
+        };
+        if <[u8; 32]>::from(Sha256::digest(&bytes)) != wanted {
+            continue;
+        }
+        let header =
+            ManifestHeader::peek(&bytes).map_err(|e| Error::format(prev.key.clone(), e))?;
+        if header.sequence >= manifest.sequence() || header.sequence != prev.sequence {
+            return Err(Error::BrokenChain {
+                key: key.to_owned(),
+                previous: prev.key.clone(),
+                reason: "the sequence number does not increase".into(),
+            });
+        }
+        return Ok(Some(prev.key.clone()));
+    }
+    match earlier.first() {
+        None => {
+            warnings.push(format!(
+                "the manifest {key} follows is no longer in the store (pruned?): the chain was not checked"
+            ));
+            Ok(None)
+        }
+        Some(nearest) => Err(Error::BrokenChain {
+            key: key.to_owned(),
+            previous: nearest.key.clone(),
+            reason: format!(
+                "its previous-manifest hash matches none of the {} earlier manifest(s) in the store \
+                 (rolled back or forked?){}",
+                earlier.len(),
+                if unreadable.is_empty() {
+                    String::new()
+                } else {
+                    format!("; unreadable: {}", unreadable.join("; "))
+                }
+            ),
+        }),
+    }
+}
