@@ -1,10 +1,13 @@
-//! `cbfs-recover`: turn a cbfs store (or loose segment files) back into a
-//! plain pax tar, with no network, no database and no daemon.
+//! `cbfs-recover`: turn a cbfs store back into a plain pax tar (or a
+//! directory), with no database and no daemon: a thin command over
+//! `cbfs-restore`. It reads a local directory or an S3 bucket.
 //!
 //! Exit codes: 0 everything in reach restored (scopes skipped for lack of a
 //! key are reported, not failures); 1 error before any output; 2 usage;
 //! 3 partial: some members failed, the output holds every intact one;
-//! 4 the snapshot could not be verified.
+//! 4 the snapshot or keyset could not be verified or trusted; 5 the store
+//! is unavailable (retry); 7 the output's disk is full; 8 loose segments
+//! restored UNAUTHENTICATED.
 
 #![forbid(unsafe_code)]
 
@@ -13,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use cbfs_core::{KeySource, Keyset, Unlock, UserSecret, fingerprint};
-use cbfs_recover::{
-    DirSink, GrantOpener, LocalDir, LockboxOpener, NoKey, PathFilter, Report, Sink, TarSink,
-    identify, load_grants, load_keyset, open_snapshot, restore, restore_segments,
+use cbfs_core::{KeySource, Keyset, Seed, Unlock, fingerprint};
+use cbfs_restore::{
+    Anchors, DirSink, LocalDir, LockboxOpener, NoKey, ObjectSource, PathFilter, Report,
+    RestoreOptions, S3Source, Sink, Snapshot, TarSink, Trust, TrustRecords, identify,
+    open_snapshot, restore, restore_unauthenticated_segments, trusted_keyset,
 };
 use clap::{ArgGroup, Parser};
 
@@ -24,57 +28,85 @@ const EXAMPLES: &str = "\
 Examples:
   # The newest snapshot of a local store, as a tar, with the root secret
   cbfs-recover --identity file:/keys/fs1-admin.key --store /mnt/archive -o restore.tar
+  # ... of an S3 bucket (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)
+  cbfs-recover --identity file:/keys/fs1-admin.key --store s3://bucket/projects -o restore.tar
   # An older snapshot, streamed into tar; only one subtree
   cbfs-recover --identity file:/keys/fs1-admin.key --store /mnt/archive \\
       --snapshot 00c0ffee --path home/alice -o - | tar -xpf - -C /srv/restore
-  # With an exported scope secret: only that scope (others are reported as skipped)
-  cbfs-recover --identity keyring:cbfs/fs1-alice --store /mnt/archive -o alice.tar
-  # As a user, with the delegation grants the administrator released
-  cbfs-recover --identity file:~/.cbfs/alice.key --grants ./grants --keyset keyset.json \\
+  # With an exported scope secret: only that scope (others are reported as skipped).
+  # The administrator key must be pinned: its fingerprint, from your administrator
+  # (remembered in trusted-admins.json beside the key file after the first use)
+  cbfs-recover --identity keyring:cbfs/fs1-alice --admin-key 1a2b:3c4d:... \\
       --store /mnt/archive -o alice.tar
-  # Loose segment files copied out of a store (lockboxes/ beside segments/)
-  cbfs-recover --identity file:/keys/fs1-admin.key --keyset keyset.json \\
-      copy/segments/*.tar -o restore.tar
   # Straight into a directory
   cbfs-recover --identity file:/keys/fs1-admin.key --store /mnt/archive -C /srv/restore
+  # LAST RESORT: loose segment files with no manifest. Nothing proves that they
+  # are the administrator's: anyone with the public keyset can make members that
+  # decrypt. Exit code 8 says so.
+  cbfs-recover --identity file:/keys/fs1-admin.key --keyset keyset.json \\
+      --unauthenticated-segments copy/segments/*.tar -o restore.tar
 
 Extract the tar with GNU tar (tar --xattrs --xattrs-include='*' -xpf restore.tar)
-or bsdtar (bsdtar -xpf restore.tar).
+or bsdtar (bsdtar -xpf restore.tar). A user with a delegation restores with
+`cbfs-tier restore --node ...`: users never hold key fragments.
+
+Trust: the keyset must be signed by the administrator the reader trusts (the
+root secret's own key, --keyset, --admin-key, or what trusted-admins.json pinned
+before); the snapshot must be signed by a writer that keyset registers. Anything
+else is refused, never accepted with a warning.
 
 Age-wrapped key files: set CBFS_AGE_IDENTITY (x25519) or CBFS_PASSPHRASE_FILE.
 
 Exit codes:
   0  everything in reach was restored (scopes without a key are reported, not failures)
-  1  error before any output (keys, keyset, store, output file)
+  1  error before any output (keys, store, output file)
   2  usage
   3  partial: some members failed; the output holds every intact member
-  4  the snapshot could not be verified (signature, writer, object name, chain)";
+  4  the snapshot or keyset could not be verified or trusted (signature, writer,
+     administrator, object name, chain, rollback)
+  5  the store is unavailable (retry)
+  7  the output's disk is full: free space and run again
+  8  loose segments restored with --unauthenticated-segments: NOT authenticated";
 
-/// Restore a cbfs store, or loose segment files, as one plain pax tar.
+/// Restore a cbfs store as one plain pax tar, or into a directory.
 #[derive(Parser)]
 #[command(name = "cbfs-recover", version, after_long_help = EXAMPLES)]
-#[command(group(ArgGroup::new("input").required(true).args(["store", "segments"])))]
+#[command(group(ArgGroup::new("input").required(true).args(["store", "unauthenticated_segments"])))]
 struct Cli {
     /// The key: file:PATH or keyring:SERVICE/NAME. The root secret or a
-    /// scope secret; with --grants, a user's key. Without it, only plain
-    /// (unencrypted) members are restored.
+    /// scope secret. Without it, only plain (unencrypted) members are restored.
     #[arg(long, value_name = "SOURCE")]
     identity: Option<KeySource>,
-    /// A trusted copy of the public keyset (default: the store's newest).
+    /// A keyset file you trust: pins its administrator, and no older keyset
+    /// of the store is accepted.
     #[arg(long, value_name = "KEYSET.json")]
     keyset: Option<PathBuf>,
-    /// The store: a local directory with segments/, lockboxes/, summaries/, snapshots/.
-    #[arg(long, value_name = "DIR", conflicts_with = "segments")]
-    store: Option<PathBuf>,
+    /// The administrator key you trust, by fingerprint (as `cbfs-keytool show
+    /// --keyset` prints it); remembered in the trust records.
+    #[arg(long, value_name = "FINGERPRINT")]
+    admin_key: Option<String>,
+    /// Where the trust records are (default: trusted-admins.json beside the
+    /// --identity key file, or under $XDG_CONFIG_HOME/cbfs; or CBFS_TRUST_FILE).
+    #[arg(long, value_name = "FILE")]
+    trust_file: Option<PathBuf>,
+    /// Also trust snapshots signed by this writer key (fingerprint), which
+    /// the keyset does not register: for this one command only.
+    #[arg(long, value_name = "FINGERPRINT")]
+    accept_unregistered_writer: Option<String>,
+    /// The store: a local directory with segments/, lockboxes/, summaries/,
+    /// snapshots/, or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "STORE")]
+    store: Option<String>,
     /// Which snapshot: an id (or a prefix of 8+ characters) or a sequence number (default: newest).
     #[arg(long, value_name = "ID", requires = "store")]
     snapshot: Option<String>,
-    /// Loose segment files instead of a store (no manifest proves completeness).
-    #[arg(value_name = "SEGMENT_FILE")]
-    segments: Vec<PathBuf>,
+    /// LAST RESORT: restore these loose segment files with no manifest.
+    /// Nothing authenticates them as the administrator's; exit code 8.
+    #[arg(long, value_name = "SEGMENT_FILE", num_args = 1.., conflicts_with = "store")]
+    unauthenticated_segments: Vec<PathBuf>,
     /// Where the lockboxes of loose segments are (DIR/<segment id>/ or DIR);
     /// default: lockboxes/<segment id>/ beside the segment file's directory.
-    #[arg(long, value_name = "DIR", conflicts_with = "store")]
+    #[arg(long, value_name = "DIR", requires = "unauthenticated_segments")]
     lockboxes: Option<PathBuf>,
     /// Write the tar to this file, or to standard output with `-`.
     #[arg(short = 'o', long = "output", value_name = "OUT.tar")]
@@ -87,9 +119,6 @@ struct Cli {
         conflicts_with = "output"
     )]
     directory: Option<PathBuf>,
-    /// Use a user key plus the *.grant files in DIR (m of n per scope).
-    #[arg(long, value_name = "DIR", requires = "identity")]
-    grants: Option<PathBuf>,
     /// Restore only this path and what is below it (repeatable).
     #[arg(long = "path", value_name = "PREFIX")]
     paths: Vec<PathBuf>,
@@ -114,6 +143,24 @@ struct Failed {
 
 fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failed {
     move |err| Failed { code, err }
+}
+
+/// The exit code of a restore library error met before any output.
+fn code_of(e: &cbfs_restore::Error) -> u8 {
+    match e {
+        cbfs_restore::Error::Usage(_) => 2,
+        e if e.is_transient() => 5,
+        e if e.is_verification() => 4,
+        cbfs_restore::Error::NoSnapshot(_) => 4,
+        _ => 1,
+    }
+}
+
+fn failed(context: &'static str) -> impl FnOnce(cbfs_restore::Error) -> Failed {
+    move |e| Failed {
+        code: code_of(&e),
+        err: anyhow!(e).context(context),
+    }
 }
 
 fn main() -> ExitCode {
@@ -166,106 +213,209 @@ enum Output {
     Dir(PathBuf),
 }
 
+fn open_store(spec: &str) -> Result<Box<dyn ObjectSource>, Failed> {
+    if spec.starts_with("s3://") {
+        return Ok(Box::new(
+            S3Source::open(spec).map_err(failed("cannot open the store"))?,
+        ));
+    }
+    if spec.contains("://") {
+        return Err(fail(2)(anyhow!(
+            "store `{spec}`: give a directory or s3://BUCKET/PREFIX"
+        )));
+    }
+    Ok(Box::new(
+        LocalDir::new(spec).map_err(failed("cannot open the store"))?,
+    ))
+}
+
+/// The trusted keyset: pinned by --keyset, --admin-key, the root secret
+/// (derived from it), or the trust records, in that order.
+fn keyset_for(
+    cli: &Cli,
+    source: &dyn ObjectSource,
+    seed: Option<&Seed>,
+    records: &TrustRecords,
+) -> Result<Keyset, Failed> {
+    let anchors = Anchors {
+        keyset_file: cli.keyset.as_deref(),
+        admin_key: cli.admin_key.as_deref(),
+        pinned: None,
+        secret: seed,
+    };
+    trusted_keyset(source, &anchors, Some(records)).map_err(failed("the keyset could not be trusted"))
+}
+
 fn run(cli: Cli) -> Result<u8, Failed> {
-    cbfs_recover::set_decode_threads(cli.jobs.map(usize::from));
-    let filter = path_filter(&cli.paths).map_err(fail(2))?;
+    let opts = RestoreOptions {
+        filter: path_filter(&cli.paths).map_err(fail(2))?,
+        threads: cli.jobs.map(usize::from),
+    };
     let output = plan_output(&cli).map_err(fail(2))?;
-    let store = cli
-        .store
+    let seed = cli
+        .identity
         .as_ref()
-        .map(|dir| {
-            LocalDir::new(dir).with_context(|| format!("cannot open store {}", dir.display()))
+        .map(|s| {
+            s.load(&Unlock::from_env())
+                .with_context(|| format!("cannot load the identity {s}"))
+                .map_err(fail(1))
         })
-        .transpose()
-        .map_err(fail(1))?;
-
-    // The keyset: a trusted file, else the store's newest. Only a root or
-    // scope secret, or grants, need one; without a key it only names writers.
-    let keyset: Option<Keyset> = match (&store, &cli.keyset) {
-        (_, Some(path)) => Some(
-            Keyset::load(path)
-                .with_context(|| format!("cannot use the keyset {}", path.display()))
-                .map_err(fail(1))?,
-        ),
-        (Some(s), None) => match load_keyset(s, None) {
-            Ok(k) => Some(k),
-            Err(e) if cli.identity.is_some() => return Err(fail(1)(e.into())),
-            Err(e) => {
-                tracing::info!("no keyset: {e}");
-                None
-            }
-        },
-        (None, None) => None,
+        .transpose()?;
+    let key_file = match &cli.identity {
+        Some(KeySource::File(p)) => Some(p.as_path()),
+        _ => None,
     };
+    let records_path = cli
+        .trust_file
+        .clone()
+        .unwrap_or_else(|| TrustRecords::default_path(key_file));
+    let mut records = TrustRecords::load(&records_path).map_err(failed("trust records"))?;
 
-    let opener = make_opener(&cli, keyset.as_ref())?;
-    let snapshot = match &store {
-        Some(s) => Some(
-            open_snapshot(s, keyset.as_ref(), cli.snapshot.as_deref()).map_err(|e| {
-                let code = match &e {
-                    cbfs_recover::Error::Usage(_) => 2,
-                    e if e.is_verification() => 4,
-                    cbfs_recover::Error::NoSnapshot(_) => 4,
-                    _ => 1,
-                };
-                Failed {
-                    code,
-                    err: anyhow!(e).context("the snapshot could not be verified"),
-                }
-            })?,
-        ),
-        None => None,
-    };
+    if !cli.unauthenticated_segments.is_empty() {
+        return run_loose(&cli, seed, &records, &opts, &output);
+    }
+    let spec = cli.store.as_deref().expect("clap requires an input");
+    let source = open_store(spec)?;
+    let keyset = keyset_for(&cli, source.as_ref(), seed.as_ref(), &records)?;
+    let opener = make_opener(&cli, seed, &keyset)?;
+    let trust = Trust::new(keyset.clone())
+        .accept_unregistered_writer(cli.accept_unregistered_writer.clone());
+    let snapshot = open_snapshot(source.as_ref(), &trust, cli.snapshot.as_deref())
+        .map_err(failed("the snapshot could not be verified"))?;
+    check_snapshot_rollback(&cli, &snapshot, &keyset, &records)?;
 
     let mut sink: Box<dyn SinkOut> = open_output(&output, cli.force).map_err(fail(1))?;
-    let result = match (&store, &snapshot) {
-        (Some(s), Some(snap)) => restore(s, snap, opener.as_ref(), &filter, sink.as_sink()),
-        _ => restore_segments(
-            &cli.segments,
-            cli.lockboxes.as_deref(),
-            opener.as_ref(),
-            &filter,
-            sink.as_sink(),
-        ),
-    };
-    let report = match result.and_then(|r| sink.close().map(|()| r)) {
-        Ok(r) => r,
-        Err(e) => {
-            sink.discard();
-            return Err(fail(1)(
-                anyhow!(e).context("the output broke; nothing was kept"),
-            ));
-        }
-    };
-    if let Output::File { dest, temp } = &output {
-        std::fs::rename(temp, dest)
-            .with_context(|| format!("cannot move the finished tar to {}", dest.display()))
-            .map_err(fail(1))?;
+    let result = restore(
+        source.as_ref(),
+        &snapshot,
+        opener.as_ref(),
+        &opts,
+        sink.as_sink(),
+    );
+    let report = finish_output(result, sink.as_mut(), &output)?;
+    if records.note(&keyset, snapshot.sequence())
+        && let Err(e) = records.save()
+    {
+        eprintln!("cbfs-recover: warning: cannot update the trust records: {e}");
     }
-    let code = if report.is_complete() { 0 } else { 3 };
+    let code = exit_code(&report);
     print_report(&cli, &report, opener.as_ref(), &output, code);
     Ok(code)
 }
 
+/// With no --snapshot, the newest snapshot must not be older than one seen
+/// before: fewer snapshots than the records say means the newest vanished.
+fn check_snapshot_rollback(
+    cli: &Cli,
+    snapshot: &Snapshot,
+    keyset: &Keyset,
+    records: &TrustRecords,
+) -> Result<(), Failed> {
+    if cli.snapshot.is_some() {
+        return Ok(());
+    }
+    if let Some(p) = records.pinned(keyset.fs().as_str())
+        && snapshot.sequence() < p.highest_snapshot
+    {
+        return Err(fail(4)(anyhow!(
+            "the store's newest trusted snapshot is sequence {} ({}), but sequence {} was seen before (recorded in {}): the store was rolled back or its newest snapshots were hidden; give --snapshot to restore an older one on purpose",
+            snapshot.sequence(),
+            snapshot.key(),
+            p.highest_snapshot,
+            records.path().display()
+        )));
+    }
+    Ok(())
+}
+
+fn run_loose(
+    cli: &Cli,
+    seed: Option<Seed>,
+    records: &TrustRecords,
+    opts: &RestoreOptions,
+    output: &Output,
+) -> Result<u8, Failed> {
+    // The keyset only recognizes the key here: nothing can authenticate
+    // loose segments, whoever signed the keyset.
+    let keyset = match (&cli.keyset, &cli.admin_key) {
+        (Some(p), _) => Some(
+            Keyset::load(p)
+                .with_context(|| format!("cannot use the keyset {}", p.display()))
+                .map_err(fail(4))?,
+        ),
+        _ => None,
+    };
+    let opener: Box<dyn LockboxOpener> = match (seed, &keyset) {
+        (None, _) => Box::new(NoKey),
+        (Some(seed), Some(ks)) => identify_or_fail(seed, ks, &cli.identity)?,
+        (Some(_), None) => {
+            return Err(fail(2)(anyhow!(
+                "loose segments with a key need --keyset KEYSET.json, to recognize the key"
+            )));
+        }
+    };
+    let _ = records;
+    let mut sink: Box<dyn SinkOut> = open_output(output, cli.force).map_err(fail(1))?;
+    let result = restore_unauthenticated_segments(
+        &cli.unauthenticated_segments,
+        cli.lockboxes.as_deref(),
+        opener.as_ref(),
+        opts,
+        sink.as_sink(),
+    );
+    let report = finish_output(result, sink.as_mut(), output)?;
+    let code = if report.is_complete() { 8 } else { 3 };
+    print_report(cli, &report, opener.as_ref(), output, code);
+    eprintln!(
+        "cbfs-recover: UNAUTHENTICATED: no signed manifest proves that these segments are the administrator's, complete or current"
+    );
+    Ok(code)
+}
+
+/// Closes the output (or discards it if the restore broke) and moves a
+/// finished tar file into place.
+fn finish_output(
+    result: cbfs_restore::Result<Report>,
+    sink: &mut dyn SinkOut,
+    output: &Output,
+) -> Result<Report, Failed> {
+    let report = match result.and_then(|r| sink.close().map(|()| r)) {
+        Ok(r) => r,
+        Err(e) => {
+            sink.discard();
+            let code = if e.is_resource() { 7 } else { 1 };
+            return Err(fail(code)(
+                anyhow!(e).context("the output broke; nothing was kept"),
+            ));
+        }
+    };
+    if let Output::File { dest, temp } = output {
+        std::fs::rename(temp, dest)
+            .with_context(|| format!("cannot move the finished tar to {}", dest.display()))
+            .map_err(fail(1))?;
+    }
+    Ok(report)
+}
+
+/// 0 complete; 5 when every failure was the store being unavailable
+/// (retry); 3 partial otherwise.
+fn exit_code(report: &Report) -> u8 {
+    if report.is_complete() {
+        0
+    } else if report.failures.iter().all(|f| f.code == "unavailable") {
+        5
+    } else {
+        3
+    }
+}
+
 fn path_filter(paths: &[PathBuf]) -> anyhow::Result<PathFilter> {
+    use std::os::unix::ffi::OsStrExt;
     let bytes: Vec<Vec<u8>> = paths
         .iter()
-        .map(|p| path_bytes(p))
-        .collect::<anyhow::Result<_>>()?;
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
     Ok(PathFilter::new(bytes)?)
-}
-
-#[cfg(unix)]
-fn path_bytes(p: &Path) -> anyhow::Result<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    Ok(p.as_os_str().as_bytes().to_vec())
-}
-
-#[cfg(not(unix))]
-fn path_bytes(p: &Path) -> anyhow::Result<Vec<u8>> {
-    p.to_str()
-        .map(|s| s.replace('\\', "/").into_bytes())
-        .ok_or_else(|| anyhow!("path {} is not UTF-8", p.display()))
 }
 
 fn plan_output(cli: &Cli) -> anyhow::Result<Output> {
@@ -296,55 +446,38 @@ fn plan_output(cli: &Cli) -> anyhow::Result<Output> {
     }
 }
 
-fn make_opener(cli: &Cli, keyset: Option<&Keyset>) -> Result<Box<dyn LockboxOpener>, Failed> {
-    let Some(source) = &cli.identity else {
-        return Ok(Box::new(NoKey));
-    };
-    let Some(keyset) = keyset else {
-        return Err(fail(1)(anyhow!(
-            "a key needs the public keyset to be recognized: give --keyset KEYSET.json"
-        )));
-    };
-    let seed = source
-        .load(&Unlock::from_env())
-        .with_context(|| format!("cannot load the identity {source}"))
-        .map_err(fail(1))?;
-    if let Some(dir) = &cli.grants {
-        let user = UserSecret::from_seed(seed);
-        let grants = load_grants(dir, keyset).map_err(|e| fail(1)(e.into()))?;
-        let opener = GrantOpener::new(&user, grants, keyset).map_err(|e| fail(1)(e.into()))?;
-        for note in opener.notes() {
-            eprintln!("cbfs-recover: note: {note}");
-        }
-        if !opener.any_usable() {
-            let states: Vec<String> = opener
-                .scopes()
-                .into_iter()
-                .map(|(scope, state)| format!("scope `{scope}`: {state}"))
-                .collect();
-            return Err(fail(1)(anyhow!(
-                "no delegation in {} can be used: {}",
-                dir.display(),
-                states.join("; ")
-            )));
-        }
-        return Ok(Box::new(opener));
-    }
+fn identify_or_fail(
+    seed: Seed,
+    keyset: &Keyset,
+    source: &Option<KeySource>,
+) -> Result<Box<dyn LockboxOpener>, Failed> {
     match identify(seed, keyset) {
         Some(id) => Ok(Box::new(id)),
         None => Err(fail(1)(anyhow!(
-            "the key from {source} is neither the root secret nor a scope secret of file system `{}` \
-             (administrator key {}); for a user key, add --grants DIR",
+            "the key from {} is neither the root secret nor a scope secret of file system `{}` \
+             (administrator key {}); a user restores with `cbfs-tier restore --node`",
+            source.as_ref().map(|s| s.to_string()).unwrap_or_default(),
             keyset.fs(),
             fingerprint(keyset.admin_verifying_key())
         ))),
     }
 }
 
+fn make_opener(
+    cli: &Cli,
+    seed: Option<Seed>,
+    keyset: &Keyset,
+) -> Result<Box<dyn LockboxOpener>, Failed> {
+    match seed {
+        None => Ok(Box::new(NoKey)),
+        Some(seed) => identify_or_fail(seed, keyset, &cli.identity),
+    }
+}
+
 /// A sink plus how to close or discard its output.
 trait SinkOut {
     fn as_sink(&mut self) -> &mut dyn Sink;
-    fn close(&mut self) -> cbfs_recover::Result<()>;
+    fn close(&mut self) -> cbfs_restore::Result<()>;
     fn discard(&mut self);
 }
 
@@ -357,10 +490,10 @@ impl<W: Write> SinkOut for TarOut<W> {
     fn as_sink(&mut self) -> &mut dyn Sink {
         self.sink.as_mut().expect("open until closed")
     }
-    fn close(&mut self) -> cbfs_recover::Result<()> {
+    fn close(&mut self) -> cbfs_restore::Result<()> {
         let sink = self.sink.take().expect("closed once");
         let mut w = sink.into_inner()?;
-        w.flush().map_err(|e| cbfs_recover::Error::Output {
+        w.flush().map_err(|e| cbfs_restore::Error::Output {
             target: "the tar".into(),
             source: e,
             fatal: true,
@@ -380,7 +513,7 @@ impl SinkOut for DirOut {
     fn as_sink(&mut self) -> &mut dyn Sink {
         &mut self.0
     }
-    fn close(&mut self) -> cbfs_recover::Result<()> {
+    fn close(&mut self) -> cbfs_restore::Result<()> {
         Ok(())
     }
     fn discard(&mut self) {}
@@ -389,9 +522,11 @@ impl SinkOut for DirOut {
 fn open_output(output: &Output, force: bool) -> anyhow::Result<Box<dyn SinkOut>> {
     Ok(match output {
         Output::Stdout => {
+            // Flushed after every entry: a consumer killed mid-way has every
+            // entry before the one in progress whole.
             let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             Box::new(TarOut {
-                sink: Some(TarSink::new(out, "standard output")),
+                sink: Some(TarSink::new(out, "standard output").flush_each_entry()),
                 temp: None,
             })
         }

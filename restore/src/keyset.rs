@@ -30,6 +30,9 @@ pub enum Pin {
     Keyset(Box<Keyset>),
     /// A fingerprint the reader was given out of band (`--admin-key`).
     Fingerprint(String),
+    /// An administrator key the caller pinned itself (the tiering agent's
+    /// index remembers the one its keyset had).
+    Admin(PublicKey),
     /// What the reader's own records pinned before.
     Records,
 }
@@ -37,7 +40,7 @@ pub enum Pin {
 impl Pin {
     fn accepts(&self, admin: &PublicKey, records: Option<&TrustRecords>, fs: &str) -> bool {
         match self {
-            Pin::Root(k) => k == admin,
+            Pin::Root(k) | Pin::Admin(k) => k == admin,
             Pin::Keyset(ks) => ks.admin_verifying_key() == admin,
             Pin::Fingerprint(fp) => normalize(fp) == normalize(&fingerprint(admin)),
             Pin::Records => records
@@ -57,6 +60,7 @@ impl Pin {
                 fingerprint(ks.admin_verifying_key())
             ),
             Pin::Fingerprint(fp) => format!("the administrator key {fp} (--admin-key)"),
+            Pin::Admin(k) => format!("the pinned administrator key {}", fingerprint(k)),
             Pin::Records => "the administrator key pinned in your trust records".into(),
         }
     }
@@ -348,6 +352,58 @@ pub fn load_keyset(
         )));
     }
     Ok(chosen)
+}
+
+/// What a reader was given to pin the administrator with, in the order they
+/// count: a keyset file, a fingerprint, a key the caller pinned, the root
+/// secret's own key; else its trust records.
+#[derive(Default)]
+pub struct Anchors<'a> {
+    /// `--keyset FILE`: trusted, and a floor for the store's keysets.
+    pub keyset_file: Option<&'a Path>,
+    /// `--admin-key FINGERPRINT`.
+    pub admin_key: Option<&'a str>,
+    /// An administrator key pinned elsewhere (the agent's index).
+    pub pinned: Option<PublicKey>,
+    /// The secret the reader holds: if it is the root secret of a keyset in
+    /// the store, its own administrator key is the pin.
+    pub secret: Option<&'a cbfs_core::Seed>,
+}
+
+/// The keyset to trust, from `anchors` and `records` (see [`load_keyset`]).
+pub fn trusted_keyset(
+    source: &dyn ObjectSource,
+    anchors: &Anchors<'_>,
+    records: Option<&TrustRecords>,
+) -> Result<Keyset> {
+    if anchors.keyset_file.is_some() && anchors.admin_key.is_some() {
+        return Err(Error::Usage(
+            "give either --keyset or --admin-key, not both".into(),
+        ));
+    }
+    if let Some(path) = anchors.keyset_file {
+        let ks = Keyset::load(path).map_err(|e| Error::key(format!("keyset {}", path.display()), e))?;
+        return load_keyset(source, &Pin::Keyset(Box::new(ks)), records);
+    }
+    if let Some(fp) = anchors.admin_key {
+        return load_keyset(source, &Pin::Fingerprint(fp.to_owned()), records);
+    }
+    if let Some(pk) = anchors.pinned {
+        return load_keyset(source, &Pin::Admin(pk), records);
+    }
+    if let Some(seed) = anchors.secret {
+        let copy = cbfs_core::Seed::from_slice(seed.expose_secret_bytes(), "identity")
+            .map_err(|e| Error::key("identity", e))?;
+        let root = Pin::Root(cbfs_core::AdminSecret::from_seed(copy).verifying_key());
+        match load_keyset(source, &root, records) {
+            Ok(ks) => return Ok(ks),
+            // Not the root secret of this store: a scope or user secret,
+            // trusted by the records.
+            Err(Error::Keyset(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    load_keyset(source, &Pin::Records, records)
 }
 
 fn fs_names(found: &[&Found]) -> String {

@@ -73,7 +73,7 @@ mod source;
 
 pub use engine::RestoreOptions;
 pub use error::{Error, Result};
-pub use keyset::{Pin, Pinned, TrustRecords, load_keyset};
+pub use keyset::{Anchors, Pin, Pinned, TrustRecords, load_keyset, trusted_keyset};
 pub use opener::{AdminOpener, Identity, LockboxOpener, NoKey, ScopeOpener, identify};
 pub use paths::{PathFilter, check_member_path, check_symlink_target};
 pub use report::{Failure, Report};

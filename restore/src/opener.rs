@@ -27,6 +27,12 @@ pub trait LockboxOpener {
 
     /// What this identity is, for reports (never a secret).
     fn describe(&self) -> String;
+
+    /// What went wrong on the way that did not stop it (nodes that were
+    /// down or lied), for the report.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 fn label_of(lockbox: &Lockbox) -> Result<ScopeLabel> {

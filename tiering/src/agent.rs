@@ -1,16 +1,29 @@
-//! The tiering agent's context: its store, index, keyset and writer key.
+//! The tiering agent: its store, index, keyset and writer key, opened once
+//! and shared (`Arc<Agent>`) by everything a process runs against it.
+//!
+//! The agent makes no runtime of its own: its async methods run on the
+//! caller's, and the heavy work of a run goes to a blocking thread. One
+//! process holds an index at a time ([`IndexLock`]), and one run of an agent
+//! goes at a time (a second waits for the first).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cbfs_core::umbral_pre::{PublicKey, Signer};
 use cbfs_core::{
-    KeySource, Keyset, Protection, Seed, Unlock, UserSecret, fingerprint, public_key_hex,
+    KeySource, Keyset, Protection, Seed, Unlock, UserName, UserPublic, UserSecret, fingerprint,
+    public_key_hex,
 };
+use cbfs_format::layout;
+use cbfs_restore::Trust;
 use cbfs_store::Store;
 
 use crate::error::{Error, Result};
 use crate::index::{Batch, Index};
-use cbfs_format::layout;
+use crate::lock::IndexLock;
+use crate::observe::Observer;
+use crate::out::{OutOptions, OutReport};
+use crate::source::StoreSource;
 
 /// Everything a tiering run works with.
 pub struct Agent {
@@ -18,11 +31,12 @@ pub struct Agent {
     pub store: Store,
     /// The local index.
     pub index: Index,
-    /// The public keyset (absent only in plain mode without one).
+    /// The public keyset.
     pub keyset: Option<Keyset>,
     writer: Signer,
     index_dir: PathBuf,
-    rt: tokio::runtime::Runtime,
+    _lock: IndexLock,
+    running: tokio::sync::Mutex<()>,
 }
 
 /// How to open an agent.
@@ -33,33 +47,35 @@ pub struct AgentOptions<'a> {
     pub index: &'a Path,
     /// The keyset file, if given.
     pub keyset: Option<&'a Path>,
-    /// The writer's secret; `None` means `file:<index>/writer.key`, made on first use.
+    /// The writer's secret; `None` means `file:<index>/writer.key`, made on
+    /// first use (with its public key file `<index>/writer.pub`).
     pub writer_key: Option<KeySource>,
 }
 
+/// The index's spool of segments being written, cleared when an agent opens.
+const SPOOL: &str = "spool";
+
 impl Agent {
-    /// Opens the store and the index, and checks the keyset against what the
-    /// index has seen before (same administrator, no older serial).
-    pub fn open(opts: AgentOptions<'_>) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("cannot start the I/O runtime", PathBuf::new(), e))?;
+    /// Opens the store and the index for writing, and checks the keyset
+    /// against what the index has seen before (same administrator, no older
+    /// serial) and that it registers this agent's writer key.
+    ///
+    /// Refused while another process holds the index. Spools a process that
+    /// died left behind are cleared before the index is opened, so that a
+    /// disk that filled up frees itself on the next run.
+    pub fn open(opts: AgentOptions<'_>) -> Result<Arc<Self>> {
+        let lock = IndexLock::acquire(opts.index)?;
+        let spool = opts.index.join(SPOOL);
+        if spool.exists() {
+            std::fs::remove_dir_all(&spool)
+                .map_err(|e| Error::io("cannot clear the old spool", &spool, e))?;
+        }
         let store = Store::open(opts.store)?;
         let index = Index::open(opts.index)?;
         let keyset = opts.keyset.map(Keyset::load).transpose()?;
         let writer_source = match opts.writer_key {
             Some(s) => s,
-            None => {
-                let path = opts.index.join("writer.key");
-                let src = KeySource::File(path.clone());
-                if !path.exists() {
-                    src.store_new(&Seed::generate(), &Protection::None)?;
-                    tracing::info!(path = %path.display(), "created a writer key for this agent");
-                }
-                src
-            }
+            None => default_writer(opts.index)?,
         };
         let writer = UserSecret::from_seed(writer_source.load(&Unlock::from_env())?).signer();
         let agent = Agent {
@@ -68,10 +84,11 @@ impl Agent {
             keyset,
             writer,
             index_dir: opts.index.to_owned(),
-            rt,
+            _lock: lock,
+            running: tokio::sync::Mutex::new(()),
         };
         agent.check_keyset()?;
-        Ok(agent)
+        Ok(Arc::new(agent))
     }
 
     fn check_keyset(&self) -> Result<()> {
@@ -98,27 +115,35 @@ impl Agent {
             )));
         }
         let vk = self.writer.verifying_key();
-        if !ks.writers().is_empty() && !ks.writers().values().any(|w| *w == vk) {
+        if !ks.writers().values().any(|w| *w == vk) {
+            let public = self.index_dir.join("writer.pub");
             return Err(Error::Usage(format!(
-                "this agent's writer key {} is not registered in the keyset; register it with \
-                 cbfs-keytool add-writer, or give a registered one with --writer-key",
-                fingerprint(&vk)
+                "this agent's writer key {} is not registered in the keyset of `{}`, so nobody would trust its snapshots; \
+                 register it first: cbfs-keytool add-writer --admin ADMIN_SECRET --keyset KEYSET.json --public {} \
+                 (or give a registered key with --writer-key)",
+                fingerprint(&vk),
+                ks.fs(),
+                if public.exists() {
+                    public.display().to_string()
+                } else {
+                    "WRITER.pub".into()
+                }
             )));
         }
         Ok(())
     }
 
     /// Binds the index to the keyset and makes sure the store holds it.
-    pub fn publish_keyset(&self) -> Result<()> {
+    pub async fn publish_keyset(&self) -> Result<()> {
         let Some(ks) = &self.keyset else {
             return Ok(());
         };
         let mut state = self.index.state()?;
         let admin_hex = public_key_hex(ks.admin_verifying_key());
         let key = layout::keyset(ks.serial());
-        if self.block_on(self.store.head(&key))?.is_none() {
+        if self.store.head(&key).await?.is_none() {
             let bytes = ks.signed_bytes().to_vec();
-            self.block_on(self.store.put_new(&key, bytes))?;
+            self.store.put_new(&key, bytes).await?;
         }
         if state.admin_key.as_deref() != Some(&admin_hex) || state.keyset_serial != ks.serial() {
             state.admin_key = Some(admin_hex);
@@ -128,6 +153,45 @@ impl Agent {
             self.index.commit(b)?;
         }
         Ok(())
+    }
+
+    /// Tiers `opts.source` out: one run, reported to `observer` as it goes.
+    /// A second call while one runs waits for it.
+    pub async fn tier_out(
+        self: &Arc<Self>,
+        opts: OutOptions,
+        observer: Arc<dyn Observer>,
+    ) -> Result<OutReport> {
+        let _running = self.running.lock().await;
+        let agent = self.clone();
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || crate::out::run(&agent, &opts, rt, observer.as_ref()))
+            .await
+            .map_err(|e| Error::Usage(format!("the run failed: {e}")))?
+    }
+
+    /// What snapshots this agent trusts: the keyset's registered writers.
+    pub fn trust(&self) -> Result<Trust> {
+        let ks = self.keyset.as_ref().ok_or_else(|| {
+            Error::Usage("the keyset is needed to trust snapshots: give --keyset".into())
+        })?;
+        Ok(Trust::new(ks.clone()))
+    }
+
+    /// The store as the restore engine reads it, with requests on `rt`.
+    pub fn source(&self, rt: tokio::runtime::Handle) -> StoreSource {
+        StoreSource::new(self.store.clone(), rt)
+    }
+
+    /// A new spool directory for one run's segments.
+    pub(crate) fn new_spool(&self) -> Result<PathBuf> {
+        let dir = self
+            .index_dir
+            .join(SPOOL)
+            .join(format!("run-{}", hex::encode(rand::random::<[u8; 8]>())));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("cannot create spool directory", &dir, e))?;
+        Ok(dir)
     }
 
     /// The index directory.
@@ -144,14 +208,29 @@ impl Agent {
     pub fn writer_key(&self) -> PublicKey {
         self.writer.verifying_key()
     }
+}
 
-    /// Runs a store future to completion from synchronous code.
-    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
+/// `file:INDEX/writer.key`, made on first use together with its public key
+/// file `INDEX/writer.pub` (for `cbfs-keytool add-writer`).
+fn default_writer(index: &Path) -> Result<KeySource> {
+    let path = index.join("writer.key");
+    let src = KeySource::File(path.clone());
+    let public = index.join("writer.pub");
+    if !path.exists() {
+        let seed = Seed::generate();
+        src.store_new(&seed, &Protection::None)?;
+        tracing::info!(path = %path.display(), "created a writer key for this agent");
+        let secret = UserSecret::from_seed(seed);
+        write_public(&public, &secret)?;
+    } else if !public.exists() {
+        let secret = UserSecret::from_seed(src.load(&Unlock::from_env())?);
+        write_public(&public, &secret)?;
     }
+    Ok(src)
+}
 
-    /// A handle for worker threads.
-    pub fn handle(&self) -> tokio::runtime::Handle {
-        self.rt.handle().clone()
-    }
+fn write_public(path: &Path, secret: &UserSecret) -> Result<()> {
+    let name = UserName::new("agent").expect("a valid name");
+    let bytes = UserPublic::from_secret(name, secret).to_signed_bytes(secret)?;
+    std::fs::write(path, bytes).map_err(|e| Error::io("cannot write", path, e))
 }

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-/// Errors of `cbfs-tier`. Each names the file, object or index it is about.
+/// Errors of `cbfs-tier`. Each names the file, object or index it is about,
+/// and says whether retrying can help ([`Error::is_transient`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 #[allow(missing_docs)] // the fields are named for what they hold
@@ -20,9 +21,37 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] cbfs_store::Error),
 
+    /// Reading the store back (restore, verify, listing).
+    #[error("{context}: {source}")]
+    Restore {
+        context: String,
+        #[source]
+        source: cbfs_restore::Error,
+    },
+
     /// The local index failed.
     #[error("index {}: {detail}", path.display())]
     Index { path: PathBuf, detail: String },
+
+    /// Another process has the index open for writing.
+    #[error(
+        "index {} is in use by {holder}; wait for it to finish (one agent per index)",
+        index.display()
+    )]
+    Busy { index: PathBuf, holder: String },
+
+    /// This machine ran out of room (a full disk or quota): nothing
+    /// committed is lost; rerun once there is space.
+    #[error(
+        "{what} ({}) is out of space: {source}; nothing committed was lost — free some space and run again",
+        path.display()
+    )]
+    Resource {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// A local file operation failed.
     #[error("{op} {}: {source}", path.display())]
@@ -40,11 +69,59 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            return Error::Resource {
+                what: op.to_owned(),
+                path: path.into(),
+                source,
+            };
+        }
         Error::Io {
             op,
             path: path.into(),
             source,
         }
+    }
+
+    /// Whether retrying later can help: the store or the key service was
+    /// unreachable or failing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Key(k) => k.is_transient(),
+            Error::Store(s) => s.is_transient(),
+            Error::Restore { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Whether a local resource ran out (disk full).
+    pub fn is_resource(&self) -> bool {
+        match self {
+            Error::Resource { .. } => true,
+            Error::Restore { source, .. } => source.is_resource(),
+            _ => false,
+        }
+    }
+
+    /// Whether something failed verification (an object is not what it
+    /// must be, a snapshot or keyset is not trusted).
+    pub fn is_verification(&self) -> bool {
+        match self {
+            Error::Integrity { .. } | Error::Format(_) => true,
+            Error::Restore { source, .. } => source.is_verification(),
+            _ => false,
+        }
+    }
+}
+
+/// A restore library error, with what was being done.
+pub(crate) fn restore_error(context: impl Into<String>, source: cbfs_restore::Error) -> Error {
+    Error::Restore {
+        context: context.into(),
+        source,
     }
 }
 

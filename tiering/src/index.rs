@@ -399,6 +399,47 @@ impl Batch {
     }
 }
 
+/// The stored paths in byte order, as they were when the cursor was made.
+pub struct PathCursor<'a> {
+    it: rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>,
+    index: &'a Index,
+}
+
+impl PathCursor<'_> {
+    /// The stored paths before `path` (in byte order) not given yet, each
+    /// to `gone`, then whether `path` itself is stored (it is skipped).
+    pub fn advance_to(&mut self, path: &[u8], mut gone: impl FnMut(&[u8])) -> Result<bool> {
+        while let Some(k) = self.it.key() {
+            if k.first() != Some(&FILE) {
+                break;
+            }
+            match k[1..].cmp(path) {
+                std::cmp::Ordering::Less => gone(&k[1..]),
+                std::cmp::Ordering::Equal => {
+                    self.it.next();
+                    return Ok(true);
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+            self.it.next();
+        }
+        self.it.status().map_err(|e| self.index.err(e))?;
+        Ok(false)
+    }
+
+    /// Every stored path not given yet.
+    pub fn rest(&mut self, mut gone: impl FnMut(&[u8])) -> Result<()> {
+        while let Some(k) = self.it.key() {
+            if k.first() != Some(&FILE) {
+                break;
+            }
+            gone(&k[1..]);
+            self.it.next();
+        }
+        self.it.status().map_err(|e| self.index.err(e))
+    }
+}
+
 impl Index {
     /// Opens (or creates) the index in `dir`. Only one process may have it open.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -553,6 +594,15 @@ impl Index {
             it.next();
         }
         it.status().map_err(|e| self.err(e))
+    }
+
+    /// A cursor over the stored paths as they are now, in byte order: what
+    /// a run compares its walk with to find what is gone, without holding
+    /// every path in memory. Later commits do not show in it.
+    pub fn paths_cursor(&self) -> PathCursor<'_> {
+        let mut it = self.db.raw_iterator();
+        it.seek([FILE]);
+        PathCursor { it, index: self }
     }
 
     /// What file `slot` of a member is.

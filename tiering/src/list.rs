@@ -1,13 +1,20 @@
-//! `cbfs-tier snapshots` and `cbfs-tier ls`.
+//! `cbfs-tier snapshots` and `cbfs-tier ls`: read-only, without the writer's
+//! secret and without taking the index's lock. Snapshots come through the
+//! one verifier (signed by a writer the trusted keyset registers); names
+//! come from the agent's index.
+
+use std::path::Path;
 
 use cbfs_core::fingerprint;
-use cbfs_format::Manifest;
+use cbfs_restore::{Snapshot, snapshots};
+use cbfs_store::Store;
 use serde::Serialize;
 
-use crate::agent::Agent;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, restore_error};
+use crate::index::Index;
+use crate::restore::{TrustOptions, trusted};
 use crate::scan::Stat;
-use cbfs_format::layout;
+use crate::source::StoreSource;
 
 /// One snapshot in the store.
 #[derive(Clone, Debug, Serialize)]
@@ -22,10 +29,20 @@ pub struct SnapshotInfo {
     pub entries: u64,
     /// Fingerprint of the writer key that signed it.
     pub writer: String,
-    /// Whether that writer is registered in the keyset (or is this agent).
-    pub trusted_writer: bool,
+    /// The registered writer's name (`None`: accepted by name with
+    /// `--accept-unregistered-writer`).
+    pub writer_name: Option<String>,
     /// The manifest's object key.
     pub manifest: String,
+}
+
+/// An object under `snapshots/` that is not a trusted snapshot.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ignored {
+    /// Its key.
+    pub object: String,
+    /// Why it is not trusted.
+    pub reason: String,
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -38,93 +55,43 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-/// Every manifest in the store, oldest first, each verified and resolved
-/// (a delta against the resolved manifest before it).
-pub(crate) fn load_manifests(agent: &Agent) -> Result<Vec<(String, Manifest)>> {
-    load_manifests_since(agent, 0)
+fn info(s: &Snapshot) -> SnapshotInfo {
+    let m = s.manifest();
+    SnapshotInfo {
+        sequence: m.sequence(),
+        id: m.snapshot_id().to_string(),
+        created: rfc3339(m.created_unix()),
+        entries: m.entries().iter().map(|e| e.slots.len() as u64).sum(),
+        writer: fingerprint(m.writer_key()),
+        writer_name: s.writer().map(str::to_owned),
+        manifest: s.key().to_owned(),
+    }
 }
 
-/// The manifests from sequence `from` on, oldest first, each verified and
-/// resolved; reading back only as far as the newest full manifest at or
-/// before `from` (which the deltas after it need), not the whole history.
-pub(crate) fn load_manifests_since(agent: &Agent, from: u64) -> Result<Vec<(String, Manifest)>> {
-    let mut out: Vec<(String, Manifest)> = Vec::new();
-    let mut by_hash: std::collections::HashMap<[u8; 32], usize> = std::collections::HashMap::new();
-    let mut keys: Vec<(u64, String)> = agent
-        .block_on(agent.store.list(layout::SNAPSHOTS))?
+fn load(store: &str, trust: &TrustOptions, rt: tokio::runtime::Handle) -> Result<(Vec<Snapshot>, Vec<Ignored>)> {
+    let source = StoreSource::new(Store::open(store)?, rt);
+    let t = trusted(&source, trust, None, None)?;
+    let (snaps, ignored) =
+        snapshots(&source, &t.trust, 0).map_err(|e| restore_error("cannot list the snapshots", e))?;
+    let ignored = ignored
         .into_iter()
-        .filter_map(|o| layout::parse_manifest(&o.key).map(|(seq, _)| (seq, o.key)))
+        .map(|(object, reason)| Ignored { object, reason })
         .collect();
-    keys.sort();
-    let mut fetched = std::collections::HashMap::new();
-    let mut start = keys.partition_point(|(seq, _)| *seq < from);
-    // Back to the newest full manifest at or before `from`.
-    let mut i = keys.partition_point(|(seq, _)| *seq <= from);
-    while i > 0 {
-        i -= 1;
-        let bytes = agent.block_on(agent.store.get(&keys[i].1))?;
-        let full = cbfs_format::ManifestHeader::peek(&bytes).is_ok_and(|h| !h.delta);
-        fetched.insert(i, bytes);
-        start = i;
-        if full {
-            break;
-        }
-    }
-    for (i, (_, key)) in keys.into_iter().enumerate().skip(start) {
-        let bytes = match fetched.remove(&i) {
-            Some(b) => b,
-            None => agent.block_on(agent.store.get(&key))?,
-        };
-        let bad = |e: cbfs_format::Error| Error::Integrity {
-            object: key.clone(),
-            reason: e.to_string(),
-        };
-        let header = cbfs_format::ManifestHeader::peek(&bytes).map_err(bad)?;
-        let manifest = if header.delta {
-            let base = header
-                .previous
-                .and_then(|h| by_hash.get(&h))
-                .map(|&i| &out[i].1)
-                .ok_or_else(|| Error::Integrity {
-                    object: key.clone(),
-                    reason: "a delta manifest whose previous manifest is missing or altered".into(),
-                })?;
-            Manifest::from_delta_bytes(&bytes, base.writer_key(), base).map_err(bad)?
-        } else {
-            Manifest::from_bytes_any_signer(&bytes).map_err(bad)?
-        };
-        by_hash.insert(manifest.hash(), out.len());
-        out.push((key, manifest));
-    }
-    Ok(out)
+    Ok((snaps, ignored))
 }
 
-/// Reads, verifies and lists every snapshot manifest in the store.
-pub fn list_snapshots(agent: &Agent) -> Result<Vec<SnapshotInfo>> {
-    let mut out = Vec::new();
-    for (key, manifest) in load_manifests(agent)? {
-        let writer = *manifest.writer_key();
-        let trusted = writer == agent.writer_key()
-            || agent
-                .keyset
-                .as_ref()
-                .is_some_and(|ks| ks.writers().values().any(|w| *w == writer));
-        out.push(SnapshotInfo {
-            sequence: manifest.sequence(),
-            id: manifest.snapshot_id().to_string(),
-            created: rfc3339(manifest.created_unix()),
-            entries: manifest
-                .entries()
-                .iter()
-                .map(|e| e.slots.len() as u64)
-                .sum(),
-            writer: fingerprint(&writer),
-            trusted_writer: trusted,
-            manifest: key,
-        });
-    }
-    out.sort_by_key(|s| s.sequence);
-    Ok(out)
+/// Every snapshot of the store a trusted writer signed, oldest first, and
+/// what was ignored.
+pub async fn list_snapshots(
+    store: &str,
+    trust: TrustOptions,
+) -> Result<(Vec<SnapshotInfo>, Vec<Ignored>)> {
+    let store = store.to_owned();
+    let rt = tokio::runtime::Handle::current();
+    let (snaps, ignored) = tokio::task::spawn_blocking(move || load(&store, &trust, rt))
+        .await
+        .map_err(|e| Error::Usage(format!("listing failed: {e}")))??;
+    Ok((snaps.iter().map(info).collect(), ignored))
 }
 
 /// One entry of a snapshot, as the local index knows it.
@@ -132,7 +99,7 @@ pub fn list_snapshots(agent: &Agent) -> Result<Vec<SnapshotInfo>> {
 pub struct ListedEntry {
     /// The path (lossy UTF-8).
     pub path: String,
-    /// `file`, `dir`, `symlink`, `hardlink` or `special`.
+    /// `file`, `dir`, `symlink` or `special`.
     pub kind: &'static str,
     /// Permission bits.
     pub mode: u32,
@@ -146,35 +113,49 @@ pub struct ListedEntry {
     pub member: String,
 }
 
-/// The entries of a snapshot (the newest if `snapshot` is `None`; an id or a
-/// sequence number otherwise) under `prefix`.
-pub fn list_entries(
-    agent: &Agent,
+/// The entries of a snapshot (the newest if `snapshot` is `None`; an id, an
+/// id prefix of 8+ characters, or a sequence number otherwise) under
+/// `prefix`, named by the agent's index at `index`.
+pub async fn list_entries(
+    store: &str,
+    trust: TrustOptions,
+    index: &Path,
     snapshot: Option<&str>,
     prefix: Option<&str>,
 ) -> Result<Vec<ListedEntry>> {
-    let snaps = load_manifests(agent)?;
-    let chosen = match snapshot {
-        None => snaps.last(),
-        Some(s) => snaps.iter().find(|(_, m)| {
-            let id = m.snapshot_id().to_string();
-            id == s || (s.len() >= 8 && id.starts_with(s)) || m.sequence().to_string() == s
-        }),
-    }
-    .ok_or_else(|| {
-        Error::Usage(match snapshot {
-            Some(s) => format!("no snapshot `{s}` in {}", agent.store.describe()),
-            None => format!("{} holds no snapshot yet", agent.store.describe()),
-        })
-    })?;
-    let manifest = &chosen.1;
+    let (store, index) = (store.to_owned(), index.to_owned());
+    let (snapshot, prefix) = (snapshot.map(str::to_owned), prefix.map(str::to_owned));
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let (snaps, _) = load(&store, &trust, rt)?;
+        let chosen = match snapshot.as_deref() {
+            None => snaps.last(),
+            Some(s) => snaps.iter().find(|snap| {
+                let id = snap.id().to_string();
+                id == s || (s.len() >= 8 && id.starts_with(s)) || snap.sequence().to_string() == s
+            }),
+        }
+        .ok_or_else(|| {
+            Error::Usage(match &snapshot {
+                Some(s) => format!("no trusted snapshot `{s}` in {store}"),
+                None => format!("{store} holds no trusted snapshot yet"),
+            })
+        })?;
+        let index = Index::open_read_only(&index)?;
+        entries_of(&index, chosen, prefix.as_deref())
+    })
+    .await
+    .map_err(|e| Error::Usage(format!("listing failed: {e}")))?
+}
+
+fn entries_of(index: &Index, snapshot: &Snapshot, prefix: Option<&str>) -> Result<Vec<ListedEntry>> {
     let prefix = prefix.map(|p| p.trim_end_matches('/'));
     let mut out = Vec::new();
     let mut unknown = 0;
-    for entry in manifest.entries() {
+    for entry in snapshot.manifest().entries() {
         for slot in entry.slots.iter() {
             let slot = u16::try_from(slot).expect("slots are below 256");
-            let Some(rec) = agent.index.member(&entry.member, slot)? else {
+            let Some(rec) = index.member(&entry.member, slot)? else {
                 unknown += 1;
                 continue;
             };

@@ -2,19 +2,22 @@
 //!
 //! For each segment the restore reads, [`NodeOpener`] sends the capsules of
 //! its lockboxes, one batch per scope, to all n nodes at once
-//! ([`cbfs_delegation::client::fetch_cfrags`]), takes the first m answers
-//! whose every capsule fragment verifies, and opens the lockboxes with the
-//! user's own key. A node that is down, slow, refuses or lies does not stop
-//! the restore while m honest nodes answer; each is named in the report.
+//! ([`cbfs_wire::client::fetch_cfrags`]), takes the first m distinct shares
+//! whose every capsule fragment verifies (m as the administrator signed it
+//! in the delegation record, never as a node says), and opens the lockboxes
+//! with the user's own key. A node that is down, slow, refuses or lies does
+//! not stop the restore while m honest nodes answer; each is named in the
+//! report.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use cbfs_core::{Keyset, ScopeLabel, UserName, UserSecret, fingerprint};
-use cbfs_delegation::client::{Access, FetchError, NodeProblem, NodeSet, fetch_cfrags};
 use cbfs_format::{GroupKey, Lockbox};
-use cbfs_recover::LockboxOpener;
+use cbfs_restore::LockboxOpener;
+use cbfs_wire::Access;
+use cbfs_wire::client::{FetchError, NodeProblem, NodeSet, fetch_cfrags};
 
 use crate::error::{Error, Result};
 
@@ -23,8 +26,9 @@ enum ScopeState {
     /// No node holds a delegation of it to this user: its members are skipped.
     NotDelegated,
     /// It could not be unlocked; later lockboxes of the scope fail the same
-    /// way without asking the nodes again.
-    Failed(String),
+    /// way without asking the nodes again. `transient`: the nodes were only
+    /// down or slow (worth retrying).
+    Failed { why: String, transient: bool },
 }
 
 #[derive(Default)]
@@ -41,7 +45,6 @@ pub struct NodeOpener {
     user: UserSecret,
     name: UserName,
     keyset: Keyset,
-    threshold: usize,
     path: String,
     state: Mutex<State>,
 }
@@ -52,8 +55,6 @@ pub struct NodeOptions<'a> {
     pub urls: &'a [String],
     /// The user's name, as the administrator delegated to it.
     pub user: UserName,
-    /// m, or 0 to take it from the nodes' answers.
-    pub threshold: usize,
     /// How long one node gets to answer one batch.
     pub timeout: Duration,
     /// The path prefix the restore asks for (policies may limit it).
@@ -72,14 +73,7 @@ impl NodeOpener {
         let nodes = NodeSet::new(opts.urls)
             .map_err(|e| Error::Usage(e.to_string()))?
             .with_timeout(opts.timeout);
-        if opts.threshold > nodes.len() {
-            return Err(Error::Usage(format!(
-                "--threshold {} is not possible with {} nodes",
-                opts.threshold,
-                nodes.len()
-            )));
-        }
-        cbfs_delegation::wire::check_path(&opts.path)
+        cbfs_wire::check_path(&opts.path)
             .map_err(|e| Error::Usage(format!("path `{}`: {e}", opts.path)))?;
         Ok(NodeOpener {
             rt,
@@ -87,7 +81,6 @@ impl NodeOpener {
             user,
             name: opts.user,
             keyset: keyset.clone(),
-            threshold: opts.threshold,
             path: opts.path,
             state: Mutex::new(State::default()),
         })
@@ -112,23 +105,23 @@ impl NodeOpener {
         &self,
         scope: &str,
         lockboxes: &[&Lockbox],
-    ) -> Vec<Result<Option<GroupKey>, String>> {
-        let all = |r: Result<(), String>| -> Vec<Result<Option<GroupKey>, String>> {
+    ) -> Vec<Result<Option<GroupKey>, (String, bool)>> {
+        let all = |r: Result<(), (String, bool)>| -> Vec<Result<Option<GroupKey>, (String, bool)>> {
             lockboxes.iter().map(|_| r.clone().map(|()| None)).collect()
         };
         match self.state.lock().expect("opener state").scopes.get(scope) {
             Some(ScopeState::NotDelegated) => return all(Ok(())),
-            Some(ScopeState::Failed(why)) => return all(Err(why.clone())),
+            Some(ScopeState::Failed { why, transient }) => {
+                return all(Err((why.clone(), *transient)));
+            }
             None => {}
         }
         let access = match ScopeLabel::new(scope)
             .map_err(|e| format!("scope label `{scope}`: {e}"))
-            .and_then(|label| {
-                Access::from_keyset(&self.keyset, self.name.clone(), label, self.threshold)
-                    .map_err(|e| e.to_string())
-            }) {
+            .and_then(|label| Access::from_keyset(&self.keyset, self.name.clone(), label))
+        {
             Ok(a) => a,
-            Err(why) => return all(Err(why)),
+            Err(why) => return all(Err((why, false))),
         };
         let capsules: Vec<_> = lockboxes.iter().map(|l| l.capsule().clone()).collect();
         let fetched = self.rt.block_on(fetch_cfrags(
@@ -144,13 +137,16 @@ impl NodeOpener {
                 let state = if not_delegated(&e) {
                     ScopeState::NotDelegated
                 } else {
-                    ScopeState::Failed(format!("scope `{scope}`: {e}"))
+                    ScopeState::Failed {
+                        why: format!("scope `{scope}`: {e}"),
+                        transient: e.is_transient(),
+                    }
                 };
                 let mut guard = self.state.lock().expect("opener state");
                 let entry = guard.scopes.entry(scope.to_owned()).or_insert(state);
                 let r = match entry {
                     ScopeState::NotDelegated => Ok(()),
-                    ScopeState::Failed(why) => Err(why.clone()),
+                    ScopeState::Failed { why, transient } => Err((why.clone(), *transient)),
                 };
                 drop(guard);
                 return all(r);
@@ -168,10 +164,13 @@ impl NodeOpener {
                     .open_reencrypted(&user_sk, &access.scope_key, cfrags)
                     .map(Some)
                     .map_err(|e| {
-                        format!(
-                            "the verified capsule fragments of nodes {} do not open the lockbox of group {} (a delegation with another m?): {e}",
-                            fetched.answered.join(", "),
-                            lockbox.group_id()
+                        (
+                            format!(
+                                "the verified capsule fragments of nodes {} do not open the lockbox of group {}: {e}",
+                                fetched.answered.join(", "),
+                                lockbox.group_id()
+                            ),
+                            false,
                         )
                     })
             })
@@ -202,29 +201,43 @@ fn not_delegated(e: &FetchError) -> bool {
 }
 
 impl LockboxOpener for NodeOpener {
-    fn open(&self, lockbox: &Lockbox) -> cbfs_recover::Result<Option<GroupKey>> {
+    fn open(&self, lockbox: &Lockbox) -> cbfs_restore::Result<Option<GroupKey>> {
         self.open_batch(&[lockbox])
             .pop()
             .expect("one result per lockbox")
     }
 
-    fn open_batch(&self, lockboxes: &[&Lockbox]) -> Vec<cbfs_recover::Result<Option<GroupKey>>> {
+    fn open_batch(&self, lockboxes: &[&Lockbox]) -> Vec<cbfs_restore::Result<Option<GroupKey>>> {
         let mut by_scope: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, lb) in lockboxes.iter().enumerate() {
             by_scope.entry(lb.scope()).or_default().push(i);
         }
-        let mut results: Vec<Option<cbfs_recover::Result<Option<GroupKey>>>> =
+        let mut results: Vec<Option<cbfs_restore::Result<Option<GroupKey>>>> =
             (0..lockboxes.len()).map(|_| None).collect();
         for (scope, at) in by_scope {
             let batch: Vec<&Lockbox> = at.iter().map(|&i| lockboxes[i]).collect();
             for (i, r) in at.into_iter().zip(self.open_scope(scope, &batch)) {
-                results[i] = Some(r.map_err(cbfs_recover::Error::Delegation));
+                results[i] = Some(r.map_err(|(why, transient)| {
+                    if transient {
+                        cbfs_restore::Error::Unavailable {
+                            store: "the delegation nodes".into(),
+                            key: format!("the lockboxes of scope `{scope}`"),
+                            reason: why,
+                        }
+                    } else {
+                        cbfs_restore::Error::Delegation(why)
+                    }
+                }));
             }
         }
         results
             .into_iter()
             .map(|r| r.expect("every lockbox answered"))
             .collect()
+    }
+
+    fn notes(&self) -> Vec<String> {
+        NodeOpener::notes(self)
     }
 
     fn describe(&self) -> String {

@@ -93,6 +93,11 @@ pub struct Problem {
     pub path: String,
     /// What went wrong.
     pub reason: String,
+    /// The path relative to the root, when the walk knows it: what the
+    /// index keeps as it was (a directory that cannot be listed keeps all
+    /// below it), since nothing proves it is gone.
+    #[serde(skip)]
+    pub rel: Option<Vec<u8>>,
 }
 
 /// The walk on one thread, entry by entry: the order [`walk_parallel`]
@@ -116,10 +121,32 @@ pub enum Walked {
     Problem(Problem),
 }
 
+/// One step of a directory's walk: an entry, or going into a
+/// subdirectory. A subdirectory `d` is entered where `d/` sorts among its
+/// siblings, so that the whole walk is in the byte order of the paths (the
+/// order of the index's keys): `a`, `a.b`, `a.b/y`, `a/x`.
+enum Step {
+    Entry(std::ffi::OsString, std::io::Result<std::fs::Metadata>),
+    Descend(std::ffi::OsString),
+}
+
+impl Step {
+    fn key(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Step::Entry(name, _) => name.as_bytes().into(),
+            Step::Descend(name) => {
+                let mut k = name.as_bytes().to_vec();
+                k.push(b'/');
+                k.into()
+            }
+        }
+    }
+}
+
 /// Walks `root` (excluding the root itself), giving `out` its entries and
-/// problems in batches of up to `batch`, in sorted order: depth first, a
-/// directory before what it holds, the entries of a directory sorted by name
-/// bytes. Symbolic links are not followed.
+/// problems in batches of up to `batch`, in the byte order of their paths
+/// relative to `root` (a directory before what it holds). Symbolic links
+/// are not followed.
 ///
 /// Entries are `stat`ed relative to their open directory (`statx` on the
 /// directory's descriptor), not by their full path: on a tree of 20,000
@@ -137,12 +164,14 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
         out(head);
         return;
     };
-    let items: Vec<_> = top.rest.into_iter().rev().collect();
+    let steps: Vec<Step> = top.rest.into_iter().rev().collect();
     // The top directories, walked by the threads in this order.
-    let dirs: Vec<std::ffi::OsString> = items
+    let dirs: Vec<std::ffi::OsString> = steps
         .iter()
-        .filter(|(_, m)| m.as_ref().is_ok_and(|m| m.is_dir()))
-        .map(|(name, _)| name.clone())
+        .filter_map(|s| match s {
+            Step::Descend(name) => Some(name.clone()),
+            Step::Entry(..) => None,
+        })
         .collect();
     let (senders, receivers): (Vec<_>, Vec<_>) = dirs
         .iter()
@@ -176,27 +205,29 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
             });
         }
         let mut job = receivers.iter();
-        for (name, meta) in items {
-            let abs = root.join(&name);
-            match meta {
-                Ok(m) => {
-                    head.push(Walked::Entry(Entry {
-                        rel: name.as_bytes().to_vec(),
-                        abs,
-                        stat: Stat::from_metadata(&m),
-                    }));
-                    if m.is_dir() {
-                        out(std::mem::take(&mut head));
-                        let rx = job.next().expect("a job per directory");
-                        while let Ok(b) = rx.recv() {
-                            if b.is_empty() {
-                                break;
-                            }
-                            out(b);
+        for step in steps {
+            match step {
+                Step::Entry(name, Ok(m)) => head.push(Walked::Entry(Entry {
+                    rel: name.as_bytes().to_vec(),
+                    abs: root.join(&name),
+                    stat: Stat::from_metadata(&m),
+                })),
+                Step::Entry(name, Err(err)) => head.push(Walked::Problem(walk_problem(
+                    &root.join(&name),
+                    name.as_bytes().to_vec(),
+                    err,
+                    "cannot stat",
+                ))),
+                Step::Descend(_) => {
+                    out(std::mem::take(&mut head));
+                    let rx = job.next().expect("a job per directory");
+                    while let Ok(b) = rx.recv() {
+                        if b.is_empty() {
+                            break;
                         }
+                        out(b);
                     }
                 }
-                Err(err) => head.push(Walked::Problem(walk_problem(&abs, err, "cannot stat"))),
             }
             if head.len() >= batch {
                 out(std::mem::take(&mut head));
@@ -208,70 +239,83 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
     });
 }
 
-/// The depth-first walk below `first` (a listed directory).
+/// The walk below `first` (a listed directory), in path byte order.
 fn walk_from(first: Option<Level>, emit: &mut impl FnMut(Walked)) {
     let mut stack: Vec<Level> = first.into_iter().collect();
     while let Some(level) = stack.last_mut() {
-        let Some((name, meta)) = level.rest.pop() else {
+        let Some(step) = level.rest.pop() else {
             stack.pop();
             continue;
         };
-        let abs = level.abs.join(&name);
+        let name = match &step {
+            Step::Entry(name, _) | Step::Descend(name) => name,
+        };
+        let abs = level.abs.join(name);
         let mut rel = Vec::with_capacity(level.rel.len() + 1 + name.len());
         if !level.rel.is_empty() {
             rel.extend_from_slice(&level.rel);
             rel.push(b'/');
         }
         rel.extend_from_slice(name.as_bytes());
-        match meta {
-            Ok(m) => {
-                let is_dir = m.is_dir();
-                emit(Walked::Entry(Entry {
-                    rel: rel.clone(),
-                    abs: abs.clone(),
-                    stat: Stat::from_metadata(&m),
-                }));
-                if is_dir && let Some(sub) = list(abs, rel, emit) {
+        match step {
+            Step::Entry(_, Ok(m)) => emit(Walked::Entry(Entry {
+                rel,
+                abs,
+                stat: Stat::from_metadata(&m),
+            })),
+            Step::Entry(_, Err(err)) => {
+                emit(Walked::Problem(walk_problem(&abs, rel, err, "cannot stat")))
+            }
+            Step::Descend(_) => {
+                if let Some(sub) = list(abs, rel, emit) {
                     stack.push(sub);
                 }
             }
-            Err(err) => emit(Walked::Problem(walk_problem(&abs, err, "cannot stat"))),
         }
     }
 }
 
-/// A directory's entries not visited yet, last first.
+/// A directory's steps not taken yet, last first.
 struct Level {
     abs: PathBuf,
     rel: Vec<u8>,
-    rest: Vec<(std::ffi::OsString, std::io::Result<std::fs::Metadata>)>,
+    rest: Vec<Step>,
 }
 
-fn walk_problem(path: &Path, err: std::io::Error, what: &str) -> Problem {
+fn walk_problem(path: &Path, rel: Vec<u8>, err: std::io::Error, what: &str) -> Problem {
     Problem {
         path: path.display().to_string(),
         reason: format!("{what}: {err}"),
+        rel: Some(rel),
     }
 }
 
 /// Reads a directory's entries and stats each through the open directory.
+/// A directory that cannot be listed is a problem about everything below it:
+/// its `rel` is the directory's own path.
 fn list(abs: PathBuf, rel: Vec<u8>, emit: &mut impl FnMut(Walked)) -> Option<Level> {
     let listing = "cannot list the directory";
     let dir = match std::fs::read_dir(&abs) {
         Ok(d) => d,
         Err(err) => {
-            emit(Walked::Problem(walk_problem(&abs, err, listing)));
+            emit(Walked::Problem(walk_problem(&abs, rel, err, listing)));
             return None;
         }
     };
     let mut rest = Vec::new();
     for item in dir {
         match item {
-            Ok(e) => rest.push((e.file_name(), e.metadata())),
-            Err(err) => emit(Walked::Problem(walk_problem(&abs, err, listing))),
+            Ok(e) => {
+                let meta = e.metadata();
+                if meta.as_ref().is_ok_and(|m| m.is_dir()) {
+                    rest.push(Step::Descend(e.file_name()));
+                }
+                rest.push(Step::Entry(e.file_name(), meta));
+            }
+            Err(err) => emit(Walked::Problem(walk_problem(&abs, rel.clone(), err, listing))),
         }
     }
-    rest.sort_by(|a, b| b.0.as_bytes().cmp(a.0.as_bytes()));
+    rest.sort_by(|a, b| b.key().cmp(&a.key()));
     Some(Level { abs, rel, rest })
 }
 
@@ -325,12 +369,18 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<std::collections::BTreeMap<Ve
 }
 
 /// The member metadata of an entry. `hardlink_to` makes it a hard link to an
-/// earlier path; the caller reads the link target for symbolic links.
+/// earlier path. Everything is read through `tree`, never by the entry's
+/// path: a symbolic link's target through its directory, extended
+/// attributes from `opened` (the entry's own open file, for files and
+/// directories) or through the directory.
 pub fn metadata_of(
     entry: &Entry,
     names: &mut Names,
     hardlink_to: Option<&[u8]>,
-) -> std::io::Result<Metadata> {
+    tree: &crate::source_tree::SourceTree,
+    opened: Option<&std::fs::File>,
+) -> Result<Metadata, crate::source_tree::OpenError> {
+    use crate::source_tree::OpenError;
     let st = &entry.stat;
     let kind = if let Some(target) = hardlink_to {
         EntryKind::Hardlink {
@@ -341,10 +391,7 @@ pub fn metadata_of(
             libc::S_IFREG => EntryKind::File,
             libc::S_IFDIR => EntryKind::Dir,
             libc::S_IFLNK => EntryKind::Symlink {
-                target: std::fs::read_link(&entry.abs)?
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec(),
+                target: tree.read_link(&entry.rel, st)?,
             },
             libc::S_IFCHR => EntryKind::CharDevice {
                 major: libc::major(st.rdev),
@@ -356,10 +403,10 @@ pub fn metadata_of(
             },
             libc::S_IFIFO => EntryKind::Fifo,
             _ => {
-                return Err(std::io::Error::new(
+                return Err(OpenError::Io(std::io::Error::new(
                     std::io::ErrorKind::Unsupported,
                     "sockets and other special files are not tiered",
-                ));
+                )));
             }
         }
     };
@@ -372,8 +419,31 @@ pub fn metadata_of(
     meta.gname = names.group(st.gid);
     meta.mtime = Timestamp::new(st.mtime, st.mtime_ns);
     meta.size = size;
-    meta.xattrs = read_xattrs(&entry.abs)?;
+    meta.xattrs = match opened {
+        Some(f) => read_fd_xattrs(f),
+        None => tree.xattrs_beside(&entry.rel),
+    }
+    .map_err(OpenError::Io)?;
     Ok(meta)
+}
+
+/// The extended attributes of an open file.
+pub fn read_fd_xattrs(
+    file: &std::fs::File,
+) -> std::io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+    use xattr::FileExt as _;
+    let mut out = std::collections::BTreeMap::new();
+    let names = match file.list_xattr() {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for name in names {
+        if let Some(value) = file.get_xattr(&name)? {
+            out.insert(name.as_bytes().to_vec(), value);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -410,9 +480,12 @@ mod tests {
         assert_eq!(
             seen,
             [
-                "a", "a/x", "a.b", "a.b/y", "b", "b/a", "b/a/2", "b/z", "b/z/1", "c", "link"
+                "a", "a.b", "a.b/y", "a/x", "b", "b/a", "b/a/2", "b/z", "b/z/1", "c", "link"
             ]
         );
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "the walk is in the byte order of the paths");
     }
 
     #[test]

@@ -1,104 +1,109 @@
-//! The store as the recovery engine's [`ObjectSource`].
+//! The agent's store as the restore engine's [`ObjectSource`]: local
+//! directories and S3 alike through `cbfs-store`, segments read by the
+//! byte ranges a restore needs (never downloaded whole).
 
-use std::path::Path;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use cbfs_recover::{Error as RecoverError, LocalDir, ObjectSource, ReadSeek};
+use cbfs_restore::{Error as RestoreError, ObjectSource};
 use cbfs_store::Store;
 use tokio::runtime::Handle;
 
-/// Reads objects from any store: a local directory directly, S3 through
-/// the store client (segments are fetched to a temporary file, so that
-/// members can be read at their offsets with bounded memory).
-pub enum StoreSource {
-    /// A local directory store.
-    Local(LocalDir),
-    /// Any other store.
-    Remote {
-        /// The store.
-        store: Store,
-        /// The runtime to drive it.
-        handle: Handle,
-        /// Where fetched segments go.
-        spool: tempfile::TempDir,
-    },
+/// A store, read from threads that may block, its requests driven on a
+/// runtime given by the caller (the process's own: no runtime is made here).
+pub struct StoreSource {
+    store: Store,
+    rt: Handle,
+    fetched: AtomicU64,
 }
 
 impl StoreSource {
-    /// A source for `spec` (a directory or `s3://...`).
-    pub fn open(spec: &str, store: Store, handle: Handle) -> crate::Result<Self> {
-        if !spec.starts_with("s3://") {
-            let dir =
-                LocalDir::new(Path::new(spec)).map_err(|e| crate::Error::Usage(e.to_string()))?;
-            return Ok(StoreSource::Local(dir));
-        }
-        let spool = tempfile::Builder::new()
-            .prefix("cbfs-restore-")
-            .tempdir()
-            .map_err(|e| {
-                crate::Error::io("cannot create a spool directory", std::env::temp_dir(), e)
-            })?;
-        Ok(StoreSource::Remote {
+    /// Reads `store` with `rt` (call from a thread outside the runtime's
+    /// async tasks, such as `spawn_blocking`).
+    pub fn new(store: Store, rt: Handle) -> Self {
+        StoreSource {
             store,
-            handle,
-            spool,
-        })
+            rt,
+            fetched: AtomicU64::new(0),
+        }
     }
-}
 
-fn convert(key: &str, e: cbfs_store::Error) -> RecoverError {
-    if e.is_not_found() {
-        RecoverError::Missing {
-            key: key.to_owned(),
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn convert(&self, key: &str, e: cbfs_store::Error) -> RestoreError {
+        if e.is_not_found() {
+            RestoreError::Missing {
+                key: key.to_owned(),
+            }
+        } else if e.is_transient() {
+            RestoreError::Unavailable {
+                store: self.store.describe().to_owned(),
+                key: key.to_owned(),
+                reason: e.to_string(),
+            }
+        } else {
+            RestoreError::Read {
+                key: key.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            }
         }
-    } else {
-        RecoverError::Read {
-            key: key.to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        }
+    }
+
+    fn count(&self, n: usize) {
+        self.fetched.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
 impl ObjectSource for StoreSource {
-    fn list(&self, prefix: &str) -> cbfs_recover::Result<Vec<String>> {
-        match self {
-            StoreSource::Local(d) => d.list(prefix),
-            StoreSource::Remote { store, handle, .. } => handle
-                .block_on(store.list(prefix))
-                .map(|objs| objs.into_iter().map(|o| o.key).collect())
-                .map_err(|e| convert(prefix, e)),
+    fn describe(&self) -> String {
+        self.store.describe().to_owned()
+    }
+
+    fn list(&self, prefix: &str) -> cbfs_restore::Result<Vec<String>> {
+        let mut keys: Vec<String> = self
+            .rt
+            .block_on(self.store.list(prefix))
+            .map(|objs| objs.into_iter().map(|o| o.key).collect())
+            .map_err(|e| self.convert(prefix, e))?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn get(&self, key: &str) -> cbfs_restore::Result<Vec<u8>> {
+        let bytes = self
+            .rt
+            .block_on(self.store.get(key))
+            .map_err(|e| self.convert(key, e))?;
+        self.count(bytes.len());
+        Ok(bytes.to_vec())
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> cbfs_restore::Result<Vec<u8>> {
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        let bytes = self
+            .rt
+            .block_on(self.store.get_range(key, range))
+            .map_err(|e| self.convert(key, e))?;
+        self.count(bytes.len());
+        Ok(bytes.to_vec())
+    }
+
+    fn size(&self, key: &str) -> cbfs_restore::Result<u64> {
+        match self.rt.block_on(self.store.head(key)) {
+            Ok(Some(info)) => Ok(info.size),
+            Ok(None) => Err(RestoreError::Missing {
+                key: key.to_owned(),
+            }),
+            Err(e) => Err(self.convert(key, e)),
         }
     }
 
-    fn get(&self, key: &str) -> cbfs_recover::Result<Vec<u8>> {
-        match self {
-            StoreSource::Local(d) => d.get(key),
-            StoreSource::Remote { store, handle, .. } => handle
-                .block_on(store.get(key))
-                .map(|b| b.to_vec())
-                .map_err(|e| convert(key, e)),
-        }
-    }
-
-    fn open(&self, key: &str) -> cbfs_recover::Result<Box<dyn ReadSeek + '_>> {
-        match self {
-            StoreSource::Local(d) => d.open(key),
-            StoreSource::Remote {
-                store,
-                handle,
-                spool,
-            } => {
-                let path = spool.path().join(key.replace('/', "_"));
-                if !path.exists() {
-                    handle
-                        .block_on(store.get_to_file(key, &path))
-                        .map_err(|e| convert(key, e))?;
-                }
-                let f = std::fs::File::open(&path).map_err(|e| RecoverError::Read {
-                    key: key.to_owned(),
-                    source: e,
-                })?;
-                Ok(Box::new(cbfs_recover::SegmentFile::new(f)))
-            }
-        }
+    fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
     }
 }

@@ -98,9 +98,30 @@ pub struct TarSink<W: Write> {
     dirs: HashMap<Vec<u8>, Metadata>,
     touched: BTreeSet<Vec<u8>>,
     last: Vec<u8>,
+    /// Flush the writer after every entry.
+    flush_each: bool,
 }
 
 impl<W: Write> TarSink<W> {
+    /// Flushes the writer after every entry: for a pipe (`-o -`), so that a
+    /// consumer that is killed has every finished entry whole, not the end
+    /// of the last one still in a buffer.
+    pub fn flush_each_entry(mut self) -> Self {
+        self.flush_each = true;
+        self
+    }
+
+    fn entry_done(&mut self) -> Result<()> {
+        if !self.flush_each {
+            return Ok(());
+        }
+        let target = self.target.clone();
+        self.builder()
+            .get_mut()
+            .flush()
+            .map_err(|e| fatal(&target, e))
+    }
+
     fn note_order(&mut self, meta: &Metadata) {
         let out_of_order = sort_key(&meta.path) < sort_key(&self.last);
         if matches!(meta.kind, EntryKind::Hardlink { .. }) || out_of_order {
@@ -130,6 +151,7 @@ impl<W: Write> TarSink<W> {
             dirs: HashMap::new(),
             touched: BTreeSet::new(),
             last: Vec::new(),
+            flush_each: false,
         }
     }
 
@@ -311,15 +333,15 @@ impl<W: Write> Sink for TarSink<W> {
         if let Spool::Direct { .. } = spool {
             let pad = (512 - (len % 512) as usize) % 512;
             let target = self.target.clone();
-            return self
-                .builder()
+            self.builder()
                 .get_mut()
                 .write_all(&[0u8; 512][..pad])
-                .map_err(|e| fatal(&target, e));
+                .map_err(|e| fatal(&target, e))?;
+            return self.entry_done();
         }
         let header = self.write_headers(&meta)?;
         match spool {
-            Spool::Memory(buf) => self.append(&header, &buf[..]),
+            Spool::Memory(buf) => self.append(&header, &buf[..])?,
             Spool::File { mut file, len } => {
                 file.seek(SeekFrom::Start(0)).map_err(spool_err)?;
                 let mut exact = ExactReader {
@@ -333,10 +355,10 @@ impl<W: Write> Sink for TarSink<W> {
                         "the spool file shrank",
                     )));
                 }
-                Ok(())
             }
             Spool::Direct { .. } => unreachable!("handled above"),
         }
+        self.entry_done()
     }
 
     fn abort_file(&mut self) {
@@ -354,7 +376,8 @@ impl<W: Write> Sink for TarSink<W> {
             return self.commit_file();
         }
         let header = self.write_headers(meta)?;
-        self.append(&header, io::empty())
+        self.append(&header, io::empty())?;
+        self.entry_done()
     }
 
     fn finish(&mut self) -> Result<()> {

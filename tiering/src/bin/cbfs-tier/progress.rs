@@ -1,7 +1,9 @@
-//! Progress bars on stderr, only when it is a terminal.
+//! Progress bars on stderr, only when it is a terminal: the command line's
+//! [`Observer`] of runs and restores.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use cbfs_tiering::Observer;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A byte-and-file progress bar, or nothing. Its totals grow as the scan
@@ -33,30 +35,6 @@ impl Progress {
         }
     }
 
-    /// The scan found `files` more entries to store, with `bytes` of content.
-    pub fn add_work(&self, files: u64, bytes: u64) {
-        self.files_total.fetch_add(files, Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            b.inc_length(bytes);
-            self.show_files(b);
-        }
-    }
-
-    /// Bytes read.
-    pub fn bytes(&self, n: u64) {
-        if let Some(b) = &self.bar {
-            b.inc(n);
-        }
-    }
-
-    /// One more entry done.
-    pub fn file_done(&self) {
-        self.files_done.fetch_add(1, Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            self.show_files(b);
-        }
-    }
-
     fn show_files(&self, bar: &ProgressBar) {
         bar.set_message(format!(
             "{}/{} files",
@@ -65,8 +43,39 @@ impl Progress {
         ));
     }
 
-    /// Clears the bar.
-    pub fn finish(&self) {
+}
+
+impl Observer for Progress {
+    fn work_found(&self, files: u64, bytes: u64) {
+        self.files_total.fetch_add(files, Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.inc_length(bytes);
+            self.show_files(b);
+        }
+    }
+
+    fn bytes_read(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    fn file_stored(&self) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            self.show_files(b);
+        }
+    }
+
+    fn finished(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }

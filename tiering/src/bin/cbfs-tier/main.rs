@@ -1,0 +1,591 @@
+//! `cbfs-tier`: tier a tree out to object storage, list snapshots and files,
+//! restore and verify: a thin command over the `cbfs-tiering` library.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage error, 3 key material problem
+//! (restore: partial), 4 an object or snapshot failed verification or is not
+//! trusted, 5 the store or the delegation nodes are unreachable (retry),
+//! 6 the run finished but skipped some entries (they are retried next run),
+//! 7 a local disk is full (nothing committed is lost; retry with space).
+
+#![forbid(unsafe_code)]
+
+mod progress;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cbfs_core::KeySource;
+use cbfs_tiering::{
+    Agent, AgentOptions, Error, OutOptions, Quiet, RestoreRequest, ScopeRule, ScopeRules,
+    TrustOptions, VerifyRequest,
+};
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Tier a tree out to a local directory store (the default kind); the keyset
+  # must register this agent's writer key (cbfs-keytool add-writer)
+  cbfs-tier out /srv/projects --store /mnt/archive --keyset keyset.json \\
+      --writer-key file:/etc/cbfs/agent.key \\
+      --scope 'home/alice/**=alice' --scope 'home/bob/**=bob'
+  # ... or to S3 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)
+  cbfs-tier out /srv/projects --store s3://bucket/projects --keyset keyset.json
+  # Read-only listings: no writer key needed, the index pins the administrator
+  cbfs-tier snapshots --store /mnt/archive
+  cbfs-tier ls --store /mnt/archive home/alice
+  # A user restores their own files with their own key, through the delegation
+  # nodes (users never hold key fragments); the administrator key is pinned
+  # once with --admin-key (remembered beside the key file)
+  cbfs-tier restore --store /mnt/archive --identity file:alice.key --user alice.pub \\
+      --admin-key 1a2b:3c4d:... \\
+      --node http://n1:7600 --node http://n2:7600 --node http://n3:7600 home/alice ./alice
+  # Check the store without a key; then decrypt everything with the root secret
+  cbfs-tier verify --store /mnt/archive --keyset keyset.json
+  cbfs-tier verify --store /mnt/archive --read-data --identity file:admin.key
+
+Trust: snapshots are trusted only from writers the administrator's keyset
+registers, and the keyset only from the administrator the reader pinned (the
+index, --keyset, --admin-key, the root secret, or the trust records).
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 key material (restore: partial, some
+            entries failed), 4 verification failed or not trusted, 5 store or
+            nodes unreachable (retry), 6 done but some entries skipped,
+            7 a local disk is full (retry with space)";
+
+/// Tier files out to object storage as compressed, encrypted segments.
+#[derive(Parser)]
+#[command(name = "cbfs-tier", version, after_long_help = EXAMPLES)]
+struct Cli {
+    /// More log output on stderr (-v, -vv, -vvv).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// The store: a directory, or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "STORE")]
+    store: String,
+    /// The local index (default: under $XDG_DATA_HOME/cbfs, one per store).
+    #[arg(long, value_name = "DIR")]
+    index: Option<PathBuf>,
+}
+
+/// How a reader pins the administrator and the writers it trusts.
+#[derive(Args)]
+struct TrustArgs {
+    /// A keyset file you trust (its administrator is pinned; no older
+    /// keyset of the store is accepted).
+    #[arg(long, value_name = "KEYSET.json")]
+    keyset: Option<PathBuf>,
+    /// The administrator key you trust, by fingerprint; remembered in the
+    /// trust records.
+    #[arg(long, value_name = "FINGERPRINT")]
+    admin_key: Option<String>,
+    /// Where the trust records are (default: trusted-admins.json beside the
+    /// --identity key file, or under $XDG_CONFIG_HOME/cbfs; or CBFS_TRUST_FILE).
+    #[arg(long, value_name = "FILE")]
+    trust_file: Option<PathBuf>,
+    /// Also trust snapshots signed by this writer key (fingerprint), which
+    /// the keyset does not register: for this one command only.
+    #[arg(long, value_name = "FINGERPRINT")]
+    accept_unregistered_writer: Option<String>,
+}
+
+impl TrustArgs {
+    fn options(self, index: Option<PathBuf>) -> TrustOptions {
+        TrustOptions {
+            keyset: self.keyset,
+            admin_key: self.admin_key,
+            trust_file: self.trust_file,
+            accept_unregistered_writer: self.accept_unregistered_writer,
+            index,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tier a tree out: store new and changed entries, then a signed snapshot.
+    Out {
+        /// The tree to tier out.
+        source: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The public keyset; it must register this agent's writer key.
+        #[arg(long, value_name = "KEYSET.json")]
+        keyset: PathBuf,
+        /// The key that signs snapshot manifests (default:
+        /// file:INDEX/writer.key, made on first use with INDEX/writer.pub for
+        /// `cbfs-keytool add-writer`).
+        #[arg(long, value_name = "SOURCE")]
+        writer_key: Option<KeySource>,
+        /// Send paths matching GLOB (relative to SOURCE) to scope LABEL; first match wins,
+        /// the rest goes to `default`. Repeatable.
+        #[arg(long = "scope", value_name = "GLOB=LABEL")]
+        scopes: Vec<ScopeRule>,
+        /// Close a segment at this size (K, M, G suffixes).
+        #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+        segment_size: u64,
+        /// zstd compression level.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+        zstd_level: i32,
+        /// Write plain tars (no compression, no encryption, real names).
+        /// Anyone who can read the store can read the files.
+        #[arg(long)]
+        plain: bool,
+        /// Worker threads (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Testing only: abort at a point of the run (segment:N, lockboxes:N, summary:N, commit:N, manifest).
+        #[cfg(feature = "crash-points")]
+        #[arg(long, hide = true, value_name = "POINT")]
+        crash_at: Option<cbfs_tiering::CrashPoint>,
+    },
+    /// List the snapshots in the store that a trusted writer signed.
+    Snapshots {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Restore files from a snapshot into a directory, with your own key.
+    ///
+    /// A user gives their own secret and their delegation nodes (--node
+    /// URL... --user NAME.pub): only the scopes delegated to them are
+    /// opened, and what could not be opened is reported. The administrator
+    /// (or a scope's holder) gives the root or a scope secret instead. The
+    /// result is checked against the signed snapshot manifest.
+    Restore {
+        /// The store: a directory, or s3://BUCKET/PREFIX.
+        #[arg(long, value_name = "STORE")]
+        store: String,
+        /// Your secret (a user key with --node, or a root or scope secret).
+        #[arg(long, value_name = "SOURCE")]
+        identity: KeySource,
+        /// A delegation node; repeat for all n nodes of your delegation. All
+        /// are asked at once and the first m verified answers are used (m as
+        /// the administrator signed it); a node that is down, slow or lies is
+        /// named and worked around.
+        #[arg(long, value_name = "URL", requires = "user")]
+        node: Vec<String>,
+        /// With --node: who you are, your NAME.pub file (or your name).
+        #[arg(long, value_name = "NAME.pub")]
+        user: Option<String>,
+        /// With --node: seconds one node gets to answer one batch.
+        #[arg(long, value_name = "SECS", default_value_t = 60, requires = "node")]
+        node_timeout: u64,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// A snapshot id (or its first 8+ characters) or sequence number; the newest by default.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// The agent's index, to pin the administrator and refuse a store
+        /// rolled back behind it (default: the one of this store, if any).
+        #[arg(long, value_name = "DIR")]
+        index: Option<PathBuf>,
+        /// Threads that decode members (default: one per core, at most 8).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
+        /// What to restore: a path in the tree, or `.` for everything.
+        path: String,
+        /// Where to restore it.
+        dest: PathBuf,
+    },
+    /// Check a store: manifests and their writers, objects, summaries against
+    /// segments, lockboxes; with --read-data and --identity, decrypt everything too.
+    Verify {
+        /// The store: a directory, or s3://BUCKET/PREFIX.
+        #[arg(long, value_name = "STORE")]
+        store: String,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// The agent's index: the snapshots it wrote must all be there
+        /// (default: the one of this store, if any).
+        #[arg(long, value_name = "DIR")]
+        index: Option<PathBuf>,
+        /// Also decrypt every member (needs --identity).
+        #[arg(long)]
+        read_data: bool,
+        /// The root or a scope secret, for --read-data.
+        #[arg(long, value_name = "SOURCE")]
+        identity: Option<KeySource>,
+    },
+    /// List the entries of a snapshot (the newest by default).
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// A snapshot id (or its first 8+ characters) or sequence number.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Only entries at or below this path.
+        path: Option<String>,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64M"))?;
+    let size = n.checked_mul(mult).ok_or("size too large")?;
+    if size < 64 << 10 {
+        return Err("the segment size must be at least 64K".into());
+    }
+    Ok(size)
+}
+
+fn default_index(store: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let canonical = if store.starts_with("s3://") {
+        store.trim_end_matches('/').to_owned()
+    } else {
+        std::fs::canonicalize(store)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| store.to_owned())
+    };
+    let digest = hex::encode(&Sha256::digest(canonical.as_bytes())[..8]);
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("cbfs").join("index").join(digest)
+}
+
+/// Writes to stdout; a closed pipe (`cbfs-tier ls --json | head`) ends the
+/// command quietly instead of a panic.
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("cbfs-tier: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(v)?;
+    text.push('\n');
+    out(&text);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let as_json = cli.json;
+    match cli.command {
+        Command::Out {
+            source,
+            store,
+            keyset,
+            writer_key,
+            scopes,
+            segment_size,
+            zstd_level,
+            plain,
+            jobs,
+            #[cfg(feature = "crash-points")]
+            crash_at,
+        } => {
+            let index = store
+                .index
+                .clone()
+                .unwrap_or_else(|| default_index(&store.store));
+            let agent = Agent::open(AgentOptions {
+                store: &store.store,
+                index: &index,
+                keyset: Some(&keyset),
+                writer_key,
+            })?;
+            let mut opts = OutOptions::new(source.clone(), ScopeRules::new(scopes));
+            opts.segment_size = segment_size;
+            opts.zstd_level = zstd_level;
+            opts.plain = plain;
+            if let Some(j) = jobs {
+                opts.workers = j.max(1);
+            }
+            #[cfg(feature = "crash-points")]
+            {
+                opts.crash_at = crash_at;
+            }
+            let observer: Arc<dyn cbfs_tiering::Observer> = if as_json {
+                Arc::new(Quiet)
+            } else {
+                Arc::new(progress::Progress::new(true))
+            };
+            let report = agent
+                .tier_out(opts, observer)
+                .await
+                .with_context(|| format!("tiering out {}", source.display()))?;
+            if as_json {
+                json(&report)?;
+            } else {
+                let mut s = format!(
+                    "{} entries scanned: {} stored, {} unchanged, {} deleted, {} skipped\n",
+                    report.scanned,
+                    report.files,
+                    report.unchanged,
+                    report.deleted,
+                    report.skipped.len()
+                );
+                s.push_str(&format!(
+                    "{} bytes read, {} bytes stored in {} new segments, {:.2} s\n",
+                    report.bytes_read, report.bytes_stored, report.new_segments, report.seconds
+                ));
+                match (&report.snapshot, report.sequence) {
+                    (Some(id), Some(seq)) => s.push_str(&format!("snapshot {seq} ({id})\n")),
+                    _ => s.push_str("nothing changed: no new snapshot\n"),
+                }
+                out(&s);
+                for p in &report.skipped {
+                    eprintln!("skipped {}: {} (retried next run)", p.path, p.reason);
+                }
+            }
+            Ok(if report.skipped.is_empty() { 0 } else { 6 })
+        }
+        Command::Snapshots { store, trust } => {
+            let index = store.index.unwrap_or_else(|| default_index(&store.store));
+            let (snaps, ignored) =
+                cbfs_tiering::list_snapshots(&store.store, trust.options(Some(index))).await?;
+            if as_json {
+                json(&serde_json::json!({ "snapshots": snaps, "ignored": ignored }))?;
+            } else if snaps.is_empty() {
+                out(&format!("no trusted snapshots in {}\n", store.store));
+            } else {
+                let mut s = format!(
+                    "{:>6}  {:<32}  {:<20}  {:>8}  writer\n",
+                    "seq", "id", "created", "entries"
+                );
+                for snap in &snaps {
+                    s.push_str(&format!(
+                        "{:>6}  {:<32}  {:<20}  {:>8}  {} ({})\n",
+                        snap.sequence,
+                        snap.id,
+                        snap.created,
+                        snap.entries,
+                        snap.writer_name.as_deref().unwrap_or("accepted by name"),
+                        snap.writer
+                    ));
+                }
+                out(&s);
+            }
+            for i in &ignored {
+                eprintln!("cbfs-tier: ignored {}: {}", i.object, i.reason);
+            }
+            Ok(0)
+        }
+        Command::Restore {
+            store,
+            identity,
+            node,
+            user,
+            node_timeout,
+            trust,
+            snapshot,
+            index,
+            jobs,
+            path,
+            dest,
+        } => {
+            let index = index.or_else(|| Some(default_index(&store)));
+            let observer: Arc<dyn cbfs_tiering::Observer> = if as_json {
+                Arc::new(Quiet)
+            } else {
+                Arc::new(progress::Progress::new(true))
+            };
+            let report = cbfs_tiering::restore(
+                RestoreRequest {
+                    store,
+                    trust: trust.options(index),
+                    identity,
+                    snapshot,
+                    path,
+                    dest,
+                    threads: jobs.map(usize::from),
+                    nodes: node,
+                    user,
+                    node_timeout: std::time::Duration::from_secs(node_timeout.max(1)),
+                },
+                observer,
+            )
+            .await?;
+            if as_json {
+                json(&report)?;
+            } else {
+                eprint!("{}", report.human());
+            }
+            Ok(if report.failures.is_empty() {
+                0
+            } else if report.failures.iter().all(|f| f.code == "unavailable") {
+                5
+            } else {
+                3
+            })
+        }
+        Command::Verify {
+            store,
+            trust,
+            index,
+            read_data,
+            identity,
+        } => {
+            let index = index.or_else(|| Some(default_index(&store)));
+            let report = cbfs_tiering::verify(VerifyRequest {
+                store,
+                trust: trust.options(index),
+                identity,
+                read_data,
+            })
+            .await?;
+            if as_json {
+                json(&report)?;
+            } else {
+                let mut s = format!(
+                    "{} snapshots (newest {}), {} segments, {} members, {} lockboxes checked; {} unreferenced segments{}\n",
+                    report.snapshots,
+                    report
+                        .newest
+                        .map_or_else(|| "none".to_owned(), |n| n.to_string()),
+                    report.segments,
+                    report.members,
+                    report.lockboxes,
+                    report.unreferenced_segments,
+                    if read_data {
+                        format!("; {} entries decrypted", report.decrypted)
+                    } else {
+                        String::new()
+                    }
+                );
+                for p in &report.problems {
+                    s.push_str(&format!("PROBLEM {}: {}\n", p.object, p.error));
+                }
+                for n in &report.not_proven {
+                    s.push_str(&format!("not proven: {n}\n"));
+                }
+                if report.problems.is_empty() {
+                    s.push_str("the store verified\n");
+                }
+                out(&s);
+            }
+            Ok(if report.problems.is_empty() { 0 } else { 4 })
+        }
+        Command::Ls {
+            store,
+            trust,
+            snapshot,
+            path,
+        } => {
+            let index = store.index.unwrap_or_else(|| default_index(&store.store));
+            let entries = cbfs_tiering::list_entries(
+                &store.store,
+                trust.options(Some(index.clone())),
+                &index,
+                snapshot.as_deref(),
+                path.as_deref(),
+            )
+            .await?;
+            if as_json {
+                json(&entries)?;
+            } else {
+                let mut s = String::new();
+                for e in &entries {
+                    s.push_str(&format!(
+                        "{:<8} {:04o} {:>12} {:>12} {:<12} {}\n",
+                        e.kind, e.mode, e.size, e.mtime, e.scope, e.path
+                    ));
+                    if s.len() > 1 << 16 {
+                        out(&std::mem::take(&mut s));
+                    }
+                }
+                out(&s);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return match e {
+                Error::Usage(_) => 2,
+                e if e.is_transient() => 5,
+                e if e.is_resource() => 7,
+                Error::Key(_) => 3,
+                e if e.is_verification() => 4,
+                _ => 1,
+            };
+        }
+    }
+    1
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let as_json = cli.json;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cbfs-tier: error: cannot start the I/O runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let code = exit_code(&err);
+            if as_json {
+                out(&format!(
+                    "{}\n",
+                    serde_json::json!({ "error": format!("{err:#}"), "exit_code": code })
+                ));
+            }
+            eprintln!("cbfs-tier: error: {err:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,cbfs_tiering={level},cbfs_store={level},cbfs_core={level},cbfs_restore={level},cbfs_wire={level}"
+        ))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,200 @@
+//! The walk against the index: what changed goes to the workers as the walk
+//! finds it, and what is gone is found by a cursor over the index's paths
+//! that moves along with the walk (both are in path byte order).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+
+use crate::error::Result;
+use crate::scan::{self, Walked};
+
+use super::queue::{CloseOnDrop, WorkQueue};
+use super::{OutReport, Shared, Work, worker};
+
+/// Entries the walk hands over at a time.
+const WALK_BATCH: usize = 512;
+/// A batch for the workers holds at most this many entries, or this much
+/// content (one file may exceed it).
+const QUEUE_BATCH_FILES: usize = 64;
+const QUEUE_BATCH_BYTES: u64 = 4 << 20;
+
+/// Walks the tree and stores every new or changed entry. Returns the
+/// indexed paths that are gone from the tree.
+pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Result<Vec<Vec<u8>>> {
+    let (agent, opts) = (shared.agent, shared.opts);
+    // The first name of each multiply linked inode, per scope: a link group
+    // that crosses scopes is stored as one file per scope, so that no name
+    // of one scope is written into another's metadata.
+    let mut first_link: HashMap<(u64, u64, cbfs_core::ScopeLabel), Vec<u8>> = HashMap::new();
+    let mut cursor = agent.index.paths_cursor();
+    let mut gone: Vec<Vec<u8>> = Vec::new();
+    // A directory that cannot be listed keeps everything below it: the
+    // prefixes `dir/` whose region the walk has not passed yet.
+    let mut keep_below: Vec<Vec<u8>> = Vec::new();
+    let mut walk_error = None;
+    let (batches, received) = mpsc::sync_channel::<Vec<Walked>>(16);
+    let source = &opts.source;
+    let queue = WorkQueue::default();
+    let stored = std::thread::scope(|s| {
+        // However the scan ends (a panic included), the workers are told.
+        let _closing = CloseOnDrop(shared, &queue);
+        let walkers = opts.workers.clamp(1, 4);
+        s.spawn(move || {
+            scan::walk_parallel(source, walkers, WALK_BATCH, |items| {
+                let _ = batches.send(items);
+            });
+        });
+        let mut workers = Vec::new();
+        let mut queued_bytes = 0u64;
+        for items in received {
+            if walk_error.is_some() || shared.stop.load(Ordering::SeqCst) {
+                continue;
+            }
+            let paths: Vec<&[u8]> = items
+                .iter()
+                .filter_map(|w| match w {
+                    Walked::Entry(e) => Some(e.rel.as_slice()),
+                    Walked::Problem(_) => None,
+                })
+                .collect();
+            let records = match agent.index.files(&paths) {
+                Ok(r) => r,
+                Err(e) => {
+                    walk_error = Some(e);
+                    shared.stop.store(true, Ordering::SeqCst);
+                    continue;
+                }
+            };
+            drop(paths);
+            let mut records = records.into_iter();
+            let mut changed = Vec::new();
+            // In walk order: the cursor must not pass an entry before its turn.
+            for item in items {
+                let (rel, entry) = match item {
+                    Walked::Entry(e) => (e.rel.clone(), Some(e)),
+                    Walked::Problem(p) => {
+                        let rel = p.rel.clone();
+                        shared.problems.lock().expect("problems lock").push(p);
+                        // What it is about is kept as the index has it.
+                        let Some(rel) = rel else { continue };
+                        (rel, None)
+                    }
+                };
+                let moved = cursor.advance_to(&rel, |path| {
+                    if !keep_below.iter().any(|k| path.starts_with(k)) {
+                        gone.push(path.to_vec());
+                    }
+                });
+                if let Err(e) = moved {
+                    walk_error = Some(e);
+                    shared.stop.store(true, Ordering::SeqCst);
+                    break;
+                }
+                // Past a kept region: nothing below that prefix comes any more.
+                keep_below.retain(|k| rel.starts_with(k) || rel.as_slice() < k.as_slice());
+                let Some(entry) = entry else {
+                    let mut below = rel;
+                    below.push(b'/');
+                    keep_below.push(below);
+                    continue;
+                };
+                let stored = records.next().expect("a record per entry");
+                report.scanned += 1;
+                let st = entry.stat;
+                let scope = if st.file_type() == libc::S_IFDIR {
+                    opts.rules.scope_of_dir(&entry.rel)
+                } else {
+                    opts.rules.scope_of(&entry.rel)
+                };
+                let hardlink_to = if st.nlink > 1 && st.file_type() != libc::S_IFDIR {
+                    match first_link.get(&(st.dev, st.ino, scope.clone())) {
+                        Some(first) => Some(first.clone()),
+                        None => {
+                            first_link.insert((st.dev, st.ino, scope.clone()), entry.rel.clone());
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                match stored {
+                    Some(rec)
+                        if rec.stat.same_version(&st)
+                            && rec.scope == scope.as_str()
+                            && rec.hardlink_to == hardlink_to =>
+                    {
+                        report.unchanged += 1;
+                    }
+                    _ => changed.push(Work {
+                        entry,
+                        scope,
+                        hardlink_to,
+                    }),
+                }
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            let bytes: u64 = changed.iter().map(Work::content_len).sum();
+            queued_bytes += bytes;
+            shared.observer.work_found(changed.len() as u64, bytes);
+            // A worker per 8 MiB of changed content at most: each fills a
+            // segment of its own, and a small incremental run is better
+            // off with one segment (one summary, one lockbox per scope)
+            // than with a few almost empty ones.
+            let wanted = usize::try_from(queued_bytes.div_ceil(8 << 20))
+                .unwrap_or(usize::MAX)
+                .clamp(1, opts.workers.clamp(1, 16));
+            while workers.len() < wanted {
+                let queue = &queue;
+                workers.push(s.spawn(move || {
+                    // A worker that fails or panics stops the run: the
+                    // scan must not wait on a queue nobody empties.
+                    let closing = CloseOnDrop(shared, queue);
+                    let result = worker::worker(shared, queue);
+                    if result.is_err() {
+                        shared.stop.store(true, Ordering::SeqCst);
+                    } else {
+                        std::mem::forget(closing);
+                    }
+                    result
+                }));
+            }
+            // Handed over in small batches, so that the workers share a
+            // walk batch of large files between them.
+            let mut part = Vec::new();
+            let mut part_bytes = 0;
+            for w in changed {
+                part_bytes += w.content_len();
+                part.push(w);
+                if part.len() >= QUEUE_BATCH_FILES || part_bytes >= QUEUE_BATCH_BYTES {
+                    queue.push(std::mem::take(&mut part));
+                    part_bytes = 0;
+                }
+            }
+            if !part.is_empty() {
+                queue.push(part);
+            }
+        }
+        queue.close();
+        let mut stored = Ok(());
+        for w in workers {
+            let r = w.join().expect("worker thread panicked");
+            if stored.is_ok() {
+                stored = r;
+            }
+        }
+        stored
+    });
+    if let Some(e) = walk_error {
+        return Err(e);
+    }
+    stored?;
+    cursor.rest(|path| {
+        if !keep_below.iter().any(|k| path.starts_with(k)) {
+            gone.push(path.to_vec());
+        }
+    })?;
+    Ok(gone)
+}

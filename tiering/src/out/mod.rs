@@ -1,0 +1,346 @@
+//! One tiering run (`cbfs-tier out`).
+//!
+//! ```text
+//! walk ─▶ per batch: index lookup, what changed, what is gone (diff.rs)
+//!      ─▶ workers: zstd ─▶ encrypt ─▶ append to a segment spool (worker.rs)
+//!      ─▶ full segment: upload segment, lockboxes, summary ─▶ commit index (segment.rs)
+//!      ─▶ end of run: deletions, dangling links ─▶ signed snapshot manifest (manifest.rs)
+//! ```
+//!
+//! Objects are written before the index names them, and the manifest after
+//! the index, so a crash at any point loses nothing committed; a rerun
+//! finishes the job. What a crash leaves behind is garbage for GC.
+//!
+//! Memory stays bounded whatever the size of the tree: the walk is in the
+//! byte order of the index's keys, so what is gone is found by walking a
+//! cursor over the index beside it, not by remembering every path seen.
+
+mod crash;
+mod diff;
+mod manifest;
+mod queue;
+mod segment;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use cbfs_core::ScopeLabel;
+use cbfs_format::SegmentId;
+use serde::Serialize;
+
+use crate::agent::Agent;
+use crate::error::{Error, Result};
+use crate::index::{Batch, FileRecord, SegmentRecord};
+use crate::observe::Observer;
+use crate::rules::ScopeRules;
+use crate::scan::{Entry, Problem};
+use crate::source_tree::SourceTree;
+
+#[cfg(feature = "crash-points")]
+pub use crash::CrashPoint;
+#[cfg(not(feature = "crash-points"))]
+use crash::CrashPoint;
+
+/// What a run is asked to do.
+#[derive(Clone, Debug)]
+pub struct OutOptions {
+    /// The tree to tier out.
+    pub source: PathBuf,
+    /// Which scope each path goes to.
+    pub rules: ScopeRules,
+    /// Close a segment once it reaches this many bytes.
+    pub segment_size: u64,
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Write plain tars: no compression, no encryption, real names.
+    pub plain: bool,
+    /// Worker threads (each fills its own segments).
+    pub workers: usize,
+    /// For tests of crash safety: stop the process abruptly at this point.
+    #[cfg(feature = "crash-points")]
+    pub crash_at: Option<CrashPoint>,
+}
+
+impl OutOptions {
+    /// The defaults for `source`: 64 MiB segments, zstd level 3, encrypted,
+    /// a worker per core.
+    pub fn new(source: impl Into<PathBuf>, rules: ScopeRules) -> Self {
+        OutOptions {
+            source: source.into(),
+            rules,
+            segment_size: 64 << 20,
+            zstd_level: 3,
+            plain: false,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            #[cfg(feature = "crash-points")]
+            crash_at: None,
+        }
+    }
+
+    fn crash_at(&self) -> Option<CrashPoint> {
+        #[cfg(feature = "crash-points")]
+        return self.crash_at;
+        #[cfg(not(feature = "crash-points"))]
+        None
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OutReport {
+    /// Entries found in the tree.
+    pub scanned: u64,
+    /// Entries stored in this run (new or changed).
+    pub files: u64,
+    /// Entries unchanged since the last run.
+    pub unchanged: u64,
+    /// Entries gone from the tree since the last run.
+    pub deleted: u64,
+    /// Content bytes read.
+    pub bytes_read: u64,
+    /// Bytes added to the store (segments, lockboxes, summaries, manifest).
+    pub bytes_stored: u64,
+    /// Segments written.
+    pub new_segments: u64,
+    /// The snapshot made, if anything changed.
+    pub snapshot: Option<String>,
+    /// Its sequence number.
+    pub sequence: Option<u64>,
+    /// Entries skipped (unreadable, vanished, changed while read); the next
+    /// run tries them again.
+    pub skipped: Vec<Problem>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// One entry to store.
+pub(crate) struct Work {
+    entry: Entry,
+    scope: ScopeLabel,
+    hardlink_to: Option<Vec<u8>>,
+}
+
+impl Work {
+    /// The content bytes it will read.
+    fn content_len(&self) -> u64 {
+        if self.entry.stat.is_file() && self.hardlink_to.is_none() {
+            self.entry.stat.size
+        } else {
+            0
+        }
+    }
+}
+
+/// What the run's threads share.
+pub(crate) struct Shared<'a> {
+    agent: &'a Agent,
+    opts: &'a OutOptions,
+    rt: tokio::runtime::Handle,
+    tree: SourceTree,
+    observer: &'a dyn Observer,
+    commit_lock: Mutex<()>,
+    segments_done: Mutex<u32>,
+    stop: AtomicBool,
+    bytes_read: AtomicU64,
+    bytes_stored: AtomicU64,
+    new_segments: AtomicU64,
+    files: AtomicU64,
+    problems: Mutex<Vec<Problem>>,
+    /// Hard links stored in this run: checked at the end against what their
+    /// targets became (a target that was skipped leaves a link to nothing).
+    links: Mutex<Vec<Vec<u8>>>,
+    spool_dir: PathBuf,
+}
+
+impl Shared<'_> {
+    /// Runs a store future to completion from a run thread.
+    pub(crate) fn wait<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    fn crash_if(&self, point: CrashPoint) {
+        crash::crash_if(self.opts.crash_at(), point);
+    }
+
+    /// Records an entry the run could not store: the next run tries again.
+    pub(crate) fn skip(&self, entry: &Entry, reason: String) {
+        let path = entry.abs.display().to_string();
+        tracing::warn!(%path, %reason, "skipped; the next run tries again");
+        self.problems
+            .lock()
+            .expect("problems lock")
+            .push(Problem {
+                path,
+                reason,
+                rel: Some(entry.rel.clone()),
+            });
+    }
+}
+
+/// Runs one tiering pass over `opts.source`, from a thread that may block
+/// (not from an async task): store calls are driven on `rt`.
+pub(crate) fn run(
+    agent: &Agent,
+    opts: &OutOptions,
+    rt: tokio::runtime::Handle,
+    observer: &dyn Observer,
+) -> Result<OutReport> {
+    let started = Instant::now();
+    check_scopes(agent, opts)?;
+    let mut state = agent.index.state()?;
+    match state.plain {
+        Some(p) if p != opts.plain => {
+            return Err(Error::Usage(format!(
+                "this index was made with {}; a store is either encrypted or plain",
+                if p { "--plain" } else { "encryption" }
+            )));
+        }
+        _ => {}
+    }
+    if state.plain.is_none() {
+        state.plain = Some(opts.plain);
+        let mut b = Batch::default();
+        b.put_state(&state);
+        agent.index.commit(b)?;
+    }
+    rt.block_on(agent.publish_keyset())?;
+
+    let meta = std::fs::metadata(&opts.source)
+        .map_err(|e| Error::io("cannot read source", &opts.source, e))?;
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} is not a directory",
+            opts.source.display()
+        )));
+    }
+    let tree = SourceTree::open(&opts.source)
+        .map_err(|e| Error::io("cannot open source", &opts.source, e))?;
+
+    let recovering = agent.index.state()?.dirty;
+    let spool_dir = agent.new_spool()?;
+    let shared = Shared {
+        agent,
+        opts,
+        rt,
+        tree,
+        observer,
+        commit_lock: Mutex::new(()),
+        segments_done: Mutex::new(0),
+        stop: AtomicBool::new(false),
+        bytes_read: AtomicU64::new(0),
+        bytes_stored: AtomicU64::new(0),
+        new_segments: AtomicU64::new(0),
+        files: AtomicU64::new(0),
+        problems: Mutex::new(Vec::new()),
+        links: Mutex::new(Vec::new()),
+        spool_dir,
+    };
+    if recovering {
+        // A run died after committing segments and before its manifest:
+        // finish its snapshot first (adopting its manifest if it got out).
+        let rec = manifest::write_manifest(&shared)?;
+        tracing::info!(
+            sequence = rec.sequence,
+            "finished the snapshot of an interrupted run"
+        );
+    }
+
+    let mut report = OutReport::default();
+    let gone = diff::store_changes(&shared, &mut report)?;
+    observer.finished();
+
+    let deleted = forget(&shared, gone)?;
+    report.deleted = deleted;
+    worker::store_dangling_links(&shared)?;
+
+    // A snapshot for whatever changed, in this run or in a run that died
+    // before its manifest.
+    if agent.index.state()?.dirty {
+        let rec = manifest::write_manifest(&shared)?;
+        report.snapshot = Some(rec.id.to_string());
+        report.sequence = Some(rec.sequence);
+    }
+
+    agent.index.flush_if_large()?;
+    let _ = std::fs::remove_dir_all(&shared.spool_dir);
+    report.files = shared.files.load(Ordering::Relaxed);
+    report.bytes_read = shared.bytes_read.load(Ordering::Relaxed);
+    report.bytes_stored = shared.bytes_stored.load(Ordering::Relaxed);
+    report.new_segments = shared.new_segments.load(Ordering::Relaxed);
+    report.skipped = shared.problems.into_inner().expect("problems lock");
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Removes what is gone from the tree from the index, a bounded batch at a
+/// time; returns how many entries went.
+fn forget(shared: &Shared<'_>, gone: Vec<Vec<u8>>) -> Result<u64> {
+    let agent = shared.agent;
+    let mut deleted = 0;
+    for chunk in gone.chunks(10_000) {
+        let paths: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        let records = agent.index.files(&paths)?;
+        let _guard = shared.commit_lock.lock().expect("commit lock");
+        let mut batch = Batch::default();
+        let mut seg_updates: HashMap<SegmentId, SegmentRecord> = HashMap::new();
+        for (path, rec) in chunk.iter().zip(records) {
+            let Some(rec) = rec else { continue };
+            batch.delete_file(path);
+            release(agent, &mut seg_updates, &rec)?;
+            deleted += 1;
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        for (id, rec) in &seg_updates {
+            batch.put_segment(id, rec);
+        }
+        let mut state = agent.index.state()?;
+        state.dirty = true;
+        batch.put_state(&state);
+        agent.index.commit(batch)?;
+    }
+    Ok(deleted)
+}
+
+fn check_scopes(agent: &Agent, opts: &OutOptions) -> Result<()> {
+    let Some(ks) = &agent.keyset else {
+        return Err(Error::Usage(
+            "tiering out needs the public keyset (it registers this agent's writer key): give --keyset KEYSET.json".into(),
+        ));
+    };
+    if opts.plain {
+        return Ok(());
+    }
+    for label in opts.rules.scopes() {
+        if ks.scope(label).is_none() {
+            return Err(Error::Usage(format!(
+                "scope `{label}` is not in the keyset of `{}`; add it with cbfs-keytool add-scope",
+                ks.fs()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Lowers the liveness of the segment holding an old version.
+pub(crate) fn release(
+    agent: &Agent,
+    updates: &mut HashMap<SegmentId, SegmentRecord>,
+    old: &FileRecord,
+) -> Result<()> {
+    let rec = match updates.get_mut(&old.segment) {
+        Some(r) => r,
+        None => {
+            let r = agent.index.segment(&old.segment)?.unwrap_or_default();
+            updates.entry(old.segment).or_insert(r)
+        }
+    };
+    rec.live_members = rec.live_members.saturating_sub(1);
+    rec.live_bytes = rec.live_bytes.saturating_sub(old.stored);
+    Ok(())
+}

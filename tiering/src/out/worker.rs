@@ -1,0 +1,430 @@
+//! A worker: takes batches of entries and stores them into segments of its
+//! own, small files into packs.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+
+use cbfs_core::ScopeLabel;
+use cbfs_format::{GroupKey, Lockbox, MemberId, SegmentId};
+
+use crate::error::{Error, Result};
+use crate::scan::{self, Entry, Names, Stat};
+use crate::source_tree::OpenError;
+
+use super::queue::WorkQueue;
+use super::segment::{OpenSegment, Stored, close_segment, open_segment};
+use super::{Shared, Work};
+
+/// Regular files up to this size go into packs: one member (one tar
+/// entry, one age header, one zstd frame) for many small files, which
+/// would otherwise cost about a kilobyte of framing each. So do entries
+/// without content (folders, links, devices).
+const PACK_FILE_MAX: u64 = 128 << 10;
+/// A pack is closed once its files' content reaches this.
+const PACK_BYTES: u64 = 1 << 20;
+/// An entry whose metadata record (with its extended attributes) is larger
+/// than this is stored alone; a pack's table is kept under
+/// [`PACK_TABLE_MAX`] (the format allows 16 MiB).
+const PACK_META_MAX: usize = 64 << 10;
+const PACK_TABLE_MAX: usize = 4 << 20;
+
+/// A file read whole, waiting in a pack.
+pub(crate) struct PackFile {
+    meta: cbfs_format::Metadata,
+    content: Vec<u8>,
+    rel: Vec<u8>,
+    stat: Stat,
+    hardlink_to: Option<Vec<u8>>,
+}
+
+/// The small files of one scope waiting to be written as one member.
+#[derive(Default)]
+pub(crate) struct Pack {
+    files: Vec<PackFile>,
+    pub(crate) bytes: u64,
+    /// The length of their metadata records.
+    table: usize,
+}
+
+pub(crate) fn worker(shared: &Shared<'_>, queue: &WorkQueue) -> Result<()> {
+    let mut names = Names::default();
+    let mut seg: Option<OpenSegment> = None;
+    while let Some(batch) = queue.take() {
+        for work in batch {
+            if shared.stop.load(Ordering::SeqCst) {
+                // Another worker failed: the run ends; this spool is
+                // garbage the next run clears.
+                return Ok(());
+            }
+            if seg.is_none() {
+                seg = Some(open_segment(shared)?);
+            }
+            let open = seg.as_mut().expect("just opened");
+            store_one(shared, open, &mut names, work)?;
+            let packed: u64 = open.packs.values().map(|p| p.bytes).sum();
+            if open.writer.len() + packed >= shared.opts.segment_size {
+                close_segment(shared, seg.take().expect("open"))?;
+            }
+        }
+    }
+    if let Some(open) = seg {
+        close_segment(shared, open)?;
+    }
+    Ok(())
+}
+
+/// Stores again, as files of their own, the hard links of this run whose
+/// target did not end up in the index as the same inode of the same scope
+/// (it was skipped, or changed): a link to nothing is never committed.
+pub(crate) fn store_dangling_links(shared: &Shared<'_>) -> Result<()> {
+    let links = std::mem::take(&mut *shared.links.lock().expect("links lock"));
+    if links.is_empty() {
+        return Ok(());
+    }
+    let index = &shared.agent.index;
+    let mut again = Vec::new();
+    for path in links {
+        let Some(rec) = index.file(&path)? else {
+            continue;
+        };
+        let Some(target) = &rec.hardlink_to else {
+            continue;
+        };
+        let fine = index.file(target)?.is_some_and(|t| {
+            t.stat.dev == rec.stat.dev
+                && t.stat.ino == rec.stat.ino
+                && t.scope == rec.scope
+                && t.hardlink_to.is_none()
+        });
+        if fine {
+            continue;
+        }
+        tracing::info!(
+            path = %String::from_utf8_lossy(&path),
+            "the target of this hard link is not in the snapshot: stored as a file"
+        );
+        let abs = shared
+            .opts
+            .source
+            .join(std::ffi::OsStr::from_bytes(&path));
+        let stat = match std::fs::symlink_metadata(&abs) {
+            Ok(m) => Stat::from_metadata(&m),
+            Err(e) => {
+                let entry = Entry {
+                    rel: path.clone(),
+                    abs,
+                    stat: rec.stat,
+                };
+                shared.skip(&entry, format!("cannot stat: {e}"));
+                continue;
+            }
+        };
+        let scope = ScopeLabel::new(rec.scope.clone())
+            .map_err(|e| Error::Usage(format!("the index holds a bad scope label: {e}")))?;
+        again.push(Work {
+            entry: Entry {
+                rel: path,
+                abs,
+                stat,
+            },
+            scope,
+            hardlink_to: None,
+        });
+    }
+    if again.is_empty() {
+        return Ok(());
+    }
+    let queue = WorkQueue::default();
+    queue.push(again);
+    queue.close();
+    worker(shared, &queue)?;
+    // Links stored now are files, not links: nothing more to check.
+    shared.links.lock().expect("links lock").clear();
+    Ok(())
+}
+
+fn store_one(
+    shared: &Shared<'_>,
+    seg: &mut OpenSegment,
+    names: &mut Names,
+    work: Work,
+) -> Result<()> {
+    let Work {
+        entry,
+        scope,
+        hardlink_to,
+    } = work;
+    let regular = entry.stat.is_file() && hardlink_to.is_none();
+    let is_dir = entry.stat.file_type() == libc::S_IFDIR;
+    // Opened beneath the root with no symbolic link on the way, checked to
+    // be what the scan found, and only then read; the stat recorded is the
+    // open file's.
+    let (file, stat) = if regular || is_dir {
+        match shared.tree.open_checked(&entry.rel, &entry.stat) {
+            Ok(f) => match f.metadata() {
+                Ok(m) => {
+                    let st = Stat::from_metadata(&m);
+                    (Some(f), st)
+                }
+                Err(e) => {
+                    shared.skip(&entry, format!("cannot stat: {e}"));
+                    return Ok(());
+                }
+            },
+            Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                shared.skip(&entry, "vanished before it could be read".into());
+                return Ok(());
+            }
+            Err(e) => {
+                shared.skip(&entry, format!("cannot open: {e}"));
+                return Ok(());
+            }
+        }
+    } else {
+        (None, entry.stat)
+    };
+    let entry = Entry { stat, ..entry };
+    let meta = match scan::metadata_of(
+        &entry,
+        names,
+        hardlink_to.as_deref(),
+        &shared.tree,
+        file.as_ref(),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            shared.skip(&entry, format!("cannot read metadata: {e}"));
+            return Ok(());
+        }
+    };
+    let content_file = if regular { file.as_ref() } else { None };
+    if hardlink_to.is_some() {
+        shared
+            .links
+            .lock()
+            .expect("links lock")
+            .push(entry.rel.clone());
+    }
+    let small = !regular || stat.size <= PACK_FILE_MAX;
+    if !shared.opts.plain && small {
+        let record = meta.record_len().map_or(usize::MAX, |n| n + 4);
+        if record <= PACK_META_MAX {
+            let meta = (meta, record);
+            return add_to_pack(shared, seg, content_file, entry, meta, scope, hardlink_to);
+        }
+    }
+    // From the thread's CSPRNG (seeded from the OS): ids are public.
+    let member = MemberId::random_with_rng(&mut rand::thread_rng());
+    let counted = CountingReader {
+        inner: content_file,
+        shared,
+    };
+    let result = if shared.opts.plain {
+        seg.writer.append_plain(member, &meta, counted)
+    } else {
+        let key = group_key(shared, &mut seg.groups, &mut seg.lockboxes, seg.id, &scope)?;
+        seg.writer.append_encrypted(member, key, &meta, counted)
+    };
+    let summary = match result {
+        Ok(s) => s,
+        Err(cbfs_format::Error::ContentLength { .. }) => {
+            shared.skip(&entry, "changed while being read".into());
+            return Ok(());
+        }
+        Err(cbfs_format::Error::Io { source, .. }) if regular && !is_resource(&source) => {
+            // A read error of the source file; a write error of the spool
+            // (disk full) ends the run instead.
+            shared.skip(&entry, format!("cannot read: {source}"));
+            return Ok(());
+        }
+        Err(cbfs_format::Error::Io { source, .. }) if is_resource(&source) => {
+            return Err(Error::Resource {
+                what: "the segment spool".into(),
+                path: shared.spool_dir.clone(),
+                source,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(f) = content_file {
+        let after = f.metadata().map(|m| Stat::from_metadata(&m));
+        if after.map(|a| a != stat).unwrap_or(true) {
+            shared.skip(&entry, "changed while being read".into());
+            return Ok(());
+        }
+    }
+    shared.files.fetch_add(1, Ordering::Relaxed);
+    shared.observer.file_stored();
+    seg.stored.push(Stored {
+        rel: entry.rel,
+        stat,
+        scope,
+        share: summary.data_len,
+        summary,
+        hardlink_to,
+        slot: 0,
+    });
+    Ok(())
+}
+
+/// Whether an I/O error is this machine running out of room.
+pub(crate) fn is_resource(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Reads a small file (or takes an entry without content) into its
+/// scope's pack; writes the pack out once it is full. `meta` comes with
+/// the length of its record in the pack's table.
+fn add_to_pack(
+    shared: &Shared<'_>,
+    seg: &mut OpenSegment,
+    file: Option<&File>,
+    entry: Entry,
+    (meta, record): (cbfs_format::Metadata, usize),
+    scope: ScopeLabel,
+    hardlink_to: Option<Vec<u8>>,
+) -> Result<()> {
+    let stat = entry.stat;
+    let mut content = Vec::new();
+    if let Some(mut f) = file {
+        content.reserve_exact(meta.size as usize + 1);
+        let read = std::io::Read::read_to_end(
+            &mut std::io::Read::take(&mut f, meta.size + 1),
+            &mut content,
+        );
+        if let Err(e) = read {
+            shared.skip(&entry, format!("cannot read: {e}"));
+            return Ok(());
+        }
+        shared
+            .bytes_read
+            .fetch_add(content.len() as u64, Ordering::Relaxed);
+        shared.observer.bytes_read(content.len() as u64);
+        let after = f.metadata().map(|m| Stat::from_metadata(&m));
+        if content.len() as u64 != meta.size || after.map(|a| a != stat).unwrap_or(true) {
+            shared.skip(&entry, "changed while being read".into());
+            return Ok(());
+        }
+    }
+    shared.files.fetch_add(1, Ordering::Relaxed);
+    shared.observer.file_stored();
+    if seg
+        .packs
+        .get(&scope)
+        .is_some_and(|p| p.table + record > PACK_TABLE_MAX)
+    {
+        flush_pack(shared, seg, &scope)?;
+    }
+    let pack = seg.packs.entry(scope.clone()).or_default();
+    pack.bytes += meta.size;
+    pack.table += record;
+    pack.files.push(PackFile {
+        meta,
+        content,
+        rel: entry.rel,
+        stat,
+        hardlink_to,
+    });
+    if pack.files.len() >= cbfs_format::MAX_PACK_FILES || pack.bytes >= PACK_BYTES {
+        flush_pack(shared, seg, &scope)?;
+    }
+    Ok(())
+}
+
+/// Writes the pack of `scope` into the segment as one member.
+pub(crate) fn flush_pack(
+    shared: &Shared<'_>,
+    seg: &mut OpenSegment,
+    scope: &ScopeLabel,
+) -> Result<()> {
+    let Some(pack) = seg.packs.remove(scope) else {
+        return Ok(());
+    };
+    if pack.files.is_empty() {
+        return Ok(());
+    }
+    let member = MemberId::random_with_rng(&mut rand::thread_rng());
+    let key = group_key(shared, &mut seg.groups, &mut seg.lockboxes, seg.id, scope)?;
+    let files: Vec<(&cbfs_format::Metadata, &[u8])> = pack
+        .files
+        .iter()
+        .map(|f| (&f.meta, f.content.as_slice()))
+        .collect();
+    let summary = seg
+        .writer
+        .append_pack(member, key, &files)
+        .map_err(|e| spool_error(shared, e))?;
+    let n = pack.files.len() as u64;
+    let len = summary.data_len;
+    for (i, f) in pack.files.into_iter().enumerate() {
+        let i = i as u64;
+        seg.stored.push(Stored {
+            rel: f.rel,
+            stat: f.stat,
+            scope: scope.clone(),
+            summary: summary.clone(),
+            hardlink_to: f.hardlink_to,
+            slot: i as u16,
+            share: len * (i + 1) / n - len * i / n,
+        });
+    }
+    Ok(())
+}
+
+/// A write error of the spool: a full disk is a resource error of its own.
+pub(crate) fn spool_error(shared: &Shared<'_>, e: cbfs_format::Error) -> Error {
+    match e {
+        cbfs_format::Error::Io { source, .. } if is_resource(&source) => Error::Resource {
+            what: "the segment spool".into(),
+            path: shared.spool_dir.clone(),
+            source,
+        },
+        e => e.into(),
+    }
+}
+
+/// The segment's group key for `scope`, sealing a lockbox for it on first use.
+fn group_key<'s>(
+    shared: &Shared<'_>,
+    groups: &'s mut HashMap<ScopeLabel, GroupKey>,
+    lockboxes: &mut Vec<Lockbox>,
+    segment: SegmentId,
+    scope: &ScopeLabel,
+) -> Result<&'s GroupKey> {
+    if !groups.contains_key(scope) {
+        let ks = shared
+            .agent
+            .keyset
+            .as_ref()
+            .expect("checked before the run");
+        let pk = ks.scope(scope).expect("checked before the run");
+        let (lockbox, key) = Lockbox::seal(scope.as_str(), pk, segment)?;
+        lockboxes.push(lockbox);
+        groups.insert(scope.clone(), key);
+    }
+    Ok(groups.get(scope).expect("just inserted"))
+}
+
+struct CountingReader<'a, 'b> {
+    inner: Option<&'a File>,
+    shared: &'a Shared<'b>,
+}
+
+impl std::io::Read for CountingReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(mut f) = self.inner else {
+            return Ok(0);
+        };
+        let n = std::io::Read::read(&mut f, buf)?;
+        self.shared
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.shared.observer.bytes_read(n as u64);
+        Ok(n)
+    }
+}

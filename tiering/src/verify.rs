@@ -1,0 +1,294 @@
+//! `cbfs-tier verify`: checking a store, with or without a key, and saying
+//! what was and was not proven.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cbfs_core::{KeySource, Seed, Unlock};
+use cbfs_format::{Lockbox, MemberId, Metadata, SegmentId, Summary, layout};
+use cbfs_restore::{ObjectSource, RestoreOptions, Sink, identify, snapshots};
+use cbfs_store::Store;
+use serde::Serialize;
+
+use crate::error::{Error, Result, restore_error};
+use crate::restore::{TrustOptions, trusted};
+use crate::source::StoreSource;
+
+/// One thing `verify` found wrong.
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    /// The object (key) it is about.
+    pub object: String,
+    /// What is wrong.
+    pub error: String,
+}
+
+/// What `cbfs-tier verify` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Snapshots whose manifests verified (signed by a trusted writer).
+    pub snapshots: u64,
+    /// The newest of them.
+    pub newest: Option<u64>,
+    /// Segments checked against their summaries.
+    pub segments: u64,
+    /// Members the snapshots reference.
+    pub members: u64,
+    /// Lockboxes whose structure and capsule were checked.
+    pub lockboxes: u64,
+    /// Segments no snapshot references (garbage for GC, not a problem).
+    pub unreferenced_segments: u64,
+    /// Entries decrypted (with `--read-data`).
+    pub decrypted: u64,
+    /// Everything wrong.
+    pub problems: Vec<Problem>,
+    /// What this check could not prove, said plainly.
+    pub not_proven: Vec<String>,
+}
+
+/// What `cbfs-tier verify` is asked to do.
+pub struct VerifyRequest {
+    /// The store spec.
+    pub store: String,
+    /// What to trust.
+    pub trust: TrustOptions,
+    /// A key, to decrypt everything it opens (with `read_data`).
+    pub identity: Option<KeySource>,
+    /// Decrypt every member the identity opens.
+    pub read_data: bool,
+}
+
+/// Checks a store: every manifest's signature, writer and chain, every
+/// object a snapshot needs, every summary against its segment's tar
+/// structure and hashes, every lockbox's structure and capsule; that no
+/// snapshot the agent's index or the reader's records know of has
+/// vanished; with an identity and `read_data`, also decrypts everything
+/// that identity can open.
+pub async fn verify(req: VerifyRequest) -> Result<VerifyReport> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || verify_blocking(&req, rt))
+        .await
+        .map_err(|e| Error::Usage(format!("the check failed: {e}")))?
+}
+
+fn copy(seed: &Seed) -> Seed {
+    Seed::from_slice(seed.expose_secret_bytes(), "identity").expect("32 bytes")
+}
+
+fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<VerifyReport> {
+    if req.read_data && req.identity.is_none() {
+        return Err(Error::Usage("--read-data needs --identity SOURCE".into()));
+    }
+    let source = StoreSource::new(Store::open(&req.store)?, rt);
+    let seed = req
+        .identity
+        .as_ref()
+        .map(|s| s.load(&Unlock::from_env()))
+        .transpose()?;
+    let key_file = match &req.identity {
+        Some(KeySource::File(p)) => Some(p.as_path()),
+        _ => None,
+    };
+    let t = trusted(&source, &req.trust, seed.as_ref(), key_file)?;
+    let mut report = VerifyReport::default();
+    let mut problems = Vec::new();
+    let (snaps, ignored) = snapshots(&source, &t.trust, 0)
+        .map_err(|e| restore_error("cannot list the snapshots", e))?;
+    for (object, error) in ignored {
+        problems.push(Problem {
+            object,
+            error: format!("not a snapshot a trusted writer made, ignored: {error}"),
+        });
+    }
+    report.snapshots = snaps.len() as u64;
+    report.newest = snaps.last().map(|s| s.sequence());
+    let expected = t
+        .index_newest
+        .into_iter()
+        .chain(
+            t.records
+                .pinned(t.keyset.fs().as_str())
+                .map(|p| p.highest_snapshot),
+        )
+        .max()
+        .unwrap_or(0);
+    if report.newest.unwrap_or(0) < expected {
+        problems.push(Problem {
+            object: layout::SNAPSHOTS.into(),
+            error: format!(
+                "the newest trusted snapshot is {}, but snapshot {expected} was written or seen before: snapshots have vanished from the store (deleted, hidden or rolled back)",
+                report.newest.map_or("none".into(), |n| n.to_string())
+            ),
+        });
+    }
+    let mut referenced: BTreeMap<SegmentId, BTreeMap<MemberId, [u8; 32]>> = BTreeMap::new();
+    for s in &snaps {
+        for e in s.manifest().entries() {
+            referenced
+                .entry(e.segment)
+                .or_default()
+                .insert(e.member, e.sha256);
+        }
+    }
+    let existing: BTreeSet<SegmentId> = source
+        .list(layout::SEGMENTS)
+        .map_err(|e| restore_error("cannot list the segments", e))?
+        .iter()
+        .filter_map(|k| layout::parse_segment(k))
+        .collect();
+    if snaps.is_empty() && !existing.is_empty() {
+        problems.push(Problem {
+            object: layout::SNAPSHOTS.into(),
+            error: format!(
+                "the store holds {} segments and no snapshot a trusted writer signed: every manifest is gone, or none was ever trusted",
+                existing.len()
+            ),
+        });
+    }
+    report.unreferenced_segments = existing
+        .iter()
+        .filter(|s| !referenced.contains_key(s))
+        .count() as u64;
+    for (segment, members) in &referenced {
+        report.members += members.len() as u64;
+        check_segment(&source, &t.keyset, segment, members, &mut report, &mut problems);
+    }
+    if req.read_data {
+        let seed = seed.as_ref().expect("checked above");
+        let opener = identify(copy(seed), &t.keyset).ok_or_else(|| {
+            Error::Usage(
+                "--read-data needs the root secret or a scope secret of this file system".into(),
+            )
+        })?;
+        for s in &snaps {
+            let r = cbfs_restore::restore(
+                &source,
+                s,
+                &opener,
+                &RestoreOptions::default(),
+                &mut DiscardSink,
+            )
+            .map_err(|e| restore_error(s.key(), e))?;
+            report.decrypted += r.restored_entries;
+            for f in r.failures {
+                problems.push(Problem {
+                    object: f.object.clone(),
+                    error: format!("member {}: {}", f.member.unwrap_or_default(), f.error),
+                });
+            }
+        }
+    } else {
+        report.not_proven.push(
+            "that the lockboxes' sealed group keys and the members' encrypted contents decrypt: a keyless check proves their structure and hashes only (run with --read-data --identity KEY)".into(),
+        );
+    }
+    if expected == 0 {
+        report.not_proven.push(format!(
+            "that no snapshot newer than {} was hidden: neither an agent index nor trust records say which is newest (give --index)",
+            report.newest.map_or("the newest found".into(), |n| n.to_string())
+        ));
+    }
+    problems.sort_by(|a, b| (&a.object, &a.error).cmp(&(&b.object, &b.error)));
+    problems.dedup_by(|a, b| a.object == b.object && a.error == b.error);
+    report.problems = problems;
+    Ok(report)
+}
+
+fn check_segment(
+    source: &StoreSource,
+    keyset: &cbfs_core::Keyset,
+    segment: &SegmentId,
+    members: &BTreeMap<MemberId, [u8; 32]>,
+    report: &mut VerifyReport,
+    problems: &mut Vec<Problem>,
+) {
+    let problem = |object: &str, error: String| Problem {
+        object: object.to_owned(),
+        error,
+    };
+    let skey = layout::summary(segment);
+    let summary = match source
+        .get(&skey)
+        .map_err(|e| e.to_string())
+        .and_then(|b| Summary::from_bytes(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(problem(&skey, e));
+            return;
+        }
+    };
+    for (member, sha) in members {
+        match summary.entry(member) {
+            Some(e) if &e.sha256 == sha => {}
+            Some(_) => problems.push(problem(
+                &skey,
+                format!("member {member}: its hash differs from the manifest's"),
+            )),
+            None => problems.push(problem(
+                &skey,
+                format!("member {member} of a snapshot is not in the summary"),
+            )),
+        }
+    }
+    let seg_key = layout::segment(segment);
+    match source.open(&seg_key) {
+        Ok(reader) => {
+            report.segments += 1;
+            if let Err(e) = summary.verify_segment(reader) {
+                problems.push(problem(&seg_key, e.to_string()));
+            }
+        }
+        Err(e) => problems.push(problem(&seg_key, e.to_string())),
+    }
+    for group in summary.groups() {
+        let lkey = layout::lockbox(segment, &group);
+        match source
+            .get(&lkey)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Lockbox::from_bytes(&b).map_err(|e| e.to_string()))
+        {
+            Ok(lb) if lb.segment_id() != *segment || lb.group_id() != group => problems.push(
+                problem(&lkey, "the lockbox names another segment or group".into()),
+            ),
+            Ok(lb) => {
+                let known = cbfs_core::ScopeLabel::new(lb.scope())
+                    .ok()
+                    .is_some_and(|l| keyset.scope(&l).is_some());
+                if known {
+                    report.lockboxes += 1;
+                } else {
+                    problems.push(problem(
+                        &lkey,
+                        format!(
+                            "the lockbox is sealed for scope `{}`, which the keyset does not hold",
+                            lb.scope()
+                        ),
+                    ));
+                }
+            }
+            Err(e) => problems.push(problem(&lkey, e)),
+        }
+    }
+}
+
+/// A sink that keeps nothing: `verify --read-data` decrypts and checks only.
+struct DiscardSink;
+
+impl Sink for DiscardSink {
+    fn begin_file(&mut self, _: &Metadata) -> cbfs_restore::Result<()> {
+        Ok(())
+    }
+    fn write_content(&mut self, _: &[u8]) -> cbfs_restore::Result<()> {
+        Ok(())
+    }
+    fn commit_file(&mut self) -> cbfs_restore::Result<()> {
+        Ok(())
+    }
+    fn abort_file(&mut self) {}
+    fn add_entry(&mut self, _: &Metadata) -> cbfs_restore::Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self) -> cbfs_restore::Result<()> {
+        Ok(())
+    }
+}
