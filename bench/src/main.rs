@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use cbfs_core::umbral_pre::{self, Capsule, SecretKey, Signer};
 use cbfs_core::{KeySource, Keyset, ScopeLabel, Unlock, UserName, UserSecret};
-use cbfs_delegation::wire::{Cfrags, NodeInfo, ReencryptBody};
+use cbfs_wire::{Cfrags, NodeInfo, ReencryptBody};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use clap::{Parser, Subcommand};
@@ -416,7 +416,7 @@ fn reencrypt(capsules: usize, rounds: usize) -> Result<()> {
     // requires before re-encrypting one), and encoding the cfrag.
     let wire: Vec<String> = caps
         .iter()
-        .map(cbfs_delegation::wire::encode_capsule)
+        .map(cbfs_wire::encode_capsule)
         .collect();
     let mut wire_total = Duration::ZERO;
     for _ in 0..rounds {
@@ -426,9 +426,9 @@ fn reencrypt(capsules: usize, rounds: usize) -> Result<()> {
                 let kfrag = &kfrag;
                 s.spawn(move || {
                     for text in part {
-                        let c = cbfs_delegation::wire::decode_capsule(text).expect("valid capsule");
+                        let c = cbfs_wire::decode_capsule(text).expect("valid capsule");
                         let cfrag = umbral_pre::reencrypt(&c, kfrag.clone());
-                        std::hint::black_box(cbfs_delegation::wire::encode_cfrag(&cfrag));
+                        std::hint::black_box(cbfs_wire::encode_cfrag(&cfrag));
                     }
                 });
             }
@@ -492,7 +492,8 @@ fn delegation(run: &DelegationRun) -> Result<()> {
     // client must not compete with the node for the cores.
     let bodies: Vec<Vec<u8>> = (0..run.batches + 1)
         .map(|_| {
-            let req = ReencryptBody::new(&node_pk, &user_name, &scope, "/", &capsules)
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let req = ReencryptBody::new(&node_pk, &user_name, &scope, "/", &capsules, now)
                 .sign(&user.signer());
             serde_json::to_vec(&req).expect("serializes")
         })
@@ -525,7 +526,7 @@ fn delegation(run: &DelegationRun) -> Result<()> {
         );
     }
     for (text, capsule) in answer.cfrags.iter().zip(&capsules).take(16) {
-        let cfrag = cbfs_delegation::wire::decode_cfrag(text).map_err(anyhow::Error::msg)?;
+        let cfrag = cbfs_wire::decode_cfrag(text).map_err(anyhow::Error::msg)?;
         cfrag
             .verify(
                 capsule,

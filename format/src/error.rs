@@ -270,10 +270,10 @@ impl Error {
     /// [`Error`] it carries; any other I/O error becomes [`Error::Io`].
     pub fn from_io(err: io::Error, context: &'static str) -> Error {
         if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-            if let Some(inner) = err.into_inner() {
-                if let Ok(ours) = inner.downcast::<Error>() {
-                    return *ours;
-                }
+            if let Some(inner) = err.into_inner()
+                && let Ok(ours) = inner.downcast::<Error>()
+            {
+                return *ours;
             }
             // Unreachable in practice: we just checked the type.
             return Error::Io {

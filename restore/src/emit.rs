@@ -833,11 +833,21 @@ mod slot_tests {
 
     struct Mem(Vec<u8>);
     impl ObjectSource for Mem {
+        fn describe(&self) -> String {
+            "memory".into()
+        }
         fn list(&self, _: &str) -> Result<Vec<String>> {
             Ok(vec![])
         }
         fn get(&self, _: &str) -> Result<Vec<u8>> {
             Ok(self.0.clone())
+        }
+        fn get_range(&self, _: &str, r: std::ops::Range<u64>) -> Result<Vec<u8>> {
+            let end = (r.end as usize).min(self.0.len());
+            Ok(self.0[(r.start as usize).min(end)..end].to_vec())
+        }
+        fn size(&self, _: &str) -> Result<u64> {
+            Ok(self.0.len() as u64)
         }
         fn open(&self, _: &str) -> Result<Box<dyn ReadSeek + '_>> {
             Ok(Box::new(Cursor::new(self.0.clone())))

@@ -81,5 +81,5 @@ pub use restore::{restore, restore_unauthenticated_segments};
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3Source};
 pub use sink::{DirSink, Rewind, Sink, TarSink};
-pub use snapshot::{Snapshot, SnapshotInfo, Trust, open_snapshot, snapshots};
+pub use snapshot::{Ignored, Snapshot, SnapshotInfo, Trust, WriterTrust, open_snapshot, snapshots};
 pub use source::{Buffered, LocalDir, ObjectSource, ReadAt, ReadSeek, SegmentFile};

@@ -58,17 +58,16 @@ impl Trust {
         self.keyset.as_ref()
     }
 
-    /// Whether a writer key is trusted: `Ok(Some(name))` registered,
-    /// `Ok(None)` accepted by name, `Err` not trusted.
-    pub fn writer(&self, key: &PublicKey) -> std::result::Result<Option<String>, ()> {
+    /// Whether a writer key is trusted, and how.
+    pub fn writer(&self, key: &PublicKey) -> WriterTrust {
         if let Some(ks) = &self.keyset
             && let Some((name, _)) = ks.writers().iter().find(|(_, k)| *k == key)
         {
-            return Ok(Some(name.to_string()));
+            return WriterTrust::Registered(name.to_string());
         }
         match &self.unregistered {
-            Some(fp) if *fp == normalize(&fingerprint(key)) => Ok(None),
-            _ => Err(()),
+            Some(fp) if *fp == normalize(&fingerprint(key)) => WriterTrust::AcceptedByName,
+            _ => WriterTrust::Untrusted,
         }
     }
 
@@ -90,9 +89,9 @@ impl Trust {
         let manifest =
             Manifest::from_bytes_any_signer(bytes).map_err(|e| Error::format(object, e))?;
         let key = *manifest.writer_key();
-        match self.writer(&key) {
-            Ok(name) => Ok((key, name)),
-            Err(()) => Err(Error::UntrustedWriter {
+        match self.writer(&key).name() {
+            Some(name) => Ok((key, name)),
+            None => Err(Error::UntrustedWriter {
                 object: object.to_owned(),
                 fingerprint: fingerprint(&key),
                 keyset: self.describe_keyset(),
@@ -100,6 +99,31 @@ impl Trust {
         }
     }
 }
+
+/// How [`Trust`] sees a writer key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriterTrust {
+    /// The keyset registers it, under this name.
+    Registered(String),
+    /// Accepted for this command by its fingerprint.
+    AcceptedByName,
+    /// Not trusted.
+    Untrusted,
+}
+
+impl WriterTrust {
+    /// The writer's name if trusted (`Some(None)`: accepted by name).
+    fn name(self) -> Option<Option<String>> {
+        match self {
+            WriterTrust::Registered(n) => Some(Some(n)),
+            WriterTrust::AcceptedByName => Some(None),
+            WriterTrust::Untrusted => None,
+        }
+    }
+}
+
+/// Objects under `snapshots/` that were not trusted: (key, why).
+pub type Ignored = Vec<(String, String)>;
 
 fn normalize(fp: &str) -> String {
     fp.chars()
@@ -271,9 +295,9 @@ impl Trust {
     /// signature alone (its entries need its base).
     fn signer_of_delta(&self, object: &str, bytes: &[u8]) -> Result<(PublicKey, Option<String>)> {
         let key = cbfs_format::delta_writer(bytes).map_err(|e| Error::format(object, e))?;
-        match self.writer(&key) {
-            Ok(name) => Ok((key, name)),
-            Err(()) => Err(Error::UntrustedWriter {
+        match self.writer(&key).name() {
+            Some(name) => Ok((key, name)),
+            None => Err(Error::UntrustedWriter {
                 object: object.to_owned(),
                 fingerprint: fingerprint(&key),
                 keyset: self.describe_keyset(),
@@ -363,10 +387,10 @@ pub fn snapshots(
     source: &dyn ObjectSource,
     trust: &Trust,
     from: u64,
-) -> Result<(Vec<Snapshot>, Vec<(String, String)>)> {
+) -> Result<(Vec<Snapshot>, Ignored)> {
     let mut warnings = Vec::new();
     let listed = list(source, &mut warnings)?;
-    let mut ignored: Vec<(String, String)> = warnings
+    let mut ignored: Ignored = warnings
         .into_iter()
         .map(|w| (layout::SNAPSHOTS.to_owned(), w))
         .collect();
