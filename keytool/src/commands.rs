@@ -396,12 +396,12 @@ fn load_share(path: &Path, ks: &Keyset) -> Result<DelegationRecord> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let upload: cbfs_wire::GrantUpload = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a share file", path.display()))?;
-    Ok(cbfs_wire::record_from_value(
+    cbfs_wire::record_from_value(
         &upload.delegation,
         &path.display().to_string(),
         ks.admin_verifying_key(),
     )
-    .map_err(anyhow::Error::msg)?)
+    .map_err(anyhow::Error::msg)
 }
 
 fn keyset_json(ks: &Keyset) -> serde_json::Value {

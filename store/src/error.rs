@@ -192,8 +192,8 @@ pub(crate) fn classify(e: &object_store::Error) -> Kind {
 fn chain_is_transient(e: &(dyn StdError + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(http) = err.downcast_ref::<HttpError>() {
-            if matches!(
+        if let Some(http) = err.downcast_ref::<HttpError>()
+            && matches!(
                 http.kind(),
                 HttpErrorKind::Connect
                     | HttpErrorKind::Request
@@ -202,7 +202,6 @@ fn chain_is_transient(e: &(dyn StdError + 'static)) -> bool {
             ) {
                 return true;
             }
-        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
             if matches!(

@@ -26,7 +26,7 @@ pub enum Error {
     Restore {
         context: String,
         #[source]
-        source: cbfs_restore::Error,
+        source: Box<cbfs_restore::Error>,
     },
 
     /// The local index failed.
@@ -121,7 +121,7 @@ impl Error {
 pub(crate) fn restore_error(context: impl Into<String>, source: cbfs_restore::Error) -> Error {
     Error::Restore {
         context: context.into(),
-        source,
+        source: Box::new(source),
     }
 }
 

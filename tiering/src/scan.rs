@@ -219,7 +219,9 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
                     "cannot stat",
                 ))),
                 Step::Descend(_) => {
-                    out(std::mem::take(&mut head));
+                    if !head.is_empty() {
+                        out(std::mem::take(&mut head));
+                    }
                     let rx = job.next().expect("a job per directory");
                     while let Ok(b) = rx.recv() {
                         if b.is_empty() {

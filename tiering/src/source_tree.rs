@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(s, "inside");
 
         // Swapped for a symbolic link to a file outside the tree.
-        std::fs::remove_file(root.join("d/f")).unwrap();
+        std::fs::rename(root.join("d/f"), root.join("d/f.old")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), root.join("d/f")).unwrap();
         assert!(matches!(
             tree.open_checked(b"d/f", &st),
@@ -300,7 +300,7 @@ mod tests {
         std::fs::create_dir_all(root.join("p")).unwrap();
         std::fs::write(root.join("p/x"), b"x").unwrap();
         let st = stat(&root.join("p/x"));
-        std::fs::remove_file(root.join("p/x")).unwrap();
+        std::fs::rename(root.join("p/x"), root.join("p/x.old")).unwrap();
         let status = std::process::Command::new("mkfifo")
             .arg(root.join("p/x"))
             .status()
@@ -321,7 +321,8 @@ mod tests {
         let tree = SourceTree::open(root).unwrap();
         let st = stat(&root.join("d/l"));
         assert_eq!(tree.read_link(b"d/l", &st).unwrap(), b"../elsewhere");
-        std::fs::remove_file(root.join("d/l")).unwrap();
+        // Kept under another name, so that the new link gets another inode.
+        std::fs::rename(root.join("d/l"), root.join("d/l.old")).unwrap();
         std::os::unix::fs::symlink("other", root.join("d/l")).unwrap();
         assert!(matches!(
             tree.read_link(b"d/l", &st),
