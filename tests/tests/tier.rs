@@ -12,7 +12,8 @@ use cbfs_tests::{
 };
 use serde_json::Value;
 
-/// Keys for a test: an admin with scopes alice and bob.
+/// Keys for a test: an admin with scopes alice and bob, and the agent's
+/// writer key, registered in the keyset.
 struct Keys {
     dir: PathBuf,
 }
@@ -24,6 +25,14 @@ impl Keys {
             run_ok(cbfs_cmd("cbfs-keytool").current_dir(&dir).args(args));
         };
         kt(&[
+            "create-user",
+            "agent",
+            "--secret",
+            "file:agent.key",
+            "--public",
+            "agent.pub",
+        ]);
+        kt(&[
             "create-admin",
             "--fs",
             "test",
@@ -31,6 +40,8 @@ impl Keys {
             "file:admin.key",
             "--keyset",
             "keyset.json",
+            "--writer",
+            "agent.pub",
         ]);
         for scope in ["alice", "bob"] {
             kt(&[
@@ -50,6 +61,9 @@ impl Keys {
     }
     fn admin(&self) -> String {
         format!("file:{}", self.dir.join("admin.key").display())
+    }
+    fn writer(&self) -> String {
+        format!("file:{}", self.dir.join("agent.key").display())
     }
 }
 
@@ -128,6 +142,8 @@ fn tier_out(backend: &Backend, keys: &Keys, index: &Path, src: &Path, extra: &[&
         .arg(index)
         .arg("--keyset")
         .arg(keys.keyset())
+        .arg("--writer-key")
+        .arg(keys.writer())
         .args(["--scope", "alice/**=alice", "--scope", "bob/**=bob"])
         .args(extra)
         .envs(backend.envs());
@@ -135,15 +151,16 @@ fn tier_out(backend: &Backend, keys: &Keys, index: &Path, src: &Path, extra: &[&
     serde_json::from_slice(&out.stdout).expect("--json prints JSON")
 }
 
+/// A read-only command (`ls`, `snapshots`, `verify`): the index pins the
+/// administrator, and no writer key is needed.
 fn tier_json(backend: &Backend, index: &Path, args: &[&str]) -> Value {
     let mut cmd = cbfs_cmd("cbfs-tier");
     cmd.arg("--json")
         .args(args)
         .arg("--store")
-        .arg(backend.spec());
-    if !matches!(args.first(), Some(&"verify")) {
-        cmd.arg("--index").arg(index);
-    }
+        .arg(backend.spec())
+        .arg("--index")
+        .arg(index);
     cmd.envs(backend.envs());
     serde_json::from_slice(&run_ok(&mut cmd).stdout).unwrap()
 }
@@ -184,7 +201,9 @@ fn verify_names_a_damaged_segment_and_restore_still_brings_back_the_rest() {
 
     let out = run(cbfs_cmd("cbfs-tier")
         .args(["--json", "verify", "--store"])
-        .arg(&store));
+        .arg(&store)
+        .arg("--index")
+        .arg(&index));
     assert_eq!(
         out.status.code(),
         Some(4),
@@ -207,6 +226,8 @@ fn verify_names_a_damaged_segment_and_restore_still_brings_back_the_rest() {
         .arg(&store)
         .arg("--identity")
         .arg(keys.admin())
+        .arg("--index")
+        .arg(&index)
         .arg(".")
         .arg(&dest));
     assert_eq!(
@@ -230,28 +251,15 @@ fn verify_names_a_damaged_segment_and_restore_still_brings_back_the_rest() {
 }
 
 /// Recovers snapshot `seq` with the root secret into `dest`, through a tar
-/// that GNU tar extracts.
+/// that GNU tar extracts. `cbfs-recover` reads S3 stores itself.
 fn recover_snapshot(backend: &Backend, keys: &Keys, work: &Workdir, seq: u64, dest: &Path) {
-    let store_dir = match backend {
-        Backend::Local(p) => p.clone(),
-        Backend::S3 { .. } => {
-            // cbfs-recover reads local stores: copy the objects out.
-            let copy = work.path(format!("s3-copy-{seq}"));
-            for (k, v) in backend.objects() {
-                let p = copy.join(&k);
-                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::write(p, v).unwrap();
-            }
-            copy
-        }
-    };
     let tar = work.path(format!("snapshot-{seq}.tar"));
     run_ok(
         cbfs_cmd("cbfs-recover")
-            .args(["--identity", &keys.admin(), "--store"])
-            .arg(&store_dir)
+            .args(["--identity", &keys.admin(), "--store", &backend.spec()])
             .args(["--snapshot", &seq.to_string(), "-o"])
-            .arg(&tar),
+            .arg(&tar)
+            .envs(backend.envs()),
     );
     std::fs::create_dir_all(dest).unwrap();
     run_ok(
@@ -396,7 +404,8 @@ fn behaviour_suite(backend: Backend) {
     );
 
     let snaps = tier_json(&backend, &index, &["snapshots"]);
-    let seqs: Vec<u64> = snaps
+    assert!(snaps["ignored"].as_array().unwrap().is_empty(), "{snaps}");
+    let seqs: Vec<u64> = snaps["snapshots"]
         .as_array()
         .unwrap()
         .iter()
@@ -404,32 +413,19 @@ fn behaviour_suite(backend: Backend) {
         .collect();
     assert_eq!(seqs, [1, 2, 3]);
 
-    // A user with a delegation for scope alice restores exactly alice's
-    // files, and none of bob's or of the default scope.
+    // The holder of scope alice's secret restores exactly alice's files,
+    // and none of bob's or of the default scope. (Users restore through
+    // delegation nodes: restore_nodes.rs.)
     run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys.dir).args([
-        "create-user",
-        "alice",
-        "--secret",
-        "file:alice.key",
-        "--public",
-        "alice.pub",
-    ]));
-    run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys.dir).args([
-        "delegate",
+        "export-scope",
         "--admin",
         "file:admin.key",
         "--keyset",
         "keyset.json",
         "--scope",
         "alice",
-        "--to",
-        "alice.pub",
-        "--threshold",
-        "2",
-        "--shares",
-        "3",
-        "--out",
-        "alice-grants",
+        "--secret",
+        "file:alice-scope.key",
     ]));
     let mine = work.path("alice-restore");
     let out = run_ok(
@@ -441,9 +437,7 @@ fn behaviour_suite(backend: Backend) {
                 &backend.spec(),
                 "--identity",
             ])
-            .arg(format!("file:{}", keys.dir.join("alice.key").display()))
-            .arg("--kfrags")
-            .arg(keys.dir.join("alice-grants"))
+            .arg(format!("file:{}", keys.dir.join("alice-scope.key").display()))
             .arg("--index")
             .arg(&index)
             .arg(".")
@@ -582,6 +576,8 @@ fn store_is_unreachable_gives_a_clear_transient_error() {
         .arg(work.path("index"))
         .arg("--keyset")
         .arg(keys.keyset())
+        .arg("--writer-key")
+        .arg(keys.writer())
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
         .env("AWS_ACCESS_KEY_ID", "x")
         .env("AWS_SECRET_ACCESS_KEY", "y")
@@ -667,6 +663,7 @@ fn ten_thousand_files_one_change_adds_under_one_percent() {
 #[test]
 fn plain_mode_segments_are_ordinary_tars() {
     let work = Workdir::new();
+    let keys = Keys::new(&work);
     let src = work.mkdir("src");
     std::fs::create_dir(src.join("docs")).unwrap();
     std::fs::write(
@@ -685,6 +682,10 @@ fn plain_mode_segments_are_ordinary_tars() {
             .arg(&store)
             .arg("--index")
             .arg(work.path("index"))
+            .arg("--keyset")
+            .arg(keys.keyset())
+            .arg("--writer-key")
+            .arg(keys.writer())
             .args(["--plain", "--jobs", "1"]),
     );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -737,7 +738,8 @@ fn a_long_history_keeps_its_delta_chain_past_a_full_manifest() {
         states.push(state);
     }
     let snaps = tier_json(&backend, &index, &["snapshots"]);
-    let seqs: Vec<u64> = snaps
+    assert!(snaps["ignored"].as_array().unwrap().is_empty(), "{snaps}");
+    let seqs: Vec<u64> = snaps["snapshots"]
         .as_array()
         .unwrap()
         .iter()

@@ -19,6 +19,14 @@ fn setup(seed: u64) -> (Setup, TreeGen) {
     let work = Workdir::new();
     let keys = work.mkdir("keys");
     run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys).args([
+        "create-user",
+        "agent",
+        "--secret",
+        "file:agent.key",
+        "--public",
+        "agent.pub",
+    ]));
+    run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys).args([
         "create-admin",
         "--fs",
         "crash",
@@ -26,6 +34,8 @@ fn setup(seed: u64) -> (Setup, TreeGen) {
         "file:admin.key",
         "--keyset",
         "keyset.json",
+        "--writer",
+        "agent.pub",
     ]));
     let src = work.path("src");
     let mut tree = TreeGen::new(&src, seed);
@@ -51,6 +61,8 @@ fn out_cmd(s: &Setup, crash: Option<&str>) -> Command {
         .arg(&s.index)
         .arg("--keyset")
         .arg(s.keys.join("keyset.json"))
+        .arg("--writer-key")
+        .arg(format!("file:{}", s.keys.join("agent.key").display()))
         .args(["--segment-size", "64K", "--jobs", "1"]);
     if let Some(c) = crash {
         cmd.args(["--crash-at", c]);
@@ -106,7 +118,8 @@ fn sequences(s: &Setup) -> Vec<u64> {
             .arg(&s.index),
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
+    v["snapshots"]
+        .as_array()
         .unwrap()
         .iter()
         .map(|x| x["sequence"].as_u64().unwrap())
