@@ -12,60 +12,9 @@ use cbfs_tests::{
 };
 use serde_json::Value;
 
-/// Keys for a test: an admin with scopes alice and bob, and the agent's
-/// writer key, registered in the keyset.
-struct Keys {
-    dir: PathBuf,
-}
-
-impl Keys {
-    fn new(work: &Workdir) -> Keys {
-        let dir = work.mkdir("keys");
-        let kt = |args: &[&str]| {
-            run_ok(cbfs_cmd("cbfs-keytool").current_dir(&dir).args(args));
-        };
-        kt(&[
-            "create-user",
-            "agent",
-            "--secret",
-            "file:agent.key",
-            "--public",
-            "agent.pub",
-        ]);
-        kt(&[
-            "create-admin",
-            "--fs",
-            "test",
-            "--secret",
-            "file:admin.key",
-            "--keyset",
-            "keyset.json",
-            "--writer",
-            "agent.pub",
-        ]);
-        for scope in ["alice", "bob"] {
-            kt(&[
-                "add-scope",
-                "--admin",
-                "file:admin.key",
-                "--keyset",
-                "keyset.json",
-                "--scope",
-                scope,
-            ]);
-        }
-        Keys { dir }
-    }
-    fn keyset(&self) -> PathBuf {
-        self.dir.join("keyset.json")
-    }
-    fn admin(&self) -> String {
-        format!("file:{}", self.dir.join("admin.key").display())
-    }
-    fn writer(&self) -> String {
-        format!("file:{}", self.dir.join("agent.key").display())
-    }
-}
+#[path = "tiering/keys.rs"]
+mod keys;
+use keys::Keys;
 
 /// A store under test: where it is, how to reach it, and how to read it raw.
 enum Backend {

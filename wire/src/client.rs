@@ -354,7 +354,13 @@ pub async fn fetch_cfrags(
             node: nodes.nodes[i].url.clone(),
             problem,
         };
-        tracing::warn!("{failure}");
+        // A scope not delegated to this user is the normal case for most
+        // scopes of a tree: not worth a warning.
+        if matches!(&failure.problem, NodeProblem::Refused { code, .. } if code == "no_delegation") {
+            tracing::debug!("{failure}");
+        } else {
+            tracing::warn!("{failure}");
+        }
         if !fetched.failures.contains(&failure) {
             fetched.failures.push(failure);
         }

@@ -239,6 +239,7 @@ pub(crate) fn run(
         links: Mutex::new(Vec::new()),
         spool_dir,
     };
+    let mut report = OutReport::default();
     if recovering {
         // A run died after committing segments and before its manifest:
         // finish its snapshot first (adopting its manifest if it got out).
@@ -247,9 +248,10 @@ pub(crate) fn run(
             sequence = rec.sequence,
             "finished the snapshot of an interrupted run"
         );
+        report.snapshot = Some(rec.id.to_string());
+        report.sequence = Some(rec.sequence);
     }
 
-    let mut report = OutReport::default();
     let gone = diff::store_changes(&shared, &mut report)?;
     observer.finished();
 

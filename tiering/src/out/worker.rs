@@ -136,12 +136,36 @@ pub(crate) fn store_dangling_links(shared: &Shared<'_>) -> Result<()> {
     if again.is_empty() {
         return Ok(());
     }
+    let paths: Vec<Vec<u8>> = again.iter().map(|w| w.entry.rel.clone()).collect();
     let queue = WorkQueue::default();
     queue.push(again);
     queue.close();
     worker(shared, &queue)?;
     // Links stored now are files, not links: nothing more to check.
     shared.links.lock().expect("links lock").clear();
+    // A name that could not be stored as a file either (it changed while
+    // read, too) must not stay a link to nothing: it leaves the snapshot,
+    // and the next run stores it again.
+    let mut batch = crate::index::Batch::default();
+    let mut updates = HashMap::new();
+    let _guard = shared.commit_lock.lock().expect("commit lock");
+    for path in paths {
+        if let Some(rec) = index.file(&path)?
+            && rec.hardlink_to.is_some()
+        {
+            batch.delete_file(&path);
+            super::release(shared.agent, &mut updates, &rec)?;
+        }
+    }
+    if !batch.is_empty() {
+        for (id, rec) in &updates {
+            batch.put_segment(id, rec);
+        }
+        let mut state = index.state()?;
+        state.dirty = true;
+        batch.put_state(&state);
+        index.commit(batch)?;
+    }
     Ok(())
 }
 
