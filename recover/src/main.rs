@@ -293,7 +293,14 @@ fn run(cli: Cli) -> Result<u8, Failed> {
         sink.as_sink(),
     );
     let report = finish_output(result, sink.as_mut(), &output)?;
-    if records.note(&keyset, snapshot.sequence())
+    // A snapshot accepted by name only (--accept-unregistered-writer) is not
+    // a floor for later reads.
+    let seen = if snapshot.writer().is_some() {
+        snapshot.sequence()
+    } else {
+        0
+    };
+    if records.note(&keyset, seen)
         && let Err(e) = records.save()
     {
         eprintln!("cbfs-recover: warning: cannot update the trust records: {e}");
@@ -314,18 +321,9 @@ fn check_snapshot_rollback(
     if cli.snapshot.is_some() {
         return Ok(());
     }
-    if let Some(p) = records.pinned(keyset.fs().as_str())
-        && snapshot.sequence() < p.highest_snapshot
-    {
-        return Err(fail(4)(anyhow!(
-            "the store's newest trusted snapshot is sequence {} ({}), but sequence {} was seen before (recorded in {}): the store was rolled back or its newest snapshots were hidden; give --snapshot to restore an older one on purpose",
-            snapshot.sequence(),
-            snapshot.key(),
-            p.highest_snapshot,
-            records.path().display()
-        )));
-    }
-    Ok(())
+    records
+        .check_newest(keyset.fs().as_str(), snapshot.sequence(), 0, snapshot.key())
+        .map_err(failed("the snapshot could not be verified"))
 }
 
 fn run_loose(

@@ -7,13 +7,14 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cbfs_recover::{
-    DirSink, Error, Failure, LocalDir, LockboxOpener, NoKey, PathFilter, Report, TarSink, identify,
-    load_keyset, open_snapshot, restore,
+use cbfs_core::AdminSecret;
+use cbfs_restore::{
+    DirSink, Error, Failure, LocalDir, LockboxOpener, NoKey, Pin, Report, RestoreOptions, Snapshot,
+    TarSink, Trust, identify, load_keyset, open_snapshot, restore,
 };
 use support::*;
 
-fn admin() -> cbfs_recover::Identity {
+fn admin() -> cbfs_restore::Identity {
     identify(fixture_seed("admin.key"), &fixture_keyset()).expect("the fixture root secret")
 }
 
@@ -40,12 +41,30 @@ fn lockbox_key(segment: &str, scope: &str) -> String {
     )
 }
 
+/// What the fixture root secret trusts: the store's newest keyset of its
+/// own administrator, and the writers that keyset registers.
+fn trust(source: &LocalDir) -> Trust {
+    let root = AdminSecret::from_seed(fixture_seed("admin.key"));
+    Trust::new(load_keyset(source, &Pin::Root(root.verifying_key()), None).unwrap())
+}
+
+fn open(store: &Path, selector: Option<&str>) -> Result<Snapshot, Error> {
+    let source = LocalDir::new(store).unwrap();
+    open_snapshot(&source, &trust(&source), selector)
+}
+
 fn restore_store(store: &Path, opener: &dyn LockboxOpener) -> (Report, Vec<TarEntry>) {
     let source = LocalDir::new(store).unwrap();
-    let keyset = load_keyset(&source, None).unwrap();
-    let snapshot = open_snapshot(&source, Some(&keyset), None).unwrap();
+    let snapshot = open_snapshot(&source, &trust(&source), None).unwrap();
     let mut sink = TarSink::new(Vec::new(), "memory");
-    let report = restore(&source, &snapshot, opener, &PathFilter::all(), &mut sink).unwrap();
+    let report = restore(
+        &source,
+        &snapshot,
+        opener,
+        &RestoreOptions::default(),
+        &mut sink,
+    )
+    .unwrap();
     (report, tar_entries(&sink.into_inner().unwrap()))
 }
 
@@ -117,8 +136,7 @@ fn intact_store_restores_everything_in_order() {
     let snap = report.snapshot.as_ref().unwrap();
     let index = fixture_index();
     assert_eq!(snap.sequence, 2);
-    let source = LocalDir::new(&store).unwrap();
-    let newest = open_snapshot(&source, Some(&fixture_keyset()), None).unwrap();
+    let newest = open(&store, None).unwrap();
     assert!(
         newest.manifest().is_delta(),
         "snapshot 2 is stored as a delta"
@@ -302,11 +320,9 @@ fn members_swapped_between_segments_are_refused() {
 fn rolled_back_forked_or_foreign_manifests_are_refused() {
     let index = fixture_index();
     let snap2 = index["snapshots"][1].as_str().unwrap();
-    let keyset = fixture_keyset();
 
     let (_d1, store) = fixture_store("store", Some("manifest-rollback"));
-    let source = LocalDir::new(&store).unwrap();
-    let err = open_snapshot(&source, Some(&keyset), None).unwrap_err();
+    let err = open(&store, None).unwrap_err();
     assert!(
         matches!(err, Error::ManifestName { ref key, .. } if key == snap2),
         "{err}"
@@ -318,16 +334,10 @@ fn rolled_back_forked_or_foreign_manifests_are_refused() {
         "{err}"
     );
     // Snapshot 1 itself is still fine.
-    assert_eq!(
-        open_snapshot(&source, Some(&keyset), Some("1"))
-            .unwrap()
-            .sequence(),
-        1
-    );
+    assert_eq!(open(&store, Some("1")).unwrap().sequence(), 1);
 
     let (_d2, store) = fixture_store("store", Some("chain-broken"));
-    let source = LocalDir::new(&store).unwrap();
-    let err = open_snapshot(&source, Some(&keyset), None).unwrap_err();
+    let err = open(&store, None).unwrap_err();
     match &err {
         Error::BrokenChain { key, previous, .. } => {
             assert_eq!(key, snap2);
@@ -337,28 +347,38 @@ fn rolled_back_forked_or_foreign_manifests_are_refused() {
     }
 
     let (_d4, store) = fixture_store("store", Some("delta-base-missing"));
-    let source = LocalDir::new(&store).unwrap();
-    let err = open_snapshot(&source, Some(&keyset), None).unwrap_err();
+    let err = open(&store, None).unwrap_err();
     assert!(err.is_verification(), "{err}");
     assert!(
         err.to_string().contains(snap2) && err.to_string().contains("missing or altered"),
         "{err}"
     );
+}
 
-    let (_d3, store) = fixture_store("store", Some("untrusted-writer"));
-    let source = LocalDir::new(&store).unwrap();
-    let err = open_snapshot(&source, Some(&keyset), None).unwrap_err();
-    assert_eq!(err.code(), "untrusted_signer", "{err}");
+#[test]
+fn a_newest_manifest_of_an_unregistered_writer_is_ignored_not_restored() {
+    // Snapshot 3, signed by a writer the keyset does not register, cannot
+    // be restored, and it does not hide snapshot 2 either.
+    let (_d, store) = fixture_store("store", Some("untrusted-writer"));
+    let newest = open(&store, None).unwrap();
+    assert_eq!(newest.sequence(), 2);
     assert!(
-        err.to_string().contains("snapshots/00000000000000000003-"),
-        "{err}"
+        newest
+            .warnings()
+            .iter()
+            .any(|w| w.contains("snapshots/00000000000000000003-")
+                && w.contains("does not register")),
+        "{:?}",
+        newest.warnings()
     );
-    assert_eq!(
-        open_snapshot(&source, Some(&keyset), Some("2"))
-            .unwrap()
-            .sequence(),
-        2
-    );
+    let err = open(&store, Some("3")).unwrap_err();
+    assert!(matches!(err, Error::UntrustedWriter { .. }), "{err}");
+    assert_eq!(err.code(), "untrusted_writer");
+    assert!(err.is_verification());
+    let (report, entries) = restore_store(&store, &admin());
+    assert!(report.failures.is_empty(), "{report:#?}");
+    assert_eq!(report.snapshot.as_ref().unwrap().sequence, 2);
+    assert_restored_all_but(&entries, &[]);
 }
 
 #[test]
@@ -413,10 +433,16 @@ fn paths_that_escape_are_refused_in_tar_and_directory_output() {
     // Directory output: nothing lands outside the destination.
     let dest = dir.path().join("out/dest");
     let source = LocalDir::new(&store).unwrap();
-    let keyset = load_keyset(&source, None).unwrap();
-    let snapshot = open_snapshot(&source, Some(&keyset), None).unwrap();
+    let snapshot = open_snapshot(&source, &trust(&source), None).unwrap();
     let mut sink = DirSink::new(&dest).unwrap();
-    let report = restore(&source, &snapshot, &admin(), &PathFilter::all(), &mut sink).unwrap();
+    let report = restore(
+        &source,
+        &snapshot,
+        &admin(),
+        &RestoreOptions::default(),
+        &mut sink,
+    )
+    .unwrap();
     assert_eq!(report.failures.len(), expect.len());
     let mut found: Vec<String> = Vec::new();
     for e in walk(&dir.path().join("out")) {

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cbfs_core::{DelegationTerms, UserName, UserPublic, UserSecret, delegate};
 use cbfs_format::{EntryKind, ManifestBuilder, SegmentMode, SnapshotId, Summary, layout};
 use serde_json::json;
 use support::*;
@@ -60,7 +59,9 @@ fn generate() {
     fs::create_dir_all(&dir).unwrap();
     let keys = Keys::new(&ADMIN_SEED, &WRITER_SEED, true);
 
-    // Keys (test only), exported scope secret, user and grants.
+    // Keys (test only): the root secret, an exported scope secret, a user's
+    // own key (which opens nothing: users restore through delegation nodes)
+    // and a stranger's.
     write(&dir.join("keys/admin.key"), &ADMIN_SEED);
     let alice_scope = keys.admin.scope(&label("alice"));
     write(
@@ -76,31 +77,6 @@ fn generate() {
         &dir.join("keyset.json"),
         &keys.keyset.to_signed_bytes(&keys.admin).unwrap(),
     );
-    let user = UserSecret::from_seed(seed(&USER_SEED));
-    let alice = UserPublic::from_secret(UserName::new("alice").unwrap(), &user);
-    // Grants must not be dead on arrival, so the expired ones live for two
-    // seconds: they are long expired when the tests read them.
-    let soon = (time::OffsetDateTime::now_utc() + time::Duration::seconds(2))
-        .replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    for (folder, expires) in [("grants", None), ("expired-grants", Some(soon.clone()))] {
-        let terms = DelegationTerms {
-            threshold: 2,
-            shares: 3,
-            expires,
-        };
-        let grants = delegate(&keys.admin, &keys.keyset, &label("alice"), &alice, &terms).unwrap();
-        for g in grants {
-            let name = format!("alice.alice.{}-of-3.grant", g.share());
-            write(
-                &dir.join(folder).join(name),
-                &g.to_signed_bytes(&keys.admin).unwrap(),
-            );
-        }
-    }
-
     // The intact store: two snapshots over three segments.
     let store = dir.join("store");
     let mut w = StoreWriter::new(&store, &keys);
@@ -406,7 +382,6 @@ fn generate() {
         "members": members,
         "snapshots": [snap1_key, snap2_key],
         "plain_segment": p.id.to_string(),
-        "expired_grants_expire": soon,
         "variants": v.list,
     });
     write(

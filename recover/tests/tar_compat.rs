@@ -228,7 +228,7 @@ fn gnu_tar_and_bsdtar_extract_the_restored_tree() {
         keys.admin.seed().expose_secret_bytes(),
     );
     let tar_path = dir.path().join("out.tar");
-    let out = run(recover_cmd()
+    let out = run(recover_cmd(dir.path())
         .arg("--identity")
         .arg(format!("file:{}", key.display()))
         .arg("--store")

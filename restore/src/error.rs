@@ -75,9 +75,10 @@ pub enum Error {
     /// register as a writer.
     #[error(
         "snapshot manifest {object} is signed by writer key {fingerprint}, which {keyset} does not register: \
-         a forgery by someone who can write to the store, or a writer not registered yet \
-         (cbfs-keytool add-writer); to accept it for this one command, give \
-         --accept-unregistered-writer {fingerprint}"
+         a forgery by someone who can write to the store, or a writer not registered yet. \
+         If you know this is your own agent's key (compare it with the agent's writer.pub), \
+         register it (cbfs-keytool add-writer), or accept it for this one command with \
+         --accept-unregistered-writer {fingerprint}; otherwise treat the object as planted"
     )]
     UntrustedWriter {
         /// The manifest's key.

@@ -170,6 +170,26 @@ impl TrustRecords {
         &self.path
     }
 
+    /// Fails if the newest trusted snapshot of `fs`, `sequence`, is older
+    /// than one seen before (or than `also`, a floor the caller knows, such
+    /// as the agent's index): the store was rolled back, or its newest
+    /// snapshots were hidden. `object` names the snapshot in the error.
+    pub fn check_newest(&self, fs: &str, sequence: u64, also: u64, object: &str) -> Result<()> {
+        let seen = self.pinned(fs).map_or(0, |p| p.highest_snapshot);
+        let floor = seen.max(also);
+        if sequence < floor {
+            return Err(Error::Rollback(format!(
+                "the store's newest trusted snapshot is sequence {sequence} ({object}), but sequence {floor} was {}: the store was rolled back or its newest snapshots were hidden; give --snapshot to restore an older one on purpose",
+                if floor == seen {
+                    format!("seen before (recorded in {})", self.path.display())
+                } else {
+                    "written by the agent (its index says so)".to_owned()
+                }
+            )));
+        }
+        Ok(())
+    }
+
     /// What is pinned for `fs`.
     pub fn pinned(&self, fs: &str) -> Option<&Pinned> {
         self.file.file_systems.get(fs)

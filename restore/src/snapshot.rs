@@ -334,18 +334,23 @@ pub fn open_snapshot(
         Some(sel) => select(&listed, sel)?,
     };
     let mut chosen: Option<(&Listed, Manifest, Option<String>)> = None;
-    let mut last_error = None;
+    // Why each candidate was ignored, newest first.
+    let mut refused: Vec<Error> = Vec::new();
     for c in candidates {
         if let Some((first, ..)) = &chosen {
             if c.sequence < first.sequence {
                 break;
             }
             // Two trusted manifests of one sequence: a fork.
-            if verify_object(source, &listed, c, trust).is_ok() {
-                return Err(Error::NoSnapshot(format!(
-                    "2 manifests signed by trusted writers claim sequence {}: {} and {} (a fork?); pick one with --snapshot ID",
-                    c.sequence, first.key, c.key
-                )));
+            match verify_object(source, &listed, c, trust) {
+                Ok(_) => {
+                    return Err(Error::NoSnapshot(format!(
+                        "2 manifests signed by trusted writers claim sequence {}: {} and {} (a fork?); pick one with --snapshot ID",
+                        c.sequence, first.key, c.key
+                    )));
+                }
+                // Reported like any other object that is not trusted.
+                Err(e) => warnings.push(format!("ignored {}: {e}", c.key)),
             }
             continue;
         }
@@ -353,13 +358,23 @@ pub fn open_snapshot(
             Ok((m, writer)) => chosen = Some((c, m, writer)),
             Err(e) if untrusted(&e) => {
                 warnings.push(format!("ignored {}: {e}", c.key));
-                last_error = Some(e);
+                refused.push(e);
             }
             Err(e) => return Err(e),
         }
     }
     let Some((chosen, manifest, writer)) = chosen else {
-        return Err(match (last_error, selector) {
+        // Nothing in the store is signed by a trusted writer, only by keys
+        // the keyset does not register: the newest one says which.
+        if selector.is_none()
+            && !refused.is_empty()
+            && refused
+                .iter()
+                .all(|e| matches!(e, Error::UntrustedWriter { .. }))
+        {
+            return Err(refused.swap_remove(0));
+        }
+        return Err(match (refused.pop(), selector) {
             (Some(e), Some(_)) => e,
             (Some(e), None) => Error::NoSnapshot(format!(
                 "none of the {} manifests in the store is signed by a trusted writer; the last one tried: {e}",

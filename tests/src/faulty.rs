@@ -90,6 +90,8 @@ struct Shared {
     next: AtomicUsize,
     seen: Mutex<Vec<SeenRequest>>,
     stopping: AtomicBool,
+    /// Bytes of answers relayed from upstream to clients.
+    relayed: std::sync::atomic::AtomicU64,
 }
 
 /// A TCP proxy on 127.0.0.1 that forwards HTTP/1.1 requests to `upstream`
@@ -122,6 +124,7 @@ impl FaultyProxy {
             next: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            relayed: std::sync::atomic::AtomicU64::new(0),
         });
         let acceptor = {
             let shared = Arc::clone(&shared);
@@ -158,6 +161,12 @@ impl FaultyProxy {
             .iter()
             .filter(|r| r.fault != Fault::Pass)
             .count()
+    }
+
+    /// Bytes of upstream answers relayed to clients so far (heads and
+    /// bodies): what the clients fetched through the proxy.
+    pub fn bytes_relayed(&self) -> u64 {
+        self.shared.relayed.load(Ordering::SeqCst)
     }
 
     /// The requests seen so far, in order of arrival.
@@ -281,15 +290,15 @@ fn handle(client: TcpStream, shared: &Shared) -> io::Result<()> {
         }
         Fault::Delay(pause) => {
             thread::sleep(pause);
-            forward(&mut client, &request, &body, shared.upstream, false)?;
+            forward(&mut client, &request, &body, shared, false)?;
             close(client)
         }
         Fault::Pass => {
-            forward(&mut client, &request, &body, shared.upstream, false)?;
+            forward(&mut client, &request, &body, shared, false)?;
             close(client)
         }
         Fault::DropMidResponse => {
-            forward(&mut client, &request, &body, shared.upstream, true)?;
+            forward(&mut client, &request, &body, shared, true)?;
             close(client)
         }
     }
@@ -338,9 +347,10 @@ fn forward(
     client: &mut TcpStream,
     request: &Request,
     body: &[u8],
-    upstream: SocketAddr,
+    shared: &Shared,
     drop_half: bool,
 ) -> io::Result<()> {
+    let upstream = shared.upstream;
     let mut server = match TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) {
         Ok(server) => server,
         Err(e) => {
@@ -367,10 +377,14 @@ fn forward(
         upstream_reader.read_to_end(&mut answer)?;
         let half = (answer.len() / 2).max(1);
         client.write_all(&answer[..half])?;
+        shared.relayed.fetch_add(half as u64, Ordering::SeqCst);
         return client.flush();
     }
     client.write_all(&head)?;
-    io::copy(&mut upstream_reader, client)?;
+    let copied = io::copy(&mut upstream_reader, client)?;
+    shared
+        .relayed
+        .fetch_add(head.len() as u64 + copied, Ordering::SeqCst);
     client.flush()
 }
 

@@ -209,25 +209,14 @@ fn restore_blocking(
     let snapshot = open_snapshot(&source, &t.trust, req.snapshot.as_deref())
         .map_err(|e| restore_error("the snapshot could not be verified", e))?;
     if req.snapshot.is_none() {
-        let floor = t
-            .index_newest
-            .into_iter()
-            .chain(
-                t.records
-                    .pinned(t.keyset.fs().as_str())
-                    .map(|p| p.highest_snapshot),
+        t.records
+            .check_newest(
+                t.keyset.fs().as_str(),
+                snapshot.sequence(),
+                t.index_newest.unwrap_or(0),
+                snapshot.key(),
             )
-            .max()
-            .unwrap_or(0);
-        if snapshot.sequence() < floor {
-            return Err(Error::Integrity {
-                object: snapshot.key().to_owned(),
-                reason: format!(
-                    "the store's newest trusted snapshot is {}, but snapshot {floor} was written or seen before: the store was rolled back or a manifest was hidden",
-                    snapshot.sequence()
-                ),
-            });
-        }
+            .map_err(|e| restore_error("the snapshot could not be verified", e))?;
     }
     let filter = if matches!(req.path.as_str(), "." | "/" | "") {
         PathFilter::all()
@@ -250,7 +239,13 @@ fn restore_blocking(
         .map_err(|e| restore_error(snapshot.key(), e))?;
     report.fetched_bytes = source.fetched() - before;
     report.warnings.extend(opener.notes());
-    if t.records.note(&t.keyset, snapshot.sequence())
+    // A snapshot accepted by name only is not a floor for later reads.
+    let seen = if snapshot.writer().is_some() {
+        snapshot.sequence()
+    } else {
+        0
+    };
+    if t.records.note(&t.keyset, seen)
         && let Err(e) = t.records.save()
     {
         report

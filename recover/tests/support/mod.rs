@@ -12,8 +12,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cbfs_core::umbral_pre::Signer;
-use cbfs_core::{AdminSecret, FsName, Keyset, ScopeLabel, Seed, UserName, UserSecret};
+use cbfs_core::umbral_pre::{PublicKey, Signer};
+use cbfs_core::{
+    AdminSecret, FsName, Keyset, ScopeLabel, Seed, UserName, UserSecret, fingerprint,
+    public_key_hex,
+};
 use cbfs_format::{
     EntryKind, GroupKey, Lockbox, Manifest, ManifestBuilder, ManifestEntry, MemberId, Metadata,
     SegmentId, SegmentMode, SegmentWriter, SnapshotId, Timestamp, layout,
@@ -146,7 +149,8 @@ pub struct StoreWriter<'k> {
     keys: &'k Keys,
     live: BTreeMap<Vec<u8>, ManifestEntry>,
     last: Option<Manifest>,
-    sequence: u64,
+    /// The sequence number of the last snapshot written (the next is one more).
+    pub sequence: u64,
     /// Write delta manifests where they are smaller (on by default).
     pub deltas: bool,
 }
@@ -364,9 +368,117 @@ pub fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-/// The cbfs-recover binary.
-pub fn recover_cmd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cbfs-recover"))
+/// The cbfs-recover binary, its trust records in `dir/trusted-admins.json`
+/// (never the user's own).
+pub fn recover_cmd(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cbfs-recover"));
+    cmd.env("CBFS_TRUST_FILE", trust_file(dir))
+        .env_remove("CBFS_LOG");
+    cmd
+}
+
+/// Where [`recover_cmd`] keeps the trust records for `dir`.
+pub fn trust_file(dir: &Path) -> PathBuf {
+    dir.join("trusted-admins.json")
+}
+
+/// The body of a keyset document, in the field order `cbfs-core` signs.
+#[derive(serde::Serialize)]
+struct KeysetBody {
+    format: &'static str,
+    version: u32,
+    fs: String,
+    serial: u64,
+    updated: String,
+    admin_verifying_key: String,
+    scopes: BTreeMap<String, String>,
+    writers: BTreeMap<String, String>,
+}
+
+/// A keyset as someone who can write to the store would forge it: the real
+/// keyset's file system name and scope public keys copied, signed by
+/// `forger`, with `serial` and the given writers.
+pub fn forged_keyset(
+    real: &Keyset,
+    forger: &AdminSecret,
+    serial: u64,
+    writers: &[(&str, PublicKey)],
+) -> Keyset {
+    let body = KeysetBody {
+        format: "cbfs-keyset",
+        version: 1,
+        fs: real.fs().to_string(),
+        serial,
+        updated: real.updated().to_owned(),
+        admin_verifying_key: public_key_hex(&forger.verifying_key()),
+        scopes: real
+            .scopes()
+            .iter()
+            .map(|(l, k)| (l.to_string(), public_key_hex(k)))
+            .collect(),
+        writers: writers
+            .iter()
+            .map(|(n, k)| ((*n).to_owned(), public_key_hex(k)))
+            .collect(),
+    };
+    let mut msg = b"cbfs-keyset/v1\0".to_vec();
+    msg.extend_from_slice(&serde_json::to_vec(&body).unwrap());
+    let signature = forger.signer().sign(&msg);
+    let mut value = serde_json::to_value(&body).unwrap();
+    value["signature"] = hex::encode(signature.to_der_bytes()).into();
+    let bytes = serde_json::to_vec_pretty(&value).unwrap();
+    let keyset = Keyset::from_bytes(&bytes, "forged keyset").unwrap();
+    assert_eq!(keyset.admin_verifying_key(), &forger.verifying_key());
+    keyset
+}
+
+/// Stores `keyset`, signed by `admin`, as `keysets/<serial>.json`.
+pub fn publish_keyset(store: &Path, keyset: &Keyset, admin: &AdminSecret) -> PathBuf {
+    let path = store.join(layout::keyset(keyset.serial()));
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, keyset.to_signed_bytes(admin).unwrap()).unwrap();
+    path
+}
+
+/// The administrator fingerprint of a keyset, as `--admin-key` takes it.
+pub fn admin_fingerprint(keyset: &Keyset) -> String {
+    fingerprint(keyset.admin_verifying_key())
+}
+
+/// A small encrypted store: two snapshots over two segments (scopes
+/// `default` and `alice`); returns what the newest snapshot holds.
+pub fn small_store(root: &Path, keys: &Keys) -> BTreeMap<String, Vec<u8>> {
+    let mut w = StoreWriter::new(root, keys);
+    w.segment(
+        SegmentMode::Encrypted,
+        &[
+            file("docs/one.txt", b"one\n".to_vec(), "default"),
+            file("alice/a.txt", b"alice\n".to_vec(), "alice"),
+        ],
+    );
+    w.snapshot();
+    w.segment(
+        SegmentMode::Encrypted,
+        &[file("docs/two.bin", bytes(21, 9000), "default")],
+    );
+    w.snapshot();
+    [
+        ("alice/a.txt", b"alice\n".to_vec()),
+        ("docs/one.txt", b"one\n".to_vec()),
+        ("docs/two.bin", bytes(21, 9000)),
+    ]
+    .into_iter()
+    .map(|(p, c)| (p.to_owned(), c))
+    .collect()
+}
+
+/// The files (regular entries) of a tar, by path.
+pub fn tar_files(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    tar_entries(bytes)
+        .into_iter()
+        .filter(|e| e.kind == tar::EntryType::Regular)
+        .map(|e| (e.path, e.content))
+        .collect()
 }
 
 /// Writes a raw key file with mode 0600, as a key source wants it.
@@ -514,4 +626,38 @@ pub fn tar_entries(bytes: &[u8]) -> Vec<TarEntry> {
         });
     }
     out
+}
+
+/// Stores a full manifest of `entries` under sequence `sequence`, signed by
+/// `signer` (a forgery when the keyset does not register it); returns its
+/// object key.
+pub fn plant_manifest(
+    store: &Path,
+    sequence: u64,
+    previous: Option<[u8; 32]>,
+    entries: &[ManifestEntry],
+    signer: &Signer,
+) -> String {
+    let id = SnapshotId::random();
+    let mut b = ManifestBuilder::new(id, sequence, previous, 1_800_000_000 + sequence as i64);
+    b.extend(entries.iter().copied());
+    let m = b.sign(signer).unwrap();
+    let key = layout::manifest(sequence, &id);
+    fs::write(store.join(&key), m.to_bytes()).unwrap();
+    key
+}
+
+/// The object keys under `snapshots/` of a store, sorted.
+pub fn manifest_keys(store: &Path) -> Vec<String> {
+    let mut keys: Vec<String> = fs::read_dir(store.join("snapshots"))
+        .unwrap()
+        .map(|e| format!("snapshots/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The signer of a fresh key nobody registered.
+pub fn stranger_signer() -> Signer {
+    UserSecret::generate().signer()
 }
