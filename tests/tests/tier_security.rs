@@ -136,7 +136,10 @@ fn files_swapped_for_links_and_fifos_while_read_never_leak_and_never_hang() {
     stop.store(true, Ordering::Relaxed);
     swapper.join().unwrap();
     let swapped = swaps.load(Ordering::Relaxed);
-    assert!(swapped > 200, "only {swapped} swaps happened during the runs");
+    assert!(
+        swapped > 200,
+        "only {swapped} swaps happened during the runs"
+    );
     for tar in recovered_tars(&keys, &work, &store, &index) {
         assert!(
             !contains(&tar, marker.as_bytes()),
@@ -346,7 +349,13 @@ impl LoopFs {
                 .arg(&img),
         );
         let dir = work.mkdir(name);
-        run_ok(Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&dir));
+        run_ok(
+            Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&img)
+                .arg(&dir),
+        );
         LoopFs { dir }
     }
 }
@@ -454,7 +463,11 @@ fn the_keyless_check_says_what_it_cannot_prove_and_sees_vanished_snapshots() {
     }
     let out = verify(&[], &index);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("vanished"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("vanished"),
+        "{}",
+        text(&out.stdout)
+    );
     // With no index, the segments without any trusted snapshot are a problem.
     let keyset = keys.keyset().display().to_string();
     let out = verify(&["--keyset", &keyset], &work.path("no-index"));
@@ -503,5 +516,9 @@ fn a_listing_into_a_closed_pipe_ends_quietly() {
         .arg("-c")
         .arg(script));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -58,4 +58,3 @@ impl Keys {
         format!("file:{}", self.dir.join("agent.key").display())
     }
 }
-
