@@ -157,11 +157,11 @@ class Bench:
         os.makedirs(self.keys)
         kt = self.b("cbfs-keytool")
         k = self.keys
-        sh([kt, "create-admin", "--fs", "bench", "--secret", f"file:{k}/admin.key", "--keyset", f"{k}/keyset.json"])
+        sh([kt, "create-user", "agent", "--secret", f"file:{k}/agent.key", "--public", f"{k}/agent.pub"])
+        sh([kt, "create-admin", "--fs", "bench", "--secret", f"file:{k}/admin.key", "--keyset", f"{k}/keyset.json",
+            "--writer", f"{k}/agent.pub"])
         sh([kt, "add-scope", "--admin", f"file:{k}/admin.key", "--keyset", f"{k}/keyset.json", "--scope", "bench"])
         sh([kt, "create-user", "alice", "--secret", f"file:{k}/alice.key", "--public", f"{k}/alice.pub"])
-        sh([kt, "delegate", "--admin", f"file:{k}/admin.key", "--keyset", f"{k}/keyset.json", "--scope", "bench",
-            "--to", f"{k}/alice.pub", "--threshold", "1", "--shares", "1", "--out", f"{k}/grants"])
         age_key = f"{k}/age.key"
         sh(["age-keygen", "-o", age_key])
         self.age_recipient = [l for l in open(age_key).read().splitlines() if l.startswith("# public key:")][0].split()[-1]
@@ -171,7 +171,8 @@ class Bench:
 
     def tier_out(self, src, store, index):
         return [self.b("cbfs-tier"), "out", src, "--store", store, "--index", index,
-                "--keyset", f"{self.keys}/keyset.json", "--scope", "**=bench"]
+                "--keyset", f"{self.keys}/keyset.json", "--writer-key", f"file:{self.keys}/agent.key",
+                "--scope", "**=bench"]
 
     def peers_backup(self, kind):
         src = self.p(kind)
@@ -229,10 +230,17 @@ class Bench:
         store = self.p(f"store-{kind}")
         dest = os.path.join(self.scratch, f"restore-{kind}")
         k = self.keys
-        user = measure(f"cbfs-tier restore {kind}",
-                       [self.b("cbfs-tier"), "restore", "--store", store, "--identity", f"file:{k}/alice.key",
-                        "--kfrags", f"{k}/grants", "--index", self.p("no-index"), ".", dest],
-                       self.runs, prepare=lambda: rm(dest), env=self.env)
+        # The user unlocks through a local delegation node (1 of 1), as users do.
+        node, url = self.start_node("restore-node", delegate=True)
+        try:
+            user = measure(f"cbfs-tier restore {kind}",
+                           [self.b("cbfs-tier"), "restore", "--store", store, "--identity", f"file:{k}/alice.key",
+                            "--user", f"{k}/alice.pub", "--node", url, "--keyset", f"{k}/keyset.json",
+                            "--trust-file", self.p("trust.json"), "--index", self.p("no-index"), ".", dest],
+                           self.runs, prepare=lambda: rm(dest), env=self.env)
+        finally:
+            node.terminate()
+            node.wait(timeout=30)
         self.check_same(kind, dest)
         restic = measure(f"restic restore {kind}",
                          ["restic", "-q", "--repo", self.p(f"restic-{kind}"), "restore", "latest", "--target", dest],
@@ -273,30 +281,39 @@ class Bench:
                     raise SystemExit(f"restore of {kind} differs at {b}")
                 n += 1
 
-    def delegation(self):
+    def start_node(self, name, delegate):
+        """A delegation node on 127.0.0.1 (its address read from its first
+        line of output); with `delegate`, alice gets scope bench through it."""
         k = self.keys
-        node_dir = self.p("node")
+        node_dir = self.p(name)
         rm(node_dir)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log_file = open(self.p("node.log"), "wb")
-        node = subprocess.Popen([self.b("cbfs-delegation"), "serve", "--listen", f"127.0.0.1:{port}",
+        log_path = self.p(f"{name}.log")
+        log_file = open(log_path, "wb")
+        node = subprocess.Popen([self.b("cbfs-delegation"), "serve", "--listen", "127.0.0.1:0",
                                  "--data", node_dir, "--keyset", f"{k}/keyset.json", "--rate", "100000",
                                  "--burst", "10000"],
-                                stdout=log_file, stderr=log_file, env={**os.environ, **self.env})
-        try:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/healthz", timeout=2)
-                    break
-                except OSError:
-                    if time.time() > deadline or node.poll() is not None:
-                        raise SystemExit("the delegation node did not start; see " + self.p("node.log"))
-                    time.sleep(0.1)
+                                stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        deadline = time.time() + 60
+        url = None
+        while url is None:
+            with open(log_path, "rb") as f:
+                for line in f.read().decode(errors="replace").splitlines():
+                    if line.startswith("listening on http://"):
+                        url = line.split()[-1]
+            if url is None:
+                if time.time() > deadline or node.poll() is not None:
+                    raise SystemExit("the delegation node did not start; see " + log_path)
+                time.sleep(0.05)
+        if delegate:
             sh([self.b("cbfs-keytool"), "delegate", "--admin", f"file:{k}/admin.key", "--keyset",
                 f"{k}/keyset.json", "--scope", "bench", "--to", f"{k}/alice.pub", "--threshold", "1",
                 "--node", url])
+        return node, url
+
+    def delegation(self):
+        k = self.keys
+        node, url = self.start_node("node", delegate=True)
+        try:
             batches = max(3, 6 * self.runs)
             out = json.loads(sh([self.b("cbfs-bench"), "delegation", "--node", url, "--keyset",
                                  f"{k}/keyset.json", "--scope", "bench", "--user", "alice", "--identity",
@@ -307,6 +324,19 @@ class Bench:
             node.wait(timeout=30)
         raw = json.loads(sh([self.b("cbfs-bench"), "reencrypt", "--capsules", "1000", "--rounds", str(batches)]))
         return out, raw
+
+    def million(self):
+        """One run over a generated tree of a million tiny files: its RSS."""
+        d = self.p("million")
+        if not os.path.isdir(d):
+            log("generating a tree of a million files")
+            sh([self.b("cbfs-bench"), "gen", "million", d, "--scale", str(self.scale)])
+        store, index = self.p("store-million"), self.p("index-million")
+        rm(store, index)
+        s = run_once(self.tier_out(d, store, index), env=self.env)
+        log(f"cbfs-tier out million: {s.wall:.2f} s wall, {s.rss / MIB:.0f} MiB")
+        rm(store, index)
+        return s
 
     def overhead(self):
         store = self.p("store-small")
@@ -352,7 +382,7 @@ class Bench:
         # restores
         for kind, size in (("small", small), ("large", large)):
             user, restic, pipe, recover, age_zstd = self.restores(kind)
-            self.row(f"user restore, {kind}", "cbfs-tier restore (user key + grants)", user, size)
+            self.row(f"user restore, {kind}", "cbfs-tier restore (user key, 1 local node)", user, size)
             rr = restic.wall / user.wall
             self.row(f"user restore, {kind}", "restic restore", restic, size, None, rr,
                      ">= 3x restic" if kind == "small" else None, (rr >= 3) if kind == "small" else None)
@@ -387,6 +417,12 @@ class Bench:
                  per_file, "<= 200 B per file", per_file <= 200,
                  f"per file {per_file:.0f} B; index on disk {index / files:.0f} B per file")
         self.overhead_figures = (parts, total, index, files, content)
+
+        # memory on a tree of a million files
+        million = self.million()
+        self.row("tier out, 1,000,000 files", "cbfs-tier out (tiny files)", million, None, None,
+                 million.rss / MIB, "<= 256 MiB", million.rss <= 256 * MIB,
+                 "peak RSS: the walk and the index cursor hold no per-path state")
 
         # peak RSS
         worst = max((r["sample"].rss for r in self.rows if r["sample"] and r["sample"].rss and r["tool"].startswith("cbfs")),
@@ -478,15 +514,6 @@ def same_content(a, b):
                 return False
             if not x:
                 return True
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def write_performance(path, generated):

@@ -90,7 +90,8 @@ fn main() -> Result<()> {
         Command::Gen { kind, dir, scale } => match kind.as_str() {
             "small" => gen_small(&dir, scale),
             "large" => gen_large(&dir, scale),
-            other => bail!("unknown dataset `{other}`: small or large"),
+            "million" => gen_million(&dir, scale),
+            other => bail!("unknown dataset `{other}`: small, large or million"),
         },
         Command::Update { dir, fraction } => update(&dir, fraction),
         Command::Limit { dir, level } => limit(&dir, level),
@@ -216,6 +217,22 @@ fn gen_small(dir: &Path, scale: f64) -> Result<()> {
         bytes += size as u64;
     }
     print_json(json!({ "dataset": "small", "files": files, "bytes": bytes }));
+    Ok(())
+}
+
+/// A tree of a million tiny files (at scale 1), a thousand per directory:
+/// for the memory of a run over a tree of that size, not for speed.
+fn gen_million(dir: &Path, scale: f64) -> Result<()> {
+    create_dir(dir)?;
+    let files = (1_000_000.0 * scale).round() as u64;
+    for i in 0..files {
+        let sub = dir.join(format!("d{:04}", i / 1000));
+        if i % 1000 == 0 {
+            fs::create_dir_all(&sub).context("mkdir")?;
+        }
+        fs::write(sub.join(format!("f{:04}", i % 1000)), format!("{i}\n")).context("write")?;
+    }
+    print_json(json!({ "dataset": "million", "files": files }));
     Ok(())
 }
 
@@ -414,10 +431,7 @@ fn reencrypt(capsules: usize, rounds: usize) -> Result<()> {
     // The same, with what a node must add for each capsule: decoding it
     // from the wire (which checks that it is a valid capsule, as Umbral
     // requires before re-encrypting one), and encoding the cfrag.
-    let wire: Vec<String> = caps
-        .iter()
-        .map(cbfs_wire::encode_capsule)
-        .collect();
+    let wire: Vec<String> = caps.iter().map(cbfs_wire::encode_capsule).collect();
     let mut wire_total = Duration::ZERO;
     for _ in 0..rounds {
         let started = Instant::now();
