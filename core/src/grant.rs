@@ -816,7 +816,9 @@ mod tests {
     #[test]
     fn revocation_round_trip_and_coverage() {
         let (admin, keyset, scope, _, user) = setup();
-        let grant = make(&admin, &keyset, &scope, &user, &nodes()).grants.remove(0);
+        let grant = make(&admin, &keyset, &scope, &user, &nodes())
+            .grants
+            .remove(0);
         let revocation = Revocation::new(&admin, &scope, &user, &crate::SystemClock);
         let bytes = revocation.to_signed_bytes(&admin).unwrap();
         let back = Revocation::from_bytes(&bytes, "t", &admin.verifying_key()).unwrap();
@@ -836,11 +838,16 @@ mod tests {
     #[test]
     fn a_revocation_covers_a_grant_whose_issue_time_does_not_parse() {
         let (admin, keyset, scope, _, user) = setup();
-        let mut grant = make(&admin, &keyset, &scope, &user, &nodes()).grants.remove(0);
+        let mut grant = make(&admin, &keyset, &scope, &user, &nodes())
+            .grants
+            .remove(0);
         let clock = crate::FakeClock::at(0);
         let revocation = Revocation::new(&admin, &scope, &user, clock.as_ref());
         assert!(!revocation.covers(&grant), "issued after the revocation");
         grant.body.issued = "not a time".into();
-        assert!(revocation.covers(&grant), "an unparsable issue time fails closed");
+        assert!(
+            revocation.covers(&grant),
+            "an unparsable issue time fails closed"
+        );
     }
 }

@@ -88,8 +88,8 @@ mod policy;
 pub mod server;
 mod store;
 
-pub use error::{Error, Result};
 pub use cbfs_wire::NodePublicFile;
+pub use error::{Error, Result};
 pub use identity::{Init, NodeIdentity, default_key_source};
 pub use metrics::Metrics;
 pub use node::{Limits, Node, NodeConfig, Refusal, Ticket};

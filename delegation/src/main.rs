@@ -38,7 +38,8 @@ For a node without a network path from the administrator, `cbfs-keytool delegate
 `cbfs-delegation import --data DIR FILE` stores it (the node must be stopped).
 
 `--listen 127.0.0.1:0` picks a free port; the first line on standard output is
-`listening on http://ADDRESS`.
+`listening on http://ADDRESS` (https with --tls-cert). Plain HTTP is served on
+loopback only, unless --insecure-http; --client-ca adds client certificates.
 
 Signals: SIGHUP reloads the policies (a folder that does not validate is refused,
 and the old policies stay in force); SIGTERM or SIGINT stops the node gracefully.
@@ -93,6 +94,8 @@ enum Command {
         policies: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Store shares written by `cbfs-keytool delegate --out` (each sealed for
     /// this node) while the node is stopped.
@@ -126,6 +129,25 @@ enum AuditCommand {
         /// The node's data folder (or its audit/ folder).
         dir: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct TlsArgs {
+    /// PEM certificate chain: serve HTTPS (required on any address but
+    /// loopback, unless --insecure-http).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients may present certificates they signed
+    /// (mTLS); a certificate that does not verify is refused in the handshake.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address. Requests and answers are
+    /// signed, but anyone on the path sees who unlocks what, and when.
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_http: bool,
 }
 
 #[derive(Args)]
@@ -222,7 +244,24 @@ fn run(cli: Cli) -> Result<()> {
             keyset,
             policies,
             limits,
+            tls,
         } => {
+            let tls_config = match (&tls.tls_cert, &tls.tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    cbfs_wire::serve::tls_config(&cbfs_wire::serve::TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        client_ca: tls.client_ca.clone(),
+                    })
+                    .map_err(|e| Error::Server(format!("cannot serve TLS: {e}")))?,
+                ),
+                _ => None,
+            };
+            if tls_config.is_none() && !listen.ip().is_loopback() && !tls.insecure_http {
+                anyhow::bail!(
+                    "--listen {listen} is not a loopback address: give --tls-cert and --tls-key (or --insecure-http)"
+                );
+            }
             let limits = Limits {
                 max_body: limits.max_body,
                 max_batch: limits.max_batch,
@@ -258,25 +297,33 @@ fn run(cli: Cli) -> Result<()> {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
-                let local = listener.local_addr().context("cannot read the bound address")?;
+                let local = listener
+                    .local_addr()
+                    .context("cannot read the bound address")?;
                 {
                     use std::io::Write as _;
                     let mut out = std::io::stdout().lock();
-                    writeln!(out, "listening on http://{local}")?;
+                    let scheme = if tls_config.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    writeln!(out, "listening on {scheme}://{local}")?;
                     out.flush()?;
                 }
                 let shutdown = cbfs_delegation::server::termination()?;
                 let reload = cbfs_delegation::server::hangups()?;
-                cbfs_delegation::server::serve(node, listener, shutdown, reload).await?;
+                let options = cbfs_wire::serve::ServeOptions {
+                    tls: tls_config.map(|c| Arc::new(arc_swap::ArcSwap::new(c))),
+                    ..Default::default()
+                };
+                cbfs_delegation::server::serve_with(node, listener, options, shutdown, reload)
+                    .await?;
                 anyhow::Ok(())
             })?;
             Ok(())
         }
-        Command::Import {
-            key,
-            keyset,
-            files,
-        } => {
+        Command::Import { key, keyset, files } => {
             let config = NodeConfig {
                 data: key.data,
                 keyset,

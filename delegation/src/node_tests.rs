@@ -1,17 +1,24 @@
 //! Unit tests of [`Node`]: every check of an upload, a revocation and a
-//! re-encryption request, without HTTP.
+//! re-encryption request, without HTTP (but for the request timeout, which
+//! is the server's). Time comes from a [`FakeClock`]: no test sleeps for it.
 
 use std::time::Duration;
 
-use cbfs_core::umbral_pre::Capsule;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use cbfs_core::umbral_pre::{Capsule, DefaultSerialize as _};
 use cbfs_core::{
-    AdminSecret, DelegationTerms, FsName, Grant, Keyset, Revocation, ScopeLabel, UserName,
-    UserPublic, UserSecret, delegate, public_key_from_hex,
+    AdminSecret, Delegation, DelegationTerms, FakeClock, FsName, Keyset, Revocation, ScopeLabel,
+    UserName, UserPublic, UserSecret, delegate, public_key_from_hex,
 };
 use cbfs_format::{Lockbox, SegmentId};
+use cbfs_wire::{GrantUpload, ReencryptBody, SignedReencrypt, decode_cfrag};
+use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::wire::{ReencryptBody, SignedReencrypt, decode_cfrag};
+
+/// 2023-11-14T22:13:20Z: where every fake clock starts.
+const T0: i64 = 1_700_000_000;
 
 struct World {
     dir: tempfile::TempDir,
@@ -20,16 +27,25 @@ struct World {
     scope: ScopeLabel,
     user: UserSecret,
     user_pub: UserPublic,
+    clock: Arc<FakeClock>,
+    /// The two other nodes of every 2-of-3 delegation (this node holds share 1).
+    others: Vec<UserSecret>,
     node: Node,
 }
 
-fn config(dir: &std::path::Path, policies: PolicySource, limits: Limits) -> NodeConfig {
+fn config(
+    dir: &std::path::Path,
+    policies: PolicySource,
+    limits: Limits,
+    clock: Arc<FakeClock>,
+) -> NodeConfig {
     NodeConfig {
         data: dir.join("node"),
         keyset: dir.join("keyset.json"),
         policies,
         node_key: None,
         limits,
+        clock,
     }
 }
 
@@ -46,7 +62,8 @@ fn world_with(policies: PolicySource, limits: Limits) -> World {
     .unwrap();
     let user = UserSecret::generate();
     let user_pub = UserPublic::from_secret(UserName::new("alice").unwrap(), &user);
-    let node = Node::open(config(dir.path(), policies, limits)).unwrap();
+    let clock = FakeClock::at(T0);
+    let node = Node::open(config(dir.path(), policies, limits, clock.clone())).unwrap();
     World {
         dir,
         admin,
@@ -54,6 +71,8 @@ fn world_with(policies: PolicySource, limits: Limits) -> World {
         scope,
         user,
         user_pub,
+        clock,
+        others: vec![UserSecret::generate(), UserSecret::generate()],
         node,
     }
 }
@@ -62,38 +81,112 @@ fn world() -> World {
     world_with(PolicySource::BuiltIn, Limits::default())
 }
 
+/// The message a grant's signature covers: the same fields, in the same
+/// order, as `cbfs_core` signs them. Lets a test make grants the key tool
+/// never would (an issue time or expiry that does not parse), signed by the
+/// genuine administrator.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    format: String,
+    version: u32,
+    fs: String,
+    scope: String,
+    user: String,
+    user_public_key: String,
+    user_verifying_key: String,
+    scope_public_key: String,
+    admin_verifying_key: String,
+    threshold: u32,
+    shares: u32,
+    share: u32,
+    issued: String,
+    expires: Option<String>,
+    kfrag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+}
+
 impl World {
     fn node_pk(&self) -> cbfs_core::umbral_pre::PublicKey {
         public_key_from_hex(&self.node.info().public_key).unwrap()
     }
 
-    fn grants(&self, expires: Option<String>) -> Vec<Grant> {
+    /// This node first, then the two others.
+    fn node_keys(&self) -> Vec<cbfs_core::umbral_pre::PublicKey> {
+        let mut keys = vec![self.node_pk()];
+        keys.extend(self.others.iter().map(UserSecret::public_key));
+        keys
+    }
+
+    /// A 2-of-3 delegation issued at the clock's now; share 1 is this node's.
+    fn delegation(&self, expires: Option<String>) -> Delegation {
+        self.delegation_by(&self.admin, &self.keyset, expires)
+    }
+
+    fn delegation_by(
+        &self,
+        admin: &AdminSecret,
+        keyset: &Keyset,
+        expires: Option<String>,
+    ) -> Delegation {
         let terms = DelegationTerms {
             threshold: 2,
             shares: 3,
             expires,
         };
         delegate(
-            &self.admin,
-            &self.keyset,
+            admin,
+            keyset,
             &self.scope,
             &self.user_pub,
             &terms,
+            &self.node_keys(),
+            self.clock.as_ref(),
         )
         .unwrap()
     }
 
-    fn sealed(&self, grant: &Grant) -> Vec<u8> {
-        grant
-            .for_node(&self.node_pk())
-            .seal_for_node(&self.admin)
-            .unwrap()
+    /// The upload body of share `i` (0-based) of `d`.
+    fn upload_of(&self, d: &Delegation, i: usize) -> Vec<u8> {
+        let sealed = d.grants[i].seal_for_node(&self.admin).unwrap();
+        serde_json::to_vec(&GrantUpload::new(&sealed, &d.record)).unwrap()
     }
 
-    fn upload_one(&self) -> Grant {
-        let grant = self.grants(None).remove(0);
-        self.node.upload(&self.sealed(&grant)).unwrap();
-        grant
+    fn upload_one(&self) -> Delegation {
+        let d = self.delegation(None);
+        self.node.upload(&self.upload_of(&d, 0)).unwrap();
+        d
+    }
+
+    /// The upload of this node's share of `d`, its grant re-signed by the
+    /// genuine administrator after `edit` changed its terms.
+    fn edited_upload(&self, d: &Delegation, edit: impl FnOnce(&mut GrantBody)) -> Vec<u8> {
+        let signed = d.grants[0].to_signed_bytes(&self.admin).unwrap();
+        let mut value: serde_json::Value = serde_json::from_slice(&signed).unwrap();
+        value.as_object_mut().unwrap().remove("signature");
+        let mut body: GrantBody = serde_json::from_value(value).unwrap();
+        edit(&mut body);
+        let mut message = b"cbfs-grant/v1\0".to_vec();
+        message.extend_from_slice(&serde_json::to_vec(&body).unwrap());
+        let signature = self.admin.signer().sign(&message);
+        let mut doc = serde_json::to_value(&body).unwrap();
+        doc["signature"] = hex::encode(signature.to_der_bytes()).into();
+        let grant = serde_json::to_vec(&doc).unwrap();
+        let (capsule, ciphertext) =
+            cbfs_core::umbral_pre::encrypt(&self.node_pk(), &grant).unwrap();
+        let sealed = serde_json::json!({
+            "format": "cbfs-sealed-grant",
+            "version": 1,
+            "node": self.node.info().public_key,
+            "capsule": B64.encode(capsule.to_bytes().unwrap()),
+            "ciphertext": B64.encode(&ciphertext),
+        });
+        serde_json::to_vec(&GrantUpload::new(
+            &serde_json::to_vec(&sealed).unwrap(),
+            &d.record,
+        ))
+        .unwrap()
     }
 
     fn capsules(&self, n: usize) -> Vec<Capsule> {
@@ -109,23 +202,47 @@ impl World {
             .collect()
     }
 
-    fn request(&self, path: &str, capsules: &[Capsule]) -> SignedReencrypt {
+    fn body(&self, path: &str, capsules: &[Capsule]) -> ReencryptBody {
         ReencryptBody::new(
             &self.node_pk(),
             self.user_pub.name(),
             &self.scope,
             path,
             capsules,
+            self.clock.unix(),
         )
-        .sign(&self.user.signer())
+    }
+
+    fn request(&self, path: &str, capsules: &[Capsule]) -> SignedReencrypt {
+        self.body(path, capsules).sign(&self.user.signer())
     }
 
     fn send(&self, request: &SignedReencrypt) -> Result<Cfrags, Refusal> {
-        self.node.reencrypt(&serde_json::to_vec(request).unwrap())
+        self.node
+            .reencrypt(&serde_json::to_vec(request).unwrap(), None)
+    }
+
+    fn revoke(&self) -> RevokeDone {
+        let revocation = Revocation::new(
+            &self.admin,
+            &self.scope,
+            &self.user_pub,
+            self.clock.as_ref(),
+        );
+        self.node
+            .revoke(&revocation.to_signed_bytes(&self.admin).unwrap())
+            .unwrap()
     }
 
     fn audit_text(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("node/audit/audit.log")).unwrap()
+    }
+
+    fn audit_entries(&self) -> Vec<serde_json::Value> {
+        self.audit_text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
@@ -134,16 +251,25 @@ fn code<T: std::fmt::Debug>(r: Result<T, Refusal>) -> (&'static str, String) {
     (e.code, e.reason)
 }
 
+fn rfc3339(unix: i64) -> String {
+    FakeClock::at(unix).rfc3339()
+}
+
 #[test]
 fn a_grant_for_this_node_reencrypts_a_thousand_capsules() {
     let w = world();
-    let grant = w.upload_one();
+    let d = w.upload_one();
     assert_eq!(w.node.grant_count(), 1);
     let capsules = w.capsules(1000);
     let started = std::time::Instant::now();
     let answer = w.send(&w.request("/projects/", &capsules)).unwrap();
     eprintln!("1000 capsules re-encrypted in {:?}", started.elapsed());
     assert_eq!(answer.cfrags.len(), 1000);
+    // The answer carries the administrator's record of the delegation.
+    let record =
+        cbfs_wire::record_from_value(&answer.delegation, "t", &w.admin.verifying_key()).unwrap();
+    assert_eq!(record, d.record);
+    assert_eq!((record.threshold(), record.shares()), (2, 3));
     let admin = w.admin.verifying_key();
     for (text, capsule) in answer.cfrags.iter().zip(&capsules).take(20) {
         decode_cfrag(text)
@@ -151,13 +277,13 @@ fn a_grant_for_this_node_reencrypts_a_thousand_capsules() {
             .verify(
                 capsule,
                 &admin,
-                grant.scope_public_key(),
+                d.grants[0].scope_public_key(),
                 &w.user.public_key(),
             )
             .unwrap();
     }
-    let audit = w.audit_text();
-    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    let entries = w.audit_entries();
+    let last = entries.last().unwrap();
     assert_eq!(last["event"], "reencrypt");
     assert_eq!(last["decision"], "allow");
     assert_eq!(last["user"], "alice");
@@ -179,21 +305,20 @@ fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
     w.upload_one();
     let capsules = w.capsules(2);
 
-    let mut forged = w.request("/", &capsules);
     let mallory = UserSecret::generate();
-    forged = forged.request.sign(&mallory.signer());
-    assert_eq!(code(w.send(&forged)).0, "bad_signature");
+    let forged = w.body("/", &capsules).sign(&mallory.signer());
+    assert_eq!(code(w.send(&forged)).0, "unauthenticated");
 
     let mut altered = w.request("/", &capsules);
     altered.request.path = "/other".into();
-    assert_eq!(code(w.send(&altered)).0, "bad_signature");
+    assert_eq!(code(w.send(&altered)).0, "unauthenticated");
 
     let good = w.request("/", &capsules);
     w.send(&good).unwrap();
     let (c, reason) = code(w.send(&good));
     assert_eq!(c, "replayed", "{reason}");
 
-    let mut old = ReencryptBody::new(&w.node_pk(), w.user_pub.name(), &w.scope, "/", &capsules);
+    let mut old = w.body("/", &capsules);
     old.timestamp -= 3600;
     assert_eq!(code(w.send(&old.sign(&w.user.signer()))).0, "stale_request");
 
@@ -203,39 +328,52 @@ fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
         &w.scope,
         "/",
         &capsules,
+        w.clock.unix(),
     );
     assert_eq!(
         code(w.send(&elsewhere.sign(&w.user.signer()))).0,
         "wrong_node"
     );
 
+    // A user the node holds nothing for cannot be authenticated at all.
     let stranger = ReencryptBody::new(
         &w.node_pk(),
         &UserName::new("bob").unwrap(),
         &w.scope,
         "/",
         &capsules,
+        w.clock.unix(),
     );
     assert_eq!(
         code(w.send(&stranger.sign(&w.user.signer()))).0,
+        "unauthenticated"
+    );
+    // A known user, rightly signed, asking for a scope the node holds no
+    // delegation of.
+    let mut other_scope = w.body("/", &capsules);
+    other_scope.scope = ScopeLabel::new("other").unwrap();
+    assert_eq!(
+        code(w.send(&other_scope.sign(&w.user.signer()))).0,
         "no_delegation"
     );
 
-    assert_eq!(code(w.node.reencrypt(b"{not json")).0, "bad_request");
+    assert_eq!(
+        code(w.node.reencrypt(b"{not json", None)).0,
+        "unauthenticated"
+    );
     assert_eq!(
         code(w.send(&w.request("relative", &capsules))).0,
         "bad_request"
     );
-    let mut bad_capsule = w.request("/", &capsules);
-    bad_capsule.request.capsules[1] = "AAAA".into();
-    let signed = bad_capsule.request.sign(&w.user.signer());
-    let (c, reason) = code(w.send(&signed));
+    let mut bad_capsule = w.body("/", &capsules);
+    bad_capsule.capsules[1] = "AAAA".into();
+    let (c, reason) = code(w.send(&bad_capsule.sign(&w.user.signer())));
     assert_eq!(c, "bad_request");
     assert!(reason.contains("capsule 1"), "{reason}");
 
     let audit = w.audit_text();
     for needed in [
-        "bad_signature",
+        "unauthenticated",
         "replayed",
         "stale_request",
         "wrong_node",
@@ -246,45 +384,187 @@ fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
 }
 
 #[test]
+fn the_signature_is_checked_before_anything_about_delegations_is_said() {
+    let w = world();
+    w.upload_one();
+    let capsules = w.capsules(1);
+    let mallory = UserSecret::generate();
+    let forge = |scope: &str| {
+        let mut body = w.body("/", &capsules);
+        body.scope = ScopeLabel::new(scope).unwrap();
+        body.sign(&mallory.signer())
+    };
+
+    // A delegation that exists, and one that does not: the same refusal.
+    let existing = w.send(&forge("proj")).unwrap_err();
+    let missing = w.send(&forge("nothing-here")).unwrap_err();
+    assert_eq!((existing.status, existing.code), (401, "unauthenticated"));
+    assert_eq!(existing, missing, "a prober tells the two apart");
+
+    // Once revoked: a forger still learns nothing, alice learns it is revoked.
+    assert!(w.revoke().deleted);
+    let revoked = w.send(&forge("proj")).unwrap_err();
+    assert_eq!(revoked, existing);
+    let (c, reason) = code(w.send(&w.request("/", &capsules)));
+    assert_eq!(c, "revoked", "{reason}");
+    // And a rightly signed request for a scope never delegated is no_delegation.
+    let mut other = w.body("/", &capsules);
+    other.scope = ScopeLabel::new("nothing-here").unwrap();
+    assert_eq!(
+        code(w.send(&other.sign(&w.user.signer()))).0,
+        "no_delegation"
+    );
+
+    // The user's key survives a restart with no grant left.
+    let data = w.dir.path().to_path_buf();
+    let clock = w.clock.clone();
+    drop(w.node);
+    let node = Node::open(config(
+        &data,
+        PolicySource::BuiltIn,
+        Limits::default(),
+        clock,
+    ))
+    .unwrap();
+    assert_eq!(node.grant_count(), 0);
+    let body = ReencryptBody::new(
+        &public_key_from_hex(&node.info().public_key).unwrap(),
+        w.user_pub.name(),
+        &w.scope,
+        "/",
+        &capsules,
+        w.clock.unix(),
+    );
+    let (c, reason) = code(node.reencrypt(
+        &serde_json::to_vec(&body.clone().sign(&w.user.signer())).unwrap(),
+        None,
+    ));
+    assert_eq!(c, "revoked", "{reason}");
+    let (c, _) = code(node.reencrypt(
+        &serde_json::to_vec(&body.sign(&mallory.signer())).unwrap(),
+        None,
+    ));
+    assert_eq!(c, "unauthenticated");
+}
+
+#[test]
+fn unauthenticated_requests_beyond_the_rate_are_not_audited_one_by_one() {
+    let limits = Limits {
+        unauthenticated_per_minute: 8,
+        ..Limits::default()
+    };
+    let w = world_with(PolicySource::BuiltIn, limits);
+    w.upload_one();
+    let capsules = w.capsules(1);
+    let mallory = UserSecret::generate();
+    let before = w.audit_entries().len();
+    let mut codes = Vec::new();
+    for _ in 0..40 {
+        let r = w
+            .send(&w.body("/", &capsules).sign(&mallory.signer()))
+            .unwrap_err();
+        codes.push((r.status, r.code));
+    }
+    let audited = w.audit_entries().len() - before;
+    let limited = codes
+        .iter()
+        .filter(|c| **c == (429, "rate_limited"))
+        .count();
+    let refused = codes
+        .iter()
+        .filter(|c| **c == (401, "unauthenticated"))
+        .count();
+    assert_eq!(limited + refused, 40, "{codes:?}");
+    assert_eq!(audited, refused, "one audit entry per 401, none per 429");
+    // A burst of 8 / 4 = 2, and a few more if the minute moved on.
+    assert!((1..=4).contains(&refused), "{codes:?}");
+    assert!(limited >= 36, "{codes:?}");
+    // Alice is not held up by mallory's flood.
+    w.send(&w.request("/", &capsules)).unwrap();
+}
+
+#[test]
+fn timestamps_at_the_ends_of_time_are_stale_not_a_crash() {
+    let w = world();
+    w.upload_one();
+    let capsules = w.capsules(1);
+    for timestamp in [i64::MIN, i64::MIN + 1, i64::MAX, -1, 0] {
+        let mut body = w.body("/", &capsules);
+        body.timestamp = timestamp;
+        let r = w.send(&body.sign(&w.user.signer())).unwrap_err();
+        assert_eq!((r.status, r.code), (401, "stale_request"), "{timestamp}");
+    }
+    // The same with the node's clock at the ends of its range.
+    for now in [i64::MIN / 1_000_000_000, 0, i64::MAX / 1_000_000_000] {
+        w.clock.set(now);
+        for timestamp in [i64::MIN, i64::MAX] {
+            let mut body = w.body("/", &capsules);
+            body.timestamp = timestamp;
+            let r = w.send(&body.sign(&w.user.signer())).unwrap_err();
+            assert_eq!(r.code, "stale_request", "{timestamp} at {now}");
+        }
+    }
+    // The skew is inclusive, and one second more is refused.
+    w.clock.set(T0);
+    let skew = Limits::default().clock_skew.as_secs() as i64;
+    for (offset, ok) in [
+        (-skew, true),
+        (skew, true),
+        (-skew - 1, false),
+        (skew + 1, false),
+    ] {
+        let mut body = w.body("/", &capsules);
+        body.timestamp = T0 + offset;
+        let r = w.send(&body.sign(&w.user.signer()));
+        assert_eq!(r.is_ok(), ok, "offset {offset}: {r:?}");
+    }
+}
+
+#[test]
 fn uploads_are_checked() {
     let w = world();
-    let grants = w.grants(None);
+    let d = w.delegation(None);
 
-    // Bound to and sealed for another node.
-    let other = UserSecret::generate().public_key();
-    let elsewhere = grants[0].for_node(&other).seal_for_node(&w.admin).unwrap();
-    assert_eq!(code(w.node.upload(&elsewhere)).0, "wrong_node");
+    // Share 2 is sealed for another node.
+    assert_eq!(code(w.node.upload(&w.upload_of(&d, 1))).0, "wrong_node");
 
     // Signed by another administrator.
     let rogue = AdminSecret::generate();
     let mut rogue_keyset = Keyset::new(FsName::new("fs1").unwrap(), &rogue);
     rogue_keyset.add_scope(&rogue, &w.scope).unwrap();
-    let terms = DelegationTerms {
-        threshold: 1,
-        shares: 1,
-        expires: None,
-    };
-    let forged = delegate(&rogue, &rogue_keyset, &w.scope, &w.user_pub, &terms).unwrap()[0]
-        .for_node(&w.node_pk())
-        .seal_for_node(&rogue)
-        .unwrap();
-    let (c, reason) = code(w.node.upload(&forged));
+    let forged = w.delegation_by(&rogue, &rogue_keyset, None);
+    let sealed = forged.grants[0].seal_for_node(&rogue).unwrap();
+    let body = serde_json::to_vec(&GrantUpload::new(&sealed, &forged.record)).unwrap();
+    let (c, reason) = code(w.node.upload(&body));
     assert_eq!(c, "bad_grant");
     assert!(reason.contains("administrator key"), "{reason}");
 
+    // A genuine share with the record of another delegation.
+    w.clock.advance(5);
+    let later = w.delegation(None);
+    let sealed = d.grants[0].seal_for_node(&w.admin).unwrap();
+    let mixed = serde_json::to_vec(&GrantUpload::new(&sealed, &later.record)).unwrap();
+    let (c, reason) = code(w.node.upload(&mixed));
+    assert_eq!(c, "bad_grant");
+    assert!(reason.contains("different delegations"), "{reason}");
+
     assert_eq!(code(w.node.upload(b"garbage")).0, "bad_grant");
-    w.node.upload(&w.sealed(&grants[2])).unwrap();
+    assert_eq!(w.node.grant_count(), 0);
+    w.node.upload(&w.upload_of(&later, 0)).unwrap();
     assert_eq!(w.node.grant_count(), 1);
+    // An older delegation does not replace a newer one.
+    let (c, reason) = code(w.node.upload(&w.upload_of(&d, 0)));
+    assert_eq!(c, "stale_grant", "{reason}");
 }
 
 #[test]
 fn revocation_deletes_and_refuses_the_old_grant() {
     let w = world();
-    let grant = w.upload_one();
+    let d = w.upload_one();
     let capsules = w.capsules(1);
     w.send(&w.request("/", &capsules)).unwrap();
 
-    let revocation = Revocation::new(&w.admin, &w.scope, &w.user_pub);
+    let revocation = Revocation::new(&w.admin, &w.scope, &w.user_pub, w.clock.as_ref());
     let done = w
         .node
         .revoke(&revocation.to_signed_bytes(&w.admin).unwrap())
@@ -295,7 +575,13 @@ fn revocation_deletes_and_refuses_the_old_grant() {
     let (c, reason) = code(w.send(&w.request("/", &capsules)));
     assert_eq!(c, "revoked", "{reason}");
     // The same old grant, uploaded again, is refused.
-    assert_eq!(code(w.node.upload(&w.sealed(&grant))).0, "revoked");
+    assert_eq!(code(w.node.upload(&w.upload_of(&d, 0))).0, "revoked");
+    // So is one issued in the revocation's second.
+    let same_second = w.delegation(None);
+    assert_eq!(
+        code(w.node.upload(&w.upload_of(&same_second, 0))).0,
+        "revoked"
+    );
     // Revoking again complies, with nothing to delete.
     let again = w
         .node
@@ -304,7 +590,7 @@ fn revocation_deletes_and_refuses_the_old_grant() {
     assert!(again.revoked && !again.deleted);
     // A revocation the administrator did not sign is refused.
     let rogue = AdminSecret::generate();
-    let forged = Revocation::new(&rogue, &w.scope, &w.user_pub)
+    let forged = Revocation::new(&rogue, &w.scope, &w.user_pub, w.clock.as_ref())
         .to_signed_bytes(&rogue)
         .unwrap();
     assert_eq!(code(w.node.revoke(&forged)).0, "bad_revocation");
@@ -312,33 +598,78 @@ fn revocation_deletes_and_refuses_the_old_grant() {
     // State survives a restart.
     let data = w.dir.path().to_path_buf();
     drop(w.node);
-    let node = Node::open(config(&data, PolicySource::BuiltIn, Limits::default())).unwrap();
+    let node = Node::open(config(
+        &data,
+        PolicySource::BuiltIn,
+        Limits::default(),
+        w.clock.clone(),
+    ))
+    .unwrap();
     assert_eq!(node.grant_count(), 0);
-    let sealed = grant.for_node(&public_key_from_hex(&node.info().public_key).unwrap());
-    assert_eq!(
-        code(node.upload(&sealed.seal_for_node(&w.admin).unwrap())).0,
-        "revoked"
-    );
+    let w = World { node, ..w };
+    assert_eq!(code(w.node.upload(&w.upload_of(&d, 0))).0, "revoked");
+
+    // A delegation issued after the revocation is honoured again, and an
+    // older revocation replayed does not take it away.
+    w.clock.advance(1);
+    w.node.upload(&w.upload_of(&w.delegation(None), 0)).unwrap();
+    w.send(&w.request("/", &capsules)).unwrap();
+    let replayed = w
+        .node
+        .revoke(&revocation.to_signed_bytes(&w.admin).unwrap())
+        .unwrap();
+    assert!(replayed.revoked && !replayed.deleted);
+    w.send(&w.request("/", &capsules)).unwrap();
+}
+
+#[test]
+fn a_revocation_covers_a_grant_whose_times_do_not_parse() {
+    let w = world();
+    let d = w.delegation(None);
+    // The genuine administrator signed an issue time that is not a time:
+    // a revocation on file refuses it (it cannot be shown to be newer).
+    w.clock.advance(10);
+    assert!(!w.revoke().deleted);
+    w.clock.advance(10);
+    let garbled = w.edited_upload(&d, |b| b.issued = "not a time".into());
+    let (c, reason) = code(w.node.upload(&garbled));
+    assert_eq!(c, "revoked", "{reason}");
+    // An expiry that does not parse counts as expired.
+    let garbled = w.edited_upload(&d, |b| b.expires = Some("some day".into()));
+    let (c, reason) = code(w.node.upload(&garbled));
+    assert_eq!(c, "expired", "{reason}");
+    assert_eq!(w.node.grant_count(), 0);
+    // Edited times that do parse still need the record to agree.
+    let edited = w.edited_upload(&d, |b| b.issued = rfc3339(T0 + 3600));
+    let (c, reason) = code(w.node.upload(&edited));
+    assert_eq!(c, "bad_grant", "{reason}");
+    assert_eq!(w.node.grant_count(), 0);
 }
 
 #[test]
 fn expired_delegations_are_refused() {
     let w = world();
-    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
-    let soon = soon
-        .replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let grants = w.grants(Some(soon));
-    w.node.upload(&w.sealed(&grants[0])).unwrap();
+    let d = w.delegation(Some(rfc3339(T0 + 2)));
+    w.node.upload(&w.upload_of(&d, 0)).unwrap();
     let capsules = w.capsules(1);
     w.send(&w.request("/", &capsules)).unwrap();
-    std::thread::sleep(Duration::from_millis(3100));
+    w.clock.advance(1);
+    w.send(&w.request("/", &capsules)).unwrap();
+    // Expiry is at the second itself.
+    w.clock.advance(1);
     let (c, reason) = code(w.send(&w.request("/", &capsules)));
     assert_eq!(c, "expired", "{reason}");
     // An expired grant is not taken either.
-    assert_eq!(code(w.node.upload(&w.sealed(&grants[1]))).0, "expired");
+    assert_eq!(code(w.node.upload(&w.upload_of(&d, 0))).0, "expired");
+    // Nor does the client take its answers: it judges by its own clock.
+    let record = cbfs_wire::record_from_value(
+        &serde_json::from_slice(d.record.to_bytes()).unwrap(),
+        "t",
+        &w.admin.verifying_key(),
+    )
+    .unwrap();
+    assert!(record.is_expired(w.clock.as_ref()));
+    assert!(!record.is_expired(FakeClock::at(T0 + 1).as_ref()));
 }
 
 #[test]
@@ -379,4 +710,138 @@ fn limits_and_policies_refuse() {
     let audit = w.audit_text();
     assert!(audit.contains("\"policy-reload\""));
     assert!(audit.contains("forbidden by no-private"));
+}
+
+#[test]
+fn an_answer_given_up_on_is_audited_as_a_timeout() {
+    let w = world();
+    w.upload_one();
+    let ticket = Ticket::default();
+    assert!(ticket.drop_answer());
+    let body = serde_json::to_vec(&w.request("/", &w.capsules(2))).unwrap();
+    let r = w.node.reencrypt(&body, Some(&ticket)).unwrap_err();
+    assert_eq!((r.status, r.code), (503, "timeout"));
+    let last = w.audit_entries().pop().unwrap();
+    assert_eq!(
+        (&last["event"], &last["decision"], &last["code"]),
+        (
+            &serde_json::json!("reencrypt"),
+            &serde_json::json!("deny"),
+            &serde_json::json!("timeout")
+        ),
+        "{last}"
+    );
+    // A claimed answer is sent, and the handler cannot drop it any more.
+    let ticket = Ticket::default();
+    let body = serde_json::to_vec(&w.request("/", &w.capsules(2))).unwrap();
+    w.node.reencrypt(&body, Some(&ticket)).unwrap();
+    assert!(!ticket.drop_answer());
+}
+
+/// A node served over HTTP on a runtime whose single blocking thread the
+/// test holds: every decision waits behind it, so the request's time runs
+/// out on the node with the answer not yet made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_times_out_on_the_node_is_audited_as_refused_never_allowed() {
+    let limits = Limits {
+        request_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let w = world_with(PolicySource::BuiltIn, limits);
+    w.upload_one();
+    let node = Arc::new(w.node);
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = {
+        let node = node.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                // Hold the one blocking thread until the test lets go.
+                let _held = tokio::task::spawn_blocking(move || release_rx.recv());
+                crate::server::serve(
+                    node,
+                    listener,
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                    futures::stream::pending(),
+                )
+                .await
+                .unwrap();
+            });
+        })
+    };
+    let addr = addr_rx.recv().unwrap();
+    let url = format!("http://{addr}");
+    let nodes = cbfs_wire::client::NodeSet::new([url.as_str()])
+        .unwrap()
+        .with_clock(w.clock.clone());
+    let access =
+        cbfs_wire::Access::from_keyset(&w.keyset, w.user_pub.name().clone(), w.scope.clone())
+            .unwrap();
+    let capsules = {
+        let pk = w.keyset.scope(&w.scope).unwrap();
+        (0..50)
+            .map(|_| {
+                Lockbox::seal("proj", pk, SegmentId::random())
+                    .unwrap()
+                    .0
+                    .capsule()
+                    .clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    let started = std::time::Instant::now();
+    let err = cbfs_wire::client::fetch_cfrags(&nodes, &w.user, &access, "/", &capsules)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let failures = err.failures();
+    assert!(
+        matches!(&failures[0].problem, cbfs_wire::client::NodeProblem::Refused { status: 503, code, .. } if code == "timeout"),
+        "{err}"
+    );
+    // Let the blocked work run: it decides, finds the answer given up on,
+    // and audits the refusal.
+    release_tx.send(()).unwrap();
+    let audit = w.dir.path().join("node/audit/audit.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reencrypts = loop {
+        let text = std::fs::read_to_string(&audit).unwrap();
+        let found: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["event"] == "reencrypt")
+            .collect();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit entry:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(reencrypts.len(), 1, "{reencrypts:?}");
+    assert_eq!(reencrypts[0]["decision"], "deny", "{}", reencrypts[0]);
+    assert_eq!(reencrypts[0]["code"], "timeout", "{}", reencrypts[0]);
+    assert_eq!(reencrypts[0]["capsules"], 50);
+    // Nothing was released: the metrics agree.
+    assert!(
+        node.metrics()
+            .render()
+            .contains("cbfs_delegation_capsules_reencrypted_total 50"),
+        "the work ran, and its answer was dropped"
+    );
+    stop_tx.send(()).unwrap();
+    server.join().unwrap();
 }

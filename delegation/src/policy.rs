@@ -35,6 +35,14 @@ pub const DEFAULT_POLICIES: &[(&str, &str)] = &[
 pub enum PolicySource {
     /// The default policies built into the binary (`policies/default`).
     BuiltIn,
+    /// Other policies built into a binary: a name for messages, and the
+    /// files (one `*.cedarschema`, one or more `*.cedar`).
+    Embedded {
+        /// What they are, for messages (`policies/gateway`).
+        name: &'static str,
+        /// File name and text of each.
+        files: &'static [(&'static str, &'static str)],
+    },
     /// A policy folder.
     Dir(PathBuf),
 }
@@ -45,6 +53,7 @@ impl fmt::Display for PolicySource {
             PolicySource::BuiltIn => {
                 f.write_str("the built-in default policies (policies/default)")
             }
+            PolicySource::Embedded { name, .. } => write!(f, "the built-in policies ({name})"),
             PolicySource::Dir(dir) => write!(f, "policy folder {}", dir.display()),
         }
     }
@@ -101,7 +110,9 @@ fn policy_error(source: &PolicySource, file: Option<&str>, reason: impl Into<Str
         location: match file {
             Some(file) => match source {
                 PolicySource::Dir(dir) => dir.join(file).display().to_string(),
-                PolicySource::BuiltIn => format!("built-in {file}"),
+                PolicySource::BuiltIn | PolicySource::Embedded { .. } => {
+                    format!("built-in {file}")
+                }
             },
             None => source.to_string(),
         },
@@ -161,7 +172,56 @@ impl Policies {
     pub fn load_from(source: &PolicySource) -> Result<Self, Error> {
         match source {
             PolicySource::BuiltIn => Self::built_in(),
+            PolicySource::Embedded { files, .. } => {
+                let files = files
+                    .iter()
+                    .map(|(name, text)| ((*name).to_owned(), (*text).to_owned()))
+                    .collect();
+                Self::from_files(source.clone(), files)
+            }
             PolicySource::Dir(dir) => Self::load(dir),
+        }
+    }
+
+    /// The schema the policies were validated against: requests and
+    /// entities are checked against it too.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Decides any request of the policies' schema (the node's own
+    /// question is [`decide`](Self::decide)).
+    pub fn authorize(&self, request: &cedar_policy::Request, entities: &Entities) -> Verdict {
+        let response = self.authorizer.is_authorized(request, &self.set, entities);
+        let mut policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|p| p.to_string())
+            .collect();
+        policies.sort();
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        let allowed = response.decision() == Decision::Allow;
+        let mut reason = if allowed {
+            format!("permitted by {}", policies.join(", "))
+        } else if policies.is_empty() {
+            "no policy permits it".to_owned()
+        } else {
+            format!("forbidden by {}", policies.join(", "))
+        };
+        if !errors.is_empty() {
+            reason.push_str(&format!(
+                " (policies that failed to evaluate: {})",
+                errors.join("; ")
+            ));
+        }
+        Verdict {
+            allowed,
+            policies,
+            reason,
         }
     }
 
@@ -336,39 +396,7 @@ impl Policies {
         .map_err(|e| e.to_string())?;
         let request = cedar_policy::Request::new(user, action, prefix, context, Some(&self.schema))
             .map_err(|e| e.to_string())?;
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.set, &entities);
-        let mut policies: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(|p| p.to_string())
-            .collect();
-        policies.sort();
-        let errors: Vec<String> = response
-            .diagnostics()
-            .errors()
-            .map(|e| e.to_string())
-            .collect();
-        let allowed = response.decision() == Decision::Allow;
-        let mut reason = if allowed {
-            format!("permitted by {}", policies.join(", "))
-        } else if policies.is_empty() {
-            "no policy permits it".to_owned()
-        } else {
-            format!("forbidden by {}", policies.join(", "))
-        };
-        if !errors.is_empty() {
-            reason.push_str(&format!(
-                " (policies that failed to evaluate: {})",
-                errors.join("; ")
-            ));
-        }
-        Ok(Verdict {
-            allowed,
-            policies,
-            reason,
-        })
+        Ok(self.authorize(&request, &entities))
     }
 }
 

@@ -25,6 +25,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use cbfs_wire::serve::ServeOptions;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -175,12 +176,29 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Serves `node` on `listener` until `shutdown` completes: then it stops
-/// accepting, finishes the requests it has, and records the stop. Policies
-/// are reloaded whenever `reload` yields (the binary feeds it SIGHUP).
+/// Serves `node` on `listener` in plain HTTP until `shutdown` completes:
+/// [`serve_with`] with the default options.
 pub async fn serve<S, R>(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
+    shutdown: S,
+    reload: R,
+) -> Result<()>
+where
+    S: std::future::Future<Output = ()> + Send + 'static,
+    R: futures::Stream<Item = ()> + Send + Unpin + 'static,
+{
+    serve_with(node, listener, ServeOptions::default(), shutdown, reload).await
+}
+
+/// Serves `node` on `listener` (TLS if `options` say so) until `shutdown`
+/// completes: then it stops accepting, finishes the requests it has, and
+/// records the stop. Policies are reloaded whenever `reload` yields (the
+/// binary feeds it SIGHUP).
+pub async fn serve_with<S, R>(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    options: ServeOptions,
     shutdown: S,
     mut reload: R,
 ) -> Result<()>
@@ -220,9 +238,13 @@ where
             }
         })
     };
-    tracing::info!("listening on http://{local}");
-    let served = axum::serve(listener, router(node.clone()))
-        .with_graceful_shutdown(shutdown)
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!("listening on {scheme}://{local}");
+    let served = cbfs_wire::serve::serve(listener, router(node.clone()), options, shutdown)
         .await
         .map_err(|e| Error::Server(format!("serving on {local} failed: {e}")));
     reloader.abort();

@@ -223,8 +223,12 @@ mod tests {
             UserName::new("alice").unwrap(),
         );
         let other = UserName::new("bob").unwrap();
-        store.put_grant(&s, &u, b"sealed-a", b"rec-a", "vk-a").unwrap();
-        store.put_grant(&s, &other, b"sealed-b", b"rec-b", "vk-b").unwrap();
+        store
+            .put_grant(&s, &u, b"sealed-a", b"rec-a", "vk-a")
+            .unwrap();
+        store
+            .put_grant(&s, &other, b"sealed-b", b"rec-b", "vk-b")
+            .unwrap();
         assert_eq!(store.grants().unwrap().len(), 2);
         assert_eq!(store.records().unwrap().len(), 2);
         store.revoke(&s, &u, b"rev", true).unwrap();

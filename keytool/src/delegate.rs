@@ -93,7 +93,11 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
             .iter()
             .map(|p| NodePublicFile::load(p).map_err(usage))
             .collect::<Result<Vec<_>>>()?;
-        let names = a.node_keys.iter().map(|p| p.display().to_string()).collect();
+        let names = a
+            .node_keys
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         (keys, names)
     } else {
         let mut keys = Vec::new();
@@ -128,7 +132,8 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
         shares: keys.len() as u32,
         expires: expires.clone(),
     };
-    let delegation = cbfs_core::delegate(&admin, &ks, &a.scope, &user, &terms, &keys, &SystemClock)?;
+    let delegation =
+        cbfs_core::delegate(&admin, &ks, &a.scope, &user, &terms, &keys, &SystemClock)?;
     let uploads = delegation
         .grants
         .iter()
@@ -180,7 +185,11 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
                     .unwrap_or_default()
             );
             for (f, k) in files.iter().zip(&keys) {
-                s.push_str(&format!("  {} (sealed for node {})\n", f.display(), fingerprint(k)));
+                s.push_str(&format!(
+                    "  {} (sealed for node {})\n",
+                    f.display(),
+                    fingerprint(k)
+                ));
             }
             for n in &sent {
                 match &n.error {

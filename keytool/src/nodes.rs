@@ -58,7 +58,11 @@ impl Nodes {
     }
 
     /// Sends the same revocation to every node.
-    pub fn revoke(&self, urls: &[String], revocation: &[u8]) -> Vec<Result<RevokeDone, NodeProblem>> {
+    pub fn revoke(
+        &self,
+        urls: &[String],
+        revocation: &[u8],
+    ) -> Vec<Result<RevokeDone, NodeProblem>> {
         self.on_each(urls, |_, url| self.admin.revoke(url, revocation.to_vec()))
     }
 }

@@ -243,7 +243,8 @@ fn keyset_for(
         pinned: None,
         secret: seed,
     };
-    trusted_keyset(source, &anchors, Some(records)).map_err(failed("the keyset could not be trusted"))
+    trusted_keyset(source, &anchors, Some(records))
+        .map_err(failed("the keyset could not be trusted"))
 }
 
 fn run(cli: Cli) -> Result<u8, Failed> {

@@ -328,15 +328,20 @@ pub fn load_keyset(
                 source.describe(),
                 pin.describe()
             );
-            if matches!(pin, Pin::Records) && others.iter().all(|f| {
-                records
-                    .and_then(|r| r.pinned(f.keyset.fs().as_str()))
-                    .is_none()
-            }) {
+            if matches!(pin, Pin::Records)
+                && others.iter().all(|f| {
+                    records
+                        .and_then(|r| r.pinned(f.keyset.fs().as_str()))
+                        .is_none()
+                })
+            {
                 msg = format!(
                     "no administrator key is pinned for this store's file system{}: ask your administrator for the key's fingerprint and give it with --admin-key FINGERPRINT (or a trusted copy of the keyset with --keyset FILE); it is then remembered in {}",
                     fs_names(&others),
-                    records.map_or("your trust records".into(), |r| r.path().display().to_string())
+                    records.map_or("your trust records".into(), |r| r
+                        .path()
+                        .display()
+                        .to_string())
                 );
             } else if !others.is_empty() {
                 msg.push_str(&format!(
@@ -402,7 +407,8 @@ pub fn trusted_keyset(
         ));
     }
     if let Some(path) = anchors.keyset_file {
-        let ks = Keyset::load(path).map_err(|e| Error::key(format!("keyset {}", path.display()), e))?;
+        let ks =
+            Keyset::load(path).map_err(|e| Error::key(format!("keyset {}", path.display()), e))?;
         return load_keyset(source, &Pin::Keyset(Box::new(ks)), records);
     }
     if let Some(fp) = anchors.admin_key {
@@ -427,7 +433,10 @@ pub fn trusted_keyset(
 }
 
 fn fs_names(found: &[&Found]) -> String {
-    let mut names: Vec<String> = found.iter().map(|f| format!("`{}`", f.keyset.fs())).collect();
+    let mut names: Vec<String> = found
+        .iter()
+        .map(|f| format!("`{}`", f.keyset.fs()))
+        .collect();
     names.sort();
     names.dedup();
     if names.is_empty() {
@@ -503,9 +512,14 @@ mod tests {
         let forger = AdminSecret::generate();
         let mut forged = Keyset::new(FsName::new("fs1").unwrap(), &forger);
         for _ in 0..5 {
-            forged.add_scope(&forger, &ScopeLabel::new("x").unwrap()).unwrap();
             forged
-                .add_scope(&forger, &ScopeLabel::new(format!("x{}", forged.serial())).unwrap())
+                .add_scope(&forger, &ScopeLabel::new("x").unwrap())
+                .unwrap();
+            forged
+                .add_scope(
+                    &forger,
+                    &ScopeLabel::new(format!("x{}", forged.serial())).unwrap(),
+                )
                 .unwrap();
         }
         w.publish_as(&forged, &forger);
@@ -515,7 +529,9 @@ mod tests {
         // Pinned to the forger's key, nothing of the real one is taken; and
         // a pin that matches nothing names what is there.
         let pin = Pin::Fingerprint(fingerprint(&AdminSecret::generate().verifying_key()));
-        let err = load_keyset(&w.source(), &pin, None).unwrap_err().to_string();
+        let err = load_keyset(&w.source(), &pin, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--admin-key"), "{err}");
         assert!(err.contains(&fingerprint(&forger.verifying_key())), "{err}");
     }
@@ -564,7 +580,10 @@ mod tests {
         std::fs::remove_file(w.dir.path().join(layout::keyset(1))).unwrap();
         let err = load_keyset(&w.source(), &Pin::Records, Some(&records)).unwrap_err();
         assert!(matches!(err, Error::Rollback(_)), "{err}");
-        assert!(err.to_string().contains("serial 1 was seen before"), "{err}");
+        assert!(
+            err.to_string().contains("serial 1 was seen before"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -575,10 +594,15 @@ mod tests {
             .add_scope(&w.admin, &ScopeLabel::new("alice").unwrap())
             .unwrap();
         // The store holds only serial 0; the reader trusts serial 1.
-        let err = load_keyset(&w.source(), &Pin::Keyset(Box::new(newer.clone())), None).unwrap_err();
+        let err =
+            load_keyset(&w.source(), &Pin::Keyset(Box::new(newer.clone())), None).unwrap_err();
         assert!(matches!(err, Error::Rollback(_)), "{err}");
         w.publish(&newer);
         let got = load_keyset(&w.source(), &Pin::Keyset(Box::new(w.keyset.clone())), None).unwrap();
-        assert_eq!(got.serial(), 1, "the store's newer keyset of the same administrator");
+        assert_eq!(
+            got.serial(),
+            1,
+            "the store's newer keyset of the same administrator"
+        );
     }
 }

@@ -93,7 +93,11 @@ impl ObjectSource for LooseFiles {
 
     fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
         let mut r = self.open(key)?;
-        let name = || self.path(key).map(|p| p.display().to_string()).unwrap_or_default();
+        let name = || {
+            self.path(key)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
         r.seek(std::io::SeekFrom::Start(range.start))
             .map_err(|e| Error::read(name(), e))?;
         let mut out = Vec::new();

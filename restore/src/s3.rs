@@ -578,10 +578,9 @@ impl S3Source {
         }
         let xml = is_xml(response.headers());
         let body = self.read_body(response.into_body(), length, MAX_GET)?;
-        if xml
-            && let Some(answer) = S3Answer::error_document(200, &body) {
-                return Err(answer.failure("GET", true));
-            }
+        if xml && let Some(answer) = S3Answer::error_document(200, &body) {
+            return Err(answer.failure("GET", true));
+        }
         Ok(body)
     }
 

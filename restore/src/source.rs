@@ -89,7 +89,10 @@ impl<S: ObjectSource + ?Sized> ReadAt for ObjectRanges<'_, S> {
         if bytes.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{}: the store returned no bytes at offset {offset}", self.key),
+                format!(
+                    "{}: the store returned no bytes at offset {offset}",
+                    self.key
+                ),
             ));
         }
         let n = bytes.len().min(buf.len());

@@ -199,9 +199,10 @@ fn chain_is_transient(e: &(dyn StdError + 'static)) -> bool {
                     | HttpErrorKind::Request
                     | HttpErrorKind::Timeout
                     | HttpErrorKind::Interrupted
-            ) {
-                return true;
-            }
+            )
+        {
+            return true;
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
             if matches!(

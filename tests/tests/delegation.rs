@@ -25,9 +25,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cbfs_core::{ScopeLabel, UserName, UserSecret, public_key_from_hex};
-use cbfs_delegation::client::{FetchError, NodeProblem};
-use cbfs_delegation::wire::{NodeInfo, ReencryptBody, SignedReencrypt};
 use cbfs_tests::{Fault, FaultPlan, FaultyProxy, cbfs_cmd, http_client, run_fail, run_ok};
+use cbfs_wire::client::{FetchError, NodeProblem};
+use cbfs_wire::{NodeInfo, ReencryptBody, SignedReencrypt};
 use cluster::{Cluster, SCOPE, USER, text};
 use liar::LyingProxy;
 
@@ -42,10 +42,7 @@ fn refusal_codes(err: &FetchError) -> Vec<String> {
         .collect()
 }
 
-fn expect_refused(
-    result: Result<cbfs_delegation::client::Fetched, FetchError>,
-    code: &str,
-) -> String {
+fn expect_refused(result: Result<cbfs_wire::client::Fetched, FetchError>, code: &str) -> String {
     let err = result.expect_err("the fetch must be refused");
     let message = err.to_string();
     let codes = refusal_codes(&err);
@@ -83,19 +80,19 @@ fn two_of_three_survives_one_dead_node_and_fails_clearly_with_two() {
 
     let lockboxes = c.lockboxes(12);
     let all = c.urls();
-    let fetched = c.fetch(&all, 2, "/projects/", &lockboxes).unwrap();
+    let fetched = c.fetch(&all, "/projects/", &lockboxes).unwrap();
     assert_eq!(fetched.answered.len(), 2);
     c.open_all(fetched, &lockboxes);
 
     // One node down: the restore still succeeds.
     c.nodes[2].kill();
-    let fetched = c.fetch(&all, 2, "/projects/", &lockboxes).unwrap();
+    let fetched = c.fetch(&all, "/projects/", &lockboxes).unwrap();
     assert_eq!(fetched.answered, &all[..2]);
     c.open_all(fetched, &lockboxes);
 
     // Two down: a clear failure naming the dead nodes.
     c.nodes[1].kill();
-    let err = c.fetch(&all, 2, "/projects/", &lockboxes).unwrap_err();
+    let err = c.fetch(&all, "/projects/", &lockboxes).unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("2 of the 3 delegation nodes must answer")
@@ -113,12 +110,12 @@ fn two_of_three_survives_one_dead_node_and_fails_clearly_with_two() {
 }
 
 #[test]
-fn one_node_reencrypts_a_thousand_capsules_into_verified_cfrags() {
+fn two_nodes_reencrypt_a_thousand_capsules_into_verified_cfrags() {
     let c = Cluster::start(3, &[]);
     c.delegate(2, &[]);
     let lockboxes = c.lockboxes(1000);
     let started = Instant::now();
-    let fetched = c.fetch(&c.urls()[..1], 1, "/", &lockboxes).unwrap();
+    let fetched = c.fetch(&c.urls()[..2], "/", &lockboxes).unwrap();
     eprintln!(
         "1000 capsules: re-encrypted and verified in {:?}",
         started.elapsed()
@@ -128,7 +125,7 @@ fn one_node_reencrypts_a_thousand_capsules_into_verified_cfrags() {
         fetched
             .cfrags
             .iter()
-            .all(|per_capsule| per_capsule.len() == 1)
+            .all(|per_capsule| per_capsule.len() == 2)
     );
     assert!(fetched.failures.is_empty());
     // One request, not a thousand.
@@ -157,7 +154,7 @@ fn a_revoked_user_is_refused() {
     c.delegate(2, &["--out", "grants"]);
     let lockboxes = c.lockboxes(3);
     let all = c.urls();
-    c.open_all(c.fetch(&all, 2, "/", &lockboxes).unwrap(), &lockboxes);
+    c.open_all(c.fetch(&all, "/", &lockboxes).unwrap(), &lockboxes);
 
     // One node down: 2 of 3 comply, and n - m + 1 = 2 is enough.
     c.nodes[2].kill();
@@ -170,7 +167,7 @@ fn a_revoked_user_is_refused() {
     assert_eq!(report["nodes"][0]["deleted"], true);
     assert_eq!(report["nodes"][2]["complied"], false);
 
-    let message = expect_refused(c.fetch(&all, 2, "/", &lockboxes), "revoked");
+    let message = expect_refused(c.fetch(&all, "/", &lockboxes), "revoked");
     assert!(message.contains("was revoked at"), "{message}");
 
     // The old grant, uploaded again, is refused.
@@ -208,7 +205,7 @@ fn a_revoked_user_is_refused() {
         all[0]
     )));
     run_ok(&mut cmd);
-    c.open_all(c.fetch(&all[..1], 1, "/", &lockboxes).unwrap(), &lockboxes);
+    c.open_all(c.fetch(&all[..1], "/", &lockboxes).unwrap(), &lockboxes);
     c.assert_no_secrets();
 }
 
@@ -224,10 +221,10 @@ fn an_expired_delegation_is_refused() {
     );
     let lockboxes = c.lockboxes(2);
     let all = c.urls();
-    c.open_all(c.fetch(&all, 2, "/", &lockboxes).unwrap(), &lockboxes);
+    c.open_all(c.fetch(&all, "/", &lockboxes).unwrap(), &lockboxes);
     let left = Duration::from_secs(9).saturating_sub(granted.elapsed());
     std::thread::sleep(left);
-    let message = expect_refused(c.fetch(&all, 2, "/", &lockboxes), "expired");
+    let message = expect_refused(c.fetch(&all, "/", &lockboxes), "expired");
     assert!(message.contains("expired at"), "{message}");
     // And an expired delegation cannot be sent again either.
     let out = run_fail(&mut c.delegate_cmd(2, &["--expires", "2001-01-01T00:00:00Z"]));
@@ -244,10 +241,10 @@ fn a_path_the_policy_excludes_is_refused() {
     let lockboxes = c.lockboxes(2);
     let all = c.urls();
     c.open_all(
-        c.fetch(&all, 2, "/public/reports/", &lockboxes).unwrap(),
+        c.fetch(&all, "/public/reports/", &lockboxes).unwrap(),
         &lockboxes,
     );
-    let message = expect_refused(c.fetch(&all, 2, "/private/payroll/", &lockboxes), "denied");
+    let message = expect_refused(c.fetch(&all, "/private/payroll/", &lockboxes), "denied");
     assert!(message.contains("forbidden by no-private"), "{message}");
     let audit = fs::read_to_string(c.nodes[0].audit_path()).unwrap();
     let denial = audit
@@ -283,6 +280,10 @@ fn raw_request(c: &Cluster, url: &str, signer: &UserSecret) -> SignedReencrypt {
         &ScopeLabel::new(SCOPE).unwrap(),
         "/",
         &capsules,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
     )
     .sign(&signer.signer())
 }
@@ -361,7 +362,7 @@ fn a_node_that_returns_tampered_cfrags_is_detected_and_named() {
     let lockboxes = c.lockboxes(4);
 
     // Two honest nodes answer: the liar does not stop the restore.
-    let fetched = c.fetch(&urls, 2, "/", &lockboxes).unwrap();
+    let fetched = c.fetch(&urls, "/", &lockboxes).unwrap();
     assert!(!fetched.answered.contains(&liar.url) || liar.lies.load(Ordering::SeqCst) == 0);
     if fetched.failures.iter().any(|f| f.lied()) {
         assert_eq!(fetched.failures[0].node, liar.url);
@@ -370,7 +371,7 @@ fn a_node_that_returns_tampered_cfrags_is_detected_and_named() {
 
     // One honest node left: the fetch fails, and names the liar.
     c.nodes[2].kill();
-    let err = c.fetch(&urls, 2, "/", &lockboxes).unwrap_err();
+    let err = c.fetch(&urls, "/", &lockboxes).unwrap_err();
     let message = err.to_string();
     assert!(liar.lies.load(Ordering::SeqCst) >= 1);
     let lied: Vec<_> = err.failures().iter().filter(|f| f.lied()).collect();
@@ -399,7 +400,7 @@ fn a_slow_node_does_not_hold_up_the_restore() {
     let urls = vec![slow.endpoint(), c.urls()[1].clone(), c.urls()[2].clone()];
     let lockboxes = c.lockboxes(3);
     let started = Instant::now();
-    let fetched = c.fetch(&urls, 2, "/", &lockboxes).unwrap();
+    let fetched = c.fetch(&urls, "/", &lockboxes).unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "waited {:?} for the slow node",
@@ -411,7 +412,7 @@ fn a_slow_node_does_not_hold_up_the_restore() {
     // With one fast node left, the slow one runs out of time, and is named.
     c.nodes[2].kill();
     let err = c
-        .fetch_within(Duration::from_secs(2), &urls, 2, "/", &lockboxes)
+        .fetch_within(Duration::from_secs(2), &urls, "/", &lockboxes)
         .unwrap_err();
     let message = err.to_string();
     assert!(
@@ -430,7 +431,7 @@ fn the_audit_log_shows_edited_and_deleted_entries() {
     c.delegate(1, &[]);
     let lockboxes = c.lockboxes(2);
     for _ in 0..3 {
-        c.fetch(&c.urls(), 1, "/", &lockboxes).unwrap();
+        c.fetch(&c.urls(), "/", &lockboxes).unwrap();
     }
     let mallory = UserSecret::generate();
     post(&c.urls()[0], &raw_request(&c, &c.urls()[0], &mallory));
@@ -571,7 +572,7 @@ fn sighup_reloads_policies_without_dropping_requests() {
     let url = c.urls();
     let lockboxes = c.lockboxes(2);
     c.open_all(
-        c.fetch(&url, 1, "/private/x/", &lockboxes).unwrap(),
+        c.fetch(&url, "/private/x/", &lockboxes).unwrap(),
         &lockboxes,
     );
 
@@ -581,7 +582,7 @@ fn sighup_reloads_policies_without_dropping_requests() {
         let background = s.spawn(|| {
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
-                c.fetch(&url, 1, "/public/", &lockboxes)
+                c.fetch(&url, "/public/", &lockboxes)
                     .expect("a request during the reload failed");
                 n += 1;
             }
@@ -595,7 +596,7 @@ fn sighup_reloads_policies_without_dropping_requests() {
         background.join().unwrap()
     });
     assert!(served >= 1);
-    let message = expect_single_refusal(c.fetch(&url, 1, "/private/x/", &lockboxes), "denied");
+    let message = expect_single_refusal(c.fetch(&url, "/private/x/", &lockboxes), "denied");
     assert!(message.contains("no-private"), "{message}");
 
     // A broken folder is refused on reload; the policies in force stay.
@@ -612,15 +613,12 @@ fn sighup_reloads_policies_without_dropping_requests() {
     }
     assert!(c.nodes[0].log_text().contains("broken.cedar"));
     wait_for_policy(&url[0], "no-private", true);
-    expect_single_refusal(c.fetch(&url, 1, "/private/x/", &lockboxes), "denied");
-    c.open_all(
-        c.fetch(&url, 1, "/public/", &lockboxes).unwrap(),
-        &lockboxes,
-    );
+    expect_single_refusal(c.fetch(&url, "/private/x/", &lockboxes), "denied");
+    c.open_all(c.fetch(&url, "/public/", &lockboxes).unwrap(), &lockboxes);
 }
 
 fn expect_single_refusal(
-    result: Result<cbfs_delegation::client::Fetched, FetchError>,
+    result: Result<cbfs_wire::client::Fetched, FetchError>,
     code: &str,
 ) -> String {
     let err = result.expect_err("the fetch must be refused");

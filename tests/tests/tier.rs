@@ -386,7 +386,10 @@ fn behaviour_suite(backend: Backend) {
                 &backend.spec(),
                 "--identity",
             ])
-            .arg(format!("file:{}", keys.dir.join("alice-scope.key").display()))
+            .arg(format!(
+                "file:{}",
+                keys.dir.join("alice-scope.key").display()
+            ))
             .arg("--index")
             .arg(&index)
             .arg(".")

@@ -62,6 +62,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The run was asked to stop; what it committed stays, and the next
+    /// run finishes the snapshot.
+    #[error("the run was cancelled at a safe point; the next run finishes its snapshot")]
+    Cancelled,
+
     /// An object in the store is not what it must be.
     #[error("store object {object}: {reason}")]
     Integrity { object: String, reason: String },

@@ -399,10 +399,13 @@ impl Batch {
     }
 }
 
-/// The stored paths in byte order, as they were when the cursor was made.
+/// The stored paths in byte order, as they were when the cursor was made;
+/// only those below a prefix, if it has one.
 pub struct PathCursor<'a> {
     it: rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>,
     index: &'a Index,
+    /// The key prefix of the paths it covers (`f`, then `PREFIX/`).
+    within: Vec<u8>,
 }
 
 impl PathCursor<'_> {
@@ -410,7 +413,7 @@ impl PathCursor<'_> {
     /// to `gone`, then whether `path` itself is stored (it is skipped).
     pub fn advance_to(&mut self, path: &[u8], mut gone: impl FnMut(&[u8])) -> Result<bool> {
         while let Some(k) = self.it.key() {
-            if k.first() != Some(&FILE) {
+            if !k.starts_with(&self.within) {
                 break;
             }
             match k[1..].cmp(path) {
@@ -430,7 +433,7 @@ impl PathCursor<'_> {
     /// Every stored path not given yet.
     pub fn rest(&mut self, mut gone: impl FnMut(&[u8])) -> Result<()> {
         while let Some(k) = self.it.key() {
-            if k.first() != Some(&FILE) {
+            if !k.starts_with(&self.within) {
                 break;
             }
             gone(&k[1..]);
@@ -600,9 +603,24 @@ impl Index {
     /// a run compares its walk with to find what is gone, without holding
     /// every path in memory. Later commits do not show in it.
     pub fn paths_cursor(&self) -> PathCursor<'_> {
+        self.paths_cursor_below(None)
+    }
+
+    /// [`paths_cursor`](Self::paths_cursor) over the paths below `prefix`
+    /// only (`prefix/...`), or all of them for `None`.
+    pub fn paths_cursor_below(&self, prefix: Option<&[u8]>) -> PathCursor<'_> {
+        let mut within = vec![FILE];
+        if let Some(p) = prefix {
+            within.extend_from_slice(p);
+            within.push(b'/');
+        }
         let mut it = self.db.raw_iterator();
-        it.seek([FILE]);
-        PathCursor { it, index: self }
+        it.seek(&within);
+        PathCursor {
+            it,
+            index: self,
+            within,
+        }
     }
 
     /// What file `slot` of a member is.

@@ -36,6 +36,7 @@
 
 mod agent;
 mod error;
+pub mod gateway;
 mod index;
 mod list;
 mod lock;
@@ -57,7 +58,7 @@ pub use lock::{IndexLock, LOCK_FILE};
 pub use observe::{Observer, Quiet};
 #[cfg(feature = "crash-points")]
 pub use out::CrashPoint;
-pub use out::{OutOptions, OutReport};
+pub use out::{ChangeTest, OutOptions, OutReport};
 pub use remote::{NodeOpener, NodeOptions};
 pub use restore::{RestoreRequest, TrustOptions, restore};
 pub use rules::{ScopeRule, ScopeRules};

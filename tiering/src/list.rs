@@ -68,11 +68,15 @@ fn info(s: &Snapshot) -> SnapshotInfo {
     }
 }
 
-fn load(store: &str, trust: &TrustOptions, rt: tokio::runtime::Handle) -> Result<(Vec<Snapshot>, Vec<Ignored>)> {
+fn load(
+    store: &str,
+    trust: &TrustOptions,
+    rt: tokio::runtime::Handle,
+) -> Result<(Vec<Snapshot>, Vec<Ignored>)> {
     let source = StoreSource::new(Store::open(store)?, rt);
     let t = trusted(&source, trust, None, None)?;
-    let (snaps, ignored) =
-        snapshots(&source, &t.trust, 0).map_err(|e| restore_error("cannot list the snapshots", e))?;
+    let (snaps, ignored) = snapshots(&source, &t.trust, 0)
+        .map_err(|e| restore_error("cannot list the snapshots", e))?;
     let ignored = ignored
         .into_iter()
         .map(|(object, reason)| Ignored { object, reason })
@@ -148,7 +152,55 @@ pub async fn list_entries(
     .map_err(|e| Error::Usage(format!("listing failed: {e}")))?
 }
 
-fn entries_of(index: &Index, snapshot: &Snapshot, prefix: Option<&str>) -> Result<Vec<ListedEntry>> {
+impl crate::agent::Agent {
+    /// Every trusted snapshot of this agent's store, oldest first, and what
+    /// was ignored (the keyset this agent was opened with is the trust).
+    pub async fn snapshots(
+        self: &std::sync::Arc<Self>,
+    ) -> Result<(Vec<SnapshotInfo>, Vec<Ignored>)> {
+        let agent = self.clone();
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let (snaps, ignored) = snapshots(&agent.source(rt), &agent.trust()?, 0)
+                .map_err(|e| restore_error("cannot list the snapshots", e))?;
+            Ok((
+                snaps.iter().map(info).collect(),
+                ignored
+                    .into_iter()
+                    .map(|(object, reason)| Ignored { object, reason })
+                    .collect(),
+            ))
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("listing failed: {e}")))?
+    }
+
+    /// The entries of one of this agent's snapshots under `prefix` (see
+    /// [`list_entries`]), named by its own index.
+    pub async fn entries(
+        self: &std::sync::Arc<Self>,
+        snapshot: Option<String>,
+        prefix: Option<String>,
+    ) -> Result<Vec<ListedEntry>> {
+        let agent = self.clone();
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let source = agent.source(rt);
+            let trust = agent.trust()?;
+            let chosen = cbfs_restore::open_snapshot(&source, &trust, snapshot.as_deref())
+                .map_err(|e| restore_error("the snapshot could not be verified", e))?;
+            entries_of(&agent.index, &chosen, prefix.as_deref())
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("listing failed: {e}")))?
+    }
+}
+
+fn entries_of(
+    index: &Index,
+    snapshot: &Snapshot,
+    prefix: Option<&str>,
+) -> Result<Vec<ListedEntry>> {
     let prefix = prefix.map(|p| p.trim_end_matches('/'));
     let mut out = Vec::new();
     let mut unknown = 0;

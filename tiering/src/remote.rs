@@ -59,6 +59,8 @@ pub struct NodeOptions<'a> {
     pub timeout: Duration,
     /// The path prefix the restore asks for (policies may limit it).
     pub path: String,
+    /// Nodes reached through a gateway's relay: how requests are signed.
+    pub gateway: Option<cbfs_wire::client::GatewayAuth>,
 }
 
 impl NodeOpener {
@@ -70,9 +72,12 @@ impl NodeOpener {
         keyset: &Keyset,
         opts: NodeOptions<'_>,
     ) -> Result<Self> {
-        let nodes = NodeSet::new(opts.urls)
+        let mut nodes = NodeSet::new(opts.urls)
             .map_err(|e| Error::Usage(e.to_string()))?
             .with_timeout(opts.timeout);
+        if let Some(auth) = opts.gateway {
+            nodes = nodes.with_gateway_auth(auth);
+        }
         cbfs_wire::check_path(&opts.path)
             .map_err(|e| Error::Usage(format!("path `{}`: {e}", opts.path)))?;
         Ok(NodeOpener {

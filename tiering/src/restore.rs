@@ -61,7 +61,8 @@ pub(crate) fn trusted(
         .trust_file
         .clone()
         .unwrap_or_else(|| TrustRecords::default_path(key_file));
-    let records = TrustRecords::load(&records_path).map_err(|e| restore_error("trust records", e))?;
+    let records =
+        TrustRecords::load(&records_path).map_err(|e| restore_error("trust records", e))?;
     let (pinned, index_newest) = match &opts.index {
         Some(dir) if dir.join("CURRENT").exists() => {
             let index = Index::open_read_only(dir)?;
@@ -118,7 +119,7 @@ pub struct RestoreRequest {
 
 /// The user a `--user` argument names: a `NAME.pub` file (checked against the
 /// secret) or a bare name.
-fn user_name(arg: &str, secret: &UserSecret) -> Result<UserName> {
+pub(crate) fn user_name(arg: &str, secret: &UserSecret) -> Result<UserName> {
     let path = Path::new(arg);
     if arg.ends_with(".pub") || path.is_file() {
         let public = UserPublic::load(path)?;
@@ -162,14 +163,43 @@ fn restore_blocking(
     rt: tokio::runtime::Handle,
     observer: &dyn Observer,
 ) -> Result<Report> {
-    let source = StoreSource::new(Store::open(&req.store)?, rt.clone());
     let seed = req.identity.load(&Unlock::from_env())?;
+    // Through a gateway, the user's own key signs every request: store
+    // reads and, by default, the relays to the file system's nodes.
+    let gateway = if crate::gateway::is_gateway_store(&req.store) {
+        let Some(user) = &req.user else {
+            return Err(Error::Usage(
+                "a store through a gateway needs --user NAME.pub: the gateway knows you by it"
+                    .into(),
+            ));
+        };
+        let secret = UserSecret::from_seed(copy(&seed));
+        let name = user_name(user, &secret)?;
+        let auth = cbfs_wire::client::GatewayAuth::new(name, secret.signer());
+        Some(crate::gateway::GatewayClient::new(&req.store, auth, None)?)
+    } else {
+        None
+    };
+    let source: Box<dyn ObjectSource> = match &gateway {
+        Some(client) => Box::new(crate::gateway::GatewaySource::new(
+            client.clone(),
+            rt.clone(),
+        )),
+        None => Box::new(StoreSource::new(Store::open(&req.store)?, rt.clone())),
+    };
+    let source = source.as_ref();
+    let mut node_urls = req.nodes.clone();
+    if let Some(client) = &gateway
+        && node_urls.is_empty()
+    {
+        node_urls = rt.block_on(client.node_relays())?;
+    }
     let key_file = match &req.identity {
         KeySource::File(p) => Some(p.as_path()),
         _ => None,
     };
-    let mut t = trusted(&source, &req.trust, Some(&seed), key_file)?;
-    let opener: Box<dyn LockboxOpener> = if req.nodes.is_empty() {
+    let mut t = trusted(source, &req.trust, Some(&seed), key_file)?;
+    let opener: Box<dyn LockboxOpener> = if node_urls.is_empty() {
         if req.user.is_some() {
             return Err(Error::Usage("--user goes with --node URL".into()));
         }
@@ -199,14 +229,15 @@ fn restore_blocking(
             secret,
             &t.keyset,
             NodeOptions {
-                urls: &req.nodes,
+                urls: &node_urls,
                 user: name,
                 timeout: req.node_timeout,
                 path: request_path(&req.path),
+                gateway: gateway.as_ref().map(|g| g.auth().clone()),
             },
         )?)
     };
-    let snapshot = open_snapshot(&source, &t.trust, req.snapshot.as_deref())
+    let snapshot = open_snapshot(source, &t.trust, req.snapshot.as_deref())
         .map_err(|e| restore_error("the snapshot could not be verified", e))?;
     if req.snapshot.is_none() {
         t.records
@@ -235,7 +266,7 @@ fn restore_blocking(
         threads: req.threads,
     };
     let before = source.fetched();
-    let mut report = cbfs_restore::restore(&source, &snapshot, opener.as_ref(), &opts, &mut sink)
+    let mut report = cbfs_restore::restore(source, &snapshot, opener.as_ref(), &opts, &mut sink)
         .map_err(|e| restore_error(snapshot.key(), e))?;
     report.fetched_bytes = source.fetched() - before;
     report.warnings.extend(opener.notes());

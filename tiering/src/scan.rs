@@ -73,6 +73,20 @@ impl Stat {
     pub fn same_version(&self, other: &Stat) -> bool {
         self == other
     }
+
+    /// Whether two stats describe the same entry as a tar header would:
+    /// type, permission bits, owner, size, modification time and device
+    /// number. For trees that are extracted anew for each run (a pushed
+    /// stream), where inode numbers and change times always differ.
+    pub fn same_attributes(&self, other: &Stat) -> bool {
+        self.mode == other.mode
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && self.size == other.size
+            && self.mtime == other.mtime
+            && self.mtime_ns == other.mtime_ns
+            && self.rdev == other.rdev
+    }
 }
 
 /// One entry of the tree.
@@ -87,7 +101,7 @@ pub struct Entry {
 }
 
 /// Something the walk could not read.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Problem {
     /// The path, lossily as text.
     pub path: String,
@@ -314,7 +328,12 @@ fn list(abs: PathBuf, rel: Vec<u8>, emit: &mut impl FnMut(Walked)) -> Option<Lev
                 }
                 rest.push(Step::Entry(e.file_name(), meta));
             }
-            Err(err) => emit(Walked::Problem(walk_problem(&abs, rel.clone(), err, listing))),
+            Err(err) => emit(Walked::Problem(walk_problem(
+                &abs,
+                rel.clone(),
+                err,
+                listing,
+            ))),
         }
     }
     rest.sort_by(|a, b| b.key().cmp(&a.key()));

@@ -29,6 +29,9 @@ pub struct SourceTree {
     root: OwnedFd,
     /// Whether the kernel has `openat2`; cleared on the first `ENOSYS`.
     openat2: AtomicBool,
+    /// The prefix the tree's paths carry in the index (`PREFIX/`), if any:
+    /// it is taken off before a path is opened.
+    prefix: Option<Vec<u8>>,
 }
 
 /// Why an entry could not be opened as the scan saw it.
@@ -65,7 +68,28 @@ impl SourceTree {
         Ok(SourceTree {
             root: fd,
             openat2: AtomicBool::new(true),
+            prefix: None,
         })
+    }
+
+    /// The tree whose entries are named `prefix/...` in the index.
+    pub fn with_prefix(mut self, prefix: Option<&[u8]>) -> Self {
+        self.prefix = prefix.map(|p| {
+            let mut p = p.to_vec();
+            p.push(b'/');
+            p
+        });
+        self
+    }
+
+    /// A path of the index as a path inside the tree.
+    fn local<'r>(&self, rel: &'r [u8]) -> io::Result<&'r [u8]> {
+        match &self.prefix {
+            None => Ok(rel),
+            Some(p) => rel.strip_prefix(p.as_slice()).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "not a path below the prefix")
+            }),
+        }
     }
 
     fn open_beneath(&self, rel: &[u8], oflags: OFlags) -> io::Result<OwnedFd> {
@@ -134,17 +158,20 @@ impl SourceTree {
     /// device swapped in is never opened at all; only the entry that passed
     /// the check is then opened for reading, through its descriptor.
     pub fn open_checked(&self, rel: &[u8], scanned: &Stat) -> Result<File, OpenError> {
+        let rel = self.local(rel).map_err(OpenError::Io)?;
         let mut how = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         if scanned.file_type() == libc::S_IFDIR {
             how |= OFlags::DIRECTORY;
         }
-        let handle = self.open_beneath(rel, how).map_err(|e| match e.raw_os_error() {
-            // A symbolic link where the scan saw none (on the way or at the end).
-            Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => {
-                OpenError::Changed("a symbolic link or another kind of entry is in the way".into())
-            }
-            _ => OpenError::Io(e),
-        })?;
+        let handle = self
+            .open_beneath(rel, how)
+            .map_err(|e| match e.raw_os_error() {
+                // A symbolic link where the scan saw none (on the way or at the end).
+                Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => OpenError::Changed(
+                    "a symbolic link or another kind of entry is in the way".into(),
+                ),
+                _ => OpenError::Io(e),
+            })?;
         let st = rustix::fs::fstat(&handle).map_err(|e| OpenError::Io(e.into()))?;
         if st.st_dev != scanned.dev
             || st.st_ino != scanned.ino
@@ -161,8 +188,8 @@ impl SourceTree {
             ));
         }
         // The very inode that passed, opened for reading through its handle.
-        let via = Path::new("/proc/self/fd")
-            .join(std::os::fd::AsRawFd::as_raw_fd(&handle).to_string());
+        let via =
+            Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(&handle).to_string());
         let file = match std::os::unix::fs::OpenOptionsExt::custom_flags(
             std::fs::OpenOptions::new().read(true),
             libc::O_NONBLOCK | libc::O_NOCTTY,
@@ -182,6 +209,7 @@ impl SourceTree {
     /// the root with no symbolic link on the way), after checking the link
     /// is the one the scan found.
     pub fn read_link(&self, rel: &[u8], scanned: &Stat) -> Result<Vec<u8>, OpenError> {
+        let rel = self.local(rel).map_err(OpenError::Io)?;
         let (dir, name) = self.parent_of(rel)?;
         let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| OpenError::Io(e.into()))?;
@@ -193,8 +221,8 @@ impl SourceTree {
                 "it is no longer the symbolic link the scan found".into(),
             ));
         }
-        let target = rustix::fs::readlinkat(&dir, name, Vec::new())
-            .map_err(|e| OpenError::Io(e.into()))?;
+        let target =
+            rustix::fs::readlinkat(&dir, name, Vec::new()).map_err(|e| OpenError::Io(e.into()))?;
         Ok(target.into_bytes())
     }
 
@@ -205,6 +233,7 @@ impl SourceTree {
         &self,
         rel: &[u8],
     ) -> io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+        let rel = self.local(rel)?;
         let (dir, name) = self.parent_of(rel).map_err(|e| match e {
             OpenError::Io(e) => e,
             OpenError::Changed(why) => io::Error::other(why),
@@ -225,12 +254,13 @@ impl SourceTree {
             rustix::fs::openat(&self.root, ".", how, Mode::empty())
                 .map_err(|e| OpenError::Io(e.into()))?
         } else {
-            self.open_beneath(parent, how).map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => {
-                    OpenError::Changed("a symbolic link is on the way".into())
-                }
-                _ => OpenError::Io(e),
-            })?
+            self.open_beneath(parent, how)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => {
+                        OpenError::Changed("a symbolic link is on the way".into())
+                    }
+                    _ => OpenError::Io(e),
+                })?
         };
         Ok((dir, name))
     }

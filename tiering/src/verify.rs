@@ -150,7 +150,14 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
         .count() as u64;
     for (segment, members) in &referenced {
         report.members += members.len() as u64;
-        check_segment(&source, &t.keyset, segment, members, &mut report, &mut problems);
+        check_segment(
+            &source,
+            &t.keyset,
+            segment,
+            members,
+            &mut report,
+            &mut problems,
+        );
     }
     if req.read_data {
         let seed = seed.as_ref().expect("checked above");

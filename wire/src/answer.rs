@@ -176,7 +176,8 @@ impl NodePublicFile {
 
     /// Reads a `node.pub` file: the key, checked against its fingerprint.
     pub fn load(path: &std::path::Path) -> Result<PublicKey, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let file: NodePublicFile = serde_json::from_slice(&bytes)
             .map_err(|e| format!("{} is not a node key file: {e}", path.display()))?;
         if file.format != NODE_KEY_FORMAT || file.version != 1 {

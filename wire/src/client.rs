@@ -34,8 +34,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cbfs_core::umbral_pre::Signer;
 use cbfs_core::umbral_pre::{Capsule, PublicKey, VerifiedCapsuleFrag};
-use cbfs_core::{Clock, DelegationRecord, UserSecret, fingerprint, public_key_from_hex};
+use cbfs_core::{Clock, DelegationRecord, UserName, UserSecret, fingerprint, public_key_from_hex};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use serde::de::DeserializeOwned;
@@ -59,10 +60,94 @@ struct Node {
     key: OnceCell<PublicKey>,
 }
 
+/// A caller of `cbfs-gateway`: its name and its cbfs signing key, which
+/// signs every request (see [`crate::gateway`]). `Debug` shows the name only.
+#[derive(Clone)]
+pub struct GatewayAuth {
+    user: UserName,
+    signer: Arc<Signer>,
+}
+
+impl fmt::Debug for GatewayAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayAuth {
+    /// `user`, signing with `signer` (its signing key).
+    pub fn new(user: UserName, signer: Signer) -> Self {
+        GatewayAuth {
+            user,
+            signer: Arc::new(signer),
+        }
+    }
+
+    /// The caller's name.
+    pub fn user(&self) -> &UserName {
+        &self.user
+    }
+
+    /// The `Authorization` and content-hash headers of a request to `url`;
+    /// `body` is `None` for a streamed body (sent as `UNSIGNED-PAYLOAD`).
+    pub fn headers(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&[u8]>,
+        timestamp: i64,
+    ) -> Result<[(&'static str, String); 2], String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("URL `{url}`: {e}"))?;
+        let path_and_query = match parsed.query() {
+            Some(q) => format!("{}?{q}", parsed.path()),
+            None => parsed.path().to_owned(),
+        };
+        let content = match body {
+            Some(b) => crate::gateway::content_sha256(b),
+            None => crate::gateway::UNSIGNED_PAYLOAD.to_owned(),
+        };
+        let nonce = crate::gateway::new_nonce();
+        let parts = crate::gateway::SignedParts {
+            method,
+            path_and_query: &path_and_query,
+            timestamp,
+            nonce: &nonce,
+            content_sha256: &content,
+        };
+        Ok([
+            (
+                "authorization",
+                crate::gateway::authorization(&self.user, &self.signer, &parts),
+            ),
+            (crate::gateway::CONTENT_SHA256_HEADER, content),
+        ])
+    }
+
+    /// `request` (to `url`, with `body`, see [`headers`](Self::headers)),
+    /// signed.
+    pub fn sign(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &str,
+        url: &str,
+        body: Option<&[u8]>,
+        timestamp: i64,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let mut request = request;
+        for (name, value) in self.headers(method, url, body, timestamp)? {
+            request = request.header(name, value);
+        }
+        Ok(request)
+    }
+}
+
 /// The n nodes of a delegation, and how to talk to them.
 pub struct NodeSet {
     nodes: Vec<Node>,
     http: reqwest::Client,
+    gateway: Option<GatewayAuth>,
     timeout: Duration,
     batch: usize,
     clock: Arc<dyn Clock>,
@@ -243,12 +328,55 @@ pub fn check_url(url: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-fn http_client(timeout: Option<Duration>) -> Result<reqwest::Client, String> {
+/// The environment variable naming a PEM file of extra CA certificates
+/// that HTTPS servers (gateways, nodes) may be signed by, beside the system's.
+pub const CA_FILE_ENV: &str = "CBFS_CA_FILE";
+/// The environment variable naming a PEM file with a client certificate
+/// and its private key, presented to servers that ask for one (mTLS).
+pub const CLIENT_IDENTITY_ENV: &str = "CBFS_CLIENT_IDENTITY";
+
+/// `builder` with the extra CA certificates of [`CA_FILE_ENV`] and the
+/// client certificate of [`CLIENT_IDENTITY_ENV`], if set.
+pub fn with_tls_env(mut builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
+    if let Some(path) = std::env::var_os(CA_FILE_ENV) {
+        let pem = std::fs::read(&path)
+            .map_err(|e| format!("{CA_FILE_ENV}={}: {e}", path.to_string_lossy()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{CA_FILE_ENV}={}: {e}", path.to_string_lossy()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{CA_FILE_ENV}={}: no PEM certificate in it",
+                path.to_string_lossy()
+            ));
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    if let Some(path) = std::env::var_os(CLIENT_IDENTITY_ENV) {
+        let pem = std::fs::read(&path)
+            .map_err(|e| format!("{CLIENT_IDENTITY_ENV}={}: {e}", path.to_string_lossy()))?;
+        // The error says what is wrong with the file's framing, never its key.
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
+            format!(
+                "{CLIENT_IDENTITY_ENV}={}: not a PEM certificate followed by its private key",
+                path.to_string_lossy()
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    Ok(builder)
+}
+
+/// An HTTP client for cbfs servers: TLS roots of the system and of
+/// [`CA_FILE_ENV`], the client certificate of [`CLIENT_IDENTITY_ENV`].
+pub fn http_client(timeout: Option<Duration>) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
     if let Some(t) = timeout {
         b = b.timeout(t);
     }
-    b.build()
+    with_tls_env(b)?
+        .build()
         .map_err(|e| format!("cannot make an HTTP client: {e}"))
 }
 
@@ -279,6 +407,7 @@ impl NodeSet {
         Ok(NodeSet {
             nodes,
             http: http_client(None).map_err(FetchError::Config)?,
+            gateway: None,
             timeout: DEFAULT_TIMEOUT,
             batch: DEFAULT_BATCH,
             clock: cbfs_core::system_clock(),
@@ -300,6 +429,13 @@ impl NodeSet {
     /// Uses `client` for HTTP (for proxies, TLS roots, ...).
     pub fn with_http_client(mut self, client: reqwest::Client) -> Self {
         self.http = client;
+        self
+    }
+
+    /// Signs every request as `auth`: for nodes reached through a
+    /// gateway's relay (`https://GATEWAY/v1/fs/NAME/nodes/I`).
+    pub fn with_gateway_auth(mut self, auth: GatewayAuth) -> Self {
+        self.gateway = Some(auth);
         self
     }
 
@@ -356,7 +492,8 @@ pub async fn fetch_cfrags(
         };
         // A scope not delegated to this user is the normal case for most
         // scopes of a tree: not worth a warning.
-        if matches!(&failure.problem, NodeProblem::Refused { code, .. } if code == "no_delegation") {
+        if matches!(&failure.problem, NodeProblem::Refused { code, .. } if code == "no_delegation")
+        {
             tracing::debug!("{failure}");
         } else {
             tracing::warn!("{failure}");
@@ -500,7 +637,16 @@ pub async fn fetch_cfrags(
 
 async fn node_key(nodes: &NodeSet, node: &Node) -> Result<PublicKey, NodeProblem> {
     node.key
-        .get_or_try_init(|| async { Ok(node_info(&nodes.http, &node.url).await?.0) })
+        .get_or_try_init(|| async {
+            let url = format!("{}/v1/node", node.url);
+            let mut get = nodes.http.get(&url);
+            if let Some(auth) = &nodes.gateway {
+                get = auth
+                    .sign(get, "GET", &url, Some(b""), nodes.clock.unix())
+                    .map_err(NodeProblem::Protocol)?;
+            }
+            Ok(checked_info(exchange(get, 16 << 10).await?)?.0)
+        })
         .await
         .copied()
 }
@@ -572,7 +718,8 @@ async fn exchange<T: DeserializeOwned>(
             Err(_) => NodeProblem::Protocol(format!("answered {status} without a cbfs error body")),
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| NodeProblem::Protocol(format!("unexpected answer: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| NodeProblem::Protocol(format!("unexpected answer: {e}")))
 }
 
 /// A node's key and description (`GET /v1/node`), the key checked against
@@ -581,7 +728,10 @@ pub async fn node_info(
     http: &reqwest::Client,
     url: &str,
 ) -> Result<(PublicKey, NodeInfo), NodeProblem> {
-    let info: NodeInfo = exchange(http.get(format!("{url}/v1/node")), 16 << 10).await?;
+    checked_info(exchange(http.get(format!("{url}/v1/node")), 16 << 10).await?)
+}
+
+fn checked_info(info: NodeInfo) -> Result<(PublicKey, NodeInfo), NodeProblem> {
     let key = public_key_from_hex(&info.public_key)
         .map_err(|e| NodeProblem::Protocol(format!("GET /v1/node: {e}")))?;
     if fingerprint(&key) != info.fingerprint {
@@ -612,19 +762,30 @@ async fn ask(
     )
     .sign(&user.signer());
     let limit = ANSWER_BASE + capsules.len() * ANSWER_PER_CAPSULE;
-    let answer: Cfrags = exchange(
-        nodes
-            .http
-            .post(format!("{}/v1/reencrypt", node.url))
-            .json(&request),
-        limit,
-    )
-    .await?;
+    let url = format!("{}/v1/reencrypt", node.url);
+    let body = serde_json::to_vec(&request).expect("requests serialize");
+    let mut post = nodes
+        .http
+        .post(&url)
+        .header("content-type", "application/json");
+    if let Some(auth) = &nodes.gateway {
+        post = auth
+            .sign(post, "POST", &url, Some(&body), nodes.clock.unix())
+            .map_err(NodeProblem::Protocol)?;
+    }
+    let answer: Cfrags = exchange(post.body(body), limit).await?;
     let capsules = capsules.to_vec();
     let (access, user_key, clock) = (access.clone(), *user_key, nodes.clock.clone());
     // Verification is elliptic-curve work: keep it off the async threads.
     tokio::task::spawn_blocking(move || {
-        verify_answer(&answer, &node_pk, &access, &user_key, &capsules, clock.as_ref())
+        verify_answer(
+            &answer,
+            &node_pk,
+            &access,
+            &user_key,
+            &capsules,
+            clock.as_ref(),
+        )
     })
     .await
     .map_err(|e| NodeProblem::Protocol(format!("verification failed to run: {e}")))?
@@ -659,7 +820,11 @@ impl NodeAdmin {
     }
 
     /// Uploads one share (`POST /v1/grants`).
-    pub async fn upload(&self, url: &str, upload: &GrantUpload) -> Result<GrantStored, NodeProblem> {
+    pub async fn upload(
+        &self,
+        url: &str,
+        upload: &GrantUpload,
+    ) -> Result<GrantStored, NodeProblem> {
         exchange(
             self.http.post(format!("{url}/v1/grants")).json(upload),
             16 << 10,

@@ -45,7 +45,10 @@
 mod answer;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod gateway;
 mod request;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod verify;
 
 pub use answer::{

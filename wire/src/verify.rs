@@ -33,12 +33,9 @@ pub struct Access {
 impl Access {
     /// The access of `user` to `scope` of the trusted `keyset`.
     pub fn from_keyset(keyset: &Keyset, user: UserName, scope: ScopeLabel) -> Result<Self, String> {
-        let scope_key = *keyset.scope(&scope).ok_or_else(|| {
-            format!(
-                "scope `{scope}` is not in the keyset of `{}`",
-                keyset.fs()
-            )
-        })?;
+        let scope_key = *keyset
+            .scope(&scope)
+            .ok_or_else(|| format!("scope `{scope}` is not in the keyset of `{}`", keyset.fs()))?;
         Ok(Access {
             fs: keyset.fs().clone(),
             user,
@@ -107,8 +104,12 @@ pub fn verify_answer(
             capsules.len()
         )));
     }
-    let record = record_from_value(&answer.delegation, "the answer's delegation record", &access.admin_key)
-        .map_err(|e| Rejected::Lied(e.to_string()))?;
+    let record = record_from_value(
+        &answer.delegation,
+        "the answer's delegation record",
+        &access.admin_key,
+    )
+    .map_err(|e| Rejected::Lied(e.to_string()))?;
     let mismatch = if record.fs() != &access.fs {
         Some(format!("file system `{}`", record.fs()))
     } else if record.scope() != &access.scope {
@@ -184,7 +185,8 @@ pub fn verify_cfrags(
                         .enumerate()
                         .map(|(j, (text, capsule))| {
                             let at = part * chunk + j;
-                            let cfrag = decode_cfrag(text).map_err(|e| format!("cfrag {at}: {e}"))?;
+                            let cfrag =
+                                decode_cfrag(text).map_err(|e| format!("cfrag {at}: {e}"))?;
                             cfrag
                                 .verify(capsule, admin, scope, user)
                                 .map_err(|(e, _)| format!("cfrag {at} does not verify: {e}"))

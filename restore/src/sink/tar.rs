@@ -125,9 +125,10 @@ impl<W: Write> TarSink<W> {
     fn note_order(&mut self, meta: &Metadata) {
         let out_of_order = sort_key(&meta.path) < sort_key(&self.last);
         if (matches!(meta.kind, EntryKind::Hardlink { .. }) || out_of_order)
-            && let Some(parent) = ancestors(&meta.path).last() {
-                self.touched.insert(parent.to_vec());
-            }
+            && let Some(parent) = ancestors(&meta.path).last()
+        {
+            self.touched.insert(parent.to_vec());
+        }
         if meta.kind == EntryKind::Dir && !self.finished {
             self.dirs.insert(meta.path.clone(), meta.clone());
         }

@@ -9,9 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cbfs_core::{AdminSecret, KeySource, Keyset, ScopeLabel, Seed, Unlock, UserName, UserSecret};
-use cbfs_delegation::client::{Access, FetchError, Fetched, NodeSet, fetch_cfrags};
 use cbfs_format::{GroupKey, Lockbox, SegmentId};
 use cbfs_tests::{ServerProcess, Workdir, assert_no_secret, cbfs_bin, cbfs_cmd, free_port, run_ok};
+use cbfs_wire::Access;
+use cbfs_wire::client::{FetchError, Fetched, NodeSet, fetch_cfrags};
 
 /// The scope every test delegates.
 pub const SCOPE: &str = "proj";
@@ -244,25 +245,24 @@ impl Cluster {
             .collect()
     }
 
-    pub fn access(&self, threshold: usize) -> Access {
+    pub fn access(&self) -> Access {
         Access::from_keyset(
             &self.keyset,
             UserName::new(USER).unwrap(),
             ScopeLabel::new(SCOPE).unwrap(),
-            threshold,
         )
         .unwrap()
     }
 
-    /// The client library against `urls`: all at once, first `threshold` verified.
+    /// The client library against `urls`: all at once, the first m verified
+    /// (m as the delegation record says).
     pub fn fetch(
         &self,
         urls: &[String],
-        threshold: usize,
         path: &str,
         lockboxes: &[(Lockbox, GroupKey)],
     ) -> Result<Fetched, FetchError> {
-        self.fetch_within(Duration::from_secs(60), urls, threshold, path, lockboxes)
+        self.fetch_within(Duration::from_secs(60), urls, path, lockboxes)
     }
 
     /// [`fetch`](Self::fetch), giving each node `timeout` to answer.
@@ -270,7 +270,6 @@ impl Cluster {
         &self,
         timeout: Duration,
         urls: &[String],
-        threshold: usize,
         path: &str,
         lockboxes: &[(Lockbox, GroupKey)],
     ) -> Result<Fetched, FetchError> {
@@ -287,7 +286,7 @@ impl Cluster {
         runtime.block_on(fetch_cfrags(
             &nodes,
             &self.user,
-            &self.access(threshold),
+            &self.access(),
             path,
             &capsules,
         ))

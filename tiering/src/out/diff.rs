@@ -27,7 +27,26 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
     // that crosses scopes is stored as one file per scope, so that no name
     // of one scope is written into another's metadata.
     let mut first_link: HashMap<(u64, u64, cbfs_core::ScopeLabel), Vec<u8>> = HashMap::new();
-    let mut cursor = agent.index.paths_cursor();
+    let mut cursor = agent.index.paths_cursor_below(opts.prefix.as_deref());
+    // The walk's paths are relative to the tree; in the index they carry
+    // the prefix.
+    let named = |rel: Vec<u8>| -> Vec<u8> {
+        match &opts.prefix {
+            None => rel,
+            Some(p) => {
+                let mut full = Vec::with_capacity(p.len() + 1 + rel.len());
+                full.extend_from_slice(p);
+                full.push(b'/');
+                full.extend_from_slice(&rel);
+                full
+            }
+        }
+    };
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    };
     let mut gone: Vec<Vec<u8>> = Vec::new();
     // A directory that cannot be listed keeps everything below it: the
     // prefixes `dir/` whose region the walk has not passed yet.
@@ -47,9 +66,20 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
         });
         let mut workers = Vec::new();
         let mut queued_bytes = 0u64;
-        for items in received {
+        for mut items in received {
+            if cancelled() {
+                shared.stop.store(true, Ordering::SeqCst);
+            }
             if walk_error.is_some() || shared.stop.load(Ordering::SeqCst) {
                 continue;
+            }
+            if opts.prefix.is_some() {
+                for item in &mut items {
+                    match item {
+                        Walked::Entry(e) => e.rel = named(std::mem::take(&mut e.rel)),
+                        Walked::Problem(p) => p.rel = p.rel.take().map(named),
+                    }
+                }
             }
             let paths: Vec<&[u8]> = items
                 .iter()
@@ -118,9 +148,13 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
                 } else {
                     None
                 };
+                let same = |rec: &crate::index::FileRecord| match opts.change_test {
+                    super::ChangeTest::Inode => rec.stat.same_version(&st),
+                    super::ChangeTest::Attributes => rec.stat.same_attributes(&st),
+                };
                 match stored {
                     Some(rec)
-                        if rec.stat.same_version(&st)
+                        if same(&rec)
                             && rec.scope == scope.as_str()
                             && rec.hardlink_to == hardlink_to =>
                     {
@@ -191,6 +225,15 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
         return Err(e);
     }
     stored?;
+    // A run that stopped early has not seen the whole tree: nothing can be
+    // called gone. What it committed stays; the next run finishes.
+    if shared.stop.load(Ordering::SeqCst) {
+        return Err(if cancelled() {
+            crate::error::Error::Cancelled
+        } else {
+            crate::error::Error::Usage("the run stopped early".into())
+        });
+    }
     cursor.rest(|path| {
         if !keep_below.iter().any(|k| path.starts_with(k)) {
             gone.push(path.to_vec());

@@ -60,6 +60,15 @@ pub struct OutOptions {
     pub plain: bool,
     /// Worker threads (each fills its own segments).
     pub workers: usize,
+    /// Where the tree goes in the file system's namespace: its entries are
+    /// stored as `PREFIX/...`, and only entries below the prefix can be
+    /// found gone (a push of one subtree). `None`: the tree is the root.
+    pub prefix: Option<Vec<u8>>,
+    /// How an entry counts as unchanged.
+    pub change_test: ChangeTest,
+    /// Set to stop the run at the next safe point: what was committed
+    /// stays, the snapshot is finished by the next run.
+    pub cancel: Option<std::sync::Arc<AtomicBool>>,
     /// For tests of crash safety: stop the process abruptly at this point.
     #[cfg(feature = "crash-points")]
     pub crash_at: Option<CrashPoint>,
@@ -76,6 +85,9 @@ impl OutOptions {
             zstd_level: 3,
             plain: false,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            prefix: None,
+            change_test: ChangeTest::Inode,
+            cancel: None,
             #[cfg(feature = "crash-points")]
             crash_at: None,
         }
@@ -89,8 +101,20 @@ impl OutOptions {
     }
 }
 
+/// How an entry of the tree counts as unchanged since the index's record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChangeTest {
+    /// Same inode, device, size, times (change time too), mode, owner: a
+    /// tree that lives on a file system.
+    #[default]
+    Inode,
+    /// Same type, mode, owner, size and modification time, as a tar header
+    /// gives them: a tree extracted anew for each run (a pushed stream).
+    Attributes,
+}
+
 /// What a run did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct OutReport {
     /// Entries found in the tree.
     pub scanned: u64,
@@ -170,14 +194,11 @@ impl Shared<'_> {
     pub(crate) fn skip(&self, entry: &Entry, reason: String) {
         let path = entry.abs.display().to_string();
         tracing::warn!(%path, %reason, "skipped; the next run tries again");
-        self.problems
-            .lock()
-            .expect("problems lock")
-            .push(Problem {
-                path,
-                reason,
-                rel: Some(entry.rel.clone()),
-            });
+        self.problems.lock().expect("problems lock").push(Problem {
+            path,
+            reason,
+            rel: Some(entry.rel.clone()),
+        });
     }
 }
 
@@ -217,8 +238,17 @@ pub(crate) fn run(
             opts.source.display()
         )));
     }
+    if let Some(p) = &opts.prefix
+        && cbfs_restore::check_member_path(p).is_err()
+    {
+        return Err(Error::Usage(format!(
+            "prefix {:?}: a relative path without `.`, `..` or empty parts",
+            String::from_utf8_lossy(p)
+        )));
+    }
     let tree = SourceTree::open(&opts.source)
-        .map_err(|e| Error::io("cannot open source", &opts.source, e))?;
+        .map_err(|e| Error::io("cannot open source", &opts.source, e))?
+        .with_prefix(opts.prefix.as_deref());
 
     let recovering = agent.index.state()?.dirty;
     let spool_dir = agent.new_spool()?;

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use cbfs_core::ScopeLabel;
-use cbfs_format::{
-    GroupKey, Lockbox, SegmentId, SegmentMode, SegmentWriter, SummaryEntry, layout,
-};
+use cbfs_format::{GroupKey, Lockbox, SegmentId, SegmentMode, SegmentWriter, SummaryEntry, layout};
 
 use crate::error::{Error, Result};
 use crate::index::{Batch, FileRecord, MemberRecord, SegmentRecord};

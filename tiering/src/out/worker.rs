@@ -53,6 +53,14 @@ pub(crate) fn worker(shared: &Shared<'_>, queue: &WorkQueue) -> Result<()> {
     let mut seg: Option<OpenSegment> = None;
     while let Some(batch) = queue.take() {
         for work in batch {
+            if shared
+                .opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::SeqCst))
+            {
+                shared.stop.store(true, Ordering::SeqCst);
+            }
             if shared.stop.load(Ordering::SeqCst) {
                 // Another worker failed: the run ends; this spool is
                 // garbage the next run clears.
@@ -105,10 +113,7 @@ pub(crate) fn store_dangling_links(shared: &Shared<'_>) -> Result<()> {
             path = %String::from_utf8_lossy(&path),
             "the target of this hard link is not in the snapshot: stored as a file"
         );
-        let abs = shared
-            .opts
-            .source
-            .join(std::ffi::OsStr::from_bytes(&path));
+        let abs = shared.opts.source.join(std::ffi::OsStr::from_bytes(&path));
         let stat = match std::fs::symlink_metadata(&abs) {
             Ok(m) => Stat::from_metadata(&m),
             Err(e) => {

@@ -150,6 +150,28 @@ enum Command {
         #[arg(long, hide = true, value_name = "POINT")]
         crash_at: Option<cbfs_tiering::CrashPoint>,
     },
+    /// Push a tree to a gateway, which tiers it out under --prefix as one
+    /// snapshot (files unchanged since the last push keep their stored
+    /// copies). Your own key signs the request; the gateway's policy decides.
+    Push {
+        /// The tree to push, or `-` for a tar stream on standard input.
+        source: PathBuf,
+        /// The gateway: https://HOST:PORT (CBFS_CA_FILE adds CA certificates).
+        #[arg(long, value_name = "URL")]
+        gateway: String,
+        /// The file system, as the gateway names it.
+        #[arg(long, value_name = "NAME")]
+        fs: String,
+        /// Where the tree goes in the file system's namespace (/hosts/h1).
+        #[arg(long, value_name = "/PATH")]
+        prefix: String,
+        /// Your secret: it signs the request.
+        #[arg(long, value_name = "SOURCE")]
+        identity: KeySource,
+        /// Who you are: your NAME.pub file (or your name).
+        #[arg(long, value_name = "NAME.pub")]
+        user: String,
+    },
     /// List the snapshots in the store that a trusted writer signed.
     Snapshots {
         #[command(flatten)]
@@ -391,6 +413,44 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             for i in &ignored {
                 eprintln!("cbfs-tier: ignored {}: {}", i.object, i.reason);
+            }
+            Ok(0)
+        }
+        Command::Push {
+            source,
+            gateway,
+            fs,
+            prefix,
+            identity,
+            user,
+        } => {
+            let seed = identity.load(&cbfs_core::Unlock::from_env())?;
+            let secret = cbfs_core::UserSecret::from_seed(seed);
+            let name = cbfs_tiering::gateway::user_name(&user, &secret)?;
+            let client = cbfs_tiering::gateway::GatewayClient::new(
+                &cbfs_tiering::gateway::gateway_store(&gateway, &fs),
+                cbfs_wire::client::GatewayAuth::new(name, secret.signer()),
+                None,
+            )?;
+            let input = if source.as_os_str() == "-" {
+                cbfs_tiering::gateway::PushInput::Tar(Box::new(std::io::stdin()))
+            } else {
+                cbfs_tiering::gateway::PushInput::Dir(source)
+            };
+            let record = cbfs_tiering::gateway::push(&client, &prefix, input).await?;
+            if as_json {
+                json(&record)?;
+            } else {
+                let r = &record["report"];
+                eprintln!(
+                    "pushed to {}:{prefix}: job {} {}; {} files stored, {} unchanged, snapshot {}",
+                    fs,
+                    record["id"].as_str().unwrap_or("?"),
+                    record["state"].as_str().unwrap_or("?"),
+                    r["files"],
+                    r["unchanged"],
+                    r["snapshot"].as_str().unwrap_or("(none: nothing changed)")
+                );
             }
             Ok(0)
         }

@@ -42,7 +42,6 @@ impl Progress {
             self.files_total.load(Ordering::Relaxed)
         ));
     }
-
 }
 
 impl Observer for Progress {
