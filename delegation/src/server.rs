@@ -244,9 +244,14 @@ where
         "http"
     };
     tracing::info!("listening on {scheme}://{local}");
-    let served = cbfs_wire::serve::serve(listener, router(node.clone()), options, shutdown)
-        .await
-        .map_err(|e| Error::Server(format!("serving on {local} failed: {e}")));
+    let served = if options.tls.is_some() {
+        cbfs_wire::serve::serve(listener, router(node.clone()), options, shutdown).await
+    } else {
+        axum::serve(listener, router(node.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+    .map_err(|e| Error::Server(format!("serving on {local} failed: {e}")));
     reloader.abort();
     janitor.abort();
     served?;

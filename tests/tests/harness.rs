@@ -472,10 +472,10 @@ fn servers_die_with_a_killed_test_process() {
     let child = &mut child.0;
     let deadline = Instant::now() + Duration::from_secs(30);
     let written = loop {
-        if let Ok(text) = fs::read_to_string(&file) {
-            if text.ends_with('\n') {
-                break text;
-            }
+        if let Ok(text) = fs::read_to_string(&file)
+            && text.ends_with('\n')
+        {
+            break text;
         }
         if let Ok(Some(status)) = child.try_wait() {
             let mut stderr = String::new();

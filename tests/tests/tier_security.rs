@@ -119,7 +119,7 @@ fn files_swapped_for_links_and_fifos_while_read_never_leak_and_never_hang() {
     let (store, index) = (work.path("store"), work.path("index"));
     for run_no in 0..8 {
         // A hung worker would hold this past the command timeout and fail it.
-        let out = run(&mut out_cmd(&keys, &src, &store, &index).args(["--jobs", "2"]));
+        let out = run(out_cmd(&keys, &src, &store, &index).args(["--jobs", "2"]));
         assert!(
             matches!(out.status.code(), Some(0) | Some(6)),
             "run {run_no}: {}",
