@@ -264,6 +264,14 @@ async fn list_jobs(
     Ok(json(StatusCode::OK, &gw.jobs.of(&fs)))
 }
 
+/// A job of `fs` by id, or 404.
+fn find_job(gw: &Gateway, fs: &str, id: &str) -> Result<Arc<crate::jobs::Job>, Answer> {
+    gw.jobs
+        .get(id)
+        .filter(|j| j.record().fs == fs)
+        .ok_or_else(|| answer(404, "unknown_job", format!("no job `{id}` of `{fs}`")))
+}
+
 #[derive(Deserialize)]
 struct WaitQuery {
     wait: Option<u64>,
@@ -284,11 +292,7 @@ async fn get_job(
         Some(&fs),
         "/",
     )?;
-    let job = gw
-        .jobs
-        .get(&id)
-        .filter(|j| j.record().fs == fs)
-        .ok_or_else(|| answer(404, "unknown_job", format!("no job `{id}` of `{fs}`")))?;
+    let job = find_job(&gw, &fs, &id)?;
     let record = match q.wait {
         Some(secs) => {
             let max = gw.config().config.limits.max_wait_secs;
@@ -313,11 +317,7 @@ async fn cancel_job(
         Some(&fs),
         "/",
     )?;
-    let job = gw
-        .jobs
-        .get(&id)
-        .filter(|j| j.record().fs == fs)
-        .ok_or_else(|| answer(404, "unknown_job", format!("no job `{id}` of `{fs}`")))?;
+    let job = find_job(&gw, &fs, &id)?;
     job.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
     Ok(json(StatusCode::ACCEPTED, &job.record()))
 }
