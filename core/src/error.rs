@@ -141,3 +141,53 @@ impl Error {
 
 /// Result alias for `cbfs-core`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes on one line, `outer: cause: cause`, leaving out
+/// a cause whose text the message already holds (many errors print their
+/// cause in their own message and give it as `source()` too).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[derive(Debug)]
+    struct Wraps(std::io::Error, bool);
+    impl std::fmt::Display for Wraps {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            if self.1 {
+                write!(f, "reading x: {}", self.0)
+            } else {
+                write!(f, "reading x")
+            }
+        }
+    }
+    impl std::error::Error for Wraps {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_show_once() {
+        let io = || std::io::Error::other("disk on fire");
+        assert_eq!(
+            super::error_chain(&Wraps(io(), true)),
+            "reading x: disk on fire"
+        );
+        assert_eq!(
+            super::error_chain(&Wraps(io(), false)),
+            "reading x: disk on fire"
+        );
+    }
+}

@@ -36,7 +36,7 @@ mod user;
 
 pub use clock::{Clock, FakeClock, SystemClock, system_clock};
 pub use delegation::DelegationRecord;
-pub use error::{Error, Result};
+pub use error::{Error, Result, error_chain};
 pub use grant::{Delegation, DelegationTerms, Grant, Revocation, SealedGrant, delegate};
 pub use ids::{FsName, ScopeLabel, UserName};
 pub use keys::{

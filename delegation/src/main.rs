@@ -182,7 +182,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("cbfs-delegation: error: {err:#}");
+            eprintln!(
+                "cbfs-delegation: error: {}",
+                cbfs_core::error_chain(err.as_ref())
+            );
             ExitCode::from(exit_code(&err))
         }
     }

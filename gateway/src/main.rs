@@ -99,7 +99,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("cbfs-gateway: error: {err:#}");
+            eprintln!(
+                "cbfs-gateway: error: {}",
+                cbfs_core::error_chain(err.as_ref())
+            );
             ExitCode::from(exit_code(&err))
         }
     }

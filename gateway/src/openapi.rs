@@ -1,5 +1,5 @@
-//! The routes the gateway serves, in one table: the router is built from
-//! it, and the OpenAPI document the gateway serves is made from it (a test
+//! The routes the gateway serves, in one table: the router serves exactly
+//! these, and the OpenAPI document the gateway serves is made from it (a test
 //! checks both against each other).
 
 use serde_json::{Value, json};

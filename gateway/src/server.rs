@@ -465,13 +465,26 @@ async fn ls(
         Ok(a) => a.who,
         Err(r) if r.code == "denied" => {
             // Not the path itself: perhaps something below it (a home).
-            crate::auth::authenticate(
+            // The signature verified a moment ago (the refusal is audited);
+            // its nonce is spent, so it is checked against an empty cache.
+            let who = crate::auth::authenticate(
                 &gw.config(),
                 &crate::auth::Replays::new(0),
                 gw.clock.unix(),
                 &caller.presented(Some(&empty)),
             )
-            .map_err(Answer::from)?
+            .map_err(Answer::from)?;
+            let below = |home: &String| {
+                path == "/" || home == &path || home.starts_with(&format!("{path}/"))
+            };
+            let owns_below = who
+                .homes
+                .get(&fs)
+                .is_some_and(|homes| homes.iter().any(below));
+            if !owns_below {
+                return Err(r.into());
+            }
+            who
         }
         Err(r) => return Err(r.into()),
     };
@@ -820,4 +833,92 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .layer(axum::middleware::from_fn_with_state(gw.clone(), count))
         .layer(tower::limit::ConcurrencyLimitLayer::new(limit))
         .with_state(gw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Loaded;
+    use tower::ServiceExt as _;
+
+    /// The `.route(...)` calls of [`router`], read from this file: each
+    /// path (OpenAPI spelling) with its methods.
+    fn routed() -> std::collections::BTreeSet<(String, String)> {
+        let source = include_str!("server.rs");
+        let body = &source[source.find("pub fn router(").expect("router")..];
+        let body = &body[..body.find(".fallback(").expect("fallback")];
+        let mut out = std::collections::BTreeSet::new();
+        for call in body.split(".route(").skip(1) {
+            let call: String = call.split_whitespace().collect();
+            let path = call.split('"').nth(1).expect("a path").replace("{*", "{");
+            let methods = &call[call.find(',').expect("handlers") + 1..];
+            for m in ["get", "post", "put", "delete", "head"] {
+                if methods.starts_with(&format!("{m}(")) || methods.contains(&format!(".{m}(")) {
+                    out.insert((m.to_owned(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_and_the_router_name_the_same_routes() {
+        let documented: std::collections::BTreeSet<(String, String)> = crate::openapi::ROUTES
+            .iter()
+            .map(|r| (r.method.to_owned(), r.path.to_owned()))
+            .collect();
+        assert_eq!(
+            documented,
+            routed(),
+            "the OpenAPI table and the router differ"
+        );
+        let doc = crate::openapi::document();
+        for r in crate::openapi::ROUTES {
+            assert!(
+                doc["paths"][r.path][r.method].is_object(),
+                "{} {} is not in the served document",
+                r.method,
+                r.path
+            );
+        }
+
+        // Every documented route reaches a handler (not the fallback's 404
+        // or a 405), on a real router.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, "listen = \"127.0.0.1:0\"\nstate = \"state\"\n").unwrap();
+        let loaded = Loaded::read(&config, false).unwrap();
+        let gw = Gateway::open(loaded, cbfs_core::system_clock()).unwrap();
+        let app = router(gw);
+        for r in crate::openapi::ROUTES {
+            let path = r
+                .path
+                .replace("{fs}", "fs1")
+                .replace("{id}", "0123")
+                .replace("{key}", "segments/x")
+                .replace("{node}", "0");
+            let request = axum::http::Request::builder()
+                .method(r.method.to_uppercase().as_str())
+                .uri(&path)
+                .body(Body::empty())
+                .unwrap();
+            let answer = app.clone().oneshot(request).await.unwrap();
+            let status = answer.status();
+            let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&body);
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{} {path}",
+                r.method
+            );
+            assert!(
+                !text.contains("\"not_found\""),
+                "{} {path} fell through to the fallback: {text}",
+                r.method
+            );
+        }
+    }
 }

@@ -396,12 +396,14 @@ fn load_share(path: &Path, ks: &Keyset) -> Result<DelegationRecord> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let upload: cbfs_wire::GrantUpload = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a share file", path.display()))?;
-    cbfs_wire::record_from_value(
-        &upload.delegation,
+    // The signature check's own error: a tampered share or another
+    // administrator's exits 4 (verification failed), naming the file.
+    let record = serde_json::to_vec(&upload.delegation)?;
+    Ok(DelegationRecord::from_bytes(
+        &record,
         &path.display().to_string(),
         ks.admin_verifying_key(),
-    )
-    .map_err(anyhow::Error::msg)
+    )?)
 }
 
 fn keyset_json(ks: &Keyset) -> serde_json::Value {

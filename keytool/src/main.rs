@@ -29,13 +29,16 @@ Examples:
   cbfs-keytool add-scope --admin file:admin.key --keyset keyset.json --scope alice
   # A user key pair (the secret could as well live in the kernel keyring)
   cbfs-keytool create-user alice --secret keyring:cbfs/alice --public alice.pub
-  # Delegate scope alice to user alice, 2 of 3 proxy shares
-  cbfs-keytool delegate --admin file:admin.key --keyset keyset.json --scope alice \\
-      --to alice.pub --threshold 2 --shares 3 --out grants/
-  # ... or send each share straight to its own delegation node, for 30 days
+  # Delegate scope alice to user alice for 30 days, 2 of 3 nodes: each share
+  # goes straight to its own delegation node, encrypted for it
   cbfs-keytool delegate --admin file:admin.key --keyset keyset.json --scope alice \\
       --to alice.pub --threshold 2 --expires 30d \\
       --node http://node1:7600 --node http://node2:7600 --node http://node3:7600
+  # ... or, for nodes this machine cannot reach, sealed into files for
+  # `cbfs-delegation import` (one NODE.pub per share)
+  cbfs-keytool delegate --admin file:admin.key --keyset keyset.json --scope alice \\
+      --to alice.pub --threshold 2 --out shares/ \\
+      --node-key node1.pub --node-key node2.pub --node-key node3.pub
   # Revoke it: holds once n - m + 1 nodes have deleted their share. File keys
   # alice has already unlocked CANNOT be revoked; re-key the data if that matters.
   cbfs-keytool revoke --admin file:admin.key --scope alice --user alice.pub \\
@@ -313,10 +316,13 @@ fn main() -> ExitCode {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "error": format!("{err:#}"), "exit_code": code })
+                    serde_json::json!({ "error": cbfs_core::error_chain(err.as_ref()), "exit_code": code })
                 );
             }
-            eprintln!("cbfs-keytool: error: {err:#}");
+            eprintln!(
+                "cbfs-keytool: error: {}",
+                cbfs_core::error_chain(err.as_ref())
+            );
             ExitCode::from(code)
         }
     }

@@ -173,10 +173,13 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(Failed { code, err }) => {
             if json {
-                let v = serde_json::json!({ "error": format!("{err:#}"), "exit_code": code });
+                let v = serde_json::json!({ "error": cbfs_core::error_chain(err.as_ref()), "exit_code": code });
                 print_json(&v, tar_on_stdout);
             }
-            eprintln!("cbfs-recover: error: {err:#}");
+            eprintln!(
+                "cbfs-recover: error: {}",
+                cbfs_core::error_chain(err.as_ref())
+            );
             ExitCode::from(code)
         }
     }

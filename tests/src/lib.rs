@@ -78,7 +78,7 @@ pub use openbao::OpenBao;
 pub use process::ServerProcess;
 pub use run::{
     COMMAND_TIMEOUT_ENV, captured_output, clear_captured_output, command_line, run, run_fail,
-    run_fail_with_stdin, run_ok, run_ok_with_stdin,
+    run_fail_with_stdin, run_ok, run_ok_with_stdin, run_ok_within,
 };
 pub use s3::S3Server;
 pub use secret_service::{SECRET_SERVICE_NAME, SecretService, SessionBus};

@@ -46,6 +46,14 @@ pub fn run(cmd: &mut Command) -> Output {
     execute(cmd, None)
 }
 
+/// [`run_ok`] for a command known to be long (a gigabyte to move): it may
+/// take `at_least`, or `CBFS_TEST_COMMAND_TIMEOUT` if that is longer.
+pub fn run_ok_within(cmd: &mut Command, at_least: Duration) -> Output {
+    let output = execute_within(cmd, None, command_timeout().max(at_least));
+    expect_status(cmd, &output, true);
+    output
+}
+
 /// Runs `cmd` and fails the test, printing its stdout and stderr, unless it
 /// exits with status 0.
 pub fn run_ok(cmd: &mut Command) -> Output {
@@ -98,6 +106,10 @@ fn command_timeout() -> Duration {
 }
 
 fn execute(cmd: &mut Command, input: Option<&[u8]>) -> Output {
+    execute_within(cmd, input, command_timeout())
+}
+
+fn execute_within(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     let line = command_line(cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if input.is_some() {
@@ -123,7 +135,6 @@ fn execute(cmd: &mut Command, input: Option<&[u8]>) -> Output {
     let stdout = Collector::start(child.stdout.take());
     let stderr = Collector::start(child.stderr.take());
 
-    let timeout = command_timeout();
     let status = wait_with_timeout(&mut child, timeout);
     let Some(status) = status else {
         let _ = child.kill();

@@ -150,8 +150,20 @@ fn two_nodes_reencrypt_a_thousand_capsules_into_verified_cfrags() {
 #[test]
 fn a_revoked_user_is_refused() {
     let mut c = Cluster::start(3, &[]);
-    // The grants also go to files, to try uploading an old one again later.
-    c.delegate(2, &["--out", "grants"]);
+    c.delegate(2, &[]);
+    // The same delegation again, written sealed for the nodes instead of
+    // sent, to try uploading an old share again after the revocation.
+    let mut offline = cluster::keytool(c.work.root());
+    offline
+        .args(cluster::words(&format!(
+            "delegate --admin file:admin.key --keyset keyset.json --scope {SCOPE} --to {USER}.pub --threshold 2 --out grants"
+        )))
+        .args(
+            c.nodes
+                .iter()
+                .flat_map(|n| ["--node-key".into(), n.data.join("node.pub")]),
+        );
+    run_ok(&mut offline);
     let lockboxes = c.lockboxes(3);
     let all = c.urls();
     c.open_all(c.fetch(&all, "/", &lockboxes).unwrap(), &lockboxes);
@@ -171,10 +183,7 @@ fn a_revoked_user_is_refused() {
     assert!(message.contains("was revoked at"), "{message}");
 
     // The old grant, uploaded again, is refused.
-    let admin = c.admin();
-    let grant_file = c.work.path(format!("grants/{SCOPE}.{USER}.1-of-3.grant"));
-    let grant = cbfs_core::Grant::load(&grant_file, &admin.verifying_key()).unwrap();
-    let sealed = grant.seal_for_node(&admin).unwrap();
+    let sealed = fs::read(c.work.path(format!("grants/{SCOPE}.{USER}.1-of-3.share"))).unwrap();
     let answer = http_client()
         .post(format!("{}/v1/grants", all[0]))
         .body(sealed)
@@ -308,7 +317,7 @@ fn forged_and_replayed_requests_are_refused() {
     let (status, body) = post(url, &raw_request(&c, url, &mallory));
     assert_eq!(
         (status, body["error"].as_str()),
-        (401, Some("bad_signature")),
+        (401, Some("unauthenticated")),
         "{body}"
     );
 
@@ -317,7 +326,7 @@ fn forged_and_replayed_requests_are_refused() {
     let (status, body) = post(url, &altered);
     assert_eq!(
         (status, body["error"].as_str()),
-        (401, Some("bad_signature")),
+        (401, Some("unauthenticated")),
         "{body}"
     );
 
@@ -461,7 +470,7 @@ fn the_audit_log_shows_edited_and_deleted_entries() {
     // start, grant, 3 allows, 1 deny, stop
     assert_eq!(lines.len(), 7, "{original}");
     assert!(
-        lines[5].contains("\"bad_signature\"") && lines[5].contains("\"deny\""),
+        lines[5].contains("\"unauthenticated\"") && lines[5].contains("\"deny\""),
         "{}",
         lines[5]
     );
@@ -685,9 +694,15 @@ fn delegate_sends_nothing_unless_every_node_answers() {
             .unwrap();
         assert_eq!(health["grants"], 0);
     }
-    // --shares must match the nodes given.
-    let out = run_fail(&mut c.delegate_cmd(2, &["--shares", "4"]));
-    assert_eq!(out.status.code(), Some(2));
+    // Each share needs a node of its own: one node named twice is refused.
+    let first = c.urls()[0].clone();
+    let out = run_fail(&mut c.delegate_cmd(2, &["--node", &first]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("given twice"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

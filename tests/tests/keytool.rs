@@ -6,12 +6,15 @@
 //! [`KeyringSession`](cbfs_tests::KeyringSession), a `bao server -dev` of its
 //! own, the `age` and `age-keygen` CLIs. What the binary wrote is then checked
 //! with `cbfs-core` itself: the seed in a key file must derive the keys the
-//! keyset lists, the grants must carry working kfrags of one scope only.
+//! keyset lists, and the shares `delegate` writes must open only with their
+//! own delegation node's key (made by the real `cbfs-delegation init`), into
+//! grants that carry working kfrags of one scope only.
 //!
 //! - `walkthrough`: the command forms, one after the other, and what
 //!   `show` and `list` say about the result, as text and as JSON.
 //! - `file_source`, `keyring_source`, `openbao_source`: the three key sources.
-//! - `delegation`: a kfrag of one scope opens nothing sealed for another.
+//! - `delegation`: a share opens for its own node only, and its kfrag, of
+//!   one scope, opens nothing sealed for another.
 //! - `leaks`: no secret in any output, at trace level, or in any argv.
 //! - `exit_codes`: usage 2, wrong key or tampered document 4.
 //!
@@ -42,14 +45,21 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cbfs_core::{AdminSecret, Keyset, ScopeLabel, Seed, UserSecret};
+use cbfs_core::umbral_pre::{DefaultSerialize, PublicKey, SecretKey};
+use cbfs_core::{AdminSecret, Grant, Keyset, ScopeLabel, Seed, Unlock, UserSecret};
+use cbfs_delegation::{NodeIdentity, NodePublicFile};
 use cbfs_tests::{
     Workdir, assert_no_secret, captured_output, cbfs_bin, cbfs_cmd, require_tool, run_fail, run_ok,
 };
+use cbfs_wire::GrantUpload;
 use serde_json::Value;
 
 /// The binary under test.
 const KEYTOOL: &str = "cbfs-keytool";
+
+/// The delegation node's binary: it makes the node key pairs that
+/// `delegate --node-key` seals shares for.
+const DELEGATION: &str = "cbfs-delegation";
 
 /// Variables that would change which keys the tool finds or how it unlocks
 /// them; the test runner's own values must not leak into a test.
@@ -220,6 +230,80 @@ fn age_decrypt(identity: &Path, file: &Path) -> Vec<u8> {
         stderr(&out)
     );
     out.stdout
+}
+
+/// Makes a delegation node's key pair as an operator would, with
+/// `cbfs-delegation init --data NAME` run in `work`: NAME/node.key (the
+/// node's 32-byte seed, 0600) and NAME/node.pub. Returns the data folder.
+fn init_node(work: &Workdir, name: &str) -> PathBuf {
+    let out = run_ok(
+        cbfs_cmd(DELEGATION)
+            .current_dir(work.root())
+            .args(["init", "--data", name]),
+    );
+    let data = work.path(name);
+    let public = NodePublicFile::load(&data.join("node.pub"))
+        .unwrap_or_else(|e| panic!("{name}/node.pub: {e}"));
+    assert_eq!(
+        user_from(&node_seed(&data)).public_key(),
+        public,
+        "{name}/node.pub is the key of the seed in {name}/node.key"
+    );
+    assert!(
+        text(&out.stdout).contains(&cbfs_core::fingerprint(&public)),
+        "init names the node's fingerprint: {}",
+        text(&out.stdout)
+    );
+    data
+}
+
+/// `--node-key NAME/node.pub` for each node name, in share order.
+fn node_key_args(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("--node-key {n}/node.pub"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A node's seed: the 32 raw bytes of DATA/node.key (0600).
+fn node_seed(data: &Path) -> Vec<u8> {
+    raw_key_file(&data.join("node.key"))
+}
+
+/// A node's Umbral secret key, loaded the way the node loads it.
+fn node_secret(data: &Path) -> SecretKey {
+    NodeIdentity::load(data, None, &Unlock::default())
+        .unwrap_or_else(|e| panic!("node key in {}: {e}", data.display()))
+        .secret_key()
+}
+
+/// The `*.share` files in `dir`, sorted by name.
+fn share_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "share"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Opens a share file as a node does: the sealed grant in it, decrypted
+/// with `node` (a node's secret key) and verified against `admin`, the
+/// administrator key of the keyset.
+fn open_share(path: &Path, node: &SecretKey, admin: &PublicKey) -> cbfs_core::Result<Grant> {
+    let upload: GrantUpload = serde_json::from_slice(&read(path))
+        .unwrap_or_else(|e| panic!("{} is not a share file: {e}", path.display()));
+    let (sealed, _) = upload
+        .sealed_grant()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    sealed.open(node, admin, &path.display().to_string())
+}
+
+/// The serialized kfrag of a grant: what must reach its node only.
+fn kfrag_bytes(grant: &Grant) -> Vec<u8> {
+    grant.kfrag().to_bytes().expect("kfrags serialize").to_vec()
 }
 
 /// Named secrets a test must never see in output, argv or public files.

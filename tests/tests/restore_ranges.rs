@@ -4,7 +4,7 @@
 //! `cbfs-tier restore` (the agent's store client) and `cbfs-recover` (its
 //! own blocking client).
 
-use cbfs_tests::{FaultPlan, FaultyProxy, S3Server, Workdir, cbfs_cmd, run_ok};
+use cbfs_tests::{FaultPlan, FaultyProxy, S3Server, Workdir, cbfs_cmd, run_ok, run_ok_within};
 use serde_json::Value;
 
 #[path = "tiering/keys.rs"]
@@ -33,7 +33,9 @@ fn a_one_file_restore_from_a_1_gib_store_reads_under_one_percent_of_it() {
     std::fs::write(src.join("docs/needle.txt"), b"the one file wanted").unwrap();
     let spec = "s3://ranges/store";
     let index = work.path("index");
-    run_ok(
+    // A gigabyte into moto: slow on a busy 2-core machine, so it gets more
+    // than the usual command timeout (this is no timing test).
+    run_ok_within(
         cbfs_cmd("cbfs-tier")
             .arg("out")
             .arg(&src)
@@ -45,6 +47,7 @@ fn a_one_file_restore_from_a_1_gib_store_reads_under_one_percent_of_it() {
             .arg(keys.writer())
             .args(["--segment-size", "256M"])
             .envs(server.envs()),
+        std::time::Duration::from_secs(900),
     );
     let stored: u64 = server.list_objects("ranges").iter().map(|(_, n)| n).sum();
     assert!(stored > (BIG_FILES * BIG) as u64, "{stored} bytes stored");

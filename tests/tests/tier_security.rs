@@ -55,12 +55,23 @@ fn recovered_tars(keys: &Keys, work: &Workdir, store: &Path, index: &Path) -> Ve
         let seq = s["sequence"].to_string();
         let tar = work.path(format!("snapshot-{seq}.tar"));
         let _ = std::fs::remove_file(&tar);
-        run_ok(
-            cbfs_cmd("cbfs-recover")
-                .args(["--identity", &keys.admin(), "--snapshot", &seq, "--store"])
-                .arg(store)
-                .arg("-o")
-                .arg(&tar),
+        let done = run(cbfs_cmd("cbfs-recover")
+            .args(["--identity", &keys.admin(), "--snapshot", &seq, "--store"])
+            .arg(store)
+            .arg("-o")
+            .arg(&tar));
+        // A file caught as a symbolic link out of the tree was archived as
+        // that link (never its target's content); recovery refuses to write
+        // such a link (exit 3, naming it) and keeps every other member.
+        let said = text(&done.stderr);
+        let only_links_refused = done.status.code() == Some(3)
+            && said
+                .lines()
+                .filter(|l| l.contains("FAILED"))
+                .all(|l| l.contains("[unsafe_path]: refusing symbolic link target"));
+        assert!(
+            done.status.success() || only_links_refused,
+            "snapshot {seq}: {said}"
         );
         out.push(std::fs::read(&tar).unwrap());
     }
@@ -125,12 +136,30 @@ fn files_swapped_for_links_and_fifos_while_read_never_leak_and_never_hang() {
             "run {run_no}: {}",
             text(&out.stderr)
         );
-        // Touch the victims so that the next run reads them again.
+        // Touch the victims so that the next run reads them again. The
+        // swapper still runs: a victim may be a FIFO at this moment, which
+        // a plain open for writing would wait on forever.
         for i in 0..40 {
-            let _ = std::fs::write(
-                src.join(format!("d{}", i % 4)).join(format!("victim-{i}")),
-                format!("honest content {i} run {run_no}\n").repeat(500),
-            );
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // Nor may it follow a victim that is a symbolic link just now:
+            // that would overwrite the secret outside the tree.
+            const O_NONBLOCK: i32 = 0o4000;
+            const O_NOFOLLOW: i32 = 0o400000;
+            let path = src.join(format!("d{}", i % 4)).join(format!("victim-{i}"));
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(O_NONBLOCK | O_NOFOLLOW)
+                .open(&path)
+            {
+                let _ = f.write_all(
+                    format!("honest content {i} run {run_no}\n")
+                        .repeat(500)
+                        .as_bytes(),
+                );
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);

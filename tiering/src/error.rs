@@ -22,11 +22,12 @@ pub enum Error {
     Store(#[from] cbfs_store::Error),
 
     /// Reading the store back (restore, verify, listing).
-    #[error("{context}: {source}")]
+    /// (The cause is part of the message, not a separate `source()`:
+    /// printed with its chain it would show twice.)
+    #[error("{context}: {cause}")]
     Restore {
         context: String,
-        #[source]
-        source: Box<cbfs_restore::Error>,
+        cause: Box<cbfs_restore::Error>,
     },
 
     /// The local index failed.
@@ -97,7 +98,7 @@ impl Error {
         match self {
             Error::Key(k) => k.is_transient(),
             Error::Store(s) => s.is_transient(),
-            Error::Restore { source, .. } => source.is_transient(),
+            Error::Restore { cause, .. } => cause.is_transient(),
             _ => false,
         }
     }
@@ -106,7 +107,7 @@ impl Error {
     pub fn is_resource(&self) -> bool {
         match self {
             Error::Resource { .. } => true,
-            Error::Restore { source, .. } => source.is_resource(),
+            Error::Restore { cause, .. } => cause.is_resource(),
             _ => false,
         }
     }
@@ -116,7 +117,7 @@ impl Error {
     pub fn is_verification(&self) -> bool {
         match self {
             Error::Integrity { .. } | Error::Format(_) => true,
-            Error::Restore { source, .. } => source.is_verification(),
+            Error::Restore { cause, .. } => cause.is_verification(),
             _ => false,
         }
     }
@@ -126,7 +127,7 @@ impl Error {
 pub(crate) fn restore_error(context: impl Into<String>, source: cbfs_restore::Error) -> Error {
     Error::Restore {
         context: context.into(),
-        source: Box::new(source),
+        cause: Box::new(source),
     }
 }
 

@@ -144,7 +144,7 @@ impl GatewayClient {
     fn down(&self, what: &str, e: &reqwest::Error) -> Error {
         Error::Restore {
             context: format!("gateway {}{what}", self.base),
-            source: Box::new(RestoreError::Unavailable {
+            cause: Box::new(RestoreError::Unavailable {
                 store: self.base.clone(),
                 key: what.to_owned(),
                 reason: e.to_string(),

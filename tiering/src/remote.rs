@@ -225,7 +225,7 @@ impl LockboxOpener for NodeOpener {
                 results[i] = Some(r.map_err(|(why, transient)| {
                     if transient {
                         cbfs_restore::Error::Unavailable {
-                            store: "the delegation nodes".into(),
+                            store: "of keys (the delegation nodes)".into(),
                             key: format!("the lockboxes of scope `{scope}`"),
                             reason: why,
                         }

@@ -1,27 +1,23 @@
-//! The cryptographic bar of delegation: the grants `delegate` writes for
-//! scope A re-encrypt what is sealed under scope A for their user, m of n,
-//! and nothing sealed under scope B, whatever the proxies do.
-
-use std::path::PathBuf;
+//! The cryptographic bar of delegation: the shares `delegate` writes for
+//! scope A open only for their own delegation node, never for the user;
+//! the kfrags inside re-encrypt what is sealed under scope A for their user,
+//! m of n, and nothing sealed under scope B, whatever the proxies do.
 
 use cbfs_core::umbral_pre::{
-    Capsule, CapsuleFrag, PublicKey, VerifiedCapsuleFrag, decrypt_original, decrypt_reencrypted,
-    encrypt, reencrypt,
+    Capsule, CapsuleFrag, PublicKey, SecretKey, VerifiedCapsuleFrag, decrypt_original,
+    decrypt_reencrypted, encrypt, reencrypt,
 };
-use cbfs_core::{Grant, UserPublic};
-use cbfs_tests::{Workdir, random_bytes, run_ok};
+use cbfs_core::{Grant, UserPublic, public_key_hex};
+use cbfs_tests::{Workdir, assert_no_secret, random_bytes, run_ok};
+use serde_json::Value;
 
-use crate::{Secrets, admin_from, keytool, label, load_keyset, raw_key_file, user_from, words};
+use crate::{
+    Secrets, admin_from, init_node, keytool, kfrag_bytes, label, load_keyset, node_key_args,
+    node_secret, node_seed, open_share, raw_key_file, read, share_files, stdout_json, text,
+    user_from, words,
+};
 
-/// The grant files in `dir`, sorted by name.
-fn grant_files(dir: PathBuf) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-}
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
 /// Re-encrypts `capsule` with each grant's kfrag, as the proxies would.
 fn cfrags(capsule: &Capsule, grants: &[Grant]) -> Vec<VerifiedCapsuleFrag> {
@@ -57,12 +53,15 @@ fn a_scope_a_kfrag_never_opens_a_capsule_sealed_for_scope_b() {
     run_ok(kt().args(words(
         "create-user ursula --secret file:ursula.key --public ursula.pub",
     )));
-    run_ok(kt().args(words(
-        "delegate --admin file:admin.key --keyset keyset.json --scope scope-a \
-         --to ursula.pub --threshold 2 --shares 3 --out grants",
-    )));
+    let nodes: Vec<_> = NODES.iter().map(|n| init_node(&work, n)).collect();
+    let out = run_ok(kt().args(words(&format!(
+        "--json delegate --admin file:admin.key --keyset keyset.json --scope scope-a \
+         --to ursula.pub --threshold 2 {} --out grants",
+        node_key_args(&NODES)
+    ))));
+    let report = stdout_json(&out);
 
-    // Everything below comes from the files the tool wrote.
+    // Everything below comes from the files the tools wrote.
     let keyset = load_keyset(&work.path("keyset.json"));
     let admin_vk = *keyset.admin_verifying_key();
     let pk_a: PublicKey = *keyset.scope(&label("scope-a")).unwrap();
@@ -75,17 +74,80 @@ fn a_scope_a_kfrag_never_opens_a_capsule_sealed_for_scope_b() {
         .unwrap()
         .public_key();
     assert_eq!(user_pk, user.public_key());
-    let grants: Vec<Grant> = grant_files(work.path("grants"))
-        .iter()
-        .map(|p| Grant::load(p, &admin_vk).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .collect();
-    assert_eq!(grants.len(), 3);
+    let node_sks: Vec<SecretKey> = nodes.iter().map(|d| node_secret(d)).collect();
+    let files = share_files(&work.path("grants"));
+    assert_eq!(files.len(), 3, "{files:?}");
+
+    // Each share opens with its own node's key, and with no other key: not
+    // another node's, and not the user's, who must never hold m kfrags.
+    let mut grants: Vec<Grant> = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let grant = open_share(file, &node_sks[i], &admin_vk)
+            .unwrap_or_else(|e| panic!("{} must open for node {}: {e}", file.display(), i + 1));
+        assert_eq!(grant.share() as usize, i + 1, "{}", file.display());
+        assert_eq!(grant.node(), Some(&node_sks[i].public_key()));
+        for (j, other) in node_sks.iter().enumerate().filter(|(j, _)| *j != i) {
+            assert!(
+                open_share(file, other, &admin_vk).is_err(),
+                "share {} opened with node {}'s key",
+                i + 1,
+                j + 1
+            );
+        }
+        assert!(
+            open_share(file, &user_sk, &admin_vk).is_err(),
+            "share {} opened with the user's key",
+            i + 1
+        );
+        grants.push(grant);
+    }
+    // Not a label check only: claiming the share is sealed for the user does
+    // not make it decrypt with the user's key.
+    let mut relabelled: Value = serde_json::from_slice(&read(&files[0])).unwrap();
+    relabelled["grant"]["node"] = Value::from(public_key_hex(&user_pk));
+    let relabelled = work.write("relabelled.share", serde_json::to_vec(&relabelled).unwrap());
+    let err = open_share(&relabelled, &user_sk, &admin_vk)
+        .expect_err("a share relabelled for the user must still not open with the user's key");
+    assert!(err.to_string().contains("does not decrypt"), "{err}");
+
     for g in &grants {
         assert_eq!(g.scope().as_str(), "scope-a");
         assert_eq!(g.scope_public_key(), &pk_a);
         assert_eq!(g.user_public_key(), &user_pk);
         assert_eq!(g.admin_verifying_key(), &admin_vk);
+        assert_eq!((g.threshold(), g.shares()), (2, 3));
     }
+    // What the administrator and the user see holds no kfrag: neither the
+    // report nor the share files (the kfrags in those are sealed).
+    assert!(
+        !report.to_string().contains("kfrag"),
+        "delegate reports no kfrag: {report}"
+    );
+    assert_eq!(
+        report["files"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    for (i, g) in grants.iter().enumerate() {
+        let kfrag = kfrag_bytes(g);
+        assert_no_secret(
+            &out.stdout,
+            &kfrag,
+            &format!("delegate's report (kfrag {})", i + 1),
+        );
+        for file in &files {
+            assert_no_secret(
+                &read(file),
+                &kfrag,
+                &format!("{} (kfrag {})", file.display(), i + 1),
+            );
+        }
+    }
+    assert!(
+        !text(&out.stderr).contains("kfrag"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Positive control: a group key sealed for scope A reaches the user
     // through any 2 of the 3 grants, and every cfrag verifies.
@@ -161,15 +223,19 @@ fn a_scope_a_kfrag_never_opens_a_capsule_sealed_for_scope_b() {
         group_key_b.as_slice()
     );
 
-    // A grant checked against another administrator's key does not load.
+    // A share opened with its own node's key but checked against another
+    // administrator's key is refused: its signature does not verify.
     let other = cbfs_core::AdminSecret::generate();
-    assert!(Grant::load(&grant_files(work.path("grants"))[0], &other.verifying_key()).is_err());
+    assert!(open_share(&files[0], &node_sks[0], &other.verifying_key()).is_err());
 
     let mut secrets = Secrets::default();
     secrets.add_admin("fs1", &admin, &["default", "scope-a", "scope-b"]);
     secrets.add("user seed", &user_bytes);
+    for (name, data) in NODES.iter().zip(&nodes) {
+        secrets.add(format!("{name} seed"), node_seed(data));
+    }
     secrets.assert_absent_from_commands();
-    for file in grant_files(work.path("grants")) {
-        secrets.assert_absent(&std::fs::read(&file).unwrap(), &file.display().to_string());
+    for file in &files {
+        secrets.assert_absent(&read(file), &file.display().to_string());
     }
 }

@@ -2,11 +2,14 @@
 //! signature or key check failed, 5 the key service is unavailable (the key
 //! sources' own tests cover 3 and 5 in depth).
 
-use cbfs_core::{UserPublic, public_key_hex};
+use cbfs_core::{Unlock, UserPublic, UserSecret, public_key_hex};
+use cbfs_delegation::NodeIdentity;
 use cbfs_tests::{Workdir, run_ok};
 use serde_json::Value;
 
-use crate::{keytool, read, run_code, stderr, stdout_json, words};
+use crate::{
+    init_node, keytool, node_key_args, read, run_code, share_files, stderr, stdout_json, words,
+};
 
 /// Runs the keytool command `line` in `work`, which must succeed.
 fn ok(work: &Workdir, line: &str) {
@@ -20,8 +23,12 @@ fn fails(work: &Workdir, line: &str, code: i32) -> String {
 }
 
 /// fs1 (admin.key, keyset.json) with scope alice, fs2 (other.key,
-/// other.json), and user alice (alice.key, alice.pub).
+/// other.json), user alice (alice.key, alice.pub), and the delegation nodes
+/// node1, node2 and node3 (DATA/node.key, DATA/node.pub).
 fn two_file_systems(work: &Workdir) {
+    for node in NODES {
+        init_node(work, node);
+    }
     ok(
         work,
         "create-admin --fs fs1 --secret file:admin.key --keyset keyset.json",
@@ -40,6 +47,8 @@ fn two_file_systems(work: &Workdir) {
     );
 }
 
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
+
 #[test]
 fn usage_errors_exit_2_and_create_nothing() {
     let work = Workdir::new();
@@ -55,7 +64,19 @@ fn usage_errors_exit_2_and_create_nothing() {
         // Values of the wrong kind.
         "create-user u --secret file:a.key --public a.pub --protect rot13",
         "delegate --admin file:a.key --keyset k.json --scope s \
-             --to u.pub --threshold two --shares 3 --out g",
+             --to u.pub --threshold two --node-key n.pub --out g",
+        // Delegations that name no node, or mix the two ways to reach them:
+        // every share is for one node, sent to it or sealed for it.
+        "delegate --admin file:a.key --keyset k.json --scope s --to u.pub --threshold 1 --out g",
+        "delegate --admin file:a.key --keyset k.json --scope s --to u.pub --threshold 1 \
+             --node-key n.pub",
+        "delegate --admin file:a.key --keyset k.json --scope s --to u.pub --threshold 1 \
+             --node http://127.0.0.1:7600 --out g",
+        "delegate --admin file:a.key --keyset k.json --scope s --to u.pub --threshold 1 \
+             --node http://127.0.0.1:7600 --node-key n.pub",
+        // The old form, which gave the user every share, is gone.
+        "delegate --admin file:a.key --keyset k.json --scope s \
+             --to u.pub --threshold 2 --shares 3 --out g",
         "completions no-such-shell",
     ] {
         let err = fails(&work, line, 2);
@@ -111,7 +132,8 @@ fn wrong_admin_key_for_a_keyset_exits_4() {
             format!("add-writer {admin} --public alice.pub"),
             format!(
                 "delegate {admin} --scope alice --to alice.pub \
-                     --threshold 1 --shares 2 --out grants"
+                     --threshold 1 {} --out grants",
+                node_key_args(&NODES[..2])
             ),
             format!("export-scope {admin} --scope alice --secret file:alice-scope.key"),
         ] {
@@ -142,8 +164,11 @@ fn wrong_admin_key_for_a_keyset_exits_4() {
 fn tampered_keyset_or_grant_exits_4_naming_the_file() {
     let work = Workdir::new();
     two_file_systems(&work);
-    let delegate = "delegate --admin file:admin.key --keyset keyset.json \
-         --to alice.pub --threshold 1 --shares 1";
+    let delegate = format!(
+        "delegate --admin file:admin.key --keyset keyset.json \
+         --to alice.pub --threshold 1 {}",
+        node_key_args(&NODES[..1])
+    );
     ok(&work, &format!("{delegate} --scope alice --out grants"));
     let original = read(&work.path("keyset.json"));
 
@@ -185,28 +210,57 @@ fn tampered_keyset_or_grant_exits_4_naming_the_file() {
     work.write("keyset.json", serde_json::to_vec_pretty(&doc).unwrap());
     fails(&work, "list --keyset keyset.json", 4);
 
-    // A grant whose terms were edited (another user) fails against the
-    // genuine keyset, naming the grant.
+    // A share whose public terms were edited (another user) fails against
+    // the genuine keyset, naming the share file. (The grant inside is sealed
+    // for its node, which checks it on import; see the delegation tests.)
     work.write("keyset.json", &original);
-    let grant = work.path("grants/alice.alice.1-of-1.grant");
-    let mut doc: Value = serde_json::from_slice(&read(&grant)).unwrap();
-    doc["user"] = Value::from("mallory");
-    std::fs::write(&grant, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let share = work.path("grants/alice.alice.1-of-1.share");
+    assert_eq!(
+        share_files(&work.path("grants")),
+        std::slice::from_ref(&share)
+    );
+    let genuine = read(&share);
+    ok(
+        &work,
+        "show --keyset keyset.json --share grants/alice.alice.1-of-1.share",
+    );
+    let mut doc: Value = serde_json::from_slice(&genuine).unwrap();
+    assert_eq!(doc["delegation"]["user"], "alice");
+    doc["delegation"]["user"] = Value::from("mallory");
+    std::fs::write(&share, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     let err = fails(
         &work,
-        "show --keyset keyset.json --grant grants/alice.alice.1-of-1.grant",
+        "show --keyset keyset.json --share grants/alice.alice.1-of-1.share",
         4,
     );
-    assert!(err.contains("alice.alice.1-of-1.grant"), "{err}");
-    fails(&work, "list --keyset keyset.json --grants grants", 4);
+    assert!(
+        err.contains("alice.alice.1-of-1.share") && err.contains("does not verify"),
+        "{err}"
+    );
+    let err = fails(&work, "list --keyset keyset.json --shares grants", 4);
+    assert!(err.contains("alice.alice.1-of-1.share"), "{err}");
 
-    // A genuine grant checked against another file system's keyset: 4.
-    ok(&work, &format!("{delegate} --scope default --out grants3"));
-    fails(
+    // Its list of nodes swapped for another node's key: caught the same way.
+    let mut doc: Value = serde_json::from_slice(&genuine).unwrap();
+    let stranger = public_key_hex(&UserSecret::generate().public_key());
+    doc["delegation"]["nodes"] = Value::from(vec![stranger]);
+    std::fs::write(&share, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let err = fails(
         &work,
-        "show --keyset other.json --grant grants3/default.alice.1-of-1.grant",
+        "show --keyset keyset.json --share grants/alice.alice.1-of-1.share",
         4,
     );
+    assert!(err.contains("alice.alice.1-of-1.share"), "{err}");
+
+    // A genuine share checked against another file system's keyset: 4.
+    std::fs::write(&share, &genuine).unwrap();
+    ok(&work, &format!("{delegate} --scope default --out grants3"));
+    let err = fails(
+        &work,
+        "show --keyset other.json --share grants3/default.alice.1-of-1.share",
+        4,
+    );
+    assert!(err.contains("default.alice.1-of-1.share"), "{err}");
 }
 
 #[test]
@@ -231,20 +285,56 @@ fn json_errors_carry_the_exit_code() {
 /// Impossible delegation terms are a usage error (exit 2), not a failed
 /// signature or key check (exit 4): scripts read 4 as "a key or a document
 /// is wrong", which sends an operator hunting for tampering over a typo.
+/// n is the number of nodes, so it is the node keys that make the terms.
 #[test]
 fn impossible_delegation_terms_are_a_usage_error() {
     let work = Workdir::new();
     two_file_systems(&work);
-    for (m, n) in [(4, 3), (0, 3), (2, 256)] {
+    // 256 nodes, one more than a delegation can have: their node.pub files
+    // made in-process, by the code `cbfs-delegation init` runs.
+    let many: Vec<String> = (1..=256).map(|i| format!("many/node{i}")).collect();
+    for data in &many {
+        NodeIdentity::init(&work.path(data), None, &Unlock::default()).unwrap();
+    }
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    for (m, nodes) in [(4, &NODES[..]), (0, &NODES[..]), (2, &many[..])] {
         let err = fails(
             &work,
             &format!(
                 "delegate --admin file:admin.key --keyset keyset.json --scope alice \
-                 --to alice.pub --threshold {m} --shares {n} --out grants"
+                 --to alice.pub --threshold {m} {} --out grants",
+                node_key_args(nodes)
             ),
             2,
         );
-        assert!(err.contains("threshold") || err.contains("shares"), "{err}");
+        assert!(err.contains("threshold") && err.contains("shares"), "{err}");
         assert!(!work.path("grants").exists());
     }
+    // Each share needs a node of its own: the same node twice, also under
+    // two file names, is refused before anything is made.
+    std::fs::copy(work.path("node1/node.pub"), work.path("copy-of-node1.pub")).unwrap();
+    for twice in [
+        "--node-key node1/node.pub --node-key node1/node.pub",
+        "--node-key node1/node.pub --node-key copy-of-node1.pub",
+    ] {
+        let err = fails(
+            &work,
+            &format!(
+                "delegate --admin file:admin.key --keyset keyset.json --scope alice \
+                 --to alice.pub --threshold 1 {twice} --out grants"
+            ),
+            2,
+        );
+        assert!(err.contains("same node"), "{err}");
+        assert!(!work.path("grants").exists());
+    }
+    // A file that is not a node key: a usage error naming it.
+    let err = fails(
+        &work,
+        "delegate --admin file:admin.key --keyset keyset.json --scope alice \
+         --to alice.pub --threshold 1 --node-key alice.pub --out grants",
+        2,
+    );
+    assert!(err.contains("alice.pub"), "{err}");
+    assert!(!work.path("grants").exists());
 }

@@ -1,8 +1,10 @@
 //! No secret leaks: every subcommand, and the error paths, at `-vvv` with
 //! `RUST_LOG=trace` (every dependency's trace logs too), with all three key
 //! sources. Nothing printed, no argument and no public or wrapped file may
-//! hold a root, scope or user seed, the OpenBao token, the age passphrase or
-//! an age identity, in any encoding `assert_no_secret` knows.
+//! hold a root, scope, user or delegation node seed, the OpenBao token, the
+//! age passphrase or an age identity, in any encoding `assert_no_secret`
+//! knows; nor may anything printed, or a share file, hold a kfrag in the
+//! clear (shares are sealed for their nodes).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -12,8 +14,9 @@ use cbfs_tests::{KeyringSession, OpenBao, Workdir, captured_output, random_bytes
 use serde_json::Value;
 
 use crate::{
-    Secrets, admin_from, age_identity, chmod, keytool_traced, raw_key_file, read, run_code, text,
-    traced_command_lines, words,
+    Secrets, admin_from, age_identity, chmod, init_node, keytool_traced, kfrag_bytes,
+    node_key_args, node_secret, node_seed, open_share, raw_key_file, read, run_code, share_files,
+    text, traced_command_lines, words,
 };
 
 type Envs = [(String, OsString)];
@@ -101,12 +104,17 @@ fn no_secret_leaks_from_any_command_even_at_trace_level() {
         &with_pass,
     );
     kt.ok(&format!("add-writer {admin} --public agent.pub"));
+    // The delegation nodes' key pairs, made by the node's own tool.
+    let node_names = ["node1", "node2", "node3"];
+    let nodes: Vec<PathBuf> = node_names.iter().map(|n| init_node(&work, n)).collect();
+    let all_nodes = node_key_args(&node_names);
     kt.ok(&format!(
         "delegate {admin} --scope alice --to alice.pub \
-             --threshold 2 --shares 3 --expires 30d --out grants"
+             --threshold 2 {all_nodes} --expires 30d --out grants"
     ));
     kt.ok(&format!(
-        "--json delegate {admin} --scope bob --to carol.pub --threshold 1 --shares 1 --out grants"
+        "--json delegate {admin} --scope bob --to carol.pub --threshold 1 \
+             --node-key node2/node.pub --out grants"
     ));
     kt.ok(&format!(
         "export-scope {admin} --scope alice --secret file:alice-scope.key"
@@ -127,7 +135,8 @@ fn no_secret_leaks_from_any_command_even_at_trace_level() {
     kt.ok("show --keyset keyset.json --user alice.pub --secret file:alice.key");
     kt.ok("--json show --keyset keyset.json --secret file:admin.key");
     kt.ok("show --keyset keyset.json --secret file:alice-scope.key");
-    kt.ok("show --keyset keyset.json --grant grants/alice.alice.1-of-3.grant");
+    kt.ok("show --keyset keyset.json --share grants/alice.alice.1-of-3.share");
+    kt.ok("--json show --keyset keyset.json --share grants/bob.carol.1-of-1.share");
     kt.ok_env(
         "show --user agent.pub --secret file:agent.age",
         &with_identity,
@@ -139,8 +148,8 @@ fn no_secret_leaks_from_any_command_even_at_trace_level() {
         "--json show --user carol.pub --secret file:carol.age",
         &with_pass,
     );
-    kt.ok("list --keyset keyset.json --grants grants");
-    kt.ok("--json list --keyset keyset.json --grants grants");
+    kt.ok("list --keyset keyset.json --shares grants");
+    kt.ok("--json list --keyset keyset.json --shares grants");
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         kt.ok(&format!("completions {shell}"));
     }
@@ -152,7 +161,7 @@ fn no_secret_leaks_from_any_command_even_at_trace_level() {
     );
     kt.fails(
         "--json delegate --admin file:alice-scope.key --keyset keyset.json --scope alice \
-         --to alice.pub --threshold 1 --shares 1 --out nogrants",
+         --to alice.pub --threshold 1 --node-key node1/node.pub --out nogrants",
         4,
     );
     let admin_bytes = raw_key_file(&work.path("admin.key"));
@@ -329,6 +338,9 @@ fn no_secret_leaks_from_any_command_even_at_trace_level() {
         let bytes = raw_key_file(&work.path(format!("{user}.key")));
         secrets.add(format!("{user}'s user seed"), &bytes);
     }
+    for (name, data) in node_names.iter().zip(&nodes) {
+        secrets.add(format!("{name}'s node seed"), node_seed(data));
+    }
     secrets.add("OpenBao token", token.as_bytes());
     secrets.add("wrong OpenBao token", wrong_token.as_bytes());
     secrets.add("age passphrase", passphrase.as_bytes());
@@ -358,18 +370,34 @@ fn no_secret_leaks_from_any_command_even_at_trace_level() {
     );
     secrets.assert_absent_from_commands();
 
-    // The public and the wrapped files hold no seed either. (Grants hold
-    // kfrags, which are not seeds.)
+    // The public and the wrapped files hold no seed either. Nor do the
+    // share files hold their kfrag in the clear: each is sealed for its node.
     let mut checked = 0;
     for file in walk(work.root()) {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        let kept = [".json", ".pub", ".grant", ".age", ".wrapped"];
+        let kept = [".json", ".pub", ".share", ".age", ".wrapped"];
         if kept.iter().any(|ext| name.ends_with(ext)) {
             secrets.assert_absent(&read(&file), &file.display().to_string());
             checked += 1;
         }
     }
-    assert!(checked >= 16, "only {checked} files checked");
+    assert!(checked >= 20, "only {checked} files checked");
+
+    // The kfrags, as the nodes see them once they open their shares, are
+    // nowhere in what the commands printed, and in no share file.
+    let admin_vk = admin_from(&admin_bytes).verifying_key();
+    let shares = share_files(&work.path("grants"));
+    assert_eq!(shares.len(), 4, "{shares:?}");
+    let mut kfrags = Secrets::default();
+    for (file, node) in shares.iter().zip([0, 1, 2, 1]) {
+        let grant = open_share(file, &node_secret(&nodes[node]), &admin_vk)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        kfrags.add(format!("kfrag of {}", file.display()), kfrag_bytes(&grant));
+    }
+    kfrags.assert_absent_from_commands();
+    for file in &shares {
+        kfrags.assert_absent(&read(file), &file.display().to_string());
+    }
 }
 
 /// Every regular file under `dir`.

@@ -1,17 +1,23 @@
 //! The issue's walk-through: create-admin, add-scope, create-user, delegate,
 //! show, list, export-scope, copy and add-writer, in the exact forms the
-//! issue gives, with relative paths as a user would type them.
+//! issue gives, with relative paths as a user would type them. `delegate`
+//! takes the form it has now that no user may hold threshold-many kfrags:
+//! one `--node-key NODE.pub` per share (the nodes' key pairs made with
+//! `cbfs-delegation init`) and `--out DIR` for the shares, sealed for them.
 
 use std::collections::BTreeMap;
 
 use cbfs_core::{Grant, UserPublic, fingerprint, public_key_hex};
-use cbfs_tests::{Workdir, run_ok};
+use cbfs_tests::{Workdir, assert_no_secret, run_ok};
 use serde_json::{Value, json};
 
 use crate::{
-    Secrets, admin_from, at, keytool, label, load_keyset, mode, raw_key_file, read, stderr,
-    stdout_json, text, user_from, words,
+    Secrets, admin_from, at, init_node, keytool, kfrag_bytes, label, load_keyset, mode,
+    node_key_args, node_secret, node_seed, open_share, raw_key_file, read, stderr, stdout_json,
+    text, user_from, words,
 };
+
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
 /// `{label: fingerprint}` from the `scopes` (or `writers`) list of
 /// `show`/`list --json`.
@@ -108,16 +114,25 @@ fn walkthrough_in_the_issues_own_words() {
     assert_eq!(alice_pub.verifying_key(), &alice.verifying_key());
     assert!(text(&out.stdout).contains(&fingerprint(&alice.public_key())));
 
+    // --- cbfs-delegation init --data DIR, for each of three nodes; then
     // --- cbfs-keytool delegate --admin SOURCE --keyset KEYSET.json --scope LABEL
-    //     --to NAME.pub --threshold M --shares N --out DIR
-    let out = run_ok(kt().args(words(
+    //     --to NAME.pub --threshold M --node-key NODE.pub... --out DIR
+    let nodes: Vec<_> = NODES.iter().map(|n| init_node(&work, n)).collect();
+    let node_sks: Vec<_> = nodes.iter().map(|d| node_secret(d)).collect();
+    let node_fps: Vec<String> = node_sks
+        .iter()
+        .map(|sk| fingerprint(&sk.public_key()))
+        .collect();
+    let out = run_ok(kt().args(words(&format!(
         "delegate --admin file:admin.key --keyset keyset.json --scope alice \
-         --to alice.pub --threshold 2 --shares 3 --out grants/",
-    )));
+         --to alice.pub --threshold 2 {} --out grants/",
+        node_key_args(&NODES)
+    ))));
+    let said = text(&out.stdout);
     assert_eq!(
         mode(&work.path("grants")),
         0o700,
-        "the grant directory is 0700"
+        "the share directory is 0700"
     );
     let mut names: Vec<String> = std::fs::read_dir(work.path("grants"))
         .unwrap()
@@ -127,42 +142,59 @@ fn walkthrough_in_the_issues_own_words() {
     assert_eq!(
         names,
         [
-            "alice.alice.1-of-3.grant",
-            "alice.alice.2-of-3.grant",
-            "alice.alice.3-of-3.grant"
+            "alice.alice.1-of-3.share",
+            "alice.alice.2-of-3.share",
+            "alice.alice.3-of-3.share"
         ]
     );
+    let mut kfrags = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let path = work.path("grants").join(name);
         assert_eq!(mode(&path), 0o600, "{name} is 0600");
+        // Each file is named with the node it is sealed for.
+        let line = said
+            .lines()
+            .find(|l| l.contains(name.as_str()))
+            .unwrap_or_else(|| panic!("delegate does not name {name}: {said}"));
         assert!(
-            text(&out.stdout).contains(name.as_str()),
-            "{}",
-            text(&out.stdout)
+            line.contains(&format!("sealed for node {}", node_fps[i])),
+            "{line}"
         );
-        let grant = Grant::load(&path, keyset.admin_verifying_key()).unwrap();
+        // Share i opens with node i's key (as `cbfs-delegation import` does)
+        // and with no other node's, nor with the user's.
+        let grant: Grant = open_share(&path, &node_sks[i], keyset.admin_verifying_key())
+            .unwrap_or_else(|e| panic!("{name} must open for {}: {e}", NODES[i]));
+        for (j, sk) in node_sks.iter().enumerate().filter(|(j, _)| *j != i) {
+            assert!(
+                open_share(&path, sk, keyset.admin_verifying_key()).is_err(),
+                "{name} opened for {}",
+                NODES[j]
+            );
+        }
+        assert!(open_share(&path, &alice.secret_key(), keyset.admin_verifying_key()).is_err());
         assert_eq!(grant.scope().as_str(), "alice");
         assert_eq!(grant.user().as_str(), "alice");
         assert_eq!(grant.fs().as_str(), "projects");
         assert_eq!((grant.threshold(), grant.shares()), (2, 3));
         assert_eq!(grant.share() as usize, i + 1);
         assert_eq!(grant.expires(), None);
+        assert_eq!(grant.node(), Some(&node_sks[i].public_key()));
         assert_eq!(
             grant.scope_public_key(),
             &admin.scope(&label("alice")).public_key(),
             "the delegating key is the scope's, never the root's"
         );
         assert_eq!(grant.user_public_key(), &alice.public_key());
+        kfrags.push(kfrag_bytes(&grant));
     }
     assert!(
-        text(&out.stdout).contains("never to the user"),
-        "delegate says where grants go: {}",
-        text(&out.stdout)
+        said.contains("only that node can open it") && said.contains("cbfs-delegation import"),
+        "delegate says where the shares go: {said}"
     );
     // A second delegation, as JSON, with an expiry, into the existing directory.
     let out = run_ok(kt().args(words(
         "--json delegate --admin file:admin.key --keyset keyset.json --scope bob \
-         --to alice.pub --threshold 1 --shares 1 --expires 30d --out grants",
+         --to alice.pub --threshold 1 --node-key node2/node.pub --expires 30d --out grants",
     )));
     let v = stdout_json(&out);
     assert_eq!(v["scope"], "bob");
@@ -172,7 +204,18 @@ fn walkthrough_in_the_issues_own_words() {
         (Some(1), Some(1))
     );
     let expires = v["expires"].as_str().expect("an expiry time").to_string();
-    assert_eq!(v["files"], json!(["grants/bob.alice.1-of-1.grant"]));
+    assert_eq!(v["files"], json!(["grants/bob.alice.1-of-1.share"]));
+    assert_eq!(v["nodes"], json!([]), "written, not sent: {v}");
+    assert!(!v.to_string().contains("kfrag"), "{v}");
+    let bob_share = open_share(
+        &work.path("grants/bob.alice.1-of-1.share"),
+        &node_sks[1],
+        keyset.admin_verifying_key(),
+    )
+    .unwrap();
+    assert_eq!(bob_share.scope().as_str(), "bob");
+    assert_eq!(bob_share.expires(), Some(expires.as_str()));
+    kfrags.push(kfrag_bytes(&bob_share));
 
     // --- show / list, as text and as JSON
     let out = run_ok(kt().args(["show", "--keyset", "keyset.json"]));
@@ -218,20 +261,18 @@ fn walkthrough_in_the_issues_own_words() {
     );
 
     let out = run_ok(kt().args(words(
-        "show --json --keyset keyset.json --grant grants/alice.alice.2-of-3.grant",
+        "show --json --keyset keyset.json --share grants/alice.alice.2-of-3.share",
     )));
-    let g = stdout_json(&out)["grant"].clone();
+    let g = stdout_json(&out)["share"].clone();
+    assert_eq!(g["file"], "grants/alice.alice.2-of-3.share");
     assert_eq!(g["scope"], "alice");
     assert_eq!(g["user"], "alice");
     assert_eq!(g["fs"], "projects");
     assert_eq!(
-        (
-            g["share"].as_u64(),
-            g["threshold"].as_u64(),
-            g["shares"].as_u64()
-        ),
-        (Some(2), Some(2), Some(3))
+        (g["threshold"].as_u64(), g["shares"].as_u64()),
+        (Some(2), Some(3))
     );
+    assert_eq!(g["nodes"], json!(node_fps), "the nodes, in share order");
     assert_eq!(g["expired"], false);
     assert_eq!(g["expires"], Value::Null);
     assert!(
@@ -239,37 +280,39 @@ fn walkthrough_in_the_issues_own_words() {
         "show prints no kfrag: {g}"
     );
     let out = run_ok(kt().args(words(
-        "show --keyset keyset.json --grant grants/alice.alice.2-of-3.grant",
+        "show --keyset keyset.json --share grants/alice.alice.2-of-3.share",
     )));
+    let said = text(&out.stdout);
     assert!(
-        text(&out.stdout).contains("share 2 (2 of 3)"),
-        "{}",
-        text(&out.stdout)
+        said.contains("grants/alice.alice.2-of-3.share")
+            && said.contains("scope `alice` to `alice`, 2 of 3")
+            && said.contains("no expiry"),
+        "{said}"
     );
 
-    let out = run_ok(kt().args(["list", "--keyset", "keyset.json", "--grants", "grants"]));
+    let out = run_ok(kt().args(["list", "--keyset", "keyset.json", "--shares", "grants"]));
     let said = text(&out.stdout);
     for needle in [
-        "alice.alice.1-of-3.grant",
-        "alice.alice.3-of-3.grant",
-        "bob.alice.1-of-1.grant",
+        "alice.alice.1-of-3.share",
+        "alice.alice.3-of-3.share",
+        "bob.alice.1-of-1.share",
         "expires ",
         "no expiry",
         &default_fp,
     ] {
         assert!(said.contains(needle), "list lacks {needle}: {said}");
     }
-    let out = run_ok(kt().args(words("list --json --keyset keyset.json --grants grants")));
+    let out = run_ok(kt().args(words("list --json --keyset keyset.json --shares grants")));
     let v = stdout_json(&out);
     assert_eq!(v["fs"], "projects");
     assert_eq!(v["admin_fingerprint"], admin_fp.as_str());
-    let grants = v["grants"].as_array().expect("a grants list");
-    let summary: Vec<(String, u64, u64, u64, bool)> = grants
+    let shares = v["shares"].as_array().expect("a shares list");
+    let summary: Vec<(String, String, u64, u64, bool)> = shares
         .iter()
         .map(|g| {
             (
+                g["file"].as_str().unwrap().to_string(),
                 g["scope"].as_str().unwrap().to_string(),
-                g["share"].as_u64().unwrap(),
                 g["threshold"].as_u64().unwrap(),
                 g["shares"].as_u64().unwrap(),
                 g["expired"].as_bool().unwrap(),
@@ -279,23 +322,48 @@ fn walkthrough_in_the_issues_own_words() {
     assert_eq!(
         summary,
         [
-            ("alice".into(), 1, 2, 3, false),
-            ("alice".into(), 2, 2, 3, false),
-            ("alice".into(), 3, 2, 3, false),
-            ("bob".into(), 1, 1, 1, false),
+            (
+                "grants/alice.alice.1-of-3.share".into(),
+                "alice".into(),
+                2,
+                3,
+                false
+            ),
+            (
+                "grants/alice.alice.2-of-3.share".into(),
+                "alice".into(),
+                2,
+                3,
+                false
+            ),
+            (
+                "grants/alice.alice.3-of-3.share".into(),
+                "alice".into(),
+                2,
+                3,
+                false
+            ),
+            (
+                "grants/bob.alice.1-of-1.share".into(),
+                "bob".into(),
+                1,
+                1,
+                false
+            ),
         ]
     );
     assert!(
-        grants
+        shares
             .iter()
             .all(|g| g["user"] == "alice" && g["fs"] == "projects")
     );
-    assert_eq!(grants[3]["expires"], expires.as_str());
-    let issued = cbfs_core::parse_time(grants[3]["issued"].as_str().unwrap()).unwrap();
+    assert_eq!(shares[3]["nodes"], json!([node_fps[1]]));
+    assert_eq!(shares[3]["expires"], expires.as_str());
+    let issued = cbfs_core::parse_time(shares[3]["issued"].as_str().unwrap()).unwrap();
     let lifetime = (cbfs_core::parse_time(&expires).unwrap() - issued).whole_seconds();
     assert!(
         (30 * 86400 - 5..=30 * 86400 + 5).contains(&lifetime),
-        "--expires 30d gave a grant that lives {lifetime} s"
+        "--expires 30d gave a delegation that lives {lifetime} s"
     );
 
     // --- export-scope: one scope's seed, which opens that scope only
@@ -375,7 +443,7 @@ fn walkthrough_in_the_issues_own_words() {
         fingerprints(&v["writers"], "writer"),
         BTreeMap::from([("agent1".to_string(), fingerprint(&agent.verifying_key()))])
     );
-    assert_eq!(v.get("grants"), None, "no --grants, no grants list");
+    assert_eq!(v.get("shares"), None, "no --shares, no shares list");
     let out = run_ok(kt().args(["list", "--keyset", "keyset.json"]));
     assert!(
         text(&out.stdout).contains("writers:"),
@@ -395,7 +463,18 @@ fn walkthrough_in_the_issues_own_words() {
     secrets.add_admin("projects", &admin, &["default", "alice", "bob"]);
     secrets.add("user alice seed", &alice_bytes);
     secrets.add("agent1 seed", agent.seed().expose_secret_bytes());
+    for (name, data) in NODES.iter().zip(&nodes) {
+        secrets.add(format!("{name} seed"), node_seed(data));
+    }
     secrets.assert_absent_from_commands();
+    // Nor any kfrag: those reach their nodes only, sealed.
+    for (i, kfrag) in kfrags.iter().enumerate() {
+        assert_no_secret(
+            &cbfs_tests::captured_output(),
+            kfrag,
+            &format!("the commands of the walkthrough (kfrag {i})"),
+        );
+    }
     assert!(
         stderr(&out).is_empty(),
         "quiet by default: {}",

@@ -187,7 +187,9 @@ enum Command {
     /// (or a scope's holder) gives the root or a scope secret instead. The
     /// result is checked against the signed snapshot manifest.
     Restore {
-        /// The store: a directory, or s3://BUCKET/PREFIX.
+        /// The store: a directory, s3://BUCKET/PREFIX, or a gateway's
+        /// https://HOST:PORT/v1/fs/NAME (with --user; the nodes are then
+        /// reached through the gateway unless --node names them).
         #[arg(long, value_name = "STORE")]
         store: String,
         /// Your secret (a user key with --node, or a root or scope secret).
@@ -202,8 +204,8 @@ enum Command {
         /// With --node: who you are, your NAME.pub file (or your name).
         #[arg(long, value_name = "NAME.pub")]
         user: Option<String>,
-        /// With --node: seconds one node gets to answer one batch.
-        #[arg(long, value_name = "SECS", default_value_t = 60, requires = "node")]
+        /// With --user: seconds one node gets to answer one batch.
+        #[arg(long, value_name = "SECS", default_value_t = 60, requires = "user")]
         node_timeout: u64,
         #[command(flatten)]
         trust: TrustArgs,
@@ -622,10 +624,10 @@ fn main() -> ExitCode {
             if as_json {
                 out(&format!(
                     "{}\n",
-                    serde_json::json!({ "error": format!("{err:#}"), "exit_code": code })
+                    serde_json::json!({ "error": cbfs_core::error_chain(err.as_ref()), "exit_code": code })
                 ));
             }
-            eprintln!("cbfs-tier: error: {err:#}");
+            eprintln!("cbfs-tier: error: {}", cbfs_core::error_chain(err.as_ref()));
             ExitCode::from(code)
         }
     }
