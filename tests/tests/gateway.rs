@@ -183,6 +183,7 @@ struct Answer {
     status: u16,
     body: Value,
     bytes: Vec<u8>,
+    retry_after: Option<String>,
 }
 
 impl Answer {
@@ -425,12 +426,17 @@ nodes = [{}]
     fn send(request: cbfs_tests::reqwest::blocking::RequestBuilder) -> Answer {
         let response = request.send().unwrap();
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
         let bytes = response.bytes().unwrap().to_vec();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Answer {
             status,
             body,
             bytes,
+            retry_after,
         }
     }
 
@@ -870,6 +876,24 @@ fn bad_requests_get_clear_errors_and_commit_nothing() {
         record["report"]["files"].as_u64().unwrap() >= 1,
         "{record:#}"
     );
+
+    // A node that is down: the relay answers 503 with Retry-After, naming it.
+    let a = site.call("alice", Method::GET, "/v1/fs/fs1/nodes/0/v1/node", b"");
+    assert_eq!(a.status, 200, "{}", a.body);
+    site.nodes[0].kill();
+    let a = site.call("alice", Method::GET, "/v1/fs/fs1/nodes/0/v1/node", b"");
+    a.expect(503, "node_unavailable");
+    assert_eq!(a.retry_after.as_deref(), Some("5"));
+    assert!(
+        a.body["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&site.nodes[0].url),
+        "{}",
+        a.body
+    );
+    let a = site.call("alice", Method::GET, "/v1/fs/fs1/nodes/7/v1/node", b"");
+    a.expect(404, "unknown_node");
     site.verify_audit();
 }
 
