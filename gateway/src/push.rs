@@ -184,7 +184,7 @@ pub fn unpack(input: impl Read, dest: &Path) -> Result<Unpacked, Refused> {
         let mtime = entry.header().mtime().ok();
         let unpacked = entry
             .unpack_in(dest)
-            .map_err(|e| Refused(format!("entry {shown:?}: {}", chain(&e))))?;
+            .map_err(|e| Refused(format!("entry {shown:?}: {}", cbfs_core::error_chain(&e))))?;
         if !unpacked {
             return Err(Refused(format!(
                 "entry {shown:?} would be written outside the pushed tree"
@@ -212,19 +212,6 @@ pub fn unpack(input: impl Read, dest: &Path) -> Result<Unpacked, Refused> {
         }
     }
     Ok(done)
-}
-
-/// An error with its causes (tar's unpack errors wrap the I/O error that
-/// says what went wrong).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }
 
 fn path_of(dest: &Path, rel: &[u8]) -> Option<PathBuf> {

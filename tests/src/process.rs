@@ -115,6 +115,29 @@ impl ServerProcess {
             .and_then(|s| s.trim().parse().ok())
     }
 
+    /// Sends `signal` (`TERM`, `HUP`, ...) to the server itself, waiting up
+    /// to 10 s for the supervisor to have started it.
+    pub fn signal(&self, signal: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let pid = loop {
+            if let Some(pid) = self.pid() {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no pid file for {}",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(status.success(), "kill -{signal} {} failed", self.name);
+    }
+
     /// Everything the server has logged so far.
     pub fn log_contents(&self) -> Vec<u8> {
         fs::read(&self.log).unwrap_or_default()

@@ -128,24 +128,8 @@ struct GatewayProc {
 }
 
 impl GatewayProc {
-    fn pid(&self) -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(pid) = self.server.pid() {
-                return pid;
-            }
-            assert!(Instant::now() < deadline, "no pid of the gateway");
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal}");
+        self.server.signal(signal);
     }
 
     fn log(&self) -> String {

@@ -70,25 +70,9 @@ impl NodeProc {
         node
     }
 
-    fn pid(&self) -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(pid) = self.server.pid() {
-                return pid;
-            }
-            assert!(Instant::now() < deadline, "no pid file for {}", self.url);
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// Sends `signal` (`TERM`, `HUP`, ...) to the node process itself.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} failed");
+        self.server.signal(signal);
     }
 
     /// Waits for the node to exit on its own.
