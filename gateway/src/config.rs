@@ -76,6 +76,10 @@ pub struct Limits {
     pub max_push: u64,
     /// Longest `?wait=` of a job, seconds.
     pub max_wait_secs: u64,
+    /// Seconds one read of the store (a listing, an object's size, one
+    /// piece of an object) may take, retries included, before the caller
+    /// gets 503 with Retry-After.
+    pub store_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -87,6 +91,7 @@ impl Default for Limits {
             clock_skew_secs: 300,
             max_push: 1 << 40,
             max_wait_secs: 300,
+            store_timeout_secs: 30,
         }
     }
 }
@@ -95,6 +100,11 @@ impl Limits {
     /// [`io_timeout_secs`](Self::io_timeout_secs) as a duration.
     pub fn io_timeout(&self) -> Duration {
         Duration::from_secs(self.io_timeout_secs.max(1))
+    }
+
+    /// [`store_timeout_secs`](Self::store_timeout_secs) as a duration.
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_secs(self.store_timeout_secs.max(1))
     }
 }
 

@@ -542,12 +542,7 @@ async fn store_list(
     )?;
     let served = gw.served(&fs).expect("guarded");
     let prefix = q.prefix.unwrap_or_default();
-    let objects = served
-        .agent
-        .store
-        .list(&prefix)
-        .await
-        .map_err(|e| from_tiering(e.into()))?;
+    let objects = store_call(&gw, &prefix, served.agent.store.list(&prefix)).await?;
     let list: Vec<_> = objects
         .iter()
         .map(|o| serde_json::json!({ "key": o.key, "size": o.size }))
@@ -559,6 +554,31 @@ async fn store_list(
 }
 
 /// A `Range: bytes=A-B` header, as a half-open range within `size`.
+/// A read of the store within `[limits] store_timeout_secs`: a store that
+/// is down or too slow is 503 with Retry-After, naming `what`.
+async fn store_call<T>(
+    gw: &Gateway,
+    what: &str,
+    call: impl std::future::Future<Output = cbfs_store::Result<T>>,
+) -> Result<T, Answer> {
+    let timeout = gw.config().config.limits.store_timeout();
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r.map_err(|e| from_tiering(e.into())),
+        Err(_) => Err(Answer {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            reason: format!(
+                "the store did not answer about `{what}` within {} s",
+                timeout.as_secs()
+            ),
+            retry_after: Some(5),
+        }),
+    }
+}
+
+/// The largest piece of a store object held in memory while it is served.
+const STORE_PIECE: u64 = 1 << 20;
+
 fn range_of(headers: &HeaderMap, size: u64) -> Result<Option<std::ops::Range<u64>>, Answer> {
     let Some(v) = headers.get(header::RANGE) else {
         return Ok(None);
@@ -609,42 +629,60 @@ async fn store_get(
     cbfs_store::validate_key(&key).map_err(|e| answer(400, "bad_key", e.to_string()))?;
     let served = gw.served(&fs).expect("guarded");
     let store = &served.agent.store;
-    let head = store
-        .head(&key)
-        .await
-        .map_err(|e| from_tiering(e.into()))?
-        .ok_or_else(|| answer(404, "missing_object", format!("no object `{key}`")))?;
+    // One HEAD (inside the reader) learns the size and pins the version.
+    let reader = store_call(&gw, &key, store.reader(&key, None))
+        .await?
+        .ok_or_else(|| answer(404, "missing_object", format!("no object `{key}`")))?
+        .with_piece_size(STORE_PIECE);
+    let size = reader.size();
     if parts.method == Method::HEAD {
-        return Ok((
-            StatusCode::OK,
-            [(header::CONTENT_LENGTH, head.size.to_string())],
-        )
-            .into_response());
+        return Ok((StatusCode::OK, [(header::CONTENT_LENGTH, size.to_string())]).into_response());
     }
-    let range = range_of(&parts.headers, head.size)?;
-    let (status, bytes, content_range) = match range {
-        None => (
-            StatusCode::OK,
-            store.get(&key).await.map_err(|e| from_tiering(e.into()))?,
-            None,
+    let range = range_of(&parts.headers, size)?;
+    let (status, content_range) = match &range {
+        None => (StatusCode::OK, None),
+        Some(r) => (
+            StatusCode::PARTIAL_CONTENT,
+            Some(format!("bytes {}-{}/{}", r.start, r.end - 1, size)),
         ),
-        Some(r) => {
-            let cr = format!("bytes {}-{}/{}", r.start, r.end - 1, head.size);
-            (
-                StatusCode::PARTIAL_CONTENT,
-                store
-                    .get_range(&key, r)
-                    .await
-                    .map_err(|e| from_tiering(e.into()))?,
-                Some(cr),
-            )
-        }
     };
-    gw.metrics
-        .bytes
-        .with_label_values(&["out", "store"])
-        .inc_by(bytes.len() as u64);
-    let mut resp = (status, bytes).into_response();
+    // Streamed in pieces: memory stays one piece per request whatever the
+    // object's size. A failure after the first piece cuts the answer short,
+    // which the client sees as a short read of a known length.
+    let reader = match range {
+        Some(r) => reader.with_range(r).map_err(|e| from_tiering(e.into()))?,
+        None => reader,
+    };
+    let length = reader.remaining();
+    let metrics = gw.clone();
+    let timeout = gw.config().config.limits.store_timeout();
+    let body = futures::stream::unfold(Some(reader), move |reader| {
+        let gw = metrics.clone();
+        async move {
+            let mut reader = reader?;
+            let piece = match tokio::time::timeout(timeout, reader.next()).await {
+                Ok(piece) => piece.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+            };
+            match piece {
+                Ok(Some(piece)) => {
+                    gw.metrics
+                        .bytes
+                        .with_label_values(&["out", "store"])
+                        .inc_by(piece.len() as u64);
+                    Some((Ok(piece), Some(reader)))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!("a store read broke off: {e}");
+                    Some((Err(std::io::Error::other(e)), None))
+                }
+            }
+        }
+    });
+    let mut resp = (status, Body::from_stream(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/octet-stream"),

@@ -1,6 +1,6 @@
 //! `cbfs-recover`: turn a cbfs store back into a plain pax tar (or a
 //! directory), with no database and no daemon: a thin command over
-//! `cbfs-restore`. It reads a local directory or an S3 bucket.
+//! `cbfs-restore`. It reads a local directory, an S3 bucket, or a gateway.
 //!
 //! Exit codes: 0 everything in reach restored (scopes skipped for lack of a
 //! key are reported, not failures); 1 error before any output; 2 usage;
@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use cbfs_core::{KeySource, Keyset, Seed, Unlock, fingerprint};
+use cbfs_core::{KeySource, Keyset, Seed, Unlock, UserName, UserPublic, UserSecret, fingerprint};
 use cbfs_restore::{
-    Anchors, DirSink, LocalDir, LockboxOpener, NoKey, ObjectSource, PathFilter, Report,
-    RestoreOptions, S3Source, Sink, Snapshot, TarSink, Trust, TrustRecords, identify,
-    open_snapshot, restore, restore_unauthenticated_segments, trusted_keyset,
+    Anchors, DirSink, GatewaySource, LocalDir, LockboxOpener, NoKey, ObjectSource, PathFilter,
+    Report, RestoreOptions, S3Source, Sink, Snapshot, TarSink, Trust, TrustRecords, identify,
+    is_gateway_store, open_snapshot, restore, restore_unauthenticated_segments, trusted_keyset,
 };
 use clap::{ArgGroup, Parser};
 
@@ -30,6 +30,9 @@ Examples:
   cbfs-recover --identity file:/keys/fs1-admin.key --store /mnt/archive -o restore.tar
   # ... of an S3 bucket (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)
   cbfs-recover --identity file:/keys/fs1-admin.key --store s3://bucket/projects -o restore.tar
+  # Through a gateway, with no store credentials: your own user key signs the reads
+  cbfs-recover --identity file:/keys/fs1-admin.key --store https://gw.example:8443/v1/fs/fs1 \\
+      --gateway-user admin.pub --gateway-identity file:/keys/admin-user.key -o restore.tar
   # An older snapshot, streamed into tar; only one subtree
   cbfs-recover --identity file:/keys/fs1-admin.key --store /mnt/archive \\
       --snapshot 00c0ffee --path home/alice -o - | tar -xpf - -C /srv/restore
@@ -94,9 +97,18 @@ struct Cli {
     #[arg(long, value_name = "FINGERPRINT")]
     accept_unregistered_writer: Option<String>,
     /// The store: a local directory with segments/, lockboxes/, summaries/,
-    /// snapshots/, or s3://BUCKET/PREFIX.
+    /// snapshots/; s3://BUCKET/PREFIX; or a gateway's file system,
+    /// https://GATEWAY/v1/fs/NAME (with --gateway-user and --gateway-identity).
     #[arg(long, value_name = "STORE")]
     store: Option<String>,
+    /// Through a gateway: who you are there, a NAME.pub file (checked against
+    /// --gateway-identity) or a bare name.
+    #[arg(long, value_name = "NAME.pub", requires = "gateway_identity")]
+    gateway_user: Option<String>,
+    /// Through a gateway: your cbfs user key (file:PATH or keyring:SERVICE/NAME),
+    /// which signs every request. It does not unlock anything.
+    #[arg(long, value_name = "SOURCE", requires = "gateway_user")]
+    gateway_identity: Option<KeySource>,
     /// Which snapshot: an id (or a prefix of 8+ characters) or a sequence number (default: newest).
     #[arg(long, value_name = "ID", requires = "store")]
     snapshot: Option<String>,
@@ -216,7 +228,30 @@ enum Output {
     Dir(PathBuf),
 }
 
-fn open_store(spec: &str) -> Result<Box<dyn ObjectSource>, Failed> {
+fn open_store(cli: &Cli, spec: &str) -> Result<Box<dyn ObjectSource>, Failed> {
+    if is_gateway_store(spec) {
+        let (Some(user), Some(identity)) = (&cli.gateway_user, &cli.gateway_identity) else {
+            return Err(fail(2)(anyhow!(
+                "store `{spec}`: a gateway needs --gateway-user NAME.pub and --gateway-identity SOURCE"
+            )));
+        };
+        let secret = UserSecret::from_seed(
+            identity
+                .load(&Unlock::from_env())
+                .with_context(|| format!("cannot load the gateway identity {identity}"))
+                .map_err(fail(1))?,
+        );
+        let name = gateway_user(user, &secret).map_err(fail(2))?;
+        return Ok(Box::new(
+            GatewaySource::open(spec, name, secret.signer())
+                .map_err(failed("cannot open the store"))?,
+        ));
+    }
+    if cli.gateway_user.is_some() {
+        return Err(fail(2)(anyhow!(
+            "--gateway-user is for a store through a gateway (https://GATEWAY/v1/fs/NAME)"
+        )));
+    }
     if spec.starts_with("s3://") {
         return Ok(Box::new(
             S3Source::open(spec).map_err(failed("cannot open the store"))?,
@@ -224,12 +259,29 @@ fn open_store(spec: &str) -> Result<Box<dyn ObjectSource>, Failed> {
     }
     if spec.contains("://") {
         return Err(fail(2)(anyhow!(
-            "store `{spec}`: give a directory or s3://BUCKET/PREFIX"
+            "store `{spec}`: give a directory, s3://BUCKET/PREFIX or https://GATEWAY/v1/fs/NAME"
         )));
     }
     Ok(Box::new(
         LocalDir::new(spec).map_err(failed("cannot open the store"))?,
     ))
+}
+
+/// The user a `--gateway-user` argument names: a `NAME.pub` file (checked
+/// against the key) or a bare name.
+fn gateway_user(arg: &str, secret: &UserSecret) -> anyhow::Result<UserName> {
+    let path = Path::new(arg);
+    if arg.ends_with(".pub") || path.is_file() {
+        let public = UserPublic::load(path).with_context(|| format!("--gateway-user {arg}"))?;
+        public.check_secret(secret).map_err(|_| {
+            anyhow!(
+                "the --gateway-identity key is not the key of user `{}` ({arg})",
+                public.name()
+            )
+        })?;
+        return Ok(public.name().clone());
+    }
+    UserName::new(arg).map_err(|e| anyhow!("--gateway-user {arg}: {e}"))
 }
 
 /// The trusted keyset: pinned by --keyset, --admin-key, the root secret
@@ -279,7 +331,7 @@ fn run(cli: Cli) -> Result<u8, Failed> {
         return run_loose(&cli, seed, &records, &opts, &output);
     }
     let spec = cli.store.as_deref().expect("clap requires an input");
-    let source = open_store(spec)?;
+    let source = open_store(&cli, spec)?;
     let keyset = keyset_for(&cli, source.as_ref(), seed.as_ref(), &records)?;
     let opener = make_opener(&cli, seed, &keyset)?;
     let trust = Trust::new(keyset.clone())

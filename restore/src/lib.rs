@@ -58,6 +58,8 @@
 mod emit;
 mod engine;
 mod error;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 mod hashing;
 mod keyset;
 mod opener;
@@ -73,6 +75,8 @@ mod source;
 
 pub use engine::RestoreOptions;
 pub use error::{Error, Result};
+#[cfg(feature = "gateway")]
+pub use gateway::{GatewaySource, is_gateway_store};
 pub use keyset::{Anchors, Pin, Pinned, TrustRecords, load_keyset, trusted_keyset};
 pub use opener::{AdminOpener, Identity, LockboxOpener, NoKey, ScopeOpener, identify};
 pub use paths::{PathFilter, check_member_path, check_symlink_target};

@@ -1,6 +1,8 @@
-//! Reading large objects piece by piece: [`Store::get_to_file`], and the
+//! Reading large objects piece by piece: [`Store::reader`],
+//! [`Store::get_to_file`], and the
 //! comparison of an object with a local file.
 
+use std::ops::Range;
 use std::path::Path as FsPath;
 
 use bytes::Bytes;
@@ -12,48 +14,105 @@ use crate::error::{Error, Kind, Op, Result, classify};
 use crate::local::{RemoveOnDrop, sibling_temp_path};
 use crate::store::Store;
 
-/// Reads one object in ranges of bounded size, each a request of its own
-/// (retried on its own, and short enough for the request timeout), all
-/// pinned to the same version of the object by its ETag.
-pub(crate) struct RangeReader<'a> {
-    store: &'a Store,
-    key: &'a str,
+/// Reads one object (or a range of it) in pieces of bounded size, each a
+/// request of its own (retried on its own, and short enough for the request
+/// timeout), all pinned to the same version of the object by its ETag: what
+/// [`Store::reader`] returns. Memory stays one piece whatever the object's
+/// size.
+pub struct ObjectReader {
+    store: Store,
+    key: String,
     loc: Path,
     size: u64,
     e_tag: Option<String>,
     offset: u64,
+    end: u64,
     chunk: u64,
 }
 
-impl<'a> RangeReader<'a> {
+impl std::fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("store", &self.store.describe())
+            .field("key", &self.key)
+            .field("range", &(self.offset..self.end))
+            .finish()
+    }
+}
+
+impl Store {
+    /// A reader of the object under `key` in pieces of
+    /// [`StoreOptions::part_size`](crate::StoreOptions::part_size): the
+    /// whole object, or the bytes `range` of it (which must lie within it).
+    /// `None` if there is no object.
+    pub async fn reader(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<ObjectReader>> {
+        let Some(reader) = ObjectReader::open(self, key).await? else {
+            return Ok(None);
+        };
+        match range {
+            None => Ok(Some(reader)),
+            Some(r) => reader.with_range(r).map(Some),
+        }
+    }
+}
+
+impl ObjectReader {
     /// Opens the object under `key`; `None` if there is none.
-    pub(crate) async fn open(store: &'a Store, key: &'a str) -> Result<Option<RangeReader<'a>>> {
+    pub(crate) async fn open(store: &Store, key: &str) -> Result<Option<ObjectReader>> {
         let loc = store.location(key)?;
         let Some(info) = store.head(key).await? else {
             return Ok(None);
         };
-        Ok(Some(RangeReader {
-            store,
-            key,
+        Ok(Some(ObjectReader {
+            store: store.clone(),
+            key: key.to_owned(),
             loc,
             size: info.size,
             e_tag: info.e_tag,
             offset: 0,
+            end: info.size,
             chunk: store.options().part_size.max(1) as u64,
         }))
     }
 
+    /// Only the bytes `range` of the object, which must lie within it.
+    pub fn with_range(self, range: Range<u64>) -> Result<Self> {
+        if range.start > range.end || range.end > self.size {
+            return Err(self.store.past_end(&self.key, &range, self.size));
+        }
+        Ok(ObjectReader {
+            offset: range.start,
+            end: range.end,
+            ..self
+        })
+    }
+
+    /// Pieces of at most `bytes` (at least 1) instead.
+    pub fn with_piece_size(mut self, bytes: u64) -> Self {
+        self.chunk = bytes.max(1);
+        self
+    }
+
     /// The object's size.
-    pub(crate) fn size(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.size
     }
 
+    /// How many bytes are left to read.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.offset
+    }
+
     /// The next piece, or `None` at the end.
-    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>> {
-        if self.offset >= self.size {
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        if self.offset >= self.end {
             return Ok(None);
         }
-        let end = (self.offset + self.chunk).min(self.size);
+        let end = (self.offset + self.chunk).min(self.end);
         let range = self.offset..end;
         let options = || GetOptions {
             if_match: self.e_tag.clone(),
@@ -74,15 +133,15 @@ impl<'a> RangeReader<'a> {
             .map_err(|e| match classify(&e) {
                 Kind::Exists => self.store.transient(
                     Op::Get,
-                    self.key,
+                    &self.key,
                     "the object was replaced while being read".to_string(),
                 ),
-                _ => self.store.error(Op::Get, self.key, e),
+                _ => self.store.error(Op::Get, &self.key, e),
             })?;
         if bytes.len() as u64 != end - self.offset {
             return Err(self.store.transient(
                 Op::Get,
-                self.key,
+                &self.key,
                 format!(
                     "asked for bytes {}..{end}, got {} bytes",
                     self.offset,
@@ -113,7 +172,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let mut reader = RangeReader::open(self, key)
+        let mut reader = ObjectReader::open(self, key)
             .await?
             .ok_or_else(|| self.not_found(key))?;
         let tmp = sibling_temp_path(path)
@@ -143,7 +202,7 @@ impl Store {
         path: &FsPath,
         len: u64,
     ) -> Result<Option<bool>> {
-        let Some(mut reader) = RangeReader::open(self, key).await? else {
+        let Some(mut reader) = ObjectReader::open(self, key).await? else {
             return Ok(None);
         };
         if reader.size() != len {

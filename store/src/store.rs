@@ -466,7 +466,7 @@ impl Store {
         }
     }
 
-    fn past_end(&self, key: &str, range: &Range<u64>, size: u64) -> Error {
+    pub(crate) fn past_end(&self, key: &str, range: &Range<u64>, size: u64) -> Error {
         self.permanent(
             Op::Get,
             key,

@@ -43,6 +43,7 @@ suite!(
         large_file_goes_in_parts,
         small_file_goes_in_one_put,
         download_to_file,
+        read_in_pieces,
         bad_keys_are_refused,
     ],
     // Two writers racing for one key: exactly one may win. On S3 that is the
@@ -302,6 +303,60 @@ async fn download_to_file(fx: &Fixture) {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["restored.tar"]);
+}
+
+async fn read_in_pieces(fx: &Fixture) {
+    let data = pattern(3 * 1000 + 17, 12);
+    fx.store
+        .put_new("segments/pieces.tar", data.clone())
+        .await
+        .unwrap();
+    let gather = |mut r: cbfs_store::ObjectReader| async move {
+        let mut out = Vec::new();
+        let mut pieces = 0;
+        while let Some(piece) = r.next().await.unwrap() {
+            assert!(piece.len() <= 1000, "a piece of {} bytes", piece.len());
+            out.extend_from_slice(&piece);
+            pieces += 1;
+        }
+        (out, pieces)
+    };
+    let whole = fx
+        .store
+        .reader("segments/pieces.tar", None)
+        .await
+        .unwrap()
+        .expect("the object is there")
+        .with_piece_size(1000);
+    assert_eq!(whole.size(), data.len() as u64);
+    let (got, pieces) = gather(whole).await;
+    assert!(got == data);
+    assert_eq!(pieces, 4);
+    let part = fx
+        .store
+        .reader("segments/pieces.tar", Some(990..2010))
+        .await
+        .unwrap()
+        .unwrap()
+        .with_piece_size(1000);
+    assert_eq!(part.remaining(), 1020);
+    let (got, pieces) = gather(part).await;
+    assert!(got[..] == data[990..2010]);
+    assert_eq!(pieces, 2);
+    // A range past the end is an error naming the key; no object, None.
+    let err = fx
+        .store
+        .reader("segments/pieces.tar", Some(10..4000))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("segments/pieces.tar"), "{err}");
+    assert!(
+        fx.store
+            .reader("segments/none.tar", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn racing_writers_one_wins(fx: &Fixture) {

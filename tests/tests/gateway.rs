@@ -258,6 +258,7 @@ client_ca = {ca:?}
 [limits]
 max_body = {MAX_BODY}
 max_wait_secs = 300
+store_timeout_secs = 4
 
 [users.host1]
 key = "host1.pub"
@@ -631,6 +632,60 @@ fn a_host_pushes_alice_restores_her_scope_through_the_gateway_and_bob_is_refused
         everything.keys().collect::<Vec<_>>()
     );
 
+    // The administrator turns the store back into a plain tar with
+    // cbfs-recover through the gateway, with no store credentials: the root
+    // secret decrypts, a gateway user's key (alice's here) signs the reads.
+    let recover = |user: &str, key: &str| {
+        let mut cmd = cbfs_cmd("cbfs-recover");
+        cmd.arg("--identity")
+            .arg(format!("file:{}", site.work.path("admin.key").display()))
+            .arg("--keyset")
+            .arg(site.work.path("keyset.json"))
+            .arg("--store")
+            .arg(format!("{}/v1/fs/fs1", site.url()))
+            .arg("--gateway-user")
+            .arg(site.work.path(format!("{user}.pub")))
+            .arg("--gateway-identity")
+            .arg(format!(
+                "file:{}",
+                site.work.path(format!("{key}.key")).display()
+            ))
+            .arg("-o")
+            .arg(site.work.path("recovered.tar"))
+            .arg("--force")
+            .envs(site.envs());
+        cbfs_tests::run(&mut cmd)
+    };
+    let out = recover("alice", "alice");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tar = fs::read(site.work.path("recovered.tar")).unwrap();
+    let listed = run_ok(
+        Command::new("tar")
+            .arg("-tf")
+            .arg(site.work.path("recovered.tar")),
+    );
+    let listed = text(&listed.stdout);
+    for name in ["home/alice/docs/deep/note.txt", "home/bob/secret.txt"] {
+        assert!(listed.contains(name), "{name} not in the tar:\n{listed}");
+    }
+    assert!(tar.windows(18).any(|w| w == b"bob's, not alice's"));
+    // A key that is not the named user's is refused before anything is read.
+    let out = recover("alice", "bob");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not the key of user `alice`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A host may not read the store: a refusal naming the object, exit 1.
+    let out = recover("host1", "host1");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("403 denied"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // bob, restoring alice's home, gets none of it: the nodes hold no
     // delegation of her scope for him, and the gateway cannot decrypt.
     let out = site.restore("fs1", "bob", "home/alice", "bob-restored");
@@ -970,6 +1025,34 @@ fn a_killed_gateway_loses_nothing_and_the_next_run_completes() {
     let last_id = last.body["id"].as_str().unwrap().to_owned();
     let done = site.wait_job("fs2", &last_id);
     assert_eq!(done["state"], "succeeded", "{done:#}");
+
+    // The store goes down: its readers get 503 with Retry-After naming
+    // the store, within the store timeout, and a restore exits 5 (retry).
+    let keys = site.call(
+        "alice",
+        Method::GET,
+        "/v1/fs/fs2/store?prefix=keysets/",
+        b"",
+    );
+    assert_eq!(keys.status, 200, "{}", keys.body);
+    let key = keys.body["objects"][0]["key"].as_str().unwrap().to_owned();
+    drop(site.s3.take());
+    for path in [
+        "/v1/fs/fs2/store?prefix=keysets/".to_owned(),
+        format!("/v1/fs/fs2/store/{key}"),
+    ] {
+        let t = Instant::now();
+        let a = site.call("alice", Method::GET, &path, b"");
+        a.expect(503, "unavailable");
+        assert_eq!(a.retry_after.as_deref(), Some("5"), "{path}");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{path}: {:?}",
+            t.elapsed()
+        );
+    }
+    let out = site.restore("fs2", "alice", ".", "restored-down");
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
 
     // SIGTERM: the gateway stops cleanly.
     let mut gw = site.gateway.take().unwrap();

@@ -4,14 +4,12 @@
 //! through the delegation nodes, is still what unlocks.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cbfs_core::Clock;
-use cbfs_restore::{Error as RestoreError, ObjectSource};
+use cbfs_restore::Error as RestoreError;
 use cbfs_wire::client::GatewayAuth;
 use serde::Deserialize;
-use tokio::runtime::Handle;
 
 use crate::error::{Error, Result};
 
@@ -19,12 +17,6 @@ use crate::error::{Error, Result};
 /// secret, or the bare name).
 pub fn user_name(arg: &str, secret: &cbfs_core::UserSecret) -> Result<cbfs_core::UserName> {
     crate::restore::user_name(arg, secret)
-}
-
-/// Whether a store spec names a gateway's file system
-/// (`http(s)://HOST[:PORT]/v1/fs/NAME`).
-pub fn is_gateway_store(spec: &str) -> bool {
-    (spec.starts_with("https://") || spec.starts_with("http://")) && spec.contains("/v1/fs/")
 }
 
 /// `https://GATEWAY` and a file system's name, as a gateway store spec.
@@ -175,171 +167,8 @@ impl GatewayClient {
     }
 }
 
-/// `STATUS CODE: REASON` of a gateway's error answer.
-pub fn refusal(status: u16, body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Body {
-        error: String,
-        reason: String,
-    }
-    match serde_json::from_slice::<Body>(body) {
-        Ok(b) => format!("refused ({status} {}): {}", b.error, b.reason),
-        Err(_) => format!("answered {status}"),
-    }
-}
-
-/// A gateway's file system as the restore engine's [`ObjectSource`].
-pub struct GatewaySource {
-    client: GatewayClient,
-    rt: Handle,
-    fetched: AtomicU64,
-}
-
-impl GatewaySource {
-    /// Reads through `client`, its requests driven on `rt` (call from a
-    /// blocking thread).
-    pub fn new(client: GatewayClient, rt: Handle) -> Self {
-        GatewaySource {
-            client,
-            rt,
-            fetched: AtomicU64::new(0),
-        }
-    }
-
-    fn object(
-        &self,
-        method: &str,
-        key: &str,
-        range: Option<Range<u64>>,
-    ) -> cbfs_restore::Result<bytes::Bytes> {
-        let rest = format!("/store/{key}");
-        let (status, body) = self
-            .rt
-            .block_on(self.client.send(method, &rest, None, range))
-            .map_err(|e| RestoreError::Unavailable {
-                store: self.client.base.clone(),
-                key: key.to_owned(),
-                reason: e.to_string(),
-            })?;
-        match status {
-            200 | 206 => Ok(body),
-            404 => Err(RestoreError::Missing {
-                key: key.to_owned(),
-            }),
-            408 | 429 | 500..=599 => Err(RestoreError::Unavailable {
-                store: self.client.base.clone(),
-                key: key.to_owned(),
-                reason: refusal(status, &body),
-            }),
-            _ => Err(RestoreError::Read {
-                key: key.to_owned(),
-                source: std::io::Error::other(format!(
-                    "gateway {}: {}",
-                    self.client.base,
-                    refusal(status, &body)
-                )),
-            }),
-        }
-    }
-}
-
-impl ObjectSource for GatewaySource {
-    fn describe(&self) -> String {
-        self.client.base.clone()
-    }
-
-    fn list(&self, prefix: &str) -> cbfs_restore::Result<Vec<String>> {
-        #[derive(Deserialize)]
-        struct Object {
-            key: String,
-        }
-        #[derive(Deserialize)]
-        struct Listing {
-            objects: Vec<Object>,
-        }
-        let rest = format!("/store?prefix={}", percent(prefix));
-        let unavailable = |reason: String| RestoreError::Unavailable {
-            store: self.client.base.clone(),
-            key: prefix.to_owned(),
-            reason,
-        };
-        let (status, body) = self
-            .rt
-            .block_on(self.client.send("GET", &rest, None, None))
-            .map_err(|e| unavailable(e.to_string()))?;
-        if status >= 500 || status == 429 || status == 408 {
-            return Err(unavailable(refusal(status, &body)));
-        }
-        let listing: Listing =
-            self.client
-                .json(status, &body, &rest)
-                .map_err(|e| RestoreError::Read {
-                    key: prefix.to_owned(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-        let mut keys: Vec<String> = listing.objects.into_iter().map(|o| o.key).collect();
-        keys.sort();
-        Ok(keys)
-    }
-
-    fn get(&self, key: &str) -> cbfs_restore::Result<Vec<u8>> {
-        let bytes = self.object("GET", key, None)?;
-        self.fetched
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes.to_vec())
-    }
-
-    fn get_range(&self, key: &str, range: Range<u64>) -> cbfs_restore::Result<Vec<u8>> {
-        if range.start >= range.end {
-            return Ok(Vec::new());
-        }
-        let bytes = self.object("GET", key, Some(range))?;
-        self.fetched
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes.to_vec())
-    }
-
-    fn size(&self, key: &str) -> cbfs_restore::Result<u64> {
-        let rest = format!("/store/{key}");
-        let unavailable = |reason: String| RestoreError::Unavailable {
-            store: self.client.base.clone(),
-            key: key.to_owned(),
-            reason,
-        };
-        let (status, size) = self
-            .rt
-            .block_on(self.client.head(&rest))
-            .map_err(|e| unavailable(e.to_string()))?;
-        match (status, size) {
-            (200, Some(size)) => Ok(size),
-            (404, _) => Err(RestoreError::Missing {
-                key: key.to_owned(),
-            }),
-            (200, None) => Err(RestoreError::Read {
-                key: key.to_owned(),
-                source: std::io::Error::other("the gateway did not say the object's size"),
-            }),
-            (status, _) => Err(unavailable(format!("answered {status}"))),
-        }
-    }
-
-    fn fetched(&self) -> u64 {
-        self.fetched.load(Ordering::Relaxed)
-    }
-}
-
-/// Percent-encodes a query value.
-fn percent(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+use cbfs_restore::gateway::percent;
+pub use cbfs_restore::gateway::{is_gateway_store, refusal};
 
 /// Bytes of a tar stream made on a blocking thread, handed to the HTTP body
 /// in chunks through a bounded channel: memory stays bounded whatever the

@@ -175,21 +175,24 @@ fn restore_blocking(
         };
         let secret = UserSecret::from_seed(copy(&seed));
         let name = user_name(user, &secret)?;
-        let auth = cbfs_wire::client::GatewayAuth::new(name, secret.signer());
-        Some(crate::gateway::GatewayClient::new(&req.store, auth, None)?)
+        let auth = cbfs_wire::client::GatewayAuth::new(name.clone(), secret.signer());
+        let client = crate::gateway::GatewayClient::new(&req.store, auth, None)?;
+        let source = cbfs_restore::GatewaySource::open(&req.store, name, secret.signer())
+            .map_err(|e| restore_error("cannot open the store", e))?;
+        Some((client, source))
     } else {
         None
     };
-    let source: Box<dyn ObjectSource> = match &gateway {
-        Some(client) => Box::new(crate::gateway::GatewaySource::new(
-            client.clone(),
-            rt.clone(),
-        )),
-        None => Box::new(StoreSource::new(Store::open(&req.store)?, rt.clone())),
+    let local;
+    let source: &dyn ObjectSource = match &gateway {
+        Some((_, source)) => source,
+        None => {
+            local = StoreSource::new(Store::open(&req.store)?, rt.clone());
+            &local
+        }
     };
-    let source = source.as_ref();
     let mut node_urls = req.nodes.clone();
-    if let Some(client) = &gateway
+    if let Some((client, _)) = &gateway
         && node_urls.is_empty()
     {
         node_urls = rt.block_on(client.node_relays())?;
@@ -233,7 +236,7 @@ fn restore_blocking(
                 user: name,
                 timeout: req.node_timeout,
                 path: request_path(&req.path),
-                gateway: gateway.as_ref().map(|g| g.auth().clone()),
+                gateway: gateway.as_ref().map(|(g, _)| g.auth().clone()),
             },
         )?)
     };

@@ -4,6 +4,7 @@
 
 /// Where a test may make the run die.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // each names the step it follows
 pub enum CrashPoint {
     /// After the nth segment is uploaded, before its lockboxes.
     AfterSegment(u32),
