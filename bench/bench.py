@@ -162,6 +162,7 @@ class Bench:
             "--writer", f"{k}/agent.pub"])
         sh([kt, "add-scope", "--admin", f"file:{k}/admin.key", "--keyset", f"{k}/keyset.json", "--scope", "bench"])
         sh([kt, "create-user", "alice", "--secret", f"file:{k}/alice.key", "--public", f"{k}/alice.pub"])
+        sh([kt, "create-user", "host1", "--secret", f"file:{k}/host1.key", "--public", f"{k}/host1.pub"])
         age_key = f"{k}/age.key"
         sh(["age-keygen", "-o", age_key])
         self.age_recipient = [l for l in open(age_key).read().splitlines() if l.startswith("# public key:")][0].split()[-1]
@@ -310,6 +311,126 @@ class Bench:
                 "--node", url])
         return node, url
 
+    # -- the gateway
+
+    def make_tls(self):
+        """A CA and the gateway's certificate for 127.0.0.1 (openssl)."""
+        d = self.p("tls")
+        rm(d)
+        os.makedirs(d)
+        with open(os.path.join(d, "server.cnf"), "w") as f:
+            f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                    "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        sh(["openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=cbfs-bench-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign"], cwd=d)
+        sh(["openssl", "req", *ec, "-keyout", "gateway.key", "-out", "gateway.csr", "-subj", "/CN=cbfs-gateway"],
+           cwd=d)
+        sh(["openssl", "x509", "-req", "-in", "gateway.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "gateway.pem", "-days", "2", "-extfile", "server.cnf"], cwd=d)
+        return {n: os.path.join(d, n) for n in ("ca.pem", "gateway.pem", "gateway.key")}
+
+    def gateway_config(self, tls, node_url, file_systems):
+        k = self.keys
+        c = [f'listen = "127.0.0.1:0"', f'state = "{self.p("gw-state")}"', "",
+             "[tls]", f'cert = "{tls["gateway.pem"]}"', f'key = "{tls["gateway.key"]}"', "",
+             "[users.host1]", f'key = "{k}/host1.pub"', 'roles = ["host"]', "",
+             "[users.alice]", f'key = "{k}/alice.pub"', 'roles = ["user"]',
+             "homes = { " + ", ".join(f'{name} = ["/"]' for name in file_systems) + " }", ""]
+        for name, (store, index) in file_systems.items():
+            c += [f"[fs.{name}]", f'store = "{store}"', f'index = "{index}"', f'keyset = "{k}/keyset.json"',
+                  'scopes = ["**=bench"]', f'writer_key = "file:{k}/agent.key"', f'nodes = ["{node_url}"]', ""]
+        path = self.p("gateway.toml")
+        with open(path, "w") as f:
+            f.write("\n".join(c))
+        return path
+
+    def start_gateway(self, config):
+        log_path = self.p("gateway.log")
+        log_file = open(log_path, "wb")
+        gw = subprocess.Popen([self.b("cbfs-gateway"), "serve", "--config", config],
+                              stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        deadline = time.time() + 60
+        while True:
+            with open(log_path, "rb") as f:
+                for line in f.read().decode(errors="replace").splitlines():
+                    if line.startswith("listening on https://"):
+                        return gw, line.split()[-1]
+            if time.time() > deadline or gw.poll() is not None:
+                raise SystemExit("the gateway did not start; see " + log_path)
+            time.sleep(0.05)
+
+    @staticmethod
+    def stop(proc):
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    @staticmethod
+    def peak_rss(proc):
+        """The peak RSS of a running process (VmHWM), bytes."""
+        for line in open(f"/proc/{proc.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def gateway(self, kind):
+        """Push through the gateway (loopback TLS) into a fresh store, a user
+        restore through it, and `ls` of a 100,000-entry snapshot."""
+        k = self.keys
+        src = self.p(kind)
+        tls = self.make_tls()
+        env = {**self.env, "CBFS_CA_FILE": tls["ca.pem"]}
+        store, index = self.p("store-gw"), self.p("index-gw")
+        wide = self.p("wide")
+        if not os.path.isdir(wide):
+            log("generating a tree of 100,000 files for ls")
+            sh([self.b("cbfs-bench"), "gen", "million", wide, "--scale", str(0.1 * self.scale)])
+        wide_store, wide_index = self.p("store-wide"), self.p("index-wide")
+        rm(wide_store, wide_index)
+        run_once(self.tier_out(wide, wide_store, wide_index), env=self.env)
+        node, node_url = self.start_node("gw-node", delegate=True)
+        config = self.gateway_config(tls, node_url, {"bench": (store, index), "wide": (wide_store, wide_index)})
+        state = {"gw": None, "url": None}
+
+        def fresh_gateway():
+            if state["gw"]:
+                self.stop(state["gw"])
+            rm(store, index, self.p("gw-state"))
+            state["gw"], state["url"] = self.start_gateway(config)
+
+        push_cmd = lambda: [self.b("cbfs-tier"), "push", src, "--gateway", state["url"], "--fs", "bench",
+                            "--prefix", "/", "--identity", f"file:{k}/host1.key", "--user", f"{k}/host1.pub"]
+        try:
+            samples, gw_rss = [], 0
+            for i in range(self.runs):
+                fresh_gateway()
+                s = run_once(push_cmd(), env=env)
+                gw_rss = max(gw_rss, self.peak_rss(state["gw"]))
+                log(f"cbfs-tier push {kind} run {i + 1}/{self.runs}: {s.wall:.2f} s wall, gateway {gw_rss / MIB:.0f} MiB")
+                samples.append(s)
+            push = median_sample(samples)
+            dest = os.path.join(self.scratch, f"restore-gw-{kind}")
+            restore = measure(f"cbfs-tier restore via gateway {kind}",
+                              [self.b("cbfs-tier"), "restore", "--store", f"{state['url']}/v1/fs/bench",
+                               "--identity", f"file:{k}/alice.key", "--user", f"{k}/alice.pub",
+                               "--keyset", f"{k}/keyset.json", "--trust-file", self.p("trust-gw.json"),
+                               "--index", self.p("no-index"), ".", dest],
+                              self.runs, prepare=lambda: rm(dest), env=env)
+            gw_rss = max(gw_rss, self.peak_rss(state["gw"]))
+            self.check_same(kind, dest)
+            rm(dest)
+            ls = json.loads(sh([self.b("cbfs-bench"), "ls", "--fs", f"{state['url']}/v1/fs/wide", "--path", "/",
+                                "--user", "alice", "--identity", f"file:{k}/alice.key", "--ca", tls["ca.pem"],
+                                "--requests", str(max(10, 7 * self.runs))]))
+            gw_rss = max(gw_rss, self.peak_rss(state["gw"]))
+        finally:
+            if state["gw"]:
+                self.stop(state["gw"])
+            self.stop(node)
+            rm(store, index, wide_store, wide_index)
+        return push, restore, ls, gw_rss
+
     def delegation(self):
         k = self.keys
         node, url = self.start_node("node", delegate=True)
@@ -382,6 +503,8 @@ class Bench:
         # restores
         for kind, size in (("small", small), ("large", large)):
             user, restic, pipe, recover, age_zstd = self.restores(kind)
+            if kind == "small":
+                self.user_small = user
             self.row(f"user restore, {kind}", "cbfs-tier restore (user key, 1 local node)", user, size)
             rr = restic.wall / user.wall
             self.row(f"user restore, {kind}", "restic restore", restic, size, None, rr,
@@ -391,6 +514,20 @@ class Bench:
             self.row(f"recover to tar, {kind}", "cbfs-recover -o FILE.tar", recover, size)
             self.row(f"recover to tar, {kind}", "age -d \\| zstd -d > FILE.tar", age_zstd, size, None, rt,
                      ">= 1x", rt >= 1.0)
+
+        # through the gateway
+        push, gw_restore, ls, gw_rss = self.gateway("small")
+        rp = cbfs_s.wall / push.wall
+        self.row("push via gateway, small", "cbfs-tier push (loopback TLS, fresh store)", push, small, None, rp,
+                 ">= 0.85x cbfs-tier out", rp >= 0.85,
+                 f"ratio = tier out time / push time; gateway peak RSS {gw_rss / MIB:.0f} MiB")
+        rg = self.user_small.wall / gw_restore.wall
+        self.row("user restore via gateway, small", "cbfs-tier restore --store https://GATEWAY (nodes relayed)",
+                 gw_restore, small, None, rg, ">= 0.9x direct", rg >= 0.9,
+                 "ratio = direct restore time / through the gateway")
+        self.row(f"ls via gateway, {ls['entries']:,} entries", "signed GET /v1/fs/NAME/ls, one at a time", None,
+                 None, None, None, None, None,
+                 f"p50 {ls['p50_s'] * 1000:.0f} ms, p99 {ls['p99_s'] * 1000:.0f} ms over {ls['requests']} requests")
 
         # incremental
         ri = incr.wall / cbfs_s.wall

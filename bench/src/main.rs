@@ -83,6 +83,8 @@ enum Command {
     },
     /// Re-encryptions per second of one delegation node over HTTP.
     Delegation(DelegationRun),
+    /// Latency of a gateway's `ls`, signed requests one after another.
+    Ls(LsRun),
 }
 
 fn main() -> Result<()> {
@@ -98,6 +100,7 @@ fn main() -> Result<()> {
         Command::Zsize { dir, level } => zsize(&dir, level),
         Command::Reencrypt { capsules, rounds } => reencrypt(capsules, rounds),
         Command::Delegation(run) => delegation(&run),
+        Command::Ls(run) => ls(&run),
     }
 }
 
@@ -582,6 +585,99 @@ fn delegation(run: &DelegationRun) -> Result<()> {
         "batches": all.len(), "batch": run.batch, "seconds": wall,
         "per_second": (all.len() * run.batch) as f64 / wall,
         "p50_s": pct(0.50), "p99_s": pct(0.99), "concurrency": run.concurrency,
+    }));
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct LsRun {
+    /// The file system: https://GATEWAY/v1/fs/NAME.
+    #[arg(long)]
+    fs: String,
+    /// The path listed.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Who asks.
+    #[arg(long)]
+    user: String,
+    /// Their key source.
+    #[arg(long)]
+    identity: KeySource,
+    /// The gateway's CA certificate (PEM).
+    #[arg(long)]
+    ca: PathBuf,
+    /// Requests.
+    #[arg(long, default_value_t = 20)]
+    requests: usize,
+}
+
+fn ls(run: &LsRun) -> Result<()> {
+    let user_name = UserName::new(&run.user)?;
+    let signer = UserSecret::from_seed(run.identity.load(&Unlock::from_env())?).signer();
+    let ca = reqwest::Certificate::from_pem(&fs::read(&run.ca).context("CA file")?)?;
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(300))
+        .build()?;
+    let base = run.fs.trim_end_matches('/');
+    let path_of_base = &base[base.find("/v1/").context("not a gateway file system URL")?..];
+    let query: String = run
+        .path
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let rest = format!("/ls?path={query}");
+    let get = || -> Result<(Duration, usize)> {
+        let content = cbfs_wire::gateway::content_sha256(b"");
+        let nonce = cbfs_wire::gateway::new_nonce();
+        let path_and_query = format!("{path_of_base}{rest}");
+        let parts = cbfs_wire::gateway::SignedParts {
+            method: "GET",
+            path_and_query: &path_and_query,
+            timestamp: time::OffsetDateTime::now_utc().unix_timestamp(),
+            nonce: &nonce,
+            content_sha256: &content,
+        };
+        let started = Instant::now();
+        let resp = http
+            .get(format!("{base}{rest}"))
+            .header(
+                "authorization",
+                cbfs_wire::gateway::authorization(&user_name, &signer, &parts),
+            )
+            .header(cbfs_wire::gateway::CONTENT_SHA256_HEADER, content)
+            .send()?;
+        let status = resp.status();
+        let bytes = resp.bytes()?;
+        if !status.is_success() {
+            bail!(
+                "gateway answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&bytes)?;
+        Ok((started.elapsed(), entries.len()))
+    };
+    // One warm-up request (the page cache, the connection).
+    let (_, entries) = get()?;
+    let mut all = Vec::with_capacity(run.requests);
+    for _ in 0..run.requests.max(1) {
+        let (took, n) = get()?;
+        if n != entries {
+            bail!("one listing had {entries} entries, another {n}");
+        }
+        all.push(took);
+    }
+    all.sort();
+    let pct = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize].as_secs_f64();
+    print_json(json!({
+        "requests": all.len(), "entries": entries, "p50_s": pct(0.50), "p99_s": pct(0.99),
     }));
     Ok(())
 }

@@ -41,9 +41,46 @@ impl Clock for SystemClock {
     }
 }
 
-/// The system clock, shared.
+/// The variable that, in a build with the `test-clock` feature, names a
+/// file holding seconds to add to the system's time.
+pub const TEST_CLOCK_ENV: &str = "CBFS_TEST_CLOCK_OFFSET_FILE";
+
+/// The process's clock: the operating system's.
+///
+/// In a build with the `test-clock` cargo feature (the test suite's builds
+/// only; never a release), when [`TEST_CLOCK_ENV`] names a file, the time is
+/// the system's plus the whole seconds written in that file, read at every
+/// call: a test moves the time of the processes it started by rewriting the
+/// file, instead of sleeping.
 pub fn system_clock() -> Arc<dyn Clock> {
+    #[cfg(feature = "test-clock")]
+    if let Some(path) = std::env::var_os(TEST_CLOCK_ENV) {
+        return Arc::new(OffsetClock { path: path.into() });
+    }
     Arc::new(SystemClock)
+}
+
+/// Now, by [`system_clock`].
+pub fn now() -> OffsetDateTime {
+    system_clock().now()
+}
+
+/// The system's time moved by the seconds in a file (`test-clock` builds).
+#[cfg(feature = "test-clock")]
+#[derive(Debug)]
+struct OffsetClock {
+    path: std::path::PathBuf,
+}
+
+#[cfg(feature = "test-clock")]
+impl Clock for OffsetClock {
+    fn now(&self) -> OffsetDateTime {
+        let offset = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        OffsetDateTime::now_utc() + time::Duration::seconds(offset)
+    }
 }
 
 /// A clock that stands still until it is moved: for tests.

@@ -34,7 +34,7 @@ mod signed;
 mod source;
 mod user;
 
-pub use clock::{Clock, FakeClock, SystemClock, system_clock};
+pub use clock::{Clock, FakeClock, SystemClock, TEST_CLOCK_ENV, now, system_clock};
 pub use delegation::DelegationRecord;
 pub use error::{Error, Result, error_chain};
 pub use grant::{Delegation, DelegationTerms, Grant, Revocation, SealedGrant, delegate};

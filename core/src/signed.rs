@@ -82,7 +82,7 @@ pub(crate) fn verify<T: Serialize>(
 
 /// The current time in RFC 3339, to the second, UTC.
 pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc()
+    let now = crate::clock::now()
         .replace_nanosecond(0)
         .expect("zero nanoseconds is valid");
     now.format(&time::format_description::well_known::Rfc3339)

@@ -200,7 +200,7 @@ impl AuditLog {
 }
 
 fn now() -> String {
-    time::OffsetDateTime::now_utc()
+    cbfs_core::now()
         .format(&time::format_description::well_known::Rfc3339)
         .expect("RFC 3339 formatting of a UTC time succeeds")
 }

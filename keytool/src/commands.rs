@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use cbfs_core::{
-    AdminSecret, DelegationRecord, KeySource, Keyset, Protection, ScopeSecret, Seed, SystemClock,
-    Unlock, UserPublic, UserSecret, fingerprint,
+    AdminSecret, DelegationRecord, KeySource, Keyset, Protection, ScopeSecret, Seed, Unlock,
+    UserPublic, UserSecret, fingerprint,
 };
 use clap::CommandFactory;
 use secrecy::SecretString;
@@ -439,7 +439,7 @@ fn share_json(path: &Path, r: &DelegationRecord) -> serde_json::Value {
     json!({
         "file": path, "fs": r.fs(), "scope": r.scope(), "user": r.user(),
         "threshold": r.threshold(), "shares": r.shares(), "issued": r.issued(), "expires": r.expires(),
-        "expired": r.is_expired(&SystemClock),
+        "expired": r.is_expired(cbfs_core::system_clock().as_ref()),
         "nodes": r.nodes().iter().map(fingerprint).collect::<Vec<_>>(),
     })
 }
@@ -454,7 +454,7 @@ fn share_text(path: &Path, r: &DelegationRecord) -> String {
         r.shares(),
         r.issued(),
         match r.expires() {
-            Some(e) if r.is_expired(&SystemClock) => format!("EXPIRED {e}"),
+            Some(e) if r.is_expired(cbfs_core::system_clock().as_ref()) => format!("EXPIRED {e}"),
             Some(e) => format!("expires {e}"),
             None => "no expiry".into(),
         }
@@ -545,9 +545,7 @@ fn note_durability(source: &KeySource) {
 }
 
 pub(crate) fn parse_expiry(text: &str) -> Result<String> {
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("valid");
+    let now = cbfs_core::now().replace_nanosecond(0).expect("valid");
     let fmt = &time::format_description::well_known::Rfc3339;
     if let Some((num, unit)) = text.len().checked_sub(1).map(|i| text.split_at(i))
         && let Ok(n) = num.parse::<i64>()

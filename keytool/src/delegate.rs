@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Result;
 use cbfs_core::umbral_pre::PublicKey;
 use cbfs_core::{
-    DelegationTerms, Error, Grant, KeySource, Keyset, Revocation, ScopeLabel, SystemClock, Unlock,
-    UserPublic, fingerprint,
+    DelegationTerms, Error, Grant, KeySource, Keyset, Revocation, ScopeLabel, Unlock, UserPublic,
+    fingerprint,
 };
 use cbfs_wire::{GrantUpload, NodePublicFile};
 use serde_json::json;
@@ -132,8 +132,15 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
         shares: keys.len() as u32,
         expires: expires.clone(),
     };
-    let delegation =
-        cbfs_core::delegate(&admin, &ks, &a.scope, &user, &terms, &keys, &SystemClock)?;
+    let delegation = cbfs_core::delegate(
+        &admin,
+        &ks,
+        &a.scope,
+        &user,
+        &terms,
+        &keys,
+        cbfs_core::system_clock().as_ref(),
+    )?;
     let uploads = delegation
         .grants
         .iter()
@@ -286,8 +293,8 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
             "--threshold {m} is not possible with {n} nodes"
         )));
     }
-    let revocation =
-        Revocation::new(&admin, &a.scope, &user, &SystemClock).to_signed_bytes(&admin)?;
+    let revocation = Revocation::new(&admin, &a.scope, &user, cbfs_core::system_clock().as_ref())
+        .to_signed_bytes(&admin)?;
     let client = Nodes::new(Duration::from_secs(a.node_timeout.max(1)))?;
     let answers = client.revoke(&urls, &revocation);
 

@@ -8,6 +8,7 @@ use std::process::{Command, ExitStatus, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cbfs_core::TEST_CLOCK_ENV;
 use cbfs_core::{AdminSecret, KeySource, Keyset, ScopeLabel, Seed, Unlock, UserName, UserSecret};
 use cbfs_format::{GroupKey, Lockbox, SegmentId};
 use cbfs_tests::{ServerProcess, Workdir, assert_no_secret, cbfs_bin, cbfs_cmd, free_port, run_ok};
@@ -41,6 +42,7 @@ impl NodeProc {
             .arg(keyset)
             .args(extra)
             .env("RUST_LOG", "cbfs_delegation=debug,cbfs_core=debug")
+            .env(TEST_CLOCK_ENV, work.path(CLOCK_FILE))
             .env_remove("CBFS_AGE_IDENTITY")
             .env_remove("CBFS_PASSPHRASE_FILE");
         let server = ServerProcess::spawn(name, &cmd, &log, work.root());
@@ -118,10 +120,21 @@ pub struct Cluster {
     pub user: UserSecret,
 }
 
+/// The file, in the work folder, that moves the clock of the nodes and key
+/// tools a test starts (the test suite builds them with `cbfs-core/test-clock`).
+const CLOCK_FILE: &str = "clock-offset";
+
+/// Moves the time of the nodes and key tools started in `dir` to `secs`
+/// seconds after the system's: a test waits for no clock.
+pub fn move_clock(dir: &Path, secs: i64) {
+    std::fs::write(dir.join(CLOCK_FILE), secs.to_string()).unwrap();
+}
+
 /// A `cbfs-keytool` command in `dir`, in a clean environment.
 pub fn keytool(dir: &Path) -> Command {
     let mut cmd = cbfs_cmd("cbfs-keytool");
-    cmd.current_dir(dir);
+    cmd.current_dir(dir)
+        .env(TEST_CLOCK_ENV, dir.join(CLOCK_FILE));
     for var in [
         "CBFS_AGE_IDENTITY",
         "CBFS_PASSPHRASE_FILE",
