@@ -553,7 +553,6 @@ async fn store_list(
     ))
 }
 
-/// A `Range: bytes=A-B` header, as a half-open range within `size`.
 /// A read of the store within `[limits] store_timeout_secs`: a store that
 /// is down or too slow is 503 with Retry-After, naming `what`.
 async fn store_call<T>(
@@ -579,6 +578,7 @@ async fn store_call<T>(
 /// The largest piece of a store object held in memory while it is served.
 const STORE_PIECE: u64 = 1 << 20;
 
+/// A `Range: bytes=A-B` header, as a half-open range within `size`.
 fn range_of(headers: &HeaderMap, size: u64) -> Result<Option<std::ops::Range<u64>>, Answer> {
     let Some(v) = headers.get(header::RANGE) else {
         return Ok(None);
@@ -654,17 +654,12 @@ async fn store_get(
         None => reader,
     };
     let length = reader.remaining();
-    let metrics = gw.clone();
-    let timeout = gw.config().config.limits.store_timeout();
+    let gw_for_body = gw.clone();
     let body = futures::stream::unfold(Some(reader), move |reader| {
-        let gw = metrics.clone();
+        let (gw, key) = (gw_for_body.clone(), key.clone());
         async move {
             let mut reader = reader?;
-            let piece = match tokio::time::timeout(timeout, reader.next()).await {
-                Ok(piece) => piece.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
-            };
-            match piece {
+            match store_call(&gw, &key, reader.next()).await {
                 Ok(Some(piece)) => {
                     gw.metrics
                         .bytes
@@ -673,9 +668,9 @@ async fn store_get(
                     Some((Ok(piece), Some(reader)))
                 }
                 Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!("a store read broke off: {e}");
-                    Some((Err(std::io::Error::other(e)), None))
+                Err(a) => {
+                    tracing::warn!("a store read broke off: {}", a.reason);
+                    Some((Err(std::io::Error::other(a.reason)), None))
                 }
             }
         }
