@@ -258,15 +258,26 @@ pub(crate) fn plain_metadata(pax: &[(String, Vec<u8>)], h: &Ustar) -> Result<Met
     Ok(meta)
 }
 
-/// Length of the data area that follows a header of this size.
+/// Length of the data area that follows a header of this size. A size
+/// from the store near `u64::MAX` saturates (never wraps or panics); every
+/// caller then finds that it does not fit.
 pub(crate) fn padded(size: u64) -> u64 {
-    size.div_ceil(BLOCK as u64) * BLOCK as u64
+    size.div_ceil(BLOCK as u64).saturating_mul(BLOCK as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn padding_a_size_near_the_largest_saturates() {
+        assert_eq!(padded(0), 0);
+        assert_eq!(padded(1), 512);
+        assert_eq!(padded(512), 512);
+        assert_eq!(padded(u64::MAX - 1), u64::MAX);
+        assert_eq!(padded(u64::MAX), u64::MAX);
+    }
 
     fn reparse(bytes: &[u8]) -> Metadata {
         let id = crate::ids::SegmentId::from_bytes([1; 16]);

@@ -50,7 +50,7 @@ pub struct SummaryEntry {
 impl SummaryEntry {
     /// Offset just past the member's padded data: where the next member starts.
     pub fn end_offset(&self) -> u64 {
-        self.data_offset + padded(self.data_len)
+        self.data_offset.saturating_add(padded(self.data_len))
     }
 }
 
@@ -481,6 +481,31 @@ mod tests {
                 }
                 Summary::new(SegmentId::random(), mode, next + TRAILER, seg_sha, entries).unwrap()
             })
+    }
+
+    /// A member length from the store near `u64::MAX`: refused with a
+    /// reason, never a panic or a wrapped offset.
+    #[test]
+    fn a_member_length_near_the_largest_is_refused() {
+        for len in [u64::MAX, u64::MAX - 1, u64::MAX / 2] {
+            let e = SummaryEntry {
+                member: MemberId::random(),
+                header_offset: GLOBAL_HEADER_LEN,
+                data_offset: GLOBAL_HEADER_LEN + BLOCK as u64,
+                data_len: len,
+                group: Some(GroupId::random()),
+                sha256: [0; 32],
+            };
+            let err = Summary::new(
+                SegmentId::random(),
+                SegmentMode::Encrypted,
+                e.end_offset().saturating_add(TRAILER),
+                [0; 32],
+                vec![e],
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("overflow"), "{len}: {err}");
+        }
     }
 
     proptest! {

@@ -952,3 +952,91 @@ fn a_tar_on_standard_output_has_every_entry_whole_when_the_restore_is_killed() {
     }
     assert!(files > 0, "no file arrived");
 }
+
+/// A restore that cannot set an entry's owner (not running as root) does
+/// not keep its setuid, setgid or sticky bit, as tar without -p: the bits
+/// would grant the restoring user's rights under another's name. As root,
+/// where the owner is set, they are kept.
+#[test]
+fn special_bits_are_cleared_where_the_owner_cannot_be_set() {
+    use std::os::unix::fs::MetadataExt;
+    const NOBODY: u32 = 65534;
+    let dir = TestDir::new();
+    let store = dir.path().join("store");
+    let keys = Keys::random(true);
+    let mut w = StoreWriter::new(&store, &keys);
+    let owned_by_other = |mut item: Item, mode: u32| {
+        item.meta.mode = mode;
+        item.meta.uid = 4242;
+        item.meta.gid = 4242;
+        item
+    };
+    let mut shared = entry(b"shared", EntryKind::Dir, "default");
+    shared.meta.mode = 0o1777;
+    w.segment(
+        SegmentMode::Encrypted,
+        &[
+            owned_by_other(shared, 0o1777),
+            owned_by_other(file("bin/su", b"#!/bin/sh\n".to_vec(), "default"), 0o4755),
+            owned_by_other(file("bin/sg", b"#!/bin/sh\n".to_vec(), "default"), 0o2750),
+            owned_by_other(file("bin/plain", b"plain\n".to_vec(), "default"), 0o751),
+        ],
+    );
+    w.snapshot();
+    let root = fs::metadata("/proc/self").unwrap().uid() == 0;
+    // The restoring user: nobody when the test runs as root.
+    let home = dir.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let admin = key_file(&home, "admin.key", keys.admin.seed().expose_secret_bytes());
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let restore = |dest: &Path, as_nobody: bool| {
+        let mut cmd = if as_nobody {
+            for p in [&home, &admin] {
+                std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+            }
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_cbfs-recover"));
+            c
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cbfs-recover"))
+        };
+        cmd.env("HOME", &home)
+            .env("CBFS_TRUST_FILE", home.join("trusted-admins.json"))
+            .env_remove("CBFS_LOG")
+            .arg("--identity")
+            .arg(format!("file:{}", admin.display()))
+            .arg("-C")
+            .arg(dest)
+            .arg("--store")
+            .arg(&store);
+        run(&mut cmd)
+    };
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+
+    let dest = home.join("restored");
+    let out = restore(&dest, root);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("3 entries lost the setuid, setgid or sticky bit"),
+        "{stderr}"
+    );
+    assert_eq!(mode(&dest.join("bin/su")), 0o755);
+    assert_eq!(mode(&dest.join("bin/sg")), 0o750);
+    assert_eq!(mode(&dest.join("shared")), 0o777);
+    assert_eq!(mode(&dest.join("bin/plain")), 0o751);
+    assert_ne!(fs::metadata(dest.join("bin/su")).unwrap().uid(), 4242);
+
+    if root {
+        let dest = dir.path().join("as-root");
+        let out = restore(&dest, false);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(!stderr.contains("lost the setuid"), "{stderr}");
+        assert_eq!(mode(&dest.join("bin/su")), 0o4755);
+        assert_eq!(mode(&dest.join("bin/sg")), 0o2750);
+        assert_eq!(mode(&dest.join("shared")), 0o1777);
+        assert_eq!(fs::metadata(dest.join("bin/su")).unwrap().uid(), 4242);
+    }
+}

@@ -406,12 +406,16 @@ fn plain_store_needs_no_key_and_still_checks_hashes() {
 fn paths_that_escape_are_refused_in_tar_and_directory_output() {
     let (dir, store) = fixture_store("evil-store", None);
     let (report, entries) = restore_store(&store, &admin());
+    // Symbolic links that leave the tree: a tar carries them as they were
+    // (each named in a warning), a directory output refuses them.
+    let leave = [
+        ("good/etc", "climbs out of the tree"),
+        ("good/root", "absolute"),
+    ];
     let expect = [
         ("../evil", "climbs out with '..'"),
         ("/abs", "absolute"),
         ("good/../../up", "climbs out"),
-        ("good/etc", "climbs out of the tree"),
-        ("good/root", "absolute"),
         ("good/hard-out", "climbs out"),
         ("good/hard-missing", "not restored"),
         ("good/fine-link/x", "not a directory"),
@@ -427,8 +431,23 @@ fn paths_that_escape_are_refused_in_tar_and_directory_output() {
         "{:#?}",
         report.failures
     );
+    assert_eq!(report.links_that_leave, leave.len() as u64);
+    for (path, why) in leave {
+        let warned = format!("{path}: a link that leaves the tree, carried as it was");
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with(&warned) && w.contains(why)),
+            "{path}: {:#?}",
+            report.warnings
+        );
+    }
     let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, ["good/fine-link", "good/ok.txt"]);
+    assert_eq!(
+        paths,
+        ["good/etc", "good/fine-link", "good/ok.txt", "good/root"]
+    );
 
     // Directory output: nothing lands outside the destination.
     let dest = dir.path().join("out/dest");
@@ -443,7 +462,12 @@ fn paths_that_escape_are_refused_in_tar_and_directory_output() {
         &mut sink,
     )
     .unwrap();
-    assert_eq!(report.failures.len(), expect.len());
+    assert_eq!(report.failures.len(), expect.len() + leave.len());
+    for (path, why) in leave {
+        let f = failure(&report, path);
+        assert!(f.error.contains(why), "{path}: {f:?}");
+    }
+    assert_eq!(report.links_that_leave, 0);
     let mut found: Vec<String> = Vec::new();
     for e in walk(&dir.path().join("out")) {
         found.push(e);

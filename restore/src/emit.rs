@@ -95,18 +95,27 @@ impl Visit for Emit<'_> {
 impl Engine<'_> {
     /// Drops, each with a failure, the members whose path or link would
     /// escape the target or clash with another member. Sorts what is left.
-    pub(crate) fn vet(&mut self) {
+    ///
+    /// A link target is judged from the name being created: a hard link to
+    /// a symbolic link is that symbolic link again under another name, so
+    /// its target is judged from the hard link's own directory too. With
+    /// `carry` (a tar output), a link that leaves the tree is kept as it
+    /// was and reported; a directory output refuses it.
+    pub(crate) fn vet(&mut self, carry: bool) {
         let mut planned = std::mem::take(&mut self.planned);
         planned.sort_by(|a, b| {
             sort_key(&a.path)
                 .cmp(&sort_key(&b.path))
                 .then(a.loc.member.cmp(&b.loc.member))
         });
-        let symlinks: HashSet<Vec<u8>> = planned
+        let symlink_targets: HashMap<Vec<u8>, Vec<u8>> = planned
             .iter()
-            .filter(|p| matches!(p.kind, EntryKind::Symlink { .. }))
-            .map(|p| p.path.clone())
+            .filter_map(|p| match &p.kind {
+                EntryKind::Symlink { target } => Some((p.path.clone(), target.clone())),
+                _ => None,
+            })
             .collect();
+        let symlinks: HashSet<Vec<u8>> = symlink_targets.keys().cloned().collect();
         let non_dirs: HashSet<Vec<u8>> = planned
             .iter()
             .filter(|p| p.kind != EntryKind::Dir)
@@ -114,6 +123,7 @@ impl Engine<'_> {
             .collect();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for p in planned {
+            let mut leaves = None;
             let refused = if let Err(r) = check_member_path(&p.path) {
                 Some(Error::unsafe_path("path", &p.path, r))
             } else if seen.contains(&p.path) {
@@ -134,9 +144,20 @@ impl Engine<'_> {
             } else {
                 match &p.kind {
                     EntryKind::Symlink { target } => {
-                        check_symlink_target(&p.path, target, &symlinks)
-                            .err()
-                            .map(|r| Error::unsafe_path("symbolic link target", target, r))
+                        match judge_link(&p.path, target, &symlinks, carry) {
+                            Judged::Inside => None,
+                            Judged::Leaves(r) => {
+                                leaves = Some(format!(
+                                    "its target {:?} {}",
+                                    lossy(target),
+                                    r.trim_start_matches("the target ")
+                                ));
+                                None
+                            }
+                            Judged::Refused(r) => {
+                                Some(Error::unsafe_path("symbolic link target", target, r))
+                            }
+                        }
                     }
                     EntryKind::Hardlink { target } => match check_member_path(target) {
                         Err(r) => Some(Error::unsafe_path("hard link target", target, r)),
@@ -145,7 +166,53 @@ impl Engine<'_> {
                             target,
                             "the link points at itself",
                         )),
-                        Ok(()) => None,
+                        Ok(()) => match symlink_targets.get(target) {
+                            None => None,
+                            // Another name of a symbolic link: where it
+                            // points is seen from this name's directory.
+                            Some(to) => match judge_link(&p.path, to, &symlinks, carry) {
+                                Judged::Inside => None,
+                                // Inside the tree from the symbolic link's own
+                                // name, outside from this one: not a link
+                                // that left the tree where it was made, but
+                                // one disguised to pass a check at its own
+                                // depth. No output carries it.
+                                Judged::Leaves(r) | Judged::Refused(r)
+                                    if check_symlink_target(target, to, &symlinks).is_ok() =>
+                                {
+                                    Some(Error::unsafe_path(
+                                        "hard link target",
+                                        target,
+                                        format!(
+                                            "it is a symbolic link to {:?}, which stays in the \
+                                             tree from its own name but, seen from this name, {}",
+                                            lossy(to),
+                                            r.trim_start_matches("the target ")
+                                        ),
+                                    ))
+                                }
+                                Judged::Leaves(r) => {
+                                    leaves = Some(format!(
+                                        "it is another name of the symbolic link {:?}, whose \
+                                         target {:?} {}",
+                                        lossy(target),
+                                        lossy(to),
+                                        r.trim_start_matches("the target ")
+                                    ));
+                                    None
+                                }
+                                Judged::Refused(r) => Some(Error::unsafe_path(
+                                    "hard link target",
+                                    target,
+                                    format!(
+                                        "it is a symbolic link to {:?}, and seen from this \
+                                         name {}",
+                                        lossy(to),
+                                        r.trim_start_matches("the target ")
+                                    ),
+                                )),
+                            },
+                        },
                     },
                     _ => None,
                 }
@@ -153,6 +220,14 @@ impl Engine<'_> {
             match refused {
                 Some(e) => self.report.fail(p.loc.failure(&e).with_path(&p.path)),
                 None => {
+                    if let Some(why) = leaves {
+                        self.report.links_that_leave += 1;
+                        self.report.warnings.push(format!(
+                            "{}: a link that leaves the tree, carried as it was ({why}); \
+                             a restore into a directory refuses it",
+                            lossy(&p.path)
+                        ));
+                    }
                     seen.insert(p.path.clone());
                     self.planned.push(p);
                 }
@@ -367,6 +442,29 @@ impl Engine<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// What a link target is, seen from the name being created.
+enum Judged {
+    Inside,
+    /// It leaves the tree, and the output carries it (a tar).
+    Leaves(String),
+    Refused(String),
+}
+
+fn judge_link(path: &[u8], target: &[u8], symlinks: &HashSet<Vec<u8>>, carry: bool) -> Judged {
+    // No output carries a target that is not a path at all.
+    if target.is_empty() || target.contains(&0) {
+        return match check_symlink_target(path, target, symlinks) {
+            Err(r) => Judged::Refused(r),
+            Ok(()) => Judged::Refused("the target is not a path".into()),
+        };
+    }
+    match check_symlink_target(path, target, symlinks) {
+        Ok(()) => Judged::Inside,
+        Err(r) if carry => Judged::Leaves(r),
+        Err(r) => Judged::Refused(r),
     }
 }
 

@@ -80,6 +80,10 @@ pub struct Report {
     pub skipped_scopes: BTreeMap<String, u64>,
     /// Members left out by the path filter.
     pub filtered_out: u64,
+    /// Links whose target leaves the tree, carried as they were (tar
+    /// output only; a directory output refuses them). Each is also a
+    /// warning that names it.
+    pub links_that_leave: u64,
     /// Members (or entries) that could not be restored, each with the
     /// object at fault.
     pub failures: Vec<Failure>,
@@ -145,6 +149,14 @@ impl Report {
         }
         for (scope, n) in &self.skipped_scopes {
             let _ = writeln!(s, "skipped {n} member(s) of scope `{scope}`: no key for it");
+        }
+        if self.links_that_leave > 0 {
+            let _ = writeln!(
+                s,
+                "{} link(s) leave the tree, carried as they were (each is named below): \
+                 whatever extracts this tar creates them",
+                self.links_that_leave
+            );
         }
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");

@@ -50,7 +50,7 @@ pub fn restore(
 }
 
 fn finish(mut engine: Engine<'_>, sink: &mut dyn Sink) -> Result<Report> {
-    engine.vet();
+    engine.vet(sink.carries_links_that_leave());
     engine.emit(sink)?;
     sink.finish()?;
     engine.report.warnings.extend(sink.take_warnings());

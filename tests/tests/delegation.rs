@@ -29,7 +29,7 @@ use cbfs_tests::{Fault, FaultPlan, FaultyProxy, cbfs_cmd, http_client, run_fail,
 use cbfs_wire::client::{FetchError, NodeProblem};
 use cbfs_wire::{NodeInfo, ReencryptBody, SignedReencrypt};
 use cluster::{Cluster, SCOPE, USER, text};
-use liar::LyingProxy;
+use liar::{Lie, LyingProxy};
 
 /// The codes of the nodes' refusals in a failed fetch.
 fn refusal_codes(err: &FetchError) -> Vec<String> {
@@ -391,6 +391,80 @@ fn a_node_that_returns_tampered_cfrags_is_detected_and_named() {
         "{message}"
     );
     assert!(message.contains("faulty or compromised"), "{message}");
+}
+
+/// The threshold comes from the administrator's signed delegation record,
+/// never from what a node says: a node that answers with a record claiming
+/// "one answer is enough" is refused (the record no longer verifies), and
+/// its answer cannot end the fetch with fewer than m honest shares.
+#[test]
+fn a_node_that_claims_a_threshold_of_one_cannot_end_the_fetch() {
+    let mut c = Cluster::start(2, &[]);
+    c.delegate(2, &[]);
+    let liar = LyingProxy::lying(&c.nodes[0].url, Lie::ClaimThresholdOne);
+    let lockboxes = c.lockboxes(2);
+    // The liar first, the honest node killed: one share at most.
+    c.nodes[1].kill();
+    let urls = vec![liar.url.clone(), c.urls()[1].clone()];
+    let err = c.fetch(&urls, "/", &lockboxes).unwrap_err();
+    assert!(
+        liar.lies.load(Ordering::SeqCst) >= 1,
+        "the liar changed nothing"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("node {} LIED", liar.url))
+            && message.contains("delegation record")
+            && message.contains("does not verify"),
+        "{message}"
+    );
+}
+
+/// One node reached under two URLs (here through a plain relay) holds one
+/// share: it counts once, so 2-of-2 is not met by it alone.
+#[test]
+fn the_same_node_under_two_urls_counts_once() {
+    let mut c = Cluster::start(2, &[]);
+    c.delegate(2, &[]);
+    let upstream = c.nodes[0]
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let relay = FaultyProxy::start(upstream, FaultPlan::new());
+    let lockboxes = c.lockboxes(2);
+    c.nodes[1].kill();
+    let urls = vec![c.urls()[0].clone(), relay.endpoint()];
+    let err = c.fetch(&urls, "/", &lockboxes).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("2 of the 2 delegation nodes must answer") && message.contains("only 1"),
+        "{message}"
+    );
+}
+
+/// A node's answer is read only up to what the request can need: a node
+/// that answers with 64 MiB is refused and named, and the others finish
+/// the fetch.
+#[test]
+fn an_oversized_node_answer_is_refused_and_named() {
+    let mut c = Cluster::start(3, &[]);
+    c.delegate(2, &[]);
+    let liar = LyingProxy::lying(&c.nodes[0].url, Lie::Oversized(64 << 20));
+    let lockboxes = c.lockboxes(2);
+    let urls = vec![liar.url.clone(), c.urls()[1].clone(), c.urls()[2].clone()];
+    let fetched = c.fetch(&urls, "/", &lockboxes).unwrap();
+    assert!(!fetched.answered.contains(&liar.url));
+    c.open_all(fetched, &lockboxes);
+    // With one honest node left, the failure names the liar and why.
+    c.nodes[2].kill();
+    let err = c.fetch(&urls, "/", &lockboxes).unwrap_err();
+    let message = err.to_string();
+    assert!(liar.lies.load(Ordering::SeqCst) >= 1);
+    assert!(
+        message.contains(&liar.url) && message.contains("more than the"),
+        "{message}"
+    );
 }
 
 #[test]

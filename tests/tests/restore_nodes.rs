@@ -8,6 +8,7 @@
 //! - A node that returns tampered cfrags does not stop the restore while
 //!   two honest nodes answer; with one honest node left the restore fails
 //!   and names the liar.
+//! - A revoked user restores nothing of the scope.
 
 #![forbid(unsafe_code)]
 
@@ -249,6 +250,36 @@ fn restore_names_a_lying_node() {
             "{error}"
         );
     }
+}
+
+/// A user the administrator revoked restores nothing of the scope through
+/// `cbfs-tier restore`: every lockbox of it fails with the nodes' refusal
+/// (not a retryable outage), and no file of the scope is written.
+#[test]
+fn a_revoked_user_restores_nothing_of_the_scope() {
+    let (c, src, store) = two_of_three_with_a_store();
+    let urls = c.urls();
+    let out = restore(&c, &store, &urls, "before", &[]);
+    assert_restored_scope(&c, &src, &out, "before");
+
+    run_ok(&mut c.revoke_cmd(&[]));
+    let out = restore(&c, &store, &urls, "after", &[]);
+    let code = out.status.code();
+    assert!(matches!(code, Some(3) | Some(4)), "{}", text(&out.stderr));
+    for f in failures_with(&out, code.unwrap()) {
+        let error = f["error"].as_str().unwrap();
+        assert!(error.contains("revoked"), "{error}");
+        assert!(
+            f["object"].as_str().unwrap().starts_with("lockboxes/"),
+            "{f}"
+        );
+    }
+    let written = cbfs_tests::describe(&c.work.path("after"), Compare::default());
+    assert!(
+        written.keys().all(|k| !k.starts_with(SCOPE.as_bytes())),
+        "nothing of the revoked scope is written: {written:?}"
+    );
+    c.assert_no_secrets();
 }
 
 #[test]

@@ -423,6 +423,49 @@ fn a_full_disk_under_the_index_is_a_resource_error_and_the_next_run_recovers() {
     assert_eq!(r["sequence"], 1, "{r}");
 }
 
+/// The index itself on a file system with no byte left: RocksDB's own
+/// "No space left on device" is the same resource error (exit 7), not a
+/// damaged index (exit 1), and the run after space is freed succeeds.
+#[test]
+fn a_full_disk_inside_the_index_database_is_a_resource_error() {
+    use std::io::Write;
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let fs = LoopFs::new(&work, "tiny", 16);
+    let index = fs.dir.join("index");
+    let store = work.path("store");
+    let src = work.mkdir("src");
+    std::fs::write(src.join("a.txt"), b"first").unwrap();
+    run_ok(&mut out_cmd(&keys, &src, &store, &index));
+    // Fill every block that is left.
+    let filler = fs.dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    loop {
+        match f.write_all(&chunk).and_then(|()| f.sync_data()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(e) => panic!("filling {}: {e}", filler.display()),
+        }
+    }
+    while f
+        .write_all(&[0u8; 512])
+        .and_then(|()| f.sync_data())
+        .is_ok()
+    {}
+    drop(f);
+    std::fs::write(src.join("b.txt"), b"second").unwrap();
+    let out = run(&mut out_cmd(&keys, &src, &store, &index));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("out of space"), "{err}");
+    std::fs::remove_file(&filler).unwrap();
+    let out = run(&mut out_cmd(&keys, &src, &store, &index));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["sequence"], 2, "{r}");
+}
+
 #[test]
 fn a_manifest_at_the_largest_sequence_number_is_an_error_not_an_overflow() {
     use cbfs_core::{Seed, UserSecret};
@@ -512,6 +555,160 @@ fn the_keyless_check_says_what_it_cannot_prove_and_sees_vanished_snapshots() {
     );
 }
 
+/// The keyless check reads every lockbox: a truncated one, one whose
+/// capsule is not a point on the curve, and a deleted one each fail it
+/// (exit 4) with the lockbox's object name, no key needed.
+#[test]
+fn the_keyless_check_refuses_damaged_and_missing_lockboxes() {
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let src = work.mkdir("src");
+    std::fs::create_dir_all(src.join("alice")).unwrap();
+    std::fs::write(src.join("alice/a"), random_bytes(10_000)).unwrap();
+    std::fs::write(src.join("d"), random_bytes(5_000)).unwrap();
+    let (store, index) = (work.path("store"), work.path("index"));
+    run_ok(&mut out_cmd(&keys, &src, &store, &index));
+    let lockbox = walk(&store.join("lockboxes")).pop().unwrap();
+    let name = lockbox
+        .strip_prefix(&store)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let good = std::fs::read(&lockbox).unwrap();
+    let verify = || {
+        run(cbfs_cmd("cbfs-tier")
+            .args(["--json", "verify", "--store"])
+            .arg(&store)
+            .arg("--index")
+            .arg(&index))
+    };
+    let out = verify();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // The capsule follows the brand and version (10 bytes), the scope (a
+    // length byte and the label), the group and segment ids (16 each) and
+    // its own length (2, big-endian): all of its bytes 0xff is no capsule.
+    let mut capsule = good.clone();
+    let at = 10 + 1 + usize::from(good[10]) + 32;
+    let len = usize::from(u16::from_be_bytes([good[at], good[at + 1]]));
+    assert!(at + 2 + len < good.len(), "capsule length {len} at {at}");
+    capsule[at + 2..at + 2 + len].fill(0xff);
+    for (what, bytes) in [
+        ("truncated", Some(good[..good.len() / 2].to_vec())),
+        ("capsule", Some(capsule)),
+        ("deleted", None),
+    ] {
+        match bytes {
+            Some(b) => std::fs::write(&lockbox, b).unwrap(),
+            None => std::fs::remove_file(&lockbox).unwrap(),
+        }
+        let out = verify();
+        let report = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(4), "{what}: {report}");
+        assert!(report.contains(&name), "{what}: {report}");
+        std::fs::write(&lockbox, &good).unwrap();
+    }
+}
+
+/// Anyone who can write to the store plants manifests signed by a key of
+/// their own: one under the newest sequence number (once "2 manifests
+/// claim the newest sequence" and every read failed) and one past it.
+/// `snapshots` and `ls` name each as ignored and go on with the real
+/// snapshots; `verify` checks the real ones and fails on the planted ones.
+/// Neither hides the real snapshots nor is listed as one.
+#[test]
+fn planted_manifests_are_reported_and_ignored_by_every_listing() {
+    use cbfs_core::{Seed, UserSecret};
+    use cbfs_format::{ManifestBuilder, SnapshotId, layout};
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let src = work.mkdir("src");
+    std::fs::write(src.join("f"), b"one").unwrap();
+    let (store, index) = (work.path("store"), work.path("index"));
+    run_ok(&mut out_cmd(&keys, &src, &store, &index));
+    std::fs::write(src.join("g"), b"two").unwrap();
+    run_ok(&mut out_cmd(&keys, &src, &store, &index));
+    let stranger =
+        UserSecret::from_seed(Seed::from_slice(&[9u8; 32], "stranger").unwrap()).signer();
+    let mut planted = Vec::new();
+    for sequence in [2, 3] {
+        let id = SnapshotId::random();
+        let m = ManifestBuilder::new(id, sequence, Some([7; 32]), 0)
+            .sign(&stranger)
+            .unwrap();
+        let key = layout::manifest(sequence, &id);
+        std::fs::write(store.join(&key), m.to_bytes()).unwrap();
+        planted.push(key);
+    }
+    let tier = |args: &[&str]| {
+        run(cbfs_cmd("cbfs-tier")
+            .arg("--json")
+            .args(args)
+            .arg("--store")
+            .arg(&store)
+            .arg("--index")
+            .arg(&index))
+    };
+
+    let out = tier(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seqs: Vec<u64> = v["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2], "{v}");
+    let ignored: Vec<&str> = v["ignored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["object"].as_str().unwrap())
+        .collect();
+    for key in &planted {
+        assert!(ignored.contains(&key.as_str()), "{key}: {v}");
+    }
+
+    let out = tier(&["ls"]);
+    let listing = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        listing.contains("\"g\"") || listing.contains("/g"),
+        "{listing}"
+    );
+    for key in &planted {
+        assert!(
+            text(&out.stderr).contains(key.as_str()),
+            "{key}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    // verify checks the real snapshots all the same, and fails (exit 4):
+    // an object no trusted writer signed is someone writing to the store.
+    let out = tier(&["verify"]);
+    let report = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{report}\n{}",
+        text(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["snapshots"], 2, "{v}");
+    assert_eq!(v["newest"], 2, "{v}");
+    let problems: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["object"].as_str().unwrap())
+        .collect();
+    assert_eq!(problems.len(), planted.len(), "{v}");
+    for key in &planted {
+        assert!(problems.contains(&key.as_str()), "{key}: {v}");
+    }
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -554,4 +751,140 @@ fn a_listing_into_a_closed_pipe_ends_quietly() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A tree with a symbolic link 12 directories deep whose target climbs 12
+/// levels (inside the tree, judged at its own depth), a hard link `h` to it
+/// at the top (where the same target climbs out to /etc/passwd), and a
+/// legitimate link out of the tree (`lib -> /usr/lib`).
+fn tree_with_a_disguised_link(work: &Workdir) -> PathBuf {
+    let src = work.mkdir("src");
+    let mut deep = src.clone();
+    for i in 0..12 {
+        deep.push(format!("d{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let target = format!("{}etc/passwd", "../".repeat(12));
+    std::os::unix::fs::symlink(&target, deep.join("l")).unwrap();
+    // link(2) on a symbolic link links the link itself, as `ln` does.
+    std::fs::hard_link(deep.join("l"), src.join("h")).unwrap();
+    assert!(
+        std::fs::symlink_metadata(src.join("h"))
+            .unwrap()
+            .is_symlink()
+    );
+    std::os::unix::fs::symlink("/usr/lib", src.join("lib")).unwrap();
+    std::fs::write(src.join("plain.txt"), b"plain\n").unwrap();
+    src
+}
+
+fn deep_link(root: &Path) -> PathBuf {
+    (0..12)
+        .fold(root.to_owned(), |p, i| p.join(format!("d{i}")))
+        .join("l")
+}
+
+#[test]
+fn a_hard_link_to_a_symbolic_link_is_judged_from_its_own_name_in_every_output() {
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let src = tree_with_a_disguised_link(&work);
+    let (store, index) = (work.path("store"), work.path("index"));
+    run_ok(&mut out_cmd(&keys, &src, &store, &index));
+
+    // Directory output: neither `h` nor `lib` is created; the deep link,
+    // inside the tree where it is, is.
+    let dest = work.path("dest");
+    let done = run(cbfs_cmd("cbfs-recover")
+        .args(["--identity", &keys.admin(), "--store"])
+        .arg(&store)
+        .arg("-C")
+        .arg(&dest));
+    let said = text(&done.stderr);
+    assert_eq!(done.status.code(), Some(3), "{said}");
+    assert!(std::fs::symlink_metadata(dest.join("h")).is_err(), "{said}");
+    assert!(
+        std::fs::symlink_metadata(dest.join("lib")).is_err(),
+        "{said}"
+    );
+    assert!(
+        said.contains("stays in the tree from its own name"),
+        "{said}"
+    );
+    let l = deep_link(&dest);
+    assert_eq!(
+        std::fs::read_link(&l).unwrap(),
+        Path::new(&format!("{}etc/passwd", "../".repeat(12)))
+    );
+    assert_eq!(std::fs::read(dest.join("plain.txt")).unwrap(), b"plain\n");
+
+    // `cbfs-tier restore` goes through the same policy: the same refusals.
+    let dest = work.path("dest-tier");
+    let done = run(cbfs_cmd("cbfs-tier")
+        .args(["--json", "restore", "--store"])
+        .arg(&store)
+        .arg("--identity")
+        .arg(keys.admin())
+        .arg("--index")
+        .arg(&index)
+        .arg(".")
+        .arg(&dest));
+    let said = text(&done.stdout);
+    assert_eq!(done.status.code(), Some(3), "{said}{}", text(&done.stderr));
+    assert!(std::fs::symlink_metadata(dest.join("h")).is_err(), "{said}");
+    assert!(
+        std::fs::symlink_metadata(dest.join("lib")).is_err(),
+        "{said}"
+    );
+    assert!(
+        said.contains("stays in the tree from its own name"),
+        "{said}"
+    );
+    assert!(std::fs::read_link(deep_link(&dest)).is_ok(), "{said}");
+    assert_eq!(std::fs::read(dest.join("plain.txt")).unwrap(), b"plain\n");
+
+    // Tar output: `lib` left the tree where it was made and is carried as
+    // it was, named in a warning; `h` is refused there too, so that no
+    // extractor creates it.
+    let tar = work.path("all.tar");
+    let done = run(cbfs_cmd("cbfs-recover")
+        .args(["--identity", &keys.admin(), "--store"])
+        .arg(&store)
+        .arg("-o")
+        .arg(&tar));
+    let said = text(&done.stderr);
+    assert_eq!(done.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("lib: a link that leaves the tree, carried as it was"),
+        "{said}"
+    );
+    assert!(said.contains("1 link(s) leave the tree"), "{said}");
+    let failed: Vec<&str> = said.lines().filter(|l| l.contains("FAILED")).collect();
+    assert_eq!(failed.len(), 1, "{said}");
+    assert!(
+        failed[0].contains("h") && failed[0].contains("[unsafe_path]"),
+        "{said}"
+    );
+    for (tool, hint) in [
+        ("tar", "apt-get install tar"),
+        ("bsdtar", "apt-get install libarchive-tools"),
+    ] {
+        let exe = require_tool(tool, hint);
+        let x = work.mkdir(format!("x-{tool}"));
+        run_ok(Command::new(exe).arg("-xf").arg(&tar).arg("-C").arg(&x));
+        assert!(
+            std::fs::symlink_metadata(x.join("h")).is_err(),
+            "{tool} made h"
+        );
+        assert_eq!(
+            std::fs::read_link(x.join("lib")).unwrap(),
+            Path::new("/usr/lib")
+        );
+        assert!(
+            std::fs::symlink_metadata(deep_link(&x))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(x.join("plain.txt")).unwrap(), b"plain\n");
+    }
 }

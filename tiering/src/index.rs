@@ -457,16 +457,21 @@ impl Index {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         // The default column family is named so that batched lookups have
         // its handle; the database is the same as one opened without it.
-        let db = rocksdb::DB::open_cf(&opts, dir, [rocksdb::DEFAULT_COLUMN_FAMILY_NAME]).map_err(
-            |e| Error::Index {
-                path: dir.to_owned(),
-                detail: if e.to_string().contains("lock") {
-                    format!("{e} (is another cbfs-tier running on this index?)")
-                } else {
-                    e.to_string()
-                },
-            },
-        )?;
+        // It is given the same options: a column family named without them
+        // gets RocksDB's defaults (a 64 MiB write buffer, two of them), and
+        // a run over a million files then holds 128 MiB of memtables.
+        let family =
+            rocksdb::ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone());
+        let db = rocksdb::DB::open_cf_descriptors(&opts, dir, [family]).map_err(|e| {
+            if e.to_string().contains("lock") {
+                Error::Index {
+                    path: dir.to_owned(),
+                    detail: format!("{e} (is another cbfs-tier running on this index?)"),
+                }
+            } else {
+                index_error(dir, e)
+            }
+        })?;
         Ok(Index {
             db,
             path: dir.to_owned(),
@@ -482,10 +487,7 @@ impl Index {
             [rocksdb::DEFAULT_COLUMN_FAMILY_NAME],
             false,
         )
-        .map_err(|e| Error::Index {
-            path: dir.to_owned(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| index_error(dir, e))?;
         Ok(Index {
             db,
             path: dir.to_owned(),
@@ -493,10 +495,7 @@ impl Index {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> Error {
-        Error::Index {
-            path: self.path.clone(),
-            detail: e.to_string(),
-        }
+        index_detail(&self.path, e.to_string())
     }
 
     fn get<T: Record>(&self, k: Vec<u8>) -> Result<Option<T>> {
@@ -684,6 +683,27 @@ mod as_text {
     {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An index error, or [`Error::Resource`] when RocksDB ran out of space:
+/// a full disk is retryable, not a damaged index.
+fn index_error(path: &Path, e: rocksdb::Error) -> Error {
+    index_detail(path, e.into_string())
+}
+
+fn index_detail(path: &Path, detail: String) -> Error {
+    // RocksDB reports an errno only as text.
+    if detail.contains("No space left on device") || detail.contains("Disk quota exceeded") {
+        return Error::Resource {
+            what: "the index".into(),
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::StorageFull, detail),
+        };
+    }
+    Error::Index {
+        path: path.to_owned(),
+        detail,
     }
 }
 

@@ -119,19 +119,21 @@ pub struct ListedEntry {
 
 /// The entries of a snapshot (the newest if `snapshot` is `None`; an id, an
 /// id prefix of 8+ characters, or a sequence number otherwise) under
-/// `prefix`, named by the agent's index at `index`.
+/// `prefix`, named by the agent's index at `index`; and what was ignored
+/// in the store (manifests no trusted writer signed), for the caller to
+/// report.
 pub async fn list_entries(
     store: &str,
     trust: TrustOptions,
     index: &Path,
     snapshot: Option<&str>,
     prefix: Option<&str>,
-) -> Result<Vec<ListedEntry>> {
+) -> Result<(Vec<ListedEntry>, Vec<Ignored>)> {
     let (store, index) = (store.to_owned(), index.to_owned());
     let (snapshot, prefix) = (snapshot.map(str::to_owned), prefix.map(str::to_owned));
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let (snaps, _) = load(&store, &trust, rt)?;
+        let (snaps, ignored) = load(&store, &trust, rt)?;
         let chosen = match snapshot.as_deref() {
             None => snaps.last(),
             Some(s) => snaps.iter().find(|snap| {
@@ -146,7 +148,7 @@ pub async fn list_entries(
             })
         })?;
         let index = Index::open_read_only(&index)?;
-        entries_of(&index, chosen, prefix.as_deref())
+        Ok((entries_of(&index, chosen, prefix.as_deref())?, ignored))
     })
     .await
     .map_err(|e| Error::Usage(format!("listing failed: {e}")))?

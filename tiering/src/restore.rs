@@ -320,4 +320,8 @@ impl<S: Sink> Sink for WatchedSink<'_, S> {
     fn take_warnings(&mut self) -> Vec<String> {
         self.inner.take_warnings()
     }
+
+    fn carries_links_that_leave(&self) -> bool {
+        self.inner.carries_links_that_leave()
+    }
 }

@@ -191,14 +191,32 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
         .iter()
         .map(|_| std::sync::mpsc::sync_channel::<Vec<Walked>>(4))
         .unzip();
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = threads.clamp(1, dirs.len().max(1));
+    // A thread starts a top directory only while it is at most this many
+    // ahead of the one being handed on: otherwise, on a tree of many small
+    // top directories (each fits its channel), the threads would walk the
+    // whole tree ahead of a slower consumer and hold all of it in memory.
+    let gate = Gate {
+        state: std::sync::Mutex::new(GateState {
+            next: 0,
+            handed_on: 0,
+            closed: false,
+        }),
+        moved: std::sync::Condvar::new(),
+        window: threads * 2,
+    };
     std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, dirs.len().max(1)) {
-            let (dirs, senders, next) = (&dirs, &senders, &next);
+        // However the hand-on ends (a panic in `out` included), no thread
+        // waits at the gate for ever, nor starts another directory.
+        let _open = OpenOnDrop(&gate);
+        for _ in 0..threads {
+            let (dirs, senders, gate) = (&dirs, &senders, &gate);
             s.spawn(move || {
                 loop {
-                    let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(name) = dirs.get(j) else { return };
+                    let Some(j) = gate.claim(dirs.len()) else {
+                        return;
+                    };
+                    let name = &dirs[j];
                     let tx = &senders[j];
                     let mut buf = Vec::with_capacity(batch);
                     let mut push = |w: Walked| {
@@ -243,6 +261,7 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
                         }
                         out(b);
                     }
+                    gate.handed_on(1);
                 }
             }
             if head.len() >= batch {
@@ -253,6 +272,61 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
             out(head);
         }
     });
+}
+
+/// Which top directory a walking thread takes next, and how far ahead of
+/// the hand-on it may be.
+struct Gate {
+    state: std::sync::Mutex<GateState>,
+    moved: std::sync::Condvar,
+    window: usize,
+}
+
+struct GateState {
+    /// The next top directory to walk.
+    next: usize,
+    /// Top directories handed on whole.
+    handed_on: usize,
+    /// The hand-on ended: no thread starts another directory.
+    closed: bool,
+}
+
+impl Gate {
+    /// The next top directory to walk, once it is within the window; `None`
+    /// when there is none left.
+    fn claim(&self, dirs: usize) -> Option<usize> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.closed || st.next >= dirs {
+                return None;
+            }
+            if st.next < st.handed_on.saturating_add(self.window) {
+                st.next += 1;
+                return Some(st.next - 1);
+            }
+            st = self.moved.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn handed_on(&self, n: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.handed_on = st.handed_on.saturating_add(n);
+        self.moved.notify_all();
+    }
+
+    fn close(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.closed = true;
+        self.moved.notify_all();
+    }
+}
+
+struct OpenOnDrop<'g>(&'g Gate);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// The walk below `first` (a listed directory), in path byte order.

@@ -36,6 +36,9 @@ pub struct DirSink {
     dirs: Vec<(PathBuf, Metadata)>,
     warnings: Vec<String>,
     owner_failures: u64,
+    /// Entries whose setuid, setgid or sticky bit was dropped because
+    /// their owner could not be set.
+    special_cleared: u64,
     /// Parents already found to be real directories in this restore: each
     /// is checked once, not once per file under it.
     checked_dirs: std::cell::RefCell<std::collections::HashSet<Vec<u8>>>,
@@ -62,6 +65,7 @@ impl DirSink {
             dirs: Vec::new(),
             warnings: Vec::new(),
             owner_failures: 0,
+            special_cleared: 0,
             checked_dirs: Default::default(),
             unnamed: cfg!(target_os = "linux") && Path::new("/proc/self/fd").is_dir(),
         })
@@ -191,11 +195,24 @@ fn apply(sink: &mut DirSink, file: &File, meta: &Metadata) -> io::Result<()> {
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let st = file.metadata()?;
+        let mut owned = true;
         if st.uid() != meta.uid || st.gid() != meta.gid {
             let r = std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid));
+            owned = r.is_ok();
             sink.note_owner(r);
         }
-        file.set_permissions(fs::Permissions::from_mode(meta.mode))?;
+        // As tar without -p: a file whose owner could not be set does not
+        // keep setuid, setgid or sticky, which would grant the restoring
+        // user's rights under another's name.
+        let mode = if owned {
+            meta.mode
+        } else {
+            meta.mode & !0o7000
+        };
+        if mode != meta.mode {
+            sink.special_cleared += 1;
+        }
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         sink.set_xattrs(meta, |name, value| {
             use std::os::unix::ffi::OsStrExt;
             xattr::FileExt::set_xattr(file, std::ffi::OsStr::from_bytes(name), value)
@@ -430,6 +447,19 @@ impl Sink for DirSink {
                 if self.owner_failures == 1 { "y" } else { "ies" }
             ));
             self.owner_failures = 0;
+        }
+        if self.special_cleared > 0 {
+            self.warnings.push(format!(
+                "{} entr{} lost the setuid, setgid or sticky bit, because the owner \
+                 could not be set",
+                self.special_cleared,
+                if self.special_cleared == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
+            ));
+            self.special_cleared = 0;
         }
         Ok(())
     }

@@ -33,6 +33,13 @@ pub trait Sink {
     fn add_entry(&mut self, meta: &Metadata) -> Result<()>;
     /// After the last entry (the tar trailer; directory times and modes).
     fn finish(&mut self) -> Result<()>;
+    /// Whether a link whose target leaves the tree is carried as it is
+    /// (and reported), rather than refused. A tar is not a directory: it
+    /// carries such links as they were, and only a restore into a directory
+    /// refuses them, where they would point out of the destination.
+    fn carries_links_that_leave(&self) -> bool {
+        false
+    }
     /// What went only partly right (an xattr or owner not set), once.
     fn take_warnings(&mut self) -> Vec<String> {
         Vec::new()

@@ -247,6 +247,10 @@ fn spool_err(source: io::Error) -> Error {
 }
 
 impl<W: Write> Sink for TarSink<W> {
+    fn carries_links_that_leave(&self) -> bool {
+        true
+    }
+
     fn begin_file(&mut self, meta: &Metadata) -> Result<()> {
         self.abort_file();
         self.check_broken()?;

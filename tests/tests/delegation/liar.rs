@@ -1,8 +1,8 @@
-//! A lying node: an HTTP proxy in front of a real node that swaps the first
-//! two cfrags of every re-encryption answer. Each swapped cfrag is a real,
-//! well-formed cfrag, made by the real kfrag, for the wrong capsule: only
-//! verification against the capsule catches it. An answer of one cfrag gets
-//! one bit of that cfrag flipped instead.
+//! A lying node: an HTTP proxy in front of a real node that changes every
+//! re-encryption answer, as [`Lie`] says. By default it swaps the first two
+//! cfrags: each is a real, well-formed cfrag, made by the real kfrag, for
+//! the wrong capsule, so only verification against the capsule catches it.
+//! An answer of one cfrag gets one bit of that cfrag flipped instead.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -10,6 +10,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
+
+/// How a [`LyingProxy`] changes a re-encryption answer.
+#[derive(Clone, Copy, Debug)]
+#[allow(dead_code)] // each test binary uses some
+pub enum Lie {
+    /// Swap the first two cfrags (or flip a bit of the only one).
+    SwapCfrags,
+    /// Claim in the delegation record that one node's answer is enough
+    /// (threshold 1): the record is the administrator's, signed.
+    ClaimThresholdOne,
+    /// Answer with a body of this many bytes (valid JSON, padded).
+    Oversized(usize),
+}
 
 pub struct LyingProxy {
     pub url: String,
@@ -22,6 +35,10 @@ pub struct LyingProxy {
 
 impl LyingProxy {
     pub fn start(upstream: &str) -> LyingProxy {
+        LyingProxy::lying(upstream, Lie::SwapCfrags)
+    }
+
+    pub fn lying(upstream: &str, lie: Lie) -> LyingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -37,7 +54,7 @@ impl LyingProxy {
                     let Ok(conn) = conn else { continue };
                     let (upstream, lies) = (upstream.clone(), lies.clone());
                     thread::spawn(move || {
-                        let _ = serve(conn, &upstream, &lies);
+                        let _ = serve(conn, &upstream, &lies, lie);
                     });
                 }
             })
@@ -62,7 +79,7 @@ impl Drop for LyingProxy {
     }
 }
 
-fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize) -> std::io::Result<()> {
+fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize, lie: Lie) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut request_line = String::new();
@@ -112,6 +129,59 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize) -> std::io::Result
     };
     if path == "/v1/reencrypt" && status == 200 {
         let mut value: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        match lie {
+            Lie::SwapCfrags => swap_cfrags(&mut value, lies),
+            Lie::ClaimThresholdOne => {
+                if claim_threshold_one(&mut value["delegation"]) {
+                    lies.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Lie::Oversized(_) => {}
+        }
+        answer = serde_json::to_vec(&value).unwrap();
+        if let Lie::Oversized(n) = lie {
+            answer.resize(n.max(answer.len()), b' ');
+            lies.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let mut conn = conn;
+    write!(
+        conn,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        answer.len()
+    )?;
+    conn.write_all(&answer)?;
+    conn.flush()?;
+    conn.shutdown(Shutdown::Both)
+}
+
+/// Sets every `threshold` field in the delegation record to 1; whether
+/// there was one to change.
+fn claim_threshold_one(value: &mut serde_json::Value) -> bool {
+    let mut changed = false;
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if k == "threshold" && v.as_u64() != Some(1) {
+                    *v = serde_json::Value::from(1);
+                    changed = true;
+                } else {
+                    changed |= claim_threshold_one(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                changed |= claim_threshold_one(v);
+            }
+        }
+        _ => {}
+    }
+    changed
+}
+
+fn swap_cfrags(value: &mut serde_json::Value, lies: &AtomicUsize) {
+    {
         let cfrags = value["cfrags"].as_array_mut().unwrap();
         if cfrags.len() >= 2 {
             cfrags.swap(0, 1);
@@ -126,15 +196,5 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize) -> std::io::Result
             *only = serde_json::Value::String(b64.encode(bytes));
             lies.fetch_add(1, Ordering::SeqCst);
         }
-        answer = serde_json::to_vec(&value).unwrap();
     }
-    let mut conn = conn;
-    write!(
-        conn,
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        answer.len()
-    )?;
-    conn.write_all(&answer)?;
-    conn.flush()?;
-    conn.shutdown(Shutdown::Both)
 }

@@ -29,6 +29,10 @@ const PACK_BYTES: u64 = 1 << 20;
 /// [`PACK_TABLE_MAX`] (the format allows 16 MiB).
 const PACK_META_MAX: usize = 64 << 10;
 const PACK_TABLE_MAX: usize = 4 << 20;
+/// A segment closes when it holds this many files, however small: what a
+/// run keeps in memory for an open segment (one record per file, and the
+/// index batch that commits them) stays bounded on a tree of tiny files.
+const SEGMENT_MAX_FILES: usize = 16 << 10;
 
 /// A file read whole, waiting in a pack.
 pub(crate) struct PackFile {
@@ -72,7 +76,10 @@ pub(crate) fn worker(shared: &Shared<'_>, queue: &WorkQueue) -> Result<()> {
             let open = seg.as_mut().expect("just opened");
             store_one(shared, open, &mut names, work)?;
             let packed: u64 = open.packs.values().map(|p| p.bytes).sum();
-            if open.writer.len() + packed >= shared.opts.segment_size {
+            let files =
+                open.stored.len() + open.packs.values().map(|p| p.files.len()).sum::<usize>();
+            if open.writer.len() + packed >= shared.opts.segment_size || files >= SEGMENT_MAX_FILES
+            {
                 close_segment(shared, seg.take().expect("open"))?;
             }
         }

@@ -558,7 +558,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             path,
         } => {
             let index = store.index.unwrap_or_else(|| default_index(&store.store));
-            let entries = cbfs_tiering::list_entries(
+            let (entries, ignored) = cbfs_tiering::list_entries(
                 &store.store,
                 trust.options(Some(index.clone())),
                 &index,
@@ -580,6 +580,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     }
                 }
                 out(&s);
+            }
+            for i in &ignored {
+                eprintln!("cbfs-tier: ignored {}: {}", i.object, i.reason);
             }
             Ok(0)
         }
