@@ -349,7 +349,11 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
                 }
                 seen.push(k);
             }
-            // Complied, then went away: counted by its URL.
+            // Complied, then would not say which node it is: with a
+            // signed record to hold it to, not counted (it may be another
+            // URL of a node already counted, or no node of the delegation).
+            Err(_) if terms.strictest().is_some() => continue,
+            // No record: every node must comply, each counted by its URL.
             Err(_) => {}
         }
         complied_at.push(i);
@@ -380,7 +384,7 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
                 let counted = if complied_at.contains(&i) {
                     ""
                 } else {
-                    " (not counted: the same node as another URL, or not a node of this delegation)"
+                    " (not counted: the same node as another URL, not a node of this delegation, or it would not give its key)"
                 };
                 match (r, terms.lied.get(&i)) {
                     (_, Some(why)) => s.push_str(&format!("  {url}: LIED: {why}\n")),

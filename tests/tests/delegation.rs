@@ -507,6 +507,44 @@ fn a_node_that_claims_m_equals_n_cannot_make_a_revocation_hold() {
     assert!(said.contains(&format!("{}: LIED", forger.url)), "{said}");
 }
 
+/// A node that says it complied but will not give its key (so the key tool
+/// cannot tell whether two URLs are one node, or whether it is a node of
+/// the delegation at all) is not counted when the signed record sets the
+/// terms: one node under two such URLs cannot pass for the two nodes a
+/// 2-of-3 revocation needs.
+#[test]
+fn a_node_that_hides_its_key_is_not_counted_twice_under_two_urls() {
+    let mut c = Cluster::start(3, &[]);
+    c.delegate(2, &[]);
+    let (a, b) = (
+        LyingProxy::lying(&c.nodes[0].url, Lie::HideKey),
+        LyingProxy::lying(&c.nodes[0].url, Lie::HideKey),
+    );
+    c.nodes[1].kill();
+    c.nodes[2].kill();
+    let urls = vec![a.url.clone(), b.url.clone(), c.urls()[2].clone()];
+    let mut cmd = cluster::keytool(c.work.root());
+    cmd.args(cluster::words(&format!(
+        "--json revoke --admin file:admin.key --scope {SCOPE} --user {USER}.pub"
+    )))
+    .args(Cluster::node_args(&urls));
+    let out = run_fail(&mut cmd);
+    assert!(
+        a.lies.load(Ordering::SeqCst) + b.lies.load(Ordering::SeqCst) >= 2,
+        "the key tool never asked the nodes' keys"
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    let report = first_json(&out.stdout);
+    assert_eq!(report["terms"], "as the administrator signed it");
+    assert_eq!(report["needed"], 2, "{report:#}");
+    assert_eq!(report["complied"], 0, "{report:#}");
+    assert_eq!(report["holds"], false, "{report:#}");
+    for node in &report["nodes"].as_array().unwrap()[..2] {
+        assert_eq!(node["complied"], true, "{report:#}");
+        assert_eq!(node["counted"], false, "{report:#}");
+    }
+}
+
 /// The first JSON document of `bytes` (a failing `--json` command prints
 /// its report, then the error).
 fn first_json(bytes: &[u8]) -> serde_json::Value {

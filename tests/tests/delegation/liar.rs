@@ -29,6 +29,10 @@ pub enum Lie {
     /// In the answer to a revocation, set m in the signed delegation record
     /// itself (its signature then fails).
     ForgeRevokeRecord(u32),
+    /// Pass everything on, but answer `GET /v1/node` (the node's public
+    /// key) with 503: a node that says it complied, then will not say
+    /// which node it is.
+    HideKey,
 }
 
 pub struct LyingProxy {
@@ -125,6 +129,13 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize, lie: Lie) -> std::
         client.get(&url).send()
     };
     let (status, mut answer) = match response {
+        Ok(_) if matches!(lie, Lie::HideKey) && path == "/v1/node" => {
+            lies.fetch_add(1, Ordering::SeqCst);
+            (
+                503,
+                b"{\"error\":\"unavailable\",\"reason\":\"not now\"}".to_vec(),
+            )
+        }
         Ok(r) => (
             r.status().as_u16(),
             r.bytes().map(|b| b.to_vec()).unwrap_or_default(),
