@@ -228,6 +228,12 @@ fn run(cli: Cli) -> Result<()> {
                 dir.display(),
                 verified.entries
             );
+            if verified.after_head > 0 {
+                println!(
+                    "{} of them after the head: written, and not yet synced when the gateway stopped (they chain to the head; the next start takes them in)",
+                    verified.after_head
+                );
+            }
             Ok(())
         }
     }
@@ -274,6 +280,20 @@ fn serve(config: PathBuf, insecure_http: bool) -> Result<()> {
             gw.fs_names().join(", ")
         );
         gw.schedule();
+        // Store reads are audited lazily: durable within a second.
+        {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let g = gw.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || g.sync_audit()).await {
+                        tracing::error!("cannot sync the audit log: {e}");
+                    }
+                }
+            });
+        }
         // SIGHUP: configuration, policies and the TLS certificate.
         let hangups = {
             let (gw, tls) = (gw.clone(), tls.clone());

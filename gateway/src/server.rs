@@ -354,57 +354,35 @@ async fn push(
         )
         .map_err(|e| answer(500, "internal", e.to_string()))?;
     let limits = gw.config().config.limits.clone();
-    let staging_root = gw.config().config.state.join("staging");
-    std::fs::create_dir_all(&staging_root).map_err(|e| {
-        answer(
-            500,
-            "internal",
-            format!("cannot create the staging folder: {e}"),
-        )
-    })?;
-    let staging = tempfile::Builder::new()
-        .prefix("push-")
-        .tempdir_in(&staging_root)
-        .map_err(|e| {
-            answer(
-                500,
-                "internal",
-                format!("cannot create the staging folder: {e}"),
-            )
-        })?;
-    // Unpacked on a blocking thread from a bounded channel of body chunks.
+    // The stream is read on the run's blocking thread from a bounded
+    // channel of body chunks: memory stays bounded whatever its size.
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let feeder = tokio::spawn(crate::push::feed(body, tx, limits.io_timeout()));
-    let dest = staging.path().to_owned();
     let counted = job.clone();
     let metrics_bytes = gw.metrics.bytes.with_label_values(&["in", "push"]);
-    let unpacked = tokio::task::spawn_blocking(move || {
-        let reader = crate::push::BodyReader::new(
-            rx,
-            limits.max_push,
-            Box::new(move |n| {
-                counted.received(n);
-                metrics_bytes.inc_by(n);
-            }),
-        );
-        crate::push::unpack(reader, &dest)
-    })
-    .await
-    .map_err(|e| answer(500, "internal", format!("the unpacking failed: {e}")))?;
+    let reader = crate::push::BodyReader::new(
+        rx,
+        limits.max_push,
+        Box::new(move |n| {
+            counted.received(n);
+            metrics_bytes.inc_by(n);
+        }),
+    );
+    let opts = gw
+        .push_options(&served, &q.prefix, &job)
+        .map_err(|e| answer(500, "internal", e.to_string()))?;
+    let handle = gw
+        .clone()
+        .run(served, job.clone(), opts, Some(Box::new(reader)));
+    let ran = handle.await;
     feeder.abort();
-    if let Err(refused) = unpacked {
-        let _ = job.set(crate::jobs::State::Failed, None, Some(refused.0.clone()));
+    if let Ok(Err(cbfs_tiering::Error::Refused(why))) = ran {
         return Err(answer(
             400,
             "bad_stream",
-            format!("{}; nothing was committed", refused.0),
+            format!("{why}; nothing was committed"),
         ));
     }
-    let opts = gw
-        .push_options(&served, staging.path(), &q.prefix, &job)
-        .map_err(|e| answer(500, "internal", e.to_string()))?;
-    let handle = gw.clone().run(served, job.clone(), opts, Some(staging));
-    let _ = handle.await;
     let record = job.record();
     let status = match record.state {
         crate::jobs::State::Succeeded => StatusCode::OK,

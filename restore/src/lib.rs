@@ -79,7 +79,7 @@ pub use error::{Error, Result};
 pub use gateway::{GatewaySource, is_gateway_store};
 pub use keyset::{Anchors, Pin, Pinned, TrustRecords, load_keyset, trusted_keyset};
 pub use opener::{AdminOpener, Identity, LockboxOpener, NoKey, ScopeOpener, identify};
-pub use paths::{PathFilter, check_member_path, check_symlink_target};
+pub use paths::{PathFilter, check_member_path, check_symlink_target, check_symlink_target_with};
 pub use report::{Failure, Report};
 pub use restore::{restore, restore_unauthenticated_segments};
 #[cfg(feature = "s3")]

@@ -14,6 +14,7 @@
 //! | `g` | segment id | [`SegmentRecord`] |
 //! | `n` | sequence, 8 bytes big-endian | [`SnapshotRecord`] |
 //! | `s` | `state` | [`State`] |
+//! | `p` | path bytes | scratch of the push running now (see [`Index::pushed_put`]) |
 //!
 //! The two tables with a record per file (`f`, `m`) hold a compact binary
 //! encoding (see [`binary`]): a run over an unchanged tree reads every file
@@ -34,6 +35,7 @@ const MEMBER: u8 = b'm';
 const SEGMENT: u8 = b'g';
 const SNAPSHOT: u8 = b'n';
 const STATE: u8 = b's';
+const PUSHED: u8 = b'p';
 
 /// The stored version of one path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +211,18 @@ impl Record for FileRecord {
         }
         i.end()?;
         Ok(rec)
+    }
+}
+
+impl FileRecord {
+    /// The record's encoding in the index (for a run's own spill files).
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+
+    /// Reads what [`to_bytes`](Self::to_bytes) wrote.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        Self::decode(bytes)
     }
 }
 
@@ -645,6 +659,58 @@ impl Index {
     /// The agent's state.
     pub fn state(&self) -> Result<State> {
         Ok(self.get(key(STATE, b"state"))?.unwrap_or_default())
+    }
+
+    /// Forgets the scratch of a push (one that ended, or died).
+    pub(crate) fn pushed_clear(&self) -> Result<()> {
+        let cf = self
+            .db
+            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .ok_or_else(|| self.err("no default column family"))?;
+        self.db
+            .delete_range_cf(&cf, [PUSHED], [PUSHED + 1])
+            .map_err(|e| self.err(e))
+    }
+
+    /// Notes a name a pushed stream brought, with what the push needs to
+    /// know of it later. Scratch: written without the write-ahead log (a
+    /// push that dies is refused whole, and its scratch cleared by the next).
+    pub(crate) fn pushed_put(&self, path: &[u8], value: &[u8]) -> Result<()> {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.disable_wal(true);
+        self.db
+            .put_opt(key(PUSHED, path), value, &wo)
+            .map_err(|e| self.err(e))
+    }
+
+    /// What [`pushed_put`](Self::pushed_put) noted of a name.
+    pub(crate) fn pushed_get(&self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key(PUSHED, path)).map_err(|e| self.err(e))
+    }
+
+    /// Whether the push brought a name below `dir` (`dir/...`).
+    pub(crate) fn pushed_any_below(&self, dir: &[u8]) -> Result<bool> {
+        let mut within = key(PUSHED, dir);
+        within.push(b'/');
+        let mut it = self.db.raw_iterator();
+        it.seek(&within);
+        let found = it.key().is_some_and(|k| k.starts_with(&within));
+        it.status().map_err(|e| self.err(e))?;
+        Ok(found)
+    }
+
+    /// Every name the push brought, in byte order.
+    pub(crate) fn pushed_for_each(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut it = self.db.raw_iterator();
+        it.seek([PUSHED]);
+        while let Some(k) = it.key() {
+            if k.first() != Some(&PUSHED) {
+                break;
+            }
+            f(&k[1..])?;
+            it.next();
+        }
+        it.status().map_err(|e| self.err(e))
     }
 }
 
