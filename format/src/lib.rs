@@ -88,6 +88,8 @@
 mod codec;
 mod delta;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ids;
 mod keys;
 pub mod layout;
