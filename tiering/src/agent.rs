@@ -165,9 +165,12 @@ impl Agent {
         let _running = self.running.lock().await;
         let agent = self.clone();
         let rt = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || crate::out::run(&agent, &opts, rt, observer.as_ref()))
-            .await
-            .map_err(|e| Error::Usage(format!("the run failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            crate::hsm::absorb(&agent)?;
+            crate::out::run(&agent, &opts, rt, observer.as_ref())
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("the run failed: {e}")))?
     }
 
     /// What snapshots this agent trusts: the keyset's registered writers.
@@ -192,6 +195,11 @@ impl Agent {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io("cannot create spool directory", &dir, e))?;
         Ok(dir)
+    }
+
+    /// Held while a run (or a release) of this agent goes on.
+    pub(crate) fn running(&self) -> &tokio::sync::Mutex<()> {
+        &self.running
     }
 
     /// The index directory.

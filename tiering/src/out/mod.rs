@@ -20,6 +20,7 @@ mod diff;
 mod manifest;
 mod queue;
 mod segment;
+mod stubs;
 mod worker;
 
 use std::collections::HashMap;

@@ -1,0 +1,556 @@
+//! Recall: a released file's content back in place, in the same inode,
+//! from the member its stub record names, through the restore engine (the
+//! same authentication of every chunk and the same check of the member's
+//! bytes against the signed manifest's SHA-256 as any restore), before the
+//! stub record goes. A recall that fails leaves the stub as it was, and
+//! marks the file lost only when the stored copy is proven bad.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cbfs_core::{KeySource, Keyset, Seed, Unlock, UserSecret};
+use cbfs_format::{EntryKind, Metadata, SnapshotId, StubRecord};
+use cbfs_restore::{
+    LockboxOpener, MemberFile, RestoreOptions, Sink, Snapshot, Trust, identify, open_snapshot,
+    restore_files,
+};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::remote::{NodeOpener, NodeOptions};
+use crate::scan::Stat;
+use crate::source::StoreSource;
+
+use super::journal::{Entry, Journal};
+use super::stub::{self, StubAttr};
+
+/// Whose key opens the lockboxes of a recall. Never a root secret online
+/// for an unattended agent: it recalls with its own user key, delegated
+/// through the nodes like any user's.
+pub enum RecallIdentity {
+    /// The administrator's root secret, or a scope secret.
+    Secret(KeySource),
+    /// A user key (the agent's or gateway's own), through the delegation
+    /// nodes.
+    User {
+        /// The secret.
+        identity: KeySource,
+        /// The user: a `NAME.pub` file or a name.
+        user: String,
+        /// The nodes' URLs.
+        nodes: Vec<String>,
+        /// How long one node gets to answer.
+        timeout: Duration,
+    },
+}
+
+/// Why a recall failed. The stub is as it was in every case.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "lowercase")]
+pub enum RecallFailure {
+    /// The store or the nodes could not be reached: try again later.
+    Unavailable(String),
+    /// The stored copy is missing or failed verification: the file is
+    /// marked lost.
+    Lost(String),
+    /// Something else refused (a key, a delegation, the stub record).
+    Refused(String),
+}
+
+impl RecallFailure {
+    /// The reason, in words.
+    pub fn reason(&self) -> &str {
+        match self {
+            RecallFailure::Unavailable(r) | RecallFailure::Lost(r) | RecallFailure::Refused(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Display for RecallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecallFailure::Unavailable(r) => write!(f, "unavailable (retry later): {r}"),
+            RecallFailure::Lost(r) => write!(f, "the stored copy is bad (marked lost): {r}"),
+            RecallFailure::Refused(r) => write!(f, "refused: {r}"),
+        }
+    }
+}
+
+/// What a recall did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recalled {
+    /// Content bytes written back.
+    pub bytes: u64,
+    /// The snapshot it came from.
+    pub snapshot: u64,
+    /// Seconds it took.
+    pub seconds: f64,
+    /// Bytes read from the store.
+    pub fetched: u64,
+}
+
+/// The error codes of the restore engine that prove a stored copy bad
+/// (as opposed to a store that did not answer, or a key that did not
+/// open).
+fn proves_bad(code: &str) -> bool {
+    matches!(
+        code,
+        "missing_object"
+            | "hash_mismatch"
+            | "payload_auth"
+            | "payload_truncated"
+            | "corrupt_plaintext"
+            | "header_mac"
+            | "member_header"
+            | "summary_mismatch"
+            | "tar"
+            | "content_length"
+            | "malformed"
+            | "bad_brand"
+            | "no_snapshot"
+    )
+}
+
+fn classify(e: &cbfs_restore::Error) -> RecallFailure {
+    if e.is_transient() {
+        RecallFailure::Unavailable(e.to_string())
+    } else if proves_bad(e.code()) {
+        RecallFailure::Lost(e.to_string())
+    } else {
+        RecallFailure::Refused(e.to_string())
+    }
+}
+
+/// Recalls released files of one file system: its store, the snapshots
+/// it trusts, and whose key opens the lockboxes. Shared by every thread
+/// of a fault-in handler, a gateway, or `cbfs-tier recall`.
+pub struct Recaller {
+    source: StoreSource,
+    trust: Trust,
+    fs: String,
+    opener: Box<dyn LockboxOpener + Send + Sync>,
+    snapshots: Mutex<HashMap<SnapshotId, Arc<Snapshot>>>,
+    journal: Option<Journal>,
+}
+
+fn copy(seed: &Seed) -> Seed {
+    Seed::from_slice(seed.expose_secret_bytes(), "identity").expect("32 bytes")
+}
+
+impl Recaller {
+    /// A recaller for the file system of `keyset` (trusted by the caller),
+    /// reading `source`, opening lockboxes as `identity`. Recalls are
+    /// written to the journal of the index in `index_dir`, if given.
+    pub fn new(
+        source: StoreSource,
+        keyset: &Keyset,
+        trust: Trust,
+        identity: &RecallIdentity,
+        rt: tokio::runtime::Handle,
+        index_dir: Option<&Path>,
+    ) -> Result<Self> {
+        let opener: Box<dyn LockboxOpener + Send + Sync> = match identity {
+            RecallIdentity::Secret(src) => {
+                let seed = src.load(&Unlock::from_env())?;
+                match identify(copy(&seed), keyset) {
+                    Some(id) => Box::new(id),
+                    None => {
+                        return Err(Error::Usage(format!(
+                            "{src} is neither the root secret nor a scope secret of `{}`; an agent \
+                             recalls with its own user key through the delegation nodes: \
+                             --identity KEY --user NAME.pub --node URL...",
+                            keyset.fs()
+                        )));
+                    }
+                }
+            }
+            RecallIdentity::User {
+                identity,
+                user,
+                nodes,
+                timeout,
+            } => {
+                if nodes.is_empty() {
+                    return Err(Error::Usage(
+                        "a user key recalls through the delegation nodes: give --node URL..."
+                            .into(),
+                    ));
+                }
+                let secret = UserSecret::from_seed(identity.load(&Unlock::from_env())?);
+                let name = crate::restore::user_name(user, &secret)?;
+                Box::new(NodeOpener::new(
+                    rt,
+                    secret,
+                    keyset,
+                    NodeOptions {
+                        urls: nodes,
+                        user: name,
+                        timeout: *timeout,
+                        path: "/".into(),
+                        gateway: None,
+                    },
+                )?)
+            }
+        };
+        Ok(Recaller {
+            source,
+            trust,
+            fs: keyset.fs().to_string(),
+            opener,
+            snapshots: Mutex::new(HashMap::new()),
+            journal: index_dir.map(Journal::new),
+        })
+    }
+
+    /// The file system's name.
+    pub fn fs(&self) -> &str {
+        &self.fs
+    }
+
+    /// The store, as the restore engine reads it.
+    pub fn source(&self) -> &StoreSource {
+        &self.source
+    }
+
+    /// The verified snapshot with this id, opened once.
+    fn snapshot(&self, id: SnapshotId) -> std::result::Result<Arc<Snapshot>, cbfs_restore::Error> {
+        if let Some(s) = self.snapshots.lock().expect("snapshots").get(&id) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(open_snapshot(
+            &self.source,
+            &self.trust,
+            Some(&id.to_string()),
+        )?);
+        self.snapshots
+            .lock()
+            .expect("snapshots")
+            .insert(id, s.clone());
+        Ok(s)
+    }
+
+    /// The snapshot a stub record names, or (if the store no longer holds
+    /// it) the newest, which still holds the member if the file was not
+    /// changed or deleted since.
+    fn snapshot_for(
+        &self,
+        record: &StubRecord,
+    ) -> std::result::Result<Arc<Snapshot>, RecallFailure> {
+        match self.snapshot(record.snapshot) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.is_transient() => return Err(classify(&e)),
+            Err(cbfs_restore::Error::NoSnapshot(_)) => {}
+            Err(e) => return Err(RecallFailure::Refused(e.to_string())),
+        }
+        let newest = open_snapshot(&self.source, &self.trust, None).map_err(|e| classify(&e))?;
+        let newest = Arc::new(newest);
+        self.snapshots
+            .lock()
+            .expect("snapshots")
+            .insert(newest.id(), newest.clone());
+        Ok(newest)
+    }
+
+    /// Fills the released file open as `file` (read-write) back from the
+    /// store, verifies it, restores its modification time and removes its
+    /// stub record. On failure the content written so far is dropped
+    /// again, and the stub stays.
+    pub fn recall_file(
+        &self,
+        file: &File,
+        record: &StubRecord,
+    ) -> std::result::Result<Recalled, RecallFailure> {
+        let started = Instant::now();
+        if record.fs != self.fs {
+            return Err(RecallFailure::Refused(format!(
+                "the stub belongs to file system `{}`, this agent serves `{}`",
+                record.fs, self.fs
+            )));
+        }
+        let snapshot = self.snapshot_for(record)?;
+        let fetched_before = cbfs_restore::ObjectSource::fetched(&self.source);
+        let wanted = MemberFile {
+            segment: record.segment,
+            member: record.member,
+            slot: record.slot,
+            sha256: record.sha256,
+        };
+        let mut sink = StubSink {
+            file,
+            size: record.size,
+            written: 0,
+            began: false,
+            committed: false,
+        };
+        let result = restore_files(
+            &self.source,
+            &snapshot,
+            self.opener.as_ref(),
+            &[wanted],
+            &RestoreOptions::default(),
+            &mut sink,
+        );
+        let failure = match result {
+            Err(e) => Some(classify(&e)),
+            Ok(report) => match report.failures.first() {
+                Some(f) => Some(if f.code == "unavailable" {
+                    RecallFailure::Unavailable(f.error.clone())
+                } else if proves_bad(&f.code) {
+                    RecallFailure::Lost(format!("{}: {}", f.object, f.error))
+                } else {
+                    RecallFailure::Refused(format!("{}: {}", f.object, f.error))
+                }),
+                None if !sink.committed => Some(match report.skipped_scopes.keys().next() {
+                    Some(scope) => RecallFailure::Refused(format!(
+                        "{} has no key for scope `{scope}`",
+                        self.opener.describe()
+                    )),
+                    None => RecallFailure::Lost(format!(
+                        "snapshot {} yields no file for member {} slot {}",
+                        snapshot.sequence(),
+                        record.member,
+                        record.slot
+                    )),
+                }),
+                None => None,
+            },
+        };
+        if let Some(f) = failure {
+            // What was written is not proven: drop it again (the record
+            // still says it is a stub).
+            if sink.began
+                && let Err(e) = stub::punch(file, record.size)
+            {
+                tracing::error!("cannot drop the unproven content again: {e}");
+            }
+            if let RecallFailure::Lost(why) = &f {
+                self.note_lost(file, record, why);
+            }
+            return Err(f);
+        }
+        let finish = || -> std::io::Result<Stat> {
+            rustix::fs::fsync(file)?;
+            stub::set_mtime(file, record.mtime)?;
+            stub::remove(file)?;
+            Ok(Stat::from_metadata(&file.metadata()?))
+        };
+        let stat = finish().map_err(|e| {
+            RecallFailure::Refused(format!(
+                "the content is back but the stub could not be finished: {e}"
+            ))
+        })?;
+        if let Some(j) = &self.journal
+            && let Err(e) = j.append(&Entry {
+                path: hex::encode(&record.path),
+                member: record.member.to_string(),
+                slot: record.slot,
+                ino: stat.ino,
+                stat: Some(stat),
+                lost: None,
+                at: now(),
+            })
+        {
+            tracing::warn!("{e}: the next tier-out may archive this file again");
+        }
+        Ok(Recalled {
+            bytes: record.size,
+            snapshot: snapshot.sequence(),
+            seconds: started.elapsed().as_secs_f64(),
+            fetched: cbfs_restore::ObjectSource::fetched(&self.source) - fetched_before,
+        })
+    }
+
+    fn note_lost(&self, file: &File, record: &StubRecord, why: &str) {
+        tracing::error!(
+            path = %String::from_utf8_lossy(&record.path),
+            "the stored copy of this released file is bad: {why}"
+        );
+        let Some(j) = &self.journal else { return };
+        let ino = file
+            .metadata()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(record.inode);
+        if let Err(e) = j.append(&Entry {
+            path: hex::encode(&record.path),
+            member: record.member.to_string(),
+            slot: record.slot,
+            ino,
+            stat: None,
+            lost: Some(why.to_owned()),
+            at: now(),
+        }) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Writes the restored content into the stub's own inode.
+struct StubSink<'f> {
+    file: &'f File,
+    size: u64,
+    written: u64,
+    began: bool,
+    committed: bool,
+}
+
+impl StubSink<'_> {
+    fn out(&self, e: std::io::Error) -> cbfs_restore::Error {
+        cbfs_restore::Error::Output {
+            target: "the released file".into(),
+            source: e,
+            fatal: true,
+        }
+    }
+}
+
+impl Sink for StubSink<'_> {
+    fn begin_file(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
+        if meta.kind != EntryKind::File || meta.size != self.size {
+            return Err(cbfs_restore::Error::Unsupported {
+                path: String::from_utf8_lossy(&meta.path).into_owned(),
+                reason: format!(
+                    "the member holds a {:?} of {} bytes, the stub is a file of {} bytes",
+                    meta.kind, meta.size, self.size
+                ),
+            });
+        }
+        self.began = true;
+        self.written = 0;
+        Ok(())
+    }
+
+    fn write_content(&mut self, data: &[u8]) -> cbfs_restore::Result<()> {
+        self.file
+            .write_all_at(data, self.written)
+            .map_err(|e| self.out(e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    fn commit_file(&mut self) -> cbfs_restore::Result<()> {
+        if self.written != self.size {
+            return Err(self.out(std::io::Error::other(format!(
+                "{} bytes restored, the stub is {} bytes",
+                self.written, self.size
+            ))));
+        }
+        self.committed = true;
+        Ok(())
+    }
+
+    fn abort_file(&mut self) {
+        self.committed = false;
+    }
+
+    fn add_entry(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
+        Err(cbfs_restore::Error::Unsupported {
+            path: String::from_utf8_lossy(&meta.path).into_owned(),
+            reason: "a stub is a regular file; the member holds another kind of entry".into(),
+        })
+    }
+
+    fn finish(&mut self) -> cbfs_restore::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a recall of one path came to.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum PathRecall {
+    /// Filled back by this call.
+    Recalled(Recalled),
+    /// It was not released (or a fault-in handler filled it when this
+    /// call opened it).
+    Resident,
+    /// The recall failed; the stub is as it was.
+    Failed(RecallFailure),
+}
+
+/// Recalls the released file at `path` (opened beneath `root`, with no
+/// symbolic link on the way). If a fault-in handler watches the file, the
+/// open alone fills it; otherwise the file is filled here, under a claim
+/// (see `stub.rs`): a handler lets this process's writes through and makes
+/// every other process wait until it is done.
+pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathRecall> {
+    let abs = root.join(std::ffi::OsStr::from_bytes(rel));
+    let (opath, _st) = open_path(root, rel).map_err(|e| Error::io("cannot open", &abs, e))?;
+    let proc = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&opath)
+    ));
+    match stub::read_handle(opath.as_fd())
+        .map_err(|e| Error::io("cannot read the stub record of", &abs, e))?
+    {
+        StubAttr::None => return Ok(PathRecall::Resident),
+        StubAttr::Damaged(why) => {
+            return Ok(PathRecall::Failed(RecallFailure::Refused(format!(
+                "its stub record is damaged: {why}"
+            ))));
+        }
+        StubAttr::Stub(_) => {}
+    }
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&proc)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+            return Ok(PathRecall::Failed(RecallFailure::Unavailable(
+                "the fault-in handler watching this file could not recall it (its log says why)"
+                    .into(),
+            )));
+        }
+        Err(e) => return Err(Error::io("cannot open", &abs, e)),
+    };
+    let Some(_claim) = stub::claim(&file).map_err(|e| Error::io("cannot claim", &abs, e))? else {
+        return Ok(PathRecall::Failed(RecallFailure::Unavailable(
+            "another process is releasing or recalling it; try again".into(),
+        )));
+    };
+    let record = match stub::read(file.as_fd())
+        .map_err(|e| Error::io("cannot read the stub record of", &abs, e))?
+    {
+        StubAttr::None => return Ok(PathRecall::Resident),
+        StubAttr::Damaged(why) => {
+            return Ok(PathRecall::Failed(RecallFailure::Refused(format!(
+                "its stub record is damaged: {why}"
+            ))));
+        }
+        StubAttr::Stub(r) => r,
+    };
+    Ok(match recaller.recall_file(&file, &record) {
+        Ok(done) => PathRecall::Recalled(done),
+        Err(f) => PathRecall::Failed(f),
+    })
+}
+
+/// Opens `rel` beneath `root` as a path only (no open of the file itself:
+/// no fault-in event), refusing symbolic links on the way, and checks it
+/// is a regular file.
+pub(crate) fn open_path(root: &Path, rel: &[u8]) -> std::io::Result<(std::os::fd::OwnedFd, Stat)> {
+    let tree = crate::source_tree::SourceTree::open(root)?;
+    let fd = tree.open_path_beneath(rel)?;
+    let st = Stat::from_metadata(&File::from(fd.try_clone()?).metadata()?);
+    if !st.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((fd, st))
+}
