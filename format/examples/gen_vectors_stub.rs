@@ -38,7 +38,11 @@ fn main() {
     let ok = record.to_bytes().unwrap();
     let facts = |r: &StubRecord| {
         json!({
-            "phase": match r.phase { StubPhase::Releasing => "releasing", StubPhase::Released => "released" },
+            "phase": match r.phase {
+                StubPhase::Releasing => "releasing",
+                StubPhase::Released => "released",
+                _ => "recalling",
+            },
             "fs": r.fs, "snapshot": r.snapshot.to_string(), "sequence": r.sequence,
             "segment": r.segment.to_string(), "member": r.member.to_string(), "slot": r.slot,
             "size": r.size, "sha256": hex::encode(r.sha256),
@@ -70,6 +74,16 @@ fn main() {
         &releasing.to_bytes().unwrap(),
         facts(&releasing),
         "a record written before the content was dropped",
+    );
+    let recalling = StubRecord {
+        phase: StubPhase::Recalling,
+        ..record.clone()
+    };
+    add(
+        "stub-recalling-ok",
+        &recalling.to_bytes().unwrap(),
+        facts(&recalling),
+        "a record of a file whose content is being filled back",
     );
     let mut b = ok.clone();
     b.push(0);

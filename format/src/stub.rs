@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! "CBFSSTUB"  u16 version = 1
-//! u8  phase          1 releasing (content may still be there), 2 released
+//! u8  phase          1 releasing (content may still be there), 2 released,
+//!                    3 recalling (content being filled back)
 //! bytes8 fs          the file system's name (the keyset's), UTF-8, no NUL
 //! snapshot id (16)   a snapshot that holds the member
 //! u64 sequence       that snapshot's sequence number
@@ -44,6 +45,9 @@ pub enum StubPhase {
     /// The content is dropped and the times are those of the archived
     /// version.
     Released,
+    /// The content is being filled back (the times may show the fill);
+    /// the record goes once it is all back and verified.
+    Recalling,
 }
 
 impl StubPhase {
@@ -51,6 +55,7 @@ impl StubPhase {
         match self {
             StubPhase::Releasing => 1,
             StubPhase::Released => 2,
+            StubPhase::Recalling => 3,
         }
     }
 }
@@ -139,6 +144,7 @@ impl StubRecord {
         let phase = match d.u8()? {
             1 => StubPhase::Releasing,
             2 => StubPhase::Released,
+            3 => StubPhase::Recalling,
             p => return Err(d.err_at(at, format!("unknown phase {p}"))),
         };
         let at = d.pos();
@@ -243,7 +249,7 @@ mod tests {
             "unknown_version"
         );
         let mut phase = bytes.clone();
-        phase[10] = 3;
+        phase[10] = 4;
         assert_eq!(
             StubRecord::from_bytes(&phase).unwrap_err().code(),
             "malformed"
@@ -292,7 +298,7 @@ mod tests {
     proptest! {
         #[test]
         fn parse_then_serialize_gives_the_same_bytes(
-            released in any::<bool>(),
+            phase in 1u8..=3,
             sequence in any::<u64>(),
             slot in 0u16..256,
             size in any::<u64>(),
@@ -303,7 +309,11 @@ mod tests {
             fs in "[a-z][a-z0-9-]{0,30}",
         ) {
             let r = StubRecord {
-                phase: if released { StubPhase::Released } else { StubPhase::Releasing },
+                phase: match phase {
+                    1 => StubPhase::Releasing,
+                    2 => StubPhase::Released,
+                    _ => StubPhase::Recalling,
+                },
                 fs,
                 sequence,
                 slot,

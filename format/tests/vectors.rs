@@ -222,6 +222,7 @@ fn run(keys: &Keys, v: &Value) -> Result<(), Error> {
             let phase = match r.phase {
                 StubPhase::Releasing => "releasing",
                 StubPhase::Released => "released",
+                _ => "recalling",
             };
             assert_eq!(want["phase"], phase, "{}", v["name"]);
             assert_eq!(want["fs"], r.fs.as_str());

@@ -13,6 +13,7 @@
 //! anything else, and the I/O of the process that claims a stub: allowed) until it has
 //! started the handler again. `SIGTERM`, `SIGINT` and `SIGHUP` are passed
 //! on to the handler; when it ends by itself (exit 0), so does the guard.
+//! If the guard dies, the handler is sent `SIGTERM` and stops.
 //!
 //! What stays out of reach: if the guard itself is killed while the
 //! handler is dead too, the group closes and a stub reads as zeros, as it
@@ -34,7 +35,7 @@ use crate::hsm::stub::{self, StubAttr};
 use super::sys::{self, Group, SharedJournal};
 
 /// The environment variable that hands the group and the journal down to
-/// the handler: `GROUP_FD,JOURNAL_FD`.
+/// the handler: `GROUP_FD,JOURNAL_FD,GUARD_PID`.
 pub const HANDOVER_ENV: &str = "CBFS_FAULT_IN_FDS";
 
 /// What a guard handed down to its handler.
@@ -74,12 +75,22 @@ pub fn handed_down() -> std::io::Result<Option<Handover>> {
     let bad = || {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("{HANDOVER_ENV}={value:?} does not name two descriptors"),
+            format!("{HANDOVER_ENV}={value:?} does not name two descriptors and a pid"),
         )
     };
-    let (g, j) = value.split_once(',').ok_or_else(bad)?;
+    let parts: Vec<&str> = value.split(',').collect();
+    let [g, j, guard] = parts[..] else {
+        return Err(bad());
+    };
     let g: i32 = g.parse().map_err(|_| bad())?;
     let j: i32 = j.parse().map_err(|_| bad())?;
+    let guard: i32 = guard.parse().map_err(|_| bad())?;
+    // The handler stops (finishing its recalls) when its guard dies.
+    if !sys::term_with_parent(guard) {
+        return Err(std::io::Error::other(
+            "the guard that started this handler is gone",
+        ));
+    }
     let group = Group::from_owned(sys::inherited_fd(g)?)?;
     let journal = SharedJournal::from_owned(sys::inherited_fd(j)?)?;
     Ok(Some(Handover {
@@ -161,7 +172,10 @@ fn spawn(opts: &GuardOptions, group: &Group, journal: &SharedJournal) -> std::io
     let j: OwnedFd = journal.inheritable()?;
     let child = Command::new(&opts.program)
         .args(&opts.args)
-        .env(HANDOVER_ENV, format!("{},{}", g.as_raw_fd(), j.as_raw_fd()))
+        .env(
+            HANDOVER_ENV,
+            format!("{},{},{}", g.as_raw_fd(), j.as_raw_fd(), std::process::id()),
+        )
         .spawn();
     // The child has its copies; the guard keeps the originals.
     drop(g);

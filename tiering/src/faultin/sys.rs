@@ -305,6 +305,23 @@ pub fn release_ofd_claim(fd: BorrowedFd<'_>) -> io::Result<()> {
     fcntl_lock(fd, libc::F_OFD_SETLK, &mut fl)
 }
 
+/// Asks the kernel to send this process `SIGTERM` when its parent (the
+/// guard) dies; `false` if the parent is already gone (or is not `parent`).
+pub fn term_with_parent(parent: i32) -> bool {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory is shared.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGTERM as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+    // SAFETY: getppid has no arguments and cannot fail.
+    unsafe { libc::getppid() == parent }
+}
+
 /// Ignores `SIGIO`, which the kernel sends a lease holder when another
 /// process opens its file (its default action ends the process). The
 /// holder asks [`lease`] instead.

@@ -295,12 +295,16 @@ pub struct RecallerOptions {
     pub trust: crate::restore::TrustOptions,
     /// Whose key opens the lockboxes.
     pub identity: RecallIdentity,
+    /// The longest one store call of a recall may take, retries
+    /// included: then the recall fails as unavailable (a reader gets EIO).
+    pub store_timeout: std::time::Duration,
 }
 
 /// Opens a recaller: the store, the keyset it trusts, the identity's key.
 /// From a thread that may block (not an async task).
 pub fn open_recaller(opts: &RecallerOptions, rt: tokio::runtime::Handle) -> Result<Recaller> {
-    let source = crate::source::StoreSource::new(cbfs_store::Store::open(&opts.store)?, rt.clone());
+    let source = crate::source::StoreSource::new(cbfs_store::Store::open(&opts.store)?, rt.clone())
+        .with_timeout(opts.store_timeout);
     let (seed, key_file) = match &opts.identity {
         RecallIdentity::Secret(src) | RecallIdentity::User { identity: src, .. } => {
             let file = match src {

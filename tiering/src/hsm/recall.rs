@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cbfs_core::{KeySource, Keyset, Seed, Unlock, UserSecret};
-use cbfs_format::{EntryKind, Metadata, SnapshotId, StubRecord};
+use cbfs_format::{EntryKind, Metadata, SnapshotId, StubPhase, StubRecord};
 use cbfs_restore::{
     LockboxOpener, MemberFile, RestoreOptions, Sink, Snapshot, Trust, identify, open_snapshot,
     restore_files,
@@ -274,6 +274,16 @@ impl Recaller {
             )));
         }
         let snapshot = self.snapshot_for(record)?;
+        // The fill changes the file's times: the record says a recall is
+        // at work, so that a fill cut short is still a stub, not a file
+        // written while released.
+        let recalling = StubRecord {
+            phase: StubPhase::Recalling,
+            ..record.clone()
+        };
+        stub::write(file, &recalling).map_err(|e| {
+            RecallFailure::Refused(format!("cannot mark the stub as being recalled: {e}"))
+        })?;
         let fetched_before = cbfs_restore::ObjectSource::fetched(&self.source);
         let wanted = MemberFile {
             segment: record.segment,
@@ -322,12 +332,23 @@ impl Recaller {
             },
         };
         if let Some(f) = failure {
-            // What was written is not proven: drop it again (the record
-            // still says it is a stub).
-            if sink.began
-                && let Err(e) = stub::punch(file, record.size)
-            {
-                tracing::error!("cannot drop the unproven content again: {e}");
+            // What was written is not proven: drop it again, and the stub
+            // is as it was.
+            let undo = || -> std::io::Result<()> {
+                if sink.began {
+                    stub::punch(file, record.size)?;
+                }
+                stub::set_mtime(file, record.mtime)?;
+                stub::write(
+                    file,
+                    &StubRecord {
+                        phase: StubPhase::Released,
+                        ..record.clone()
+                    },
+                )
+            };
+            if let Err(e) = undo() {
+                tracing::error!("cannot put the stub back as it was: {e}");
             }
             if let RecallFailure::Lost(why) = &f {
                 self.note_lost(file, record, why);
@@ -396,6 +417,22 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Testing only (builds with `crash-points`): `CBFS_TEST_FILL_DELAY_MS`
+/// slows each piece of a recall down, so that a test can kill a handler
+/// while a reader waits.
+#[cfg(feature = "crash-points")]
+fn test_fill_delay() {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    if let Some(d) = DELAY.get_or_init(|| {
+        std::env::var("CBFS_TEST_FILL_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    }) {
+        std::thread::sleep(*d);
+    }
+}
+
 /// Writes the restored content into the stub's own inode.
 struct StubSink<'f> {
     file: &'f File,
@@ -432,6 +469,8 @@ impl Sink for StubSink<'_> {
     }
 
     fn write_content(&mut self, data: &[u8]) -> cbfs_restore::Result<()> {
+        #[cfg(feature = "crash-points")]
+        test_fill_delay();
         self.file
             .write_all_at(data, self.written)
             .map_err(|e| self.out(e))?;

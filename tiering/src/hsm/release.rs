@@ -128,6 +128,8 @@ pub struct ReleaseReport {
     pub released: Vec<ReleasedFile>,
     /// Chosen but kept, each with its reason (retried next time).
     pub kept: Vec<Kept>,
+    /// Chosen, but flagged no-release by the user.
+    pub no_release: u64,
     /// Disk bytes freed.
     pub freed: u64,
     /// Percentage of the file system free before and after.
@@ -367,17 +369,9 @@ pub(crate) fn run(
         }
         Ok(())
     })?;
-    candidates.retain(|c| {
-        if flagged.contains_key(&c.rel) {
-            report.kept.push(Kept {
-                path: String::from_utf8_lossy(&c.rel).into_owned(),
-                reason: "flagged no-release".into(),
-            });
-            false
-        } else {
-            true
-        }
-    });
+    let before = candidates.len();
+    candidates.retain(|c| !flagged.contains_key(&c.rel));
+    report.no_release = (before - candidates.len()) as u64;
     let mut target_free = None;
     if let Some(pct) = opts.until_free {
         let free = free_percent(&opts.tree)?;
@@ -596,7 +590,8 @@ fn release_one(
 
 use std::os::unix::fs::OpenOptionsExt;
 
-/// Finishes the releases a crash cut short (their stubs say `releasing`),
+/// Finishes the releases a crash cut short (their stubs say `releasing`;
+/// a recall cut short, `recalling`, is dropped back to a stub),
 /// and gives the index the stat of stubs whose record lags behind (a
 /// release that died before its index commit).
 fn repair(agent: &Agent, tree: &Path, stubs: Vec<(Vec<u8>, FileRecord)>) -> Result<()> {
@@ -622,7 +617,7 @@ fn repair(agent: &Agent, tree: &Path, stubs: Vec<(Vec<u8>, FileRecord)>) -> Resu
             let StubAttr::Stub(record) = stub::read(file.as_fd())? else {
                 return Err(Keep("no longer a stub".into()));
             };
-            if record.phase == StubPhase::Releasing {
+            if record.phase != StubPhase::Released {
                 stub::punch(&file, record.size)?;
                 stub::set_mtime(&file, record.mtime)?;
                 let done = StubRecord {

@@ -107,11 +107,11 @@ pub(crate) fn record_matches(stub: &StubRecord, rec: &FileRecord, st: &Stat) -> 
 }
 
 /// Whether the stub's times are the archived version's: the file was not
-/// written since its release (a release cut short before it restored them
-/// counts as not written).
+/// written since its release (a release or recall cut short, which did
+/// not restore them, counts as not written).
 pub(crate) fn times_kept(stub: &StubRecord, st: &Stat) -> bool {
     (st.mtime == stub.mtime.secs && st.mtime_ns == stub.mtime.nanos)
-        || stub.phase == StubPhase::Releasing
+        || stub.phase != StubPhase::Released
 }
 
 /// Works out a file's state.
@@ -154,8 +154,15 @@ pub(crate) fn classify(
         ),
         (StubAttr::Stub(s), Some(r)) if record_matches(s, r, &st) => {
             if times_kept(s, &st) {
-                let note = (s.phase == StubPhase::Releasing)
-                    .then(|| "its release was cut short; the next release finishes it".to_owned());
+                let note = match s.phase {
+                    StubPhase::Releasing => {
+                        Some("its release was cut short; the next release finishes it".to_owned())
+                    }
+                    StubPhase::Recalling => Some(
+                        "a recall of it was cut short; the next access or recall fills it".to_owned(),
+                    ),
+                    _ => None,
+                };
                 (FileState::Released, note, Some(s.sequence))
             } else {
                 (

@@ -11,7 +11,9 @@ use super::{OutReport, Shared, Work};
 
 /// Takes out of `changed` (entries whose stat differs from the index's):
 /// stubs of the archived version (the release changed only their change
-/// time: the index takes their new stat, and they count as unchanged);
+/// time: the index takes their new stat, and they count as unchanged),
+/// and the other names of a recalled inode (as unchanged as the name the
+/// recall went through);
 /// other stubs (changed, copied, renamed: skipped with the reason, never
 /// read); and files flagged no-archive. Reading a stub's record does not
 /// open the file, so it raises no fault-in event.
@@ -40,7 +42,23 @@ pub(crate) fn screen(
             continue;
         }
         match stub::read_at(&w.entry.abs) {
-            Ok(StubAttr::None) => keep.push(w),
+            Ok(StubAttr::None) => {
+                // Another name of an inode a recall filled: the name the
+                // recall went through has the inode's new stat already.
+                if let Some(target) = &w.hardlink_to
+                    && let Some(mut rec) = index.file(&w.entry.rel)?
+                    && rec.hardlink_to.as_ref() == Some(target)
+                    && index
+                        .file(target)?
+                        .is_some_and(|t| t.stat.same_version(&w.entry.stat))
+                {
+                    rec.stat = w.entry.stat;
+                    batch.put_file(&w.entry.rel, &rec);
+                    report.unchanged += 1;
+                    continue;
+                }
+                keep.push(w)
+            }
             Ok(StubAttr::Stub(s)) => {
                 let st = &w.entry.stat;
                 match index.file(&w.entry.rel)? {

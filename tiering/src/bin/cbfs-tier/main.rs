@@ -142,9 +142,17 @@ struct RecallArgs {
     /// With --user: seconds one node gets to answer one batch.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     node_timeout: u64,
+    /// Seconds one read of the store may take, retries included, before
+    /// the recall fails as unavailable (a waiting reader gets EIO).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    store_timeout: u64,
 }
 
 impl RecallArgs {
+    fn store_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.store_timeout.max(1))
+    }
+
     fn identity(self) -> RecallIdentity {
         match self.user {
             Some(user) => RecallIdentity::User {
@@ -913,6 +921,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 store: store.store.clone(),
                 index: index.clone(),
                 trust: trust.options(Some(index.clone())),
+                store_timeout: who.store_timeout(),
                 identity: who.identity(),
             };
             let rt = tokio::runtime::Handle::current();
@@ -1007,6 +1016,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 store: store.store.clone(),
                 index: index.clone(),
                 trust: trust.options(Some(index)),
+                store_timeout: who.store_timeout(),
                 identity: who.identity(),
             };
             let rt = tokio::runtime::Handle::current();
