@@ -15,9 +15,10 @@ use super::keys::Keys;
 
 /// The tree (a loop mount), its store and index, the keys.
 pub struct Tiered {
+    /// First: unmounted before the work folder goes.
+    pub fs: LoopFs,
     pub work: Workdir,
     pub keys: Keys,
-    pub fs: LoopFs,
     pub store: String,
     pub index: PathBuf,
     /// Extra environment for every command (an S3 store's).

@@ -511,9 +511,10 @@ impl Sink for StubSink<'_> {
 pub enum PathRecall {
     /// Filled back by this call.
     Recalled(Recalled),
-    /// It was not released (or a fault-in handler filled it when this
-    /// call opened it).
+    /// It was not released.
     Resident,
+    /// A fault-in handler watching it filled it when this call opened it.
+    FilledOnOpen,
     /// The recall failed; the stub is as it was.
     Failed(RecallFailure),
 }
@@ -564,7 +565,7 @@ pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathR
     let record = match stub::read(file.as_fd())
         .map_err(|e| Error::io("cannot read the stub record of", &abs, e))?
     {
-        StubAttr::None => return Ok(PathRecall::Resident),
+        StubAttr::None => return Ok(PathRecall::FilledOnOpen),
         StubAttr::Damaged(why) => {
             return Ok(PathRecall::Failed(RecallFailure::Refused(format!(
                 "its stub record is damaged: {why}"

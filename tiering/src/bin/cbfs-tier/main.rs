@@ -967,6 +967,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                             d.bytes, d.snapshot, d.seconds
                         ),
                         hsm::PathRecall::Resident => eprintln!("{name}: resident (not released)"),
+                        hsm::PathRecall::FilledOnOpen => {
+                            eprintln!("recalled {name}: by the fault-in handler watching it")
+                        }
                         hsm::PathRecall::Failed(f) => {
                             eprintln!("cbfs-tier: cannot recall {name}: {f}; the stub is as it was")
                         }
