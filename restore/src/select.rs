@@ -100,7 +100,7 @@ pub fn restore_files(
             )),
         }
     }
-    entries.sort_by(|a, b| (a.segment, a.member).cmp(&(b.segment, b.member)));
+    entries.sort_by_key(|e| (e.segment, e.member));
     for chunk in entries.chunk_by(|a, b| a.segment == b.segment) {
         engine.plan_store_segment(chunk[0].segment, chunk);
     }

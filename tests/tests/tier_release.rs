@@ -8,7 +8,8 @@
 //!   store; a written released file is dirty and the next run archives it.
 //! - A recall fills the same inode, verified, with its times; a member
 //!   damaged in the store gives exit 4, marks the file lost and leaves the
-//!   stub as it was.
+//!   stub as it was. A recall of a whole tree fills every good file in
+//!   one pass (both names of a hard link) when one stored copy is bad.
 //! - `--until-free` releases the least recently used files first; a dry
 //!   run changes nothing.
 //! - Release killed at each of its steps leaves whole files or valid stubs
@@ -282,6 +283,26 @@ fn release_by_policy_frees_blocks_and_keeps_each_files_identity_on_xfs() {
     release_by_policy(FsKind::Xfs);
 }
 
+/// Flips one bit in the middle of the store's newest segment; returns it.
+fn flip_a_bit_of_the_newest_segment(t: &Tiered) -> std::path::PathBuf {
+    let newest = std::fs::read_dir(Path::new(&t.store).join("segments"))
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
+        .unwrap()
+        .path();
+    flip_middle_bit(&newest);
+    newest
+}
+
+/// Flips the bit in the middle of `segment` (a second flip puts it back).
+fn flip_middle_bit(segment: &Path) {
+    let mut bytes = std::fs::read(segment).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(segment, &bytes).unwrap();
+}
+
 #[test]
 fn a_recall_fills_the_same_inode_and_a_damaged_copy_is_marked_lost() {
     let t = Tiered::new(FsKind::Ext4, 64);
@@ -323,17 +344,7 @@ fn a_recall_fills_the_same_inode_and_a_damaged_copy_is_marked_lost() {
     assert_eq!(rep["files"][0]["result"]["outcome"], "resident", "{rep}");
 
     // One bit of bad.bin's member flipped in the store: the newest segment.
-    let seg_dir = Path::new(&t.store).join("segments");
-    let newest = std::fs::read_dir(&seg_dir)
-        .unwrap()
-        .flatten()
-        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
-        .unwrap()
-        .path();
-    let mut bytes = std::fs::read(&newest).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x10;
-    std::fs::write(&newest, &bytes).unwrap();
+    let newest = flip_a_bit_of_the_newest_segment(&t);
     let before = allocated(&t.path("bad.bin"));
     let out = t.recall(&["bad.bin"], &[]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
@@ -363,12 +374,87 @@ fn a_recall_fills_the_same_inode_and_a_damaged_copy_is_marked_lost() {
         "{s}"
     );
     // Put right in the store, the file recalls and is no longer lost.
-    bytes[mid] ^= 0x10;
-    std::fs::write(&newest, &bytes).unwrap();
+    flip_middle_bit(&newest);
     let out = t.recall(&["bad.bin"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(sha(&t.path("bad.bin")), bad);
     assert_eq!(t.state("bad.bin"), "archived");
+}
+
+/// The result of each path of a recall report, by its name beneath the
+/// tree: (outcome, failure kind).
+fn outcomes(rep: &Value, t: &Tiered) -> BTreeMap<String, (String, String)> {
+    rep["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let rel = Path::new(f["path"].as_str().unwrap())
+                .strip_prefix(t.tree())
+                .unwrap()
+                .display()
+                .to_string();
+            let r = &f["result"];
+            let kind = r["kind"].as_str().unwrap_or("").to_owned();
+            (rel, (r["outcome"].as_str().unwrap().to_owned(), kind))
+        })
+        .collect()
+}
+
+#[test]
+fn a_recall_of_many_files_fills_the_good_ones_when_one_stored_copy_is_bad() {
+    let t = Tiered::new(FsKind::Ext4, 64);
+    std::fs::create_dir_all(t.path("d")).unwrap();
+    let mut want = BTreeMap::new();
+    for (p, n) in [("a.bin", 1 << 20), ("d/b.bin", 700_001), ("d/c.txt", 300)] {
+        std::fs::write(t.path(p), random_bytes(n)).unwrap();
+        want.insert(p, sha(&t.path(p)));
+    }
+    std::fs::hard_link(t.path("a.bin"), t.path("d/a-too.bin")).unwrap();
+    t.tier_out();
+    // A second run: this file lands in a segment of its own.
+    std::fs::write(t.path("d/bad.bin"), random_bytes(2 << 20)).unwrap();
+    let r = t.tier_out();
+    assert_eq!(r["new_segments"], 1, "{r}");
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for p in ["a.bin", "d/a-too.bin", "d/b.bin", "d/c.txt", "d/bad.bin"] {
+        assert!(is_stub(&t.path(p)), "{p}");
+    }
+    let ids: BTreeMap<_, _> = want.keys().map(|p| (*p, identity(&t.path(p)))).collect();
+
+    // One bit of the second segment flipped in the store.
+    let newest = flip_a_bit_of_the_newest_segment(&t);
+
+    // One command recalls the whole tree in one pass: each good file is
+    // back, both names of the hard link say so, and only the file whose
+    // stored copy is bad fails (exit 4), marked lost, its stub intact.
+    let out = t.recall(&["."], &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let rep = json(&out, "recall");
+    let got = outcomes(&rep, &t);
+    let recalled = ("recalled".to_owned(), String::new());
+    for p in ["a.bin", "d/a-too.bin", "d/b.bin", "d/c.txt"] {
+        assert_eq!(got.get(p), Some(&recalled), "{p}: {rep}");
+    }
+    assert_eq!(
+        got.get("d/bad.bin"),
+        Some(&("failed".to_owned(), "lost".to_owned())),
+        "{rep}"
+    );
+    for (p, sum) in &want {
+        assert_eq!(&sha(&t.path(p)), sum, "{p}");
+        assert_eq!(identity(&t.path(p)), ids[p], "{p}: same inode and times");
+        assert!(!is_stub(&t.path(p)), "{p}");
+        assert_eq!(t.state(p), "archived", "{p}");
+    }
+    assert_eq!(sha(&t.path("d/a-too.bin")), want["a.bin"]);
+    assert!(is_stub(&t.path("d/bad.bin")), "the stub stays");
+    assert_eq!(t.state("d/bad.bin"), "lost");
+    // Nothing recalled is archived again.
+    flip_middle_bit(&newest);
+    let r = t.tier_out();
+    assert_eq!(r["files"], 0, "{r}");
 }
 
 #[test]

@@ -200,6 +200,20 @@ fn read_loop(shared: &Arc<Shared>, jobs: &mpsc::Sender<Job>) -> std::io::Result<
 }
 
 /// Answers an event and frees its slot.
+/// Answers every event waiting on the file `key` (allow, or deny with
+/// `EIO`).
+fn answer_all(shared: &Shared, key: &(u64, u64), deny: bool) {
+    let held = shared
+        .waiting
+        .lock()
+        .expect("waiting")
+        .remove(key)
+        .unwrap_or_default();
+    for h in held {
+        answer(shared, h, deny);
+    }
+}
+
 fn answer(shared: &Shared, h: Held, deny: bool) {
     let raw = h.fd.as_raw_fd();
     if let Err(e) = shared.group.respond(raw, deny.then_some(libc::EIO)) {
@@ -308,8 +322,12 @@ fn recall(shared: &Shared, job: Job) {
         Some(f) => match stub::wait_claim(f) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::error!("cannot claim a stub to fill it: {e}");
-                None
+                tracing::error!(
+                    path = %String::from_utf8_lossy(&job.record.path),
+                    "cannot claim a stub to fill it ({e}): its readers get EIO"
+                );
+                answer_all(shared, &job.key, true);
+                return;
             }
         },
         None => None,
@@ -319,15 +337,7 @@ fn recall(shared: &Shared, job: Job) {
         && matches!(stub::read(std::os::fd::AsFd::as_fd(f)), Ok(StubAttr::None))
     {
         drop(claim);
-        let held = shared
-            .waiting
-            .lock()
-            .expect("waiting")
-            .remove(&job.key)
-            .unwrap_or_default();
-        for h in held {
-            answer(shared, h, false);
-        }
+        answer_all(shared, &job.key, false);
         return;
     }
     let outcome = match (
@@ -374,13 +384,5 @@ fn recall(shared: &Shared, job: Job) {
         };
     }
     drop(claim);
-    let held = shared
-        .waiting
-        .lock()
-        .expect("waiting")
-        .remove(&job.key)
-        .unwrap_or_default();
-    for h in held {
-        answer(shared, h, outcome.is_err());
-    }
+    answer_all(shared, &job.key, outcome.is_err());
 }

@@ -288,14 +288,26 @@ pub fn release_claim(fd: BorrowedFd<'_>) -> io::Result<()> {
     )
 }
 
-/// Waits until no process claims the file, then holds the claim byte
-/// with an open-file-description lock (a handler's: closing other
-/// descriptors of the file does not drop it). Dropped by
-/// [`release_ofd_claim`] or when `fd` closes.
-pub fn wait_ofd_claim(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut fl = claim_lock(libc::F_WRLCK as libc::c_short);
-    fl.l_pid = 0;
-    fcntl_lock(fd, libc::F_OFD_SETLKW, &mut fl)
+/// Waits up to `patience` until no process claims the file, then holds
+/// the claim byte with an open-file-description lock (a handler's: closing
+/// other descriptors of the file does not drop it). `Ok(false)`: still
+/// claimed. Dropped by [`release_ofd_claim`] or when `fd` closes.
+pub fn wait_ofd_claim(fd: BorrowedFd<'_>, patience: std::time::Duration) -> io::Result<bool> {
+    let until = std::time::Instant::now() + patience;
+    loop {
+        let mut fl = claim_lock(libc::F_WRLCK as libc::c_short);
+        fl.l_pid = 0;
+        match fcntl_lock(fd, libc::F_OFD_SETLK, &mut fl) {
+            Ok(()) => return Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
+                if std::time::Instant::now() >= until {
+                    return Ok(false);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Drops a handler's claim.

@@ -33,7 +33,9 @@ use crate::index::{Batch, FileRecord, HsmRecord, Index};
 use crate::scan::{Walked, walk_parallel};
 
 pub use journal::{Entry as JournalEntry, JOURNAL, Journal};
-pub use recall::{PathRecall, RecallFailure, RecallIdentity, Recalled, Recaller, recall_path};
+pub use recall::{
+    BATCH, PathRecall, RecallFailure, RecallIdentity, Recalled, Recaller, recall_path, recall_paths,
+};
 pub use release::{Kept, ReleaseOptions, ReleaseReport, ReleaseStep, ReleasedFile, free_percent};
 pub use state::{FileState, FileStatus, StatusReport, Totals};
 pub use stub::{StubAttr, claim_holder};

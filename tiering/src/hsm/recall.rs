@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -266,95 +266,207 @@ impl Recaller {
         file: &File,
         record: &StubRecord,
     ) -> std::result::Result<Recalled, RecallFailure> {
+        self.recall_files(&[(file, record)])
+            .pop()
+            .expect("one result per file")
+    }
+
+    /// [`recall_file`](Self::recall_file) for many stubs at once: one pass
+    /// of the restore engine per snapshot (each segment's summary and
+    /// lockboxes read once for all its files). One result per stub, in
+    /// order.
+    pub fn recall_files(
+        &self,
+        stubs: &[(&File, &StubRecord)],
+    ) -> Vec<std::result::Result<Recalled, RecallFailure>> {
         let started = Instant::now();
-        if record.fs != self.fs {
-            return Err(RecallFailure::Refused(format!(
-                "the stub belongs to file system `{}`, this agent serves `{}`",
-                record.fs, self.fs
-            )));
-        }
-        let snapshot = self.snapshot_for(record)?;
-        // The fill changes the file's times: the record says a recall is
-        // at work, so that a fill cut short is still a stub, not a file
-        // written while released.
-        let recalling = StubRecord {
-            phase: StubPhase::Recalling,
-            ..record.clone()
-        };
-        stub::write(file, &recalling).map_err(|e| {
-            RecallFailure::Refused(format!("cannot mark the stub as being recalled: {e}"))
-        })?;
-        let fetched_before = cbfs_restore::ObjectSource::fetched(&self.source);
-        let wanted = MemberFile {
-            segment: record.segment,
-            member: record.member,
-            slot: record.slot,
-            sha256: record.sha256,
-        };
-        let mut sink = StubSink {
-            file,
-            size: record.size,
-            written: 0,
-            began: false,
-            committed: false,
-        };
-        let result = restore_files(
-            &self.source,
-            &snapshot,
-            self.opener.as_ref(),
-            &[wanted],
-            &RestoreOptions::default(),
-            &mut sink,
-        );
-        let failure = match result {
-            Err(e) => Some(classify(&e)),
-            Ok(report) => match report.failures.first() {
-                Some(f) => Some(if f.code == "unavailable" {
-                    RecallFailure::Unavailable(f.error.clone())
-                } else if proves_bad(&f.code) {
-                    RecallFailure::Lost(format!("{}: {}", f.object, f.error))
-                } else {
-                    RecallFailure::Refused(format!("{}: {}", f.object, f.error))
-                }),
-                None if !sink.committed => Some(match report.skipped_scopes.keys().next() {
-                    Some(scope) => RecallFailure::Refused(format!(
-                        "{} has no key for scope `{scope}`",
-                        self.opener.describe()
-                    )),
-                    None => RecallFailure::Lost(format!(
-                        "snapshot {} yields no file for member {} slot {}",
-                        snapshot.sequence(),
-                        record.member,
-                        record.slot
-                    )),
-                }),
-                None => None,
-            },
-        };
-        if let Some(f) = failure {
-            // What was written is not proven: drop it again, and the stub
-            // is as it was.
-            let undo = || -> std::io::Result<()> {
-                if sink.began {
-                    stub::punch(file, record.size)?;
+        let mut results: Vec<Option<std::result::Result<Recalled, RecallFailure>>> =
+            stubs.iter().map(|_| None).collect();
+        // By snapshot, in order of first appearance.
+        let mut groups: Vec<(Arc<Snapshot>, Vec<usize>)> = Vec::new();
+        // Names of one inode (hard links) share its stub: it is filled
+        // once, and each name gets that fill's result.
+        let mut same_as: Vec<Option<usize>> = vec![None; stubs.len()];
+        let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
+        for (i, (file, record)) in stubs.iter().enumerate() {
+            if let Ok(m) = file.metadata() {
+                match inodes.entry((m.dev(), m.ino())) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        same_as[i] = Some(*e.get());
+                        continue;
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(i);
+                    }
                 }
-                stub::set_mtime(file, record.mtime)?;
-                stub::write(
-                    file,
-                    &StubRecord {
-                        phase: StubPhase::Released,
-                        ..record.clone()
-                    },
-                )
+            }
+            if record.fs != self.fs {
+                results[i] = Some(Err(RecallFailure::Refused(format!(
+                    "the stub belongs to file system `{}`, this agent serves `{}`",
+                    record.fs, self.fs
+                ))));
+                continue;
+            }
+            let snapshot = match self.snapshot_for(record) {
+                Ok(s) => s,
+                Err(f) => {
+                    results[i] = Some(Err(f));
+                    continue;
+                }
             };
-            if let Err(e) = undo() {
-                tracing::error!("cannot put the stub back as it was: {e}");
+            // The fill changes the file's times: the record says a recall
+            // is at work, so that a fill cut short is still a stub, not a
+            // file written while released.
+            let recalling = StubRecord {
+                phase: StubPhase::Recalling,
+                ..(*record).clone()
+            };
+            if let Err(e) = stub::write(file, &recalling) {
+                results[i] = Some(Err(RecallFailure::Refused(format!(
+                    "cannot mark the stub as being recalled: {e}"
+                ))));
+                continue;
             }
-            if let RecallFailure::Lost(why) = &f {
-                self.note_lost(file, record, why);
+            match groups.iter_mut().find(|(s, _)| s.id() == snapshot.id()) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((snapshot, vec![i])),
             }
-            return Err(f);
         }
+        for (snapshot, at) in groups {
+            let fetched_before = cbfs_restore::ObjectSource::fetched(&self.source);
+            let wanted: Vec<MemberFile> = at
+                .iter()
+                .map(|&i| {
+                    let r = stubs[i].1;
+                    MemberFile {
+                        segment: r.segment,
+                        member: r.member,
+                        slot: r.slot,
+                        sha256: r.sha256,
+                    }
+                })
+                .collect();
+            let mut sink = StubSink::new(at.iter().map(|&i| (stubs[i].0, stubs[i].1)).collect());
+            let result = restore_files(
+                &self.source,
+                &snapshot,
+                self.opener.as_ref(),
+                &wanted,
+                &RestoreOptions::default(),
+                &mut sink,
+            );
+            let fetched = cbfs_restore::ObjectSource::fetched(&self.source) - fetched_before;
+            for (k, &i) in at.iter().enumerate() {
+                let (file, record) = stubs[i];
+                let failure = match &result {
+                    Err(e) => Some(classify(e)),
+                    Ok(_) if sink.committed[k] => None,
+                    Ok(report) => Some(self.why_not(report, record, &snapshot)),
+                };
+                results[i] = Some(match failure {
+                    Some(f) => Err(self.undo(file, record, sink.began[k], f)),
+                    None => self.finish(file, record).map(|()| Recalled {
+                        bytes: record.size,
+                        snapshot: snapshot.sequence(),
+                        seconds: started.elapsed().as_secs_f64(),
+                        fetched: fetched / at.len() as u64,
+                    }),
+                });
+            }
+        }
+        for (i, first) in same_as.iter().enumerate() {
+            if let Some(first) = first {
+                results[i] = results[*first].clone();
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("a result per stub"))
+            .collect()
+    }
+
+    /// Why a restore pass did not commit a stub's file: the failure about
+    /// its member (or its segment), or what else the report says.
+    fn why_not(
+        &self,
+        report: &cbfs_restore::Report,
+        record: &StubRecord,
+        snapshot: &Snapshot,
+    ) -> RecallFailure {
+        let member = record.member.to_string();
+        let segment = record.segment.to_string();
+        let f = report
+            .failures
+            .iter()
+            .find(|f| f.member.as_deref() == Some(member.as_str()))
+            .or_else(|| {
+                report
+                    .failures
+                    .iter()
+                    .find(|f| f.member.is_none() && f.object.contains(&segment))
+            });
+        if let Some(f) = f {
+            return if f.code == "unavailable" {
+                RecallFailure::Unavailable(f.error.clone())
+            } else if proves_bad(&f.code) {
+                RecallFailure::Lost(format!("{}: {}", f.object, f.error))
+            } else {
+                RecallFailure::Refused(format!("{}: {}", f.object, f.error))
+            };
+        }
+        match report.skipped_scopes.keys().next() {
+            Some(scope) => RecallFailure::Refused(format!(
+                "{} has no key for scope `{scope}`",
+                self.opener.describe()
+            )),
+            None => match report.failures.first() {
+                // A failure not about this member stopped the pass.
+                Some(f) if f.code == "unavailable" => RecallFailure::Unavailable(f.error.clone()),
+                Some(f) => RecallFailure::Refused(format!("{}: {}", f.object, f.error)),
+                None => RecallFailure::Lost(format!(
+                    "snapshot {} yields no file for member {} slot {}",
+                    snapshot.sequence(),
+                    record.member,
+                    record.slot
+                )),
+            },
+        }
+    }
+
+    /// Puts a stub back as it was after a failed recall: what was written
+    /// (not proven) dropped again, its time and its record as released.
+    fn undo(
+        &self,
+        file: &File,
+        record: &StubRecord,
+        began: bool,
+        f: RecallFailure,
+    ) -> RecallFailure {
+        let undo = || -> std::io::Result<()> {
+            if began {
+                stub::punch(file, record.size)?;
+            }
+            stub::set_mtime(file, record.mtime)?;
+            stub::write(
+                file,
+                &StubRecord {
+                    phase: StubPhase::Released,
+                    ..record.clone()
+                },
+            )
+        };
+        if let Err(e) = undo() {
+            tracing::error!("cannot put the stub back as it was: {e}");
+        }
+        if let RecallFailure::Lost(why) = &f {
+            self.note_lost(file, record, why);
+        }
+        f
+    }
+
+    /// Makes a verified fill durable: content, time, then the stub record
+    /// goes; the journal learns the file's new stat.
+    fn finish(&self, file: &File, record: &StubRecord) -> std::result::Result<(), RecallFailure> {
         let finish = || -> std::io::Result<Stat> {
             rustix::fs::fsync(file)?;
             stub::set_mtime(file, record.mtime)?;
@@ -379,12 +491,7 @@ impl Recaller {
         {
             tracing::warn!("{e}: the next tier-out may archive this file again");
         }
-        Ok(Recalled {
-            bytes: record.size,
-            snapshot: snapshot.sequence(),
-            seconds: started.elapsed().as_secs_f64(),
-            fetched: cbfs_restore::ObjectSource::fetched(&self.source) - fetched_before,
-        })
+        Ok(())
     }
 
     fn note_lost(&self, file: &File, record: &StubRecord, why: &str) {
@@ -433,37 +540,64 @@ fn test_fill_delay() {
     }
 }
 
-/// Writes the restored content into the stub's own inode.
+/// Writes the restored content of each file into its stub's own inode,
+/// found by the path the stub was archived under.
 struct StubSink<'f> {
-    file: &'f File,
-    size: u64,
+    stubs: Vec<(&'f File, &'f StubRecord)>,
+    by_path: HashMap<Vec<u8>, usize>,
+    current: Option<usize>,
     written: u64,
-    began: bool,
-    committed: bool,
+    began: Vec<bool>,
+    committed: Vec<bool>,
 }
 
-impl StubSink<'_> {
-    fn out(&self, e: std::io::Error) -> cbfs_restore::Error {
+impl<'f> StubSink<'f> {
+    fn new(stubs: Vec<(&'f File, &'f StubRecord)>) -> Self {
+        let by_path = stubs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r))| (r.path.clone(), i))
+            .collect();
+        let n = stubs.len();
+        StubSink {
+            stubs,
+            by_path,
+            current: None,
+            written: 0,
+            began: vec![false; n],
+            committed: vec![false; n],
+        }
+    }
+
+    fn out(e: std::io::Error) -> cbfs_restore::Error {
         cbfs_restore::Error::Output {
-            target: "the released file".into(),
+            target: "a released file".into(),
             source: e,
-            fatal: true,
+            fatal: false,
         }
     }
 }
 
 impl Sink for StubSink<'_> {
     fn begin_file(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
-        if meta.kind != EntryKind::File || meta.size != self.size {
+        let Some(&i) = self.by_path.get(&meta.path) else {
+            return Err(cbfs_restore::Error::Unsupported {
+                path: String::from_utf8_lossy(&meta.path).into_owned(),
+                reason: "the member holds a file no stub asked for".into(),
+            });
+        };
+        let size = self.stubs[i].1.size;
+        if meta.kind != EntryKind::File || meta.size != size {
             return Err(cbfs_restore::Error::Unsupported {
                 path: String::from_utf8_lossy(&meta.path).into_owned(),
                 reason: format!(
-                    "the member holds a {:?} of {} bytes, the stub is a file of {} bytes",
-                    meta.kind, meta.size, self.size
+                    "the member holds a {:?} of {} bytes, the stub is a file of {size} bytes",
+                    meta.kind, meta.size
                 ),
             });
         }
-        self.began = true;
+        self.current = Some(i);
+        self.began[i] = true;
         self.written = 0;
         Ok(())
     }
@@ -471,26 +605,32 @@ impl Sink for StubSink<'_> {
     fn write_content(&mut self, data: &[u8]) -> cbfs_restore::Result<()> {
         #[cfg(feature = "crash-points")]
         test_fill_delay();
-        self.file
+        let i = self.current.expect("a file was begun");
+        self.stubs[i]
+            .0
             .write_all_at(data, self.written)
-            .map_err(|e| self.out(e))?;
+            .map_err(Self::out)?;
         self.written += data.len() as u64;
         Ok(())
     }
 
     fn commit_file(&mut self) -> cbfs_restore::Result<()> {
-        if self.written != self.size {
-            return Err(self.out(std::io::Error::other(format!(
-                "{} bytes restored, the stub is {} bytes",
-                self.written, self.size
+        let i = self.current.take().expect("a file was begun");
+        let size = self.stubs[i].1.size;
+        if self.written != size {
+            return Err(Self::out(std::io::Error::other(format!(
+                "{} bytes restored, the stub is {size} bytes",
+                self.written
             ))));
         }
-        self.committed = true;
+        self.committed[i] = true;
         Ok(())
     }
 
     fn abort_file(&mut self) {
-        self.committed = false;
+        if let Some(i) = self.current.take() {
+            self.committed[i] = false;
+        }
     }
 
     fn add_entry(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
@@ -525,58 +665,116 @@ pub enum PathRecall {
 /// (see `stub.rs`): a handler lets this process's writes through and makes
 /// every other process wait until it is done.
 pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathRecall> {
-    let abs = root.join(std::ffi::OsStr::from_bytes(rel));
-    let (opath, _st) = open_path(root, rel).map_err(|e| Error::io("cannot open", &abs, e))?;
-    let proc = PathBuf::from(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&opath)
-    ));
-    match stub::read_handle(opath.as_fd())
-        .map_err(|e| Error::io("cannot read the stub record of", &abs, e))?
-    {
-        StubAttr::None => return Ok(PathRecall::Resident),
-        StubAttr::Damaged(why) => {
-            return Ok(PathRecall::Failed(RecallFailure::Refused(format!(
-                "its stub record is damaged: {why}"
-            ))));
-        }
-        StubAttr::Stub(_) => {}
+    Ok(recall_paths(recaller, root, &[rel.to_vec()])?
+        .pop()
+        .expect("one result per path"))
+}
+
+/// [`recall_path`] for many paths: the stubs among them are filled in
+/// passes of up to [`BATCH`] files (one restore pass per snapshot each).
+/// One result per path, in order.
+pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
+    let mut out = Vec::with_capacity(rels.len());
+    for chunk in rels.chunks(BATCH) {
+        out.extend(recall_batch(recaller, root, chunk)?);
     }
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&proc)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-            return Ok(PathRecall::Failed(RecallFailure::Unavailable(
-                "the fault-in handler watching this file could not recall it (its log says why)"
-                    .into(),
+    Ok(out)
+}
+
+/// Files recalled in one pass: each is held open (and claimed) until the
+/// pass ends.
+pub const BATCH: usize = 256;
+
+/// A stub opened for a recall, and the path-only handle it was opened
+/// through (kept open: a record lock goes when any descriptor of the file
+/// closes).
+struct Opened {
+    at: usize,
+    _handle: std::os::fd::OwnedFd,
+    file: File,
+}
+
+fn recall_batch(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
+    let mut out: Vec<Option<PathRecall>> = rels.iter().map(|_| None).collect();
+    let mut opened = Vec::new();
+    for (at, rel) in rels.iter().enumerate() {
+        let abs = root.join(std::ffi::OsStr::from_bytes(rel));
+        let (handle, _st) = open_path(root, rel).map_err(|e| Error::io("cannot open", &abs, e))?;
+        match stub::read_handle(handle.as_fd())
+            .map_err(|e| Error::io("cannot read the stub record of", &abs, e))?
+        {
+            StubAttr::None => {
+                out[at] = Some(PathRecall::Resident);
+                continue;
+            }
+            StubAttr::Damaged(why) => {
+                out[at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
+                    "its stub record is damaged: {why}"
+                ))));
+                continue;
+            }
+            StubAttr::Stub(_) => {}
+        }
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&proc)
+        {
+            Ok(file) => opened.push(Opened {
+                at,
+                _handle: handle,
+                file,
+            }),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                out[at] = Some(PathRecall::Failed(RecallFailure::Unavailable(
+                    "the fault-in handler watching this file could not recall it (its log says why)"
+                        .into(),
+                )));
+            }
+            Err(e) => return Err(Error::io("cannot open", &abs, e)),
+        }
+    }
+    let claims: Vec<Option<stub::Claim<'_>>> = opened
+        .iter()
+        .map(|o| stub::claim(&o.file))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io("cannot claim", root, e))?;
+    let mut todo: Vec<(usize, StubRecord)> = Vec::new();
+    for (k, o) in opened.iter().enumerate() {
+        if claims[k].is_none() {
+            out[o.at] = Some(PathRecall::Failed(RecallFailure::Unavailable(
+                "another process is releasing or recalling it; try again".into(),
             )));
+            continue;
         }
-        Err(e) => return Err(Error::io("cannot open", &abs, e)),
-    };
-    let Some(_claim) = stub::claim(&file).map_err(|e| Error::io("cannot claim", &abs, e))? else {
-        return Ok(PathRecall::Failed(RecallFailure::Unavailable(
-            "another process is releasing or recalling it; try again".into(),
-        )));
-    };
-    let record = match stub::read(file.as_fd())
-        .map_err(|e| Error::io("cannot read the stub record of", &abs, e))?
-    {
-        StubAttr::None => return Ok(PathRecall::FilledOnOpen),
-        StubAttr::Damaged(why) => {
-            return Ok(PathRecall::Failed(RecallFailure::Refused(format!(
-                "its stub record is damaged: {why}"
-            ))));
+        match stub::read(o.file.as_fd())
+            .map_err(|e| Error::io("cannot read the stub record of", root, e))?
+        {
+            StubAttr::None => out[o.at] = Some(PathRecall::FilledOnOpen),
+            StubAttr::Damaged(why) => {
+                out[o.at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
+                    "its stub record is damaged: {why}"
+                ))))
+            }
+            StubAttr::Stub(r) => todo.push((k, r)),
         }
-        StubAttr::Stub(r) => r,
-    };
-    Ok(match recaller.recall_file(&file, &record) {
-        Ok(done) => PathRecall::Recalled(done),
-        Err(f) => PathRecall::Failed(f),
-    })
+    }
+    let pairs: Vec<(&File, &StubRecord)> =
+        todo.iter().map(|(k, r)| (&opened[*k].file, r)).collect();
+    let results = recaller.recall_files(&pairs);
+    for ((k, _), r) in todo.iter().zip(results) {
+        out[opened[*k].at] = Some(match r {
+            Ok(done) => PathRecall::Recalled(done),
+            Err(f) => PathRecall::Failed(f),
+        });
+    }
+    drop(claims);
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("a result per path"))
+        .collect())
 }
 
 /// Opens `rel` beneath `root` as a path only (no open of the file itself:

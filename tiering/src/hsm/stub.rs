@@ -251,9 +251,25 @@ impl Drop for HandlerClaim<'_> {
     }
 }
 
-/// Waits until no process claims the file, then claims it for a handler.
+/// How long a handler waits for another process's claim on a stub (a
+/// release or recall takes well under a second per file): a claim held
+/// longer is a process that blocks others, and the waiting readers get
+/// `EIO`.
+pub const CLAIM_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until no process claims the file, then claims it for a handler;
+/// fails (`WouldBlock`) if another process still claims it after
+/// [`CLAIM_PATIENCE`].
 pub fn wait_claim(file: &File) -> io::Result<HandlerClaim<'_>> {
-    sys::wait_ofd_claim(file.as_fd())?;
+    if !sys::wait_ofd_claim(file.as_fd(), CLAIM_PATIENCE)? {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "another process has claimed it for more than {} s",
+                CLAIM_PATIENCE.as_secs()
+            ),
+        ));
+    }
     Ok(HandlerClaim { fd: file.as_fd() })
 }
 

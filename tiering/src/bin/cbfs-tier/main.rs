@@ -928,17 +928,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let results = tokio::task::spawn_blocking(
                 move || -> anyhow::Result<Vec<(String, hsm::PathRecall)>> {
                     let recaller = hsm::open_recaller(&opts, rt)?;
-                    let mut results = Vec::new();
+                    let mut files = Vec::new();
                     for rel in hsm::relative_paths_of(&tree, &paths)? {
-                        for file in hsm::stubs_below(&tree, &rel) {
-                            let name = tree
-                                .join(std::ffi::OsStr::from_bytes(&file))
-                                .display()
-                                .to_string();
-                            let outcome = hsm::recall_path(&recaller, &tree, &file)?;
-                            results.push((name, outcome));
-                        }
+                        files.extend(hsm::stubs_below(&tree, &rel));
                     }
+                    let outcomes = hsm::recall_paths(&recaller, &tree, &files)?;
+                    let results: Vec<(String, hsm::PathRecall)> = files
+                        .iter()
+                        .map(|f| {
+                            tree.join(std::ffi::OsStr::from_bytes(f))
+                                .display()
+                                .to_string()
+                        })
+                        .zip(outcomes)
+                        .collect();
                     hsm::absorb_if_free(&opts.index)?;
                     Ok(results)
                 },
