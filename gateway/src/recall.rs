@@ -278,7 +278,7 @@ impl Recalls {
         // opened it; if it failed, it knows why.
         match (&outcome, self.handler.get()) {
             (PathRecall::Failed(RecallFailure::Unavailable(_)), Some(h)) => {
-                match std::fs::metadata(tree.join(&rel)) {
+                match std::fs::metadata(tree.join(rel)) {
                     Ok(m) => match h.failure(m.dev(), m.ino()) {
                         Some(f) => PathRecall::Failed(f),
                         None => outcome,

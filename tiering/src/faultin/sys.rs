@@ -393,8 +393,8 @@ impl SharedJournal {
         let fd =
             rustix::fs::memfd_create("cbfs-fault-in-journal", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, JOURNAL_LEN as u64)?;
-        let j = Self::map(fd)?;
-        j.header().copy_from_slice(MAGIC);
+        let mut j = Self::map(fd)?;
+        j.header_mut().copy_from_slice(MAGIC);
         Ok(j)
     }
 
@@ -442,9 +442,15 @@ impl SharedJournal {
         })
     }
 
-    fn header(&self) -> &mut [u8] {
-        // SAFETY: the first 8 bytes of the mapping; written once, by
-        // `create`, before the journal is shared with anyone.
+    fn header(&self) -> &[u8] {
+        // SAFETY: the first 8 bytes of the mapping; written only by
+        // `header_mut`, through the sole owner, before it is shared.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), MAGIC.len()) }
+    }
+
+    fn header_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the first 8 bytes of the mapping; `&mut self` is the
+        // only access, in `create`, before the journal is shared.
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), MAGIC.len()) }
     }
 
