@@ -2,10 +2,12 @@
 //! loop-mount (ext4 and xfs): release by policy, the states `status`
 //! shows, recall by command, and release killed at every step.
 //!
-//! - A release by policy frees the blocks (`du` drops) and keeps size,
-//!   mode, owner, times, link count and inode number; an incremental run
-//!   after it stores nothing; flags keep files resident or out of the
-//!   store; a written released file is dirty and the next run archives it.
+//! - A release by policy (age, size, globs) frees the blocks (`du`
+//!   drops) and keeps size, mode, owner, times, link count and inode
+//!   number; an incremental run after it stores nothing; flags keep files
+//!   resident or out of the store; a written released file is dirty and
+//!   the next run archives it. A stub written with no watch running is
+//!   dirty and never archived (its zeros would be).
 //! - A recall fills the same inode, verified, with its times; a member
 //!   damaged in the store gives exit 4, marks the file lost and leaves the
 //!   stub as it was. A recall of a whole tree fills every good file in
@@ -152,6 +154,28 @@ fn release_by_policy(kind: FsKind) {
         assert!(!is_stub(&t.path(p)));
     }
 
+    // Globs choose by path beneath the tree; an exclusion wins.
+    let out = t.release(&[
+        "--include",
+        "alice/**",
+        "--include",
+        "old/*.txt",
+        "--exclude",
+        "**/*.txt",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dry = json(&out, "release --dry-run");
+    assert_eq!(released(&dry), ["alice/notes.bin"], "{dry}");
+    assert!(
+        dry["released"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("matches --include"),
+        "{dry}"
+    );
+    assert!(!is_stub(&t.path("alice/notes.bin")));
+
     // The release: old files over 1 MiB, but not the flagged one.
     let out = t.release(&["--older-than", "30d", "--larger-than", "1M"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -283,6 +307,16 @@ fn release_by_policy_frees_blocks_and_keeps_each_files_identity_on_xfs() {
     release_by_policy(FsKind::Xfs);
 }
 
+/// `status` gives `rel` this state, with a note that says `note`.
+fn assert_state_and_note(t: &Tiered, rel: &str, state: &str, note: &str) {
+    let s = t.status(&[rel]);
+    assert_eq!(s["files"][0]["state"], state, "{s}");
+    assert!(
+        s["files"][0]["note"].as_str().unwrap_or("").contains(note),
+        "{s}"
+    );
+}
+
 /// Flips one bit in the middle of the store's newest segment; returns it.
 fn flip_a_bit_of_the_newest_segment(t: &Tiered) -> std::path::PathBuf {
     let newest = std::fs::read_dir(Path::new(&t.store).join("segments"))
@@ -364,15 +398,7 @@ fn a_recall_fills_the_same_inode_and_a_damaged_copy_is_marked_lost() {
     );
     assert!(is_stub(&t.path("bad.bin")), "the stub stays");
     assert_eq!(allocated(&t.path("bad.bin")), before);
-    let s = t.status(&["bad.bin"]);
-    assert_eq!(s["files"][0]["state"], "lost", "{s}");
-    assert!(
-        s["files"][0]["note"]
-            .as_str()
-            .unwrap()
-            .contains("stored copy bad"),
-        "{s}"
-    );
+    assert_state_and_note(&t, "bad.bin", "lost", "stored copy bad");
     // Put right in the store, the file recalls and is no longer lost.
     flip_middle_bit(&newest);
     let out = t.recall(&["bad.bin"], &[]);
@@ -455,6 +481,34 @@ fn a_recall_of_many_files_fills_the_good_ones_when_one_stored_copy_is_bad() {
     flip_middle_bit(&newest);
     let r = t.tier_out();
     assert_eq!(r["files"], 0, "{r}");
+}
+
+#[test]
+fn a_stub_written_with_no_watch_running_is_dirty_and_never_archived() {
+    let t = Tiered::new(FsKind::Ext4, 32);
+    std::fs::write(t.path("f.bin"), random_bytes(1 << 20)).unwrap();
+    t.tier_out();
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(t.state("f.bin"), "released");
+    // No fault-in handler watches the tree: a write in place (the size
+    // stays) lands among the stub's holes, and the content is not the
+    // archived one any more.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(t.path("f.bin"))
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, b"head", 0))
+        .unwrap();
+    assert_state_and_note(&t, "f.bin", "dirty", "written while released");
+    // A run never stores those zeros: it skips the file and says why.
+    let r = t.tier_out();
+    assert_eq!(r["files"], 0, "{r}");
+    let skipped = r["skipped"].to_string();
+    assert!(
+        skipped.contains("f.bin") && skipped.contains("cbfs-tier recall"),
+        "{r}"
+    );
+    assert!(is_stub(&t.path("f.bin")), "the record stays");
 }
 
 #[test]
