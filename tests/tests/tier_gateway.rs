@@ -6,6 +6,9 @@
 //!   awaits it; requests for the same file at once share one job; a recall
 //!   goes ahead of a tier-out job started behind it; policy decides who
 //!   may recall what, and a refusal is audited.
+//! - `cbfs-tier recall` with the same delegated key brings a file back;
+//!   once the delegation is revoked, a recall is refused and the stub
+//!   stays as it was.
 //! - With `fault_in = true` the gateway runs the fault-in handler under a
 //!   guard: `cat` of a stub reads the real bytes; the gateway killed while a
 //!   reader waits gives the reader EIO, and the guard starts it again.
@@ -370,6 +373,81 @@ fn the_gateway_recalls_with_its_own_delegated_key_one_job_per_file_ahead_of_tier
     // The nodes answered the gateway's own key: no root secret online.
     let node_log = site.nodes[0].log_text();
     assert!(node_log.contains("gw"), "{node_log}");
+}
+
+/// `cbfs-tier recall` of `rel` with the gateway's user key `gw` through
+/// the three nodes (no root or scope secret).
+fn recall_as_gw(site: &Site, rel: &str) -> std::process::Output {
+    let tree = site.tree().to_str().unwrap().to_owned();
+    let file = site.tree().join(rel);
+    let mut args = vec![
+        "--json",
+        "recall",
+        "--store",
+        "store",
+        "--index",
+        "index",
+        "--tree",
+        &tree,
+        "--identity",
+        "file:gw.key",
+        "--user",
+        "gw.pub",
+        "--store-timeout",
+        "10",
+    ];
+    for n in &site.nodes {
+        args.extend(["--node", n.url.as_str()]);
+    }
+    args.push(file.to_str().unwrap());
+    site.tier(&args)
+}
+
+#[test]
+fn cbfs_tier_recalls_with_a_delegated_user_key_and_a_revoked_one_leaves_the_stub() {
+    let site = Site::new(false);
+    let files = write_tree(site.tree());
+    site.archive_and_release();
+    assert!(files.iter().all(|(p, _)| is_stub(p)));
+
+    // An unattended agent's own key, delegated 2-of-3: the file is back.
+    let out = recall_as_gw(&site, "shared/c.bin");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["files"][0]["result"]["outcome"], "recalled", "{rep}");
+    assert_eq!(fs::read(&files[3].0).unwrap(), files[3].1);
+    assert!(!is_stub(&files[3].0));
+
+    // The administrator revokes it: the nodes refuse, the recall says so
+    // (not a retryable outage, not a bad stored copy) and the stub stays.
+    let mut revoke = keytool(site.work.root());
+    revoke.args(words(
+        "revoke --admin file:admin.key --keyset keyset.json --scope proj --user gw.pub",
+    ));
+    for n in &site.nodes {
+        revoke.args(["--node", &n.url]);
+    }
+    run_ok(&mut revoke);
+    let before = fs::metadata(&files[4].0).unwrap();
+    let out = recall_as_gw(&site, "shared/d.bin");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let result = &rep["files"][0]["result"];
+    assert_eq!(
+        (&result["outcome"], &result["kind"]),
+        (&"failed".into(), &"refused".into()),
+        "{rep}"
+    );
+    assert!(is_stub(&files[4].0), "the stub stays");
+    let after = fs::metadata(&files[4].0).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap())
+    );
+    assert!(
+        fs::read(&files[4].0).unwrap() != files[4].1,
+        "still released: its content is not here"
+    );
 }
 
 #[test]
