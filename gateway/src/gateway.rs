@@ -44,6 +44,8 @@ pub struct Gateway {
     stopping: AtomicBool,
     /// Where the time comes from.
     pub clock: Arc<dyn Clock>,
+    /// Recalls of released files, and the fault-in handler.
+    pub recalls: Arc<crate::recall::Recalls>,
 }
 
 /// What a guarded request knows once it passed.
@@ -88,6 +90,7 @@ impl Gateway {
             http,
             stopping: AtomicBool::new(false),
             clock,
+            recalls: Arc::default(),
         };
         let mut ev = Event::new("start", true, "the gateway started");
         ev.policies = gw.policies.load().ids();
@@ -316,6 +319,8 @@ impl Gateway {
         stream: Option<Box<dyn std::io::Read + Send>>,
     ) -> tokio::task::JoinHandle<Result<(), cbfs_tiering::Error>> {
         tokio::spawn(async move {
+            // Recalls go ahead of tier-out work.
+            self.recalls.wait_idle(&job.record().fs).await;
             let started = Instant::now();
             let _ = job.set(State::Running, None, None);
             let result = match stream {

@@ -68,7 +68,7 @@ impl From<Refused> for Answer {
     }
 }
 
-fn answer(status: u16, code: &'static str, reason: impl Into<String>) -> Answer {
+pub(crate) fn answer(status: u16, code: &'static str, reason: impl Into<String>) -> Answer {
     Answer {
         status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         code,
@@ -96,7 +96,7 @@ fn from_tiering(e: cbfs_tiering::Error) -> Answer {
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+pub(crate) fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -128,7 +128,7 @@ async fn read_body(gw: &Gateway, body: Body) -> Result<(bytes::Bytes, String), A
     Ok((read, hash))
 }
 
-struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     headers: &'a HeaderMap,
     method: &'a Method,
     path_and_query: String,
@@ -136,7 +136,7 @@ struct Caller<'a> {
 }
 
 impl<'a> Caller<'a> {
-    fn of(req: &'a axum::http::request::Parts) -> Self {
+    pub(crate) fn of(req: &'a axum::http::request::Parts) -> Self {
         Caller {
             headers: &req.headers,
             method: &req.method,
@@ -168,7 +168,7 @@ impl<'a> Caller<'a> {
 }
 
 /// Guards a request with no body (or a JSON body read first).
-fn guard(
+pub(crate) fn guard(
     gw: &Gateway,
     caller: &Caller<'_>,
     body_sha256: Option<&str>,
@@ -831,6 +831,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/fs/{fs}/push", put(push))
         .route("/v1/fs/{fs}/snapshots", get(snapshots))
         .route("/v1/fs/{fs}/ls", get(ls))
+        .route("/v1/fs/{fs}/recall", post(crate::recall::start_recall))
+        .route("/v1/fs/{fs}/recall/{id}", get(crate::recall::get_recall))
         .route("/v1/fs/{fs}/store", get(store_list))
         .route("/v1/fs/{fs}/store/{*key}", get(store_get).head(store_get))
         .route("/v1/fs/{fs}/nodes", get(node_count))

@@ -69,6 +69,7 @@ mod report;
 mod restore;
 #[cfg(feature = "s3")]
 mod s3;
+mod select;
 mod sink;
 mod snapshot;
 mod source;
@@ -84,6 +85,7 @@ pub use report::{Failure, Report};
 pub use restore::{restore, restore_unauthenticated_segments};
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3Source};
+pub use select::{MemberFile, check_stored, restore_files};
 pub use sink::{DirSink, Rewind, Sink, TarSink};
 pub use snapshot::{Ignored, Snapshot, SnapshotInfo, Trust, WriterTrust, open_snapshot, snapshots};
 pub use source::{Buffered, LocalDir, ObjectSource, ReadAt, ReadSeek, SegmentFile};

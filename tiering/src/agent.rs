@@ -195,6 +195,7 @@ impl Agent {
         let agent = self.clone();
         let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            crate::hsm::absorb(&agent)?;
             crate::out::run(&agent, &opts, input, rt, observer.as_ref())
         })
         .await
@@ -223,6 +224,11 @@ impl Agent {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io("cannot create spool directory", &dir, e))?;
         Ok(dir)
+    }
+
+    /// Held while a run (or a release) of this agent goes on.
+    pub(crate) fn running(&self) -> &tokio::sync::Mutex<()> {
+        &self.running
     }
 
     /// The index directory.

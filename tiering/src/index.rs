@@ -15,6 +15,7 @@
 //! | `n` | sequence, 8 bytes big-endian | [`SnapshotRecord`] |
 //! | `s` | `state` | [`State`] |
 //! | `p` | path bytes | scratch of the push running now (see [`Index::pushed_put`]) |
+//! | `h` | path bytes | [`HsmRecord`]: flags and losses of a path (tiering states) |
 //!
 //! The two tables with a record per file (`f`, `m`) hold a compact binary
 //! encoding (see [`binary`]): a run over an unchanged tree reads every file
@@ -36,6 +37,7 @@ const SEGMENT: u8 = b'g';
 const SNAPSHOT: u8 = b'n';
 const STATE: u8 = b's';
 const PUSHED: u8 = b'p';
+const HSM: u8 = b'h';
 
 /// The stored version of one path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +126,33 @@ pub struct State {
     pub plain: Option<bool>,
 }
 
+/// What the tiering states keep about a path beside its [`FileRecord`]:
+/// the user's flags, and a stored copy found bad. Whether a file is
+/// released is not kept here: its stub record (an extended attribute of
+/// the file) says so, and is checked against the [`FileRecord`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HsmRecord {
+    /// Never release this file (`cbfs-tier flag --no-release`).
+    #[serde(default)]
+    pub no_release: bool,
+    /// Never archive this file (`cbfs-tier flag --no-archive`).
+    #[serde(default)]
+    pub no_archive: bool,
+    /// Its stored copy is missing or failed verification: why.
+    #[serde(default)]
+    pub lost: Option<String>,
+    /// When that was found, Unix seconds.
+    #[serde(default)]
+    pub lost_at: Option<i64>,
+}
+
+impl HsmRecord {
+    /// Whether it holds nothing worth keeping.
+    pub fn is_empty(&self) -> bool {
+        *self == HsmRecord::default()
+    }
+}
+
 /// The index database.
 pub struct Index {
     db: rocksdb::DB,
@@ -166,6 +195,7 @@ trait Record: Sized + Serialize + DeserializeOwned {
 impl Record for SegmentRecord {}
 impl Record for SnapshotRecord {}
 impl Record for State {}
+impl Record for HsmRecord {}
 
 impl Record for FileRecord {
     fn encode(&self) -> Vec<u8> {
@@ -407,6 +437,15 @@ impl Batch {
     pub fn put_state(&mut self, state: &State) {
         self.inner.put(key(STATE, b"state"), state.encode());
     }
+    /// Records the tiering flags and losses of a path (forgets them if
+    /// there are none).
+    pub fn put_hsm(&mut self, path: &[u8], rec: &HsmRecord) {
+        if rec.is_empty() {
+            self.inner.delete(key(HSM, path));
+        } else {
+            self.inner.put(key(HSM, path), rec.encode());
+        }
+    }
     /// Whether there is nothing to commit.
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
@@ -522,7 +561,7 @@ impl Index {
     fn corrupt(&self, k: &[u8], e: String) -> Error {
         let (tag, rest) = k.split_first().unwrap_or((&b'?', &[]));
         let name = match *tag {
-            FILE => String::from_utf8_lossy(rest).into_owned(),
+            FILE | HSM => String::from_utf8_lossy(rest).into_owned(),
             _ => hex::encode(rest),
         };
         self.err(format!("corrupt record {}:{name}: {e}", *tag as char))
@@ -639,6 +678,16 @@ impl Index {
     /// What file `slot` of a member is.
     pub fn member(&self, id: &MemberId, slot: u16) -> Result<Option<MemberRecord>> {
         self.get(member_key(id, slot))
+    }
+
+    /// The tiering flags and losses of a path.
+    pub fn hsm(&self, path: &[u8]) -> Result<Option<HsmRecord>> {
+        self.get(key(HSM, path))
+    }
+
+    /// Every path with tiering flags or losses, in byte order.
+    pub fn for_each_hsm(&self, f: impl FnMut(&[u8], HsmRecord) -> Result<()>) -> Result<()> {
+        self.scan(HSM, f)
     }
 
     /// A segment's record.

@@ -205,6 +205,13 @@ impl SourceTree {
         Ok(file)
     }
 
+    /// Opens `rel` (a path of the tree itself, without the prefix) as a
+    /// path only: beneath the root, with no symbolic link on the way or at
+    /// the end. Opening a path raises no fault-in event.
+    pub(crate) fn open_path_beneath(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC)
+    }
+
     /// A symbolic link's target, read through its directory (opened beneath
     /// the root with no symbolic link on the way), after checking the link
     /// is the one the scan found.

@@ -159,6 +159,15 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
                     });
                 }
             }
+            // Stubs are never archived; flagged files stay out.
+            let changed = match super::stubs::screen(shared, changed, report) {
+                Ok(c) => c,
+                Err(e) => {
+                    walk_error = Some(e);
+                    shared.stop.store(true, Ordering::SeqCst);
+                    continue;
+                }
+            };
             dispatch.hand_over(changed);
         }
         dispatch.finish()

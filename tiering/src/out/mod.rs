@@ -21,6 +21,7 @@ mod manifest;
 mod queue;
 mod segment;
 mod stream;
+mod stubs;
 mod worker;
 
 use std::collections::HashMap;
