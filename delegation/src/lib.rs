@@ -10,9 +10,9 @@
 //! - [`Node`] and [`server`]: the node itself, behind `cbfs-delegation serve`.
 //! - [`Policies`]: Cedar policy folders (`policies/default` is built in).
 //! - [`audit`]: the audit log and its verification.
-//! - What travels, and the client that asks m of n nodes, are in
-//!   `cbfs-wire` (which needs neither this crate's server, its policy
-//!   engine nor its database).
+//! - What travels is in `cbfs-wire`; the client that asks m of n nodes is
+//!   `cbfs-client` (which needs neither this crate's server, its policy
+//!   engine nor its database); TLS serving is `cbfs-serve`.
 //!
 //! Revocation (`cbfs-keytool revoke`) stops new unlocks once n − m + 1 nodes
 //! have deleted their kfrags. A file key that a user has already unlocked
@@ -29,7 +29,7 @@
 //! use cbfs_core::*;
 //! use cbfs_delegation::{Limits, Node, NodeConfig, PolicySource};
 //! use cbfs_format::{Lockbox, SegmentId};
-//! use cbfs_wire::{Access, GrantUpload, client};
+//! use cbfs_wire::{Access, GrantUpload};
 //!
 //! let dir = tempfile::tempdir()?;
 //! // The administrator: a keyset with a scope, and a user.
@@ -64,9 +64,9 @@
 //!
 //! // The write path seals a lockbox; alice opens it through the node.
 //! let (lockbox, key) = Lockbox::seal("proj", keyset.scope(&scope).unwrap(), SegmentId::random())?;
-//! let nodes = client::NodeSet::new([format!("http://{addr}")])?;
+//! let nodes = cbfs_client::NodeSet::new([format!("http://{addr}")])?;
 //! let access = Access::from_keyset(&keyset, UserName::new("alice")?, scope)?;
-//! let fetched = client::fetch_cfrags(&nodes, &alice, &access, "/", &[lockbox.capsule().clone()]).await?;
+//! let fetched = cbfs_client::fetch_cfrags(&nodes, &alice, &access, "/", &[lockbox.capsule().clone()]).await?;
 //! let opened = lockbox.open_reencrypted(
 //!     &alice.secret_key(),
 //!     &access.scope_key,

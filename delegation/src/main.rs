@@ -251,7 +251,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let tls_config = match (&tls.tls_cert, &tls.tls_key) {
                 (Some(cert), Some(key)) => Some(
-                    cbfs_wire::serve::tls_config(&cbfs_wire::serve::TlsFiles {
+                    cbfs_serve::tls_config(&cbfs_serve::TlsFiles {
                         cert: cert.clone(),
                         key: key.clone(),
                         client_ca: tls.client_ca.clone(),
@@ -316,7 +316,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 let shutdown = cbfs_delegation::server::termination()?;
                 let reload = cbfs_delegation::server::hangups()?;
-                let options = cbfs_wire::serve::ServeOptions {
+                let options = cbfs_serve::ServeOptions {
                     tls: tls_config.map(|c| Arc::new(arc_swap::ArcSwap::new(c))),
                     ..Default::default()
                 };

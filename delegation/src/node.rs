@@ -682,7 +682,21 @@ impl Node {
             _ => (revocation, body.to_vec()),
         };
         let held = grants.get(&key).map(|h| h.grant.clone());
+        let held_record = grants.get(&key).map(|h| h.record_json.clone());
         let delete = held.as_ref().is_some_and(|g| latest.covers(g));
+        // The signed terms of what this revocation took away: the grant
+        // deleted now, or the one an earlier revocation deleted (this one
+        // is at least as late). The key tool takes m and n from them.
+        let revoked_terms = if delete {
+            held_record
+        } else if held.is_none() {
+            self.store
+                .revoked_record(&key.0, &key.1)
+                .map_err(Refusal::internal)?
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        } else {
+            None
+        };
         self.store
             .revoke(&key.0, &key.1, &record, delete)
             .map_err(Refusal::internal)?;
@@ -710,6 +724,7 @@ impl Node {
             deleted: deleted.is_some(),
             threshold: deleted.as_ref().map(|g| g.threshold()),
             shares: deleted.as_ref().map(|g| g.shares()),
+            delegation: revoked_terms,
         })
     }
 

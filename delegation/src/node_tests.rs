@@ -782,7 +782,7 @@ async fn a_request_that_times_out_on_the_node_is_audited_as_refused_never_allowe
     };
     let addr = addr_rx.recv().unwrap();
     let url = format!("http://{addr}");
-    let nodes = cbfs_wire::client::NodeSet::new([url.as_str()])
+    let nodes = cbfs_client::NodeSet::new([url.as_str()])
         .unwrap()
         .with_clock(w.clock.clone());
     let access =
@@ -801,13 +801,13 @@ async fn a_request_that_times_out_on_the_node_is_audited_as_refused_never_allowe
             .collect::<Vec<_>>()
     };
     let started = std::time::Instant::now();
-    let err = cbfs_wire::client::fetch_cfrags(&nodes, &w.user, &access, "/", &capsules)
+    let err = cbfs_client::fetch_cfrags(&nodes, &w.user, &access, "/", &capsules)
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(20));
     let failures = err.failures();
     assert!(
-        matches!(&failures[0].problem, cbfs_wire::client::NodeProblem::Refused { status: 503, code, .. } if code == "timeout"),
+        matches!(&failures[0].problem, cbfs_client::NodeProblem::Refused { status: 503, code, .. } if code == "timeout"),
         "{err}"
     );
     // Let the blocked work run: it decides, finds the answer given up on,

@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cbfs_wire::serve::ServeOptions;
+use cbfs_serve::ServeOptions;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -245,7 +245,7 @@ where
     };
     tracing::info!("listening on {scheme}://{local}");
     let served = if options.tls.is_some() {
-        cbfs_wire::serve::serve(listener, router(node.clone()), options, shutdown).await
+        cbfs_serve::serve(listener, router(node.clone()), options, shutdown).await
     } else {
         axum::serve(listener, router(node.clone()))
             .with_graceful_shutdown(shutdown)

@@ -7,6 +7,7 @@
 //! | `record/<scope>/<user>` | the delegation record of that grant (public, signed) |
 //! | `userkey/<user>` | hex of the user's request-verifying key, from the newest grant |
 //! | `revoked/<scope>/<user>` | the latest signed `Revocation` of that (scope, user) |
+//! | `revoked-record/<scope>/<user>` | the delegation record of the grant that revocation deleted (public, signed): what the node answers to the same revocation sent again |
 //! | `nonce/<user>/<nonce>` | the request's timestamp, 8 bytes big-endian |
 //!
 //! Scope and user names cannot contain `/` (see `cbfs_core::ScopeLabel`).
@@ -31,6 +32,10 @@ fn grant_key(scope: &ScopeLabel, user: &UserName) -> Vec<u8> {
 
 fn record_key(scope: &ScopeLabel, user: &UserName) -> Vec<u8> {
     format!("record/{scope}/{user}").into_bytes()
+}
+
+fn revoked_record_key(scope: &ScopeLabel, user: &UserName) -> Vec<u8> {
+    format!("revoked-record/{scope}/{user}").into_bytes()
 }
 
 fn user_key(user: &UserName) -> Vec<u8> {
@@ -108,6 +113,14 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The delegation record of the grant of (scope, user) that a
+    /// revocation deleted, if one did.
+    pub fn revoked_record(&self, scope: &ScopeLabel, user: &UserName) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get(revoked_record_key(scope, user))
+            .map_err(|e| self.err(e))
+    }
+
     /// Every stored delegation record, with the key it is stored under.
     pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>> {
         Ok(self
@@ -141,7 +154,9 @@ impl Store {
     }
 
     /// Records a revocation and deletes the grant of (scope, user) in one
-    /// synced write (`delete_grant` false keeps a newer grant).
+    /// synced write (`delete_grant` false keeps a newer grant). The deleted
+    /// grant's delegation record is kept apart (`revoked-record/`), to
+    /// answer the same revocation sent again with the terms it revoked.
     pub fn revoke(
         &self,
         scope: &ScopeLabel,
@@ -152,6 +167,13 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put(revoked_key(scope, user), revocation);
         if delete_grant {
+            let record = self
+                .db
+                .get(record_key(scope, user))
+                .map_err(|e| self.err(e))?;
+            if let Some(record) = record {
+                batch.put(revoked_record_key(scope, user), record);
+            }
             batch.delete(grant_key(scope, user));
             batch.delete(record_key(scope, user));
         }

@@ -155,16 +155,12 @@ fn init_logging(verbose: u8, serving: bool) {
         .init();
 }
 
-fn tls_files(loaded: &Loaded) -> Option<cbfs_wire::serve::TlsFiles> {
-    loaded
-        .config
-        .tls
-        .as_ref()
-        .map(|t| cbfs_wire::serve::TlsFiles {
-            cert: t.cert.clone(),
-            key: t.key.clone(),
-            client_ca: t.client_ca.clone(),
-        })
+fn tls_files(loaded: &Loaded) -> Option<cbfs_serve::TlsFiles> {
+    loaded.config.tls.as_ref().map(|t| cbfs_serve::TlsFiles {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        client_ca: t.client_ca.clone(),
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -179,7 +175,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let loaded = Loaded::read(&config, insecure_http)?;
             if let Some(files) = tls_files(&loaded) {
-                cbfs_wire::serve::tls_config(&files).map_err(Error::Server)?;
+                cbfs_serve::tls_config(&files).map_err(Error::Server)?;
             }
             let policies = match &loaded.config.policies {
                 Some(dir) => cbfs_delegation::Policies::load(dir)?,
@@ -262,7 +258,7 @@ fn serve(config: PathBuf, insecure_http: bool) -> Result<()> {
     let listen = loaded.config.listen;
     let tls = match tls_files(&loaded) {
         Some(files) => Some(Arc::new(arc_swap::ArcSwap::new(
-            cbfs_wire::serve::tls_config(&files).map_err(Error::Server)?,
+            cbfs_serve::tls_config(&files).map_err(Error::Server)?,
         ))),
         None => None,
     };
@@ -331,7 +327,7 @@ fn serve(config: PathBuf, insecure_http: bool) -> Result<()> {
                         Err(e) => tracing::error!("reload failed: {e}"),
                     }
                     if let (Some(tls), Some(files)) = (&tls, tls_files(&gw.config())) {
-                        match cbfs_wire::serve::tls_config(&files) {
+                        match cbfs_serve::tls_config(&files) {
                             Ok(c) => {
                                 tls.store(c);
                                 tracing::info!("TLS certificate reloaded");
@@ -358,13 +354,13 @@ fn serve(config: PathBuf, insecure_http: bool) -> Result<()> {
                 gw.stop().await;
             }
         };
-        let options = cbfs_wire::serve::ServeOptions {
+        let options = cbfs_serve::ServeOptions {
             tls,
             max_connections: max_concurrent.max(1) * 4,
             header_timeout: io_timeout,
             ..Default::default()
         };
-        cbfs_wire::serve::serve(
+        cbfs_serve::serve(
             listener,
             cbfs_gateway::server::router(gw.clone()),
             options,

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 
+use cbfs_serve::ClientCert;
 use cbfs_wire::gateway::CONTENT_SHA256_HEADER;
-use cbfs_wire::serve::ClientCert;
 
 use crate::auth::{Presented, Refused};
 use crate::gateway::Gateway;
@@ -716,19 +716,24 @@ async fn relay(
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let limit = gw.config().config.limits.max_body;
-    let body = response.bytes().await.map_err(|e| Answer {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "node_unavailable",
-        reason: format!("node {node} ({url}) broke off: {e}"),
-        retry_after: Some(5),
-    })?;
-    if body.len() > limit {
-        return Err(answer(
-            502,
-            "too_large",
-            format!("node {node} answered more than {limit} bytes"),
-        ));
-    }
+    // Read up to the limit, never the whole answer first: a node that
+    // answers without end must not fill the gateway's memory.
+    let body =
+        cbfs_client::read_limited(response, limit)
+            .await
+            .map_err(|problem| match problem {
+                cbfs_client::NodeProblem::Down(e) => Answer {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "node_unavailable",
+                    reason: format!("node {node} ({url}) broke off: {e}"),
+                    retry_after: Some(5),
+                },
+                _ => answer(
+                    502,
+                    "too_large",
+                    format!("node {node} answered more than {limit} bytes"),
+                ),
+            })?;
     gw.metrics
         .node_latency
         .with_label_values(&[&node.to_string()])

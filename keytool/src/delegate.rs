@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
+use cbfs_client::NodeProblem;
 use cbfs_core::umbral_pre::PublicKey;
 use cbfs_core::{
-    DelegationTerms, Error, Grant, KeySource, Keyset, Revocation, ScopeLabel, Unlock, UserPublic,
-    fingerprint,
+    DelegationRecord, DelegationTerms, Error, Grant, KeySource, Keyset, Revocation, ScopeLabel,
+    Unlock, UserPublic, fingerprint,
 };
-use cbfs_wire::{GrantUpload, NodePublicFile};
+use cbfs_wire::{GrantUpload, NodePublicFile, RevokeDone, record_from_value};
 use serde_json::json;
 
 use crate::commands::{load_admin, make_private_dir, parse_expiry, write_new_private};
@@ -118,6 +119,16 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
         (keys, urls.clone())
     };
     for (i, k) in keys.iter().enumerate() {
+        // A share sealed for the user's own key is a share the user can
+        // open: with m of them, the scope secret.
+        if k == user.public_key() || k == user.verifying_key() {
+            return Err(usage(format!(
+                "{} has the key of `{}` itself ({}), not a node's: the user could open that share. Give each node's own key",
+                names[i],
+                user.name(),
+                fingerprint(k)
+            )));
+        }
         if let Some(j) = keys[..i].iter().position(|other| other == k) {
             return Err(usage(format!(
                 "{} and {} are the same node (key {}): each share needs a node of its own",
@@ -298,47 +309,88 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
     let client = Nodes::new(Duration::from_secs(a.node_timeout.max(1)))?;
     let answers = client.revoke(&urls, &revocation);
 
-    let reported = answers
-        .iter()
-        .filter_map(|r| r.as_ref().ok().and_then(|d| d.threshold))
-        .max();
-    let m = a.threshold.or(reported).unwrap_or(1).min(n);
-    let needed = n - m + 1;
-    let complied = answers
-        .iter()
-        .filter(|r| r.as_ref().is_ok_and(|d| d.revoked))
-        .count() as u32;
-    let holds = complied >= needed;
-    let how_m = match (a.threshold, reported) {
-        (Some(_), _) => "as given",
-        (None, Some(_)) => "as the nodes report",
-        (None, None) => "unknown, so every node must comply",
+    // m and n come from what the administrator signed: the delegation
+    // records the nodes return, checked with the administrator's key. A
+    // node's own word (`threshold` in its answer) counts for nothing.
+    let terms = signed_terms(&urls, &answers, &admin.verifying_key(), &a.scope, &user);
+    let given = a.threshold.map(|m| (m, n));
+    let (m, shares, how_m) = match (terms.strictest(), given) {
+        (Some(rec), Some((gm, gn)))
+            if gn.saturating_sub(gm) > rec.shares().saturating_sub(rec.threshold()) =>
+        {
+            (gm, gn, "as given")
+        }
+        (Some(rec), _) => (
+            rec.threshold(),
+            rec.shares(),
+            "as the administrator signed it",
+        ),
+        (None, Some((gm, gn))) => (gm, gn, "as given"),
+        (None, None) => (1, n, "unknown, so every node must comply"),
     };
+    let needed = shares.saturating_sub(m) + 1;
+    // Nodes that say they complied, each node once however many URLs reach
+    // it, and only nodes of the delegation when its record names them.
+    let said_yes: Vec<usize> = (0..urls.len())
+        .filter(|&i| answers[i].as_ref().is_ok_and(|d| d.revoked) && !terms.lied.contains_key(&i))
+        .collect();
+    let yes_urls: Vec<String> = said_yes.iter().map(|&i| urls[i].clone()).collect();
+    let mut seen: Vec<PublicKey> = Vec::new();
+    let mut complied_at = Vec::new();
+    for (&i, key) in said_yes.iter().zip(client.keys(&yes_urls)) {
+        match key {
+            Ok(k) if seen.contains(&k) => continue,
+            Ok(k) => {
+                if terms
+                    .strictest()
+                    .is_some_and(|rec| rec.share_of(&k).is_none())
+                {
+                    continue;
+                }
+                seen.push(k);
+            }
+            // Complied, then went away: counted by its URL.
+            Err(_) => {}
+        }
+        complied_at.push(i);
+    }
+    let complied = complied_at.len() as u32;
+    let holds = complied >= needed;
     emit(
         json,
         json!({
-            "scope": a.scope, "user": user.name(), "threshold": m, "complied": complied,
-            "needed": needed, "holds": holds,
-            "nodes": urls.iter().zip(&answers).map(|(url, r)| match r {
-                Ok(d) => json!({ "url": url, "complied": d.revoked, "deleted": d.deleted }),
-                Err(e) => json!({ "url": url, "complied": false, "error": e.to_string() }),
+            "scope": a.scope, "user": user.name(), "threshold": m, "shares": shares,
+            "terms": how_m, "complied": complied, "needed": needed, "holds": holds,
+            "nodes": urls.iter().zip(&answers).enumerate().map(|(i, (url, r))| match (r, terms.lied.get(&i)) {
+                (_, Some(why)) => json!({ "url": url, "complied": false, "lied": why }),
+                (Ok(d), None) => json!({
+                    "url": url, "complied": d.revoked, "counted": complied_at.contains(&i),
+                    "deleted": d.deleted,
+                }),
+                (Err(e), None) => json!({ "url": url, "complied": false, "error": e.to_string() }),
             }).collect::<Vec<_>>(),
         }),
         || {
             let mut s = format!(
-                "revocation of scope `{}` for `{}`: {complied} of {n} nodes complied; {needed} needed (n - m + 1, m = {m} {how_m})\n",
+                "revocation of scope `{}` for `{}`: {complied} of {n} nodes complied; {needed} needed (n - m + 1, n = {shares}, m = {m} {how_m})\n",
                 a.scope,
                 user.name()
             );
-            for (url, r) in urls.iter().zip(&answers) {
-                match r {
-                    Ok(d) if d.deleted => {
-                        s.push_str(&format!("  {url}: complied, deleted its share\n"))
+            for (i, (url, r)) in urls.iter().zip(&answers).enumerate() {
+                let counted = if complied_at.contains(&i) {
+                    ""
+                } else {
+                    " (not counted: the same node as another URL, or not a node of this delegation)"
+                };
+                match (r, terms.lied.get(&i)) {
+                    (_, Some(why)) => s.push_str(&format!("  {url}: LIED: {why}\n")),
+                    (Ok(d), None) if d.deleted => {
+                        s.push_str(&format!("  {url}: complied, deleted its share{counted}\n"))
                     }
-                    Ok(_) => s.push_str(&format!(
-                        "  {url}: complied (it held no share; it will refuse one)\n"
+                    (Ok(_), None) => s.push_str(&format!(
+                        "  {url}: complied (it held no share; it will refuse one){counted}\n"
                     )),
-                    Err(e) => s.push_str(&format!("  {url}: FAILED: {e}\n")),
+                    (Err(e), None) => s.push_str(&format!("  {url}: FAILED: {e}\n")),
                 }
             }
             if holds {
@@ -359,4 +411,66 @@ pub fn revoke(json: bool, unlock: &Unlock, a: RevokeArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The terms of the revoked delegation as the administrator signed them,
+/// from the records the nodes returned; and the nodes whose record was not
+/// the administrator's, or not of this delegation (by answer index).
+struct SignedTerms {
+    records: Vec<DelegationRecord>,
+    lied: std::collections::BTreeMap<usize, String>,
+}
+
+impl SignedTerms {
+    /// The record that asks the most nodes to comply (n - m + 1): nodes may
+    /// hold shares of more than one delegation of the same (scope, user).
+    fn strictest(&self) -> Option<&DelegationRecord> {
+        self.records
+            .iter()
+            .max_by_key(|r| r.shares().saturating_sub(r.threshold()))
+    }
+}
+
+fn signed_terms(
+    urls: &[String],
+    answers: &[Result<RevokeDone, NodeProblem>],
+    admin: &PublicKey,
+    scope: &ScopeLabel,
+    user: &UserPublic,
+) -> SignedTerms {
+    let mut terms = SignedTerms {
+        records: Vec::new(),
+        lied: Default::default(),
+    };
+    for (i, answer) in answers.iter().enumerate() {
+        let Some(value) = answer.as_ref().ok().and_then(|d| d.delegation.as_ref()) else {
+            continue;
+        };
+        match record_from_value(value, &urls[i], admin) {
+            Ok(record)
+                if record.scope() == scope
+                    && record.user() == user.name()
+                    && record.user_public_key() == user.public_key() =>
+            {
+                terms.records.push(record)
+            }
+            Ok(record) => {
+                terms.lied.insert(
+                    i,
+                    format!(
+                        "it answered with the record of another delegation (scope `{}`, user `{}`)",
+                        record.scope(),
+                        record.user()
+                    ),
+                );
+            }
+            Err(e) => {
+                terms.lied.insert(
+                    i,
+                    format!("its delegation record is not the administrator's: {e}"),
+                );
+            }
+        }
+    }
+    terms
 }

@@ -230,8 +230,11 @@ enum Command {
         /// Every node of the delegation (all n). Repeat for each node.
         #[arg(long = "node", value_name = "URL", required = true)]
         nodes: Vec<String>,
-        /// m of the delegation. Default: what the nodes report of the share
-        /// they deleted, or, if none did, n (every node must comply).
+        /// m of the delegation, if no node returns its signed record (or to
+        /// ask more). m and n come from the delegation record you signed,
+        /// which each node returns for the share it deleted, checked with
+        /// your key; a node's own word never counts. With no record and no
+        /// --threshold, every node must comply.
         #[arg(long, value_name = "M")]
         threshold: Option<u32>,
         /// Seconds to wait for each node.

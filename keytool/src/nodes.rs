@@ -1,14 +1,14 @@
-//! Talking to delegation nodes: `cbfs-wire`'s client, driven from this
+//! Talking to delegation nodes: `cbfs-client`, driven from this
 //! synchronous tool on a small runtime of its own. The key tool links
 //! neither the node's server, nor its policy engine, nor its database.
 
 use std::time::Duration;
 
+use cbfs_client::{NodeAdmin, NodeProblem};
 use cbfs_core::umbral_pre::PublicKey;
-use cbfs_wire::client::{NodeAdmin, NodeProblem};
 use cbfs_wire::{GrantStored, GrantUpload, RevokeDone};
 
-pub use cbfs_wire::client::check_url;
+pub use cbfs_client::check_url;
 
 /// Fewer nodes did what was asked than the operation needs (exit code 6).
 #[derive(Debug, thiserror::Error)]

@@ -69,7 +69,8 @@ Exit codes:
      administrator, object name, chain, rollback)
   5  the store is unavailable (retry)
   7  the output's disk is full: free space and run again
-  8  loose segments restored with --unauthenticated-segments: NOT authenticated";
+  8  loose segments restored with --unauthenticated-segments: NOT authenticated,
+     whether all of them or some (the report says which failed)";
 
 /// Restore a cbfs store as one plain pax tar, or into a directory.
 #[derive(Parser)]
@@ -418,7 +419,9 @@ fn run_loose(
         sink.as_sink(),
     );
     let report = finish_output(result, sink.as_mut(), output)?;
-    let code = if report.is_complete() { 8 } else { 3 };
+    // Partial or whole, the signal that matters is that nothing is
+    // authenticated: 8 either way (the report names what failed).
+    let code = 8;
     print_report(cli, &report, opener.as_ref(), output, code);
     eprintln!(
         "cbfs-recover: UNAUTHENTICATED: no signed manifest proves that these segments are the administrator's, complete or current"

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -400,19 +400,26 @@ fn positional_segment_files_are_refused() {
     assert!(!tar.exists());
 }
 
+/// `cbfs-recover --json --unauthenticated-segments SEGMENTS... -o TAR` with
+/// the fixture's root secret and keyset.
+fn loose_cmd(dir: &Path, segments: &[PathBuf], tar: &Path) -> Command {
+    let mut cmd = recover_cmd(dir);
+    cmd.args(["--identity", &key(dir, "admin.key"), "--json"])
+        .arg("--keyset")
+        .arg(fixtures().join("keyset.json"))
+        .arg("--unauthenticated-segments")
+        .args(segments)
+        .arg("-o")
+        .arg(tar);
+    cmd
+}
+
 #[test]
 fn unauthenticated_segments_exit_8_with_a_loud_warning() {
     let (dir, store) = fixture_store("store", None);
     let segments = fixture_segments(&store);
     let tar = dir.path().join("loose.tar");
-    let out = run(recover_cmd(dir.path())
-        .args(["--identity", &key(dir.path(), "admin.key"), "--json"])
-        .arg("--keyset")
-        .arg(fixtures().join("keyset.json"))
-        .arg("--unauthenticated-segments")
-        .args(&segments)
-        .arg("-o")
-        .arg(&tar));
+    let out = run(&mut loose_cmd(dir.path(), &segments, &tar));
     assert_eq!(out.status.code(), Some(8), "{}", text(&out.stderr));
     let report = json(&out.stdout);
     assert_eq!(report["unauthenticated"], true);
@@ -442,6 +449,38 @@ fn unauthenticated_segments_exit_8_with_a_loud_warning() {
         .arg(dir.path().join("moved.tar")));
     assert_eq!(out.status.code(), Some(8), "{}", text(&out.stderr));
     assert_eq!(json(&out.stdout)["restored_entries"], 16);
+}
+
+/// Some loose segments damaged: what is intact is restored, and the exit
+/// code is still 8, the one that says "not authenticated", never 3, which
+/// a script would read as a partial but authenticated restore.
+#[test]
+fn a_partial_restore_of_unauthenticated_segments_still_exits_8() {
+    let (dir, store) = fixture_store("store", None);
+    let segments = fixture_segments(&store);
+    // A byte flipped in the middle of the first segment: a member in it
+    // fails, the others come back.
+    let mut bytes = fs::read(&segments[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    fs::write(&segments[0], bytes).unwrap();
+    let tar = dir.path().join("loose.tar");
+    let out = run(&mut loose_cmd(dir.path(), &segments, &tar));
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out.stderr));
+    let report = json(&out.stdout);
+    assert_eq!(report["exit_code"], 8);
+    assert_eq!(report["unauthenticated"], true);
+    assert!(
+        !report["failures"].as_array().unwrap().is_empty(),
+        "the damage was not met: {report:#}"
+    );
+    let restored = report["restored_entries"].as_u64().unwrap();
+    assert!(restored > 0 && restored < 16, "{report:#}");
+    assert!(
+        text(&out.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -121,6 +121,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// Two manifests that trusted writers signed claim the same sequence:
+    /// two histories, and nothing says which is the store's.
+    #[error(
+        "{} manifests signed by trusted writers claim sequence {sequence}: {} (a fork: two histories of one file system); \
+         every reader refuses that sequence — pick one by its id with --snapshot ID if you know which is right",
+        objects.len(),
+        objects.join(" and ")
+    )]
+    Fork {
+        /// The sequence both claim.
+        sequence: u64,
+        /// The manifests' keys.
+        objects: Vec<String>,
+    },
+
     /// A member's bytes do not hash to what the manifest (or summary) says.
     #[error("{object}: member {member}: {reason}")]
     HashMismatch {
@@ -190,6 +205,7 @@ impl Error {
             Error::NoSnapshot(_) => "no_snapshot",
             Error::ManifestName { .. } => "manifest_name",
             Error::BrokenChain { .. } => "broken_chain",
+            Error::Fork { .. } => "fork",
             Error::HashMismatch { .. } => "hash_mismatch",
             Error::Delegation(_) => "delegation",
             Error::UnsafePath { .. } => "unsafe_path",
@@ -205,6 +221,7 @@ impl Error {
         match self {
             Error::ManifestName { .. }
             | Error::BrokenChain { .. }
+            | Error::Fork { .. }
             | Error::HashMismatch { .. }
             | Error::UntrustedWriter { .. }
             | Error::Rollback(_)

@@ -103,12 +103,23 @@ struct RecordsFile {
 /// pinned and the highest keyset serial and snapshot it has seen.
 ///
 /// Kept in `trusted-admins.json` beside the user's key file (or in
-/// `$XDG_CONFIG_HOME/cbfs/` for keys that are not files). Written atomically.
+/// `$XDG_CONFIG_HOME/cbfs/` for keys that are not files). Readers may run at
+/// once, in one process or in many: [`save`](Self::save) holds a lock
+/// (`trusted-admins.json.lock`, `flock`) while it reads the file again,
+/// merges what this reader [noted](Self::note) onto what is there (never
+/// lowering a floor another reader raised meanwhile), and replaces the file
+/// through a temporary file of its own.
 #[derive(Clone, Debug)]
 pub struct TrustRecords {
     path: PathBuf,
     file: RecordsFile,
+    /// What the file held for each file system when it was read: what
+    /// [`note`](Self::note) changed since is what a save merges.
+    read: BTreeMap<String, Pinned>,
 }
+
+/// Temporary files of saves in this process, told apart.
+static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl TrustRecords {
     /// The default place: beside a key file, else the user's configuration
@@ -134,33 +145,10 @@ impl TrustRecords {
 
     /// Reads the records at `path` (none yet is fine).
     pub fn load(path: &Path) -> Result<Self> {
-        let file = match std::fs::read(path) {
-            Ok(bytes) => {
-                let file: RecordsFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::Keyset(format!(
-                        "trust records {}: not readable ({e}); fix or remove the file",
-                        path.display()
-                    ))
-                })?;
-                if file.format != RECORDS_FORMAT || file.version != 1 {
-                    return Err(Error::Keyset(format!(
-                        "trust records {}: format `{}` version {} is not known",
-                        path.display(),
-                        file.format,
-                        file.version
-                    )));
-                }
-                file
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RecordsFile {
-                format: RECORDS_FORMAT.into(),
-                version: 1,
-                file_systems: BTreeMap::new(),
-            },
-            Err(e) => return Err(Error::read(path.display().to_string(), e)),
-        };
+        let file = read_records(path)?;
         Ok(TrustRecords {
             path: path.to_owned(),
+            read: file.file_systems.clone(),
             file,
         })
     }
@@ -205,16 +193,14 @@ impl TrustRecords {
     /// Returns whether anything changed.
     pub fn note(&mut self, keyset: &Keyset, snapshot: u64) -> bool {
         let admin = public_key_hex(keyset.admin_verifying_key());
-        let entry = self
-            .file
-            .file_systems
-            .entry(keyset.fs().to_string())
-            .or_insert_with(|| Pinned {
-                admin_verifying_key: admin.clone(),
-                fingerprint: fingerprint(keyset.admin_verifying_key()),
-                highest_keyset_serial: 0,
-                highest_snapshot: 0,
-            });
+        let fs = keyset.fs().to_string();
+        let new = !self.file.file_systems.contains_key(&fs);
+        let entry = self.file.file_systems.entry(fs).or_insert_with(|| Pinned {
+            admin_verifying_key: admin.clone(),
+            fingerprint: fingerprint(keyset.admin_verifying_key()),
+            highest_keyset_serial: 0,
+            highest_snapshot: 0,
+        });
         let before = entry.clone();
         if entry.admin_verifying_key != admin {
             // A deliberate new pin (the reader was given another key).
@@ -225,33 +211,141 @@ impl TrustRecords {
         }
         entry.highest_keyset_serial = entry.highest_keyset_serial.max(keyset.serial());
         entry.highest_snapshot = entry.highest_snapshot.max(snapshot);
-        *entry != before
+        new || *entry != before
     }
 
-    /// Writes the records (atomically: a temporary file renamed over).
-    pub fn save(&self) -> Result<()> {
-        if let Some(dir) = self.path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Output {
-                target: dir.display().to_string(),
+    /// Writes the records: under the records' lock, reads the file again,
+    /// merges what this reader noted onto it, and replaces it through a
+    /// temporary file of its own (written, synced, renamed over). Other
+    /// readers' saves in between are kept: a floor (keyset serial, snapshot)
+    /// is never lowered, and a file system this reader did not touch stays
+    /// as the file has it. Afterwards `self` holds the merged records.
+    pub fn save(&mut self) -> Result<()> {
+        let out = |target: &Path| {
+            let target = target.display().to_string();
+            move |e| Error::Output {
+                target,
                 source: e,
                 fatal: false,
-            })?;
-        }
-        let mut bytes = serde_json::to_vec_pretty(&self.file).expect("records serialize");
-        bytes.push(b'\n');
-        let tmp = self
-            .path
-            .with_extension(format!("tmp-{}", std::process::id()));
-        let out = |e| Error::Output {
-            target: self.path.display().to_string(),
-            source: e,
-            fatal: false,
+            }
         };
-        std::fs::write(&tmp, &bytes).map_err(out)?;
-        std::fs::rename(&tmp, &self.path).map_err(out)
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(out(&dir))?;
+        let mut name = self.path.file_name().unwrap_or_default().to_owned();
+        name.push(".lock");
+        let lock_path = self.path.with_file_name(&name);
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(out(&lock_path))?;
+        // Released when `lock` is closed, at the end of this function.
+        lock.lock().map_err(out(&lock_path))?;
+
+        let mut on_disk = read_records(&self.path)?;
+        for (fs, mine) in &self.file.file_systems {
+            let read = self.read.get(fs);
+            merge_pinned(&mut on_disk.file_systems, fs, mine, read);
+        }
+        let mut bytes = serde_json::to_vec_pretty(&on_disk).expect("records serialize");
+        bytes.push(b'\n');
+        let mut tmp_name = self.path.file_name().unwrap_or_default().to_owned();
+        tmp_name.push(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let tmp = self.path.with_file_name(tmp_name);
+        // A file of this very name can only be left by a process that died
+        // (the name carries a live process's id, and the lock is held).
+        let _ = std::fs::remove_file(&tmp);
+        let written = (|| {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(out(&self.path)(e));
+        }
+        // The rename is durable once the folder is synced (best effort:
+        // not every file system lets a folder be opened for that).
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        drop(lock);
+        self.read = on_disk.file_systems.clone();
+        self.file = on_disk;
+        Ok(())
     }
+}
+
+/// Merges `mine`, what one reader holds for `fs` (`read`: what it read from
+/// the file before), into `records`, what the file holds now. What the
+/// reader did not change stays as the file has it. Under one administrator
+/// key, each floor is the higher of the two. A reader that pinned another
+/// administrator on purpose (its key differs from what it read) replaces
+/// the entry; one that only raised the floors of a key that another reader
+/// has since replaced leaves that new pin alone.
+fn merge_pinned(
+    records: &mut BTreeMap<String, Pinned>,
+    fs: &str,
+    mine: &Pinned,
+    read: Option<&Pinned>,
+) {
+    let Some(now) = records.get_mut(fs) else {
+        records.insert(fs.to_owned(), mine.clone());
+        return;
+    };
+    if read == Some(mine) {
+        return;
+    }
+    if now.admin_verifying_key == mine.admin_verifying_key {
+        now.highest_keyset_serial = now.highest_keyset_serial.max(mine.highest_keyset_serial);
+        now.highest_snapshot = now.highest_snapshot.max(mine.highest_snapshot);
+    } else if read.is_none_or(|r| r.admin_verifying_key != mine.admin_verifying_key) {
+        *now = mine.clone();
+    }
+}
+
+/// The records file at `path`, or empty records if there is none.
+fn read_records(path: &Path) -> Result<RecordsFile> {
+    let file = match std::fs::read(path) {
+        Ok(bytes) => {
+            let file: RecordsFile = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Keyset(format!(
+                    "trust records {}: not readable ({e}); fix or remove the file",
+                    path.display()
+                ))
+            })?;
+            if file.format != RECORDS_FORMAT || file.version != 1 {
+                return Err(Error::Keyset(format!(
+                    "trust records {}: format `{}` version {} is not known",
+                    path.display(),
+                    file.format,
+                    file.version
+                )));
+            }
+            file
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RecordsFile {
+            format: RECORDS_FORMAT.into(),
+            version: 1,
+            file_systems: BTreeMap::new(),
+        },
+        Err(e) => return Err(Error::read(path.display().to_string(), e)),
+    };
+    Ok(file)
 }
 
 /// A keyset found in the store.
@@ -604,5 +698,163 @@ mod tests {
             1,
             "the store's newer keyset of the same administrator"
         );
+    }
+
+    /// A keyset of the file system `fs`, signed by `admin`.
+    fn keyset_of(fs: &str, admin: &AdminSecret) -> Keyset {
+        Keyset::new(FsName::new(fs).unwrap(), admin)
+    }
+
+    /// Fails unless the records at `path` hold `shared` as the highest
+    /// snapshot of file system `shared` (the highest any reader saw), and
+    /// each of `own` (file system, highest snapshot): no reader's record
+    /// was lost; and no temporary file is left beside them.
+    fn assert_merged(path: &Path, shared: u64, own: &[(String, u64)]) {
+        let records = TrustRecords::load(path).unwrap();
+        assert_eq!(
+            records.pinned("shared").unwrap().highest_snapshot,
+            shared,
+            "the highest snapshot any reader saw"
+        );
+        for (fs, seen) in own {
+            assert_eq!(
+                records.pinned(fs).map(|p| p.highest_snapshot),
+                Some(*seen),
+                "{fs}"
+            );
+        }
+        let left: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn concurrent_saves_in_one_process_lose_no_record_and_lower_no_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trusted-admins.json");
+        let admin = AdminSecret::generate();
+        let shared = keyset_of("shared", &admin);
+        const READERS: u64 = 16;
+        // Every reader reads the records before any writes them (as
+        // restores that start together do), then all save at once.
+        let (loaded, saving) = (
+            std::sync::Barrier::new(READERS as usize),
+            std::sync::Barrier::new(READERS as usize),
+        );
+        std::thread::scope(|s| {
+            for i in 0..READERS {
+                let (path, admin, shared) = (&path, &admin, &shared);
+                let (loaded, saving) = (&loaded, &saving);
+                s.spawn(move || {
+                    // Nothing may fail before the barriers: the others would
+                    // wait for ever.
+                    let records = TrustRecords::load(path);
+                    loaded.wait();
+                    let mut records = records.unwrap();
+                    let noted = records.note(shared, i + 1)
+                        && records.note(&keyset_of(&format!("own{i}"), admin), i);
+                    saving.wait();
+                    assert!(noted, "a new file system is a change");
+                    records.save().unwrap();
+                    assert!(records.pinned("shared").unwrap().highest_snapshot > i);
+                });
+            }
+        });
+        let own: Vec<(String, u64)> = (0..READERS).map(|i| (format!("own{i}"), i)).collect();
+        assert_merged(&path, READERS, &own);
+    }
+
+    /// What a child process of
+    /// `concurrent_saves_in_many_processes_lose_no_record_and_lower_no_floor`
+    /// does: `CBFS_TEST_TRUST_CHILD=PATH:ADMIN_SEED_HEX:ID`.
+    #[test]
+    #[ignore = "run by concurrent_saves_in_many_processes_lose_no_record_and_lower_no_floor"]
+    fn trust_records_child() {
+        let Ok(arg) = std::env::var("CBFS_TEST_TRUST_CHILD") else {
+            return;
+        };
+        let mut parts = arg.rsplitn(3, ':');
+        let id: u64 = parts.next().unwrap().parse().unwrap();
+        let seed = hex::decode(parts.next().unwrap()).unwrap();
+        let path = PathBuf::from(parts.next().unwrap());
+        let admin =
+            AdminSecret::from_seed(cbfs_core::Seed::from_slice(&seed, "test seed").unwrap());
+        let shared = keyset_of("shared", &admin);
+        for round in 0..CHILD_ROUNDS {
+            let mut records = TrustRecords::load(&path).unwrap();
+            records.note(&shared, id * 1000 + round);
+            records.note(&keyset_of(&format!("process{id}"), &admin), round);
+            records.save().unwrap();
+        }
+    }
+
+    const CHILD_ROUNDS: u64 = 20;
+
+    #[test]
+    fn concurrent_saves_in_many_processes_lose_no_record_and_lower_no_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trusted-admins.json");
+        let seed: [u8; 32] = rand_seed();
+        const PROCESSES: u64 = 6;
+        let children: Vec<std::process::Child> = (0..PROCESSES)
+            .map(|id| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--exact",
+                        "keyset::tests::trust_records_child",
+                        "--ignored",
+                        "--test-threads=1",
+                    ])
+                    .env(
+                        "CBFS_TEST_TRUST_CHILD",
+                        format!("{}:{}:{id}", path.display(), hex::encode(seed)),
+                    )
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "a child failed");
+        }
+        let own: Vec<(String, u64)> = (0..PROCESSES)
+            .map(|id| (format!("process{id}"), CHILD_ROUNDS - 1))
+            .collect();
+        assert_merged(&path, (PROCESSES - 1) * 1000 + CHILD_ROUNDS - 1, &own);
+    }
+
+    fn rand_seed() -> [u8; 32] {
+        let mut seed = [0u8; 32];
+        use sha2::Digest as _;
+        seed.copy_from_slice(&sha2::Sha256::digest(
+            format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+        ));
+        seed
+    }
+
+    #[test]
+    fn a_new_pin_replaces_the_old_one_but_a_stale_reader_does_not_undo_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trusted-admins.json");
+        let (old, new) = (AdminSecret::generate(), AdminSecret::generate());
+        let mut first = TrustRecords::load(&path).unwrap();
+        first.note(&keyset_of("fs", &old), 3);
+        first.save().unwrap();
+        // Two readers read the same records; one pins another administrator
+        // on purpose, the other only saw a newer snapshot of the old one.
+        let mut repin = TrustRecords::load(&path).unwrap();
+        let mut stale = TrustRecords::load(&path).unwrap();
+        repin.note(&keyset_of("fs", &new), 1);
+        repin.save().unwrap();
+        stale.note(&keyset_of("fs", &old), 9);
+        stale.save().unwrap();
+        let now = TrustRecords::load(&path).unwrap();
+        let p = now.pinned("fs").unwrap();
+        assert_eq!(p.admin_verifying_key, public_key_hex(&new.verifying_key()));
+        assert_eq!(p.highest_snapshot, 1);
+        assert_eq!(stale.pinned("fs"), Some(p), "the saver sees the merge");
     }
 }

@@ -344,10 +344,10 @@ pub fn open_snapshot(
             // Two trusted manifests of one sequence: a fork.
             match verify_object(source, &listed, c, trust) {
                 Ok(_) => {
-                    return Err(Error::NoSnapshot(format!(
-                        "2 manifests signed by trusted writers claim sequence {}: {} and {} (a fork?); pick one with --snapshot ID",
-                        c.sequence, first.key, c.key
-                    )));
+                    return Err(Error::Fork {
+                        sequence: c.sequence,
+                        objects: vec![first.key.clone(), c.key.clone()],
+                    });
                 }
                 // Reported like any other object that is not trusted.
                 Err(e) => warnings.push(format!("ignored {}: {e}", c.key)),
@@ -383,7 +383,8 @@ pub fn open_snapshot(
             (None, _) => Error::NoSnapshot("no snapshot matches".into()),
         });
     };
-    let previous = check_chain(source, &listed, &chosen.key, &manifest, &mut warnings)?;
+    let mut hashes = Hashes::new(source, &listed);
+    let previous = check_chain(&mut hashes, &chosen.key, &manifest, &mut warnings)?;
     Ok(Snapshot {
         key: chosen.key.clone(),
         manifest,
@@ -398,6 +399,12 @@ pub fn open_snapshot(
 /// sequence `from` on (reading back only as far as the newest full manifest
 /// at or before it, which later deltas need); and what was ignored, by
 /// object.
+///
+/// The same checks as [`open_snapshot`], for every snapshot listed, so that
+/// a listing never shows what a restore refuses: two trusted manifests of
+/// one sequence are a [fork](Error::Fork), and each snapshot must follow an
+/// earlier manifest of the store when any is left
+/// ([`BrokenChain`](Error::BrokenChain)); either fails the whole listing.
 pub fn snapshots(
     source: &dyn ObjectSource,
     trust: &Trust,
@@ -425,6 +432,7 @@ pub fn snapshots(
     }
     let mut out: Vec<Snapshot> = Vec::new();
     let mut by_hash: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut hashes = Hashes::new(source, &listed);
     for (i, l) in listed.iter().enumerate().skip(start) {
         let bytes = match fetched.remove(&i) {
             Some(b) => b,
@@ -433,10 +441,12 @@ pub fn snapshots(
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
                     ignored.push((l.key.clone(), e.to_string()));
+                    hashes.unreadable(i, e.to_string());
                     continue;
                 }
             },
         };
+        hashes.learn(i, &bytes);
         let verified = (|| {
             let header = ManifestHeader::peek(&bytes).map_err(|e| Error::format(&l.key, e))?;
             let (m, writer) = if header.delta {
@@ -485,6 +495,26 @@ pub fn snapshots(
         }
     }
     out.retain(|s| s.sequence() >= from);
+    // A fork: more than one trusted manifest of a sequence.
+    for pair in out.windows(2) {
+        if pair[0].sequence() == pair[1].sequence() {
+            let sequence = pair[0].sequence();
+            return Err(Error::Fork {
+                sequence,
+                objects: out
+                    .iter()
+                    .filter(|s| s.sequence() == sequence)
+                    .map(|s| s.key.clone())
+                    .collect(),
+            });
+        }
+    }
+    // Each follows an earlier manifest of the store, as open_snapshot checks.
+    for snap in &mut out {
+        let mut warnings = Vec::new();
+        snap.previous = check_chain(&mut hashes, &snap.key, &snap.manifest, &mut warnings)?;
+        snap.warnings = warnings;
+    }
     Ok((out, ignored))
 }
 
@@ -528,48 +558,96 @@ fn select<'a>(listed: &'a [Listed], sel: &str) -> Result<Vec<&'a Listed>> {
     Ok(matches.into_iter().rev().collect())
 }
 
+/// What is known of one object under `snapshots/`: the SHA-256 of its
+/// bytes and the sequence its header holds (`None`: not a manifest), or
+/// why it could not be read.
+type ObjectHash = std::result::Result<([u8; 32], Option<u64>), String>;
+
+/// The SHA-256 and the header's sequence of the store's manifest objects,
+/// read once each, as the chain checks need them.
+struct Hashes<'a> {
+    source: &'a dyn ObjectSource,
+    listed: &'a [Listed],
+    known: HashMap<usize, ObjectHash>,
+}
+
+impl<'a> Hashes<'a> {
+    fn new(source: &'a dyn ObjectSource, listed: &'a [Listed]) -> Self {
+        Hashes {
+            source,
+            listed,
+            known: HashMap::new(),
+        }
+    }
+
+    /// Remembers the bytes of object `i`, read by the caller.
+    fn learn(&mut self, i: usize, bytes: &[u8]) {
+        let sequence = ManifestHeader::peek(bytes).ok().map(|h| h.sequence);
+        self.known
+            .insert(i, Ok((<[u8; 32]>::from(Sha256::digest(bytes)), sequence)));
+    }
+
+    /// Remembers that object `i` could not be read.
+    fn unreadable(&mut self, i: usize, why: String) {
+        self.known.insert(i, Err(why));
+    }
+
+    /// The hash and header sequence of object `i` (`None` in the header if
+    /// it is not a manifest), reading it if it was not read yet.
+    fn get(&mut self, i: usize) -> Result<ObjectHash> {
+        if let Some(known) = self.known.get(&i) {
+            return Ok(known.clone());
+        }
+        match self.source.get(&self.listed[i].key) {
+            Ok(bytes) => self.learn(i, &bytes),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => self.unreadable(i, e.to_string()),
+        }
+        Ok(self.known[&i].clone())
+    }
+}
+
 /// Checks that `manifest` follows an earlier manifest of the store: the one
 /// whose bytes hash to the `previous` it names (its signature covers that
 /// hash, so the match proves those bytes), with a lower sequence number.
 /// Returns the key of that manifest, if the store still holds it.
 fn check_chain(
-    source: &dyn ObjectSource,
-    listed: &[Listed],
+    hashes: &mut Hashes<'_>,
     key: &str,
     manifest: &Manifest,
     warnings: &mut Vec<String>,
 ) -> Result<Option<String>> {
-    let earlier: Vec<&Listed> = listed
-        .iter()
-        .filter(|l| l.sequence < manifest.sequence())
-        .rev()
-        .collect();
+    let listed = hashes.listed;
+    // `listed` is in sequence order: the earlier manifests, nearest first.
+    let earlier = listed.partition_point(|l| l.sequence < manifest.sequence());
     let Some(wanted) = manifest.previous_hash() else {
-        if !earlier.is_empty() {
+        if earlier > 0 {
             warnings.push(format!(
-                "{key} claims to be the first snapshot, yet the store holds {} earlier manifest(s) \
-                 (an agent index rebuilt from scratch, or a fork)",
-                earlier.len()
+                "{key} claims to be the first snapshot, yet the store holds {earlier} earlier manifest(s) \
+                 (an agent index rebuilt from scratch, or a fork)"
             ));
         }
         return Ok(None);
     };
     let mut unreadable = Vec::new();
-    for prev in &earlier {
-        let bytes = match source.get(&prev.key) {
-            Ok(b) => b,
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => {
-                unreadable.push(e.to_string());
+    for i in (0..earlier).rev() {
+        let prev = &listed[i];
+        let (hash, header_sequence) = match hashes.get(i)? {
+            Ok(found) => found,
+            Err(why) => {
+                unreadable.push(why);
                 continue;
             }
         };
-        if <[u8; 32]>::from(Sha256::digest(&bytes)) != wanted {
+        if hash != wanted {
             continue;
         }
-        let header =
-            ManifestHeader::peek(&bytes).map_err(|e| Error::format(prev.key.clone(), e))?;
-        if header.sequence >= manifest.sequence() || header.sequence != prev.sequence {
+        let header_sequence = header_sequence.ok_or_else(|| Error::BrokenChain {
+            key: key.to_owned(),
+            previous: prev.key.clone(),
+            reason: "the manifest it names as previous is not a manifest".into(),
+        })?;
+        if header_sequence >= manifest.sequence() || header_sequence != prev.sequence {
             return Err(Error::BrokenChain {
                 key: key.to_owned(),
                 previous: prev.key.clone(),
@@ -578,7 +656,7 @@ fn check_chain(
         }
         return Ok(Some(prev.key.clone()));
     }
-    match earlier.first() {
+    match earlier.checked_sub(1) {
         None => {
             warnings.push(format!(
                 "the manifest {key} follows is no longer in the store (pruned?): the chain was not checked"
@@ -587,11 +665,10 @@ fn check_chain(
         }
         Some(nearest) => Err(Error::BrokenChain {
             key: key.to_owned(),
-            previous: nearest.key.clone(),
+            previous: listed[nearest].key.clone(),
             reason: format!(
-                "its previous-manifest hash matches none of the {} earlier manifest(s) in the store \
+                "its previous-manifest hash matches none of the {earlier} earlier manifest(s) in the store \
                  (rolled back or forked?){}",
-                earlier.len(),
                 if unreadable.is_empty() {
                     String::new()
                 } else {

@@ -138,6 +138,39 @@ impl ServerProcess {
         assert!(status.success(), "kill -{signal} {} failed", self.name);
     }
 
+    /// The address a server started with `--listen 127.0.0.1:0` listens
+    /// on, as it says on its first line of output (`listening on
+    /// SCHEME://ADDRESS`, as `cbfs-delegation serve` and `cbfs-gateway
+    /// serve` print it): `SCHEME://ADDRESS`. Waits up to `within` for that
+    /// line; fails, showing the log, if the server exits first or never
+    /// says it. The port is the kernel's choice, so no other process can
+    /// take it between choosing and binding (as with a port chosen by
+    /// binding and closing a socket first).
+    pub fn listening_url(&mut self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = String::from_utf8_lossy(&self.log_contents()).into_owned();
+            if let Some(url) = log
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("listening on "))
+            {
+                return url.trim().to_owned();
+            }
+            if let Some(status) = self.exit_status() {
+                panic!(
+                    "{} exited with {status} before it listened:\n{log}",
+                    self.name
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not say where it listens within {within:?}:\n{log}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Everything the server has logged so far.
     pub fn log_contents(&self) -> Vec<u8> {
         fs::read(&self.log).unwrap_or_default()
@@ -227,6 +260,32 @@ mod tests {
             assert!(Instant::now() < deadline, "supervisor wrote no pid file");
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn the_listening_url_is_read_from_the_servers_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo starting >&2; echo 'listening on http://127.0.0.1:4242'; sleep 300");
+        let mut server = ServerProcess::spawn("talker", &cmd, &dir.path().join("log"), dir.path());
+        assert_eq!(
+            server.listening_url(Duration::from_secs(30)),
+            "http://127.0.0.1:4242"
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("echo cannot bind >&2; exit 3");
+        let mut server =
+            ServerProcess::spawn("quitter", &cmd, &dir.path().join("log2"), dir.path());
+        let said = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            server.listening_url(Duration::from_secs(30))
+        }))
+        .unwrap_err();
+        let said = said.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            said.contains("before it listened") && said.contains("cannot bind"),
+            "{said}"
+        );
     }
 
     #[test]

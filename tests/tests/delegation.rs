@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use cbfs_client::{FetchError, NodeProblem};
 use cbfs_core::{ScopeLabel, UserName, UserSecret, public_key_from_hex};
 use cbfs_tests::{Fault, FaultPlan, FaultyProxy, cbfs_cmd, http_client, run_fail, run_ok};
-use cbfs_wire::client::{FetchError, NodeProblem};
 use cbfs_wire::{NodeInfo, ReencryptBody, SignedReencrypt};
 use cluster::{Cluster, SCOPE, USER, text};
 use liar::{Lie, LyingProxy};
@@ -42,7 +42,7 @@ fn refusal_codes(err: &FetchError) -> Vec<String> {
         .collect()
 }
 
-fn expect_refused(result: Result<cbfs_wire::client::Fetched, FetchError>, code: &str) -> String {
+fn expect_refused(result: Result<cbfs_client::Fetched, FetchError>, code: &str) -> String {
     let err = result.expect_err("the fetch must be refused");
     let message = err.to_string();
     let codes = refusal_codes(&err);
@@ -443,6 +443,80 @@ fn the_same_node_under_two_urls_counts_once() {
     );
 }
 
+/// `cbfs-keytool revoke` takes m and n from the delegation record the
+/// administrator signed (every node returns it, and the tool checks it with
+/// the administrator's key), never from a node's word: a node that claims
+/// m = n ("my compliance alone is enough") cannot make a revocation that 2
+/// nodes still escape look as if it held, and a node that edits the signed
+/// record is named as lying and not counted.
+#[test]
+fn a_node_that_claims_m_equals_n_cannot_make_a_revocation_hold() {
+    let mut c = Cluster::start(3, &[]);
+    c.delegate(2, &[]);
+    let liar = LyingProxy::lying(&c.nodes[0].url, Lie::ClaimRevokeTerms(3, 3));
+    // Two nodes keep their shares: 2 of 3 can still unlock, so the
+    // revocation does not hold with one node complying.
+    c.nodes[1].kill();
+    c.nodes[2].kill();
+    let urls = vec![liar.url.clone(), c.urls()[1].clone(), c.urls()[2].clone()];
+    let revoke = |lie_urls: &[String]| {
+        let mut cmd = cluster::keytool(c.work.root());
+        cmd.args(cluster::words(&format!(
+            "--json revoke --admin file:admin.key --scope {SCOPE} --user {USER}.pub"
+        )))
+        .args(Cluster::node_args(lie_urls));
+        run_fail(&mut cmd)
+    };
+    let out = revoke(&urls);
+    assert!(
+        liar.lies.load(Ordering::SeqCst) >= 1,
+        "the liar changed nothing"
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    let report = first_json(&out.stdout);
+    assert_eq!(report["threshold"], 2, "{report:#}");
+    assert_eq!(report["shares"], 3, "{report:#}");
+    assert_eq!(report["terms"], "as the administrator signed it");
+    assert_eq!(report["needed"], 2, "{report:#}");
+    assert_eq!(report["complied"], 1, "{report:#}");
+    assert_eq!(report["holds"], false, "{report:#}");
+
+    // The same revocation again, through a node that edits the signed
+    // record (the node answers with the record of the share it deleted).
+    drop(liar);
+    let forger = LyingProxy::lying(&c.nodes[0].url, Lie::ForgeRevokeRecord(3));
+    let urls = vec![forger.url.clone(), c.urls()[1].clone(), c.urls()[2].clone()];
+    let out = revoke(&urls);
+    assert!(
+        forger.lies.load(Ordering::SeqCst) >= 1,
+        "the forger changed nothing"
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    let report = first_json(&out.stdout);
+    assert_eq!(report["complied"], 0, "{report:#}");
+    let lied = report["nodes"][0]["lied"].as_str().unwrap_or_default();
+    assert!(lied.contains("not the administrator's"), "{report:#}");
+    // Said to people too.
+    let mut cmd = cluster::keytool(c.work.root());
+    cmd.args(cluster::words(&format!(
+        "revoke --admin file:admin.key --scope {SCOPE} --user {USER}.pub"
+    )))
+    .args(Cluster::node_args(&urls));
+    let out = run_fail(&mut cmd);
+    let said = text(&out.stdout);
+    assert!(said.contains(&format!("{}: LIED", forger.url)), "{said}");
+}
+
+/// The first JSON document of `bytes` (a failing `--json` command prints
+/// its report, then the error).
+fn first_json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::Deserializer::from_slice(bytes)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .expect("a JSON report")
+        .unwrap_or_else(|e| panic!("{e}: {}", text(bytes)))
+}
+
 /// A node's answer is read only up to what the request can need: a node
 /// that answers with 64 MiB is refused and named, and the others finish
 /// the fetch.
@@ -659,26 +733,34 @@ fn sighup_reloads_policies_without_dropping_requests() {
         &lockboxes,
     );
 
-    // Requests keep going while the policies change under them.
+    // Requests keep going while the policies change under them: before the
+    // reload, and after the node shows the new policy (waited for by what
+    // the node serves, not by the clock).
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let served = std::thread::scope(|s| {
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let wait_served = |at_least: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while served.load(Ordering::SeqCst) < at_least {
+            assert!(Instant::now() < deadline, "the requests stopped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    std::thread::scope(|s| {
         let background = s.spawn(|| {
-            let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
                 c.fetch(&url, "/public/", &lockboxes)
                     .expect("a request during the reload failed");
-                n += 1;
+                served.fetch_add(1, Ordering::SeqCst);
             }
-            n
         });
+        wait_served(1);
         fs::write(policies.join("private.cedar"), NO_PRIVATE).unwrap();
         c.nodes[0].signal("HUP");
         wait_for_policy(&url[0], "no-private", true);
-        std::thread::sleep(Duration::from_millis(300));
+        wait_served(served.load(Ordering::SeqCst) + 2);
         stop.store(true, Ordering::SeqCst);
         background.join().unwrap()
     });
-    assert!(served >= 1);
     let message = expect_single_refusal(c.fetch(&url, "/private/x/", &lockboxes), "denied");
     assert!(message.contains("no-private"), "{message}");
 
@@ -700,10 +782,7 @@ fn sighup_reloads_policies_without_dropping_requests() {
     c.open_all(c.fetch(&url, "/public/", &lockboxes).unwrap(), &lockboxes);
 }
 
-fn expect_single_refusal(
-    result: Result<cbfs_wire::client::Fetched, FetchError>,
-    code: &str,
-) -> String {
+fn expect_single_refusal(result: Result<cbfs_client::Fetched, FetchError>, code: &str) -> String {
     let err = result.expect_err("the fetch must be refused");
     assert_eq!(refusal_codes(&err), [code], "{err}");
     err.to_string()

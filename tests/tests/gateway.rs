@@ -31,14 +31,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cbfs_client::GatewayAuth;
 use cbfs_core::{KeySource, Unlock, UserName, UserSecret};
 use cbfs_tests::reqwest::blocking::Client;
 use cbfs_tests::reqwest::{Certificate, Identity, Method};
 use cbfs_tests::{
-    Compare, S3Server, ServerProcess, Workdir, cbfs_bin, cbfs_cmd, free_port, random_bytes,
-    require_tool, run_ok,
+    Compare, S3Server, ServerProcess, Workdir, cbfs_bin, cbfs_cmd, random_bytes, require_tool,
+    run_ok,
 };
-use cbfs_wire::client::GatewayAuth;
 use cluster::{NodeProc, keytool, text, words};
 use serde_json::Value;
 
@@ -143,8 +143,11 @@ struct Site {
     tls: Tls,
     nodes: Vec<NodeProc>,
     s3: Option<S3Server>,
-    port: u16,
+    /// `https://127.0.0.1:PORT`, as the running gateway said.
+    url: String,
     gateway: Option<GatewayProc>,
+    /// Node URLs the configuration names after the nodes'.
+    extra_nodes: Vec<String>,
 }
 
 fn seed_secret(path: &Path) -> UserSecret {
@@ -233,8 +236,9 @@ impl Site {
             tls,
             nodes,
             s3,
-            port: free_port(),
+            url: String::new(),
             gateway: None,
+            extra_nodes: Vec::new(),
         };
         site.write_config();
         site
@@ -245,9 +249,15 @@ impl Site {
     }
 
     fn write_config(&self) {
-        let nodes: Vec<String> = self.nodes.iter().map(|n| format!("{:?}", n.url)).collect();
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| &n.url)
+            .chain(&self.extra_nodes)
+            .map(|u| format!("{u:?}"))
+            .collect();
         let mut c = format!(
-            r#"listen = "127.0.0.1:{port}"
+            r#"listen = "127.0.0.1:0"
 state = "gw-state"
 
 [tls]
@@ -285,7 +295,6 @@ scopes = ["home/alice/**=alice", "home/bob/**=bob"]
 writer_key = "file:writer.key"
 nodes = [{nodes}]
 "#,
-            port = self.port,
             cert = self.tls.cert,
             key = self.tls.key,
             ca = self.tls.ca,
@@ -311,7 +320,8 @@ nodes = [{}]
     }
 
     fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        assert!(!self.url.is_empty(), "the gateway has not started");
+        self.url.clone()
     }
 
     fn envs(&self) -> Vec<(String, String)> {
@@ -332,6 +342,8 @@ nodes = [{}]
             .env("RUST_LOG", "cbfs_gateway=debug,cbfs_tiering=info")
             .envs(self.envs());
         let mut server = ServerProcess::spawn("gateway", &cmd, &log, self.work.root());
+        // A port the kernel picked: the gateway says which.
+        self.url = server.listening_url(Duration::from_secs(60));
         let client = self.client();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -946,6 +958,88 @@ fn bad_requests_get_clear_errors_and_commit_nothing() {
     let a = site.call("alice", Method::GET, "/v1/fs/fs1/nodes/7/v1/node", b"");
     a.expect(404, "unknown_node");
     site.verify_audit();
+
+    // A node that answers without end: the relay reads no more than its
+    // limit (max_body) and refuses the answer, 502 too_large; the node
+    // gets to send only what the sockets hold, never the whole flood.
+    let flood = Flood::start(256 << 20);
+    site.extra_nodes.push(flood.url.clone());
+    site.gateway.take().unwrap().server.stop();
+    site.write_config();
+    site.start_gateway();
+    let node = site.nodes.len();
+    let a = site.call(
+        "alice",
+        Method::GET,
+        &format!("/v1/fs/fs1/nodes/{node}/v1/node"),
+        b"",
+    );
+    a.expect(502, "too_large");
+    let sent = flood.wait_done(Duration::from_secs(60));
+    assert!(
+        sent < 32 << 20,
+        "the gateway read {sent} bytes of an answer it may take {MAX_BODY} of"
+    );
+}
+
+/// A node that answers every request with a chunked body of `total` bytes
+/// (or until the reader hangs up), counting what it managed to send.
+struct Flood {
+    url: String,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    done: Arc<AtomicBool>,
+}
+
+impl Flood {
+    fn start(total: u64) -> Flood {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let (counter, finished) = (sent.clone(), done.clone());
+        thread::spawn(move || {
+            let Ok((conn, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let mut conn = conn;
+            let chunk = vec![b' '; 64 << 10];
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            );
+            while counter.load(Ordering::SeqCst) < total {
+                let framed = [
+                    format!("{:x}\r\n", chunk.len()).as_bytes(),
+                    &chunk[..],
+                    b"\r\n",
+                ]
+                .concat();
+                if conn.write_all(&framed).is_err() {
+                    break;
+                }
+                counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+            let _ = conn.write_all(b"0\r\n\r\n");
+            finished.store(true, Ordering::SeqCst);
+        });
+        Flood { url, sent, done }
+    }
+
+    /// What was sent, once the node stopped sending (the reader hung up, or
+    /// all of it went).
+    fn wait_done(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        while !self.done.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the flood never stopped");
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.sent.load(Ordering::SeqCst)
+    }
 }
 
 /// A source tree big enough that a run takes a while.
@@ -1102,27 +1196,40 @@ fn sighup_reloads_under_traffic_and_a_client_certificate_authenticates_a_host() 
     let a = site.call("carol", Method::GET, "/v1/fs/fs1/snapshots", b"");
     assert_eq!(a.status, 401, "{}", a.body);
 
-    // Four clients list while the gateway reloads five times.
+    // Four clients list while the gateway reloads five times: each reload
+    // waits for requests to have been served since the last one, and for
+    // the gateway to say it reloaded (no clock is waited on).
     let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let site = Arc::new(site);
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (site, stop) = (site.clone(), stop.clone());
+            let (site, stop, served) = (site.clone(), stop.clone(), served.clone());
             thread::spawn(move || {
-                let mut served = 0;
                 while !stop.load(Ordering::SeqCst) {
                     let a = site.call("alice", Method::GET, "/v1/fs/fs1/ls?path=/home/alice", b"");
                     assert_eq!(a.status, 200, "dropped during a reload: {}", a.body);
                     assert!(!names_in(&a.body).is_empty());
-                    served += 1;
+                    served.fetch_add(1, Ordering::SeqCst);
                 }
-                served
             })
         })
         .collect();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}:\n{}", site.gw().log());
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let said = format!("reloaded {}", site.config_path().display());
+    let reloads = || site.gw().log().matches(&said).count();
     let original = fs::read_to_string(site.config_path()).unwrap();
     for i in 0..5 {
-        thread::sleep(Duration::from_millis(300));
+        let before = served.load(Ordering::SeqCst);
+        wait_for("no request was served between reloads", &|| {
+            served.load(Ordering::SeqCst) >= before + 4
+        });
         if i == 2 {
             // The new configuration: carol is a user.
             fs::write(
@@ -1132,11 +1239,16 @@ fn sighup_reloads_under_traffic_and_a_client_certificate_authenticates_a_host() 
             .unwrap();
         }
         site.gw().signal("HUP");
+        wait_for("the gateway did not say it reloaded", &|| reloads() > i);
     }
-    thread::sleep(Duration::from_millis(500));
+    let before = served.load(Ordering::SeqCst);
+    wait_for("no request was served after the reloads", &|| {
+        served.load(Ordering::SeqCst) >= before + 4
+    });
     stop.store(true, Ordering::SeqCst);
-    let served: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    assert!(served > 0);
+    for w in workers {
+        w.join().unwrap();
+    }
     let log = site.gw().log();
     assert!(!log.contains("NOT reloaded"), "{log}");
     let a = site.call("carol", Method::GET, "/v1/fs/fs1/snapshots", b"");

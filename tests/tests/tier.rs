@@ -365,17 +365,7 @@ fn behaviour_suite(backend: Backend) {
     // The holder of scope alice's secret restores exactly alice's files,
     // and none of bob's or of the default scope. (Users restore through
     // delegation nodes: restore_nodes.rs.)
-    run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys.dir).args([
-        "export-scope",
-        "--admin",
-        "file:admin.key",
-        "--keyset",
-        "keyset.json",
-        "--scope",
-        "alice",
-        "--secret",
-        "file:alice-scope.key",
-    ]));
+    let alice_scope = keys.export_scope("alice");
     let mine = work.path("alice-restore");
     let out = run_ok(
         cbfs_cmd("cbfs-tier")
@@ -386,10 +376,7 @@ fn behaviour_suite(backend: Backend) {
                 &backend.spec(),
                 "--identity",
             ])
-            .arg(format!(
-                "file:{}",
-                keys.dir.join("alice-scope.key").display()
-            ))
+            .arg(&alice_scope)
             .arg("--index")
             .arg(&index)
             .arg(".")

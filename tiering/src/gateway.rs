@@ -6,9 +6,9 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use cbfs_client::GatewayAuth;
 use cbfs_core::Clock;
 use cbfs_restore::Error as RestoreError;
-use cbfs_wire::client::GatewayAuth;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -47,7 +47,7 @@ impl GatewayClient {
         if let Some(t) = timeout {
             b = b.timeout(t);
         }
-        let http = cbfs_wire::client::with_tls_env(b)
+        let http = cbfs_client::with_tls_env(b)
             .map_err(Error::Usage)?
             .build()
             .map_err(|e| Error::Usage(format!("cannot make an HTTP client: {e}")))?;

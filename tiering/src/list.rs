@@ -77,11 +77,41 @@ fn load(
     let t = trusted(&source, trust, None, None)?;
     let (snaps, ignored) = snapshots(&source, &t.trust, 0)
         .map_err(|e| restore_error("cannot list the snapshots", e))?;
-    let ignored = ignored
+    let ignored: Vec<Ignored> = ignored
         .into_iter()
         .map(|(object, reason)| Ignored { object, reason })
         .collect();
+    none_trusted(&snaps, &ignored, store)?;
     Ok((snaps, ignored))
+}
+
+/// Fails when the store holds manifests and none of them is trusted: a
+/// listing of nothing would read as "no snapshot yet", as a restore does
+/// not (it refuses them, exit 4). The error names every refused object.
+fn none_trusted(snaps: &[Snapshot], ignored: &[Ignored], store: &str) -> Result<()> {
+    let refused: Vec<&Ignored> = ignored
+        .iter()
+        .filter(|i| i.object != cbfs_format::layout::SNAPSHOTS)
+        .collect();
+    if !snaps.is_empty() || refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Integrity {
+        object: refused
+            .iter()
+            .map(|i| i.object.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: format!(
+            "none of the {} manifests in {store} is trusted, so no snapshot can be listed: {}",
+            refused.len(),
+            refused
+                .iter()
+                .map(|i| format!("{}: {}", i.object, i.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    })
 }
 
 /// Every snapshot of the store a trusted writer signed, oldest first, and

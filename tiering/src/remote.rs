@@ -2,7 +2,7 @@
 //!
 //! For each segment the restore reads, [`NodeOpener`] sends the capsules of
 //! its lockboxes, one batch per scope, to all n nodes at once
-//! ([`cbfs_wire::client::fetch_cfrags`]), takes the first m distinct shares
+//! ([`cbfs_client::fetch_cfrags`]), takes the first m distinct shares
 //! whose every capsule fragment verifies (m as the administrator signed it
 //! in the delegation record, never as a node says), and opens the lockboxes
 //! with the user's own key. A node that is down, slow, refuses or lies does
@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cbfs_client::{FetchError, NodeProblem, NodeSet, fetch_cfrags};
 use cbfs_core::{Keyset, ScopeLabel, UserName, UserSecret, fingerprint};
 use cbfs_format::{GroupKey, Lockbox};
 use cbfs_restore::LockboxOpener;
 use cbfs_wire::Access;
-use cbfs_wire::client::{FetchError, NodeProblem, NodeSet, fetch_cfrags};
 
 use crate::error::{Error, Result};
 
@@ -60,7 +60,7 @@ pub struct NodeOptions<'a> {
     /// The path prefix the restore asks for (policies may limit it).
     pub path: String,
     /// Nodes reached through a gateway's relay: how requests are signed.
-    pub gateway: Option<cbfs_wire::client::GatewayAuth>,
+    pub gateway: Option<cbfs_client::GatewayAuth>,
 }
 
 impl NodeOpener {

@@ -175,7 +175,7 @@ fn restore_blocking(
         };
         let secret = UserSecret::from_seed(copy(&seed));
         let name = user_name(user, &secret)?;
-        let auth = cbfs_wire::client::GatewayAuth::new(name.clone(), secret.signer());
+        let auth = cbfs_client::GatewayAuth::new(name.clone(), secret.signer());
         let client = crate::gateway::GatewayClient::new(&req.store, auth, None)?;
         let source = cbfs_restore::GatewaySource::open(&req.store, name, secret.signer())
             .map_err(|e| restore_error("cannot open the store", e))?;

@@ -1,7 +1,12 @@
 //! Walking the source tree.
 //!
 //! The walk is sorted by name, never follows symbolic links, and reports
-//! entries it cannot read instead of stopping.
+//! entries it cannot read instead of stopping. Every directory is listed
+//! through a handle opened beneath the tree's root with no symbolic link on
+//! the way ([`SourceTree::open_dir`]), and only if it is the directory the
+//! listing of its parent found: a directory swapped for a link to somewhere
+//! else is never listed, and what the index holds below it is kept (a
+//! "changed while read" problem), not called gone.
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -10,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use cbfs_format::{EntryKind, Metadata, Timestamp};
 use serde::{Deserialize, Serialize};
+
+use crate::source_tree::{OpenError, SourceTree};
 
 /// What `lstat` says of an entry, as far as change detection needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +63,24 @@ impl Stat {
             ctime: m.ctime(),
             ctime_ns: m.ctime_nsec() as u32,
             rdev: m.rdev(),
+        }
+    }
+
+    /// From a `stat` made through a directory's descriptor.
+    pub fn from_rustix(st: &rustix::fs::Stat) -> Self {
+        Stat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            nlink: st.st_nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            mtime: st.st_mtime,
+            mtime_ns: st.st_mtime_nsec as u32,
+            ctime: st.st_ctime,
+            ctime_ns: st.st_ctime_nsec as u32,
+            rdev: st.st_rdev,
         }
     }
 
@@ -117,13 +142,18 @@ pub struct Problem {
 /// The walk on one thread, entry by entry: the order [`walk_parallel`]
 /// keeps.
 #[cfg(test)]
-pub fn walk(root: &Path, mut entry: impl FnMut(Entry), mut problem: impl FnMut(Problem)) {
+pub fn walk(
+    tree: &SourceTree,
+    root: &Path,
+    mut entry: impl FnMut(Entry),
+    mut problem: impl FnMut(Problem),
+) {
     let mut emit = |w: Walked| match w {
         Walked::Entry(e) => entry(e),
         Walked::Problem(p) => problem(p),
     };
-    let first = list(root.to_owned(), Vec::new(), &mut emit);
-    walk_from(first, &mut emit);
+    let first = list(tree, root.to_owned(), Vec::new(), None, &mut emit);
+    walk_from(tree, first, &mut emit);
 }
 
 /// What a walk gives, in order.
@@ -140,15 +170,16 @@ pub enum Walked {
 /// siblings, so that the whole walk is in the byte order of the paths (the
 /// order of the index's keys): `a`, `a.b`, `a.b/y`, `a/x`.
 enum Step {
-    Entry(std::ffi::OsString, std::io::Result<std::fs::Metadata>),
-    Descend(std::ffi::OsString),
+    Entry(std::ffi::OsString, std::io::Result<Stat>),
+    /// A subdirectory, and what the listing found there.
+    Descend(std::ffi::OsString, Stat),
 }
 
 impl Step {
     fn key(&self) -> std::borrow::Cow<'_, [u8]> {
         match self {
             Step::Entry(name, _) => name.as_bytes().into(),
-            Step::Descend(name) => {
+            Step::Descend(name, _) => {
                 let mut k = name.as_bytes().to_vec();
                 k.push(b'/');
                 k.into()
@@ -157,33 +188,44 @@ impl Step {
     }
 }
 
-/// Walks `root` (excluding the root itself), giving `out` its entries and
-/// problems in batches of up to `batch`, in the byte order of their paths
-/// relative to `root` (a directory before what it holds). Symbolic links
-/// are not followed.
+/// Walks `tree` (whose root is `root`, excluding the root itself), giving
+/// `out` its entries and problems in batches of up to `batch`, in the byte
+/// order of their paths relative to `root` (a directory before what it
+/// holds). Symbolic links are not followed.
 ///
-/// Entries are `stat`ed relative to their open directory (`statx` on the
+/// Entries are `stat`ed relative to their open directory (`fstatat` on the
 /// directory's descriptor), not by their full path: on a tree of 20,000
 /// files, resolving every path again from the root was a third of a run with
-/// nothing to store. A directory's descriptor is closed before the walk goes
-/// into its subdirectories, so deep trees do not run out of descriptors.
+/// nothing to store. Each directory is opened beneath the root with no
+/// symbolic link on the way, and listed only if it is the directory its
+/// parent's listing found (device, inode, type). A directory's descriptor
+/// is closed before the walk goes into its subdirectories, so deep trees do
+/// not run out of descriptors.
 ///
 /// The walk runs on up to `threads` threads: each directory at the top of
 /// the tree is walked whole by one thread, and this thread hands on their
 /// results in order.
-pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl FnMut(Vec<Walked>)) {
+pub fn walk_parallel(
+    tree: &SourceTree,
+    root: &Path,
+    threads: usize,
+    batch: usize,
+    mut out: impl FnMut(Vec<Walked>),
+) {
     let batch = batch.max(1);
     let mut head = Vec::new();
-    let Some(top) = list(root.to_owned(), Vec::new(), &mut |w| head.push(w)) else {
+    let Some(top) = list(tree, root.to_owned(), Vec::new(), None, &mut |w| {
+        head.push(w)
+    }) else {
         out(head);
         return;
     };
     let steps: Vec<Step> = top.rest.into_iter().rev().collect();
     // The top directories, walked by the threads in this order.
-    let dirs: Vec<std::ffi::OsString> = steps
+    let dirs: Vec<(std::ffi::OsString, Stat)> = steps
         .iter()
         .filter_map(|s| match s {
-            Step::Descend(name) => Some(name.clone()),
+            Step::Descend(name, st) => Some((name.clone(), *st)),
             Step::Entry(..) => None,
         })
         .collect();
@@ -216,7 +258,7 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
                     let Some(j) = gate.claim(dirs.len()) else {
                         return;
                     };
-                    let name = &dirs[j];
+                    let (name, seen) = &dirs[j];
                     let tx = &senders[j];
                     let mut buf = Vec::with_capacity(batch);
                     let mut push = |w: Walked| {
@@ -226,8 +268,14 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
                             let _ = tx.send(full);
                         }
                     };
-                    let level = list(root.join(name), name.as_bytes().to_vec(), &mut push);
-                    walk_from(level, &mut push);
+                    let level = list(
+                        tree,
+                        root.join(name),
+                        name.as_bytes().to_vec(),
+                        Some(seen),
+                        &mut push,
+                    );
+                    walk_from(tree, level, &mut push);
                     if !buf.is_empty() {
                         let _ = tx.send(buf);
                     }
@@ -239,10 +287,10 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
         let mut job = receivers.iter();
         for step in steps {
             match step {
-                Step::Entry(name, Ok(m)) => head.push(Walked::Entry(Entry {
+                Step::Entry(name, Ok(stat)) => head.push(Walked::Entry(Entry {
                     rel: name.as_bytes().to_vec(),
                     abs: root.join(&name),
-                    stat: Stat::from_metadata(&m),
+                    stat,
                 })),
                 Step::Entry(name, Err(err)) => head.push(Walked::Problem(walk_problem(
                     &root.join(&name),
@@ -250,7 +298,7 @@ pub fn walk_parallel(root: &Path, threads: usize, batch: usize, mut out: impl Fn
                     err,
                     "cannot stat",
                 ))),
-                Step::Descend(_) => {
+                Step::Descend(..) => {
                     if !head.is_empty() {
                         out(std::mem::take(&mut head));
                     }
@@ -330,7 +378,7 @@ impl Drop for OpenOnDrop<'_> {
 }
 
 /// The walk below `first` (a listed directory), in path byte order.
-fn walk_from(first: Option<Level>, emit: &mut impl FnMut(Walked)) {
+fn walk_from(tree: &SourceTree, first: Option<Level>, emit: &mut impl FnMut(Walked)) {
     let mut stack: Vec<Level> = first.into_iter().collect();
     while let Some(level) = stack.last_mut() {
         let Some(step) = level.rest.pop() else {
@@ -338,7 +386,7 @@ fn walk_from(first: Option<Level>, emit: &mut impl FnMut(Walked)) {
             continue;
         };
         let name = match &step {
-            Step::Entry(name, _) | Step::Descend(name) => name,
+            Step::Entry(name, _) | Step::Descend(name, _) => name,
         };
         let abs = level.abs.join(name);
         let mut rel = Vec::with_capacity(level.rel.len() + 1 + name.len());
@@ -348,16 +396,12 @@ fn walk_from(first: Option<Level>, emit: &mut impl FnMut(Walked)) {
         }
         rel.extend_from_slice(name.as_bytes());
         match step {
-            Step::Entry(_, Ok(m)) => emit(Walked::Entry(Entry {
-                rel,
-                abs,
-                stat: Stat::from_metadata(&m),
-            })),
+            Step::Entry(_, Ok(stat)) => emit(Walked::Entry(Entry { rel, abs, stat })),
             Step::Entry(_, Err(err)) => {
                 emit(Walked::Problem(walk_problem(&abs, rel, err, "cannot stat")))
             }
-            Step::Descend(_) => {
-                if let Some(sub) = list(abs, rel, emit) {
+            Step::Descend(_, seen) => {
+                if let Some(sub) = list(tree, abs, rel, Some(&seen), emit) {
                     stack.push(sub);
                 }
             }
@@ -381,34 +425,76 @@ fn walk_problem(path: &Path, rel: Vec<u8>, err: std::io::Error, what: &str) -> P
 }
 
 /// Reads a directory's entries and stats each through the open directory.
-/// A directory that cannot be listed is a problem about everything below it:
-/// its `rel` is the directory's own path.
-fn list(abs: PathBuf, rel: Vec<u8>, emit: &mut impl FnMut(Walked)) -> Option<Level> {
+/// The directory is opened beneath the root with no symbolic link on the
+/// way, and must be what the parent's listing found (`seen`; `None` for the
+/// root). A directory that cannot be listed, or that is no longer the one
+/// found, is a problem about everything below it: its `rel` is the
+/// directory's own path.
+fn list(
+    tree: &SourceTree,
+    abs: PathBuf,
+    rel: Vec<u8>,
+    seen: Option<&Stat>,
+    emit: &mut impl FnMut(Walked),
+) -> Option<Level> {
     let listing = "cannot list the directory";
-    let dir = match std::fs::read_dir(&abs) {
-        Ok(d) => d,
-        Err(err) => {
+    let dir = match tree.open_dir(&rel, seen) {
+        Ok(fd) => fd,
+        Err(OpenError::Changed(why)) => {
+            emit(Walked::Problem(Problem {
+                path: abs.display().to_string(),
+                reason: format!("changed while read: {why}"),
+                rel: Some(rel),
+            }));
+            return None;
+        }
+        Err(OpenError::Io(err)) => {
             emit(Walked::Problem(walk_problem(&abs, rel, err, listing)));
             return None;
         }
     };
-    let mut rest = Vec::new();
-    for item in dir {
-        match item {
-            Ok(e) => {
-                let meta = e.metadata();
-                if meta.as_ref().is_ok_and(|m| m.is_dir()) {
-                    rest.push(Step::Descend(e.file_name()));
-                }
-                rest.push(Step::Entry(e.file_name(), meta));
-            }
-            Err(err) => emit(Walked::Problem(walk_problem(
+    let mut dir = match rustix::fs::Dir::new(dir) {
+        Ok(d) => d,
+        Err(err) => {
+            emit(Walked::Problem(walk_problem(
                 &abs,
-                rel.clone(),
-                err,
+                rel,
+                err.into(),
                 listing,
-            ))),
+            )));
+            return None;
         }
+    };
+    let mut rest = Vec::new();
+    while let Some(item) = dir.read() {
+        let item = match item {
+            Ok(item) => item,
+            Err(err) => {
+                emit(Walked::Problem(walk_problem(
+                    &abs,
+                    rel.clone(),
+                    err.into(),
+                    listing,
+                )));
+                break;
+            }
+        };
+        let name = item.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let stat = dir
+            .fd()
+            .and_then(|fd| rustix::fs::statat(fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW))
+            .map(|st| Stat::from_rustix(&st))
+            .map_err(std::io::Error::from);
+        let name = std::ffi::OsStr::from_bytes(name.to_bytes()).to_owned();
+        if let Ok(st) = &stat
+            && st.file_type() == libc::S_IFDIR
+        {
+            rest.push(Step::Descend(name.clone(), *st));
+        }
+        rest.push(Step::Entry(name, stat));
     }
     rest.sort_by(|a, b| b.key().cmp(&a.key()));
     Some(Level { abs, rel, rest })
@@ -548,7 +634,9 @@ mod tests {
     fn walked(root: &Path) -> (Vec<String>, Vec<Problem>) {
         let mut seen = Vec::new();
         let mut problems = Vec::new();
+        let tree = SourceTree::open(root).unwrap();
         walk(
+            &tree,
             root,
             |e| {
                 assert_eq!(e.abs, root.join(std::ffi::OsStr::from_bytes(&e.rel)));
@@ -600,9 +688,10 @@ mod tests {
         std::os::unix::fs::symlink("b", r.join("link")).unwrap();
         let (want, no_problems) = walked(r);
         assert!(no_problems.is_empty());
+        let tree = SourceTree::open(r).unwrap();
         for (threads, batch) in [(1, 1), (2, 3), (4, 512), (3, 7)] {
             let mut got = Vec::new();
-            walk_parallel(r, threads, batch, |items| {
+            walk_parallel(&tree, r, threads, batch, |items| {
                 assert!(!items.is_empty() && items.len() <= batch);
                 for w in items {
                     match w {
@@ -613,12 +702,6 @@ mod tests {
             });
             assert_eq!(got, want, "{threads} threads, batches of {batch}");
         }
-        let mut problems = Vec::new();
-        walk_parallel(&r.join("nope"), 2, 8, |items| problems.extend(items));
-        assert!(
-            matches!(&problems[..], [Walked::Problem(_)]),
-            "{problems:?}"
-        );
     }
 
     #[test]
@@ -635,13 +718,86 @@ mod tests {
         assert_eq!(seen.len(), 301);
         assert!(seen.last().unwrap().ends_with("/d/f"));
 
-        let (seen, problems) = walked(&dir.path().join("nope"));
-        assert!(seen.is_empty());
-        assert_eq!(problems.len(), 1);
+        assert!(SourceTree::open(&dir.path().join("nope")).is_err());
+    }
+
+    /// What [`list`] gives for `rel` below `root`: its steps' names, and
+    /// the problems it reported.
+    fn listed(
+        tree: &SourceTree,
+        root: &Path,
+        rel: &str,
+        seen: Option<&Stat>,
+    ) -> (Vec<String>, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let level = list(
+            tree,
+            root.join(rel),
+            rel.as_bytes().to_vec(),
+            seen,
+            &mut |w| match w {
+                Walked::Problem(p) => problems.push(p),
+                Walked::Entry(e) => panic!("{e:?}"),
+            },
+        );
+        let names = level
+            .map(|l| {
+                l.rest
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Entry(name, _) => Some(name.to_string_lossy().into_owned()),
+                        Step::Descend(..) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (names, problems)
+    }
+
+    #[test]
+    fn a_directory_swapped_after_its_parent_was_listed_is_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(root.join("d/mine"), b"x").unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("only-outside"), b"secret").unwrap();
+        let tree = SourceTree::open(&root).unwrap();
+        let seen = Stat::from_metadata(&std::fs::symlink_metadata(root.join("d")).unwrap());
+        let (names, problems) = listed(&tree, &root, "d", Some(&seen));
+        assert_eq!(names, ["mine"]);
+        assert!(problems.is_empty(), "{problems:?}");
+
+        // Swapped for a symbolic link to a directory outside the tree: not
+        // listed (a read_dir by path would list `outside`), and the problem
+        // is about `d`, so that what the index holds below it is kept.
+        std::fs::rename(root.join("d"), root.join("d.kept")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+        let (names, problems) = listed(&tree, &root, "d", Some(&seen));
+        assert!(names.is_empty(), "{names:?}");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].rel.as_deref(), Some(&b"d"[..]));
         assert!(
-            problems[0].reason.starts_with("cannot list the directory"),
+            problems[0].reason.starts_with("changed while read"),
             "{}",
             problems[0].reason
+        );
+        // A link on the way to a deeper directory is refused the same way.
+        std::fs::create_dir(outside.join("sub")).unwrap();
+        let (names, problems) = listed(&tree, &root, "d/sub", None);
+        assert!(names.is_empty() && problems.len() == 1, "{problems:?}");
+        assert!(problems[0].reason.starts_with("changed while read"));
+
+        // Swapped for another directory: its inode is not the one found.
+        std::fs::remove_file(root.join("d")).unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/planted"), b"x").unwrap();
+        let (names, problems) = listed(&tree, &root, "d", Some(&seen));
+        assert!(names.is_empty(), "{names:?}");
+        assert!(
+            problems.len() == 1 && problems[0].reason.contains("another directory"),
+            "{problems:?}"
         );
     }
 }

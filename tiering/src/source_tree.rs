@@ -163,20 +163,12 @@ impl SourceTree {
         if scanned.file_type() == libc::S_IFDIR {
             how |= OFlags::DIRECTORY;
         }
+        // A symbolic link where the scan saw none (on the way or at the end).
         let handle = self
             .open_beneath(rel, how)
-            .map_err(|e| match e.raw_os_error() {
-                // A symbolic link where the scan saw none (on the way or at the end).
-                Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => OpenError::Changed(
-                    "a symbolic link or another kind of entry is in the way".into(),
-                ),
-                _ => OpenError::Io(e),
-            })?;
+            .map_err(|e| in_the_way(e, "a symbolic link or another kind of entry is in the way"))?;
         let st = rustix::fs::fstat(&handle).map_err(|e| OpenError::Io(e.into()))?;
-        if st.st_dev != scanned.dev
-            || st.st_ino != scanned.ino
-            || (st.st_mode & libc::S_IFMT) != scanned.file_type()
-        {
+        if !is_seen(&st, scanned) {
             return Err(OpenError::Changed(format!(
                 "another entry is at this path now (inode {}, the scan saw inode {})",
                 st.st_ino, scanned.ino
@@ -212,6 +204,45 @@ impl SourceTree {
         self.open_beneath(rel, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC)
     }
 
+    /// Opens the directory `rel` for listing: a path inside the tree as the
+    /// walk names it (without the index's prefix; empty for the root),
+    /// opened beneath the root with no symbolic link on the way and
+    /// `O_NOFOLLOW | O_NONBLOCK`, and checked to be the directory `seen`
+    /// describes (what the listing of its parent found: device, inode and
+    /// type). A directory swapped for a link, or for another directory, is
+    /// [`OpenError::Changed`]: never listed.
+    pub fn open_dir(&self, rel: &[u8], seen: Option<&Stat>) -> Result<OwnedFd, OpenError> {
+        let how = OFlags::RDONLY
+            | OFlags::DIRECTORY
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::CLOEXEC;
+        let fd = if rel.is_empty() {
+            rustix::fs::openat(&self.root, ".", how, Mode::empty()).map_err(io::Error::from)
+        } else {
+            self.open_beneath(rel, how)
+        }
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => {
+                OpenError::Changed("the directory the listing found is gone".into())
+            }
+            _ => in_the_way(
+                e,
+                "a symbolic link or another kind of entry is where the listing found a directory",
+            ),
+        })?;
+        if let Some(seen) = seen {
+            let st = rustix::fs::fstat(&fd).map_err(|e| OpenError::Io(e.into()))?;
+            if !is_seen(&st, seen) {
+                return Err(OpenError::Changed(format!(
+                    "another directory is at this path now (inode {} on device {}, the listing found inode {} on {})",
+                    st.st_ino, st.st_dev, seen.ino, seen.dev
+                )));
+            }
+        }
+        Ok(fd)
+    }
+
     /// A symbolic link's target, read through its directory (opened beneath
     /// the root with no symbolic link on the way), after checking the link
     /// is the one the scan found.
@@ -220,10 +251,7 @@ impl SourceTree {
         let (dir, name) = self.parent_of(rel)?;
         let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| OpenError::Io(e.into()))?;
-        if st.st_dev != scanned.dev
-            || st.st_ino != scanned.ino
-            || (st.st_mode & libc::S_IFMT) != scanned.file_type()
-        {
+        if !is_seen(&st, scanned) {
             return Err(OpenError::Changed(
                 "it is no longer the symbolic link the scan found".into(),
             ));
@@ -262,15 +290,30 @@ impl SourceTree {
                 .map_err(|e| OpenError::Io(e.into()))?
         } else {
             self.open_beneath(parent, how)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => {
-                        OpenError::Changed("a symbolic link is on the way".into())
-                    }
-                    _ => OpenError::Io(e),
-                })?
+                .map_err(|e| in_the_way(e, "a symbolic link is on the way"))?
         };
         Ok((dir, name))
     }
+}
+
+/// Why an open beneath the root failed: [`OpenError::Changed`] (saying
+/// `why`) when a symbolic link or another kind of entry was in the way,
+/// where the scan found none.
+fn in_the_way(e: io::Error, why: &str) -> OpenError {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => {
+            OpenError::Changed(why.into())
+        }
+        _ => OpenError::Io(e),
+    }
+}
+
+/// Whether `st` (of an entry opened or stated just now) is the entry the
+/// scan found: the same device, inode and type.
+fn is_seen(st: &rustix::fs::Stat, seen: &Stat) -> bool {
+    st.st_dev == seen.dev
+        && st.st_ino == seen.ino
+        && (st.st_mode & libc::S_IFMT) == seen.file_type()
 }
 
 /// Fails unless `meta` (of what was opened) is the entry the scan found.

@@ -127,10 +127,18 @@ pub struct RevokeDone {
     pub revoked: bool,
     /// Whether the node held a kfrag for the (scope, user) and deleted it.
     pub deleted: bool,
-    /// The threshold (m) of the grant that was deleted, if one was.
+    /// The threshold (m) of the grant that was deleted, if one was: for
+    /// people only; nothing trusts it (a node could say anything).
     pub threshold: Option<u32>,
-    /// The number of shares (n) of the grant that was deleted, if one was.
+    /// The number of shares (n) of the grant that was deleted, if one was:
+    /// for people only.
     pub shares: Option<u32>,
+    /// The delegation record (signed by the administrator, as the node got
+    /// it) of the grant this revocation deleted, now or when it was sent
+    /// before: where the key tool takes m and n from, after checking the
+    /// signature with the administrator's key.
+    #[serde(default)]
+    pub delegation: Option<serde_json::Value>,
 }
 
 /// The body of every refusal.

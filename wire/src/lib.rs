@@ -1,9 +1,10 @@
 //! # cbfs-wire
 //!
 //! What travels between users, the key tool and delegation nodes, as JSON
-//! over HTTP, and how each piece is checked. Formats only, unless the
-//! `client` feature adds the HTTP client ([`client`]); neither needs the
-//! node's server, policy engine or database.
+//! over HTTP, and how each piece is checked; and how a request to
+//! `cbfs-gateway` is signed ([`gateway`]). Formats only: no runtime and no
+//! network, so that `cbfs-recover` can link it. The HTTP client that asks m
+//! of n nodes is `cbfs-client`; serving is `cbfs-serve`.
 //!
 //! | endpoint | request | answer |
 //! |---|---|---|
@@ -43,12 +44,8 @@
 #![warn(missing_docs)]
 
 mod answer;
-#[cfg(feature = "client")]
-pub mod client;
 pub mod gateway;
 mod request;
-#[cfg(feature = "serve")]
-pub mod serve;
 mod verify;
 
 pub use answer::{

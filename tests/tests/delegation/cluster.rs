@@ -8,12 +8,12 @@ use std::process::{Command, ExitStatus, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cbfs_client::{FetchError, Fetched, NodeSet, fetch_cfrags};
 use cbfs_core::TEST_CLOCK_ENV;
 use cbfs_core::{AdminSecret, KeySource, Keyset, ScopeLabel, Seed, Unlock, UserName, UserSecret};
 use cbfs_format::{GroupKey, Lockbox, SegmentId};
-use cbfs_tests::{ServerProcess, Workdir, assert_no_secret, cbfs_bin, cbfs_cmd, free_port, run_ok};
+use cbfs_tests::{ServerProcess, Workdir, assert_no_secret, cbfs_bin, cbfs_cmd, run_ok};
 use cbfs_wire::Access;
-use cbfs_wire::client::{FetchError, Fetched, NodeSet, fetch_cfrags};
 
 /// The scope every test delegates.
 pub const SCOPE: &str = "proj";
@@ -29,14 +29,13 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
-    /// Starts a node and waits until `/healthz` answers 200.
+    /// Starts a node on a port the kernel picks (it says which on its
+    /// first line of output) and waits until `/healthz` answers 200.
     pub fn start(work: &Workdir, name: &str, keyset: &Path, extra: &[String]) -> NodeProc {
         let data = work.mkdir(name);
         let log = work.path(format!("{name}.log"));
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
         let mut cmd = Command::new(cbfs_bin("cbfs-delegation"));
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&data)
             .arg("--keyset")
             .arg(keyset)
@@ -45,7 +44,8 @@ impl NodeProc {
             .env(TEST_CLOCK_ENV, work.path(CLOCK_FILE))
             .env_remove("CBFS_AGE_IDENTITY")
             .env_remove("CBFS_PASSPHRASE_FILE");
-        let server = ServerProcess::spawn(name, &cmd, &log, work.root());
+        let mut server = ServerProcess::spawn(name, &cmd, &log, work.root());
+        let url = server.listening_url(Duration::from_secs(60));
         let mut node = NodeProc { url, data, server };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -22,6 +22,13 @@ pub enum Lie {
     ClaimThresholdOne,
     /// Answer with a body of this many bytes (valid JSON, padded).
     Oversized(usize),
+    /// In the answer to a revocation, claim that the deleted share's
+    /// delegation needs this many nodes (m) of this many (n), in the
+    /// answer's own unsigned fields; the signed record is left alone.
+    ClaimRevokeTerms(u32, u32),
+    /// In the answer to a revocation, set m in the signed delegation record
+    /// itself (its signature then fails).
+    ForgeRevokeRecord(u32),
 }
 
 pub struct LyingProxy {
@@ -127,6 +134,24 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize, lie: Lie) -> std::
             b"{\"error\":\"internal\",\"reason\":\"upstream down\"}".to_vec(),
         ),
     };
+    if path == "/v1/revoke" && status == 200 {
+        let mut value: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        match lie {
+            Lie::ClaimRevokeTerms(m, n) => {
+                value["threshold"] = m.into();
+                value["shares"] = n.into();
+                lies.fetch_add(1, Ordering::SeqCst);
+            }
+            Lie::ForgeRevokeRecord(m) => {
+                if let Some(record) = value.get_mut("delegation").filter(|r| !r.is_null()) {
+                    set_threshold(record, m);
+                    lies.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            _ => {}
+        }
+        answer = serde_json::to_vec(&value).unwrap();
+    }
     if path == "/v1/reencrypt" && status == 200 {
         let mut value: serde_json::Value = serde_json::from_slice(&answer).unwrap();
         match lie {
@@ -136,7 +161,7 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize, lie: Lie) -> std::
                     lies.fetch_add(1, Ordering::SeqCst);
                 }
             }
-            Lie::Oversized(_) => {}
+            _ => {}
         }
         answer = serde_json::to_vec(&value).unwrap();
         if let Lie::Oversized(n) = lie {
@@ -158,21 +183,27 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize, lie: Lie) -> std::
 /// Sets every `threshold` field in the delegation record to 1; whether
 /// there was one to change.
 fn claim_threshold_one(value: &mut serde_json::Value) -> bool {
+    set_threshold(value, 1)
+}
+
+/// Sets every `threshold` field in `value` to `m`; whether there was one
+/// to change.
+fn set_threshold(value: &mut serde_json::Value, m: u32) -> bool {
     let mut changed = false;
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                if k == "threshold" && v.as_u64() != Some(1) {
-                    *v = serde_json::Value::from(1);
+                if k == "threshold" && v.as_u64() != Some(u64::from(m)) {
+                    *v = serde_json::Value::from(m);
                     changed = true;
                 } else {
-                    changed |= claim_threshold_one(v);
+                    changed |= set_threshold(v, m);
                 }
             }
         }
         serde_json::Value::Array(items) => {
             for v in items {
-                changed |= claim_threshold_one(v);
+                changed |= set_threshold(v, m);
             }
         }
         _ => {}

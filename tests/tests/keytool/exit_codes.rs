@@ -338,3 +338,37 @@ fn impossible_delegation_terms_are_a_usage_error() {
     assert!(err.contains("alice.pub"), "{err}");
     assert!(!work.path("grants").exists());
 }
+
+/// A "node key" that is the user's own key would seal a share for the user:
+/// with m such shares, the user could compute the scope secret. The key
+/// tool refuses it (exit 2, naming the file), and writes nothing.
+#[test]
+fn a_node_key_that_is_the_users_own_key_is_refused() {
+    let work = Workdir::new();
+    two_file_systems(&work);
+    let alice = UserPublic::load(&work.path("alice.pub")).unwrap();
+    for (file, key) in [
+        ("alice-as-node.pub", *alice.public_key()),
+        ("alice-signing-as-node.pub", *alice.verifying_key()),
+    ] {
+        std::fs::write(
+            work.path(file),
+            serde_json::to_vec(&cbfs_wire::NodePublicFile::new(&key)).unwrap(),
+        )
+        .unwrap();
+        let err = fails(
+            &work,
+            &format!(
+                "delegate --admin file:admin.key --keyset keyset.json --scope alice \
+                 --to alice.pub --threshold 2 --node-key node1/node.pub --node-key {file} \
+                 --node-key node2/node.pub --out grants"
+            ),
+            2,
+        );
+        assert!(
+            err.contains(file) && err.contains("`alice` itself"),
+            "{err}"
+        );
+        assert!(!work.path("grants").exists(), "nothing was written");
+    }
+}

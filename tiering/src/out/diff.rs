@@ -54,14 +54,14 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
     let mut keep_below: Vec<Vec<u8>> = Vec::new();
     let mut walk_error = None;
     let (batches, received) = mpsc::sync_channel::<Vec<Walked>>(16);
-    let source = &opts.source;
+    let (source, tree) = (&opts.source, &shared.tree);
     let queue = WorkQueue::default();
     let stored = std::thread::scope(|s| {
         // However the scan ends (a panic included), the workers are told.
         let _closing = CloseOnDrop(shared, &queue);
         let walkers = opts.workers.clamp(1, 4);
         s.spawn(move || {
-            scan::walk_parallel(source, walkers, WALK_BATCH, |items| {
+            scan::walk_parallel(tree, source, walkers, WALK_BATCH, |items| {
                 let _ = batches.send(items);
             });
         });

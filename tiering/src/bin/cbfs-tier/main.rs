@@ -651,7 +651,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let name = cbfs_tiering::gateway::user_name(&user, &secret)?;
             let client = cbfs_tiering::gateway::GatewayClient::new(
                 &cbfs_tiering::gateway::gateway_store(&gateway, &fs),
-                cbfs_wire::client::GatewayAuth::new(name, secret.signer()),
+                cbfs_client::GatewayAuth::new(name, secret.signer()),
                 None,
             )?;
             let input = if source.as_os_str() == "-" {

@@ -1,5 +1,11 @@
-//! The client: gathers verified capsule fragments from m of n nodes, and
-//! the key tool's node operations (a node's key, grant uploads, revocations).
+//! # cbfs-client
+//!
+//! The delegation client: gathers verified capsule fragments from m of n
+//! nodes; the key tool's node operations (a node's key, grant uploads,
+//! revocations); and the signed requests of a `cbfs-gateway` caller. It is
+//! the HTTP side (reqwest on the caller's tokio runtime) of the formats in
+//! `cbfs-wire`, and links neither the node's server, nor its policy engine,
+//! nor its database.
 //!
 //! [`fetch_cfrags`] asks every node at once, checks every answer
 //! ([`verify_answer`]: the administrator-signed delegation record, then
@@ -14,7 +20,7 @@
 //! #               lockboxes: Vec<cbfs_format::Lockbox>) -> Result<(), Box<dyn std::error::Error>> {
 //! use cbfs_core::{ScopeLabel, UserName};
 //! use cbfs_wire::Access;
-//! use cbfs_wire::client::{NodeSet, fetch_cfrags};
+//! use cbfs_client::{NodeSet, fetch_cfrags};
 //!
 //! let nodes = NodeSet::new(["http://node1:7600", "http://node2:7600", "http://node3:7600"])?;
 //! let access = Access::from_keyset(&keyset, UserName::new("alice")?, ScopeLabel::new("alice")?)?;
@@ -30,6 +36,9 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +51,10 @@ use futures::stream::FuturesUnordered;
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
-use crate::answer::{Cfrags, ErrorBody, GrantStored, GrantUpload, NodeInfo, RevokeDone};
-use crate::request::{ReencryptBody, check_path};
-use crate::verify::{Access, Rejected, VerifiedAnswer, verify_answer};
+use cbfs_wire::{
+    Access, Cfrags, ErrorBody, GrantStored, GrantUpload, NodeInfo, ReencryptBody, Rejected,
+    RevokeDone, VerifiedAnswer, check_path, verify_answer,
+};
 
 /// Default time one node gets to answer one batch.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,7 +71,7 @@ struct Node {
 }
 
 /// A caller of `cbfs-gateway`: its name and its cbfs signing key, which
-/// signs every request (see [`crate::gateway`]). `Debug` shows the name only.
+/// signs every request (see [`cbfs_wire::gateway`]). `Debug` shows the name only.
 #[derive(Clone)]
 pub struct GatewayAuth {
     user: UserName,
@@ -105,11 +115,11 @@ impl GatewayAuth {
             None => parsed.path().to_owned(),
         };
         let content = match body {
-            Some(b) => crate::gateway::content_sha256(b),
-            None => crate::gateway::UNSIGNED_PAYLOAD.to_owned(),
+            Some(b) => cbfs_wire::gateway::content_sha256(b),
+            None => cbfs_wire::gateway::UNSIGNED_PAYLOAD.to_owned(),
         };
-        let nonce = crate::gateway::new_nonce();
-        let parts = crate::gateway::SignedParts {
+        let nonce = cbfs_wire::gateway::new_nonce();
+        let parts = cbfs_wire::gateway::SignedParts {
             method,
             path_and_query: &path_and_query,
             timestamp,
@@ -119,9 +129,9 @@ impl GatewayAuth {
         Ok([
             (
                 "authorization",
-                crate::gateway::authorization(&self.user, &self.signer, &parts),
+                cbfs_wire::gateway::authorization(&self.user, &self.signer, &parts),
             ),
-            (crate::gateway::CONTENT_SHA256_HEADER, content),
+            (cbfs_wire::gateway::CONTENT_SHA256_HEADER, content),
         ])
     }
 
@@ -670,7 +680,10 @@ fn without_url(e: &reqwest::Error) -> String {
 
 /// Reads a response body of at most `limit` bytes; a longer one is refused
 /// without reading it all.
-async fn read_limited(
+/// Reads the body of `response`, at most `limit` bytes: a longer answer is
+/// refused as soon as it is known to be longer (from its `Content-Length`,
+/// or once `limit` bytes have come), without reading the rest.
+pub async fn read_limited(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<Vec<u8>, NodeProblem> {

@@ -1,3 +1,5 @@
+//! # cbfs-serve
+//!
 //! Serving the cbfs HTTP APIs (the gateway's and the delegation node's):
 //! TLS with rustls and optional client certificates, or plain HTTP where the
 //! caller allows it (loopback); bounded connections, timeouts on the TLS
@@ -7,6 +9,9 @@
 //! The SHA-256 of a client's certificate reaches every request of its
 //! connection as a [`ClientCert`] extension: the service maps it to a
 //! caller.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::future::Future;
 use std::io;
