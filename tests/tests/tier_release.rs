@@ -8,7 +8,8 @@
 //!   resident or out of the store; a written released file is dirty and
 //!   the next run archives it. A stub written with no watch running is
 //!   dirty and never archived (its zeros would be). A file another
-//!   process has open stays resident (the release names it, exit 6).
+//!   process has open stays resident (the release names it, exit 6);
+//!   `status` in words gives each file's state and the totals.
 //! - A recall fills the same inode, verified, with its times; a member
 //!   damaged in the store gives exit 4, marks the file lost and leaves the
 //!   stub as it was. A recall of a whole tree fills every good file in
@@ -547,6 +548,28 @@ fn a_file_another_process_has_open_stays_resident() {
     assert_eq!(released(&rep), ["busy.bin"], "{rep}");
     assert_eq!(rep["kept"].as_array().map(Vec::len), Some(0), "{rep}");
     assert!(is_stub(&t.path("busy.bin")));
+
+    // `status` in words: a line per file, then the totals per state.
+    let mut status = cbfs_tests::cbfs_cmd("cbfs-tier");
+    status
+        .args(["status", "--store", &t.store])
+        .arg("--index")
+        .arg(&t.index)
+        .arg("--tree")
+        .arg(t.tree());
+    let said = text(&cbfs_tests::run_ok(&mut status).stdout);
+    for name in ["busy.bin", "idle.bin"] {
+        assert!(
+            said.lines()
+                .any(|l| l.starts_with("released ") && l.ends_with(name)),
+            "{said}"
+        );
+    }
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("total released  2 files, 2097152 bytes, ")),
+        "{said}"
+    );
 }
 
 #[test]
