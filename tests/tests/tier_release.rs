@@ -7,7 +7,9 @@
 //!   number; an incremental run after it stores nothing; flags keep files
 //!   resident or out of the store; a written released file is dirty and
 //!   the next run archives it. A stub written with no watch running is
-//!   dirty and never archived (its zeros would be).
+//!   dirty and never archived (its zeros would be). A file another
+//!   process has open stays resident (the release names it, exit 6);
+//!   `status` in words gives each file's state and the totals.
 //! - A recall fills the same inode, verified, with its times; a member
 //!   damaged in the store gives exit 4, marks the file lost and leaves the
 //!   stub as it was. A recall of a whole tree fills every good file in
@@ -509,6 +511,65 @@ fn a_stub_written_with_no_watch_running_is_dirty_and_never_archived() {
         "{r}"
     );
     assert!(is_stub(&t.path("f.bin")), "the record stays");
+}
+
+#[test]
+fn a_file_another_process_has_open_stays_resident() {
+    let t = Tiered::new(FsKind::Ext4, 32);
+    let data = random_bytes(1 << 20);
+    std::fs::write(t.path("busy.bin"), &data).unwrap();
+    std::fs::write(t.path("idle.bin"), &data).unwrap();
+    t.tier_out();
+    // This process holds busy.bin open: the release must not take it.
+    let held = std::fs::File::open(t.path("busy.bin")).unwrap();
+    let blocks = allocated(&t.path("busy.bin"));
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    let rep = json(&out, "release");
+    assert_eq!(released(&rep), ["idle.bin"], "{rep}");
+    let kept = &rep["kept"][0];
+    assert!(
+        kept["path"].as_str().unwrap().ends_with("busy.bin")
+            && kept["reason"].as_str().unwrap().contains("in use"),
+        "{rep}"
+    );
+    assert!(!is_stub(&t.path("busy.bin")));
+    assert_eq!(allocated(&t.path("busy.bin")), blocks);
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(&mut &held, &mut read).unwrap();
+    assert!(read == data, "the holder reads the file's own bytes");
+    assert_eq!(t.state("busy.bin"), "archived");
+    // Closed, it goes with the next release; the file released already
+    // is no concern of it.
+    drop(held);
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let rep = json(&out, "release");
+    assert_eq!(released(&rep), ["busy.bin"], "{rep}");
+    assert_eq!(rep["kept"].as_array().map(Vec::len), Some(0), "{rep}");
+    assert!(is_stub(&t.path("busy.bin")));
+
+    // `status` in words: a line per file, then the totals per state.
+    let mut status = cbfs_tests::cbfs_cmd("cbfs-tier");
+    status
+        .args(["status", "--store", &t.store])
+        .arg("--index")
+        .arg(&t.index)
+        .arg("--tree")
+        .arg(t.tree());
+    let said = text(&cbfs_tests::run_ok(&mut status).stdout);
+    for name in ["busy.bin", "idle.bin"] {
+        assert!(
+            said.lines()
+                .any(|l| l.starts_with("released ") && l.ends_with(name)),
+            "{said}"
+        );
+    }
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("total released  2 files, 2097152 bytes, ")),
+        "{said}"
+    );
 }
 
 #[test]

@@ -89,9 +89,11 @@ pub struct Recalled {
     pub bytes: u64,
     /// The snapshot it came from.
     pub snapshot: u64,
-    /// Seconds it took.
+    /// Seconds it took (recalled with others in one pass: since the pass
+    /// began).
     pub seconds: f64,
-    /// Bytes read from the store.
+    /// Bytes read from the store (recalled with others in one pass: an
+    /// equal share of what the pass read).
     pub fetched: u64,
 }
 

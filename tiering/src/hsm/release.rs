@@ -348,6 +348,10 @@ pub(crate) fn run(
             }
             return Ok(());
         }
+        // Released already (the index took the stub's stat): nothing to do.
+        if let Ok(StubAttr::Stub(_)) = stub::read_at(&abs) {
+            return Ok(());
+        }
         report.considered += 1;
         if let Some(reason) = chosen(opts, &include, &exclude, rel, &st, meta.atime(), now) {
             candidates.push(Candidate {
