@@ -23,6 +23,8 @@ import tempfile
 import time
 import urllib.request
 
+import tiering
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
 
@@ -129,6 +131,7 @@ class Bench:
         self.scratch = args.scratch
         os.makedirs(self.scratch, exist_ok=True)
         self.keys = os.path.join(self.work, "keys")
+        self.only = args.rows
         self.env = {"RESTIC_PASSWORD": "cbfs-bench", "RUST_LOG": "error"}
 
     def b(self, name):
@@ -478,6 +481,9 @@ class Bench:
         log(f"work folder {self.work}; {self.runs} runs per row")
         self.datasets()
         self.make_keys()
+        if self.only == "tiering":
+            tiering.rows(self)
+            return
         small, large = self.data["small"]["bytes"], self.data["large"]["bytes"]
 
         # tier out, small (+ incremental)
@@ -561,6 +567,9 @@ class Bench:
                  million.rss / MIB, "<= 256 MiB", million.rss <= 256 * MIB,
                  "peak RSS: the walk and the index cursor hold no per-path state")
 
+        # tiering proper: release, recall, fault-in
+        tiering.rows(self)
+
         # peak RSS
         worst = max((r["sample"].rss for r in self.rows if r["sample"] and r["sample"].rss and r["tool"].startswith("cbfs")),
                     default=0)
@@ -622,9 +631,12 @@ class Bench:
         ]
 
     def report(self):
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        if self.only != "all":
+            return "\n".join([f"Measured {now} by `bench/run --rows {self.only}`.", "", *self.machine(), "",
+                              self.table()]) + "\n"
         parts, total, index, files, content = self.overhead_figures
         node, raw = self.delegation_figures
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         out = [f"Measured {now} by `bench/run`.", "", *self.machine(), "", self.table(), "",
                "Overhead of the small set's store, by object kind (bytes):", ""]
         out.append("| objects | bytes | per file |")
@@ -674,6 +686,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0, help="dataset scale (1 = the full sets)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "PERFORMANCE.md"))
+    ap.add_argument("--rows", choices=["all", "tiering"], default="all",
+                    help="which rows: all, or only tiering proper (release, recall, fault-in)")
     args = ap.parse_args()
     bench = Bench(args)
     bench.run()

@@ -5,12 +5,19 @@
 //! previous line's bytes, without its newline; the first entry's `prev` is
 //! [`genesis`]), then what happened: the event, who, which scope and path,
 //! how many capsules, `allow` or `deny`, the deciding policies and why.
-//! Each line is written whole and fsynced before the node answers.
+//! Each line is written whole, in order, as the decision is made;
+//! [`AuditLog::append`] also makes it durable (fsync) before the caller
+//! answers. A service that audits many low-stakes decisions may write them
+//! with [`AuditLog::write`] and make them durable in groups with
+//! [`AuditLog::sync`] (one fsync for all written since the last).
 //!
-//! `DATA/audit/head` holds the `seq` and hash of the last entry, replaced
-//! atomically after each append, so that cutting entries off the end shows
-//! too (unless the head is rewritten along with them: anchor the head
+//! `DATA/audit/head` holds the `seq` and hash of the last durable entry,
+//! replaced atomically at each sync, so that cutting entries off the end
+//! shows too (unless the head is rewritten along with them: anchor the head
 //! elsewhere, for example by shipping it off the machine, for that).
+//! Entries after the head (written, not yet synced when the process
+//! stopped) must chain to it; they are reported, and taken into the head
+//! when the log is next opened.
 //!
 //! [`verify`] walks the chain and names the first entry that was edited,
 //! deleted, inserted or moved.
@@ -103,6 +110,8 @@ pub struct AuditLog {
     file: File,
     seq: u64,
     prev: String,
+    /// The last entry the head records (durable).
+    synced: u64,
 }
 
 /// What [`verify`] found in a sound log.
@@ -114,6 +123,10 @@ pub struct Verified {
     pub head: String,
     /// Whether a head file was there to compare with.
     pub head_file: bool,
+    /// Entries after the head: written but not yet synced when the writer
+    /// stopped. They chain to the head; nothing proves none was cut off
+    /// after them.
+    pub after_head: u64,
 }
 
 fn audit_error(path: &Path, reason: impl Into<String>) -> Error {
@@ -153,16 +166,34 @@ impl AuditLog {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io("cannot open audit log", &path, e))?;
-        Ok(AuditLog {
+        let mut log = AuditLog {
             dir: dir.to_path_buf(),
             file,
             seq: verified.entries,
             prev: verified.head,
-        })
+            synced: verified.entries - verified.after_head,
+        };
+        if verified.after_head > 0 {
+            tracing::warn!(
+                log = %path.display(),
+                entries = verified.after_head,
+                "the audit log holds entries written after its head (the last stop came before they were synced); they chain, and are taken in"
+            );
+            log.sync()?;
+        }
+        Ok(log)
     }
 
-    /// Appends one entry and makes it durable (line, then head).
+    /// Appends one entry and makes it (and every entry written before it)
+    /// durable: line, fsync, then head.
     pub fn append(&mut self, event: &Event) -> Result<()> {
+        self.write(event)?;
+        self.sync()
+    }
+
+    /// Writes one entry, in order, without waiting for it to be durable:
+    /// the next [`sync`](Self::sync) (or [`append`](Self::append)) makes it so.
+    pub fn write(&mut self, event: &Event) -> Result<()> {
         let entry = Entry {
             seq: self.seq + 1,
             time: now(),
@@ -175,17 +206,36 @@ impl AuditLog {
         bytes.push(b'\n');
         self.file
             .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
             .map_err(|e| Error::io("cannot append to audit log", &path, e))?;
         self.seq += 1;
         self.prev = line_hash(line.as_bytes());
+        Ok(())
+    }
+
+    /// Makes every entry written so far durable, with one fsync and one
+    /// head; nothing to do when none was written since the last.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.synced == self.seq {
+            return Ok(());
+        }
+        let path = self.dir.join(LOG_NAME);
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("cannot append to audit log", &path, e))?;
         write_head(
             &self.dir,
             &Head {
                 seq: self.seq,
                 hash: self.prev.clone(),
             },
-        )
+        )?;
+        self.synced = self.seq;
+        Ok(())
+    }
+
+    /// Whether entries were written that are not durable yet.
+    pub fn unsynced(&self) -> bool {
+        self.synced != self.seq
     }
 
     /// How many entries the log holds.
@@ -233,6 +283,9 @@ pub fn verify(dir: &Path) -> Result<Verified> {
     let path = dir.join(LOG_NAME);
     let mut prev = genesis();
     let mut entries = 0u64;
+    // The head names the last durable entry: its hash, once read.
+    let head = read_head(&dir)?;
+    let mut at_head: Option<String> = (head.as_ref().map(|h| h.seq) == Some(0)).then(genesis);
     match File::open(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("cannot read audit log", &path, e)),
@@ -285,40 +338,52 @@ pub fn verify(dir: &Path) -> Result<Verified> {
                 }
                 prev = line_hash(&line);
                 entries = at;
+                if head.as_ref().map(|h| h.seq) == Some(at) {
+                    at_head = Some(prev.clone());
+                }
             }
         }
     }
-    let head_path = dir.join(HEAD_NAME);
-    let head_file = match fs::read(&head_path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(Error::io("cannot read audit head", &head_path, e)),
-        Ok(bytes) => {
-            let head: Head = serde_json::from_slice(&bytes)
-                .map_err(|e| audit_error(&head_path, format!("not an audit head: {e}")))?;
-            if head.seq != entries || head.hash != prev {
-                let what = if head.seq > entries {
-                    format!(
-                        "the head records {} entries but the log holds {entries}: entries were cut off the end",
-                        head.seq
-                    )
-                } else if head.seq < entries {
-                    format!(
-                        "the head records {} entries but the log holds {entries}: entries were appended by someone else",
-                        head.seq
-                    )
-                } else {
-                    format!("the last entry ({entries}) does not match the head: it was edited")
-                };
-                return Err(audit_error(&path, what));
-            }
-            true
-        }
+    let Some(head) = head else {
+        return Ok(Verified {
+            entries,
+            head: prev,
+            head_file: false,
+            after_head: 0,
+        });
     };
+    if head.seq > entries {
+        return Err(audit_error(
+            &path,
+            format!(
+                "the head records {} entries but the log holds {entries}: entries were cut off the end",
+                head.seq
+            ),
+        ));
+    }
+    if at_head.as_deref() != Some(head.hash.as_str()) {
+        return Err(audit_error(
+            &path,
+            format!("entry {} does not match the head: it was edited", head.seq),
+        ));
+    }
     Ok(Verified {
         entries,
         head: prev,
-        head_file,
+        head_file: true,
+        after_head: entries - head.seq,
     })
+}
+
+fn read_head(dir: &Path) -> Result<Option<Head>> {
+    let head_path = dir.join(HEAD_NAME);
+    match fs::read(&head_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot read audit head", &head_path, e)),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| audit_error(&head_path, format!("not an audit head: {e}"))),
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +432,38 @@ mod tests {
         assert_eq!(
             verify(tempfile::tempdir().unwrap().path()).unwrap().entries,
             0
+        );
+    }
+
+    #[test]
+    fn entries_written_after_the_last_sync_chain_and_are_taken_in() {
+        let dir = log_with(3);
+        let mut log = AuditLog::open(dir.path()).unwrap();
+        log.write(&Event::new("read", true, "lazy 1")).unwrap();
+        log.write(&Event::new("read", true, "lazy 2")).unwrap();
+        assert!(log.unsynced());
+        // Stopped here (killed): the head still says 3.
+        drop(log);
+        let v = verify(dir.path()).unwrap();
+        assert_eq!((v.entries, v.after_head), (5, 2));
+        // Opening takes them in: the head moves to 5.
+        let mut log = AuditLog::open(dir.path()).unwrap();
+        assert!(!log.unsynced());
+        assert_eq!(verify(dir.path()).unwrap().after_head, 0);
+        log.write(&Event::new("read", true, "lazy 3")).unwrap();
+        log.sync().unwrap();
+        assert_eq!(verify(dir.path()).unwrap().entries, 6);
+        // An edit of an entry the head covers is still found, and so is an
+        // edit after the head (it no longer chains).
+        let orig = lines(dir.path());
+        let mut edited = orig.clone();
+        edited[5] = edited[5].replace("lazy 3", "lazy X");
+        rewrite(dir.path(), &edited);
+        assert!(
+            verify(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("does not match the head")
         );
     }
 

@@ -23,6 +23,8 @@ pub enum ObjectKind {
     Lockbox,
     /// A snapshot manifest.
     Manifest,
+    /// A released file's stub record (an extended attribute).
+    StubRecord,
 }
 
 impl fmt::Display for ObjectKind {
@@ -35,6 +37,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Summary => "summary",
             ObjectKind::Lockbox => "lockbox",
             ObjectKind::Manifest => "snapshot manifest",
+            ObjectKind::StubRecord => "stub record",
         })
     }
 }

@@ -13,6 +13,7 @@
 //! | summary | [`Summary`] | object of its own, plaintext, keyless |
 //! | lockbox | [`Lockbox`] | object of its own |
 //! | snapshot manifest | [`ManifestBuilder`] / [`Manifest`] | object of its own, signed |
+//! | stub record | [`StubRecord`] | no: an extended attribute of a released file |
 //!
 //! A member payload is an age v1 file with one `cbfs1` stanza that wraps age's
 //! per-file key under a *group key*; the plaintext inside is zstd-compressed file
@@ -88,6 +89,8 @@
 mod codec;
 mod delta;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ids;
 mod keys;
 pub mod layout;
@@ -101,6 +104,7 @@ mod plain;
 mod segment_reader;
 mod segment_writer;
 mod stanza;
+mod stub;
 mod summary;
 mod tar;
 mod zframe;
@@ -128,6 +132,7 @@ pub use segment_reader::{
     MemberInfo, RawData, SegmentMember, SegmentReader, open_member_at, open_member_files_at,
 };
 pub use segment_writer::{SegmentMode, SegmentWriter};
+pub use stub::{STUB_XATTR, StubPhase, StubRecord};
 pub use summary::{Summary, SummaryEntry};
 
 /// Re-exported so callers name the same Umbral types this crate uses.

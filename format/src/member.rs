@@ -78,18 +78,8 @@ pub(crate) fn write_member_with<W: Write>(
 }
 
 /// The table of a pack: `u16` count, then per file a `u32` length and its
-/// metadata record.
+/// metadata record; each content must be as long as its file's size.
 fn encode_table(files: &[(&Metadata, &[u8])]) -> Result<Vec<u8>, Error> {
-    if files.is_empty() || files.len() > MAX_PACK_FILES {
-        return Err(Error::InvalidInput {
-            reason: format!(
-                "a pack holds 1 to {MAX_PACK_FILES} files, not {}",
-                files.len()
-            ),
-        });
-    }
-    let mut table = Vec::with_capacity(2 + files.len() * 96);
-    table.extend_from_slice(&(files.len() as u16).to_be_bytes());
     for (meta, content) in files {
         if content.len() as u64 != meta.size {
             return Err(Error::ContentLength {
@@ -98,6 +88,23 @@ fn encode_table(files: &[(&Metadata, &[u8])]) -> Result<Vec<u8>, Error> {
                 actual: content.len() as u64,
             });
         }
+    }
+    encode_records(files.iter().map(|(meta, _)| *meta), files.len())
+}
+
+/// A pack's table of `count` metadata records.
+pub(crate) fn encode_records<'m>(
+    metas: impl Iterator<Item = &'m Metadata>,
+    count: usize,
+) -> Result<Vec<u8>, Error> {
+    if count == 0 || count > MAX_PACK_FILES {
+        return Err(Error::InvalidInput {
+            reason: format!("a pack holds 1 to {MAX_PACK_FILES} files, not {count}"),
+        });
+    }
+    let mut table = Vec::with_capacity(2 + count * 96);
+    table.extend_from_slice(&(count as u16).to_be_bytes());
+    for meta in metas {
         let record = meta.encode()?;
         table.extend_from_slice(&(record.len() as u32).to_be_bytes());
         table.extend_from_slice(&record);
@@ -319,7 +326,7 @@ fn open_age<R: Read>(
 
 /// Decompresses the plaintext and reads the metadata at its start (one
 /// record, or a pack's table).
-fn decode_plain<'a, P: BufRead + Send + 'a>(
+pub(crate) fn decode_plain<'a, P: BufRead + Send + 'a>(
     member: MemberId,
     plain: P,
 ) -> Result<MemberFiles<'a>, Error> {

@@ -184,6 +184,17 @@ impl Metadata {
         self.encode().map(|r| r.len())
     }
 
+    /// The canonical record (see `docs/FORMAT.md`, "Metadata record"), as
+    /// it stands in a member's plaintext or a pack's table.
+    pub fn to_record(&self) -> Result<Vec<u8>, Error> {
+        self.encode()
+    }
+
+    /// Parses a record that [`to_record`](Self::to_record) made, strictly.
+    pub fn from_record(record: &[u8]) -> Result<Metadata, Error> {
+        Self::decode(record)
+    }
+
     pub(crate) fn encode(&self) -> Result<Vec<u8>, Error> {
         self.validate()?;
         let mut e = Enc::default();

@@ -11,8 +11,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use cbfs_format::{
-    Error, GroupId, GroupKey, Keyring, Lockbox, Manifest, MemberId, SegmentReader, Summary,
-    open_member, open_member_files,
+    Error, GroupId, GroupKey, Keyring, Lockbox, Manifest, MemberId, SegmentReader, StubPhase,
+    StubRecord, Summary, open_member, open_member_files,
 };
 use secrecy::SecretBox;
 use serde_json::Value;
@@ -212,6 +212,31 @@ fn run(keys: &Keys, v: &Value) -> Result<(), Error> {
                         .verify(m.merkle_root(), e)
                 );
             }
+            Ok(())
+        }
+        "stub" => {
+            let bytes = read(&v["file"]);
+            let r = StubRecord::from_bytes(&bytes)?;
+            assert_eq!(r.to_bytes().unwrap(), bytes, "{}", v["name"]);
+            let want = &v["record"];
+            let phase = match r.phase {
+                StubPhase::Releasing => "releasing",
+                StubPhase::Released => "released",
+                _ => "recalling",
+            };
+            assert_eq!(want["phase"], phase, "{}", v["name"]);
+            assert_eq!(want["fs"], r.fs.as_str());
+            assert_eq!(want["snapshot"], r.snapshot.to_string().as_str());
+            assert_eq!(want["sequence"], r.sequence);
+            assert_eq!(want["segment"], r.segment.to_string().as_str());
+            assert_eq!(want["member"], r.member.to_string().as_str());
+            assert_eq!(want["slot"], r.slot);
+            assert_eq!(want["size"], r.size);
+            assert_eq!(want["sha256"], hex::encode(r.sha256).as_str());
+            assert_eq!(want["mtime"][0], r.mtime.secs);
+            assert_eq!(want["mtime"][1], r.mtime.nanos);
+            assert_eq!(want["inode"], r.inode);
+            assert_eq!(want["path_hex"], hex::encode(&r.path).as_str());
             Ok(())
         }
         other => panic!("unknown vector kind {other}"),

@@ -153,6 +153,11 @@ pub struct Fs {
     /// the nodes like any user's (no root secret is ever online).
     #[serde(default)]
     pub identity: Option<Identity>,
+    /// Recall released files of `source` on first access (fanotify
+    /// pre-content events): the gateway runs the fault-in handler, under a
+    /// guard process. Needs `source`, `identity` and `nodes`.
+    #[serde(default)]
+    pub fault_in: bool,
 }
 
 /// The gateway's own user identity in one file system.
@@ -299,6 +304,15 @@ impl Loaded {
             for rule in &fs.scopes {
                 rule.parse::<cbfs_tiering::ScopeRule>()
                     .map_err(|e| Error::config(path, format!("fs.{name}.scopes: {e}")))?;
+            }
+            if fs.fault_in && (fs.source.is_none() || fs.identity.is_none() || fs.nodes.is_empty())
+            {
+                return Err(Error::config(
+                    path,
+                    format!(
+                        "fs.{name}.fault_in needs the tree (source), the gateway's identity and the nodes it recalls through"
+                    ),
+                ));
             }
         }
         let loopback = config.listen.ip().is_loopback();

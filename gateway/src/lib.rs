@@ -17,6 +17,7 @@
 //! | `GET /v1/fs/{fs}/ls?path=/P` | List | a snapshot's entries, filtered by policy |
 //! | `GET /v1/fs/{fs}/store/{key}` | ReadStore | a store object, read-only, with `Range` |
 //! | `POST /v1/fs/{fs}/nodes/{i}/v1/reencrypt` | Unlock | relayed to node i, answer returned as is |
+//! | `POST /v1/fs/{fs}/recall?path=/P` | Recall | a released file back in place (see [`recall`]) |
 //!
 //! The whole table is [`openapi::ROUTES`], served as `/v1/openapi.json`.
 
@@ -33,6 +34,7 @@ pub mod openapi;
 pub mod paths;
 pub mod policy;
 pub mod push;
+pub mod recall;
 pub mod server;
 
 pub use config::Loaded;

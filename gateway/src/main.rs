@@ -35,6 +35,10 @@ Signals: SIGHUP reloads the configuration's callers and limits, the policies
 and the TLS certificate (what does not load is refused, and the old stays in
 force); SIGTERM or SIGINT lets running jobs reach a safe point, then stops.
 
+With a file system configured `fault_in = true`, the process started is a
+guard that owns the fault-in watch and runs the gateway as its child (and
+again if it dies); signals sent to the guard are passed on.
+
 Exit codes: 0 ok, 1 error, 2 usage, 3 key not found/locked/unsafe, 4 check failed";
 
 /// The cbfs gateway: pushes, tier-out runs, listings, store reads and
@@ -224,6 +228,12 @@ fn run(cli: Cli) -> Result<()> {
                 dir.display(),
                 verified.entries
             );
+            if verified.after_head > 0 {
+                println!(
+                    "{} of them after the head: written, and not yet synced when the gateway stopped (they chain to the head; the next start takes them in)",
+                    verified.after_head
+                );
+            }
             Ok(())
         }
     }
@@ -231,6 +241,20 @@ fn run(cli: Cli) -> Result<()> {
 
 fn serve(config: PathBuf, insecure_http: bool) -> Result<()> {
     let loaded = Loaded::read(&config, insecure_http)?;
+    // Fault-in: this process becomes the guard that owns the fanotify
+    // group, and the gateway runs again as its child, the handler.
+    let handover = if loaded.config.fs.values().any(|f| f.fault_in) {
+        match cbfs_tiering::faultin::handed_down().context("the fault-in group handed down")? {
+            Some(h) => Some(h),
+            None => {
+                let opts = cbfs_tiering::faultin::GuardOptions::this_program()?;
+                let code = cbfs_tiering::faultin::run_guard(&opts)?;
+                std::process::exit(code);
+            }
+        }
+    } else {
+        None
+    };
     let listen = loaded.config.listen;
     let tls = match tls_files(&loaded) {
         Some(files) => Some(Arc::new(arc_swap::ArcSwap::new(
@@ -252,6 +276,9 @@ fn serve(config: PathBuf, insecure_http: bool) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let gw = Gateway::open(loaded, cbfs_core::system_clock())?;
+        if let Some(h) = handover {
+            gw.recalls.start_fault_in(&gw, h).await?;
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -270,6 +297,20 @@ fn serve(config: PathBuf, insecure_http: bool) -> Result<()> {
             gw.fs_names().join(", ")
         );
         gw.schedule();
+        // Store reads are audited lazily: durable within a second.
+        {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let g = gw.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || g.sync_audit()).await {
+                        tracing::error!("cannot sync the audit log: {e}");
+                    }
+                }
+            });
+        }
         // SIGHUP: configuration, policies and the TLS certificate.
         let hangups = {
             let (gw, tls) = (gw.clone(), tls.clone());

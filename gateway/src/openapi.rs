@@ -91,6 +91,18 @@ pub const ROUTES: &[Route] = &[
         summary: "Entries of a snapshot (?snapshot=, ?path=), those the caller may list",
     },
     Route {
+        method: "post",
+        path: "/v1/fs/{fs}/recall",
+        action: Some("Recall"),
+        summary: "Recall a released file (?path=/P; joins its recall in flight; ?wait=SECONDS waits for the end): its content back in place, verified",
+    },
+    Route {
+        method: "get",
+        path: "/v1/fs/{fs}/recall/{id}",
+        action: Some("Recall"),
+        summary: "A recall's state and result; ?wait=SECONDS waits for its end",
+    },
+    Route {
         method: "get",
         path: "/v1/fs/{fs}/store",
         action: Some("ReadStore"),

@@ -46,6 +46,8 @@ pub enum Action {
     ReadStore,
     /// Relay a re-encryption request to the nodes.
     Unlock,
+    /// Recall released files (their content back in place).
+    Recall,
     /// Anything else (reload, job records of everyone).
     Admin,
 }
@@ -59,6 +61,7 @@ impl Action {
             Action::List => "List",
             Action::ReadStore => "ReadStore",
             Action::Unlock => "Unlock",
+            Action::Recall => "Recall",
             Action::Admin => "Admin",
         }
     }

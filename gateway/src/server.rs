@@ -68,7 +68,7 @@ impl From<Refused> for Answer {
     }
 }
 
-fn answer(status: u16, code: &'static str, reason: impl Into<String>) -> Answer {
+pub(crate) fn answer(status: u16, code: &'static str, reason: impl Into<String>) -> Answer {
     Answer {
         status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         code,
@@ -96,7 +96,7 @@ fn from_tiering(e: cbfs_tiering::Error) -> Answer {
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+pub(crate) fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -128,7 +128,7 @@ async fn read_body(gw: &Gateway, body: Body) -> Result<(bytes::Bytes, String), A
     Ok((read, hash))
 }
 
-struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     headers: &'a HeaderMap,
     method: &'a Method,
     path_and_query: String,
@@ -136,7 +136,7 @@ struct Caller<'a> {
 }
 
 impl<'a> Caller<'a> {
-    fn of(req: &'a axum::http::request::Parts) -> Self {
+    pub(crate) fn of(req: &'a axum::http::request::Parts) -> Self {
         Caller {
             headers: &req.headers,
             method: &req.method,
@@ -168,7 +168,7 @@ impl<'a> Caller<'a> {
 }
 
 /// Guards a request with no body (or a JSON body read first).
-fn guard(
+pub(crate) fn guard(
     gw: &Gateway,
     caller: &Caller<'_>,
     body_sha256: Option<&str>,
@@ -354,57 +354,35 @@ async fn push(
         )
         .map_err(|e| answer(500, "internal", e.to_string()))?;
     let limits = gw.config().config.limits.clone();
-    let staging_root = gw.config().config.state.join("staging");
-    std::fs::create_dir_all(&staging_root).map_err(|e| {
-        answer(
-            500,
-            "internal",
-            format!("cannot create the staging folder: {e}"),
-        )
-    })?;
-    let staging = tempfile::Builder::new()
-        .prefix("push-")
-        .tempdir_in(&staging_root)
-        .map_err(|e| {
-            answer(
-                500,
-                "internal",
-                format!("cannot create the staging folder: {e}"),
-            )
-        })?;
-    // Unpacked on a blocking thread from a bounded channel of body chunks.
+    // The stream is read on the run's blocking thread from a bounded
+    // channel of body chunks: memory stays bounded whatever its size.
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let feeder = tokio::spawn(crate::push::feed(body, tx, limits.io_timeout()));
-    let dest = staging.path().to_owned();
     let counted = job.clone();
     let metrics_bytes = gw.metrics.bytes.with_label_values(&["in", "push"]);
-    let unpacked = tokio::task::spawn_blocking(move || {
-        let reader = crate::push::BodyReader::new(
-            rx,
-            limits.max_push,
-            Box::new(move |n| {
-                counted.received(n);
-                metrics_bytes.inc_by(n);
-            }),
-        );
-        crate::push::unpack(reader, &dest)
-    })
-    .await
-    .map_err(|e| answer(500, "internal", format!("the unpacking failed: {e}")))?;
+    let reader = crate::push::BodyReader::new(
+        rx,
+        limits.max_push,
+        Box::new(move |n| {
+            counted.received(n);
+            metrics_bytes.inc_by(n);
+        }),
+    );
+    let opts = gw
+        .push_options(&served, &q.prefix, &job)
+        .map_err(|e| answer(500, "internal", e.to_string()))?;
+    let handle = gw
+        .clone()
+        .run(served, job.clone(), opts, Some(Box::new(reader)));
+    let ran = handle.await;
     feeder.abort();
-    if let Err(refused) = unpacked {
-        let _ = job.set(crate::jobs::State::Failed, None, Some(refused.0.clone()));
+    if let Ok(Err(cbfs_tiering::Error::Refused(why))) = ran {
         return Err(answer(
             400,
             "bad_stream",
-            format!("{}; nothing was committed", refused.0),
+            format!("{why}; nothing was committed"),
         ));
     }
-    let opts = gw
-        .push_options(&served, staging.path(), &q.prefix, &job)
-        .map_err(|e| answer(500, "internal", e.to_string()))?;
-    let handle = gw.clone().run(served, job.clone(), opts, Some(staging));
-    let _ = handle.await;
     let record = job.record();
     let status = match record.state {
         crate::jobs::State::Succeeded => StatusCode::OK,
@@ -858,6 +836,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/fs/{fs}/push", put(push))
         .route("/v1/fs/{fs}/snapshots", get(snapshots))
         .route("/v1/fs/{fs}/ls", get(ls))
+        .route("/v1/fs/{fs}/recall", post(crate::recall::start_recall))
+        .route("/v1/fs/{fs}/recall/{id}", get(crate::recall::get_recall))
         .route("/v1/fs/{fs}/store", get(store_list))
         .route("/v1/fs/{fs}/store/{*key}", get(store_get).head(store_get))
         .route("/v1/fs/{fs}/nodes", get(node_count))

@@ -69,6 +69,7 @@ mod report;
 mod restore;
 #[cfg(feature = "s3")]
 mod s3;
+mod select;
 mod sink;
 mod snapshot;
 mod source;
@@ -79,11 +80,12 @@ pub use error::{Error, Result};
 pub use gateway::{GatewaySource, is_gateway_store};
 pub use keyset::{Anchors, Pin, Pinned, TrustRecords, load_keyset, trusted_keyset};
 pub use opener::{AdminOpener, Identity, LockboxOpener, NoKey, ScopeOpener, identify};
-pub use paths::{PathFilter, check_member_path, check_symlink_target};
+pub use paths::{PathFilter, check_member_path, check_symlink_target, check_symlink_target_with};
 pub use report::{Failure, Report};
 pub use restore::{restore, restore_unauthenticated_segments};
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3Source};
+pub use select::{MemberFile, check_stored, restore_files};
 pub use sink::{DirSink, Rewind, Sink, TarSink};
 pub use snapshot::{Ignored, Snapshot, SnapshotInfo, Trust, WriterTrust, open_snapshot, snapshots};
 pub use source::{Buffered, LocalDir, ObjectSource, ReadAt, ReadSeek, SegmentFile};

@@ -93,6 +93,16 @@ pub fn check_symlink_target(
     target: &[u8],
     symlinks: &HashSet<Vec<u8>>,
 ) -> std::result::Result<(), String> {
+    check_symlink_target_with(link_path, target, |p| symlinks.contains(p))
+}
+
+/// [`check_symlink_target`], asking `is_symlink` whether a path of the
+/// tree is a symbolic link (for trees whose names are not all in memory).
+pub fn check_symlink_target_with(
+    link_path: &[u8],
+    target: &[u8],
+    mut is_symlink: impl FnMut(&[u8]) -> bool,
+) -> std::result::Result<(), String> {
     if target.is_empty() {
         return Err("the target is empty".into());
     }
@@ -124,7 +134,7 @@ pub fn check_symlink_target(
             }
             name => {
                 stack.push(name);
-                if symlinks.contains(&stack.join(&b'/')) {
+                if is_symlink(&stack.join(&b'/')) {
                     through_link = true;
                 }
             }

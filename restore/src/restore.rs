@@ -49,7 +49,7 @@ pub fn restore(
     finish(engine, sink)
 }
 
-fn finish(mut engine: Engine<'_>, sink: &mut dyn Sink) -> Result<Report> {
+pub(crate) fn finish(mut engine: Engine<'_>, sink: &mut dyn Sink) -> Result<Report> {
     engine.vet(sink.carries_links_that_leave());
     engine.emit(sink)?;
     sink.finish()?;

@@ -87,6 +87,8 @@ pub struct SeenRequest {
 struct Shared {
     upstream: SocketAddr,
     plan: Vec<Fault>,
+    /// A fault for every request from now on, whatever the plan says.
+    forced: Mutex<Option<Fault>>,
     next: AtomicUsize,
     seen: Mutex<Vec<SeenRequest>>,
     stopping: AtomicBool,
@@ -121,6 +123,7 @@ impl FaultyProxy {
         let shared = Arc::new(Shared {
             upstream,
             plan: plan.faults,
+            forced: Mutex::new(None),
             next: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
@@ -148,6 +151,13 @@ impl FaultyProxy {
     /// The proxy's URL, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// From now on, every request gets `fault` (a store that is down:
+    /// [`Fault::InternalError`] or [`Fault::DropBeforeResponse`]); `None`
+    /// goes back to the plan (past its end: everything passes).
+    pub fn force(&self, fault: Option<Fault>) {
+        *self.shared.forced.lock().expect("forced fault") = fault;
     }
 
     /// How many requests have arrived so far (faulted or not).
@@ -261,7 +271,8 @@ fn handle(client: TcpStream, shared: &Shared) -> io::Result<()> {
     };
 
     let index = shared.next.fetch_add(1, Ordering::SeqCst);
-    let fault = shared.plan.get(index).cloned().unwrap_or(Fault::Pass);
+    let forced = shared.forced.lock().expect("forced fault").clone();
+    let fault = forced.unwrap_or_else(|| shared.plan.get(index).cloned().unwrap_or(Fault::Pass));
     lock(&shared.seen).push(SeenRequest {
         method: request.method.clone(),
         target: request.target.clone(),

@@ -18,6 +18,9 @@
 //!   [`run_ok`] and [`run_fail`] printed.
 //! - [`TreeGen`]: deterministic trees with every entry type and series of
 //!   updates; [`checksum`] and [`assert_same_tree`] compare trees.
+//! - [`agent_keyset`]: a writer key and a keyset that registers it.
+//! - [`LoopFs`]: an ext4 or xfs file system in an image, loop-mounted by
+//!   the test.
 //! - [`Workdir`], [`free_port`], [`wait_for_http`], [`random_bytes`].
 //!
 //! Every server is killed when its handle is dropped, also when the test
@@ -54,8 +57,10 @@
 
 mod bins;
 mod faulty;
+mod keyfiles;
 mod keyring;
 mod leak;
+mod loopfs;
 mod net;
 mod openbao;
 mod process;
@@ -71,8 +76,10 @@ use rand::RngCore as _;
 
 pub use bins::{BIN_DIR_ENV, cbfs_bin, cbfs_cmd, require_tool};
 pub use faulty::{Fault, FaultPlan, FaultyProxy, SeenRequest};
+pub use keyfiles::agent_keyset;
 pub use keyring::KeyringSession;
 pub use leak::{MIN_SECRET_LEN, assert_no_secret};
+pub use loopfs::{FsKind, LoopFs};
 pub use net::{free_port, http_client, loopback, wait_for_http};
 pub use openbao::OpenBao;
 pub use process::ServerProcess;

@@ -856,15 +856,26 @@ fn bad_requests_get_clear_errors_and_commit_nothing() {
     assert_eq!(a.status, 404, "{}", a.body);
 
     // Malicious and broken pushes are refused whole: no new snapshot, no
-    // file written outside (or inside) the staging area.
+    // object in the store, no file written anywhere.
     let before = site.call("alice", Method::GET, "/v1/fs/fs1/snapshots", b"");
     let store_before = cbfs_tests::describe(&site.work.path("store1"), Compare::default());
     let mut truncated = tar_with_name(b"big", &[7u8; 8192]);
     truncated.truncate(512 + 1000);
+    // Cut exactly at an entry's end: every header is whole, the end marker
+    // is missing.
+    let mut cut = tar_with_name(b"x", b"x");
+    cut.truncate(1024);
+    // A good entry first (it is stored while the stream goes on), then a
+    // bad one: still nothing is committed.
+    let mut late = tar_with_name(b"fine", &random_bytes(200_000));
+    late.truncate(late.len() - 1024);
+    late.extend(tar_with_name(b"../late-evil", b"x"));
     let streams: Vec<(&str, Vec<u8>)> = vec![
         ("climbs", tar_with_name(b"../../evil", b"x")),
         ("absolute", tar_with_name(b"/tmp/cbfs-gateway-evil", b"x")),
         ("truncated", truncated),
+        ("cut at an entry's end", cut),
+        ("a bad entry after a good one", late),
         ("not a tar", random_bytes(3000)),
     ];
     for (what, stream) in streams {
@@ -899,11 +910,12 @@ fn bad_requests_get_clear_errors_and_commit_nothing() {
         store_before, store_after,
         "a refused push wrote to the store"
     );
-    let staging = site.work.path("gw-state/staging");
-    let left: Vec<_> = fs::read_dir(&staging)
+    // The runs' spools are gone with them.
+    let spool = site.work.path("index1/spool");
+    let left: Vec<_> = fs::read_dir(&spool)
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "staging left behind: {left:?}");
+    assert!(left.is_empty(), "spool left behind: {left:?}");
 
     // A push with `tar -c . | curl -T -` style: a plain tar stream from
     // standard input through cbfs-tier push -.

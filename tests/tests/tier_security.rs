@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use cbfs_tests::{Workdir, cbfs_cmd, random_bytes, require_tool, run, run_ok};
+use cbfs_tests::{FsKind, LoopFs, Workdir, cbfs_cmd, random_bytes, require_tool, run, run_ok};
 use serde_json::Value;
 
 #[path = "tiering/keys.rs"]
@@ -618,45 +618,12 @@ fn a_hard_link_to_a_name_that_was_skipped_is_never_a_link_to_nothing() {
     }
 }
 
-/// A small ext4 file system mounted at `dir` until dropped.
-struct LoopFs {
-    dir: PathBuf,
-}
-
-impl LoopFs {
-    fn new(work: &Workdir, name: &str, mib: u64) -> LoopFs {
-        let img = work.path(format!("{name}.img"));
-        let f = std::fs::File::create(&img).unwrap();
-        f.set_len(mib << 20).unwrap();
-        run_ok(
-            Command::new(require_tool("mkfs.ext4", "apt-get install e2fsprogs"))
-                .arg("-q")
-                .arg(&img),
-        );
-        let dir = work.mkdir(name);
-        run_ok(
-            Command::new("mount")
-                .arg("-o")
-                .arg("loop")
-                .arg(&img)
-                .arg(&dir),
-        );
-        LoopFs { dir }
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
-
 #[test]
 fn a_full_disk_under_the_index_is_a_resource_error_and_the_next_run_recovers() {
     let work = Workdir::new();
     let keys = Keys::new(&work);
-    let fs = LoopFs::new(&work, "small", 24);
-    let index = fs.dir.join("index");
+    let fs = LoopFs::new(&work, "small", FsKind::Ext4, 24);
+    let index = fs.dir().join("index");
     let store = work.path("store");
     let src = work.mkdir("src");
     // Incompressible: the spool of its segment does not fit on the disk.
@@ -683,14 +650,14 @@ fn a_full_disk_inside_the_index_database_is_a_resource_error() {
     use std::io::Write;
     let work = Workdir::new();
     let keys = Keys::new(&work);
-    let fs = LoopFs::new(&work, "tiny", 16);
-    let index = fs.dir.join("index");
+    let fs = LoopFs::new(&work, "tiny", FsKind::Ext4, 16);
+    let index = fs.dir().join("index");
     let store = work.path("store");
     let src = work.mkdir("src");
     std::fs::write(src.join("a.txt"), b"first").unwrap();
     run_ok(&mut out_cmd(&keys, &src, &store, &index));
     // Fill every block that is left.
-    let filler = fs.dir.join("filler");
+    let filler = fs.dir().join("filler");
     let mut f = std::fs::File::create(&filler).unwrap();
     let chunk = vec![0u8; 64 << 10];
     loop {

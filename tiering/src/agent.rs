@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::index::{Batch, Index};
 use crate::lock::IndexLock;
 use crate::observe::Observer;
-use crate::out::{OutOptions, OutReport};
+use crate::out::{Input, OutOptions, OutReport};
 use crate::source::StoreSource;
 
 /// Everything a tiering run works with.
@@ -72,6 +72,8 @@ impl Agent {
         }
         let store = Store::open(opts.store)?;
         let index = Index::open(opts.index)?;
+        // The scratch of a push that died with its process.
+        index.pushed_clear()?;
         let keyset = opts.keyset.map(Keyset::load).transpose()?;
         let writer_source = match opts.writer_key {
             Some(s) => s,
@@ -162,12 +164,42 @@ impl Agent {
         opts: OutOptions,
         observer: Arc<dyn Observer>,
     ) -> Result<OutReport> {
+        self.run_out(opts, Input::Tree, observer).await
+    }
+
+    /// Tiers out a tar stream (a push) as one run: its entries, under
+    /// `opts.prefix`, are what the file system holds there now (what the
+    /// stream does not bring below the prefix is gone); `opts.source` is
+    /// not read. Every entry is checked as it arrives and stored while the
+    /// stream goes on, but nothing is committed unless the whole stream
+    /// arrives and passes: an unsafe or broken one is refused with
+    /// [`Error::Refused`], and leaves the store and the index as they were.
+    /// The stream is read on a blocking thread: `stream` may block.
+    pub async fn tier_out_stream(
+        self: &Arc<Self>,
+        stream: Box<dyn std::io::Read + Send>,
+        opts: OutOptions,
+        observer: Arc<dyn Observer>,
+    ) -> Result<OutReport> {
+        self.run_out(opts, Input::Stream(stream), observer).await
+    }
+
+    /// One run at a time, on a blocking thread.
+    async fn run_out(
+        self: &Arc<Self>,
+        opts: OutOptions,
+        input: Input<'static>,
+        observer: Arc<dyn Observer>,
+    ) -> Result<OutReport> {
         let _running = self.running.lock().await;
         let agent = self.clone();
         let rt = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || crate::out::run(&agent, &opts, rt, observer.as_ref()))
-            .await
-            .map_err(|e| Error::Usage(format!("the run failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            crate::hsm::absorb(&agent)?;
+            crate::out::run(&agent, &opts, input, rt, observer.as_ref())
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("the run failed: {e}")))?
     }
 
     /// What snapshots this agent trusts: the keyset's registered writers.
@@ -192,6 +224,11 @@ impl Agent {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io("cannot create spool directory", &dir, e))?;
         Ok(dir)
+    }
+
+    /// Held while a run (or a release) of this agent goes on.
+    pub(crate) fn running(&self) -> &tokio::sync::Mutex<()> {
+        &self.running
     }
 
     /// The index directory.

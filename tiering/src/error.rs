@@ -68,6 +68,11 @@ pub enum Error {
     #[error("the run was cancelled at a safe point; the next run finishes its snapshot")]
     Cancelled,
 
+    /// A pushed tar stream was refused (an unsafe or broken entry): nothing
+    /// of it was committed.
+    #[error("{0}; nothing was committed")]
+    Refused(String),
+
     /// An object in the store is not what it must be.
     #[error("store object {object}: {reason}")]
     Integrity { object: String, reason: String },

@@ -209,6 +209,135 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// Writes the tree at `dir` as a pax tar stream: entries in name order,
+/// never following a symbolic link, with their modes, owners (ids and
+/// names), times to the nanosecond and extended attributes, hard links as
+/// links to the first name seen. A file that changes size while it is read
+/// ends the stream with an error (the gateway then commits nothing).
+/// Sockets are not stored; they are left out.
+pub fn write_tree(dir: &std::path::Path, out: impl std::io::Write) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut b = tar::Builder::new(out);
+    let mut names = crate::scan::Names::default();
+    let mut first_names: std::collections::HashMap<(u64, u64), std::path::PathBuf> =
+        std::collections::HashMap::new();
+    let context = |path: &std::path::Path, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    };
+    // Depth first, each folder's entries in name order.
+    let mut stack: Vec<std::path::PathBuf> = vec![std::path::PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let abs = dir.join(&rel);
+        let mut children: Vec<std::ffi::OsString> = std::fs::read_dir(&abs)
+            .map_err(|e| context(&abs, e))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| context(&abs, e))?;
+        children.sort_by(|a, c| a.as_bytes().cmp(c.as_bytes()));
+        let mut dirs = Vec::new();
+        for name in children {
+            let rel = rel.join(&name);
+            let abs = dir.join(&rel);
+            let meta = std::fs::symlink_metadata(&abs).map_err(|e| context(&abs, e))?;
+            let kind = meta.file_type();
+            if std::os::unix::fs::FileTypeExt::is_socket(&kind) {
+                tracing::warn!(path = %abs.display(), "a socket is not pushed");
+                continue;
+            }
+            let mut header = tar::Header::new_ustar();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            header
+                .set_username(&names.user(meta.uid()))
+                .and_then(|()| header.set_groupname(&names.group(meta.gid())))
+                .map_err(|e| context(&abs, e))?;
+            let mut pax: Vec<(String, Vec<u8>)> = vec![(
+                "mtime".into(),
+                format!("{}.{:09}", meta.mtime(), meta.mtime_nsec()).into_bytes(),
+            )];
+            for (attr, value) in crate::scan::read_xattrs(&abs).map_err(|e| context(&abs, e))? {
+                let mut key = "SCHILY.xattr.".to_owned();
+                key.push_str(&String::from_utf8_lossy(&attr));
+                if String::from_utf8(attr).is_ok() {
+                    pax.push((key, value));
+                }
+            }
+            b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .map_err(|e| context(&abs, e))?;
+            if kind.is_dir() {
+                header.set_size(0);
+                b.append_data(&mut header, &rel, std::io::empty())
+                    .map_err(|e| context(&abs, e))?;
+                dirs.push(rel);
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(&abs).map_err(|e| context(&abs, e))?;
+                header.set_size(0);
+                b.append_link(&mut header, &rel, &target)
+                    .map_err(|e| context(&abs, e))?;
+            } else if kind.is_file()
+                && meta.nlink() > 1
+                && let Some(first) = first_names.get(&(meta.dev(), meta.ino()))
+            {
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_size(0);
+                b.append_link(&mut header, &rel, first)
+                    .map_err(|e| context(&abs, e))?;
+            } else if kind.is_file() {
+                if meta.nlink() > 1 {
+                    first_names.insert((meta.dev(), meta.ino()), rel.clone());
+                }
+                let file = std::fs::File::open(&abs).map_err(|e| context(&abs, e))?;
+                let exact = ExactReader {
+                    inner: file,
+                    left: meta.len(),
+                };
+                b.append_data(&mut header, &rel, exact)
+                    .map_err(|e| context(&abs, e))?;
+            } else {
+                // FIFOs and devices: their header says it all.
+                header.set_size(0);
+                b.append_data(&mut header, &rel, std::io::empty())
+                    .map_err(|e| context(&abs, e))?;
+            }
+        }
+        // Popped from the end: pushed in reverse to come out in order.
+        stack.extend(dirs.into_iter().rev());
+    }
+    b.finish()?;
+    b.into_inner()?.flush()
+}
+
+/// A file's content, exactly the length its header promised: a file that
+/// shrinks or grows while it is read is an error, not a broken stream.
+struct ExactReader {
+    inner: std::fs::File,
+    left: u64,
+}
+
+impl std::io::Read for ExactReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::other("the file grew while it was read")),
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was read",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// What a push sends: a directory (made into a tar stream here: entries
 /// with their modes, owners and times, symbolic links as links) or a tar
 /// stream read from elsewhere (standard input).
@@ -235,14 +364,7 @@ pub async fn push(
             buf: Vec::with_capacity(CHUNK),
         };
         let made = match input {
-            PushInput::Dir(dir) => {
-                let mut b = tar::Builder::new(&mut w);
-                b.follow_symlinks(false);
-                b.mode(tar::HeaderMode::Complete);
-                b.append_dir_all(".", &dir)
-                    .and_then(|()| b.finish())
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
-            }
+            PushInput::Dir(dir) => write_tree(&dir, &mut w),
             PushInput::Tar(mut r) => std::io::copy(&mut r, &mut w).map(|_| ()),
         };
         let made = made.and_then(|()| std::io::Write::flush(&mut w));

@@ -14,6 +14,8 @@
 //! | `g` | segment id | [`SegmentRecord`] |
 //! | `n` | sequence, 8 bytes big-endian | [`SnapshotRecord`] |
 //! | `s` | `state` | [`State`] |
+//! | `p` | path bytes | scratch of the push running now (see [`Index::pushed_put`]) |
+//! | `h` | path bytes | [`HsmRecord`]: flags and losses of a path (tiering states) |
 //!
 //! The two tables with a record per file (`f`, `m`) hold a compact binary
 //! encoding (see [`binary`]): a run over an unchanged tree reads every file
@@ -34,6 +36,8 @@ const MEMBER: u8 = b'm';
 const SEGMENT: u8 = b'g';
 const SNAPSHOT: u8 = b'n';
 const STATE: u8 = b's';
+const PUSHED: u8 = b'p';
+const HSM: u8 = b'h';
 
 /// The stored version of one path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +126,33 @@ pub struct State {
     pub plain: Option<bool>,
 }
 
+/// What the tiering states keep about a path beside its [`FileRecord`]:
+/// the user's flags, and a stored copy found bad. Whether a file is
+/// released is not kept here: its stub record (an extended attribute of
+/// the file) says so, and is checked against the [`FileRecord`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HsmRecord {
+    /// Never release this file (`cbfs-tier flag --no-release`).
+    #[serde(default)]
+    pub no_release: bool,
+    /// Never archive this file (`cbfs-tier flag --no-archive`).
+    #[serde(default)]
+    pub no_archive: bool,
+    /// Its stored copy is missing or failed verification: why.
+    #[serde(default)]
+    pub lost: Option<String>,
+    /// When that was found, Unix seconds.
+    #[serde(default)]
+    pub lost_at: Option<i64>,
+}
+
+impl HsmRecord {
+    /// Whether it holds nothing worth keeping.
+    pub fn is_empty(&self) -> bool {
+        *self == HsmRecord::default()
+    }
+}
+
 /// The index database.
 pub struct Index {
     db: rocksdb::DB,
@@ -164,6 +195,7 @@ trait Record: Sized + Serialize + DeserializeOwned {
 impl Record for SegmentRecord {}
 impl Record for SnapshotRecord {}
 impl Record for State {}
+impl Record for HsmRecord {}
 
 impl Record for FileRecord {
     fn encode(&self) -> Vec<u8> {
@@ -209,6 +241,18 @@ impl Record for FileRecord {
         }
         i.end()?;
         Ok(rec)
+    }
+}
+
+impl FileRecord {
+    /// The record's encoding in the index (for a run's own spill files).
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+
+    /// Reads what [`to_bytes`](Self::to_bytes) wrote.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        Self::decode(bytes)
     }
 }
 
@@ -393,6 +437,15 @@ impl Batch {
     pub fn put_state(&mut self, state: &State) {
         self.inner.put(key(STATE, b"state"), state.encode());
     }
+    /// Records the tiering flags and losses of a path (forgets them if
+    /// there are none).
+    pub fn put_hsm(&mut self, path: &[u8], rec: &HsmRecord) {
+        if rec.is_empty() {
+            self.inner.delete(key(HSM, path));
+        } else {
+            self.inner.put(key(HSM, path), rec.encode());
+        }
+    }
     /// Whether there is nothing to commit.
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
@@ -508,7 +561,7 @@ impl Index {
     fn corrupt(&self, k: &[u8], e: String) -> Error {
         let (tag, rest) = k.split_first().unwrap_or((&b'?', &[]));
         let name = match *tag {
-            FILE => String::from_utf8_lossy(rest).into_owned(),
+            FILE | HSM => String::from_utf8_lossy(rest).into_owned(),
             _ => hex::encode(rest),
         };
         self.err(format!("corrupt record {}:{name}: {e}", *tag as char))
@@ -627,6 +680,16 @@ impl Index {
         self.get(member_key(id, slot))
     }
 
+    /// The tiering flags and losses of a path.
+    pub fn hsm(&self, path: &[u8]) -> Result<Option<HsmRecord>> {
+        self.get(key(HSM, path))
+    }
+
+    /// Every path with tiering flags or losses, in byte order.
+    pub fn for_each_hsm(&self, f: impl FnMut(&[u8], HsmRecord) -> Result<()>) -> Result<()> {
+        self.scan(HSM, f)
+    }
+
     /// A segment's record.
     pub fn segment(&self, id: &SegmentId) -> Result<Option<SegmentRecord>> {
         self.get(key(SEGMENT, id.as_bytes()))
@@ -645,6 +708,58 @@ impl Index {
     /// The agent's state.
     pub fn state(&self) -> Result<State> {
         Ok(self.get(key(STATE, b"state"))?.unwrap_or_default())
+    }
+
+    /// Forgets the scratch of a push (one that ended, or died).
+    pub(crate) fn pushed_clear(&self) -> Result<()> {
+        let cf = self
+            .db
+            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .ok_or_else(|| self.err("no default column family"))?;
+        self.db
+            .delete_range_cf(&cf, [PUSHED], [PUSHED + 1])
+            .map_err(|e| self.err(e))
+    }
+
+    /// Notes a name a pushed stream brought, with what the push needs to
+    /// know of it later. Scratch: written without the write-ahead log (a
+    /// push that dies is refused whole, and its scratch cleared by the next).
+    pub(crate) fn pushed_put(&self, path: &[u8], value: &[u8]) -> Result<()> {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.disable_wal(true);
+        self.db
+            .put_opt(key(PUSHED, path), value, &wo)
+            .map_err(|e| self.err(e))
+    }
+
+    /// What [`pushed_put`](Self::pushed_put) noted of a name.
+    pub(crate) fn pushed_get(&self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key(PUSHED, path)).map_err(|e| self.err(e))
+    }
+
+    /// Whether the push brought a name below `dir` (`dir/...`).
+    pub(crate) fn pushed_any_below(&self, dir: &[u8]) -> Result<bool> {
+        let mut within = key(PUSHED, dir);
+        within.push(b'/');
+        let mut it = self.db.raw_iterator();
+        it.seek(&within);
+        let found = it.key().is_some_and(|k| k.starts_with(&within));
+        it.status().map_err(|e| self.err(e))?;
+        Ok(found)
+    }
+
+    /// Every name the push brought, in byte order.
+    pub(crate) fn pushed_for_each(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut it = self.db.raw_iterator();
+        it.seek([PUSHED]);
+        while let Some(k) = it.key() {
+            if k.first() != Some(&PUSHED) {
+                break;
+            }
+            f(&k[1..])?;
+            it.next();
+        }
+        it.status().map_err(|e| self.err(e))
     }
 }
 

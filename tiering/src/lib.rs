@@ -32,11 +32,13 @@
 //! println!("snapshot {:?}: {} files stored", report.sequence, report.files);
 //! # Ok(()) }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod agent;
 mod error;
+pub mod faultin;
 pub mod gateway;
+pub mod hsm;
 mod index;
 mod list;
 mod lock;
@@ -52,7 +54,7 @@ mod verify;
 
 pub use agent::{Agent, AgentOptions};
 pub use error::{Error, Result};
-pub use index::{FileRecord, Index, MemberRecord, SegmentRecord, SnapshotRecord, State};
+pub use index::{FileRecord, HsmRecord, Index, MemberRecord, SegmentRecord, SnapshotRecord, State};
 pub use list::{Ignored, ListedEntry, SnapshotInfo, list_entries, list_snapshots};
 pub use lock::{IndexLock, LOCK_FILE};
 pub use observe::{Observer, Quiet};

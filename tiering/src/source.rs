@@ -15,6 +15,9 @@ pub struct StoreSource {
     store: Store,
     rt: Handle,
     fetched: AtomicU64,
+    /// The longest one call may take, retries included (`None`: the
+    /// store's own retry window).
+    timeout: Option<std::time::Duration>,
 }
 
 impl StoreSource {
@@ -25,7 +28,37 @@ impl StoreSource {
             store,
             rt,
             fetched: AtomicU64::new(0),
+            timeout: None,
         }
+    }
+
+    /// Gives up on a call after `timeout` (retries included), as a store
+    /// that is down: a reader waiting on a recall gets its answer in time.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Runs a store call on the runtime, within the timeout.
+    fn call<T>(
+        &self,
+        key: &str,
+        f: impl std::future::Future<Output = cbfs_store::Result<T>>,
+    ) -> cbfs_restore::Result<T> {
+        let result = match self.timeout {
+            None => self.rt.block_on(f),
+            Some(t) => match self.rt.block_on(async { tokio::time::timeout(t, f).await }) {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(RestoreError::Unavailable {
+                        store: self.store.describe().to_owned(),
+                        key: key.to_owned(),
+                        reason: format!("no answer within {} s", t.as_secs_f64()),
+                    });
+                }
+            },
+        };
+        result.map_err(|e| self.convert(key, e))
     }
 
     /// The store.
@@ -64,19 +97,16 @@ impl ObjectSource for StoreSource {
 
     fn list(&self, prefix: &str) -> cbfs_restore::Result<Vec<String>> {
         let mut keys: Vec<String> = self
-            .rt
-            .block_on(self.store.list(prefix))
-            .map(|objs| objs.into_iter().map(|o| o.key).collect())
-            .map_err(|e| self.convert(prefix, e))?;
+            .call(prefix, self.store.list(prefix))?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         keys.sort();
         Ok(keys)
     }
 
     fn get(&self, key: &str) -> cbfs_restore::Result<Vec<u8>> {
-        let bytes = self
-            .rt
-            .block_on(self.store.get(key))
-            .map_err(|e| self.convert(key, e))?;
+        let bytes = self.call(key, self.store.get(key))?;
         self.count(bytes.len());
         Ok(bytes.to_vec())
     }
@@ -85,21 +115,17 @@ impl ObjectSource for StoreSource {
         if range.start >= range.end {
             return Ok(Vec::new());
         }
-        let bytes = self
-            .rt
-            .block_on(self.store.get_range(key, range))
-            .map_err(|e| self.convert(key, e))?;
+        let bytes = self.call(key, self.store.get_range(key, range))?;
         self.count(bytes.len());
         Ok(bytes.to_vec())
     }
 
     fn size(&self, key: &str) -> cbfs_restore::Result<u64> {
-        match self.rt.block_on(self.store.head(key)) {
-            Ok(Some(info)) => Ok(info.size),
-            Ok(None) => Err(RestoreError::Missing {
+        match self.call(key, self.store.head(key))? {
+            Some(info) => Ok(info.size),
+            None => Err(RestoreError::Missing {
                 key: key.to_owned(),
             }),
-            Err(e) => Err(self.convert(key, e)),
         }
     }
 

@@ -197,6 +197,13 @@ impl SourceTree {
         Ok(file)
     }
 
+    /// Opens `rel` (a path of the tree itself, without the prefix) as a
+    /// path only: beneath the root, with no symbolic link on the way or at
+    /// the end. Opening a path raises no fault-in event.
+    pub(crate) fn open_path_beneath(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC)
+    }
+
     /// Opens the directory `rel` for listing: a path inside the tree as the
     /// walk names it (without the index's prefix; empty for the root),
     /// opened beneath the root with no symbolic link on the way and

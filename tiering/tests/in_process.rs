@@ -23,26 +23,7 @@ struct Fs {
 impl Fs {
     fn new(work: &Workdir, name: &str, seed: u64) -> (Fs, TreeGen) {
         let keys = work.mkdir(format!("{name}-keys"));
-        let kt = |args: &[&str]| run_ok(cbfs_cmd("cbfs-keytool").current_dir(&keys).args(args));
-        kt(&[
-            "create-user",
-            "agent",
-            "--secret",
-            "file:agent.key",
-            "--public",
-            "agent.pub",
-        ]);
-        kt(&[
-            "create-admin",
-            "--fs",
-            name,
-            "--secret",
-            "file:admin.key",
-            "--keyset",
-            "keyset.json",
-            "--writer",
-            "agent.pub",
-        ]);
+        cbfs_tests::agent_keyset(&keys, name, &[]);
         let src = work.path(format!("{name}-src"));
         let mut tree = TreeGen::new(&src, seed);
         tree.populate(60);

@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 use crate::error::Result;
-use crate::scan::{self, Walked};
+use crate::index::FileRecord;
+use crate::scan::{self, Stat, Walked};
 
 use super::queue::{CloseOnDrop, WorkQueue};
-use super::{OutReport, Shared, Work, worker};
+use super::{ChangeTest, OutOptions, OutReport, Shared, Work, worker};
 
 /// Entries the walk hands over at a time.
 const WALK_BATCH: usize = 512;
@@ -53,7 +54,11 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
     let mut keep_below: Vec<Vec<u8>> = Vec::new();
     let mut walk_error = None;
     let (batches, received) = mpsc::sync_channel::<Vec<Walked>>(16);
-    let (source, tree) = (&opts.source, &shared.tree);
+    let source = &opts.source;
+    let tree = shared
+        .tree
+        .as_ref()
+        .ok_or_else(|| crate::error::Error::Usage("no source tree to walk".into()))?;
     let queue = WorkQueue::default();
     let stored = std::thread::scope(|s| {
         // However the scan ends (a panic included), the workers are told.
@@ -64,8 +69,7 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
                 let _ = batches.send(items);
             });
         });
-        let mut workers = Vec::new();
-        let mut queued_bytes = 0u64;
+        let mut dispatch = Dispatch::new(s, shared, &queue);
         for mut items in received {
             if cancelled() {
                 shared.stop.store(true, Ordering::SeqCst);
@@ -148,78 +152,29 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
                 } else {
                     None
                 };
-                let same = |rec: &crate::index::FileRecord| match opts.change_test {
-                    super::ChangeTest::Inode => rec.stat.same_version(&st),
-                    super::ChangeTest::Attributes => rec.stat.same_attributes(&st),
-                };
-                match stored {
-                    Some(rec)
-                        if same(&rec)
-                            && rec.scope == scope.as_str()
-                            && rec.hardlink_to == hardlink_to =>
-                    {
-                        report.unchanged += 1;
-                    }
-                    _ => changed.push(Work {
+                if unchanged(opts, stored.as_ref(), &st, &scope, hardlink_to.as_deref()) {
+                    report.unchanged += 1;
+                } else {
+                    changed.push(Work {
                         entry,
                         scope,
                         hardlink_to,
-                    }),
+                        pushed: None,
+                    });
                 }
             }
-            if changed.is_empty() {
-                continue;
-            }
-            let bytes: u64 = changed.iter().map(Work::content_len).sum();
-            queued_bytes += bytes;
-            shared.observer.work_found(changed.len() as u64, bytes);
-            // A worker per 8 MiB of changed content at most: each fills a
-            // segment of its own, and a small incremental run is better
-            // off with one segment (one summary, one lockbox per scope)
-            // than with a few almost empty ones.
-            let wanted = usize::try_from(queued_bytes.div_ceil(8 << 20))
-                .unwrap_or(usize::MAX)
-                .clamp(1, opts.workers.clamp(1, 16));
-            while workers.len() < wanted {
-                let queue = &queue;
-                workers.push(s.spawn(move || {
-                    // A worker that fails or panics stops the run: the
-                    // scan must not wait on a queue nobody empties.
-                    let closing = CloseOnDrop(shared, queue);
-                    let result = worker::worker(shared, queue);
-                    if result.is_err() {
-                        shared.stop.store(true, Ordering::SeqCst);
-                    } else {
-                        std::mem::forget(closing);
-                    }
-                    result
-                }));
-            }
-            // Handed over in small batches, so that the workers share a
-            // walk batch of large files between them.
-            let mut part = Vec::new();
-            let mut part_bytes = 0;
-            for w in changed {
-                part_bytes += w.content_len();
-                part.push(w);
-                if part.len() >= QUEUE_BATCH_FILES || part_bytes >= QUEUE_BATCH_BYTES {
-                    queue.push(std::mem::take(&mut part));
-                    part_bytes = 0;
+            // Stubs are never archived; flagged files stay out.
+            let changed = match super::stubs::screen(shared, changed, report) {
+                Ok(c) => c,
+                Err(e) => {
+                    walk_error = Some(e);
+                    shared.stop.store(true, Ordering::SeqCst);
+                    continue;
                 }
-            }
-            if !part.is_empty() {
-                queue.push(part);
-            }
+            };
+            dispatch.hand_over(changed);
         }
-        queue.close();
-        let mut stored = Ok(());
-        for w in workers {
-            let r = w.join().expect("worker thread panicked");
-            if stored.is_ok() {
-                stored = r;
-            }
-        }
-        stored
+        dispatch.finish()
     });
     if let Some(e) = walk_error {
         return Err(e);
@@ -240,4 +195,109 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
         }
     })?;
     Ok(gone)
+}
+
+/// Whether an entry is what the index holds of its path: then it is not
+/// stored again.
+pub(crate) fn unchanged(
+    opts: &OutOptions,
+    stored: Option<&FileRecord>,
+    stat: &Stat,
+    scope: &cbfs_core::ScopeLabel,
+    hardlink_to: Option<&[u8]>,
+) -> bool {
+    let Some(rec) = stored else {
+        return false;
+    };
+    let same = match opts.change_test {
+        ChangeTest::Inode => rec.stat.same_version(stat),
+        ChangeTest::Attributes => rec.stat.same_attributes(stat),
+    };
+    same && rec.scope == scope.as_str() && rec.hardlink_to.as_deref() == hardlink_to
+}
+
+/// Hands changed entries to the workers in small batches, and adds
+/// workers as changed content accumulates: one per 8 MiB, up to the run's
+/// number. Each worker fills a segment of its own, and a small incremental
+/// run is better off with one segment (one summary, one lockbox per scope)
+/// than with a few almost empty ones.
+pub(crate) struct Dispatch<'scope, 'env, 'run> {
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    shared: &'env Shared<'run>,
+    queue: &'env WorkQueue,
+    queued_bytes: u64,
+    workers: Vec<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+}
+
+impl<'scope, 'env, 'run> Dispatch<'scope, 'env, 'run> {
+    pub(crate) fn new(
+        s: &'scope std::thread::Scope<'scope, 'env>,
+        shared: &'env Shared<'run>,
+        queue: &'env WorkQueue,
+    ) -> Self {
+        Dispatch {
+            s,
+            shared,
+            queue,
+            queued_bytes: 0,
+            workers: Vec::new(),
+        }
+    }
+
+    /// Queues `changed`, starting workers as needed.
+    pub(crate) fn hand_over(&mut self, changed: Vec<Work>) {
+        if changed.is_empty() {
+            return;
+        }
+        let shared = self.shared;
+        let bytes: u64 = changed.iter().map(Work::content_len).sum();
+        self.queued_bytes += bytes;
+        shared.observer.work_found(changed.len() as u64, bytes);
+        let wanted = usize::try_from(self.queued_bytes.div_ceil(8 << 20))
+            .unwrap_or(usize::MAX)
+            .clamp(1, shared.opts.workers.clamp(1, 16));
+        while self.workers.len() < wanted {
+            let queue = self.queue;
+            self.workers.push(self.s.spawn(move || {
+                // A worker that fails or panics stops the run: the scan
+                // must not wait on a queue nobody empties.
+                let closing = CloseOnDrop(shared, queue);
+                let result = worker::worker(shared, queue);
+                if result.is_err() {
+                    shared.stop.store(true, Ordering::SeqCst);
+                } else {
+                    std::mem::forget(closing);
+                }
+                result
+            }));
+        }
+        // Handed over in small batches, so that the workers share a walk
+        // batch of large files between them.
+        let mut part = Vec::new();
+        let mut part_bytes = 0;
+        for w in changed {
+            part_bytes += w.content_len();
+            part.push(w);
+            if part.len() >= QUEUE_BATCH_FILES || part_bytes >= QUEUE_BATCH_BYTES {
+                self.queue.push(std::mem::take(&mut part));
+                part_bytes = 0;
+            }
+        }
+        if !part.is_empty() {
+            self.queue.push(part);
+        }
+    }
+
+    /// No more work: waits for the workers, and gives the first failure.
+    pub(crate) fn finish(self) -> Result<()> {
+        self.queue.close();
+        let mut stored = Ok(());
+        for w in self.workers {
+            let r = w.join().expect("worker thread panicked");
+            if stored.is_ok() {
+                stored = r;
+            }
+        }
+        stored
+    }
 }

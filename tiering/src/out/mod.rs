@@ -20,6 +20,8 @@ mod diff;
 mod manifest;
 mod queue;
 mod segment;
+mod stream;
+mod stubs;
 mod worker;
 
 use std::collections::HashMap;
@@ -141,11 +143,31 @@ pub struct OutReport {
     pub seconds: f64,
 }
 
+/// Where a run's entries come from.
+pub(crate) enum Input<'a> {
+    /// The tree at [`OutOptions::source`], walked.
+    Tree,
+    /// A tar stream (a push): checked entry by entry and stored as it
+    /// arrives, committed only once the whole stream is in and checked.
+    Stream(Box<dyn std::io::Read + Send + 'a>),
+}
+
 /// One entry to store.
 pub(crate) struct Work {
     entry: Entry,
     scope: ScopeLabel,
     hardlink_to: Option<Vec<u8>>,
+    /// For an entry of a pushed stream: its metadata and where its content
+    /// is in the stream's spool.
+    pushed: Option<Pushed>,
+}
+
+/// What a pushed stream said of an entry: its metadata as it is stored
+/// (path, kind and all), and the bytes of the stream's spool that hold its
+/// content.
+pub(crate) struct Pushed {
+    meta: cbfs_format::Metadata,
+    data: std::ops::Range<u64>,
 }
 
 impl Work {
@@ -164,7 +186,13 @@ pub(crate) struct Shared<'a> {
     agent: &'a Agent,
     opts: &'a OutOptions,
     rt: tokio::runtime::Handle,
-    tree: SourceTree,
+    /// The tree, for a run over one (`None` for a pushed stream).
+    tree: Option<SourceTree>,
+    /// The spool a pushed stream is written to as it arrives.
+    stream: Option<stream::Spool>,
+    /// For a pushed stream: closed segments wait here until the whole
+    /// stream is in and checked.
+    deferred: Option<segment::Deferred>,
     observer: &'a dyn Observer,
     commit_lock: Mutex<()>,
     segments_done: Mutex<u32>,
@@ -202,11 +230,13 @@ impl Shared<'_> {
     }
 }
 
-/// Runs one tiering pass over `opts.source`, from a thread that may block
-/// (not from an async task): store calls are driven on `rt`.
+/// Runs one tiering pass over `input` (the tree at `opts.source`, or a
+/// pushed tar stream), from a thread that may block (not from an async
+/// task): store calls are driven on `rt`.
 pub(crate) fn run(
     agent: &Agent,
     opts: &OutOptions,
+    input: Input<'_>,
     rt: tokio::runtime::Handle,
     observer: &dyn Observer,
 ) -> Result<OutReport> {
@@ -230,14 +260,6 @@ pub(crate) fn run(
     }
     rt.block_on(agent.publish_keyset())?;
 
-    let meta = std::fs::metadata(&opts.source)
-        .map_err(|e| Error::io("cannot read source", &opts.source, e))?;
-    if !meta.is_dir() {
-        return Err(Error::Usage(format!(
-            "{} is not a directory",
-            opts.source.display()
-        )));
-    }
     if let Some(p) = &opts.prefix
         && cbfs_restore::check_member_path(p).is_err()
     {
@@ -246,17 +268,26 @@ pub(crate) fn run(
             String::from_utf8_lossy(p)
         )));
     }
-    let tree = SourceTree::open(&opts.source)
-        .map_err(|e| Error::io("cannot open source", &opts.source, e))?
-        .with_prefix(opts.prefix.as_deref());
+    let tree = match &input {
+        Input::Tree => Some(open_tree(opts)?),
+        Input::Stream(_) => None,
+    };
 
-    let recovering = agent.index.state()?.dirty;
     let spool_dir = agent.new_spool()?;
+    let (stream, deferred) = match &input {
+        Input::Tree => (None, None),
+        Input::Stream(_) => (
+            Some(stream::Spool::create(&spool_dir)?),
+            Some(segment::Deferred::default()),
+        ),
+    };
     let shared = Shared {
         agent,
         opts,
         rt,
         tree,
+        stream,
+        deferred,
         observer,
         commit_lock: Mutex::new(()),
         segments_done: Mutex::new(0),
@@ -269,11 +300,36 @@ pub(crate) fn run(
         links: Mutex::new(Vec::new()),
         spool_dir,
     };
+    let result = run_shared(&shared, input, started);
+    if shared.stream.is_some() {
+        // The push's scratch of names goes with it, whatever the outcome.
+        let _ = agent.index.pushed_clear();
+    }
+    let _ = std::fs::remove_dir_all(&shared.spool_dir);
+    result
+}
+
+fn open_tree(opts: &OutOptions) -> Result<SourceTree> {
+    let meta = std::fs::metadata(&opts.source)
+        .map_err(|e| Error::io("cannot read source", &opts.source, e))?;
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} is not a directory",
+            opts.source.display()
+        )));
+    }
+    Ok(SourceTree::open(&opts.source)
+        .map_err(|e| Error::io("cannot open source", &opts.source, e))?
+        .with_prefix(opts.prefix.as_deref()))
+}
+
+fn run_shared(shared: &Shared<'_>, input: Input<'_>, started: Instant) -> Result<OutReport> {
+    let agent = shared.agent;
     let mut report = OutReport::default();
-    if recovering {
+    if agent.index.state()?.dirty {
         // A run died after committing segments and before its manifest:
         // finish its snapshot first (adopting its manifest if it got out).
-        let rec = manifest::write_manifest(&shared)?;
+        let rec = manifest::write_manifest(shared)?;
         tracing::info!(
             sequence = rec.sequence,
             "finished the snapshot of an interrupted run"
@@ -282,28 +338,30 @@ pub(crate) fn run(
         report.sequence = Some(rec.sequence);
     }
 
-    let gone = diff::store_changes(&shared, &mut report)?;
-    observer.finished();
+    let gone = match input {
+        Input::Tree => diff::store_changes(shared, &mut report)?,
+        Input::Stream(reader) => stream::store_stream(shared, reader, &mut report)?,
+    };
+    shared.observer.finished();
 
-    let deleted = forget(&shared, gone)?;
+    let deleted = forget(shared, gone)?;
     report.deleted = deleted;
-    worker::store_dangling_links(&shared)?;
+    worker::store_dangling_links(shared)?;
 
     // A snapshot for whatever changed, in this run or in a run that died
     // before its manifest.
     if agent.index.state()?.dirty {
-        let rec = manifest::write_manifest(&shared)?;
+        let rec = manifest::write_manifest(shared)?;
         report.snapshot = Some(rec.id.to_string());
         report.sequence = Some(rec.sequence);
     }
 
     agent.index.flush_if_large()?;
-    let _ = std::fs::remove_dir_all(&shared.spool_dir);
     report.files = shared.files.load(Ordering::Relaxed);
     report.bytes_read = shared.bytes_read.load(Ordering::Relaxed);
     report.bytes_stored = shared.bytes_stored.load(Ordering::Relaxed);
     report.new_segments = shared.new_segments.load(Ordering::Relaxed);
-    report.skipped = shared.problems.into_inner().expect("problems lock");
+    report.skipped = std::mem::take(&mut *shared.problems.lock().expect("problems lock"));
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

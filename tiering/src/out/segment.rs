@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cbfs_core::ScopeLabel;
 use cbfs_format::{GroupKey, Lockbox, SegmentId, SegmentMode, SegmentWriter, SummaryEntry, layout};
@@ -82,7 +83,36 @@ fn spool_io(shared: &Shared<'_>, op: &'static str, path: &PathBuf, e: std::io::E
     }
 }
 
-pub(crate) fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result<()> {
+/// A closed segment on the spool, with everything its commit needs.
+struct Sealed {
+    id: SegmentId,
+    path: PathBuf,
+    summary: Vec<u8>,
+    segment_len: u64,
+    members: u64,
+    lockboxes: Vec<Lockbox>,
+    /// The entries it holds, as the index will record them.
+    files: Vec<(Vec<u8>, FileRecord)>,
+}
+
+/// Closes a segment: uploads it with its lockboxes and summary, then
+/// commits the index. During a pushed stream, the segment waits instead
+/// (see [`Deferred`]).
+pub(crate) fn close_segment(shared: &Shared<'_>, seg: OpenSegment) -> Result<()> {
+    let Some(sealed) = seal(shared, seg)? else {
+        return Ok(());
+    };
+    if let Some(deferred) = &shared.deferred
+        && !deferred.released.load(Ordering::SeqCst)
+    {
+        return deferred.keep(shared, sealed);
+    }
+    commit(shared, sealed)
+}
+
+/// Writes out the segment's last packs and finishes its spool; `None` if
+/// nothing was stored in it.
+fn seal(shared: &Shared<'_>, mut seg: OpenSegment) -> Result<Option<Sealed>> {
     let mut scopes: Vec<ScopeLabel> = seg.packs.keys().cloned().collect();
     scopes.sort();
     for scope in scopes {
@@ -100,7 +130,7 @@ pub(crate) fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result
     if stored.is_empty() {
         drop(file);
         let _ = std::fs::remove_file(&path);
-        return Ok(());
+        return Ok(None);
     }
     // A failed member may have left bytes past the end; cut them.
     file.set_len(summary.segment_len())
@@ -108,13 +138,52 @@ pub(crate) fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result
         .and_then(|()| file.sync_all())
         .map_err(|e| spool_io(shared, "cannot finish segment spool", &path, e))?;
     drop(file);
+    let files = stored
+        .into_iter()
+        .map(|s| {
+            let rec = FileRecord {
+                stat: s.stat,
+                scope: s.scope.to_string(),
+                segment: id,
+                member: s.summary.member,
+                sha256: s.summary.sha256,
+                stored: s.share,
+                hardlink_to: s.hardlink_to,
+                slot: s.slot,
+            };
+            (s.rel, rec)
+        })
+        .collect();
+    Ok(Some(Sealed {
+        id,
+        path,
+        summary: summary.to_bytes(),
+        segment_len: summary.segment_len(),
+        members: summary.entries().len() as u64,
+        lockboxes,
+        files,
+    }))
+}
+
+/// Uploads a sealed segment, its lockboxes and its summary, then commits
+/// the index: the store holds what the index names before it names it.
+fn commit(shared: &Shared<'_>, sealed: Sealed) -> Result<()> {
+    let Sealed {
+        id,
+        path,
+        summary,
+        segment_len,
+        members,
+        lockboxes,
+        files,
+    } = sealed;
     let n = {
         let mut done = shared.segments_done.lock().expect("segment counter");
         *done += 1;
         *done
     };
     let agent = shared.agent;
-    let mut stored_bytes = summary.segment_len();
+    let mut stored_bytes = segment_len;
     shared.wait(agent.store.put_file_new(&layout::segment(&id), &path))?;
     shared.crash_if(CrashPoint::AfterSegment(n));
     for lb in &lockboxes {
@@ -127,9 +196,8 @@ pub(crate) fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result
         )?;
     }
     shared.crash_if(CrashPoint::AfterLockboxes(n));
-    let summary_bytes = summary.to_bytes();
-    stored_bytes += summary_bytes.len() as u64;
-    shared.wait(agent.store.put_new(&layout::summary(&id), summary_bytes))?;
+    stored_bytes += summary.len() as u64;
+    shared.wait(agent.store.put_new(&layout::summary(&id), summary))?;
     shared.crash_if(CrashPoint::AfterSummary(n));
 
     // Now the index may name what the store holds.
@@ -138,39 +206,29 @@ pub(crate) fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result
         let mut batch = Batch::default();
         let mut updates: HashMap<SegmentId, SegmentRecord> = HashMap::new();
         let mut live_bytes = 0;
-        for s in &stored {
-            if let Some(old) = agent.index.file(&s.rel)? {
+        for (rel, rec) in &files {
+            if let Some(old) = agent.index.file(rel)? {
                 release(agent, &mut updates, &old)?;
             }
-            let rec = FileRecord {
-                stat: s.stat,
-                scope: s.scope.to_string(),
-                segment: id,
-                member: s.summary.member,
-                sha256: s.summary.sha256,
-                stored: s.share,
-                hardlink_to: s.hardlink_to.clone(),
-                slot: s.slot,
-            };
-            live_bytes += s.share;
-            batch.put_file(&s.rel, &rec);
+            live_bytes += rec.stored;
+            batch.put_file(rel, rec);
             batch.put_member(
-                &s.summary.member,
-                s.slot,
+                &rec.member,
+                rec.slot,
                 &MemberRecord {
-                    path: s.rel.clone(),
-                    stat: s.stat,
-                    scope: s.scope.to_string(),
-                    stored: s.share,
+                    path: rel.clone(),
+                    stat: rec.stat,
+                    scope: rec.scope.clone(),
+                    stored: rec.stored,
                 },
             );
         }
         updates.insert(
             id,
             SegmentRecord {
-                size: summary.segment_len(),
-                members: summary.entries().len() as u64,
-                live_members: stored.len() as u64,
+                size: segment_len,
+                members,
+                live_members: files.len() as u64,
                 live_bytes,
             },
         );
@@ -189,6 +247,150 @@ pub(crate) fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result
         .fetch_add(stored_bytes, Ordering::Relaxed);
     shared.new_segments.fetch_add(1, Ordering::Relaxed);
     shared.observer.segment_stored(&id, stored_bytes);
-    tracing::info!(segment = %id, members = stored.len(), bytes = summary.segment_len(), "segment stored");
+    tracing::info!(segment = %id, members = files.len(), bytes = segment_len, "segment stored");
     Ok(())
+}
+
+/// The segments of a pushed stream that wait, sealed on the spool, until
+/// the whole stream has arrived and passed its checks: a refused stream
+/// leaves nothing in the store or the index. What a waiting segment's
+/// commit needs is spilled beside it, so that memory does not grow with
+/// the stream.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    waiting: Mutex<Vec<Waiting>>,
+    /// Set once the waiting segments are committed: segments closed later
+    /// in the run commit at once.
+    released: AtomicBool,
+}
+
+/// A sealed segment waiting for its stream: the segment spool, and the
+/// spill file of the rest.
+struct Waiting {
+    id: SegmentId,
+    path: PathBuf,
+    spill: PathBuf,
+}
+
+impl Deferred {
+    fn keep(&self, shared: &Shared<'_>, sealed: Sealed) -> Result<()> {
+        let spill = sealed.path.with_extension("wait");
+        let mut out = Vec::new();
+        put(&mut out, &sealed.summary);
+        out.extend_from_slice(&sealed.segment_len.to_le_bytes());
+        out.extend_from_slice(&sealed.members.to_le_bytes());
+        out.extend_from_slice(&(sealed.lockboxes.len() as u32).to_le_bytes());
+        for lb in &sealed.lockboxes {
+            put(&mut out, &lb.to_bytes());
+        }
+        out.extend_from_slice(&(sealed.files.len() as u32).to_le_bytes());
+        for (rel, rec) in &sealed.files {
+            put(&mut out, rel);
+            put(&mut out, &rec.to_bytes());
+        }
+        std::fs::write(&spill, &out)
+            .map_err(|e| spool_io(shared, "cannot write segment spill", &spill, e))?;
+        self.waiting
+            .lock()
+            .expect("waiting segments")
+            .push(Waiting {
+                id: sealed.id,
+                path: sealed.path,
+                spill,
+            });
+        Ok(())
+    }
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Reads back what [`Deferred::keep`] spilled.
+fn unspill(w: &Waiting) -> Result<Sealed> {
+    let bytes =
+        std::fs::read(&w.spill).map_err(|e| Error::io("cannot read segment spill", &w.spill, e))?;
+    let bad = |what: &str| Error::Io {
+        op: "cannot read segment spill",
+        path: w.spill.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned()),
+    };
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let part = bytes.get(at..at + n).ok_or_else(|| bad("it ends early"))?;
+        at += n;
+        Ok(part)
+    };
+    let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize;
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let n = u32_of(take(4)?);
+    let summary = take(n)?.to_vec();
+    let segment_len = u64_of(take(8)?);
+    let members = u64_of(take(8)?);
+    let mut lockboxes = Vec::new();
+    for _ in 0..u32_of(take(4)?) {
+        let n = u32_of(take(4)?);
+        lockboxes.push(Lockbox::from_bytes(take(n)?)?);
+    }
+    let mut files = Vec::new();
+    for _ in 0..u32_of(take(4)?) {
+        let n = u32_of(take(4)?);
+        let rel = take(n)?.to_vec();
+        let n = u32_of(take(4)?);
+        let rec = FileRecord::from_bytes(take(n)?).map_err(|e| bad(&e))?;
+        files.push((rel, rec));
+    }
+    Ok(Sealed {
+        id: w.id,
+        path: w.path.clone(),
+        summary,
+        segment_len,
+        members,
+        lockboxes,
+        files,
+    })
+}
+
+/// Uploads and commits the segments that waited for a pushed stream, on
+/// as many threads as the run has workers; afterwards segments commit as
+/// they close.
+pub(crate) fn commit_deferred(shared: &Shared<'_>) -> Result<()> {
+    let Some(deferred) = &shared.deferred else {
+        return Ok(());
+    };
+    let waiting = std::mem::take(&mut *deferred.waiting.lock().expect("waiting segments"));
+    let queue = Mutex::new(waiting.into_iter());
+    let threads = shared.opts.workers.clamp(1, 16);
+    let result = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        if shared.stop.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        let next = queue.lock().expect("waiting queue").next();
+                        let Some(w) = next else { return Ok(()) };
+                        let done = unspill(&w).and_then(|sealed| commit(shared, sealed));
+                        if done.is_err() {
+                            shared.stop.store(true, Ordering::SeqCst);
+                            return done;
+                        }
+                        let _ = std::fs::remove_file(&w.spill);
+                    }
+                })
+            })
+            .collect();
+        let mut result = Ok(());
+        for h in handles {
+            let r = h.join().expect("commit thread panicked");
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    });
+    deferred.released.store(true, Ordering::SeqCst);
+    result
 }

@@ -120,7 +120,22 @@ pub(crate) fn store_dangling_links(shared: &Shared<'_>) -> Result<()> {
             path = %String::from_utf8_lossy(&path),
             "the target of this hard link is not in the snapshot: stored as a file"
         );
-        let abs = shared.opts.source.join(std::ffi::OsStr::from_bytes(&path));
+        let scope = ScopeLabel::new(rec.scope.clone())
+            .map_err(|e| Error::Usage(format!("the index holds a bad scope label: {e}")))?;
+        if shared.stream.is_some() {
+            // A pushed link: the content of what it linked to is in the
+            // stream's spool.
+            again.extend(super::stream::relinked(shared, &path, scope)?);
+            continue;
+        }
+        let local = match &shared.opts.prefix {
+            Some(p) => path
+                .strip_prefix(p.as_slice())
+                .and_then(|r| r.strip_prefix(b"/"))
+                .unwrap_or(&path),
+            None => &path,
+        };
+        let abs = shared.opts.source.join(std::ffi::OsStr::from_bytes(local));
         let stat = match std::fs::symlink_metadata(&abs) {
             Ok(m) => Stat::from_metadata(&m),
             Err(e) => {
@@ -133,8 +148,6 @@ pub(crate) fn store_dangling_links(shared: &Shared<'_>) -> Result<()> {
                 continue;
             }
         };
-        let scope = ScopeLabel::new(rec.scope.clone())
-            .map_err(|e| Error::Usage(format!("the index holds a bad scope label: {e}")))?;
         again.push(Work {
             entry: Entry {
                 rel: path,
@@ -143,6 +156,7 @@ pub(crate) fn store_dangling_links(shared: &Shared<'_>) -> Result<()> {
             },
             scope,
             hardlink_to: None,
+            pushed: None,
         });
     }
     if again.is_empty() {
@@ -191,51 +205,25 @@ fn store_one(
         entry,
         scope,
         hardlink_to,
+        pushed,
     } = work;
     let regular = entry.stat.is_file() && hardlink_to.is_none();
-    let is_dir = entry.stat.file_type() == libc::S_IFDIR;
-    // Opened beneath the root with no symbolic link on the way, checked to
-    // be what the scan found, and only then read; the stat recorded is the
-    // open file's.
-    let (file, stat) = if regular || is_dir {
-        match shared.tree.open_checked(&entry.rel, &entry.stat) {
-            Ok(f) => match f.metadata() {
-                Ok(m) => {
-                    let st = Stat::from_metadata(&m);
-                    (Some(f), st)
-                }
-                Err(e) => {
-                    shared.skip(&entry, format!("cannot stat: {e}"));
-                    return Ok(());
-                }
-            },
-            Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                shared.skip(&entry, "vanished before it could be read".into());
-                return Ok(());
-            }
-            Err(e) => {
-                shared.skip(&entry, format!("cannot open: {e}"));
-                return Ok(());
-            }
+    let (entry, meta, file, spooled) = match pushed {
+        // Checked when the stream came in; the content is in its spool.
+        Some(p) => {
+            let spool = shared.stream.as_ref().expect("a stream run has a spool");
+            (entry, p.meta, None, regular.then(|| spool.reader(p.data)))
         }
-    } else {
-        (None, entry.stat)
+        None => match from_tree(shared, names, entry, hardlink_to.as_deref(), regular) {
+            Some((entry, meta, file)) => (entry, meta, file, None),
+            None => return Ok(()),
+        },
     };
-    let entry = Entry { stat, ..entry };
-    let meta = match scan::metadata_of(
-        &entry,
-        names,
-        hardlink_to.as_deref(),
-        &shared.tree,
-        file.as_ref(),
-    ) {
-        Ok(m) => m,
-        Err(e) => {
-            shared.skip(&entry, format!("cannot read metadata: {e}"));
-            return Ok(());
-        }
+    let content = match (&file, spooled) {
+        (Some(f), _) => Content::File(f),
+        (None, Some(r)) => Content::Spool(r),
+        (None, None) => Content::None,
     };
-    let content_file = if regular { file.as_ref() } else { None };
     if hardlink_to.is_some() {
         shared
             .links
@@ -243,18 +231,20 @@ fn store_one(
             .expect("links lock")
             .push(entry.rel.clone());
     }
+    let stat = entry.stat;
     let small = !regular || stat.size <= PACK_FILE_MAX;
     if !shared.opts.plain && small {
         let record = meta.record_len().map_or(usize::MAX, |n| n + 4);
         if record <= PACK_META_MAX {
             let meta = (meta, record);
-            return add_to_pack(shared, seg, content_file, entry, meta, scope, hardlink_to);
+            return add_to_pack(shared, seg, content, entry, meta, scope, hardlink_to);
         }
     }
     // From the thread's CSPRNG (seeded from the OS): ids are public.
     let member = MemberId::random_with_rng(&mut rand::thread_rng());
+    let opened = file.as_ref();
     let counted = CountingReader {
-        inner: content_file,
+        inner: content,
         shared,
     };
     let result = if shared.opts.plain {
@@ -269,12 +259,6 @@ fn store_one(
             shared.skip(&entry, "changed while being read".into());
             return Ok(());
         }
-        Err(cbfs_format::Error::Io { source, .. }) if regular && !is_resource(&source) => {
-            // A read error of the source file; a write error of the spool
-            // (disk full) ends the run instead.
-            shared.skip(&entry, format!("cannot read: {source}"));
-            return Ok(());
-        }
         Err(cbfs_format::Error::Io { source, .. }) if is_resource(&source) => {
             return Err(Error::Resource {
                 what: "the segment spool".into(),
@@ -282,9 +266,15 @@ fn store_one(
                 source,
             });
         }
+        Err(cbfs_format::Error::Io { source, .. }) if regular && opened.is_some() => {
+            // A read error of the source file; a write error of the spool
+            // (disk full) ends the run instead.
+            shared.skip(&entry, format!("cannot read: {source}"));
+            return Ok(());
+        }
         Err(e) => return Err(e.into()),
     };
-    if let Some(f) = content_file {
+    if let Some(f) = opened {
         let after = f.metadata().map(|m| Stat::from_metadata(&m));
         if after.map(|a| a != stat).unwrap_or(true) {
             shared.skip(&entry, "changed while being read".into());
@@ -305,6 +295,64 @@ fn store_one(
     Ok(())
 }
 
+/// An entry of the tree, opened beneath the root with no symbolic link on
+/// the way, checked to be what the scan found, with its metadata; the stat
+/// recorded is the open file's, and the file is given for a regular one's
+/// content. `None` if it was skipped (reported).
+fn from_tree(
+    shared: &Shared<'_>,
+    names: &mut Names,
+    entry: Entry,
+    hardlink_to: Option<&[u8]>,
+    regular: bool,
+) -> Option<(Entry, cbfs_format::Metadata, Option<File>)> {
+    let tree = shared.tree.as_ref().expect("a tree run has a tree");
+    let is_dir = entry.stat.file_type() == libc::S_IFDIR;
+    let (file, stat) = if regular || is_dir {
+        match tree.open_checked(&entry.rel, &entry.stat) {
+            Ok(f) => match f.metadata() {
+                Ok(m) => {
+                    let st = Stat::from_metadata(&m);
+                    (Some(f), st)
+                }
+                Err(e) => {
+                    shared.skip(&entry, format!("cannot stat: {e}"));
+                    return None;
+                }
+            },
+            Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                shared.skip(&entry, "vanished before it could be read".into());
+                return None;
+            }
+            Err(e) => {
+                shared.skip(&entry, format!("cannot open: {e}"));
+                return None;
+            }
+        }
+    } else {
+        (None, entry.stat)
+    };
+    let entry = Entry { stat, ..entry };
+    let meta = match scan::metadata_of(&entry, names, hardlink_to, tree, file.as_ref()) {
+        Ok(m) => m,
+        Err(e) => {
+            shared.skip(&entry, format!("cannot read metadata: {e}"));
+            return None;
+        }
+    };
+    Some((entry, meta, file.filter(|_| regular)))
+}
+
+/// Where an entry's content comes from.
+pub(crate) enum Content<'a> {
+    /// None: not a regular file (or a hard link).
+    None,
+    /// A file of the tree, opened and checked.
+    File(&'a File),
+    /// Bytes of a pushed stream's spool.
+    Spool(super::stream::SpoolReader<'a>),
+}
+
 /// Whether an I/O error is this machine running out of room.
 pub(crate) fn is_resource(e: &std::io::Error) -> bool {
     matches!(
@@ -319,7 +367,7 @@ pub(crate) fn is_resource(e: &std::io::Error) -> bool {
 fn add_to_pack(
     shared: &Shared<'_>,
     seg: &mut OpenSegment,
-    file: Option<&File>,
+    content_from: Content<'_>,
     entry: Entry,
     (meta, record): (cbfs_format::Metadata, usize),
     scope: ScopeLabel,
@@ -327,6 +375,10 @@ fn add_to_pack(
 ) -> Result<()> {
     let stat = entry.stat;
     let mut content = Vec::new();
+    let file = match &content_from {
+        Content::File(f) => Some(*f),
+        _ => None,
+    };
     if let Some(mut f) = file {
         content.reserve_exact(meta.size as usize + 1);
         let read = std::io::Read::read_to_end(
@@ -346,6 +398,24 @@ fn add_to_pack(
             shared.skip(&entry, "changed while being read".into());
             return Ok(());
         }
+    } else if let Content::Spool(mut r) = content_from {
+        content.reserve_exact(meta.size as usize);
+        std::io::Read::read_to_end(&mut r, &mut content).map_err(|e| {
+            let path = shared.spool_dir.clone();
+            Error::io("cannot read the push spool", path, e)
+        })?;
+        if content.len() as u64 != meta.size {
+            return Err(Error::Usage(format!(
+                "{}: the push spool holds {} of its {} bytes",
+                entry.abs.display(),
+                content.len(),
+                meta.size
+            )));
+        }
+        shared
+            .bytes_read
+            .fetch_add(content.len() as u64, Ordering::Relaxed);
+        shared.observer.bytes_read(content.len() as u64);
     }
     shared.files.fetch_add(1, Ordering::Relaxed);
     shared.observer.file_stored();
@@ -447,16 +517,17 @@ fn group_key<'s>(
 }
 
 struct CountingReader<'a, 'b> {
-    inner: Option<&'a File>,
+    inner: Content<'a>,
     shared: &'a Shared<'b>,
 }
 
 impl std::io::Read for CountingReader<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let Some(mut f) = self.inner else {
-            return Ok(0);
+        let n = match &mut self.inner {
+            Content::None => return Ok(0),
+            Content::File(f) => std::io::Read::read(f, buf)?,
+            Content::Spool(r) => r.read(buf)?,
         };
-        let n = std::io::Read::read(&mut f, buf)?;
         self.shared
             .bytes_read
             .fetch_add(n as u64, Ordering::Relaxed);

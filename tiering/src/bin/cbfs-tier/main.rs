@@ -12,12 +12,14 @@
 mod progress;
 
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use cbfs_core::KeySource;
+use cbfs_tiering::hsm::{self, RecallIdentity, ReleaseOptions};
 use cbfs_tiering::{
     Agent, AgentOptions, Error, OutOptions, Quiet, RestoreRequest, ScopeRule, ScopeRules,
     TrustOptions, VerifyRequest,
@@ -45,15 +47,26 @@ Examples:
   # Check the store without a key; then decrypt everything with the root secret
   cbfs-tier verify --store /mnt/archive --keyset keyset.json
   cbfs-tier verify --store /mnt/archive --read-data --identity file:admin.key
+  # Tiering proper: states, release by policy, recall, fault-in on first read
+  cbfs-tier status --store /mnt/archive --tree /srv/projects home/alice
+  cbfs-tier release --store /mnt/archive --tree /srv/projects --older-than 30d --larger-than 1M
+  cbfs-tier release --store /mnt/archive --tree /srv/projects --until-free 20% --dry-run
+  cbfs-tier recall --store /mnt/archive --tree /srv/projects --identity file:agent-user.key \\
+      --user agent-user.pub --node http://n1:7600 --node http://n2:7600 --node http://n3:7600 \\
+      home/alice/report.pdf
+  cbfs-tier watch --store /mnt/archive --tree /srv/projects --identity file:agent-user.key \\
+      --user agent-user.pub --node http://n1:7600 --node http://n2:7600 --node http://n3:7600
 
 Trust: snapshots are trusted only from writers the administrator's keyset
 registers, and the keyset only from the administrator the reader pinned (the
 index, --keyset, --admin-key, the root secret, or the trust records).
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 key material (restore: partial, some
-            entries failed), 4 verification failed or not trusted, 5 store or
-            nodes unreachable (retry), 6 done but some entries skipped,
-            7 a local disk is full (retry with space)";
+            entries failed), 4 verification failed or not trusted (recall: a
+            stored copy is bad, the file is marked lost), 5 store or nodes
+            unreachable (retry), 6 done but some entries skipped (release:
+            some chosen files stay), 7 a local disk is full (retry with
+            space), 8 fault-in is not supported here (kernel or file system)";
 
 /// Tier files out to object storage as compressed, encrypted segments.
 #[derive(Parser)]
@@ -112,8 +125,172 @@ impl TrustArgs {
     }
 }
 
+/// Whose key recalls released files.
+#[derive(Args)]
+struct RecallArgs {
+    /// The key that opens the lockboxes: the administrator's root secret
+    /// or a scope secret; or, with --node, a user key (an unattended
+    /// agent's own, delegated through the nodes like any user's).
+    #[arg(long, value_name = "SOURCE")]
+    identity: KeySource,
+    /// A delegation node (repeat for all n of the delegation).
+    #[arg(long, value_name = "URL", requires = "user")]
+    node: Vec<String>,
+    /// With --node: who the key belongs to, its NAME.pub file (or name).
+    #[arg(long, value_name = "NAME.pub")]
+    user: Option<String>,
+    /// With --user: seconds one node gets to answer one batch.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    node_timeout: u64,
+    /// Seconds one read of the store may take, retries included, before
+    /// the recall fails as unavailable (a waiting reader gets EIO).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    store_timeout: u64,
+}
+
+impl RecallArgs {
+    fn store_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.store_timeout.max(1))
+    }
+
+    fn identity(self) -> RecallIdentity {
+        match self.user {
+            Some(user) => RecallIdentity::User {
+                identity: self.identity,
+                user,
+                nodes: self.node,
+                timeout: std::time::Duration::from_secs(self.node_timeout.max(1)),
+            },
+            None => RecallIdentity::Secret(self.identity),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// The tiering state of files: new, archived, dirty, released or lost,
+    /// with the no-release and no-archive flags, and totals per state.
+    Status {
+        /// The tiered tree (what `out` reads).
+        #[arg(long, value_name = "DIR")]
+        tree: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Files or directories in the tree (default: all of it).
+        paths: Vec<PathBuf>,
+    },
+    /// Release archived files by policy: their blocks are freed, and a stub
+    /// keeps size, mode, owner, times and inode (recalled on first use
+    /// while `cbfs-tier watch` runs, or with `cbfs-tier recall`).
+    ///
+    /// Only a file still exactly as archived in a committed snapshot goes,
+    /// after its stored copy is checked against the signed manifest.
+    /// Without a policy, every archived file below the paths goes.
+    Release {
+        /// The tiered tree (what `out` reads).
+        #[arg(long, value_name = "DIR")]
+        tree: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The public keyset (default: the store's newest of the
+        /// administrator the index pinned).
+        #[arg(long, value_name = "KEYSET.json")]
+        keyset: Option<PathBuf>,
+        /// Only files not modified for this long (30d, 12h, 90m, 2w).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<std::time::Duration>,
+        /// Age and least-recently-used order by access time (where the
+        /// file system is mounted to keep it), not modification time.
+        #[arg(long)]
+        atime: bool,
+        /// Only files larger than this (K, M, G, T suffixes).
+        #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+        larger_than: Option<u64>,
+        /// Only paths (relative to the tree) matching GLOB; repeatable.
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
+        /// Never paths matching GLOB; repeatable.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Release least recently used files first until the file system
+        /// has this much free (20%), as Robinhood's watermarks do.
+        #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+        until_free: Option<f64>,
+        /// List what would be released and why; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Testing only: abort at a step (record:N, punch:N, released:N).
+        #[cfg(feature = "crash-points")]
+        #[arg(long, hide = true, value_name = "POINT")]
+        crash_at: Option<hsm::ReleaseStep>,
+        /// Files or directories in the tree (default: all of it).
+        paths: Vec<PathBuf>,
+    },
+    /// Recall released files: their content back in place (same inode),
+    /// verified against the signed manifest before the stub goes, and
+    /// their modification time restored.
+    Recall {
+        /// The tiered tree.
+        #[arg(long, value_name = "DIR")]
+        tree: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        who: RecallArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// Files or directories in the tree.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Recall released files transparently on first access (fanotify
+    /// pre-content events, Linux 6.14 or later; ext4, xfs, btrfs): a
+    /// reader waits, then reads the real bytes, or gets EIO if the recall
+    /// fails; never zeros. Runs until SIGTERM, as a guard process that owns
+    /// the watch and a handler it restarts if it dies.
+    ///
+    /// Keep the store, the index and the spool outside the watched mount.
+    Watch {
+        /// The tiered tree (its whole mount is watched).
+        #[arg(long, value_name = "DIR")]
+        tree: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        who: RecallArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// Recalls at once.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        workers: usize,
+        /// Run the handler without a guard (if it dies, waiting readers
+        /// read zeros): for tests only.
+        #[arg(long, hide = true)]
+        no_guard: bool,
+    },
+    /// Set or clear the no-release and no-archive flags of files.
+    Flag {
+        /// The tiered tree.
+        #[arg(long, value_name = "DIR")]
+        tree: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Never release these files.
+        #[arg(long)]
+        no_release: bool,
+        /// Release them again (clears no-release).
+        #[arg(long, conflicts_with = "no_release")]
+        release_ok: bool,
+        /// Never archive these files.
+        #[arg(long)]
+        no_archive: bool,
+        /// Archive them again (clears no-archive).
+        #[arg(long, conflicts_with = "no_archive")]
+        archive_ok: bool,
+        /// Files in the tree.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Tier a tree out: store new and changed entries, then a signed snapshot.
     Out {
         /// The tree to tier out.
@@ -273,6 +450,49 @@ fn parse_size(s: &str) -> Result<u64, String> {
         return Err("the segment size must be at least 64K".into());
     }
     Ok(size)
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 1M"))?;
+    n.checked_mul(mult).ok_or_else(|| "size too large".into())
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1u64),
+        Some('m') => (&t[..t.len() - 1], 60),
+        Some('h') => (&t[..t.len() - 1], 3600),
+        Some('d') => (&t[..t.len() - 1], 86_400),
+        Some('w') => (&t[..t.len() - 1], 7 * 86_400),
+        _ => return Err(format!("`{s}` is not an age like 30d, 12h, 90m, 45s or 2w")),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not an age like 30d, 12h, 90m, 45s or 2w"))?;
+    Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage like 20%"))?;
+    if !(0.0..=100.0).contains(&p) {
+        return Err(format!("{s}: a percentage is between 0 and 100"));
+    }
+    Ok(p)
 }
 
 fn default_index(store: &str) -> PathBuf {
@@ -550,6 +770,323 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 out(&s);
             }
             Ok(if report.problems.is_empty() { 0 } else { 4 })
+        }
+        Command::Status { tree, store, paths } => {
+            let index = store.index.unwrap_or_else(|| default_index(&store.store));
+            let req = hsm::StatusRequest { tree, index, paths };
+            let report = tokio::task::spawn_blocking(move || hsm::status(&req)).await??;
+            if as_json {
+                json(&report)?;
+            } else {
+                let mut s = String::new();
+                for f in &report.files {
+                    let mut flags = Vec::new();
+                    if f.no_release {
+                        flags.push("no-release");
+                    }
+                    if f.no_archive {
+                        flags.push("no-archive");
+                    }
+                    s.push_str(&format!(
+                        "{:<9} {:<21} {:>14} {:>14}  {}{}\n",
+                        f.state.name(),
+                        if flags.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            flags.join(",")
+                        },
+                        f.size,
+                        f.allocated,
+                        f.path,
+                        f.note
+                            .as_ref()
+                            .map(|n| format!("  ({n})"))
+                            .unwrap_or_default()
+                    ));
+                    if s.len() > 1 << 16 {
+                        out(&std::mem::take(&mut s));
+                    }
+                }
+                for (state, t) in &report.totals {
+                    s.push_str(&format!(
+                        "total {:<9} {} files, {} bytes, {} bytes on disk\n",
+                        state.name(),
+                        t.files,
+                        t.bytes,
+                        t.allocated
+                    ));
+                }
+                out(&s);
+            }
+            for p in &report.problems {
+                eprintln!("cbfs-tier: {p}");
+            }
+            Ok(if report.problems.is_empty() { 0 } else { 6 })
+        }
+        Command::Release {
+            tree,
+            store,
+            keyset,
+            older_than,
+            atime,
+            larger_than,
+            include,
+            exclude,
+            until_free,
+            dry_run,
+            #[cfg(feature = "crash-points")]
+            crash_at,
+            paths,
+        } => {
+            let index = store
+                .index
+                .clone()
+                .unwrap_or_else(|| default_index(&store.store));
+            let agent = Agent::open(AgentOptions {
+                store: &store.store,
+                index: &index,
+                keyset: keyset.as_deref(),
+                writer_key: None,
+            })?;
+            #[allow(unused_mut)]
+            let mut opts = ReleaseOptions {
+                tree,
+                paths,
+                older_than,
+                by_atime: atime,
+                larger_than,
+                include,
+                exclude,
+                until_free,
+                dry_run,
+                crash_at: None,
+            };
+            #[cfg(feature = "crash-points")]
+            {
+                opts.crash_at = crash_at;
+            }
+            let report = agent.release(opts).await?;
+            if as_json {
+                json(&report)?;
+            } else {
+                let mut s = String::new();
+                for r in &report.released {
+                    s.push_str(&format!(
+                        "{} {} ({} bytes freed): {}\n",
+                        if report.dry_run {
+                            "would release"
+                        } else {
+                            "released"
+                        },
+                        r.path,
+                        r.freed,
+                        r.reason
+                    ));
+                }
+                s.push_str(&format!(
+                    "{} {} of {} archived files considered, {} bytes freed{}\n",
+                    if report.dry_run {
+                        "would release"
+                    } else {
+                        "released"
+                    },
+                    report.released.len(),
+                    report.considered,
+                    report.freed,
+                    match (report.free_before, report.free_after) {
+                        (Some(b), Some(a)) => format!("; free {b:.1}% -> {a:.1}%"),
+                        (Some(b), None) => format!("; free {b:.1}%"),
+                        _ => String::new(),
+                    }
+                ));
+                out(&s);
+                for k in &report.kept {
+                    eprintln!("kept {}: {}", k.path, k.reason);
+                }
+            }
+            Ok(if report.kept.is_empty() { 0 } else { 6 })
+        }
+        Command::Recall {
+            tree,
+            store,
+            who,
+            trust,
+            paths,
+        } => {
+            let index = store
+                .index
+                .clone()
+                .unwrap_or_else(|| default_index(&store.store));
+            let opts = hsm::RecallerOptions {
+                store: store.store.clone(),
+                index: index.clone(),
+                trust: trust.options(Some(index.clone())),
+                store_timeout: who.store_timeout(),
+                identity: who.identity(),
+            };
+            let rt = tokio::runtime::Handle::current();
+            let results = tokio::task::spawn_blocking(
+                move || -> anyhow::Result<Vec<(String, hsm::PathRecall)>> {
+                    let recaller = hsm::open_recaller(&opts, rt)?;
+                    let mut files = Vec::new();
+                    for rel in hsm::relative_paths_of(&tree, &paths)? {
+                        files.extend(hsm::stubs_below(&tree, &rel));
+                    }
+                    let outcomes = hsm::recall_paths(&recaller, &tree, &files)?;
+                    let results: Vec<(String, hsm::PathRecall)> = files
+                        .iter()
+                        .map(|f| {
+                            tree.join(std::ffi::OsStr::from_bytes(f))
+                                .display()
+                                .to_string()
+                        })
+                        .zip(outcomes)
+                        .collect();
+                    hsm::absorb_if_free(&opts.index)?;
+                    Ok(results)
+                },
+            )
+            .await??;
+            // A bad stored copy first, then an unreachable store, then a refusal.
+            let failed = |want: fn(&hsm::RecallFailure) -> bool| {
+                results
+                    .iter()
+                    .any(|(_, r)| matches!(r, hsm::PathRecall::Failed(f) if want(f)))
+            };
+            let code = if failed(|f| matches!(f, hsm::RecallFailure::Lost(_))) {
+                4
+            } else if failed(|f| matches!(f, hsm::RecallFailure::Unavailable(_))) {
+                5
+            } else if failed(|_| true) {
+                1
+            } else {
+                0
+            };
+            for (name, r) in &results {
+                if !as_json {
+                    match r {
+                        hsm::PathRecall::Recalled(d) => eprintln!(
+                            "recalled {name}: {} bytes from snapshot {} in {:.3} s",
+                            d.bytes, d.snapshot, d.seconds
+                        ),
+                        hsm::PathRecall::Resident => eprintln!("{name}: resident (not released)"),
+                        hsm::PathRecall::FilledOnOpen => {
+                            eprintln!("recalled {name}: by the fault-in handler watching it")
+                        }
+                        hsm::PathRecall::Failed(f) => {
+                            eprintln!("cbfs-tier: cannot recall {name}: {f}; the stub is as it was")
+                        }
+                    }
+                }
+            }
+            if as_json {
+                let list: Vec<_> = results
+                    .iter()
+                    .map(|(p, r)| serde_json::json!({ "path": p, "result": r }))
+                    .collect();
+                json(&serde_json::json!({ "files": list }))?;
+            }
+            Ok(code)
+        }
+        Command::Watch {
+            tree,
+            store,
+            who,
+            trust,
+            workers,
+            no_guard,
+        } => {
+            if let Err(e) = cbfs_tiering::faultin::check_support(&tree) {
+                eprintln!("cbfs-tier: {e}");
+                return Ok(8);
+            }
+            let handover = match cbfs_tiering::faultin::handed_down()? {
+                Some(h) => h,
+                None if no_guard => cbfs_tiering::faultin::Handover::unguarded()?,
+                None => {
+                    // This process becomes the guard; the handler is this
+                    // program again, as its child.
+                    let code = tokio::task::spawn_blocking(|| {
+                        let opts = cbfs_tiering::faultin::GuardOptions::this_program()?;
+                        cbfs_tiering::faultin::run_guard(&opts)
+                    })
+                    .await??;
+                    return Ok(u8::try_from(code).unwrap_or(1));
+                }
+            };
+            let index = store
+                .index
+                .clone()
+                .unwrap_or_else(|| default_index(&store.store));
+            let opts = hsm::RecallerOptions {
+                store: store.store.clone(),
+                index: index.clone(),
+                trust: trust.options(Some(index)),
+                store_timeout: who.store_timeout(),
+                identity: who.identity(),
+            };
+            let rt = tokio::runtime::Handle::current();
+            let recaller =
+                tokio::task::spawn_blocking(move || hsm::open_recaller(&opts, rt)).await??;
+            let stop = async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return std::future::pending().await;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            };
+            let handler = cbfs_tiering::faultin::serve(
+                &handover,
+                &[tree.as_path()],
+                vec![Arc::new(recaller)],
+                workers,
+                stop,
+            )
+            .await?;
+            let st = handler.stats();
+            eprintln!(
+                "cbfs-tier watch: stopped; {} files recalled ({} bytes), {} recalls failed",
+                st.recalled, st.bytes, st.failed
+            );
+            Ok(0)
+        }
+        Command::Flag {
+            tree,
+            store,
+            no_release,
+            release_ok,
+            no_archive,
+            archive_ok,
+            paths,
+        } => {
+            let index = store
+                .index
+                .clone()
+                .unwrap_or_else(|| default_index(&store.store));
+            let agent = Agent::open(AgentOptions {
+                store: &store.store,
+                index: &index,
+                keyset: None,
+                writer_key: None,
+            })?;
+            let rels = hsm::relative_paths_of(&tree, &paths)?;
+            let pick = |set: bool, clear: bool| match (set, clear) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            agent.set_flags(
+                &rels,
+                pick(no_release, release_ok),
+                pick(no_archive, archive_ok),
+            )?;
+            Ok(0)
         }
         Command::Ls {
             store,

@@ -1,0 +1,109 @@
+//! Small file systems on loop devices, made and mounted by a test: ext4 or
+//! xfs, which (unlike tmpfs) take fanotify pre-content marks, leases and
+//! extended attributes in the `trusted` namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::bins::require_tool;
+use crate::run::run_ok;
+use crate::workdir::Workdir;
+
+/// Which file system to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    /// ext4 (`mkfs.ext4`, e2fsprogs).
+    Ext4,
+    /// xfs (`mkfs.xfs`, xfsprogs); at least 300 MiB.
+    Xfs,
+}
+
+/// A file system made in an image file of the work folder and mounted at
+/// `dir` (with a loop device) until dropped.
+pub struct LoopFs {
+    dir: PathBuf,
+    kind: FsKind,
+}
+
+impl LoopFs {
+    /// Makes a `mib` MiB file system of `kind` named `name` in `work` and
+    /// mounts it.
+    pub fn new(work: &Workdir, name: &str, kind: FsKind, mib: u64) -> LoopFs {
+        Self::with_options(work, name, kind, mib, "loop")
+    }
+
+    /// [`new`](Self::new) with these mount options (`loop` among them).
+    pub fn with_options(
+        work: &Workdir,
+        name: &str,
+        kind: FsKind,
+        mib: u64,
+        options: &str,
+    ) -> LoopFs {
+        let img = work.path(format!("{name}.img"));
+        let f = std::fs::File::create(&img).unwrap();
+        let mib = if kind == FsKind::Xfs {
+            mib.max(320)
+        } else {
+            mib
+        };
+        f.set_len(mib << 20).unwrap();
+        drop(f);
+        match kind {
+            FsKind::Ext4 => run_ok(
+                Command::new(require_tool("mkfs.ext4", "apt-get install e2fsprogs"))
+                    .arg("-q")
+                    .arg(&img),
+            ),
+            FsKind::Xfs => run_ok(
+                Command::new(require_tool("mkfs.xfs", "apt-get install xfsprogs"))
+                    .arg("-q")
+                    .arg(&img),
+            ),
+        };
+        let dir = work.mkdir(name);
+        require_tool("losetup", "apt-get install util-linux");
+        run_ok(
+            Command::new(require_tool("mount", "apt-get install mount"))
+                .arg("-o")
+                .arg(options)
+                .arg(&img)
+                .arg(&dir),
+        );
+        LoopFs { dir, kind }
+    }
+
+    /// Where it is mounted.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Which file system it is.
+    pub fn kind(&self) -> FsKind {
+        self.kind
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        // A process the test started may still be closing its files.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let done = Command::new("umount")
+                .arg(&self.dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if done {
+                return;
+            }
+            if Instant::now() > deadline {
+                // Detach it: it goes once the last user lets go.
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The recall journal: what recalls did while another process held the
+//! index (a fault-in handler, `cbfs-tier recall` beside a gateway), kept
+//! in `INDEX/recalls.journal` until the next process that holds the index
+//! takes it in.
+//!
+//! A recall changes the file's change time (its content and attributes
+//! were written), so the index must learn the file's new stat, or the next
+//! tier-out would archive the unchanged file again. And a recall that
+//! proves the stored copy bad marks the file lost. One JSON object per
+//! line, appended under a shared lock; taken in and emptied under an
+//! exclusive one.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::index::{Batch, HsmRecord, Index};
+use crate::scan::Stat;
+
+/// The journal's file name in the index directory.
+pub const JOURNAL: &str = "recalls.journal";
+
+/// One thing a recall did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The path as archived (the stub record's), hex.
+    pub path: String,
+    /// The member and slot that were recalled.
+    pub member: String,
+    /// The slot.
+    pub slot: u16,
+    /// The inode.
+    pub ino: u64,
+    /// The file's stat after the recall (`None` for a loss).
+    pub stat: Option<Stat>,
+    /// Why the stored copy is bad (a loss).
+    pub lost: Option<String>,
+    /// When, Unix seconds.
+    pub at: i64,
+}
+
+impl Entry {
+    /// The path's bytes.
+    pub fn path_bytes(&self) -> Option<Vec<u8>> {
+        hex::decode(&self.path).ok()
+    }
+}
+
+/// The journal of one index directory.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    path: PathBuf,
+}
+
+fn lock(file: &File, exclusive: bool) -> std::io::Result<()> {
+    if exclusive {
+        file.lock()
+    } else {
+        file.lock_shared()
+    }
+}
+
+impl Journal {
+    /// The journal of the index in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Journal {
+            path: dir.join(JOURNAL),
+        }
+    }
+
+    /// Appends an entry, durably.
+    pub fn append(&self, entry: &Entry) -> Result<()> {
+        let mut line = serde_json::to_vec(entry).expect("entries serialize");
+        line.push(b'\n');
+        let io = |e| Error::io("cannot write the recall journal", &self.path, e);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        lock(&f, false).map_err(io)?;
+        f.write_all(&line).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        Ok(())
+    }
+
+    /// The entries not taken in yet, the newest per path last; a line that
+    /// does not parse (a write cut by a crash) is skipped.
+    pub fn read(&self) -> Result<Vec<Entry>> {
+        let f = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("cannot read the recall journal", &self.path, e)),
+        };
+        let io = |e| Error::io("cannot read the recall journal", &self.path, e);
+        lock(&f, false).map_err(io)?;
+        Ok(parse(&f))
+    }
+
+    /// Takes every entry into `index` (one commit) and empties the journal.
+    /// A recalled file's record gets its new stat only if it still names
+    /// the member and inode that were recalled; a loss is kept in the
+    /// path's tiering record.
+    pub fn absorb(&self, index: &Index) -> Result<usize> {
+        let mut f = match OpenOptions::new().read(true).write(true).open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("cannot open the recall journal", &self.path, e)),
+        };
+        let io = |e| Error::io("cannot take in the recall journal", &self.path, e);
+        lock(&f, true).map_err(io)?;
+        let entries = parse(&f);
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = Batch::default();
+        let mut hsm: HashMap<Vec<u8>, HsmRecord> = HashMap::new();
+        for e in &entries {
+            let Some(path) = e.path_bytes() else { continue };
+            let Some(mut rec) = index.file(&path)? else {
+                continue;
+            };
+            if rec.member.to_string() != e.member || rec.slot != e.slot || rec.stat.ino != e.ino {
+                continue;
+            }
+            let h = match hsm.get_mut(&path) {
+                Some(h) => h,
+                None => {
+                    let h = index.hsm(&path)?.unwrap_or_default();
+                    hsm.entry(path.clone()).or_insert(h)
+                }
+            };
+            match (&e.stat, &e.lost) {
+                (Some(stat), _) => {
+                    rec.stat = *stat;
+                    batch.put_file(&path, &rec);
+                    h.lost = None;
+                    h.lost_at = None;
+                }
+                (None, Some(why)) => {
+                    h.lost = Some(why.clone());
+                    h.lost_at = Some(e.at);
+                }
+                (None, None) => {}
+            }
+        }
+        for (path, h) in &hsm {
+            batch.put_hsm(path, h);
+        }
+        if !batch.is_empty() {
+            index.commit(batch)?;
+        }
+        f.set_len(0).map_err(io)?;
+        f.rewind().map_err(io)?;
+        f.sync_data().map_err(io)?;
+        Ok(entries.len())
+    }
+}
+
+fn parse(f: &File) -> Vec<Entry> {
+    BufReader::new(f)
+        .lines()
+        .map_while(std::result::Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}

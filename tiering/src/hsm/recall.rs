@@ -1,0 +1,796 @@
+//! Recall: a released file's content back in place, in the same inode,
+//! from the member its stub record names, through the restore engine (the
+//! same authentication of every chunk and the same check of the member's
+//! bytes against the signed manifest's SHA-256 as any restore), before the
+//! stub record goes. A recall that fails leaves the stub as it was, and
+//! marks the file lost only when the stored copy is proven bad.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cbfs_core::{KeySource, Keyset, Seed, Unlock, UserSecret};
+use cbfs_format::{EntryKind, Metadata, SnapshotId, StubPhase, StubRecord};
+use cbfs_restore::{
+    LockboxOpener, MemberFile, RestoreOptions, Sink, Snapshot, Trust, identify, open_snapshot,
+    restore_files,
+};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::remote::{NodeOpener, NodeOptions};
+use crate::scan::Stat;
+use crate::source::StoreSource;
+
+use super::journal::{Entry, Journal};
+use super::stub::{self, StubAttr};
+
+/// Whose key opens the lockboxes of a recall. Never a root secret online
+/// for an unattended agent: it recalls with its own user key, delegated
+/// through the nodes like any user's.
+pub enum RecallIdentity {
+    /// The administrator's root secret, or a scope secret.
+    Secret(KeySource),
+    /// A user key (the agent's or gateway's own), through the delegation
+    /// nodes.
+    User {
+        /// The secret.
+        identity: KeySource,
+        /// The user: a `NAME.pub` file or a name.
+        user: String,
+        /// The nodes' URLs.
+        nodes: Vec<String>,
+        /// How long one node gets to answer.
+        timeout: Duration,
+    },
+}
+
+/// Why a recall failed. The stub is as it was in every case.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "lowercase")]
+pub enum RecallFailure {
+    /// The store or the nodes could not be reached: try again later.
+    Unavailable(String),
+    /// The stored copy is missing or failed verification: the file is
+    /// marked lost.
+    Lost(String),
+    /// Something else refused (a key, a delegation, the stub record).
+    Refused(String),
+}
+
+impl RecallFailure {
+    /// The reason, in words.
+    pub fn reason(&self) -> &str {
+        match self {
+            RecallFailure::Unavailable(r) | RecallFailure::Lost(r) | RecallFailure::Refused(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Display for RecallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecallFailure::Unavailable(r) => write!(f, "unavailable (retry later): {r}"),
+            RecallFailure::Lost(r) => write!(f, "the stored copy is bad (marked lost): {r}"),
+            RecallFailure::Refused(r) => write!(f, "refused: {r}"),
+        }
+    }
+}
+
+/// What a recall did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recalled {
+    /// Content bytes written back.
+    pub bytes: u64,
+    /// The snapshot it came from.
+    pub snapshot: u64,
+    /// Seconds it took (recalled with others in one pass: since the pass
+    /// began).
+    pub seconds: f64,
+    /// Bytes read from the store (recalled with others in one pass: an
+    /// equal share of what the pass read).
+    pub fetched: u64,
+}
+
+/// The error codes of the restore engine that prove a stored copy bad
+/// (as opposed to a store that did not answer, or a key that did not
+/// open).
+fn proves_bad(code: &str) -> bool {
+    matches!(
+        code,
+        "missing_object"
+            | "hash_mismatch"
+            | "payload_auth"
+            | "payload_truncated"
+            | "corrupt_plaintext"
+            | "header_mac"
+            | "member_header"
+            | "summary_mismatch"
+            | "tar"
+            | "content_length"
+            | "malformed"
+            | "bad_brand"
+            | "no_snapshot"
+    )
+}
+
+fn classify(e: &cbfs_restore::Error) -> RecallFailure {
+    if e.is_transient() {
+        RecallFailure::Unavailable(e.to_string())
+    } else if proves_bad(e.code()) {
+        RecallFailure::Lost(e.to_string())
+    } else {
+        RecallFailure::Refused(e.to_string())
+    }
+}
+
+/// Recalls released files of one file system: its store, the snapshots
+/// it trusts, and whose key opens the lockboxes. Shared by every thread
+/// of a fault-in handler, a gateway, or `cbfs-tier recall`.
+pub struct Recaller {
+    source: StoreSource,
+    trust: Trust,
+    fs: String,
+    opener: Box<dyn LockboxOpener + Send + Sync>,
+    snapshots: Mutex<HashMap<SnapshotId, Arc<Snapshot>>>,
+    journal: Option<Journal>,
+}
+
+fn copy(seed: &Seed) -> Seed {
+    Seed::from_slice(seed.expose_secret_bytes(), "identity").expect("32 bytes")
+}
+
+impl Recaller {
+    /// A recaller for the file system of `keyset` (trusted by the caller),
+    /// reading `source`, opening lockboxes as `identity`. Recalls are
+    /// written to the journal of the index in `index_dir`, if given.
+    pub fn new(
+        source: StoreSource,
+        keyset: &Keyset,
+        trust: Trust,
+        identity: &RecallIdentity,
+        rt: tokio::runtime::Handle,
+        index_dir: Option<&Path>,
+    ) -> Result<Self> {
+        let opener: Box<dyn LockboxOpener + Send + Sync> = match identity {
+            RecallIdentity::Secret(src) => {
+                let seed = src.load(&Unlock::from_env())?;
+                match identify(copy(&seed), keyset) {
+                    Some(id) => Box::new(id),
+                    None => {
+                        return Err(Error::Usage(format!(
+                            "{src} is neither the root secret nor a scope secret of `{}`; an agent \
+                             recalls with its own user key through the delegation nodes: \
+                             --identity KEY --user NAME.pub --node URL...",
+                            keyset.fs()
+                        )));
+                    }
+                }
+            }
+            RecallIdentity::User {
+                identity,
+                user,
+                nodes,
+                timeout,
+            } => {
+                if nodes.is_empty() {
+                    return Err(Error::Usage(
+                        "a user key recalls through the delegation nodes: give --node URL..."
+                            .into(),
+                    ));
+                }
+                let secret = UserSecret::from_seed(identity.load(&Unlock::from_env())?);
+                let name = crate::restore::user_name(user, &secret)?;
+                Box::new(NodeOpener::new(
+                    rt,
+                    secret,
+                    keyset,
+                    NodeOptions {
+                        urls: nodes,
+                        user: name,
+                        timeout: *timeout,
+                        path: "/".into(),
+                        gateway: None,
+                    },
+                )?)
+            }
+        };
+        Ok(Recaller {
+            source,
+            trust,
+            fs: keyset.fs().to_string(),
+            opener,
+            snapshots: Mutex::new(HashMap::new()),
+            journal: index_dir.map(Journal::new),
+        })
+    }
+
+    /// The file system's name.
+    pub fn fs(&self) -> &str {
+        &self.fs
+    }
+
+    /// The store, as the restore engine reads it.
+    pub fn source(&self) -> &StoreSource {
+        &self.source
+    }
+
+    /// The verified snapshot with this id, opened once.
+    fn snapshot(&self, id: SnapshotId) -> std::result::Result<Arc<Snapshot>, cbfs_restore::Error> {
+        if let Some(s) = self.snapshots.lock().expect("snapshots").get(&id) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(open_snapshot(
+            &self.source,
+            &self.trust,
+            Some(&id.to_string()),
+        )?);
+        self.snapshots
+            .lock()
+            .expect("snapshots")
+            .insert(id, s.clone());
+        Ok(s)
+    }
+
+    /// The snapshot a stub record names, or (if the store no longer holds
+    /// it) the newest, which still holds the member if the file was not
+    /// changed or deleted since.
+    fn snapshot_for(
+        &self,
+        record: &StubRecord,
+    ) -> std::result::Result<Arc<Snapshot>, RecallFailure> {
+        match self.snapshot(record.snapshot) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.is_transient() => return Err(classify(&e)),
+            Err(cbfs_restore::Error::NoSnapshot(_)) => {}
+            Err(e) => return Err(RecallFailure::Refused(e.to_string())),
+        }
+        let newest = open_snapshot(&self.source, &self.trust, None).map_err(|e| classify(&e))?;
+        let newest = Arc::new(newest);
+        self.snapshots
+            .lock()
+            .expect("snapshots")
+            .insert(newest.id(), newest.clone());
+        Ok(newest)
+    }
+
+    /// Fills the released file open as `file` (read-write) back from the
+    /// store, verifies it, restores its modification time and removes its
+    /// stub record. On failure the content written so far is dropped
+    /// again, and the stub stays.
+    pub fn recall_file(
+        &self,
+        file: &File,
+        record: &StubRecord,
+    ) -> std::result::Result<Recalled, RecallFailure> {
+        self.recall_files(&[(file, record)])
+            .pop()
+            .expect("one result per file")
+    }
+
+    /// [`recall_file`](Self::recall_file) for many stubs at once: one pass
+    /// of the restore engine per snapshot (each segment's summary and
+    /// lockboxes read once for all its files). One result per stub, in
+    /// order.
+    pub fn recall_files(
+        &self,
+        stubs: &[(&File, &StubRecord)],
+    ) -> Vec<std::result::Result<Recalled, RecallFailure>> {
+        let started = Instant::now();
+        let mut results: Vec<Option<std::result::Result<Recalled, RecallFailure>>> =
+            stubs.iter().map(|_| None).collect();
+        // By snapshot, in order of first appearance.
+        let mut groups: Vec<(Arc<Snapshot>, Vec<usize>)> = Vec::new();
+        // Names of one inode (hard links) share its stub: it is filled
+        // once, and each name gets that fill's result.
+        let mut same_as: Vec<Option<usize>> = vec![None; stubs.len()];
+        let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
+        for (i, (file, record)) in stubs.iter().enumerate() {
+            if let Ok(m) = file.metadata() {
+                match inodes.entry((m.dev(), m.ino())) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        same_as[i] = Some(*e.get());
+                        continue;
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(i);
+                    }
+                }
+            }
+            if record.fs != self.fs {
+                results[i] = Some(Err(RecallFailure::Refused(format!(
+                    "the stub belongs to file system `{}`, this agent serves `{}`",
+                    record.fs, self.fs
+                ))));
+                continue;
+            }
+            let snapshot = match self.snapshot_for(record) {
+                Ok(s) => s,
+                Err(f) => {
+                    results[i] = Some(Err(f));
+                    continue;
+                }
+            };
+            // The fill changes the file's times: the record says a recall
+            // is at work, so that a fill cut short is still a stub, not a
+            // file written while released.
+            let recalling = StubRecord {
+                phase: StubPhase::Recalling,
+                ..(*record).clone()
+            };
+            if let Err(e) = stub::write(file, &recalling) {
+                results[i] = Some(Err(RecallFailure::Refused(format!(
+                    "cannot mark the stub as being recalled: {e}"
+                ))));
+                continue;
+            }
+            match groups.iter_mut().find(|(s, _)| s.id() == snapshot.id()) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((snapshot, vec![i])),
+            }
+        }
+        for (snapshot, at) in groups {
+            let fetched_before = cbfs_restore::ObjectSource::fetched(&self.source);
+            let wanted: Vec<MemberFile> = at
+                .iter()
+                .map(|&i| {
+                    let r = stubs[i].1;
+                    MemberFile {
+                        segment: r.segment,
+                        member: r.member,
+                        slot: r.slot,
+                        sha256: r.sha256,
+                    }
+                })
+                .collect();
+            let mut sink = StubSink::new(at.iter().map(|&i| (stubs[i].0, stubs[i].1)).collect());
+            let result = restore_files(
+                &self.source,
+                &snapshot,
+                self.opener.as_ref(),
+                &wanted,
+                &RestoreOptions::default(),
+                &mut sink,
+            );
+            let fetched = cbfs_restore::ObjectSource::fetched(&self.source) - fetched_before;
+            for (k, &i) in at.iter().enumerate() {
+                let (file, record) = stubs[i];
+                let failure = match &result {
+                    Err(e) => Some(classify(e)),
+                    Ok(_) if sink.committed[k] => None,
+                    Ok(report) => Some(self.why_not(report, record, &snapshot)),
+                };
+                results[i] = Some(match failure {
+                    Some(f) => Err(self.undo(file, record, sink.began[k], f)),
+                    None => self.finish(file, record).map(|()| Recalled {
+                        bytes: record.size,
+                        snapshot: snapshot.sequence(),
+                        seconds: started.elapsed().as_secs_f64(),
+                        fetched: fetched / at.len() as u64,
+                    }),
+                });
+            }
+        }
+        for (i, first) in same_as.iter().enumerate() {
+            if let Some(first) = first {
+                results[i] = results[*first].clone();
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("a result per stub"))
+            .collect()
+    }
+
+    /// Why a restore pass did not commit a stub's file: the failure about
+    /// its member (or its segment), or what else the report says.
+    fn why_not(
+        &self,
+        report: &cbfs_restore::Report,
+        record: &StubRecord,
+        snapshot: &Snapshot,
+    ) -> RecallFailure {
+        let member = record.member.to_string();
+        let segment = record.segment.to_string();
+        let f = report
+            .failures
+            .iter()
+            .find(|f| f.member.as_deref() == Some(member.as_str()))
+            .or_else(|| {
+                report
+                    .failures
+                    .iter()
+                    .find(|f| f.member.is_none() && f.object.contains(&segment))
+            });
+        if let Some(f) = f {
+            return if f.code == "unavailable" {
+                RecallFailure::Unavailable(f.error.clone())
+            } else if proves_bad(&f.code) {
+                RecallFailure::Lost(format!("{}: {}", f.object, f.error))
+            } else {
+                RecallFailure::Refused(format!("{}: {}", f.object, f.error))
+            };
+        }
+        match report.skipped_scopes.keys().next() {
+            Some(scope) => RecallFailure::Refused(format!(
+                "{} has no key for scope `{scope}`",
+                self.opener.describe()
+            )),
+            None => match report.failures.first() {
+                // A failure not about this member stopped the pass.
+                Some(f) if f.code == "unavailable" => RecallFailure::Unavailable(f.error.clone()),
+                Some(f) => RecallFailure::Refused(format!("{}: {}", f.object, f.error)),
+                None => RecallFailure::Lost(format!(
+                    "snapshot {} yields no file for member {} slot {}",
+                    snapshot.sequence(),
+                    record.member,
+                    record.slot
+                )),
+            },
+        }
+    }
+
+    /// Puts a stub back as it was after a failed recall: what was written
+    /// (not proven) dropped again, its time and its record as released.
+    fn undo(
+        &self,
+        file: &File,
+        record: &StubRecord,
+        began: bool,
+        f: RecallFailure,
+    ) -> RecallFailure {
+        let undo = || -> std::io::Result<()> {
+            if began {
+                stub::punch(file, record.size)?;
+            }
+            stub::set_mtime(file, record.mtime)?;
+            stub::write(
+                file,
+                &StubRecord {
+                    phase: StubPhase::Released,
+                    ..record.clone()
+                },
+            )
+        };
+        if let Err(e) = undo() {
+            tracing::error!("cannot put the stub back as it was: {e}");
+        }
+        if let RecallFailure::Lost(why) = &f {
+            self.note_lost(file, record, why);
+        }
+        f
+    }
+
+    /// Makes a verified fill durable: content, time, then the stub record
+    /// goes; the journal learns the file's new stat.
+    fn finish(&self, file: &File, record: &StubRecord) -> std::result::Result<(), RecallFailure> {
+        let finish = || -> std::io::Result<Stat> {
+            rustix::fs::fsync(file)?;
+            stub::set_mtime(file, record.mtime)?;
+            stub::remove(file)?;
+            Ok(Stat::from_metadata(&file.metadata()?))
+        };
+        let stat = finish().map_err(|e| {
+            RecallFailure::Refused(format!(
+                "the content is back but the stub could not be finished: {e}"
+            ))
+        })?;
+        if let Some(j) = &self.journal
+            && let Err(e) = j.append(&Entry {
+                path: hex::encode(&record.path),
+                member: record.member.to_string(),
+                slot: record.slot,
+                ino: stat.ino,
+                stat: Some(stat),
+                lost: None,
+                at: now(),
+            })
+        {
+            tracing::warn!("{e}: the next tier-out may archive this file again");
+        }
+        Ok(())
+    }
+
+    fn note_lost(&self, file: &File, record: &StubRecord, why: &str) {
+        tracing::error!(
+            path = %String::from_utf8_lossy(&record.path),
+            "the stored copy of this released file is bad: {why}"
+        );
+        let Some(j) = &self.journal else { return };
+        let ino = file
+            .metadata()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(record.inode);
+        if let Err(e) = j.append(&Entry {
+            path: hex::encode(&record.path),
+            member: record.member.to_string(),
+            slot: record.slot,
+            ino,
+            stat: None,
+            lost: Some(why.to_owned()),
+            at: now(),
+        }) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Testing only (builds with `crash-points`): `CBFS_TEST_FILL_DELAY_MS`
+/// slows each piece of a recall down, so that a test can kill a handler
+/// while a reader waits.
+#[cfg(feature = "crash-points")]
+fn test_fill_delay() {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    if let Some(d) = DELAY.get_or_init(|| {
+        std::env::var("CBFS_TEST_FILL_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    }) {
+        std::thread::sleep(*d);
+    }
+}
+
+/// Writes the restored content of each file into its stub's own inode,
+/// found by the path the stub was archived under.
+struct StubSink<'f> {
+    stubs: Vec<(&'f File, &'f StubRecord)>,
+    by_path: HashMap<Vec<u8>, usize>,
+    current: Option<usize>,
+    written: u64,
+    began: Vec<bool>,
+    committed: Vec<bool>,
+}
+
+impl<'f> StubSink<'f> {
+    fn new(stubs: Vec<(&'f File, &'f StubRecord)>) -> Self {
+        let by_path = stubs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r))| (r.path.clone(), i))
+            .collect();
+        let n = stubs.len();
+        StubSink {
+            stubs,
+            by_path,
+            current: None,
+            written: 0,
+            began: vec![false; n],
+            committed: vec![false; n],
+        }
+    }
+
+    fn out(e: std::io::Error) -> cbfs_restore::Error {
+        cbfs_restore::Error::Output {
+            target: "a released file".into(),
+            source: e,
+            fatal: false,
+        }
+    }
+}
+
+impl Sink for StubSink<'_> {
+    fn begin_file(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
+        let Some(&i) = self.by_path.get(&meta.path) else {
+            return Err(cbfs_restore::Error::Unsupported {
+                path: String::from_utf8_lossy(&meta.path).into_owned(),
+                reason: "the member holds a file no stub asked for".into(),
+            });
+        };
+        let size = self.stubs[i].1.size;
+        if meta.kind != EntryKind::File || meta.size != size {
+            return Err(cbfs_restore::Error::Unsupported {
+                path: String::from_utf8_lossy(&meta.path).into_owned(),
+                reason: format!(
+                    "the member holds a {:?} of {} bytes, the stub is a file of {size} bytes",
+                    meta.kind, meta.size
+                ),
+            });
+        }
+        self.current = Some(i);
+        self.began[i] = true;
+        self.written = 0;
+        Ok(())
+    }
+
+    fn write_content(&mut self, data: &[u8]) -> cbfs_restore::Result<()> {
+        #[cfg(feature = "crash-points")]
+        test_fill_delay();
+        let i = self.current.expect("a file was begun");
+        self.stubs[i]
+            .0
+            .write_all_at(data, self.written)
+            .map_err(Self::out)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    fn commit_file(&mut self) -> cbfs_restore::Result<()> {
+        let i = self.current.take().expect("a file was begun");
+        let size = self.stubs[i].1.size;
+        if self.written != size {
+            return Err(Self::out(std::io::Error::other(format!(
+                "{} bytes restored, the stub is {size} bytes",
+                self.written
+            ))));
+        }
+        self.committed[i] = true;
+        Ok(())
+    }
+
+    fn abort_file(&mut self) {
+        if let Some(i) = self.current.take() {
+            self.committed[i] = false;
+        }
+    }
+
+    fn add_entry(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
+        Err(cbfs_restore::Error::Unsupported {
+            path: String::from_utf8_lossy(&meta.path).into_owned(),
+            reason: "a stub is a regular file; the member holds another kind of entry".into(),
+        })
+    }
+
+    fn finish(&mut self) -> cbfs_restore::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a recall of one path came to.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum PathRecall {
+    /// Filled back by this call.
+    Recalled(Recalled),
+    /// It was not released.
+    Resident,
+    /// A fault-in handler watching it filled it when this call opened it.
+    FilledOnOpen,
+    /// The recall failed; the stub is as it was.
+    Failed(RecallFailure),
+}
+
+/// Recalls the released file at `path` (opened beneath `root`, with no
+/// symbolic link on the way). If a fault-in handler watches the file, the
+/// open alone fills it; otherwise the file is filled here, under a claim
+/// (see `stub.rs`): a handler lets this process's writes through and makes
+/// every other process wait until it is done.
+pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathRecall> {
+    Ok(recall_paths(recaller, root, &[rel.to_vec()])?
+        .pop()
+        .expect("one result per path"))
+}
+
+/// [`recall_path`] for many paths: the stubs among them are filled in
+/// passes of up to [`BATCH`] files (one restore pass per snapshot each).
+/// One result per path, in order.
+pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
+    let mut out = Vec::with_capacity(rels.len());
+    for chunk in rels.chunks(BATCH) {
+        out.extend(recall_batch(recaller, root, chunk)?);
+    }
+    Ok(out)
+}
+
+/// Files recalled in one pass: each is held open (and claimed) until the
+/// pass ends.
+pub const BATCH: usize = 256;
+
+/// A stub opened for a recall, and the path-only handle it was opened
+/// through (kept open: a record lock goes when any descriptor of the file
+/// closes).
+struct Opened {
+    at: usize,
+    _handle: std::os::fd::OwnedFd,
+    file: File,
+}
+
+fn recall_batch(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
+    let mut out: Vec<Option<PathRecall>> = rels.iter().map(|_| None).collect();
+    let mut opened = Vec::new();
+    for (at, rel) in rels.iter().enumerate() {
+        let abs = root.join(std::ffi::OsStr::from_bytes(rel));
+        let (handle, _st) = open_path(root, rel).map_err(|e| Error::io("cannot open", &abs, e))?;
+        match stub::read_handle(handle.as_fd())
+            .map_err(|e| Error::io("cannot read the stub record of", &abs, e))?
+        {
+            StubAttr::None => {
+                out[at] = Some(PathRecall::Resident);
+                continue;
+            }
+            StubAttr::Damaged(why) => {
+                out[at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
+                    "its stub record is damaged: {why}"
+                ))));
+                continue;
+            }
+            StubAttr::Stub(_) => {}
+        }
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&proc)
+        {
+            Ok(file) => opened.push(Opened {
+                at,
+                _handle: handle,
+                file,
+            }),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                out[at] = Some(PathRecall::Failed(RecallFailure::Unavailable(
+                    "the fault-in handler watching this file could not recall it (its log says why)"
+                        .into(),
+                )));
+            }
+            Err(e) => return Err(Error::io("cannot open", &abs, e)),
+        }
+    }
+    let claims: Vec<Option<stub::Claim<'_>>> = opened
+        .iter()
+        .map(|o| stub::claim(&o.file))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io("cannot claim", root, e))?;
+    let mut todo: Vec<(usize, StubRecord)> = Vec::new();
+    for (k, o) in opened.iter().enumerate() {
+        if claims[k].is_none() {
+            out[o.at] = Some(PathRecall::Failed(RecallFailure::Unavailable(
+                "another process is releasing or recalling it; try again".into(),
+            )));
+            continue;
+        }
+        match stub::read(o.file.as_fd())
+            .map_err(|e| Error::io("cannot read the stub record of", root, e))?
+        {
+            StubAttr::None => out[o.at] = Some(PathRecall::FilledOnOpen),
+            StubAttr::Damaged(why) => {
+                out[o.at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
+                    "its stub record is damaged: {why}"
+                ))))
+            }
+            StubAttr::Stub(r) => todo.push((k, r)),
+        }
+    }
+    let pairs: Vec<(&File, &StubRecord)> =
+        todo.iter().map(|(k, r)| (&opened[*k].file, r)).collect();
+    let results = recaller.recall_files(&pairs);
+    for ((k, _), r) in todo.iter().zip(results) {
+        out[opened[*k].at] = Some(match r {
+            Ok(done) => PathRecall::Recalled(done),
+            Err(f) => PathRecall::Failed(f),
+        });
+    }
+    drop(claims);
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("a result per path"))
+        .collect())
+}
+
+/// Opens `rel` beneath `root` as a path only (no open of the file itself:
+/// no fault-in event), refusing symbolic links on the way, and checks it
+/// is a regular file.
+pub(crate) fn open_path(root: &Path, rel: &[u8]) -> std::io::Result<(std::os::fd::OwnedFd, Stat)> {
+    let tree = crate::source_tree::SourceTree::open(root)?;
+    let fd = tree.open_path_beneath(rel)?;
+    let st = Stat::from_metadata(&File::from(fd.try_clone()?).metadata()?);
+    if !st.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((fd, st))
+}

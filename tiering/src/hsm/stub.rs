@@ -1,0 +1,342 @@
+//! A released file's stub on disk: its record (an extended attribute),
+//! dropping and restoring its content, its times, and the write lease that
+//! keeps every other process out while either happens.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cbfs_format::{STUB_XATTR, StubRecord, Timestamp};
+use rustix::fs::{FallocateFlags, Timespec, Timestamps, XattrFlags};
+
+use crate::faultin::sys;
+
+/// What a file's stub attribute holds: nothing (a resident file), a record,
+/// or bytes that are not a record (never read as a resident file: a stub
+/// whose record is damaged).
+#[derive(Debug)]
+pub enum StubAttr {
+    /// No stub record: a resident file.
+    None,
+    /// A stub.
+    Stub(StubRecord),
+    /// Bytes that are not a stub record.
+    Damaged(String),
+}
+
+impl StubAttr {
+    fn from_value(value: Option<Vec<u8>>) -> StubAttr {
+        match value {
+            None => StubAttr::None,
+            Some(bytes) => match StubRecord::from_bytes(&bytes) {
+                Ok(r) => StubAttr::Stub(r),
+                Err(e) => StubAttr::Damaged(e.to_string()),
+            },
+        }
+    }
+}
+
+fn absent(e: &rustix::io::Errno) -> bool {
+    *e == rustix::io::Errno::NODATA || *e == rustix::io::Errno::NOTSUP
+}
+
+/// The stub record of an open file (reading an attribute raises no
+/// fault-in event).
+pub fn read(fd: BorrowedFd<'_>) -> io::Result<StubAttr> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match rustix::fs::fgetxattr(fd, STUB_XATTR, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(StubAttr::from_value(Some(buf)));
+            }
+            Err(e) if absent(&e) => return Ok(StubAttr::None),
+            Err(rustix::io::Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The stub record of the entry at `path`, not following a symbolic link
+/// and without opening it (so without raising a fault-in event).
+pub fn read_at(path: &Path) -> io::Result<StubAttr> {
+    read_path(path, false)
+}
+
+/// The stub record of the file a path-only descriptor (`O_PATH`) holds,
+/// through its `/proc/self/fd` link (no open: no fault-in event).
+pub fn read_handle(handle: BorrowedFd<'_>) -> io::Result<StubAttr> {
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+    read_path(Path::new(&link), true)
+}
+
+fn read_path(path: &Path, follow: bool) -> io::Result<StubAttr> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let got = if follow {
+            rustix::fs::getxattr(path, STUB_XATTR, &mut buf[..])
+        } else {
+            rustix::fs::lgetxattr(path, STUB_XATTR, &mut buf[..])
+        };
+        match got {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(StubAttr::from_value(Some(buf)));
+            }
+            Err(e) if absent(&e) => return Ok(StubAttr::None),
+            Err(rustix::io::Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes the stub record and makes it durable.
+pub fn write(file: &File, record: &StubRecord) -> io::Result<()> {
+    let bytes = record
+        .to_bytes()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    rustix::fs::fsetxattr(file, STUB_XATTR, &bytes, XattrFlags::empty())?;
+    rustix::fs::fsync(file)?;
+    Ok(())
+}
+
+/// Removes the stub record (the file is resident again) durably.
+pub fn remove(file: &File) -> io::Result<()> {
+    match rustix::fs::fremovexattr(file, STUB_XATTR) {
+        Ok(()) => {}
+        Err(e) if absent(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    rustix::fs::fsync(file)?;
+    Ok(())
+}
+
+/// Frees the blocks of the file's first `size` bytes, keeping its size.
+pub fn punch(file: &File, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    rustix::fs::fallocate(
+        file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        0,
+        size,
+    )?;
+    Ok(())
+}
+
+/// Sets the file's modification time (the access time is left alone).
+pub fn set_mtime(file: &File, mtime: Timestamp) -> io::Result<()> {
+    rustix::fs::futimens(
+        file,
+        &Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: mtime.secs,
+                tv_nsec: i64::from(mtime.nanos),
+            },
+        },
+    )?;
+    Ok(())
+}
+
+/// A write lease held on an open file: no other process has the file
+/// open, and one that opens it waits until the lease is dropped. Dropped
+/// with this value.
+pub struct Leased<'f> {
+    fd: BorrowedFd<'f>,
+}
+
+impl Leased<'_> {
+    /// Whether the lease is still whole: no other process asked to open
+    /// the file since it was taken.
+    pub fn intact(&self) -> bool {
+        matches!(sys::lease(self.fd), Ok(sys::Lease::Write))
+    }
+}
+
+impl Drop for Leased<'_> {
+    fn drop(&mut self) {
+        let _ = sys::drop_lease(self.fd);
+    }
+}
+
+/// Takes a write lease on `file`, waiting up to `patience` while other
+/// descriptors of it close (a fault-in handler answering this process's
+/// own open holds one for a moment). `None`: the file stays in use.
+pub fn lease(file: &File, patience: Duration) -> io::Result<Option<Leased<'_>>> {
+    sys::ignore_lease_signals();
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match sys::take_write_lease(file.as_fd()) {
+            Ok(()) => return Ok(Some(Leased { fd: file.as_fd() })),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EAGAIN)
+                    || e.raw_os_error() == Some(libc::EBUSY) =>
+            {
+                if started.elapsed() >= patience {
+                    return Ok(None);
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A process's claim on a stub (see [`claim`]), dropped with this value.
+pub struct Claim<'f> {
+    fd: BorrowedFd<'f>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let _ = sys::release_claim(self.fd);
+    }
+}
+
+/// Claims a file open for writing for a release or a recall: a record
+/// lock on a byte no application uses, which a fault-in handler sees (with
+/// this process's pid) in `/proc/locks`. The handler lets this process's
+/// own reads and writes of the file through untouched, and makes every
+/// other process's access wait until the claim is dropped, then fills the
+/// file if it is still a stub. `None`: another process holds a claim.
+///
+/// Keep every descriptor of the file open while the claim is held (a
+/// record lock goes when this process closes any of them).
+pub fn claim(file: &File) -> io::Result<Option<Claim<'_>>> {
+    Ok(sys::take_claim(file.as_fd())?.then(|| Claim { fd: file.as_fd() }))
+}
+
+/// Whether process `pid` holds a claim on the inode `(dev, ino)`. From
+/// `/proc/locks`, whose lines read `N: POSIX ADVISORY WRITE PID
+/// MAJ:MIN:INO START END` (device numbers in hex; a waiter's line has `->`
+/// after the number).
+pub fn claim_holder(pid: i32, dev: u64, ino: u64) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    let want_dev = format!(
+        "{:02x}:{:02x}:{ino}",
+        libc::major(dev as libc::dev_t),
+        libc::minor(dev as libc::dev_t)
+    );
+    let start = sys::CLAIM_OFFSET.to_string();
+    text.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.get(1) == Some(&"POSIX")
+            && words.get(3) == Some(&"WRITE")
+            && words.get(4).and_then(|p| p.parse::<i32>().ok()) == Some(pid)
+            && words.get(5) == Some(&want_dev.as_str())
+            && words.get(6) == Some(&start.as_str())
+    })
+}
+
+/// A handler's claim on a stub it fills, taken once no release or recall
+/// claims it; dropped with this value.
+pub struct HandlerClaim<'f> {
+    fd: BorrowedFd<'f>,
+}
+
+impl Drop for HandlerClaim<'_> {
+    fn drop(&mut self) {
+        let _ = sys::release_ofd_claim(self.fd);
+    }
+}
+
+/// How long a handler waits for another process's claim on a stub (a
+/// release or recall takes well under a second per file): a claim held
+/// longer is a process that blocks others, and the waiting readers get
+/// `EIO`.
+pub const CLAIM_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until no process claims the file, then claims it for a handler;
+/// fails (`WouldBlock`) if another process still claims it after
+/// [`CLAIM_PATIENCE`].
+pub fn wait_claim(file: &File) -> io::Result<HandlerClaim<'_>> {
+    if !sys::wait_ofd_claim(file.as_fd(), CLAIM_PATIENCE)? {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "another process has claimed it for more than {} s",
+                CLAIM_PATIENCE.as_secs()
+            ),
+        ));
+    }
+    Ok(HandlerClaim { fd: file.as_fd() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_claim_is_seen_in_proc_locks_and_a_handler_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"data").unwrap();
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
+        let file = open();
+        let m = file.metadata().unwrap();
+        let me = std::process::id() as i32;
+        let claimed = claim(&file).unwrap().expect("free");
+        assert!(claim_holder(me, m.dev(), m.ino()));
+        assert!(!claim_holder(me + 1, m.dev(), m.ino()));
+        // A handler (another open file description) waits for it.
+        let other = open();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let c = wait_claim(&other).unwrap();
+            tx.send(()).unwrap();
+            drop(c);
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        drop(claimed);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        waiter.join().unwrap();
+        assert!(!claim_holder(me, m.dev(), m.ino()));
+    }
+
+    #[test]
+    fn a_lease_is_broken_by_another_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"data").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // Some file systems (overlays) refuse leases; the ones tiered do not.
+        let Ok(Some(leased)) = lease(&file, Duration::from_millis(100)) else {
+            eprintln!("no leases on {}", dir.path().display());
+            return;
+        };
+        assert!(leased.intact());
+        // Another descriptor cannot be opened without breaking it: with
+        // O_NONBLOCK the open fails at once and the lease shows the break.
+        let other = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path);
+        assert!(other.is_err());
+        assert!(!leased.intact());
+        drop(leased);
+    }
+
+    use std::os::unix::fs::OpenOptionsExt;
+}

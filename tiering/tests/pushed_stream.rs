@@ -1,0 +1,278 @@
+//! Tiering out a pushed tar stream (what `cbfs-gateway` does for a host):
+//! the stream restores to the tree it was made from; a second push of the
+//! same tree stores nothing; an unsorted stream (GNU tar) works as well,
+//! deletions included; a hard link into another scope is stored as a file
+//! of that scope; and a stream refused after segments were already written
+//! leaves the store and the index exactly as they were.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use cbfs_core::KeySource;
+use cbfs_tests::{Compare, TreeGen, Workdir, assert_same_tree};
+use cbfs_tiering::{
+    Agent, AgentOptions, ChangeTest, Error, OutOptions, OutReport, Quiet, RestoreRequest,
+    ScopeRules, TrustOptions,
+};
+
+struct Fs {
+    keys: PathBuf,
+    store: PathBuf,
+    index: PathBuf,
+    work: Workdir,
+}
+
+impl Fs {
+    fn new() -> Fs {
+        let work = Workdir::new();
+        let keys = work.mkdir("keys");
+        cbfs_tests::agent_keyset(&keys, "pushed", &["alice", "bob"]);
+        Fs {
+            store: work.path("store"),
+            index: work.path("index"),
+            keys,
+            work,
+        }
+    }
+
+    fn agent(&self) -> Arc<Agent> {
+        Agent::open(AgentOptions {
+            store: self.store.to_str().unwrap(),
+            index: &self.index,
+            keyset: Some(&self.keys.join("keyset.json")),
+            writer_key: Some(KeySource::File(self.keys.join("agent.key"))),
+        })
+        .unwrap()
+    }
+
+    fn opts(&self, prefix: &str) -> OutOptions {
+        let rules = ScopeRules::new(vec![
+            "home/alice/**=alice".parse().unwrap(),
+            "home/bob/**=bob".parse().unwrap(),
+        ]);
+        let mut opts = OutOptions::new(PathBuf::new(), rules);
+        opts.prefix = Some(prefix.as_bytes().to_vec());
+        opts.change_test = ChangeTest::Attributes;
+        // Small segments: a stream of a few hundred KiB closes several.
+        opts.segment_size = 64 << 10;
+        opts
+    }
+
+    fn push(&self, agent: &Arc<Agent>, stream: Vec<u8>, prefix: &str) -> Result<OutReport, Error> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(agent.tier_out_stream(
+            Box::new(std::io::Cursor::new(stream)),
+            self.opts(prefix),
+            Arc::new(Quiet),
+        ))
+    }
+
+    /// Restores everything with the administrator's key into `dest`.
+    fn restore(&self, dest: &Path) {
+        let request = RestoreRequest {
+            store: self.store.display().to_string(),
+            trust: TrustOptions {
+                index: Some(self.index.clone()),
+                trust_file: Some(self.keys.join("trusted-admins.json")),
+                ..TrustOptions::default()
+            },
+            identity: KeySource::File(self.keys.join("admin.key")),
+            snapshot: None,
+            path: ".".into(),
+            dest: dest.to_owned(),
+            threads: Some(2),
+            nodes: Vec::new(),
+            user: None,
+            node_timeout: std::time::Duration::from_secs(10),
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let report = rt
+            .block_on(cbfs_tiering::restore(request, Arc::new(Quiet)))
+            .unwrap();
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+}
+
+fn tar_of_tree(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    cbfs_tiering::gateway::write_tree(dir, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_pushed_stream_restores_to_its_tree_and_a_second_push_stores_nothing() {
+    let fs = Fs::new();
+    let src = fs.work.path("src");
+    let mut tree = TreeGen::new(&src, 7);
+    tree.populate(120);
+    // Hard links and a nanosecond time survive the stream.
+    fs::write(src.join("linked"), b"one inode").unwrap();
+    fs::hard_link(src.join("linked"), src.join("linked-too")).unwrap();
+    let agent = fs.agent();
+
+    let first = fs.push(&agent, tar_of_tree(&src), "data").unwrap();
+    assert!(first.files > 100, "{first:?}");
+    assert!(first.new_segments > 1, "small segments: {first:?}");
+    assert!(first.snapshot.is_some());
+    let dest = fs.work.path("restored");
+    fs.restore(&dest);
+    assert_same_tree(&src, &dest.join("data"), Compare::default());
+    let a = fs::metadata(dest.join("data/linked")).unwrap();
+    let b = fs::metadata(dest.join("data/linked-too")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "the hard link was restored as a link");
+    assert_eq!(
+        a.mtime_nsec(),
+        fs::metadata(src.join("linked")).unwrap().mtime_nsec(),
+        "times to the nanosecond"
+    );
+
+    let again = fs.push(&agent, tar_of_tree(&src), "data").unwrap();
+    assert_eq!((again.files, again.deleted), (0, 0), "{again:?}");
+    assert!(again.snapshot.is_none(), "nothing changed: no snapshot");
+
+    // One change, one deletion: one file stored, one gone.
+    let files: Vec<PathBuf> = tree
+        .files()
+        .into_iter()
+        .filter(|f| fs::metadata(src.join(f)).unwrap().nlink() == 1)
+        .collect();
+    fs::write(src.join(&files[0]), b"changed").unwrap();
+    fs::remove_file(src.join(&files[1])).unwrap();
+    let third = fs.push(&agent, tar_of_tree(&src), "data").unwrap();
+    assert_eq!((third.files, third.deleted), (1, 1), "{third:?}");
+}
+
+#[test]
+fn an_unsorted_stream_from_gnu_tar_works_deletions_included() {
+    let fs = Fs::new();
+    let src = fs.work.path("src");
+    let mut tree = TreeGen::new(&src, 11);
+    tree.populate(80);
+    let gnu_tar = |dir: &Path| {
+        let out = Command::new(cbfs_tests::require_tool("tar", "`apt-get install tar`"))
+            .arg("-C")
+            .arg(dir)
+            .args(["--format=pax", "--xattrs", "-cf", "-", "."])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    };
+    let agent = fs.agent();
+    fs.push(&agent, gnu_tar(&src), "home/bob").unwrap();
+    let single: Vec<PathBuf> = tree
+        .files()
+        .into_iter()
+        .filter(|f| fs::metadata(src.join(f)).unwrap().nlink() == 1)
+        .collect();
+    for f in &single[..3] {
+        fs::remove_file(src.join(f)).unwrap();
+    }
+    let second = fs.push(&agent, gnu_tar(&src), "home/bob").unwrap();
+    assert_eq!(second.deleted, 3, "{second:?}");
+    assert_eq!(second.files, 0, "nothing else changed: {second:?}");
+    let dest = fs.work.path("restored");
+    fs.restore(&dest);
+    assert_same_tree(&src, &dest.join("home/bob"), Compare::default());
+}
+
+#[test]
+fn a_hard_link_into_another_scope_is_stored_as_a_file_of_that_scope() {
+    let fs = Fs::new();
+    let src = fs.work.path("src");
+    fs::create_dir_all(src.join("alice")).unwrap();
+    fs::create_dir_all(src.join("bob")).unwrap();
+    fs::write(src.join("alice/shared"), b"shared content").unwrap();
+    fs::hard_link(src.join("alice/shared"), src.join("bob/shared")).unwrap();
+    let agent = fs.agent();
+    fs.push(&agent, tar_of_tree(&src), "home").unwrap();
+    let bob = agent.index.file(b"home/bob/shared").unwrap().unwrap();
+    assert_eq!(bob.scope, "bob");
+    assert_eq!(bob.hardlink_to, None, "no link (and no name) across scopes");
+    let alice = agent.index.file(b"home/alice/shared").unwrap().unwrap();
+    assert_eq!(alice.scope, "alice");
+    assert_ne!(alice.member, bob.member, "a member per scope");
+    let dest = fs.work.path("restored");
+    fs.restore(&dest);
+    assert_eq!(
+        fs::read(dest.join("home/bob/shared")).unwrap(),
+        b"shared content"
+    );
+}
+
+/// A GNU header of a regular file of `size` bytes, owned by root, mode 0644.
+fn plain_header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    h
+}
+
+#[test]
+fn a_stream_refused_after_segments_were_written_commits_nothing() {
+    let fs = Fs::new();
+    let src = fs.work.path("src");
+    let mut tree = TreeGen::new(&src, 3);
+    tree.populate(60);
+    let agent = fs.agent();
+    fs.push(&agent, tar_of_tree(&src), "data").unwrap();
+    let snapshots = agent.index.snapshots().unwrap();
+    let store_before = cbfs_tests::describe(&fs.store, Compare::default());
+
+    // Many new files (several 64 KiB segments close while the stream goes
+    // on), then an entry that climbs out.
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..40 {
+        let data = cbfs_tests::random_bytes(20_000);
+        let mut h = plain_header(data.len() as u64);
+        b.append_data(&mut h, format!("new/{i}"), &data[..])
+            .unwrap();
+    }
+    let mut h = plain_header(1);
+    h.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let stream = b.into_inner().unwrap();
+    match fs.push(&agent, stream, "data") {
+        Err(Error::Refused(why)) => assert!(why.contains("../escape"), "{why}"),
+        other => panic!("the stream must be refused: {other:?}"),
+    }
+    assert_eq!(agent.index.snapshots().unwrap(), snapshots);
+    assert!(agent.index.file(b"data/new/0").unwrap().is_none());
+    assert!(
+        !agent.index.state().unwrap().dirty,
+        "nothing waits for a snapshot"
+    );
+    let store_after = cbfs_tests::describe(&fs.store, Compare::default());
+    assert_eq!(
+        store_before, store_after,
+        "a refused stream wrote to the store"
+    );
+    let spool: Vec<_> = fs::read_dir(fs.index.join("spool"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(spool.is_empty(), "spool left behind: {spool:?}");
+
+    // The same files without the bad entry are stored.
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..40 {
+        let data = cbfs_tests::random_bytes(20_000);
+        let mut h = plain_header(data.len() as u64);
+        b.append_data(&mut h, format!("new/{i}"), &data[..])
+            .unwrap();
+    }
+    let done = fs
+        .push(&agent, b.into_inner().unwrap(), "data/more")
+        .unwrap();
+    assert_eq!(
+        done.files, 40,
+        "40 files (their folder is implied): {done:?}"
+    );
+}
