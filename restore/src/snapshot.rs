@@ -89,6 +89,25 @@ impl Trust {
         let manifest =
             Manifest::from_bytes_any_signer(bytes).map_err(|e| Error::format(object, e))?;
         let key = *manifest.writer_key();
+        // A retired writer's manifests stay valid up to the sequence it was
+        // retired at; what it signs later is refused.
+        if let Some(ks) = &self.keyset
+            && let Some((name, r)) = ks.retired_writers().iter().find(|(_, r)| r.key == key)
+        {
+            if manifest.sequence() <= r.last_sequence {
+                return Ok((key, Some(format!("{name} (retired)"))));
+            }
+            return Err(Error::UntrustedWriter {
+                object: object.to_owned(),
+                fingerprint: fingerprint(&key),
+                keyset: format!(
+                    "{}, which retired that writer (`{name}`) at {} after snapshot {}",
+                    self.describe_keyset(),
+                    r.retired,
+                    r.last_sequence
+                ),
+            });
+        }
         match self.writer(&key).name() {
             Some(name) => Ok((key, name)),
             None => Err(Error::UntrustedWriter {

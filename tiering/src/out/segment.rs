@@ -120,11 +120,10 @@ pub(crate) fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result
     for lb in &lockboxes {
         let bytes = lb.to_bytes();
         stored_bytes += bytes.len() as u64;
-        shared.wait(
-            agent
-                .store
-                .put_new(&layout::lockbox(&id, &lb.group_id()), bytes),
-        )?;
+        shared.wait(agent.store.put_new(
+            &layout::lockbox_at(&id, &lb.group_id(), lb.key_version()),
+            bytes,
+        ))?;
     }
     shared.crash_if(CrashPoint::AfterLockboxes(n));
     let summary_bytes = summary.to_bytes();
