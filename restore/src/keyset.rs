@@ -634,4 +634,44 @@ mod tests {
             "the store's newer keyset of the same administrator"
         );
     }
+
+    #[test]
+    fn readers_follow_a_hand_over_and_refuse_the_old_key_alone_after_it() {
+        let w = world();
+        let old_fp = fingerprint(&w.admin.verifying_key());
+        let copy = AdminSecret::from_seed(
+            cbfs_core::Seed::from_slice(w.admin.seed().expose_secret_bytes(), "t").unwrap(),
+        );
+        let mut next = w.keyset.clone();
+        let new_admin = next.rotate_admin(copy).unwrap();
+        w.publish_as(&next, &new_admin);
+        // The old key, alone, signs a newer keyset (it leaked).
+        let mut forged = w.keyset.clone();
+        for i in 0..4 {
+            forged
+                .add_scope(&w.admin, &ScopeLabel::new(format!("f{i}")).unwrap())
+                .unwrap();
+        }
+        w.publish(&forged);
+        for pin in [
+            Pin::Fingerprint(old_fp.clone()),
+            Pin::Root(w.admin.verifying_key()),
+            Pin::Keyset(Box::new(w.keyset.clone())),
+        ] {
+            let got = load_keyset(&w.source(), &pin, None).unwrap();
+            assert_eq!(got.serial(), next.serial(), "{pin:?}");
+            assert_eq!(got.admin_verifying_key(), next.admin_verifying_key());
+        }
+        // Records that pinned the old key move to the new one, keeping the
+        // serial seen.
+        let path = w.dir.path().join("trust.json");
+        let mut records = TrustRecords::load(&path).unwrap();
+        assert!(records.note(&w.keyset, 3));
+        assert!(records.note(&next, 3));
+        let pinned = records.pinned("fs1").unwrap();
+        assert_eq!(pinned.fingerprint, fingerprint(next.admin_verifying_key()));
+        assert_eq!(pinned.highest_snapshot, 3);
+        let got = load_keyset(&w.source(), &Pin::Records, Some(&records)).unwrap();
+        assert_eq!(got.serial(), next.serial());
+    }
 }
