@@ -519,26 +519,13 @@ pub(super) fn rewrap(key: &str, path: &Path, to: Option<&str>) -> Result<Rewrapp
     })
 }
 
-/// Splits `KEY_ID:PATH`, where KEY_ID may be an ARN (which has colons of
-/// its own: `arn:PARTITION:kms:REGION:ACCOUNT:key/ID`).
-pub(crate) fn split_spec(rest: &str) -> Option<(&str, &str)> {
-    if rest.starts_with("arn:") {
-        let mut idx = 0;
-        for _ in 0..6 {
-            idx += rest[idx..].find(':')? + 1;
-        }
-        let (key, path) = rest.split_at(idx - 1);
-        return Some((key, &path[1..]));
-    }
-    rest.split_once(':')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn splits_ids_aliases_and_arns() {
+        let split_spec = super::super::awskms_split;
         assert_eq!(split_spec("abcd-1234:k/a.w"), Some(("abcd-1234", "k/a.w")));
         assert_eq!(split_spec("alias/cbfs:/k/a"), Some(("alias/cbfs", "/k/a")));
         assert_eq!(

@@ -409,11 +409,8 @@ fn kms_rewrap(key: &str, path: &std::path::Path) -> Result<Rewrapped> {
     Err(no_kms(key, path))
 }
 
-#[cfg(feature = "kms")]
-fn awskms_split(rest: &str) -> Option<(&str, &str)> {
-    awskms::split_spec(rest)
-}
-#[cfg(not(feature = "kms"))]
+/// Splits `KEY_ID:PATH`, where KEY_ID may be an ARN (which has colons of
+/// its own: `arn:PARTITION:kms:REGION:ACCOUNT:key/ID`).
 fn awskms_split(rest: &str) -> Option<(&str, &str)> {
     if rest.starts_with("arn:") {
         let mut idx = 0;
