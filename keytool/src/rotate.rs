@@ -292,6 +292,10 @@ pub fn rotate_scope(json: bool, unlock: &Unlock, a: RotateScope) -> Result<()> {
     published.check()
 }
 
+/// One lockbox sealed again: its new key and bytes; `None` when it is
+/// another scope's; `Err` names what was wrong with it.
+type Sealed = Result<Option<(String, Vec<u8>)>, String>;
+
 struct Resealed {
     resealed: u64,
     already: u64,
@@ -336,7 +340,7 @@ fn reseal(
     let mut todo = Vec::new();
     let mut already = 0u64;
     for ((segment, group), mut versions) in groups {
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         if versions.iter().any(|(v, _)| *v == to_version) {
             // Done before, or sealed under the new key by the agent; it
             // counts only if it is this scope's, which its object says.
@@ -398,7 +402,7 @@ fn reseal(
         let work: Vec<_> = chunk.iter().zip(fetched).collect();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let per = work.len().div_ceil(threads).max(1);
-        let results: Vec<Result<Option<(String, Vec<u8>)>, String>> = std::thread::scope(|s| {
+        let results: Vec<Sealed> = std::thread::scope(|s| {
             let handles: Vec<_> = work
                 .chunks(per)
                 .map(|part| {
@@ -454,18 +458,26 @@ fn reseal(
             }
         }
         let n = puts.len() as u64;
+        // The test hook counts writes one at a time, so that it stops the
+        // run in the middle of a batch.
+        let in_flight = if abort_after().is_some() {
+            1
+        } else {
+            IN_FLIGHT
+        };
+        let written_so_far = &mut written_so_far;
         let written: Vec<Result<(), cbfs_store::Error>> =
             rt.block_on(async {
                 use futures::StreamExt;
                 futures::stream::iter(puts.into_iter().map(|(key, bytes)| async move {
                     store.put_new(&key, bytes).await.map(|_| ())
                 }))
-                .buffer_unordered(IN_FLIGHT)
+                .buffer_unordered(in_flight)
+                .inspect(|_| abort_if_asked(written_so_far))
                 .collect()
                 .await
             });
         for w in written {
-            abort_if_asked(&mut written_so_far);
             if let Err(e) = w {
                 // An object already there under that name is another
                 // run's copy: never overwritten, and fine.
@@ -494,14 +506,18 @@ fn reseal(
 /// a rerun resumes.
 fn abort_if_asked(count: &mut u64) {
     *count += 1;
-    if cbfs_core::test_hooks()
-        && let Some(n) = std::env::var("CBFS_TEST_ABORT_AFTER")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        && *count >= n
-    {
+    if abort_after().is_some_and(|n| *count >= n) {
         std::process::abort();
     }
+}
+
+fn abort_after() -> Option<u64> {
+    if !cbfs_core::test_hooks() {
+        return None;
+    }
+    std::env::var("CBFS_TEST_ABORT_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn progress(len: u64) -> Option<indicatif::ProgressBar> {
@@ -632,14 +648,16 @@ fn newest_sequence_of(
         .into_iter()
         .filter_map(|o| layout::parse_manifest(&o.key).map(|(seq, _)| (seq, o.key)))
         .collect();
-    keys.sort_by(|a, b| b.0.cmp(&a.0));
+    keys.sort_by_key(|k| std::cmp::Reverse(k.0));
     for (seq, key) in keys {
         let bytes = rt
             .block_on(store.get(&key))
             .map_err(|e| StoreFailed::new(&format!("cannot read {key}"), e))?;
-        if let Ok(m) = Manifest::from_bytes_any_signer(&bytes)
-            && m.writer_key() == writer
-        {
+        // A full manifest, or a delta one (which names its signer too).
+        let signer = Manifest::from_bytes_any_signer(&bytes)
+            .map(|m| *m.writer_key())
+            .or_else(|_| cbfs_format::delta_writer(&bytes));
+        if signer.is_ok_and(|k| k == *writer) {
             return Ok(seq);
         }
     }

@@ -120,7 +120,7 @@ impl Engine<'_> {
             }
         }
         for list in candidates.values_mut() {
-            list.sort_by(|a, b| b.0.cmp(&a.0));
+            list.sort_by_key(|c| std::cmp::Reverse(c.0));
         }
         // Round by round: each group's newest untried lockbox, in one batch.
         let mut round = 0;

@@ -128,7 +128,7 @@ fn tier_out(backend: &Backend, keys: &Keys, index: &Path, src: &Path, writer: &s
         .arg("--writer-key")
         .arg(writer)
         .args(["--scope", "alice/**=alice", "--scope", "bob/**=bob"])
-        .args(["--segment-size", "40K"])
+        .args(["--segment-size", "64K"])
         .envs(backend.envs());
     cmd
 }
@@ -466,7 +466,14 @@ fn rotate_writer_keeps_old_snapshots_and_refuses_the_retired_key() {
         let index = work.path("index");
         run_ok(&mut tier_out(&backend, &keys, &index, &src, &keys.writer()));
         std::fs::write(src.join("alice/second"), b"second snapshot").unwrap();
-        run_ok(&mut tier_out(&backend, &keys, &index, &src, &keys.writer()));
+        let second = json_of(&run_ok(&mut tier_out(
+            &backend,
+            &keys,
+            &index,
+            &src,
+            &keys.writer(),
+        )));
+        assert_eq!(second["sequence"], 2, "{second}");
         run_ok(keytool(&keys, &backend).args([
             "create-user",
             "agent2",
