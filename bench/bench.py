@@ -449,6 +449,26 @@ class Bench:
         raw = json.loads(sh([self.b("cbfs-bench"), "reencrypt", "--capsules", "1000", "--rounds", str(batches)]))
         return out, raw
 
+    def rotation(self):
+        """rotate-scope on a store of lockboxes, and the raw Umbral work it does."""
+        k = self.keys
+        count = max(500, int(20000 * self.scale))
+        store, keyset = self.p("store-rotate"), self.p("rotate-keyset.json")
+        samples = []
+        for _ in range(self.runs):
+            rm(store, keyset, keyset + ".rotation")
+            shutil.copy(f"{k}/keyset.json", keyset)
+            os.chmod(keyset, 0o644)
+            sh([self.b("cbfs-bench"), "lockboxes", "--keyset", keyset, "--admin", f"file:{k}/admin.key",
+                "--scope", "bench", "--count", str(count), "--store", store])
+            out = json.loads(sh([self.b("cbfs-keytool"), "--json", "rotate-scope", "--admin", f"file:{k}/admin.key",
+                                 "--keyset", keyset, "--scope", "bench", "--store", store]))
+            samples.append(out["lockboxes_per_second"])
+        rm(store, keyset)
+        raw = json.loads(sh([self.b("cbfs-bench"), "reseal", "--count", str(count)]))
+        samples.sort()
+        return samples[len(samples) // 2], raw, count
+
     def million(self):
         """One run over a generated tree of a million tiny files: its RSS."""
         d = self.p("million")
@@ -552,6 +572,13 @@ class Bench:
                  node["per_second"] / raw["with_wire_per_second"], None, None,
                  f"{raw['with_wire_per_second']:.0f}/s; ratio = node over HTTP / this")
         self.delegation_figures = (node, raw)
+
+        # rotate-scope: lockboxes sealed again per second, against raw Umbral
+        per_second, raw_reseal, count = self.rotation()
+        rr = per_second / raw_reseal["per_second"]
+        self.row("rotate-scope", f"cbfs-keytool rotate-scope, {count:,} lockboxes", None, None, None, rr,
+                 ">= 80% of raw", rr >= 0.8,
+                 f"{per_second:.0f} lockboxes/s; raw {raw_reseal['per_second']:.0f}/s on {raw_reseal['threads']} threads")
 
         # overhead
         parts, total, index, files, content = self.overhead()

@@ -10,11 +10,15 @@
 //!   store must hold before any overhead);
 //! - `reencrypt`: raw `umbral_pre::reencrypt` per second on every core;
 //! - `delegation`: re-encryptions per second of one node over HTTP, in
-//!   signed batches of 1,000 capsules, with per-batch latency.
+//!   signed batches of 1,000 capsules, with per-batch latency;
+//! - `lockboxes`, `reseal`: a store of lockboxes for `rotate-scope`, and the
+//!   raw Umbral decrypt + encrypt it is measured against.
 //!
 //! Every command prints one JSON object on stdout.
 
 #![forbid(unsafe_code)]
+
+mod rotation;
 
 use std::fs;
 use std::io::Write as _;
@@ -85,6 +89,26 @@ enum Command {
     Delegation(DelegationRun),
     /// Latency of a gateway's `ls`, signed requests one after another.
     Ls(LsRun),
+    /// Writes COUNT lockboxes of SCOPE into a local store, for rotate-scope.
+    Lockboxes {
+        #[arg(long)]
+        keyset: PathBuf,
+        /// The administrator's key source.
+        #[arg(long)]
+        admin: String,
+        #[arg(long)]
+        scope: String,
+        #[arg(long)]
+        count: usize,
+        /// The store directory.
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Raw Umbral decrypt + encrypt (sealing a lockbox again) per second, on every core.
+    Reseal {
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -101,6 +125,14 @@ fn main() -> Result<()> {
         Command::Reencrypt { capsules, rounds } => reencrypt(capsules, rounds),
         Command::Delegation(run) => delegation(&run),
         Command::Ls(run) => ls(&run),
+        Command::Lockboxes {
+            keyset,
+            admin,
+            scope,
+            count,
+            store,
+        } => rotation::lockboxes(&keyset, &admin, &scope, count, &store),
+        Command::Reseal { count } => rotation::reseal(count, threads()),
     }
 }
 

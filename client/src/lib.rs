@@ -805,6 +805,11 @@ async fn ask(
     .map_err(|r| match r {
         Rejected::Lied(e) => NodeProblem::Lied(e),
         Rejected::Protocol(e) => NodeProblem::Protocol(e),
+        Rejected::OtherKeyVersion(e) => NodeProblem::Refused {
+            status: 200,
+            code: "other_key_version".into(),
+            reason: e,
+        },
         Rejected::Expired(e) => NodeProblem::Refused {
             status: 200,
             code: "expired".into(),
@@ -841,6 +846,39 @@ impl NodeAdmin {
         exchange(
             self.http.post(format!("{url}/v1/grants")).json(upload),
             16 << 10,
+        )
+        .await
+    }
+
+    /// Gives the node a newer keyset (`PUT /v1/keyset`): after a rotation,
+    /// so that it refuses retired keys and knows the new ones.
+    pub async fn keyset(
+        &self,
+        url: &str,
+        keyset: Vec<u8>,
+    ) -> Result<crate::admin::KeysetStored, NodeProblem> {
+        exchange(
+            self.http
+                .put(format!("{url}/v1/keyset"))
+                .header("content-type", "application/json")
+                .body(keyset),
+            16 << 10,
+        )
+        .await
+    }
+
+    /// The delegations of a scope the node holds (`POST /v1/delegations`,
+    /// signed by the administrator).
+    pub async fn delegations(
+        &self,
+        url: &str,
+        request: &crate::admin::SignedList,
+    ) -> Result<crate::admin::Delegations, NodeProblem> {
+        exchange(
+            self.http
+                .post(format!("{url}/v1/delegations"))
+                .json(request),
+            16 << 20,
         )
         .await
     }

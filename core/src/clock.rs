@@ -47,6 +47,12 @@ pub const TEST_CLOCK_ENV: &str = "CBFS_TEST_CLOCK_OFFSET_FILE";
 
 /// The process's clock: the operating system's.
 ///
+/// Whether this is a test-suite build (the `test-clock` feature): test-only
+/// hooks, such as the key tool's `CBFS_TEST_ABORT_AFTER`, work only then.
+pub fn test_hooks() -> bool {
+    cfg!(feature = "test-clock")
+}
+
 /// In a build with the `test-clock` cargo feature (the test suite's builds
 /// only; never a release), when [`TEST_CLOCK_ENV`] names a file, the time is
 /// the system's plus the whole seconds written in that file, read at every

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// A key source string could not be parsed.
     #[error(
-        "invalid key source `{spec}`: {reason} (use file:PATH, keyring:SERVICE/NAME or openbao:KEYNAME:PATH)"
+        "invalid key source `{spec}`: {reason} (use file:PATH, keyring:SERVICE/NAME, openbao:KEYNAME:PATH, awskms:KEY_ID:PATH or pkcs11:token=...;object=...?x-wrapped=PATH)"
     )]
     BadSource { spec: String, reason: String },
 
@@ -75,9 +75,11 @@ pub enum Error {
     #[error("keyring entry {location}: {reason}")]
     Keyring { location: String, reason: String },
 
-    /// The key management service refused or failed an operation.
-    #[error("OpenBao/Vault {op} for {location} failed: {reason}")]
+    /// The key management service (OpenBao, AWS KMS, a PKCS#11 token)
+    /// refused or failed an operation.
+    #[error("{service} {op} for {location} failed: {reason}")]
     Kms {
+        service: &'static str,
         op: &'static str,
         location: String,
         reason: String,

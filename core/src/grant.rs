@@ -169,7 +169,10 @@ pub fn delegate(
             )));
         }
     }
-    let scope_secret = admin.scope(scope);
+    // The scope's current key version: a delegation of a retired key
+    // would be refused by every node.
+    let version = keyset.scope_version(scope).unwrap_or(1);
+    let scope_secret = admin.scope_at(scope, version);
     let signer = admin.signer();
     let kfrags = umbral_pre::generate_kfrags(
         scope_secret.secret_key(),

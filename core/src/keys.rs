@@ -3,9 +3,11 @@
 //! ```text
 //! root seed (32 bytes, one per file system)
 //!  └─ Umbral SecretKeyFactory
-//!      ├─ make_key("cbfs/v1/admin/sign")             administrator signing key
-//!      └─ make_secret("cbfs/v1/scope/<label>")        scope seed (32 bytes)
-//!          └─ SecretKeyFactory ─ make_key("cbfs/v1/scope/key")   scope key pair
+//!      ├─ make_key("cbfs/v1/admin/sign")             administrator signing key, version 1
+//!      ├─ make_key("cbfs/v1/admin/sign/v<N>")        its version N >= 2 (`rotate-admin`)
+//!      ├─ make_secret("cbfs/v1/scope/<label>")        scope seed (32 bytes), key version 1
+//!      ├─ make_secret("cbfs/v1/scope/<label>/v<N>")   its key version N >= 2 (`rotate-scope`)
+//!      │   └─ SecretKeyFactory ─ make_key("cbfs/v1/scope/key")   scope key pair
 //! user seed (32 bytes, one per user)
 //!  └─ SecretKeyFactory ─ make_key("cbfs/v1/user/encrypt")  user key pair
 //!                      └ make_key("cbfs/v1/user/sign")     user signing key
@@ -81,9 +83,25 @@ const USER_ENCRYPT: &[u8] = b"cbfs/v1/user/encrypt";
 const USER_SIGN: &[u8] = b"cbfs/v1/user/sign";
 
 /// The administrator's root secret for one file system.
+///
+/// Every key of the file system derives from it, each in every version it
+/// was rotated to: so the root secret alone still opens everything. It
+/// signs with the version of the administrator's signing key that the
+/// keyset names ([`with_sign_version`](Self::with_sign_version)).
 pub struct AdminSecret {
     seed: Seed,
     factory: SecretKeyFactory,
+    sign_version: u32,
+}
+
+/// The derivation label of a versioned key: version 1 is the label alone,
+/// as before keys had versions.
+fn versioned(base: &[u8], version: u32) -> Vec<u8> {
+    if version <= 1 {
+        base.to_vec()
+    } else {
+        [base, format!("/v{version}").as_bytes()].concat()
+    }
 }
 
 impl AdminSecret {
@@ -92,10 +110,27 @@ impl AdminSecret {
         Self::from_seed(Seed::generate())
     }
 
-    /// The root secret held in `seed`.
+    /// The root secret held in `seed`, signing with version 1 of the
+    /// administrator's key.
     pub fn from_seed(seed: Seed) -> Self {
         let factory = seed.factory();
-        AdminSecret { seed, factory }
+        AdminSecret {
+            seed,
+            factory,
+            sign_version: 1,
+        }
+    }
+
+    /// The same root secret, signing with version `version` of the
+    /// administrator's key (what the keyset names after `rotate-admin`).
+    pub fn with_sign_version(mut self, version: u32) -> Self {
+        self.sign_version = version.max(1);
+        self
+    }
+
+    /// The version of the administrator's key it signs with.
+    pub fn sign_version(&self) -> u32 {
+        self.sign_version
     }
 
     /// The seed, to store it in a key source.
@@ -105,7 +140,12 @@ impl AdminSecret {
 
     /// The administrator's signing key (signs keysets and grants).
     pub fn signer(&self) -> Signer {
-        Signer::new(self.factory.make_key(ADMIN_SIGN))
+        self.signer_at(self.sign_version)
+    }
+
+    /// Version `version` of the administrator's signing key.
+    pub fn signer_at(&self, version: u32) -> Signer {
+        Signer::new(self.factory.make_key(&versioned(ADMIN_SIGN, version)))
     }
 
     /// The administrator's verifying key.
@@ -113,13 +153,24 @@ impl AdminSecret {
         self.signer().verifying_key()
     }
 
-    /// The secret of one scope.
+    /// Version `version` of the administrator's verifying key.
+    pub fn verifying_key_at(&self, version: u32) -> PublicKey {
+        self.signer_at(version).verifying_key()
+    }
+
+    /// The secret of one scope, key version 1.
     pub fn scope(&self, label: &ScopeLabel) -> ScopeSecret {
-        let info = [SCOPE_SEED_PREFIX, label.as_str().as_bytes()].concat();
-        let derived = self.factory.make_secret(&info);
+        self.scope_at(label, 1)
+    }
+
+    /// The secret of one scope in key version `version` (1 is the
+    /// original key; each `rotate-scope` makes the next).
+    pub fn scope_at(&self, label: &ScopeLabel, version: u32) -> ScopeSecret {
+        let base = [SCOPE_SEED_PREFIX, label.as_str().as_bytes()].concat();
+        let derived = self.factory.make_secret(&versioned(&base, version));
         let seed = Seed::from_slice(&derived.as_secret()[..SEED_LEN], "scope derivation")
             .expect("factory derives at least 32 bytes");
-        ScopeSecret::from_seed(label.clone(), seed)
+        ScopeSecret::from_seed_at(label.clone(), version.max(1), seed)
     }
 }
 
@@ -129,23 +180,40 @@ impl fmt::Debug for AdminSecret {
     }
 }
 
-/// The secret of one scope: opens that scope's lockboxes, and only those.
+/// The secret of one scope in one key version: opens that scope's
+/// lockboxes of that version, and only those.
 pub struct ScopeSecret {
     label: ScopeLabel,
+    version: u32,
     seed: Seed,
     key: SecretKey,
 }
 
 impl ScopeSecret {
-    /// The scope secret held in `seed`, for the scope `label`.
+    /// The scope secret held in `seed`, for the scope `label`, key version 1.
     pub fn from_seed(label: ScopeLabel, seed: Seed) -> Self {
+        Self::from_seed_at(label, 1, seed)
+    }
+
+    /// The scope secret held in `seed`, for key version `version` of `label`.
+    pub fn from_seed_at(label: ScopeLabel, version: u32, seed: Seed) -> Self {
         let key = seed.factory().make_key(SCOPE_KEY);
-        ScopeSecret { label, seed, key }
+        ScopeSecret {
+            label,
+            version,
+            seed,
+            key,
+        }
     }
 
     /// The scope's label.
     pub fn label(&self) -> &ScopeLabel {
         &self.label
+    }
+
+    /// Its key version.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The seed, to export this one scope to a key source.
@@ -166,7 +234,11 @@ impl ScopeSecret {
 
 impl fmt::Debug for ScopeSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ScopeSecret({}, [redacted])", self.label)
+        write!(
+            f,
+            "ScopeSecret({} v{}, [redacted])",
+            self.label, self.version
+        )
     }
 }
 
@@ -295,6 +367,34 @@ mod tests {
             assert!(text.contains("redacted"), "{text}");
             assert!(!text.contains(&hex_seed));
         }
+    }
+
+    #[test]
+    fn key_versions_derive_apart_and_version_one_is_the_original() {
+        let admin = AdminSecret::generate();
+        let l = label("proj");
+        assert_eq!(
+            admin.scope_at(&l, 1).public_key(),
+            admin.scope(&l).public_key()
+        );
+        let v2 = admin.scope_at(&l, 2);
+        assert_eq!(v2.version(), 2);
+        assert_ne!(v2.public_key(), admin.scope(&l).public_key());
+        assert_ne!(v2.public_key(), admin.scope_at(&l, 3).public_key());
+        // An exported version-2 seed rebuilds version 2 only.
+        let back = ScopeSecret::from_seed_at(
+            l.clone(),
+            2,
+            Seed::from_slice(v2.seed().expose_secret_bytes(), "t").unwrap(),
+        );
+        assert_eq!(back.public_key(), v2.public_key());
+        assert_eq!(admin.verifying_key_at(1), admin.verifying_key());
+        let rotated = AdminSecret::from_seed(
+            Seed::from_slice(admin.seed().expose_secret_bytes(), "t").unwrap(),
+        )
+        .with_sign_version(2);
+        assert_eq!(rotated.verifying_key(), admin.verifying_key_at(2));
+        assert_ne!(rotated.verifying_key(), admin.verifying_key());
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod signed;
 mod source;
 mod user;
 
-pub use clock::{Clock, FakeClock, SystemClock, TEST_CLOCK_ENV, now, system_clock};
+pub use clock::{Clock, FakeClock, SystemClock, TEST_CLOCK_ENV, now, system_clock, test_hooks};
 pub use delegation::DelegationRecord;
 pub use error::{Error, Result, error_chain};
 pub use grant::{Delegation, DelegationTerms, Grant, Revocation, SealedGrant, delegate};
@@ -43,9 +43,9 @@ pub use keys::{
     AdminSecret, SEED_LEN, ScopeSecret, Seed, UserSecret, fingerprint, public_key_from_hex,
     public_key_hex,
 };
-pub use keyset::Keyset;
+pub use keyset::{Handover, Keyset, RetiredWriter};
 pub use signed::parse_time;
-pub use source::{KeySource, Protection, Rewrapped, Unlock};
+pub use source::{KeySource, PinSource, Pkcs11Uri, Protection, RewrapTo, Rewrapped, Unlock};
 pub use user::UserPublic;
 
 /// Re-exported so that users of this crate name the same Umbral types.

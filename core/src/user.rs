@@ -37,6 +37,17 @@ pub struct UserPublic {
 }
 
 impl UserPublic {
+    /// A user's public keys as the administrator signed them in a
+    /// delegation record (to issue that delegation again).
+    pub fn from_record(record: &crate::DelegationRecord) -> Self {
+        UserPublic {
+            name: record.user().clone(),
+            created: record.issued().to_owned(),
+            public_key: *record.user_public_key(),
+            verifying_key: *record.user_verifying_key(),
+        }
+    }
+
     /// The public half of `secret`, under `name`.
     pub fn from_secret(name: UserName, secret: &UserSecret) -> Self {
         UserPublic {

@@ -18,6 +18,11 @@ use cbfs_wire::{
     UPLOAD_VERSION, check_path, decode_capsule, encode_cfrag, record_from_value,
 };
 
+use cbfs_wire::admin::{
+    DELEGATIONS_FORMAT, Delegations, KEYSET_STORED_FORMAT, KeysetStored, LIST_FORMAT, LIST_VERSION,
+    SignedList,
+};
+
 use crate::audit::{AuditLog, Event, audit_dir};
 use crate::error::Result;
 use crate::identity::NodeIdentity;
@@ -185,7 +190,10 @@ impl Ticket {
 /// A running node's state.
 pub struct Node {
     identity: NodeIdentity,
-    keyset: Keyset,
+    /// The newest keyset the node was given: from its `--keyset` file, or a
+    /// newer one the administrator sent after a rotation (kept in the
+    /// database).
+    keyset: ArcSwap<Keyset>,
     store: Store,
     grants: RwLock<HashMap<GrantKey, Arc<Held>>>,
     /// Every user's request-verifying key, from the grants the node was
@@ -216,14 +224,15 @@ impl Node {
             Some(source) => NodeIdentity::load(&config.data, Some(source), &unlock)?,
             None => NodeIdentity::init(&config.data, None, &unlock)?.0,
         };
-        let keyset = Keyset::load(&config.keyset)?;
+        let file_keyset = Keyset::load(&config.keyset)?;
         let policies = Policies::load_from(&config.policies)?;
         let audit = AuditLog::open(&audit_dir(&config.data))?;
         let store = Store::open(&config.data.join("db"))?;
+        let keyset = newer_stored_keyset(&store, &file_keyset).unwrap_or(file_keyset);
         let unauthenticated = Bucket::full(unauth_burst(&config.limits));
         let node = Node {
             identity,
-            keyset,
+            keyset: ArcSwap::from_pointee(keyset),
             store,
             grants: RwLock::new(HashMap::new()),
             user_keys: RwLock::new(HashMap::new()),
@@ -244,7 +253,7 @@ impl Node {
             format!(
                 "node {} started for file system `{}` with {} grants and {}",
                 fingerprint(node.identity.public_key()),
-                node.keyset.fs(),
+                node.keyset.load().fs(),
                 node.grants.read().expect("lock").len(),
                 node.policies.load().source()
             ),
@@ -256,12 +265,24 @@ impl Node {
 
     fn load_grants(&self) -> Result<()> {
         let sk = self.identity.secret_key();
-        let admin = self.keyset.admin_verifying_key();
+        let keyset = self.keyset.load();
+        // Grants of an administrator key that handed over since are kept
+        // (to be listed for re-issuing) and refused when used.
+        let admins = keyset.admin_history();
         let mut grants = self.grants.write().expect("lock");
         let records: HashMap<String, Vec<u8>> = self.store.records()?.into_iter().collect();
         for (key, sealed) in self.store.grants()? {
             let held = SealedGrant::from_bytes(&sealed, &key)
-                .and_then(|s| s.open(&sk, admin, &key))
+                .and_then(|s| {
+                    let mut last = None;
+                    for admin in admins.iter().rev() {
+                        match s.open(&sk, admin, &key) {
+                            Ok(g) => return Ok(g),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(last.expect("the history holds the current key"))
+                })
                 .map_err(|e| e.to_string())
                 .and_then(|grant| {
                     let record_key = key.replacen("grant/", "record/", 1);
@@ -310,7 +331,7 @@ impl Node {
         let record = record_from_value(
             &record_json,
             "delegation record",
-            self.keyset.admin_verifying_key(),
+            grant.admin_verifying_key(),
         )?;
         let same = record.fs() == grant.fs()
             && record.scope() == grant.scope()
@@ -341,6 +362,190 @@ impl Node {
         })
     }
 
+    /// Why a grant may not be used (or stored) under the node's keyset: an
+    /// administrator key that handed over since, or a scope key version that
+    /// was retired by a rotation, or one the keyset does not know.
+    fn key_refusal(&self, grant: &Grant) -> Option<Refusal> {
+        let keyset = self.keyset.load();
+        if grant.admin_verifying_key() != keyset.admin_verifying_key() {
+            return Some(Refusal::new(
+                403,
+                "stale_admin",
+                format!(
+                    "the delegation of scope `{}` to `{}` was issued by administrator key {}, which handed over to {}; the administrator must issue it again (cbfs-keytool delegate --reissue)",
+                    grant.scope(),
+                    grant.user(),
+                    fingerprint(grant.admin_verifying_key()),
+                    fingerprint(keyset.admin_verifying_key())
+                ),
+            ));
+        }
+        match keyset.find_scope_key(grant.scope_public_key()) {
+            Some((label, version)) if &label == grant.scope() => {
+                if keyset.is_retired(&label, version) {
+                    Some(Refusal::new(
+                        403,
+                        "retired_key",
+                        format!(
+                            "the delegation of scope `{label}` to `{}` is for key version {version}, retired by a rotation (the current version is {}); the administrator must issue it again (cbfs-keytool delegate --reissue)",
+                            grant.user(),
+                            keyset.scope_version(&label).unwrap_or(version)
+                        ),
+                    ))
+                } else {
+                    None
+                }
+            }
+            _ if keyset.scope(grant.scope()).is_none() => None,
+            _ => Some(Refusal::new(
+                403,
+                "bad_grant",
+                format!(
+                    "the grant's key of scope `{}` is not one in the node's keyset",
+                    grant.scope()
+                ),
+            )),
+        }
+    }
+
+    /// `PUT /v1/keyset`: takes a newer keyset of the same file system, signed
+    /// by the administrator the node trusts (or a key it handed over to).
+    /// From then on, retired scope keys and a handed-over administrator key
+    /// are refused.
+    pub fn update_keyset(&self, body: &[u8]) -> Result<KeysetStored, Refusal> {
+        let mut event = Event::new("keyset", false, "");
+        let outcome = self.try_update_keyset(body, &mut event);
+        self.decided(event, outcome, None)
+    }
+
+    fn try_update_keyset(&self, body: &[u8], event: &mut Event) -> Result<KeysetStored, Refusal> {
+        let bad = |reason: String| Refusal::new(403, "bad_keyset", reason);
+        let new = Keyset::from_bytes(body, "uploaded keyset").map_err(|e| bad(e.to_string()))?;
+        let current = self.keyset.load();
+        if new.fs() != current.fs() {
+            return Err(bad(format!(
+                "the keyset is of file system `{}`, and this node serves `{}`",
+                new.fs(),
+                current.fs()
+            )));
+        }
+        if !new.chains_from(current.admin_verifying_key()) {
+            return Err(bad(format!(
+                "the keyset is signed by administrator key {}, which does not chain to the trusted {}",
+                fingerprint(new.admin_verifying_key()),
+                fingerprint(current.admin_verifying_key())
+            )));
+        }
+        let stored = |updated| KeysetStored {
+            format: KEYSET_STORED_FORMAT.into(),
+            version: 1,
+            serial: self.keyset.load().serial(),
+            updated,
+        };
+        if new.serial() == current.serial() && new == **current {
+            event.reason = format!("keyset serial {} already in force", new.serial());
+            return Ok(stored(false));
+        }
+        if new.serial() <= current.serial() {
+            return Err(Refusal::new(
+                409,
+                "stale_keyset",
+                format!(
+                    "the node works with keyset serial {}; serial {} is not newer",
+                    current.serial(),
+                    new.serial()
+                ),
+            ));
+        }
+        self.store.put_keyset(body).map_err(Refusal::internal)?;
+        event.reason = format!(
+            "keyset serial {} -> {} (administrator key {})",
+            current.serial(),
+            new.serial(),
+            fingerprint(new.admin_verifying_key())
+        );
+        self.keyset.store(Arc::new(new));
+        Ok(stored(true))
+    }
+
+    /// `POST /v1/delegations`: the records of the delegations of one scope
+    /// the node holds, for the administrator alone (to re-issue them after
+    /// a rotation).
+    pub fn delegations(&self, body: &[u8]) -> Result<Delegations, Refusal> {
+        let mut event = Event::new("list", false, "");
+        let outcome = self.try_delegations(body, &mut event);
+        self.decided(event, outcome, None)
+    }
+
+    fn try_delegations(&self, body: &[u8], event: &mut Event) -> Result<Delegations, Refusal> {
+        let signed: SignedList = serde_json::from_slice(body)
+            .map_err(|e| Refusal::new(400, "bad_request", format!("not a listing request: {e}")))?;
+        let req = &signed.request;
+        event.scope = field(&req.scope);
+        let keyset = self.keyset.load();
+        if !signed.verify(keyset.admin_verifying_key()) {
+            return Err(Refusal::new(
+                401,
+                "unauthenticated",
+                "the request does not verify with the administrator's key",
+            ));
+        }
+        if req.format != LIST_FORMAT || req.version != LIST_VERSION {
+            return Err(Refusal::new(
+                400,
+                "bad_request",
+                format!(
+                    "unsupported format `{}` version {}",
+                    req.format, req.version
+                ),
+            ));
+        }
+        if req.node != public_key_hex(self.identity.public_key()) || &req.fs != keyset.fs() {
+            return Err(Refusal::new(
+                400,
+                "wrong_node",
+                "the request is for another node or file system",
+            ));
+        }
+        let skew = self.limits.clock_skew.as_secs();
+        if !(req.timestamp.checked_sub(self.clock.unix()))
+            .and_then(i64::checked_abs)
+            .is_some_and(|d| d.unsigned_abs() <= skew)
+        {
+            return Err(Refusal::new(
+                401,
+                "stale_request",
+                "the request's time is too far from the node's clock",
+            ));
+        }
+        let grants = self.grants.read().expect("lock");
+        let delegations: Vec<serde_json::Value> = grants
+            .iter()
+            .filter(|((scope, _), _)| scope == &req.scope)
+            .map(|(_, held)| held.record_json.clone())
+            .collect();
+        drop(grants);
+        let revocations: Vec<serde_json::Value> = self
+            .store
+            .revocations()
+            .map_err(Refusal::internal)?
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .filter(|v| v.get("scope").and_then(|s| s.as_str()) == Some(req.scope.as_str()))
+            .collect();
+        event.reason = format!(
+            "listed {} delegations and {} revocations",
+            delegations.len(),
+            revocations.len()
+        );
+        Ok(Delegations {
+            format: DELEGATIONS_FORMAT.into(),
+            version: 1,
+            delegations,
+            revocations,
+        })
+    }
+
     /// The limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -368,8 +573,8 @@ impl Node {
             version: NODE_VERSION,
             public_key: public_key_hex(self.identity.public_key()),
             fingerprint: fingerprint(self.identity.public_key()),
-            fs: self.keyset.fs().to_string(),
-            admin_fingerprint: fingerprint(self.keyset.admin_verifying_key()),
+            fs: self.keyset.load().fs().to_string(),
+            admin_fingerprint: fingerprint(self.keyset.load().admin_verifying_key()),
         }
     }
 
@@ -522,26 +727,21 @@ impl Node {
         let grant = sealed
             .open(
                 &self.identity.secret_key(),
-                self.keyset.admin_verifying_key(),
+                self.keyset.load().admin_verifying_key(),
                 "uploaded grant",
             )
             .map_err(|e| bad(e.to_string()))?;
         event.user = field(grant.user());
         event.scope = field(grant.scope());
-        if grant.fs() != self.keyset.fs() {
+        if grant.fs() != self.keyset.load().fs() {
             return Err(bad(format!(
                 "the grant is for file system `{}`, and this node serves `{}`",
                 grant.fs(),
-                self.keyset.fs()
+                self.keyset.load().fs()
             )));
         }
-        if let Some(pk) = self.keyset.scope(grant.scope())
-            && pk != grant.scope_public_key()
-        {
-            return Err(bad(format!(
-                "the grant's key of scope `{}` is not the one in the node's keyset",
-                grant.scope()
-            )));
+        if let Some(refusal) = self.key_refusal(&grant) {
+            return Err(refusal);
         }
         if grant.is_expired(self.clock.now()) {
             return Err(Refusal::new(
@@ -634,13 +834,23 @@ impl Node {
         else {
             return Ok(None);
         };
-        Revocation::from_bytes(
-            &bytes,
-            "stored revocation",
-            self.keyset.admin_verifying_key(),
-        )
-        .map(Some)
-        .map_err(Refusal::internal)
+        self.stored_revocation(&bytes).map(Some)
+    }
+
+    /// A revocation the node stored: signed by the administrator key of its
+    /// day, which may have handed over since.
+    fn stored_revocation(&self, bytes: &[u8]) -> Result<Revocation, Refusal> {
+        let keyset = self.keyset.load();
+        let mut last = None;
+        for admin in keyset.admin_history().iter().rev() {
+            match Revocation::from_bytes(bytes, "stored revocation", admin) {
+                Ok(r) => return Ok(r),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Refusal::internal(
+            last.expect("the history holds the current key"),
+        ))
     }
 
     /// `POST /v1/revoke`: deletes a user's grant of a scope, and refuses
@@ -653,7 +863,7 @@ impl Node {
 
     fn try_revoke(&self, body: &[u8], event: &mut Event) -> Result<RevokeDone, Refusal> {
         let revocation =
-            Revocation::from_bytes(body, "revocation", self.keyset.admin_verifying_key())
+            Revocation::from_bytes(body, "revocation", self.keyset.load().admin_verifying_key())
                 .map_err(|e| Refusal::new(403, "bad_revocation", e.to_string()))?;
         let key = (revocation.scope().clone(), revocation.user().clone());
         event.user = field(&key.1);
@@ -665,14 +875,7 @@ impl Node {
             .revocation(&key.0, &key.1)
             .map_err(Refusal::internal)?;
         let held_revocation = match &stored {
-            Some(bytes) => Some(
-                Revocation::from_bytes(
-                    bytes,
-                    "stored revocation",
-                    self.keyset.admin_verifying_key(),
-                )
-                .map_err(Refusal::internal)?,
-            ),
+            Some(bytes) => Some(self.stored_revocation(bytes)?),
             None => None,
         };
         let (latest, record) = match (held_revocation, stored) {
@@ -917,6 +1120,9 @@ impl Node {
                 ),
             ));
         }
+        if let Some(refusal) = self.key_refusal(grant) {
+            return Err(refusal);
+        }
         self.check_rate(&req.user)?;
         let capsules = req
             .capsules
@@ -954,6 +1160,26 @@ impl Node {
             delegation: held.record_json.clone(),
             cfrags: cfrags.iter().map(encode_cfrag).collect(),
         })
+    }
+}
+
+/// The keyset the node was given after a rotation, if it is newer than the
+/// `--keyset` file and chains to its administrator.
+fn newer_stored_keyset(store: &Store, file: &Keyset) -> Option<Keyset> {
+    let bytes = store.keyset().ok().flatten()?;
+    match Keyset::from_bytes(&bytes, "the node's stored keyset") {
+        Ok(ks)
+            if ks.fs() == file.fs()
+                && ks.serial() > file.serial()
+                && file.admin_history().iter().any(|k| ks.chains_from(k)) =>
+        {
+            Some(ks)
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::error!("ignoring the stored keyset: {e}");
+            None
+        }
     }
 }
 

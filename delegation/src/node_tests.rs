@@ -845,3 +845,113 @@ async fn a_request_that_times_out_on_the_node_is_audited_as_refused_never_allowe
     stop_tx.send(()).unwrap();
     server.join().unwrap();
 }
+
+#[test]
+fn a_newer_keyset_retires_the_old_scope_key_until_the_grant_is_issued_again() {
+    let mut w = world();
+    w.upload_one();
+    assert!(w.send(&w.request("/p", &w.capsules(2))).is_ok());
+
+    // The administrator rotates the scope and gives the node the keyset.
+    let mut next = w.keyset.clone();
+    next.rotate_scope(&w.admin, &w.scope).unwrap();
+    let bytes = next.to_signed_bytes(&w.admin).unwrap();
+    let stored = w.node.update_keyset(&bytes).unwrap();
+    assert!(stored.updated && stored.serial == next.serial());
+    // Again: nothing changes; an older one is refused; another
+    // administrator's is refused.
+    assert!(!w.node.update_keyset(&bytes).unwrap().updated);
+    let old = w.keyset.to_signed_bytes(&w.admin).unwrap();
+    assert_eq!(code(w.node.update_keyset(&old)).0, "stale_keyset");
+    let rogue = AdminSecret::generate();
+    let mut other = Keyset::new(FsName::new("fs1").unwrap(), &rogue);
+    for i in 0..5 {
+        other
+            .add_scope(&rogue, &ScopeLabel::new(format!("s{i}")).unwrap())
+            .unwrap();
+    }
+    assert_eq!(
+        code(
+            w.node
+                .update_keyset(&other.to_signed_bytes(&rogue).unwrap())
+        )
+        .0,
+        "bad_keyset"
+    );
+
+    // The delegation of the retired key is refused, saying what to do.
+    let (c, reason) = code(w.send(&w.request("/p", &w.capsules(1))));
+    assert_eq!(c, "retired_key");
+    assert!(reason.contains("--reissue"), "{reason}");
+    // The listing (administrator only) names it, for re-issuing.
+    let list = cbfs_wire::admin::ListBody::new(&w.node_pk(), next.fs(), &w.scope, T0);
+    let body = serde_json::to_vec(&list.clone().sign(&w.admin.signer())).unwrap();
+    assert_eq!(w.node.delegations(&body).unwrap().delegations.len(), 1);
+    let by_user = serde_json::to_vec(&list.sign(&w.user.signer())).unwrap();
+    assert_eq!(code(w.node.delegations(&by_user)).0, "unauthenticated");
+
+    // Issued again under the new key: accepted, and it works.
+    w.keyset = next;
+    let d = w.delegation(None);
+    w.node.upload(&w.upload_of(&d, 0)).unwrap();
+    assert!(w.send(&w.request("/p", &w.capsules(2))).is_ok());
+
+    // The node keeps the newer keyset across a restart: the older one is
+    // still refused.
+    let World {
+        dir,
+        node,
+        clock,
+        keyset,
+        admin,
+        ..
+    } = w;
+    drop(node);
+    let node = Node::open(config(
+        dir.path(),
+        PolicySource::BuiltIn,
+        Limits::default(),
+        clock,
+    ))
+    .unwrap();
+    assert!(node.info().fs == "fs1");
+    assert_eq!(code(node.update_keyset(&old)).0, "stale_keyset");
+    assert!(
+        !node
+            .update_keyset(&keyset.to_signed_bytes(&admin).unwrap())
+            .unwrap()
+            .updated
+    );
+}
+
+#[test]
+fn after_a_hand_over_the_old_administrator_key_alone_is_refused() {
+    let mut w = world();
+    w.upload_one();
+    let mut next = w.keyset.clone();
+    let copy = AdminSecret::from_seed(
+        cbfs_core::Seed::from_slice(w.admin.seed().expose_secret_bytes(), "t").unwrap(),
+    );
+    let new_admin = next.rotate_admin(copy).unwrap();
+    w.node
+        .update_keyset(&next.to_signed_bytes(&new_admin).unwrap())
+        .unwrap();
+    assert_eq!(
+        w.node.info().admin_fingerprint,
+        cbfs_core::fingerprint(next.admin_verifying_key())
+    );
+    // The grant the old key signed is refused ...
+    assert_eq!(
+        code(w.send(&w.request("/p", &w.capsules(1)))).0,
+        "stale_admin"
+    );
+    // ... a new one the old key signs is refused ...
+    let d = w.delegation(None);
+    assert_eq!(code(w.node.upload(&w.upload_of(&d, 0))).0, "bad_grant");
+    // ... and one the new key signs works.
+    w.keyset = next;
+    w.admin = new_admin;
+    let d = w.delegation(None);
+    w.node.upload(&w.upload_of(&d, 0)).unwrap();
+    assert!(w.send(&w.request("/p", &w.capsules(1))).is_ok());
+}

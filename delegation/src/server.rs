@@ -151,6 +151,14 @@ async fn revoke(State(node): State<Arc<Node>>, body: Body) -> Response {
     handle(node, "revoke", body, |n, b, _| n.revoke(b)).await
 }
 
+async fn keyset(State(node): State<Arc<Node>>, body: Body) -> Response {
+    handle(node, "keyset", body, |n, b, _| n.update_keyset(b)).await
+}
+
+async fn delegations(State(node): State<Arc<Node>>, body: Body) -> Response {
+    handle(node, "delegations", body, |n, b, _| n.delegations(b)).await
+}
+
 async fn reencrypt(State(node): State<Arc<Node>>, body: Body) -> Response {
     handle(node, "reencrypt", body, |n, b, t| n.reencrypt(b, Some(t))).await
 }
@@ -171,6 +179,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/node", get(node_info))
         .route("/v1/grants", post(upload))
         .route("/v1/revoke", post(revoke))
+        .route("/v1/keyset", axum::routing::put(keyset))
+        .route("/v1/delegations", post(delegations))
         .route("/v1/reencrypt", post(reencrypt))
         .fallback(not_found)
         .with_state(node)

@@ -9,6 +9,7 @@
 //! | `revoked/<scope>/<user>` | the latest signed `Revocation` of that (scope, user) |
 //! | `revoked-record/<scope>/<user>` | the delegation record of the grant that revocation deleted (public, signed): what the node answers to the same revocation sent again |
 //! | `nonce/<user>/<nonce>` | the request's timestamp, 8 bytes big-endian |
+//! | `keyset` | the newest keyset the administrator sent (after a rotation) |
 //!
 //! Scope and user names cannot contain `/` (see `cbfs_core::ScopeLabel`).
 //! Grant and revocation writes are synced before the node answers.
@@ -91,6 +92,18 @@ impl Store {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// The keyset the administrator sent, if any.
+    pub fn keyset(&self) -> Result<Option<Vec<u8>>> {
+        self.db.get(b"keyset").map_err(|e| self.err(e))
+    }
+
+    /// Keeps a newer keyset (synced).
+    pub fn put_keyset(&self, bytes: &[u8]) -> Result<()> {
+        self.db
+            .put_opt(b"keyset", bytes, &Self::synced())
+            .map_err(|e| self.err(e))
     }
 
     /// Stores the sealed grant of (scope, user) with its delegation record,

@@ -91,6 +91,11 @@ impl ManifestBuilder {
                 ),
             });
         }
+        // A chain is one writer's: after a writer key changes (a rotation),
+        // its first snapshot is a full manifest.
+        if base.writer_key() != &signer.verifying_key() {
+            return self.sign(signer);
+        }
         let (removed, added) = diff(base.entries(), &self.entries);
         let entry_len = |e: &ManifestEntry| 65 + e.slots.to_bitmap().len();
         let delta_len = removed.len() * 32 + added.iter().map(entry_len).sum::<usize>();
@@ -514,6 +519,19 @@ mod tests {
                 "flip at {i}"
             );
         }
+    }
+
+    #[test]
+    fn a_new_writer_starts_with_a_full_manifest() {
+        let old = Signer::new(SecretKey::random());
+        let new = Signer::new(SecretKey::random());
+        let base = chain(&old).pop().unwrap();
+        let mut b = ManifestBuilder::new(SnapshotId::random(), 5, Some(base.hash()), 5);
+        b.extend(base.entries().iter().copied());
+        let m = b.sign_delta(&new, &base).unwrap();
+        assert!(!m.is_delta());
+        assert_eq!(m.writer_key(), &new.verifying_key());
+        assert_eq!(m.previous_hash(), Some(base.hash()));
     }
 
     #[test]

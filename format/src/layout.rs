@@ -3,7 +3,8 @@
 //! ```text
 //! keysets/<serial, 20 digits>.json            the public keyset, signed
 //! segments/<segment id>.tar                   data: a tar of members
-//! lockboxes/<segment id>/<group id>.lockbox   one per (segment, scope)
+//! lockboxes/<segment id>/<group id>.lockbox   one per (segment, scope), key version 1
+//! lockboxes/<segment id>/<group id>.v<N>.lockbox   the same group sealed under key version N >= 2
 //! summaries/<segment id>.summary              plaintext member index
 //! snapshots/<sequence, 20 digits>-<snapshot id>.manifest
 //! ```
@@ -43,9 +44,37 @@ pub fn lockboxes_of(id: &SegmentId) -> String {
     format!("{LOCKBOXES}{id}/")
 }
 
-/// The key of a lockbox.
+/// The key of a lockbox (scope key version 1).
 pub fn lockbox(segment: &SegmentId, group: &GroupId) -> String {
     format!("{LOCKBOXES}{segment}/{group}.lockbox")
+}
+
+/// The key of a lockbox sealed under scope key version `version`: a
+/// rotation writes a new object beside the old one, never over it.
+pub fn lockbox_at(segment: &SegmentId, group: &GroupId, version: u32) -> String {
+    if version <= 1 {
+        lockbox(segment, group)
+    } else {
+        format!("{LOCKBOXES}{segment}/{group}.v{version}.lockbox")
+    }
+}
+
+/// Parses the last part of a lockbox key, `<group>.lockbox` or
+/// `<group>.v<N>.lockbox`, into (group id, key version).
+pub fn parse_lockbox_name(name: &str) -> Option<(GroupId, u32)> {
+    let stem = name.strip_suffix(".lockbox")?;
+    match stem.split_once('.') {
+        None => Some((stem.parse().ok()?, 1)),
+        Some((group, v)) => {
+            let digits = v.strip_prefix('v')?;
+            if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let version: u32 = digits.parse().ok()?;
+            (version >= 2).then_some(())?;
+            Some((group.parse().ok()?, version))
+        }
+    }
 }
 
 /// The key of a snapshot manifest.
@@ -84,5 +113,24 @@ mod tests {
         assert_eq!(parse_manifest("snapshots/7-x.manifest"), None);
         let s = SegmentId::random();
         assert_eq!(parse_segment(&segment(&s)), Some(s));
+        let g = GroupId::random();
+        for v in [1, 2, 17] {
+            let key = lockbox_at(&s, &g, v);
+            let name = key.rsplit('/').next().unwrap();
+            assert_eq!(parse_lockbox_name(name), Some((g, v)));
+        }
+        assert_eq!(lockbox_at(&s, &g, 1), lockbox(&s, &g));
+        for bad in [
+            "x.lockbox",
+            "{g}.v1.lockbox",
+            "{g}.v02.lockbox",
+            "{g}.w2.lockbox",
+        ] {
+            assert_eq!(
+                parse_lockbox_name(&bad.replace("{g}", &g.to_string())),
+                None,
+                "{bad}"
+            );
+        }
     }
 }

@@ -13,10 +13,14 @@ use crate::ids::{GroupId, SegmentId};
 use crate::keys::{GROUP_KEY_LEN, GroupKey};
 
 const BRAND: &[u8; 8] = b"CBFSLOCK";
-const VERSION: u16 = 1;
+/// Version 1: no key version (the scope's original key, version 1).
+const VERSION_1: u16 = 1;
+/// Version 2: the scope key version follows the label.
+const VERSION_2: u16 = 2;
 /// Longest scope label, in bytes.
 pub const MAX_SCOPE_LABEL_LEN: usize = 64;
 const BINDING_DOMAIN: &[u8] = b"cbfs lockbox binding v1\0";
+const BINDING_DOMAIN_V2: &[u8] = b"cbfs lockbox binding v2\0";
 /// Sealed plaintext: the group key, then a hash binding the lockbox's header.
 const SEALED_LEN: usize = GROUP_KEY_LEN + 32;
 /// Umbral DEM ciphertext: 24-byte nonce, sealed plaintext, 16-byte tag.
@@ -30,17 +34,26 @@ const CIPHERTEXT_LEN: usize = 24 + SEALED_LEN + 16;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lockbox {
     scope: String,
+    /// The scope key version it is sealed under (1 for a version 1 lockbox).
+    key_version: u32,
     group: GroupId,
     segment: SegmentId,
     capsule: Capsule,
     ciphertext: Box<[u8]>,
 }
 
-fn binding(scope: &str, group: &GroupId, segment: &SegmentId) -> [u8; 32] {
+fn binding(scope: &str, key_version: u32, group: &GroupId, segment: &SegmentId) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(BINDING_DOMAIN);
-    h.update([scope.len() as u8]);
-    h.update(scope.as_bytes());
+    if key_version <= 1 {
+        h.update(BINDING_DOMAIN);
+        h.update([scope.len() as u8]);
+        h.update(scope.as_bytes());
+    } else {
+        h.update(BINDING_DOMAIN_V2);
+        h.update([scope.len() as u8]);
+        h.update(scope.as_bytes());
+        h.update(key_version.to_be_bytes());
+    }
     h.update(group.as_bytes());
     h.update(segment.as_bytes());
     h.finalize().into()
@@ -77,6 +90,19 @@ impl Lockbox {
         Ok((lockbox, key))
     }
 
+    /// Makes a fresh group key for `segment` and seals it under key version
+    /// `key_version` of `scope` (`scope_pk` is that version's public key).
+    pub fn seal_at(
+        scope: &str,
+        key_version: u32,
+        scope_pk: &PublicKey,
+        segment: SegmentId,
+    ) -> Result<(Lockbox, GroupKey), Error> {
+        let key = GroupKey::generate_with_rng(&mut rand::rngs::OsRng);
+        let lockbox = Self::seal_existing_at(scope, key_version, scope_pk, segment, &key)?;
+        Ok((lockbox, key))
+    }
+
     /// Seals an existing group key again, for example under a new scope key when the
     /// scope key is rotated. Segments are not touched.
     pub fn seal_existing(
@@ -88,6 +114,25 @@ impl Lockbox {
         Self::seal_existing_with_rng(&mut rand::rngs::OsRng, scope, scope_pk, segment, key)
     }
 
+    /// Seals an existing group key under key version `key_version` of
+    /// `scope`: what `rotate-scope` does to every lockbox of the scope.
+    pub fn seal_existing_at(
+        scope: &str,
+        key_version: u32,
+        scope_pk: &PublicKey,
+        segment: SegmentId,
+        key: &GroupKey,
+    ) -> Result<Lockbox, Error> {
+        Self::seal_versioned(
+            &mut rand::rngs::OsRng,
+            scope,
+            key_version,
+            scope_pk,
+            segment,
+            key,
+        )
+    }
+
     /// [`seal_existing`](Self::seal_existing) with the given generator.
     pub fn seal_existing_with_rng(
         rng: &mut (impl RngCore + CryptoRng),
@@ -96,17 +141,35 @@ impl Lockbox {
         segment: SegmentId,
         key: &GroupKey,
     ) -> Result<Lockbox, Error> {
+        Self::seal_versioned(rng, scope, 1, scope_pk, segment, key)
+    }
+
+    /// [`seal_existing_at`](Self::seal_existing_at) with the given generator.
+    pub fn seal_versioned(
+        rng: &mut (impl RngCore + CryptoRng),
+        scope: &str,
+        key_version: u32,
+        scope_pk: &PublicKey,
+        segment: SegmentId,
+        key: &GroupKey,
+    ) -> Result<Lockbox, Error> {
         check_label(scope)?;
+        if key_version == 0 {
+            return Err(Error::InvalidInput {
+                reason: "key versions start at 1".into(),
+            });
+        }
         let group = key.id();
         let mut sealed = zeroize::Zeroizing::new([0u8; SEALED_LEN]);
         sealed[..GROUP_KEY_LEN].copy_from_slice(key.expose_secret());
-        sealed[GROUP_KEY_LEN..].copy_from_slice(&binding(scope, &group, &segment));
+        sealed[GROUP_KEY_LEN..].copy_from_slice(&binding(scope, key_version, &group, &segment));
         let (capsule, ciphertext) = umbral_pre::encrypt_with_rng(rng, scope_pk, &sealed[..])
             .map_err(|e| Error::InvalidInput {
                 reason: format!("Umbral encryption failed: {e}"),
             })?;
         Ok(Lockbox {
             scope: scope.to_owned(),
+            key_version,
             group,
             segment,
             capsule,
@@ -117,6 +180,11 @@ impl Lockbox {
     /// The scope label.
     pub fn scope(&self) -> &str {
         &self.scope
+    }
+    /// The scope key version it is sealed under (1 for the scope's
+    /// original key, and for every version 1 lockbox).
+    pub fn key_version(&self) -> u32 {
+        self.key_version
     }
     /// The group whose key this lockbox holds.
     pub fn group_id(&self) -> GroupId {
@@ -143,7 +211,8 @@ impl Lockbox {
     fn unseal(&self, plain: Box<[u8]>) -> Result<GroupKey, Error> {
         let plain = zeroize::Zeroizing::new(plain);
         if plain.len() != SEALED_LEN
-            || plain[GROUP_KEY_LEN..] != binding(&self.scope, &self.group, &self.segment)
+            || plain[GROUP_KEY_LEN..]
+                != binding(&self.scope, self.key_version, &self.group, &self.segment)
         {
             return Err(self.failure("its header does not match the sealed contents (altered)"));
         }
@@ -192,8 +261,16 @@ impl Lockbox {
             .capsule
             .to_bytes()
             .expect("a capsule always serializes");
-        let mut e = Enc::with_brand(BRAND, VERSION);
+        let version = if self.key_version <= 1 {
+            VERSION_1
+        } else {
+            VERSION_2
+        };
+        let mut e = Enc::with_brand(BRAND, version);
         e.bytes8(self.scope.as_bytes());
+        if version == VERSION_2 {
+            e.u32(self.key_version);
+        }
         e.raw(self.group.as_bytes());
         e.raw(self.segment.as_bytes());
         e.bytes16(&capsule);
@@ -204,7 +281,7 @@ impl Lockbox {
     /// Parses strictly.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         let (mut d, version) = Dec::brand(bytes, BRAND, ObjectKind::Lockbox)?;
-        if version != VERSION {
+        if version != VERSION_1 && version != VERSION_2 {
             return Err(Dec::unknown_version(ObjectKind::Lockbox, version));
         }
         let at = d.pos();
@@ -212,6 +289,18 @@ impl Lockbox {
             .map_err(|_| d.err_at(at, "scope label is not UTF-8"))?
             .to_owned();
         check_label(&scope).map_err(|_| d.err_at(at, "scope label length out of range"))?;
+        let key_version = if version == VERSION_2 {
+            let at = d.pos();
+            let v = d.u32()?;
+            // Version 1 of a key is written as a version 1 lockbox: one
+            // spelling per lockbox.
+            if v < 2 {
+                return Err(d.err_at(at, format!("key version {v} in a version 2 lockbox")));
+            }
+            v
+        } else {
+            1
+        };
         let group = GroupId::from_bytes(d.array()?);
         let segment = SegmentId::from_bytes(d.array()?);
         let at = d.pos();
@@ -235,6 +324,7 @@ impl Lockbox {
         d.finish()?;
         Ok(Lockbox {
             scope,
+            key_version,
             group,
             segment,
             capsule,
@@ -298,6 +388,40 @@ mod tests {
         assert_eq!(moved.open(&sk).unwrap_err().code(), "lockbox_open");
         let long = "x".repeat(65);
         assert!(Lockbox::seal(&long, &sk.public_key(), SegmentId::random()).is_err());
+    }
+
+    #[test]
+    fn key_versions_are_sealed_bound_and_round_trip() {
+        let v1 = SecretKey::random();
+        let v2 = SecretKey::random();
+        let segment = SegmentId::random();
+        let (old, key) = Lockbox::seal("proj", &v1.public_key(), segment).unwrap();
+        assert_eq!(old.key_version(), 1);
+        assert_eq!(
+            old.to_bytes()[8..10],
+            [0, 1],
+            "version 1 bytes for key version 1"
+        );
+        let resealed =
+            Lockbox::seal_existing_at("proj", 2, &v2.public_key(), segment, &key).unwrap();
+        let bytes = resealed.to_bytes();
+        assert_eq!(bytes[8..10], [0, 2]);
+        let back = Lockbox::from_bytes(&bytes).unwrap();
+        assert_eq!(back, resealed);
+        assert_eq!(back.key_version(), 2);
+        assert_eq!(back.group_id(), old.group_id());
+        assert_eq!(back.open(&v2).unwrap().expose_secret(), key.expose_secret());
+        assert_eq!(back.open(&v1).unwrap_err().code(), "lockbox_open");
+        // The key version is bound: a header claiming another version does not open.
+        let mut edited = bytes.clone();
+        edited[8 + 2 + 1 + 4 + 3] ^= 1; // last byte of the u32 after "proj"
+        let edited = Lockbox::from_bytes(&edited).unwrap();
+        assert_eq!(edited.key_version(), 3);
+        assert_eq!(edited.open(&v2).unwrap_err().code(), "lockbox_open");
+        // Key version 1 is never spelled as a version 2 lockbox.
+        let mut one = bytes.clone();
+        one[8 + 2 + 1 + 4..8 + 2 + 1 + 4 + 4].copy_from_slice(&1u32.to_be_bytes());
+        assert_eq!(Lockbox::from_bytes(&one).unwrap_err().code(), "malformed");
     }
 
     proptest! {

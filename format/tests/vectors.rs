@@ -21,6 +21,8 @@ use umbral_pre::{CapsuleFrag, DefaultDeserialize, SecretKey, SecretKeyFactory, S
 
 struct Keys {
     scope: SecretKey,
+    /// Key version 2 of the vector scope (lockbox version 2 vectors).
+    scope_v2: SecretKey,
     user: SecretKey,
     writer: Signer,
     delegation: Signer,
@@ -51,6 +53,7 @@ fn load_keys(index: &Value) -> Keys {
         .collect();
     Keys {
         scope: key("scope_label"),
+        scope_v2: key("scope_v2_label"),
         user: key("user_label"),
         writer: Signer::new(key("writer_label")),
         delegation: Signer::new(key("delegation_signer_label")),
@@ -133,8 +136,11 @@ fn run(keys: &Keys, v: &Value) -> Result<(), Error> {
         }
         "lockbox" => {
             let lb = Lockbox::from_bytes(&read(&v["file"]))?;
+            let version = v["key_version"].as_u64().unwrap_or(1) as u32;
+            assert_eq!(lb.key_version(), version, "{}", v["name"]);
             let key = match v["open_with"].as_str().unwrap() {
-                "scope" => lb.open(&keys.scope)?,
+                "scope" if version >= 2 => lb.open(&keys.scope_v2)?,
+                "scope" | "scope-v1" => lb.open(&keys.scope)?,
                 "user-as-scope" => lb.open(&keys.user)?,
                 "user" => {
                     let scope_pk = keys.scope.public_key();

@@ -165,13 +165,59 @@ pub fn run(cli: Cli) -> Result<()> {
             admin,
             keyset,
             scope,
-            to,
+            to: None,
             threshold,
             expires,
             nodes,
             node_keys,
             out,
             node_timeout,
+            reissue: true,
+        } => {
+            if !node_keys.is_empty() || out.is_some() {
+                return Err(cbfs_core::Error::Usage(
+                    "--reissue asks the nodes who holds a delegation: give --node URL for each node".into(),
+                )
+                .into());
+            }
+            crate::delegate::reissue(
+                json,
+                &unlock,
+                crate::delegate::ReissueArgs {
+                    admin,
+                    keyset,
+                    scope,
+                    threshold,
+                    expires,
+                    nodes,
+                    node_timeout,
+                },
+            )?
+        }
+        Command::Delegate { reissue: true, .. } => {
+            return Err(cbfs_core::Error::Usage(
+                "--reissue issues again for every current user of the scope: give no --to".into(),
+            )
+            .into());
+        }
+        Command::Delegate { to: None, .. } => {
+            return Err(cbfs_core::Error::Usage(
+                "give the user's public key file with --to NAME.pub (or --reissue for every current user)".into(),
+            )
+            .into());
+        }
+        Command::Delegate {
+            admin,
+            keyset,
+            scope,
+            to: Some(to),
+            threshold,
+            expires,
+            nodes,
+            node_keys,
+            out,
+            node_timeout,
+            reissue: false,
         } => crate::delegate::delegate(
             json,
             &unlock,
@@ -180,7 +226,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 keyset,
                 scope,
                 to,
-                threshold,
+                threshold: threshold.ok_or_else(|| {
+                    cbfs_core::Error::Usage("give --threshold M: how many nodes must answer".into())
+                })?,
                 expires,
                 nodes,
                 node_keys,
@@ -209,10 +257,77 @@ pub fn run(cli: Cli) -> Result<()> {
                 node_timeout,
             },
         )?,
+        Command::RotateScope {
+            admin,
+            keyset,
+            scope,
+            store,
+            nodes,
+            node_timeout,
+        } => crate::rotate::rotate_scope(
+            json,
+            &unlock,
+            crate::rotate::RotateScope {
+                admin,
+                keyset,
+                scope,
+                store,
+                publish: crate::rotate::Publish {
+                    store: None,
+                    nodes,
+                    node_timeout,
+                },
+            },
+        )?,
+        Command::RotateAdmin {
+            admin,
+            keyset,
+            store,
+            nodes,
+            node_timeout,
+        } => crate::rotate::rotate_admin(
+            json,
+            &unlock,
+            crate::rotate::RotateAdmin {
+                admin,
+                keyset,
+                publish: crate::rotate::Publish {
+                    store,
+                    nodes,
+                    node_timeout,
+                },
+            },
+        )?,
+        Command::RotateWriter {
+            admin,
+            keyset,
+            writer,
+            public,
+            last_sequence,
+            store,
+            nodes,
+            node_timeout,
+        } => crate::rotate::rotate_writer(
+            json,
+            &unlock,
+            crate::rotate::RotateWriter {
+                admin,
+                keyset,
+                writer,
+                public,
+                last_sequence,
+                publish: crate::rotate::Publish {
+                    store,
+                    nodes,
+                    node_timeout,
+                },
+            },
+        )?,
         Command::ExportScope {
             admin,
             keyset,
             scope,
+            version,
             secret,
             protect,
         } => {
@@ -226,7 +341,17 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let protection = protection(&protect)?;
             let admin_secret = load_admin(&admin, &unlock, &ks)?;
-            let scope_secret = admin_secret.scope(&scope);
+            let version = match version {
+                Some(v) if ks.scope_key(&scope, v).is_none() => {
+                    return Err(cbfs_core::Error::Usage(format!(
+                        "scope `{scope}` has no key version {v}"
+                    ))
+                    .into());
+                }
+                Some(v) => v,
+                None => ks.scope_version(&scope).unwrap_or(1),
+            };
+            let scope_secret = admin_secret.scope_at(&scope, version);
             secret.store_new(scope_secret.seed(), &protection)?;
             note_durability(&secret);
             emit(
@@ -257,16 +382,39 @@ pub fn run(cli: Cli) -> Result<()> {
                 || format!("copied {from} to {to}\n"),
             );
         }
-        Command::Rewrap { secret } => {
-            let r = secret.rewrap()?;
+        Command::Rewrap {
+            secret,
+            new_key,
+            protect,
+        } => {
+            let protection = match (&secret, protect.protect) {
+                (KeySource::File(_), _) => Some(protection(&protect)?),
+                (_, ProtectKind::None) if protect.recipients.is_empty() => None,
+                _ => bail!("--protect and --recipient apply to file: sources only"),
+            };
+            let (r, now) = secret.rewrap(
+                &unlock,
+                cbfs_core::RewrapTo {
+                    key: new_key,
+                    protection,
+                },
+            )?;
             emit(
                 json,
-                json!({ "secret": secret.to_string(), "from_version": r.from_version, "to_version": r.to_version }),
+                json!({
+                    "secret": secret.to_string(), "source": now.to_string(),
+                    "from": r.from, "to": r.to,
+                    "from_version": r.from_version, "to_version": r.to_version,
+                }),
                 || {
-                    format!(
-                        "{secret}: transit key version {} -> {}\n",
-                        r.from_version, r.to_version
-                    )
+                    let mut s = match (r.from_version, r.to_version) {
+                        (Some(a), Some(b)) => format!("{secret}: transit key version {a} -> {b}\n"),
+                        _ => format!("{secret}: rewrapped from {} to {}\n", r.from, r.to),
+                    };
+                    if now != secret {
+                        s.push_str(&format!("the secret is now named {now}\n"));
+                    }
+                    s
                 },
             );
         }
@@ -345,16 +493,23 @@ fn identify(seed: &Seed, ks: Option<&Keyset>, user: Option<&UserPublic>) -> Stri
     let bytes = seed.expose_secret_bytes();
     if let Some(ks) = ks {
         let admin = AdminSecret::from_seed(Seed::from_slice(bytes, "").expect("32 bytes"));
-        if ks.check_admin(&admin).is_ok() {
+        if ks.admin_secret(admin).is_ok() {
             return format!("the root secret of file system `{}`", ks.fs());
         }
-        for (label, pk) in ks.scopes() {
-            let s = ScopeSecret::from_seed(
-                label.clone(),
-                Seed::from_slice(bytes, "").expect("32 bytes"),
-            );
-            if &s.public_key() == pk {
-                return format!("the secret of scope `{label}`");
+        for label in ks.scopes().keys() {
+            for (version, pk) in ks.scope_versions(label) {
+                let s = ScopeSecret::from_seed_at(
+                    label.clone(),
+                    version,
+                    Seed::from_slice(bytes, "").expect("32 bytes"),
+                );
+                if s.public_key() == pk {
+                    return if version == 1 {
+                        format!("the secret of scope `{label}`")
+                    } else {
+                        format!("the secret of scope `{label}` key version {version}")
+                    };
+                }
             }
         }
     }
@@ -410,8 +565,20 @@ fn keyset_json(ks: &Keyset) -> serde_json::Value {
     json!({
         "fs": ks.fs(), "serial": ks.serial(), "updated": ks.updated(),
         "admin_fingerprint": fingerprint(ks.admin_verifying_key()),
-        "scopes": ks.scopes().iter().map(|(l, k)| json!({ "scope": l, "fingerprint": fingerprint(k) })).collect::<Vec<_>>(),
+        "admin_key_version": ks.admin_key_version(),
+        "scopes": ks.scopes().iter().map(|(l, k)| json!({
+            "scope": l, "fingerprint": fingerprint(k),
+            "version": ks.scope_version(l),
+            "retired": ks.scope_versions(l).iter().filter(|(v, _)| ks.is_retired(l, *v))
+                .map(|(v, k)| json!({ "version": v, "fingerprint": fingerprint(k) })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "writers": ks.writers().iter().map(|(n, k)| json!({ "writer": n, "fingerprint": fingerprint(k) })).collect::<Vec<_>>(),
+        "retired_writers": ks.retired_writers().iter().map(|(n, r)| json!({
+            "writer": n, "fingerprint": fingerprint(&r.key), "retired": r.retired, "last_sequence": r.last_sequence,
+        })).collect::<Vec<_>>(),
+        "handovers": ks.handovers().iter().map(|h| json!({
+            "from": fingerprint(&h.from), "to": fingerprint(&h.to), "serial": h.serial,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -424,13 +591,36 @@ fn keyset_text(ks: &Keyset) -> String {
         fingerprint(ks.admin_verifying_key())
     );
     for (l, k) in ks.scopes() {
-        s.push_str(&format!("    {l:<24} {}\n", fingerprint(k)));
+        match ks.scope_version(l) {
+            Some(v) if v > 1 => s.push_str(&format!(
+                "    {l:<24} {} (key version {v}; {} retired)\n",
+                fingerprint(k),
+                v - 1
+            )),
+            _ => s.push_str(&format!("    {l:<24} {}\n", fingerprint(k))),
+        }
     }
     if !ks.writers().is_empty() {
         s.push_str("  writers:\n");
         for (n, k) in ks.writers() {
             s.push_str(&format!("    {n:<24} {}\n", fingerprint(k)));
         }
+    }
+    for (n, r) in ks.retired_writers() {
+        s.push_str(&format!(
+            "  retired writer {n} {} (after snapshot {}, at {})\n",
+            fingerprint(&r.key),
+            r.last_sequence,
+            r.retired
+        ));
+    }
+    for h in ks.handovers() {
+        s.push_str(&format!(
+            "  hand-over at serial {}: {} -> {}\n",
+            h.serial,
+            fingerprint(&h.from),
+            fingerprint(&h.to)
+        ));
     }
     s
 }
@@ -462,9 +652,8 @@ fn share_text(path: &Path, r: &DelegationRecord) -> String {
 }
 
 pub(crate) fn load_admin(source: &KeySource, unlock: &Unlock, ks: &Keyset) -> Result<AdminSecret> {
-    let admin = AdminSecret::from_seed(source.load(unlock)?);
-    ks.check_admin(&admin)?;
-    Ok(admin)
+    // Signing with the version of the administrator's key the keyset names.
+    Ok(ks.admin_secret(AdminSecret::from_seed(source.load(unlock)?))?)
 }
 
 fn protection(args: &ProtectArgs) -> Result<Protection> {
@@ -622,7 +811,7 @@ pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn replace_public(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn replace_public(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     write_new_public(&tmp, bytes)?;
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;

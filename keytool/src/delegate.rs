@@ -86,6 +86,15 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
     let expires = a.expires.map(|e| parse_expiry(&e)).transpose()?;
     let admin = load_admin(&a.admin, unlock, &ks)?;
     let client = Nodes::new(Duration::from_secs(a.node_timeout.max(1)))?;
+    // The nodes must know the keyset the grants are made under (a rotated
+    // scope's new key); a node with it already, or a newer one, says so.
+    if !urls.is_empty() && !ks.signed_bytes().is_empty() {
+        for (url, r) in urls.iter().zip(client.keyset(&urls, ks.signed_bytes())) {
+            if let Err(e) = r {
+                tracing::warn!("node {url} did not take the keyset: {e}");
+            }
+        }
+    }
 
     // Every node's key first: nothing is made or sent unless all n answer.
     let (keys, names): (Vec<PublicKey>, Vec<String>) = if urls.is_empty() {
@@ -237,6 +246,208 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
              Rerun this delegate when the nodes are back: it replaces every share",
             urls.len(),
             a.threshold
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// What `delegate --reissue` was asked to do.
+pub struct ReissueArgs {
+    pub admin: KeySource,
+    pub keyset: PathBuf,
+    pub scope: ScopeLabel,
+    pub threshold: Option<u32>,
+    pub expires: Option<String>,
+    pub nodes: Vec<String>,
+    pub node_timeout: u64,
+}
+
+/// Issues again, under the scope's current key and the administrator's
+/// current key, every live delegation of the scope the nodes hold.
+pub fn reissue(json: bool, unlock: &Unlock, a: ReissueArgs) -> Result<()> {
+    let urls = urls(&a.nodes)?;
+    if urls.is_empty() {
+        return Err(usage(
+            "--reissue asks the nodes: give --node URL for each node of the delegations".into(),
+        ));
+    }
+    let ks = Keyset::load(&a.keyset)?;
+    let admin = load_admin(&a.admin, unlock, &ks)?;
+    let client = Nodes::new(Duration::from_secs(a.node_timeout.max(1)))?;
+    for (url, r) in urls.iter().zip(client.keyset(&urls, ks.signed_bytes())) {
+        if let Err(e) = r {
+            tracing::warn!("node {url} did not take the keyset: {e}");
+        }
+    }
+    let mut keys = Vec::new();
+    let mut down = Vec::new();
+    for (url, answer) in urls.iter().zip(client.keys(&urls)) {
+        match answer {
+            Ok(k) => keys.push(k),
+            Err(e) => down.push(format!("  {url}: {e}")),
+        }
+    }
+    if !down.is_empty() {
+        return Err(TooFewNodes(format!(
+            "nothing was issued: every node must answer, and these did not:\n{}",
+            down.join("\n")
+        ))
+        .into());
+    }
+    let now = cbfs_core::system_clock();
+    let requests: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            cbfs_wire::admin::ListBody::new(k, ks.fs(), &a.scope, now.unix()).sign(&admin.signer())
+        })
+        .collect();
+    let history = ks.admin_history();
+    let mut latest: std::collections::BTreeMap<cbfs_core::UserName, cbfs_core::DelegationRecord> =
+        std::collections::BTreeMap::new();
+    let mut revoked: Vec<Revocation> = Vec::new();
+    let mut failures = Vec::new();
+    for (url, answer) in urls.iter().zip(client.delegations(&urls, &requests)) {
+        let list = match answer {
+            Ok(l) => l,
+            Err(e) => {
+                failures.push(format!("  {url}: {e}"));
+                continue;
+            }
+        };
+        for value in &list.delegations {
+            let bytes = serde_json::to_vec(value)?;
+            let record = history
+                .iter()
+                .rev()
+                .find_map(|k| cbfs_core::DelegationRecord::from_bytes(&bytes, url, k).ok());
+            let Some(record) = record else {
+                failures.push(format!(
+                    "  {url}: a delegation record no administrator key of the keyset signed"
+                ));
+                continue;
+            };
+            if record.scope() != &a.scope || record.fs() != ks.fs() {
+                continue;
+            }
+            let newer = latest.get(record.user()).is_none_or(|old| {
+                cbfs_core::parse_time(record.issued()).ok()
+                    > cbfs_core::parse_time(old.issued()).ok()
+            });
+            if newer {
+                latest.insert(record.user().clone(), record);
+            }
+        }
+        for value in &list.revocations {
+            let bytes = serde_json::to_vec(value)?;
+            if let Some(r) = history
+                .iter()
+                .rev()
+                .find_map(|k| Revocation::from_bytes(&bytes, url, k).ok())
+            {
+                revoked.push(r);
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(TooFewNodes(format!(
+            "nothing was issued: every node must list its delegations, and these did not:\n{}",
+            failures.join("\n")
+        ))
+        .into());
+    }
+    let mut done = Vec::new();
+    let mut skipped = Vec::new();
+    let mut failed = 0;
+    for (user, record) in &latest {
+        let issued = cbfs_core::parse_time(record.issued()).ok();
+        if revoked.iter().any(|r| {
+            r.scope() == &a.scope && r.user() == user && issued.is_none_or(|t| t <= r.revoked_at())
+        }) {
+            skipped.push(json!({ "user": user, "why": "revoked" }));
+            continue;
+        }
+        if record.is_expired(now.as_ref()) {
+            skipped.push(json!({ "user": user, "why": "expired" }));
+            continue;
+        }
+        let n = keys.len() as u32;
+        let threshold = a.threshold.unwrap_or(record.threshold());
+        if threshold == 0 || threshold > n {
+            return Err(usage(format!(
+                "the delegation to `{user}` needs {threshold} of its nodes, and {n} were given: give --threshold"
+            )));
+        }
+        let expires = match &a.expires {
+            Some(e) => Some(parse_expiry(e)?),
+            None => record.expires().map(str::to_owned),
+        };
+        let terms = DelegationTerms {
+            threshold,
+            shares: n,
+            expires: expires.clone(),
+        };
+        let public = UserPublic::from_record(record);
+        let delegation =
+            cbfs_core::delegate(&admin, &ks, &a.scope, &public, &terms, &keys, now.as_ref())?;
+        let uploads = delegation
+            .grants
+            .iter()
+            .map(|g| {
+                Ok(GrantUpload::new(
+                    &g.seal_for_node(&admin)?,
+                    &delegation.record,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sent = send_grants(&client, &urls, &keys, &delegation.grants, &uploads);
+        let errors: Vec<String> = sent
+            .iter()
+            .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.url)))
+            .collect();
+        if !errors.is_empty() {
+            failed += 1;
+        }
+        done.push(json!({
+            "user": user, "threshold": threshold, "shares": n, "expires": expires,
+            "issued": delegation.record.issued(), "errors": errors,
+        }));
+    }
+    let version = ks.scope_version(&a.scope).unwrap_or(1);
+    emit(
+        json,
+        json!({ "scope": a.scope, "key_version": version, "reissued": done, "skipped": skipped }),
+        || {
+            let mut s = format!(
+                "issued again under key version {version} of scope `{}`: {} delegation(s)\n",
+                a.scope,
+                done.len()
+            );
+            for d in &done {
+                s.push_str(&format!(
+                    "  {} ({} of {}){}\n",
+                    d["user"].as_str().unwrap_or("?"),
+                    d["threshold"],
+                    d["shares"],
+                    match d["errors"].as_array() {
+                        Some(e) if !e.is_empty() => format!(": FAILED on {}", e.len()),
+                        _ => String::new(),
+                    }
+                ));
+            }
+            for k in &skipped {
+                s.push_str(&format!(
+                    "  {}: not issued ({})\n",
+                    k["user"].as_str().unwrap_or("?"),
+                    k["why"].as_str().unwrap_or("?")
+                ));
+            }
+            s
+        },
+    );
+    if failed > 0 {
+        return Err(TooFewNodes(format!(
+            "{failed} delegation(s) were not stored on every node; rerun when the nodes are back"
         ))
         .into());
     }

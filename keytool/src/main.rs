@@ -11,6 +11,7 @@ mod commands;
 mod delegate;
 mod nodes;
 mod output;
+mod rotate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,12 +45,27 @@ Examples:
   cbfs-keytool revoke --admin file:admin.key --scope alice --user alice.pub \\
       --node http://node1:7600 --node http://node2:7600 --node http://node3:7600
   cbfs-keytool list --keyset keyset.json --json
+  # Rotate scope alice's key: lockboxes sealed again, no data rewritten;
+  # the nodes get the new keyset, then the delegations are issued again
+  cbfs-keytool rotate-scope --admin file:admin.key --keyset keyset.json --scope alice \
+      --store /mnt/archive --node http://node1:7600 --node http://node2:7600 --node http://node3:7600
+  cbfs-keytool delegate --reissue --admin file:admin.key --keyset keyset.json --scope alice \
+      --node http://node1:7600 --node http://node2:7600 --node http://node3:7600
+  # Hand the administrator's signing key over; retire a writer key
+  cbfs-keytool rotate-admin --admin file:admin.key --keyset keyset.json --store /mnt/archive
+  cbfs-keytool rotate-writer --admin file:admin.key --keyset keyset.json --writer agent \
+      --public agent2.pub --store /mnt/archive
 
 Key sources:
   file:PATH             the key alone in a 0600 file, or age-wrapped (--protect)
   keyring:SERVICE/NAME  the OS keyring (Linux kernel keyutils: lost at reboot)
   openbao:KEY:PATH      PATH holds the key wrapped by OpenBao/Vault transit key KEY
                         (BAO_ADDR/BAO_TOKEN or VAULT_ADDR/VAULT_TOKEN)
+  awskms:KEY_ID:PATH    PATH holds the key wrapped by AWS KMS key KEY_ID (id, alias/NAME
+                        or ARN); AWS_* variables and profiles as the AWS CLI reads them
+  pkcs11:token=T;object=O?module-path=LIB&pin-source=file:PIN&x-wrapped=PATH
+                        PATH holds the key wrapped by AES key O of PKCS#11 token T; the
+                        PIN from a 0600 file, pin-source=env:VAR or CBFS_PKCS11_PIN
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 key not found/locked/unsafe,
             4 signature or key check failed, 5 key service unavailable (retry),
@@ -179,10 +195,18 @@ enum Command {
         scope: ScopeLabel,
         /// The user's public key file.
         #[arg(long, value_name = "NAME.pub")]
-        to: PathBuf,
-        /// How many nodes must answer (m).
+        to: Option<PathBuf>,
+        /// Issue again every current (not revoked, not expired) delegation
+        /// of the scope that the nodes hold, under the scope's current key
+        /// and the administrator's current key: after `rotate-scope` or
+        /// `rotate-admin`. The nodes say who holds one (asked with the
+        /// administrator's signature); users revoked on any node are left out.
+        #[arg(long, conflicts_with = "to")]
+        reissue: bool,
+        /// How many nodes must answer (m). With --reissue: default, each
+        /// delegation's own.
         #[arg(long, value_name = "M")]
-        threshold: u32,
+        threshold: Option<u32>,
         /// When the delegation ends: an RFC 3339 time, or a duration like 30d, 12h.
         /// Nodes refuse an expired delegation.
         #[arg(long, value_name = "WHEN")]
@@ -241,6 +265,97 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         node_timeout: u64,
     },
+    /// Rotate a scope's key: a new key version, and every lockbox of the
+    /// scope in the store sealed again under it. No segment is rewritten.
+    ///
+    /// The new key derives from the root with the version in its label, so
+    /// the root secret still opens every version. The new keyset (the new
+    /// key current, the old one retired) goes to the keyset file, the store
+    /// and the --node nodes, which then refuse delegations of the retired
+    /// key: issue them again with `delegate --reissue`. Each group gets a
+    /// new lockbox object beside the old one, which becomes garbage;
+    /// restores work throughout (either opens). Interrupted, a rerun of the
+    /// same command resumes (the journal KEYSET.rotation says where).
+    ///
+    /// This protects against a scope secret that leaked from now on: new
+    /// lockboxes, and after GC the whole store, are sealed to the new key.
+    /// It does not change group or file keys: whoever kept those still
+    /// opens the data they open (only re-keying the data helps there).
+    RotateScope {
+        /// The administrator's root secret.
+        #[arg(long, value_name = "SOURCE")]
+        admin: KeySource,
+        /// The keyset to update.
+        #[arg(long, value_name = "KEYSET.json")]
+        keyset: PathBuf,
+        /// The scope to rotate.
+        #[arg(long)]
+        scope: ScopeLabel,
+        /// The store whose lockboxes to seal again (a directory or s3://BUCKET/PREFIX).
+        #[arg(long, value_name = "STORE")]
+        store: String,
+        /// A delegation node to give the new keyset (repeatable).
+        #[arg(long = "node", value_name = "URL")]
+        nodes: Vec<String>,
+        /// Seconds to wait for each node.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        node_timeout: u64,
+    },
+    /// Hand the administrator's signing key over to its next version: the
+    /// new keyset is signed by the new key and carries the old key's signed
+    /// hand-over, so agents and readers that pinned the old key accept it,
+    /// and from then on refuse anything the old key signs alone.
+    ///
+    /// Delegations (signed by the old key) stop working on nodes that get
+    /// the new keyset: issue them again with `delegate --reissue`.
+    RotateAdmin {
+        /// The administrator's root secret.
+        #[arg(long, value_name = "SOURCE")]
+        admin: KeySource,
+        /// The keyset to update.
+        #[arg(long, value_name = "KEYSET.json")]
+        keyset: PathBuf,
+        /// A store to publish the new keyset in.
+        #[arg(long, value_name = "STORE")]
+        store: Option<String>,
+        /// A delegation node to give the new keyset (repeatable).
+        #[arg(long = "node", value_name = "URL")]
+        nodes: Vec<String>,
+        /// Seconds to wait for each node.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        node_timeout: u64,
+    },
+    /// Register a new writer key and retire the old one: manifests the old
+    /// key signed up to the last snapshot it wrote stay valid; anything it
+    /// signs later is refused. Stop the agent while rotating.
+    RotateWriter {
+        /// The administrator's root secret.
+        #[arg(long, value_name = "SOURCE")]
+        admin: KeySource,
+        /// The keyset to update.
+        #[arg(long, value_name = "KEYSET.json")]
+        keyset: PathBuf,
+        /// The registered writer to retire, by name.
+        #[arg(long, value_name = "NAME")]
+        writer: UserName,
+        /// The new writer's public key file (made with create-user).
+        #[arg(long, value_name = "NAME.pub")]
+        public: PathBuf,
+        /// The last snapshot sequence the old writer signed (default: the
+        /// newest in --store signed by it).
+        #[arg(long, value_name = "N")]
+        last_sequence: Option<u64>,
+        /// The store: where the old writer's last snapshot is found, and
+        /// where the new keyset is published.
+        #[arg(long, value_name = "STORE")]
+        store: Option<String>,
+        /// A delegation node to give the new keyset (repeatable).
+        #[arg(long = "node", value_name = "URL")]
+        nodes: Vec<String>,
+        /// Seconds to wait for each node.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        node_timeout: u64,
+    },
     /// Export one scope's secret, to open that scope alone without the root.
     ExportScope {
         /// The administrator's root secret.
@@ -252,6 +367,10 @@ enum Command {
         /// The scope to export.
         #[arg(long)]
         scope: ScopeLabel,
+        /// Which key version (default: the current one). Each version opens
+        /// the lockboxes sealed under it only.
+        #[arg(long, value_name = "N")]
+        version: Option<u32>,
         /// Where to store the scope secret.
         #[arg(long, value_name = "SOURCE")]
         secret: KeySource,
@@ -270,11 +389,25 @@ enum Command {
         #[command(flatten)]
         protect: ProtectArgs,
     },
-    /// Re-wrap an openbao: secret under the transit key's newest version.
+    /// Wrap a secret again, in place, without changing the secret.
+    ///
+    /// openbao: under the transit key's newest version. awskms: under the
+    /// KMS key's current material (after a rotation), or under another KMS
+    /// key with --new-key (the secret never leaves the service). pkcs11:
+    /// under another AES key object of the token with --new-key (after
+    /// making a new one), else the same key with a fresh IV. file: under a
+    /// new age protection (--protect passphrase, or --protect age
+    /// --recipient age1...; the old one unlocks it as usual).
     Rewrap {
-        /// The openbao:KEY:PATH source.
+        /// The source to rewrap.
         #[arg(long, value_name = "SOURCE")]
         secret: KeySource,
+        /// awskms: the KMS key to move to (id, alias/NAME or ARN); pkcs11:
+        /// the label of the token's key object to move to.
+        #[arg(long, value_name = "KEY")]
+        new_key: Option<String>,
+        #[command(flatten)]
+        protect: ProtectArgs,
     },
     /// Show a keyset, a user key file, a share file's terms, or which key a secret is.
     Show {

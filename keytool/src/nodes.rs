@@ -57,6 +57,25 @@ impl Nodes {
         self.on_each(urls, |i, url| self.admin.upload(url, &uploads[i]))
     }
 
+    /// Gives every node the same keyset.
+    pub fn keyset(
+        &self,
+        urls: &[String],
+        keyset: &[u8],
+    ) -> Vec<Result<cbfs_wire::admin::KeysetStored, NodeProblem>> {
+        self.on_each(urls, |_, url| self.admin.keyset(url, keyset.to_vec()))
+    }
+
+    /// Asks every node for the delegations of a scope, each request signed
+    /// for its node.
+    pub fn delegations(
+        &self,
+        urls: &[String],
+        requests: &[cbfs_wire::admin::SignedList],
+    ) -> Vec<Result<cbfs_wire::admin::Delegations, NodeProblem>> {
+        self.on_each(urls, |i, url| self.admin.delegations(url, &requests[i]))
+    }
+
     /// Sends the same revocation to every node.
     pub fn revoke(
         &self,

@@ -7,6 +7,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<crate::nodes::TooFewNodes>().is_some() {
         return 6;
     }
+    if let Some(f) = err.downcast_ref::<crate::rotate::StoreFailed>() {
+        return if f.1 { 5 } else { 1 };
+    }
+    if err.downcast_ref::<crate::rotate::Damaged>().is_some() {
+        return 4;
+    }
     match err.downcast_ref::<Error>() {
         Some(
             Error::NotFound { .. }

@@ -38,14 +38,21 @@ pub enum Pin {
 }
 
 impl Pin {
-    fn accepts(&self, admin: &PublicKey, records: Option<&TrustRecords>, fs: &str) -> bool {
+    /// Whether a keyset chains to the pinned administrator key: signed by
+    /// it, or by a key it handed over to (each hand-over signed by the key
+    /// before, as the keyset proves).
+    fn accepts(&self, keyset: &Keyset, records: Option<&TrustRecords>) -> bool {
+        let fs = keyset.fs().as_str();
         match self {
-            Pin::Root(k) | Pin::Admin(k) => k == admin,
-            Pin::Keyset(ks) => ks.admin_verifying_key() == admin,
-            Pin::Fingerprint(fp) => normalize(fp) == normalize(&fingerprint(admin)),
+            Pin::Root(k) | Pin::Admin(k) => keyset.chains_from(k),
+            Pin::Keyset(ks) => ks.admin_history().iter().any(|k| keyset.chains_from(k)),
+            Pin::Fingerprint(fp) => keyset
+                .admin_history()
+                .iter()
+                .any(|k| normalize(fp) == normalize(&fingerprint(k))),
             Pin::Records => records
                 .and_then(|r| r.admin_of(fs))
-                .is_some_and(|k| &k == admin),
+                .is_some_and(|k| keyset.chains_from(&k)),
         }
     }
 
@@ -202,7 +209,14 @@ impl TrustRecords {
             highest_snapshot: 0,
         });
         let before = entry.clone();
-        if entry.admin_verifying_key != admin {
+        let handed_over = public_key_from_hex(&entry.admin_verifying_key)
+            .is_ok_and(|old| keyset.chains_from(&old));
+        if entry.admin_verifying_key != admin && handed_over {
+            // The administrator handed over to a new key: follow it, and
+            // from now on refuse what the old key signs alone.
+            entry.admin_verifying_key = admin;
+            entry.fingerprint = fingerprint(keyset.admin_verifying_key());
+        } else if entry.admin_verifying_key != admin {
             // A deliberate new pin (the reader was given another key).
             entry.admin_verifying_key = admin;
             entry.fingerprint = fingerprint(keyset.admin_verifying_key());
@@ -392,12 +406,27 @@ pub fn load_keyset(
         }
     }
     found.retain(|f| parse_keyset_key(&f.key) == Some(f.keyset.serial()));
-    let (mine, others): (Vec<&Found>, Vec<&Found>) = found.iter().partition(|f| {
-        pin.accepts(
-            f.keyset.admin_verifying_key(),
-            records,
-            f.keyset.fs().as_str(),
-        )
+    let (mut mine, others): (Vec<&Found>, Vec<&Found>) =
+        found.iter().partition(|f| pin.accepts(&f.keyset, records));
+    // After a hand-over, what the old key signs alone is refused: a keyset
+    // whose signer another trusted keyset shows handing over at or before
+    // its serial.
+    let handovers: Vec<(PublicKey, u64)> = mine
+        .iter()
+        .flat_map(|f| f.keyset.handovers().iter().map(|h| (h.from, h.serial)))
+        .collect();
+    mine.retain(|f| {
+        let stale = handovers
+            .iter()
+            .any(|(k, at)| k == f.keyset.admin_verifying_key() && f.keyset.serial() >= *at);
+        if stale {
+            unreadable.push(format!(
+                "{} is signed by administrator key {} alone after it handed over: refused",
+                f.key,
+                fingerprint(f.keyset.admin_verifying_key())
+            ));
+        }
+        !stale
     });
     let newest = mine.iter().max_by_key(|f| f.keyset.serial());
     let floor = match pin {
@@ -459,7 +488,7 @@ pub fn load_keyset(
         }
     };
     if let Some(p) = records.and_then(|r| r.pinned(chosen.fs().as_str()))
-        && p.admin_verifying_key == public_key_hex(chosen.admin_verifying_key())
+        && public_key_from_hex(&p.admin_verifying_key).is_ok_and(|k| chosen.chains_from(&k))
         && chosen.serial() < p.highest_keyset_serial
     {
         return Err(Error::Rollback(format!(
@@ -856,5 +885,44 @@ mod tests {
         assert_eq!(p.admin_verifying_key, public_key_hex(&new.verifying_key()));
         assert_eq!(p.highest_snapshot, 1);
         assert_eq!(stale.pinned("fs"), Some(p), "the saver sees the merge");
+
+    #[test]
+    fn readers_follow_a_hand_over_and_refuse_the_old_key_alone_after_it() {
+        let w = world();
+        let old_fp = fingerprint(&w.admin.verifying_key());
+        let copy = AdminSecret::from_seed(
+            cbfs_core::Seed::from_slice(w.admin.seed().expose_secret_bytes(), "t").unwrap(),
+        );
+        let mut next = w.keyset.clone();
+        let new_admin = next.rotate_admin(copy).unwrap();
+        w.publish_as(&next, &new_admin);
+        // The old key, alone, signs a newer keyset (it leaked).
+        let mut forged = w.keyset.clone();
+        for i in 0..4 {
+            forged
+                .add_scope(&w.admin, &ScopeLabel::new(format!("f{i}")).unwrap())
+                .unwrap();
+        }
+        w.publish(&forged);
+        for pin in [
+            Pin::Fingerprint(old_fp.clone()),
+            Pin::Root(w.admin.verifying_key()),
+            Pin::Keyset(Box::new(w.keyset.clone())),
+        ] {
+            let got = load_keyset(&w.source(), &pin, None).unwrap();
+            assert_eq!(got.serial(), next.serial(), "{pin:?}");
+            assert_eq!(got.admin_verifying_key(), next.admin_verifying_key());
+        }
+        // Records that pinned the old key move to the new one, keeping the
+        // serial seen.
+        let path = w.dir.path().join("trust.json");
+        let mut records = TrustRecords::load(&path).unwrap();
+        assert!(records.note(&w.keyset, 3));
+        assert!(records.note(&next, 3));
+        let pinned = records.pinned("fs1").unwrap();
+        assert_eq!(pinned.fingerprint, fingerprint(next.admin_verifying_key()));
+        assert_eq!(pinned.highest_snapshot, 3);
+        let got = load_keyset(&w.source(), &Pin::Records, Some(&records)).unwrap();
+        assert_eq!(got.serial(), next.serial());
     }
 }

@@ -36,6 +36,7 @@ pub trait LockboxOpener {
 }
 
 fn label_of(lockbox: &Lockbox) -> Result<ScopeLabel> {
+    // (key versions: `lockbox.key_version()` picks which key of the scope)
     ScopeLabel::new(lockbox.scope()).map_err(|e| Error::key("lockbox scope label", e))
 }
 
@@ -59,7 +60,10 @@ impl AdminOpener {
 
 impl LockboxOpener for AdminOpener {
     fn open(&self, lockbox: &Lockbox) -> Result<Option<GroupKey>> {
-        let scope = self.admin.scope(&label_of(lockbox)?);
+        // Every key version derives from the root: it opens them all.
+        let scope = self
+            .admin
+            .scope_at(&label_of(lockbox)?, lockbox.key_version());
         open_with(lockbox, &scope).map(Some)
     }
 
@@ -71,9 +75,10 @@ impl LockboxOpener for AdminOpener {
     }
 }
 
-/// Opens the lockboxes of the scopes whose secrets it holds, and no others.
+/// Opens the lockboxes of the scopes (and key versions) whose secrets it
+/// holds, and no others.
 pub struct ScopeOpener {
-    scopes: BTreeMap<String, ScopeSecret>,
+    scopes: BTreeMap<(String, u32), ScopeSecret>,
 }
 
 impl ScopeOpener {
@@ -82,28 +87,43 @@ impl ScopeOpener {
         ScopeOpener {
             scopes: scopes
                 .into_iter()
-                .map(|s| (s.label().as_str().to_owned(), s))
+                .map(|s| ((s.label().as_str().to_owned(), s.version()), s))
                 .collect(),
         }
     }
 
     /// The labels of the scopes it opens.
     pub fn labels(&self) -> impl Iterator<Item = &str> {
-        self.scopes.keys().map(String::as_str)
+        let mut labels: Vec<&str> = self.scopes.keys().map(|(l, _)| l.as_str()).collect();
+        labels.dedup();
+        labels.into_iter()
     }
 }
 
 impl LockboxOpener for ScopeOpener {
     fn open(&self, lockbox: &Lockbox) -> Result<Option<GroupKey>> {
-        match self.scopes.get(lockbox.scope()) {
+        match self
+            .scopes
+            .get(&(lockbox.scope().to_owned(), lockbox.key_version()))
+        {
             Some(scope) => open_with(lockbox, scope).map(Some),
             None => Ok(None),
         }
     }
 
     fn describe(&self) -> String {
-        let labels: Vec<&str> = self.labels().collect();
-        format!("the secret of scope(s) {}", labels.join(", "))
+        let names: Vec<String> = self
+            .scopes
+            .keys()
+            .map(|(l, v)| {
+                if *v == 1 {
+                    l.clone()
+                } else {
+                    format!("{l} (key version {v})")
+                }
+            })
+            .collect();
+        format!("the secret of scope(s) {}", names.join(", "))
     }
 }
 
@@ -150,15 +170,17 @@ impl LockboxOpener for Identity {
 /// keyset's scope keys. `None` if it is neither.
 pub fn identify(seed: Seed, keyset: &Keyset) -> Option<Identity> {
     let copy = |s: &Seed| Seed::from_slice(s.expose_secret_bytes(), "identity").expect("32 bytes");
-    let admin = AdminSecret::from_seed(copy(&seed));
+    let admin = AdminSecret::from_seed(copy(&seed)).with_sign_version(keyset.admin_key_version());
     if admin.verifying_key() == *keyset.admin_verifying_key() {
         return Some(Identity::Admin(AdminOpener::new(admin)));
     }
     drop(admin);
-    for (label, pk) in keyset.scopes() {
-        let scope = ScopeSecret::from_seed(label.clone(), copy(&seed));
-        if scope.public_key() == *pk {
-            return Some(Identity::Scope(ScopeOpener::new([scope])));
+    for label in keyset.scopes().keys() {
+        for (version, pk) in keyset.scope_versions(label) {
+            let scope = ScopeSecret::from_seed_at(label.clone(), version, copy(&seed));
+            if scope.public_key() == pk {
+                return Some(Identity::Scope(ScopeOpener::new([scope])));
+            }
         }
     }
     None

@@ -74,13 +74,12 @@ impl Engine<'_> {
                 return out;
             }
         };
-        let mut to_open: Vec<(GroupId, String, Lockbox)> = Vec::new();
+        // A group may have a lockbox per scope key version (a rotation
+        // writes the new one beside the old): the newest that opens counts.
+        let mut candidates: HashMap<GroupId, Vec<(u32, String, Lockbox)>> = HashMap::new();
         for key in keys {
             let name = key.rsplit('/').next().unwrap_or_default();
-            let Some(group) = name
-                .strip_suffix(".lockbox")
-                .and_then(|g| g.parse::<GroupId>().ok())
-            else {
+            let Some((group, version)) = layout::parse_lockbox_name(name) else {
                 self.report
                     .warnings
                     .push(format!("ignoring {key}: not a lockbox name"));
@@ -91,15 +90,16 @@ impl Engine<'_> {
             }
             let parsed = self.source.get(&key).and_then(|bytes| {
                 let lb = Lockbox::from_bytes(&bytes).map_err(|e| Error::format(key.clone(), e))?;
-                if lb.group_id() != group {
+                if lb.group_id() != group || lb.key_version() != version {
                     return Err(Error::format(
                         key.clone(),
                         cbfs_format::Error::Malformed {
                             object: cbfs_format::ObjectKind::Lockbox,
                             offset: 0,
                             reason: format!(
-                                "it holds the key of group {}, not {group}",
-                                lb.group_id()
+                                "it holds the key of group {} under key version {}, not {group} under version {version}",
+                                lb.group_id(),
+                                lb.key_version()
                             ),
                         },
                     ));
@@ -107,30 +107,54 @@ impl Engine<'_> {
                 Ok(lb)
             });
             match parsed {
-                Ok(lb) => to_open.push((group, key, lb)),
+                Ok(lb) => candidates
+                    .entry(group)
+                    .or_default()
+                    .push((version, key, lb)),
                 Err(e) => {
+                    // A damaged lockbox counts only if no other version opens.
                     out.states
-                        .insert(group, GroupState::Failed(Failure::new(key, None, &e)));
+                        .entry(group)
+                        .or_insert(GroupState::Failed(Failure::new(key, None, &e)));
                 }
             }
         }
-        let refs: Vec<&Lockbox> = to_open.iter().map(|(_, _, lb)| lb).collect();
-        let results = self.opener.open_batch(&refs);
-        for ((group, key, lb), result) in to_open.iter().zip(results) {
-            let state = match result {
-                Ok(Some(k)) if k.id() == *group => {
-                    self.keys.insert(k);
-                    GroupState::Open
+        for list in candidates.values_mut() {
+            list.sort_by_key(|c| std::cmp::Reverse(c.0));
+        }
+        // Round by round: each group's newest untried lockbox, in one batch.
+        let mut round = 0;
+        loop {
+            let batch: Vec<(GroupId, &String, &Lockbox)> = candidates
+                .iter()
+                .filter(|(g, _)| !matches!(out.states.get(*g), Some(GroupState::Open)))
+                .filter_map(|(g, list)| list.get(round).map(|(_, k, lb)| (*g, k, lb)))
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            let refs: Vec<&Lockbox> = batch.iter().map(|(_, _, lb)| *lb).collect();
+            let results = self.opener.open_batch(&refs);
+            for ((group, key, lb), result) in batch.into_iter().zip(results) {
+                let state = match result {
+                    Ok(Some(k)) if k.id() == group => {
+                        self.keys.insert(k);
+                        GroupState::Open
+                    }
+                    Ok(Some(_)) => GroupState::Failed(Failure::new(
+                        key.clone(),
+                        None,
+                        &Error::Usage("the opener returned the key of another group".into()),
+                    )),
+                    Ok(None) => GroupState::NoAccess(lb.scope().to_owned()),
+                    Err(e) => GroupState::Failed(Failure::new(key.clone(), None, &e)),
+                };
+                // The newest version's outcome stands unless an older one opens.
+                if round == 0 || matches!(state, GroupState::Open) {
+                    out.states.insert(group, state);
                 }
-                Ok(Some(_)) => GroupState::Failed(Failure::new(
-                    key.clone(),
-                    None,
-                    &Error::Usage("the opener returned the key of another group".into()),
-                )),
-                Ok(None) => GroupState::NoAccess(lb.scope().to_owned()),
-                Err(e) => GroupState::Failed(Failure::new(key.clone(), None, &e)),
-            };
-            out.states.insert(*group, state);
+            }
+            round += 1;
         }
         out
     }

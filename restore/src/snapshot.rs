@@ -88,7 +88,37 @@ impl Trust {
     fn signer(&self, object: &str, bytes: &[u8]) -> Result<(PublicKey, Option<String>)> {
         let manifest =
             Manifest::from_bytes_any_signer(bytes).map_err(|e| Error::format(object, e))?;
-        let key = *manifest.writer_key();
+        self.judge(object, *manifest.writer_key(), manifest.sequence())
+    }
+
+    /// Whether the writer key that signed manifest `object` of `sequence`
+    /// is trusted: registered, or retired after that sequence, or accepted
+    /// by name.
+    fn judge(
+        &self,
+        object: &str,
+        key: PublicKey,
+        sequence: u64,
+    ) -> Result<(PublicKey, Option<String>)> {
+        // A retired writer's manifests stay valid up to the sequence it was
+        // retired at; what it signs later is refused.
+        if let Some(ks) = &self.keyset
+            && let Some((name, r)) = ks.retired_writers().iter().find(|(_, r)| r.key == key)
+        {
+            if sequence <= r.last_sequence {
+                return Ok((key, Some(format!("{name} (retired)"))));
+            }
+            return Err(Error::UntrustedWriter {
+                object: object.to_owned(),
+                fingerprint: fingerprint(&key),
+                keyset: format!(
+                    "{}, which retired that writer (`{name}`) at {} after snapshot {}",
+                    self.describe_keyset(),
+                    r.retired,
+                    r.last_sequence
+                ),
+            });
+        }
         match self.writer(&key).name() {
             Some(name) => Ok((key, name)),
             None => Err(Error::UntrustedWriter {
@@ -295,14 +325,9 @@ impl Trust {
     /// signature alone (its entries need its base).
     fn signer_of_delta(&self, object: &str, bytes: &[u8]) -> Result<(PublicKey, Option<String>)> {
         let key = cbfs_format::delta_writer(bytes).map_err(|e| Error::format(object, e))?;
-        match self.writer(&key).name() {
-            Some(name) => Ok((key, name)),
-            None => Err(Error::UntrustedWriter {
-                object: object.to_owned(),
-                fingerprint: fingerprint(&key),
-                keyset: self.describe_keyset(),
-            }),
-        }
+        // The signature just checked covers the header's sequence.
+        let header = ManifestHeader::peek(bytes).map_err(|e| Error::format(object, e))?;
+        self.judge(object, key, header.sequence)
     }
 }
 

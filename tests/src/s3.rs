@@ -211,6 +211,55 @@ impl S3Server {
         self.expect_success(response, &format!("delete object {bucket}/{key}"));
     }
 
+    /// Calls moto's KMS (served on the same port), action `TrentService.ACTION`,
+    /// and returns the answer's JSON.
+    pub fn kms(&self, action: &str, body: serde_json::Value) -> serde_json::Value {
+        let request = self
+            .client
+            .post(format!("{}/", self.endpoint()))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("X-Amz-Target", format!("TrentService.{action}"))
+            .header(
+                "Authorization",
+                S3Server::AUTHORIZATION.replace("/s3/", "/kms/"),
+            )
+            .body(body.to_string());
+        let bytes = self.expect_success(self.send(request), &format!("KMS {action}"));
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("KMS {action}: the answer is not JSON: {e}"))
+    }
+
+    /// Creates a symmetric KMS key and returns its id.
+    pub fn create_kms_key(&self) -> String {
+        let v = self.kms("CreateKey", serde_json::json!({}));
+        v["KeyMetadata"]["KeyId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("KMS CreateKey: no key id in {v}"))
+            .to_owned()
+    }
+
+    /// Disables (or enables again) a KMS key.
+    pub fn set_kms_key_enabled(&self, key: &str, enabled: bool) {
+        let action = if enabled { "EnableKey" } else { "DisableKey" };
+        self.kms(action, serde_json::json!({ "KeyId": key }));
+    }
+
+    /// Decrypts a KMS ciphertext blob (base64) as a test's own check, with
+    /// the encryption context the `awskms:` source uses.
+    pub fn kms_decrypt(&self, blob_b64: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        let v = self.kms(
+            "Decrypt",
+            serde_json::json!({
+                "CiphertextBlob": blob_b64,
+                "EncryptionContext": { "cbfs": "key-source-v1" },
+            }),
+        );
+        base64::engine::general_purpose::STANDARD
+            .decode(v["Plaintext"].as_str().expect("a plaintext"))
+            .expect("base64 plaintext")
+    }
+
     /// Everything the server has logged (one line per request).
     pub fn log_contents(&self) -> Vec<u8> {
         self.server.log_contents()

@@ -653,22 +653,24 @@ fn the_audit_log_shows_edited_and_deleted_entries() {
     let path = node.audit_path();
     let original = fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = original.lines().collect();
-    // start, grant, 3 allows, 1 deny, stop
-    assert_eq!(lines.len(), 7, "{original}");
+    // start, the keyset `delegate` sent (already in force), grant, 3 allows,
+    // 1 deny, stop
+    assert_eq!(lines.len(), 8, "{original}");
+    assert!(lines[1].contains("\"keyset\""), "{}", lines[1]);
     assert!(
-        lines[5].contains("\"unauthenticated\"") && lines[5].contains("\"deny\""),
+        lines[6].contains("\"unauthenticated\"") && lines[6].contains("\"deny\""),
         "{}",
-        lines[5]
+        lines[6]
     );
 
     // Turn the denial into an allow.
-    let edited = original.replacen(lines[5], &lines[5].replace("\"deny\"", "\"allow\""), 1);
+    let edited = original.replacen(lines[6], &lines[6].replace("\"deny\"", "\"allow\""), 1);
     fs::write(&path, edited).unwrap();
     let out = verify();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
     assert!(
-        text(&out.stderr).contains("entry 7 does not chain")
-            && text(&out.stderr).contains("entry 6 was edited"),
+        text(&out.stderr).contains("entry 8 does not chain")
+            && text(&out.stderr).contains("entry 7 was edited"),
         "{}",
         text(&out.stderr)
     );

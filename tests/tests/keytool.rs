@@ -12,7 +12,8 @@
 //!
 //! - `walkthrough`: the command forms, one after the other, and what
 //!   `show` and `list` say about the result, as text and as JSON.
-//! - `file_source`, `keyring_source`, `openbao_source`: the three key sources.
+//! - `file_source`, `keyring_source`, `openbao_source`, `awskms_source`
+//!   (moto's KMS), `pkcs11_source` (a SoftHSM2 token): the key sources.
 //! - `delegation`: a share opens for its own node only, and its kfrag, of
 //!   one scope, opens nothing sealed for another.
 //! - `leaks`: no secret in any output, at trace level, or in any argv.
@@ -25,6 +26,8 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "keytool/awskms_source.rs"]
+mod awskms_source;
 #[path = "keytool/delegation.rs"]
 mod delegation;
 #[path = "keytool/exit_codes.rs"]
@@ -37,6 +40,8 @@ mod keyring_source;
 mod leaks;
 #[path = "keytool/openbao_source.rs"]
 mod openbao_source;
+#[path = "keytool/pkcs11_source.rs"]
+mod pkcs11_source;
 #[path = "keytool/walkthrough.rs"]
 mod walkthrough;
 
@@ -71,6 +76,19 @@ const SCRUBBED_ENV: &[&str] = &[
     "CBFS_AGE_IDENTITY",
     "CBFS_PASSPHRASE_FILE",
     "CBFS_TRANSIT_MOUNT",
+    "CBFS_PKCS11_MODULE",
+    "CBFS_PKCS11_PIN",
+    "SOFTHSM2_CONF",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_KMS",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
     "RUST_LOG",
 ];
 

@@ -325,3 +325,77 @@ fn node_options_are_checked() {
         text(&out.stderr)
     );
 }
+
+/// `rotate-scope` with the nodes: the user's delegation of the retired key
+/// is refused until `delegate --reissue` issues it again under the new key;
+/// a revoked user is not issued again.
+#[test]
+fn rotate_scope_retires_delegations_until_they_are_issued_again() {
+    let (c, src, store) = two_of_three_with_a_store();
+    let urls = c.urls();
+    let out = restore(&c, &store, &urls, "before", &[]);
+    assert_restored_scope(&c, &src, &out, "before");
+    // bob had a delegation and lost it.
+    let kt = || cluster::keytool(c.work.root());
+    run_ok(kt().args(cluster::words(
+        "create-user bob --secret file:bob.key --public bob.pub",
+    )));
+    run_ok(
+        kt().args(cluster::words(&format!(
+            "delegate --admin file:admin.key --keyset keyset.json --scope {SCOPE} --to bob.pub --threshold 2"
+        )))
+        .args(Cluster::node_args(&urls)),
+    );
+    run_ok(
+        kt().args(cluster::words(&format!(
+            "revoke --admin file:admin.key --keyset keyset.json --scope {SCOPE} --user bob.pub"
+        )))
+        .args(Cluster::node_args(&urls)),
+    );
+
+    let out = run_ok(
+        kt().args(cluster::words(&format!(
+            "--json rotate-scope --admin file:admin.key --keyset keyset.json --scope {SCOPE} --store"
+        )))
+        .arg(&store)
+        .args(Cluster::node_args(&urls)),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["finished"], true, "{v}");
+    for n in v["published"]["nodes"].as_array().unwrap() {
+        assert_eq!(n["updated"], true, "{v}");
+    }
+
+    // The nodes refuse the delegation of the retired key.
+    let out = restore(&c, &store, &urls, "retired", &[]);
+    let failures = failures_of(&out);
+    for f in &failures {
+        let error = f["error"].as_str().unwrap();
+        assert!(error.contains("retired"), "{error}");
+    }
+    assert!(
+        cbfs_tests::describe(&c.work.path("retired"), Compare::default())
+            .keys()
+            .all(|k| !k.starts_with(b"proj/")),
+        "nothing of the scope is written"
+    );
+
+    // Issued again for every current user: alice, not the revoked bob.
+    let out = run_ok(
+        kt().args(cluster::words(&format!(
+            "--json delegate --reissue --admin file:admin.key --keyset keyset.json --scope {SCOPE}"
+        )))
+        .args(Cluster::node_args(&urls)),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let users: Vec<&str> = v["reissued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, vec![USER], "{v}");
+    assert_eq!(v["key_version"], 2, "{v}");
+    let out = restore(&c, &store, &urls, "after", &[]);
+    assert_restored_scope(&c, &src, &out, "after");
+}

@@ -99,8 +99,11 @@ impl Agent {
         };
         let state = self.index.state()?;
         let admin_hex = public_key_hex(ks.admin_verifying_key());
+        // The administrator may have handed over to a new key since: the
+        // keyset then proves the chain from the pinned one.
         if let Some(pinned) = &state.admin_key
             && pinned != &admin_hex
+            && !cbfs_core::public_key_from_hex(pinned).is_ok_and(|k| ks.chains_from(&k))
         {
             return Err(Error::Usage(format!(
                 "keyset of `{}` has administrator key {}, but this index belongs to another administrator; \
@@ -117,6 +120,16 @@ impl Agent {
             )));
         }
         let vk = self.writer.verifying_key();
+        if let Some((name, r)) = ks.retired_writers().iter().find(|(_, r)| r.key == vk) {
+            return Err(Error::Usage(format!(
+                "this agent's writer key {} (`{name}`) was retired at {} in the keyset of `{}`: readers refuse its snapshots after sequence {}; \
+                 give the new writer key with --writer-key",
+                fingerprint(&vk),
+                r.retired,
+                ks.fs(),
+                r.last_sequence
+            )));
+        }
         if !ks.writers().values().any(|w| *w == vk) {
             let public = self.index_dir.join("writer.pub");
             return Err(Error::Usage(format!(

@@ -109,12 +109,20 @@ impl NodeOpener {
     fn open_scope(
         &self,
         scope: &str,
+        version: u32,
         lockboxes: &[&Lockbox],
     ) -> Vec<Result<Option<GroupKey>, (String, bool)>> {
         let all = |r: Result<(), (String, bool)>| -> Vec<Result<Option<GroupKey>, (String, bool)>> {
             lockboxes.iter().map(|_| r.clone().map(|()| None)).collect()
         };
-        match self.state.lock().expect("opener state").scopes.get(scope) {
+        let state_key = format!("{scope}#{version}");
+        match self
+            .state
+            .lock()
+            .expect("opener state")
+            .scopes
+            .get(&state_key)
+        {
             Some(ScopeState::NotDelegated) => return all(Ok(())),
             Some(ScopeState::Failed { why, transient }) => {
                 return all(Err((why.clone(), *transient)));
@@ -123,7 +131,7 @@ impl NodeOpener {
         }
         let access = match ScopeLabel::new(scope)
             .map_err(|e| format!("scope label `{scope}`: {e}"))
-            .and_then(|label| Access::from_keyset(&self.keyset, self.name.clone(), label))
+            .and_then(|label| Access::at_version(&self.keyset, self.name.clone(), label, version))
         {
             Ok(a) => a,
             Err(why) => return all(Err((why, false))),
@@ -148,7 +156,7 @@ impl NodeOpener {
                     }
                 };
                 let mut guard = self.state.lock().expect("opener state");
-                let entry = guard.scopes.entry(scope.to_owned()).or_insert(state);
+                let entry = guard.scopes.entry(state_key).or_insert(state);
                 let r = match entry {
                     ScopeState::NotDelegated => Ok(()),
                     ScopeState::Failed { why, transient } => Err((why.clone(), *transient)),
@@ -196,8 +204,7 @@ fn not_delegated(e: &FetchError) -> bool {
     else {
         return false;
     };
-    let says_none =
-        |p: &NodeProblem| matches!(p, NodeProblem::Refused { code, .. } if code == "no_delegation");
+    let says_none = |p: &NodeProblem| matches!(p, NodeProblem::Refused { code, .. } if code == "no_delegation" || code == "other_key_version");
     failures.iter().any(|f| says_none(&f.problem))
         && failures.iter().all(|f| {
             says_none(&f.problem)
@@ -213,15 +220,18 @@ impl LockboxOpener for NodeOpener {
     }
 
     fn open_batch(&self, lockboxes: &[&Lockbox]) -> Vec<cbfs_restore::Result<Option<GroupKey>>> {
-        let mut by_scope: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut by_scope: BTreeMap<(&str, u32), Vec<usize>> = BTreeMap::new();
         for (i, lb) in lockboxes.iter().enumerate() {
-            by_scope.entry(lb.scope()).or_default().push(i);
+            by_scope
+                .entry((lb.scope(), lb.key_version()))
+                .or_default()
+                .push(i);
         }
         let mut results: Vec<Option<cbfs_restore::Result<Option<GroupKey>>>> =
             (0..lockboxes.len()).map(|_| None).collect();
-        for (scope, at) in by_scope {
+        for ((scope, version), at) in by_scope {
             let batch: Vec<&Lockbox> = at.iter().map(|&i| lockboxes[i]).collect();
-            for (i, r) in at.into_iter().zip(self.open_scope(scope, &batch)) {
+            for (i, r) in at.into_iter().zip(self.open_scope(scope, version, &batch)) {
                 results[i] = Some(r.map_err(|(why, transient)| {
                     if transient {
                         cbfs_restore::Error::Unavailable {

@@ -247,33 +247,65 @@ fn check_segment(
         }
         Err(e) => problems.push(problem(&seg_key, e.to_string())),
     }
-    for group in summary.groups() {
-        let lkey = layout::lockbox(segment, &group);
-        match source
-            .get(&lkey)
-            .map_err(|e| e.to_string())
-            .and_then(|b| Lockbox::from_bytes(&b).map_err(|e| e.to_string()))
-        {
-            Ok(lb) if lb.segment_id() != *segment || lb.group_id() != group => problems.push(
-                problem(&lkey, "the lockbox names another segment or group".into()),
-            ),
-            Ok(lb) => {
-                let known = cbfs_core::ScopeLabel::new(lb.scope())
-                    .ok()
-                    .is_some_and(|l| keyset.scope(&l).is_some());
-                if known {
-                    report.lockboxes += 1;
-                } else {
-                    problems.push(problem(
-                        &lkey,
-                        format!(
-                            "the lockbox is sealed for scope `{}`, which the keyset does not hold",
-                            lb.scope()
-                        ),
-                    ));
+    // Each group needs a lockbox; a rotation leaves one per key version.
+    let mut found: BTreeMap<cbfs_format::GroupId, Vec<(u32, String)>> = BTreeMap::new();
+    let prefix = layout::lockboxes_of(segment);
+    match source.list(&prefix) {
+        Ok(keys) => {
+            for key in keys {
+                let name = key.rsplit('/').next().unwrap_or_default();
+                match layout::parse_lockbox_name(name) {
+                    Some((group, version)) => found.entry(group).or_default().push((version, key)),
+                    None => problems.push(problem(&key, "not a lockbox name".into())),
                 }
             }
-            Err(e) => problems.push(problem(&lkey, e)),
+        }
+        Err(e) => problems.push(problem(&prefix, e.to_string())),
+    }
+    for group in summary.groups() {
+        let Some(versions) = found.get(&group) else {
+            let lkey = layout::lockbox(segment, &group);
+            problems.push(problem(
+                &lkey,
+                "missing: no lockbox of any key version".into(),
+            ));
+            continue;
+        };
+        for (version, lkey) in versions {
+            match source
+                .get(lkey)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Lockbox::from_bytes(&b).map_err(|e| e.to_string()))
+            {
+                Ok(lb)
+                    if lb.segment_id() != *segment
+                        || lb.group_id() != group
+                        || lb.key_version() != *version =>
+                {
+                    problems.push(problem(
+                        lkey,
+                        "the lockbox names another segment, group or key version".into(),
+                    ))
+                }
+                Ok(lb) => {
+                    let known = cbfs_core::ScopeLabel::new(lb.scope())
+                        .ok()
+                        .is_some_and(|l| keyset.scope_key(&l, lb.key_version()).is_some());
+                    if known {
+                        report.lockboxes += 1;
+                    } else {
+                        problems.push(problem(
+                            lkey,
+                            format!(
+                                "the lockbox is sealed for scope `{}` key version {}, which the keyset does not hold",
+                                lb.scope(),
+                                lb.key_version()
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => problems.push(problem(lkey, e)),
+            }
         }
     }
 }

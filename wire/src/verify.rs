@@ -31,11 +31,30 @@ pub struct Access {
 }
 
 impl Access {
-    /// The access of `user` to `scope` of the trusted `keyset`.
+    /// The access of `user` to `scope` of the trusted `keyset`, under the
+    /// scope's current key.
     pub fn from_keyset(keyset: &Keyset, user: UserName, scope: ScopeLabel) -> Result<Self, String> {
-        let scope_key = *keyset
-            .scope(&scope)
+        let version = keyset
+            .scope_version(&scope)
             .ok_or_else(|| format!("scope `{scope}` is not in the keyset of `{}`", keyset.fs()))?;
+        Self::at_version(keyset, user, scope, version)
+    }
+
+    /// The access of `user` to key version `version` of `scope`: the
+    /// delegation must be of that key (lockboxes not yet sealed again
+    /// after a rotation are under an older one, which nodes refuse).
+    pub fn at_version(
+        keyset: &Keyset,
+        user: UserName,
+        scope: ScopeLabel,
+        version: u32,
+    ) -> Result<Self, String> {
+        let scope_key = *keyset.scope_key(&scope, version).ok_or_else(|| {
+            format!(
+                "scope `{scope}` key version {version} is not in the keyset of `{}`",
+                keyset.fs()
+            )
+        })?;
         Ok(Access {
             fs: keyset.fs().clone(),
             user,
@@ -56,6 +75,9 @@ pub enum Rejected {
     Protocol(String),
     /// The delegation the answer is for has expired.
     Expired(String),
+    /// The delegation is of another key version of the scope than the
+    /// capsules were sealed under (a rotation is under way): not a lie.
+    OtherKeyVersion(String),
 }
 
 /// A node's answer that passed every check.
@@ -117,7 +139,9 @@ pub fn verify_answer(
     } else if record.user() != &access.user || record.user_public_key() != user {
         Some(format!("user `{}`", record.user()))
     } else if record.scope_public_key() != &access.scope_key {
-        Some("another key of the scope".into())
+        return Err(Rejected::OtherKeyVersion(
+            "the node's delegation is of another key version of the scope than these lockboxes (issue it again after rotate-scope, or let the rotation finish)".into(),
+        ));
     } else {
         None
     };

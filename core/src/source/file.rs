@@ -8,7 +8,7 @@ use std::path::Path;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use super::{Protection, Unlock};
+use super::{Protection, Rewrapped, Unlock};
 use crate::error::{Error, Result};
 use crate::keys::{SEED_LEN, Seed};
 
@@ -95,7 +95,6 @@ pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Replaces `path` atomically with a new 0600 file holding `bytes`.
-#[cfg(feature = "kms")]
 pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
@@ -123,6 +122,38 @@ fn sync_parent(path: &Path) {
 }
 
 pub(super) fn store_new(path: &Path, seed: &Seed, protection: &Protection) -> Result<()> {
+    write_new_private(path, &protected(path, seed, protection)?)
+}
+
+/// Wraps the key of `path` again under `protection`, in place: the same
+/// key, a new passphrase or new recipients (or none: the raw key).
+pub(super) fn rewrap(path: &Path, unlock: &Unlock, protection: &Protection) -> Result<Rewrapped> {
+    let before = describe(&read_private(path)?);
+    let seed = load(path, unlock)?;
+    replace_private(path, &protected(path, &seed, protection)?)?;
+    Ok(Rewrapped {
+        from: before.into(),
+        to: match protection {
+            Protection::None => "no protection (the raw key)",
+            Protection::Passphrase(_) => "an age passphrase",
+            Protection::Recipients(_) => "age recipients",
+        }
+        .into(),
+        from_version: None,
+        to_version: None,
+    })
+}
+
+fn describe(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(AGE_BINARY) || bytes.starts_with(AGE_ARMOR) {
+        "an age wrapping"
+    } else {
+        "no protection (the raw key)"
+    }
+}
+
+/// The bytes of a key file for `seed` under `protection`.
+fn protected(path: &Path, seed: &Seed, protection: &Protection) -> Result<Zeroizing<Vec<u8>>> {
     let location = || format!("file:{}", path.display());
     let bytes: Zeroizing<Vec<u8>> = match protection {
         Protection::None => Zeroizing::new(seed.expose_secret_bytes().to_vec()),
@@ -157,7 +188,7 @@ pub(super) fn store_new(path: &Path, seed: &Seed, protection: &Protection) -> Re
             age_wrap(enc, seed, path)?
         }
     };
-    write_new_private(path, &bytes)
+    Ok(bytes)
 }
 
 fn age_wrap(enc: age::Encryptor, seed: &Seed, path: &Path) -> Result<Zeroizing<Vec<u8>>> {

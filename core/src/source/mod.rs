@@ -11,12 +11,26 @@
 //! - `openbao:KEYNAME:PATH`: PATH holds the key wrapped by the OpenBao/Vault
 //!   transit key KEYNAME; it is unwrapped in memory at each use. The address
 //!   and token come from `BAO_ADDR`/`BAO_TOKEN` or `VAULT_ADDR`/`VAULT_TOKEN`.
+//! - `awskms:KEY_ID:PATH`: PATH holds the key wrapped by the AWS KMS key
+//!   KEY_ID (an id, an alias or an ARN); credentials, region and endpoint as
+//!   the AWS CLI reads them.
+//! - `pkcs11:token=...;object=...?x-wrapped=PATH&...`: an RFC 7512 URI; PATH
+//!   holds the key wrapped (AES-GCM) by an AES key that never leaves the
+//!   token. The PIN comes from a 0600 file or the environment, never from
+//!   the command line.
 
+#[cfg(feature = "kms")]
+mod awskms;
 mod file;
 #[cfg(target_os = "linux")]
 mod keyring;
 #[cfg(feature = "kms")]
 mod openbao;
+#[cfg(feature = "pkcs11")]
+mod pkcs11;
+mod pkcs11_uri;
+
+pub use pkcs11_uri::{PinSource, Pkcs11Uri};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -47,6 +61,15 @@ pub enum KeySource {
         /// The file that holds the wrapped key.
         path: PathBuf,
     },
+    /// A key file wrapped by an AWS KMS key.
+    AwsKms {
+        /// The KMS key: an id, an alias (`alias/NAME`) or an ARN.
+        key: String,
+        /// The file that holds the wrapped key.
+        path: PathBuf,
+    },
+    /// A key file wrapped by an AES key in a PKCS#11 token.
+    Pkcs11(Box<Pkcs11Uri>),
 }
 
 impl FromStr for KeySource {
@@ -105,6 +128,27 @@ impl FromStr for KeySource {
                     path: PathBuf::from(path),
                 })
             }
+            "awskms" => {
+                let (key, path) =
+                    awskms_split(rest).ok_or_else(|| bad("write awskms:KEY_ID:PATH"))?;
+                let key_ok = !key.is_empty()
+                    && key.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b':')
+                    });
+                if !key_ok {
+                    return Err(bad("the KMS key must be a key id, alias/NAME or an ARN"));
+                }
+                if path.is_empty() {
+                    return Err(bad("the path of the wrapped key is empty"));
+                }
+                Ok(KeySource::AwsKms {
+                    key: key.to_owned(),
+                    path: PathBuf::from(path),
+                })
+            }
+            "pkcs11" => Pkcs11Uri::parse(rest)
+                .map(|u| KeySource::Pkcs11(Box::new(u)))
+                .map_err(|e| bad(&e)),
             _ => Err(bad("unknown kind")),
         }
     }
@@ -116,6 +160,8 @@ impl fmt::Display for KeySource {
             KeySource::File(p) => write!(f, "file:{}", p.display()),
             KeySource::Keyring { service, name } => write!(f, "keyring:{service}/{name}"),
             KeySource::OpenBao { key, path } => write!(f, "openbao:{key}:{}", path.display()),
+            KeySource::AwsKms { key, path } => write!(f, "awskms:{key}:{}", path.display()),
+            KeySource::Pkcs11(uri) => write!(f, "{uri}"),
         }
     }
 }
@@ -169,10 +215,24 @@ impl fmt::Debug for Protection {
 /// What a rewrap did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rewrapped {
-    /// The transit key version the secret was wrapped with before.
-    pub from_version: u32,
-    /// The version it is wrapped with now.
-    pub to_version: u32,
+    /// What wrapped the secret before (a key version, a key, a protection).
+    pub from: String,
+    /// What wraps it now.
+    pub to: String,
+    /// The key version it was wrapped with before, where the service has versions.
+    pub from_version: Option<u32>,
+    /// The key version it is wrapped with now.
+    pub to_version: Option<u32>,
+}
+
+/// Where a rewrap moves a secret to.
+#[derive(Default)]
+pub struct RewrapTo {
+    /// Another key of the same service (a transit key name, a KMS key, a
+    /// token's key object); `None`: the same key (its newest version).
+    pub key: Option<String>,
+    /// For `file:` sources: the new protection (passphrase or recipients).
+    pub protection: Option<Protection>,
 }
 
 impl KeySource {
@@ -182,6 +242,8 @@ impl KeySource {
             KeySource::File(path) => file::load(path, unlock),
             KeySource::Keyring { service, name } => keyring_load(service, name),
             KeySource::OpenBao { key, path } => kms_load(key, path),
+            KeySource::AwsKms { key, path } => awskms_load(key, path),
+            KeySource::Pkcs11(uri) => pkcs11_load(uri),
         }?;
         tracing::debug!(source = %self, "loaded key");
         Ok(seed)
@@ -202,20 +264,69 @@ impl KeySource {
             KeySource::File(path) => file::store_new(path, seed, protection),
             KeySource::Keyring { service, name } => keyring_store(service, name, seed),
             KeySource::OpenBao { key, path } => kms_store(key, path, seed),
+            KeySource::AwsKms { key, path } => awskms_store(key, path, seed),
+            KeySource::Pkcs11(uri) => pkcs11_store(uri, seed),
         }?;
         tracing::debug!(source = %self, "stored new key");
         Ok(())
     }
 
-    /// Moves an OpenBao-wrapped key to the transit key's newest version.
-    pub fn rewrap(&self) -> Result<Rewrapped> {
-        match self {
-            KeySource::OpenBao { key, path } => kms_rewrap(key, path),
-            _ => Err(Error::BadSource {
-                spec: self.to_string(),
-                reason: "only openbao: sources can be rewrapped".into(),
-            }),
+    /// Wraps the secret again, in place, without changing it: under the
+    /// newest version of its transit key (OpenBao), the current material or
+    /// another key (AWS KMS, `to.key`), another key object of the token
+    /// (PKCS#11, `to.key`), or a new age protection (`file:`,
+    /// `to.protection`). Returns what it did and the source that names the
+    /// secret from now on (it changes when the key does).
+    pub fn rewrap(&self, unlock: &Unlock, to: RewrapTo) -> Result<(Rewrapped, KeySource)> {
+        let bad = |reason: &str| Error::BadSource {
+            spec: self.to_string(),
+            reason: reason.to_owned(),
+        };
+        if to.protection.is_some() && !matches!(self, KeySource::File(_)) {
+            return Err(bad("a new age protection applies to file: sources only"));
         }
+        let out = match self {
+            KeySource::OpenBao { key, path } => {
+                if to.key.is_some() {
+                    return Err(bad(
+                        "OpenBao rewraps under the newest version of the same transit key; to move to another key, use cbfs-keytool copy",
+                    ));
+                }
+                (kms_rewrap(key, path)?, self.clone())
+            }
+            KeySource::AwsKms { key, path } => {
+                let r = awskms_rewrap(key, path, to.key.as_deref())?;
+                let next = KeySource::AwsKms {
+                    key: to.key.unwrap_or_else(|| key.clone()),
+                    path: path.clone(),
+                };
+                (r, next)
+            }
+            KeySource::Pkcs11(uri) => {
+                let r = pkcs11_rewrap(uri, to.key.as_deref())?;
+                let next = match &to.key {
+                    Some(object) => KeySource::Pkcs11(Box::new(uri.with_object(object))),
+                    None => self.clone(),
+                };
+                (r, next)
+            }
+            KeySource::File(path) => {
+                let protection = to.protection.ok_or_else(|| {
+                    bad("give the new protection (--protect passphrase, or --protect age --recipient age1...)")
+                })?;
+                if to.key.is_some() {
+                    return Err(bad("a key file has no service key to move to"));
+                }
+                (file::rewrap(path, unlock, &protection)?, self.clone())
+            }
+            KeySource::Keyring { .. } => {
+                return Err(bad(
+                    "the keyring protects its keys itself; there is nothing to rewrap",
+                ));
+            }
+        };
+        tracing::debug!(source = %self, "rewrapped key");
+        Ok(out)
     }
 
     /// A warning about how long the key lives there, if the user should hear one.
@@ -278,6 +389,7 @@ fn kms_rewrap(key: &str, path: &std::path::Path) -> Result<Rewrapped> {
 #[cfg(not(feature = "kms"))]
 fn no_kms(key: &str, path: &std::path::Path) -> Error {
     Error::Kms {
+        service: "OpenBao/Vault",
         op: "use",
         location: format!("openbao:{key}:{}", path.display()),
         reason: "this tool is built without network access; unwrap the key with cbfs-keytool copy --to file:PATH first".into(),
@@ -295,6 +407,89 @@ fn kms_store(key: &str, path: &std::path::Path, _seed: &Seed) -> Result<()> {
 #[cfg(not(feature = "kms"))]
 fn kms_rewrap(key: &str, path: &std::path::Path) -> Result<Rewrapped> {
     Err(no_kms(key, path))
+}
+
+/// Splits `KEY_ID:PATH`, where KEY_ID may be an ARN (which has colons of
+/// its own: `arn:PARTITION:kms:REGION:ACCOUNT:key/ID`).
+fn awskms_split(rest: &str) -> Option<(&str, &str)> {
+    if rest.starts_with("arn:") {
+        let mut idx = 0;
+        for _ in 0..6 {
+            idx += rest[idx..].find(':')? + 1;
+        }
+        let (key, path) = rest.split_at(idx - 1);
+        return Some((key, &path[1..]));
+    }
+    rest.split_once(':')
+}
+#[cfg(feature = "kms")]
+fn awskms_load(key: &str, path: &std::path::Path) -> Result<Seed> {
+    awskms::load(key, path)
+}
+#[cfg(feature = "kms")]
+fn awskms_store(key: &str, path: &std::path::Path, seed: &Seed) -> Result<()> {
+    awskms::store_new(key, path, seed)
+}
+#[cfg(feature = "kms")]
+fn awskms_rewrap(key: &str, path: &std::path::Path, to: Option<&str>) -> Result<Rewrapped> {
+    awskms::rewrap(key, path, to)
+}
+#[cfg(not(feature = "kms"))]
+fn no_awskms(key: &str, path: &std::path::Path) -> Error {
+    Error::Kms {
+        service: "AWS KMS",
+        op: "use",
+        location: format!("awskms:{key}:{}", path.display()),
+        reason: "this tool is built without network access; unwrap the key with cbfs-keytool copy --to file:PATH first".into(),
+        transient: false,
+    }
+}
+#[cfg(not(feature = "kms"))]
+fn awskms_load(key: &str, path: &std::path::Path) -> Result<Seed> {
+    Err(no_awskms(key, path))
+}
+#[cfg(not(feature = "kms"))]
+fn awskms_store(key: &str, path: &std::path::Path, _seed: &Seed) -> Result<()> {
+    Err(no_awskms(key, path))
+}
+#[cfg(not(feature = "kms"))]
+fn awskms_rewrap(key: &str, path: &std::path::Path, _to: Option<&str>) -> Result<Rewrapped> {
+    Err(no_awskms(key, path))
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11_load(uri: &Pkcs11Uri) -> Result<Seed> {
+    pkcs11::load(uri)
+}
+#[cfg(feature = "pkcs11")]
+fn pkcs11_store(uri: &Pkcs11Uri, seed: &Seed) -> Result<()> {
+    pkcs11::store_new(uri, seed)
+}
+#[cfg(feature = "pkcs11")]
+fn pkcs11_rewrap(uri: &Pkcs11Uri, to: Option<&str>) -> Result<Rewrapped> {
+    pkcs11::rewrap(uri, to)
+}
+#[cfg(not(feature = "pkcs11"))]
+fn no_pkcs11(uri: &Pkcs11Uri) -> Error {
+    Error::Kms {
+        service: "PKCS#11",
+        op: "use",
+        location: uri.to_string(),
+        reason: "this tool is built without PKCS#11 support; unwrap the key with cbfs-keytool copy --to file:PATH first".into(),
+        transient: false,
+    }
+}
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_load(uri: &Pkcs11Uri) -> Result<Seed> {
+    Err(no_pkcs11(uri))
+}
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_store(uri: &Pkcs11Uri, _seed: &Seed) -> Result<()> {
+    Err(no_pkcs11(uri))
+}
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_rewrap(uri: &Pkcs11Uri, _to: Option<&str>) -> Result<Rewrapped> {
+    Err(no_pkcs11(uri))
 }
 
 #[cfg(test)]
@@ -323,7 +518,22 @@ mod tests {
                 path: "/k/admin.wrapped".into()
             }
         );
-        for s in ["file:x", "keyring:a/b", "openbao:k:p"] {
+        assert_eq!(
+            "awskms:arn:aws:kms:us-east-1:111122223333:key/1234abcd:/k/a.w"
+                .parse::<KeySource>()
+                .unwrap(),
+            KeySource::AwsKms {
+                key: "arn:aws:kms:us-east-1:111122223333:key/1234abcd".into(),
+                path: "/k/a.w".into()
+            }
+        );
+        for s in [
+            "file:x",
+            "keyring:a/b",
+            "openbao:k:p",
+            "awskms:alias/cbfs:k/a.w",
+            "pkcs11:token=t;object=o?pin-source=file:/k/pin&x-wrapped=/k/a.w",
+        ] {
             assert_eq!(s.parse::<KeySource>().unwrap().to_string(), s);
         }
     }
@@ -338,6 +548,12 @@ mod tests {
             ("openbao:onlykey", "KEYNAME:PATH"),
             ("openbao:bad key:p", "transit key name"),
             ("s3:x", "unknown kind"),
+            ("awskms:onlykey", "KEY_ID:PATH"),
+            ("awskms:bad key:p", "KMS key"),
+            (
+                "pkcs11:token=t;object=o?pin-value=1&x-wrapped=w",
+                "pin-value is refused",
+            ),
         ] {
             let err = spec.parse::<KeySource>().unwrap_err().to_string();
             assert!(err.contains(needle) && err.contains(spec), "{spec}: {err}");

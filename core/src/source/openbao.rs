@@ -30,6 +30,7 @@ impl Kms {
     fn from_env(loc: &str) -> Result<Self> {
         let var = |a: &str, b: &str| std::env::var(a).or_else(|_| std::env::var(b)).ok();
         let missing = |what: &str| Error::Kms {
+            service: "OpenBao/Vault",
             op: "connect",
             location: loc.to_owned(),
             reason: format!("{what} is not set (BAO_ADDR/BAO_TOKEN or VAULT_ADDR/VAULT_TOKEN)"),
@@ -42,6 +43,7 @@ impl Kms {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::Kms {
+                service: "OpenBao/Vault",
                 op: "connect",
                 location: loc.to_owned(),
                 reason: e.to_string(),
@@ -66,6 +68,7 @@ impl Kms {
     ) -> Result<Zeroizing<String>> {
         let url = format!("{}/v1/{}/{op}/{key}", self.addr, self.mount);
         let err = |reason: String, transient: bool| Error::Kms {
+            service: "OpenBao/Vault",
             op,
             location: loc.to_owned(),
             reason,
@@ -104,6 +107,7 @@ impl Kms {
 
 fn field(text: &str, name: &str, op: &'static str, loc: &str) -> Result<Zeroizing<String>> {
     let value: Value = serde_json::from_str(text).map_err(|_| Error::Kms {
+        service: "OpenBao/Vault",
         op,
         location: loc.to_owned(),
         reason: "the server's answer is not JSON".into(),
@@ -115,6 +119,7 @@ fn field(text: &str, name: &str, op: &'static str, loc: &str) -> Result<Zeroizin
         .and_then(Value::as_str)
         .map(|s| Zeroizing::new(s.to_owned()))
         .ok_or_else(|| Error::Kms {
+            service: "OpenBao/Vault",
             op,
             location: loc.to_owned(),
             reason: format!("the server's answer has no data.{name}"),
@@ -184,9 +189,12 @@ pub(super) fn rewrap(key: &str, path: &Path) -> Result<Rewrapped> {
     let kms = Kms::from_env(&loc)?;
     let text = kms.call("rewrap", key, &loc, &json!({ "ciphertext": ciphertext }))?;
     let new = field(&text, "ciphertext", "rewrap", &loc)?;
+    let (from, to) = (version_of(&ciphertext), version_of(&new));
     let outcome = Rewrapped {
-        from_version: version_of(&ciphertext),
-        to_version: version_of(&new),
+        from: format!("transit key `{key}` version {from}"),
+        to: format!("transit key `{key}` version {to}"),
+        from_version: Some(from),
+        to_version: Some(to),
     };
     if new.as_str() != ciphertext {
         replace_private(path, format!("{}\n", new.as_str()).as_bytes())?;

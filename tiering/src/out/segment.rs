@@ -189,11 +189,10 @@ fn commit(shared: &Shared<'_>, sealed: Sealed) -> Result<()> {
     for lb in &lockboxes {
         let bytes = lb.to_bytes();
         stored_bytes += bytes.len() as u64;
-        shared.wait(
-            agent
-                .store
-                .put_new(&layout::lockbox(&id, &lb.group_id()), bytes),
-        )?;
+        shared.wait(agent.store.put_new(
+            &layout::lockbox_at(&id, &lb.group_id(), lb.key_version()),
+            bytes,
+        ))?;
     }
     shared.crash_if(CrashPoint::AfterLockboxes(n));
     stored_bytes += summary.len() as u64;

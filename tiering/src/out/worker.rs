@@ -508,8 +508,11 @@ fn group_key<'s>(
             .keyset
             .as_ref()
             .expect("checked before the run");
+        // Always the scope's current key version: a retired one is never
+        // sealed to again.
         let pk = ks.scope(scope).expect("checked before the run");
-        let (lockbox, key) = Lockbox::seal(scope.as_str(), pk, segment)?;
+        let version = ks.scope_version(scope).expect("checked before the run");
+        let (lockbox, key) = Lockbox::seal_at(scope.as_str(), version, pk, segment)?;
         lockboxes.push(lockbox);
         groups.insert(scope.clone(), key);
     }

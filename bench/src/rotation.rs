@@ -1,0 +1,69 @@
+//! The rotation rows of `bench/run`: a store of lockboxes for
+//! `cbfs-keytool rotate-scope` to seal again, and the raw peer, Umbral
+//! `decrypt_original` + `encrypt` (what sealing one lockbox again costs) per
+//! second on every core.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use cbfs_core::umbral_pre::{self, SecretKey};
+use cbfs_core::{AdminSecret, KeySource, Keyset, ScopeLabel, Unlock};
+use cbfs_format::{Lockbox, SegmentId, layout};
+use serde_json::json;
+
+/// Writes `count` lockboxes of `scope` (its current key) into the local
+/// store `store`, as a tier out would (one per segment), for rotate-scope.
+pub fn lockboxes(
+    keyset: &Path,
+    admin: &str,
+    scope: &str,
+    count: usize,
+    store: &Path,
+) -> Result<()> {
+    let ks = Keyset::load(keyset)?;
+    let admin: KeySource = admin.parse()?;
+    let admin = ks.admin_secret(AdminSecret::from_seed(admin.load(&Unlock::default())?))?;
+    let label = ScopeLabel::new(scope)?;
+    let version = ks.scope_version(&label).context("no such scope")?;
+    let pk = *ks.scope(&label).context("no such scope")?;
+    drop(admin);
+    for _ in 0..count {
+        let segment = SegmentId::random();
+        let (lb, _) = Lockbox::seal_at(scope, version, &pk, segment)?;
+        let path = store.join(layout::lockbox_at(&segment, &lb.group_id(), version));
+        std::fs::create_dir_all(path.parent().expect("a lockbox has a folder"))?;
+        std::fs::write(&path, lb.to_bytes())?;
+    }
+    println!("{}", json!({ "lockboxes": count }));
+    Ok(())
+}
+
+/// Raw `decrypt_original` + `encrypt` of a 64-byte payload, per second, on
+/// every core: the Umbral work of sealing one lockbox again.
+pub fn reseal(count: usize, threads: usize) -> Result<()> {
+    let old = SecretKey::random();
+    let new = SecretKey::random().public_key();
+    let sealed: Vec<_> = (0..count)
+        .map(|_| umbral_pre::encrypt(&old.public_key(), &[7u8; 64]).expect("encrypt"))
+        .collect();
+    let per = count.div_ceil(threads).max(1);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for part in sealed.chunks(per) {
+            let old = &old;
+            s.spawn(move || {
+                for (capsule, ct) in part {
+                    let plain = umbral_pre::decrypt_original(old, capsule, ct).expect("decrypt");
+                    std::hint::black_box(umbral_pre::encrypt(&new, &plain).expect("encrypt"));
+                }
+            });
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({ "count": count, "seconds": secs, "per_second": count as f64 / secs, "threads": threads })
+    );
+    Ok(())
+}
