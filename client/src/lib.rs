@@ -856,7 +856,7 @@ impl NodeAdmin {
         &self,
         url: &str,
         keyset: Vec<u8>,
-    ) -> Result<crate::admin::KeysetStored, NodeProblem> {
+    ) -> Result<cbfs_wire::admin::KeysetStored, NodeProblem> {
         exchange(
             self.http
                 .put(format!("{url}/v1/keyset"))
@@ -872,8 +872,8 @@ impl NodeAdmin {
     pub async fn delegations(
         &self,
         url: &str,
-        request: &crate::admin::SignedList,
-    ) -> Result<crate::admin::Delegations, NodeProblem> {
+        request: &cbfs_wire::admin::SignedList,
+    ) -> Result<cbfs_wire::admin::Delegations, NodeProblem> {
         exchange(
             self.http
                 .post(format!("{url}/v1/delegations"))

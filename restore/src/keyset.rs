@@ -885,6 +885,7 @@ mod tests {
         assert_eq!(p.admin_verifying_key, public_key_hex(&new.verifying_key()));
         assert_eq!(p.highest_snapshot, 1);
         assert_eq!(stale.pinned("fs"), Some(p), "the saver sees the merge");
+    }
 
     #[test]
     fn readers_follow_a_hand_over_and_refuse_the_old_key_alone_after_it() {
