@@ -150,18 +150,18 @@ fn diff(old: &[ManifestEntry], new: &[ManifestEntry]) -> (Vec<Key>, Vec<Manifest
 
 /// A delta manifest parsed, with its signature checked against the key
 /// inside it; its entries still need its base.
-struct ParsedDelta {
-    snapshot: SnapshotId,
-    sequence: u64,
-    previous: [u8; 32],
-    created_unix: i64,
-    writer: PublicKey,
-    removed: Vec<Key>,
-    added: Vec<ManifestEntry>,
-    root: [u8; 32],
+pub(crate) struct ParsedDelta {
+    pub(crate) snapshot: SnapshotId,
+    pub(crate) sequence: u64,
+    pub(crate) previous: [u8; 32],
+    pub(crate) created_unix: i64,
+    pub(crate) writer: PublicKey,
+    pub(crate) removed: Vec<Key>,
+    pub(crate) added: Vec<ManifestEntry>,
+    pub(crate) root: [u8; 32],
 }
 
-fn parse_delta(bytes: &[u8]) -> Result<ParsedDelta, Error> {
+pub(crate) fn parse_delta(bytes: &[u8]) -> Result<ParsedDelta, Error> {
     let (mut d, version) = Dec::brand(bytes, DELTA_BRAND, ObjectKind::Manifest)?;
     if version != 1 && version != DELTA_VERSION {
         return Err(Dec::unknown_version(ObjectKind::Manifest, version));
@@ -325,13 +325,27 @@ fn apply(
 /// number; the one whose hash the later manifest names is taken.
 pub fn gather_manifest_chain(
     target: Vec<u8>,
+    candidates: impl FnMut(u64) -> Vec<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, Error> {
+    gather_manifest_chain_until(target, candidates, |_, _| false)
+}
+
+/// [`gather_manifest_chain`] that also stops at a delta manifest that
+/// `has_base` accepts (given its header and its hash): one a
+/// [`ManifestBase`](crate::ManifestBase) completes (see
+/// [`resolve_manifest_chain_from`]), so that the manifests before it are
+/// not needed (garbage collection may have deleted them).
+pub fn gather_manifest_chain_until(
+    target: Vec<u8>,
     mut candidates: impl FnMut(u64) -> Vec<Vec<u8>>,
+    mut has_base: impl FnMut(&ManifestHeader, &[u8; 32]) -> bool,
 ) -> Result<Vec<Vec<u8>>, Error> {
     use sha2::{Digest, Sha256};
     let mut chain = vec![target];
     loop {
-        let head = ManifestHeader::peek(chain.last().expect("never empty"))?;
-        if !head.delta {
+        let last = chain.last().expect("never empty");
+        let head = ManifestHeader::peek(last)?;
+        if !head.delta || has_base(&head, &Sha256::digest(last).into()) {
             break;
         }
         let (Some(previous), Some(seq)) = (head.previous, head.sequence.checked_sub(1)) else {
@@ -376,12 +390,25 @@ pub fn resolve_manifest_chain(
     chain: &[Vec<u8>],
     trusted_writer: &PublicKey,
 ) -> Result<Manifest, Error> {
+    resolve_manifest_chain_from(chain, trusted_writer, None)
+}
+
+/// [`resolve_manifest_chain`] whose first object may be a delta manifest
+/// completed by `base` (see [`Manifest::from_delta_with_base`]).
+pub fn resolve_manifest_chain_from(
+    chain: &[Vec<u8>],
+    trusted_writer: &PublicKey,
+    base: Option<&crate::ManifestBase>,
+) -> Result<Manifest, Error> {
     let Some((first, rest)) = chain.split_first() else {
         return Err(Error::InvalidInput {
             reason: "an empty manifest chain".into(),
         });
     };
-    let mut current = Manifest::from_bytes(first, trusted_writer)?;
+    let mut current = match base {
+        Some(b) => Manifest::from_delta_with_base(first, trusted_writer, b)?,
+        None => Manifest::from_bytes(first, trusted_writer)?,
+    };
     for bytes in rest {
         let next = if bytes.starts_with(DELTA_BRAND) {
             Manifest::from_delta_bytes(bytes, trusted_writer, &current)?
@@ -396,11 +423,11 @@ pub fn resolve_manifest_chain(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use umbral_pre::SecretKey;
 
-    fn entry(i: u8) -> ManifestEntry {
+    pub(crate) fn entry(i: u8) -> ManifestEntry {
         ManifestEntry::single(
             SegmentId::from_bytes([1; 16]),
             MemberId::from_bytes([i; 16]),
@@ -408,7 +435,8 @@ mod tests {
         )
     }
 
-    fn chain(signer: &Signer) -> Vec<Manifest> {
+    /// Four snapshots, the first full, the others deltas.
+    pub(crate) fn chain(signer: &Signer) -> Vec<Manifest> {
         let mut out: Vec<Manifest> = Vec::new();
         let mut set: Vec<ManifestEntry> = (1..=40).map(entry).collect();
         for seq in 1..=4u64 {
