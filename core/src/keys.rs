@@ -16,13 +16,20 @@
 //! root: with Umbral, a user holding threshold-many kfrags can compute the
 //! delegating secret, so the blast radius of a delegation must be one scope.
 
+#[cfg(feature = "secrets")]
 use std::fmt;
 
+#[cfg(feature = "secrets")]
 use rand::RngCore;
+#[cfg(feature = "secrets")]
 use secrecy::{ExposeSecret, SecretBox};
-use umbral_pre::{PublicKey, SecretKey, SecretKeyFactory, Signer};
+use umbral_pre::PublicKey;
+#[cfg(feature = "secrets")]
+use umbral_pre::{SecretKey, SecretKeyFactory, Signer};
 
+#[cfg(feature = "secrets")]
 use crate::error::{Error, Result};
+#[cfg(feature = "secrets")]
 use crate::ids::ScopeLabel;
 
 /// Length in bytes of every seed cbfs stores.
@@ -31,8 +38,10 @@ pub const SEED_LEN: usize = 32;
 /// 32 bytes of secret seed: a root, scope, user, writer or node secret.
 ///
 /// Zeroized on drop; neither `Clone` nor a `Debug` that shows the bytes.
+#[cfg(feature = "secrets")]
 pub struct Seed(SecretBox<[u8; SEED_LEN]>);
 
+#[cfg(feature = "secrets")]
 impl Seed {
     /// A fresh seed from the operating system's random source.
     pub fn generate() -> Self {
@@ -68,6 +77,7 @@ impl Seed {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl fmt::Debug for Seed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Seed([redacted])")
@@ -81,11 +91,13 @@ const USER_ENCRYPT: &[u8] = b"cbfs/v1/user/encrypt";
 const USER_SIGN: &[u8] = b"cbfs/v1/user/sign";
 
 /// The administrator's root secret for one file system.
+#[cfg(feature = "secrets")]
 pub struct AdminSecret {
     seed: Seed,
     factory: SecretKeyFactory,
 }
 
+#[cfg(feature = "secrets")]
 impl AdminSecret {
     /// A new random root secret.
     pub fn generate() -> Self {
@@ -123,6 +135,7 @@ impl AdminSecret {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl fmt::Debug for AdminSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AdminSecret([redacted])")
@@ -130,12 +143,14 @@ impl fmt::Debug for AdminSecret {
 }
 
 /// The secret of one scope: opens that scope's lockboxes, and only those.
+#[cfg(feature = "secrets")]
 pub struct ScopeSecret {
     label: ScopeLabel,
     seed: Seed,
     key: SecretKey,
 }
 
+#[cfg(feature = "secrets")]
 impl ScopeSecret {
     /// The scope secret held in `seed`, for the scope `label`.
     pub fn from_seed(label: ScopeLabel, seed: Seed) -> Self {
@@ -164,6 +179,7 @@ impl ScopeSecret {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl fmt::Debug for ScopeSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ScopeSecret({}, [redacted])", self.label)
@@ -172,11 +188,13 @@ impl fmt::Debug for ScopeSecret {
 
 /// A user's (or service identity's) secret: decrypts what is re-encrypted for
 /// it, and signs its requests.
+#[cfg(feature = "secrets")]
 pub struct UserSecret {
     seed: Seed,
     factory: SecretKeyFactory,
 }
 
+#[cfg(feature = "secrets")]
 impl UserSecret {
     /// A new random user secret.
     pub fn generate() -> Self {
@@ -215,6 +233,7 @@ impl UserSecret {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl fmt::Debug for UserSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("UserSecret([redacted])")
@@ -244,7 +263,7 @@ pub fn fingerprint(pk: &PublicKey) -> String {
         .join(":")
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "secrets"))]
 mod tests {
     use super::*;
     use umbral_pre::{decrypt_original, encrypt};

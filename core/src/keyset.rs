@@ -14,7 +14,9 @@ use umbral_pre::PublicKey;
 
 use crate::error::{Error, Result};
 use crate::ids::{FsName, ScopeLabel, UserName};
-use crate::keys::{AdminSecret, fingerprint, public_key_from_hex, public_key_hex};
+#[cfg(feature = "secrets")]
+use crate::keys::AdminSecret;
+use crate::keys::{fingerprint, public_key_from_hex, public_key_hex};
 use crate::signed;
 
 const FORMAT: &str = "cbfs-keyset";
@@ -51,6 +53,7 @@ pub struct Keyset {
 
 impl Keyset {
     /// A new keyset for file system `fs`, holding the `default` scope.
+    #[cfg(feature = "secrets")]
     pub fn new(fs: FsName, admin: &AdminSecret) -> Self {
         let mut keyset = Keyset {
             raw: Vec::new(),
@@ -124,6 +127,7 @@ impl Keyset {
     /// Signs the keyset with the administrator's key and serializes it.
     ///
     /// Fails if `admin` is not the key this keyset belongs to.
+    #[cfg(feature = "secrets")]
     pub fn to_signed_bytes(&self, admin: &AdminSecret) -> Result<Vec<u8>> {
         self.check_admin(admin)?;
         let body = Body {
@@ -148,6 +152,7 @@ impl Keyset {
     }
 
     /// Fails unless `admin` is this keyset's administrator key.
+    #[cfg(feature = "secrets")]
     pub fn check_admin(&self, admin: &AdminSecret) -> Result<()> {
         if admin.verifying_key() == self.admin {
             Ok(())
@@ -164,6 +169,7 @@ impl Keyset {
     }
 
     /// Adds a scope derived from `admin`. Returns false if it already existed.
+    #[cfg(feature = "secrets")]
     pub fn add_scope(&mut self, admin: &AdminSecret, label: &ScopeLabel) -> Result<bool> {
         self.check_admin(admin)?;
         if self.scopes.contains_key(label) {
@@ -176,6 +182,7 @@ impl Keyset {
     }
 
     /// Registers a writer's verifying key. Returns false if it was already there.
+    #[cfg(feature = "secrets")]
     pub fn add_writer(
         &mut self,
         admin: &AdminSecret,
@@ -249,7 +256,7 @@ impl PartialEq for Keyset {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "secrets"))]
 mod tests {
     use super::*;
 

@@ -218,6 +218,30 @@ pub(crate) fn parse_delta(bytes: &[u8]) -> Result<ParsedDelta, Error> {
     })
 }
 
+/// The entries a manifest object names, read from its layout alone,
+/// without checking its signature, its Merkle root or its chain: all of a
+/// full manifest's entries, and the entries a delta adds. For a collector
+/// that must keep whatever an object it cannot verify might need; never
+/// for restoring.
+pub fn unverified_entries(bytes: &[u8]) -> Result<Vec<ManifestEntry>, Error> {
+    let delta = bytes.starts_with(DELTA_BRAND);
+    let brand = if delta { DELTA_BRAND } else { FULL_BRAND };
+    let (mut d, version) = Dec::brand(bytes, brand, ObjectKind::Manifest)?;
+    if version != 1 && version != DELTA_VERSION {
+        return Err(Dec::unknown_version(ObjectKind::Manifest, version));
+    }
+    d.take(16 + 8 + 32 + 8 + KEY_LEN)?;
+    if delta {
+        let at = d.pos();
+        let n_removed = d.u32()? as usize;
+        let len = n_removed
+            .checked_mul(32)
+            .ok_or_else(|| d.err_at(at, "too many removed members"))?;
+        d.take(len)?;
+    }
+    read_entries(&mut d, "entries", version)
+}
+
 /// The key that signed a delta manifest, once its layout and signature
 /// check: whom a reader must trust before resolving the delta's chain.
 pub fn delta_writer(bytes: &[u8]) -> Result<PublicKey, Error> {
@@ -542,6 +566,23 @@ pub(crate) mod tests {
                 "flip at {i}"
             );
         }
+    }
+
+    #[test]
+    fn unverified_entries_read_the_layout_only() {
+        let signer = Signer::new(SecretKey::random());
+        let ms = chain(&signer);
+        let mut full = ms[0].to_bytes();
+        assert_eq!(unverified_entries(&full).unwrap(), ms[0].entries());
+        // A broken signature does not stop it: it proves nothing anyway.
+        let last = full.len() - 1;
+        full[last] ^= 1;
+        assert_eq!(unverified_entries(&full).unwrap(), ms[0].entries());
+        // A delta names what it adds.
+        let added = unverified_entries(&ms[1].to_bytes()).unwrap();
+        assert_eq!(added, vec![entry(102)]);
+        assert!(unverified_entries(b"CBFSSNAP").is_err());
+        assert!(unverified_entries(&ms[1].to_bytes()[..60]).is_err());
     }
 
     #[test]

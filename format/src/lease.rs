@@ -55,7 +55,7 @@ impl Lease {
         while !self.host.is_char_boundary(end) {
             end -= 1;
         }
-        e.bytes8(self.host[..end].as_bytes());
+        e.bytes8(&self.host.as_bytes()[..end]);
         e.u32(self.pid);
         e.into_vec()
     }

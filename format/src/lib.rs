@@ -123,6 +123,7 @@ pub use collection::{CollectReason, CollectedSegment, Collection};
 pub use delta::{
     FULL_MANIFEST_EVERY, ManifestHeader, delta_writer, gather_manifest_chain,
     gather_manifest_chain_until, resolve_manifest_chain, resolve_manifest_chain_from,
+    unverified_entries,
 };
 pub use error::{Error, ObjectKind, Result};
 pub use ids::{GroupId, MemberId, RecordId, SegmentId, SnapshotId};

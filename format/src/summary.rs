@@ -397,7 +397,7 @@ pub(crate) fn header_len_fits(mode: SegmentMode, header_len: u64) -> bool {
         SegmentMode::Encrypted => header_len == BLOCK as u64,
         SegmentMode::Plain => {
             header_len >= BLOCK as u64
-                && header_len % BLOCK as u64 == 0
+                && header_len.is_multiple_of(BLOCK as u64)
                 && header_len <= MAX_PAX_LEN + 2 * BLOCK as u64
         }
     }

@@ -79,8 +79,12 @@ pub use engine::RestoreOptions;
 pub use error::{Error, Result};
 #[cfg(feature = "gateway")]
 pub use gateway::{GatewaySource, is_gateway_store};
-pub use keyset::{Anchors, Pin, Pinned, TrustRecords, load_keyset, trusted_keyset};
-pub use opener::{AdminOpener, Identity, LockboxOpener, NoKey, ScopeOpener, identify};
+#[cfg(feature = "secrets")]
+pub use keyset::{Anchors, trusted_keyset};
+pub use keyset::{Pin, Pinned, TrustRecords, load_keyset};
+#[cfg(feature = "secrets")]
+pub use opener::{AdminOpener, Identity, ScopeOpener, identify};
+pub use opener::{LockboxOpener, NoKey};
 pub use paths::{PathFilter, check_member_path, check_symlink_target};
 pub use relocation::{Moved, Relocations};
 pub use report::{Failure, Report};

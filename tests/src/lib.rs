@@ -52,6 +52,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backend;
 mod bins;
 mod faulty;
 mod keyring;
@@ -69,6 +70,7 @@ use std::process::Command;
 
 use rand::RngCore as _;
 
+pub use backend::Backend;
 pub use bins::{BIN_DIR_ENV, cbfs_bin, cbfs_cmd, require_tool};
 pub use faulty::{Fault, FaultPlan, FaultyProxy, SeenRequest};
 pub use keyring::KeyringSession;

@@ -229,6 +229,8 @@ pub(crate) fn run(
         agent.index.commit(b)?;
     }
     rt.block_on(agent.publish_keyset())?;
+    // Relocations and collections, before the index is trusted for anything.
+    let gc_seen = crate::gcsync::before_run(agent, &rt)?;
 
     let meta = std::fs::metadata(&opts.source)
         .map_err(|e| Error::io("cannot read source", &opts.source, e))?;
@@ -298,6 +300,7 @@ pub(crate) fn run(
     }
 
     agent.index.flush_if_large()?;
+    crate::gcsync::after_run(agent, &shared.rt, gc_seen, report.sequence)?;
     let _ = std::fs::remove_dir_all(&shared.spool_dir);
     report.files = shared.files.load(Ordering::Relaxed);
     report.bytes_read = shared.bytes_read.load(Ordering::Relaxed);
@@ -372,7 +375,7 @@ pub(crate) fn release(
             updates.entry(old.segment).or_insert(r)
         }
     };
-    rec.live_members = rec.live_members.saturating_sub(1);
+    rec.live_files = rec.live_files.saturating_sub(1);
     rec.live_bytes = rec.live_bytes.saturating_sub(old.stored);
     Ok(())
 }

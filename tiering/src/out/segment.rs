@@ -170,7 +170,8 @@ pub(crate) fn close_segment(shared: &Shared<'_>, mut seg: OpenSegment) -> Result
             SegmentRecord {
                 size: summary.segment_len(),
                 members: summary.entries().len() as u64,
-                live_members: stored.len() as u64,
+                files: stored.len() as u64,
+                live_files: stored.len() as u64,
                 live_bytes,
             },
         );
