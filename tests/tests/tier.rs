@@ -2,7 +2,6 @@
 //! directory store and a real S3-compatible server, incremental runs,
 //! snapshots, crash safety, retries and the update-series method.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
