@@ -203,7 +203,11 @@ fn gc_on_s3() {
 /// A store where a collection was recorded (phase one done, the writer
 /// moved on): ready for phase two.
 fn collected_store(seed: u64) -> (Env, Vec<u64>) {
-    let mut env = Env::local(seed, 20);
+    collected(Env::local(seed, 20))
+}
+
+/// [`collected_store`] on any backend.
+fn collected(mut env: Env) -> (Env, Vec<u64>) {
     env.tier();
     for _ in 0..4 {
         env.change(6, 2, 90_000);
@@ -216,7 +220,22 @@ fn collected_store(seed: u64) -> (Env, Vec<u64>) {
 
 #[test]
 fn a_tier_out_and_a_restore_run_while_each_phase_stands_still() {
-    let (mut env, kept) = collected_store(77);
+    runs_while_each_phase_stands_still(Env::local(77, 20));
+}
+
+#[test]
+fn a_tier_out_and_a_restore_run_while_each_phase_stands_still_on_s3() {
+    let server = S3Server::start();
+    server.create_bucket("gc-during");
+    runs_while_each_phase_stands_still(Env::new(76, 20, |_| Backend::S3 {
+        server: Box::new(server),
+        bucket: "gc-during".into(),
+        endpoint: None,
+    }));
+}
+
+fn runs_while_each_phase_stands_still(env: Env) {
+    let (mut env, kept) = collected(env);
     // Phase one stands still once the new segments and their relocation
     // records are out, before the collection record.
     let (gc, flag) = env.gc_paused("bases", &["--min-live", "100"]);
