@@ -194,7 +194,7 @@ fn forget_blocking(req: &ForgetRequest, rt: tokio::runtime::Handle) -> Result<Fo
             });
         }
     }
-    entries.sort_by(|a, b| b.sequence.cmp(&a.sequence));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.sequence));
     let mut report = ForgetReport {
         policy: req.policy.describe(),
         kept: entries.iter().filter(|e| e.keep).count(),

@@ -180,7 +180,7 @@ fn names(selector: &str, c: &Candidate) -> bool {
 /// newest first. The newest is always kept.
 pub fn apply(policy: &KeepPolicy, snapshots: &[Candidate]) -> Vec<Decision> {
     let mut sorted: Vec<&Candidate> = snapshots.iter().collect();
-    sorted.sort_by(|a, b| (b.sequence, b.created_unix).cmp(&(a.sequence, a.created_unix)));
+    sorted.sort_by_key(|c| std::cmp::Reverse((c.sequence, c.created_unix)));
     let mut buckets: Vec<Bucket> = [
         ("hourly", policy.hourly, hour as fn(OffsetDateTime) -> i64),
         ("daily", policy.daily, day),
