@@ -482,6 +482,58 @@ class Bench:
         rm(store, index)
         return s
 
+    def gc(self, kind):
+        """Garbage collection of a store where half the files of the first
+        snapshot were replaced and that snapshot forgotten: cbfs-gc's
+        compaction throughput against a plain copy of the same segment
+        objects on the same disk, and the store's size after both phases
+        against a fresh tier-out of the kept tree."""
+        src, store, index = self.p(f"gc-{kind}"), self.p(f"store-gc-{kind}"), self.p(f"index-gc-{kind}")
+        fresh, fresh_index = self.p(f"store-gc-fresh-{kind}"), self.p(f"index-gc-fresh-{kind}")
+        spool, copy = self.p("gc-spool"), self.p(f"gc-copy-{kind}")
+        rm(src, store, index, fresh, fresh_index, spool, copy)
+        os.makedirs(spool)
+        sh(["cp", "-a", self.p(kind), src])
+        sh(self.tier_out(src, store, index), env={**os.environ, **self.env})
+        # Replace every other file: half of the first snapshot is garbage.
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs
+                       if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f)))
+        for f in files[::2]:
+            with open(f, "ab") as out:
+                out.write(b"gc")
+        sh(self.tier_out(src, store, index), env={**os.environ, **self.env})
+        sh([self.b("cbfs-tier"), "forget", "--store", store, "--index", index, "--writer-key",
+            f"file:{self.keys}/agent.key", "--keep-last", "1"], env={**os.environ, **self.env})
+        gc = [self.b("cbfs-gc"), "--json", "--store", store, "--keyset", f"{self.keys}/keyset.json",
+              "--grace", "0s", "--min-live", "100", "--spool", spool]
+        report_file = self.p("gc-report.json")
+        s = run_once(gc, env=self.env, stdout=report_file)
+        report = json.load(open(report_file))
+        comp = report["compaction"]
+        copied, seconds = comp["bytes_copied"], comp["seconds"]
+        # A plain copy of the same segment objects, in the same run.
+        os.makedirs(copy)
+        t0 = time.monotonic()
+        plain_bytes = 0
+        for key in comp["compacted"]:
+            shutil.copyfile(os.path.join(store, key), os.path.join(copy, os.path.basename(key)))
+            plain_bytes += os.path.getsize(os.path.join(store, key))
+        os.sync()
+        plain_s = time.monotonic() - t0
+        rm(copy)
+        gc_rate = copied / seconds if seconds else 0.0
+        plain_rate = plain_bytes / plain_s if plain_s else 0.0
+        # The agent moves on (a run with nothing to store), then phase two.
+        sh(self.tier_out(src, store, index), env={**os.environ, **self.env})
+        run_once(gc, env=self.env, stdout=report_file)
+        if not json.load(open(report_file))["phase_two"][0]["done"]:
+            raise SystemExit("cbfs-gc: phase two did not run: " + open(report_file).read())
+        after = du(store)
+        sh(self.tier_out(src, fresh, fresh_index), env={**os.environ, **self.env})
+        fresh_size = du(fresh)
+        rm(src, store, index, fresh, fresh_index, spool)
+        return s, copied, seconds, gc_rate, plain_bytes, plain_s, plain_rate, after, fresh_size
+
     def overhead(self):
         store = self.p("store-small")
         parts = {d: du(os.path.join(store, d)) for d in sorted(os.listdir(store))}
@@ -579,6 +631,17 @@ class Bench:
         self.row("rotate-scope", f"cbfs-keytool rotate-scope, {count:,} lockboxes", None, None, None, rr,
                  ">= 80% of raw", rr >= 0.8,
                  f"{per_second:.0f} lockboxes/s; raw {raw_reseal['per_second']:.0f}/s on {raw_reseal['threads']} threads")
+
+        # garbage collection, with no key
+        gc_s, copied, gc_secs, gc_rate, plain_bytes, plain_s, plain_rate, after, fresh = self.gc("small")
+        rg = gc_rate / plain_rate if plain_rate else 0.0
+        self.row("gc, small (half the files replaced)", "cbfs-gc compaction", gc_s, None, None, rg,
+                 ">= 0.8x a plain copy", rg >= 0.8,
+                 f"{copied / 1e6:.1f} MB copied in {gc_secs:.2f} s ({gc_rate / 1e6:.0f} MB/s); plain copy of the same "
+                 f"{plain_bytes / 1e6:.1f} MB of segments {plain_rate / 1e6:.0f} MB/s; wall includes the mark")
+        amp = after / fresh if fresh else 0.0
+        self.row("gc, small: space after forget + gc", "store after both phases", None, None, after, amp,
+                 "<= 1.2x a fresh tier-out", amp <= 1.2, f"fresh tier-out of the kept tree {fresh / 1e6:.1f} MB")
 
         # overhead
         parts, total, index, files, content = self.overhead()

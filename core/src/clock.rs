@@ -41,6 +41,11 @@ impl Clock for SystemClock {
     }
 }
 
+/// Whether this build has the test suite's hooks (the `test-clock`
+/// feature): a clock the tests move, and the crash points of the tools
+/// that have them. Never true in a release build.
+pub const TEST_HOOKS: bool = cfg!(feature = "test-clock");
+
 /// The variable that, in a build with the `test-clock` feature, names a
 /// file holding seconds to add to the system's time.
 pub const TEST_CLOCK_ENV: &str = "CBFS_TEST_CLOCK_OFFSET_FILE";

@@ -12,7 +12,9 @@ use umbral_pre::PublicKey;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ids::{FsName, ScopeLabel, UserName};
-use crate::keys::{AdminSecret, fingerprint, public_key_from_hex, public_key_hex};
+#[cfg(feature = "secrets")]
+use crate::keys::AdminSecret;
+use crate::keys::{fingerprint, public_key_from_hex, public_key_hex};
 use crate::signed;
 
 const FORMAT: &str = "cbfs-delegation";
@@ -53,6 +55,7 @@ pub struct DelegationRecord {
 }
 
 impl DelegationRecord {
+    #[cfg(feature = "secrets")]
     pub(crate) fn sign(body: Body, admin: &AdminSecret) -> Result<Self> {
         let raw = signed::sign(DOMAIN, &body, &admin.signer());
         Self::from_bytes(&raw, "new delegation record", &admin.verifying_key())
@@ -220,6 +223,7 @@ impl PartialEq for DelegationRecord {
 
 /// Shorthand for making a record's body from the pieces a delegation has.
 #[allow(clippy::too_many_arguments)]
+#[cfg(feature = "secrets")]
 pub(crate) fn body(
     fs: &FsName,
     scope: &ScopeLabel,

@@ -18,13 +18,20 @@
 //! root: with Umbral, a user holding threshold-many kfrags can compute the
 //! delegating secret, so the blast radius of a delegation must be one scope.
 
+#[cfg(feature = "secrets")]
 use std::fmt;
 
+#[cfg(feature = "secrets")]
 use rand::RngCore;
+#[cfg(feature = "secrets")]
 use secrecy::{ExposeSecret, SecretBox};
-use umbral_pre::{PublicKey, SecretKey, SecretKeyFactory, Signer};
+use umbral_pre::PublicKey;
+#[cfg(feature = "secrets")]
+use umbral_pre::{SecretKey, SecretKeyFactory, Signer};
 
+#[cfg(feature = "secrets")]
 use crate::error::{Error, Result};
+#[cfg(feature = "secrets")]
 use crate::ids::ScopeLabel;
 
 /// Length in bytes of every seed cbfs stores.
@@ -33,8 +40,10 @@ pub const SEED_LEN: usize = 32;
 /// 32 bytes of secret seed: a root, scope, user, writer or node secret.
 ///
 /// Zeroized on drop; neither `Clone` nor a `Debug` that shows the bytes.
+#[cfg(feature = "secrets")]
 pub struct Seed(SecretBox<[u8; SEED_LEN]>);
 
+#[cfg(feature = "secrets")]
 impl Seed {
     /// A fresh seed from the operating system's random source.
     pub fn generate() -> Self {
@@ -70,6 +79,7 @@ impl Seed {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl fmt::Debug for Seed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Seed([redacted])")
@@ -88,6 +98,7 @@ const USER_SIGN: &[u8] = b"cbfs/v1/user/sign";
 /// was rotated to: so the root secret alone still opens everything. It
 /// signs with the version of the administrator's signing key that the
 /// keyset names ([`with_sign_version`](Self::with_sign_version)).
+#[cfg(feature = "secrets")]
 pub struct AdminSecret {
     seed: Seed,
     factory: SecretKeyFactory,
@@ -104,6 +115,7 @@ fn versioned(base: &[u8], version: u32) -> Vec<u8> {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl AdminSecret {
     /// A new random root secret.
     pub fn generate() -> Self {
@@ -174,6 +186,7 @@ impl AdminSecret {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl fmt::Debug for AdminSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AdminSecret([redacted])")
@@ -182,6 +195,7 @@ impl fmt::Debug for AdminSecret {
 
 /// The secret of one scope in one key version: opens that scope's
 /// lockboxes of that version, and only those.
+#[cfg(feature = "secrets")]
 pub struct ScopeSecret {
     label: ScopeLabel,
     version: u32,
@@ -189,6 +203,7 @@ pub struct ScopeSecret {
     key: SecretKey,
 }
 
+#[cfg(feature = "secrets")]
 impl ScopeSecret {
     /// The scope secret held in `seed`, for the scope `label`, key version 1.
     pub fn from_seed(label: ScopeLabel, seed: Seed) -> Self {
@@ -232,6 +247,7 @@ impl ScopeSecret {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl fmt::Debug for ScopeSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -244,11 +260,13 @@ impl fmt::Debug for ScopeSecret {
 
 /// A user's (or service identity's) secret: decrypts what is re-encrypted for
 /// it, and signs its requests.
+#[cfg(feature = "secrets")]
 pub struct UserSecret {
     seed: Seed,
     factory: SecretKeyFactory,
 }
 
+#[cfg(feature = "secrets")]
 impl UserSecret {
     /// A new random user secret.
     pub fn generate() -> Self {
@@ -287,6 +305,7 @@ impl UserSecret {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl fmt::Debug for UserSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("UserSecret([redacted])")
@@ -316,7 +335,7 @@ pub fn fingerprint(pk: &PublicKey) -> String {
         .join(":")
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "secrets"))]
 mod tests {
     use super::*;
     use umbral_pre::{decrypt_original, encrypt};

@@ -25,7 +25,9 @@ use umbral_pre::{PublicKey, Signature};
 
 use crate::error::{Error, Result};
 use crate::ids::{FsName, ScopeLabel, UserName};
-use crate::keys::{AdminSecret, fingerprint, public_key_from_hex, public_key_hex};
+#[cfg(feature = "secrets")]
+use crate::keys::AdminSecret;
+use crate::keys::{fingerprint, public_key_from_hex, public_key_hex};
 use crate::signed;
 
 const FORMAT: &str = "cbfs-keyset";
@@ -186,6 +188,7 @@ fn handover_message(statement: &HandoverStatement<'_>) -> Vec<u8> {
 
 impl Keyset {
     /// A new keyset for file system `fs`, holding the `default` scope.
+    #[cfg(feature = "secrets")]
     pub fn new(fs: FsName, admin: &AdminSecret) -> Self {
         let mut keyset = Keyset {
             raw: Vec::new(),
@@ -427,6 +430,7 @@ impl Keyset {
     /// Signs the keyset with the administrator's key and serializes it.
     ///
     /// Fails if `admin` is not the key this keyset belongs to.
+    #[cfg(feature = "secrets")]
     pub fn to_signed_bytes(&self, admin: &AdminSecret) -> Result<Vec<u8>> {
         self.check_admin(admin)?;
         let writers = self
@@ -513,6 +517,7 @@ impl Keyset {
     }
 
     /// Fails unless `admin` is this keyset's administrator key.
+    #[cfg(feature = "secrets")]
     pub fn check_admin(&self, admin: &AdminSecret) -> Result<()> {
         if admin.verifying_key() == self.admin {
             Ok(())
@@ -528,6 +533,7 @@ impl Keyset {
         }
     }
 
+    #[cfg(feature = "secrets")]
     /// The root secret in `admin`, set to sign with the version of the
     /// administrator's key this keyset names; fails unless it is this
     /// keyset's administrator.
@@ -538,6 +544,7 @@ impl Keyset {
     }
 
     /// Adds a scope derived from `admin`. Returns false if it already existed.
+    #[cfg(feature = "secrets")]
     pub fn add_scope(&mut self, admin: &AdminSecret, label: &ScopeLabel) -> Result<bool> {
         self.check_admin(admin)?;
         if self.scopes.contains_key(label) {
@@ -548,6 +555,7 @@ impl Keyset {
         Ok(true)
     }
 
+    #[cfg(feature = "secrets")]
     /// Makes the next key version of a scope current and retires the one
     /// before. Returns the new version.
     pub fn rotate_scope(&mut self, admin: &AdminSecret, label: &ScopeLabel) -> Result<u32> {
@@ -572,6 +580,7 @@ impl Keyset {
     }
 
     /// Registers a writer's verifying key. Returns false if it was already there.
+    #[cfg(feature = "secrets")]
     pub fn add_writer(
         &mut self,
         admin: &AdminSecret,
@@ -593,6 +602,7 @@ impl Keyset {
         Ok(true)
     }
 
+    #[cfg(feature = "secrets")]
     /// Retires writer `old` (its manifests up to `last_sequence` stay
     /// valid) and registers `new_key` as `new_name`.
     pub fn rotate_writer(
@@ -660,6 +670,7 @@ impl Keyset {
         Ok(())
     }
 
+    #[cfg(feature = "secrets")]
     /// Hands the administrator's signing over to the next version of the
     /// key: `old` (this keyset's administrator) signs a statement naming the
     /// new key, which every later keyset carries. Returns the root secret
@@ -832,7 +843,7 @@ impl PartialEq for Keyset {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "secrets"))]
 mod tests {
     use super::*;
     use crate::keys::Seed;

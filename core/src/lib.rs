@@ -22,29 +22,37 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Without `secrets` (the keyless build of cbfs-gc) the derivation labels
+// and signing helpers the secret-key code shares are left unused.
+#![cfg_attr(not(feature = "secrets"), allow(dead_code, unused_imports))]
 
 mod clock;
 mod delegation;
 mod error;
+#[cfg(feature = "secrets")]
 mod grant;
 mod ids;
 mod keys;
 mod keyset;
 mod signed;
+#[cfg(feature = "secrets")]
 mod source;
 mod user;
 
-pub use clock::{Clock, FakeClock, SystemClock, TEST_CLOCK_ENV, now, system_clock, test_hooks};
+pub use clock::{
+    Clock, FakeClock, SystemClock, TEST_CLOCK_ENV, TEST_HOOKS, now, system_clock, test_hooks,
+};
 pub use delegation::DelegationRecord;
 pub use error::{Error, Result, error_chain};
+#[cfg(feature = "secrets")]
 pub use grant::{Delegation, DelegationTerms, Grant, Revocation, SealedGrant, delegate};
 pub use ids::{FsName, ScopeLabel, UserName};
-pub use keys::{
-    AdminSecret, SEED_LEN, ScopeSecret, Seed, UserSecret, fingerprint, public_key_from_hex,
-    public_key_hex,
-};
+#[cfg(feature = "secrets")]
+pub use keys::{AdminSecret, ScopeSecret, Seed, UserSecret};
+pub use keys::{SEED_LEN, fingerprint, public_key_from_hex, public_key_hex};
 pub use keyset::{Handover, Keyset, RetiredWriter};
 pub use signed::parse_time;
+#[cfg(feature = "secrets")]
 pub use source::{KeySource, PinSource, Pkcs11Uri, Protection, RewrapTo, Rewrapped, Unlock};
 pub use user::UserPublic;
 

@@ -8,7 +8,9 @@ use umbral_pre::PublicKey;
 
 use crate::error::{Error, Result};
 use crate::ids::UserName;
-use crate::keys::{UserSecret, fingerprint, public_key_from_hex, public_key_hex};
+#[cfg(feature = "secrets")]
+use crate::keys::UserSecret;
+use crate::keys::{fingerprint, public_key_from_hex, public_key_hex};
 use crate::signed;
 
 const FORMAT: &str = "cbfs-user";
@@ -49,6 +51,7 @@ impl UserPublic {
     }
 
     /// The public half of `secret`, under `name`.
+    #[cfg(feature = "secrets")]
     pub fn from_secret(name: UserName, secret: &UserSecret) -> Self {
         UserPublic {
             name,
@@ -59,6 +62,7 @@ impl UserPublic {
     }
 
     /// Serializes and self-signs; `secret` must be this user's.
+    #[cfg(feature = "secrets")]
     pub fn to_signed_bytes(&self, secret: &UserSecret) -> Result<Vec<u8>> {
         self.check_secret(secret)?;
         Ok(signed::sign(DOMAIN, &self.body(), &secret.signer()))
@@ -109,6 +113,7 @@ impl UserPublic {
     }
 
     /// Fails unless `secret` is this user's secret.
+    #[cfg(feature = "secrets")]
     pub fn check_secret(&self, secret: &UserSecret) -> Result<()> {
         if secret.public_key() == self.public_key && secret.verifying_key() == self.verifying_key {
             Ok(())
@@ -144,7 +149,7 @@ impl UserPublic {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "secrets"))]
 mod tests {
     use super::*;
 

@@ -155,18 +155,18 @@ fn diff(old: &[ManifestEntry], new: &[ManifestEntry]) -> (Vec<Key>, Vec<Manifest
 
 /// A delta manifest parsed, with its signature checked against the key
 /// inside it; its entries still need its base.
-struct ParsedDelta {
-    snapshot: SnapshotId,
-    sequence: u64,
-    previous: [u8; 32],
-    created_unix: i64,
-    writer: PublicKey,
-    removed: Vec<Key>,
-    added: Vec<ManifestEntry>,
-    root: [u8; 32],
+pub(crate) struct ParsedDelta {
+    pub(crate) snapshot: SnapshotId,
+    pub(crate) sequence: u64,
+    pub(crate) previous: [u8; 32],
+    pub(crate) created_unix: i64,
+    pub(crate) writer: PublicKey,
+    pub(crate) removed: Vec<Key>,
+    pub(crate) added: Vec<ManifestEntry>,
+    pub(crate) root: [u8; 32],
 }
 
-fn parse_delta(bytes: &[u8]) -> Result<ParsedDelta, Error> {
+pub(crate) fn parse_delta(bytes: &[u8]) -> Result<ParsedDelta, Error> {
     let (mut d, version) = Dec::brand(bytes, DELTA_BRAND, ObjectKind::Manifest)?;
     if version != 1 && version != DELTA_VERSION {
         return Err(Dec::unknown_version(ObjectKind::Manifest, version));
@@ -221,6 +221,30 @@ fn parse_delta(bytes: &[u8]) -> Result<ParsedDelta, Error> {
         added,
         root,
     })
+}
+
+/// The entries a manifest object names, read from its layout alone,
+/// without checking its signature, its Merkle root or its chain: all of a
+/// full manifest's entries, and the entries a delta adds. For a collector
+/// that must keep whatever an object it cannot verify might need; never
+/// for restoring.
+pub fn unverified_entries(bytes: &[u8]) -> Result<Vec<ManifestEntry>, Error> {
+    let delta = bytes.starts_with(DELTA_BRAND);
+    let brand = if delta { DELTA_BRAND } else { FULL_BRAND };
+    let (mut d, version) = Dec::brand(bytes, brand, ObjectKind::Manifest)?;
+    if version != 1 && version != DELTA_VERSION {
+        return Err(Dec::unknown_version(ObjectKind::Manifest, version));
+    }
+    d.take(16 + 8 + 32 + 8 + KEY_LEN)?;
+    if delta {
+        let at = d.pos();
+        let n_removed = d.u32()? as usize;
+        let len = n_removed
+            .checked_mul(32)
+            .ok_or_else(|| d.err_at(at, "too many removed members"))?;
+        d.take(len)?;
+    }
+    read_entries(&mut d, "entries", version)
 }
 
 /// The key that signed a delta manifest, once its layout and signature
@@ -330,13 +354,27 @@ fn apply(
 /// number; the one whose hash the later manifest names is taken.
 pub fn gather_manifest_chain(
     target: Vec<u8>,
+    candidates: impl FnMut(u64) -> Vec<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, Error> {
+    gather_manifest_chain_until(target, candidates, |_, _| false)
+}
+
+/// [`gather_manifest_chain`] that also stops at a delta manifest that
+/// `has_base` accepts (given its header and its hash): one a
+/// [`ManifestBase`](crate::ManifestBase) completes (see
+/// [`resolve_manifest_chain_from`]), so that the manifests before it are
+/// not needed (garbage collection may have deleted them).
+pub fn gather_manifest_chain_until(
+    target: Vec<u8>,
     mut candidates: impl FnMut(u64) -> Vec<Vec<u8>>,
+    mut has_base: impl FnMut(&ManifestHeader, &[u8; 32]) -> bool,
 ) -> Result<Vec<Vec<u8>>, Error> {
     use sha2::{Digest, Sha256};
     let mut chain = vec![target];
     loop {
-        let head = ManifestHeader::peek(chain.last().expect("never empty"))?;
-        if !head.delta {
+        let last = chain.last().expect("never empty");
+        let head = ManifestHeader::peek(last)?;
+        if !head.delta || has_base(&head, &Sha256::digest(last).into()) {
             break;
         }
         let (Some(previous), Some(seq)) = (head.previous, head.sequence.checked_sub(1)) else {
@@ -381,12 +419,25 @@ pub fn resolve_manifest_chain(
     chain: &[Vec<u8>],
     trusted_writer: &PublicKey,
 ) -> Result<Manifest, Error> {
+    resolve_manifest_chain_from(chain, trusted_writer, None)
+}
+
+/// [`resolve_manifest_chain`] whose first object may be a delta manifest
+/// completed by `base` (see [`Manifest::from_delta_with_base`]).
+pub fn resolve_manifest_chain_from(
+    chain: &[Vec<u8>],
+    trusted_writer: &PublicKey,
+    base: Option<&crate::ManifestBase>,
+) -> Result<Manifest, Error> {
     let Some((first, rest)) = chain.split_first() else {
         return Err(Error::InvalidInput {
             reason: "an empty manifest chain".into(),
         });
     };
-    let mut current = Manifest::from_bytes(first, trusted_writer)?;
+    let mut current = match base {
+        Some(b) => Manifest::from_delta_with_base(first, trusted_writer, b)?,
+        None => Manifest::from_bytes(first, trusted_writer)?,
+    };
     for bytes in rest {
         let next = if bytes.starts_with(DELTA_BRAND) {
             Manifest::from_delta_bytes(bytes, trusted_writer, &current)?
@@ -401,11 +452,11 @@ pub fn resolve_manifest_chain(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use umbral_pre::SecretKey;
 
-    fn entry(i: u8) -> ManifestEntry {
+    pub(crate) fn entry(i: u8) -> ManifestEntry {
         ManifestEntry::single(
             SegmentId::from_bytes([1; 16]),
             MemberId::from_bytes([i; 16]),
@@ -413,7 +464,8 @@ mod tests {
         )
     }
 
-    fn chain(signer: &Signer) -> Vec<Manifest> {
+    /// Four snapshots, the first full, the others deltas.
+    pub(crate) fn chain(signer: &Signer) -> Vec<Manifest> {
         let mut out: Vec<Manifest> = Vec::new();
         let mut set: Vec<ManifestEntry> = (1..=40).map(entry).collect();
         for seq in 1..=4u64 {
@@ -532,6 +584,23 @@ mod tests {
         assert!(!m.is_delta());
         assert_eq!(m.writer_key(), &new.verifying_key());
         assert_eq!(m.previous_hash(), Some(base.hash()));
+    }
+
+    #[test]
+    fn unverified_entries_read_the_layout_only() {
+        let signer = Signer::new(SecretKey::random());
+        let ms = chain(&signer);
+        let mut full = ms[0].to_bytes();
+        assert_eq!(unverified_entries(&full).unwrap(), ms[0].entries());
+        // A broken signature does not stop it: it proves nothing anyway.
+        let last = full.len() - 1;
+        full[last] ^= 1;
+        assert_eq!(unverified_entries(&full).unwrap(), ms[0].entries());
+        // A delta names what it adds.
+        let added = unverified_entries(&ms[1].to_bytes()).unwrap();
+        assert_eq!(added, vec![entry(102)]);
+        assert!(unverified_entries(b"CBFSSNAP").is_err());
+        assert!(unverified_entries(&ms[1].to_bytes()[..60]).is_err());
     }
 
     #[test]

@@ -25,6 +25,18 @@ pub enum ObjectKind {
     Manifest,
     /// A released file's stub record (an extended attribute).
     StubRecord,
+    /// A retention record (which snapshots are forgotten), signed.
+    Retention,
+    /// A relocation record (where garbage collection moved members).
+    Relocation,
+    /// A collection record (what garbage collection is about to delete).
+    Collection,
+    /// A manifest base (the whole entry list of a delta snapshot).
+    ManifestBase,
+    /// A run record (a writer's run that saw pending collections), signed.
+    RunRecord,
+    /// A garbage collector's lease.
+    Lease,
 }
 
 impl fmt::Display for ObjectKind {
@@ -38,6 +50,12 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Lockbox => "lockbox",
             ObjectKind::Manifest => "snapshot manifest",
             ObjectKind::StubRecord => "stub record",
+            ObjectKind::Retention => "retention record",
+            ObjectKind::Relocation => "relocation record",
+            ObjectKind::Collection => "collection record",
+            ObjectKind::ManifestBase => "manifest base",
+            ObjectKind::RunRecord => "run record",
+            ObjectKind::Lease => "collector lease",
         })
     }
 }
@@ -191,6 +209,14 @@ pub enum Error {
         snapshot: SnapshotId,
     },
 
+    /// A signed record (retention record, run record) whose signature does
+    /// not verify against the key written inside it.
+    #[error("{object}: signature does not verify")]
+    BadRecordSignature {
+        /// The record.
+        object: ObjectKind,
+    },
+
     /// A manifest is validly signed, but by a key other than the trusted one.
     #[error("snapshot {snapshot}: manifest is signed by {found}, not by the trusted writer key")]
     UntrustedSigner {
@@ -261,7 +287,7 @@ impl Error {
             Error::Tar { .. } => "tar",
             Error::SummaryMismatch { .. } => "summary_mismatch",
             Error::LockboxOpen { .. } => "lockbox_open",
-            Error::BadSignature { .. } => "bad_signature",
+            Error::BadSignature { .. } | Error::BadRecordSignature { .. } => "bad_signature",
             Error::UntrustedSigner { .. } => "untrusted_signer",
             Error::MerkleMismatch { .. } => "merkle_mismatch",
             Error::BrokenChain { .. } => "broken_chain",

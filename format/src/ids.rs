@@ -107,6 +107,11 @@ id_type!(
     /// Names one snapshot (one tiering run).
     SnapshotId
 );
+id_type!(
+    /// Names one record of garbage collection: a retention record, a
+    /// collection, a writer's run record, a collector's lease.
+    RecordId
+);
 
 #[cfg(test)]
 mod tests {

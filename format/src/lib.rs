@@ -14,6 +14,12 @@
 //! | lockbox | [`Lockbox`] | object of its own |
 //! | snapshot manifest | [`ManifestBuilder`] / [`Manifest`] | object of its own, signed |
 //! | stub record | [`StubRecord`] | no: an extended attribute of a released file |
+//! | retention record | [`RetentionRecord`] | object of its own, signed |
+//! | manifest base | [`ManifestBase`] | object of its own, checked against a signed root |
+//! | relocation record | [`Relocation`] | object of its own, unsigned |
+//! | collection record | [`Collection`] | object of its own, unsigned |
+//! | run record | [`RunRecord`] | object of its own, signed |
+//! | collector lease | [`Lease`] | object of its own |
 //!
 //! A member payload is an age v1 file with one `cbfs1` stanza that wraps age's
 //! per-file key under a *group key*; the plaintext inside is zstd-compressed file
@@ -86,7 +92,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod base;
 mod codec;
+mod collection;
 mod delta;
 mod error;
 #[doc(hidden)]
@@ -94,6 +102,7 @@ pub mod fuzzing;
 mod ids;
 mod keys;
 pub mod layout;
+mod lease;
 mod lockbox;
 mod manifest;
 mod member;
@@ -101,21 +110,29 @@ mod merkle;
 mod metadata;
 mod peek;
 mod plain;
+mod relocation;
+mod retention;
+mod run_record;
 mod segment_reader;
 mod segment_writer;
+mod signing;
 mod stanza;
 mod stub;
 mod summary;
 mod tar;
 mod zframe;
 
+pub use base::ManifestBase;
+pub use collection::{CollectReason, CollectedSegment, Collection};
 pub use delta::{
     FULL_MANIFEST_EVERY, ManifestHeader, delta_writer, gather_manifest_chain,
-    resolve_manifest_chain,
+    gather_manifest_chain_until, resolve_manifest_chain, resolve_manifest_chain_from,
+    unverified_entries,
 };
 pub use error::{Error, ObjectKind, Result};
-pub use ids::{GroupId, MemberId, SegmentId, SnapshotId};
+pub use ids::{GroupId, MemberId, RecordId, SegmentId, SnapshotId};
 pub use keys::{GROUP_KEY_LEN, GroupKey, GroupKeys, Keyring};
+pub use lease::Lease;
 pub use lockbox::{Lockbox, MAX_SCOPE_LABEL_LEN};
 pub use manifest::{Manifest, ManifestBuilder};
 pub use member::{
@@ -128,6 +145,9 @@ pub use metadata::{
     MAX_XATTR_VALUE_LEN, Metadata, Timestamp,
 };
 pub use peek::{PEEK_LEN, peek_metadata};
+pub use relocation::Relocation;
+pub use retention::{ForgottenSnapshot, MAX_POLICY_LEN, RetentionRecord};
+pub use run_record::RunRecord;
 pub use segment_reader::{
     MemberInfo, RawData, SegmentMember, SegmentReader, open_member_at, open_member_files_at,
 };

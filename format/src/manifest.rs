@@ -314,6 +314,16 @@ pub(crate) fn read_entries(
     what: &str,
     version: u16,
 ) -> Result<Vec<ManifestEntry>, Error> {
+    read_entry_list(d, what, version, 32 + SIGNATURE_LEN)
+}
+
+/// [`read_entries`] for a list followed by exactly `trailer` more bytes.
+pub(crate) fn read_entry_list(
+    d: &mut Dec<'_>,
+    what: &str,
+    version: u16,
+    trailer: usize,
+) -> Result<Vec<ManifestEntry>, Error> {
     let at = d.pos();
     let count = d.u32()? as usize;
     let least = if version == 1 {
@@ -323,7 +333,7 @@ pub(crate) fn read_entries(
     };
     let needed = count
         .checked_mul(least)
-        .and_then(|n| n.checked_add(32 + SIGNATURE_LEN));
+        .and_then(|n| n.checked_add(trailer));
     let fits = if version == 1 {
         needed == Some(d.remaining())
     } else {

@@ -125,29 +125,17 @@ impl Summary {
                 ));
             }
             let header_len = e.data_offset.saturating_sub(e.header_offset);
-            let header_ok = match self.mode {
-                SegmentMode::Encrypted => header_len == BLOCK as u64,
-                SegmentMode::Plain => {
-                    header_len >= BLOCK as u64
-                        && header_len % BLOCK as u64 == 0
-                        && header_len <= MAX_PAX_LEN + 2 * BLOCK as u64
-                }
-            };
-            if !header_ok {
+            if !header_len_fits(self.mode, header_len) {
                 return Err((
                     i,
                     format!("member {}: bad header length {header_len}", e.member),
                 ));
             }
-            match (self.mode, e.group) {
-                (SegmentMode::Encrypted, Some(g)) if !g.is_zero() => {}
-                (SegmentMode::Plain, None) => {}
-                _ => {
-                    return Err((
-                        i,
-                        format!("member {}: group does not fit the mode", e.member),
-                    ));
-                }
+            if !group_fits(self.mode, e.group) {
+                return Err((
+                    i,
+                    format!("member {}: group does not fit the mode", e.member),
+                ));
             }
             if !seen.insert(e.member) {
                 return Err((i, format!("member {} listed twice", e.member)));
@@ -214,12 +202,7 @@ impl Summary {
         e.raw(&self.segment_sha256);
         e.u32(self.entries.len() as u32);
         for x in &self.entries {
-            e.raw(x.member.as_bytes());
-            e.u64(x.header_offset);
-            e.u64(x.data_offset);
-            e.u64(x.data_len);
-            e.raw(x.group.as_ref().map_or(&[0u8; 16], |g| g.as_bytes()));
-            e.raw(&x.sha256);
+            write_entry(&mut e, x);
         }
         e.into_vec()
     }
@@ -252,20 +235,7 @@ impl Summary {
         }
         let mut entries = Vec::with_capacity(count);
         for _ in 0..count {
-            let member = MemberId::from_bytes(d.array()?);
-            let header_offset = d.u64()?;
-            let data_offset = d.u64()?;
-            let data_len = d.u64()?;
-            let group = GroupId::from_bytes(d.array()?);
-            let sha256 = d.array()?;
-            entries.push(SummaryEntry {
-                member,
-                header_offset,
-                data_offset,
-                data_len,
-                group: (!group.is_zero()).then_some(group),
-                sha256,
-            });
+            entries.push(read_entry(&mut d)?);
         }
         d.finish()?;
         Summary::with_version(version, segment, mode, segment_len, segment_sha256, entries)
@@ -385,6 +355,61 @@ impl Summary {
             ));
         }
         Ok(())
+    }
+}
+
+/// The length of a summary entry in bytes.
+pub(crate) const SUMMARY_ENTRY_LEN: usize = ENTRY_LEN;
+
+/// Writes one entry as a summary (and a relocation record) has it.
+pub(crate) fn write_entry(e: &mut Enc, x: &SummaryEntry) {
+    e.raw(x.member.as_bytes());
+    e.u64(x.header_offset);
+    e.u64(x.data_offset);
+    e.u64(x.data_len);
+    e.raw(x.group.as_ref().map_or(&[0u8; 16], |g| g.as_bytes()));
+    e.raw(&x.sha256);
+}
+
+/// Reads one entry as a summary (and a relocation record) has it.
+pub(crate) fn read_entry(d: &mut Dec<'_>) -> Result<SummaryEntry, Error> {
+    let member = MemberId::from_bytes(d.array()?);
+    let header_offset = d.u64()?;
+    let data_offset = d.u64()?;
+    let data_len = d.u64()?;
+    let group = GroupId::from_bytes(d.array()?);
+    let sha256 = d.array()?;
+    Ok(SummaryEntry {
+        member,
+        header_offset,
+        data_offset,
+        data_len,
+        group: (!group.is_zero()).then_some(group),
+        sha256,
+    })
+}
+
+/// Whether a member's headers may take `header_len` bytes in a segment of
+/// `mode`: one block when encrypted; whole blocks, up to a pax record and
+/// two more, when plain.
+pub(crate) fn header_len_fits(mode: SegmentMode, header_len: u64) -> bool {
+    match mode {
+        SegmentMode::Encrypted => header_len == BLOCK as u64,
+        SegmentMode::Plain => {
+            header_len >= BLOCK as u64
+                && header_len.is_multiple_of(BLOCK as u64)
+                && header_len <= MAX_PAX_LEN + 2 * BLOCK as u64
+        }
+    }
+}
+
+/// Whether a member's group fits the mode: a non-zero group when
+/// encrypted, none when plain.
+pub(crate) fn group_fits(mode: SegmentMode, group: Option<GroupId>) -> bool {
+    match (mode, group) {
+        (SegmentMode::Encrypted, Some(g)) => !g.is_zero(),
+        (SegmentMode::Plain, None) => true,
+        _ => false,
     }
 }
 

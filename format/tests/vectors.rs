@@ -11,8 +11,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use cbfs_format::{
-    Error, GroupId, GroupKey, Keyring, Lockbox, Manifest, MemberId, SegmentReader, StubPhase,
-    StubRecord, Summary, open_member, open_member_files,
+    Collection, Error, GroupId, GroupKey, Keyring, Lease, Lockbox, Manifest, ManifestBase,
+    MemberId, Relocation, RetentionRecord, RunRecord, SegmentReader, StubPhase, StubRecord,
+    Summary, open_member, open_member_files,
 };
 use secrecy::SecretBox;
 use serde_json::Value;
@@ -245,6 +246,85 @@ fn run(keys: &Keys, v: &Value) -> Result<(), Error> {
             assert_eq!(want["path_hex"], hex::encode(&r.path).as_str());
             Ok(())
         }
+        "retention" => {
+            let r = RetentionRecord::from_bytes(&read(&v["file"]))?;
+            if r.signer() != &keys.writer.verifying_key() {
+                return Err(Error::UntrustedSigner {
+                    snapshot: cbfs_format::SnapshotId::from_bytes([0; 16]),
+                    found: hex::encode(r.signer().to_compressed_bytes()),
+                });
+            }
+            let seqs: Vec<u64> = r.forgotten().iter().map(|f| f.sequence).collect();
+            let want: Vec<u64> = v["forgotten"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_u64().unwrap())
+                .collect();
+            assert_eq!(seqs, want, "{}", v["name"]);
+            assert_eq!(r.policy(), v["policy"].as_str().unwrap());
+            assert_eq!(r.to_bytes(), read(&v["file"]));
+            Ok(())
+        }
+        "base" => {
+            let base = ManifestBase::from_bytes(&read(&v["file"]))?;
+            let bytes = read(&v["manifest"]);
+            let m = Manifest::from_delta_with_base(&bytes, &keys.writer.verifying_key(), &base)?;
+            assert_eq!(base.to_bytes(), read(&v["file"]));
+            assert_eq!(m.entries().len() as u64, v["entries"].as_u64().unwrap());
+            assert_eq!(m.sequence(), v["sequence"].as_u64().unwrap());
+            assert_eq!(
+                hex::encode(m.merkle_root()),
+                v["merkle_root"].as_str().unwrap()
+            );
+            Ok(())
+        }
+        "relocation" => {
+            let bytes = read(&v["file"]);
+            let r = Relocation::from_bytes(&bytes)?;
+            assert_eq!(r.to_bytes(), bytes);
+            assert_eq!(
+                r.old_segment().to_string(),
+                v["old_segment"].as_str().unwrap()
+            );
+            assert_eq!(
+                r.new_segment().to_string(),
+                v["new_segment"].as_str().unwrap()
+            );
+            assert_eq!(r.entries().len() as u64, v["members"].as_u64().unwrap());
+            Ok(())
+        }
+        "collection" => {
+            let bytes = read(&v["file"]);
+            let c = Collection::from_bytes(&bytes)?;
+            assert_eq!(c.to_bytes(), bytes);
+            assert_eq!(c.segments().len() as u64, v["segments"].as_u64().unwrap());
+            assert_eq!(c.objects().len() as u64, v["objects"].as_u64().unwrap());
+            Ok(())
+        }
+        "run" => {
+            let r = RunRecord::from_bytes(&read(&v["file"]))?;
+            assert_eq!(r.writer(), &keys.writer.verifying_key());
+            assert_eq!(r.snapshot(), v["snapshot"].as_u64());
+            for h in v["acknowledges"].as_array().unwrap() {
+                let h: [u8; 32] = hex::decode(h.as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
+                assert!(r.acknowledges(&h));
+            }
+            Ok(())
+        }
+        "lease" => {
+            let bytes = read(&v["file"]);
+            let l = Lease::from_bytes(&bytes)?;
+            assert_eq!(l.to_bytes(), bytes);
+            assert_eq!(l.generation, v["generation"].as_u64().unwrap());
+            assert_eq!(l.host, v["host"].as_str().unwrap());
+            assert_eq!(u64::from(l.pid), v["pid"].as_u64().unwrap());
+            assert_eq!(l.released, v["released"].as_bool().unwrap());
+            Ok(())
+        }
         other => panic!("unknown vector kind {other}"),
     }
 }
@@ -309,7 +389,7 @@ fn every_vector_file_is_listed() {
         serde_json::from_slice(&fs::read(dir().join("index.json")).unwrap()).unwrap();
     let mut listed = std::collections::BTreeSet::new();
     for v in index["vectors"].as_array().unwrap() {
-        for field in ["file", "summary"] {
+        for field in ["file", "summary", "manifest"] {
             if let Some(f) = v[field].as_str() {
                 listed.insert(f.to_string());
             }

@@ -856,6 +856,7 @@ mod tests {
                 data_offset: (pack as u64 + 1) * 1000,
                 data_len: 10,
                 sha256: None,
+                via: None,
             },
             slot: i / packs,
         }
@@ -1009,6 +1010,7 @@ mod slot_tests {
                 data_offset: e.data_offset,
                 data_len: e.data_len,
                 sha256: None,
+                via: None,
             },
             slot: 5,
         };

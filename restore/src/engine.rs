@@ -40,6 +40,9 @@ pub(crate) struct Location {
     pub data_len: u64,
     /// The SHA-256 the manifest gives for the data; `None` for loose segments.
     pub sha256: Option<[u8; 32]>,
+    /// The relocation records that led here, when garbage collection moved
+    /// the member out of the segment its manifest names.
+    pub via: Option<Arc<str>>,
 }
 
 impl Location {
@@ -48,7 +51,13 @@ impl Location {
     }
 
     pub(crate) fn failure(&self, err: &Error) -> Failure {
-        Failure::new(self.object.clone(), self.member_text(), err)
+        let mut f = Failure::new(self.object.clone(), self.member_text(), err);
+        if let Some(via) = &self.via {
+            f.error.push_str(&format!(
+                "; the member was read where {via} says it was moved"
+            ));
+        }
+        f
     }
 }
 

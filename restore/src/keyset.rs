@@ -506,6 +506,7 @@ pub fn load_keyset(
 /// count: a keyset file, a fingerprint, a key the caller pinned, the root
 /// secret's own key; else its trust records.
 #[derive(Default)]
+#[cfg(feature = "secrets")]
 pub struct Anchors<'a> {
     /// `--keyset FILE`: trusted, and a floor for the store's keysets.
     pub keyset_file: Option<&'a Path>,
@@ -519,6 +520,7 @@ pub struct Anchors<'a> {
 }
 
 /// The keyset to trust, from `anchors` and `records` (see [`load_keyset`]).
+#[cfg(feature = "secrets")]
 pub fn trusted_keyset(
     source: &dyn ObjectSource,
     anchors: &Anchors<'_>,
@@ -577,7 +579,7 @@ fn parse_keyset_key(key: &str) -> Option<u64> {
     serial.parse().ok()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "secrets"))]
 mod tests {
     use super::*;
     use crate::source::LocalDir;

@@ -65,8 +65,10 @@ mod keyset;
 mod opener;
 mod paths;
 mod plan;
+mod relocation;
 mod report;
 mod restore;
+mod retention;
 #[cfg(feature = "s3")]
 mod s3;
 mod select;
@@ -78,14 +80,23 @@ pub use engine::RestoreOptions;
 pub use error::{Error, Result};
 #[cfg(feature = "gateway")]
 pub use gateway::{GatewaySource, is_gateway_store};
-pub use keyset::{Anchors, Pin, Pinned, TrustRecords, load_keyset, trusted_keyset};
-pub use opener::{AdminOpener, Identity, LockboxOpener, NoKey, ScopeOpener, identify};
+#[cfg(feature = "secrets")]
+pub use keyset::{Anchors, trusted_keyset};
+pub use keyset::{Pin, Pinned, TrustRecords, load_keyset};
+#[cfg(feature = "secrets")]
+pub use opener::{AdminOpener, Identity, ScopeOpener, identify};
+pub use opener::{LockboxOpener, NoKey};
 pub use paths::{PathFilter, check_member_path, check_symlink_target, check_symlink_target_with};
+pub use relocation::{Moved, Relocations};
 pub use report::{Failure, Report};
 pub use restore::{restore, restore_unauthenticated_segments};
+pub use retention::Retention;
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3Source};
 pub use select::{MemberFile, check_stored, restore_files};
 pub use sink::{DirSink, Rewind, Sink, TarSink};
-pub use snapshot::{Ignored, Snapshot, SnapshotInfo, Trust, WriterTrust, open_snapshot, snapshots};
+pub use snapshot::{
+    Ignored, Listing, Snapshot, SnapshotInfo, Trust, WriterTrust, open_snapshot, snapshot_listing,
+    snapshots,
+};
 pub use source::{Buffered, LocalDir, ObjectSource, ReadAt, ReadSeek, SegmentFile};

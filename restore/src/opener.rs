@@ -1,12 +1,16 @@
 //! Who opens lockboxes: the administrator's root secret, exported scope
 //! secrets, or (in `grant.rs`) a user key with delegation grants.
 
+#[cfg(feature = "secrets")]
 use std::collections::BTreeMap;
 
+#[cfg(feature = "secrets")]
 use cbfs_core::{AdminSecret, Keyset, ScopeLabel, ScopeSecret, Seed, fingerprint};
 use cbfs_format::{GroupKey, Lockbox};
 
-use crate::error::{Error, Result};
+#[cfg(feature = "secrets")]
+use crate::error::Error;
+use crate::error::Result;
 
 /// Opens the lockboxes an identity has access to.
 ///
@@ -35,11 +39,13 @@ pub trait LockboxOpener {
     }
 }
 
+#[cfg(feature = "secrets")]
 fn label_of(lockbox: &Lockbox) -> Result<ScopeLabel> {
     // (key versions: `lockbox.key_version()` picks which key of the scope)
     ScopeLabel::new(lockbox.scope()).map_err(|e| Error::key("lockbox scope label", e))
 }
 
+#[cfg(feature = "secrets")]
 fn open_with(lockbox: &Lockbox, scope: &ScopeSecret) -> Result<GroupKey> {
     lockbox
         .open(scope.secret_key())
@@ -47,10 +53,12 @@ fn open_with(lockbox: &Lockbox, scope: &ScopeSecret) -> Result<GroupKey> {
 }
 
 /// Opens every lockbox with the administrator's root secret.
+#[cfg(feature = "secrets")]
 pub struct AdminOpener {
     admin: AdminSecret,
 }
 
+#[cfg(feature = "secrets")]
 impl AdminOpener {
     /// With the root secret.
     pub fn new(admin: AdminSecret) -> Self {
@@ -58,6 +66,7 @@ impl AdminOpener {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl LockboxOpener for AdminOpener {
     fn open(&self, lockbox: &Lockbox) -> Result<Option<GroupKey>> {
         // Every key version derives from the root: it opens them all.
@@ -77,10 +86,12 @@ impl LockboxOpener for AdminOpener {
 
 /// Opens the lockboxes of the scopes (and key versions) whose secrets it
 /// holds, and no others.
+#[cfg(feature = "secrets")]
 pub struct ScopeOpener {
     scopes: BTreeMap<(String, u32), ScopeSecret>,
 }
 
+#[cfg(feature = "secrets")]
 impl ScopeOpener {
     /// With one or more exported scope secrets.
     pub fn new(scopes: impl IntoIterator<Item = ScopeSecret>) -> Self {
@@ -100,6 +111,7 @@ impl ScopeOpener {
     }
 }
 
+#[cfg(feature = "secrets")]
 impl LockboxOpener for ScopeOpener {
     fn open(&self, lockbox: &Lockbox) -> Result<Option<GroupKey>> {
         match self
@@ -142,6 +154,7 @@ impl LockboxOpener for NoKey {
 }
 
 /// What a 32-byte secret turned out to be.
+#[cfg(feature = "secrets")]
 pub enum Identity {
     /// The root secret of the keyset's file system.
     Admin(AdminOpener),
@@ -149,6 +162,7 @@ pub enum Identity {
     Scope(ScopeOpener),
 }
 
+#[cfg(feature = "secrets")]
 impl LockboxOpener for Identity {
     fn open(&self, lockbox: &Lockbox) -> Result<Option<GroupKey>> {
         match self {
@@ -168,6 +182,7 @@ impl LockboxOpener for Identity {
 /// Recognizes a secret: the root secret if its signing key is the keyset's
 /// administrator key, or a scope secret if its public key is one of the
 /// keyset's scope keys. `None` if it is neither.
+#[cfg(feature = "secrets")]
 pub fn identify(seed: Seed, keyset: &Keyset) -> Option<Identity> {
     let copy = |s: &Seed| Seed::from_slice(s.expose_secret_bytes(), "identity").expect("32 bytes");
     let admin = AdminSecret::from_seed(copy(&seed)).with_sign_version(keyset.admin_key_version());
@@ -186,7 +201,7 @@ pub fn identify(seed: Seed, keyset: &Keyset) -> Option<Identity> {
     None
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "secrets"))]
 mod tests {
     use super::*;
     use cbfs_core::FsName;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, SeekFrom};
+use std::sync::Arc;
 
 use cbfs_format::{
     GroupId, Lockbox, ManifestEntry, MemberId, Metadata, SegmentId, SegmentMode, SegmentReader,
@@ -202,15 +203,38 @@ impl Engine<'_> {
     }
 
     /// Pass 1 over one segment of a snapshot: `entries` are the manifest's
-    /// members in it.
-    pub(crate) fn plan_store_segment(&mut self, segment: SegmentId, entries: &[ManifestEntry]) {
+    /// members in it, found through its summary; `relocated` are members
+    /// the manifest names elsewhere and relocation records place here (at
+    /// the place the records give, by the records named).
+    pub(crate) fn plan_store_segment(
+        &mut self,
+        segment: SegmentId,
+        entries: &[ManifestEntry],
+        relocated: &[(ManifestEntry, SummaryEntry, String)],
+    ) {
         let seg_key = layout::segment(&segment);
         let sum_key = layout::summary(&segment);
         let ids: Vec<MemberId> = entries.iter().map(|e| e.member).collect();
+        let fail_relocated = |engine: &mut Self, err: &Error| {
+            for (e, _, via) in relocated {
+                let mut f = Failure::new(seg_key.clone(), Some(e.member.to_string()), err);
+                f.error.push_str(&format!(
+                    "; the member was looked for where {via} says it was moved"
+                ));
+                engine.report.fail(f);
+            }
+        };
 
         // The summary says where each member is. Damage to it is worked
         // around by scanning the segment; the manifest still proves the data.
-        let summary = self.source.get(&sum_key).and_then(|bytes| {
+        let summary = if entries.is_empty() {
+            Err(Error::Usage(
+                "no member of the snapshot is named here".into(),
+            ))
+        } else {
+            self.source.get(&sum_key)
+        };
+        let summary = summary.and_then(|bytes| {
             let s = Summary::from_bytes(&bytes).map_err(|e| Error::format(sum_key.clone(), e))?;
             if s.segment_id() != segment {
                 return Err(Error::format(
@@ -229,6 +253,7 @@ impl Engine<'_> {
         });
         let summary = match summary {
             Ok(s) => Some(s),
+            Err(_) if entries.is_empty() => None,
             Err(e) => {
                 self.report.damaged(Failure::new(sum_key.clone(), None, &e));
                 None
@@ -237,11 +262,18 @@ impl Engine<'_> {
 
         let mut reader = match self.source.open(&seg_key) {
             Ok(r) => r,
-            Err(e) => return self.fail_all(&seg_key, &ids, &e),
+            Err(e) => {
+                fail_relocated(self, &e);
+                return self.fail_all(&seg_key, &ids, &e);
+            }
         };
         let (found_id, mode) = match SegmentReader::new(&mut reader) {
             Ok(r) => (r.segment_id(), r.mode()),
-            Err(e) => return self.fail_all(&seg_key, &ids, &Error::format(seg_key.clone(), e)),
+            Err(e) => {
+                let e = Error::format(seg_key.clone(), e);
+                fail_relocated(self, &e);
+                return self.fail_all(&seg_key, &ids, &e);
+            }
         };
         if found_id != segment {
             let e = cbfs_format::Error::Tar {
@@ -251,10 +283,12 @@ impl Engine<'_> {
                     "the object holds segment {found_id}, not {segment} (objects swapped?)"
                 ),
             };
-            return self.fail_all(&seg_key, &ids, &Error::format(seg_key.clone(), e));
+            let e = Error::format(seg_key.clone(), e);
+            fail_relocated(self, &e);
+            return self.fail_all(&seg_key, &ids, &e);
         }
 
-        let mut located: Vec<(ManifestEntry, SummaryEntry)> = Vec::new();
+        let mut located: Vec<(ManifestEntry, SummaryEntry, Option<Arc<str>>)> = Vec::new();
         let mut unlocated: Vec<ManifestEntry> = Vec::new();
         match &summary {
             Some(s) if s.mode() != mode => {
@@ -272,7 +306,7 @@ impl Engine<'_> {
             Some(s) => {
                 for e in entries {
                     match s.entry(&e.member) {
-                        Some(se) if se.sha256 == e.sha256 => located.push((*e, se.clone())),
+                        Some(se) if se.sha256 == e.sha256 => located.push((*e, se.clone(), None)),
                         other => {
                             let reason = if other.is_some() {
                                 "its SHA-256 differs from the manifest's"
@@ -299,8 +333,31 @@ impl Engine<'_> {
             }
             None => unlocated.extend_from_slice(entries),
         }
+        for (e, place, via) in relocated {
+            if mode
+                != place
+                    .group
+                    .map_or(SegmentMode::Plain, |_| SegmentMode::Encrypted)
+            {
+                let err = Error::format(
+                    seg_key.clone(),
+                    cbfs_format::Error::SummaryMismatch {
+                        segment,
+                        offset: place.header_offset,
+                        reason: format!(
+                            "member {}: {via} moves it into a segment of the other mode",
+                            e.member
+                        ),
+                    },
+                );
+                self.report
+                    .fail(Failure::new(via.clone(), Some(e.member.to_string()), &err));
+                continue;
+            }
+            located.push((*e, place.clone(), Some(Arc::from(via.as_str()))));
+        }
 
-        let needed: BTreeSet<GroupId> = located.iter().filter_map(|(_, s)| s.group).collect();
+        let needed: BTreeSet<GroupId> = located.iter().filter_map(|(_, s, _)| s.group).collect();
         let lockboxes = if mode == SegmentMode::Plain {
             Lockboxes {
                 states: HashMap::new(),
@@ -312,7 +369,7 @@ impl Engine<'_> {
         };
 
         let mut to_peek = Vec::with_capacity(located.len());
-        for (entry, se) in &located {
+        for (entry, se, via) in &located {
             let loc = Location {
                 key: seg_key.clone(),
                 object: seg_key.clone(),
@@ -323,6 +380,7 @@ impl Engine<'_> {
                 data_offset: se.data_offset,
                 data_len: se.data_len,
                 sha256: Some(entry.sha256),
+                via: via.clone(),
             };
             if let (SegmentMode::Encrypted, Some(group)) = (mode, se.group) {
                 match lockboxes.access(&group) {
@@ -479,6 +537,7 @@ impl Engine<'_> {
                 data_offset: info.data_offset,
                 data_len: info.data_len,
                 sha256: None,
+                via: None,
             };
             match mode {
                 SegmentMode::Encrypted => {

@@ -1,16 +1,17 @@
 //! The public restore entry points: a snapshot of a store, or loose segment files.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Seek as _;
 
 use std::path::{Path, PathBuf};
 
-use cbfs_format::{SegmentId, SegmentReader, layout};
+use cbfs_format::{ManifestEntry, SegmentId, SegmentReader, SummaryEntry, layout};
 
 use crate::engine::{Engine, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::opener::LockboxOpener;
+use crate::relocation::Relocations;
 use crate::report::{Failure, Report};
 use crate::sink::Sink;
 use crate::snapshot::Snapshot;
@@ -41,13 +42,63 @@ pub fn restore(
         .report
         .warnings
         .extend(snapshot.warnings().iter().cloned());
-    let entries = snapshot.manifest().entries();
-    for chunk in entries.chunk_by(|a, b| a.segment == b.segment) {
-        tracing::debug!(segment = %chunk[0].segment, members = chunk.len(), "reading segment");
-        engine.plan_store_segment(chunk[0].segment, chunk);
-    }
+    plan_entries(&mut engine, source, snapshot.manifest().entries());
     finish(engine, sink)
 }
+
+/// Plans reading `entries` (sorted by segment): each from the segment the
+/// manifest names, or, for members garbage collection moved, where the
+/// relocation records say (still checked against the manifest's SHA-256).
+pub(crate) fn plan_entries(
+    engine: &mut Engine<'_>,
+    source: &dyn ObjectSource,
+    entries: &[ManifestEntry],
+) {
+    let relocations = Relocations::load(source).unwrap_or_else(|e| {
+        engine.report.warnings.push(format!(
+            "the relocation records could not be listed ({e}): members garbage collection moved cannot be found"
+        ));
+        Relocations::none()
+    });
+    // Members garbage collection moved are read where the relocation
+    // records say, still checked against the manifest's SHA-256.
+    let mut routed: BTreeMap<SegmentId, (Vec<ManifestEntry>, Vec<Relocated>)> = BTreeMap::new();
+    for chunk in entries.chunk_by(|a, b| a.segment == b.segment) {
+        let segment = chunk[0].segment;
+        if !relocations.moves_out_of(&segment) {
+            routed
+                .entry(segment)
+                .or_default()
+                .0
+                .extend_from_slice(chunk);
+            continue;
+        }
+        for e in chunk {
+            match relocations.locate(source, e) {
+                Some(moved) => routed.entry(moved.segment).or_default().1.push((
+                    *e,
+                    moved.entry,
+                    moved.via.join(" then "),
+                )),
+                None => routed.entry(segment).or_default().0.push(*e),
+            }
+        }
+    }
+    for (key, why) in relocations.problems() {
+        engine
+            .report
+            .warnings
+            .push(format!("relocation record {key} not used: {why}"));
+    }
+    for (segment, (named, relocated)) in &routed {
+        tracing::debug!(%segment, members = named.len(), relocated = relocated.len(), "reading segment");
+        engine.plan_store_segment(*segment, named, relocated);
+    }
+}
+
+/// A member read from where relocation records moved it: the manifest's
+/// entry, its place in the new segment, and the records followed.
+type Relocated = (ManifestEntry, SummaryEntry, String);
 
 pub(crate) fn finish(mut engine: Engine<'_>, sink: &mut dyn Sink) -> Result<Report> {
     engine.vet(sink.carries_links_that_leave());

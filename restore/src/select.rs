@@ -101,10 +101,35 @@ pub fn restore_files(
         }
     }
     entries.sort_by_key(|e| (e.segment, e.member));
-    for chunk in entries.chunk_by(|a, b| a.segment == b.segment) {
-        engine.plan_store_segment(chunk[0].segment, chunk);
-    }
+    crate::restore::plan_entries(&mut engine, source, &entries);
     crate::restore::finish(engine, sink)
+}
+
+/// Where the segment's summary places `entry`'s member, if it holds it as
+/// the manifest names it.
+fn stored_at(
+    source: &dyn ObjectSource,
+    segment: &SegmentId,
+    entry: &ManifestEntry,
+) -> Result<cbfs_format::SummaryEntry> {
+    let sum_key = layout::summary(segment);
+    let summary = Summary::from_bytes(&source.get(&sum_key)?)
+        .map_err(|e| Error::format(sum_key.clone(), e))?;
+    let Some(at) = summary.entry(&entry.member) else {
+        return Err(Error::HashMismatch {
+            object: sum_key,
+            member: entry.member.to_string(),
+            reason: "the segment's summary does not list the member".into(),
+        });
+    };
+    if at.sha256 != entry.sha256 {
+        return Err(Error::HashMismatch {
+            object: sum_key,
+            member: entry.member.to_string(),
+            reason: "the summary's SHA-256 differs from the signed manifest's".into(),
+        });
+    }
+    Ok(at.clone())
 }
 
 /// Checks, without any key, that the store holds `file`'s member as the
@@ -117,24 +142,26 @@ pub fn check_stored(
     file: &MemberFile,
 ) -> Result<()> {
     let entry = entry_of(snapshot, file)?;
-    let sum_key = layout::summary(&file.segment);
-    let summary = Summary::from_bytes(&source.get(&sum_key)?)
-        .map_err(|e| Error::format(sum_key.clone(), e))?;
-    let Some(at) = summary.entry(&file.member) else {
-        return Err(Error::HashMismatch {
-            object: sum_key,
-            member: file.member.to_string(),
-            reason: "the segment's summary does not list the member".into(),
-        });
+    let (segment, at) = match stored_at(source, &file.segment, &entry) {
+        Ok(at) => (file.segment, at),
+        // Garbage collection may have moved it: follow the relocation
+        // records (unsigned: the SHA-256 below is what proves the copy).
+        Err(e) if !e.is_transient() => {
+            match crate::relocation::Relocations::load(source)?.locate(source, &entry) {
+                Some(moved) => (moved.segment, moved.entry),
+                None => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
     };
     if at.sha256 != entry.sha256 {
         return Err(Error::HashMismatch {
-            object: sum_key,
+            object: layout::summary(&segment),
             member: file.member.to_string(),
-            reason: "the summary's SHA-256 differs from the signed manifest's".into(),
+            reason: "the stored copy's SHA-256 differs from the signed manifest's".into(),
         });
     }
-    let seg_key = layout::segment(&file.segment);
+    let seg_key = layout::segment(&segment);
     let mut hasher = Sha256::new();
     let mut offset = at.data_offset;
     let end = at.data_offset + at.data_len;

@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use cbfs_core::umbral_pre::PublicKey;
 use cbfs_core::{Keyset, fingerprint};
 use cbfs_format::{
-    Manifest, ManifestHeader, SnapshotId, gather_manifest_chain, layout, resolve_manifest_chain,
+    Manifest, ManifestBase, ManifestHeader, SnapshotId, gather_manifest_chain,
+    gather_manifest_chain_until, layout, resolve_manifest_chain_from,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::retention::Retention;
 use crate::source::ObjectSource;
 
 /// What snapshots are trusted by: the registered writers of a trusted
@@ -142,6 +144,11 @@ pub enum WriterTrust {
 }
 
 impl WriterTrust {
+    /// Whether the key is not trusted at all.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, WriterTrust::Untrusted)
+    }
+
     /// The writer's name if trusted (`Some(None)`: accepted by name).
     fn name(self) -> Option<Option<String>> {
         match self {
@@ -275,14 +282,51 @@ fn untrusted(e: &Error) -> bool {
     }
 }
 
+/// The manifest bases in the store (`gc/bases/`), by (sequence, snapshot).
+#[derive(Default)]
+pub(crate) struct Bases {
+    by_name: HashMap<(u64, SnapshotId), String>,
+}
+
+impl Bases {
+    pub(crate) fn load(source: &dyn ObjectSource) -> Result<Self> {
+        let mut by_name = HashMap::new();
+        for key in source.list(layout::BASES)? {
+            if let Some(name) = layout::parse_base(&key) {
+                by_name.insert(name, key);
+            }
+        }
+        Ok(Bases { by_name })
+    }
+
+    fn has(&self, sequence: u64, id: SnapshotId) -> bool {
+        self.by_name.contains_key(&(sequence, id))
+    }
+
+    /// The base of snapshot (`sequence`, `id`), if the store holds one that
+    /// parses (it is checked against its manifest by whoever uses it).
+    fn get(
+        &self,
+        source: &dyn ObjectSource,
+        sequence: u64,
+        id: SnapshotId,
+    ) -> Option<ManifestBase> {
+        let key = self.by_name.get(&(sequence, id))?;
+        let bytes = source.get(key).ok()?;
+        ManifestBase::from_bytes(&bytes).ok()
+    }
+}
+
 /// Verifies one manifest object: a full manifest on its own, a delta
-/// through the chain of deltas back to the nearest full manifest (all
-/// signed by the same trusted writer). Checks that the name matches.
+/// through the chain of deltas back to the nearest full manifest, or to
+/// the nearest delta that a manifest base completes (all signed by the
+/// same trusted writer). Checks that the name matches.
 fn verify_object(
     source: &dyn ObjectSource,
     listed: &[Listed],
     chosen: &Listed,
     trust: &Trust,
+    bases: &Bases,
 ) -> Result<(Manifest, Option<String>)> {
     let key = chosen.key.as_str();
     let bytes = source.get(key)?;
@@ -294,15 +338,36 @@ fn verify_object(
     } else {
         // The delta itself must be a trusted writer's before its chain is read.
         let (writer_key, writer) = trust.signer_of_delta(key, &bytes)?;
-        let chain = gather_manifest_chain(bytes, |sequence| {
+        let candidates = |sequence: u64| -> Vec<Vec<u8>> {
             listed
                 .iter()
                 .filter(|l| l.sequence == sequence)
                 .filter_map(|l| source.get(&l.key).ok())
                 .collect()
+        };
+        // Through a base where one stands in for the manifests before a
+        // delta; if that fails (a forged base), through the whole chain.
+        let via_base = gather_manifest_chain_until(bytes.clone(), &candidates, |h, _| {
+            bases.has(h.sequence, h.snapshot)
         })
-        .map_err(|e| Error::format(key, e))?;
-        let m = resolve_manifest_chain(&chain, &writer_key).map_err(|e| Error::format(key, e))?;
+        .ok()
+        .and_then(|chain| {
+            let first = ManifestHeader::peek(&chain[0]).ok()?;
+            let base = first
+                .delta
+                .then(|| bases.get(source, first.sequence, first.snapshot))
+                .flatten();
+            resolve_manifest_chain_from(&chain, &writer_key, base.as_ref()).ok()
+        });
+        let m = match via_base {
+            Some(m) => m,
+            None => {
+                let chain =
+                    gather_manifest_chain(bytes, &candidates).map_err(|e| Error::format(key, e))?;
+                resolve_manifest_chain_from(&chain, &writer_key, None)
+                    .map_err(|e| Error::format(key, e))?
+            }
+        };
         (m, writer)
     };
     if manifest.sequence() != chosen.sequence || manifest.snapshot_id() != chosen.id {
@@ -337,10 +402,12 @@ impl Trust {
 /// sequence number; `None` picks the newest snapshot a trusted writer
 /// signed. Objects no trusted writer signed are ignored, each named in the
 /// snapshot's warnings. A delta manifest is resolved through the store's
-/// earlier manifests back to the nearest full one. The manifest's object
-/// name must carry its own sequence and id, and it must follow the manifest
-/// it names as previous, which must be one of the store's earlier manifests
-/// when any is left.
+/// earlier manifests back to the nearest full one (or to the nearest one a
+/// manifest base completes). The manifest's object name must carry its own
+/// sequence and id, and it must follow the manifest it names as previous,
+/// which must be one of the store's earlier manifests when any is left, or
+/// one a trusted retention record forgot. A snapshot a trusted retention
+/// record forgets is not restorable (the newest is never forgotten).
 pub fn open_snapshot(
     source: &dyn ObjectSource,
     trust: &Trust,
@@ -354,10 +421,16 @@ pub fn open_snapshot(
             source.describe()
         )));
     }
+    let retention = Retention::load(source, trust)?;
+    for (key, why) in retention.ignored() {
+        warnings.push(format!("ignored {key}: {why}"));
+    }
+    let bases = Bases::load(source)?;
     let candidates: Vec<&Listed> = match selector {
         None => listed.iter().rev().collect(),
         Some(sel) => select(&listed, sel)?,
     };
+    let newest_listed = listed.last().map(|l| l.sequence);
     let mut chosen: Option<(&Listed, Manifest, Option<String>)> = None;
     // Why each candidate was ignored, newest first.
     let mut refused: Vec<Error> = Vec::new();
@@ -367,7 +440,7 @@ pub fn open_snapshot(
                 break;
             }
             // Two trusted manifests of one sequence: a fork.
-            match verify_object(source, &listed, c, trust) {
+            match verify_object(source, &listed, c, trust, &bases) {
                 Ok(_) => {
                     return Err(Error::Fork {
                         sequence: c.sequence,
@@ -379,8 +452,27 @@ pub fn open_snapshot(
             }
             continue;
         }
-        match verify_object(source, &listed, c, trust) {
-            Ok((m, writer)) => chosen = Some((c, m, writer)),
+        match verify_object(source, &listed, c, trust, &bases) {
+            Ok((m, writer)) => {
+                if let Some(record) =
+                    retention.forgets(m.sequence(), m.snapshot_id(), &m.hash(), m.writer_key())
+                {
+                    // The newest snapshot is never forgotten.
+                    let newest = selector.is_none() || newest_listed == Some(c.sequence);
+                    if !newest {
+                        return Err(Error::NoSnapshot(format!(
+                            "snapshot {} ({}) was forgotten by the retention record {record}: it is no longer restorable",
+                            m.sequence(),
+                            c.key
+                        )));
+                    }
+                    warnings.push(format!(
+                        "the retention record {record} forgets the newest snapshot {}: ignored (the newest snapshot is never forgotten)",
+                        m.sequence()
+                    ));
+                }
+                chosen = Some((c, m, writer));
+            }
             Err(e) if untrusted(&e) => {
                 warnings.push(format!("ignored {}: {e}", c.key));
                 refused.push(e);
@@ -409,7 +501,13 @@ pub fn open_snapshot(
         });
     };
     let mut hashes = Hashes::new(source, &listed);
-    let previous = check_chain(&mut hashes, &chosen.key, &manifest, &mut warnings)?;
+    let previous = check_chain(
+        &mut hashes,
+        &chosen.key,
+        &manifest,
+        &retention,
+        &mut warnings,
+    )?;
     Ok(Snapshot {
         key: chosen.key.clone(),
         manifest,
@@ -419,11 +517,25 @@ pub fn open_snapshot(
     })
 }
 
+/// The store's snapshots as [`snapshot_listing`] sorts them.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Every snapshot a trusted writer signed and no trusted retention
+    /// record forgets, oldest first.
+    pub kept: Vec<Snapshot>,
+    /// Snapshots a trusted retention record forgets (whose manifests are
+    /// still in the store), with the record's key; oldest first.
+    pub forgotten: Vec<(Snapshot, String)>,
+    /// Objects that are not trusted, and why.
+    pub ignored: Ignored,
+    /// The trusted retention records.
+    pub retention: Retention,
+}
+
 /// Every snapshot of the store that a trusted writer signed, oldest first,
 /// each verified (deltas resolved against the snapshot before), from
-/// sequence `from` on (reading back only as far as the newest full manifest
-/// at or before it, which later deltas need); and what was ignored, by
-/// object.
+/// sequence `from` on (see [`snapshot_listing`]); forgotten snapshots left
+/// out; and what was ignored, by object.
 ///
 /// The same checks as [`open_snapshot`], for every snapshot listed, so that
 /// a listing never shows what a restore refuses: two trusted manifests of
@@ -435,23 +547,43 @@ pub fn snapshots(
     trust: &Trust,
     from: u64,
 ) -> Result<(Vec<Snapshot>, Ignored)> {
+    let listing = snapshot_listing(source, trust, from)?;
+    Ok((listing.kept, listing.ignored))
+}
+
+/// Every snapshot of the store that a trusted writer signed, oldest first,
+/// each verified (deltas resolved against the snapshot before, or against
+/// a manifest base where the manifests before are gone), from sequence
+/// `from` on (reading back only as far as the newest full manifest, or
+/// base, at or before it, which later deltas need); sorted into kept and
+/// forgotten by the store's trusted retention records (the newest snapshot
+/// of each writer is always kept); and what was ignored, by object.
+pub fn snapshot_listing(source: &dyn ObjectSource, trust: &Trust, from: u64) -> Result<Listing> {
     let mut warnings = Vec::new();
     let listed = list(source, &mut warnings)?;
     let mut ignored: Ignored = warnings
         .into_iter()
         .map(|w| (layout::SNAPSHOTS.to_owned(), w))
         .collect();
-    // Back to the newest full manifest at or before `from`.
+    let retention = Retention::load(source, trust)?;
+    ignored.extend(retention.ignored().iter().cloned());
+    let bases = Bases::load(source)?;
+    // Back to the newest full manifest (or based delta) at or before `from`.
     let mut start = listed.partition_point(|l| l.sequence < from);
     let mut fetched: HashMap<usize, Vec<u8>> = HashMap::new();
     let mut i = listed.partition_point(|l| l.sequence <= from);
     while i > 0 && from > 0 {
         i -= 1;
-        let bytes = source.get(&listed[i].key)?;
-        let full = ManifestHeader::peek(&bytes).is_ok_and(|h| !h.delta);
+        let bytes = match source.get(&listed[i].key) {
+            Ok(b) => b,
+            Err(e) if e.is_transient() => return Err(e),
+            Err(_) => continue,
+        };
+        let stop = ManifestHeader::peek(&bytes)
+            .is_ok_and(|h| !h.delta || bases.has(h.sequence, h.snapshot));
         fetched.insert(i, bytes);
         start = i;
-        if full {
+        if stop {
             break;
         }
     }
@@ -479,14 +611,22 @@ pub fn snapshots(
                 let base = header
                     .previous
                     .and_then(|h| by_hash.get(&h))
-                    .map(|&i| &out[i])
-                    .ok_or_else(|| Error::BrokenChain {
-                        key: l.key.clone(),
-                        previous: format!("sequence {}", l.sequence.saturating_sub(1)),
-                        reason: "it is a delta, and the manifest it follows is missing, altered or untrusted".into(),
-                    })?;
-                let m = Manifest::from_delta_bytes(&bytes, &wk, &base.manifest)
-                    .map_err(|e| Error::format(&l.key, e))?;
+                    .map(|&i| &out[i]);
+                let m = match base {
+                    Some(base) => Manifest::from_delta_bytes(&bytes, &wk, &base.manifest)
+                        .map_err(|e| Error::format(&l.key, e))?,
+                    None => {
+                        let completed = bases
+                            .get(source, l.sequence, l.id)
+                            .ok_or_else(|| Error::BrokenChain {
+                                key: l.key.clone(),
+                                previous: format!("sequence {}", l.sequence.saturating_sub(1)),
+                                reason: "it is a delta, and the manifest it follows is missing, altered or untrusted".into(),
+                            })?;
+                        Manifest::from_delta_with_base(&bytes, &wk, &completed)
+                            .map_err(|e| Error::format(&l.key, e))?
+                    }
+                };
                 (m, writer)
             } else {
                 let (wk, writer) = trust.signer(&l.key, &bytes)?;
@@ -537,10 +677,49 @@ pub fn snapshots(
     // Each follows an earlier manifest of the store, as open_snapshot checks.
     for snap in &mut out {
         let mut warnings = Vec::new();
-        snap.previous = check_chain(&mut hashes, &snap.key, &snap.manifest, &mut warnings)?;
+        snap.previous = check_chain(
+            &mut hashes,
+            &snap.key,
+            &snap.manifest,
+            &retention,
+            &mut warnings,
+        )?;
         snap.warnings = warnings;
     }
-    Ok((out, ignored))
+    // The newest snapshot of each writer is never forgotten.
+    let mut newest: HashMap<Vec<u8>, u64> = HashMap::new();
+    for s in &out {
+        let w = s.manifest.writer_key().to_compressed_bytes().to_vec();
+        let seq = newest.entry(w).or_default();
+        *seq = (*seq).max(s.sequence());
+    }
+    let mut listing = Listing {
+        ignored,
+        ..Listing::default()
+    };
+    for s in out {
+        let m = &s.manifest;
+        let w = m.writer_key().to_compressed_bytes().to_vec();
+        match retention.forgets(m.sequence(), m.snapshot_id(), &m.hash(), m.writer_key()) {
+            Some(record) if newest.get(&w) != Some(&m.sequence()) => {
+                let record = record.to_owned();
+                listing.forgotten.push((s, record));
+            }
+            Some(record) => {
+                listing.ignored.push((
+                    record.to_owned(),
+                    format!(
+                        "it forgets the newest snapshot {} of its writer: not honoured",
+                        m.sequence()
+                    ),
+                ));
+                listing.kept.push(s);
+            }
+            None => listing.kept.push(s),
+        }
+    }
+    listing.retention = retention;
+    Ok(listing)
 }
 
 fn select<'a>(listed: &'a [Listed], sel: &str) -> Result<Vec<&'a Listed>> {
@@ -634,12 +813,14 @@ impl<'a> Hashes<'a> {
 
 /// Checks that `manifest` follows an earlier manifest of the store: the one
 /// whose bytes hash to the `previous` it names (its signature covers that
-/// hash, so the match proves those bytes), with a lower sequence number.
-/// Returns the key of that manifest, if the store still holds it.
+/// hash, so the match proves those bytes), with a lower sequence number; or
+/// one a trusted retention record forgot (by its hash). Returns the key of
+/// that manifest, if the store still holds it.
 fn check_chain(
     hashes: &mut Hashes<'_>,
     key: &str,
     manifest: &Manifest,
+    retention: &Retention,
     warnings: &mut Vec<String>,
 ) -> Result<Option<String>> {
     let listed = hashes.listed;
@@ -680,6 +861,16 @@ fn check_chain(
             });
         }
         return Ok(Some(prev.key.clone()));
+    }
+    if let Some((sequence, _)) = retention.forgotten_manifest(&wanted, manifest.writer_key()) {
+        if sequence >= manifest.sequence() {
+            return Err(Error::BrokenChain {
+                key: key.to_owned(),
+                previous: format!("forgotten snapshot {sequence}"),
+                reason: "the sequence number does not increase".into(),
+            });
+        }
+        return Ok(None);
     }
     match earlier.checked_sub(1) {
         None => {

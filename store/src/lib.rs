@@ -67,12 +67,16 @@ mod local;
 mod put;
 mod read;
 mod s3;
+#[cfg(feature = "source")]
+mod source;
 mod store;
 
 pub use config::{MIN_PART_SIZE, RetryPolicy, S3Config, StoreOptions};
 pub use error::{Error, Op, Result};
 pub use key::{MAX_KEY_LEN, validate_key};
 pub use read::ObjectReader;
+#[cfg(feature = "source")]
+pub use source::StoreSource;
 pub use store::{ObjectInfo, PutOutcome, Store};
 
 /// The secret string type used in [`S3Config`], re-exported for callers.

@@ -57,6 +57,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backend;
 mod bins;
 mod faulty;
 mod keyfiles;
@@ -77,6 +78,7 @@ use std::process::Command;
 
 use rand::RngCore as _;
 
+pub use backend::Backend;
 pub use bins::{BIN_DIR_ENV, cbfs_bin, cbfs_cmd, require_tool};
 pub use faulty::{Fault, FaultPlan, FaultyProxy, SeenRequest};
 pub use keyfiles::agent_keyset;

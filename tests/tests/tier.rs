@@ -2,83 +2,18 @@
 //! directory store and a real S3-compatible server, incremental runs,
 //! snapshots, crash safety, retries and the update-series method.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cbfs_tests::{
-    Compare, Fault, FaultPlan, FaultyProxy, S3Server, TreeGen, Workdir, assert_same_tree, cbfs_cmd,
-    require_tool, run, run_ok,
+    Backend, Compare, Fault, FaultPlan, FaultyProxy, S3Server, TreeGen, Workdir, assert_same_tree,
+    cbfs_cmd, require_tool, run, run_ok,
 };
 use serde_json::Value;
 
 #[path = "tiering/keys.rs"]
 mod keys;
 use keys::Keys;
-
-/// A store under test: where it is, how to reach it, and how to read it raw.
-enum Backend {
-    Local(PathBuf),
-    S3 {
-        server: Box<S3Server>,
-        bucket: String,
-        endpoint: Option<String>,
-    },
-}
-
-impl Backend {
-    fn spec(&self) -> String {
-        match self {
-            Backend::Local(p) => p.display().to_string(),
-            Backend::S3 { bucket, .. } => format!("s3://{bucket}/cbfs"),
-        }
-    }
-    fn envs(&self) -> Vec<(String, String)> {
-        match self {
-            Backend::Local(_) => Vec::new(),
-            Backend::S3 {
-                server,
-                endpoint: Some(e),
-                ..
-            } => server.envs_with_endpoint(e),
-            Backend::S3 { server, .. } => server.envs(),
-        }
-    }
-    /// Every object: key (relative to the store) and bytes.
-    fn objects(&self) -> BTreeMap<String, Vec<u8>> {
-        match self {
-            Backend::Local(root) => {
-                let mut out = BTreeMap::new();
-                let mut stack = vec![root.clone()];
-                while let Some(d) = stack.pop() {
-                    for e in std::fs::read_dir(&d).unwrap() {
-                        let p = e.unwrap().path();
-                        if p.is_dir() {
-                            stack.push(p);
-                        } else {
-                            let key = p.strip_prefix(root).unwrap().display().to_string();
-                            if !key.starts_with('.') {
-                                out.insert(key, std::fs::read(&p).unwrap());
-                            }
-                        }
-                    }
-                }
-                out
-            }
-            Backend::S3 { server, bucket, .. } => server
-                .list_objects(bucket)
-                .into_iter()
-                .filter_map(|(k, _)| {
-                    let rel = k.strip_prefix("cbfs/")?.to_owned();
-                    Some((rel, server.get_object(bucket, &k)))
-                })
-                .collect(),
-        }
-    }
-    fn total_bytes(&self) -> u64 {
-        self.objects().values().map(|v| v.len() as u64).sum()
-    }
-}
 
 fn tier_out(backend: &Backend, keys: &Keys, index: &Path, src: &Path, extra: &[&str]) -> Value {
     let mut cmd = cbfs_cmd("cbfs-tier");

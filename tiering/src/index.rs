@@ -16,6 +16,7 @@
 //! | `s` | `state` | [`State`] |
 //! | `p` | path bytes | scratch of the push running now (see [`Index::pushed_put`]) |
 //! | `h` | path bytes | [`HsmRecord`]: flags and losses of a path (tiering states) |
+//! | `r` | a relocation record's object key | empty: the record was applied |
 //!
 //! The two tables with a record per file (`f`, `m`) hold a compact binary
 //! encoding (see [`binary`]): a run over an unchanged tree reads every file
@@ -38,6 +39,7 @@ const SNAPSHOT: u8 = b'n';
 const STATE: u8 = b's';
 const PUSHED: u8 = b'p';
 const HSM: u8 = b'h';
+const RELOCATED: u8 = b'r';
 
 /// The stored version of one path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,16 +81,24 @@ pub struct MemberRecord {
     pub stored: u64,
 }
 
-/// A segment and how much of it is still live.
+/// A segment and how much of it is still live. Counts are of files (entries
+/// of the tree): a pack member holds several, each counted once, and its
+/// bytes are shared out among them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentRecord {
     /// Size of the segment object.
     pub size: u64,
-    /// Members in it.
+    /// Members (tar entries) in it.
     pub members: u64,
-    /// Members the newest snapshot still uses.
-    pub live_members: u64,
-    /// Bytes of those members.
+    /// Files stored in it (more than `members` when small files are packed;
+    /// 0 in records written before this was kept).
+    #[serde(default)]
+    pub files: u64,
+    /// Files of it the agent's tree still uses (older records called this
+    /// `live_members`, and counted files already).
+    #[serde(alias = "live_members")]
+    pub live_files: u64,
+    /// Bytes of those files (their shares of the members' bytes).
     pub live_bytes: u64,
 }
 
@@ -433,6 +443,10 @@ impl Batch {
         self.inner
             .put(key(SNAPSHOT, &rec.sequence.to_be_bytes()), rec.encode());
     }
+    /// Notes that the relocation record `key` was applied to the index.
+    pub fn put_relocation_applied(&mut self, key: &str) {
+        self.inner.put(self::key(RELOCATED, key.as_bytes()), []);
+    }
     /// Replaces the state.
     pub fn put_state(&mut self, state: &State) {
         self.inner.put(key(STATE, b"state"), state.encode());
@@ -693,6 +707,26 @@ impl Index {
     /// A segment's record.
     pub fn segment(&self, id: &SegmentId) -> Result<Option<SegmentRecord>> {
         self.get(key(SEGMENT, id.as_bytes()))
+    }
+
+    /// Every segment record.
+    pub fn segments(&self) -> Result<Vec<(SegmentId, SegmentRecord)>> {
+        let mut out = Vec::new();
+        self.scan(SEGMENT, |k, rec: SegmentRecord| {
+            if let Ok(id) = <[u8; 16]>::try_from(k) {
+                out.push((SegmentId::from_bytes(id), rec));
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Whether the relocation record `key` was applied to the index.
+    pub fn relocation_applied(&self, key: &str) -> Result<bool> {
+        self.db
+            .get_pinned(self::key(RELOCATED, key.as_bytes()))
+            .map(|v| v.is_some())
+            .map_err(|e| self.err(e))
     }
 
     /// All snapshots, oldest first.

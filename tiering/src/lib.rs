@@ -37,13 +37,16 @@
 mod agent;
 mod error;
 pub mod faultin;
+mod forget;
 pub mod gateway;
+mod gcsync;
 pub mod hsm;
 mod index;
 mod list;
 mod lock;
 mod observe;
 mod out;
+mod policy;
 mod remote;
 mod restore;
 mod rules;
@@ -54,6 +57,9 @@ mod verify;
 
 pub use agent::{Agent, AgentOptions};
 pub use error::{Error, Result};
+pub use forget::{
+    ForgetEntry, ForgetReport, ForgetRequest, ForgetSigner, default_writer_key, forget,
+};
 pub use index::{FileRecord, HsmRecord, Index, MemberRecord, SegmentRecord, SnapshotRecord, State};
 pub use list::{Ignored, ListedEntry, SnapshotInfo, list_entries, list_snapshots};
 pub use lock::{IndexLock, LOCK_FILE};
@@ -61,6 +67,7 @@ pub use observe::{Observer, Quiet};
 #[cfg(feature = "crash-points")]
 pub use out::CrashPoint;
 pub use out::{ChangeTest, OutOptions, OutReport};
+pub use policy::{Candidate, Decision, KeepPolicy, KeepWithin, apply as apply_policy};
 pub use remote::{NodeOpener, NodeOptions};
 pub use restore::{RestoreRequest, TrustOptions, restore};
 pub use rules::{ScopeRule, ScopeRules};

@@ -45,7 +45,8 @@ pub struct Ignored {
     pub reason: String,
 }
 
-fn rfc3339(unix: i64) -> String {
+/// A Unix time as RFC 3339 (the number itself if out of range).
+pub(crate) fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {

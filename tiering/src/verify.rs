@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cbfs_core::{KeySource, Seed, Unlock};
-use cbfs_format::{Lockbox, MemberId, Metadata, SegmentId, Summary, layout};
-use cbfs_restore::{ObjectSource, RestoreOptions, Sink, identify, snapshots};
+use cbfs_format::{Collection, Lockbox, MemberId, Metadata, SegmentId, Summary, layout};
+use cbfs_restore::{ObjectSource, Relocations, RestoreOptions, Sink, identify, snapshot_listing};
 use cbfs_store::Store;
 use serde::Serialize;
 
@@ -37,6 +37,21 @@ pub struct VerifyReport {
     pub lockboxes: u64,
     /// Segments no snapshot references (garbage for GC, not a problem).
     pub unreferenced_segments: u64,
+    /// Snapshots a trusted retention record forgets, whose manifests are
+    /// still in the store (garbage collection deletes them).
+    pub forgotten_snapshots: u64,
+    /// Members read where relocation records moved them.
+    pub relocated_members: u64,
+    /// Bytes of all segment objects.
+    pub segment_bytes: u64,
+    /// Bytes of the members the kept snapshots need.
+    pub live_bytes: u64,
+    /// Bytes garbage collection could reclaim: segments no kept snapshot
+    /// needs whole, and the dead part of the others.
+    pub reclaimable_bytes: u64,
+    /// Collection records waiting for their second phase: what they will
+    /// delete is garbage, not a problem.
+    pub pending_collections: Vec<String>,
     /// Entries decrypted (with `--read-data`).
     pub decrypted: u64,
     /// Everything wrong.
@@ -91,14 +106,16 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
     let t = trusted(&source, &req.trust, seed.as_ref(), key_file)?;
     let mut report = VerifyReport::default();
     let mut problems = Vec::new();
-    let (snaps, ignored) = snapshots(&source, &t.trust, 0)
+    let listing = snapshot_listing(&source, &t.trust, 0)
         .map_err(|e| restore_error("cannot list the snapshots", e))?;
-    for (object, error) in ignored {
+    for (object, error) in &listing.ignored {
         problems.push(Problem {
-            object,
-            error: format!("not a snapshot a trusted writer made, ignored: {error}"),
+            object: object.clone(),
+            error: format!("not trusted, ignored: {error}"),
         });
     }
+    report.forgotten_snapshots = listing.forgotten.len() as u64;
+    let snaps = listing.kept;
     report.snapshots = snaps.len() as u64;
     report.newest = snaps.last().map(|s| s.sequence());
     let expected = t
@@ -120,13 +137,56 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
             ),
         });
     }
+    // Where each member of a kept snapshot is: where its manifest says,
+    // or where relocation records moved it.
+    let relocations = Relocations::load(&source)
+        .map_err(|e| restore_error("cannot list the relocation records", e))?;
     let mut referenced: BTreeMap<SegmentId, BTreeMap<MemberId, [u8; 32]>> = BTreeMap::new();
+    let mut relocated: BTreeSet<(SegmentId, MemberId)> = BTreeSet::new();
+    let mut places: BTreeMap<(SegmentId, MemberId), (cbfs_format::SummaryEntry, String)> =
+        BTreeMap::new();
     for s in &snaps {
         for e in s.manifest().entries() {
-            referenced
-                .entry(e.segment)
-                .or_default()
-                .insert(e.member, e.sha256);
+            let moved = if relocations.moves_out_of(&e.segment) {
+                relocations.locate(&source, e)
+            } else {
+                None
+            };
+            if let Some(moved) = moved {
+                let at = moved.segment;
+                relocated.insert((e.segment, e.member));
+                let via = moved.via.last().cloned().unwrap_or_default();
+                places.insert((at, e.member), (moved.entry, via));
+                referenced.entry(at).or_default().insert(e.member, e.sha256);
+            } else {
+                referenced
+                    .entry(e.segment)
+                    .or_default()
+                    .insert(e.member, e.sha256);
+            }
+        }
+    }
+    report.relocated_members = relocated.len() as u64;
+    for (object, error) in relocations.problems() {
+        problems.push(Problem {
+            object,
+            error: format!("relocation record not used: {error}"),
+        });
+    }
+    for key in source
+        .list(layout::COLLECTIONS)
+        .map_err(|e| restore_error("cannot list the collection records", e))?
+    {
+        match source
+            .get(&key)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Collection::from_bytes(&b).map_err(|e| e.to_string()))
+        {
+            Ok(_) => report.pending_collections.push(key),
+            Err(e) => problems.push(Problem {
+                object: key,
+                error: format!("not a collection record: {e}"),
+            }),
         }
     }
     let existing: BTreeSet<SegmentId> = source
@@ -135,6 +195,11 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
         .iter()
         .filter_map(|k| layout::parse_segment(k))
         .collect();
+    for s in &existing {
+        if let Ok(n) = source.size(&layout::segment(s)) {
+            report.segment_bytes += n;
+        }
+    }
     if snaps.is_empty() && !existing.is_empty() {
         problems.push(Problem {
             object: layout::SNAPSHOTS.into(),
@@ -159,6 +224,28 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
             &mut problems,
         );
     }
+    // A relocation record must put each member where the new segment's
+    // summary has it.
+    let mut summaries: BTreeMap<SegmentId, Option<Summary>> = BTreeMap::new();
+    for ((at, member), (place, via)) in &places {
+        let summary = summaries.entry(*at).or_insert_with(|| {
+            source
+                .get(&layout::summary(at))
+                .ok()
+                .and_then(|b| Summary::from_bytes(&b).ok())
+        });
+        if let Some(s) = summary
+            && s.entry(member) != Some(place)
+        {
+            problems.push(Problem {
+                object: via.clone(),
+                error: format!(
+                    "it moves member {member} to a place in segment {at} where the segment's summary does not have it"
+                ),
+            });
+        }
+    }
+    report.reclaimable_bytes = report.segment_bytes.saturating_sub(report.live_bytes);
     if req.read_data {
         let seed = seed.as_ref().expect("checked above");
         let opener = identify(copy(seed), &t.keyset).ok_or_else(|| {
@@ -226,7 +313,9 @@ fn check_segment(
     };
     for (member, sha) in members {
         match summary.entry(member) {
-            Some(e) if &e.sha256 == sha => {}
+            Some(e) if &e.sha256 == sha => {
+                report.live_bytes += e.end_offset() - e.header_offset;
+            }
             Some(_) => problems.push(problem(
                 &skey,
                 format!("member {member}: its hash differs from the manifest's"),
@@ -277,14 +366,14 @@ fn check_segment(
                 .map_err(|e| e.to_string())
                 .and_then(|b| Lockbox::from_bytes(&b).map_err(|e| e.to_string()))
             {
-                Ok(lb)
-                    if lb.segment_id() != *segment
-                        || lb.group_id() != group
-                        || lb.key_version() != *version =>
-                {
+                // A compacted segment holds copies of the lockboxes of the
+                // segments its members came from: they name the segment
+                // their group was made for (the binding their seal checks),
+                // so only the group and the key version must match.
+                Ok(lb) if lb.group_id() != group || lb.key_version() != *version => {
                     problems.push(problem(
                         lkey,
-                        "the lockbox names another segment, group or key version".into(),
+                        "the lockbox names another group or key version".into(),
                     ))
                 }
                 Ok(lb) => {

@@ -259,6 +259,8 @@ pub(crate) fn run(
         agent.index.commit(b)?;
     }
     rt.block_on(agent.publish_keyset())?;
+    // Relocations and collections, before the index is trusted for anything.
+    let gc_seen = crate::gcsync::before_run(agent, &rt)?;
 
     if let Some(p) = &opts.prefix
         && cbfs_restore::check_member_path(p).is_err()
@@ -300,7 +302,7 @@ pub(crate) fn run(
         links: Mutex::new(Vec::new()),
         spool_dir,
     };
-    let result = run_shared(&shared, input, started);
+    let result = run_shared(&shared, input, started, gc_seen);
     if shared.stream.is_some() {
         // The push's scratch of names goes with it, whatever the outcome.
         let _ = agent.index.pushed_clear();
@@ -323,7 +325,12 @@ fn open_tree(opts: &OutOptions) -> Result<SourceTree> {
         .with_prefix(opts.prefix.as_deref()))
 }
 
-fn run_shared(shared: &Shared<'_>, input: Input<'_>, started: Instant) -> Result<OutReport> {
+fn run_shared(
+    shared: &Shared<'_>,
+    input: Input<'_>,
+    started: Instant,
+    gc_seen: crate::gcsync::Seen,
+) -> Result<OutReport> {
     let agent = shared.agent;
     let mut report = OutReport::default();
     if agent.index.state()?.dirty {
@@ -357,6 +364,7 @@ fn run_shared(shared: &Shared<'_>, input: Input<'_>, started: Instant) -> Result
     }
 
     agent.index.flush_if_large()?;
+    crate::gcsync::after_run(agent, &shared.rt, gc_seen, report.sequence)?;
     report.files = shared.files.load(Ordering::Relaxed);
     report.bytes_read = shared.bytes_read.load(Ordering::Relaxed);
     report.bytes_stored = shared.bytes_stored.load(Ordering::Relaxed);
@@ -430,7 +438,7 @@ pub(crate) fn release(
             updates.entry(old.segment).or_insert(r)
         }
     };
-    rec.live_members = rec.live_members.saturating_sub(1);
+    rec.live_files = rec.live_files.saturating_sub(1);
     rec.live_bytes = rec.live_bytes.saturating_sub(old.stored);
     Ok(())
 }

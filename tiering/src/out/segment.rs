@@ -227,7 +227,8 @@ fn commit(shared: &Shared<'_>, sealed: Sealed) -> Result<()> {
             SegmentRecord {
                 size: segment_len,
                 members,
-                live_members: files.len() as u64,
+                files: files.len() as u64,
+                live_files: files.len() as u64,
                 live_bytes,
             },
         );

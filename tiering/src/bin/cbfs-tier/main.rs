@@ -56,6 +56,10 @@ Examples:
       home/alice/report.pdf
   cbfs-tier watch --store /mnt/archive --tree /srv/projects --identity file:agent-user.key \\
       --user agent-user.pub --node http://n1:7600 --node http://n2:7600 --node http://n3:7600
+  # Retention: keep the last 3 snapshots and one a day for a week; see first,
+  # then publish the signed decision (cbfs-gc, which holds no key, acts on it)
+  cbfs-tier forget --store /mnt/archive --keep-last 3 --keep-daily 7 --dry-run
+  cbfs-tier forget --store /mnt/archive --keep-last 3 --keep-daily 7
 
 Trust: snapshots are trusted only from writers the administrator's keyset
 registers, and the keyset only from the administrator the reader pinned (the
@@ -420,6 +424,52 @@ enum Command {
         #[arg(long, value_name = "SOURCE")]
         identity: Option<KeySource>,
     },
+    /// Decide which snapshots to keep, and publish the decision as a signed
+    /// retention record in the store (restic's vocabulary). cbfs-gc, which
+    /// holds no key, then reclaims the space of the forgotten ones. The
+    /// newest snapshot is never forgotten; a writer forgets only its own
+    /// snapshots, the administrator (--admin) any writer's.
+    Forget {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// The writer key that signs the decision (default: the index's
+        /// writer.key).
+        #[arg(long, value_name = "SOURCE", conflicts_with = "admin")]
+        writer_key: Option<KeySource>,
+        /// Sign as the administrator (the root secret) instead.
+        #[arg(long, value_name = "SOURCE")]
+        admin: Option<KeySource>,
+        /// Keep the N newest snapshots.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<u32>,
+        /// Keep the newest snapshot of each of the last N hours that have one.
+        #[arg(long, value_name = "N")]
+        keep_hourly: Option<u32>,
+        /// ... of each of the last N days (UTC).
+        #[arg(long, value_name = "N")]
+        keep_daily: Option<u32>,
+        /// ... of each of the last N ISO weeks.
+        #[arg(long, value_name = "N")]
+        keep_weekly: Option<u32>,
+        /// ... of each of the last N months.
+        #[arg(long, value_name = "N")]
+        keep_monthly: Option<u32>,
+        /// ... of each of the last N years.
+        #[arg(long, value_name = "N")]
+        keep_yearly: Option<u32>,
+        /// Keep every snapshot made within this span before the newest
+        /// (1y6m, 30d, 36h: y = 365 days, m = 30 days).
+        #[arg(long, value_name = "DURATION")]
+        keep_within: Option<cbfs_tiering::KeepWithin>,
+        /// Keep this snapshot (id, 8+ characters of it, or sequence); repeatable.
+        #[arg(long, value_name = "ID")]
+        keep_snapshot: Vec<String>,
+        /// Show what would be forgotten and why each kept one is kept; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List the entries of a snapshot (the newest by default).
     Ls {
         #[command(flatten)]
@@ -758,6 +808,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         String::new()
                     }
                 );
+                s.push_str(&format!(
+                    "{} bytes of segments, {} live, {} reclaimable by cbfs-gc; {} members read where garbage collection moved them; {} forgotten snapshots still stored; {} collection records pending\n",
+                    report.segment_bytes,
+                    report.live_bytes,
+                    report.reclaimable_bytes,
+                    report.relocated_members,
+                    report.forgotten_snapshots,
+                    report.pending_collections.len()
+                ));
                 for p in &report.problems {
                     s.push_str(&format!("PROBLEM {}: {}\n", p.object, p.error));
                 }
@@ -1086,6 +1145,81 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 pick(no_release, release_ok),
                 pick(no_archive, archive_ok),
             )?;
+            Ok(0)
+        }
+        Command::Forget {
+            store,
+            trust,
+            writer_key,
+            admin,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            keep_snapshot,
+            dry_run,
+        } => {
+            let index = store.index.unwrap_or_else(|| default_index(&store.store));
+            let signer = match (admin, writer_key) {
+                (Some(a), _) => cbfs_tiering::ForgetSigner::Admin(a),
+                (None, Some(w)) => cbfs_tiering::ForgetSigner::Writer(w),
+                (None, None) => cbfs_tiering::ForgetSigner::Writer(
+                    cbfs_tiering::default_writer_key(&index).ok_or_else(|| {
+                        Error::Usage(format!(
+                            "no key to sign with: give the agent's --writer-key, or --admin (the index {} has no writer.key)",
+                            index.display()
+                        ))
+                    })?,
+                ),
+            };
+            let policy = cbfs_tiering::KeepPolicy {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+                within: keep_within,
+                snapshots: keep_snapshot,
+            };
+            let report = cbfs_tiering::forget(cbfs_tiering::ForgetRequest {
+                store: store.store,
+                trust: trust.options(Some(index)),
+                signer,
+                policy,
+                dry_run,
+            })
+            .await?;
+            if as_json {
+                json(&report)?;
+            } else {
+                let mut s = format!("policy: {}\n", report.policy);
+                for e in &report.snapshots {
+                    s.push_str(&format!(
+                        "{:>6}  {:<32}  {:<20}  {:<6}  {}\n",
+                        e.sequence,
+                        e.id,
+                        e.created,
+                        if e.keep { "keep" } else { "forget" },
+                        e.reasons.join(", ")
+                    ));
+                }
+                s.push_str(&format!(
+                    "{} kept, {} {}forgotten",
+                    report.kept,
+                    report.forgotten,
+                    if report.dry_run { "would be " } else { "" }
+                ));
+                match &report.record {
+                    Some(r) => s.push_str(&format!("; retention record {r}\n")),
+                    None if report.dry_run => s.push_str(" (dry run: nothing written)\n"),
+                    None => s.push_str(": nothing to write\n"),
+                }
+                out(&s);
+            }
             Ok(0)
         }
         Command::Ls {

@@ -1,0 +1,277 @@
+//! Compaction: the live members of sparse segments copied byte for byte
+//! into new segments, with new summaries, copies of their groups'
+//! lockboxes, and relocation records that say where each member went.
+//!
+//! Order, for crash safety: the new segment, its lockboxes, its summary,
+//! then the relocation records. Until a relocation record exists nothing
+//! points at the new segment (a crash leaves garbage that a later run
+//! collects); once it exists, the member verifies in its new place. The
+//! old segment is deleted only by a later phase.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{Cursor, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cbfs_format::{
+    GroupId, Relocation, SegmentId, SegmentMode, SegmentWriter, Summary, SummaryEntry, layout,
+};
+use serde::Serialize;
+use tempfile::NamedTempFile;
+
+use crate::crash::{CrashPoint, TestHooks};
+use crate::error::{Error, Result};
+use crate::lease::Held;
+use crate::mark::Mark;
+
+/// Live members closer than this are read with one ranged request.
+const COALESCE_GAP: u64 = 1 << 20;
+/// The longest ranged request.
+const MAX_RANGE: u64 = 16 << 20;
+
+/// A segment to compact: its summary and its live members, in order.
+pub(crate) struct Victim {
+    pub segment: SegmentId,
+    pub summary: Arc<Summary>,
+    pub live: Vec<SummaryEntry>,
+}
+
+/// What compaction did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CompactReport {
+    /// Segments whose live members were all copied (collected afterwards).
+    pub segments_compacted: u64,
+    /// Their keys.
+    pub compacted: Vec<String>,
+    /// New segments written.
+    pub segments_written: u64,
+    /// Members copied.
+    pub members_copied: u64,
+    /// Bytes of segment data copied.
+    pub bytes_copied: u64,
+    /// Seconds spent copying and uploading.
+    pub seconds: f64,
+    /// Segments left as they are because a member could not be copied.
+    pub failed: Vec<(String, String)>,
+}
+
+/// One new segment being filled.
+struct Filling {
+    id: SegmentId,
+    spool: NamedTempFile,
+    writer: SegmentWriter<File>,
+    /// Per old segment, the members moved from it (their new entries).
+    moved: BTreeMap<SegmentId, Vec<SummaryEntry>>,
+    /// The groups its members need, and the old segment each came from.
+    groups: BTreeMap<GroupId, SegmentId>,
+}
+
+/// State of one compaction.
+struct Compactor<'a> {
+    mark: &'a Mark,
+    lease: &'a mut Held,
+    spool_dir: &'a Path,
+    segment_size: u64,
+    hooks: &'a TestHooks,
+    closed: u32,
+    report: CompactReport,
+    /// Old segments some member of which failed to copy.
+    failed: BTreeSet<SegmentId>,
+}
+
+fn spool_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::local("cannot write the segment spool", path, e)
+}
+
+impl Compactor<'_> {
+    fn start(&self, mode: SegmentMode) -> Result<Filling> {
+        let id = SegmentId::random();
+        let spool = NamedTempFile::new_in(self.spool_dir).map_err(spool_err(self.spool_dir))?;
+        let file = spool.reopen().map_err(spool_err(spool.path()))?;
+        let writer = SegmentWriter::new(file, id, mode)
+            .map_err(|e| Error::format(format!("new segment {id}"), e))?;
+        Ok(Filling {
+            id,
+            spool,
+            writer,
+            moved: BTreeMap::new(),
+            groups: BTreeMap::new(),
+        })
+    }
+
+    fn crash(&self, point: CrashPoint) {
+        self.hooks.at(point);
+    }
+
+    /// Finishes a new segment and publishes it: segment, lockboxes,
+    /// summary, relocation records.
+    fn close(&mut self, f: Filling) -> Result<()> {
+        if f.writer.is_empty() {
+            return Ok(());
+        }
+        let Filling {
+            id,
+            spool,
+            writer,
+            moved,
+            groups,
+        } = f;
+        let (mut file, summary) = writer
+            .finish()
+            .map_err(|e| Error::format(format!("new segment {id}"), e))?;
+        file.set_len(summary.segment_len())
+            .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()))
+            .and_then(|()| file.sync_all())
+            .map_err(spool_err(spool.path()))?;
+        drop(file);
+        let (store, rt) = (&self.mark.store, &self.mark.rt);
+        self.lease.check()?;
+        self.closed += 1;
+        let n = self.closed;
+        rt.block_on(store.put_file_new(&layout::segment(&id), spool.path()))?;
+        self.crash(CrashPoint::AfterSegment(n));
+        for (group, from) in &groups {
+            let wanted = group.to_string();
+            let copies: Vec<&String> = self
+                .mark
+                .lockboxes
+                .get(from)
+                .into_iter()
+                .flatten()
+                .filter(|k| {
+                    k.rsplit('/')
+                        .next()
+                        .is_some_and(|name| name.starts_with(&wanted))
+                })
+                .collect();
+            if copies.is_empty() {
+                self.report.failed.push((
+                    layout::lockbox(from, group),
+                    format!("missing: members of group {group} moved to segment {id} cannot be opened there either"),
+                ));
+            }
+            for key in copies {
+                let name = key.rsplit('/').next().expect("a key has a last part");
+                let bytes = rt.block_on(store.get(key))?;
+                rt.block_on(store.put_new(&format!("{}{name}", layout::lockboxes_of(&id)), bytes))?;
+            }
+        }
+        self.crash(CrashPoint::AfterLockboxes(n));
+        rt.block_on(store.put_new(&layout::summary(&id), summary.to_bytes()))?;
+        self.crash(CrashPoint::AfterSummary(n));
+        for (i, (old, entries)) in moved.into_iter().enumerate() {
+            self.report.members_copied += entries.len() as u64;
+            let record = Relocation::new(old, id, summary.mode(), entries)
+                .map_err(|e| Error::format(layout::relocation(&old, &id), e))?;
+            rt.block_on(store.put_new(&layout::relocation(&old, &id), record.to_bytes()))?;
+            if i == 0 {
+                self.crash(CrashPoint::AfterRelocation(n));
+            }
+        }
+        self.report.segments_written += 1;
+        tracing::info!(segment = %id, bytes = summary.segment_len(), "compacted segment written");
+        Ok(())
+    }
+
+    /// Copies the live members of one old segment into `into`, closing
+    /// and starting new segments as they fill.
+    fn copy(&mut self, v: &Victim, into: &mut Option<Filling>) -> Result<()> {
+        let key = layout::segment(&v.segment);
+        let mut i = 0;
+        while i < v.live.len() {
+            // One ranged read for a run of members close to each other.
+            let start = v.live[i].header_offset;
+            let mut j = i + 1;
+            while j < v.live.len()
+                && v.live[j].header_offset - v.live[j - 1].end_offset() <= COALESCE_GAP
+                && v.live[j].end_offset() - start <= MAX_RANGE
+            {
+                j += 1;
+            }
+            let end = v.live[j - 1].data_offset + v.live[j - 1].data_len;
+            let bytes = self
+                .mark
+                .rt
+                .block_on(self.mark.store.get_range(&key, start..end))?;
+            for e in &v.live[i..j] {
+                let need = e.end_offset() - e.header_offset;
+                let full = into.as_ref().is_some_and(|f| {
+                    !f.writer.is_empty() && f.writer.len() + need > self.segment_size
+                });
+                if full {
+                    let f = into.take().expect("checked");
+                    self.close(f)?;
+                }
+                if into.is_none() {
+                    *into = Some(self.start(v.summary.mode())?);
+                }
+                let f = into.as_mut().expect("just made");
+                let from = (e.header_offset - start) as usize;
+                let to = (e.data_offset + e.data_len - start) as usize;
+                match f
+                    .writer
+                    .append_copy(&v.summary, &e.member, Cursor::new(&bytes[from..to]))
+                {
+                    Ok(placed) => {
+                        self.report.bytes_copied += e.data_len;
+                        if let Some(g) = placed.group {
+                            f.groups.insert(g, v.segment);
+                        }
+                        f.moved.entry(v.segment).or_default().push(placed);
+                    }
+                    Err(err) => {
+                        self.failed.insert(v.segment);
+                        self.report
+                            .failed
+                            .push((key.clone(), format!("member {}: {err}", e.member)));
+                    }
+                }
+            }
+            i = j;
+        }
+        Ok(())
+    }
+}
+
+/// Compacts `victims`; returns the old segments whose live members are
+/// now all in new segments (with their relocation records written).
+pub(crate) fn compact(
+    mark: &Mark,
+    lease: &mut Held,
+    victims: &[Victim],
+    spool_dir: &Path,
+    segment_size: u64,
+    hooks: &TestHooks,
+) -> Result<(BTreeSet<SegmentId>, CompactReport)> {
+    let started = Instant::now();
+    let mut c = Compactor {
+        mark,
+        lease,
+        spool_dir,
+        segment_size,
+        hooks,
+        closed: 0,
+        report: CompactReport::default(),
+        failed: BTreeSet::new(),
+    };
+    for mode in [SegmentMode::Encrypted, SegmentMode::Plain] {
+        let mut filling: Option<Filling> = None;
+        for v in victims.iter().filter(|v| v.summary.mode() == mode) {
+            c.copy(v, &mut filling)?;
+        }
+        if let Some(f) = filling {
+            c.close(f)?;
+        }
+    }
+    let done: BTreeSet<SegmentId> = victims
+        .iter()
+        .map(|v| v.segment)
+        .filter(|s| !c.failed.contains(s))
+        .collect();
+    c.report.segments_compacted = done.len() as u64;
+    c.report.compacted = done.iter().map(layout::segment).collect();
+    c.report.seconds = started.elapsed().as_secs_f64();
+    Ok((done, c.report))
+}

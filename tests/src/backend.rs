@@ -1,0 +1,79 @@
+//! A store under test, local or S3, for the end-to-end tests of the tools
+//! that write and read stores.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::s3::S3Server;
+
+/// A store under test: where it is, how to reach it, and how to read it raw.
+pub enum Backend {
+    /// A local directory store.
+    Local(PathBuf),
+    /// A bucket of a real S3-compatible server, under the prefix `cbfs/`.
+    S3 {
+        /// The server.
+        server: Box<S3Server>,
+        /// The bucket.
+        bucket: String,
+        /// Another endpoint to reach it by (a faulty proxy), if any.
+        endpoint: Option<String>,
+    },
+}
+
+impl Backend {
+    /// The store spec the tools take.
+    pub fn spec(&self) -> String {
+        match self {
+            Backend::Local(p) => p.display().to_string(),
+            Backend::S3 { bucket, .. } => format!("s3://{bucket}/cbfs"),
+        }
+    }
+    /// The environment the tools need to reach it.
+    pub fn envs(&self) -> Vec<(String, String)> {
+        match self {
+            Backend::Local(_) => Vec::new(),
+            Backend::S3 {
+                server,
+                endpoint: Some(e),
+                ..
+            } => server.envs_with_endpoint(e),
+            Backend::S3 { server, .. } => server.envs(),
+        }
+    }
+    /// Every object: key (relative to the store) and bytes.
+    pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
+        match self {
+            Backend::Local(root) => {
+                let mut out = BTreeMap::new();
+                let mut stack = vec![root.clone()];
+                while let Some(d) = stack.pop() {
+                    for e in std::fs::read_dir(&d).unwrap() {
+                        let p = e.unwrap().path();
+                        if p.is_dir() {
+                            stack.push(p);
+                        } else {
+                            let key = p.strip_prefix(root).unwrap().display().to_string();
+                            if !key.starts_with('.') {
+                                out.insert(key, std::fs::read(&p).unwrap());
+                            }
+                        }
+                    }
+                }
+                out
+            }
+            Backend::S3 { server, bucket, .. } => server
+                .list_objects(bucket)
+                .into_iter()
+                .filter_map(|(k, _)| {
+                    let rel = k.strip_prefix("cbfs/")?.to_owned();
+                    Some((rel, server.get_object(bucket, &k)))
+                })
+                .collect(),
+        }
+    }
+    /// The bytes of all its objects.
+    pub fn total_bytes(&self) -> u64 {
+        self.objects().values().map(|v| v.len() as u64).sum()
+    }
+}
