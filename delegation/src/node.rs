@@ -508,9 +508,9 @@ impl Node {
             ));
         }
         let skew = self.limits.clock_skew.as_secs();
-        if !(req.timestamp.checked_sub(self.clock.unix()))
+        if (req.timestamp.checked_sub(self.clock.unix()))
             .and_then(i64::checked_abs)
-            .is_some_and(|d| d.unsigned_abs() <= skew)
+            .is_none_or(|d| d.unsigned_abs() > skew)
         {
             return Err(Refusal::new(
                 401,

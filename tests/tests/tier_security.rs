@@ -169,7 +169,7 @@ fn files_swapped_for_links_and_fifos_while_read_never_leak_and_never_hang() {
             while !stop.load(Ordering::Relaxed) {
                 // One swap at a time: a file is never swapped inside a
                 // directory that is a link just now.
-                let done = if i % 3 == 0 {
+                let done = if i.is_multiple_of(3) {
                     swap_dir(&dirs[(i / 3) % dirs.len()], &outside)
                 } else {
                     swap_file(&victims[i % victims.len()], &secret)

@@ -167,10 +167,8 @@ fn serve(conn: TcpStream, upstream: &str, lies: &AtomicUsize, lie: Lie) -> std::
         let mut value: serde_json::Value = serde_json::from_slice(&answer).unwrap();
         match lie {
             Lie::SwapCfrags => swap_cfrags(&mut value, lies),
-            Lie::ClaimThresholdOne => {
-                if claim_threshold_one(&mut value["delegation"]) {
-                    lies.fetch_add(1, Ordering::SeqCst);
-                }
+            Lie::ClaimThresholdOne if claim_threshold_one(&mut value["delegation"]) => {
+                lies.fetch_add(1, Ordering::SeqCst);
             }
             _ => {}
         }
