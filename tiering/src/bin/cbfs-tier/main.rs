@@ -485,17 +485,7 @@ enum Command {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like 64M"))?;
-    let size = n.checked_mul(mult).ok_or("size too large")?;
+    let size = parse_bytes(s)?;
     if size < 64 << 10 {
         return Err("the segment size must be at least 64K".into());
     }
