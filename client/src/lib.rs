@@ -338,6 +338,24 @@ pub fn check_url(url: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// Whether a server's answer at `url` is authenticated by its transport:
+/// HTTPS (the server's certificate), or a loopback address (this machine).
+/// A key taken from plain HTTP to another machine is whatever answered.
+pub fn transport_is_trusted(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    if parsed.scheme() == "https" {
+        return true;
+    }
+    match parsed.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// The environment variable naming a PEM file of extra CA certificates
 /// that HTTPS servers (gateways, nodes) may be signed by, beside the system's.
 pub const CA_FILE_ENV: &str = "CBFS_CA_FILE";
@@ -914,6 +932,29 @@ mod tests {
         assert!(check_url("ftp://node").is_err());
         assert!(check_url("http://").is_err());
         assert!(NodeSet::new(["http://a:1", "http://a:1/"]).is_err());
+    }
+
+    #[test]
+    fn only_https_and_loopback_answers_are_authenticated_by_their_transport() {
+        for url in [
+            "https://node.example",
+            "https://10.0.0.5:7600",
+            "http://127.0.0.1:7600",
+            "http://127.8.9.10:1",
+            "http://localhost:7600",
+            "http://[::1]:7600",
+        ] {
+            assert!(transport_is_trusted(url), "{url}");
+        }
+        for url in [
+            "http://node.example",
+            "http://10.0.0.5:7600",
+            "http://[2001:db8::1]:7600",
+            "http://localhost.example:7600",
+            "not a url",
+        ] {
+            assert!(!transport_is_trusted(url), "{url}");
+        }
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use cbfs_wire::{GrantUpload, NodePublicFile, RevokeDone, record_from_value};
 use serde_json::json;
 
 use crate::commands::{load_admin, make_private_dir, parse_expiry, write_new_private};
-use crate::nodes::{Nodes, TooFewNodes, check_url};
+use crate::nodes::{NodeKeyMismatch, Nodes, TooFewNodes, check_url, transport_is_trusted};
 use crate::output::emit;
 
 const NOT_REVOCABLE: &str = "Revocation stops new unlocks only: file keys already unlocked cannot be revoked or taken back.";
@@ -56,30 +56,54 @@ fn urls(nodes: &[String]) -> Result<Vec<String>> {
     Ok(urls)
 }
 
+/// Refuses nodes whose keys would come from an unauthenticated answer:
+/// plain HTTP to another machine. Whoever answers there for m of the URLs
+/// would be sent m shares, and with them the scope secret.
+fn refuse_unauthenticated(urls: &[String]) -> Result<()> {
+    let open: Vec<&String> = urls.iter().filter(|u| !transport_is_trusted(u)).collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "{} {} reached over plain HTTP on another machine: {} key would be taken from an answer anyone on the path could give, and the share sent to whoever gave it. Pin each node's key with --node-key NODE.pub (one per --node, in order), or reach the nodes over https://",
+        open.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", "),
+        if open.len() == 1 { "is" } else { "are" },
+        if open.len() == 1 { "its" } else { "their" },
+    )))
+}
+
 pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
     let urls = urls(&a.nodes)?;
+    let pinned = !urls.is_empty() && !a.node_keys.is_empty();
     match (urls.is_empty(), a.node_keys.is_empty(), &a.out) {
         (false, true, None) | (true, false, Some(_)) => {}
+        (false, false, None) => {
+            if a.node_keys.len() != urls.len() {
+                return Err(usage(format!(
+                    "--node-key with --node pins each node's key: give one NODE.pub per --node, in the same order ({} nodes, {} keys)",
+                    urls.len(),
+                    a.node_keys.len()
+                )));
+            }
+        }
         (true, true, _) => {
             return Err(usage(
                 "give the delegation nodes: --node URL for each (shares are sent), or --node-key NODE.pub for each with --out DIR (shares are written sealed for their nodes)".into(),
             ));
         }
-        (false, false, _) => {
+        (false, _, Some(_)) => {
             return Err(usage(
-                "give either --node URL... or --node-key NODE.pub..., not both".into(),
-            ));
-        }
-        (false, true, Some(_)) => {
-            return Err(usage(
-                "--out writes shares for --node-key nodes; with --node they are sent".into(),
+                "--out writes shares for --node-key nodes given without --node; with --node they are sent".into(),
             ));
         }
         (true, false, None) => {
             return Err(usage(
-                "--node-key needs --out DIR: where to write the sealed shares".into(),
+                "--node-key needs --out DIR (where to write the sealed shares), or a --node URL for each key (where to send them)".into(),
             ));
         }
+    }
+    if !pinned {
+        refuse_unauthenticated(&urls)?;
     }
     let ks = Keyset::load(&a.keyset)?;
     let user = UserPublic::load(&a.to)?;
@@ -97,12 +121,13 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
     }
 
     // Every node's key first: nothing is made or sent unless all n answer.
+    let pins = a
+        .node_keys
+        .iter()
+        .map(|p| NodePublicFile::load(p).map_err(usage))
+        .collect::<Result<Vec<_>>>()?;
     let (keys, names): (Vec<PublicKey>, Vec<String>) = if urls.is_empty() {
-        let keys = a
-            .node_keys
-            .iter()
-            .map(|p| NodePublicFile::load(p).map_err(usage))
-            .collect::<Result<Vec<_>>>()?;
+        let keys = pins;
         let names = a
             .node_keys
             .iter()
@@ -122,6 +147,29 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
             return Err(TooFewNodes(format!(
                 "nothing was delegated: every node must give its key first, and these did not:\n{}",
                 down.join("\n")
+            ))
+            .into());
+        }
+        // A pinned node must answer with its pinned key: a share sealed
+        // for any other key goes to whoever holds that key.
+        let wrong: Vec<String> = urls
+            .iter()
+            .zip(&keys)
+            .zip(pins.iter().zip(&a.node_keys))
+            .filter(|((_, got), (pin, _))| got != pin)
+            .map(|((url, got), (pin, file))| {
+                format!(
+                    "  {url} answered key {}, but {} pins {}",
+                    fingerprint(got),
+                    file.display(),
+                    fingerprint(pin)
+                )
+            })
+            .collect();
+        if !wrong.is_empty() {
+            return Err(NodeKeyMismatch(format!(
+                "nothing was delegated: these nodes are not the ones pinned (another server answers at their URL, or a pin names the wrong node):\n{}",
+                wrong.join("\n")
             ))
             .into());
         }
@@ -359,6 +407,7 @@ pub fn reissue(json: bool, unlock: &Unlock, a: ReissueArgs) -> Result<()> {
     let mut done = Vec::new();
     let mut skipped = Vec::new();
     let mut failed = 0;
+    let mut live = Vec::new();
     for (user, record) in &latest {
         let issued = cbfs_core::parse_time(record.issued()).ok();
         if revoked.iter().any(|r| {
@@ -371,6 +420,37 @@ pub fn reissue(json: bool, unlock: &Unlock, a: ReissueArgs) -> Result<()> {
             skipped.push(json!({ "user": user, "why": "expired" }));
             continue;
         }
+        live.push((user, record));
+    }
+    // The nodes' keys are pinned by the delegations being issued again: the
+    // administrator signed them. A key none of them names is not one of
+    // their nodes, whatever answered at its URL.
+    let strangers: Vec<String> = urls
+        .iter()
+        .zip(&keys)
+        .filter_map(|(url, k)| {
+            let users: Vec<String> = live
+                .iter()
+                .filter(|(_, r)| !r.nodes().contains(k))
+                .map(|(u, _)| format!("`{u}`"))
+                .collect();
+            (!users.is_empty()).then(|| {
+                format!(
+                    "  {url} answered key {}, which the signed delegation of {} does not name",
+                    fingerprint(k),
+                    users.join(", ")
+                )
+            })
+        })
+        .collect();
+    if !strangers.is_empty() {
+        return Err(NodeKeyMismatch(format!(
+            "nothing was issued: these are not the nodes of the delegations (a new node needs `delegate --to USER.pub` with its key pinned by --node-key):\n{}",
+            strangers.join("\n")
+        ))
+        .into());
+    }
+    for (user, record) in live {
         let n = keys.len() as u32;
         let threshold = a.threshold.unwrap_or(record.threshold());
         if threshold == 0 || threshold > n {

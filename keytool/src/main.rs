@@ -31,10 +31,11 @@ Examples:
   # A user key pair (the secret could as well live in the kernel keyring)
   cbfs-keytool create-user alice --secret keyring:cbfs/alice --public alice.pub
   # Delegate scope alice to user alice for 30 days, 2 of 3 nodes: each share
-  # goes straight to its own delegation node, encrypted for it
+  # goes straight to its own delegation node, encrypted for it (over plain
+  # HTTP, pin each node's key: --node-key NODEi.pub after each --node)
   cbfs-keytool delegate --admin file:admin.key --keyset keyset.json --scope alice \\
       --to alice.pub --threshold 2 --expires 30d \\
-      --node http://node1:7600 --node http://node2:7600 --node http://node3:7600
+      --node https://node1:7600 --node https://node2:7600 --node https://node3:7600
   # ... or, for nodes this machine cannot reach, sealed into files for
   # `cbfs-delegation import` (one NODE.pub per share)
   cbfs-keytool delegate --admin file:admin.key --keyset keyset.json --scope alice \\
@@ -175,9 +176,11 @@ enum Command {
     /// Delegation is always from a scope key, never from the root. Each
     /// share is bound to its node (the node's key is part of what the
     /// administrator signs) and encrypted for that node alone; n is the
-    /// number of nodes. With --node the shares are sent; with --node-key and
-    /// --out they are written into files for nodes without a network path
-    /// (`cbfs-delegation import` stores them). No share is ever readable by
+    /// number of nodes. With --node the shares are sent, each sealed for the
+    /// key its node answers with over HTTPS or loopback, or for the key
+    /// --node-key pins; with --node-key and --out they are written into
+    /// files for nodes without a network path (`cbfs-delegation import`
+    /// stores them). No share is ever readable by
     /// the user: with Umbral, a user holding m kfrags could compute the
     /// scope secret, and expiry and revocation would mean nothing.
     ///
@@ -211,12 +214,16 @@ enum Command {
         /// Nodes refuse an expired delegation.
         #[arg(long, value_name = "WHEN")]
         expires: Option<String>,
-        /// A delegation node (http://HOST:PORT), one per share: share i goes to
-        /// the i-th node, encrypted for it. Repeat for each node.
+        /// A delegation node (https://HOST:PORT), one per share: share i goes
+        /// to the i-th node, encrypted for the key the node answers with.
+        /// Repeat for each node. Plain http:// is accepted on loopback, or
+        /// elsewhere only with each node's key pinned by --node-key.
         #[arg(long = "node", value_name = "URL")]
         nodes: Vec<String>,
-        /// A node's public key file (its DATA/node.pub), one per share, for
-        /// nodes this machine cannot reach: the shares go into --out.
+        /// A node's public key file (its DATA/node.pub), one per share. With
+        /// --node: the i-th key pins the i-th node, and nothing is sent
+        /// unless every node answers with its pinned key. Without --node: for
+        /// nodes this machine cannot reach, the shares go into --out.
         #[arg(long = "node-key", value_name = "NODE.pub")]
         node_keys: Vec<PathBuf>,
         /// With --node-key: the directory to write the sealed shares into

@@ -8,12 +8,18 @@ use cbfs_client::{NodeAdmin, NodeProblem};
 use cbfs_core::umbral_pre::PublicKey;
 use cbfs_wire::{GrantStored, GrantUpload, RevokeDone};
 
-pub use cbfs_client::check_url;
+pub use cbfs_client::{check_url, transport_is_trusted};
 
 /// Fewer nodes did what was asked than the operation needs (exit code 6).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct TooFewNodes(pub String);
+
+/// A node answered a key other than the one the administrator pinned for
+/// it, or one its signed delegations do not name (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NodeKeyMismatch(pub String);
 
 /// The nodes of one command, all asked at once.
 pub struct Nodes {

@@ -10,7 +10,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     if let Some(f) = err.downcast_ref::<crate::rotate::StoreFailed>() {
         return if f.1 { 5 } else { 1 };
     }
-    if err.downcast_ref::<crate::rotate::Damaged>().is_some() {
+    if err.downcast_ref::<crate::rotate::Damaged>().is_some()
+        || err.downcast_ref::<crate::nodes::NodeKeyMismatch>().is_some()
+    {
         return 4;
     }
     match err.downcast_ref::<Error>() {

@@ -909,3 +909,133 @@ fn help_says_that_released_keys_cannot_be_revoked() {
     let out = run_ok(cbfs_cmd("cbfs-delegation").arg("--help"));
     assert!(text(&out.stdout).contains("cannot be taken back"));
 }
+
+/// The grants each node holds, from its health report.
+fn grants_on(c: &Cluster) -> Vec<u64> {
+    c.nodes
+        .iter()
+        .map(|n| {
+            let health: serde_json::Value = http_client()
+                .get(format!("{}/healthz", n.url))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            health["grants"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// `--node URL --node-key NODE.pub` pins each node's key: a share is sealed
+/// only for the key the administrator pinned. A server answering at a
+/// node's URL with any other key (here: the pins of nodes 2 and 3 swapped,
+/// as if each URL were answered by another machine) gets nothing, and
+/// neither does any other node.
+#[test]
+fn a_node_that_answers_another_key_than_its_pin_gets_no_share() {
+    let c = Cluster::start(3, &[]);
+    let urls = c.urls();
+    let pinned = |order: [usize; 3]| -> Vec<String> {
+        order
+            .iter()
+            .zip(&urls)
+            .flat_map(|(&i, url)| {
+                [
+                    "--node".to_owned(),
+                    url.clone(),
+                    "--node-key".to_owned(),
+                    c.nodes[i].data.join("node.pub").display().to_string(),
+                ]
+            })
+            .collect()
+    };
+    let delegate = |args: &[String]| {
+        let mut cmd = cluster::keytool(c.work.root());
+        cmd.args(cluster::words(&format!(
+            "delegate --admin file:admin.key --keyset keyset.json --scope {SCOPE} --to {USER}.pub --threshold 2"
+        )))
+        .args(args);
+        cmd
+    };
+    let out = run_fail(&mut delegate(&pinned([0, 2, 1])));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("nothing was delegated")
+            && err.contains(&urls[1])
+            && err.contains(&urls[2])
+            && !err.contains(&format!("{} answered", urls[0])),
+        "{err}"
+    );
+    assert_eq!(grants_on(&c), [0, 0, 0]);
+
+    // One key fewer than nodes: a usage error, nothing sent.
+    let mut short = pinned([0, 1, 2]);
+    short.truncate(short.len() - 2);
+    let out = run_fail(&mut delegate(&short));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("3 nodes, 2 keys"));
+    assert_eq!(grants_on(&c), [0, 0, 0]);
+
+    // The right pins: every node gets its share.
+    run_ok(&mut delegate(&pinned([0, 1, 2])));
+    assert_eq!(grants_on(&c), [1, 1, 1]);
+}
+
+/// Over plain HTTP to another machine, a node's key would be whatever
+/// answered: without pins the key tool refuses before it asks anyone.
+#[test]
+fn plain_http_to_another_machine_needs_pinned_node_keys() {
+    let c = Cluster::start(3, &[]);
+    // 192.0.2.0/24 is reserved for documentation: nothing answers there,
+    // and the refusal comes before any connection.
+    let out = run_fail(&mut c.delegate_cmd(2, &["--node", "http://192.0.2.7:7600"]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("http://192.0.2.7:7600") && err.contains("--node-key"),
+        "{err}"
+    );
+    assert!(!err.contains(&c.urls()[0]), "loopback nodes are fine: {err}");
+    assert_eq!(grants_on(&c), [0, 0, 0]);
+}
+
+/// `delegate --reissue` sends shares only to node keys the administrator's
+/// signed delegations already name: a node that was never one of them
+/// (here a fourth node, given in place of the third) gets nothing.
+#[test]
+fn reissue_sends_nothing_to_a_node_its_delegations_do_not_name() {
+    let c = Cluster::start(4, &[]);
+    let urls = c.urls();
+    let mut cmd = cluster::keytool(c.work.root());
+    cmd.args(cluster::words(&format!(
+        "delegate --admin file:admin.key --keyset keyset.json --scope {SCOPE} --to {USER}.pub --threshold 2"
+    )))
+    .args(Cluster::node_args(&urls[..3]));
+    run_ok(&mut cmd);
+    assert_eq!(grants_on(&c), [1, 1, 1, 0]);
+
+    let reissue = |nodes: &[String]| {
+        let mut cmd = cluster::keytool(c.work.root());
+        cmd.args(cluster::words(&format!(
+            "--json delegate --reissue --admin file:admin.key --keyset keyset.json --scope {SCOPE}"
+        )))
+        .args(Cluster::node_args(nodes));
+        cmd
+    };
+    let stranger = [urls[0].clone(), urls[1].clone(), urls[3].clone()];
+    let out = run_fail(&mut reissue(&stranger));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("nothing was issued") && err.contains(&urls[3]) && err.contains(USER),
+        "{err}"
+    );
+    assert_eq!(grants_on(&c), [1, 1, 1, 0], "nothing was sent");
+
+    // The delegation's own nodes: issued again.
+    let out = run_ok(&mut reissue(&urls[..3]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reissued"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(grants_on(&c)[3], 0);
+}
