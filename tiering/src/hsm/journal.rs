@@ -74,8 +74,19 @@ impl Journal {
 
     /// Appends an entry, durably.
     pub fn append(&self, entry: &Entry) -> Result<()> {
-        let mut line = serde_json::to_vec(entry).expect("entries serialize");
-        line.push(b'\n');
+        self.append_all(std::slice::from_ref(entry))
+    }
+
+    /// Appends entries in one write, durably (one sync for all).
+    pub fn append_all(&self, entries: &[Entry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut line = Vec::new();
+        for entry in entries {
+            line.extend(serde_json::to_vec(entry).expect("entries serialize"));
+            line.push(b'\n');
+        }
         let io = |e| Error::io("cannot write the recall journal", &self.path, e);
         let mut f = OpenOptions::new()
             .create(true)

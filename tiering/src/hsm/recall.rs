@@ -323,7 +323,7 @@ impl Recaller {
                 phase: StubPhase::Recalling,
                 ..(*record).clone()
             };
-            if let Err(e) = stub::write(file, &recalling) {
+            if let Err(e) = stub::set(file, &recalling) {
                 results[i] = Some(Err(RecallFailure::Refused(format!(
                     "cannot mark the stub as being recalled: {e}"
                 ))));
@@ -332,6 +332,23 @@ impl Recaller {
             match groups.iter_mut().find(|(s, _)| s.id() == snapshot.id()) {
                 Some((_, v)) => v.push(i),
                 None => groups.push((snapshot, vec![i])),
+            }
+        }
+        // The marks are durable before any content is written: one flush
+        // for the batch.
+        let marked: Vec<&File> = groups
+            .iter()
+            .flat_map(|(_, at)| at.iter().map(|&i| stubs[i].0))
+            .collect();
+        if let Err(e) = stub::make_durable(&marked) {
+            for (_, at) in groups.drain(..) {
+                for i in at {
+                    let (file, record) = stubs[i];
+                    let f = RecallFailure::Refused(format!(
+                        "cannot mark the stub as being recalled: {e}"
+                    ));
+                    results[i] = Some(Err(self.undo(file, record, false, f)));
+                }
             }
         }
         for (snapshot, at) in groups {
@@ -358,6 +375,7 @@ impl Recaller {
                 &mut sink,
             );
             let fetched = cbfs_restore::ObjectSource::fetched(&self.source) - fetched_before;
+            let mut filled = Vec::new();
             for (k, &i) in at.iter().enumerate() {
                 let (file, record) = stubs[i];
                 let failure = match &result {
@@ -365,15 +383,19 @@ impl Recaller {
                     Ok(_) if sink.committed[k] => None,
                     Ok(report) => Some(self.why_not(report, record, &snapshot)),
                 };
-                results[i] = Some(match failure {
-                    Some(f) => Err(self.undo(file, record, sink.began[k], f)),
-                    None => self.finish(file, record).map(|()| Recalled {
-                        bytes: record.size,
-                        snapshot: snapshot.sequence(),
-                        seconds: started.elapsed().as_secs_f64(),
-                        fetched: fetched / at.len() as u64,
-                    }),
-                });
+                match failure {
+                    Some(f) => results[i] = Some(Err(self.undo(file, record, sink.began[k], f))),
+                    None => filled.push(i),
+                }
+            }
+            let items: Vec<(&File, &StubRecord)> = filled.iter().map(|&i| stubs[i]).collect();
+            for (&i, done) in filled.iter().zip(self.finish(&items)) {
+                results[i] = Some(done.map(|()| Recalled {
+                    bytes: stubs[i].1.size,
+                    snapshot: snapshot.sequence(),
+                    seconds: started.elapsed().as_secs_f64(),
+                    fetched: fetched / at.len() as u64,
+                }));
             }
         }
         for (i, first) in same_as.iter().enumerate() {
@@ -466,34 +488,68 @@ impl Recaller {
         f
     }
 
-    /// Makes a verified fill durable: content, time, then the stub record
-    /// goes; the journal learns the file's new stat.
-    fn finish(&self, file: &File, record: &StubRecord) -> std::result::Result<(), RecallFailure> {
-        let finish = || -> std::io::Result<Stat> {
-            rustix::fs::fsync(file)?;
-            stub::set_mtime(file, record.mtime)?;
-            stub::remove(file)?;
-            Ok(Stat::from_metadata(&file.metadata()?))
-        };
-        let stat = finish().map_err(|e| {
+    /// Makes verified fills durable: content first, then times and the
+    /// stub records go, then the journal learns the files' new stats. Each
+    /// step is one flush for the whole batch (see [`stub::make_durable`]).
+    fn finish(
+        &self,
+        items: &[(&File, &StubRecord)],
+    ) -> Vec<std::result::Result<(), RecallFailure>> {
+        let refused = |e: &dyn std::fmt::Display| {
             RecallFailure::Refused(format!(
                 "the content is back but the stub could not be finished: {e}"
             ))
-        })?;
-        if let Some(j) = &self.journal
-            && let Err(e) = j.append(&Entry {
-                path: hex::encode(&record.path),
-                member: record.member.to_string(),
-                slot: record.slot,
-                ino: stat.ino,
-                stat: Some(stat),
-                lost: None,
-                at: now(),
-            })
-        {
-            tracing::warn!("{e}: the next tier-out may archive this file again");
+        };
+        let files: Vec<&File> = items.iter().map(|(f, _)| *f).collect();
+        if let Err(e) = stub::make_durable(&files) {
+            return items.iter().map(|_| Err(refused(&e))).collect();
         }
-        Ok(())
+        let mut stats: Vec<std::result::Result<Stat, RecallFailure>> = items
+            .iter()
+            .map(|(file, record)| {
+                let finish = || -> std::io::Result<Stat> {
+                    stub::set_mtime(file, record.mtime)?;
+                    stub::clear(file)?;
+                    Ok(Stat::from_metadata(&file.metadata()?))
+                };
+                finish().map_err(|e| refused(&e))
+            })
+            .collect();
+        let cleared: Vec<&File> = files
+            .iter()
+            .zip(&stats)
+            .filter(|(_, s)| s.is_ok())
+            .map(|(f, _)| *f)
+            .collect();
+        if let Err(e) = stub::make_durable(&cleared) {
+            for s in &mut stats {
+                if s.is_ok() {
+                    *s = Err(refused(&e));
+                }
+            }
+        }
+        if let Some(j) = &self.journal {
+            let entries: Vec<Entry> = items
+                .iter()
+                .zip(&stats)
+                .filter_map(|((_, record), stat)| {
+                    let stat = *stat.as_ref().ok()?;
+                    Some(Entry {
+                        path: hex::encode(&record.path),
+                        member: record.member.to_string(),
+                        slot: record.slot,
+                        ino: stat.ino,
+                        stat: Some(stat),
+                        lost: None,
+                        at: now(),
+                    })
+                })
+                .collect();
+            if let Err(e) = j.append_all(&entries) {
+                tracing::warn!("{e}: the next tier-out may archive these files again");
+            }
+        }
+        stats.into_iter().map(|s| s.map(|_| ())).collect()
     }
 
     fn note_lost(&self, file: &File, record: &StubRecord, why: &str) {

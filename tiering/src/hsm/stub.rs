@@ -94,23 +94,56 @@ fn read_path(path: &Path, follow: bool) -> io::Result<StubAttr> {
 
 /// Writes the stub record and makes it durable.
 pub fn write(file: &File, record: &StubRecord) -> io::Result<()> {
+    set(file, record)?;
+    rustix::fs::fsync(file)?;
+    Ok(())
+}
+
+/// Writes the stub record; durable only after [`make_durable`] (a batch
+/// makes many records durable at once).
+pub fn set(file: &File, record: &StubRecord) -> io::Result<()> {
     let bytes = record
         .to_bytes()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     rustix::fs::fsetxattr(file, STUB_XATTR, &bytes, XattrFlags::empty())?;
-    rustix::fs::fsync(file)?;
     Ok(())
 }
 
 /// Removes the stub record (the file is resident again) durably.
 pub fn remove(file: &File) -> io::Result<()> {
-    match rustix::fs::fremovexattr(file, STUB_XATTR) {
-        Ok(()) => {}
-        Err(e) if absent(&e) => {}
-        Err(e) => return Err(e.into()),
-    }
+    clear(file)?;
     rustix::fs::fsync(file)?;
     Ok(())
+}
+
+/// Removes the stub record; durable only after [`make_durable`].
+pub fn clear(file: &File) -> io::Result<()> {
+    match rustix::fs::fremovexattr(file, STUB_XATTR) {
+        Ok(()) => Ok(()),
+        Err(e) if absent(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes what was written to `files` (content, extended attributes, times)
+/// durable: one file is synced by itself; for more, each file system they
+/// are on is synced once (`syncfs`, which reports write-back errors), which
+/// costs a batch of thousands of small files one flush instead of one each.
+pub fn make_durable(files: &[&File]) -> io::Result<()> {
+    match files {
+        [] => Ok(()),
+        [one] => Ok(rustix::fs::fsync(one)?),
+        many => {
+            let mut devices = std::collections::HashSet::new();
+            for f in many {
+                let dev = std::os::unix::fs::MetadataExt::dev(&f.metadata()?);
+                if devices.insert(dev) {
+                    rustix::fs::syncfs(f)?;
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Frees the blocks of the file's first `size` bytes, keeping its size.
