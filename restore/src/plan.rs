@@ -17,7 +17,7 @@ use crate::engine::{Engine, Location, peek_meta};
 const PEEK_SHARE_MIN: usize = 64;
 use crate::error::Error;
 use crate::report::Failure;
-use crate::source::ReadSeek;
+use crate::source::{ObjectSource, ReadSeek};
 
 /// What became of one group's lockbox.
 enum GroupState {
@@ -32,6 +32,10 @@ pub(crate) struct Lockboxes {
     listing: Option<Failure>,
     segment: SegmentId,
 }
+
+/// A member the summary (or a relocation record) places: its manifest
+/// entry, its place, and the record that moved it there, if one did.
+type Located = (ManifestEntry, SummaryEntry, Option<Arc<str>>);
 
 /// The outcome of looking up a member's group.
 enum Access {
@@ -213,28 +217,58 @@ impl Engine<'_> {
         relocated: &[(ManifestEntry, SummaryEntry, String)],
     ) {
         let seg_key = layout::segment(&segment);
-        let sum_key = layout::summary(&segment);
-        let ids: Vec<MemberId> = entries.iter().map(|e| e.member).collect();
-        let fail_relocated = |engine: &mut Self, err: &Error| {
-            for (e, _, via) in relocated {
-                let mut f = Failure::new(seg_key.clone(), Some(e.member.to_string()), err);
-                f.error.push_str(&format!(
-                    "; the member was looked for where {via} says it was moved"
-                ));
-                engine.report.fail(f);
+        let summary = self.summary_of(segment, entries.is_empty());
+        let (mut reader, mode) = match open_segment(self.source, segment, &seg_key) {
+            Ok(opened) => opened,
+            Err(e) => {
+                for (entry, _, via) in relocated {
+                    let mut f = Failure::new(seg_key.clone(), Some(entry.member.to_string()), &e);
+                    f.error.push_str(&format!(
+                        "; the member was looked for where {via} says it was moved"
+                    ));
+                    self.report.fail(f);
+                }
+                let ids: Vec<MemberId> = entries.iter().map(|e| e.member).collect();
+                return self.fail_all(&seg_key, &ids, &e);
             }
         };
+        let (mut located, unlocated) = self.locate(segment, mode, summary.as_ref(), entries);
+        located.extend(self.place_relocated(segment, &seg_key, mode, relocated));
 
-        // The summary says where each member is. Damage to it is worked
-        // around by scanning the segment; the manifest still proves the data.
-        let summary = if entries.is_empty() {
-            Err(Error::Usage(
-                "no member of the snapshot is named here".into(),
-            ))
+        let needed: BTreeSet<GroupId> = located.iter().filter_map(|(_, s, _)| s.group).collect();
+        let lockboxes = if mode == SegmentMode::Plain {
+            Lockboxes {
+                states: HashMap::new(),
+                listing: None,
+                segment,
+            }
         } else {
-            self.source.get(&sum_key)
+            self.lockboxes(segment, unlocated.is_empty().then_some(&needed))
         };
-        let summary = summary.and_then(|bytes| {
+        self.peek_located(&mut *reader, &seg_key, segment, mode, &located, &lockboxes);
+        if !unlocated.is_empty() {
+            self.plan_by_scan(
+                &mut *reader,
+                &seg_key,
+                &seg_key,
+                segment,
+                mode,
+                Some(&unlocated),
+                &lockboxes,
+            );
+        }
+    }
+
+    /// The segment's summary, which says where each member is; `None` when
+    /// there is nothing to look up, or when it is missing or damaged (that
+    /// is reported, and worked around by scanning the segment: the manifest
+    /// still proves the data).
+    fn summary_of(&mut self, segment: SegmentId, nothing_named: bool) -> Option<Summary> {
+        if nothing_named {
+            return None;
+        }
+        let sum_key = layout::summary(&segment);
+        let summary = self.source.get(&sum_key).and_then(|bytes| {
             let s = Summary::from_bytes(&bytes).map_err(|e| Error::format(sum_key.clone(), e))?;
             if s.segment_id() != segment {
                 return Err(Error::format(
@@ -251,55 +285,41 @@ impl Engine<'_> {
             }
             Ok(s)
         });
-        let summary = match summary {
+        match summary {
             Ok(s) => Some(s),
-            Err(_) if entries.is_empty() => None,
             Err(e) => {
-                self.report.damaged(Failure::new(sum_key.clone(), None, &e));
+                self.report.damaged(Failure::new(sum_key, None, &e));
                 None
             }
-        };
-
-        let mut reader = match self.source.open(&seg_key) {
-            Ok(r) => r,
-            Err(e) => {
-                fail_relocated(self, &e);
-                return self.fail_all(&seg_key, &ids, &e);
-            }
-        };
-        let (found_id, mode) = match SegmentReader::new(&mut reader) {
-            Ok(r) => (r.segment_id(), r.mode()),
-            Err(e) => {
-                let e = Error::format(seg_key.clone(), e);
-                fail_relocated(self, &e);
-                return self.fail_all(&seg_key, &ids, &e);
-            }
-        };
-        if found_id != segment {
-            let e = cbfs_format::Error::Tar {
-                segment: Some(found_id),
-                offset: 0,
-                reason: format!(
-                    "the object holds segment {found_id}, not {segment} (objects swapped?)"
-                ),
-            };
-            let e = Error::format(seg_key.clone(), e);
-            fail_relocated(self, &e);
-            return self.fail_all(&seg_key, &ids, &e);
         }
+    }
 
-        let mut located: Vec<(ManifestEntry, SummaryEntry, Option<Arc<str>>)> = Vec::new();
-        let mut unlocated: Vec<ManifestEntry> = Vec::new();
-        match &summary {
+    /// Splits the manifest's members of a segment into those its summary
+    /// places (with the same SHA-256 as the manifest) and those it does not
+    /// (damage reported; they are found by scanning).
+    fn locate(
+        &mut self,
+        segment: SegmentId,
+        mode: SegmentMode,
+        summary: Option<&Summary>,
+        entries: &[ManifestEntry],
+    ) -> (Vec<Located>, Vec<ManifestEntry>) {
+        let sum_key = layout::summary(&segment);
+        let mut located = Vec::new();
+        let mut unlocated = Vec::new();
+        let mismatch = |reason: String| {
+            Error::format(
+                sum_key.clone(),
+                cbfs_format::Error::SummaryMismatch {
+                    segment,
+                    offset: 0,
+                    reason,
+                },
+            )
+        };
+        match summary {
             Some(s) if s.mode() != mode => {
-                let e = Error::format(
-                    sum_key.clone(),
-                    cbfs_format::Error::SummaryMismatch {
-                        segment,
-                        offset: 0,
-                        reason: "its mode (encrypted or plain) differs from the segment's".into(),
-                    },
-                );
+                let e = mismatch("its mode (encrypted or plain) differs from the segment's".into());
                 self.report.damaged(Failure::new(sum_key.clone(), None, &e));
                 unlocated.extend_from_slice(entries);
             }
@@ -313,14 +333,7 @@ impl Engine<'_> {
                             } else {
                                 "it is not listed"
                             };
-                            let err = Error::format(
-                                sum_key.clone(),
-                                cbfs_format::Error::SummaryMismatch {
-                                    segment,
-                                    offset: 0,
-                                    reason: format!("member {}: {reason}", e.member),
-                                },
-                            );
+                            let err = mismatch(format!("member {}: {reason}", e.member));
                             self.report.damaged(Failure::new(
                                 sum_key.clone(),
                                 Some(e.member.to_string()),
@@ -333,14 +346,27 @@ impl Engine<'_> {
             }
             None => unlocated.extend_from_slice(entries),
         }
+        (located, unlocated)
+    }
+
+    /// The members relocation records place in this segment, each named by
+    /// the record that moved it; one placed in a segment of the other mode
+    /// fails, naming the record.
+    fn place_relocated(
+        &mut self,
+        segment: SegmentId,
+        seg_key: &str,
+        mode: SegmentMode,
+        relocated: &[(ManifestEntry, SummaryEntry, String)],
+    ) -> Vec<Located> {
+        let mut placed = Vec::new();
         for (e, place, via) in relocated {
-            if mode
-                != place
-                    .group
-                    .map_or(SegmentMode::Plain, |_| SegmentMode::Encrypted)
-            {
+            let place_mode = place
+                .group
+                .map_or(SegmentMode::Plain, |_| SegmentMode::Encrypted);
+            if mode != place_mode {
                 let err = Error::format(
-                    seg_key.clone(),
+                    seg_key.to_owned(),
                     cbfs_format::Error::SummaryMismatch {
                         segment,
                         offset: place.header_offset,
@@ -354,25 +380,29 @@ impl Engine<'_> {
                     .fail(Failure::new(via.clone(), Some(e.member.to_string()), &err));
                 continue;
             }
-            located.push((*e, place.clone(), Some(Arc::from(via.as_str()))));
+            placed.push((*e, place.clone(), Some(Arc::from(via.as_str()))));
         }
+        placed
+    }
 
-        let needed: BTreeSet<GroupId> = located.iter().filter_map(|(_, s, _)| s.group).collect();
-        let lockboxes = if mode == SegmentMode::Plain {
-            Lockboxes {
-                states: HashMap::new(),
-                listing: None,
-                segment,
-            }
-        } else {
-            self.lockboxes(segment, unlocated.is_empty().then_some(&needed))
-        };
-
+    /// Reads the metadata of the located members whose group this identity
+    /// opens (the others are skipped or fail, naming their lockbox). A
+    /// member whose metadata cannot be read fails; its report says whether
+    /// its bytes differ from the manifest's SHA-256 too.
+    fn peek_located(
+        &mut self,
+        reader: &mut (dyn ReadSeek + '_),
+        seg_key: &str,
+        segment: SegmentId,
+        mode: SegmentMode,
+        located: &[Located],
+        lockboxes: &Lockboxes,
+    ) {
         let mut to_peek = Vec::with_capacity(located.len());
-        for (entry, se, via) in &located {
+        for (entry, se, via) in located {
             let loc = Location {
-                key: seg_key.clone(),
-                object: seg_key.clone(),
+                key: seg_key.to_owned(),
+                object: seg_key.to_owned(),
                 segment,
                 member: Some(entry.member),
                 mode,
@@ -400,13 +430,13 @@ impl Engine<'_> {
             }
             to_peek.push((loc, entry.slots));
         }
-        let peeked = self.peek_all(&mut *reader, &to_peek);
+        let peeked = self.peek_all(reader, &to_peek);
         for ((loc, slots), result) in to_peek.into_iter().zip(peeked) {
             match result {
                 Ok(table) => self.found_slots(&table, loc, Some(slots)),
                 Err(e) => {
-                    let mut failure = loc.failure(&Error::format(seg_key.clone(), e));
-                    if hash_differs(&mut *reader, &loc) {
+                    let mut failure = loc.failure(&Error::format(seg_key.to_owned(), e));
+                    if hash_differs(reader, &loc) {
                         failure.error.push_str(
                             "; its bytes also differ from the SHA-256 in the manifest \
                              (altered in the store, or a member swapped in from another segment)",
@@ -415,17 +445,6 @@ impl Engine<'_> {
                     self.report.fail(failure);
                 }
             }
-        }
-        if !unlocated.is_empty() {
-            self.plan_by_scan(
-                &mut *reader,
-                &seg_key,
-                &seg_key,
-                segment,
-                mode,
-                Some(&unlocated),
-                &lockboxes,
-            );
         }
     }
 
@@ -631,6 +650,30 @@ impl Engine<'_> {
 
 /// Whether a member's data bytes differ from the manifest's SHA-256 (a
 /// short read counts as differing). For the message of a member that failed.
+/// Opens the segment and checks that it is the one its name says.
+fn open_segment<'a>(
+    source: &'a dyn ObjectSource,
+    segment: SegmentId,
+    seg_key: &str,
+) -> Result<(Box<dyn ReadSeek + 'a>, SegmentMode), Error> {
+    let mut reader = source.open(seg_key)?;
+    let (found_id, mode) = match SegmentReader::new(&mut reader) {
+        Ok(r) => (r.segment_id(), r.mode()),
+        Err(e) => return Err(Error::format(seg_key.to_owned(), e)),
+    };
+    if found_id != segment {
+        let e = cbfs_format::Error::Tar {
+            segment: Some(found_id),
+            offset: 0,
+            reason: format!(
+                "the object holds segment {found_id}, not {segment} (objects swapped?)"
+            ),
+        };
+        return Err(Error::format(seg_key.to_owned(), e));
+    }
+    Ok((reader, mode))
+}
+
 fn hash_differs(reader: &mut (dyn ReadSeek + '_), loc: &Location) -> bool {
     let Some(want) = loc.sha256 else {
         return false;
