@@ -471,6 +471,35 @@ fn store_is_unreachable_gives_a_clear_transient_error() {
     );
 }
 
+/// A restore straight from a store that does not answer is "unavailable,
+/// retry" (exit 5), naming the store, like a tier-out run: never a failed
+/// verification (4).
+#[test]
+fn a_restore_from_an_unreachable_store_is_a_transient_error() {
+    let work = Workdir::new();
+    let keys = Keys::new(&work);
+    let port = cbfs_tests::free_port();
+    let mut cmd = cbfs_cmd("cbfs-tier");
+    cmd.args(["restore", "--store", "s3://nobucket/p", "--identity"])
+        .arg(keys.admin())
+        .arg("--keyset")
+        .arg(keys.keyset())
+        .arg(".")
+        .arg(work.path("out"))
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true");
+    let out = run(&mut cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("127.0.0.1") || err.contains("s3://nobucket"),
+        "{err}"
+    );
+}
+
 #[test]
 fn ten_thousand_files_one_change_adds_under_one_percent() {
     let work = Workdir::new();
