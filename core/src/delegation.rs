@@ -18,7 +18,7 @@ use crate::keys::{fingerprint, public_key_from_hex, public_key_hex};
 use crate::signed;
 
 const FORMAT: &str = "cbfs-delegation";
-const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 const DOMAIN: &str = "cbfs-delegation/v1";
 const KIND: &str = "delegation record";
 

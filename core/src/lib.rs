@@ -56,5 +56,20 @@ pub use signed::parse_time;
 pub use source::{KeySource, PinSource, Pkcs11Uri, Protection, RewrapTo, Rewrapped, Unlock};
 pub use user::UserPublic;
 
+/// The signed JSON documents cbfs-core reads and writes, as
+/// `(format, versions written, versions read)`: what `--version` prints.
+/// (A keyset is written as version 1 until a key is rotated, then 2.)
+pub const DOCUMENTS: &[(&str, &[u32], &[u32])] = &[
+    ("cbfs-keyset", &[1, 2], &[1, 2]),
+    ("cbfs-user", &[user::VERSION], &[user::VERSION]),
+    ("cbfs-grant", &[1], &[1]),
+    (
+        "cbfs-delegation",
+        &[delegation::VERSION],
+        &[delegation::VERSION],
+    ),
+    ("cbfs-revocation", &[1], &[1]),
+];
+
 /// Re-exported so that users of this crate name the same Umbral types.
 pub use umbral_pre;

@@ -14,7 +14,7 @@ use crate::keys::{fingerprint, public_key_from_hex, public_key_hex};
 use crate::signed;
 
 const FORMAT: &str = "cbfs-user";
-const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 const DOMAIN: &str = "cbfs-user/v1";
 const KIND: &str = "user public key";
 

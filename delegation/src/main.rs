@@ -177,7 +177,7 @@ struct LimitArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = cbfs_cli::parse(Some("CBFS_DELEGATION_CONFIG"));
     init_logging(cli.verbose, matches!(cli.command, Command::Serve { .. }));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,7 +27,7 @@ use crate::manifest::{Manifest, read_entry_list, write_entry};
 use crate::merkle::{ManifestEntry, merkle_root};
 
 const BRAND: &[u8; 8] = b"CBFSBASE";
-const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 /// The manifest version whose entry layout a base uses.
 const ENTRY_VERSION: u16 = 2;
 

@@ -23,7 +23,7 @@ use crate::error::{Error, ObjectKind};
 use crate::ids::{RecordId, SegmentId};
 
 const BRAND: &[u8; 8] = b"CBFSCOLL";
-const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 /// Longest object key a record may name.
 pub const MAX_KEY_LEN: usize = 1024;
 

@@ -31,7 +31,7 @@ use crate::merkle::{ManifestEntry, merkle_root};
 pub(crate) const DELTA_BRAND: &[u8; 8] = b"CBFSSDLT";
 /// The version this release writes; version 1 (entries without a slot
 /// bitmap) is still read.
-const DELTA_VERSION: u16 = 2;
+pub(crate) const DELTA_VERSION: u16 = 2;
 const FULL_BRAND: &[u8; 8] = b"CBFSSNAP";
 const KEY_LEN: usize = 33;
 const SIGNATURE_LEN: usize = 64;

@@ -20,7 +20,7 @@ use crate::error::{Error, ObjectKind};
 use crate::ids::RecordId;
 
 const BRAND: &[u8; 8] = b"CBFSLEAS";
-const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 
 /// One generation of the collector's lease.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -120,6 +120,7 @@ mod stanza;
 mod stub;
 mod summary;
 mod tar;
+pub mod versions;
 mod zframe;
 
 pub use base::ManifestBase;

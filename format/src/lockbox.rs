@@ -14,9 +14,9 @@ use crate::keys::{GROUP_KEY_LEN, GroupKey};
 
 const BRAND: &[u8; 8] = b"CBFSLOCK";
 /// Version 1: no key version (the scope's original key, version 1).
-const VERSION_1: u16 = 1;
+pub(crate) const VERSION_1: u16 = 1;
 /// Version 2: the scope key version follows the label.
-const VERSION_2: u16 = 2;
+pub(crate) const VERSION_2: u16 = 2;
 /// Longest scope label, in bytes.
 pub const MAX_SCOPE_LABEL_LEN: usize = 64;
 const BINDING_DOMAIN: &[u8] = b"cbfs lockbox binding v1\0";

@@ -11,7 +11,7 @@ use crate::merkle::{ManifestEntry, MerkleProof, Slots, merkle_root, prove};
 const BRAND: &[u8; 8] = b"CBFSSNAP";
 /// The version this release writes; version 1 (one-file members only,
 /// entries without a slot bitmap) is still read.
-const VERSION: u16 = 2;
+pub(crate) const VERSION: u16 = 2;
 const SIGNATURE_DOMAIN: &[u8] = b"cbfs manifest signature v1\0";
 const ENTRY_LEN_V1: usize = 16 + 16 + 32;
 /// A version 2 entry's least length: a version 1 entry, a length byte and

@@ -23,7 +23,7 @@ use crate::summary::{
 use crate::tar::GLOBAL_HEADER_LEN;
 
 const BRAND: &[u8; 8] = b"CBFSRELO";
-const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 
 /// Members of one segment copied, byte for byte, into another.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use crate::ids::{RecordId, SnapshotId};
 use crate::signing::{SIGNATURE_LEN, read_key, seal, verifies, write_key};
 
 const BRAND: &[u8; 8] = b"CBFSRETN";
-const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 const DOMAIN: &[u8] = b"cbfs retention signature v1\0";
 const ENTRY_LEN: usize = 8 + 16 + 32;
 /// Longest policy text, in bytes.

@@ -25,7 +25,7 @@ use crate::ids::RecordId;
 use crate::signing::{SIGNATURE_LEN, read_key, seal, verifies, write_key};
 
 const BRAND: &[u8; 8] = b"CBFSRUNR";
-const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 const DOMAIN: &[u8] = b"cbfs run record signature v1\0";
 
 /// A verified run record: well-formed and signed by the key inside it

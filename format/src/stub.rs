@@ -29,7 +29,7 @@ use crate::merkle::MAX_PACK_FILES;
 use crate::metadata::{MAX_PATH_LEN, Timestamp};
 
 const BRAND: &[u8; 8] = b"CBFSSTUB";
-const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 
 /// The extended attribute a stub's record is kept in. In the `trusted`
 /// namespace: only a process with `CAP_SYS_ADMIN` can read or write it, so

@@ -22,7 +22,7 @@ use crate::tar::{BLOCK, GLOBAL_HEADER_LEN};
 
 const BRAND: &[u8; 8] = b"CBFSSUMM";
 /// The version this release writes; version 1 is still read.
-const VERSION: u16 = 2;
+pub(crate) const VERSION: u16 = 2;
 const ENTRY_LEN: usize = 16 + 8 + 8 + 8 + 16 + 32;
 /// Offset of the first entry: brand, version, segment id, mode, length, hash, count.
 const ENTRIES_AT: usize = 8 + 2 + 16 + 1 + 8 + 32 + 4;

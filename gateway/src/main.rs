@@ -98,7 +98,7 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = cbfs_cli::parse(None);
     init_logging(cli.verbose, matches!(cli.command, Command::Serve { .. }));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -220,7 +220,7 @@ fn exit_code(e: &Error) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = cbfs_cli::parse(Some("CBFS_GC_CONFIG"));
     init_logging(cli.verbose);
     let anchor = match (&cli.keyset, &cli.admin_key) {
         (Some(k), _) => Anchor::KeysetFile(k.clone()),

@@ -66,7 +66,10 @@ fn refuse_unauthenticated(urls: &[String]) -> Result<()> {
     }
     Err(usage(format!(
         "{} {} reached over plain HTTP on another machine: {} key would be taken from an answer anyone on the path could give, and the share sent to whoever gave it. Pin each node's key with --node-key NODE.pub (one per --node, in order), or reach the nodes over https://",
-        open.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", "),
+        open.iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         if open.len() == 1 { "is" } else { "are" },
         if open.len() == 1 { "its" } else { "their" },
     )))

@@ -449,7 +449,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = cbfs_cli::parse(Some("CBFS_KEYTOOL_CONFIG"));
     init_logging(cli.verbose);
     let json = cli.json;
     match commands::run(cli) {

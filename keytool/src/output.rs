@@ -11,7 +11,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         return if f.1 { 5 } else { 1 };
     }
     if err.downcast_ref::<crate::rotate::Damaged>().is_some()
-        || err.downcast_ref::<crate::nodes::NodeKeyMismatch>().is_some()
+        || err
+            .downcast_ref::<crate::nodes::NodeKeyMismatch>()
+            .is_some()
     {
         return 4;
     }

@@ -177,7 +177,7 @@ fn failed(context: &'static str) -> impl FnOnce(cbfs_restore::Error) -> Failed {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = cbfs_cli::parse(Some("CBFS_RECOVER_CONFIG"));
     init_logs(cli.verbose);
     let json = cli.json;
     let tar_on_stdout =

@@ -996,7 +996,10 @@ fn plain_http_to_another_machine_needs_pinned_node_keys() {
         err.contains("http://192.0.2.7:7600") && err.contains("--node-key"),
         "{err}"
     );
-    assert!(!err.contains(&c.urls()[0]), "loopback nodes are fine: {err}");
+    assert!(
+        !err.contains(&c.urls()[0]),
+        "loopback nodes are fine: {err}"
+    );
     assert_eq!(grants_on(&c), [0, 0, 0]);
 }
 

@@ -1267,7 +1267,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = cbfs_cli::parse(Some("CBFS_TIER_CONFIG"));
     init_logging(cli.verbose);
     let as_json = cli.json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
