@@ -10,15 +10,17 @@
 //! The keys are those of `gen_vectors` (same seeds). Everything here is
 //! deterministic but the signatures' bytes, which the committed files fix.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cbfs_format::{
     CollectReason, CollectedSegment, Collection, ForgottenSnapshot, Lease, ManifestBase,
     ManifestBuilder, ManifestEntry, MemberId, RecordId, Relocation, RetentionRecord, RunRecord,
     SegmentId, SegmentMode, SnapshotId, SummaryEntry,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use umbral_pre::{SecretKeyFactory, Signer};
 
@@ -30,13 +32,8 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 }
 
 fn main() {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "format/vectors".into()),
-    );
-    let index_path = dir.join("index.json");
-    let mut index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let dir = common::vectors_dir();
+    let index = common::read_index(&dir);
     let factory = SecretKeyFactory::from_secure_randomness(&FACTORY_SEED).unwrap();
     let writer = Signer::new(factory.make_key(b"vectors/writer"));
     let mut new = Vec::new();
@@ -292,17 +289,5 @@ fn main() {
         "expect": "malformed", "note": "state 7 (held is 1, released 2)"}),
     );
 
-    let vectors = index["vectors"].as_array_mut().unwrap();
-    let names: Vec<String> = new
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_owned())
-        .collect();
-    vectors.retain(|v| !names.iter().any(|n| v["name"] == n.as_str()));
-    vectors.extend(new);
-    fs::write(
-        &index_path,
-        serde_json::to_string_pretty(&index).unwrap() + "\n",
-    )
-    .unwrap();
-    println!("added {} vectors to {}", names.len(), dir.display());
+    common::add_vectors(&dir, index, new);
 }

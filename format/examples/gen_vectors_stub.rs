@@ -7,20 +7,16 @@
 //!
 //! The record has no randomness: a rerun writes the same bytes.
 
+mod common;
+
 use std::fs;
-use std::path::PathBuf;
 
 use cbfs_format::{MemberId, SegmentId, SnapshotId, StubPhase, StubRecord, Timestamp};
 use serde_json::{Value, json};
 
 fn main() {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "format/vectors".into()),
-    );
-    let index_path = dir.join("index.json");
-    let mut index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let dir = common::vectors_dir();
+    let index = common::read_index(&dir);
     let record = StubRecord {
         phase: StubPhase::Released,
         fs: "vectors".into(),
@@ -123,17 +119,5 @@ fn main() {
         "the snapshot id all zero",
     );
 
-    let vectors = index["vectors"].as_array_mut().unwrap();
-    let names: Vec<String> = new
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_owned())
-        .collect();
-    vectors.retain(|v| !names.iter().any(|n| v["name"] == n.as_str()));
-    vectors.extend(new);
-    fs::write(
-        &index_path,
-        serde_json::to_string_pretty(&index).unwrap() + "\n",
-    )
-    .unwrap();
-    println!("added {} vectors to {}", names.len(), dir.display());
+    common::add_vectors(&dir, index, new);
 }

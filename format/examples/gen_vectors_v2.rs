@@ -12,8 +12,9 @@
 //! file keys and nonces from the operating system, so a rerun gives other
 //! member bytes: it replaces only the vectors it makes.
 
+mod common;
+
 use std::fs;
-use std::path::PathBuf;
 
 use std::io::Cursor;
 
@@ -33,13 +34,8 @@ fn sha(bytes: &[u8]) -> String {
 }
 
 fn main() {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "format/vectors".into()),
-    );
-    let index_path = dir.join("index.json");
-    let mut index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let dir = common::vectors_dir();
+    let index = common::read_index(&dir);
     let g1 = GroupKey::new(
         GroupId::from_bytes([1; 16]),
         SecretBox::new(Box::new([1 ^ 0xa5; 32])),
@@ -174,17 +170,5 @@ fn main() {
         "expect": "summary_mismatch", "note": "one bit flipped in the summary's segment digest"}),
     );
 
-    let vectors = index["vectors"].as_array_mut().unwrap();
-    let names: Vec<String> = new
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_owned())
-        .collect();
-    vectors.retain(|v| !names.iter().any(|n| v["name"] == n.as_str()));
-    vectors.extend(new);
-    fs::write(
-        &index_path,
-        serde_json::to_string_pretty(&index).unwrap() + "\n",
-    )
-    .unwrap();
-    println!("added {} vectors to {}", names.len(), dir.display());
+    common::add_vectors(&dir, index, new);
 }

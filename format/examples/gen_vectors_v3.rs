@@ -12,12 +12,13 @@
 //! operating system, so a rerun gives other bytes: it replaces only the
 //! vectors it makes.
 
+mod common;
+
 use std::fs;
-use std::path::PathBuf;
 
 use cbfs_format::{GroupId, GroupKey, Lockbox, SegmentId};
 use secrecy::SecretBox;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use umbral_pre::SecretKeyFactory;
 
@@ -30,13 +31,8 @@ fn sha(bytes: &[u8]) -> String {
 }
 
 fn main() {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "format/vectors".into()),
-    );
-    let index_path = dir.join("index.json");
-    let mut index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let dir = common::vectors_dir();
+    let mut index = common::read_index(&dir);
     let factory = SecretKeyFactory::from_secure_randomness(&FACTORY_SEED).unwrap();
     let v2 = factory.make_key(SCOPE_V2_LABEL.as_bytes());
     let group = GroupKey::new(
@@ -107,14 +103,5 @@ fn main() {
         new.push(v);
     }
     index["keys"]["scope_v2_label"] = SCOPE_V2_LABEL.into();
-    let vectors = index["vectors"].as_array_mut().unwrap();
-    vectors.retain(|v| {
-        !v["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("lockbox-v2-"))
-    });
-    vectors.extend(new);
-    let mut out = serde_json::to_vec_pretty(&index).unwrap();
-    out.push(b'\n');
-    fs::write(&index_path, out).unwrap();
+    common::add_vectors(&dir, index, new);
 }

@@ -4,6 +4,7 @@
 //! decrypts and verifies them, and asserts each stated outcome.
 
 mod common;
+mod spec;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use cbfs_format::{
     Collection, Error, GroupId, GroupKey, Keyring, Lease, Lockbox, Manifest, ManifestBase,
-    MemberId, Relocation, RetentionRecord, RunRecord, SegmentReader, StubPhase, StubRecord,
-    Summary, open_member, open_member_files,
+    MemberId, RecordId, Relocation, RetentionRecord, RunRecord, SegmentId, SegmentReader,
+    SnapshotId, StubPhase, StubRecord, Summary, layout, open_member, open_member_files,
 };
 use secrecy::SecretBox;
 use serde_json::Value;
@@ -325,8 +326,161 @@ fn run(keys: &Keys, v: &Value) -> Result<(), Error> {
             assert_eq!(l.released, v["released"].as_bool().unwrap());
             Ok(())
         }
+        "snapshot" => {
+            // What a manifest entry's `sha256` is: the SHA-256 of the
+            // member's stored bytes, the summary's value for the member.
+            let m = Manifest::from_bytes(&read(&v["file"]), &keys.writer.verifying_key())?;
+            let seg = read(&v["segment"]);
+            let summary = Summary::from_bytes(&read(&v["summary"]))?;
+            summary.verify_segment(&seg[..])?;
+            assert_eq!(m.entries().len() as u64, v["entries"].as_u64().unwrap());
+            let ring = keyring(keys, v);
+            for e in m.entries() {
+                assert_eq!(e.segment, summary.segment_id());
+                let s = summary
+                    .entries()
+                    .iter()
+                    .find(|s| s.member == e.member)
+                    .expect("every member of the manifest is in the summary");
+                let data = &seg[s.data_offset as usize..(s.data_offset + s.data_len) as usize];
+                assert_eq!(Sha256::digest(data).as_slice(), e.sha256);
+                assert_eq!(s.sha256, e.sha256);
+                let files = open_member_files(e.member, data, &ring)?;
+                common::read_all(files.content)?;
+            }
+            Ok(())
+        }
+        "lockbox-dem" => {
+            lockbox_dem(keys, v);
+            Ok(())
+        }
+        "names" => {
+            for n in v["names"].as_array().unwrap() {
+                object_name(n);
+            }
+            Ok(())
+        }
         other => panic!("unknown vector kind {other}"),
     }
+}
+
+fn hex_of(v: &Value, field: &str) -> Vec<u8> {
+    hex::decode(v[field].as_str().unwrap()).unwrap()
+}
+
+/// Opens a committed lockbox by the recipe of docs/FORMAT.md (tests/spec:
+/// curve arithmetic, HKDF and XChaCha20-Poly1305, no Umbral code), compares
+/// every step with the vector, and the result with what cbfs-format and
+/// umbral-pre make of the same bytes.
+fn lockbox_dem(keys: &Keys, v: &Value) {
+    let name = v["name"].as_str().unwrap();
+    let bytes = read(&v["file"]);
+    let lb = spec::parse_lockbox(&bytes).expect("the documented lockbox layout");
+    assert_eq!(
+        u64::from(lb.key_version),
+        v["key_version"].as_u64().unwrap()
+    );
+    assert_eq!(lb.capsule, hex_of(v, "capsule_msgpack"), "{name}");
+    let capsule = spec::parse_capsule(&lb.capsule).expect("the documented capsule layout");
+    assert!(capsule.self_check(), "{name}: capsule self-check");
+    assert_eq!(capsule.simple(), hex_of(v, "capsule_simple"), "{name}");
+    let sk = if lb.key_version >= 2 {
+        &keys.scope_v2
+    } else {
+        &keys.scope
+    };
+    let scalar: [u8; 32] = sk.to_be_bytes().as_secret().as_slice().try_into().unwrap();
+    let shared = capsule.shared_point(&scalar).unwrap();
+    assert_eq!(shared.to_vec(), hex_of(v, "shared_point"), "{name}");
+    let key = spec::dem_key(&shared);
+    assert_eq!(key.to_vec(), hex_of(v, "dem_key"), "{name}");
+    assert_eq!(lb.ciphertext[..24], hex_of(v, "nonce")[..], "{name}");
+    let sealed = spec::dem_open(&key, &lb.ciphertext, &capsule.simple()).expect("the DEM opens");
+    assert_eq!(sealed, hex_of(v, "sealed"), "{name}");
+    assert_eq!(
+        sealed[32..],
+        spec::binding(&lb.label, lb.key_version, &lb.group, &lb.segment),
+        "{name}: binding"
+    );
+    // The stored MessagePack bytes are not the associated data.
+    assert!(spec::dem_open(&key, &lb.ciphertext, &lb.capsule).is_none());
+    // The same bytes through cbfs-format and umbral-pre.
+    let parsed = Lockbox::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        &*umbral_pre::DefaultSerialize::to_bytes(parsed.capsule()).unwrap(),
+        &lb.capsule[..]
+    );
+    assert_eq!(&*parsed.capsule().to_bytes_simple(), &capsule.simple()[..]);
+    let opened = parsed.open(sk).unwrap();
+    assert_eq!(opened.expose_secret()[..], sealed[..32], "{name}");
+    assert_eq!(
+        sha(opened.expose_secret()),
+        v["group_key_sha256"].as_str().unwrap()
+    );
+    assert_eq!(opened.id().as_bytes(), &lb.group);
+}
+
+/// One object name: the layout function makes exactly the stated key, and
+/// its parser (where there is one) reads the ids back.
+fn object_name(n: &Value) {
+    let key = n["key"].as_str().unwrap();
+    let seg = |f: &str| n[f].as_str().unwrap().parse::<SegmentId>().unwrap();
+    let snap = || {
+        n["snapshot"]
+            .as_str()
+            .unwrap()
+            .parse::<SnapshotId>()
+            .unwrap()
+    };
+    let record = || n["record"].as_str().unwrap().parse::<RecordId>().unwrap();
+    let num = |f: &str| n[f].as_u64().unwrap();
+    let made = match n["object"].as_str().unwrap() {
+        "keyset" => layout::keyset(num("serial")),
+        "segment" => {
+            assert_eq!(layout::parse_segment(key), Some(seg("segment")));
+            layout::segment(&seg("segment"))
+        }
+        "summary" => layout::summary(&seg("segment")),
+        "lockbox" => {
+            let group: GroupId = n["group"].as_str().unwrap().parse().unwrap();
+            let version = num("key_version") as u32;
+            let name = key.rsplit('/').next().unwrap();
+            assert_eq!(layout::parse_lockbox_name(name), Some((group, version)));
+            assert!(key.starts_with(&layout::lockboxes_of(&seg("segment"))));
+            layout::lockbox_at(&seg("segment"), &group, version)
+        }
+        "manifest" => {
+            assert_eq!(layout::parse_manifest(key), Some((num("sequence"), snap())));
+            layout::manifest(num("sequence"), &snap())
+        }
+        "retention" => {
+            assert!(layout::is_retention(key));
+            layout::retention(n["time"].as_i64().unwrap(), &record())
+        }
+        "base" => {
+            assert_eq!(layout::parse_base(key), Some((num("sequence"), snap())));
+            layout::base(num("sequence"), &snap())
+        }
+        "relocation" => {
+            let pair = (seg("segment"), seg("new_segment"));
+            assert_eq!(layout::parse_relocation(key), Some(pair));
+            layout::relocation(&pair.0, &pair.1)
+        }
+        "collection" => {
+            assert!(layout::is_collection(key));
+            layout::collection(n["time"].as_i64().unwrap(), &record())
+        }
+        "run" => {
+            assert!(layout::is_run_record(key));
+            layout::run_record(n["time"].as_i64().unwrap(), &record())
+        }
+        "lease" => {
+            assert_eq!(layout::parse_lease(key), Some(num("generation")));
+            layout::lease(num("generation"))
+        }
+        other => panic!("unknown object {other}"),
+    };
+    assert_eq!(made, key);
 }
 
 #[test]
@@ -383,24 +537,30 @@ fn committed_vectors_give_their_stated_outcome() {
     }
 }
 
+/// The indexes: `index.json` (this crate's objects, checked here) and
+/// `index-keys.json` (key derivation and the signed JSON documents of
+/// cbfs-core, checked by `core/tests/key_vectors.rs`).
+const INDEXES: [&str; 2] = ["index.json", "index-keys.json"];
+
 #[test]
 fn every_vector_file_is_listed() {
-    let index: Value =
-        serde_json::from_slice(&fs::read(dir().join("index.json")).unwrap()).unwrap();
     let mut listed = std::collections::BTreeSet::new();
-    for v in index["vectors"].as_array().unwrap() {
-        for field in ["file", "summary", "manifest"] {
-            if let Some(f) = v[field].as_str() {
-                listed.insert(f.to_string());
+    for index in INDEXES {
+        let index: Value = serde_json::from_slice(&fs::read(dir().join(index)).unwrap()).unwrap();
+        for v in index["vectors"].as_array().unwrap() {
+            for field in ["file", "summary", "manifest"] {
+                if let Some(f) = v[field].as_str() {
+                    listed.insert(f.to_string());
+                }
             }
-        }
-        for f in v["cfrags"].as_array().into_iter().flatten() {
-            listed.insert(f.as_str().unwrap().to_string());
+            for f in v["cfrags"].as_array().into_iter().flatten() {
+                listed.insert(f.as_str().unwrap().to_string());
+            }
         }
     }
     for entry in fs::read_dir(dir()).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        if name != "index.json" && name != "README.md" {
+        if !INDEXES.contains(&name.as_str()) && name != "README.md" {
             assert!(listed.contains(&name), "{name} is not listed in index.json");
         }
     }
