@@ -436,6 +436,17 @@ fn s3_retries_through_faults_and_multipart_upload() {
     assert_same_tree(&src, &dest, Compare::default());
 }
 
+/// S3 settings for an endpoint where nothing answers.
+fn nothing_answers_at(port: u16) -> [(&'static str, String); 5] {
+    [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "x".into()),
+        ("AWS_SECRET_ACCESS_KEY", "y".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
+
 #[test]
 fn store_is_unreachable_gives_a_clear_transient_error() {
     let work = Workdir::new();
@@ -452,11 +463,7 @@ fn store_is_unreachable_gives_a_clear_transient_error() {
         .arg(keys.keyset())
         .arg("--writer-key")
         .arg(keys.writer())
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "y")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ALLOW_HTTP", "true");
+        .envs(nothing_answers_at(port));
     let out = run(&mut cmd);
     assert_eq!(
         out.status.code(),
@@ -486,11 +493,7 @@ fn a_restore_from_an_unreachable_store_is_a_transient_error() {
         .arg(keys.keyset())
         .arg(".")
         .arg(work.path("out"))
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "y")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ALLOW_HTTP", "true");
+        .envs(nothing_answers_at(port));
     let out = run(&mut cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{err}");
