@@ -311,6 +311,11 @@ pub(crate) fn run(
         before_since: Default::default(),
     };
     let out: OutReport = super::run(agent, opts, Input::Rekey(&plan), rt.clone(), observer)?;
+    tracing::info!(
+        scope = %plan.scope,
+        stored = out.files,
+        "re-keyed entries stored; reading them back to verify"
+    );
     let mut report = RekeyReport {
         scope: plan.scope.to_string(),
         rekeyed: out.files,
@@ -334,6 +339,7 @@ pub(crate) fn run(
 
     // Before anything old may go: every re-keyed entry, read back.
     let old = verify(agent, &plan, &source, &snapshot, &mut report)?;
+    tracing::info!(verified = report.verified, "every re-keyed entry reads back as it was");
     report.old_members = old.len() as u64;
     match &req.tree {
         Some(root) => update_stubs(agent, root, &newest, &mut report)?,
