@@ -505,6 +505,13 @@ fn bad_input_writes_nothing_and_a_damaged_member_is_named() {
         "a refused re-key writes nothing"
     );
     assert!(env.tier()["sequence"].is_null(), "no re-key is under way");
+    // A scope with nothing stored: nothing to do, no snapshot.
+    let sequences = env.sequences();
+    let out = run_ok(&mut rekey_cmd(&env, &["--admin", &admin, "--scope", "bob"]));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rekeyed"].as_u64(), Some(0), "{report:#}");
+    assert!(report["sequence"].is_null(), "{report:#}");
+    assert_eq!(env.sequences(), sequences);
 
     // The large file's member, damaged in its segment.
     let before = alice_members(&env_listing(&env));

@@ -92,7 +92,8 @@ pub struct RekeyReport {
     /// Entries read back from the new snapshot and found identical
     /// (content and metadata) to what they were.
     pub verified: u64,
-    /// The snapshot that names the new members.
+    /// The snapshot that names the new members (`None` if the scope had
+    /// nothing to re-key).
     pub snapshot: Option<String>,
     /// Its sequence.
     pub sequence: Option<u64>,
@@ -332,14 +333,19 @@ pub(crate) fn run(
         .last_snapshot
         .clone()
         .ok_or_else(|| Error::Usage("no snapshot after the re-key".into()))?;
-    report.snapshot = Some(newest.id.to_string());
-    report.sequence = Some(newest.sequence);
+    if report.rekeyed + report.already > 0 {
+        report.snapshot = Some(newest.id.to_string());
+        report.sequence = Some(newest.sequence);
+    }
     let snapshot = open_snapshot(&source, &plan.trust, Some(&newest.id.to_string()))
         .map_err(|e| restore_error("the re-keyed snapshot could not be verified", e))?;
 
     // Before anything old may go: every re-keyed entry, read back.
     let old = verify(agent, &plan, &source, &snapshot, &mut report)?;
-    tracing::info!(verified = report.verified, "every re-keyed entry reads back as it was");
+    tracing::info!(
+        verified = report.verified,
+        "every re-keyed entry reads back as it was"
+    );
     report.old_members = old.len() as u64;
     match &req.tree {
         Some(root) => update_stubs(agent, root, &newest, &mut report)?,

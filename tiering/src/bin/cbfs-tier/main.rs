@@ -1318,8 +1318,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     "{} bytes re-encrypted, {} bytes stored in {} new segments, {:.2} s\n",
                     report.bytes, report.bytes_stored, report.new_segments, report.seconds
                 ));
-                if let (Some(id), Some(seq)) = (&report.snapshot, report.sequence) {
-                    s.push_str(&format!("snapshot {seq} ({id}) names the new copies\n"));
+                match (&report.snapshot, report.sequence) {
+                    (Some(id), Some(seq)) => {
+                        s.push_str(&format!("snapshot {seq} ({id}) names the new copies\n"))
+                    }
+                    _ => s.push_str(&format!(
+                        "the newest snapshot holds nothing of scope {} (before --since): nothing to re-key\n",
+                        report.scope
+                    )),
                 }
                 if report.older_snapshots.is_empty() {
                     s.push_str(&format!(
