@@ -364,7 +364,7 @@ pub(crate) fn run(
             && s.manifest()
                 .entries()
                 .iter()
-                .any(|e| old.contains(&(e.member, e.segment)));
+                .any(|e| old.contains(&e.member));
         if names_old {
             report.older_snapshots.push(s.sequence());
         } else {
@@ -863,14 +863,14 @@ impl Sink for ChunkSink<'_> {
 
 /// Reads every noted entry back from the new snapshot and compares its
 /// content and metadata with what was noted before it was stored again.
-/// Returns the old members the notes name (as (member, segment) pairs).
+/// Returns the old members of the re-keyed entries.
 fn verify(
     agent: &Agent,
     plan: &Plan,
     source: &dyn cbfs_restore::ObjectSource,
     snapshot: &Snapshot,
     report: &mut RekeyReport,
-) -> Result<HashSet<(MemberId, cbfs_format::SegmentId)>> {
+) -> Result<HashSet<MemberId>> {
     let index = &agent.index;
     let mut old_ids: HashSet<MemberId> = HashSet::new();
     let mut mismatches: Vec<String> = Vec::new();
@@ -943,10 +943,10 @@ fn verify(
         notes.push((path.to_vec(), Note::decode(path, b)?));
         if notes.len() >= BATCH_FILES {
             for (path, note) in notes.drain(..) {
-                old_ids.insert(note.old_member);
                 if let Some(rec) = index.file(&path)?
                     && note.replaced_by(&rec)
                 {
+                    old_ids.insert(note.old_member);
                     bytes += rec.stat.size;
                     batch.push((path, note, rec));
                 }
@@ -959,10 +959,10 @@ fn verify(
         Ok(())
     })?;
     for (path, note) in notes.drain(..) {
-        old_ids.insert(note.old_member);
         if let Some(rec) = index.file(&path)?
             && note.replaced_by(&rec)
         {
+            old_ids.insert(note.old_member);
             batch.push((path, note, rec));
         }
     }
@@ -984,18 +984,7 @@ fn verify(
             ),
         });
     }
-    // The old members, with the segments the older snapshots name them in.
-    let mut old = HashSet::new();
-    let (listed, _) = cbfs_restore::snapshots(source, &plan.trust, 0)
-        .map_err(|e| restore_error("snapshots/", e))?;
-    for s in &listed {
-        for e in s.manifest().entries() {
-            if old_ids.contains(&e.member) {
-                old.insert((e.member, e.segment));
-            }
-        }
-    }
-    Ok(old)
+    Ok(old_ids)
 }
 
 /// Hashes what the new snapshot gives back, and compares.
