@@ -17,17 +17,19 @@
 //! Memory stays bounded: the files are read a batch at a time into a spool
 //! on disk, which is deleted once its files are stored.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+mod read;
+mod stubs;
+mod verify;
+
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cbfs_core::{KeySource, ScopeLabel, Unlock, fingerprint};
-use cbfs_format::{EntryKind, MemberId, Metadata};
+use cbfs_format::{MemberId, Metadata};
 use cbfs_restore::{
-    AdminOpener, Failure, Identity, MemberFile, RestoreOptions, Sink, Snapshot, Trust, identify,
-    open_snapshot, restore_files,
+    AdminOpener, Failure, Identity, MemberFile, Snapshot, Trust, identify, open_snapshot,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -37,12 +39,11 @@ use crate::error::{Error, Result, restore_error};
 use crate::forget::{ForgetReport, ForgetRequest, ForgetSigner};
 use crate::index::{Batch, FileRecord, Index, RekeyMarker};
 use crate::observe::Observer;
-use crate::scan::Entry;
 
 use super::diff::Dispatch;
 use super::queue::{CloseOnDrop, WorkQueue};
-use super::stream::Spool;
-use super::{Input, OutOptions, OutReport, Pushed, Shared, Work};
+use super::{Input, OutOptions, OutReport, Shared};
+use read::Reader;
 
 /// A batch read back from the store at once holds at most this many
 /// files, or this much content (one file may exceed it).
@@ -341,14 +342,14 @@ pub(crate) fn run(
         .map_err(|e| restore_error("the re-keyed snapshot could not be verified", e))?;
 
     // Before anything old may go: every re-keyed entry, read back.
-    let old = verify(agent, &plan, &source, &snapshot, &mut report)?;
+    let old = verify::verify(agent, &plan, &source, &snapshot, &mut report)?;
     tracing::info!(
         verified = report.verified,
         "every re-keyed entry reads back as it was"
     );
     report.old_members = old.len() as u64;
     match &req.tree {
-        Some(root) => update_stubs(agent, root, &newest, &mut report)?,
+        Some(root) => stubs::update_stubs(agent, root, &newest, &mut report)?,
         None if req.forget_older => report.warnings.push(
             "no --tree given: stubs of released files of the scope still name the old members; \
              recall them before the older snapshots are collected, or rerun with --tree"
@@ -419,81 +420,6 @@ pub(crate) fn run(
         });
     }
     Ok(report)
-}
-
-/// Makes the stub records of released files of the tree at `root` that
-/// name a re-keyed path's old member name its new one, in snapshot
-/// `newest`. Opens no file (no fault-in event): the record is an extended
-/// attribute, set through a path-only descriptor opened beneath the root.
-fn update_stubs(
-    agent: &Agent,
-    root: &std::path::Path,
-    newest: &crate::index::SnapshotRecord,
-    report: &mut RekeyReport,
-) -> Result<()> {
-    use std::os::fd::{AsFd, AsRawFd};
-
-    use crate::hsm::stub::{self, StubAttr};
-
-    let index = &agent.index;
-    let mut count = 0u64;
-    let mut warnings = Vec::new();
-    index.rekey_for_each(|path, b| {
-        let note = Note::decode(path, b)?;
-        let Some(rec) = index.file(path)? else {
-            return Ok(());
-        };
-        if !note.replaced_by(&rec) || !rec.stat.is_file() {
-            return Ok(());
-        }
-        let shown = String::from_utf8_lossy(path);
-        let (fd, _) = match crate::hsm::open_path(root, path) {
-            Ok(found) => found,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                warnings.push(format!("{shown}: cannot open it beneath the tree: {e}"));
-                return Ok(());
-            }
-        };
-        let old = match stub::read_handle(fd.as_fd()) {
-            Ok(StubAttr::Stub(s)) => s,
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                warnings.push(format!("{shown}: cannot read its stub record: {e}"));
-                return Ok(());
-            }
-        };
-        if old.member != note.old_member || old.slot != note.old_slot {
-            return Ok(());
-        }
-        let record = cbfs_format::StubRecord {
-            snapshot: newest.id,
-            sequence: newest.sequence,
-            segment: rec.segment,
-            member: rec.member,
-            slot: rec.slot,
-            sha256: rec.sha256,
-            ..old
-        };
-        let bytes = record.to_bytes()?;
-        let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        match rustix::fs::setxattr(
-            std::path::Path::new(&link),
-            cbfs_format::STUB_XATTR,
-            &bytes,
-            rustix::fs::XattrFlags::REPLACE,
-        ) {
-            Ok(()) => count += 1,
-            Err(e) => warnings.push(format!(
-                "{shown}: cannot update its stub record: {e}; recall it before the older \
-                 snapshots are collected"
-            )),
-        }
-        Ok(())
-    })?;
-    report.stubs_updated = count;
-    report.warnings.extend(warnings);
-    Ok(())
 }
 
 /// What a path of the scope is to this re-key.
@@ -649,414 +575,6 @@ fn stopped(cancelled: bool) -> Error {
         Error::Cancelled
     } else {
         Error::Usage("the run stopped early".into())
-    }
-}
-
-/// Reads batches of files back from the store into spools.
-struct Reader<'a, 'r> {
-    shared: &'a Shared<'r>,
-    plan: &'a Plan,
-    source: &'a dyn cbfs_restore::ObjectSource,
-    snapshot: &'a Snapshot,
-    spools: std::sync::atomic::AtomicU64,
-}
-
-impl Reader<'_, '_> {
-    /// Reads `files` (and `also`, which are read but not stored: the
-    /// targets of hard links) back, notes each, and hands them over.
-    fn read(
-        &self,
-        files: Vec<(Vec<u8>, FileRecord)>,
-        also: &[(Vec<u8>, FileRecord)],
-        dispatch: &mut Dispatch<'_, '_, '_>,
-    ) -> Result<()> {
-        if files.is_empty() {
-            return Ok(());
-        }
-        let n = self.spools.fetch_add(1, Ordering::Relaxed);
-        let chunk = Arc::new(Spool::create_named(
-            &self.shared.spool_dir,
-            &format!("rekey-{n}.spool"),
-        )?);
-        let mut wanted: Vec<MemberFile> = files.iter().map(|(_, r)| member_file(r)).collect();
-        let mut seen: BTreeSet<MemberFile> = wanted.iter().copied().collect();
-        for (_, r) in also {
-            if seen.insert(member_file(r)) {
-                wanted.push(member_file(r));
-            }
-        }
-        let mut sink = ChunkSink {
-            index: &self.shared.agent.index,
-            scope: &self.plan.scope,
-            records: files.into_iter().collect(),
-            pass: also.iter().map(|(p, _)| p.clone()).collect(),
-            chunk: chunk.clone(),
-            pos: 0,
-            current: None,
-            work: Vec::new(),
-        };
-        let restored = restore_files(
-            self.source,
-            self.snapshot,
-            &self.plan.opener,
-            &wanted,
-            &RestoreOptions::default(),
-            &mut sink,
-        )
-        .map_err(|e| restore_error(self.snapshot.key(), e))?;
-        if !restored.failures.is_empty() {
-            self.plan
-                .failures
-                .lock()
-                .expect("failures")
-                .extend(restored.failures);
-        }
-        let work = std::mem::take(&mut sink.work);
-        drop(sink);
-        dispatch.hand_over(work);
-        Ok(())
-    }
-}
-
-/// The file being read back.
-struct Current {
-    meta: Metadata,
-    start: u64,
-    hash: Sha256,
-    store: bool,
-}
-
-/// Takes what the restore engine reads back: each file's content into a
-/// spool, noted with its hashes, and the work that stores it again.
-struct ChunkSink<'a> {
-    index: &'a Index,
-    scope: &'a ScopeLabel,
-    /// The files to store again, by path.
-    records: HashMap<Vec<u8>, FileRecord>,
-    /// Files read only for their links.
-    pass: HashSet<Vec<u8>>,
-    chunk: Arc<Spool>,
-    pos: u64,
-    current: Option<Current>,
-    work: Vec<Work>,
-}
-
-fn unasked(path: &[u8]) -> cbfs_restore::Error {
-    cbfs_restore::Error::Unsupported {
-        path: String::from_utf8_lossy(path).into_owned(),
-        reason: "the member holds an entry this re-key did not ask for".into(),
-    }
-}
-
-fn fatal(target: String, e: impl std::fmt::Display) -> cbfs_restore::Error {
-    cbfs_restore::Error::Output {
-        target,
-        source: std::io::Error::other(e.to_string()),
-        fatal: true,
-    }
-}
-
-impl ChunkSink<'_> {
-    fn take(
-        &mut self,
-        meta: Metadata,
-        data: std::ops::Range<u64>,
-        content: [u8; 32],
-    ) -> cbfs_restore::Result<()> {
-        let Some(rec) = self.records.remove(&meta.path) else {
-            return Ok(());
-        };
-        let note = Note {
-            old_segment: rec.segment,
-            old_member: rec.member,
-            old_slot: rec.slot,
-            content,
-            meta: meta_hash(&meta),
-        };
-        self.index
-            .rekey_put(&meta.path, &note.encode())
-            .map_err(|e| fatal("the index".into(), e))?;
-        let path = meta.path.clone();
-        self.work.push(Work {
-            entry: Entry {
-                abs: PathBuf::from(String::from_utf8_lossy(&path).into_owned()),
-                rel: path,
-                stat: rec.stat,
-            },
-            scope: self.scope.clone(),
-            hardlink_to: rec.hardlink_to.clone(),
-            pushed: Some(Pushed {
-                meta,
-                data,
-                chunk: Some(self.chunk.clone()),
-            }),
-        });
-        Ok(())
-    }
-}
-
-impl Sink for ChunkSink<'_> {
-    fn begin_file(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
-        let store = self.records.contains_key(&meta.path);
-        if !store && !self.pass.contains(&meta.path) {
-            return Err(unasked(&meta.path));
-        }
-        self.current = Some(Current {
-            meta: meta.clone(),
-            start: self.pos,
-            hash: Sha256::new(),
-            store,
-        });
-        Ok(())
-    }
-
-    fn write_content(&mut self, data: &[u8]) -> cbfs_restore::Result<()> {
-        let c = self.current.as_mut().expect("a file was begun");
-        c.hash.update(data);
-        if c.store {
-            self.chunk
-                .append(data)
-                .map_err(|e| cbfs_restore::Error::Output {
-                    target: self.chunk.path().display().to_string(),
-                    source: e,
-                    fatal: true,
-                })?;
-            self.pos += data.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn commit_file(&mut self) -> cbfs_restore::Result<()> {
-        let c = self.current.take().expect("a file was begun");
-        if c.store {
-            let content: [u8; 32] = c.hash.finalize().into();
-            self.take(c.meta, c.start..self.pos, content)?;
-        }
-        Ok(())
-    }
-
-    fn abort_file(&mut self) {
-        // Its bytes stay in the spool, unused.
-        self.current = None;
-    }
-
-    fn add_entry(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
-        if self.records.contains_key(&meta.path) {
-            let empty: [u8; 32] = Sha256::digest([]).into();
-            return self.take(meta.clone(), 0..0, empty);
-        }
-        if self.pass.contains(&meta.path) {
-            return Ok(());
-        }
-        Err(unasked(&meta.path))
-    }
-
-    fn finish(&mut self) -> cbfs_restore::Result<()> {
-        Ok(())
-    }
-
-    fn carries_links_that_leave(&self) -> bool {
-        // Symbolic links are stored again as they were, wherever they point.
-        true
-    }
-}
-
-/// Reads every noted entry back from the new snapshot and compares its
-/// content and metadata with what was noted before it was stored again.
-/// Returns the old members of the re-keyed entries.
-fn verify(
-    agent: &Agent,
-    plan: &Plan,
-    source: &dyn cbfs_restore::ObjectSource,
-    snapshot: &Snapshot,
-    report: &mut RekeyReport,
-) -> Result<HashSet<MemberId>> {
-    let index = &agent.index;
-    let mut old_ids: HashSet<MemberId> = HashSet::new();
-    let mut mismatches: Vec<String> = Vec::new();
-    let mut batch: Vec<(Vec<u8>, Note, FileRecord)> = Vec::new();
-    let mut bytes = 0u64;
-    let check = |batch: &mut Vec<(Vec<u8>, Note, FileRecord)>,
-                 mismatches: &mut Vec<String>,
-                 report: &mut RekeyReport|
-     -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut wanted: Vec<MemberFile> = Vec::new();
-        let mut seen = BTreeSet::new();
-        let mut pass = HashSet::new();
-        for (_, _, rec) in batch.iter() {
-            if seen.insert(member_file(rec)) {
-                wanted.push(member_file(rec));
-            }
-            if let Some(target) = &rec.hardlink_to
-                && let Some(t) = index.file(target)?
-            {
-                pass.insert(target.clone());
-                if seen.insert(member_file(&t)) {
-                    wanted.push(member_file(&t));
-                }
-            }
-        }
-        let expect: HashMap<Vec<u8>, Note> = batch.drain(..).map(|(p, n, _)| (p, n)).collect();
-        let mut sink = VerifySink {
-            expect,
-            pass,
-            current: None,
-            verified: 0,
-            mismatches: Vec::new(),
-        };
-        let restored = restore_files(
-            source,
-            snapshot,
-            &plan.opener,
-            &wanted,
-            &RestoreOptions::default(),
-            &mut sink,
-        )
-        .map_err(|e| restore_error(snapshot.key(), e))?;
-        for f in restored.failures {
-            mismatches.push(format!(
-                "{} member {} ({}): {}",
-                f.object,
-                f.member.unwrap_or_default(),
-                f.path.unwrap_or_default(),
-                f.error
-            ));
-        }
-        for path in sink.expect.keys() {
-            if mismatches.len() < 1000 {
-                mismatches.push(format!(
-                    "{}: not read back from snapshot {}",
-                    String::from_utf8_lossy(path),
-                    snapshot.sequence()
-                ));
-            }
-        }
-        mismatches.extend(sink.mismatches);
-        report.verified += sink.verified;
-        Ok(())
-    };
-    let mut notes: Vec<(Vec<u8>, Note)> = Vec::new();
-    index.rekey_for_each(|path, b| {
-        notes.push((path.to_vec(), Note::decode(path, b)?));
-        if notes.len() >= BATCH_FILES {
-            for (path, note) in notes.drain(..) {
-                if let Some(rec) = index.file(&path)?
-                    && note.replaced_by(&rec)
-                {
-                    old_ids.insert(note.old_member);
-                    bytes += rec.stat.size;
-                    batch.push((path, note, rec));
-                }
-            }
-            if bytes >= BATCH_BYTES || batch.len() >= BATCH_FILES {
-                check(&mut batch, &mut mismatches, report)?;
-                bytes = 0;
-            }
-        }
-        Ok(())
-    })?;
-    for (path, note) in notes.drain(..) {
-        if let Some(rec) = index.file(&path)?
-            && note.replaced_by(&rec)
-        {
-            old_ids.insert(note.old_member);
-            batch.push((path, note, rec));
-        }
-    }
-    check(&mut batch, &mut mismatches, report)?;
-    if !mismatches.is_empty() {
-        return Err(Error::Integrity {
-            object: snapshot.key().to_owned(),
-            reason: format!(
-                "{} re-keyed entr{} did not read back as they were (the re-key stays under way; \
-                 nothing old was forgotten): {}",
-                mismatches.len(),
-                if mismatches.len() == 1 { "y" } else { "ies" },
-                mismatches
-                    .iter()
-                    .take(5)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        });
-    }
-    Ok(old_ids)
-}
-
-/// Hashes what the new snapshot gives back, and compares.
-struct VerifySink {
-    expect: HashMap<Vec<u8>, Note>,
-    pass: HashSet<Vec<u8>>,
-    current: Option<(Metadata, Sha256)>,
-    verified: u64,
-    mismatches: Vec<String>,
-}
-
-impl VerifySink {
-    fn compare(&mut self, meta: &Metadata, content: [u8; 32]) {
-        let Some(note) = self.expect.remove(&meta.path) else {
-            return;
-        };
-        let path = String::from_utf8_lossy(&meta.path);
-        if note.content != content {
-            self.mismatches
-                .push(format!("{path}: its content differs from the old copy's"));
-        } else if note.meta != meta_hash(meta) {
-            self.mismatches
-                .push(format!("{path}: its metadata differs from the old copy's"));
-        } else {
-            self.verified += 1;
-        }
-    }
-}
-
-impl Sink for VerifySink {
-    fn begin_file(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
-        if !self.expect.contains_key(&meta.path) && !self.pass.contains(&meta.path) {
-            return Err(unasked(&meta.path));
-        }
-        self.current = Some((meta.clone(), Sha256::new()));
-        Ok(())
-    }
-
-    fn write_content(&mut self, data: &[u8]) -> cbfs_restore::Result<()> {
-        if let Some((_, h)) = self.current.as_mut() {
-            h.update(data);
-        }
-        Ok(())
-    }
-
-    fn commit_file(&mut self) -> cbfs_restore::Result<()> {
-        if let Some((meta, h)) = self.current.take() {
-            let content: [u8; 32] = h.finalize().into();
-            self.compare(&meta, content);
-        }
-        Ok(())
-    }
-
-    fn abort_file(&mut self) {
-        self.current = None;
-    }
-
-    fn add_entry(&mut self, meta: &Metadata) -> cbfs_restore::Result<()> {
-        if matches!(meta.kind, EntryKind::File) {
-            return Err(unasked(&meta.path));
-        }
-        let empty: [u8; 32] = Sha256::digest([]).into();
-        self.compare(meta, empty);
-        Ok(())
-    }
-
-    fn finish(&mut self) -> cbfs_restore::Result<()> {
-        Ok(())
-    }
-
-    fn carries_links_that_leave(&self) -> bool {
-        true
     }
 }
 
