@@ -7,7 +7,8 @@
 //!   still delegated restore the same bytes; other scopes keep their
 //!   members.
 //! - A re-key killed at a crash point finishes on the rerun, in one
-//!   snapshot, verified; tier-out runs wait for it meanwhile.
+//!   snapshot, verified; tier-out runs wait for it meanwhile (local store
+//!   and moto S3).
 //! - Bad input: a wrong administrator key or an unknown scope writes
 //!   nothing; a damaged old member fails the command naming its segment,
 //!   and only that member stays as it was.
@@ -395,7 +396,11 @@ fn alice_members(l: &BTreeMap<String, (String, String)>) -> BTreeMap<String, Str
 
 /// A store with alice's files and others, tiered out once.
 fn tiered(seed: u64) -> (Env, u64) {
-    let mut env = Env::local(seed, 20);
+    tiered_on(Env::local(seed, 20))
+}
+
+/// `env` with alice's files, tiered out once.
+fn tiered_on(mut env: Env) -> (Env, u64) {
     add_alice(&env);
     let seq = env.tier()["sequence"].as_u64().unwrap();
     (env, seq)
@@ -407,59 +412,75 @@ fn a_rekey_killed_at_any_point_finishes_on_the_rerun_in_one_snapshot() {
         .into_iter()
         .enumerate()
     {
-        let (mut env, first) = tiered(40 + i as u64);
-        let before = alice_members(&env_listing(&env));
-        let admin = env.keys.admin();
-        let out = run(&mut rekey_cmd(
-            &env,
-            &["--admin", &admin, "--scope", "alice", "--crash-at", point],
-        ));
-        assert!(!out.status.success(), "the re-key was to die at {point}");
-        assert!(
-            stderr(&out).contains("crashing on purpose"),
-            "died for another reason at {point}: {}",
-            stderr(&out)
-        );
-        // A tier-out waits for the re-key to finish.
-        let out = run(&mut env.tier_cmd());
-        assert_eq!(out.status.code(), Some(2), "{point}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("re-key of scope `alice` is under way"),
-            "{point}: {}",
-            stderr(&out)
-        );
-        let report = rekey(&env, &[]);
-        let n = before.len() as u64;
-        assert_eq!(
-            report["rekeyed"].as_u64().unwrap() + report["already"].as_u64().unwrap(),
-            n,
-            "{point}: {report:#}"
-        );
-        assert_eq!(report["verified"].as_u64(), Some(n), "{point}: {report:#}");
-        assert!(
-            report["already"].as_u64().unwrap() > 0,
-            "{point}: the rerun carries on: {report:#}"
-        );
-        let seq = report["sequence"].as_u64().unwrap();
-        assert_eq!(
-            env.sequences(),
-            vec![first, seq],
-            "{point}: one new snapshot"
-        );
-        let after = alice_members(&env_listing(&env));
-        assert_eq!(before.len(), after.len());
-        for (path, member) in &after {
-            assert_ne!(&before[path], member, "{point}: {path} not re-keyed");
-        }
-        let state = env.states[&first].clone();
-        env.states.insert(seq, state);
-        env.assert_restores(seq);
-        env.assert_recovers(seq);
-        env.verify();
-        // Finished: tier-outs run again, and find nothing changed.
-        let v = env.tier();
-        assert!(v["sequence"].is_null(), "{point}: {v:#}");
+        killed_and_resumed(tiered(40 + i as u64), point);
     }
+}
+
+#[test]
+fn a_rekey_killed_on_s3_finishes_on_the_rerun_in_one_snapshot() {
+    let server = S3Server::start();
+    server.create_bucket("rekey-crash");
+    let env = Env::new(45, 20, |_| Backend::S3 {
+        server: Box::new(server),
+        bucket: "rekey-crash".into(),
+        endpoint: None,
+    });
+    killed_and_resumed(tiered_on(env), "commit:2");
+}
+
+/// A re-key killed at `point`, a tier-out refused meanwhile, the rerun.
+fn killed_and_resumed((mut env, first): (Env, u64), point: &str) {
+    let before = alice_members(&env_listing(&env));
+    let admin = env.keys.admin();
+    let out = run(&mut rekey_cmd(
+        &env,
+        &["--admin", &admin, "--scope", "alice", "--crash-at", point],
+    ));
+    assert!(!out.status.success(), "the re-key was to die at {point}");
+    assert!(
+        stderr(&out).contains("crashing on purpose"),
+        "died for another reason at {point}: {}",
+        stderr(&out)
+    );
+    // A tier-out waits for the re-key to finish.
+    let out = run(&mut env.tier_cmd());
+    assert_eq!(out.status.code(), Some(2), "{point}: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("re-key of scope `alice` is under way"),
+        "{point}: {}",
+        stderr(&out)
+    );
+    let report = rekey(&env, &[]);
+    let n = before.len() as u64;
+    assert_eq!(
+        report["rekeyed"].as_u64().unwrap() + report["already"].as_u64().unwrap(),
+        n,
+        "{point}: {report:#}"
+    );
+    assert_eq!(report["verified"].as_u64(), Some(n), "{point}: {report:#}");
+    assert!(
+        report["already"].as_u64().unwrap() > 0,
+        "{point}: the rerun carries on: {report:#}"
+    );
+    let seq = report["sequence"].as_u64().unwrap();
+    assert_eq!(
+        env.sequences(),
+        vec![first, seq],
+        "{point}: one new snapshot"
+    );
+    let after = alice_members(&env_listing(&env));
+    assert_eq!(before.len(), after.len());
+    for (path, member) in &after {
+        assert_ne!(&before[path], member, "{point}: {path} not re-keyed");
+    }
+    let state = env.states[&first].clone();
+    env.states.insert(seq, state);
+    env.assert_restores(seq);
+    env.assert_recovers(seq);
+    env.verify();
+    // Finished: tier-outs run again, and find nothing changed.
+    let v = env.tier();
+    assert!(v["sequence"].is_null(), "{point}: {v:#}");
 }
 
 #[test]
