@@ -197,6 +197,29 @@ impl Agent {
         self.run_out(opts, Input::Stream(stream), observer).await
     }
 
+    /// Re-keys one scope (`cbfs-tier rekey`): every file of it in the
+    /// newest snapshot is read back from the store with the
+    /// administrator's root secret, stored again under new file and group
+    /// keys, and read back once more to verify it, in one new snapshot.
+    /// `opts.source` and `opts.rules` are not used. Resumable: a rerun after
+    /// a crash carries on (and tier-out runs wait until it has).
+    pub async fn rekey(
+        self: &Arc<Self>,
+        opts: OutOptions,
+        req: crate::out::RekeyRequest,
+        observer: Arc<dyn Observer>,
+    ) -> Result<crate::out::RekeyReport> {
+        let _running = self.running.lock().await;
+        let agent = self.clone();
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            crate::hsm::absorb(&agent)?;
+            crate::out::rekey(&agent, &opts, &req, rt, observer.as_ref())
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("the re-key failed: {e}")))?
+    }
+
     /// One run at a time, on a blocking thread.
     async fn run_out(
         self: &Arc<Self>,

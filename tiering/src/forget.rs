@@ -91,7 +91,10 @@ pub async fn forget(req: ForgetRequest) -> Result<ForgetReport> {
         .map_err(|e| Error::Usage(format!("forget failed: {e}")))?
 }
 
-fn forget_blocking(req: &ForgetRequest, rt: tokio::runtime::Handle) -> Result<ForgetReport> {
+pub(crate) fn forget_blocking(
+    req: &ForgetRequest,
+    rt: tokio::runtime::Handle,
+) -> Result<ForgetReport> {
     if req.policy.is_empty() {
         return Err(Error::Usage(
             "no policy given: say what to keep (--keep-last N, --keep-daily N, --keep-within 30d, \

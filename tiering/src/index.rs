@@ -17,6 +17,7 @@
 //! | `p` | path bytes | scratch of the push running now (see [`Index::pushed_put`]) |
 //! | `h` | path bytes | [`HsmRecord`]: flags and losses of a path (tiering states) |
 //! | `r` | a relocation record's object key | empty: the record was applied |
+//! | `k` | path bytes | scratch of a re-key under way: the path's old member and plaintext hashes (see [`Index::rekey_put`]) |
 //!
 //! The two tables with a record per file (`f`, `m`) hold a compact binary
 //! encoding (see [`binary`]): a run over an unchanged tree reads every file
@@ -40,6 +41,7 @@ const STATE: u8 = b's';
 const PUSHED: u8 = b'p';
 const HSM: u8 = b'h';
 const RELOCATED: u8 = b'r';
+const REKEY: u8 = b'k';
 
 /// The stored version of one path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +136,28 @@ pub struct State {
     pub keyset_serial: u64,
     /// Whether segments are written without encryption.
     pub plain: Option<bool>,
+    /// A re-key under way (`cbfs-tier rekey`): set before its first
+    /// segment, cleared once every re-keyed file is verified. While it is
+    /// set, tier-out runs wait for it to finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekey: Option<RekeyMarker>,
+}
+
+/// What a re-key under way is doing, kept so that a rerun after a crash
+/// carries on with the same work.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RekeyMarker {
+    /// The scope being re-keyed.
+    pub scope: String,
+    /// `--since`: the snapshot named, as given.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// With `since`: the snapshot before it, whose members were never
+    /// under keys released after it (not re-keyed). `None`: every member.
+    #[serde(default)]
+    pub before: Option<String>,
+    /// When the re-key began, Unix seconds.
+    pub started: i64,
 }
 
 /// What the tiering states keep about a path beside its [`FileRecord`]:
@@ -780,6 +804,50 @@ impl Index {
         let found = it.key().is_some_and(|k| k.starts_with(&within));
         it.status().map_err(|e| self.err(e))?;
         Ok(found)
+    }
+
+    /// Notes what a re-key found of a path before storing it again (its
+    /// old member and the hashes of its plaintext), for the resumption and
+    /// the verification of the re-key. Written to the write-ahead log, and
+    /// so durable with the next synced commit (the segment commit that
+    /// re-keys the path comes after it).
+    pub(crate) fn rekey_put(&self, path: &[u8], value: &[u8]) -> Result<()> {
+        self.db
+            .put(key(REKEY, path), value)
+            .map_err(|e| self.err(e))
+    }
+
+    /// What [`rekey_put`](Self::rekey_put) noted of a path.
+    pub(crate) fn rekey_get(&self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key(REKEY, path)).map_err(|e| self.err(e))
+    }
+
+    /// Every path a re-key noted, in byte order, with its note.
+    pub(crate) fn rekey_for_each(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut it = self.db.raw_iterator();
+        it.seek([REKEY]);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k.first() != Some(&REKEY) {
+                break;
+            }
+            f(&k[1..], v)?;
+            it.next();
+        }
+        it.status().map_err(|e| self.err(e))
+    }
+
+    /// Forgets a re-key's notes, with the same commit as `batch` (the one
+    /// that clears its marker).
+    pub(crate) fn rekey_clear(&self, mut batch: Batch) -> Result<()> {
+        let cf = self
+            .db
+            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .ok_or_else(|| self.err("no default column family"))?;
+        batch.inner.delete_range_cf(&cf, [REKEY], [REKEY + 1]);
+        self.commit(batch)
     }
 
     /// Every name the push brought, in byte order.

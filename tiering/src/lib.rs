@@ -60,13 +60,15 @@ pub use error::{Error, Result};
 pub use forget::{
     ForgetEntry, ForgetReport, ForgetRequest, ForgetSigner, default_writer_key, forget,
 };
-pub use index::{FileRecord, HsmRecord, Index, MemberRecord, SegmentRecord, SnapshotRecord, State};
+pub use index::{
+    FileRecord, HsmRecord, Index, MemberRecord, RekeyMarker, SegmentRecord, SnapshotRecord, State,
+};
 pub use list::{Ignored, ListedEntry, SnapshotInfo, list_entries, list_snapshots};
 pub use lock::{IndexLock, LOCK_FILE};
 pub use observe::{Observer, Quiet};
 #[cfg(feature = "crash-points")]
 pub use out::CrashPoint;
-pub use out::{ChangeTest, OutOptions, OutReport};
+pub use out::{ChangeTest, OutOptions, OutReport, RekeyReport, RekeyRequest};
 pub use policy::{Candidate, Decision, KeepPolicy, KeepWithin, apply as apply_policy};
 pub use remote::{NodeOpener, NodeOptions};
 pub use restore::{RestoreRequest, TrustOptions, restore};

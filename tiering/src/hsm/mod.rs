@@ -41,6 +41,7 @@ pub use release::{Kept, ReleaseOptions, ReleaseReport, ReleaseStep, ReleasedFile
 pub use state::{FileState, FileStatus, StatusReport, Totals};
 pub use stub::{StubAttr, claim_holder};
 
+pub(crate) use recall::open_path;
 pub(crate) use release::relative_paths;
 
 /// The paths given (absolute, or relative to the working directory), as

@@ -19,6 +19,7 @@ mod crash;
 mod diff;
 mod manifest;
 mod queue;
+mod rekey;
 mod segment;
 mod stream;
 mod stubs;
@@ -46,6 +47,8 @@ use crate::source_tree::SourceTree;
 pub use crash::CrashPoint;
 #[cfg(not(feature = "crash-points"))]
 use crash::CrashPoint;
+pub(crate) use rekey::run as rekey;
+pub use rekey::{RekeyReport, RekeyRequest};
 
 /// What a run is asked to do.
 #[derive(Clone, Debug)]
@@ -150,6 +153,9 @@ pub(crate) enum Input<'a> {
     /// A tar stream (a push): checked entry by entry and stored as it
     /// arrives, committed only once the whole stream is in and checked.
     Stream(Box<dyn std::io::Read + Send + 'a>),
+    /// A re-key: the files of one scope, read back from the store and
+    /// stored again under new keys (see `rekey.rs`).
+    Rekey(&'a rekey::Plan),
 }
 
 /// One entry to store.
@@ -168,6 +174,9 @@ pub(crate) struct Work {
 pub(crate) struct Pushed {
     meta: cbfs_format::Metadata,
     data: std::ops::Range<u64>,
+    /// For a re-key: the spool that holds the content (instead of the
+    /// stream's), deleted once no entry needs it any more.
+    chunk: Option<std::sync::Arc<stream::Spool>>,
 }
 
 impl Work {
@@ -243,6 +252,15 @@ pub(crate) fn run(
     let started = Instant::now();
     check_scopes(agent, opts)?;
     let mut state = agent.index.state()?;
+    if let Some(m) = &state.rekey
+        && !matches!(input, Input::Rekey(_))
+    {
+        return Err(Error::Usage(format!(
+            "a re-key of scope `{}` is under way on this index (it was interrupted): \
+             finish it first with cbfs-tier rekey --scope {} --admin ADMIN_SECRET",
+            m.scope, m.scope
+        )));
+    }
     match state.plain {
         Some(p) if p != opts.plain => {
             return Err(Error::Usage(format!(
@@ -272,12 +290,12 @@ pub(crate) fn run(
     }
     let tree = match &input {
         Input::Tree => Some(open_tree(opts)?),
-        Input::Stream(_) => None,
+        Input::Stream(_) | Input::Rekey(_) => None,
     };
 
     let spool_dir = agent.new_spool()?;
     let (stream, deferred) = match &input {
-        Input::Tree => (None, None),
+        Input::Tree | Input::Rekey(_) => (None, None),
         Input::Stream(_) => (
             Some(stream::Spool::create(&spool_dir)?),
             Some(segment::Deferred::default()),
@@ -333,7 +351,9 @@ fn run_shared(
 ) -> Result<OutReport> {
     let agent = shared.agent;
     let mut report = OutReport::default();
-    if agent.index.state()?.dirty {
+    // A re-key that resumes finishes its own snapshot at its end.
+    let own_dirt = matches!(&input, Input::Rekey(plan) if plan.resumed());
+    if agent.index.state()?.dirty && !own_dirt {
         // A run died after committing segments and before its manifest:
         // finish its snapshot first (adopting its manifest if it got out).
         let rec = manifest::write_manifest(shared)?;
@@ -348,6 +368,10 @@ fn run_shared(
     let gone = match input {
         Input::Tree => diff::store_changes(shared, &mut report)?,
         Input::Stream(reader) => stream::store_stream(shared, reader, &mut report)?,
+        Input::Rekey(plan) => {
+            rekey::store_rekey(shared, plan, &mut report)?;
+            Vec::new()
+        }
     };
     shared.observer.finished();
 

@@ -54,7 +54,12 @@ pub(crate) struct Spool {
 
 impl Spool {
     pub(crate) fn create(dir: &Path) -> Result<Self> {
-        let path = dir.join("pushed.tar");
+        Self::create_named(dir, "pushed.tar")
+    }
+
+    /// A spool file `name` in `dir`, deleted when dropped.
+    pub(crate) fn create_named(dir: &Path, name: &str) -> Result<Self> {
+        let path = dir.join(name);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -64,6 +69,17 @@ impl Spool {
         Ok(Spool { file, path })
     }
 
+    /// Adds `data` at its end (the spool is written in order, and read by
+    /// offset).
+    pub(crate) fn append(&self, data: &[u8]) -> io::Result<()> {
+        (&self.file).write_all(data)
+    }
+
+    /// Where it is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Reads `range` of the stream.
     pub(crate) fn reader(&self, range: std::ops::Range<u64>) -> SpoolReader<'_> {
         SpoolReader {
@@ -71,6 +87,12 @@ impl Spool {
             pos: range.start,
             end: range.end,
         }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -748,7 +770,11 @@ fn changed(shared: &Shared<'_>, batch: Vec<Checked>, report: &mut OutReport) -> 
             },
             scope,
             hardlink_to,
-            pushed: Some(Pushed { meta, data: c.data }),
+            pushed: Some(Pushed {
+                meta,
+                data: c.data,
+                chunk: None,
+            }),
         });
     }
     Ok(work)
@@ -782,7 +808,11 @@ pub(crate) fn relinked(
         },
         scope,
         hardlink_to: None,
-        pushed: Some(Pushed { meta, data }),
+        pushed: Some(Pushed {
+            meta,
+            data,
+            chunk: None,
+        }),
     }))
 }
 

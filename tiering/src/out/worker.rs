@@ -208,10 +208,16 @@ fn store_one(
         pushed,
     } = work;
     let regular = entry.stat.is_file() && hardlink_to.is_none();
+    // A re-key's content is in a spool of its own, kept while it is read.
+    let chunk = pushed.as_ref().and_then(|p| p.chunk.clone());
     let (entry, meta, file, spooled) = match pushed {
-        // Checked when the stream came in; the content is in its spool.
+        // Checked when the stream came in (or read back from the store and
+        // verified, for a re-key); the content is in its spool.
         Some(p) => {
-            let spool = shared.stream.as_ref().expect("a stream run has a spool");
+            let spool = match &chunk {
+                Some(c) => &**c,
+                None => shared.stream.as_ref().expect("a stream run has a spool"),
+            };
             (entry, p.meta, None, regular.then(|| spool.reader(p.data)))
         }
         None => match from_tree(shared, names, entry, hardlink_to.as_deref(), regular) {

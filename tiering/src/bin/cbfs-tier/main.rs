@@ -60,6 +60,10 @@ Examples:
   # then publish the signed decision (cbfs-gc, which holds no key, acts on it)
   cbfs-tier forget --store /mnt/archive --keep-last 3 --keep-daily 7 --dry-run
   cbfs-tier forget --store /mnt/archive --keep-last 3 --keep-daily 7
+  # After revoking a user who matters: store scope alice again under new keys
+  # (verified), and forget the older snapshots that name the old copies
+  cbfs-tier rekey --store /mnt/archive --keyset keyset.json --admin file:admin.key \
+      --scope alice --forget-older
 
 Trust: snapshots are trusted only from writers the administrator's keyset
 registers, and the keyset only from the administrator the reader pinned (the
@@ -125,6 +129,51 @@ impl TrustArgs {
             trust_file: self.trust_file,
             accept_unregistered_writer: self.accept_unregistered_writer,
             index,
+        }
+    }
+}
+
+/// The agent of a writing run (`out`, `rekey`): its keyset and writer key.
+#[derive(Args)]
+struct WriterArgs {
+    /// The public keyset; it must register this agent's writer key.
+    #[arg(long, value_name = "KEYSET.json")]
+    keyset: PathBuf,
+    /// The key that signs snapshot manifests (default:
+    /// file:INDEX/writer.key, made on first use with INDEX/writer.pub for
+    /// `cbfs-keytool add-writer`).
+    #[arg(long, value_name = "SOURCE")]
+    writer_key: Option<KeySource>,
+}
+
+/// How a writing run (`out`, `rekey`) stores: segments, compression, threads.
+#[derive(Args)]
+struct RunArgs {
+    /// Close a segment at this size (K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    segment_size: u64,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    zstd_level: i32,
+    /// Worker threads (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Testing only: abort at a point of the run (segment:N, lockboxes:N, summary:N, commit:N, manifest).
+    #[cfg(feature = "crash-points")]
+    #[arg(long, hide = true, value_name = "POINT")]
+    crash_at: Option<cbfs_tiering::CrashPoint>,
+}
+
+impl RunArgs {
+    fn apply(self, opts: &mut OutOptions) {
+        opts.segment_size = self.segment_size;
+        opts.zstd_level = self.zstd_level;
+        if let Some(j) = self.jobs {
+            opts.workers = j.max(1);
+        }
+        #[cfg(feature = "crash-points")]
+        {
+            opts.crash_at = self.crash_at;
         }
     }
 }
@@ -301,35 +350,18 @@ enum Command {
         source: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
-        /// The public keyset; it must register this agent's writer key.
-        #[arg(long, value_name = "KEYSET.json")]
-        keyset: PathBuf,
-        /// The key that signs snapshot manifests (default:
-        /// file:INDEX/writer.key, made on first use with INDEX/writer.pub for
-        /// `cbfs-keytool add-writer`).
-        #[arg(long, value_name = "SOURCE")]
-        writer_key: Option<KeySource>,
+        #[command(flatten)]
+        writer: WriterArgs,
         /// Send paths matching GLOB (relative to SOURCE) to scope LABEL; first match wins,
         /// the rest goes to `default`. Repeatable.
         #[arg(long = "scope", value_name = "GLOB=LABEL")]
         scopes: Vec<ScopeRule>,
-        /// Close a segment at this size (K, M, G suffixes).
-        #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
-        segment_size: u64,
-        /// zstd compression level.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
-        zstd_level: i32,
         /// Write plain tars (no compression, no encryption, real names).
         /// Anyone who can read the store can read the files.
         #[arg(long)]
         plain: bool,
-        /// Worker threads (default: the number of cores).
-        #[arg(long, value_name = "N")]
-        jobs: Option<usize>,
-        /// Testing only: abort at a point of the run (segment:N, lockboxes:N, summary:N, commit:N, manifest).
-        #[cfg(feature = "crash-points")]
-        #[arg(long, hide = true, value_name = "POINT")]
-        crash_at: Option<cbfs_tiering::CrashPoint>,
+        #[command(flatten)]
+        storing: RunArgs,
     },
     /// Push a tree to a gateway, which tiers it out under --prefix as one
     /// snapshot (files unchanged since the last push keep their stored
@@ -470,6 +502,43 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Re-key a scope after a revocation: every file of it in the newest
+    /// snapshot is read back from the store with the administrator's root
+    /// secret, stored again under new file and group keys in new segments,
+    /// and read back once more (content and metadata compared) before the
+    /// command succeeds. One new snapshot names the new copies; the old
+    /// ones become garbage once no kept snapshot names them (--forget-older
+    /// forgets those snapshots). Resumable: rerun after a crash; tier-out
+    /// runs refuse until the re-key is finished.
+    Rekey {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        writer: WriterArgs,
+        /// The administrator's root secret.
+        #[arg(long, value_name = "SOURCE")]
+        admin: KeySource,
+        /// The scope to re-key.
+        #[arg(long, value_name = "LABEL")]
+        scope: String,
+        /// Re-key only what was first stored in this snapshot (id, 8+
+        /// characters of it, or sequence) or later: what came before was
+        /// never under keys released since.
+        #[arg(long, value_name = "SNAPSHOT")]
+        since: Option<String>,
+        /// Once verified, publish a retention record signed by the
+        /// administrator that forgets every older snapshot naming an old
+        /// copy, so that cbfs-gc can delete them.
+        #[arg(long)]
+        forget_older: bool,
+        /// The tiered tree: stub records of released files of the scope
+        /// are made to name the new copies (nothing else in it is read or
+        /// changed).
+        #[arg(long, value_name = "DIR")]
+        tree: Option<PathBuf>,
+        #[command(flatten)]
+        storing: RunArgs,
+    },
     /// List the entries of a snapshot (the newest by default).
     Ls {
         #[command(flatten)]
@@ -568,6 +637,30 @@ fn out(text: &str) {
     }
 }
 
+/// A progress bar on stderr (if it is a terminal), or nothing with --json.
+fn observer(as_json: bool) -> Arc<dyn cbfs_tiering::Observer> {
+    if as_json {
+        Arc::new(Quiet)
+    } else {
+        Arc::new(progress::Progress::new(true))
+    }
+}
+
+/// The agent of a writing command (`out`, `rekey`), and its index folder.
+fn open_writer(store: &StoreArgs, writer: WriterArgs) -> Result<(Arc<Agent>, PathBuf), Error> {
+    let index = store
+        .index
+        .clone()
+        .unwrap_or_else(|| default_index(&store.store));
+    let agent = Agent::open(AgentOptions {
+        store: &store.store,
+        index: &index,
+        keyset: Some(&writer.keyset),
+        writer_key: writer.writer_key,
+    })?;
+    Ok((agent, index))
+}
+
 fn json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(v)?;
     text.push('\n');
@@ -581,42 +674,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Out {
             source,
             store,
-            keyset,
-            writer_key,
+            writer,
             scopes,
-            segment_size,
-            zstd_level,
             plain,
-            jobs,
-            #[cfg(feature = "crash-points")]
-            crash_at,
+            storing,
         } => {
-            let index = store
-                .index
-                .clone()
-                .unwrap_or_else(|| default_index(&store.store));
-            let agent = Agent::open(AgentOptions {
-                store: &store.store,
-                index: &index,
-                keyset: Some(&keyset),
-                writer_key,
-            })?;
+            let (agent, _) = open_writer(&store, writer)?;
             let mut opts = OutOptions::new(source.clone(), ScopeRules::new(scopes));
-            opts.segment_size = segment_size;
-            opts.zstd_level = zstd_level;
             opts.plain = plain;
-            if let Some(j) = jobs {
-                opts.workers = j.max(1);
-            }
-            #[cfg(feature = "crash-points")]
-            {
-                opts.crash_at = crash_at;
-            }
-            let observer: Arc<dyn cbfs_tiering::Observer> = if as_json {
-                Arc::new(Quiet)
-            } else {
-                Arc::new(progress::Progress::new(true))
-            };
+            storing.apply(&mut opts);
+            let observer = observer(as_json);
             let report = agent
                 .tier_out(opts, observer)
                 .await
@@ -730,11 +797,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             dest,
         } => {
             let index = index.or_else(|| Some(default_index(&store)));
-            let observer: Arc<dyn cbfs_tiering::Observer> = if as_json {
-                Arc::new(Quiet)
-            } else {
-                Arc::new(progress::Progress::new(true))
-            };
+            let observer = observer(as_json);
             let report = cbfs_tiering::restore(
                 RestoreRequest {
                     store,
@@ -1209,6 +1272,94 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     None => s.push_str(": nothing to write\n"),
                 }
                 out(&s);
+            }
+            Ok(0)
+        }
+        Command::Rekey {
+            store,
+            writer,
+            admin,
+            scope,
+            since,
+            forget_older,
+            tree,
+            storing,
+        } => {
+            let keyset = writer.keyset.clone();
+            let (agent, index) = open_writer(&store, writer)?;
+            let mut opts = OutOptions::new(index, ScopeRules::default());
+            storing.apply(&mut opts);
+            let observer = observer(as_json);
+            let req = cbfs_tiering::RekeyRequest {
+                scope: scope.clone(),
+                admin,
+                since,
+                forget_older,
+                store: store.store.clone(),
+                keyset,
+                tree,
+            };
+            let report = agent
+                .rekey(opts, req, observer)
+                .await
+                .with_context(|| format!("re-keying scope {scope}"))?;
+            if as_json {
+                json(&report)?;
+            } else {
+                let mut s = format!(
+                    "scope {}: {} entries re-keyed ({} by an earlier run, {} before --since left), {} verified\n",
+                    report.scope,
+                    report.rekeyed,
+                    report.already,
+                    report.before_since,
+                    report.verified
+                );
+                s.push_str(&format!(
+                    "{} bytes re-encrypted, {} bytes stored in {} new segments, {:.2} s\n",
+                    report.bytes, report.bytes_stored, report.new_segments, report.seconds
+                ));
+                match (&report.snapshot, report.sequence) {
+                    (Some(id), Some(seq)) => {
+                        s.push_str(&format!("snapshot {seq} ({id}) names the new copies\n"))
+                    }
+                    _ => s.push_str(&format!(
+                        "the newest snapshot holds nothing of scope {} (before --since): nothing to re-key\n",
+                        report.scope
+                    )),
+                }
+                if report.older_snapshots.is_empty() {
+                    s.push_str(&format!(
+                        "{} old members: no kept snapshot names them any more (cbfs-gc collects them)\n",
+                        report.old_members
+                    ));
+                } else {
+                    let seqs: Vec<String> =
+                        report.older_snapshots.iter().map(u64::to_string).collect();
+                    match &report.forgotten {
+                        Some(f) => s.push_str(&format!(
+                            "{} old members; older snapshots {} forgotten by retention record {} (cbfs-gc collects them)\n",
+                            report.old_members,
+                            seqs.join(", "),
+                            f.record.as_deref().unwrap_or("(none)")
+                        )),
+                        None => s.push_str(&format!(
+                            "{} old members, still named by older snapshots {}: they stay in the store under the old keys \
+                             until those are forgotten (--forget-older, or cbfs-tier forget --admin)\n",
+                            report.old_members,
+                            seqs.join(", ")
+                        )),
+                    }
+                }
+                if report.stubs_updated > 0 {
+                    s.push_str(&format!(
+                        "{} stubs of released files now name the new copies\n",
+                        report.stubs_updated
+                    ));
+                }
+                out(&s);
+                for w in &report.warnings {
+                    eprintln!("cbfs-tier: warning: {w}");
+                }
             }
             Ok(0)
         }
