@@ -52,8 +52,14 @@ pub use keys::{AdminSecret, ScopeSecret, Seed, UserSecret};
 pub use keys::{SEED_LEN, fingerprint, public_key_from_hex, public_key_hex};
 pub use keyset::{Handover, Keyset, RetiredWriter};
 pub use signed::parse_time;
+/// The helpers the key-source backends (`cbfs-localkeys`, `cbfs-keysource`) build on.
 #[cfg(feature = "secrets")]
-pub use source::{KeySource, PinSource, Pkcs11Uri, Protection, RewrapTo, Rewrapped, Unlock};
+pub use source::backend as source_backend;
+#[cfg(feature = "secrets")]
+pub use source::{
+    KeySource, LocalSources, PinSource, Pkcs11Uri, Protection, RemoteSources, RewrapTo, Rewrapped,
+    Unlock,
+};
 pub use user::UserPublic;
 
 /// The signed JSON documents cbfs-core reads and writes, as

@@ -76,7 +76,7 @@ impl NodeIdentity {
             }
             Err(cbfs_core::Error::NotFound { .. }) => {
                 let secret = UserSecret::generate();
-                source.store_new(secret.seed(), &Protection::None)?;
+                source.store_new(secret.seed(), &Protection::None, unlock)?;
                 let identity = NodeIdentity {
                     public: secret.public_key(),
                     secret,

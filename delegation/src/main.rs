@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cbfs_core::{KeySource, Unlock, fingerprint};
+use cbfs_core::{KeySource, fingerprint};
 use cbfs_delegation::{
     Error, Init, Limits, Node, NodeConfig, NodeIdentity, Policies, PolicySource,
 };
@@ -218,7 +218,9 @@ fn init_logging(verbose: u8, serving: bool) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("warn,cbfs_core={level},cbfs_delegation={level}"))
+        EnvFilter::new(format!(
+            "warn,cbfs_core={level},cbfs_localkeys={level},cbfs_keysource={level},cbfs_delegation={level}"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -229,8 +231,11 @@ fn init_logging(verbose: u8, serving: bool) {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { key } => {
-            let (identity, how) =
-                NodeIdentity::init(&key.data, key.node_key.as_ref(), &Unlock::from_env())?;
+            let (identity, how) = NodeIdentity::init(
+                &key.data,
+                key.node_key.as_ref(),
+                &cbfs_keysource::unlock_from_env(),
+            )?;
             let fp = fingerprint(identity.public_key());
             match how {
                 Init::Created => println!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use cbfs_core::umbral_pre::{Capsule, PublicKey, VerifiedCapsuleFrag, VerifiedKeyFrag};
 use cbfs_core::{
-    Clock, DelegationRecord, Grant, KeySource, Keyset, Revocation, ScopeLabel, SealedGrant, Unlock,
+    Clock, DelegationRecord, Grant, KeySource, Keyset, Revocation, ScopeLabel, SealedGrant,
     UserName, fingerprint, public_key_from_hex, public_key_hex,
 };
 use cbfs_wire::{
@@ -219,7 +219,7 @@ impl Node {
     /// Opens the node: its key (made on first use when it is the default
     /// `DATA/node.key`), keyset, database, grants, policies and audit log.
     pub fn open(config: NodeConfig) -> Result<Self> {
-        let unlock = Unlock::from_env();
+        let unlock = cbfs_keysource::unlock_from_env();
         let identity = match &config.node_key {
             Some(source) => NodeIdentity::load(&config.data, Some(source), &unlock)?,
             None => NodeIdentity::init(&config.data, None, &unlock)?.0,

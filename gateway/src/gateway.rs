@@ -454,7 +454,7 @@ pub fn check_fs(config: &Loaded) -> Result<()> {
             .writer_key
             .parse()
             .map_err(|e: cbfs_core::Error| Error::Server(format!("fs.{name}.writer_key: {e}")))?;
-        let seed = writer.load(&cbfs_core::Unlock::from_env())?;
+        let seed = writer.load(&cbfs_keysource::unlock_from_env())?;
         let vk = cbfs_core::UserSecret::from_seed(seed).verifying_key();
         if !keyset.writers().values().any(|w| *w == vk) {
             return Err(Error::Server(format!(

@@ -146,7 +146,7 @@ fn init_logging(verbose: u8, serving: bool) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "warn,cbfs_gateway={level},cbfs_tiering={level},cbfs_core={level}"
+            "warn,cbfs_gateway={level},cbfs_tiering={level},cbfs_core={level},cbfs_localkeys={level},cbfs_keysource={level}"
         ))
     });
     tracing_subscriber::fmt()

@@ -19,7 +19,7 @@ use crate::{Cli, Command, ProtectArgs, ProtectKind};
 
 pub fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
-    let mut unlock = Unlock::from_env();
+    let mut unlock = cbfs_keysource::unlock_from_env();
     if cli.unlock.age_identity.is_some() {
         unlock.age_identity = cli.unlock.age_identity.clone();
     }
@@ -43,8 +43,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 ks.add_writer(&admin, w.name(), *w.verifying_key())?;
             }
             let bytes = ks.to_signed_bytes(&admin)?;
-            store_with_public(&secret, admin.seed(), &protection, &keyset, &bytes)?;
-            note_durability(&secret);
+            store_with_public(&secret, admin.seed(), &protection, &unlock, &keyset, &bytes)?;
+            note_durability(&secret, &unlock);
             let fp = fingerprint(ks.admin_verifying_key());
             emit(
                 json,
@@ -147,8 +147,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let user = UserSecret::generate();
             let pubkeys = UserPublic::from_secret(name.clone(), &user);
             let bytes = pubkeys.to_signed_bytes(&user)?;
-            store_with_public(&secret, user.seed(), &protection, &public, &bytes)?;
-            note_durability(&secret);
+            store_with_public(&secret, user.seed(), &protection, &unlock, &public, &bytes)?;
+            note_durability(&secret, &unlock);
             let fp = fingerprint(pubkeys.public_key());
             emit(
                 json,
@@ -352,8 +352,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 None => ks.scope_version(&scope).unwrap_or(1),
             };
             let scope_secret = admin_secret.scope_at(&scope, version);
-            secret.store_new(scope_secret.seed(), &protection)?;
-            note_durability(&secret);
+            secret.store_new(scope_secret.seed(), &protection, &unlock)?;
+            note_durability(&secret, &unlock);
             emit(
                 json,
                 json!({ "scope": scope, "secret": secret.to_string() }),
@@ -367,7 +367,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Copy { from, to, protect } => {
             let protection = protection(&protect)?;
             let seed = from.load(&unlock)?;
-            to.store_new(&seed, &protection)?;
+            to.store_new(&seed, &protection, &unlock)?;
             // Prove the copy by reading it back, unless that needs a passphrase.
             if matches!(protection, Protection::None) {
                 let back = to.load(&unlock)?;
@@ -375,7 +375,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     bail!("the copy at {to} does not read back the same key");
                 }
             }
-            note_durability(&to);
+            note_durability(&to, &unlock);
             emit(
                 json,
                 json!({ "from": from.to_string(), "to": to.to_string() }),
@@ -727,8 +727,8 @@ fn read_passphrase_file(unlock: &Unlock) -> Result<SecretString> {
     Ok(SecretString::from(line.to_owned()))
 }
 
-fn note_durability(source: &KeySource) {
-    if let Some(note) = source.durability_note() {
+fn note_durability(source: &KeySource, unlock: &Unlock) {
+    if let Some(note) = source.durability_note(unlock) {
         eprintln!("note: {note}");
     }
 }
@@ -774,11 +774,12 @@ fn store_with_public(
     source: &KeySource,
     seed: &Seed,
     protection: &Protection,
+    unlock: &Unlock,
     public_path: &Path,
     public_bytes: &[u8],
 ) -> Result<()> {
     write_new_public(public_path, public_bytes)?;
-    if let Err(e) = source.store_new(seed, protection) {
+    if let Err(e) = source.store_new(seed, protection, unlock) {
         let _ = fs::remove_file(public_path);
         return Err(e.into());
     }

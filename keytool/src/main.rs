@@ -480,7 +480,9 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,cbfs_core={level},cbfs_keytool={level}")));
+        .unwrap_or_else(|_| EnvFilter::new(format!(
+            "warn,cbfs_core={level},cbfs_localkeys={level},cbfs_keysource={level},cbfs_keytool={level}"
+        )));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

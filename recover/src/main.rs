@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use cbfs_core::{KeySource, Keyset, Seed, Unlock, UserName, UserPublic, UserSecret, fingerprint};
+use cbfs_core::{KeySource, Keyset, Seed, UserName, UserPublic, UserSecret, fingerprint};
 use cbfs_restore::{
     Anchors, DirSink, GatewaySource, LocalDir, LockboxOpener, NoKey, ObjectSource, PathFilter,
     Report, RestoreOptions, S3Source, Sink, Snapshot, TarSink, Trust, TrustRecords, identify,
@@ -77,8 +77,10 @@ Exit codes:
 #[command(name = "cbfs-recover", version, after_long_help = EXAMPLES)]
 #[command(group(ArgGroup::new("input").required(true).args(["store", "unauthenticated_segments"])))]
 struct Cli {
-    /// The key: file:PATH or keyring:SERVICE/NAME. The root secret or a
-    /// scope secret. Without it, only plain (unencrypted) members are restored.
+    /// The key: file:PATH, keyring:SERVICE/NAME (the kernel keyring) or
+    /// pkcs11:...; never a key service (openbao:, awskms:): unwrap such a key
+    /// into a file first with cbfs-keytool copy. The root secret or a scope
+    /// secret. Without it, only plain (unencrypted) members are restored.
     #[arg(long, value_name = "SOURCE")]
     identity: Option<KeySource>,
     /// A keyset file you trust: pins its administrator, and no older keyset
@@ -238,7 +240,7 @@ fn open_store(cli: &Cli, spec: &str) -> Result<Box<dyn ObjectSource>, Failed> {
         };
         let secret = UserSecret::from_seed(
             identity
-                .load(&Unlock::from_env())
+                .load(&cbfs_localkeys::unlock_from_env())
                 .with_context(|| format!("cannot load the gateway identity {identity}"))
                 .map_err(fail(1))?,
         );
@@ -313,7 +315,7 @@ fn run(cli: Cli) -> Result<u8, Failed> {
         .identity
         .as_ref()
         .map(|s| {
-            s.load(&Unlock::from_env())
+            s.load(&cbfs_localkeys::unlock_from_env())
                 .with_context(|| format!("cannot load the identity {s}"))
                 .map_err(fail(1))
         })

@@ -318,6 +318,49 @@ fn an_existing_output_is_not_replaced_without_force() {
     assert_eq!(tar_entries(&fs::read(&tar).unwrap()).len(), 17);
 }
 
+/// cbfs-recover does not reach key services: `openbao:` and `awskms:`
+/// identities are refused before any output (exit 1) with the way around,
+/// without a single connection to the service the environment names.
+#[test]
+fn key_services_are_refused_without_touching_the_network() {
+    let (dir, store) = fixture_store("store", None);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let service = format!("http://{}", listener.local_addr().unwrap());
+    let wrapped = key_file(dir.path(), "admin.wrapped", b"vault:v1:AAAA\n");
+    let tar = dir.path().join("out.tar");
+    for source in [
+        format!("openbao:kek:{}", wrapped.display()),
+        format!("awskms:alias/cbfs:{}", wrapped.display()),
+    ] {
+        let out = run(recover_cmd(dir.path())
+            .args(["--identity", &source, "--json", "-o"])
+            .arg(&tar)
+            .arg("--store")
+            .arg(&store)
+            .env("BAO_ADDR", &service)
+            .env("BAO_TOKEN", "root")
+            .env("AWS_ENDPOINT_URL", &service)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test"));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let err = json(&out.stdout);
+        let message = err["error"].as_str().unwrap();
+        assert!(
+            message.contains(&source)
+                && message.contains("cbfs-recover does not reach key services")
+                && message.contains(&format!("cbfs-keytool copy --from {source} --to file:PATH")),
+            "{message}"
+        );
+        assert!(!tar.exists());
+        assert!(
+            matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{source}: cbfs-recover connected to the key service"
+        );
+    }
+}
+
 #[test]
 fn an_age_wrapped_key_unlocks_with_a_passphrase_file() {
     let (dir, store) = fixture_store("store", None);
@@ -325,7 +368,11 @@ fn an_age_wrapped_key_unlocks_with_a_passphrase_file() {
     let source: KeySource = format!("file:{}", wrapped.display()).parse().unwrap();
     let pass = secrecy::SecretString::from("correct horse battery staple".to_owned());
     source
-        .store_new(&fixture_seed("admin.key"), &Protection::Passphrase(pass))
+        .store_new(
+            &fixture_seed("admin.key"),
+            &Protection::Passphrase(pass),
+            &cbfs_core::Unlock::default(),
+        )
         .unwrap();
     let pass_file = key_file(dir.path(), "pass.txt", b"correct horse battery staple\n");
     let out = run(recover_cmd(dir.path())

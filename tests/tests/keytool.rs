@@ -102,6 +102,53 @@ fn keytool(dir: &Path) -> Command {
     cmd
 }
 
+/// The fixtures of cbfs-recover's own tests: a small encrypted store
+/// (`store`, 16 entries in its newest snapshot) and its keys.
+fn recover_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../recover/tests/fixtures")
+}
+
+/// The fixture store's root secret, as the 0600 key file `name` in `work`.
+fn fixture_admin_key(work: &Workdir, name: &str) -> PathBuf {
+    let path = work.path(name);
+    fs::copy(recover_fixtures().join("keys/admin.key"), &path).unwrap();
+    chmod(&path, 0o600);
+    path
+}
+
+/// A `cbfs-recover` command in `work`, in the clean environment of
+/// [`keytool`], that restores a copy of the fixture store (made on first
+/// use) with `identity` into the new tar `out`, reporting in JSON. Its trust
+/// records are `work`'s own.
+fn recover_fixture(work: &Workdir, identity: &str, out: &str) -> Command {
+    let store = work.path("fixture-store");
+    if !store.exists() {
+        copy_tree(&recover_fixtures().join("store"), &store);
+    }
+    let mut cmd = cbfs_cmd("cbfs-recover");
+    cmd.current_dir(work.root());
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("CBFS_TRUST_FILE", work.path("trusted-admins.json"))
+        .args(["--identity", identity, "--json", "-o", out, "--store"])
+        .arg(&store);
+    cmd
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
 /// [`keytool`] at the loudest log level there is: `-vvv` and `RUST_LOG=trace`
 /// (which also turns on every dependency's trace logs).
 fn keytool_traced(dir: &Path) -> Command {

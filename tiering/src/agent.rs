@@ -79,7 +79,8 @@ impl Agent {
             Some(s) => s,
             None => default_writer(opts.index)?,
         };
-        let writer = UserSecret::from_seed(writer_source.load(&Unlock::from_env())?).signer();
+        let writer =
+            UserSecret::from_seed(writer_source.load(&cbfs_keysource::unlock_from_env())?).signer();
         let agent = Agent {
             store,
             index,
@@ -291,12 +292,12 @@ fn default_writer(index: &Path) -> Result<KeySource> {
     let public = index.join("writer.pub");
     if !path.exists() {
         let seed = Seed::generate();
-        src.store_new(&seed, &Protection::None)?;
+        src.store_new(&seed, &Protection::None, &Unlock::default())?;
         tracing::info!(path = %path.display(), "created a writer key for this agent");
         let secret = UserSecret::from_seed(seed);
         write_public(&public, &secret)?;
     } else if !public.exists() {
-        let secret = UserSecret::from_seed(src.load(&Unlock::from_env())?);
+        let secret = UserSecret::from_seed(src.load(&cbfs_keysource::unlock_from_env())?);
         write_public(&public, &secret)?;
     }
     Ok(src)

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use cbfs_core::umbral_pre::Signer;
-use cbfs_core::{AdminSecret, KeySource, Unlock, UserSecret, fingerprint};
+use cbfs_core::{AdminSecret, KeySource, UserSecret, fingerprint};
 use cbfs_format::{ForgottenSnapshot, RecordId, RetentionRecord, layout};
 use cbfs_restore::{Snapshot, snapshot_listing};
 use cbfs_store::Store;
@@ -108,7 +108,7 @@ pub(crate) fn forget_blocking(
         ForgetSigner::Writer(s) => (s, false),
         ForgetSigner::Admin(s) => (s, true),
     };
-    let seed = source_key.load(&Unlock::from_env())?;
+    let seed = source_key.load(&cbfs_keysource::unlock_from_env())?;
     let key_file = match source_key {
         KeySource::File(p) => Some(p.as_path()),
         _ => None,

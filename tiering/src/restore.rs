@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cbfs_core::umbral_pre::PublicKey;
-use cbfs_core::{KeySource, Keyset, Seed, Unlock, UserName, UserPublic, UserSecret};
+use cbfs_core::{KeySource, Keyset, Seed, UserName, UserPublic, UserSecret};
 use cbfs_format::Metadata;
 use cbfs_restore::{
     Anchors, DirSink, LockboxOpener, ObjectSource, PathFilter, Report, RestoreOptions, Sink, Trust,
@@ -163,7 +163,7 @@ fn restore_blocking(
     rt: tokio::runtime::Handle,
     observer: &dyn Observer,
 ) -> Result<Report> {
-    let seed = req.identity.load(&Unlock::from_env())?;
+    let seed = req.identity.load(&cbfs_keysource::unlock_from_env())?;
     // Through a gateway, the user's own key signs every request: store
     // reads and, by default, the relays to the file system's nodes.
     let gateway = if crate::gateway::is_gateway_store(&req.store) {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cbfs_core::{KeySource, Seed, Unlock};
+use cbfs_core::{KeySource, Seed};
 use cbfs_format::{Collection, Lockbox, MemberId, Metadata, SegmentId, Summary, layout};
 use cbfs_restore::{ObjectSource, Relocations, RestoreOptions, Sink, identify, snapshot_listing};
 use cbfs_store::Store;
@@ -97,7 +97,7 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
     let seed = req
         .identity
         .as_ref()
-        .map(|s| s.load(&Unlock::from_env()))
+        .map(|s| s.load(&cbfs_keysource::unlock_from_env()))
         .transpose()?;
     let key_file = match &req.identity {
         Some(KeySource::File(p)) => Some(p.as_path()),

@@ -50,7 +50,7 @@ pub(crate) fn open_private(path: &Path) -> Result<File> {
 }
 
 /// Reads a whole secret file (bounded) into zeroizing memory.
-pub(crate) fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+pub fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     let file = open_private(path)?;
     let mut bytes = Zeroizing::new(Vec::new());
     file.take(MAX_KEY_FILE + 1)
@@ -67,7 +67,7 @@ pub(crate) fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
 
 /// Creates `path` with mode 0600 and writes `bytes`, durably. Never
 /// overwrites: a key lost to an overwrite is data lost for good.
-pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -95,7 +95,7 @@ pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Replaces `path` atomically with a new 0600 file holding `bytes`.
-pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
@@ -271,11 +271,13 @@ fn passphrase(path: &Path, unlock: &Unlock) -> Result<SecretString> {
         let line = text.lines().next().unwrap_or_default();
         return Ok(SecretString::from(line.to_owned()));
     }
-    if unlock.allow_prompt {
+    if unlock.allow_prompt
+        && let Some(local) = unlock.local
+    {
         let prompt = format!("Passphrase for {}: ", path.display());
-        let pass = rpassword::prompt_password(prompt)
-            .map_err(|e| Error::io("cannot read passphrase for", path, e))?;
-        return Ok(SecretString::from(pass));
+        return local
+            .prompt_passphrase(&prompt)
+            .map_err(|e| Error::io("cannot read passphrase for", path, e));
     }
     Err(Error::LockedKey {
         location: format!("file:{}", path.display()),

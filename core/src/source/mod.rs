@@ -4,10 +4,10 @@
 //!   file wrapping it (passphrase or x25519 recipients). Created 0600; a file
 //!   that group or others can read is refused, as ssh does.
 //! - `keyring:SERVICE/NAME`: the OS keyring through `keyring-core`: the
-//!   freedesktop Secret Service where a session bus has one running (with the
-//!   `secret-service` feature), else the Linux kernel keyutils, whose keys do
-//!   not survive a reboot. `CBFS_KEYRING_STORE=keyutils|secret-service`
-//!   picks one.
+//!   freedesktop Secret Service where a session bus has one running (in the
+//!   programs given [`RemoteSources`]), else the Linux kernel keyutils, whose
+//!   keys do not survive a reboot. `CBFS_KEYRING_STORE=keyutils|secret-service`
+//!   picks one. Through [`LocalSources`].
 //! - `openbao:KEYNAME:PATH`: PATH holds the key wrapped by the OpenBao/Vault
 //!   transit key KEYNAME; it is unwrapped in memory at each use. The address
 //!   and token come from `BAO_ADDR`/`BAO_TOKEN` or `VAULT_ADDR`/`VAULT_TOKEN`.
@@ -18,19 +18,36 @@
 //!   holds the key wrapped (AES-GCM) by an AES key that never leaves the
 //!   token. The PIN comes from a 0600 file or the environment, never from
 //!   the command line.
+//!
+//! This crate parses every kind and gives the same errors for them in every
+//! program; it reads and writes `file:` and `pkcs11:` sources itself. The
+//! rest reach beyond plain files, and their backends live in crates of
+//! their own, handed in through the [`Unlock`] every operation takes, so
+//! that a program that must not reach them does not link them, even in a
+//! workspace build where cargo merges the features every member asks for:
+//!
+//! - `cbfs-localkeys` ([`Unlock::local`], a [`LocalSources`]): the kernel
+//!   keyring of `keyring:` and the terminal passphrase prompt. cbfs-recover
+//!   has it; cbfs-gc, which holds no key, does not.
+//! - `cbfs-keysource` ([`Unlock::remote`], a [`RemoteSources`]): `openbao:`,
+//!   `awskms:` and the Secret Service store of `keyring:`, which need a
+//!   network client or a D-Bus connection. cbfs-recover does not have it
+//!   and refuses those sources with an error that says how to do without.
 
-#[cfg(feature = "kms")]
-mod awskms;
 mod file;
-#[cfg(target_os = "linux")]
-mod keyring;
-#[cfg(feature = "kms")]
-mod openbao;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
 mod pkcs11_uri;
 
 pub use pkcs11_uri::{PinSource, Pkcs11Uri};
+
+/// What the key-source backends (`cbfs-localkeys`, `cbfs-keysource`) share
+/// with this crate: the private (0600) files that hold wrapped keys, and the
+/// program's name for errors that say what it does not do.
+pub mod backend {
+    pub use super::file::{read_private, replace_private, write_new_private};
+    pub use super::program_name;
+}
 
 use std::fmt;
 use std::path::PathBuf;
@@ -166,6 +183,54 @@ impl fmt::Display for KeySource {
     }
 }
 
+/// The backends of the key sources that reach a key service over the network
+/// (`openbao:`, `awskms:`) or the D-Bus session bus (the Secret Service store
+/// of `keyring:`). The `cbfs-keysource` crate implements it; programs that may
+/// reach those services hand it in through [`Unlock::remote`].
+pub trait RemoteSources: fmt::Debug + Send + Sync {
+    /// Loads the seed of an `openbao:` or `awskms:` source.
+    fn load(&self, source: &KeySource) -> Result<Seed>;
+    /// Stores a new seed in an `openbao:` or `awskms:` source, refusing to
+    /// overwrite one.
+    fn store_new(&self, source: &KeySource, seed: &Seed) -> Result<()>;
+    /// Wraps the secret of an `openbao:` or `awskms:` source again, under
+    /// `to_key` where given (AWS KMS only).
+    fn rewrap(&self, source: &KeySource, to_key: Option<&str>) -> Result<Rewrapped>;
+    /// Opens the Secret Service and makes it keyring-core's default store.
+    /// Unless `requested`, only one already running on the session bus;
+    /// the error says why not.
+    fn open_secret_service(&self, requested: bool) -> std::result::Result<(), String>;
+}
+
+/// The backends of the key sources on this machine that need more than
+/// plain files: the kernel keyring of `keyring:` sources (and the choice
+/// between it and the Secret Service) and the terminal passphrase prompt.
+/// The `cbfs-localkeys` crate implements it; programs hand it in through
+/// [`Unlock::local`].
+pub trait LocalSources: fmt::Debug + Send + Sync {
+    /// Loads the seed of `keyring:SERVICE/NAME`, in the Secret Service
+    /// (through `remote`) or the kernel keyring.
+    fn keyring_load(
+        &self,
+        service: &str,
+        name: &str,
+        remote: Option<&dyn RemoteSources>,
+    ) -> Result<Seed>;
+    /// Stores a new seed at `keyring:SERVICE/NAME`, refusing to overwrite one.
+    fn keyring_store_new(
+        &self,
+        service: &str,
+        name: &str,
+        seed: &Seed,
+        remote: Option<&dyn RemoteSources>,
+    ) -> Result<()>;
+    /// Whether `keyring:` entries of this process live in the kernel keyring
+    /// (and so do not survive a reboot). Chooses the store if nothing has yet.
+    fn keyring_uses_keyutils(&self, remote: Option<&dyn RemoteSources>) -> bool;
+    /// Asks for a passphrase on the terminal, with `prompt`.
+    fn prompt_passphrase(&self, prompt: &str) -> std::io::Result<SecretString>;
+}
+
 /// How a protected key may be unlocked when it is loaded.
 #[derive(Clone, Debug, Default)]
 pub struct Unlock {
@@ -173,21 +238,80 @@ pub struct Unlock {
     pub age_identity: Option<PathBuf>,
     /// A file holding the passphrase of passphrase-wrapped key files (0600).
     pub passphrase_file: Option<PathBuf>,
-    /// Whether to ask for a passphrase on the terminal.
+    /// Whether to ask for a passphrase on the terminal (with [`Self::local`]).
     pub allow_prompt: bool,
+    /// The backends of `keyring:` sources and the passphrase prompt
+    /// (`cbfs-localkeys`). `None`: `keyring:` sources are refused and no
+    /// passphrase is asked for.
+    pub local: Option<&'static dyn LocalSources>,
+    /// The backends of `openbao:`, `awskms:` and the Secret Service
+    /// (`cbfs-keysource`). `None`: those sources are refused with an error
+    /// that says how to do without, and `keyring:` is the kernel keyring.
+    pub remote: Option<&'static dyn RemoteSources>,
 }
 
 impl Unlock {
     /// From `CBFS_AGE_IDENTITY` and `CBFS_PASSPHRASE_FILE` (paths, never
-    /// secrets), prompting on the terminal if stdin is one.
+    /// secrets), prompting on the terminal if stdin is one. Without the
+    /// backends: `cbfs_localkeys::unlock_from_env` and
+    /// `cbfs_keysource::unlock_from_env` add them.
     pub fn from_env() -> Self {
         use std::io::IsTerminal;
         Unlock {
             age_identity: std::env::var_os("CBFS_AGE_IDENTITY").map(PathBuf::from),
             passphrase_file: std::env::var_os("CBFS_PASSPHRASE_FILE").map(PathBuf::from),
             allow_prompt: std::io::stdin().is_terminal(),
+            local: None,
+            remote: None,
         }
     }
+
+    /// The keyring backend, or the error for a program without one.
+    fn local_for(&self, source: &KeySource) -> Result<&'static dyn LocalSources> {
+        self.local.ok_or_else(|| Error::Keyring {
+            location: source.to_string(),
+            reason: format!(
+                "{} is built without keyring access; copy the key into a file first: \
+                 cbfs-keytool copy --from {source} --to file:PATH --protect passphrase",
+                program_name()
+            ),
+        })
+    }
+
+    /// The remote backends for `source`, or the error for a program that
+    /// does not reach key services.
+    fn remote_for(&self, source: &KeySource) -> Result<&'static dyn RemoteSources> {
+        self.remote.ok_or_else(|| {
+            let service = match source {
+                KeySource::AwsKms { .. } => "AWS KMS",
+                _ => "OpenBao/Vault",
+            };
+            Error::Kms {
+                service,
+                op: "use",
+                location: source.to_string(),
+                reason: format!(
+                    "{} does not reach key services; unwrap the secret into a file first, \
+                     where the key service is reachable: cbfs-keytool copy --from {source} --to file:PATH \
+                     --protect passphrase, then give file:PATH",
+                    program_name()
+                ),
+                transient: false,
+            }
+        })
+    }
+}
+
+/// This program's name, for errors that say what it does not do.
+pub fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "this program".into())
 }
 
 /// How a new key file is protected at rest.
@@ -240,9 +364,14 @@ impl KeySource {
     pub fn load(&self, unlock: &Unlock) -> Result<Seed> {
         let seed = match self {
             KeySource::File(path) => file::load(path, unlock),
-            KeySource::Keyring { service, name } => keyring_load(service, name),
-            KeySource::OpenBao { key, path } => kms_load(key, path),
-            KeySource::AwsKms { key, path } => awskms_load(key, path),
+            KeySource::Keyring { service, name } => {
+                unlock
+                    .local_for(self)?
+                    .keyring_load(service, name, unlock.remote)
+            }
+            KeySource::OpenBao { .. } | KeySource::AwsKms { .. } => {
+                unlock.remote_for(self)?.load(self)
+            }
             KeySource::Pkcs11(uri) => pkcs11_load(uri),
         }?;
         tracing::debug!(source = %self, "loaded key");
@@ -252,8 +381,9 @@ impl KeySource {
     /// Stores a new seed. Refuses to overwrite an existing key.
     ///
     /// `protection` applies to `file:` sources; the keyring and the KMS
-    /// protect the key themselves.
-    pub fn store_new(&self, seed: &Seed, protection: &Protection) -> Result<()> {
+    /// protect the key themselves. `unlock` gives the backends of
+    /// `keyring:`, `openbao:` and `awskms:`, if the program has them.
+    pub fn store_new(&self, seed: &Seed, protection: &Protection, unlock: &Unlock) -> Result<()> {
         if !matches!(protection, Protection::None) && !matches!(self, KeySource::File(_)) {
             return Err(Error::BadSource {
                 spec: self.to_string(),
@@ -262,9 +392,14 @@ impl KeySource {
         }
         match self {
             KeySource::File(path) => file::store_new(path, seed, protection),
-            KeySource::Keyring { service, name } => keyring_store(service, name, seed),
-            KeySource::OpenBao { key, path } => kms_store(key, path, seed),
-            KeySource::AwsKms { key, path } => awskms_store(key, path, seed),
+            KeySource::Keyring { service, name } => {
+                unlock
+                    .local_for(self)?
+                    .keyring_store_new(service, name, seed, unlock.remote)
+            }
+            KeySource::OpenBao { .. } | KeySource::AwsKms { .. } => {
+                unlock.remote_for(self)?.store_new(self, seed)
+            }
             KeySource::Pkcs11(uri) => pkcs11_store(uri, seed),
         }?;
         tracing::debug!(source = %self, "stored new key");
@@ -286,16 +421,16 @@ impl KeySource {
             return Err(bad("a new age protection applies to file: sources only"));
         }
         let out = match self {
-            KeySource::OpenBao { key, path } => {
+            KeySource::OpenBao { .. } => {
                 if to.key.is_some() {
                     return Err(bad(
                         "OpenBao rewraps under the newest version of the same transit key; to move to another key, use cbfs-keytool copy",
                     ));
                 }
-                (kms_rewrap(key, path)?, self.clone())
+                (unlock.remote_for(self)?.rewrap(self, None)?, self.clone())
             }
             KeySource::AwsKms { key, path } => {
-                let r = awskms_rewrap(key, path, to.key.as_deref())?;
+                let r = unlock.remote_for(self)?.rewrap(self, to.key.as_deref())?;
                 let next = KeySource::AwsKms {
                     key: to.key.unwrap_or_else(|| key.clone()),
                     path: path.clone(),
@@ -332,81 +467,25 @@ impl KeySource {
     /// A warning about how long the key lives there, if the user should hear one.
     ///
     /// For `keyring:` sources this depends on the store the process uses
-    /// (and chooses it if nothing has yet): only kernel keyring keys are lost
-    /// at a reboot; the Secret Service keeps its keys on disk.
-    pub fn durability_note(&self) -> Option<&'static str> {
+    /// (and chooses it, with `unlock`'s backends, if nothing has yet): only
+    /// kernel keyring keys are lost at a reboot; the Secret Service keeps its
+    /// keys on disk.
+    pub fn durability_note(&self, unlock: &Unlock) -> Option<&'static str> {
         match self {
-            KeySource::Keyring { .. } if keyring_uses_keyutils() => Some(
-                "keys in the Linux kernel keyring live in memory only: they do not survive a reboot, \
-                 and the persistent keyring expires after 3 days unused. Keep a durable copy, \
-                 for example: cbfs-keytool copy --from keyring:SERVICE/NAME --to file:PATH --protect passphrase",
-            ),
+            KeySource::Keyring { .. }
+                if unlock
+                    .local
+                    .is_some_and(|l| l.keyring_uses_keyutils(unlock.remote)) =>
+            {
+                Some(
+                    "keys in the Linux kernel keyring live in memory only: they do not survive a reboot, \
+                     and the persistent keyring expires after 3 days unused. Keep a durable copy, \
+                     for example: cbfs-keytool copy --from keyring:SERVICE/NAME --to file:PATH --protect passphrase",
+                )
+            }
             _ => None,
         }
     }
-}
-
-#[cfg(target_os = "linux")]
-fn keyring_load(service: &str, name: &str) -> Result<Seed> {
-    keyring::load(service, name)
-}
-#[cfg(target_os = "linux")]
-fn keyring_store(service: &str, name: &str, seed: &Seed) -> Result<()> {
-    keyring::store_new(service, name, seed)
-}
-#[cfg(target_os = "linux")]
-fn keyring_uses_keyutils() -> bool {
-    keyring::uses_keyutils()
-}
-#[cfg(not(target_os = "linux"))]
-fn keyring_uses_keyutils() -> bool {
-    false
-}
-#[cfg(not(target_os = "linux"))]
-fn keyring_load(service: &str, name: &str) -> Result<Seed> {
-    Err(Error::Keyring {
-        location: format!("keyring:{service}/{name}"),
-        reason: "this build supports the Linux kernel keyring only".into(),
-    })
-}
-#[cfg(not(target_os = "linux"))]
-fn keyring_store(service: &str, name: &str, _seed: &Seed) -> Result<()> {
-    keyring_load(service, name).map(|_| ())
-}
-
-#[cfg(feature = "kms")]
-fn kms_load(key: &str, path: &std::path::Path) -> Result<Seed> {
-    openbao::load(key, path)
-}
-#[cfg(feature = "kms")]
-fn kms_store(key: &str, path: &std::path::Path, seed: &Seed) -> Result<()> {
-    openbao::store_new(key, path, seed)
-}
-#[cfg(feature = "kms")]
-fn kms_rewrap(key: &str, path: &std::path::Path) -> Result<Rewrapped> {
-    openbao::rewrap(key, path)
-}
-#[cfg(not(feature = "kms"))]
-fn no_kms(key: &str, path: &std::path::Path) -> Error {
-    Error::Kms {
-        service: "OpenBao/Vault",
-        op: "use",
-        location: format!("openbao:{key}:{}", path.display()),
-        reason: "this tool is built without network access; unwrap the key with cbfs-keytool copy --to file:PATH first".into(),
-        transient: false,
-    }
-}
-#[cfg(not(feature = "kms"))]
-fn kms_load(key: &str, path: &std::path::Path) -> Result<Seed> {
-    Err(no_kms(key, path))
-}
-#[cfg(not(feature = "kms"))]
-fn kms_store(key: &str, path: &std::path::Path, _seed: &Seed) -> Result<()> {
-    Err(no_kms(key, path))
-}
-#[cfg(not(feature = "kms"))]
-fn kms_rewrap(key: &str, path: &std::path::Path) -> Result<Rewrapped> {
-    Err(no_kms(key, path))
 }
 
 /// Splits `KEY_ID:PATH`, where KEY_ID may be an ARN (which has colons of
@@ -422,41 +501,6 @@ fn awskms_split(rest: &str) -> Option<(&str, &str)> {
     }
     rest.split_once(':')
 }
-#[cfg(feature = "kms")]
-fn awskms_load(key: &str, path: &std::path::Path) -> Result<Seed> {
-    awskms::load(key, path)
-}
-#[cfg(feature = "kms")]
-fn awskms_store(key: &str, path: &std::path::Path, seed: &Seed) -> Result<()> {
-    awskms::store_new(key, path, seed)
-}
-#[cfg(feature = "kms")]
-fn awskms_rewrap(key: &str, path: &std::path::Path, to: Option<&str>) -> Result<Rewrapped> {
-    awskms::rewrap(key, path, to)
-}
-#[cfg(not(feature = "kms"))]
-fn no_awskms(key: &str, path: &std::path::Path) -> Error {
-    Error::Kms {
-        service: "AWS KMS",
-        op: "use",
-        location: format!("awskms:{key}:{}", path.display()),
-        reason: "this tool is built without network access; unwrap the key with cbfs-keytool copy --to file:PATH first".into(),
-        transient: false,
-    }
-}
-#[cfg(not(feature = "kms"))]
-fn awskms_load(key: &str, path: &std::path::Path) -> Result<Seed> {
-    Err(no_awskms(key, path))
-}
-#[cfg(not(feature = "kms"))]
-fn awskms_store(key: &str, path: &std::path::Path, _seed: &Seed) -> Result<()> {
-    Err(no_awskms(key, path))
-}
-#[cfg(not(feature = "kms"))]
-fn awskms_rewrap(key: &str, path: &std::path::Path, _to: Option<&str>) -> Result<Rewrapped> {
-    Err(no_awskms(key, path))
-}
-
 #[cfg(feature = "pkcs11")]
 fn pkcs11_load(uri: &Pkcs11Uri) -> Result<Seed> {
     pkcs11::load(uri)
@@ -557,6 +601,64 @@ mod tests {
         ] {
             let err = spec.parse::<KeySource>().unwrap_err().to_string();
             assert!(err.contains(needle) && err.contains(spec), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn splits_ids_aliases_and_arns() {
+        let split_spec = awskms_split;
+        assert_eq!(split_spec("abcd-1234:k/a.w"), Some(("abcd-1234", "k/a.w")));
+        assert_eq!(split_spec("alias/cbfs:/k/a"), Some(("alias/cbfs", "/k/a")));
+        assert_eq!(
+            split_spec("arn:aws:kms:eu-west-1:123456789012:key/ab-cd:/k/admin.wrapped"),
+            Some((
+                "arn:aws:kms:eu-west-1:123456789012:key/ab-cd",
+                "/k/admin.wrapped"
+            ))
+        );
+        assert_eq!(split_spec("arn:aws:kms:eu-west-1"), None);
+        assert_eq!(split_spec("nopath"), None);
+    }
+
+    /// Without the remote backends (cbfs-recover), `openbao:` and `awskms:`
+    /// sources are refused, before any file or network is touched, with an
+    /// error that names the source and the way to do without.
+    #[test]
+    fn remote_sources_without_backends_fail_closed_with_a_way_out() {
+        let unlock = Unlock::default();
+        for spec in [
+            "openbao:kek:/nonexistent/a.w",
+            "awskms:alias/cbfs:/nonexistent/a.w",
+        ] {
+            let source: KeySource = spec.parse().unwrap();
+            let seed = Seed::from_slice(&[7; crate::SEED_LEN], "test").unwrap();
+            let errors = [
+                source.load(&unlock).unwrap_err(),
+                source
+                    .store_new(&seed, &Protection::None, &unlock)
+                    .unwrap_err(),
+                source.rewrap(&unlock, RewrapTo::default()).unwrap_err(),
+            ];
+            for err in errors {
+                assert!(
+                    matches!(
+                        err,
+                        Error::Kms {
+                            transient: false,
+                            ..
+                        }
+                    ),
+                    "{spec}: {err:?}"
+                );
+                let text = err.to_string();
+                assert!(
+                    text.contains(spec)
+                        && text.contains("does not reach key services")
+                        && text
+                            .contains(&format!("cbfs-keytool copy --from {spec} --to file:PATH")),
+                    "{spec}: {text}"
+                );
+            }
         }
     }
 

@@ -72,8 +72,12 @@ fn usage_errors_exit_2_and_create_nothing() {
              --node-key n.pub",
         "delegate --admin file:a.key --keyset k.json --scope s --to u.pub --threshold 1 \
              --node http://127.0.0.1:7600 --out g",
+        // Pins (--node-key with --node) must be one per node.
         "delegate --admin file:a.key --keyset k.json --scope s --to u.pub --threshold 1 \
-             --node http://127.0.0.1:7600 --node-key n.pub",
+             --node http://127.0.0.1:7600 --node http://127.0.0.1:7601 --node-key n.pub",
+        // A node's key over plain HTTP from another machine needs a pin.
+        "delegate --admin file:a.key --keyset k.json --scope s --to u.pub --threshold 1 \
+             --node http://192.0.2.7:7600",
         // The old form, which gave the user every share, is gone.
         "delegate --admin file:a.key --keyset k.json --scope s \
              --to u.pub --threshold 2 --shares 3 --out g",

@@ -8,8 +8,8 @@ use std::process::{Command, Output};
 use cbfs_tests::{KeyringSession, Workdir, run_ok};
 
 use crate::{
-    Secrets, admin_from, keytool, label, load_keyset, raw_key_file, run_code, stderr, stdout_json,
-    text, user_from,
+    Secrets, admin_from, fixture_admin_key, keytool, label, load_keyset, raw_key_file,
+    recover_fixture, run_code, stderr, stdout_json, text, user_from,
 };
 
 /// Runs keytool with `args` inside `session`, which must succeed.
@@ -262,4 +262,37 @@ fn keyring_secret_is_loaded_by_another_process_and_never_overwritten() {
     secrets.add_admin("kr", &admin, &["default", "alice"]);
     secrets.add("user alice seed", user.seed().expose_secret_bytes());
     secrets.assert_absent_from_commands();
+}
+
+/// cbfs-recover, which reaches neither a key service nor the session bus,
+/// still reads `keyring:` keys from the kernel keyring: the fixture store's
+/// root secret, copied there by cbfs-keytool, restores the store. Asking it
+/// for the Secret Service fails with the way around.
+#[test]
+fn recover_reads_the_kernel_keyring() {
+    let work = Workdir::new();
+    let session = KeyringSession::new();
+    let service = session.name().to_string();
+    let source = format!("keyring:{service}/admin");
+    fixture_admin_key(&work, "admin.key");
+    ok_in(
+        &session,
+        &work,
+        &["copy", "--from", "file:admin.key", "--to", &source],
+    );
+
+    let out = run_ok(&mut session.wrap(recover_fixture(&work, &source, "recovered.tar")));
+    assert_eq!(stdout_json(&out)["restored_entries"], 16);
+
+    let mut cmd = recover_fixture(&work, &source, "refused.tar");
+    cmd.env("CBFS_KEYRING_STORE", "secret-service");
+    let out = run_code(&mut session.wrap(cmd), 1);
+    let message = stdout_json(&out)["error"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("cbfs-recover does not reach the session bus")
+            && message.contains("CBFS_KEYRING_STORE=keyutils")
+            && message.contains("cbfs-keytool copy --from keyring:"),
+        "{message}"
+    );
+    assert!(!work.path("refused.tar").exists());
 }

@@ -6,7 +6,8 @@ use std::process::Command;
 use cbfs_tests::{OpenBao, Workdir, assert_no_secret, random_bytes, run_ok};
 
 use crate::{
-    Secrets, admin_from, keytool, load_keyset, mode, read, run_code, stderr, stdout_json, text,
+    Secrets, admin_from, fixture_admin_key, keytool, load_keyset, mode, read, recover_fixture,
+    run_code, stderr, stdout_json, text,
 };
 
 /// keytool in `work` with the server's address and token as `BAO_*`.
@@ -200,4 +201,47 @@ fn openbao_wrapped_root_secret_loads_rewraps_and_fails_clearly() {
     secrets.add("OpenBao token", token.as_bytes());
     secrets.add("wrong OpenBao token", wrong_token.as_bytes());
     secrets.assert_absent_from_commands();
+}
+
+/// cbfs-recover does not reach key services: an `openbao:` identity is
+/// refused before any output (exit 1), with the way around, and the way
+/// around works: `cbfs-keytool copy` unwraps the key into a file, which
+/// cbfs-recover then restores the store with.
+#[test]
+fn recover_refuses_openbao_and_the_way_around_works() {
+    let work = Workdir::new();
+    let bao = OpenBao::start();
+    bao.create_transit_key("rec-kek");
+    fixture_admin_key(&work, "admin.key");
+    let source = "openbao:rec-kek:admin.wrapped";
+    run_ok(with_bao(&work, &bao).args(["copy", "--from", "file:admin.key", "--to", source]));
+
+    // Even with the server's address and token at hand, cbfs-recover refuses.
+    let mut cmd = recover_fixture(&work, source, "refused.tar");
+    let out = run_code(cmd.envs(bao.envs()), 1);
+    let err = stdout_json(&out);
+    let message = err["error"].as_str().unwrap();
+    assert!(
+        message.contains("cbfs-recover does not reach key services")
+            && message.contains(&format!("cbfs-keytool copy --from {source} --to file:PATH")),
+        "{message}"
+    );
+    assert!(
+        !message.contains("cannot reach"),
+        "it must not even try the server: {message}"
+    );
+    assert!(!work.path("refused.tar").exists());
+
+    // What the error says: unwrap into a file where the service is reachable.
+    run_ok(with_bao(&work, &bao).args(["copy", "--from", source, "--to", "file:unwrapped.key"]));
+    assert_eq!(
+        read(&work.path("unwrapped.key")),
+        read(&work.path("admin.key"))
+    );
+    let out = run_ok(&mut recover_fixture(
+        &work,
+        "file:unwrapped.key",
+        "recovered.tar",
+    ));
+    assert_eq!(stdout_json(&out)["restored_entries"], 16);
 }

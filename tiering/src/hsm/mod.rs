@@ -322,7 +322,7 @@ pub fn open_recaller(opts: &RecallerOptions, rt: tokio::runtime::Handle) -> Resu
                 cbfs_core::KeySource::File(p) => Some(p.clone()),
                 _ => None,
             };
-            (src.load(&cbfs_core::Unlock::from_env())?, file)
+            (src.load(&cbfs_keysource::unlock_from_env())?, file)
         }
     };
     let mut trust_opts = opts.trust.clone();

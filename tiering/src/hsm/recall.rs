@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cbfs_core::{KeySource, Keyset, Seed, Unlock, UserSecret};
+use cbfs_core::{KeySource, Keyset, Seed, UserSecret};
 use cbfs_format::{EntryKind, Metadata, SnapshotId, StubPhase, StubRecord};
 use cbfs_restore::{
     LockboxOpener, MemberFile, RestoreOptions, Sink, Snapshot, Trust, identify, open_snapshot,
@@ -159,7 +159,7 @@ impl Recaller {
     ) -> Result<Self> {
         let opener: Box<dyn LockboxOpener + Send + Sync> = match identity {
             RecallIdentity::Secret(src) => {
-                let seed = src.load(&Unlock::from_env())?;
+                let seed = src.load(&cbfs_keysource::unlock_from_env())?;
                 match identify(copy(&seed), keyset) {
                     Some(id) => Box::new(id),
                     None => {
@@ -184,7 +184,8 @@ impl Recaller {
                             .into(),
                     ));
                 }
-                let secret = UserSecret::from_seed(identity.load(&Unlock::from_env())?);
+                let secret =
+                    UserSecret::from_seed(identity.load(&cbfs_keysource::unlock_from_env())?);
                 let name = crate::restore::user_name(user, &secret)?;
                 Box::new(NodeOpener::new(
                     rt,

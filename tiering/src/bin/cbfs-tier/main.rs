@@ -753,7 +753,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             identity,
             user,
         } => {
-            let seed = identity.load(&cbfs_core::Unlock::from_env())?;
+            let seed = identity.load(&cbfs_keysource::unlock_from_env())?;
             let secret = cbfs_core::UserSecret::from_seed(seed);
             let name = cbfs_tiering::gateway::user_name(&user, &secret)?;
             let client = cbfs_tiering::gateway::GatewayClient::new(
@@ -1458,7 +1458,7 @@ fn init_logging(verbose: u8) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "warn,cbfs_tiering={level},cbfs_store={level},cbfs_core={level},cbfs_restore={level},cbfs_wire={level}"
+            "warn,cbfs_tiering={level},cbfs_store={level},cbfs_core={level},cbfs_localkeys={level},cbfs_keysource={level},cbfs_restore={level},cbfs_wire={level}"
         ))
     });
     tracing_subscriber::fmt()

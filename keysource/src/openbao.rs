@@ -10,10 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::Rewrapped;
-use super::file::{read_private, replace_private, write_new_private};
-use crate::error::{Error, Result};
-use crate::keys::Seed;
+use cbfs_core::source_backend::{read_private, replace_private, write_new_private};
+use cbfs_core::{Error, Result, Rewrapped, Seed};
 
 struct Kms {
     addr: String,
@@ -153,7 +151,7 @@ fn version_of(ciphertext: &str) -> u32 {
         .unwrap_or(0)
 }
 
-pub(super) fn store_new(key: &str, path: &Path, seed: &Seed) -> Result<()> {
+pub(crate) fn store_new(key: &str, path: &Path, seed: &Seed) -> Result<()> {
     let loc = location(key, path);
     if path.exists() {
         return Err(Error::AlreadyExists { location: loc });
@@ -170,7 +168,7 @@ pub(super) fn store_new(key: &str, path: &Path, seed: &Seed) -> Result<()> {
     write_new_private(path, format!("{}\n", ciphertext.as_str()).as_bytes())
 }
 
-pub(super) fn load(key: &str, path: &Path) -> Result<Seed> {
+pub(crate) fn load(key: &str, path: &Path) -> Result<Seed> {
     let loc = location(key, path);
     let ciphertext = read_wrapped(path, &loc)?;
     let kms = Kms::from_env(&loc)?;
@@ -183,7 +181,7 @@ pub(super) fn load(key: &str, path: &Path) -> Result<Seed> {
     Seed::from_slice(&bytes, &loc)
 }
 
-pub(super) fn rewrap(key: &str, path: &Path) -> Result<Rewrapped> {
+pub(crate) fn rewrap(key: &str, path: &Path) -> Result<Rewrapped> {
     let loc = location(key, path);
     let ciphertext = read_wrapped(path, &loc)?;
     let kms = Kms::from_env(&loc)?;

@@ -26,10 +26,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::Rewrapped;
-use super::file::{read_private, replace_private, write_new_private};
-use crate::error::{Error, Result};
-use crate::keys::Seed;
+use cbfs_core::source_backend::{read_private, replace_private, write_new_private};
+use cbfs_core::{Error, Result, Rewrapped, Seed};
 
 const SERVICE: &str = "AWS KMS";
 const PREFIX: &str = "cbfs-awskms-v1:";
@@ -451,7 +449,7 @@ fn encrypt(kms: &Kms, key: &str, loc: &str, seed: &Seed) -> Result<Zeroizing<Str
     string_field(&text, "CiphertextBlob", "encrypt", loc)
 }
 
-pub(super) fn store_new(key: &str, path: &Path, seed: &Seed) -> Result<()> {
+pub(crate) fn store_new(key: &str, path: &Path, seed: &Seed) -> Result<()> {
     let loc = location(key, path);
     if path.exists() {
         return Err(Error::AlreadyExists { location: loc });
@@ -462,7 +460,7 @@ pub(super) fn store_new(key: &str, path: &Path, seed: &Seed) -> Result<()> {
     write_new_private(path, format!("{PREFIX}{}\n", blob.as_str()).as_bytes())
 }
 
-pub(super) fn load(key: &str, path: &Path) -> Result<Seed> {
+pub(crate) fn load(key: &str, path: &Path) -> Result<Seed> {
     let loc = location(key, path);
     let blob = read_wrapped(path, &loc)?;
     let kms = Kms::from_env(&loc)?;
@@ -484,7 +482,7 @@ pub(super) fn load(key: &str, path: &Path) -> Result<Seed> {
 /// Re-encrypts the wrapped secret under `to` (the same key when `None`:
 /// its current key material, after a rotation), without the secret ever
 /// leaving the service.
-pub(super) fn rewrap(key: &str, path: &Path, to: Option<&str>) -> Result<Rewrapped> {
+pub(crate) fn rewrap(key: &str, path: &Path, to: Option<&str>) -> Result<Rewrapped> {
     let loc = location(key, path);
     let blob = read_wrapped(path, &loc)?;
     let kms = Kms::from_env(&loc)?;
@@ -522,22 +520,6 @@ pub(super) fn rewrap(key: &str, path: &Path, to: Option<&str>) -> Result<Rewrapp
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_ids_aliases_and_arns() {
-        let split_spec = super::super::awskms_split;
-        assert_eq!(split_spec("abcd-1234:k/a.w"), Some(("abcd-1234", "k/a.w")));
-        assert_eq!(split_spec("alias/cbfs:/k/a"), Some(("alias/cbfs", "/k/a")));
-        assert_eq!(
-            split_spec("arn:aws:kms:eu-west-1:123456789012:key/ab-cd:/k/admin.wrapped"),
-            Some((
-                "arn:aws:kms:eu-west-1:123456789012:key/ab-cd",
-                "/k/admin.wrapped"
-            ))
-        );
-        assert_eq!(split_spec("arn:aws:kms:eu-west-1"), None);
-        assert_eq!(split_spec("nopath"), None);
-    }
 
     #[test]
     fn reads_profiles_as_the_cli_does() {

@@ -6,8 +6,9 @@
 //!   Secret Service on the D-Bus session bus), when `DBUS_SESSION_BUS_ADDRESS`
 //!   is set and a Secret Service is running there and opens a session. The
 //!   daemon keeps the key on disk, in the user's default collection (the
-//!   login keyring), encrypted under the login password. Needs the
-//!   `secret-service` feature.
+//!   login keyring), encrypted under the login password. Only in programs
+//!   given the remote backends (a [`RemoteSources`], from `cbfs-keysource`):
+//!   this crate holds no D-Bus client.
 //! - **Kernel keyutils** otherwise. The process joins a session keyring when
 //!   it has none, and the store also links each key into the user's
 //!   persistent keyring, so a key outlives the process that stored it,
@@ -26,15 +27,15 @@ use std::sync::OnceLock;
 use keyring_core::{Entry, Error as KrError};
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
-use crate::keys::Seed;
+use cbfs_core::source_backend::program_name;
+use cbfs_core::{Error, RemoteSources, Result, Seed};
 
 /// The variable that picks the keyring store: `keyutils` or `secret-service`.
-pub(super) const STORE_ENV: &str = "CBFS_KEYRING_STORE";
+pub(crate) const STORE_ENV: &str = "CBFS_KEYRING_STORE";
 
 /// The keyring-core store that holds `keyring:` entries in this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Store {
+pub(crate) enum Store {
     /// The Linux kernel keyring (keyutils): in memory only.
     Keyutils,
     /// The freedesktop Secret Service on the D-Bus session bus: on disk.
@@ -88,7 +89,7 @@ fn location(service: &str, name: &str) -> String {
 }
 
 /// Describes a keyring error without ever printing the data some variants carry.
-fn describe(e: &KrError) -> String {
+pub fn describe(e: &KrError) -> String {
     match e {
         KrError::NoEntry => "no such entry".into(),
         KrError::NoStorageAccess(inner) => format!("the keyring cannot be reached: {inner}"),
@@ -120,8 +121,9 @@ fn describe_in(store: Store, e: &KrError) -> String {
 }
 
 /// Chooses and opens the store once per process, and makes it keyring-core's
-/// default.
-fn init() -> Result<Store> {
+/// default. The Secret Service is a choice only with `remote` backends; the
+/// first call decides for the whole process.
+fn init(remote: Option<&dyn RemoteSources>) -> Result<Store> {
     static INIT: OnceLock<std::result::Result<Store, String>> = OnceLock::new();
     INIT.get_or_init(|| {
         let requested = Store::requested(std::env::var_os(STORE_ENV).as_deref())?;
@@ -131,10 +133,10 @@ fn init() -> Result<Store> {
                 (Store::Keyutils, format!("{STORE_ENV}=keyutils"))
             }
             Some(Store::SecretService) => {
-                secret_service::open(true)?;
+                open_secret_service(remote, true)?;
                 (Store::SecretService, format!("{STORE_ENV}=secret-service"))
             }
-            None => match secret_service::open(false) {
+            None => match open_secret_service(remote, false) {
                 Ok(()) => (
                     Store::SecretService,
                     "a Secret Service runs on the session bus".to_owned(),
@@ -167,78 +169,33 @@ fn open_keyutils() -> std::result::Result<(), String> {
     Ok(())
 }
 
-#[cfg(feature = "secret-service")]
-mod secret_service {
-    use std::time::Duration;
-
-    use zbus::blocking::{connection, fdo::DBusProxy};
-    use zbus::names::BusName;
-
-    use super::describe;
-
-    /// The well-known bus name of the Secret Service.
-    const NAME: &str = "org.freedesktop.secrets";
-
-    /// How long the bus daemon may take to answer whether one runs.
-    const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-    /// Opens a session with the Secret Service and makes it keyring-core's
-    /// default store. Unless `requested`, only a Secret Service that is
-    /// already running on the bus named by `DBUS_SESSION_BUS_ADDRESS` is
-    /// used; the error then says why not, for the log.
-    pub(super) fn open(requested: bool) -> std::result::Result<(), String> {
-        if !requested {
-            if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none_or(|a| a.is_empty()) {
-                return Err("no session bus (DBUS_SESSION_BUS_ADDRESS is not set)".into());
-            }
-            match running() {
-                Ok(true) => {}
-                Ok(false) => return Err("no Secret Service runs on the session bus".into()),
-                Err(e) => return Err(format!("the session bus cannot be reached: {e}")),
-            }
-        }
-        let store = zbus_secret_service_keyring_store::Store::new()
-            .map_err(|e| format!("the Secret Service cannot be opened: {}", describe(&e)))?;
-        keyring_core::set_default_store(store);
-        Ok(())
-    }
-
-    /// Whether the Secret Service's name has an owner on the session bus,
-    /// without having D-Bus start one.
-    fn running() -> zbus::Result<bool> {
-        let bus = connection::Builder::session()?
-            .method_timeout(PROBE_TIMEOUT)
-            .build()?;
-        Ok(DBusProxy::new(&bus)?.name_has_owner(BusName::try_from(NAME)?)?)
-    }
-}
-
-#[cfg(not(feature = "secret-service"))]
-mod secret_service {
-    /// This build has no Secret Service store.
-    pub(super) fn open(requested: bool) -> std::result::Result<(), String> {
-        if requested {
-            Err(format!(
-                "{}=secret-service: this build of cbfs has no Secret Service support \
-                 (cbfs-core's `secret-service` feature); use {}=keyutils",
-                super::STORE_ENV,
-                super::STORE_ENV
-            ))
-        } else {
-            Err("built without Secret Service support".into())
-        }
+/// Opens the Secret Service through the remote backends; without them, says
+/// why not.
+fn open_secret_service(
+    remote: Option<&dyn RemoteSources>,
+    requested: bool,
+) -> std::result::Result<(), String> {
+    match remote {
+        Some(remote) => remote.open_secret_service(requested),
+        None if requested => Err(format!(
+            "{STORE_ENV}=secret-service: {} does not reach the session bus and has no \
+             Secret Service store; use {STORE_ENV}=keyutils, or copy the key into a file first: \
+             cbfs-keytool copy --from keyring:SERVICE/NAME --to file:PATH --protect passphrase",
+            program_name()
+        )),
+        None => Err(format!("{} does not reach the session bus", program_name())),
     }
 }
 
 /// Whether `keyring:` entries of this process live in the kernel keyring, and
 /// so do not survive a reboot. Chooses the store if nothing has yet.
-pub(super) fn uses_keyutils() -> bool {
+pub(crate) fn uses_keyutils(remote: Option<&dyn RemoteSources>) -> bool {
     // A store that cannot be opened held nothing; warn as for keyutils.
-    !matches!(init(), Ok(Store::SecretService))
+    !matches!(init(remote), Ok(Store::SecretService))
 }
 
-fn entry(service: &str, name: &str) -> Result<(Store, Entry)> {
-    let store = init()?;
+fn entry(service: &str, name: &str, remote: Option<&dyn RemoteSources>) -> Result<(Store, Entry)> {
+    let store = init(remote)?;
     let built = match store {
         Store::Keyutils => Entry::new(service, name),
         // The label is what keyring managers (Seahorse, KWallet) show.
@@ -253,8 +210,8 @@ fn entry(service: &str, name: &str) -> Result<(Store, Entry)> {
     })
 }
 
-pub(super) fn load(service: &str, name: &str) -> Result<Seed> {
-    let (store, entry) = entry(service, name)?;
+pub(crate) fn load(service: &str, name: &str, remote: Option<&dyn RemoteSources>) -> Result<Seed> {
+    let (store, entry) = entry(service, name, remote)?;
     match entry.get_secret() {
         Ok(bytes) => {
             let bytes = Zeroizing::new(bytes);
@@ -271,8 +228,13 @@ pub(super) fn load(service: &str, name: &str) -> Result<Seed> {
     }
 }
 
-pub(super) fn store_new(service: &str, name: &str, seed: &Seed) -> Result<()> {
-    let (store, entry) = entry(service, name)?;
+pub(crate) fn store_new(
+    service: &str,
+    name: &str,
+    seed: &Seed,
+    remote: Option<&dyn RemoteSources>,
+) -> Result<()> {
+    let (store, entry) = entry(service, name, remote)?;
     match entry.get_secret() {
         Ok(existing) => {
             drop(Zeroizing::new(existing));
