@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use cbfs_core::umbral_pre::{Capsule, PublicKey, VerifiedCapsuleFrag, VerifiedKeyFrag};
+use cbfs_core::umbral_pre::{Capsule, PublicKey};
 use cbfs_core::{
     Clock, DelegationRecord, Grant, KeySource, Keyset, Revocation, ScopeLabel, SealedGrant,
     UserName, fingerprint, public_key_from_hex, public_key_hex,
@@ -1124,11 +1124,12 @@ impl Node {
             return Err(refusal);
         }
         self.check_rate(&req.user)?;
-        let capsules = req
-            .capsules
-            .iter()
+        // Decoding checks each capsule (a curve operation each): on every
+        // core, like the re-encryption.
+        let capsules = on_every_core(&req.capsules, |c| decode_capsule(c))
+            .into_iter()
             .enumerate()
-            .map(|(i, c)| decode_capsule(c).map_err(|e| bad(format!("capsule {i}: {e}"))))
+            .map(|(i, c)| c.map_err(|e| bad(format!("capsule {i}: {e}"))))
             .collect::<Result<Vec<Capsule>, Refusal>>()?;
         let verdict = self.policies.load().decide(&Question {
             user: &req.user,
@@ -1146,7 +1147,10 @@ impl Node {
                 format!("policy: {}", verdict.reason),
             ));
         }
-        let cfrags = reencrypt_all(&capsules, grant.kfrag());
+        let kfrag = grant.kfrag();
+        let cfrags = on_every_core(&capsules, |c| {
+            encode_cfrag(&cbfs_core::umbral_pre::reencrypt(c, kfrag.clone()))
+        });
         self.metrics.capsules.inc_by(cfrags.len() as u64);
         event.reason = format!(
             "policy: {}; re-encrypted with share {} of the delegation issued {}",
@@ -1158,7 +1162,7 @@ impl Node {
             format: CFRAGS_FORMAT.into(),
             version: CFRAGS_VERSION,
             delegation: held.record_json.clone(),
-            cfrags: cfrags.iter().map(encode_cfrag).collect(),
+            cfrags,
         })
     }
 }
@@ -1187,24 +1191,19 @@ fn unauth_burst(limits: &Limits) -> f64 {
     f64::from((limits.unauthenticated_per_minute / 4).max(1))
 }
 
-/// Re-encrypts every capsule, on every core.
-fn reencrypt_all(capsules: &[Capsule], kfrag: &VerifiedKeyFrag) -> Vec<VerifiedCapsuleFrag> {
+/// `f` of every item, in order, on every core.
+fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = capsules.len().div_ceil(threads).max(1);
+    let chunk = items.len().div_ceil(threads).max(1);
+    let f = &f;
     std::thread::scope(|s| {
-        let handles: Vec<_> = capsules
+        let handles: Vec<_> = items
             .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|c| cbfs_core::umbral_pre::reencrypt(c, kfrag.clone()))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().expect("re-encryption does not panic"))
+            .flat_map(|h| h.join().expect("decoding and re-encryption do not panic"))
             .collect()
     })
 }
