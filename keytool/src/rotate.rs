@@ -466,7 +466,9 @@ fn reseal(
             IN_FLIGHT
         };
         let written_so_far = &mut written_so_far;
-        let written: Vec<Result<(), cbfs_store::Error>> =
+        let written: Vec<Result<(), cbfs_store::Error>> = if abort_after().is_some() {
+            // One at a time, each flushed: the test hook stops the run in
+            // the middle of a batch.
             rt.block_on(async {
                 use futures::StreamExt;
                 futures::stream::iter(puts.into_iter().map(|(key, bytes)| async move {
@@ -476,7 +478,15 @@ fn reseal(
                 .inspect(|_| abort_if_asked(written_so_far))
                 .collect()
                 .await
-            });
+            })
+        } else {
+            // The batch written, then flushed to disk at once.
+            let puts = puts.into_iter().map(|(k, b)| (k, b.into())).collect();
+            rt.block_on(store.put_many_new(puts, in_flight))
+                .into_iter()
+                .map(|r| r.map(|_| ()))
+                .collect()
+        };
         for w in written {
             if let Err(e) = w {
                 // An object already there under that name is another
