@@ -45,6 +45,7 @@ suite!(
         download_to_file,
         read_in_pieces,
         bad_keys_are_refused,
+        a_batch_gives_each_objects_own_outcome,
     ],
     // Two writers racing for one key: exactly one may win. On S3 that is the
     // server's promise for `If-None-Match: *`; moto checks the condition and
@@ -115,6 +116,37 @@ async fn different_bytes_are_refused(fx: &Fixture) {
         assert_names(&err, fx, key);
     }
     assert_eq!(fx.store.get(key).await.unwrap(), original);
+}
+
+/// `put_many_new`: every object written, in the order given, each with the
+/// outcome `put_new` would give it (a local store flushes the batch once).
+async fn a_batch_gives_each_objects_own_outcome(fx: &Fixture) {
+    fx.store
+        .put_new("lockboxes/s/taken", pattern(100, 1))
+        .await
+        .unwrap();
+    fx.store
+        .put_new("lockboxes/s/same", pattern(100, 2))
+        .await
+        .unwrap();
+    let mut items: Vec<(String, bytes::Bytes)> = (0..40)
+        .map(|i| (format!("lockboxes/s/g{i:02}"), pattern(200 + i, 5).into()))
+        .collect();
+    items.push(("lockboxes/s/taken".into(), pattern(100, 9).into()));
+    items.push(("lockboxes/s/same".into(), pattern(100, 2).into()));
+    let results = fx.store.put_many_new(items.clone(), 8).await;
+    assert_eq!(results.len(), items.len());
+    for (i, r) in results.iter().take(40).enumerate() {
+        assert_eq!(r.as_ref().unwrap(), &PutOutcome::Created, "object {i}");
+    }
+    let err = results[40].as_ref().unwrap_err();
+    assert!(err.is_already_exists(), "{err:?}");
+    assert_names(err, fx, "lockboxes/s/taken");
+    assert_eq!(results[41].as_ref().unwrap(), &PutOutcome::AlreadyPresent);
+    for (key, bytes) in items.iter().take(40) {
+        assert_eq!(&fx.store.get(key).await.unwrap()[..], &bytes[..]);
+    }
+    assert!(fx.store.put_many_new(Vec::new(), 8).await.is_empty());
 }
 
 async fn missing_objects_are_not_found(fx: &Fixture) {
