@@ -116,11 +116,7 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
     // The nodes must know the keyset the grants are made under (a rotated
     // scope's new key); a node with it already, or a newer one, says so.
     if !urls.is_empty() && !ks.signed_bytes().is_empty() {
-        for (url, r) in urls.iter().zip(client.keyset(&urls, ks.signed_bytes())) {
-            if let Err(e) = r {
-                tracing::warn!("node {url} did not take the keyset: {e}");
-            }
-        }
+        client.offer_keyset(&urls, ks.signed_bytes());
     }
 
     // Every node's key first: nothing is made or sent unless all n answer.
@@ -138,21 +134,10 @@ pub fn delegate(json: bool, unlock: &Unlock, a: DelegateArgs) -> Result<()> {
             .collect();
         (keys, names)
     } else {
-        let mut keys = Vec::new();
-        let mut down = Vec::new();
-        for (url, answer) in urls.iter().zip(client.keys(&urls)) {
-            match answer {
-                Ok(k) => keys.push(k),
-                Err(e) => down.push(format!("  {url}: {e}")),
-            }
-        }
-        if !down.is_empty() {
-            return Err(TooFewNodes(format!(
-                "nothing was delegated: every node must give its key first, and these did not:\n{}",
-                down.join("\n")
-            ))
-            .into());
-        }
+        let keys = client.all_keys(
+            &urls,
+            "nothing was delegated: every node must give its key first, and these did not",
+        )?;
         // A pinned node must answer with its pinned key: a share sealed
         // for any other key goes to whoever holds that key.
         let wrong: Vec<String> = urls
@@ -326,26 +311,11 @@ pub fn reissue(json: bool, unlock: &Unlock, a: ReissueArgs) -> Result<()> {
     let ks = Keyset::load(&a.keyset)?;
     let admin = load_admin(&a.admin, unlock, &ks)?;
     let client = Nodes::new(Duration::from_secs(a.node_timeout.max(1)))?;
-    for (url, r) in urls.iter().zip(client.keyset(&urls, ks.signed_bytes())) {
-        if let Err(e) = r {
-            tracing::warn!("node {url} did not take the keyset: {e}");
-        }
-    }
-    let mut keys = Vec::new();
-    let mut down = Vec::new();
-    for (url, answer) in urls.iter().zip(client.keys(&urls)) {
-        match answer {
-            Ok(k) => keys.push(k),
-            Err(e) => down.push(format!("  {url}: {e}")),
-        }
-    }
-    if !down.is_empty() {
-        return Err(TooFewNodes(format!(
-            "nothing was issued: every node must answer, and these did not:\n{}",
-            down.join("\n")
-        ))
-        .into());
-    }
+    client.offer_keyset(&urls, ks.signed_bytes());
+    let keys = client.all_keys(
+        &urls,
+        "nothing was issued: every node must answer, and these did not",
+    )?;
     let now = cbfs_core::system_clock();
     let requests: Vec<_> = keys
         .iter()

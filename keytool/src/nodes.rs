@@ -54,6 +54,33 @@ impl Nodes {
         self.on_each(urls, |_, url| self.admin.key(url))
     }
 
+    /// Every node's public key, or [`TooFewNodes`] naming those that did not
+    /// give one: `nothing` begins the message (what was not done).
+    pub fn all_keys(&self, urls: &[String], nothing: &str) -> anyhow::Result<Vec<PublicKey>> {
+        let mut keys = Vec::new();
+        let mut down = Vec::new();
+        for (url, answer) in urls.iter().zip(self.keys(urls)) {
+            match answer {
+                Ok(k) => keys.push(k),
+                Err(e) => down.push(format!("  {url}: {e}")),
+            }
+        }
+        if !down.is_empty() {
+            return Err(TooFewNodes(format!("{nothing}:\n{}", down.join("\n"))).into());
+        }
+        Ok(keys)
+    }
+
+    /// Gives every node the keyset; a node that does not take it is logged
+    /// (it still refuses what the keyset's newer keys sign until it has it).
+    pub fn offer_keyset(&self, urls: &[String], keyset: &[u8]) {
+        for (url, r) in urls.iter().zip(self.keyset(urls, keyset)) {
+            if let Err(e) = r {
+                tracing::warn!("node {url} did not take the keyset: {e}");
+            }
+        }
+    }
+
     /// Uploads share i to node i.
     pub fn upload(
         &self,
