@@ -46,8 +46,10 @@ struct Cli {
 enum Command {
     /// Write a dataset from its fixed seed.
     Gen {
-        /// `small` (20,000 text-like files of 1-64 KiB) or `large` (8 files
-        /// of 100 MiB, half compressible, half random).
+        /// `small` (20,000 text-like files of 1-64 KiB), `medium` (800
+        /// text-like files of 160 KiB-1 MiB, each a member of its own),
+        /// `large` (8 files of 100 MiB, half compressible, half random) or
+        /// `million` (a million tiny files).
         kind: String,
         /// Where to (created; must not exist).
         dir: PathBuf,
@@ -116,8 +118,9 @@ fn main() -> Result<()> {
         Command::Gen { kind, dir, scale } => match kind.as_str() {
             "small" => gen_small(&dir, scale),
             "large" => gen_large(&dir, scale),
+            "medium" => gen_medium(&dir, scale),
             "million" => gen_million(&dir, scale),
-            other => bail!("unknown dataset `{other}`: small, large or million"),
+            other => bail!("unknown dataset `{other}`: small, medium, large or million"),
         },
         Command::Update { dir, fraction } => update(&dir, fraction),
         Command::Limit { dir, level } => limit(&dir, level),
@@ -234,6 +237,7 @@ fn small_file(i: u64, rng: &mut Rng) -> (PathBuf, usize) {
 const SMALL_SEED: u64 = 0x5eed_0001;
 const LARGE_SEED: u64 = 0x5eed_0002;
 const UPDATE_SEED: u64 = 0x5eed_0003;
+const MEDIUM_SEED: u64 = 0x5eed_0004;
 const SMALL_FILES: f64 = 20_000.0;
 
 fn gen_small(dir: &Path, scale: f64) -> Result<()> {
@@ -252,6 +256,31 @@ fn gen_small(dir: &Path, scale: f64) -> Result<()> {
         bytes += size as u64;
     }
     print_json(json!({ "dataset": "small", "files": files, "bytes": bytes }));
+    Ok(())
+}
+
+/// 800 text-like files (at scale 1) of 160 KiB to 1 MiB (log-uniform), 40
+/// per directory: too large to share a pack, so each is a member of its
+/// own and a segment holds several (what the collector copies).
+fn gen_medium(dir: &Path, scale: f64) -> Result<()> {
+    create_dir(dir)?;
+    let text = Text::new();
+    let mut rng = Rng(MEDIUM_SEED);
+    let files = (800.0 * scale).round().max(1.0) as u64;
+    let mut buf = Vec::new();
+    let mut bytes = 0u64;
+    for i in 0..files {
+        let sub = dir.join(format!("m{:02}", i / 40));
+        if i % 40 == 0 {
+            fs::create_dir_all(&sub).context("mkdir")?;
+        }
+        let size = (160.0 * 1024.0 * 6.4f64.powf(rng.unit())) as usize;
+        text.write(&mut rng, size, &mut buf);
+        let path = sub.join(format!("file-{i:04}.txt"));
+        fs::write(&path, &buf).with_context(|| format!("write {}", path.display()))?;
+        bytes += size as u64;
+    }
+    print_json(json!({ "dataset": "medium", "files": files, "bytes": bytes }));
     Ok(())
 }
 

@@ -356,53 +356,146 @@ fn reseal(
     let new_pk = *ks
         .scope_key(scope, to_version)
         .expect("the keyset holds the version it rotated to");
+    // The scope's secret of each version to open, derived once.
+    let secrets: BTreeMap<u32, cbfs_core::ScopeSecret> = todo
+        .iter()
+        .map(|(_, _, v, _)| *v)
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
+        .map(|v| (v, admin.scope_at(scope, v)))
+        .collect();
     let mut out = Resealed {
         resealed: 0,
-        already: 0,
+        already,
         damaged: Vec::new(),
     };
-    let mut already_other = 0u64;
-    let mut written_so_far = 0u64;
-    for chunk in todo.chunks(BATCH) {
-        // Fetch the batch, a few requests at a time.
-        let fetched: Vec<Result<Vec<u8>, String>> = rt.block_on(async {
-            use futures::StreamExt;
-            futures::stream::iter(chunk.iter().map(|(_, _, _, key)| async move {
-                store
-                    .get(key)
-                    .await
-                    .map(|b| b.to_vec())
-                    .map_err(|e| (e.is_transient(), format!("{key}: {e}")))
-            }))
-            .buffered(IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .map(|r| match r {
-                Ok(b) => Ok(b),
-                Err((true, e)) => Err(format!("TRANSIENT {e}")),
-                Err((false, e)) => Err(e),
-            })
-            .collect()
+    // Three stages, a batch each at a time, so that the store's reads and
+    // writes (and the flush of each written batch) overlap with the sealing
+    // on every core: fetch ─▶ open and seal ─▶ write.
+    let (fetched_tx, fetched_rx) = std::sync::mpsc::sync_channel::<Fetched<'_>>(1);
+    let (sealed_tx, sealed_rx) = std::sync::mpsc::sync_channel::<Vec<(String, Vec<u8>)>>(1);
+    let sealing = Sealing {
+        scope,
+        to_version,
+        new_pk: &new_pk,
+        secrets: &secrets,
+    };
+    let todo = &todo;
+    let written = std::thread::scope(|s| -> Result<()> {
+        let fetcher = s.spawn(move || -> Result<()> {
+            for chunk in todo.chunks(BATCH) {
+                let fetched = fetch(rt, store, chunk)?;
+                if fetched_tx.send((chunk, fetched)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
         });
-        if let Some(Err(e)) = fetched
-            .iter()
-            .find(|r| matches!(r, Err(e) if e.starts_with("TRANSIENT ")))
-        {
-            return Err(StoreFailed(
-                format!(
-                    "the store failed while reading lockboxes ({}); rerun to resume",
-                    &e[10..]
-                ),
-                true,
-            )
-            .into());
+        let bar = &bar;
+        let writer = s.spawn(move || -> Result<u64> {
+            let mut written_so_far = 0u64;
+            let mut n = 0u64;
+            for puts in sealed_rx {
+                let count = puts.len() as u64;
+                write(rt, store, puts, &mut written_so_far)?;
+                n += count;
+                if let Some(b) = bar {
+                    b.inc(count);
+                }
+            }
+            Ok(n)
+        });
+        for (chunk, fetched) in fetched_rx {
+            let mut puts = Vec::new();
+            let mut others = 0;
+            for r in sealing.seal_batch(chunk, fetched) {
+                match r {
+                    Ok(Some(put)) => puts.push(put),
+                    Ok(None) => others += 1,
+                    Err(e) => out.damaged.push(e),
+                }
+            }
+            if let Some(b) = bar {
+                // Another scope's lockboxes are done as soon as they are seen.
+                b.inc(others);
+            }
+            if sealed_tx.send(puts).is_err() {
+                // The writer stopped; its error is reported below.
+                break;
+            }
         }
-        // Open and seal on every core.
+        drop(sealed_tx);
+        let fetched = fetcher.join().expect("the fetching thread does not panic");
+        let written = writer.join().expect("the writing thread does not panic");
+        // The writer's failure stops the fetching (its channel closes); it
+        // is the cause to report.
+        out.resealed = written?;
+        fetched?;
+        Ok(())
+    });
+    written?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(out)
+}
+
+/// A batch of lockboxes to do, and their bytes as fetched (or why not).
+type Fetched<'a> = (
+    &'a [(SegmentId, GroupId, u32, String)],
+    Vec<Result<Vec<u8>, String>>,
+);
+
+/// Fetches the lockboxes of `chunk`, a few requests at a time. A transient
+/// failure of the store stops the rotation (a rerun resumes); a lockbox
+/// that cannot be read is named as damaged.
+fn fetch(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    chunk: &[(SegmentId, GroupId, u32, String)],
+) -> Result<Vec<Result<Vec<u8>, String>>> {
+    let fetched: Vec<Result<Vec<u8>, (bool, String)>> = rt.block_on(async {
+        use futures::StreamExt;
+        futures::stream::iter(chunk.iter().map(|(_, _, _, key)| async move {
+            store
+                .get(key)
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| (e.is_transient(), format!("{key}: {e}")))
+        }))
+        .buffered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+    });
+    if let Some(Err((_, e))) = fetched.iter().find(|r| matches!(r, Err((true, _)))) {
+        return Err(StoreFailed(
+            format!("the store failed while reading lockboxes ({e}); rerun to resume"),
+            true,
+        )
+        .into());
+    }
+    Ok(fetched.into_iter().map(|r| r.map_err(|(_, e)| e)).collect())
+}
+
+/// What opening and sealing a lockbox again needs.
+struct Sealing<'a> {
+    scope: &'a ScopeLabel,
+    to_version: u32,
+    new_pk: &'a cbfs_core::umbral_pre::PublicKey,
+    secrets: &'a BTreeMap<u32, cbfs_core::ScopeSecret>,
+}
+
+impl Sealing<'_> {
+    /// Opens and seals a batch again, on every core.
+    fn seal_batch(
+        &self,
+        chunk: &[(SegmentId, GroupId, u32, String)],
+        fetched: Vec<Result<Vec<u8>, String>>,
+    ) -> Vec<Sealed> {
         let work: Vec<_> = chunk.iter().zip(fetched).collect();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let per = work.len().div_ceil(threads).max(1);
-        let results: Vec<Sealed> = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let handles: Vec<_> = work
                 .chunks(per)
                 .map(|part| {
@@ -410,35 +503,7 @@ fn reseal(
                         part.iter()
                             .map(|((segment, group, version, key), bytes)| {
                                 let bytes = bytes.as_ref().map_err(Clone::clone)?;
-                                let lb = Lockbox::from_bytes(bytes)
-                                    .map_err(|e| format!("{key}: {e}"))?;
-                                if lb.scope() != scope.as_str() {
-                                    return Ok(None);
-                                }
-                                if lb.group_id() != *group
-                                    || lb.segment_id() != *segment
-                                    || lb.key_version() != *version
-                                {
-                                    return Err(format!(
-                                        "{key}: it names another segment, group or key version"
-                                    ));
-                                }
-                                let secret = admin.scope_at(scope, *version);
-                                let gk = lb
-                                    .open(secret.secret_key())
-                                    .map_err(|e| format!("{key}: {e}"))?;
-                                let new = Lockbox::seal_existing_at(
-                                    scope.as_str(),
-                                    to_version,
-                                    &new_pk,
-                                    *segment,
-                                    &gk,
-                                )
-                                .map_err(|e| format!("{key}: {e}"))?;
-                                Ok(Some((
-                                    layout::lockbox_at(segment, group, to_version),
-                                    new.to_bytes(),
-                                )))
+                                self.seal_one(segment, group, *version, key, bytes)
                             })
                             .collect::<Vec<_>>()
                     })
@@ -448,67 +513,83 @@ fn reseal(
                 .into_iter()
                 .flat_map(|h| h.join().expect("sealing does not panic"))
                 .collect()
-        });
-        let mut puts = Vec::new();
-        for r in results {
-            match r {
-                Ok(Some(put)) => puts.push(put),
-                Ok(None) => already_other += 1,
-                Err(e) => out.damaged.push(e),
-            }
+        })
+    }
+
+    fn seal_one(
+        &self,
+        segment: &SegmentId,
+        group: &GroupId,
+        version: u32,
+        key: &str,
+        bytes: &[u8],
+    ) -> Sealed {
+        let lb = Lockbox::from_bytes(bytes).map_err(|e| format!("{key}: {e}"))?;
+        if lb.scope() != self.scope.as_str() {
+            return Ok(None);
         }
-        let n = puts.len() as u64;
-        // The test hook counts writes one at a time, so that it stops the
-        // run in the middle of a batch.
-        let in_flight = if abort_after().is_some() {
-            1
-        } else {
-            IN_FLIGHT
-        };
-        let written_so_far = &mut written_so_far;
-        let written: Vec<Result<(), cbfs_store::Error>> = if abort_after().is_some() {
-            // One at a time, each flushed: the test hook stops the run in
-            // the middle of a batch.
+        if lb.group_id() != *group || lb.segment_id() != *segment || lb.key_version() != version {
+            return Err(format!(
+                "{key}: it names another segment, group or key version"
+            ));
+        }
+        let secret = &self.secrets[&version];
+        let gk = lb
+            .open(secret.secret_key())
+            .map_err(|e| format!("{key}: {e}"))?;
+        let new = Lockbox::seal_existing_at(
+            self.scope.as_str(),
+            self.to_version,
+            self.new_pk,
+            *segment,
+            &gk,
+        )
+        .map_err(|e| format!("{key}: {e}"))?;
+        Ok(Some((
+            layout::lockbox_at(segment, group, self.to_version),
+            new.to_bytes(),
+        )))
+    }
+}
+
+/// Writes a batch of new lockboxes, then flushes it to disk at once. An
+/// object already there under its name is another run's copy: never
+/// overwritten, and fine.
+fn write(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    puts: Vec<(String, Vec<u8>)>,
+    written_so_far: &mut u64,
+) -> Result<()> {
+    let written: Vec<Result<(), cbfs_store::Error>> =
+        if abort_after().is_some() {
+            // One at a time: the test hook stops the run in the middle of a
+            // batch.
             rt.block_on(async {
                 use futures::StreamExt;
                 futures::stream::iter(puts.into_iter().map(|(key, bytes)| async move {
                     store.put_new(&key, bytes).await.map(|_| ())
                 }))
-                .buffer_unordered(in_flight)
+                .buffered(1)
                 .inspect(|_| abort_if_asked(written_so_far))
                 .collect()
                 .await
             })
         } else {
-            // The batch written, then flushed to disk at once.
             let puts = puts.into_iter().map(|(k, b)| (k, b.into())).collect();
-            rt.block_on(store.put_many_new(puts, in_flight))
+            rt.block_on(store.put_many_new(puts, IN_FLIGHT))
                 .into_iter()
                 .map(|r| r.map(|_| ()))
                 .collect()
         };
-        for w in written {
-            if let Err(e) = w {
-                // An object already there under that name is another
-                // run's copy: never overwritten, and fine.
-                if !e.is_already_exists() {
-                    return Err(
-                        StoreFailed::new("cannot write a lockbox; rerun to resume", e).into(),
-                    );
-                }
-            }
-        }
-        out.resealed += n;
-        if let Some(b) = &bar {
-            b.inc(chunk.len() as u64);
+    for w in written {
+        if let Err(e) = w
+            && !e.is_already_exists()
+        {
+            return Err(StoreFailed::new("cannot write a lockbox; rerun to resume", e).into());
         }
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let _ = already_other;
-    out.already = already;
-    Ok(out)
+    Ok(())
 }
 
 /// Test-suite builds only: `CBFS_TEST_ABORT_AFTER=N` ends the process

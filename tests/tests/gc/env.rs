@@ -29,6 +29,8 @@ pub struct Env {
     pub states: BTreeMap<u64, PathBuf>,
     /// `--segment-size` of the agent's runs.
     pub segment_size: &'static str,
+    /// More arguments of the agent's runs.
+    pub tier_args: Vec<&'static str>,
     round: u32,
 }
 
@@ -50,6 +52,7 @@ impl Env {
             tree,
             states: BTreeMap::new(),
             segment_size: "64K",
+            tier_args: Vec::new(),
             round: 0,
             work,
         }
@@ -95,14 +98,20 @@ impl Env {
 
     /// The command of [`tier`](Self::tier).
     pub fn tier_cmd(&self) -> Command {
+        self.tier_cmd_into(&self.backend.spec(), &self.index)
+    }
+
+    /// The agent's run of [`tier_cmd`](Self::tier_cmd) into another store
+    /// and index.
+    pub fn tier_cmd_into(&self, store: &str, index: &Path) -> Command {
         let mut c = self.cmd("cbfs-tier");
         c.arg("--json")
             .arg("out")
             .arg(&self.src)
             .arg("--store")
-            .arg(self.backend.spec())
+            .arg(store)
             .arg("--index")
-            .arg(&self.index)
+            .arg(index)
             .arg("--keyset")
             .arg(self.keys.keyset())
             .arg("--writer-key")
@@ -113,7 +122,8 @@ impl Env {
                 "--segment-size",
                 self.segment_size,
             ])
-            .args(["--jobs", "1"]);
+            .args(["--jobs", "1"])
+            .args(&self.tier_args);
         c
     }
 

@@ -20,6 +20,7 @@ mod diff;
 mod manifest;
 mod queue;
 mod rekey;
+mod repack;
 mod segment;
 mod stream;
 mod stubs;
@@ -71,6 +72,11 @@ pub struct OutOptions {
     pub prefix: Option<Vec<u8>>,
     /// How an entry counts as unchanged.
     pub change_test: ChangeTest,
+    /// A run over a tree stores again, from the tree, the packed small
+    /// files of each segment whose live share of files is below this
+    /// percentage, so that the collector (which cannot split a pack) can
+    /// free the old packs. 0 never does.
+    pub min_live: u8,
     /// Set to stop the run at the next safe point: what was committed
     /// stays, the snapshot is finished by the next run.
     pub cancel: Option<std::sync::Arc<AtomicBool>>,
@@ -92,6 +98,7 @@ impl OutOptions {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             prefix: None,
             change_test: ChangeTest::Inode,
+            min_live: 50,
             cancel: None,
             #[cfg(feature = "crash-points")]
             crash_at: None,
@@ -127,6 +134,10 @@ pub struct OutReport {
     pub files: u64,
     /// Entries unchanged since the last run.
     pub unchanged: u64,
+    /// Of the entries stored, those stored again unchanged from the tree
+    /// because their packs had become sparse (see `--min-live`).
+    #[serde(default)]
+    pub repacked: u64,
     /// Entries gone from the tree since the last run.
     pub deleted: u64,
     /// Content bytes read.
@@ -365,6 +376,7 @@ fn run_shared(
         report.sequence = Some(rec.sequence);
     }
 
+    let over_tree = matches!(input, Input::Tree);
     let gone = match input {
         Input::Tree => diff::store_changes(shared, &mut report)?,
         Input::Stream(reader) => stream::store_stream(shared, reader, &mut report)?,
@@ -373,10 +385,12 @@ fn run_shared(
             Vec::new()
         }
     };
-    shared.observer.finished();
-
     let deleted = forget(shared, gone)?;
     report.deleted = deleted;
+    if over_tree {
+        repack::store_sparse_packs(shared, &mut report)?;
+    }
+    shared.observer.finished();
     worker::store_dangling_links(shared)?;
 
     // A snapshot for whatever changed, in this run or in a run that died

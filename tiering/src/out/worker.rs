@@ -21,7 +21,7 @@ use super::{Shared, Work};
 /// entry, one age header, one zstd frame) for many small files, which
 /// would otherwise cost about a kilobyte of framing each. So do entries
 /// without content (folders, links, devices).
-const PACK_FILE_MAX: u64 = 128 << 10;
+pub(crate) const PACK_FILE_MAX: u64 = 128 << 10;
 /// A pack is closed once its files' content reaches this.
 const PACK_BYTES: u64 = 1 << 20;
 /// An entry whose metadata record (with its extended attributes) is larger

@@ -360,6 +360,13 @@ enum Command {
         /// Anyone who can read the store can read the files.
         #[arg(long)]
         plain: bool,
+        /// Store again, from the tree, the small files of each segment
+        /// whose live share of files has fallen below PERCENT: they share
+        /// packs with replaced files, and the collector, which holds no
+        /// key, cannot split a pack. 0 never does.
+        #[arg(long, value_name = "PERCENT", default_value_t = 50,
+              value_parser = clap::value_parser!(u8).range(0..=100))]
+        min_live: u8,
         #[command(flatten)]
         storing: RunArgs,
     },
@@ -677,11 +684,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             writer,
             scopes,
             plain,
+            min_live,
             storing,
         } => {
             let (agent, _) = open_writer(&store, writer)?;
             let mut opts = OutOptions::new(source.clone(), ScopeRules::new(scopes));
             opts.plain = plain;
+            opts.min_live = min_live;
             storing.apply(&mut opts);
             let observer = observer(as_json);
             let report = agent
@@ -699,6 +708,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     report.deleted,
                     report.skipped.len()
                 );
+                if report.repacked > 0 {
+                    s.push_str(&format!(
+                        "{} of them stored again unchanged, to free sparse packs for the collector\n",
+                        report.repacked
+                    ));
+                }
                 s.push_str(&format!(
                     "{} bytes read, {} bytes stored in {} new segments, {:.2} s\n",
                     report.bytes_read, report.bytes_stored, report.new_segments, report.seconds
