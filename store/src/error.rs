@@ -164,6 +164,14 @@ pub(crate) enum Kind {
     Permanent,
 }
 
+/// An S3 answer that is well-formed HTTP but cannot be right (a listing
+/// marked truncated with no way to go on, a `200 OK` carrying an error
+/// document): refused by the store's HTTP layer (see `s3.rs`). Permanent:
+/// asking again gets the same answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadAnswer(pub(crate) String);
+
 /// Sorts an `object_store` error into a [`Kind`].
 pub(crate) fn classify(e: &object_store::Error) -> Kind {
     use object_store::Error as E;
@@ -173,7 +181,9 @@ pub(crate) fn classify(e: &object_store::Error) -> Kind {
         E::NotFound { .. } => Kind::NotFound,
         E::AlreadyExists { .. } | E::Precondition { .. } => Kind::Exists,
         E::Generic { source, .. } => {
-            if chain_is_transient(source.as_ref()) {
+            if chain_has_bad_answer(source.as_ref()) {
+                Kind::Permanent
+            } else if chain_is_transient(source.as_ref()) {
                 Kind::Transient
             } else {
                 Kind::Permanent
@@ -181,6 +191,21 @@ pub(crate) fn classify(e: &object_store::Error) -> Kind {
         }
         _ => Kind::Permanent,
     }
+}
+
+/// Whether the store's HTTP layer refused an answer ([`BadAnswer`]) somewhere
+/// down the chain. Looked for first: `object_store` reports it as a
+/// transport error ("HTTP error: ..."), which would otherwise read as
+/// transient.
+fn chain_has_bad_answer(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<BadAnswer>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Walks an error chain looking for a cause that retrying may cure.
@@ -303,6 +328,14 @@ mod tests {
             classify(&object_store::Error::NotImplemented),
             Kind::Permanent
         );
+        // A refused answer, under a transport error that alone reads as
+        // transient.
+        let refused = HttpError::new(HttpErrorKind::Decode, BadAnswer("truncated".into()));
+        let bad = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(refused),
+        };
+        assert_eq!(classify(&bad), Kind::Permanent);
     }
 
     #[test]

@@ -13,7 +13,11 @@
 //! `AmazonS3` for any S3 API. Requests to S3 are retried on 5xx answers,
 //! throttling and dropped connections with bounded exponential backoff
 //! ([`RetryPolicy`]); what still fails is [`Error::Transient`]
-//! ([`Error::is_transient`]), told apart from [`Error::Permanent`]. Every
+//! ([`Error::is_transient`]), told apart from [`Error::Permanent`]. Answers
+//! that cannot be right are refused as permanent errors rather than taken at
+//! their word: a listing marked truncated without a continuation token (a
+//! partial listing is never passed off as the whole), and a `200 OK` to the
+//! completion of a multipart upload whose body is an error document. Every
 //! error names the store ([`Store::describe`]) and the object key, and never
 //! a credential.
 //!

@@ -186,6 +186,7 @@ impl Store {
             return self.put_new(key, data).await;
         }
 
+        let mut upload_gone = None;
         for _ in 0..2 {
             let reader = PartReader::open(path, len, part_size)
                 .await
@@ -208,7 +209,11 @@ impl Store {
                     tracing::debug!(store = %self.describe(), key, size = len, "file uploaded");
                     return Ok(PutOutcome::Created);
                 }
-                Err(Failure::Store(e)) if classify(&e) == Kind::Exists => {
+                // The key is taken (412); or, on S3, the upload is gone (404
+                // NoSuchUpload): an earlier try of its completion may have
+                // gone through with the answer lost, or the upload was
+                // aborted. Either way, what is under the key now decides.
+                Err(Failure::Store(e)) if matches!(classify(&e), Kind::Exists | Kind::NotFound) => {
                     match self.same_as_file(key, path, len).await? {
                         Some(true) => {
                             self.sync_local(key).await?;
@@ -216,14 +221,27 @@ impl Store {
                             return Ok(PutOutcome::AlreadyPresent);
                         }
                         Some(false) => return Err(self.already_exists(key)),
-                        None => continue, // vanished meanwhile: upload again
+                        // Vanished meanwhile, or never written: upload again.
+                        None => {
+                            if classify(&e) == Kind::NotFound {
+                                upload_gone = Some(e);
+                            }
+                            continue;
+                        }
                     }
                 }
                 Err(Failure::Store(e)) => return Err(self.error(Op::Put, key, e)),
                 Err(Failure::Local(e)) => return Err(self.local_error(key, path, e)),
             }
         }
-        Err(self.vanished(key))
+        Err(match upload_gone {
+            Some(e) => self.transient(
+                Op::Put,
+                key,
+                format!("the multipart upload vanished before it was completed: {e}"),
+            ),
+            None => self.vanished(key),
+        })
     }
 
     /// One create-only put of `bytes`.

@@ -6,13 +6,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::client::{
-    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+    HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse, HttpService,
+    ReqwestConnector,
 };
 use object_store::{ClientConfigKey, ClientOptions, HeaderValue};
 use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::config::{RetryPolicy, S3Config};
-use crate::error::{Error, Result};
+use crate::error::{BadAnswer, Error, Result};
 use crate::key::validate_prefix;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,9 +159,9 @@ pub(crate) fn build(
             AmazonS3ConfigKey::Client(ClientConfigKey::DefaultContentType),
             "application/octet-stream",
         );
-    if conditional {
-        builder = builder.with_http_connector(WriteOnceConnector);
-    }
+    builder = builder.with_http_connector(CheckedConnector {
+        write_once: conditional,
+    });
 
     let endpoint = builder
         .get_config_value(&AmazonS3ConfigKey::Endpoint)
@@ -209,42 +210,132 @@ fn redact_endpoint(endpoint: &str) -> String {
     }
 }
 
-/// Connects `object_store`'s usual reqwest client, wrapped in [`WriteOnce`].
+/// Connects `object_store`'s usual reqwest client, wrapped in [`Checked`].
 #[derive(Debug)]
-struct WriteOnceConnector;
+struct CheckedConnector {
+    write_once: bool,
+}
 
-impl HttpConnector for WriteOnceConnector {
+impl HttpConnector for CheckedConnector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
         let inner = ReqwestConnector::default().connect(options)?;
-        Ok(HttpClient::new(WriteOnce { inner }))
+        Ok(HttpClient::new(Checked {
+            inner,
+            write_once: self.write_once,
+        }))
     }
 }
 
-/// Adds `If-None-Match: *` to every `CompleteMultipartUpload` request.
+/// The store's own layer under `object_store`'s S3 client, for what that
+/// client does not do itself:
 ///
-/// `object_store` 0.12 makes a single `PutObject` conditional
-/// (`PutMode::Create`), but completes multipart uploads unconditionally, so a
-/// large object could replace an existing one. This store never overwrites,
-/// so every completion it sends asks the server to refuse (412) if the key is
-/// taken. The header is not part of the SigV4 signature, which S3 permits for
-/// standard headers.
+/// - With `write_once`, it adds `If-None-Match: *` to every
+///   `CompleteMultipartUpload` request. `object_store` 0.12 makes a single
+///   `PutObject` conditional (`PutMode::Create`), but completes multipart
+///   uploads unconditionally, so a large object could replace an existing
+///   one. This store never overwrites, so every completion it sends asks the
+///   server to refuse (412) if the key is taken. The header is not part of
+///   the SigV4 signature, which S3 permits for standard headers.
+/// - It refuses a `ListObjectsV2` answer that says it is truncated but gives
+///   no continuation token. `object_store` would end the listing there, and
+///   the store would report a partial listing as the whole one (a collector
+///   could then take live objects for garbage).
+/// - It refuses a `200 OK` to `CompleteMultipartUpload` whose body is an S3
+///   error document (S3 sends its status line before the completion is
+///   done, so a failure comes as a 200), naming the error's code. The
+///   `InternalError` and `SlowDown` ones are left to `object_store`, which
+///   retries them.
+///
+/// A refused answer is a [`BadAnswer`], a permanent error: asking again
+/// gets the same answer.
 #[derive(Debug)]
-struct WriteOnce {
+struct Checked {
     inner: HttpClient,
+    write_once: bool,
 }
 
 #[async_trait]
-impl HttpService for WriteOnce {
+impl HttpService for Checked {
     async fn call(&self, mut req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        if is_complete_multipart(&req) {
+        let complete = is_complete_multipart(&req);
+        let list = is_list(&req);
+        if complete && self.write_once {
             let headers = req.headers_mut();
             headers.insert("if-none-match", HeaderValue::from_static("*"));
             if !headers.contains_key("content-type") {
                 headers.insert("content-type", HeaderValue::from_static("application/xml"));
             }
         }
-        self.inner.execute(req).await
+        let response = self.inner.execute(req).await?;
+        if !(complete || list) || !response.status().is_success() {
+            return Ok(response);
+        }
+        let (parts, body) = response.into_parts();
+        let body = body.bytes().await?;
+        let text = String::from_utf8_lossy(&body);
+        let refused = if list {
+            truncated_without_token(&text)
+        } else {
+            error_in_ok_answer(&text)
+        };
+        if let Some(reason) = refused {
+            return Err(HttpError::new(HttpErrorKind::Decode, BadAnswer(reason)));
+        }
+        Ok(HttpResponse::from_parts(parts, body.into()))
     }
+}
+
+/// Why a ListObjectsV2 answer cannot be used: it says more keys follow but
+/// not where to fetch them.
+fn truncated_without_token(xml: &str) -> Option<String> {
+    let truncated = element(xml, "IsTruncated").is_some_and(|v| v.trim() == "true");
+    let token = element(xml, "NextContinuationToken").is_some_and(|v| !v.trim().is_empty());
+    (truncated && !token).then(|| {
+        "the server answered a listing marked truncated (IsTruncated) without a \
+         NextContinuationToken, so the rest of it cannot be fetched; a partial \
+         listing is not taken for the whole"
+            .to_string()
+    })
+}
+
+/// Why a `200 OK` to CompleteMultipartUpload is a failure: its body is an
+/// S3 error document (other than the retried `InternalError` and
+/// `SlowDown`).
+fn error_in_ok_answer(xml: &str) -> Option<String> {
+    let body = xml.trim_start();
+    let body = match body.strip_prefix("<?xml") {
+        Some(rest) => rest.split_once("?>").map_or("", |(_, r)| r).trim_start(),
+        None => body,
+    };
+    if !body.starts_with("<Error>") {
+        return None;
+    }
+    let code = element(body, "Code").unwrap_or("").trim();
+    if code == "InternalError" || code == "SlowDown" {
+        return None;
+    }
+    let message = element(body, "Message").unwrap_or("").trim();
+    Some(format!(
+        "the server answered 200 OK to the completion of the multipart upload, \
+         with an error document: {code}: {message}"
+    ))
+}
+
+/// The text of the first `<name>...</name>` element in `xml`.
+fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&format!("</{name}>"))?;
+    Some(&xml[start..start + len])
+}
+
+/// `GET /?list-type=2...`: ListObjectsV2.
+fn is_list(req: &HttpRequest) -> bool {
+    req.method() == "GET"
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "list-type=2"))
 }
 
 /// `POST /key?uploadId=...`: CompleteMultipartUpload. (`?uploads` creates an
@@ -316,5 +407,44 @@ mod tests {
             "http://h/b/k?partNumber=1&uploadId=abc"
         )));
         assert!(!is_complete_multipart(&req("POST", "http://h/b?delete")));
+        assert!(is_list(&req("GET", "http://h/b?list-type=2&prefix=p")));
+        assert!(!is_list(&req("GET", "http://h/b/k")));
+        assert!(!is_list(&req("PUT", "http://h/b?list-type=2")));
+    }
+
+    #[test]
+    fn listings_truncated_without_a_token_are_refused() {
+        let listing =
+            |inner: &str| format!("<ListBucketResult><Name>b</Name>{inner}</ListBucketResult>");
+        let token = "<NextContinuationToken>t1</NextContinuationToken>";
+        assert!(truncated_without_token(&listing("<IsTruncated>true</IsTruncated>")).is_some());
+        assert!(
+            truncated_without_token(&listing(
+                "<IsTruncated>true</IsTruncated><NextContinuationToken> </NextContinuationToken>"
+            ))
+            .is_some()
+        );
+        let paged = listing(&format!("<IsTruncated>true</IsTruncated>{token}"));
+        assert!(truncated_without_token(&paged).is_none());
+        assert!(truncated_without_token(&listing("<IsTruncated>false</IsTruncated>")).is_none());
+        assert!(truncated_without_token(&listing("")).is_none());
+    }
+
+    #[test]
+    fn error_documents_in_ok_answers_are_refused() {
+        let doc = |code: &str| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n  <Error><Code>{code}</Code>\
+                 <Message>No.</Message></Error>"
+            )
+        };
+        let reason = error_in_ok_answer(&doc("AccessDenied")).unwrap();
+        assert!(reason.contains("AccessDenied: No."), "{reason}");
+        // Retried by object_store itself.
+        assert!(error_in_ok_answer(&doc("InternalError")).is_none());
+        assert!(error_in_ok_answer(&doc("SlowDown")).is_none());
+        let done = "<?xml version=\"1.0\"?><CompleteMultipartUploadResult><Key>Error</Key>\
+                    <ETag>\"e\"</ETag></CompleteMultipartUploadResult>";
+        assert!(error_in_ok_answer(done).is_none());
     }
 }

@@ -80,7 +80,7 @@ use rand::RngCore as _;
 
 pub use backend::Backend;
 pub use bins::{BIN_DIR_ENV, cbfs_bin, cbfs_cmd, require_tool};
-pub use faulty::{Fault, FaultPlan, FaultyProxy, SeenRequest};
+pub use faulty::{Fault, FaultPlan, FaultyProxy, RequestMatch, SeenRequest};
 pub use keyfiles::agent_keyset;
 pub use keyring::KeyringSession;
 pub use leak::{MIN_SECRET_LEN, assert_no_secret};
