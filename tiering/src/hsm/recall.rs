@@ -730,19 +730,104 @@ pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathR
 }
 
 /// [`recall_path`] for many paths: the stubs among them are filled in
-/// passes of up to [`BATCH`] files (one restore pass per snapshot each).
-/// One result per path, in order.
+/// passes of up to [`BATCH`] files (one restore pass per snapshot each),
+/// a pass per core at a time. The names of one inode (hard links) go into
+/// one pass, which fills the inode once. One result per path, in order.
 pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
-    let mut out = Vec::with_capacity(rels.len());
-    for chunk in rels.chunks(BATCH) {
-        out.extend(recall_batch(recaller, root, chunk)?);
+    let cores = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
+    let batches = batches(root, rels, pass_size(cores));
+    let workers = cores.min(batches.len());
+    let done: Vec<Mutex<Option<Result<Vec<PathRecall>>>>> =
+        batches.iter().map(|_| Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let work = || {
+        use std::sync::atomic::Ordering;
+        while !failed.load(Ordering::SeqCst) {
+            let b = next.fetch_add(1, Ordering::SeqCst);
+            let Some(batch) = batches.get(b) else { break };
+            let paths: Vec<Vec<u8>> = batch.iter().map(|&i| rels[i].clone()).collect();
+            let result = recall_batch(recaller, root, &paths);
+            if result.is_err() {
+                // Stop taking passes; those under way finish.
+                failed.store(true, Ordering::SeqCst);
+            }
+            *done[b].lock().expect("recall results") = Some(result);
+        }
+    };
+    if workers <= 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(work);
+            }
+        });
     }
-    Ok(out)
+    let mut out: Vec<Option<PathRecall>> = rels.iter().map(|_| None).collect();
+    for (batch, result) in batches.iter().zip(done) {
+        match result.into_inner().expect("recall results") {
+            Some(Ok(outcomes)) => {
+                for (&i, o) in batch.iter().zip(outcomes) {
+                    out[i] = Some(o);
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            // Not taken after another pass failed.
+            None => {}
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("a result per path"))
+        .collect())
 }
 
-/// Files recalled in one pass: each is held open (and claimed) until the
-/// pass ends.
-pub const BATCH: usize = 256;
+/// How many files a pass holds when `passes` run at once: [`BATCH`], or
+/// fewer when the descriptor limit is low (a pass holds two descriptors
+/// per file until it ends).
+fn pass_size(passes: usize) -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let spare = usize::try_from(soft.saturating_sub(256)).unwrap_or(usize::MAX);
+    (spare / (2 * passes.max(1))).clamp(16, BATCH)
+}
+
+/// `rels` (by index) in passes of about `size` files, in order, with every
+/// name of a multiply linked inode in the pass of its first name: passes
+/// run at once, and two passes must never fill one inode together.
+fn batches(root: &Path, rels: &[Vec<u8>], size: usize) -> Vec<Vec<usize>> {
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
+    for (i, rel) in rels.iter().enumerate() {
+        let linked = std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(rel)))
+            .ok()
+            .filter(|m| m.is_file() && m.nlink() > 1)
+            .map(|m| (m.dev(), m.ino()));
+        if let Some(inode) = linked
+            && let Some(&b) = inodes.get(&inode)
+        {
+            batches[b].push(i);
+            continue;
+        }
+        if batches.last().is_none_or(|b| b.len() >= size) {
+            batches.push(Vec::with_capacity(size));
+        }
+        let b = batches.len() - 1;
+        batches[b].push(i);
+        if let Some(inode) = linked {
+            inodes.insert(inode, b);
+        }
+    }
+    batches
+}
+
+/// Files recalled in one pass at most: each is held open (and claimed)
+/// until the pass ends, which makes it durable with one flush per step.
+pub const BATCH: usize = 1024;
 
 /// A stub opened for a recall, and the path-only handle it was opened
 /// through (kept open: a record lock goes when any descriptor of the file

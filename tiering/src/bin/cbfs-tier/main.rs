@@ -1089,22 +1089,31 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 0
             };
-            for (name, r) in &results {
-                if !as_json {
-                    match r {
-                        hsm::PathRecall::Recalled(d) => eprintln!(
+            if !as_json {
+                // A line per file, written in one go (a tree holds
+                // thousands).
+                use std::io::Write as _;
+                let mut err = std::io::BufWriter::new(std::io::stderr().lock());
+                for (name, r) in &results {
+                    let _ = match r {
+                        hsm::PathRecall::Recalled(d) => writeln!(
+                            err,
                             "recalled {name}: {} bytes from snapshot {} in {:.3} s",
                             d.bytes, d.snapshot, d.seconds
                         ),
-                        hsm::PathRecall::Resident => eprintln!("{name}: resident (not released)"),
+                        hsm::PathRecall::Resident => {
+                            writeln!(err, "{name}: resident (not released)")
+                        }
                         hsm::PathRecall::FilledOnOpen => {
-                            eprintln!("recalled {name}: by the fault-in handler watching it")
+                            writeln!(err, "recalled {name}: by the fault-in handler watching it")
                         }
-                        hsm::PathRecall::Failed(f) => {
-                            eprintln!("cbfs-tier: cannot recall {name}: {f}; the stub is as it was")
-                        }
-                    }
+                        hsm::PathRecall::Failed(f) => writeln!(
+                            err,
+                            "cbfs-tier: cannot recall {name}: {f}; the stub is as it was"
+                        ),
+                    };
                 }
+                let _ = err.flush();
             }
             if as_json {
                 let list: Vec<_> = results
@@ -1432,9 +1441,21 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     1
 }
 
+/// Raises the soft limit on open descriptors to the hard one: a recall
+/// holds a pass of stubs open at once (it sizes its passes by the limit).
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
 fn main() -> ExitCode {
     let cli: Cli = cbfs_cli::parse(Some("CBFS_TIER_CONFIG"));
     init_logging(cli.verbose);
+    raise_descriptor_limit();
     let as_json = cli.json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
