@@ -509,44 +509,25 @@ impl Engine<'_> {
         wanted: Option<&[ManifestEntry]>,
         lockboxes: &Lockboxes,
     ) {
-        let mut by_id: HashMap<MemberId, ([u8; 32], Slots)> = HashMap::new();
-        let mut by_hash: HashMap<[u8; 32], Vec<MemberId>> = HashMap::new();
-        for e in wanted.unwrap_or_default() {
-            by_id.insert(e.member, (e.sha256, e.slots));
-            by_hash.entry(e.sha256).or_default().push(e.member);
-        }
-        type ById = HashMap<MemberId, ([u8; 32], Slots)>;
-        let fail_rest = |engine: &mut Self, by_id: &ById, err: &Error| {
-            if wanted.is_some() {
-                let mut left: Vec<&MemberId> = by_id.keys().collect();
-                left.sort();
-                engine.fail_all(object, left, err);
-            } else {
-                engine
-                    .report
-                    .fail(Failure::new(object.to_owned(), None, err));
-            }
-        };
+        let mut scan = Scan::new(object, segment, wanted);
         if let Err(e) = reader.seek(SeekFrom::Start(0)) {
-            return fail_rest(self, &by_id, &Error::read(object.to_owned(), e));
+            return scan.fail_rest(self, &Error::read(object.to_owned(), e));
         }
         let mut sr = match SegmentReader::new(&mut *reader) {
             Ok(r) => r,
-            Err(e) => return fail_rest(self, &by_id, &Error::format(object.to_owned(), e)),
+            Err(e) => return scan.fail_rest(self, &Error::format(object.to_owned(), e)),
         };
         loop {
             let member = match sr.next_member() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) => {
-                    let err = Error::format(object.to_owned(), e);
-                    fail_rest(self, &by_id, &err);
-                    by_id.clear();
+                    scan.fail_rest(self, &Error::format(object.to_owned(), e));
                     break;
                 }
             };
             let info = member.info().clone();
-            let mut loc = Location {
+            let loc = Location {
                 key: key.to_owned(),
                 object: object.to_owned(),
                 segment,
@@ -558,92 +539,166 @@ impl Engine<'_> {
                 sha256: None,
                 via: None,
             };
-            match mode {
+            let read = match mode {
                 SegmentMode::Encrypted => {
-                    let id = info.member.expect("encrypted members have ids");
-                    let mut slots = None;
-                    if wanted.is_some() {
-                        match by_id.remove(&id) {
-                            Some((sha, live)) => {
-                                loc.sha256 = Some(sha);
-                                slots = Some(live);
-                            }
-                            None => continue,
-                        }
-                    }
-                    match member.open_files(&self.keys) {
-                        Ok(files) => self.found_slots(&files.entries, loc, slots),
-                        Err(
-                            e @ cbfs_format::Error::WrongKey {
-                                group: Some(group), ..
-                            },
-                        ) if self.keys.get(&group).is_none() => match lockboxes.access(&group) {
-                            Access::Skip(scope) => self.report.skip_scope(&scope),
-                            Access::Fail(f) => self.report.fail(Failure {
-                                member: loc.member_text(),
-                                ..f
-                            }),
-                            Access::Open => self
-                                .report
-                                .fail(loc.failure(&Error::format(object.to_owned(), e))),
-                        },
-                        Err(e) => self
-                            .report
-                            .fail(loc.failure(&Error::format(object.to_owned(), e))),
-                    }
+                    self.scan_encrypted(&mut scan, member, loc, lockboxes);
+                    Ok(())
                 }
-                SegmentMode::Plain => {
-                    let meta = member
-                        .plain_metadata()
-                        .cloned()
-                        .expect("plain members carry metadata");
-                    let mut hasher = Sha256::new();
-                    let mut raw = member.raw();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let hashed = loop {
-                        match raw.read(&mut buf) {
-                            Ok(0) => break Ok(()),
-                            Ok(n) => hasher.update(&buf[..n]),
-                            Err(e) => break Err(e),
-                        }
-                    };
-                    if let Err(e) = hashed {
-                        let err = Error::format(
-                            object.to_owned(),
-                            cbfs_format::Error::from_io(e, "reading a segment"),
-                        );
-                        fail_rest(self, &by_id, &err);
-                        by_id.clear();
-                        break;
-                    }
-                    let sha: [u8; 32] = hasher.finalize().into();
-                    if wanted.is_some() {
-                        let Some(id) = by_hash.get_mut(&sha).and_then(Vec::pop) else {
-                            continue;
-                        };
-                        by_id.remove(&id);
-                        loc.member = Some(id);
-                        loc.sha256 = Some(sha);
-                    }
-                    self.found(&meta, loc, 0);
+                SegmentMode::Plain => self.scan_plain(&mut scan, member, loc),
+            };
+            if let Err(e) = read {
+                scan.fail_rest(self, &e);
+                break;
+            }
+        }
+        scan.missing(self);
+    }
+
+    /// One member of an encrypted segment found by a scan: its files
+    /// planned, or why not.
+    fn scan_encrypted<R: std::io::Read + Send>(
+        &mut self,
+        scan: &mut Scan<'_>,
+        member: cbfs_format::SegmentMember<'_, R>,
+        mut loc: Location,
+        lockboxes: &Lockboxes,
+    ) {
+        let id = loc.member.expect("encrypted members have ids");
+        let mut slots = None;
+        if scan.wanted {
+            let Some((sha, live)) = scan.by_id.remove(&id) else {
+                return;
+            };
+            loc.sha256 = Some(sha);
+            slots = Some(live);
+        }
+        let object = scan.object;
+        match member.open_files(&self.keys) {
+            Ok(files) => self.found_slots(&files.entries, loc, slots),
+            Err(
+                e @ cbfs_format::Error::WrongKey {
+                    group: Some(group), ..
+                },
+            ) if self.keys.get(&group).is_none() => match lockboxes.access(&group) {
+                Access::Skip(scope) => self.report.skip_scope(&scope),
+                Access::Fail(f) => self.report.fail(Failure {
+                    member: loc.member_text(),
+                    ..f
+                }),
+                Access::Open => self
+                    .report
+                    .fail(loc.failure(&Error::format(object.to_owned(), e))),
+            },
+            Err(e) => self
+                .report
+                .fail(loc.failure(&Error::format(object.to_owned(), e))),
+        }
+    }
+
+    /// One member of a plain segment found by a scan: hashed (a plain
+    /// member has no id: the manifest's SHA-256 names it) and planned. An
+    /// error reading it ends the scan.
+    fn scan_plain<R: std::io::Read>(
+        &mut self,
+        scan: &mut Scan<'_>,
+        member: cbfs_format::SegmentMember<'_, R>,
+        mut loc: Location,
+    ) -> Result<(), Error> {
+        let meta = member
+            .plain_metadata()
+            .cloned()
+            .expect("plain members carry metadata");
+        let mut hasher = Sha256::new();
+        let mut raw = member.raw();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match raw.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) => {
+                    return Err(Error::format(
+                        scan.object.to_owned(),
+                        cbfs_format::Error::from_io(e, "reading a segment"),
+                    ));
                 }
             }
         }
-        if !by_id.is_empty() {
-            let mut left: Vec<MemberId> = by_id.into_keys().collect();
+        let sha: [u8; 32] = hasher.finalize().into();
+        if scan.wanted {
+            let Some(id) = scan.by_hash.get_mut(&sha).and_then(Vec::pop) else {
+                return Ok(());
+            };
+            scan.by_id.remove(&id);
+            loc.member = Some(id);
+            loc.sha256 = Some(sha);
+        }
+        self.found(&meta, loc, 0);
+        Ok(())
+    }
+}
+
+/// What a scan of one segment still looks for.
+struct Scan<'a> {
+    object: &'a str,
+    segment: SegmentId,
+    /// Only the members of the snapshot are wanted (else every one is).
+    wanted: bool,
+    /// The wanted members not found yet: their SHA-256 and live slots.
+    by_id: HashMap<MemberId, ([u8; 32], Slots)>,
+    /// The same by SHA-256 (plain members have no id).
+    by_hash: HashMap<[u8; 32], Vec<MemberId>>,
+}
+
+impl<'a> Scan<'a> {
+    fn new(object: &'a str, segment: SegmentId, wanted: Option<&[ManifestEntry]>) -> Self {
+        let mut by_id = HashMap::new();
+        let mut by_hash: HashMap<[u8; 32], Vec<MemberId>> = HashMap::new();
+        for e in wanted.unwrap_or_default() {
+            by_id.insert(e.member, (e.sha256, e.slots));
+            by_hash.entry(e.sha256).or_default().push(e.member);
+        }
+        Scan {
+            object,
+            segment,
+            wanted: wanted.is_some(),
+            by_id,
+            by_hash,
+        }
+    }
+
+    /// The scan cannot go on: every wanted member not found yet fails with
+    /// `err` (or the segment does, when every member was wanted).
+    fn fail_rest(&mut self, engine: &mut Engine<'_>, err: &Error) {
+        if self.wanted {
+            let mut left: Vec<&MemberId> = self.by_id.keys().collect();
             left.sort();
-            for id in left {
-                let e = Error::format(
-                    object.to_owned(),
-                    cbfs_format::Error::Tar {
-                        segment: Some(segment),
-                        offset: 0,
-                        reason: format!("member {id} of the snapshot is not in the segment"),
-                    },
-                );
-                self.report
-                    .fail(Failure::new(object.to_owned(), Some(id.to_string()), &e));
-            }
+            engine.fail_all(self.object, left, err);
+        } else {
+            engine
+                .report
+                .fail(Failure::new(self.object.to_owned(), None, err));
+        }
+        self.by_id.clear();
+    }
+
+    /// At the end of the segment: each wanted member not in it fails.
+    fn missing(self, engine: &mut Engine<'_>) {
+        let mut left: Vec<MemberId> = self.by_id.into_keys().collect();
+        left.sort();
+        for id in left {
+            let e = Error::format(
+                self.object.to_owned(),
+                cbfs_format::Error::Tar {
+                    segment: Some(self.segment),
+                    offset: 0,
+                    reason: format!("member {id} of the snapshot is not in the segment"),
+                },
+            );
+            engine.report.fail(Failure::new(
+                self.object.to_owned(),
+                Some(id.to_string()),
+                &e,
+            ));
         }
     }
 }

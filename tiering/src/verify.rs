@@ -137,58 +137,8 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
             ),
         });
     }
-    // Where each member of a kept snapshot is: where its manifest says,
-    // or where relocation records moved it.
-    let relocations = Relocations::load(&source)
-        .map_err(|e| restore_error("cannot list the relocation records", e))?;
-    let mut referenced: BTreeMap<SegmentId, BTreeMap<MemberId, [u8; 32]>> = BTreeMap::new();
-    let mut relocated: BTreeSet<(SegmentId, MemberId)> = BTreeSet::new();
-    let mut places: BTreeMap<(SegmentId, MemberId), (cbfs_format::SummaryEntry, String)> =
-        BTreeMap::new();
-    for s in &snaps {
-        for e in s.manifest().entries() {
-            let moved = if relocations.moves_out_of(&e.segment) {
-                relocations.locate(&source, e)
-            } else {
-                None
-            };
-            if let Some(moved) = moved {
-                let at = moved.segment;
-                relocated.insert((e.segment, e.member));
-                let via = moved.via.last().cloned().unwrap_or_default();
-                places.insert((at, e.member), (moved.entry, via));
-                referenced.entry(at).or_default().insert(e.member, e.sha256);
-            } else {
-                referenced
-                    .entry(e.segment)
-                    .or_default()
-                    .insert(e.member, e.sha256);
-            }
-        }
-    }
-    report.relocated_members = relocated.len() as u64;
-    for (object, error) in relocations.problems() {
-        problems.push(Problem {
-            object,
-            error: format!("relocation record not used: {error}"),
-        });
-    }
-    for key in source
-        .list(layout::COLLECTIONS)
-        .map_err(|e| restore_error("cannot list the collection records", e))?
-    {
-        match source
-            .get(&key)
-            .map_err(|e| e.to_string())
-            .and_then(|b| Collection::from_bytes(&b).map_err(|e| e.to_string()))
-        {
-            Ok(_) => report.pending_collections.push(key),
-            Err(e) => problems.push(Problem {
-                object: key,
-                error: format!("not a collection record: {e}"),
-            }),
-        }
-    }
+    let placed = Placed::of(&source, &snaps, &mut report, &mut problems)?;
+    check_collections(&source, &mut report, &mut problems)?;
     let existing: BTreeSet<SegmentId> = source
         .list(layout::SEGMENTS)
         .map_err(|e| restore_error("cannot list the segments", e))?
@@ -211,9 +161,9 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
     }
     report.unreferenced_segments = existing
         .iter()
-        .filter(|s| !referenced.contains_key(s))
+        .filter(|s| !placed.referenced.contains_key(s))
         .count() as u64;
-    for (segment, members) in &referenced {
+    for (segment, members) in &placed.referenced {
         report.members += members.len() as u64;
         check_segment(
             &source,
@@ -224,52 +174,11 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
             &mut problems,
         );
     }
-    // A relocation record must put each member where the new segment's
-    // summary has it.
-    let mut summaries: BTreeMap<SegmentId, Option<Summary>> = BTreeMap::new();
-    for ((at, member), (place, via)) in &places {
-        let summary = summaries.entry(*at).or_insert_with(|| {
-            source
-                .get(&layout::summary(at))
-                .ok()
-                .and_then(|b| Summary::from_bytes(&b).ok())
-        });
-        if let Some(s) = summary
-            && s.entry(member) != Some(place)
-        {
-            problems.push(Problem {
-                object: via.clone(),
-                error: format!(
-                    "it moves member {member} to a place in segment {at} where the segment's summary does not have it"
-                ),
-            });
-        }
-    }
+    placed.check_relocated(&source, &mut problems);
     report.reclaimable_bytes = report.segment_bytes.saturating_sub(report.live_bytes);
     if req.read_data {
         let seed = seed.as_ref().expect("checked above");
-        let opener = identify(copy(seed), &t.keyset).ok_or_else(|| {
-            Error::Usage(
-                "--read-data needs the root secret or a scope secret of this file system".into(),
-            )
-        })?;
-        for s in &snaps {
-            let r = cbfs_restore::restore(
-                &source,
-                s,
-                &opener,
-                &RestoreOptions::default(),
-                &mut DiscardSink,
-            )
-            .map_err(|e| restore_error(s.key(), e))?;
-            report.decrypted += r.restored_entries;
-            for f in r.failures {
-                problems.push(Problem {
-                    object: f.object.clone(),
-                    error: format!("member {}: {}", f.member.unwrap_or_default(), f.error),
-                });
-            }
-        }
+        read_data(&source, &t.keyset, seed, &snaps, &mut report, &mut problems)?;
     } else {
         report.not_proven.push(
             "that the lockboxes' sealed group keys and the members' encrypted contents decrypt: a keyless check proves their structure and hashes only (run with --read-data --identity KEY)".into(),
@@ -285,6 +194,142 @@ fn verify_blocking(req: &VerifyRequest, rt: tokio::runtime::Handle) -> Result<Ve
     problems.dedup_by(|a, b| a.object == b.object && a.error == b.error);
     report.problems = problems;
     Ok(report)
+}
+
+/// Where each member of the kept snapshots is: where its manifest says, or
+/// where relocation records moved it.
+struct Placed {
+    /// By segment: its members the snapshots name, with their SHA-256.
+    referenced: BTreeMap<SegmentId, BTreeMap<MemberId, [u8; 32]>>,
+    /// Relocated members: where the record puts them, and which record.
+    places: BTreeMap<(SegmentId, MemberId), (cbfs_format::SummaryEntry, String)>,
+}
+
+impl Placed {
+    fn of(
+        source: &StoreSource,
+        snaps: &[cbfs_restore::Snapshot],
+        report: &mut VerifyReport,
+        problems: &mut Vec<Problem>,
+    ) -> Result<Placed> {
+        let relocations = Relocations::load(source)
+            .map_err(|e| restore_error("cannot list the relocation records", e))?;
+        let mut referenced: BTreeMap<SegmentId, BTreeMap<MemberId, [u8; 32]>> = BTreeMap::new();
+        let mut relocated: BTreeSet<(SegmentId, MemberId)> = BTreeSet::new();
+        let mut places = BTreeMap::new();
+        for s in snaps {
+            for e in s.manifest().entries() {
+                let moved = if relocations.moves_out_of(&e.segment) {
+                    relocations.locate(source, e)
+                } else {
+                    None
+                };
+                if let Some(moved) = moved {
+                    let at = moved.segment;
+                    relocated.insert((e.segment, e.member));
+                    let via = moved.via.last().cloned().unwrap_or_default();
+                    places.insert((at, e.member), (moved.entry, via));
+                    referenced.entry(at).or_default().insert(e.member, e.sha256);
+                } else {
+                    referenced
+                        .entry(e.segment)
+                        .or_default()
+                        .insert(e.member, e.sha256);
+                }
+            }
+        }
+        report.relocated_members = relocated.len() as u64;
+        for (object, error) in relocations.problems() {
+            problems.push(Problem {
+                object,
+                error: format!("relocation record not used: {error}"),
+            });
+        }
+        Ok(Placed { referenced, places })
+    }
+
+    /// A relocation record must put each member where the new segment's
+    /// summary has it.
+    fn check_relocated(&self, source: &StoreSource, problems: &mut Vec<Problem>) {
+        let mut summaries: BTreeMap<SegmentId, Option<Summary>> = BTreeMap::new();
+        for ((at, member), (place, via)) in &self.places {
+            let summary = summaries.entry(*at).or_insert_with(|| {
+                source
+                    .get(&layout::summary(at))
+                    .ok()
+                    .and_then(|b| Summary::from_bytes(&b).ok())
+            });
+            if let Some(s) = summary
+                && s.entry(member) != Some(place)
+            {
+                problems.push(Problem {
+                    object: via.clone(),
+                    error: format!(
+                        "it moves member {member} to a place in segment {at} where the segment's summary does not have it"
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// The collector's pending collection records: listed, and each one read.
+fn check_collections(
+    source: &StoreSource,
+    report: &mut VerifyReport,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    for key in source
+        .list(layout::COLLECTIONS)
+        .map_err(|e| restore_error("cannot list the collection records", e))?
+    {
+        match source
+            .get(&key)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Collection::from_bytes(&b).map_err(|e| e.to_string()))
+        {
+            Ok(_) => report.pending_collections.push(key),
+            Err(e) => problems.push(Problem {
+                object: key,
+                error: format!("not a collection record: {e}"),
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// `--read-data`: every kept snapshot decrypted and checked, to nowhere.
+fn read_data(
+    source: &StoreSource,
+    keyset: &cbfs_core::Keyset,
+    seed: &Seed,
+    snaps: &[cbfs_restore::Snapshot],
+    report: &mut VerifyReport,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    let opener = identify(copy(seed), keyset).ok_or_else(|| {
+        Error::Usage(
+            "--read-data needs the root secret or a scope secret of this file system".into(),
+        )
+    })?;
+    for s in snaps {
+        let r = cbfs_restore::restore(
+            source,
+            s,
+            &opener,
+            &RestoreOptions::default(),
+            &mut DiscardSink,
+        )
+        .map_err(|e| restore_error(s.key(), e))?;
+        report.decrypted += r.restored_entries;
+        for f in r.failures {
+            problems.push(Problem {
+                object: f.object.clone(),
+                error: format!("member {}: {}", f.member.unwrap_or_default(), f.error),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_segment(

@@ -23,42 +23,19 @@ const QUEUE_BATCH_BYTES: u64 = 4 << 20;
 /// Walks the tree and stores every new or changed entry. Returns the
 /// indexed paths that are gone from the tree.
 pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Result<Vec<Vec<u8>>> {
-    let (agent, opts) = (shared.agent, shared.opts);
-    // The first name of each multiply linked inode, per scope: a link group
-    // that crosses scopes is stored as one file per scope, so that no name
-    // of one scope is written into another's metadata.
-    let mut first_link: HashMap<(u64, u64, cbfs_core::ScopeLabel), Vec<u8>> = HashMap::new();
-    let mut cursor = agent.index.paths_cursor_below(opts.prefix.as_deref());
-    // The walk's paths are relative to the tree; in the index they carry
-    // the prefix.
-    let named = |rel: Vec<u8>| -> Vec<u8> {
-        match &opts.prefix {
-            None => rel,
-            Some(p) => {
-                let mut full = Vec::with_capacity(p.len() + 1 + rel.len());
-                full.extend_from_slice(p);
-                full.push(b'/');
-                full.extend_from_slice(&rel);
-                full
-            }
-        }
-    };
+    let opts = shared.opts;
     let cancelled = || {
         opts.cancel
             .as_ref()
             .is_some_and(|c| c.load(Ordering::SeqCst))
     };
-    let mut gone: Vec<Vec<u8>> = Vec::new();
-    // A directory that cannot be listed keeps everything below it: the
-    // prefixes `dir/` whose region the walk has not passed yet.
-    let mut keep_below: Vec<Vec<u8>> = Vec::new();
-    let mut walk_error = None;
     let (batches, received) = mpsc::sync_channel::<Vec<Walked>>(16);
     let source = &opts.source;
     let tree = shared
         .tree
         .as_ref()
         .ok_or_else(|| crate::error::Error::Usage("no source tree to walk".into()))?;
+    let mut walk = Walk::new(shared);
     let queue = WorkQueue::default();
     let stored = std::thread::scope(|s| {
         // However the scan ends (a panic included), the workers are told.
@@ -70,113 +47,24 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
             });
         });
         let mut dispatch = Dispatch::new(s, shared, &queue);
-        for mut items in received {
+        for items in received {
             if cancelled() {
                 shared.stop.store(true, Ordering::SeqCst);
             }
-            if walk_error.is_some() || shared.stop.load(Ordering::SeqCst) {
+            if walk.error.is_some() || shared.stop.load(Ordering::SeqCst) {
                 continue;
             }
-            if opts.prefix.is_some() {
-                for item in &mut items {
-                    match item {
-                        Walked::Entry(e) => e.rel = named(std::mem::take(&mut e.rel)),
-                        Walked::Problem(p) => p.rel = p.rel.take().map(named),
-                    }
+            match walk.batch(items, report) {
+                Ok(changed) => dispatch.hand_over(changed),
+                Err(e) => {
+                    walk.error = Some(e);
+                    shared.stop.store(true, Ordering::SeqCst);
                 }
             }
-            let paths: Vec<&[u8]> = items
-                .iter()
-                .filter_map(|w| match w {
-                    Walked::Entry(e) => Some(e.rel.as_slice()),
-                    Walked::Problem(_) => None,
-                })
-                .collect();
-            let records = match agent.index.files(&paths) {
-                Ok(r) => r,
-                Err(e) => {
-                    walk_error = Some(e);
-                    shared.stop.store(true, Ordering::SeqCst);
-                    continue;
-                }
-            };
-            drop(paths);
-            let mut records = records.into_iter();
-            let mut changed = Vec::new();
-            // In walk order: the cursor must not pass an entry before its turn.
-            for item in items {
-                let (rel, entry) = match item {
-                    Walked::Entry(e) => (e.rel.clone(), Some(e)),
-                    Walked::Problem(p) => {
-                        let rel = p.rel.clone();
-                        shared.problems.lock().expect("problems lock").push(p);
-                        // What it is about is kept as the index has it.
-                        let Some(rel) = rel else { continue };
-                        (rel, None)
-                    }
-                };
-                let moved = cursor.advance_to(&rel, |path| {
-                    if !keep_below.iter().any(|k| path.starts_with(k)) {
-                        gone.push(path.to_vec());
-                    }
-                });
-                if let Err(e) = moved {
-                    walk_error = Some(e);
-                    shared.stop.store(true, Ordering::SeqCst);
-                    break;
-                }
-                // Past a kept region: nothing below that prefix comes any more.
-                keep_below.retain(|k| rel.starts_with(k) || rel.as_slice() < k.as_slice());
-                let Some(entry) = entry else {
-                    let mut below = rel;
-                    below.push(b'/');
-                    keep_below.push(below);
-                    continue;
-                };
-                let stored = records.next().expect("a record per entry");
-                report.scanned += 1;
-                let st = entry.stat;
-                let scope = if st.file_type() == libc::S_IFDIR {
-                    opts.rules.scope_of_dir(&entry.rel)
-                } else {
-                    opts.rules.scope_of(&entry.rel)
-                };
-                let hardlink_to = if st.nlink > 1 && st.file_type() != libc::S_IFDIR {
-                    match first_link.get(&(st.dev, st.ino, scope.clone())) {
-                        Some(first) => Some(first.clone()),
-                        None => {
-                            first_link.insert((st.dev, st.ino, scope.clone()), entry.rel.clone());
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
-                if unchanged(opts, stored.as_ref(), &st, &scope, hardlink_to.as_deref()) {
-                    report.unchanged += 1;
-                } else {
-                    changed.push(Work {
-                        entry,
-                        scope,
-                        hardlink_to,
-                        pushed: None,
-                    });
-                }
-            }
-            // Stubs are never archived; flagged files stay out.
-            let changed = match super::stubs::screen(shared, changed, report) {
-                Ok(c) => c,
-                Err(e) => {
-                    walk_error = Some(e);
-                    shared.stop.store(true, Ordering::SeqCst);
-                    continue;
-                }
-            };
-            dispatch.hand_over(changed);
         }
         dispatch.finish()
     });
-    if let Some(e) = walk_error {
+    if let Some(e) = walk.error {
         return Err(e);
     }
     stored?;
@@ -189,12 +77,158 @@ pub(crate) fn store_changes(shared: &Shared<'_>, report: &mut OutReport) -> Resu
             crate::error::Error::Usage("the run stopped early".into())
         });
     }
+    let Walk {
+        mut cursor,
+        mut gone,
+        keep_below,
+        ..
+    } = walk;
     cursor.rest(|path| {
         if !keep_below.iter().any(|k| path.starts_with(k)) {
             gone.push(path.to_vec());
         }
     })?;
     Ok(gone)
+}
+
+/// The walk's side of a run: the index cursor that moves along with it
+/// (both are in path byte order) and what it has found so far.
+struct Walk<'s, 'r> {
+    shared: &'s Shared<'r>,
+    cursor: crate::index::PathCursor<'s>,
+    /// The first name of each multiply linked inode, per scope: a link
+    /// group that crosses scopes is stored as one file per scope, so that
+    /// no name of one scope is written into another's metadata.
+    first_link: HashMap<(u64, u64, cbfs_core::ScopeLabel), Vec<u8>>,
+    /// Indexed paths gone from the tree.
+    gone: Vec<Vec<u8>>,
+    /// A directory that cannot be listed keeps everything below it: the
+    /// prefixes `dir/` whose region the walk has not passed yet.
+    keep_below: Vec<Vec<u8>>,
+    error: Option<crate::error::Error>,
+}
+
+impl<'s, 'r> Walk<'s, 'r> {
+    fn new(shared: &'s Shared<'r>) -> Self {
+        Walk {
+            shared,
+            cursor: shared
+                .agent
+                .index
+                .paths_cursor_below(shared.opts.prefix.as_deref()),
+            first_link: HashMap::new(),
+            gone: Vec::new(),
+            keep_below: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// The walk's paths are relative to the tree; in the index they carry
+    /// the prefix.
+    fn named(&self, rel: Vec<u8>) -> Vec<u8> {
+        match &self.shared.opts.prefix {
+            None => rel,
+            Some(p) => {
+                let mut full = Vec::with_capacity(p.len() + 1 + rel.len());
+                full.extend_from_slice(p);
+                full.push(b'/');
+                full.extend_from_slice(&rel);
+                full
+            }
+        }
+    }
+
+    /// One batch of the walk against the index: what changed (stubs and
+    /// flagged files taken out), with what is gone noted on the way.
+    fn batch(&mut self, mut items: Vec<Walked>, report: &mut OutReport) -> Result<Vec<Work>> {
+        let shared = self.shared;
+        if shared.opts.prefix.is_some() {
+            for item in &mut items {
+                match item {
+                    Walked::Entry(e) => e.rel = self.named(std::mem::take(&mut e.rel)),
+                    Walked::Problem(p) => p.rel = p.rel.take().map(|r| self.named(r)),
+                }
+            }
+        }
+        let paths: Vec<&[u8]> = items
+            .iter()
+            .filter_map(|w| match w {
+                Walked::Entry(e) => Some(e.rel.as_slice()),
+                Walked::Problem(_) => None,
+            })
+            .collect();
+        let mut records = shared.agent.index.files(&paths)?.into_iter();
+        let mut changed = Vec::new();
+        // In walk order: the cursor must not pass an entry before its turn.
+        for item in items {
+            let (rel, entry) = match item {
+                Walked::Entry(e) => (e.rel.clone(), Some(e)),
+                Walked::Problem(p) => {
+                    let rel = p.rel.clone();
+                    shared.problems.lock().expect("problems lock").push(p);
+                    // What it is about is kept as the index has it.
+                    let Some(rel) = rel else { continue };
+                    (rel, None)
+                }
+            };
+            let (gone, keep_below) = (&mut self.gone, &self.keep_below);
+            self.cursor.advance_to(&rel, |path| {
+                if !keep_below.iter().any(|k| path.starts_with(k)) {
+                    gone.push(path.to_vec());
+                }
+            })?;
+            // Past a kept region: nothing below that prefix comes any more.
+            self.keep_below
+                .retain(|k| rel.starts_with(k) || rel.as_slice() < k.as_slice());
+            let Some(entry) = entry else {
+                let mut below = rel;
+                below.push(b'/');
+                self.keep_below.push(below);
+                continue;
+            };
+            let stored = records.next().expect("a record per entry");
+            report.scanned += 1;
+            if let Some(work) = self.compare(entry, stored.as_ref()) {
+                changed.push(work);
+            } else {
+                report.unchanged += 1;
+            }
+        }
+        // Stubs are never archived; flagged files stay out.
+        super::stubs::screen(shared, changed, report)
+    }
+
+    /// The entry as work to store, or `None` if the index holds it as it is.
+    fn compare(&mut self, entry: scan::Entry, stored: Option<&FileRecord>) -> Option<Work> {
+        let opts = self.shared.opts;
+        let st = entry.stat;
+        let scope = if st.file_type() == libc::S_IFDIR {
+            opts.rules.scope_of_dir(&entry.rel)
+        } else {
+            opts.rules.scope_of(&entry.rel)
+        };
+        let hardlink_to = if st.nlink > 1 && st.file_type() != libc::S_IFDIR {
+            match self.first_link.get(&(st.dev, st.ino, scope.clone())) {
+                Some(first) => Some(first.clone()),
+                None => {
+                    self.first_link
+                        .insert((st.dev, st.ino, scope.clone()), entry.rel.clone());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if unchanged(opts, stored, &st, &scope, hardlink_to.as_deref()) {
+            return None;
+        }
+        Some(Work {
+            entry,
+            scope,
+            hardlink_to,
+            pushed: None,
+        })
+    }
 }
 
 /// Whether an entry is what the index holds of its path: then it is not
