@@ -132,7 +132,10 @@ class Bench:
         os.makedirs(self.scratch, exist_ok=True)
         self.keys = os.path.join(self.work, "keys")
         self.only = args.rows
-        self.env = {"RESTIC_PASSWORD": "cbfs-bench", "RUST_LOG": "error"}
+        self.env = {"RESTIC_PASSWORD": "cbfs-bench", "RUSTIC_PASSWORD": "cbfs-bench",
+                    "BORG_PASSPHRASE": "cbfs-bench", "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+                    "BORG_BASE_DIR": os.path.join(self.work, "borg-home"), "RUST_LOG": "error"}
+        self.rustic = shutil.which("rustic")
 
     def b(self, name):
         return os.path.join(self.bin, name)
@@ -193,6 +196,56 @@ class Bench:
                        f"tar -C {src} -cf - . | zstd -q -3 | age -r {self.age_recipient} -o {tarball}",
                        self.runs, prepare=lambda: rm(tarball))
         return restic, du(repo), pipe, du(tarball)
+
+    def more_peers_backup(self, kind):
+        """borg (repokey encryption, zstd level 3) and rustic (restic's
+        format, its default compression) backing up the same tree: [(name,
+        sample, stored bytes)]."""
+        src = self.p(kind)
+        env = {**os.environ, **self.env}
+        out = []
+        borg_repo = self.p(f"borg-{kind}")
+
+        def borg_init():
+            rm(borg_repo)
+            sh(["borg", "init", "--encryption=repokey-blake2", borg_repo], env=env)
+
+        borg = measure(f"borg create {kind}", ["borg", "create", "--compression", "zstd,3",
+                                               f"{borg_repo}::bench", "."],
+                       self.runs, prepare=borg_init, env=self.env, cwd=src)
+        out.append(("borg create (zstd 3, repokey)", borg, du(borg_repo)))
+        if self.rustic:
+            rustic_repo = self.p(f"rustic-{kind}")
+
+            def rustic_init():
+                rm(rustic_repo)
+                sh([self.rustic, "--no-progress", "-r", rustic_repo, "init"], env=env)
+
+            rustic = measure(f"rustic backup {kind}", [self.rustic, "--no-progress", "-r", rustic_repo,
+                                                       "backup", "."],
+                             self.runs, prepare=rustic_init, env=self.env, cwd=src)
+            out.append(("rustic backup", rustic, du(rustic_repo)))
+        return out
+
+    def more_peers_restore(self, kind, dest):
+        """borg extract and rustic restore of what more_peers_backup stored."""
+        out = []
+
+        def mkdest():
+            rm(dest)
+            os.makedirs(dest)
+
+        borg = measure(f"borg extract {kind}", ["borg", "extract", f"{self.p(f'borg-{kind}')}::bench"],
+                       self.runs, prepare=mkdest, env=self.env, cwd=dest)
+        self.check_same(kind, dest)
+        out.append(("borg extract", borg))
+        if self.rustic:
+            rustic = measure(f"rustic restore {kind}", [self.rustic, "--no-progress", "-r",
+                                                        self.p(f"rustic-{kind}"), "restore", "latest", dest],
+                             self.runs, prepare=lambda: rm(dest), env=self.env)
+            self.check_same(kind, dest)
+            out.append(("rustic restore", rustic))
+        return out
 
     def cbfs_out(self, kind, incremental=False):
         """Full runs of `cbfs-tier out`; for small, each followed by an
@@ -613,6 +666,7 @@ class Bench:
         self.row("tier out, small", "cbfs-tier out", cbfs_s, small, cbfs_s_stored)
         self.row("tier out, small", "restic backup", restic_s, small, restic_s_stored, r1, ">= 3x restic", r1 >= 3)
         self.row("tier out, small", "tar \\| zstd -3 \\| age", pipe_s, small, pipe_s_stored, r2, ">= 1.5x tar\\|zstd\\|age", r2 >= 1.5)
+        self.peer_rows("tier out, small", cbfs_s, small, self.more_peers_backup("small"))
 
         # tier out, large, and the limit
         cbfs_l, cbfs_l_stored, _ = self.cbfs_out("large")
@@ -624,6 +678,7 @@ class Bench:
         self.row("tier out, large", "tar \\| zstd -3 \\| age", pipe_l, large, pipe_l_stored, pipe_l.wall / cbfs_l.wall)
         self.row("tier out, large", "limit: zstd-3 + AEAD in process", Sample(limit_l, None, None), large, None, r,
                  ">= 85% of the limit", r >= 0.85, "ratio = limit time / cbfs time")
+        self.peer_rows("tier out, large", cbfs_l, large, self.more_peers_backup("large"))
 
         # restores
         for kind, size in (("small", small), ("large", large)):
@@ -635,6 +690,10 @@ class Bench:
             self.row(f"user restore, {kind}", "restic restore", restic, size, None, rr,
                      ">= 3x restic" if kind == "small" else None, (rr >= 3) if kind == "small" else None)
             self.row(f"user restore, {kind}", "age -d \\| zstd -d \\| tar -x", pipe, size, None, pipe.wall / user.wall)
+            dest = os.path.join(self.scratch, f"restore-{kind}")
+            self.peer_rows(f"user restore, {kind}", user, size,
+                           [(name, sample, None) for name, sample in self.more_peers_restore(kind, dest)])
+            rm(dest)
             rt = age_zstd.wall / recover.wall
             self.row(f"recover to tar, {kind}", "cbfs-recover -o FILE.tar", recover, size)
             self.row(f"recover to tar, {kind}", "age -d \\| zstd -d > FILE.tar", age_zstd, size, None, rt,
@@ -674,6 +733,13 @@ class Bench:
 
         self.key_rows(cbfs_s, small)
         self.other_rows()
+
+    def peer_rows(self, row, cbfs, size, peers):
+        """Rows of borg and rustic beside cbfs: ratio = peer time / cbfs
+        time, and cbfs is to be ahead of each (>= 1x)."""
+        for name, sample, stored in peers:
+            ratio = sample.wall / cbfs.wall
+            self.row(row, name, sample, size, stored, ratio, ">= 1x (cbfs ahead)", ratio >= 1.0)
 
     def key_rows(self, cbfs_s, small):
         """Rotation, re-keying and the collector: the rows of key lifetimes
@@ -793,7 +859,9 @@ class Bench:
             f"- CPU: {cpu}, {os.cpu_count()} cores; RAM {mem:.0f} GiB; {platform.system()} {platform.release()}",
             f"- Work folder file system: {fs} (datasets, stores and restic repositories on the same disk); "
             f"restores write to {self.scratch} (tmpfs)",
-            f"- Peers: {version(['restic', 'version'])}; age {version(['age', '--version'])}; "
+            f"- Peers: {version(['restic', 'version'])}; {version(['borg', '--version'])}; "
+            f"{version([self.rustic, '--version']) if self.rustic else 'rustic not installed'}; "
+            f"age {version(['age', '--version'])}; "
             f"{version(['zstd', '--version'])}; {version(['tar', '--version'])}",
             f"- {version(['rustc', '--version'])}; cbfs release build",
             f"- Datasets: small {self.data['small']['files']} files, {self.data['small']['bytes'] / 1e6:.0f} MB; "
