@@ -22,7 +22,7 @@ use serde::Serialize;
 use tempfile::NamedTempFile;
 
 use crate::crash::{CrashPoint, TestHooks};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_full};
 use crate::lease::Held;
 use crate::mark::Mark;
 
@@ -85,13 +85,22 @@ fn spool_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::local("cannot write the segment spool", path, e)
 }
 
+/// An error of the writer of new segment `id` (spooled at `path`): its
+/// writes to the spool are the local disk's (a full disk is exit 7), the
+/// rest the segment's.
+fn writer_err(id: SegmentId, path: &Path) -> impl Fn(cbfs_format::Error) -> Error + '_ {
+    move |e| match e {
+        cbfs_format::Error::Io { source, .. } => spool_err(path)(source),
+        e => Error::format(format!("new segment {id}"), e),
+    }
+}
+
 impl Compactor<'_> {
     fn start(&self, mode: SegmentMode) -> Result<Filling> {
         let id = SegmentId::random();
         let spool = NamedTempFile::new_in(self.spool_dir).map_err(spool_err(self.spool_dir))?;
         let file = spool.reopen().map_err(spool_err(spool.path()))?;
-        let writer = SegmentWriter::new(file, id, mode)
-            .map_err(|e| Error::format(format!("new segment {id}"), e))?;
+        let writer = SegmentWriter::new(file, id, mode).map_err(writer_err(id, spool.path()))?;
         Ok(Filling {
             id,
             spool,
@@ -118,9 +127,7 @@ impl Compactor<'_> {
             moved,
             groups,
         } = f;
-        let (mut file, summary) = writer
-            .finish()
-            .map_err(|e| Error::format(format!("new segment {id}"), e))?;
+        let (mut file, summary) = writer.finish().map_err(writer_err(id, spool.path()))?;
         file.set_len(summary.segment_len())
             .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()))
             .and_then(|()| file.sync_all())
@@ -220,6 +227,11 @@ impl Compactor<'_> {
                             f.groups.insert(g, v.segment);
                         }
                         f.moved.entry(v.segment).or_default().push(placed);
+                    }
+                    // A full spool is no fault of the member: the run
+                    // stops (what it published stands, as after a crash).
+                    Err(cbfs_format::Error::Io { source, .. }) if is_full(&source) => {
+                        return Err(spool_err(f.spool.path())(source));
                     }
                     Err(err) => {
                         self.failed.insert(v.segment);

@@ -88,10 +88,13 @@ impl Error {
         }
     }
 
-    /// Whether a local disk is full.
+    /// Whether a local disk is full: the spool's, or a local store's.
     pub fn is_resource(&self) -> bool {
-        matches!(self, Error::Local { source, .. }
-            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+        match self {
+            Error::Local { source, .. } => is_full(source),
+            Error::Store(e) => e.is_resource(),
+            _ => false,
+        }
     }
 
     pub(crate) fn restore(context: impl Into<String>, cause: cbfs_restore::Error) -> Self {
@@ -119,6 +122,14 @@ impl Error {
             source,
         }
     }
+}
+
+/// Whether an I/O error is a full disk or an exhausted quota.
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Who holds the collector's lease.

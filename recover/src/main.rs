@@ -364,7 +364,7 @@ fn run(cli: Cli) -> Result<u8, Failed> {
     {
         eprintln!("cbfs-recover: warning: cannot update the trust records: {e}");
     }
-    let code = exit_code(&report);
+    let code = report.exit_code();
     print_report(&cli, &report, opener.as_ref(), &output, code);
     Ok(code)
 }
@@ -454,18 +454,6 @@ fn finish_output(
             .map_err(fail(1))?;
     }
     Ok(report)
-}
-
-/// 0 complete; 5 when every failure was the store being unavailable
-/// (retry); 3 partial otherwise.
-fn exit_code(report: &Report) -> u8 {
-    if report.is_complete() {
-        0
-    } else if report.failures.iter().all(|f| f.code == "unavailable") {
-        5
-    } else {
-        3
-    }
 }
 
 fn path_filter(paths: &[PathBuf]) -> anyhow::Result<PathFilter> {

@@ -188,6 +188,17 @@ pub enum Error {
     Usage(String),
 }
 
+/// The [`Error::code`] of an output whose disk is full.
+pub(crate) const NO_SPACE: &str = "no_space";
+
+/// Whether an I/O error is a full disk or an exhausted quota.
+fn is_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 impl Error {
     /// A stable snake_case name for the error class, used in `--json` output.
     /// Errors from `cbfs-format` keep that crate's codes (`payload_auth`, ...).
@@ -196,6 +207,7 @@ impl Error {
             Error::Missing { .. } => "missing_object",
             Error::Unavailable { .. } => "unavailable",
             Error::Read { .. } => "io",
+            Error::Output { source, .. } if is_full(source) => NO_SPACE,
             Error::BadKey { .. } => "bad_key",
             Error::Format { source, .. } => source.code(),
             Error::Key { .. } => "key",
@@ -243,12 +255,7 @@ impl Error {
             Error::Read { source, .. } | Error::Output { source, .. } => Some(source),
             _ => None,
         };
-        io.is_some_and(|e| {
-            matches!(
-                e.kind(),
-                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-            )
-        })
+        io.is_some_and(is_full)
     }
 
     /// Whether the output as a whole is broken and the restore must stop.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::error::Error;
+use crate::error::{Error, NO_SPACE};
 use crate::snapshot::SnapshotInfo;
 
 /// Something that went wrong with one object or member.
@@ -99,6 +99,26 @@ impl Report {
     /// Whether every member in reach was restored (skipped scopes aside).
     pub fn is_complete(&self) -> bool {
         self.failures.is_empty()
+    }
+
+    /// The exit code of a restore that got this far, for `cbfs-recover`
+    /// and `cbfs-tier restore` alike: 0 complete; 5 when every failure was
+    /// the store being unavailable (retry); 7 when every failure was the
+    /// output's disk being full (retry with space); 3 partial otherwise.
+    pub fn exit_code(&self) -> u8 {
+        if self.is_complete() {
+            0
+        } else if self.failures_all_are("unavailable") {
+            5
+        } else if self.failures_all_are(NO_SPACE) {
+            7
+        } else {
+            3
+        }
+    }
+
+    fn failures_all_are(&self, code: &str) -> bool {
+        self.failures.iter().all(|f| f.code == code)
     }
 
     pub(crate) fn fail(&mut self, failure: Failure) {
@@ -204,6 +224,13 @@ impl Report {
                 s,
                 "{} failure(s); every other member was restored",
                 self.failures.len()
+            );
+        }
+        if self.failures.iter().any(|f| f.code == NO_SPACE) {
+            let _ = writeln!(
+                s,
+                "the output's disk is full: free some space and restore again \
+                 (into an empty directory: nothing that exists is overwritten)"
             );
         }
         s

@@ -98,6 +98,23 @@ pub enum Error {
         detail: String,
     },
 
+    /// The disk under a local directory store is full, or a quota is
+    /// reached. Nothing was written under the key (an object is written
+    /// whole or not at all); free some space and try again.
+    #[error(
+        "{store}: no space to {op} {key:?}: {detail}; nothing was written under this key — free some space and try again"
+    )]
+    Full {
+        /// The store.
+        store: String,
+        /// The object key.
+        key: String,
+        /// What the store was doing.
+        op: Op,
+        /// What went wrong.
+        detail: String,
+    },
+
     /// An object key or prefix is not acceptable (see [`validate_key`](crate::validate_key)).
     #[error("bad object key {key:?}: {reason}")]
     BadKey {
@@ -140,6 +157,16 @@ impl Error {
         matches!(self, Error::Transient { .. })
     }
 
+    /// Whether a local disk ran out of room ([`Error::Full`], or a full
+    /// disk under a local file): retrying once there is space may succeed.
+    pub fn is_resource(&self) -> bool {
+        match self {
+            Error::Full { .. } => true,
+            Error::LocalFile { source, .. } => is_full(source),
+            _ => false,
+        }
+    }
+
     /// Whether this is [`Error::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
@@ -162,6 +189,16 @@ pub(crate) enum Kind {
     Exists,
     Transient,
     Permanent,
+    /// The local disk is full (a local directory store).
+    Full,
+}
+
+/// Whether an I/O error is a full disk or an exhausted quota.
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// An S3 answer that is well-formed HTTP but cannot be right (a listing
@@ -183,6 +220,8 @@ pub(crate) fn classify(e: &object_store::Error) -> Kind {
         E::Generic { source, .. } => {
             if chain_has_bad_answer(source.as_ref()) {
                 Kind::Permanent
+            } else if chain_is_full(source.as_ref()) {
+                Kind::Full
             } else if chain_is_transient(source.as_ref()) {
                 Kind::Transient
             } else {
@@ -198,9 +237,25 @@ pub(crate) fn classify(e: &object_store::Error) -> Kind {
 /// transport error ("HTTP error: ..."), which would otherwise read as
 /// transient.
 fn chain_has_bad_answer(e: &(dyn StdError + 'static)) -> bool {
+    chain_any(e, |err| err.is::<BadAnswer>())
+}
+
+/// Whether a full disk is somewhere down the chain (`LocalFileSystem`
+/// keeps the `io::Error` as a source).
+fn chain_is_full(e: &(dyn StdError + 'static)) -> bool {
+    chain_any(e, |err| {
+        err.downcast_ref::<std::io::Error>().is_some_and(is_full)
+    })
+}
+
+/// Whether `e` or any of its sources is one that `pred` picks.
+fn chain_any(
+    e: &(dyn StdError + 'static),
+    pred: impl Fn(&(dyn StdError + 'static)) -> bool,
+) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.is::<BadAnswer>() {
+        if pred(err) {
             return true;
         }
         cur = err.source();
@@ -336,6 +391,27 @@ mod tests {
             source: Box::new(refused),
         };
         assert_eq!(classify(&bad), Kind::Permanent);
+    }
+
+    #[test]
+    fn a_full_disk_is_a_resource_error() {
+        let full = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        };
+        assert_eq!(classify(&full), Kind::Full);
+        let e = Error::Full {
+            store: "local directory /s".into(),
+            key: "segments/x.tar".into(),
+            op: Op::Put,
+            detail: "No space left on device".into(),
+        };
+        assert!(e.is_resource() && !e.is_transient());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("segments/x.tar") && msg.contains("free some space"),
+            "{msg}"
+        );
     }
 
     #[test]

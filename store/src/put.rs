@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio::task::JoinSet;
 
 use crate::config::{MAX_PARTS, MIN_PART_SIZE};
-use crate::error::{Error, Kind, Op, Result, classify};
+use crate::error::{Error, Kind, Op, Result, classify, is_full};
 use crate::local::{STAGING_DIR, sync_path, unique_name};
 use crate::store::{Backend, PutOutcome, Store};
 
@@ -83,13 +83,10 @@ impl Store {
             if let Err(e) = synced {
                 for ((key, _), r) in items.iter().zip(&mut results) {
                     if r.is_ok() {
-                        *r = Err(self.permanent(
-                            Op::Put,
+                        *r = Err(self.flush_failed(
                             key,
-                            format!(
-                                "cannot flush a batch of {} objects to disk: {e}",
-                                items.len()
-                            ),
+                            &e,
+                            format!("cannot flush a batch of {} objects to disk", items.len()),
                         ));
                     }
                 }
@@ -165,6 +162,8 @@ impl Store {
                 // below finds it and compares.
                 Ok(false) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                // No room for the object's directory: the store's disk.
+                Err(e) if is_full(&e) => return Err(self.full(Op::Put, key, e.to_string())),
                 Err(e) => return Err(self.local_error(key, path, e)),
             }
         }
@@ -372,7 +371,17 @@ impl Store {
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);
-        synced.map_err(|e| self.permanent(Op::Put, key, format!("cannot flush to disk: {e}")))
+        synced.map_err(|e| self.flush_failed(key, &e, "cannot flush to disk".to_string()))
+    }
+
+    /// A failed flush of a local object: a full disk, or else permanent.
+    fn flush_failed(&self, key: &str, e: &std::io::Error, what: String) -> Error {
+        let detail = format!("{what}: {e}");
+        if is_full(e) {
+            self.full(Op::Put, key, detail)
+        } else {
+            self.permanent(Op::Put, key, detail)
+        }
     }
 
     /// The part size for a file of `len` bytes: the configured one, at least

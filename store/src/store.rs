@@ -438,6 +438,16 @@ impl Store {
             },
             Kind::Transient => self.transient(op, key, e.to_string()),
             Kind::Permanent => self.permanent(op, key, e.to_string()),
+            Kind::Full => self.full(op, key, e.to_string()),
+        }
+    }
+
+    pub(crate) fn full(&self, op: Op, key: &str, detail: String) -> Error {
+        Error::Full {
+            store: self.describe().to_string(),
+            key: key.to_string(),
+            op,
+            detail: self.redact(detail),
         }
     }
 

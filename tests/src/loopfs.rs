@@ -83,6 +83,32 @@ impl LoopFs {
     pub fn kind(&self) -> FsKind {
         self.kind
     }
+
+    /// Fills the file system with the file `filler` in it until no block
+    /// is left (the blocks reserved for root too: the tests run as root),
+    /// then gives `leave` bytes of it back. Returns the file: removing it
+    /// frees the space.
+    pub fn fill(&self, leave: u64) -> PathBuf {
+        use std::io::{ErrorKind, Write};
+        let filler = self.dir.join("filler");
+        let mut f = std::fs::File::create(&filler)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", filler.display()));
+        let zeros = vec![0u8; 1 << 20];
+        // Large writes first, then small ones for the last blocks.
+        for size in [1 << 20, 4096, 512] {
+            loop {
+                match f.write_all(&zeros[..size]).and_then(|()| f.sync_data()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::StorageFull => break,
+                    Err(e) => panic!("filling {}: {e}", filler.display()),
+                }
+            }
+        }
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(leave)).unwrap();
+        f.sync_all().unwrap();
+        filler
+    }
 }
 
 impl Drop for LoopFs {

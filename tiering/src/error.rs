@@ -44,7 +44,7 @@ pub enum Error {
     /// This machine ran out of room (a full disk or quota): nothing
     /// committed is lost; rerun once there is space.
     #[error(
-        "{what} ({}) is out of space: {source}; nothing committed was lost — free some space and run again",
+        "{what} {}: out of space: {source}; nothing committed was lost — free some space and run again",
         path.display()
     )]
     Resource {
@@ -112,6 +112,7 @@ impl Error {
     pub fn is_resource(&self) -> bool {
         match self {
             Error::Resource { .. } => true,
+            Error::Store(s) => s.is_resource(),
             Error::Restore { cause, .. } => cause.is_resource(),
             _ => false,
         }

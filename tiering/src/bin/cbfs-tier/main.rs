@@ -834,13 +834,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 eprint!("{}", report.human());
             }
-            Ok(if report.failures.is_empty() {
-                0
-            } else if report.failures.iter().all(|f| f.code == "unavailable") {
-                5
-            } else {
-                3
-            })
+            Ok(report.exit_code())
         }
         Command::Verify {
             store,
