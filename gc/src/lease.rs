@@ -105,8 +105,23 @@ impl Held {
         };
         // The generation taken over is of no use any more once ours is there.
         held.write_next(current.map(|(_, l)| l.generation))?;
+        held.delete_older();
         tracing::info!(generation, "lease taken");
         Ok(held)
+    }
+
+    /// Deletes the generations older than ours (best effort): a collector
+    /// killed between writing its next generation and deleting the one
+    /// before leaves that one behind, which nothing else would delete.
+    fn delete_older(&self) {
+        let Ok(keys) = self.rt.block_on(self.store.list(layout::LEASE)) else {
+            return;
+        };
+        for o in keys {
+            if layout::parse_lease(&o.key).is_some_and(|g| g < self.lease.generation) {
+                let _ = self.rt.block_on(self.store.delete(&o.key));
+            }
+        }
     }
 
     /// Writes `self.lease` as the next generation; if someone else wrote
@@ -198,13 +213,14 @@ mod tests {
         first.release().unwrap();
         // Given back: the next one takes it, and earlier generations go.
         let second = Held::acquire(&store, h, 600).unwrap();
-        let keys: Vec<String> = rt
-            .block_on(store.list(layout::LEASE))
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
-        assert_eq!(keys, vec![layout::lease(3)]);
+        let keys = || -> Vec<String> {
+            rt.block_on(store.list(layout::LEASE))
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key)
+                .collect()
+        };
+        assert_eq!(keys(), vec![layout::lease(3)]);
         // A lease that ran out is taken over, and its holder learns it lost.
         drop(second);
         let mut stale = Held::acquire(&store, h, 600);
@@ -223,5 +239,8 @@ mod tests {
         stale = Held::acquire(&store, h, 600);
         let mut taker = stale.unwrap();
         taker.check().unwrap();
+        // Generation 3, left behind by the holder of 4 (a collector killed
+        // before it deleted it), goes with 4.
+        assert_eq!(keys(), vec![layout::lease(5)]);
     }
 }

@@ -47,6 +47,9 @@ pub(crate) struct Trusted {
     pub records: TrustRecords,
     /// The newest snapshot the agent's index recorded, if it has one.
     pub index_newest: Option<u64>,
+    /// Whether an agent's index was read (with no newest snapshot, it
+    /// says that its agent never committed one).
+    pub index_read: bool,
 }
 
 /// Decides what to trust (see [`TrustOptions`]); `secret` is the reader's
@@ -63,7 +66,7 @@ pub(crate) fn trusted(
         .unwrap_or_else(|| TrustRecords::default_path(key_file));
     let records =
         TrustRecords::load(&records_path).map_err(|e| restore_error("trust records", e))?;
-    let (pinned, index_newest) = match &opts.index {
+    let (pinned, index_newest, index_read) = match &opts.index {
         Some(dir) if dir.join("CURRENT").exists() => {
             let index = Index::open_read_only(dir)?;
             let state = index.state()?;
@@ -71,9 +74,9 @@ pub(crate) fn trusted(
                 .admin_key
                 .as_deref()
                 .and_then(|h| cbfs_core::public_key_from_hex(h).ok());
-            (admin, state.last_snapshot.map(|s| s.sequence))
+            (admin, state.last_snapshot.map(|s| s.sequence), true)
         }
-        _ => (None, None),
+        _ => (None, None, false),
     };
     let anchors = Anchors {
         keyset_file: opts.keyset.as_deref(),
@@ -90,6 +93,7 @@ pub(crate) fn trusted(
         trust,
         records,
         index_newest,
+        index_read,
     })
 }
 
