@@ -372,6 +372,24 @@ fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Runs `work` on each of `items`, split evenly over `threads` threads, and
+/// returns the wall-clock time it took.
+pub(crate) fn timed_on_threads<T: Sync>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&T) + Sync,
+) -> Duration {
+    let per = items.len().div_ceil(threads.max(1)).max(1);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for part in items.chunks(per) {
+            let work = &work;
+            s.spawn(move || part.iter().for_each(work));
+        }
+    });
+    started.elapsed()
+}
+
 /// Runs `work` on every file of `files`, spread over every core, and
 /// returns the sum of what it returns.
 fn over_files(files: &[PathBuf], work: impl Fn(&[u8]) -> u64 + Sync) -> Result<(u64, u64)> {
@@ -475,44 +493,26 @@ fn reencrypt(capsules: usize, rounds: usize) -> Result<()> {
     .into_vec()
     .remove(0);
     let caps = capsules_for(&delegating.public_key(), capsules)?;
-    let per = capsules.div_ceil(threads()).max(1);
-    let mut times = Vec::new();
-    for _ in 0..rounds {
-        let started = Instant::now();
-        std::thread::scope(|s| {
-            for part in caps.chunks(per) {
-                let kfrag = &kfrag;
-                s.spawn(move || {
-                    for c in part {
-                        std::hint::black_box(umbral_pre::reencrypt(c, kfrag.clone()));
-                    }
-                });
-            }
-        });
-        times.push(started.elapsed());
-    }
-    let total: Duration = times.iter().sum();
+    let total: Duration = (0..rounds)
+        .map(|_| {
+            timed_on_threads(&caps, threads(), |c| {
+                std::hint::black_box(umbral_pre::reencrypt(c, kfrag.clone()));
+            })
+        })
+        .sum();
     // The same, with what a node must add for each capsule: decoding it
     // from the wire (which checks that it is a valid capsule, as Umbral
     // requires before re-encrypting one), and encoding the cfrag.
     let wire: Vec<String> = caps.iter().map(cbfs_wire::encode_capsule).collect();
-    let mut wire_total = Duration::ZERO;
-    for _ in 0..rounds {
-        let started = Instant::now();
-        std::thread::scope(|s| {
-            for part in wire.chunks(per) {
-                let kfrag = &kfrag;
-                s.spawn(move || {
-                    for text in part {
-                        let c = cbfs_wire::decode_capsule(text).expect("valid capsule");
-                        let cfrag = umbral_pre::reencrypt(&c, kfrag.clone());
-                        std::hint::black_box(cbfs_wire::encode_cfrag(&cfrag));
-                    }
-                });
-            }
-        });
-        wire_total += started.elapsed();
-    }
+    let wire_total: Duration = (0..rounds)
+        .map(|_| {
+            timed_on_threads(&wire, threads(), |text| {
+                let c = cbfs_wire::decode_capsule(text).expect("valid capsule");
+                let cfrag = umbral_pre::reencrypt(&c, kfrag.clone());
+                std::hint::black_box(cbfs_wire::encode_cfrag(&cfrag));
+            })
+        })
+        .sum();
     print_json(json!({
         "capsules": capsules * rounds, "seconds": total.as_secs_f64(),
         "per_second": (capsules * rounds) as f64 / total.as_secs_f64(), "threads": threads(),

@@ -5,7 +5,6 @@
 //! process (decode, open, seal, encode), with no store.
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use cbfs_core::umbral_pre::{self, SecretKey};
@@ -48,20 +47,11 @@ pub fn reseal(count: usize, threads: usize) -> Result<()> {
     let sealed: Vec<_> = (0..count)
         .map(|_| umbral_pre::encrypt(&old.public_key(), &[7u8; 64]).expect("encrypt"))
         .collect();
-    let per = count.div_ceil(threads).max(1);
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for part in sealed.chunks(per) {
-            let old = &old;
-            s.spawn(move || {
-                for (capsule, ct) in part {
-                    let plain = umbral_pre::decrypt_original(old, capsule, ct).expect("decrypt");
-                    std::hint::black_box(umbral_pre::encrypt(&new, &plain).expect("encrypt"));
-                }
-            });
-        }
-    });
-    let secs = started.elapsed().as_secs_f64();
+    let secs = crate::timed_on_threads(&sealed, threads, |(capsule, ct)| {
+        let plain = umbral_pre::decrypt_original(&old, capsule, ct).expect("decrypt");
+        std::hint::black_box(umbral_pre::encrypt(&new, &plain).expect("encrypt"));
+    })
+    .as_secs_f64();
     // The same lockbox work as rotate-scope, in process and with no store:
     // decode (Umbral checks each capsule as it deserializes it, which
     // costs a scalar multiplication), open, seal, encode.
@@ -71,23 +61,13 @@ pub fn reseal(count: usize, threads: usize) -> Result<()> {
             Lockbox::seal_at("bench", 1, &old.public_key(), segment).map(|(lb, _)| lb.to_bytes())
         })
         .collect::<Result<_, _>>()?;
-    let per = count.div_ceil(threads).max(1);
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for part in stored.chunks(per) {
-            let old = &old;
-            s.spawn(move || {
-                for bytes in part {
-                    let lb = Lockbox::from_bytes(bytes).expect("decode");
-                    let gk = lb.open(old).expect("open");
-                    let again =
-                        Lockbox::seal_existing_at("bench", 2, &new, segment, &gk).expect("seal");
-                    std::hint::black_box(again.to_bytes());
-                }
-            });
-        }
-    });
-    let lockbox_secs = started.elapsed().as_secs_f64();
+    let lockbox_secs = crate::timed_on_threads(&stored, threads, |bytes| {
+        let lb = Lockbox::from_bytes(bytes).expect("decode");
+        let gk = lb.open(&old).expect("open");
+        let again = Lockbox::seal_existing_at("bench", 2, &new, segment, &gk).expect("seal");
+        std::hint::black_box(again.to_bytes());
+    })
+    .as_secs_f64();
     println!(
         "{}",
         json!({ "count": count, "seconds": secs, "per_second": count as f64 / secs, "threads": threads,
