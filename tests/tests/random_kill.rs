@@ -222,6 +222,11 @@ struct Schedule {
     rng: StdRng,
     moments: Vec<Moment>,
     started: Instant,
+    /// Per command, the shortest run seen to finish before its moment:
+    /// later moments are drawn within it, so a calibration that ran long
+    /// (a cold cache, a busy machine) does not leave every moment after
+    /// the command's end.
+    finished_within: BTreeMap<&'static str, Duration>,
 }
 
 impl Schedule {
@@ -240,6 +245,7 @@ impl Schedule {
             rng: StdRng::seed_from_u64(seed),
             moments: Vec::new(),
             started: Instant::now(),
+            finished_within: BTreeMap::new(),
         }
     }
 
@@ -249,7 +255,8 @@ impl Schedule {
     }
 
     /// Starts `cmd` and kills it with SIGKILL at a moment drawn uniformly
-    /// over `over` (its measured duration). Its output goes to `log`. A
+    /// over `over` (its measured duration), or over the shortest run of it
+    /// seen to finish first if that is shorter. Its output goes to `log`. A
     /// command that fails on its own before the moment fails the test.
     fn kill(
         &mut self,
@@ -258,6 +265,10 @@ impl Schedule {
         over: Duration,
         log: &Path,
     ) -> Outcome {
+        let over = match self.finished_within.get(command) {
+            Some(&within) => over.min(within),
+            None => over,
+        };
         let fraction: f64 = self.rng.gen_range(0.0..1.0);
         let delay = over.mul_f64(fraction);
         let out = File::create(log).unwrap();
@@ -270,6 +281,9 @@ impl Schedule {
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
+                let took = start.elapsed();
+                let within = self.finished_within.entry(command).or_insert(took);
+                *within = (*within).min(took);
                 break Some(status);
             }
             let left = delay.saturating_sub(start.elapsed());
