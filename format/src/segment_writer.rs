@@ -31,6 +31,10 @@ const TRAILER: u64 = 2 * BLOCK as u64;
 
 const WRITING: &str = "writing a segment";
 
+/// Members copied by [`SegmentWriter::append_copy`] from this size on are
+/// hashed on a second thread while they are written.
+const PARALLEL_HASH: usize = 256 * 1024;
+
 /// Counts and hashes what goes through to the inner writer.
 struct HashWriter<'a, W> {
     inner: &'a mut W,
@@ -354,14 +358,17 @@ impl<W: Write + Seek> SegmentWriter<W> {
 
     /// Copies a member of another segment byte for byte (garbage collection; no key).
     ///
-    /// `source` gives the old segment's bytes from the member's header offset to the end
+    /// `region` is the old segment's bytes from the member's header offset to the end
     /// of its data (`data_offset + data_len - header_offset` bytes, as a ranged GET
-    /// would). The header bytes and the data's SHA-256 are checked against `old`.
+    /// gives them). The header bytes and the data's SHA-256 are checked against `old`;
+    /// a member that does not match is not kept (the writer rewinds, as after any
+    /// failed append). The region is written in two calls, and the SHA-256 of a large
+    /// member is computed on a second thread while its bytes are written.
     pub fn append_copy(
         &mut self,
         old: &Summary,
         member: &MemberId,
-        mut source: impl Read,
+        region: &[u8],
     ) -> Result<SummaryEntry, Error> {
         let mismatch = |offset: u64, reason: String| Error::SummaryMismatch {
             segment: old.segment_id(),
@@ -383,35 +390,45 @@ impl<W: Write + Seek> SegmentWriter<W> {
         }
         self.check(self.mode, member)?;
         let header_len = entry.data_offset - entry.header_offset;
-        let mut header = vec![0u8; header_len as usize];
-        source
-            .read_exact(&mut header)
-            .map_err(Error::io("reading the member to copy"))?;
-        check_header_region(old, &entry, &header)?;
+        if region.len() as u64 != header_len + entry.data_len {
+            return Err(mismatch(
+                entry.header_offset,
+                format!(
+                    "member {member}: {} bytes given to copy, the summary says {}",
+                    region.len(),
+                    header_len + entry.data_len
+                ),
+            ));
+        }
+        let (header, data) = region.split_at(header_len as usize);
+        check_header_region(old, &entry, header)?;
         self.guarded(|w| {
             let header_offset = w.pos;
-            w.out.write_all(&header).map_err(Error::io(WRITING))?;
-            let mut hw = HashWriter {
-                inner: &mut w.out,
-                hasher: Sha256::new(),
-                count: 0,
-            };
-            let copied = io::copy(&mut (&mut source).take(entry.data_len), &mut hw)
-                .map_err(Error::io("copying a member"))?;
-            let sha256: [u8; 32] = hw.hasher.finalize().into();
-            if copied != entry.data_len || sha256 != entry.sha256 {
+            w.out.write_all(header).map_err(Error::io(WRITING))?;
+            let sha256: [u8; 32] = if data.len() >= PARALLEL_HASH {
+                std::thread::scope(|s| {
+                    let hashing = s.spawn(|| Sha256::digest(data));
+                    let written = w.out.write_all(data);
+                    let sha256 = hashing.join().expect("hashing does not panic");
+                    written.map(|()| sha256.into())
+                })
+            } else {
+                w.out.write_all(data).map(|()| Sha256::digest(data).into())
+            }
+            .map_err(Error::io("copying a member"))?;
+            if sha256 != entry.sha256 {
                 return Err(mismatch(
                     entry.data_offset,
-                    format!("member {member}: copied data does not match its length or SHA-256"),
+                    format!("member {member}: copied data does not match its SHA-256"),
                 ));
             }
-            w.pad(copied)?;
+            w.pad(entry.data_len)?;
             let entry = SummaryEntry {
                 header_offset,
                 data_offset: header_offset + header_len,
                 ..entry
             };
-            Ok((entry, header))
+            Ok((entry, header.to_vec()))
         })
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{Cursor, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -186,9 +186,10 @@ impl Compactor<'_> {
     /// and starting new segments as they fill.
     fn copy(&mut self, v: &Victim, into: &mut Option<Filling>) -> Result<()> {
         let key = layout::segment(&v.segment);
+        // One ranged read for each run of members close to each other.
+        let mut runs = Vec::new();
         let mut i = 0;
         while i < v.live.len() {
-            // One ranged read for a run of members close to each other.
             let start = v.live[i].header_offset;
             let mut j = i + 1;
             while j < v.live.len()
@@ -198,11 +199,27 @@ impl Compactor<'_> {
                 j += 1;
             }
             let end = v.live[j - 1].data_offset + v.live[j - 1].data_len;
+            runs.push((i..j, start..end));
+            i = j;
+        }
+        // The next run is read while this one is copied.
+        let fetch = |range: &std::ops::Range<u64>| {
+            let (store, key, range) = (self.mark.store.clone(), key.clone(), range.clone());
+            self.mark
+                .rt
+                .spawn(async move { store.get_range(&key, range).await })
+        };
+        let mut next = runs.first().map(|(_, range)| fetch(range));
+        for (k, (members, range)) in runs.iter().enumerate() {
+            let read = next.take().expect("a read per run");
             let bytes = self
                 .mark
                 .rt
-                .block_on(self.mark.store.get_range(&key, start..end))?;
-            for e in &v.live[i..j] {
+                .block_on(read)
+                .expect("a ranged read does not panic")?;
+            next = runs.get(k + 1).map(|(_, range)| fetch(range));
+            let start = range.start;
+            for e in &v.live[members.clone()] {
                 let need = e.end_offset() - e.header_offset;
                 let full = into.as_ref().is_some_and(|f| {
                     !f.writer.is_empty() && f.writer.len() + need > self.segment_size
@@ -219,7 +236,7 @@ impl Compactor<'_> {
                 let to = (e.data_offset + e.data_len - start) as usize;
                 match f
                     .writer
-                    .append_copy(&v.summary, &e.member, Cursor::new(&bytes[from..to]))
+                    .append_copy(&v.summary, &e.member, &bytes[from..to])
                 {
                     Ok(placed) => {
                         self.report.bytes_copied += e.data_len;
@@ -241,7 +258,6 @@ impl Compactor<'_> {
                     }
                 }
             }
-            i = j;
         }
         Ok(())
     }
