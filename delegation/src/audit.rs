@@ -249,6 +249,93 @@ impl AuditLog {
     }
 }
 
+/// An [`AuditLog`] shared by a server's threads, with group commit: each
+/// [`append`](Self::append) returns once its entry is durable, but one
+/// fsync makes durable every entry written while the one before it ran.
+/// Under load a server answers after one flush for a group of decisions
+/// instead of one flush each, in series.
+pub struct SharedAuditLog {
+    log: std::sync::Mutex<AuditLog>,
+    /// Held by the one thread that is flushing; the others wait for it, and
+    /// then find their entries flushed (or flush what is left).
+    flushing: std::sync::Mutex<()>,
+    /// How many entries are known durable.
+    durable: std::sync::atomic::AtomicU64,
+}
+
+impl SharedAuditLog {
+    /// Opens the log in `dir` (see [`AuditLog::open`]).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let log = AuditLog::open(dir)?;
+        // `open` takes entries after the head into it: all are durable.
+        let durable = std::sync::atomic::AtomicU64::new(log.len());
+        Ok(SharedAuditLog {
+            log: std::sync::Mutex::new(log),
+            flushing: std::sync::Mutex::new(()),
+            durable,
+        })
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, AuditLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one entry and returns once it (and every entry before it)
+    /// is durable.
+    pub fn append(&self, event: &Event) -> Result<()> {
+        self.append_seq(event).map(|_| ())
+    }
+
+    /// [`append`](Self::append), giving the entry's sequence number.
+    fn append_seq(&self, event: &Event) -> Result<u64> {
+        let seq = {
+            let mut log = self.log();
+            log.write(event)?;
+            log.len()
+        };
+        self.sync_to(seq)?;
+        Ok(seq)
+    }
+
+    /// Writes one entry, in order, without waiting for it to be durable
+    /// (see [`AuditLog::write`]).
+    pub fn write(&self, event: &Event) -> Result<()> {
+        self.log().write(event)
+    }
+
+    /// Makes every entry written so far durable.
+    pub fn sync(&self) -> Result<()> {
+        let seq = self.log().len();
+        self.sync_to(seq)
+    }
+
+    fn sync_to(&self, seq: u64) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.durable.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        // Flushed by the thread this one waited for.
+        if self.durable.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let mut log = self.log();
+        log.sync()?;
+        self.durable.store(log.len(), Ordering::Release);
+        Ok(())
+    }
+
+    /// How many entries the log holds.
+    pub fn len(&self) -> u64 {
+        self.log().len()
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 fn now() -> String {
     cbfs_core::now()
         .format(&time::format_description::well_known::Rfc3339)
@@ -465,6 +552,34 @@ mod tests {
                 .to_string()
                 .contains("does not match the head")
         );
+    }
+
+    #[test]
+    fn a_shared_log_returns_each_entry_durable_and_chains_them_all() {
+        let dir = log_with(2);
+        let log = SharedAuditLog::open(dir.path()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (log, dir) = (&log, dir.path());
+                s.spawn(move || {
+                    for i in 0..40 {
+                        let seq = log
+                            .append_seq(&Event::new("reencrypt", true, format!("{t}/{i}")))
+                            .unwrap();
+                        // Durable when it returns: the head covers it.
+                        let head = read_head(dir).unwrap().unwrap();
+                        assert!(head.seq >= seq, "head {} before entry {seq}", head.seq);
+                        if i % 10 == 0 {
+                            log.write(&Event::new("read", true, "lazy")).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        log.sync().unwrap();
+        assert_eq!(log.len(), 2 + 8 * 44);
+        let v = verify(dir.path()).unwrap();
+        assert_eq!((v.entries, v.after_head), (2 + 8 * 44, 0));
     }
 
     #[test]

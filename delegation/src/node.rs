@@ -23,7 +23,7 @@ use cbfs_wire::admin::{
     SignedList,
 };
 
-use crate::audit::{AuditLog, Event, audit_dir};
+use crate::audit::{Event, SharedAuditLog, audit_dir};
 use crate::error::Result;
 use crate::identity::NodeIdentity;
 use crate::metrics::Metrics;
@@ -202,7 +202,7 @@ pub struct Node {
     user_keys: RwLock<HashMap<UserName, PublicKey>>,
     policies: ArcSwap<Policies>,
     policy_source: PolicySource,
-    audit: Mutex<AuditLog>,
+    audit: SharedAuditLog,
     limits: Limits,
     rate: Mutex<HashMap<UserName, Bucket>>,
     unauthenticated: Mutex<Bucket>,
@@ -226,7 +226,7 @@ impl Node {
         };
         let file_keyset = Keyset::load(&config.keyset)?;
         let policies = Policies::load_from(&config.policies)?;
-        let audit = AuditLog::open(&audit_dir(&config.data))?;
+        let audit = SharedAuditLog::open(&audit_dir(&config.data))?;
         let store = Store::open(&config.data.join("db"))?;
         let keyset = newer_stored_keyset(&store, &file_keyset).unwrap_or(file_keyset);
         let unauthenticated = Bucket::full(unauth_burst(&config.limits));
@@ -238,7 +238,7 @@ impl Node {
             user_keys: RwLock::new(HashMap::new()),
             policies: ArcSwap::from_pointee(policies),
             policy_source: config.policies,
-            audit: Mutex::new(audit),
+            audit,
             limits: config.limits,
             rate: Mutex::new(HashMap::new()),
             unauthenticated: Mutex::new(unauthenticated),
@@ -579,7 +579,7 @@ impl Node {
     }
 
     fn audit(&self, event: &Event) -> Result<()> {
-        self.audit.lock().expect("audit lock").append(event)
+        self.audit.append(event)
     }
 
     /// Audits a decision, counts it, and turns an audit failure into a

@@ -3,13 +3,13 @@
 //! (authenticated, decided by policy, audited).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use cbfs_core::{Clock, KeySource};
-use cbfs_delegation::audit::{AuditLog, Event};
+use cbfs_delegation::audit::{Event, SharedAuditLog};
 use cbfs_delegation::{Policies, PolicySource};
 use cbfs_tiering::{Agent, AgentOptions, ChangeTest, OutOptions, ScopeRules};
 
@@ -32,7 +32,7 @@ pub struct Served {
 pub struct Gateway {
     config: ArcSwap<Loaded>,
     policies: ArcSwap<Policies>,
-    audit: Mutex<AuditLog>,
+    audit: SharedAuditLog,
     replays: Replays,
     /// Every job.
     pub jobs: Jobs,
@@ -71,7 +71,7 @@ impl Gateway {
             .audit
             .clone()
             .unwrap_or_else(|| state.join("audit"));
-        let audit = AuditLog::open(&audit_dir)?;
+        let audit = SharedAuditLog::open(&audit_dir)?;
         let jobs = Jobs::open(&state.join("jobs"))?;
         let fs = open_agents(&config)?;
         let http = reqwest::Client::builder()
@@ -83,7 +83,7 @@ impl Gateway {
             replays: Replays::new(clock.unix()),
             config: ArcSwap::from_pointee(config),
             policies: ArcSwap::from_pointee(policies),
-            audit: Mutex::new(audit),
+            audit,
             jobs,
             fs: ArcSwap::from_pointee(fs),
             metrics: Metrics::new(),
@@ -158,22 +158,17 @@ impl Gateway {
         outcome.map(|_| reason)
     }
 
+    /// Appends a decision and returns once it is durable. The flush is
+    /// shared with the decisions made meanwhile (group commit), and a
+    /// runtime worker waiting for it hands its other tasks on first.
     fn audit_event(&self, event: &Event) -> Result<()> {
-        self.audit
-            .lock()
-            .expect("audit lock")
-            .append(event)
-            .map_err(Error::from)
+        blocking(|| self.audit.append(event)).map_err(Error::from)
     }
 
     /// Makes the audit entries written lazily durable (see
     /// [`guard`](Self::guard)); the server calls it every second and at stop.
     pub fn sync_audit(&self) -> Result<()> {
-        self.audit
-            .lock()
-            .expect("audit lock")
-            .sync()
-            .map_err(Error::from)
+        self.audit.sync().map_err(Error::from)
     }
 
     /// Authenticates a request, asks the policies about it and audits the
@@ -240,18 +235,10 @@ impl Gateway {
                     // hundreds of these; an fsync each would be most of its
                     // time). Every other decision is durable before it is
                     // answered.
-                    self.audit
-                        .lock()
-                        .expect("audit lock")
-                        .write(&event)
-                        .map_err(|e| {
-                            tracing::error!("{e}");
-                            Refused::new(
-                                500,
-                                "internal",
-                                "the gateway could not write its audit log",
-                            )
-                        })?;
+                    self.audit.write(&event).map_err(|e| {
+                        tracing::error!("{e}");
+                        Refused::new(500, "internal", "the gateway could not write its audit log")
+                    })?;
                 } else {
                     self.audit_or_refuse(&event)?;
                 }
@@ -467,4 +454,15 @@ pub fn check_fs(config: &Loaded) -> Result<()> {
         rules(cfg)?;
     }
     Ok(())
+}
+
+/// Runs `f`, which waits for the disk: on a worker of a multi-threaded
+/// runtime, after handing that worker's other tasks to another thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
