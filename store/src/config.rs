@@ -142,6 +142,9 @@ pub struct S3Config {
     pub virtual_hosted_style: Option<bool>,
     /// Whether the server honours `If-None-Match: *` on `PutObject` and
     /// `CompleteMultipartUpload` (AWS since 2024, MinIO, moto). Default true.
+    /// (Ceph's radosgw honours it on `PutObject` only; keep the default there:
+    /// the store also looks for the key before completing a multipart upload,
+    /// see [`Store::put_file_new`](crate::Store::put_file_new).)
     /// With `Some(false)`, a write-once put first checks that the key is free
     /// and then writes: two writers racing on one key could then both
     /// succeed, the later one winning. Also set by

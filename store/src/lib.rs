@@ -9,6 +9,15 @@
 //! [`Error::AlreadyExists`] when the key holds something else. A reader
 //! never sees a partial object.
 //!
+//! On S3 the promise rests on the server refusing a write to a taken key
+//! (`If-None-Match: *`). Some servers honour that on `PutObject` but not on
+//! `CompleteMultipartUpload` (Ceph's radosgw 16.2 replaces the object), so
+//! before completing a multipart upload (a file above the part size) the
+//! store looks for the key: an object already there is never replaced. What
+//! such a server leaves open is a race: an object created by another writer
+//! between that look and the completion is replaced, and both writers are
+//! told they created it (docs/THREAT_MODEL.md, "Write-once objects").
+//!
 //! Both backends are [`object_store`]'s: `LocalFileSystem` for a directory,
 //! `AmazonS3` for any S3 API. Requests to S3 are retried on 5xx answers,
 //! throttling and dropped connections with bounded exponential backoff

@@ -133,7 +133,11 @@ impl Store {
     /// one request; a larger one in parts of that size, at most
     /// [`StoreOptions::upload_concurrency`](crate::StoreOptions::upload_concurrency)
     /// at a time. On S3 that is a multipart upload whose completion carries
-    /// `If-None-Match: *`; a failed upload is aborted (a crash can still leave
+    /// `If-None-Match: *`, preceded by a look for the key (servers such as
+    /// Ceph's radosgw ignore the header on the completion and would replace
+    /// an existing object; two writers racing on the key between the look
+    /// and the completion can then both succeed, the later one's object
+    /// kept); a failed upload is aborted (a crash can still leave
     /// an incomplete upload behind: give the bucket a lifecycle rule that
     /// aborts them after a day or so). On a local directory the file is
     /// hard-linked into place when it is on the store's file system (no
@@ -324,6 +328,16 @@ impl Store {
         }
         parts.sort_by_key(|(i, _)| *i);
         let parts: Vec<PartId> = parts.into_iter().map(|(_, p)| p).collect();
+        // Not every server honours `If-None-Match: *` on the completion:
+        // Ceph's radosgw (16.2) ignores it and replaces the object. Looking
+        // first keeps an object that is already there from being replaced
+        // on such a server; one created between this look and the
+        // completion still is (docs/THREAT_MODEL.md, "Write-once objects").
+        match self.retrying(|| self.os().head(loc)).await {
+            Ok(_) => return Err(Failure::Store(exists(loc))),
+            Err(e) if classify(&e) == Kind::NotFound => {}
+            Err(e) => return Err(Failure::Store(e)),
+        }
         let id = id.to_string();
         self.retrying(|| s3.complete_multipart(loc, &id, parts.clone()))
             .await?;

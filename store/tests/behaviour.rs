@@ -1,18 +1,35 @@
 //! One behaviour suite, run against every backend: a local directory, a real
-//! S3 server (`moto_server` on 127.0.0.1), and that server behind a proxy
-//! that injects 503s, 500s and dropped connections.
+//! S3 server (`moto_server` on 127.0.0.1), that server behind a proxy that
+//! injects 503s, 500s and dropped connections, and a real distributed
+//! object store (a one-machine Ceph cluster with radosgw).
 //!
 //! Each case is an async function taking a [`Fixture`]; the `suite!` macro
-//! turns it into one test per backend. `moto_server` missing is a failure,
+//! turns it into one test per backend, and lists every case in [`CASES`].
+//! A Ceph cluster takes about 20 s to start, so Ceph gets one test that
+//! starts one cluster and runs every case of the list against it, a fresh
+//! bucket each, followed by the cases about radosgw's own behaviour
+//! (`ceph_only`). A missing `moto_server` or Ceph program is a failure,
 //! never a skip.
 
 mod common;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use cbfs_store::{Error, ObjectInfo, PutOutcome};
 use common::{Fixture, PART, pattern};
 
+/// What a case returns: its future, borrowing the fixture.
+type CaseFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+/// A case of the suite, callable from a list.
+type Case = for<'a> fn(&'a Fixture) -> CaseFuture<'a>;
+
 macro_rules! suite {
-    (all: [$($case:ident),* $(,)?], local: [$($local:ident),* $(,)?] $(,)?) => {
+    (
+        all: [$($case:ident),* $(,)?],
+        local: [$($local:ident),* $(,)?],
+        ceph: [$($ceph:ident),* $(,)?] $(,)?
+    ) => {
         mod local {
             $(#[test] fn $case() { let fx = super::Fixture::local(); fx.run(super::$case); })*
             $(#[test] fn $local() { let fx = super::Fixture::local(); fx.run(super::$local); })*
@@ -28,6 +45,10 @@ macro_rules! suite {
                 assert!(proxy.faults_injected() > 0, "the proxy injected no fault");
             })*
         }
+        /// Every case every backend passes, by name.
+        const CASES: &[(&str, Case)] = &[$((stringify!($case), |fx| Box::pin($case(fx)))),*];
+        /// The cases Ceph passes beside those (see `suite!`'s list).
+        const CEPH_CASES: &[(&str, Case)] = &[$((stringify!($ceph), |fx| Box::pin($ceph(fx)))),*];
     };
 }
 
@@ -54,6 +75,13 @@ suite!(
     local: [
         racing_writers_one_wins,
         racing_multipart_writers_one_wins,
+    ],
+    // radosgw decides a conditional PutObject atomically (an exclusive
+    // create in RADOS), so single-request racers are tested there too. Not
+    // multipart racers: radosgw ignores the condition on the completion
+    // (see `ceph_only`).
+    ceph: [
+        racing_writers_one_wins,
     ],
 );
 
@@ -472,4 +500,176 @@ async fn bad_keys_are_refused(fx: &Fixture) {
     let err = fx.store.get("../x").await.unwrap_err();
     assert!(err.to_string().contains("../x"), "{err}");
     assert!(fx.store.list("").await.unwrap().is_empty());
+}
+
+/// Ceph: one cluster for every case (a cluster takes about 20 s to start).
+mod ceph {
+    use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+    use std::time::{Duration, Instant};
+
+    use cbfs_store::{PutOutcome, Store};
+    use cbfs_tests::reqwest::Method;
+    use cbfs_tests::{CephServer, Fault, FaultPlan, FaultyProxy, RequestMatch};
+
+    use super::common::{self, Fixture, Kind, PART, pattern};
+
+    /// Runs `case`, saying which one failed if it panics.
+    fn named(name: &str, case: impl FnOnce()) {
+        let began = Instant::now();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(case)) {
+            eprintln!("ceph: case {name} failed");
+            resume_unwind(panic);
+        }
+        eprintln!("ceph: {name} ({:.1?})", began.elapsed());
+    }
+
+    #[test]
+    fn every_case_on_one_cluster() {
+        let ceph = CephServer::start();
+        eprintln!("ceph: cluster started in {:.1?}", ceph.started_in());
+        let began = Instant::now();
+        for (name, case) in super::CASES.iter().chain(super::CEPH_CASES) {
+            let fx = Fixture::ceph(&ceph, &ceph.endpoint());
+            named(name, || fx.run(*case));
+        }
+        named("the_server_ignores_the_condition_on_completion", || {
+            the_server_ignores_the_condition_on_completion(&ceph)
+        });
+        named("a_writer_between_the_look_and_the_completion", || {
+            a_writer_between_the_look_and_the_completion(&ceph)
+        });
+        let (rss, each) = ceph.resident_bytes();
+        let each: Vec<String> = each
+            .iter()
+            .map(|(name, bytes)| format!("{name} {} MiB", bytes >> 20))
+            .collect();
+        eprintln!(
+            "ceph: every case in {:.1?}; the cluster's resident memory {} MiB ({})",
+            began.elapsed(),
+            rss >> 20,
+            each.join(", ")
+        );
+    }
+
+    /// What radosgw (16.2) does with `If-None-Match: *`: a `PutObject` onto
+    /// an existing key is refused (412), but a `CompleteMultipartUpload`
+    /// carrying the same header replaces the object. This is why the store
+    /// looks for the key before it completes an upload. (If a later radosgw
+    /// refuses the completion, this check fails: then the store's look is
+    /// a second guard, and docs/THREAT_MODEL.md's residual race is gone on
+    /// that server.)
+    fn the_server_ignores_the_condition_on_completion(ceph: &CephServer) {
+        let bucket = "raw-conditions";
+        let key = "k";
+        ceph.create_bucket(bucket);
+        ceph.put_object(bucket, key, b"first");
+        let none_match = [("If-None-Match", "*")];
+        let put = ceph.send(
+            Method::PUT,
+            bucket,
+            key,
+            &[],
+            &none_match,
+            b"second".to_vec(),
+        );
+        assert_eq!(put.status.as_u16(), 412, "{put:?}");
+        assert_eq!(ceph.get_object(bucket, key), b"first");
+
+        let created = ceph.send(Method::POST, bucket, key, &[("uploads", "")], &[], vec![]);
+        assert!(created.status.is_success(), "{created:?}");
+        let id = created.element("UploadId").expect("an upload id");
+        let part = ceph.send(
+            Method::PUT,
+            bucket,
+            key,
+            &[("partNumber", "1"), ("uploadId", &id)],
+            &[],
+            b"multipart".to_vec(),
+        );
+        assert!(part.status.is_success(), "{part:?}");
+        let etag = part.headers["etag"].to_str().unwrap().to_owned();
+        let body = format!(
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber>\
+             <ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+        );
+        let done = ceph.send(
+            Method::POST,
+            bucket,
+            key,
+            &[("uploadId", &id)],
+            &none_match,
+            body.into_bytes(),
+        );
+        assert!(
+            done.status.is_success(),
+            "radosgw now refuses the completion: {done:?}"
+        );
+        assert_eq!(
+            ceph.get_object(bucket, key),
+            b"multipart",
+            "radosgw did not replace the object"
+        );
+    }
+
+    /// The race the store cannot close on radosgw: another writer creates
+    /// the key after the store looked for it and before its
+    /// `CompleteMultipartUpload` arrives (held back here by a proxy). Both
+    /// writers are told `Created`, and the upload has replaced the other
+    /// writer's object. docs/THREAT_MODEL.md states this residual risk.
+    fn a_writer_between_the_look_and_the_completion(ceph: &CephServer) {
+        let proxy = FaultyProxy::start(
+            ceph.socket_addr(),
+            FaultPlan::new().on(
+                RequestMatch::complete_multipart(),
+                Fault::Delay(Duration::from_secs(2)),
+            ),
+        );
+        let slow = Fixture::ceph(ceph, &proxy.endpoint());
+        let Kind::S3 { bucket } = &slow.kind else {
+            unreachable!("a Ceph fixture is an S3 one")
+        };
+        let config = common::s3_config_as(&ceph.endpoint(), ceph.access_key(), ceph.secret_key());
+        let direct = Store::open_s3(bucket, "cbfs/fs1", &config, common::options()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big");
+        let big = pattern(PART + 4096, 31);
+        std::fs::write(&file, &big).unwrap();
+        let key = "segments/raced.tar";
+        let small = pattern(1000, 32);
+
+        let (upload, other) = common::runtime().block_on(async {
+            let store = slow.store.clone();
+            let upload = tokio::spawn(async move { store.put_file_new(key, &file).await });
+            let completing = RequestMatch::complete_multipart();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !proxy
+                .requests()
+                .iter()
+                .any(|r| completing.matches(&r.method, &r.target))
+            {
+                assert!(Instant::now() < deadline, "the upload never completed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let other = direct.put_new(key, small.clone()).await.unwrap();
+            (upload.await.unwrap().unwrap(), other)
+        });
+        assert_eq!(other, PutOutcome::Created);
+        assert_eq!(upload, PutOutcome::Created, "the residual race is closed?");
+        let stored = common::runtime().block_on(direct.get(key)).unwrap();
+        assert!(stored == big, "the upload did not replace the other object");
+        // The store looked before it completed.
+        let seen = proxy.requests();
+        let complete = seen
+            .iter()
+            .position(|r| completing_matches(&r.method, &r.target))
+            .expect("a completion");
+        assert!(
+            seen[..complete].iter().any(|r| r.method == "HEAD"),
+            "no HEAD before the completion: {seen:?}"
+        );
+    }
+
+    fn completing_matches(method: &str, target: &str) -> bool {
+        RequestMatch::complete_multipart().matches(method, target)
+    }
 }

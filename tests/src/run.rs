@@ -162,7 +162,7 @@ fn execute_within(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) ->
     output
 }
 
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     loop {

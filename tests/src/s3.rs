@@ -129,16 +129,7 @@ impl S3Server {
     /// [`envs`](S3Server::envs) with another endpoint, such as a
     /// [`FaultyProxy`](crate::FaultyProxy) in front of this server.
     pub fn envs_with_endpoint(&self, endpoint: &str) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT_URL", endpoint),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ALLOW_HTTP", "true"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        s3_envs(endpoint, "test", "test")
     }
 
     /// Creates the bucket `name` (`PUT /<name>`).
@@ -149,33 +140,10 @@ impl S3Server {
 
     /// Every object in `bucket` as `(key, size)`, in key order.
     pub fn list_objects(&self, bucket: &str) -> Vec<(String, u64)> {
-        let mut objects = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut query = vec![("list-type", "2".to_string())];
-            if let Some(token) = &token {
-                query.push(("continuation-token", token.clone()));
-            }
-            let request = self.request(Method::GET, bucket, "").query(&query);
-            let body = self.expect_success(self.send(request), &format!("list bucket {bucket}"));
-            let xml = String::from_utf8_lossy(&body);
-            for contents in elements(&xml, "Contents") {
-                let key = element(contents, "Key")
-                    .map(xml_unescape)
-                    .unwrap_or_else(|| panic!("list bucket {bucket}: <Contents> without <Key>"));
-                let size = element(contents, "Size")
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or_else(|| panic!("list bucket {bucket}: no <Size> for {key}"));
-                objects.push((key, size));
-            }
-            let truncated = element(&xml, "IsTruncated").is_some_and(|s| s.trim() == "true");
-            token = element(&xml, "NextContinuationToken").map(xml_unescape);
-            if !truncated || token.is_none() {
-                break;
-            }
-        }
-        objects.sort();
-        objects
+        list_pages(bucket, |query| {
+            let request = self.request(Method::GET, bucket, "").query(query);
+            self.expect_success(self.send(request), &format!("list bucket {bucket}"))
+        })
     }
 
     /// The bytes of `bucket/key`; fails the test if the object is missing.
@@ -308,8 +276,58 @@ impl std::fmt::Debug for S3Server {
     }
 }
 
+/// The environment of a child process that talks S3 to `endpoint` as the
+/// user `access_key` (region `us-east-1`, plain HTTP allowed).
+pub(crate) fn s3_envs(endpoint: &str, access_key: &str, secret: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", access_key),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Every object of `bucket` as `(key, size)`, in key order, from a
+/// ListObjectsV2 listing whose pages `fetch` gets (given the query) and
+/// returns the XML of.
+pub(crate) fn list_pages(
+    bucket: &str,
+    mut fetch: impl FnMut(&[(&str, &str)]) -> Vec<u8>,
+) -> Vec<(String, u64)> {
+    let mut objects = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut query = vec![("list-type", "2")];
+        if let Some(token) = &token {
+            query.push(("continuation-token", token));
+        }
+        let body = fetch(&query);
+        let xml = String::from_utf8_lossy(&body);
+        for contents in elements(&xml, "Contents") {
+            let key = element(contents, "Key")
+                .map(xml_unescape)
+                .unwrap_or_else(|| panic!("list bucket {bucket}: <Contents> without <Key>"));
+            let size = element(contents, "Size")
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or_else(|| panic!("list bucket {bucket}: no <Size> for {key}"));
+            objects.push((key, size));
+        }
+        let truncated = element(&xml, "IsTruncated").is_some_and(|s| s.trim() == "true");
+        token = element(&xml, "NextContinuationToken").map(xml_unescape);
+        if !truncated || token.is_none() {
+            break;
+        }
+    }
+    objects.sort();
+    objects
+}
+
 /// Percent-encodes an object key for a URL path, keeping `/` as it is.
-fn encode_path(key: &str) -> String {
+pub(crate) fn encode_path(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for &b in key.as_bytes() {
         if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
@@ -337,11 +355,11 @@ fn elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
     found
 }
 
-fn element<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+pub(crate) fn element<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     elements(xml, tag).into_iter().next()
 }
 
-fn xml_unescape(text: &str) -> String {
+pub(crate) fn xml_unescape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(amp) = rest.find('&') {

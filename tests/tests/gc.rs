@@ -13,50 +13,9 @@ mod env;
 use std::process::Command;
 
 use cbfs_format::{Lease, RecordId, Relocation, Summary, layout};
-use cbfs_tests::{Backend, S3Server, Workdir, run, run_ok};
-use env::{Env, stderr};
+use cbfs_tests::{Backend, S3Server, run, run_ok};
+use env::{Env, gc_without_any_key, phase_two, stderr};
 use serde_json::Value;
-
-/// `cbfs-gc` with no key file within reach and an empty HOME: only the
-/// store and the public keyset. The key files of the test are moved out of
-/// the file system for the run and put back afterwards.
-fn gc_without_any_key(env: &Env, args: &[&str]) -> Value {
-    let stash: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&env.keys.dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "key"))
-        .map(|p| {
-            let bytes = std::fs::read(&p).unwrap();
-            std::fs::remove_file(&p).unwrap();
-            (p, bytes)
-        })
-        .collect();
-    assert!(!stash.is_empty());
-    let home = Workdir::new();
-    let mut cmd = env.gc_cmd(args);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home.root())
-        .envs(env.backend.envs())
-        .current_dir(home.root());
-    let out = run(&mut cmd);
-    for (p, bytes) in stash {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(&p, bytes).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    assert!(
-        out.status.success(),
-        "cbfs-gc without a key: {}",
-        stderr(&out)
-    );
-    assert_eq!(
-        std::fs::read_dir(home.root()).unwrap().count(),
-        0,
-        "cbfs-gc wrote into HOME"
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn gc_suite(mut env: Env) {
     // Ten snapshots of a changing tree.
@@ -127,12 +86,7 @@ fn gc_suite(mut env: Env) {
 
     // Phase two.
     let two = gc_without_any_key(&env, &["--min-live", "90"]);
-    let p2 = two["phase_two"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["collection"] == collection.as_str())
-        .unwrap_or_else(|| panic!("{two:#}"));
+    let p2 = phase_two(&two, &collection);
     assert_eq!(p2["done"], true, "{two:#}");
     assert!(p2["segments_deleted"].as_u64().unwrap() > 0, "{two:#}");
     assert!(env.keys_under(&collection).is_empty());

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cbfs_store::{RetryPolicy, S3Config, SecretString, Store, StoreOptions};
-use cbfs_tests::{FaultPlan, FaultyProxy, S3Server};
+use cbfs_tests::{CephServer, FaultPlan, FaultyProxy, S3Server};
 
 /// The part size the tests use: the smallest S3 accepts.
 pub const PART: usize = 5 * 1024 * 1024;
@@ -53,10 +53,15 @@ pub fn fast_retry() -> RetryPolicy {
 /// configuration rather than through the process environment (which tests
 /// running in parallel threads would share).
 pub fn s3_config(endpoint: &str, secret: &str) -> S3Config {
+    s3_config_as(endpoint, "test", secret)
+}
+
+/// [`s3_config`] for the user `access_key`.
+pub fn s3_config_as(endpoint: &str, access_key: &str, secret: &str) -> S3Config {
     S3Config::new()
         .with_endpoint(endpoint)
         .with_region("us-east-1")
-        .with_credentials("test", SecretString::from(secret.to_string()))
+        .with_credentials(access_key, SecretString::from(secret.to_string()))
         .with_allow_http(true)
         .with_retry(fast_retry())
         .with_timeouts(Duration::from_secs(5), Duration::from_secs(60))
@@ -94,6 +99,20 @@ impl Fixture {
     pub fn s3() -> Fixture {
         let bucket = new_bucket();
         let config = s3_config(&moto().endpoint(), "test");
+        let store = Store::open_s3(&bucket, "cbfs/fs1", &config, options()).expect("open s3");
+        Fixture {
+            store,
+            kind: Kind::S3 { bucket },
+        }
+    }
+
+    /// A store in a fresh bucket of a Ceph cluster (radosgw), reached at
+    /// `endpoint` (the cluster's own, or a proxy's in front of it).
+    pub fn ceph(ceph: &CephServer, endpoint: &str) -> Fixture {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let bucket = format!("cbfs-ceph-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+        ceph.create_bucket(&bucket);
+        let config = s3_config_as(endpoint, ceph.access_key(), ceph.secret_key());
         let store = Store::open_s3(&bucket, "cbfs/fs1", &config, options()).expect("open s3");
         Fixture {
             store,

@@ -33,9 +33,24 @@ impl NodeProc {
     /// first line of output) and waits until `/healthz` answers 200.
     pub fn start(work: &Workdir, name: &str, keyset: &Path, extra: &[String]) -> NodeProc {
         let data = work.mkdir(name);
+        Self::start_at(work, name, &data, "127.0.0.1:0", keyset, extra)
+    }
+
+    /// [`start`](Self::start) listening on `listen`, with the data folder
+    /// `data` (for a node restarted on its address, with its state); its
+    /// log is `NAME.log`.
+    pub fn start_at(
+        work: &Workdir,
+        name: &str,
+        data: &Path,
+        listen: &str,
+        keyset: &Path,
+        extra: &[String],
+    ) -> NodeProc {
+        let data = data.to_path_buf();
         let log = work.path(format!("{name}.log"));
         let mut cmd = Command::new(cbfs_bin("cbfs-delegation"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        cmd.args(["serve", "--listen", listen, "--data"])
             .arg(&data)
             .arg("--keyset")
             .arg(keyset)
@@ -147,6 +162,17 @@ pub fn keytool(dir: &Path) -> Command {
     cmd
 }
 
+/// With the keytool in `dir`: the root secret `admin.key` of file system
+/// `fs1`, its keyset `keyset.json`, and `scope` in it.
+pub fn create_admin(dir: &Path, scope: &str) {
+    run_ok(keytool(dir).args(words(
+        "create-admin --fs fs1 --secret file:admin.key --keyset keyset.json",
+    )));
+    run_ok(keytool(dir).args(words(&format!(
+        "add-scope --admin file:admin.key --keyset keyset.json --scope {scope}"
+    ))));
+}
+
 /// `line` split on whitespace.
 pub fn words(line: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_owned).collect()
@@ -168,12 +194,7 @@ impl Cluster {
     pub fn start(n: usize, extra: &[String]) -> Cluster {
         let work = Workdir::new();
         let kt = || keytool(work.root());
-        run_ok(kt().args(words(
-            "create-admin --fs fs1 --secret file:admin.key --keyset keyset.json",
-        )));
-        run_ok(kt().args(words(&format!(
-            "add-scope --admin file:admin.key --keyset keyset.json --scope {SCOPE}"
-        ))));
+        create_admin(work.root(), SCOPE);
         run_ok(kt().args(words(&format!(
             "create-user {USER} --secret file:{USER}.key --public {USER}.pub"
         ))));

@@ -313,6 +313,57 @@ fn rand_suffix() -> String {
     hex::encode(random_bytes(4))
 }
 
+/// `cbfs-gc` with no key file within reach and an empty HOME: only the
+/// store and the public keyset. The key files of the test are moved out of
+/// the file system for the run and put back afterwards.
+pub fn gc_without_any_key(env: &Env, args: &[&str]) -> Value {
+    let stash: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&env.keys.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "key"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            std::fs::remove_file(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    assert!(!stash.is_empty());
+    let home = Workdir::new();
+    let mut cmd = env.gc_cmd(args);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.root())
+        .envs(env.backend.envs())
+        .current_dir(home.root());
+    let out = run(&mut cmd);
+    for (p, bytes) in stash {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&p, bytes).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert!(
+        out.status.success(),
+        "cbfs-gc without a key: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(home.root()).unwrap().count(),
+        0,
+        "cbfs-gc wrote into HOME"
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The entry of a `cbfs-gc` report's `phase_two` for `collection`.
+pub fn phase_two<'a>(report: &'a Value, collection: &str) -> &'a Value {
+    report["phase_two"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["collection"] == collection)
+        .unwrap_or_else(|| panic!("no phase two of {collection}: {report:#}"))
+}
+
 /// What the output of a failed command says, for messages.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
