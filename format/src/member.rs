@@ -431,14 +431,15 @@ enum Piece {
 /// fewer hand-overs, fewer wake-ups).
 const PIECE: usize = 256 * 1024;
 
-/// Decrypts a member's payload to the end, sending the plaintext on.
-fn decrypt_into<R: Read>(mut age: AgeLayer<R>, tx: mpsc::SyncSender<Piece>) {
+/// Reads `from` to its end (decrypting, or decompressing), sending what it
+/// gives on in pieces.
+fn send_pieces(mut from: impl Read, tx: mpsc::SyncSender<Piece>) {
     loop {
         let mut buf = vec![0u8; PIECE];
         let mut filled = 0;
         let mut failed = None;
         while filled < PIECE {
-            match age.read(&mut buf[filled..]) {
+            match from.read(&mut buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -511,10 +512,48 @@ impl BufRead for Piped {
     }
 }
 
+/// Content decompressed, and checked to its end, by another thread.
+struct PipedContent {
+    piped: Piped,
+    member: MemberId,
+}
+
+impl Read for PipedContent {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.piped.read(out)
+    }
+}
+
+impl PlainSource for PipedContent {
+    fn verify_end(&mut self) -> io::Result<()> {
+        // The decompressing thread sends the end only once its own reader
+        // checked it; an error there arrives here instead.
+        let mut probe = [0u8; 1];
+        match self.piped.read(&mut probe)? {
+            0 => Ok(()),
+            _ => Err(corrupt(self.member, "data after the content").into_io()),
+        }
+    }
+
+    fn ended_early(&self) -> Error {
+        corrupt(self.member, "the content ends before its declared length")
+    }
+}
+
+fn piped(rx: mpsc::Receiver<Piece>) -> Piped {
+    Piped {
+        rx,
+        buf: Vec::new(),
+        pos: 0,
+        ended: false,
+    }
+}
+
 /// Opens one member of a segment like [`crate::open_member_at`], but
-/// decrypts on a second thread while `f` decompresses and consumes the
-/// content on this one: for large members, this uses two cores the way
-/// `age -d | zstd -d` does. The content reader lives only as long as `f`.
+/// decrypts on a second thread and decompresses on a third while `f`
+/// consumes the content on this one: for large members, this uses the
+/// cores the way `age -d | zstd -d | tar -x` does. The content reader
+/// lives only as long as `f`.
 pub fn open_member_piped<R, T>(
     input: &mut R,
     member: MemberId,
@@ -537,15 +576,35 @@ where
         Err(e) => return f(Err(e)),
     };
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel(PIPE_DEPTH);
-        scope.spawn(move || decrypt_into(age, tx));
-        let piped = Piped {
-            rx,
-            buf: Vec::new(),
-            pos: 0,
-            ended: false,
-        };
-        f(decode_plain(member, piped))
+        let (plain_tx, plain_rx) = mpsc::sync_channel(PIPE_DEPTH);
+        scope.spawn(move || send_pieces(age, plain_tx));
+        let (head_tx, head_rx) = mpsc::sync_channel(1);
+        let (content_tx, content_rx) = mpsc::sync_channel(PIPE_DEPTH);
+        scope.spawn(move || match decode_plain(member, piped(plain_rx)) {
+            Err(e) => drop(head_tx.send(Err(e))),
+            Ok(MemberFiles { entries, content }) => {
+                let total = content.remaining();
+                if head_tx.send(Ok((entries, total))).is_ok() {
+                    send_pieces(content, content_tx);
+                }
+            }
+        });
+        let head = head_rx.recv().unwrap_or_else(|_| {
+            Err(Error::Io {
+                context: "decompressing a member payload",
+                source: io::Error::other("the decompressing thread stopped"),
+            })
+        });
+        f(head.map(|(entries, total)| MemberFiles {
+            entries,
+            content: ContentReader::new(
+                Box::new(PipedContent {
+                    piped: piped(content_rx),
+                    member,
+                }),
+                total,
+            ),
+        }))
     })
 }
 
