@@ -282,20 +282,32 @@ impl Recaller {
         &self,
         stubs: &[(&File, &StubRecord)],
     ) -> Vec<std::result::Result<Recalled, RecallFailure>> {
-        let started = Instant::now();
-        let mut results: Vec<Option<std::result::Result<Recalled, RecallFailure>>> =
-            stubs.iter().map(|_| None).collect();
-        // By snapshot, in order of first appearance.
-        let mut groups: Vec<(Arc<Snapshot>, Vec<usize>)> = Vec::new();
+        let mut pass = self.mark(stubs);
+        let flushed = stub::make_durable(&pass.marked(stubs));
+        self.fill(stubs, &mut pass, flushed.as_ref().err());
+        let flushed = stub::make_durable(&pass.cleared(stubs));
+        self.close(stubs, pass, flushed.as_ref().err())
+    }
+
+    /// The first step of a recall of `stubs`: each stub record says a
+    /// recall is at work (not durable yet: the caller makes
+    /// [`StubPass::marked`] durable before [`fill`](Self::fill)).
+    fn mark(&self, stubs: &[(&File, &StubRecord)]) -> StubPass {
+        let mut pass = StubPass {
+            started: Instant::now(),
+            results: stubs.iter().map(|_| None).collect(),
+            same_as: vec![None; stubs.len()],
+            groups: Vec::new(),
+            cleared: Vec::new(),
+        };
         // Names of one inode (hard links) share its stub: it is filled
         // once, and each name gets that fill's result.
-        let mut same_as: Vec<Option<usize>> = vec![None; stubs.len()];
         let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
         for (i, (file, record)) in stubs.iter().enumerate() {
-            if let Ok(m) = file.metadata() {
-                match inodes.entry((m.dev(), m.ino())) {
+            if let Ok(m) = rustix::fs::fstat(file) {
+                match inodes.entry((m.st_dev, m.st_ino)) {
                     std::collections::hash_map::Entry::Occupied(e) => {
-                        same_as[i] = Some(*e.get());
+                        pass.same_as[i] = Some(*e.get());
                         continue;
                     }
                     std::collections::hash_map::Entry::Vacant(e) => {
@@ -304,7 +316,7 @@ impl Recaller {
                 }
             }
             if record.fs != self.fs {
-                results[i] = Some(Err(RecallFailure::Refused(format!(
+                pass.results[i] = Some(Err(RecallFailure::Refused(format!(
                     "the stub belongs to file system `{}`, this agent serves `{}`",
                     record.fs, self.fs
                 ))));
@@ -313,7 +325,7 @@ impl Recaller {
             let snapshot = match self.snapshot_for(record) {
                 Ok(s) => s,
                 Err(f) => {
-                    results[i] = Some(Err(f));
+                    pass.results[i] = Some(Err(f));
                     continue;
                 }
             };
@@ -325,34 +337,47 @@ impl Recaller {
                 ..(*record).clone()
             };
             if let Err(e) = stub::set(file, &recalling) {
-                results[i] = Some(Err(RecallFailure::Refused(format!(
+                pass.results[i] = Some(Err(RecallFailure::Refused(format!(
                     "cannot mark the stub as being recalled: {e}"
                 ))));
                 continue;
             }
-            match groups.iter_mut().find(|(s, _)| s.id() == snapshot.id()) {
+            match pass
+                .groups
+                .iter_mut()
+                .find(|(s, _)| s.id() == snapshot.id())
+            {
                 Some((_, v)) => v.push(i),
-                None => groups.push((snapshot, vec![i])),
+                None => pass.groups.push((snapshot, vec![i])),
             }
         }
-        // The marks are durable before any content is written: one flush
-        // for the batch.
-        let marked: Vec<&File> = groups
-            .iter()
-            .flat_map(|(_, at)| at.iter().map(|&i| stubs[i].0))
-            .collect();
-        if let Err(e) = stub::make_durable(&marked) {
-            for (_, at) in groups.drain(..) {
+        pass
+    }
+
+    /// The second step, once the marks are durable (`unmarked`: the flush
+    /// that was to make them so failed, and the stubs are put back): the
+    /// content written and verified, made durable (one flush), then the
+    /// times restored and the stub records removed (durable only after the
+    /// caller makes [`StubPass::cleared`] so, before [`close`](Self::close)).
+    fn fill(
+        &self,
+        stubs: &[(&File, &StubRecord)],
+        pass: &mut StubPass,
+        unmarked: Option<&std::io::Error>,
+    ) {
+        if let Some(e) = unmarked {
+            for (_, at) in pass.groups.drain(..) {
                 for i in at {
                     let (file, record) = stubs[i];
                     let f = RecallFailure::Refused(format!(
                         "cannot mark the stub as being recalled: {e}"
                     ));
-                    results[i] = Some(Err(self.undo(file, record, false, f)));
+                    pass.results[i] = Some(Err(self.undo(file, record, false, f)));
                 }
             }
         }
-        for (snapshot, at) in groups {
+        let mut filled: Vec<(usize, Recalled)> = Vec::new();
+        for (snapshot, at) in std::mem::take(&mut pass.groups) {
             let fetched_before = cbfs_restore::ObjectSource::fetched(&self.source);
             let wanted: Vec<MemberFile> = at
                 .iter()
@@ -376,7 +401,6 @@ impl Recaller {
                 &mut sink,
             );
             let fetched = cbfs_restore::ObjectSource::fetched(&self.source) - fetched_before;
-            let mut filled = Vec::new();
             for (k, &i) in at.iter().enumerate() {
                 let (file, record) = stubs[i];
                 let failure = match &result {
@@ -385,26 +409,90 @@ impl Recaller {
                     Ok(report) => Some(self.why_not(report, record, &snapshot)),
                 };
                 match failure {
-                    Some(f) => results[i] = Some(Err(self.undo(file, record, sink.began[k], f))),
-                    None => filled.push(i),
+                    Some(f) => {
+                        pass.results[i] = Some(Err(self.undo(file, record, sink.began[k], f)))
+                    }
+                    None => filled.push((
+                        i,
+                        Recalled {
+                            bytes: record.size,
+                            snapshot: snapshot.sequence(),
+                            seconds: 0.0,
+                            fetched: fetched / at.len() as u64,
+                        },
+                    )),
                 }
             }
-            let items: Vec<(&File, &StubRecord)> = filled.iter().map(|&i| stubs[i]).collect();
-            for (&i, done) in filled.iter().zip(self.finish(&items)) {
-                results[i] = Some(done.map(|()| Recalled {
-                    bytes: stubs[i].1.size,
-                    snapshot: snapshot.sequence(),
-                    seconds: started.elapsed().as_secs_f64(),
-                    fetched: fetched / at.len() as u64,
-                }));
+        }
+        // The content is durable before the stub records go: one flush for
+        // every snapshot's files.
+        let files: Vec<&File> = filled.iter().map(|&(i, _)| stubs[i].0).collect();
+        if let Err(e) = stub::make_durable(&files) {
+            for (i, _) in filled {
+                pass.results[i] = Some(Err(unfinished(&e)));
+            }
+            return;
+        }
+        for (i, done) in filled {
+            let (file, record) = stubs[i];
+            let clear = || -> std::io::Result<Stat> {
+                stub::set_mtime(file, record.mtime)?;
+                stub::clear(file)?;
+                Ok(Stat::from_rustix(&rustix::fs::fstat(file)?))
+            };
+            match clear() {
+                Ok(stat) => pass.cleared.push((i, stat, done)),
+                Err(e) => pass.results[i] = Some(Err(unfinished(&e))),
             }
         }
-        for (i, first) in same_as.iter().enumerate() {
+    }
+
+    /// The last step, once the cleared records are durable (`uncleared`:
+    /// the flush that was to make them so failed): the journal learns the
+    /// files' new stats. One result per stub, in order.
+    fn close(
+        &self,
+        stubs: &[(&File, &StubRecord)],
+        mut pass: StubPass,
+        uncleared: Option<&std::io::Error>,
+    ) -> Vec<std::result::Result<Recalled, RecallFailure>> {
+        let seconds = pass.started.elapsed().as_secs_f64();
+        let cleared = std::mem::take(&mut pass.cleared);
+        if let Some(e) = uncleared {
+            for (i, _, _) in cleared {
+                pass.results[i] = Some(Err(unfinished(e)));
+            }
+        } else {
+            if let Some(j) = &self.journal {
+                let entries: Vec<Entry> = cleared
+                    .iter()
+                    .map(|(i, stat, _)| {
+                        let record = stubs[*i].1;
+                        Entry {
+                            path: hex::encode(&record.path),
+                            member: record.member.to_string(),
+                            slot: record.slot,
+                            ino: stat.ino,
+                            stat: Some(*stat),
+                            lost: None,
+                            at: now(),
+                        }
+                    })
+                    .collect();
+                if let Err(e) = j.append_all(&entries) {
+                    tracing::warn!("{e}: the next tier-out may archive these files again");
+                }
+            }
+            for (i, _, done) in cleared {
+                pass.results[i] = Some(Ok(Recalled { seconds, ..done }));
+            }
+        }
+        for (i, first) in pass.same_as.iter().enumerate() {
             if let Some(first) = first {
-                results[i] = results[*first].clone();
+                pass.results[i] = pass.results[*first].clone();
             }
         }
-        results
+        pass.results
             .into_iter()
             .map(|r| r.expect("a result per stub"))
             .collect()
@@ -489,70 +577,6 @@ impl Recaller {
         f
     }
 
-    /// Makes verified fills durable: content first, then times and the
-    /// stub records go, then the journal learns the files' new stats. Each
-    /// step is one flush for the whole batch (see [`stub::make_durable`]).
-    fn finish(
-        &self,
-        items: &[(&File, &StubRecord)],
-    ) -> Vec<std::result::Result<(), RecallFailure>> {
-        let refused = |e: &dyn std::fmt::Display| {
-            RecallFailure::Refused(format!(
-                "the content is back but the stub could not be finished: {e}"
-            ))
-        };
-        let files: Vec<&File> = items.iter().map(|(f, _)| *f).collect();
-        if let Err(e) = stub::make_durable(&files) {
-            return items.iter().map(|_| Err(refused(&e))).collect();
-        }
-        let mut stats: Vec<std::result::Result<Stat, RecallFailure>> = items
-            .iter()
-            .map(|(file, record)| {
-                let finish = || -> std::io::Result<Stat> {
-                    stub::set_mtime(file, record.mtime)?;
-                    stub::clear(file)?;
-                    Ok(Stat::from_metadata(&file.metadata()?))
-                };
-                finish().map_err(|e| refused(&e))
-            })
-            .collect();
-        let cleared: Vec<&File> = files
-            .iter()
-            .zip(&stats)
-            .filter(|(_, s)| s.is_ok())
-            .map(|(f, _)| *f)
-            .collect();
-        if let Err(e) = stub::make_durable(&cleared) {
-            for s in &mut stats {
-                if s.is_ok() {
-                    *s = Err(refused(&e));
-                }
-            }
-        }
-        if let Some(j) = &self.journal {
-            let entries: Vec<Entry> = items
-                .iter()
-                .zip(&stats)
-                .filter_map(|((_, record), stat)| {
-                    let stat = *stat.as_ref().ok()?;
-                    Some(Entry {
-                        path: hex::encode(&record.path),
-                        member: record.member.to_string(),
-                        slot: record.slot,
-                        ino: stat.ino,
-                        stat: Some(stat),
-                        lost: None,
-                        at: now(),
-                    })
-                })
-                .collect();
-            if let Err(e) = j.append_all(&entries) {
-                tracing::warn!("{e}: the next tier-out may archive these files again");
-            }
-        }
-        stats.into_iter().map(|s| s.map(|_| ())).collect()
-    }
-
     fn note_lost(&self, file: &File, record: &StubRecord, why: &str) {
         tracing::error!(
             path = %String::from_utf8_lossy(&record.path),
@@ -596,6 +620,43 @@ fn test_fill_delay() {
             .map(Duration::from_millis)
     }) {
         std::thread::sleep(*d);
+    }
+}
+
+fn unfinished(e: &dyn std::fmt::Display) -> RecallFailure {
+    RecallFailure::Refused(format!(
+        "the content is back but the stub could not be finished: {e}"
+    ))
+}
+
+/// A recall of many stubs under way (each named by its index in the
+/// stubs given): marked, filled and cleared, and closed, each step made
+/// durable by a flush before the next (see [`Recaller::recall_files`]; a
+/// recall of many paths lets one flush end a pass and begin the next).
+struct StubPass {
+    started: Instant,
+    results: Vec<Option<std::result::Result<Recalled, RecallFailure>>>,
+    /// The first name of the same inode, for each other name.
+    same_as: Vec<Option<usize>>,
+    /// Marked, by snapshot, in order of first appearance.
+    groups: Vec<(Arc<Snapshot>, Vec<usize>)>,
+    /// Filled, their times restored and stub records removed.
+    cleared: Vec<(usize, Stat, Recalled)>,
+}
+
+impl StubPass {
+    /// The files whose marks must be durable before they are filled.
+    fn marked<'f>(&self, stubs: &[(&'f File, &StubRecord)]) -> Vec<&'f File> {
+        self.groups
+            .iter()
+            .flat_map(|(_, at)| at.iter().map(|&i| stubs[i].0))
+            .collect()
+    }
+
+    /// The files whose cleared records must be durable before the journal
+    /// names them.
+    fn cleared<'f>(&self, stubs: &[(&'f File, &StubRecord)]) -> Vec<&'f File> {
+        self.cleared.iter().map(|&(i, _, _)| stubs[i].0).collect()
     }
 }
 
@@ -730,14 +791,25 @@ pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathR
 }
 
 /// [`recall_path`] for many paths: the stubs among them are filled in
-/// passes of up to [`BATCH`] files (one restore pass per snapshot each),
-/// a pass per core at a time. The names of one inode (hard links) go into
-/// one pass, which fills the inode once. One result per path, in order.
+/// passes of up to [`BATCH`] files and [`PASS_BYTES`] bytes (one restore
+/// pass per snapshot each), a run of passes per core at a time. The names
+/// of one inode (hard links) go into one pass, which fills the inode once.
+/// One result per path, in order.
+///
+/// Each pass is made durable in three steps (see [`Recaller::recall_files`]):
+/// its stubs marked as being recalled, then its content, then its cleared
+/// stub records before the journal names them. On each core the flush
+/// that ends one pass (its cleared records) is the one that begins the
+/// next (its marks): two flushes a pass instead of three.
 pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
     let cores = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4);
-    let batches = batches(root, rels, pass_size(cores));
+    let tree = crate::source_tree::SourceTree::open(root)
+        .map_err(|e| Error::io("cannot open", root, e))?;
+    // Each core holds two passes open at once: one closing, the next
+    // beginning.
+    let batches = batches(root, rels, pass_size(2 * cores));
     let workers = cores.min(batches.len());
     let done: Vec<Mutex<Option<Result<Vec<PathRecall>>>>> =
         batches.iter().map(|_| Mutex::new(None)).collect();
@@ -745,16 +817,41 @@ pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Resul
     let failed = std::sync::atomic::AtomicBool::new(false);
     let work = || {
         use std::sync::atomic::Ordering;
-        while !failed.load(Ordering::SeqCst) {
-            let b = next.fetch_add(1, Ordering::SeqCst);
-            let Some(batch) = batches.get(b) else { break };
-            let paths: Vec<Vec<u8>> = batch.iter().map(|&i| rels[i].clone()).collect();
-            let result = recall_batch(recaller, root, &paths);
-            if result.is_err() {
-                // Stop taking passes; those under way finish.
-                failed.store(true, Ordering::SeqCst);
+        // The pass filled last: its stub records cleared, not yet durable.
+        let mut closing: Option<(usize, PathPass)> = None;
+        loop {
+            let mut opening: Option<(usize, PathPass)> = None;
+            if !failed.load(Ordering::SeqCst) {
+                let b = next.fetch_add(1, Ordering::SeqCst);
+                if let Some(batch) = batches.get(b) {
+                    match PathPass::open(recaller, &tree, root, rels, batch) {
+                        Ok(p) => opening = Some((b, p)),
+                        Err(e) => {
+                            // Stop taking passes; those under way finish.
+                            failed.store(true, Ordering::SeqCst);
+                            *done[b].lock().expect("recall results") = Some(Err(e));
+                        }
+                    }
+                }
             }
-            *done[b].lock().expect("recall results") = Some(result);
+            // One flush: the marks of the pass beginning before its
+            // content is written, and the cleared records of the pass
+            // ending before the journal names them.
+            let mut files = Vec::new();
+            if let Some((_, p)) = &closing {
+                files.extend(p.recall.cleared(&p.stubs()));
+            }
+            if let Some((_, p)) = &opening {
+                files.extend(p.recall.marked(&p.stubs()));
+            }
+            let flushed = stub::make_durable(&files);
+            if let Some((b, p)) = closing.take() {
+                let outcomes = p.close(recaller, flushed.as_ref().err());
+                *done[b].lock().expect("recall results") = Some(Ok(outcomes));
+            }
+            let Some((b, mut p)) = opening else { break };
+            p.fill(recaller, flushed.as_ref().err());
+            closing = Some((b, p));
         }
     };
     if workers <= 1 {
@@ -785,8 +882,8 @@ pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Resul
         .collect())
 }
 
-/// How many files a pass holds when `passes` run at once: [`BATCH`], or
-/// fewer when the descriptor limit is low (a pass holds two descriptors
+/// How many files a pass holds when `passes` are open at once: [`BATCH`],
+/// or fewer when the descriptor limit is low (a pass holds two descriptors
 /// per file until it ends).
 fn pass_size(passes: usize) -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
@@ -796,16 +893,21 @@ fn pass_size(passes: usize) -> usize {
     (spare / (2 * passes.max(1))).clamp(16, BATCH)
 }
 
-/// `rels` (by index) in passes of about `size` files, in order, with every
-/// name of a multiply linked inode in the pass of its first name: passes
-/// run at once, and two passes must never fill one inode together.
+/// `rels` (by index) in passes of about `size` files and at most
+/// [`PASS_BYTES`] (unless one file is larger), in order, with every name
+/// of a multiply linked inode in the pass of its first name: passes run at
+/// once, and two passes must never fill one inode together.
 fn batches(root: &Path, rels: &[Vec<u8>], size: usize) -> Vec<Vec<usize>> {
     let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0u64;
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     for (i, rel) in rels.iter().enumerate() {
-        let linked = std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(rel)))
+        let meta = std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(rel)))
             .ok()
-            .filter(|m| m.is_file() && m.nlink() > 1)
+            .filter(|m| m.is_file());
+        let linked = meta
+            .as_ref()
+            .filter(|m| m.nlink() > 1)
             .map(|m| (m.dev(), m.ino()));
         if let Some(inode) = linked
             && let Some(&b) = inodes.get(&inode)
@@ -813,11 +915,17 @@ fn batches(root: &Path, rels: &[Vec<u8>], size: usize) -> Vec<Vec<usize>> {
             batches[b].push(i);
             continue;
         }
-        if batches.last().is_none_or(|b| b.len() >= size) {
+        let len = meta.map_or(0, |m| m.len());
+        if batches
+            .last()
+            .is_none_or(|b| b.len() >= size || (!b.is_empty() && bytes + len > PASS_BYTES))
+        {
             batches.push(Vec::with_capacity(size));
+            bytes = 0;
         }
         let b = batches.len() - 1;
         batches[b].push(i);
+        bytes += len;
         if let Some(inode) = linked {
             inodes.insert(inode, b);
         }
@@ -827,98 +935,188 @@ fn batches(root: &Path, rels: &[Vec<u8>], size: usize) -> Vec<Vec<usize>> {
 
 /// Files recalled in one pass at most: each is held open (and claimed)
 /// until the pass ends, which makes it durable with one flush per step.
-pub const BATCH: usize = 1024;
+pub const BATCH: usize = 4096;
+
+/// Bytes a pass holds at most (one larger file makes a pass of its own):
+/// a process that opens a file of the pass waits until the pass ends.
+pub const PASS_BYTES: u64 = 1 << 30;
 
 /// A stub opened for a recall, and the path-only handle it was opened
 /// through (kept open: a record lock goes when any descriptor of the file
-/// closes).
+/// closes). Its claim, if taken, goes with it.
 struct Opened {
     at: usize,
     _handle: std::os::fd::OwnedFd,
     file: File,
+    claimed: bool,
 }
 
-fn recall_batch(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
-    let mut out: Vec<Option<PathRecall>> = rels.iter().map(|_| None).collect();
-    let mut opened = Vec::new();
-    for (at, rel) in rels.iter().enumerate() {
-        let abs = root.join(std::ffi::OsStr::from_bytes(rel));
-        let (handle, _st) = open_path(root, rel).map_err(|e| Error::io("cannot open", &abs, e))?;
-        match stub::read_handle(handle.as_fd())
-            .map_err(|e| Error::io("cannot read the stub record of", &abs, e))?
-        {
-            StubAttr::None => {
-                out[at] = Some(PathRecall::Resident);
-                continue;
-            }
-            StubAttr::Damaged(why) => {
-                out[at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
-                    "its stub record is damaged: {why}"
-                ))));
-                continue;
-            }
-            StubAttr::Stub(_) => {}
-        }
-        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&proc)
-        {
-            Ok(file) => opened.push(Opened {
-                at,
-                _handle: handle,
-                file,
-            }),
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                out[at] = Some(PathRecall::Failed(RecallFailure::Unavailable(
-                    "the fault-in handler watching this file could not recall it (its log says why)"
-                        .into(),
-                )));
-            }
-            Err(e) => return Err(Error::io("cannot open", &abs, e)),
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if self.claimed {
+            stub::unclaim(&self.file);
         }
     }
-    let claims: Vec<Option<stub::Claim<'_>>> = opened
-        .iter()
-        .map(|o| stub::claim(&o.file))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| Error::io("cannot claim", root, e))?;
-    let mut todo: Vec<(usize, StubRecord)> = Vec::new();
-    for (k, o) in opened.iter().enumerate() {
-        if claims[k].is_none() {
-            out[o.at] = Some(PathRecall::Failed(RecallFailure::Unavailable(
-                "another process is releasing or recalling it; try again".into(),
-            )));
-            continue;
-        }
-        match stub::read(o.file.as_fd())
-            .map_err(|e| Error::io("cannot read the stub record of", root, e))?
-        {
-            StubAttr::None => out[o.at] = Some(PathRecall::FilledOnOpen),
-            StubAttr::Damaged(why) => {
-                out[o.at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
-                    "its stub record is damaged: {why}"
-                ))))
+}
+
+/// One pass of [`recall_paths`]: its paths opened and claimed, and the
+/// recall of the stubs among them.
+struct PathPass {
+    out: Vec<Option<PathRecall>>,
+    opened: Vec<Opened>,
+    /// The stubs to fill: (index in `opened`, stub record).
+    todo: Vec<(usize, StubRecord)>,
+    recall: StubPass,
+}
+
+impl PathPass {
+    /// Opens and claims the paths `batch` names (indices into `rels`), and
+    /// marks the stubs among them as being recalled (not durable yet).
+    fn open(
+        recaller: &Recaller,
+        tree: &crate::source_tree::SourceTree,
+        root: &Path,
+        rels: &[Vec<u8>],
+        batch: &[usize],
+    ) -> Result<PathPass> {
+        let mut out: Vec<Option<PathRecall>> = batch.iter().map(|_| None).collect();
+        let mut opened = Vec::new();
+        for (at, &r) in batch.iter().enumerate() {
+            let rel = &rels[r];
+            let abs = || root.join(std::ffi::OsStr::from_bytes(rel));
+            let handle = open_path_in(tree, rel).map_err(|e| Error::io("cannot open", abs(), e))?;
+            match stub::read_handle(handle.as_fd())
+                .map_err(|e| Error::io("cannot read the stub record of", abs(), e))?
+            {
+                StubAttr::None => {
+                    out[at] = Some(PathRecall::Resident);
+                    continue;
+                }
+                StubAttr::Damaged(why) => {
+                    out[at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
+                        "its stub record is damaged: {why}"
+                    ))));
+                    continue;
+                }
+                StubAttr::Stub(_) => {}
             }
-            StubAttr::Stub(r) => todo.push((k, r)),
+            let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(&proc)
+            {
+                Ok(file) => opened.push(Opened {
+                    at,
+                    _handle: handle,
+                    file,
+                    claimed: false,
+                }),
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    out[at] = Some(PathRecall::Failed(RecallFailure::Unavailable(
+                        "the fault-in handler watching this file could not recall it (its log says why)"
+                            .into(),
+                    )));
+                }
+                Err(e) => return Err(Error::io("cannot open", abs(), e)),
+            }
         }
+        let mut todo: Vec<(usize, StubRecord)> = Vec::new();
+        for (k, o) in opened.iter_mut().enumerate() {
+            match stub::claim(&o.file).map_err(|e| Error::io("cannot claim", root, e))? {
+                Some(claim) => {
+                    claim.keep();
+                    o.claimed = true;
+                }
+                None => {
+                    out[o.at] = Some(PathRecall::Failed(RecallFailure::Unavailable(
+                        "another process is releasing or recalling it; try again".into(),
+                    )));
+                    continue;
+                }
+            }
+            match stub::read(o.file.as_fd())
+                .map_err(|e| Error::io("cannot read the stub record of", root, e))?
+            {
+                StubAttr::None => out[o.at] = Some(PathRecall::FilledOnOpen),
+                StubAttr::Damaged(why) => {
+                    out[o.at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
+                        "its stub record is damaged: {why}"
+                    ))))
+                }
+                StubAttr::Stub(r) => todo.push((k, r)),
+            }
+        }
+        let pairs: Vec<(&File, &StubRecord)> =
+            todo.iter().map(|(k, r)| (&opened[*k].file, r)).collect();
+        let recall = recaller.mark(&pairs);
+        Ok(PathPass {
+            out,
+            opened,
+            todo,
+            recall,
+        })
     }
-    let pairs: Vec<(&File, &StubRecord)> =
-        todo.iter().map(|(k, r)| (&opened[*k].file, r)).collect();
-    let results = recaller.recall_files(&pairs);
-    for ((k, _), r) in todo.iter().zip(results) {
-        out[opened[*k].at] = Some(match r {
-            Ok(done) => PathRecall::Recalled(done),
-            Err(f) => PathRecall::Failed(f),
-        });
+
+    fn stubs(&self) -> Vec<(&File, &StubRecord)> {
+        self.todo
+            .iter()
+            .map(|(k, r)| (&self.opened[*k].file, r))
+            .collect()
     }
-    drop(claims);
-    Ok(out
-        .into_iter()
-        .map(|o| o.expect("a result per path"))
-        .collect())
+
+    /// Fills the pass once its marks are durable (see [`Recaller::fill`]).
+    fn fill(&mut self, recaller: &Recaller, unmarked: Option<&std::io::Error>) {
+        let stubs: Vec<(&File, &StubRecord)> = self
+            .todo
+            .iter()
+            .map(|(k, r)| (&self.opened[*k].file, r))
+            .collect();
+        recaller.fill(&stubs, &mut self.recall, unmarked);
+    }
+
+    /// Ends the pass once its cleared records are durable: its journal
+    /// entries, its claims dropped, one outcome per path.
+    fn close(self, recaller: &Recaller, uncleared: Option<&std::io::Error>) -> Vec<PathRecall> {
+        let PathPass {
+            mut out,
+            opened,
+            todo,
+            recall,
+        } = self;
+        let stubs: Vec<(&File, &StubRecord)> =
+            todo.iter().map(|(k, r)| (&opened[*k].file, r)).collect();
+        let results = recaller.close(&stubs, recall, uncleared);
+        for ((k, _), r) in todo.iter().zip(results) {
+            out[opened[*k].at] = Some(match r {
+                Ok(done) => PathRecall::Recalled(done),
+                Err(f) => PathRecall::Failed(f),
+            });
+        }
+        drop(stubs);
+        drop(opened);
+        out.into_iter()
+            .map(|o| o.expect("a result per path"))
+            .collect()
+    }
+}
+
+/// [`open_path`] through a tree opened once.
+fn open_path_in(
+    tree: &crate::source_tree::SourceTree,
+    rel: &[u8],
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    let fd = tree.open_path_beneath(rel)?;
+    if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode)
+        != rustix::fs::FileType::RegularFile
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(fd)
 }
 
 /// Opens `rel` beneath `root` as a path only (no open of the file itself:

@@ -2,10 +2,12 @@
 //! dropping and restoring its content, its times, and the write lease that
 //! keeps every other process out while either happens.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cbfs_format::{STUB_XATTR, StubRecord, Timestamp};
@@ -136,13 +138,71 @@ pub fn make_durable(files: &[&File]) -> io::Result<()> {
         many => {
             let mut devices = std::collections::HashSet::new();
             for f in many {
-                let dev = std::os::unix::fs::MetadataExt::dev(&f.metadata()?);
+                let dev = rustix::fs::fstat(f)?.st_dev;
                 if devices.insert(dev) {
-                    rustix::fs::syncfs(f)?;
+                    syncfs_shared(dev, f)?;
                 }
             }
             Ok(())
         }
+    }
+}
+
+/// The `syncfs` calls of this process, per file system: begun, ended,
+/// whether one is under way, and the last that failed.
+#[derive(Default)]
+struct FlushState {
+    begun: u64,
+    ended: u64,
+    running: bool,
+    failed: Option<(u64, io::ErrorKind, String)>,
+}
+
+struct Flushes {
+    state: Mutex<HashMap<u64, FlushState>>,
+    ended: Condvar,
+}
+
+/// `syncfs` of the file system `dev` that `file` is on, shared by the
+/// threads of this process: what was written before this call is durable
+/// once a flush that began after it has ended, whichever thread began it.
+/// A caller that finds a flush under way waits for it, then begins the next
+/// one, or finds that another waiter already has (one flush then serves
+/// every pass that waited, instead of one each in a row).
+fn syncfs_shared(dev: u64, file: &File) -> io::Result<()> {
+    static FLUSHES: OnceLock<Flushes> = OnceLock::new();
+    let flushes = FLUSHES.get_or_init(|| Flushes {
+        state: Mutex::new(HashMap::new()),
+        ended: Condvar::new(),
+    });
+    let mut all = flushes.state.lock().expect("flushes");
+    // A flush under way may have begun before this caller's writes.
+    let need = all.entry(dev).or_default().begun + 1;
+    loop {
+        let s = all.get_mut(&dev).expect("entered above");
+        if s.ended >= need {
+            return match &s.failed {
+                Some((at, kind, what)) if *at >= need => Err(io::Error::new(*kind, what.clone())),
+                _ => Ok(()),
+            };
+        }
+        if !s.running {
+            s.running = true;
+            s.begun += 1;
+            let mine = s.begun;
+            drop(all);
+            let result = rustix::fs::syncfs(file).map_err(io::Error::from);
+            all = flushes.state.lock().expect("flushes");
+            let s = all.get_mut(&dev).expect("entered above");
+            s.running = false;
+            s.ended = mine;
+            if let Err(e) = &result {
+                s.failed = Some((mine, e.kind(), e.to_string()));
+            }
+            flushes.ended.notify_all();
+            return result;
+        }
+        all = flushes.ended.wait(all).expect("flushes");
     }
 }
 
@@ -229,10 +289,23 @@ pub struct Claim<'f> {
     fd: BorrowedFd<'f>,
 }
 
+impl Claim<'_> {
+    /// Keeps the claim beyond this value: it goes with [`unclaim`], or
+    /// when this process closes any descriptor of the file.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         let _ = sys::release_claim(self.fd);
     }
+}
+
+/// Drops this process's claim on `file` (one kept with [`Claim::keep`]).
+pub fn unclaim(file: &File) {
+    let _ = sys::release_claim(file.as_fd());
 }
 
 /// Claims a file open for writing for a release or a recall: a record
