@@ -19,6 +19,15 @@ pub struct ServerTls {
     pub key: PathBuf,
 }
 
+/// A client certificate made by [`ServerTls::client`].
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// The certificate and its private key, in one PEM file.
+    pub identity: PathBuf,
+    /// The hex SHA-256 of the certificate's DER bytes (its fingerprint).
+    pub sha256: String,
+}
+
 fn openssl(dir: &Path, args: &str) {
     require_tool("openssl", "`apt-get install openssl`");
     run_ok(
@@ -59,6 +68,50 @@ impl ServerTls {
             ca: dir.join("ca.pem"),
             cert: dir.join("server.pem"),
             key: dir.join("server.key"),
+        }
+    }
+
+    /// A client certificate for `name` (common name), signed by this CA,
+    /// for mutual TLS: `NAME-identity.pem` holds the certificate and its
+    /// key, as HTTP clients take an identity.
+    pub fn client(&self, name: &str) -> ClientTls {
+        let dir = self.ca.parent().expect("the CA is in a folder");
+        let cnf = format!("{name}-client.cnf");
+        fs::write(
+            dir.join(&cnf),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", dir.display()));
+        openssl(
+            dir,
+            &format!(
+                "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {name}.key \
+                 -out {name}.csr -subj /CN={name}"
+            ),
+        );
+        openssl(
+            dir,
+            &format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                 -out {name}.pem -days 2 -extfile {cnf}"
+            ),
+        );
+        openssl(
+            dir,
+            &format!("x509 -in {name}.pem -outform DER -out {name}.der"),
+        );
+        use sha2::Digest as _;
+        let read =
+            |f: String| fs::read(dir.join(&f)).unwrap_or_else(|e| panic!("cannot read {f}: {e}"));
+        let sha256 = hex::encode(sha2::Sha256::digest(read(format!("{name}.der"))));
+        let mut identity = read(format!("{name}.pem"));
+        identity.extend(read(format!("{name}.key")));
+        let path = dir.join(format!("{name}-identity.pem"));
+        fs::write(&path, identity)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        ClientTls {
+            identity: path,
+            sha256,
         }
     }
 

@@ -35,9 +35,9 @@ use cbfs_client::GatewayAuth;
 use cbfs_core::{KeySource, Unlock, UserName, UserSecret};
 use cbfs_tests::reqwest::blocking::Client;
 use cbfs_tests::reqwest::{Certificate, Identity, Method};
+use cbfs_tests::tls::ServerTls;
 use cbfs_tests::{
-    Compare, S3Server, ServerProcess, Workdir, cbfs_bin, cbfs_cmd, random_bytes, require_tool,
-    run_ok,
+    Compare, S3Server, ServerProcess, Workdir, cbfs_bin, cbfs_cmd, random_bytes, run_ok,
 };
 use cluster::{NodeProc, keytool, text, words};
 use serde_json::Value;
@@ -55,70 +55,15 @@ struct Tls {
     client_sha256: String,
 }
 
-fn openssl(dir: &Path, args: &str) {
-    require_tool("openssl", "apt-get install openssl");
-    run_ok(Command::new("openssl").current_dir(dir).args(words(args)));
-}
-
 fn make_tls(work: &Workdir) -> Tls {
-    let dir = work.mkdir("tls");
-    fs::write(
-        dir.join("ca.cnf"),
-        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
-    )
-    .unwrap();
-    fs::write(
-        dir.join("server.cnf"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-    )
-    .unwrap();
-    fs::write(
-        dir.join("client.cnf"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    openssl(
-        &dir,
-        "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
-         -days 2 -subj /CN=cbfs-test-ca -addext basicConstraints=critical,CA:TRUE \
-         -addext keyUsage=critical,keyCertSign,cRLSign",
-    );
-    for (name, cn) in [("gateway", "cbfs-gateway"), ("host1", "host1")] {
-        openssl(
-            &dir,
-            &format!(
-                "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {name}.key \
-                 -out {name}.csr -subj /CN={cn}"
-            ),
-        );
-        let ext = if name == "gateway" {
-            "server.cnf"
-        } else {
-            "client.cnf"
-        };
-        openssl(
-            &dir,
-            &format!(
-                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-                 -out {name}.pem -days 2 -extfile {ext}"
-            ),
-        );
-    }
-    openssl(&dir, "x509 -in host1.pem -outform DER -out host1.der");
-    use sha2::Digest as _;
-    let client_sha256 = hex::encode(sha2::Sha256::digest(
-        fs::read(dir.join("host1.der")).unwrap(),
-    ));
-    let mut client = fs::read(dir.join("host1.pem")).unwrap();
-    client.extend(fs::read(dir.join("host1.key")).unwrap());
-    fs::write(dir.join("host1-identity.pem"), client).unwrap();
+    let server = ServerTls::make(&work.path("tls"));
+    let client = server.client("host1");
     Tls {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("gateway.pem"),
-        key: dir.join("gateway.key"),
-        client: dir.join("host1-identity.pem"),
-        client_sha256,
+        ca: server.ca,
+        cert: server.cert,
+        key: server.key,
+        client: client.identity,
+        client_sha256: client.sha256,
     }
 }
 
