@@ -79,6 +79,9 @@ struct Compactor<'a> {
     report: CompactReport,
     /// Old segments some member of which failed to copy.
     failed: BTreeSet<SegmentId>,
+    /// Read buffers given back (two circulate: the run being copied and
+    /// the next one being read).
+    spare: Vec<Vec<u8>>,
 }
 
 fn spool_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -202,22 +205,26 @@ impl Compactor<'_> {
             runs.push((i..j, start..end));
             i = j;
         }
-        // The next run is read while this one is copied.
-        let fetch = |range: &std::ops::Range<u64>| {
-            let (store, key, range) = (self.mark.store.clone(), key.clone(), range.clone());
-            self.mark
-                .rt
-                .spawn(async move { store.get_range(&key, range).await })
+        // The next run is read while this one is copied, into a buffer
+        // that an earlier run gave back.
+        let mark = self.mark;
+        let fetch = |range: &std::ops::Range<u64>, buf: Vec<u8>| {
+            let (store, key, range) = (mark.store.clone(), key.clone(), range.clone());
+            mark.rt
+                .spawn(async move { store.get_range_into(&key, range, buf).await })
         };
-        let mut next = runs.first().map(|(_, range)| fetch(range));
+        let mut next = runs
+            .first()
+            .map(|(_, range)| fetch(range, self.spare.pop().unwrap_or_default()));
         for (k, (members, range)) in runs.iter().enumerate() {
             let read = next.take().expect("a read per run");
-            let bytes = self
-                .mark
+            let bytes = mark
                 .rt
                 .block_on(read)
                 .expect("a ranged read does not panic")?;
-            next = runs.get(k + 1).map(|(_, range)| fetch(range));
+            next = runs
+                .get(k + 1)
+                .map(|(_, range)| fetch(range, self.spare.pop().unwrap_or_default()));
             let start = range.start;
             for e in &v.live[members.clone()] {
                 let need = e.end_offset() - e.header_offset;
@@ -258,6 +265,7 @@ impl Compactor<'_> {
                     }
                 }
             }
+            self.spare.push(bytes);
         }
         Ok(())
     }
@@ -283,6 +291,7 @@ pub(crate) fn compact(
         closed: 0,
         report: CompactReport::default(),
         failed: BTreeSet::new(),
+        spare: Vec::new(),
     };
     for mode in [SegmentMode::Encrypted, SegmentMode::Plain] {
         let mut filling: Option<Filling> = None;

@@ -117,9 +117,10 @@ impl ObjectSource for StoreSource {
         if range.start >= range.end {
             return Ok(Vec::new());
         }
-        let bytes = self.call(key, self.store.get_range(key, range))?;
+        // Straight into the vector the engine keeps (no second copy).
+        let bytes = self.call(key, self.store.get_range_into(key, range, Vec::new()))?;
         self.count(bytes.len());
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     fn size(&self, key: &str) -> cbfs_restore::Result<u64> {

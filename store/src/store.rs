@@ -248,6 +248,42 @@ impl Store {
         Ok(bytes)
     }
 
+    /// The bytes `range` of the object under `key`, as
+    /// [`get_range`](Self::get_range) gives them, in `buf` (emptied first,
+    /// its allocation kept). A caller that reads range after range and
+    /// hands its buffers back keeps the same memory instead of mapping
+    /// (and the kernel zeroing) fresh pages for every range. On a local
+    /// store the bytes go from the file straight into `buf`.
+    pub async fn get_range_into(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        mut buf: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.location(key)?;
+        let path = match self.local_path(key) {
+            Some(path) if range.start < range.end => path,
+            _ => {
+                let bytes = self.get_range(key, range).await?;
+                buf.clear();
+                buf.extend_from_slice(&bytes);
+                return Ok(buf);
+            }
+        };
+        let (read, buf) = tokio::task::spawn_blocking(move || {
+            let read = read_range_into(&path, &range, &mut buf);
+            (read.map_err(|e| (e, range)), buf)
+        })
+        .await
+        .map_err(|e| self.permanent(Op::Get, key, format!("the read stopped: {e}")))?;
+        match read {
+            Ok(()) => Ok(buf),
+            Err((RangeRead::Missing, _)) => Err(self.not_found(key)),
+            Err((RangeRead::Short(size), range)) => Err(self.past_end(key, &range, size)),
+            Err((RangeRead::Io(e), _)) => Err(self.permanent(Op::Get, key, e.to_string())),
+        }
+    }
+
     /// What is known about the object under `key`, or `None` if there is none.
     /// (On S3 a missing bucket reads as `None` too: a HEAD answer has no body
     /// to tell the two apart.)
@@ -497,4 +533,42 @@ impl Store {
         }
         text
     }
+}
+
+/// Why a ranged read of a local object failed.
+enum RangeRead {
+    /// There is no such object.
+    Missing,
+    /// The object ends (at this size) before the range does.
+    Short(u64),
+    Io(std::io::Error),
+}
+
+/// Reads `range` of the file at `path` into `buf` (emptied first), with no
+/// zeroing of the memory it fills.
+fn read_range_into(
+    path: &FsPath,
+    range: &Range<u64>,
+    buf: &mut Vec<u8>,
+) -> std::result::Result<(), RangeRead> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => RangeRead::Missing,
+        _ => RangeRead::Io(e),
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size < range.end {
+        return Err(RangeRead::Short(size));
+    }
+    let len = range.end - range.start;
+    buf.clear();
+    buf.reserve(usize::try_from(len).map_err(|e| RangeRead::Io(std::io::Error::other(e)))?);
+    file.seek(SeekFrom::Start(range.start)).map_err(io)?;
+    let got = file.take(len).read_to_end(buf).map_err(io)?;
+    if got as u64 != len {
+        // Cut short while it was read.
+        return Err(RangeRead::Short(range.start + got as u64));
+    }
+    Ok(())
 }

@@ -189,6 +189,13 @@ async fn missing_objects_are_not_found(fx: &Fixture) {
     assert!(fx.store.head(key).await.unwrap().is_none());
     let err = fx.store.get_range(key, 0..10).await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
+    let err = fx
+        .store
+        .get_range_into(key, 0..10, Vec::new())
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert_names(&err, fx, key);
     let dir = tempfile::tempdir().unwrap();
     let err = fx
         .store
@@ -247,6 +254,30 @@ async fn ranges(fx: &Fixture) {
     assert!(fx.store.get_range("r", 5..5).await.unwrap().is_empty());
     for bad in [90..101u64, 100..110, 200..300] {
         let err = fx.store.get_range("r", bad.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::Permanent { .. }), "{bad:?}: {err:?}");
+        assert_names(&err, fx, "r");
+    }
+    // The same into a buffer handed back each time: what it held before
+    // never shows.
+    let mut buf = vec![0xee; 300];
+    for range in [0..100u64, 10..20, 0..1, 99..100, 5..5, 0..100] {
+        buf = fx
+            .store
+            .get_range_into("r", range.clone(), buf)
+            .await
+            .unwrap();
+        assert_eq!(
+            buf,
+            data[range.start as usize..range.end as usize],
+            "{range:?}"
+        );
+    }
+    for bad in [90..101u64, 100..110, 200..300] {
+        let err = fx
+            .store
+            .get_range_into("r", bad.clone(), Vec::new())
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Permanent { .. }), "{bad:?}: {err:?}");
         assert_names(&err, fx, "r");
     }
