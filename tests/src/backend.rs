@@ -66,7 +66,7 @@ impl Backend {
                             stack.push(p);
                         } else {
                             let key = p.strip_prefix(root).unwrap().display().to_string();
-                            if !key.starts_with('.') {
+                            if !key.starts_with('.') && !is_staging(&key) {
                                 out.insert(key, std::fs::read(&p).unwrap());
                             }
                         }
@@ -86,6 +86,14 @@ impl Backend {
     pub fn total_bytes(&self) -> u64 {
         self.objects().values().map(|v| v.len() as u64).sum()
     }
+}
+
+/// Whether a file of a local store is the staging file of a write that was
+/// cut short (`NAME#DIGITS`, as `object_store` names them): not an object,
+/// and never listed or read by the store (the collector sweeps old ones).
+fn is_staging(key: &str) -> bool {
+    key.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The objects listed under the prefix `cbfs/`, keyed relative to it, with
