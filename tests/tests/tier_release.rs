@@ -29,7 +29,7 @@ mod keys;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cbfs_tests::{FsKind, random_bytes};
+use cbfs_tests::{FsKind, cbfs_cmd, random_bytes, run};
 use hsm::{Tiered, age, allocated, identity, is_stub, json, released};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -407,6 +407,71 @@ fn a_recall_fills_the_same_inode_and_a_damaged_copy_is_marked_lost() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(sha(&t.path("bad.bin")), bad);
     assert_eq!(t.state("bad.bin"), "archived");
+}
+
+/// A recall killed once its stub records are gone and before its journal
+/// learns the files' new stats: each file is whole and archived, and the
+/// next tier-out stores nothing again.
+#[test]
+fn a_recall_killed_before_its_journal_entry_leaves_archived_files() {
+    let t = Tiered::new(FsKind::Ext4, 64);
+    for i in 0..5 {
+        std::fs::write(t.path(&format!("f{i}")), random_bytes((1 << 20) + i * 777)).unwrap();
+    }
+    let before = sums(t.tree());
+    t.tier_out();
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for p in before.keys() {
+        assert!(is_stub(&t.path(p)), "{p}");
+    }
+    let ids: BTreeMap<String, u64> = before
+        .keys()
+        .map(|p| (p.clone(), identity(&t.path(p)).ino))
+        .collect();
+    let mut cmd = cbfs_cmd("cbfs-tier");
+    cmd.args(["--json", "recall", "--store", &t.store])
+        .arg("--index")
+        .arg(&t.index)
+        .arg("--tree")
+        .arg(t.tree())
+        .args(["--identity", &t.keys.admin()])
+        .arg(t.path("."))
+        .envs(t.envs.clone())
+        .env("CBFS_TEST_RECALL_CRASH", "cleared");
+    let out = run(&mut cmd);
+    assert!(!out.status.success(), "the recall was to die");
+    assert!(
+        text(&out.stderr).contains("crashing on purpose"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(sums(t.tree()), before, "every file is whole");
+    let status = t.status(&[]);
+    for p in before.keys() {
+        assert!(!is_stub(&t.path(p)), "{p}: its record is gone");
+        assert_eq!(identity(&t.path(p)).ino, ids[p], "{p} kept its inode");
+    }
+    for (p, state) in states(&status, &t) {
+        assert_eq!(state, "archived", "{p}: {status}");
+    }
+    // A file written since is dirty, and the only one stored again; the
+    // others release as archived files.
+    std::fs::write(t.path("f4"), random_bytes(1 << 20)).unwrap();
+    assert_eq!(t.state("f4"), "dirty");
+    assert_eq!(t.state("f3"), "archived");
+    let r = t.tier_out();
+    assert_eq!(r["files"], 1, "{r}");
+    assert_eq!(
+        r["unchanged"].as_u64(),
+        Some(r["scanned"].as_u64().unwrap() - 1),
+        "the others are unchanged: {r}"
+    );
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for p in before.keys() {
+        assert!(is_stub(&t.path(p)), "{p} released again");
+    }
 }
 
 /// The result of each path of a recall report, by its name beneath the

@@ -178,6 +178,12 @@ pub struct HsmRecord {
     /// When that was found, Unix seconds.
     #[serde(default)]
     pub lost_at: Option<i64>,
+    /// A recall of it began then (Unix seconds), and no record of its end
+    /// has been taken in: if it ended (no stub record left, and the file is
+    /// the archived version but for its change time), the index takes the
+    /// file's new stat instead of counting it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recalling: Option<i64>,
 }
 
 impl HsmRecord {

@@ -41,6 +41,12 @@ pub struct Entry {
     pub lost: Option<String>,
     /// When, Unix seconds.
     pub at: i64,
+    /// A recall of the file begins: written, durably, before its stub
+    /// record is removed, so that a recall killed after removing the record
+    /// and before journaling its end is still known for one (see
+    /// [`HsmRecord::recalling`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recalling: bool,
 }
 
 impl Entry {
@@ -151,11 +157,14 @@ impl Journal {
                     batch.put_file(&path, &rec);
                     h.lost = None;
                     h.lost_at = None;
+                    h.recalling = None;
                 }
                 (None, Some(why)) => {
                     h.lost = Some(why.clone());
                     h.lost_at = Some(e.at);
+                    h.recalling = None;
                 }
+                (None, None) if e.recalling => h.recalling = Some(e.at),
                 (None, None) => {}
             }
         }

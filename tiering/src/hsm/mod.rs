@@ -63,6 +63,8 @@ pub(crate) fn stub_is_archived_version(
     state::record_matches(stub, rec, st) && state::times_kept(stub, st)
 }
 
+pub(crate) use state::recall_ended;
+
 /// Takes the recall journal into the agent's index.
 pub(crate) fn absorb(agent: &Agent) -> Result<()> {
     let n = Journal::new(agent.index_dir()).absorb(&agent.index)?;
@@ -267,8 +269,13 @@ fn overlay(
         (Some(st), _) => {
             rec.stat = *st;
             h.lost = None;
+            h.recalling = None;
         }
-        (None, Some(why)) => h.lost = Some(why.clone()),
+        (None, Some(why)) => {
+            h.lost = Some(why.clone());
+            h.recalling = None;
+        }
+        (None, None) if e.recalling => h.recalling = Some(e.at),
         _ => {}
     }
     (Some(rec), Some(h))

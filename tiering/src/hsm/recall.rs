@@ -433,6 +433,36 @@ impl Recaller {
             }
             return;
         }
+        // The journal learns that these recalls are ending before their
+        // records go: a kill after a record is removed and before the
+        // journal learns the file's new stat leaves the file whole, with
+        // no record and a new change time, and the next tier-out would
+        // otherwise count it changed and store it again.
+        if let Some(j) = &self.journal {
+            let at = now();
+            let intents: Vec<Entry> = filled
+                .iter()
+                .map(|&(i, _)| {
+                    let record = stubs[i].1;
+                    Entry {
+                        path: hex::encode(&record.path),
+                        member: record.member.to_string(),
+                        slot: record.slot,
+                        ino: record.inode,
+                        stat: None,
+                        lost: None,
+                        at,
+                        recalling: true,
+                    }
+                })
+                .collect();
+            if let Err(e) = j.append_all(&intents) {
+                tracing::warn!(
+                    "{e}: a recall killed before its end is journaled would make the next \
+                     tier-out archive these files again"
+                );
+            }
+        }
         for (i, done) in filled {
             let (file, record) = stubs[i];
             let clear = || -> std::io::Result<Stat> {
@@ -463,6 +493,13 @@ impl Recaller {
                 pass.results[i] = Some(Err(unfinished(e)));
             }
         } else {
+            #[cfg(feature = "crash-points")]
+            if !cleared.is_empty()
+                && std::env::var("CBFS_TEST_RECALL_CRASH").as_deref() == Ok("cleared")
+            {
+                eprintln!("cbfs-tier: crashing on purpose once the stub records are cleared");
+                std::process::abort();
+            }
             if let Some(j) = &self.journal {
                 let entries: Vec<Entry> = cleared
                     .iter()
@@ -476,6 +513,7 @@ impl Recaller {
                             stat: Some(*stat),
                             lost: None,
                             at: now(),
+                            recalling: false,
                         }
                     })
                     .collect();
@@ -595,6 +633,7 @@ impl Recaller {
             stat: None,
             lost: Some(why.to_owned()),
             at: now(),
+            recalling: false,
         }) {
             tracing::warn!("{e}");
         }

@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::agent::Agent;
 use crate::error::{Error, Result, restore_error};
-use crate::index::{Batch, FileRecord};
+use crate::index::{Batch, FileRecord, HsmRecord};
 use crate::scan::Stat;
 
 use super::stub::{self, StubAttr};
@@ -324,7 +324,16 @@ pub(crate) fn run(
     };
     let mut candidates = Vec::new();
     let mut repairs = Vec::new();
-    agent.index.for_each_file(|rel, rec| {
+    // Recalls that never journaled their end (see `HsmRecord::recalling`).
+    let mut recalling = HashMap::new();
+    agent.index.for_each_hsm(|path, h| {
+        if h.recalling.is_some() {
+            recalling.insert(path.to_vec(), h);
+        }
+        Ok(())
+    })?;
+    let mut recalled = Batch::default();
+    agent.index.for_each_file(|rel, mut rec| {
         if !under(rel, &prefixes)
             || rec.hardlink_to.is_some()
             || !rec.stat.is_file()
@@ -337,6 +346,23 @@ pub(crate) fn run(
             return Ok(());
         };
         let st = Stat::from_metadata(&meta);
+        // A file a killed recall filled is the archived version: the index
+        // takes its new stat.
+        if !rec.stat.same_version(&st)
+            && let Some(h) = recalling.get(rel)
+            && super::state::recall_ended(Some(h), &rec, &st)
+            && matches!(stub::read_at(&abs), Ok(StubAttr::None))
+        {
+            rec.stat = st;
+            recalled.put_file(rel, &rec);
+            recalled.put_hsm(
+                rel,
+                &HsmRecord {
+                    recalling: None,
+                    ..h.clone()
+                },
+            );
+        }
         // A stub already, or changed since archived: not a candidate. A
         // stub whose release was cut short is finished.
         if !rec.stat.same_version(&st) {
@@ -399,6 +425,9 @@ pub(crate) fn run(
         }
     }
     if !opts.dry_run {
+        if !recalled.is_empty() {
+            agent.index.commit(recalled)?;
+        }
         repair(agent, &opts.tree, repairs)?;
     }
     let snapshot = open_snapshot(&source, &trust, Some(&last.id.to_string())).map_err(|e| {

@@ -114,6 +114,23 @@ pub(crate) fn times_kept(stub: &StubRecord, st: &Stat) -> bool {
         || stub.phase != StubPhase::Released
 }
 
+/// Whether a file with no stub record left is the one a recall filled
+/// though the index never learned its new stat (the recall was killed
+/// after removing the record and before journaling its end): a recall was
+/// under way (`hsm.recalling`), and the file is the archived version in
+/// all but its change time (which the recall's writes moved). Only a
+/// recall, or root, removes a `trusted.` stub record, and a recall removes
+/// it only once the content is whole and durable.
+pub(crate) fn recall_ended(hsm: Option<&HsmRecord>, rec: &FileRecord, st: &Stat) -> bool {
+    let a = &rec.stat;
+    hsm.is_some_and(|h| h.recalling.is_some())
+        && rec.hardlink_to.is_none()
+        && st.is_file()
+        && (st.dev, st.ino, st.mode, st.nlink, st.uid, st.gid, st.size)
+            == (a.dev, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size)
+        && (st.mtime, st.mtime_ns) == (a.mtime, a.mtime_ns)
+}
+
 /// Works out a file's state.
 ///
 /// `committed`: the index's records are all in a committed snapshot (no
@@ -194,10 +211,12 @@ pub(crate) fn classify(
             flags.no_archive.then(|| "no-archive".to_owned()),
             None,
         ),
-        (StubAttr::None, Some(r)) if r.stat.same_version(&st) && committed => {
+        (StubAttr::None, Some(r))
+            if (r.stat.same_version(&st) || recall_ended(hsm, r, &st)) && committed =>
+        {
             (FileState::Archived, None, snapshot)
         }
-        (StubAttr::None, Some(r)) if r.stat.same_version(&st) => (
+        (StubAttr::None, Some(r)) if r.stat.same_version(&st) || recall_ended(hsm, r, &st) => (
             FileState::Dirty,
             Some("stored, but the run that stored it died before its snapshot: the next run commits it".into()),
             None,

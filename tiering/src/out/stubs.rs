@@ -1,7 +1,9 @@
 //! Released files in a tier-out run: a stub is never archived (its
 //! content is not on disk, and reading it would store zeros, or recall it),
 //! and a release never makes a file look changed. And files flagged
-//! no-archive stay out of the store.
+//! no-archive stay out of the store. A file a recall filled is not
+//! changed either, even when the recall was killed before the index
+//! learned its new stat.
 
 use crate::error::Result;
 use crate::hsm::stub::{self, StubAttr};
@@ -23,13 +25,14 @@ pub(crate) fn screen(
     report: &mut OutReport,
 ) -> Result<Vec<Work>> {
     let index = &shared.agent.index;
-    let any_flags = {
-        let mut any = false;
+    let (any_flags, any_recalls) = {
+        let (mut flags, mut recalls) = (false, false);
         index.for_each_hsm(|_, h| {
-            any |= h.no_archive;
+            flags |= h.no_archive;
+            recalls |= h.recalling.is_some();
             Ok(())
         })?;
-        any
+        (flags, recalls)
     };
     let mut batch = Batch::default();
     let mut keep = Vec::with_capacity(changed.len());
@@ -43,6 +46,26 @@ pub(crate) fn screen(
         }
         match stub::read_at(&w.entry.abs) {
             Ok(StubAttr::None) => {
+                // A recall killed after removing the stub record and
+                // before journaling the file's new stat: the file is the
+                // archived version, whole. Either way the recall is over.
+                if any_recalls
+                    && let Some(mut h) = index.hsm(&w.entry.rel)?
+                    && h.recalling.is_some()
+                {
+                    let rec = index.file(&w.entry.rel)?;
+                    let ended = rec
+                        .as_ref()
+                        .is_some_and(|r| crate::hsm::recall_ended(Some(&h), r, &w.entry.stat));
+                    h.recalling = None;
+                    batch.put_hsm(&w.entry.rel, &h);
+                    if let (true, Some(mut rec)) = (ended, rec) {
+                        rec.stat = w.entry.stat;
+                        batch.put_file(&w.entry.rel, &rec);
+                        report.unchanged += 1;
+                        continue;
+                    }
+                }
                 // Another name of an inode a recall filled: the name the
                 // recall went through has the inode's new stat already.
                 if let Some(target) = &w.hardlink_to
