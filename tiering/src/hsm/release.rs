@@ -21,16 +21,21 @@
 //! opens the file finds a stub: a handler makes it wait for the claim to
 //! go, then fills the file for it.
 //!
+//! Files go in groups of up to 256: each step above is taken for every
+//! file of the group before the next, and the two fsyncs are one `syncfs`
+//! each for the whole group (every record durable before any content
+//! goes). A pack's stored copy is checked once for all its files.
+//!
 //! A crash at any point leaves the whole file, or a stub with a valid
 //! record: never content dropped without a record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use cbfs_format::{StubPhase, StubRecord, Timestamp};
+use cbfs_format::{MemberId, SegmentId, StubPhase, StubRecord, Timestamp};
 use cbfs_restore::{MemberFile, Snapshot, check_stored, open_snapshot};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Serialize;
@@ -443,11 +448,66 @@ pub(crate) fn run(
     let mut pending = 0;
     let mut n = 0u32;
     let mut freed_estimate = 0u64;
+    // Members whose stored copy was checked in this run: the files of a
+    // pack share one, checked once.
+    let mut checked: HashSet<(SegmentId, MemberId)> = HashSet::new();
+    let mut group: Vec<Candidate> = Vec::new();
+    let size = group_size();
+    let done = |group: &mut Vec<Candidate>,
+                n: &mut u32,
+                report: &mut ReleaseReport,
+                batch: &mut Batch,
+                pending: &mut usize|
+     -> Result<()> {
+        let outcomes = release_group(&tree, group, &snapshot, &fs, opts, n);
+        let mut flush_failed = None;
+        for (c, outcome) in group.drain(..).zip(outcomes) {
+            let path = String::from_utf8_lossy(&c.rel).into_owned();
+            match outcome {
+                Ok(Released { stat, freed, at }) => {
+                    let rec = FileRecord { stat, ..c.rec };
+                    batch.put_file(&c.rel, &rec);
+                    *pending += 1;
+                    crash_if(opts, ReleaseStep::Released(at));
+                    report.freed += freed;
+                    report.released.push(ReleasedFile {
+                        path,
+                        size: c.st.size,
+                        freed,
+                        reason: c.reason,
+                    });
+                }
+                Err(Outcome::Kept(reason)) => report.kept.push(Kept { path, reason }),
+                Err(Outcome::Unflushed(e)) => flush_failed = Some(e),
+            }
+        }
+        commit(agent, batch, pending)?;
+        match flush_failed {
+            // The stubs are whole stubs; their durable records may still
+            // say releasing (the next release finishes them). The file
+            // system could not write back: stop.
+            Some(e) => Err(Error::io(
+                "cannot make the released stubs' records durable",
+                &opts.tree,
+                e,
+            )),
+            None => Ok(()),
+        }
+    };
     for c in candidates {
         if let Some(target) = target_free {
             let s = rustix::fs::statvfs(&opts.tree)
                 .map_err(|e| Error::io("cannot statvfs", &opts.tree, e.into()))?;
-            let avail = s.f_bavail * s.f_frsize + if opts.dry_run { freed_estimate } else { 0 };
+            let mut avail = s.f_bavail * s.f_frsize + freed_estimate;
+            if avail >= target && !opts.dry_run && !group.is_empty() {
+                // What the waiting group frees may be enough: release it
+                // and look again.
+                done(&mut group, &mut n, &mut report, &mut batch, &mut pending)?;
+                freed_estimate = 0;
+                let s = rustix::fs::statvfs(&opts.tree)
+                    .map_err(|e| Error::io("cannot statvfs", &opts.tree, e.into()))?;
+                avail = s.f_bavail * s.f_frsize;
+            }
             if avail >= target {
                 break;
             }
@@ -471,44 +531,33 @@ pub(crate) fn run(
             slot: c.rec.slot,
             sha256: c.rec.sha256,
         };
-        if let Err(e) = check_stored(&source, &snapshot, &file) {
-            if e.is_transient() {
-                // The store is down: nothing more can be checked.
-                commit(agent, &mut batch, &mut pending)?;
-                return Err(restore_error(
-                    format!("checking the stored copy of {path}"),
-                    e,
-                ));
-            }
-            tracing::error!(%path, "not released: its stored copy failed verification: {e}");
-            report.kept.push(Kept {
-                path,
-                reason: format!("its stored copy failed verification: {e}"),
-            });
-            continue;
-        }
-        n += 1;
-        match release_one(&tree, &c, &snapshot, &fs, opts, n) {
-            Ok(Released { stat, freed }) => {
-                let rec = FileRecord { stat, ..c.rec };
-                batch.put_file(&c.rel, &rec);
-                pending += 1;
-                crash_if(opts, ReleaseStep::Released(n));
-                report.freed += freed;
-                report.released.push(ReleasedFile {
-                    path,
-                    size: c.st.size,
-                    freed,
-                    reason: c.reason,
-                });
-                if pending >= 256 {
-                    commit(agent, &mut batch, &mut pending)?;
+        if !checked.contains(&(file.segment, file.member)) {
+            if let Err(e) = check_stored(&source, &snapshot, &file) {
+                if e.is_transient() {
+                    // The store is down: nothing more can be checked.
+                    done(&mut group, &mut n, &mut report, &mut batch, &mut pending)?;
+                    return Err(restore_error(
+                        format!("checking the stored copy of {path}"),
+                        e,
+                    ));
                 }
+                tracing::error!(%path, "not released: its stored copy failed verification: {e}");
+                report.kept.push(Kept {
+                    path,
+                    reason: format!("its stored copy failed verification: {e}"),
+                });
+                continue;
             }
-            Err(Keep(reason)) => report.kept.push(Kept { path, reason }),
+            checked.insert((file.segment, file.member));
+        }
+        freed_estimate += would_free;
+        group.push(c);
+        if group.len() >= size {
+            done(&mut group, &mut n, &mut report, &mut batch, &mut pending)?;
+            freed_estimate = 0;
         }
     }
-    commit(agent, &mut batch, &mut pending)?;
+    done(&mut group, &mut n, &mut report, &mut batch, &mut pending)?;
     if opts.until_free.is_some() {
         report.free_after = Some(free_percent(&opts.tree)?);
     }
@@ -524,9 +573,24 @@ fn commit(agent: &Agent, batch: &mut Batch, pending: &mut usize) -> Result<()> {
     Ok(())
 }
 
+/// Files released together: their stub records made durable by one flush
+/// before any of their content goes, and their final records by another.
+/// Each holds two descriptors and a lease until its turn: fewer when the
+/// descriptor limit is low.
+const GROUP: usize = 256;
+
+fn group_size() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024) as usize;
+    (soft.saturating_sub(64) / 4).clamp(1, GROUP)
+}
+
 struct Released {
     stat: Stat,
     freed: u64,
+    /// Its number in the run (for the crash points).
+    at: u32,
 }
 
 /// Why a chosen file stays resident.
@@ -538,20 +602,41 @@ impl<E: std::fmt::Display> From<E> for Keep {
     }
 }
 
+/// What became of a file of a group that was not released.
+enum Outcome {
+    /// It stays resident, for this reason.
+    Kept(String),
+    /// Released, but the flush of its final record failed.
+    Unflushed(std::io::Error),
+}
+
+impl From<Keep> for Outcome {
+    fn from(k: Keep) -> Self {
+        Outcome::Kept(k.0)
+    }
+}
+
 use std::os::unix::ffi::OsStrExt;
 
-/// Releases one file, in the crash-safe order of the module's comment.
-fn release_one(
+/// A file of a group, leased and claimed, its record (phase releasing)
+/// written but not yet durable.
+struct Prepared<'f> {
+    file: &'f std::fs::File,
+    leased: stub::Leased<'f>,
+    claimed: stub::Claim<'f>,
+    record: StubRecord,
+}
+
+/// Opens a chosen file for its release: as a path beneath the tree (no
+/// symbolic link on the way), then for reading and writing through it
+/// (non-blocking: a lease held by another process refuses the open).
+fn open_candidate(
     tree: &crate::source_tree::SourceTree,
     c: &Candidate,
-    snapshot: &Snapshot,
-    fs: &str,
-    opts: &ReleaseOptions,
-    n: u32,
-) -> std::result::Result<Released, Keep> {
+) -> std::result::Result<std::fs::File, Keep> {
     let handle = tree.open_path_beneath(&c.rel)?;
     let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -562,7 +647,18 @@ fn release_one(
             } else {
                 Keep(format!("cannot open it: {e}"))
             }
-        })?;
+        })
+}
+
+/// The first step of one file's release: still the archived version, no
+/// other process has it open (a write lease), no record yet, claimed; its
+/// record (phase releasing) written, not yet durable.
+fn prepare<'f>(
+    file: &'f std::fs::File,
+    c: &Candidate,
+    snapshot: &Snapshot,
+    fs: &str,
+) -> std::result::Result<Prepared<'f>, Keep> {
     let same = |file: &std::fs::File| -> std::result::Result<(), Keep> {
         let st = Stat::from_metadata(&file.metadata()?);
         if !c.rec.stat.same_version(&st) {
@@ -570,19 +666,19 @@ fn release_one(
         }
         Ok(())
     };
-    same(&file)?;
-    let Some(leased) = stub::lease(&file, Duration::from_secs(1))? else {
+    same(file)?;
+    let Some(leased) = stub::lease(file, Duration::from_secs(1))? else {
         return Err(Keep("in use (another process has it open)".into()));
     };
-    same(&file)?;
+    same(file)?;
     match stub::read(file.as_fd())? {
         StubAttr::None => {}
         _ => return Err(Keep("it already carries a stub record".into())),
     }
-    let Some(claimed) = stub::claim(&file)? else {
+    let Some(claimed) = stub::claim(file)? else {
         return Err(Keep("another process is releasing or recalling it".into()));
     };
-    let mut record = StubRecord {
+    let record = StubRecord {
         phase: StubPhase::Releasing,
         fs: fs.to_owned(),
         snapshot: snapshot.id(),
@@ -596,29 +692,117 @@ fn release_one(
         inode: c.st.ino,
         path: c.rel.clone(),
     };
-    stub::write(&file, &record)?;
-    crash_if(opts, ReleaseStep::Record(n));
-    if !leased.intact() {
-        // Another process asked to open it: it wins, the file stays.
-        stub::remove(&file)?;
-        return Err(Keep(
-            "opened by another process while being released".into(),
-        ));
-    }
-    drop(leased);
-    let before = file.metadata()?.blocks();
-    stub::punch(&file, c.st.size)?;
-    crash_if(opts, ReleaseStep::Punch(n));
-    stub::set_mtime(&file, record.mtime)?;
-    record.phase = StubPhase::Released;
-    stub::write(&file, &record)?;
-    drop(claimed);
-    let meta = file.metadata()?;
-    let freed = before.saturating_sub(meta.blocks()) * 512;
-    Ok(Released {
-        stat: Stat::from_metadata(&meta),
-        freed,
+    stub::set(file, &record)?;
+    Ok(Prepared {
+        file,
+        leased,
+        claimed,
+        record,
     })
+}
+
+/// Releases a group of files in the crash-safe order of the module's
+/// comment, with one flush for all their records before any content goes
+/// and one for their final records: one outcome per file, in order. `n`
+/// counts the files of the run.
+fn release_group(
+    tree: &crate::source_tree::SourceTree,
+    group: &[Candidate],
+    snapshot: &Snapshot,
+    fs: &str,
+    opts: &ReleaseOptions,
+    n: &mut u32,
+) -> Vec<std::result::Result<Released, Outcome>> {
+    let mut out: Vec<Option<std::result::Result<Released, Outcome>>> =
+        group.iter().map(|_| None).collect();
+    let opened: Vec<std::result::Result<std::fs::File, Keep>> =
+        group.iter().map(|c| open_candidate(tree, c)).collect();
+    let mut prepared: Vec<(usize, u32, Prepared<'_>)> = Vec::new();
+    for (i, (c, file)) in group.iter().zip(&opened).enumerate() {
+        let file = match file {
+            Ok(f) => f,
+            Err(Keep(why)) => {
+                out[i] = Some(Err(Outcome::Kept(why.clone())));
+                continue;
+            }
+        };
+        match prepare(file, c, snapshot, fs) {
+            Ok(p) => {
+                *n += 1;
+                prepared.push((i, *n, p));
+            }
+            Err(k) => out[i] = Some(Err(k.into())),
+        }
+    }
+    // Every record is durable before any content goes.
+    let files: Vec<&std::fs::File> = prepared.iter().map(|(_, _, p)| p.file).collect();
+    if let Err(e) = stub::make_durable(&files) {
+        for (i, _, p) in prepared.drain(..) {
+            let _ = stub::clear(p.file);
+            out[i] = Some(Err(Outcome::Kept(format!(
+                "cannot make its stub record durable: {e}"
+            ))));
+        }
+    }
+    for (_, at, _) in &prepared {
+        crash_if(opts, ReleaseStep::Record(*at));
+    }
+    let mut claims = Vec::new();
+    let mut released = Vec::new();
+    for (i, at, p) in prepared {
+        let Prepared {
+            file,
+            leased,
+            claimed,
+            mut record,
+        } = p;
+        let step = || -> std::result::Result<u64, Keep> {
+            if !leased.intact() {
+                // Another process asked to open it: it wins, the file stays.
+                stub::remove(file)?;
+                return Err(Keep(
+                    "opened by another process while being released".into(),
+                ));
+            }
+            drop(leased);
+            let before = file.metadata()?.blocks();
+            stub::punch(file, record.size)?;
+            crash_if(opts, ReleaseStep::Punch(at));
+            stub::set_mtime(file, record.mtime)?;
+            record.phase = StubPhase::Released;
+            stub::set(file, &record)?;
+            Ok(before)
+        };
+        match step() {
+            Ok(before) => {
+                released.push((i, at, file, before));
+                claims.push(claimed);
+            }
+            Err(k) => out[i] = Some(Err(k.into())),
+        }
+    }
+    // The final records, durable before the claims go (a crash before
+    // leaves records that say releasing: the next release finishes them).
+    let files: Vec<&std::fs::File> = released.iter().map(|(_, _, f, _)| *f).collect();
+    let flushed = stub::make_durable(&files);
+    drop(claims);
+    for (i, at, file, before) in released {
+        out[i] = Some(match (&flushed, file.metadata()) {
+            (Err(e), _) => Err(Outcome::Unflushed(std::io::Error::new(
+                e.kind(),
+                e.to_string(),
+            ))),
+            (Ok(()), Err(e)) => Err(Outcome::Unflushed(e)),
+            (Ok(()), Ok(meta)) => Ok(Released {
+                stat: Stat::from_metadata(&meta),
+                freed: before.saturating_sub(meta.blocks()) * 512,
+                at,
+            }),
+        });
+    }
+    out.into_iter()
+        .map(|o| o.expect("an outcome per file"))
+        .collect()
 }
 
 use std::os::unix::fs::OpenOptionsExt;
