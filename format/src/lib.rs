@@ -152,7 +152,7 @@ pub use run_record::RunRecord;
 pub use segment_reader::{
     MemberInfo, RawData, SegmentMember, SegmentReader, open_member_at, open_member_files_at,
 };
-pub use segment_writer::{SegmentMode, SegmentWriter};
+pub use segment_writer::{CheckedCopy, SegmentMode, SegmentWriter, check_copy};
 pub use stub::{STUB_XATTR, StubPhase, StubRecord};
 pub use summary::{Summary, SummaryEntry};
 

@@ -31,10 +31,6 @@ const TRAILER: u64 = 2 * BLOCK as u64;
 
 const WRITING: &str = "writing a segment";
 
-/// Members copied by [`SegmentWriter::append_copy`] from this size on are
-/// hashed on a second thread while they are written.
-const PARALLEL_HASH: usize = 256 * 1024;
-
 /// Counts and hashes what goes through to the inner writer.
 struct HashWriter<'a, W> {
     inner: &'a mut W,
@@ -360,72 +356,47 @@ impl<W: Write + Seek> SegmentWriter<W> {
     ///
     /// `region` is the old segment's bytes from the member's header offset to the end
     /// of its data (`data_offset + data_len - header_offset` bytes, as a ranged GET
-    /// gives them). The header bytes and the data's SHA-256 are checked against `old`;
-    /// a member that does not match is not kept (the writer rewinds, as after any
-    /// failed append). The region is written in two calls, and the SHA-256 of a large
-    /// member is computed on a second thread while its bytes are written.
+    /// gives them). The header bytes and the data's SHA-256 are checked against `old`
+    /// before anything is written; a member that does not match is not kept. To
+    /// check members on another thread while this one writes, use [`check_copy`]
+    /// and [`SegmentWriter::append_checked`].
     pub fn append_copy(
         &mut self,
         old: &Summary,
         member: &MemberId,
         region: &[u8],
     ) -> Result<SummaryEntry, Error> {
-        let mismatch = |offset: u64, reason: String| Error::SummaryMismatch {
-            segment: old.segment_id(),
-            offset,
-            reason,
-        };
-        let entry = old
-            .entry(member)
-            .ok_or_else(|| mismatch(0, format!("member {member} is not in the summary")))?
-            .clone();
-        if old.mode() != self.mode {
+        self.append_checked(check_copy(old, member, region)?)
+    }
+
+    /// Writes a member that [`check_copy`] checked (its header bytes and the
+    /// SHA-256 of its data against the old segment's summary).
+    pub fn append_checked(&mut self, checked: CheckedCopy<'_>) -> Result<SummaryEntry, Error> {
+        let CheckedCopy {
+            entry,
+            header,
+            data,
+            old_mode,
+        } = checked;
+        if old_mode != self.mode {
             return Err(Error::InvalidInput {
                 reason: format!(
                     "cannot copy a {:?} member into a {:?} segment",
-                    old.mode(),
-                    self.mode
+                    old_mode, self.mode
                 ),
             });
         }
-        self.check(self.mode, member)?;
-        let header_len = entry.data_offset - entry.header_offset;
-        if region.len() as u64 != header_len + entry.data_len {
-            return Err(mismatch(
-                entry.header_offset,
-                format!(
-                    "member {member}: {} bytes given to copy, the summary says {}",
-                    region.len(),
-                    header_len + entry.data_len
-                ),
-            ));
-        }
-        let (header, data) = region.split_at(header_len as usize);
-        check_header_region(old, &entry, header)?;
+        self.check(self.mode, &entry.member)?;
         self.guarded(|w| {
             let header_offset = w.pos;
             w.out.write_all(header).map_err(Error::io(WRITING))?;
-            let sha256: [u8; 32] = if data.len() >= PARALLEL_HASH {
-                std::thread::scope(|s| {
-                    let hashing = s.spawn(|| Sha256::digest(data));
-                    let written = w.out.write_all(data);
-                    let sha256 = hashing.join().expect("hashing does not panic");
-                    written.map(|()| sha256.into())
-                })
-            } else {
-                w.out.write_all(data).map(|()| Sha256::digest(data).into())
-            }
-            .map_err(Error::io("copying a member"))?;
-            if sha256 != entry.sha256 {
-                return Err(mismatch(
-                    entry.data_offset,
-                    format!("member {member}: copied data does not match its SHA-256"),
-                ));
-            }
+            w.out
+                .write_all(data)
+                .map_err(Error::io("copying a member"))?;
             w.pad(entry.data_len)?;
             let entry = SummaryEntry {
                 header_offset,
-                data_offset: header_offset + header_len,
+                data_offset: header_offset + header.len() as u64,
                 ..entry
             };
             Ok((entry, header.to_vec()))
@@ -453,4 +424,69 @@ impl<W: Write + Seek> SegmentWriter<W> {
         let summary = Summary::new(self.segment, self.mode, len, digest, self.entries)?;
         Ok((self.out, summary))
     }
+}
+
+/// A member of an old segment whose bytes were checked against that
+/// segment's summary (see [`check_copy`]): ready for
+/// [`SegmentWriter::append_checked`]. Only [`check_copy`] makes one.
+pub struct CheckedCopy<'a> {
+    entry: SummaryEntry,
+    header: &'a [u8],
+    data: &'a [u8],
+    old_mode: SegmentMode,
+}
+
+impl CheckedCopy<'_> {
+    /// The member.
+    pub fn member(&self) -> &MemberId {
+        &self.entry.member
+    }
+}
+
+/// Checks a member of another segment before it is copied (garbage
+/// collection; no key): `region` is the old segment's bytes from the
+/// member's header offset to the end of its data, as a ranged GET gives
+/// them. Its length, its header bytes and the SHA-256 of its data must be
+/// what `old` (the old segment's summary) says. Pure: any thread may check
+/// while another writes.
+pub fn check_copy<'a>(
+    old: &Summary,
+    member: &MemberId,
+    region: &'a [u8],
+) -> Result<CheckedCopy<'a>, Error> {
+    let mismatch = |offset: u64, reason: String| Error::SummaryMismatch {
+        segment: old.segment_id(),
+        offset,
+        reason,
+    };
+    let entry = old
+        .entry(member)
+        .ok_or_else(|| mismatch(0, format!("member {member} is not in the summary")))?
+        .clone();
+    let header_len = entry.data_offset - entry.header_offset;
+    if region.len() as u64 != header_len + entry.data_len {
+        return Err(mismatch(
+            entry.header_offset,
+            format!(
+                "member {member}: {} bytes given to copy, the summary says {}",
+                region.len(),
+                header_len + entry.data_len
+            ),
+        ));
+    }
+    let (header, data) = region.split_at(header_len as usize);
+    check_header_region(old, &entry, header)?;
+    let sha256: [u8; 32] = Sha256::digest(data).into();
+    if sha256 != entry.sha256 {
+        return Err(mismatch(
+            entry.data_offset,
+            format!("member {member}: copied data does not match its SHA-256"),
+        ));
+    }
+    Ok(CheckedCopy {
+        entry,
+        header,
+        data,
+        old_mode: old.mode(),
+    })
 }

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cbfs_format::{
-    GroupId, Relocation, SegmentId, SegmentMode, SegmentWriter, Summary, SummaryEntry, layout,
+    GroupId, Relocation, SegmentId, SegmentMode, SegmentWriter, Summary, SummaryEntry, check_copy,
+    layout,
 };
 use serde::Serialize;
 use tempfile::NamedTempFile;
@@ -30,6 +31,10 @@ use crate::mark::Mark;
 const COALESCE_GAP: u64 = 1 << 20;
 /// The longest ranged request.
 const MAX_RANGE: u64 = 16 << 20;
+/// The longest first request of a segment.
+const FIRST_RANGE: u64 = 2 << 20;
+/// Members checked ahead of the one being written.
+const CHECKED_AHEAD: usize = 8;
 
 /// A segment to compact: its summary and its live members, in order.
 pub(crate) struct Victim {
@@ -66,6 +71,28 @@ struct Filling {
     moved: BTreeMap<SegmentId, Vec<SummaryEntry>>,
     /// The groups its members need, and the old segment each came from.
     groups: BTreeMap<GroupId, SegmentId>,
+    /// A flush of what is written so far, under way on another thread
+    /// while the copying goes on: the flush that publishes the segment
+    /// then has only the rest to write back.
+    early: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Filling {
+    /// Starts writing back what the spool holds so far, unless a flush is
+    /// still under way. Its errors are the final flush's to report.
+    fn flush_early(&mut self) {
+        if self.early.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(h) = self.early.take() {
+            let _ = h.join();
+        }
+        if let Ok(file) = self.spool.as_file().try_clone() {
+            self.early = Some(std::thread::spawn(move || {
+                let _ = file.sync_data();
+            }));
+        }
+    }
 }
 
 /// State of one compaction.
@@ -110,6 +137,7 @@ impl Compactor<'_> {
             writer,
             moved: BTreeMap::new(),
             groups: BTreeMap::new(),
+            early: None,
         })
     }
 
@@ -129,7 +157,11 @@ impl Compactor<'_> {
             writer,
             moved,
             groups,
+            early,
         } = f;
+        if let Some(h) = early {
+            let _ = h.join();
+        }
         let (mut file, summary) = writer.finish().map_err(writer_err(id, spool.path()))?;
         file.set_len(summary.segment_len())
             .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()))
@@ -190,19 +222,24 @@ impl Compactor<'_> {
     fn copy(&mut self, v: &Victim, into: &mut Option<Filling>) -> Result<()> {
         let key = layout::segment(&v.segment);
         // One ranged read for each run of members close to each other.
+        // The first runs are short, so that the copying starts soon after
+        // the first read: each may be twice the one before, up to the
+        // longest request.
         let mut runs = Vec::new();
         let mut i = 0;
+        let mut longest = FIRST_RANGE;
         while i < v.live.len() {
             let start = v.live[i].header_offset;
             let mut j = i + 1;
             while j < v.live.len()
                 && v.live[j].header_offset - v.live[j - 1].end_offset() <= COALESCE_GAP
-                && v.live[j].end_offset() - start <= MAX_RANGE
+                && v.live[j].end_offset() - start <= longest
             {
                 j += 1;
             }
             let end = v.live[j - 1].data_offset + v.live[j - 1].data_len;
             runs.push((i..j, start..end));
+            longest = (longest * 2).min(MAX_RANGE);
             i = j;
         }
         // The next run is read while this one is copied, into a buffer
@@ -226,44 +263,62 @@ impl Compactor<'_> {
                 .get(k + 1)
                 .map(|(_, range)| fetch(range, self.spare.pop().unwrap_or_default()));
             let start = range.start;
-            for e in &v.live[members.clone()] {
-                let need = e.end_offset() - e.header_offset;
-                let full = into.as_ref().is_some_and(|f| {
-                    !f.writer.is_empty() && f.writer.len() + need > self.segment_size
-                });
-                if full {
-                    let f = into.take().expect("checked");
-                    self.close(f)?;
-                }
-                if into.is_none() {
-                    *into = Some(self.start(v.summary.mode())?);
-                }
-                let f = into.as_mut().expect("just made");
-                let from = (e.header_offset - start) as usize;
-                let to = (e.data_offset + e.data_len - start) as usize;
-                match f
-                    .writer
-                    .append_copy(&v.summary, &e.member, &bytes[from..to])
-                {
-                    Ok(placed) => {
-                        self.report.bytes_copied += e.data_len;
-                        if let Some(g) = placed.group {
-                            f.groups.insert(g, v.segment);
+            let live = &v.live[members.clone()];
+            // Each member is checked (header and SHA-256 against its
+            // summary) on a second thread while this one writes the ones
+            // checked before it.
+            std::thread::scope(|scope| -> Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel(CHECKED_AHEAD);
+                let (summary, bytes) = (&v.summary, &bytes);
+                scope.spawn(move || {
+                    for e in live {
+                        let from = (e.header_offset - start) as usize;
+                        let to = (e.data_offset + e.data_len - start) as usize;
+                        let checked = check_copy(summary, &e.member, &bytes[from..to]);
+                        if tx.send(checked).is_err() {
+                            break;
                         }
-                        f.moved.entry(v.segment).or_default().push(placed);
                     }
-                    // A full spool is no fault of the member: the run
-                    // stops (what it published stands, as after a crash).
-                    Err(cbfs_format::Error::Io { source, .. }) if is_full(&source) => {
-                        return Err(spool_err(f.spool.path())(source));
+                });
+                for e in live {
+                    let checked = rx.recv().expect("a check per member");
+                    let need = e.end_offset() - e.header_offset;
+                    let full = into.as_ref().is_some_and(|f| {
+                        !f.writer.is_empty() && f.writer.len() + need > self.segment_size
+                    });
+                    if full {
+                        let f = into.take().expect("checked");
+                        self.close(f)?;
                     }
-                    Err(err) => {
-                        self.failed.insert(v.segment);
-                        self.report
-                            .failed
-                            .push((key.clone(), format!("member {}: {err}", e.member)));
+                    if into.is_none() {
+                        *into = Some(self.start(v.summary.mode())?);
+                    }
+                    let f = into.as_mut().expect("just made");
+                    match checked.and_then(|c| f.writer.append_checked(c)) {
+                        Ok(placed) => {
+                            self.report.bytes_copied += e.data_len;
+                            if let Some(g) = placed.group {
+                                f.groups.insert(g, v.segment);
+                            }
+                            f.moved.entry(v.segment).or_default().push(placed);
+                        }
+                        // A full spool is no fault of the member: the run
+                        // stops (what it published stands, as after a crash).
+                        Err(cbfs_format::Error::Io { source, .. }) if is_full(&source) => {
+                            return Err(spool_err(f.spool.path())(source));
+                        }
+                        Err(err) => {
+                            self.failed.insert(v.segment);
+                            self.report
+                                .failed
+                                .push((key.clone(), format!("member {}: {err}", e.member)));
+                        }
                     }
                 }
+                Ok(())
+            })?;
+            if let Some(f) = into.as_mut() {
+                f.flush_early();
             }
             self.spare.push(bytes);
         }
