@@ -137,8 +137,8 @@ pub use lease::Lease;
 pub use lockbox::{Lockbox, MAX_SCOPE_LABEL_LEN};
 pub use manifest::{Manifest, ManifestBuilder};
 pub use member::{
-    ContentReader, DEFAULT_ZSTD_LEVEL, MemberFiles, open_member, open_member_files,
-    open_member_piped, write_member, write_pack,
+    ContentReader, DEFAULT_ZSTD_LEVEL, MemberFiles, decrypt_frame, open_frame, open_member,
+    open_member_files, open_member_piped, write_member, write_pack,
 };
 pub use merkle::{MAX_PACK_FILES, ManifestEntry, MerkleProof, Slots, merkle_root};
 pub use metadata::{

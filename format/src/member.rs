@@ -171,15 +171,7 @@ fn start_payload<'c, W: Write>(
     key: &GroupKey,
     zstd_level: i32,
 ) -> Result<PayloadEncoder<'c, W>, Error> {
-    let recipient = CbfsRecipient { member, key };
-    let encryptor =
-        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-            .map_err(|e| Error::InvalidInput {
-                reason: format!("age refused the cbfs1 recipient: {e}"),
-            })?;
-    let stream = encryptor
-        .wrap_output(output)
-        .map_err(Error::io("writing a member payload"))?;
+    let stream = age_writer(output, member, key)?;
     cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(zstd_level))
         .map_err(|code| Error::InvalidInput {
             reason: format!(
@@ -293,6 +285,63 @@ pub(crate) fn open_member_inner<'a, R: Read + Send + 'a>(
 ) -> Result<MemberFiles<'a>, Error> {
     let age = open_age(member, payload, expected_len, keys)?;
     decode_plain(member, BufReader::new(age))
+}
+
+/// Decrypts a member's payload to its plaintext frame, still compressed
+/// (re-keying seals the same frame again under a new file key, with no
+/// second compression). The whole payload is authenticated: a damaged or
+/// truncated one is an error, as for [`open_member`]. Read the frame with
+/// [`open_frame`].
+pub fn decrypt_frame(
+    member: MemberId,
+    payload: &[u8],
+    keys: &dyn GroupKeys,
+) -> Result<Vec<u8>, Error> {
+    let mut age = open_age(member, payload, Some(payload.len() as u64), keys)?;
+    let mut frame = Vec::with_capacity(payload.len());
+    age.read_to_end(&mut frame)
+        .map_err(|e| Error::from_io(e, "decrypting a member payload"))?;
+    Ok(frame)
+}
+
+/// The files of a member's plaintext frame (from [`decrypt_frame`]): their
+/// metadata and one reader over their contents, as [`open_member_files`]
+/// gives them. Read the content to the end: only then is the end of the
+/// frame checked.
+pub fn open_frame(member: MemberId, frame: &[u8]) -> Result<MemberFiles<'_>, Error> {
+    decode_plain(member, frame)
+}
+
+/// Encrypts a member's plaintext frame (compressed, from [`decrypt_frame`])
+/// as a new member: a fresh file key, wrapped for `member` under `key`.
+pub(crate) fn write_frame<W: Write>(
+    output: W,
+    member: MemberId,
+    key: &GroupKey,
+    frame: &[u8],
+) -> Result<W, Error> {
+    let writing = "writing a member payload";
+    let mut stream = age_writer(output, member, key)?;
+    stream.write_all(frame).map_err(Error::io(writing))?;
+    stream.finish().map_err(Error::io(writing))
+}
+
+/// An age stream to `output` whose header wraps a fresh file key for
+/// `member` under `key` (the `cbfs1` stanza).
+fn age_writer<W: Write>(
+    output: W,
+    member: MemberId,
+    key: &GroupKey,
+) -> Result<age::stream::StreamWriter<W>, Error> {
+    let recipient = CbfsRecipient { member, key };
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .map_err(|e| Error::InvalidInput {
+                reason: format!("age refused the cbfs1 recipient: {e}"),
+            })?;
+    encryptor
+        .wrap_output(output)
+        .map_err(Error::io("writing a member payload"))
 }
 
 /// Reads the age header and unwraps the file key: the member's payload

@@ -273,6 +273,25 @@ impl<W: Write + Seek> SegmentWriter<W> {
         })
     }
 
+    /// Appends a member whose plaintext frame (still compressed, from
+    /// [`crate::decrypt_frame`] of another member) is sealed again, under a
+    /// fresh file key wrapped for `member` under `key`: re-keying, with no
+    /// second compression. The caller has checked the frame
+    /// ([`crate::open_frame`] read to its end).
+    pub fn append_frame(
+        &mut self,
+        member: MemberId,
+        key: &GroupKey,
+        frame: &[u8],
+    ) -> Result<SummaryEntry, Error> {
+        self.check(SegmentMode::Encrypted, &member)?;
+        self.guarded(|w| {
+            w.append_built(member, key, |buf, _, _| {
+                crate::member::write_frame(buf, member, key, frame).map(|_| ())
+            })
+        })
+    }
+
     /// [`append_encrypted`](Self::append_encrypted) of a small file: the
     /// member is built in memory, then written with its header at once.
     fn append_in_memory(

@@ -7,7 +7,7 @@ use std::io::{Cursor, Read, Seek, SeekFrom};
 
 use cbfs_format::{
     EntryKind, Error, GroupKey, Keyring, MemberId, Metadata, SegmentId, SegmentMode, SegmentReader,
-    SegmentWriter, Summary, open_member_at,
+    SegmentWriter, Summary, decrypt_frame, open_frame, open_member_at,
 };
 use common::*;
 
@@ -220,6 +220,46 @@ fn gc_copies_members_byte_for_byte_without_a_key() {
     let back = read_segment(&new_bytes, &key).unwrap();
     let expected: Vec<_> = entries.into_iter().skip(1).step_by(2).collect();
     assert_eq!(back, expected);
+}
+
+#[test]
+fn a_member_sealed_again_under_a_new_key_holds_the_same_files() {
+    let (old_key, new_key) = (GroupKey::generate(), GroupKey::generate());
+    let entries = sample_entries();
+    let (old_bytes, old, ids) = write_encrypted(&entries, &old_key);
+    let mut w = SegmentWriter::new(
+        Cursor::new(Vec::new()),
+        SegmentId::random(),
+        SegmentMode::Encrypted,
+    )
+    .unwrap();
+    for (e, id) in old.entries().iter().zip(&ids) {
+        let payload = &old_bytes[e.data_offset as usize..(e.data_offset + e.data_len) as usize];
+        // Only the old key opens the old payload.
+        assert_eq!(
+            decrypt_frame(*id, payload, &new_key).unwrap_err().code(),
+            "wrong_key"
+        );
+        let frame = decrypt_frame(*id, payload, &old_key).unwrap();
+        // The frame is the member's compressed plaintext: it reads back.
+        let files = open_frame(*id, &frame).unwrap();
+        assert_eq!(files.entries.len(), 1);
+        let new_id = MemberId::random();
+        let placed = w.append_frame(new_id, &new_key, &frame).unwrap();
+        assert_ne!(placed.sha256, e.sha256, "a fresh file key: other bytes");
+    }
+    // A payload cut short does not decrypt.
+    let e = &old.entries()[3];
+    let cut = &old_bytes[e.data_offset as usize..(e.data_offset + e.data_len - 1) as usize];
+    assert!(decrypt_frame(ids[3], cut, &old_key).is_err());
+    let (spool, new) = w.finish().unwrap();
+    let new_bytes = spool.into_inner();
+    new.verify_segment(&new_bytes[..]).unwrap();
+    assert_eq!(read_segment(&new_bytes, &new_key).unwrap(), entries);
+    assert!(
+        read_segment(&new_bytes, &old_key).is_err(),
+        "the old key opens nothing"
+    );
 }
 
 #[test]

@@ -58,6 +58,7 @@
 mod emit;
 mod engine;
 mod error;
+mod fetch;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 mod hashing;
@@ -78,6 +79,7 @@ mod source;
 
 pub use engine::RestoreOptions;
 pub use error::{Error, Result};
+pub use fetch::{Frame, FrameFetcher};
 #[cfg(feature = "gateway")]
 pub use gateway::{GatewaySource, is_gateway_store};
 #[cfg(feature = "secrets")]

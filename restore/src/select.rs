@@ -32,7 +32,10 @@ pub struct MemberFile {
 }
 
 /// The manifest entry `file` names in `snapshot`, or why there is none.
-fn entry_of(snapshot: &Snapshot, file: &MemberFile) -> std::result::Result<ManifestEntry, Error> {
+pub(crate) fn entry_of(
+    snapshot: &Snapshot,
+    file: &MemberFile,
+) -> std::result::Result<ManifestEntry, Error> {
     let Some(e) = snapshot.manifest().find(&file.segment, &file.member) else {
         return Err(Error::NoSnapshot(format!(
             "snapshot {} (sequence {}) does not hold member {} of segment {}",

@@ -428,6 +428,60 @@ fn a_rekey_killed_on_s3_finishes_on_the_rerun_in_one_snapshot() {
     killed_and_resumed(tiered_on(env), "commit:2");
 }
 
+/// A member whose every file is re-keyed is sealed again as it is (its
+/// compressed plaintext under new keys); a pack that also holds an entry
+/// the snapshot no longer has is stored again file by file, so that the
+/// entry goes with the old member. Either way the snapshot restores.
+#[test]
+fn whole_members_are_sealed_again_as_they_are_and_packs_with_gone_entries_are_not() {
+    let (mut env, _) = tiered(61);
+    let before = alice_members(&env_listing(&env));
+    // A pack of alice's small entries also holds this hard link (and the
+    // removal changes the folder's entry and the link's other name).
+    std::fs::remove_file(env.src.join("alice/hard")).unwrap();
+    let second = env.tier()["sequence"].as_u64().unwrap();
+    let now = alice_members(&env_listing(&env));
+    // Whole: every entry it was written with is still in the snapshot.
+    let count = |l: &BTreeMap<String, String>, m: &String| l.values().filter(|v| *v == m).count();
+    let members: BTreeSet<&String> = now.values().collect();
+    let whole = members
+        .iter()
+        .filter(|m| count(&before, m) == 0 || count(&before, m) == count(&now, m))
+        .count();
+    assert!(
+        whole >= 1 && whole < members.len(),
+        "both kinds: {whole} of {} members whole",
+        members.len()
+    );
+    let first = rekey(&env, &[]);
+    assert_eq!(
+        first["resealed_members"].as_u64(),
+        Some(whole as u64),
+        "{first:#}"
+    );
+    assert_eq!(first["verified"], first["rekeyed"], "{first:#}");
+    // Stored again file by file, the pack holds only what the snapshot
+    // names: a second re-key seals every member again as it is.
+    let members: BTreeSet<String> = alice_members(&env_listing(&env)).into_values().collect();
+    let again = rekey(&env, &[]);
+    assert_eq!(
+        again["resealed_members"].as_u64(),
+        Some(members.len() as u64),
+        "{again:#}"
+    );
+    assert_eq!(again["verified"], again["rekeyed"], "{again:#}");
+    let after = alice_members(&env_listing(&env));
+    for (path, member) in &after {
+        assert!(!members.contains(member), "{path} not re-keyed");
+    }
+    let seq = again["sequence"].as_u64().unwrap();
+    let state = env.states[&second].clone();
+    env.states.insert(seq, state);
+    env.assert_restores(seq);
+    env.assert_recovers(seq);
+    env.verify();
+}
+
 /// A re-key killed at `point`, a tier-out refused meanwhile, the rerun.
 fn killed_and_resumed((mut env, first): (Env, u64), point: &str) {
     let before = alice_members(&env_listing(&env));

@@ -226,6 +226,7 @@ impl<'s, 'r> Walk<'s, 'r> {
             entry,
             scope,
             hardlink_to,
+            reseal: None,
             pushed: None,
         })
     }

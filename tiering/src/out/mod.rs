@@ -177,6 +177,125 @@ pub(crate) struct Work {
     /// For an entry of a pushed stream: its metadata and where its content
     /// is in the stream's spool.
     pushed: Option<Pushed>,
+    /// For a re-key: a whole member sealed again (its files, of which
+    /// `entry` is the first).
+    reseal: Option<Box<Reseal>>,
+}
+
+/// A member a re-key seals again as it is: its plaintext frame, still
+/// compressed (decrypted and authenticated, not yet read through), and the
+/// files of it that the index names. Its frame counts against the re-key's
+/// [`FrameBudget`] until it is dropped.
+pub(crate) struct Reseal {
+    /// The old member and the segment it was read from.
+    member: cbfs_format::MemberId,
+    segment: cbfs_format::SegmentId,
+    frame: Vec<u8>,
+    files: Vec<ResealedFile>,
+    budget: std::sync::Arc<FrameBudget>,
+}
+
+impl Reseal {
+    pub(crate) fn new(
+        member: cbfs_format::MemberId,
+        segment: cbfs_format::SegmentId,
+        frame: Vec<u8>,
+        files: Vec<ResealedFile>,
+        budget: std::sync::Arc<FrameBudget>,
+    ) -> Self {
+        Reseal {
+            member,
+            segment,
+            frame,
+            files,
+            budget,
+        }
+    }
+}
+
+impl Drop for Reseal {
+    fn drop(&mut self) {
+        self.budget.give(self.frame.len() as u64);
+    }
+}
+
+/// A file of a member sealed again: its path, stat and slot, and its
+/// index record's old segment (to note).
+pub(crate) struct ResealedFile {
+    rel: Vec<u8>,
+    stat: crate::scan::Stat,
+    slot: u16,
+    old_segment: cbfs_format::SegmentId,
+}
+
+impl ResealedFile {
+    pub(crate) fn rel(&self) -> &[u8] {
+        &self.rel
+    }
+
+    pub(crate) fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    pub(crate) fn new(
+        rel: Vec<u8>,
+        stat: crate::scan::Stat,
+        slot: u16,
+        old_segment: cbfs_format::SegmentId,
+    ) -> Self {
+        ResealedFile {
+            rel,
+            stat,
+            slot,
+            old_segment,
+        }
+    }
+}
+
+/// The memory that frames waiting to be sealed again may hold (the reader
+/// waits while it is spent; a frame larger than it still goes alone), and
+/// the members found malformed once decrypted (they stay under their old
+/// keys, and the re-key reports them).
+pub(crate) struct FrameBudget {
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+    limit: u64,
+    pub(crate) failures: std::sync::Mutex<Vec<cbfs_restore::Failure>>,
+    /// Members sealed again as they were.
+    pub(crate) resealed: AtomicU64,
+}
+
+impl FrameBudget {
+    pub(crate) fn new(limit: u64) -> Self {
+        FrameBudget {
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            limit,
+            failures: std::sync::Mutex::new(Vec::new()),
+            resealed: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `n` bytes, waiting while they would exceed the limit (not
+    /// once `stop` is set: the run is ending).
+    pub(crate) fn take(&self, n: u64, stop: &std::sync::atomic::AtomicBool) {
+        let mut used = self.used.lock().expect("frame budget");
+        while *used > 0 && *used + n > self.limit && !stop.load(Ordering::SeqCst) {
+            used = self
+                .freed
+                .wait_timeout(used, std::time::Duration::from_millis(100))
+                .expect("frame budget")
+                .0;
+        }
+        *used += n;
+    }
+
+    fn give(&self, n: u64) {
+        let mut used = self.used.lock().expect("frame budget");
+        *used = used.saturating_sub(n);
+        drop(used);
+        self.freed.notify_all();
+    }
 }
 
 /// What a pushed stream said of an entry: its metadata as it is stored
@@ -193,6 +312,9 @@ pub(crate) struct Pushed {
 impl Work {
     /// The content bytes it will read.
     fn content_len(&self) -> u64 {
+        if let Some(r) = &self.reseal {
+            return r.frame.len() as u64;
+        }
         if self.entry.stat.is_file() && self.hardlink_to.is_none() {
             self.entry.stat.size
         } else {

@@ -139,6 +139,7 @@ pub(crate) fn store_sparse_packs(shared: &Shared<'_>, report: &mut OutReport) ->
                     },
                     scope,
                     hardlink_to: None,
+                    reseal: None,
                     pushed: None,
                 });
             }

@@ -770,6 +770,7 @@ fn changed(shared: &Shared<'_>, batch: Vec<Checked>, report: &mut OutReport) -> 
             },
             scope,
             hardlink_to,
+            reseal: None,
             pushed: Some(Pushed {
                 meta,
                 data: c.data,
@@ -808,6 +809,7 @@ pub(crate) fn relinked(
         },
         scope,
         hardlink_to: None,
+        reseal: None,
         pushed: Some(Pushed {
             meta,
             data,

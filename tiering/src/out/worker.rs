@@ -156,6 +156,7 @@ pub(crate) fn store_dangling_links(shared: &Shared<'_>) -> Result<()> {
             },
             scope,
             hardlink_to: None,
+            reseal: None,
             pushed: None,
         });
     }
@@ -206,7 +207,11 @@ fn store_one(
         scope,
         hardlink_to,
         pushed,
+        reseal,
     } = work;
+    if let Some(r) = reseal {
+        return store_resealed(shared, seg, scope, *r);
+    }
     let regular = entry.stat.is_file() && hardlink_to.is_none();
     // A re-key's content is in a spool of its own, kept while it is read.
     let chunk = pushed.as_ref().and_then(|p| p.chunk.clone());
@@ -298,6 +303,76 @@ fn store_one(
         hardlink_to,
         slot: 0,
     });
+    Ok(())
+}
+
+/// Seals a re-keyed member again as it was (its frame, still compressed)
+/// under a new member id and this segment's group key of its scope: each
+/// of its files the index names is stored with its slot.
+fn store_resealed(
+    shared: &Shared<'_>,
+    seg: &mut OpenSegment,
+    scope: ScopeLabel,
+    mut r: crate::out::Reseal,
+) -> Result<()> {
+    // The frame read through: each file's hashes, noted before its new
+    // copy can be committed. A malformed frame stays under its old keys.
+    let hashes = match crate::out::rekey::frame_hashes(r.member, &r.frame, &r.files) {
+        Ok(h) => h,
+        Err(why) => {
+            let first = r
+                .files
+                .first()
+                .map(|f| String::from_utf8_lossy(&f.rel).into_owned());
+            r.budget
+                .failures
+                .lock()
+                .expect("failures")
+                .push(cbfs_restore::Failure {
+                    object: cbfs_format::layout::segment(&r.segment),
+                    member: Some(r.member.to_string()),
+                    path: first,
+                    code: "corrupt_plaintext".into(),
+                    error: why,
+                });
+            return Ok(());
+        }
+    };
+    for (f, (content, meta)) in r.files.iter().zip(hashes) {
+        crate::out::rekey::put_note(
+            &shared.agent.index,
+            &f.rel,
+            (f.old_segment, r.member, f.slot),
+            content,
+            meta,
+        )?;
+    }
+    let member = MemberId::random_with_rng(&mut rand::thread_rng());
+    let key = group_key(shared, &mut seg.groups, &mut seg.lockboxes, seg.id, &scope)?;
+    let summary = seg
+        .writer
+        .append_frame(member, key, &r.frame)
+        .map_err(|e| spool_error(shared, e))?;
+    r.budget.resealed.fetch_add(1, Ordering::Relaxed);
+    let n = r.files.len() as u64;
+    let len = summary.data_len;
+    for (i, f) in std::mem::take(&mut r.files).into_iter().enumerate() {
+        let i = i as u64;
+        let bytes = if f.stat.is_file() { f.stat.size } else { 0 };
+        shared.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+        shared.observer.bytes_read(bytes);
+        shared.files.fetch_add(1, Ordering::Relaxed);
+        shared.observer.file_stored();
+        seg.stored.push(Stored {
+            rel: f.rel,
+            stat: f.stat,
+            scope: scope.clone(),
+            summary: summary.clone(),
+            hardlink_to: None,
+            slot: f.slot,
+            share: len * (i + 1) / n - len * i / n,
+        });
+    }
     Ok(())
 }
 

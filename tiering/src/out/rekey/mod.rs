@@ -49,6 +49,9 @@ use read::Reader;
 /// files, or this much content (one file may exceed it).
 const BATCH_FILES: usize = 4096;
 const BATCH_BYTES: u64 = 64 << 20;
+/// Frames read back and waiting for a worker, at most (a re-key seals a
+/// member's compressed frame again as it is; see `read.rs`).
+const FRAME_BUDGET: u64 = 64 << 20;
 
 /// What `cbfs-tier rekey` is asked to do.
 #[derive(Clone, Debug)]
@@ -90,6 +93,11 @@ pub struct RekeyReport {
     pub bytes_stored: u64,
     /// Segments written.
     pub new_segments: u64,
+    /// Members sealed again as they were (their compressed plaintext under
+    /// a new file key and group key, not compressed a second time): those
+    /// up to 4 MiB whose every file is re-keyed. The others are stored
+    /// again file by file.
+    pub resealed_members: u64,
     /// Entries read back from the new snapshot and found identical
     /// (content and metadata) to what they were.
     pub verified: u64,
@@ -131,6 +139,8 @@ pub(crate) struct Plan {
     failures: Mutex<Vec<Failure>>,
     already: std::sync::atomic::AtomicU64,
     before_since: std::sync::atomic::AtomicU64,
+    /// Frames read back and waiting to be sealed again.
+    frames: std::sync::Arc<crate::out::FrameBudget>,
 }
 
 impl Plan {
@@ -190,6 +200,27 @@ impl Note {
 
 /// segment, member, slot, two hashes.
 const NOTE_LEN: usize = 16 + 16 + 2 + 32 + 32;
+
+/// Notes a path a worker is about to store again from its old member
+/// `(segment, member, slot)`, with its content and metadata hashes.
+pub(crate) fn put_note(
+    index: &Index,
+    path: &[u8],
+    (old_segment, old_member, old_slot): (cbfs_format::SegmentId, MemberId, u16),
+    content: [u8; 32],
+    meta: [u8; 32],
+) -> Result<()> {
+    let note = Note {
+        old_segment,
+        old_member,
+        old_slot,
+        content,
+        meta,
+    };
+    index.rekey_put(path, &note.encode())
+}
+
+pub(crate) use read::frame_hashes;
 
 fn meta_hash(meta: &Metadata) -> [u8; 32] {
     Sha256::digest(meta.to_record().unwrap_or_default()).into()
@@ -311,6 +342,7 @@ pub(crate) fn run(
         failures: Mutex::new(Vec::new()),
         already: Default::default(),
         before_since: Default::default(),
+        frames: std::sync::Arc::new(crate::out::FrameBudget::new(FRAME_BUDGET)),
     };
     let out: OutReport = super::run(agent, opts, Input::Rekey(&plan), rt.clone(), observer)?;
     tracing::info!(
@@ -326,7 +358,12 @@ pub(crate) fn run(
         bytes: out.bytes_read,
         bytes_stored: out.bytes_stored,
         new_segments: out.new_segments,
-        failures: std::mem::take(&mut *plan.failures.lock().expect("failures")),
+        resealed_members: plan.frames.resealed.load(Ordering::Relaxed),
+        failures: {
+            let mut f = std::mem::take(&mut *plan.failures.lock().expect("failures"));
+            f.append(&mut plan.frames.failures.lock().expect("failures"));
+            f
+        },
         ..RekeyReport::default()
     };
     let state = agent.index.state()?;

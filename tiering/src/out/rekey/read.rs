@@ -1,21 +1,21 @@
 //! Reading a batch of the scope's files back from the store, into a spool
 //! the workers store them from, each noted with its hashes first.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use cbfs_core::ScopeLabel;
-use cbfs_format::Metadata;
-use cbfs_restore::{MemberFile, RestoreOptions, Sink, Snapshot, restore_files};
+use cbfs_format::{MemberFiles, MemberId, Metadata, SegmentId};
+use cbfs_restore::{FrameFetcher, MemberFile, RestoreOptions, Sink, Snapshot, restore_files};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, restore_error};
 use crate::index::{FileRecord, Index};
 use crate::out::diff::Dispatch;
 use crate::out::stream::Spool;
-use crate::out::{Pushed, Shared, Work};
+use crate::out::{Pushed, Reseal, ResealedFile, Shared, Work};
 use crate::scan::Entry;
 
 use super::{Note, Plan, member_file, meta_hash};
@@ -38,6 +38,11 @@ impl Reader<'_, '_> {
         also: &[(Vec<u8>, FileRecord)],
         dispatch: &mut Dispatch<'_, '_, '_>,
     ) -> Result<()> {
+        let files = if also.is_empty() {
+            self.reseal(files, dispatch)?
+        } else {
+            files
+        };
         if files.is_empty() {
             return Ok(());
         }
@@ -84,6 +89,148 @@ impl Reader<'_, '_> {
         dispatch.hand_over(work);
         Ok(())
     }
+
+    /// Seals the members of `files` again as they are, where it can: each
+    /// member (up to [`RESEAL_MAX`] of content) whose every file is among
+    /// `files` is fetched whole, checked against the signed manifest,
+    /// decrypted to its frame (still compressed) and handed to a worker,
+    /// which reads the frame to its end to note each file's hashes and
+    /// encrypts the same frame under new keys. The files it cannot (a
+    /// larger member, a damaged one, a pack with files the snapshot no
+    /// longer holds, a hard link) are given back, to be read file by file.
+    fn reseal(
+        &self,
+        files: Vec<(Vec<u8>, FileRecord)>,
+        dispatch: &mut Dispatch<'_, '_, '_>,
+    ) -> Result<Vec<(Vec<u8>, FileRecord)>> {
+        let mut members: BTreeMap<(SegmentId, MemberId), Vec<Named>> = BTreeMap::new();
+        let mut rest = Vec::new();
+        for (path, rec) in files {
+            if rec.hardlink_to.is_none() {
+                members
+                    .entry((rec.segment, rec.member))
+                    .or_default()
+                    .push((path, rec));
+            } else {
+                rest.push((path, rec));
+            }
+        }
+        let mut fetcher = FrameFetcher::new(self.source, self.snapshot, &self.plan.opener);
+        for ((_, member), group) in members {
+            let content: u64 = group.iter().map(|(_, r)| r.stat.size).sum();
+            if content > RESEAL_MAX || self.shared.stop.load(Ordering::SeqCst) {
+                rest.extend(group);
+                continue;
+            }
+            let fetched = match fetcher.fetch(&member_file(&group[0].1)) {
+                Ok(f) => f,
+                Err(e) if e.is_transient() => return Err(restore_error(self.snapshot.key(), e)),
+                Err(e) => {
+                    // Read file by file, which reports the damage.
+                    tracing::debug!(%member, "not sealed again as it is: {e}");
+                    rest.extend(group);
+                    continue;
+                }
+            };
+            // Only a member whose every file is one of these: a pack that
+            // also holds files no longer in the snapshot is stored again
+            // file by file, so that their content goes with the old member.
+            let whole = cbfs_format::open_frame(member, &fetched.frame)
+                .is_ok_and(|m| m.entries.len() == group.len());
+            if !whole {
+                rest.extend(group);
+                continue;
+            }
+            let frame = fetched.frame;
+            self.plan.frames.take(frame.len() as u64, &self.shared.stop);
+            let first = &group[0];
+            let work = Work {
+                entry: Entry {
+                    abs: PathBuf::from(String::from_utf8_lossy(&first.0).into_owned()),
+                    rel: first.0.clone(),
+                    stat: first.1.stat,
+                },
+                scope: self.plan.scope.clone(),
+                hardlink_to: None,
+                pushed: None,
+                reseal: Some(Box::new(Reseal::new(
+                    member,
+                    fetched.segment,
+                    frame,
+                    group
+                        .into_iter()
+                        .map(|(rel, rec)| ResealedFile::new(rel, rec.stat, rec.slot, rec.segment))
+                        .collect(),
+                    self.plan.frames.clone(),
+                ))),
+            };
+            dispatch.hand_over(vec![work]);
+        }
+        Ok(rest)
+    }
+}
+
+/// A path and its index record.
+type Named = (Vec<u8>, FileRecord);
+
+/// A file's content and metadata hashes (SHA-256).
+pub(crate) type Hashes = ([u8; 32], [u8; 32]);
+
+/// Members up to this much content are sealed again as they are (their
+/// frames are held in memory until a worker writes them); larger ones are
+/// read back file by file through a spool.
+const RESEAL_MAX: u64 = 4 << 20;
+
+/// Each file's content and metadata hashes, for the files of `group` (the
+/// index's records of `member`), from the member's frame read to its end
+/// (by the worker that seals it again).
+pub(crate) fn frame_hashes(
+    member: MemberId,
+    frame: &[u8],
+    group: &[ResealedFile],
+) -> std::result::Result<Vec<Hashes>, String> {
+    let MemberFiles {
+        entries,
+        mut content,
+    } = cbfs_format::open_frame(member, frame).map_err(|e| e.to_string())?;
+    let want: HashMap<u16, usize> = group
+        .iter()
+        .enumerate()
+        .map(|(k, f)| (f.slot(), k))
+        .collect();
+    let mut out: Vec<Option<Hashes>> = vec![None; group.len()];
+    let mut buf = vec![0u8; 64 * 1024];
+    for (slot, meta) in entries.iter().enumerate() {
+        let wanted = u16::try_from(slot).ok().and_then(|s| want.get(&s).copied());
+        let mut hash = Sha256::new();
+        let mut left = meta.size;
+        while left > 0 {
+            let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n =
+                std::io::Read::read(&mut content, &mut buf[..take]).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(format!("the frame ends inside file {slot}"));
+            }
+            if wanted.is_some() {
+                hash.update(&buf[..n]);
+            }
+            left -= n as u64;
+        }
+        if let Some(k) = wanted {
+            if meta.path != group[k].rel() {
+                return Err(format!(
+                    "file {slot} of the member is {:?}, the index says {:?}",
+                    String::from_utf8_lossy(&meta.path),
+                    String::from_utf8_lossy(group[k].rel())
+                ));
+            }
+            out[k] = Some((hash.finalize().into(), meta_hash(meta)));
+        }
+    }
+    content.finish().map_err(|e| e.to_string())?;
+    out.into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| "a file the index names is not in the member".to_owned())
 }
 
 /// The file being read back.
@@ -153,6 +300,7 @@ impl ChunkSink<'_> {
             },
             scope: self.scope.clone(),
             hardlink_to: rec.hardlink_to.clone(),
+            reseal: None,
             pushed: Some(Pushed {
                 meta,
                 data,
