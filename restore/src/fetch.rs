@@ -122,8 +122,9 @@ impl<'a> FrameFetcher<'a> {
     }
 
     /// Fetches `file`'s member whole, checks its bytes against the signed
-    /// manifest, and decrypts it to its frame. Errors name the object.
-    pub fn fetch(&mut self, file: &MemberFile) -> Result<Frame> {
+    /// manifest, and decrypts it to its frame; a member whose stored bytes
+    /// exceed `max_len` is not fetched (an error). Errors name the object.
+    pub fn fetch(&mut self, file: &MemberFile, max_len: u64) -> Result<Frame> {
         let entry = entry_of(self.snapshot, file)?;
         let listed = self
             .summary(&file.segment)
@@ -153,6 +154,12 @@ impl<'a> FrameFetcher<'a> {
             }
         };
         let seg_key = layout::segment(&segment);
+        if at.data_len > max_len {
+            return Err(Error::Usage(format!(
+                "member {} of {seg_key}: {} bytes, more than the {max_len} fetched whole",
+                file.member, at.data_len
+            )));
+        }
         let payload = self
             .source
             .get_range(&seg_key, at.data_offset..at.data_offset + at.data_len)?;

@@ -122,7 +122,9 @@ impl Reader<'_, '_> {
                 rest.extend(group);
                 continue;
             }
-            let fetched = match fetcher.fetch(&member_file(&group[0].1)) {
+            // A member's payload is at most its content and a little
+            // framing (zstd, age): more is not fetched whole.
+            let fetched = match fetcher.fetch(&member_file(&group[0].1), RESEAL_MAX + (1 << 20)) {
                 Ok(f) => f,
                 Err(e) if e.is_transient() => return Err(restore_error(self.snapshot.key(), e)),
                 Err(e) => {
