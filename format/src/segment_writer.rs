@@ -455,13 +455,6 @@ pub struct CheckedCopy<'a> {
     old_mode: SegmentMode,
 }
 
-impl CheckedCopy<'_> {
-    /// The member.
-    pub fn member(&self) -> &MemberId {
-        &self.entry.member
-    }
-}
-
 /// Checks a member of another segment before it is copied (garbage
 /// collection; no key): `region` is the old segment's bytes from the
 /// member's header offset to the end of its data, as a ranged GET gives

@@ -7,7 +7,7 @@
 //! bytes must hash to the signed manifest's SHA-256, and its payload must
 //! authenticate to its end under the group key its lockbox gives.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use cbfs_format::{GroupId, Keyring, Lockbox, MemberId, SegmentId, Summary, SummaryEntry, layout};
@@ -54,7 +54,7 @@ pub struct FrameFetcher<'a> {
     relocations: Option<Relocations>,
     keys: Keyring,
     /// Groups whose lockboxes were tried, per segment (opened or not).
-    tried: BTreeMap<(SegmentId, GroupId), bool>,
+    tried: BTreeSet<(SegmentId, GroupId)>,
 }
 
 impl<'a> FrameFetcher<'a> {
@@ -71,7 +71,7 @@ impl<'a> FrameFetcher<'a> {
             summaries: HashMap::new(),
             relocations: None,
             keys: Keyring::new(),
-            tried: BTreeMap::new(),
+            tried: BTreeSet::new(),
         }
     }
 
@@ -90,7 +90,7 @@ impl<'a> FrameFetcher<'a> {
     /// Opens the lockboxes of `group` in `segment` (the newest key version
     /// that opens wins), once.
     fn open_group(&mut self, segment: &SegmentId, group: &GroupId) -> Result<()> {
-        if self.tried.contains_key(&(*segment, *group)) {
+        if self.tried.contains(&(*segment, *group)) {
             return Ok(());
         }
         let prefix = layout::lockboxes_of(segment);
@@ -104,7 +104,6 @@ impl<'a> FrameFetcher<'a> {
             }
         }
         found.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
-        let mut opened = false;
         for (version, key) in found {
             let lockbox = Lockbox::from_bytes(&self.source.get(&key)?)
                 .map_err(|e| Error::format(key.clone(), e))?;
@@ -113,11 +112,10 @@ impl<'a> FrameFetcher<'a> {
             }
             if let Some(k) = self.opener.open(&lockbox)? {
                 self.keys.insert(k);
-                opened = true;
                 break;
             }
         }
-        self.tried.insert((*segment, *group), opened);
+        self.tried.insert((*segment, *group));
         Ok(())
     }
 

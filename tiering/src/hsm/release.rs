@@ -329,9 +329,14 @@ pub(crate) fn run(
     };
     let mut candidates = Vec::new();
     let mut repairs = Vec::new();
-    // Recalls that never journaled their end (see `HsmRecord::recalling`).
+    // The user's no-release flags, and recalls that never journaled their
+    // end (see `HsmRecord::recalling`).
+    let mut flagged = HashSet::new();
     let mut recalling = HashMap::new();
     agent.index.for_each_hsm(|path, h| {
+        if h.no_release {
+            flagged.insert(path.to_vec());
+        }
         if h.recalling.is_some() {
             recalling.insert(path.to_vec(), h);
         }
@@ -396,16 +401,8 @@ pub(crate) fn run(
         }
         Ok(())
     })?;
-    // The user's flags.
-    let mut flagged = HashMap::new();
-    agent.index.for_each_hsm(|path, h| {
-        if h.no_release {
-            flagged.insert(path.to_vec(), ());
-        }
-        Ok(())
-    })?;
     let before = candidates.len();
-    candidates.retain(|c| !flagged.contains_key(&c.rel));
+    candidates.retain(|c| !flagged.contains(&c.rel));
     report.no_release = (before - candidates.len()) as u64;
     let mut target_free = None;
     if let Some(pct) = opts.until_free {
