@@ -295,6 +295,12 @@ impl ObjectSource for GatewaySource {
         if range.start >= range.end {
             return Ok(Vec::new());
         }
+        tracing::debug!(
+            key,
+            start = range.start,
+            len = range.end - range.start,
+            "ranged read"
+        );
         let body = self
             .call(
                 "GET",

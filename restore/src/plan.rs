@@ -430,6 +430,9 @@ impl Engine<'_> {
             }
             to_peek.push((loc, entry.slots));
         }
+        // In the segment's order: a reader then reads forward (over a
+        // network, a few long requests instead of one per member).
+        to_peek.sort_by_key(|(loc, _)| loc.header_offset);
         let peeked = self.peek_all(reader, &to_peek);
         for ((loc, slots), result) in to_peek.into_iter().zip(peeked) {
             match result {

@@ -295,6 +295,9 @@ pub struct Buffered<R: ReadAt> {
     /// Bytes the next fill asks for.
     fill: usize,
     first_fill: usize,
+    /// A forward jump of at most this many bytes past the buffer reads on
+    /// as if sequential (the fills keep growing, the gap is not read).
+    skip: u64,
 }
 
 /// A segment file of a local store, read with `pread`.
@@ -320,13 +323,19 @@ impl<R: ReadAt> Buffered<R> {
             pos: 0,
             fill: first_fill.clamp(1, capacity),
             first_fill: first_fill.clamp(1, capacity),
+            skip: 0,
         }
     }
 
     /// For an object behind a network: a request costs far more than its
-    /// bytes, so fills start at 64 KiB and grow to 4 MiB.
+    /// bytes, so fills start at 64 KiB and grow to 4 MiB, and a jump forward
+    /// of up to 1 MiB keeps them growing. Reading the heads of a segment's
+    /// members one after another (a restore's first pass) then takes a few
+    /// long requests rather than one short request per member.
     pub fn remote(inner: R) -> Self {
-        Buffered::with_sizes(inner, 64 << 10, 4 << 20)
+        let mut b = Buffered::with_sizes(inner, 64 << 10, 4 << 20);
+        b.skip = 1 << 20;
+        b
     }
 
     /// The buffered bytes at the position, if any.
@@ -355,8 +364,10 @@ impl<R: ReadAt> Read for Buffered<R> {
             self.pos += n as u64;
             return Ok(n);
         }
-        // Reading on from the end of the buffer is sequential: read more.
-        let sequential = self.len > 0 && self.pos == self.start + self.len as u64;
+        // Reading on from the end of the buffer (or a little past it) is
+        // sequential: read more.
+        let end = self.start + self.len as u64;
+        let sequential = self.len > 0 && self.pos >= end && self.pos - end <= self.skip;
         self.fill = if sequential {
             (self.fill * 2).min(self.buf.len())
         } else {
@@ -448,6 +459,91 @@ mod tests {
             let end = got.seek(SeekFrom::End(-1)).ok();
             prop_assert_eq!(end, (size as u64).checked_sub(1));
         }
+    }
+
+    /// Bytes in memory, read by ranges, counting the reads.
+    struct Counted {
+        data: Vec<u8>,
+        reads: usize,
+    }
+
+    impl ReadAt for Counted {
+        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.reads += 1;
+            let from = (offset as usize).min(self.data.len());
+            let n = buf.len().min(self.data.len() - from);
+            buf[..n].copy_from_slice(&self.data[from..from + n]);
+            Ok(n)
+        }
+        fn total_len(&mut self) -> io::Result<u64> {
+            Ok(self.data.len() as u64)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A remote reader, which reads on through short jumps forward,
+        /// gives the bytes a plain cursor gives.
+        #[test]
+        fn a_remote_reader_reads_like_a_cursor(
+            size in 0usize..3_000_000,
+            steps in proptest::collection::vec(
+                (proptest::option::of(0u64..3_100_000), 1usize..300_000), 1..40),
+        ) {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+            let mut got = Buffered::remote(Counted { data: data.clone(), reads: 0 });
+            let mut want = std::io::Cursor::new(&data);
+            for (at, len) in steps {
+                if let Some(at) = at {
+                    prop_assert_eq!(got.seek(SeekFrom::Start(at)).unwrap(), at);
+                    want.seek(SeekFrom::Start(at)).unwrap();
+                }
+                let mut a = vec![0u8; len];
+                let mut b = vec![0u8; len];
+                let n = read_full(&mut got, &mut a);
+                let m = read_full(&mut want, &mut b);
+                prop_assert_eq!(n, m);
+                prop_assert_eq!(&a[..n], &b[..m]);
+            }
+        }
+    }
+
+    /// The heads of members 150 KiB apart, read one after another: a few
+    /// long requests, not one per member; members far apart still cost one
+    /// short request each.
+    #[test]
+    fn a_remote_reader_reads_on_through_short_jumps() {
+        let data: Vec<u8> = (0..32usize << 20).map(|i| (i % 253) as u8).collect();
+        let mut r = Buffered::remote(Counted {
+            data: data.clone(),
+            reads: 0,
+        });
+        let heads: Vec<u64> = (0..200u64).map(|i| i * (150 << 10)).collect();
+        for &at in &heads {
+            r.seek(SeekFrom::Start(at)).unwrap();
+            let mut head = [0u8; 512];
+            r.read_exact(&mut head).unwrap();
+            assert_eq!(&head[..], &data[at as usize..at as usize + 512]);
+        }
+        assert!(
+            r.inner.reads <= 20,
+            "{} requests for 200 heads",
+            r.inner.reads
+        );
+
+        let mut r = Buffered::remote(Counted {
+            data: data.clone(),
+            reads: 0,
+        });
+        for i in 0..10u64 {
+            let at = i * (3 << 20);
+            r.seek(SeekFrom::Start(at)).unwrap();
+            let mut head = [0u8; 512];
+            r.read_exact(&mut head).unwrap();
+        }
+        assert_eq!(r.inner.reads, 10);
+        assert_eq!(r.fill, 64 << 10, "far jumps start short again");
     }
 
     fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {

@@ -708,6 +708,7 @@ struct StubSink<'f> {
     written: u64,
     began: Vec<bool>,
     committed: Vec<bool>,
+    writeback: stub::Writeback,
 }
 
 impl<'f> StubSink<'f> {
@@ -725,6 +726,7 @@ impl<'f> StubSink<'f> {
             written: 0,
             began: vec![false; n],
             committed: vec![false; n],
+            writeback: stub::Writeback::default(),
         }
     }
 
@@ -765,11 +767,10 @@ impl Sink for StubSink<'_> {
         #[cfg(feature = "crash-points")]
         test_fill_delay();
         let i = self.current.expect("a file was begun");
-        self.stubs[i]
-            .0
-            .write_all_at(data, self.written)
-            .map_err(Self::out)?;
+        let file = self.stubs[i].0;
+        file.write_all_at(data, self.written).map_err(Self::out)?;
         self.written += data.len() as u64;
+        self.writeback.wrote(file, data.len() as u64);
         Ok(())
     }
 

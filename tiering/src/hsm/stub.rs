@@ -7,7 +7,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cbfs_format::{STUB_XATTR, StubRecord, Timestamp};
@@ -144,6 +145,66 @@ pub fn make_durable(files: &[&File]) -> io::Result<()> {
                 }
             }
             Ok(())
+        }
+    }
+}
+
+/// Starts the write-back of what a recall writes while it goes on writing:
+/// every [`Writeback::KICK`] bytes, a `syncfs` on a thread of its own. The
+/// flush that makes the content durable before its stub records go (see
+/// [`make_durable`]) then finds most of it on disk already, instead of all
+/// of it still to write after the last byte. Nothing is promised by a
+/// kick: only that flush counts.
+#[derive(Default)]
+pub struct Writeback {
+    /// Bytes written since the last kick.
+    unkicked: u64,
+    /// Write-backs kicked off.
+    kicked: u64,
+    kicker: Option<Kicker>,
+}
+
+/// The thread that flushes, and whether a flush is under way.
+struct Kicker {
+    files: std::sync::mpsc::SyncSender<File>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Writeback {
+    /// Written bytes between two kicks.
+    pub const KICK: u64 = 32 << 20;
+
+    /// Counts `n` bytes just written to `file`; kicks off a write-back of
+    /// its file system when enough have been written and none is under way.
+    pub fn wrote(&mut self, file: &File, n: u64) {
+        self.unkicked += n;
+        if self.unkicked < Self::KICK {
+            return;
+        }
+        let kicker = self.kicker.get_or_insert_with(|| {
+            let (files, rx) = std::sync::mpsc::sync_channel::<File>(1);
+            let busy = Arc::new(AtomicBool::new(false));
+            let flag = busy.clone();
+            std::thread::spawn(move || {
+                for f in rx {
+                    let _ = rustix::fs::syncfs(&f);
+                    flag.store(false, Ordering::Release);
+                }
+            });
+            Kicker { files, busy }
+        });
+        // A write-back under way: a later write kicks again.
+        if kicker.busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sent = file
+            .try_clone()
+            .is_ok_and(|dup| kicker.files.try_send(dup).is_ok());
+        if sent {
+            self.unkicked = 0;
+            self.kicked += 1;
+        } else {
+            kicker.busy.store(false, Ordering::Release);
         }
     }
 }
@@ -415,6 +476,39 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(5)).unwrap();
         waiter.join().unwrap();
         assert!(!claim_holder(me, m.dev(), m.ino()));
+    }
+
+    #[test]
+    fn a_write_back_is_kicked_off_every_so_many_bytes_and_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        let mut wb = Writeback::default();
+        wb.wrote(&file, Writeback::KICK - 1);
+        assert_eq!((wb.kicked, wb.kicker.is_none()), (0, true), "not yet");
+        wb.wrote(&file, 1);
+        assert_eq!((wb.kicked, wb.unkicked), (1, 0));
+        // While that flush runs, no other is kicked; once it has ended,
+        // the next write kicks again.
+        let busy = wb.kicker.as_ref().unwrap().busy.clone();
+        let idle = || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while busy.load(Ordering::Acquire) {
+                assert!(Instant::now() < deadline, "the flush never ended");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        idle();
+        wb.wrote(&file, Writeback::KICK);
+        assert_eq!(wb.kicked, 2);
+        idle();
+        // As if a flush were under way.
+        busy.store(true, Ordering::Release);
+        wb.wrote(&file, 2 * Writeback::KICK);
+        assert_eq!(
+            (wb.kicked, wb.unkicked),
+            (2, 2 * Writeback::KICK),
+            "one at a time"
+        );
     }
 
     #[test]
