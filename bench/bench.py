@@ -751,7 +751,7 @@ class Bench:
                  ">= 80% of raw", rr >= 0.8,
                  f"{per_second:.0f} lockboxes/s; raw {raw_reseal['per_second']:.0f}/s on {raw_reseal['threads']} threads; "
                  "store on the scratch tmpfs")
-        self.row("rotate-scope", "in process: decode (Umbral checks the capsule) + open + seal + encode, no store",
+        self.row("rotate-scope", "in process: the rotation's own lockbox work (decode, capsules checked in batches; open; seal; encode), no store",
                  None, None, None, per_second / raw_reseal["lockbox_per_second"], None, None,
                  f"{raw_reseal['lockbox_per_second']:.0f}/s; ratio = rotate-scope / this")
 

@@ -100,6 +100,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ids;
+mod kem;
 mod keys;
 pub mod layout;
 mod lease;
@@ -132,9 +133,10 @@ pub use delta::{
 };
 pub use error::{Error, ObjectKind, Result};
 pub use ids::{GroupId, MemberId, RecordId, SegmentId, SnapshotId};
+pub use kem::{OpeningKey, SealingKey};
 pub use keys::{GROUP_KEY_LEN, GroupKey, GroupKeys, Keyring};
 pub use lease::Lease;
-pub use lockbox::{Lockbox, MAX_SCOPE_LABEL_LEN};
+pub use lockbox::{Header as LockboxHeader, Lockbox, MAX_SCOPE_LABEL_LEN, StoredLockbox};
 pub use manifest::{Manifest, ManifestBuilder};
 pub use member::{
     ContentReader, DEFAULT_ZSTD_LEVEL, MemberFiles, decrypt_frame, open_frame, open_member,

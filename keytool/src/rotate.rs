@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cbfs_core::{AdminSecret, Error, KeySource, Keyset, ScopeLabel, Unlock, UserName, UserPublic};
-use cbfs_format::{GroupId, Lockbox, Manifest, SegmentId, layout};
+use cbfs_format::{
+    GroupId, Lockbox, Manifest, OpeningKey, SealingKey, SegmentId, StoredLockbox, layout,
+};
 use cbfs_store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -356,14 +358,16 @@ fn reseal(
     let new_pk = *ks
         .scope_key(scope, to_version)
         .expect("the keyset holds the version it rotated to");
-    // The scope's secret of each version to open, derived once.
-    let secrets: BTreeMap<u32, cbfs_core::ScopeSecret> = todo
+    // The scope's secret of each version to open, derived once, and the
+    // new public key made ready to seal every lockbox under.
+    let secrets: BTreeMap<u32, OpeningKey> = todo
         .iter()
         .map(|(_, _, v, _)| *v)
         .collect::<std::collections::BTreeSet<u32>>()
         .into_iter()
-        .map(|v| (v, admin.scope_at(scope, v)))
+        .map(|v| (v, OpeningKey::new(admin.scope_at(scope, v).secret_key())))
         .collect();
+    let new_pk = SealingKey::new(&new_pk);
     let mut out = Resealed {
         resealed: 0,
         already,
@@ -481,8 +485,8 @@ fn fetch(
 struct Sealing<'a> {
     scope: &'a ScopeLabel,
     to_version: u32,
-    new_pk: &'a cbfs_core::umbral_pre::PublicKey,
-    secrets: &'a BTreeMap<u32, cbfs_core::ScopeSecret>,
+    new_pk: &'a SealingKey,
+    secrets: &'a BTreeMap<u32, OpeningKey>,
 }
 
 impl Sealing<'_> {
@@ -500,10 +504,16 @@ impl Sealing<'_> {
                 .chunks(per)
                 .map(|part| {
                     s.spawn(move || {
+                        // Parsed together: their capsules are checked at once.
+                        let mut parsed = StoredLockbox::from_many(
+                            part.iter().filter_map(|(_, bytes)| bytes.as_deref().ok()),
+                        )
+                        .into_iter();
                         part.iter()
                             .map(|((segment, group, version, key), bytes)| {
-                                let bytes = bytes.as_ref().map_err(Clone::clone)?;
-                                self.seal_one(segment, group, *version, key, bytes)
+                                bytes.as_ref().map_err(Clone::clone)?;
+                                let lb = parsed.next().expect("one per lockbox read");
+                                self.seal_one(segment, group, *version, key, lb)
                             })
                             .collect::<Vec<_>>()
                     })
@@ -522,22 +532,24 @@ impl Sealing<'_> {
         group: &GroupId,
         version: u32,
         key: &str,
-        bytes: &[u8],
+        lb: Result<StoredLockbox, cbfs_format::Error>,
     ) -> Sealed {
-        let lb = Lockbox::from_bytes(bytes).map_err(|e| format!("{key}: {e}"))?;
-        if lb.scope() != self.scope.as_str() {
+        // Parsed and opened on the rotation's path: the same checks as
+        // `Lockbox::from_bytes` and `open`, and the same lockbox out as
+        // `seal_existing_at` makes, at a fraction of the cost.
+        let lb = lb.map_err(|e| format!("{key}: {e}"))?;
+        let h = lb.header();
+        if h.scope() != self.scope.as_str() {
             return Ok(None);
         }
-        if lb.group_id() != *group || lb.segment_id() != *segment || lb.key_version() != version {
+        if h.group_id() != *group || h.segment_id() != *segment || h.key_version() != version {
             return Err(format!(
                 "{key}: it names another segment, group or key version"
             ));
         }
         let secret = &self.secrets[&version];
-        let gk = lb
-            .open(secret.secret_key())
-            .map_err(|e| format!("{key}: {e}"))?;
-        let new = Lockbox::seal_existing_at(
+        let gk = lb.open(secret).map_err(|e| format!("{key}: {e}"))?;
+        let new = Lockbox::sealed_bytes(
             self.scope.as_str(),
             self.to_version,
             self.new_pk,
@@ -547,7 +559,7 @@ impl Sealing<'_> {
         .map_err(|e| format!("{key}: {e}"))?;
         Ok(Some((
             layout::lockbox_at(segment, group, self.to_version),
-            new.to_bytes(),
+            new,
         )))
     }
 }

@@ -538,3 +538,75 @@ fn rotate_writer_keeps_old_snapshots_and_refuses_the_retired_key() {
         }
     }
 }
+
+/// A lockbox whose capsule fails Umbral's check, among good ones: the
+/// rotation checks capsules in batches, and a batch that fails is checked
+/// one by one, so that exactly that lockbox is named and every other is
+/// sealed again; once it is put right, the rerun finishes.
+#[test]
+fn rotate_scope_names_the_one_damaged_lockbox_and_seals_the_rest() {
+    let work = Workdir::new();
+    let backend = Backend::local(&work);
+    let keys = Keys::new(&work);
+    let src = source(&work);
+    let index = work.path("index");
+    run_ok(&mut tier_out(&backend, &keys, &index, &src, &keys.writer()));
+    let alice: Vec<(String, Vec<u8>)> = backend
+        .objects()
+        .into_iter()
+        .filter(|(k, b)| {
+            k.starts_with(layout::LOCKBOXES) && Lockbox::from_bytes(b).unwrap().scope() == "alice"
+        })
+        .collect();
+    assert!(alice.len() >= 3, "several lockboxes of alice");
+    // The capsule's signature (its last 32 bytes, before the ciphertext's
+    // length and bytes) replaced by another valid scalar: the points still
+    // decode, the check fails.
+    let (bad_key, good_bytes) = alice[1].clone();
+    let mut bad = good_bytes.clone();
+    let ciphertext_len = 24 + 32 + 32 + 16;
+    let sig_at = bad.len() - ciphertext_len - 2 - 32;
+    bad[sig_at..sig_at + 32].copy_from_slice(&[0x11; 32]);
+    assert!(Lockbox::from_bytes(&bad).is_err(), "umbral refuses it too");
+    backend.put(&bad_key, &bad);
+
+    let rotate = || {
+        let mut cmd = keytool(&keys, &backend);
+        cmd.args(["--json", "rotate-scope", "--admin", "file:admin.key"])
+            .args(["--keyset", "keyset.json", "--scope", "alice", "--store"])
+            .arg(backend.spec());
+        cmd
+    };
+    let out = run_fail(&mut rotate());
+    // The report, then the error, each a JSON document.
+    let docs: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let [v, error] = &docs[..] else {
+        panic!("two documents: {docs:?}")
+    };
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be sealed again"),
+        "{error}"
+    );
+    assert_eq!(v["finished"], false, "{v}");
+    assert_eq!(v["resealed"].as_u64(), Some(alice.len() as u64 - 1), "{v}");
+    let damaged = v["damaged"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{v}");
+    let named = damaged[0].as_str().unwrap();
+    assert!(
+        named.contains(bad_key.as_str()) && named.contains("invalid Umbral capsule"),
+        "{named}"
+    );
+    // Put right (as a restore from a replica would), the rerun finishes.
+    backend.put(&bad_key, &good_bytes);
+    let v = json_of(&run_ok(&mut rotate()));
+    assert_eq!(v["finished"], true, "{v}");
+    assert_eq!(v["resealed"].as_u64(), Some(1), "{v}");
+    assert_eq!(v["already"].as_u64(), Some(alice.len() as u64 - 1), "{v}");
+    recover_equals(&work, &backend, &keys, &src, "out");
+}
