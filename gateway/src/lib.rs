@@ -16,6 +16,7 @@
 //! | `GET /v1/fs/{fs}/jobs/{id}?wait=S` | TierOut | a job's state, waiting up to S seconds for its end |
 //! | `GET /v1/fs/{fs}/ls?path=/P` | List | a snapshot's entries, filtered by policy |
 //! | `GET /v1/fs/{fs}/store/{key}` | ReadStore | a store object, read-only, with `Range` |
+//! | `POST /v1/fs/{fs}/ranges/{key}` | ReadStore | many ranges of a store object at once (a restore's member heads) |
 //! | `POST /v1/fs/{fs}/nodes/{i}/v1/reencrypt` | Unlock | relayed to node i, answer returned as is |
 //! | `POST /v1/fs/{fs}/recall?path=/P` | Recall | a released file back in place (see [`recall`]) |
 //!

@@ -121,6 +121,12 @@ pub const ROUTES: &[Route] = &[
         summary: "A store object's size",
     },
     Route {
+        method: "post",
+        path: "/v1/fs/{fs}/ranges/{key}",
+        action: Some("ReadStore"),
+        summary: "Many ranges of a store object in one request (a body of {\"ranges\": [[start, end], ...]}, at most 4096 ranges and 16 MiB): their bytes one after another",
+    },
+    Route {
         method: "get",
         path: "/v1/fs/{fs}/nodes",
         action: Some("Unlock"),

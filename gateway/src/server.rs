@@ -128,6 +128,20 @@ async fn read_body(gw: &Gateway, body: Body) -> Result<(bytes::Bytes, String), A
     Ok((read, hash))
 }
 
+/// A request's body, once the decision on `action` for file system `fs`
+/// allows it (the caller signed the body's hash).
+async fn body_under(
+    gw: &Gateway,
+    req: Request,
+    action: Action,
+    fs: &str,
+) -> Result<bytes::Bytes, Answer> {
+    let (parts, body) = req.into_parts();
+    let (bytes, hash) = read_body(gw, body).await?;
+    guard(gw, &Caller::of(&parts), Some(&hash), action, Some(fs), "/")?;
+    Ok(bytes)
+}
+
 pub(crate) struct Caller<'a> {
     headers: &'a HeaderMap,
     method: &'a Method,
@@ -673,6 +687,83 @@ async fn store_get(
     Ok(resp)
 }
 
+/// Most ranges one `ranges` request may ask for, and most bytes its answer
+/// may hold (it is held in memory while it is served).
+const MAX_RANGES: usize = 4096;
+const MAX_RANGES_BYTES: u64 = 16 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangesAsked {
+    /// Half-open `[start, end)` byte ranges, each within the object.
+    ranges: Vec<(u64, u64)>,
+}
+
+/// Many ranges of one store object in one request: the heads of a
+/// segment's members, which a restore's first pass reads. The answer is
+/// their bytes one after another; the caller knows each length.
+async fn store_ranges(
+    State(gw): State<Arc<Gateway>>,
+    Path((fs, key)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, Answer> {
+    let bytes = body_under(&gw, req, Action::ReadStore, &fs).await?;
+    cbfs_store::validate_key(&key).map_err(|e| answer(400, "bad_key", e.to_string()))?;
+    let asked: RangesAsked = serde_json::from_slice(&bytes).map_err(|e| {
+        answer(
+            400,
+            "bad_request",
+            format!("the body is not {{\"ranges\": [[start, end], ...]}}: {e}"),
+        )
+    })?;
+    if asked.ranges.len() > MAX_RANGES {
+        return Err(answer(
+            400,
+            "too_many_ranges",
+            format!(
+                "{} ranges asked for, at most {MAX_RANGES} per request",
+                asked.ranges.len()
+            ),
+        ));
+    }
+    let served = gw.served(&fs).expect("guarded");
+    let store = &served.agent.store;
+    let size = store_call(&gw, &key, store.head(&key))
+        .await?
+        .ok_or_else(|| answer(404, "missing_object", format!("no object `{key}`")))?
+        .size;
+    let mut total = 0u64;
+    for &(start, end) in &asked.ranges {
+        if start >= end || end > size {
+            return Err(answer(
+                416,
+                "bad_range",
+                format!("range {start}..{end} is not within {size} bytes"),
+            ));
+        }
+        total += end - start;
+    }
+    if total > MAX_RANGES_BYTES {
+        return Err(answer(
+            400,
+            "too_many_ranges",
+            format!("{total} bytes asked for, at most {MAX_RANGES_BYTES} per request"),
+        ));
+    }
+    let ranges = asked.ranges.into_iter().map(|(a, b)| a..b).collect();
+    let out = store_call(&gw, &key, store.get_ranges(&key, ranges)).await?;
+    gw.metrics
+        .bytes
+        .with_label_values(&["out", "store"])
+        .inc_by(out.len() as u64);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        out,
+    )
+        .into_response())
+}
+
 async fn relay(
     gw: Arc<Gateway>,
     fs: String,
@@ -680,16 +771,7 @@ async fn relay(
     req: Request,
     what: &'static str,
 ) -> Result<Response, Answer> {
-    let (parts, body) = req.into_parts();
-    let (bytes, hash) = read_body(&gw, body).await?;
-    guard(
-        &gw,
-        &Caller::of(&parts),
-        Some(&hash),
-        Action::Unlock,
-        Some(&fs),
-        "/",
-    )?;
+    let bytes = body_under(&gw, req, Action::Unlock, &fs).await?;
     let served = gw.served(&fs).expect("guarded");
     let url = served
         .config
@@ -840,6 +922,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/fs/{fs}/recall/{id}", get(crate::recall::get_recall))
         .route("/v1/fs/{fs}/store", get(store_list))
         .route("/v1/fs/{fs}/store/{*key}", get(store_get).head(store_get))
+        .route("/v1/fs/{fs}/ranges/{*key}", post(store_ranges))
         .route("/v1/fs/{fs}/nodes", get(node_count))
         .route("/v1/fs/{fs}/nodes/{node}/v1/node", get(node_info))
         .route(

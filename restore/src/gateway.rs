@@ -35,6 +35,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// The largest whole object read with [`ObjectSource::get`] (keysets,
 /// manifests, summaries and lockboxes are far smaller).
 const WHOLE_OBJECT_LIMIT: u64 = 1 << 30;
+/// Most ranges, and most bytes, asked for in one request of
+/// [`ObjectSource::get_ranges`] (the gateway takes 4096 and 16 MiB).
+const RANGES_PER_REQUEST: usize = 2048;
+const RANGES_BYTES_PER_REQUEST: u64 = 8 << 20;
 /// How much of an error answer is read.
 const ERROR_BODY_LIMIT: u64 = 64 << 10;
 
@@ -63,6 +67,16 @@ impl std::fmt::Debug for GatewaySource {
             .field("user", &self.user)
             .finish_non_exhaustive()
     }
+}
+
+/// What a request carries besides its method and path.
+#[derive(Clone, Copy)]
+enum Ask<'a> {
+    Plain,
+    /// A `Range` header.
+    Range(&'a Range<u64>),
+    /// A JSON body.
+    Json(&'a [u8]),
 }
 
 /// How one request ended, before it becomes an [`Error`] about a key.
@@ -141,13 +155,13 @@ impl GatewaySource {
         &self,
         method: &str,
         rest: &str,
-        range: Option<&Range<u64>>,
+        ask: Ask<'_>,
         limit: u64,
     ) -> std::result::Result<Vec<u8>, Failure> {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.call_once(method, rest, range, limit) {
+            match self.call_once(method, rest, ask, limit) {
                 Err(Failure::Transient(why)) if tries < ATTEMPTS => {
                     tracing::debug!(store = %self.base, rest, tries, "retrying: {why}");
                     std::thread::sleep(FIRST_BACKOFF * (1 << (tries - 1)));
@@ -161,12 +175,16 @@ impl GatewaySource {
         &self,
         method: &str,
         rest: &str,
-        range: Option<&Range<u64>>,
+        ask: Ask<'_>,
         limit: u64,
     ) -> std::result::Result<Vec<u8>, Failure> {
         let url = format!("{}{rest}", self.base);
         let path_and_query = format!("{}{rest}", self.base_path);
-        let content = content_sha256(b"");
+        let body: &[u8] = match ask {
+            Ask::Json(b) => b,
+            _ => b"",
+        };
+        let content = content_sha256(body);
         let nonce = cbfs_wire::gateway::new_nonce();
         let parts = SignedParts {
             method,
@@ -183,11 +201,15 @@ impl GatewaySource {
                 authorization(&self.user, &self.signer, &parts),
             )
             .header(CONTENT_SHA256_HEADER, &content);
-        if let Some(r) = range {
-            request = request.header("range", format!("bytes={}-{}", r.start, r.end - 1));
+        match ask {
+            Ask::Plain => {}
+            Ask::Range(r) => {
+                request = request.header("range", format!("bytes={}-{}", r.start, r.end - 1));
+            }
+            Ask::Json(_) => request = request.header("content-type", "application/json"),
         }
         let request = request
-            .body(())
+            .body(body)
             .map_err(|e| Failure::Refused(format!("cannot make the request: {e}")))?;
         let response = self
             .agent
@@ -267,7 +289,7 @@ impl ObjectSource for GatewaySource {
         }
         let rest = format!("/store?prefix={}", percent(prefix));
         let body = self
-            .call("GET", &rest, None, WHOLE_OBJECT_LIMIT)
+            .call("GET", &rest, Ask::Plain, WHOLE_OBJECT_LIMIT)
             .map_err(|f| self.error(prefix, f))?;
         let listing: Listing = serde_json::from_slice(&body).map_err(|e| Error::Read {
             key: prefix.to_owned(),
@@ -284,7 +306,12 @@ impl ObjectSource for GatewaySource {
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         check_key(key)?;
         let body = self
-            .call("GET", &format!("/store/{key}"), None, WHOLE_OBJECT_LIMIT)
+            .call(
+                "GET",
+                &format!("/store/{key}"),
+                Ask::Plain,
+                WHOLE_OBJECT_LIMIT,
+            )
             .map_err(|f| self.error(key, f))?;
         self.fetched.fetch_add(body.len() as u64, Ordering::Relaxed);
         Ok(body)
@@ -305,7 +332,7 @@ impl ObjectSource for GatewaySource {
             .call(
                 "GET",
                 &format!("/store/{key}"),
-                Some(&range),
+                Ask::Range(&range),
                 range.end - range.start,
             )
             .map_err(|f| self.error(key, f))?;
@@ -313,10 +340,60 @@ impl ObjectSource for GatewaySource {
         Ok(body)
     }
 
+    fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Option<Vec<Vec<u8>>>> {
+        check_key(key)?;
+        let mut out = Vec::with_capacity(ranges.len());
+        // As many ranges per request as the gateway takes.
+        let mut rest = ranges;
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0u64;
+            while n < rest.len()
+                && n < RANGES_PER_REQUEST
+                && (n == 0 || bytes + (rest[n].end - rest[n].start) <= RANGES_BYTES_PER_REQUEST)
+            {
+                bytes += rest[n].end.saturating_sub(rest[n].start);
+                n += 1;
+            }
+            let (batch, after) = rest.split_at(n);
+            rest = after;
+            tracing::debug!(key, ranges = batch.len(), bytes, "ranges read");
+            let asked = serde_json::json!({
+                "ranges": batch.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+            });
+            let body = self
+                .call(
+                    "POST",
+                    &format!("/ranges/{key}"),
+                    Ask::Json(asked.to_string().as_bytes()),
+                    bytes,
+                )
+                .map_err(|f| self.error(key, f))?;
+            if body.len() as u64 != bytes {
+                return Err(Error::Read {
+                    key: key.to_owned(),
+                    source: std::io::Error::other(format!(
+                        "the gateway answered {} bytes for {} ranges of {bytes} bytes",
+                        body.len(),
+                        batch.len()
+                    )),
+                });
+            }
+            self.fetched.fetch_add(bytes, Ordering::Relaxed);
+            let mut at = 0usize;
+            for r in batch {
+                let len = (r.end - r.start) as usize;
+                out.push(body[at..at + len].to_vec());
+                at += len;
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn size(&self, key: &str) -> Result<u64> {
         check_key(key)?;
         let body = self
-            .call("HEAD", &format!("/store/{key}"), None, 0)
+            .call("HEAD", &format!("/store/{key}"), Ask::Plain, 0)
             .map_err(|f| self.error(key, f))?;
         std::str::from_utf8(&body)
             .ok()

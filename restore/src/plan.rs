@@ -1,13 +1,13 @@
 //! Pass 1: per segment, open the lockboxes this identity can and read each
 //! member's metadata; record what cannot be read, naming the object.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, SeekFrom};
 use std::sync::Arc;
 
 use cbfs_format::{
-    GroupId, Lockbox, ManifestEntry, MemberId, Metadata, SegmentId, SegmentMode, SegmentReader,
-    Slots, Summary, SummaryEntry, layout,
+    GroupId, Lockbox, ManifestEntry, MemberId, Metadata, PEEK_LEN, SegmentId, SegmentMode,
+    SegmentReader, Slots, Summary, SummaryEntry, layout,
 };
 use sha2::{Digest, Sha256};
 
@@ -17,7 +17,7 @@ use crate::engine::{Engine, Location, peek_meta};
 const PEEK_SHARE_MIN: usize = 64;
 use crate::error::Error;
 use crate::report::Failure;
-use crate::source::{ObjectSource, ReadSeek};
+use crate::source::{ObjectSource, Overlay, ReadSeek};
 
 /// What became of one group's lockbox.
 enum GroupState {
@@ -451,6 +451,36 @@ impl Engine<'_> {
         }
     }
 
+    /// The heads of the encrypted members among `locs` (what
+    /// [`peek_meta`] reads first), by offset, read together in a few
+    /// requests where the source can (a gateway: one request instead of
+    /// reading the whole segment through); empty where it cannot, or if
+    /// that failed (the members are then read as usual, and a failure is
+    /// reported there).
+    fn read_heads(&self, locs: &[(Location, Slots)]) -> BTreeMap<u64, Vec<u8>> {
+        let ranges: Vec<std::ops::Range<u64>> = locs
+            .iter()
+            .filter(|(l, _)| {
+                l.mode == SegmentMode::Encrypted && l.member.is_some() && l.data_len > 0
+            })
+            .map(|(l, _)| l.data_offset..l.data_offset + l.data_len.min(PEEK_LEN as u64))
+            .collect();
+        let Some((first, _)) = locs.first() else {
+            return BTreeMap::new();
+        };
+        if ranges.is_empty() {
+            return BTreeMap::new();
+        }
+        match self.source.get_ranges(&first.key, &ranges) {
+            Ok(Some(heads)) => ranges.iter().map(|r| r.start).zip(heads).collect(),
+            Ok(None) => BTreeMap::new(),
+            Err(e) => {
+                tracing::debug!(key = %first.key, "the heads were not read together: {e}");
+                BTreeMap::new()
+            }
+        }
+    }
+
     /// Reads the metadata of members of one segment, in the order given.
     /// With more than one thread, each thread reads a contiguous share of
     /// them through its own reader (so each still reads forward).
@@ -459,25 +489,29 @@ impl Engine<'_> {
         reader: &mut (dyn ReadSeek + '_),
         locs: &[(Location, Slots)],
     ) -> Vec<Result<Vec<Metadata>, cbfs_format::Error>> {
+        let heads = self.read_heads(locs);
         let threads = self.threads.min(locs.len() / PEEK_SHARE_MIN).max(1);
         if threads == 1 {
+            let mut reader = Overlay::new(reader, &heads);
             return locs
                 .iter()
-                .map(|(loc, _)| peek_meta(&mut *reader, loc, &self.keys))
+                .map(|(loc, _)| peek_meta(&mut reader, loc, &self.keys))
                 .collect();
         }
         let share = locs.len().div_ceil(threads);
-        let (source, keys) = (self.source, &self.keys);
+        let (source, keys, heads) = (self.source, &self.keys, &heads);
         std::thread::scope(|scope| {
             let handles: Vec<_> = locs
                 .chunks(share)
                 .map(|part| {
                     scope.spawn(move || -> Vec<Result<Vec<Metadata>, cbfs_format::Error>> {
                         match source.open(&part[0].0.key) {
-                            Ok(mut r) => part
-                                .iter()
-                                .map(|(loc, _)| peek_meta(&mut *r, loc, keys))
-                                .collect(),
+                            Ok(mut r) => {
+                                let mut r = Overlay::new(&mut *r, heads);
+                                part.iter()
+                                    .map(|(loc, _)| peek_meta(&mut r, loc, keys))
+                                    .collect()
+                            }
                             Err(e) => part
                                 .iter()
                                 .map(|_| {

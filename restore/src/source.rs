@@ -37,6 +37,13 @@ pub trait ObjectSource: Sync {
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>>;
     /// An object's size in bytes.
     fn size(&self, key: &str) -> Result<u64>;
+    /// Many ranges of one object, each as [`get_range`](Self::get_range)
+    /// gives it, in few requests; `None` if this source has no cheaper way
+    /// than a reader (a local directory, where a read is a system call).
+    fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Option<Vec<Vec<u8>>>> {
+        let _ = (key, ranges);
+        Ok(None)
+    }
     /// A large object (a segment), read with seeks, by ranges.
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>> {
         Ok(Box::new(Buffered::remote(ObjectRanges {
@@ -48,6 +55,63 @@ pub trait ObjectSource: Sync {
     /// Bytes read from the store so far, by everything this source did.
     fn fetched(&self) -> u64 {
         0
+    }
+}
+
+/// A reader of one object that serves some of its ranges from memory
+/// (read before, together, with [`ObjectSource::get_ranges`]) and the rest
+/// from `inner`.
+pub(crate) struct Overlay<'a> {
+    inner: &'a mut (dyn ReadSeek + 'a),
+    /// Bytes of the object by their offset.
+    held: &'a std::collections::BTreeMap<u64, Vec<u8>>,
+    pos: u64,
+}
+
+impl<'a> Overlay<'a> {
+    pub(crate) fn new(
+        inner: &'a mut (dyn ReadSeek + 'a),
+        held: &'a std::collections::BTreeMap<u64, Vec<u8>>,
+    ) -> Self {
+        Overlay {
+            inner,
+            held,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Overlay<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some((start, bytes)) = self.held.range(..=self.pos).next_back() {
+            let off = (self.pos - start) as usize;
+            if off < bytes.len() {
+                let n = (bytes.len() - off).min(out.len());
+                out[..n].copy_from_slice(&bytes[off..off + n]);
+                self.pos += n as u64;
+                return Ok(n);
+            }
+        }
+        self.inner.seek(SeekFrom::Start(self.pos))?;
+        let n = self.inner.read(out)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Overlay<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.pos = match to {
+            SeekFrom::Start(p) => p,
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "seek to a negative or overflowing position",
+                )
+            })?,
+            SeekFrom::End(_) => self.inner.seek(to)?,
+        };
+        Ok(self.pos)
     }
 }
 
@@ -505,6 +569,45 @@ mod tests {
                 let m = read_full(&mut want, &mut b);
                 prop_assert_eq!(n, m);
                 prop_assert_eq!(&a[..n], &b[..m]);
+            }
+        }
+    }
+
+    proptest! {
+        /// Bytes held in memory read exactly as the object's own, whatever
+        /// the mix of seeks and reads, in and out of what is held.
+        #[test]
+        fn an_overlay_reads_like_the_object(
+            data in prop::collection::vec(any::<u8>(), 1..4000),
+            held in prop::collection::vec((any::<prop::sample::Index>(), 1usize..300), 0..8),
+            steps in prop::collection::vec(step(), 1..40),
+        ) {
+            let mut pieces = std::collections::BTreeMap::new();
+            let mut taken = 0usize;
+            let mut starts: Vec<usize> = held.iter().map(|(at, _)| at.index(data.len())).collect();
+            starts.sort_unstable();
+            for (start, (_, len)) in starts.into_iter().zip(&held) {
+                // Held pieces do not overlap, as the heads of members do not.
+                let start = start.max(taken);
+                let end = (start + len).min(data.len());
+                if start < end {
+                    pieces.insert(start as u64, data[start..end].to_vec());
+                    taken = end;
+                }
+            }
+            let mut inner: Box<dyn ReadSeek> = Box::new(io::Cursor::new(data.clone()));
+            let mut overlay = Overlay::new(&mut *inner, &pieces);
+            let mut cursor = io::Cursor::new(data.clone());
+            for s in steps {
+                if let Some(at) = s.at {
+                    let to = SeekFrom::Start(at % (data.len() as u64 + 10));
+                    prop_assert_eq!(overlay.seek(to).unwrap(), cursor.seek(to).unwrap());
+                }
+                let len = s.len.min(5000);
+                let mut a = vec![0u8; len];
+                let mut b = vec![0u8; len];
+                let (na, nb) = (read_full(&mut overlay, &mut a), read_full(&mut cursor, &mut b));
+                prop_assert_eq!(&a[..na], &b[..nb]);
             }
         }
     }

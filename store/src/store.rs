@@ -284,6 +284,47 @@ impl Store {
         }
     }
 
+    /// The bytes of every range of `ranges` of the object under `key`, one
+    /// after another, as [`get_range`](Self::get_range) gives each: many
+    /// small reads (the heads of a segment's members) in one call. On a
+    /// local store the file is opened once; on S3 a few ranges are read at
+    /// a time.
+    pub async fn get_ranges(&self, key: &str, ranges: Vec<Range<u64>>) -> Result<Vec<u8>> {
+        self.location(key)?;
+        if let Some(bad) = ranges.iter().find(|r| r.start > r.end) {
+            return Err(self.permanent(
+                Op::Get,
+                key,
+                format!("invalid range {}..{}", bad.start, bad.end),
+            ));
+        }
+        let Some(path) = self.local_path(key) else {
+            use futures::StreamExt as _;
+            let pieces: Vec<Result<Bytes>> = futures::stream::iter(ranges)
+                .map(|r| self.get_range(key, r))
+                .buffered(8)
+                .collect()
+                .await;
+            let mut out = Vec::new();
+            for p in pieces {
+                out.extend_from_slice(&p?);
+            }
+            return Ok(out);
+        };
+        let (read, ranges) = tokio::task::spawn_blocking(move || {
+            let read = read_ranges(&path, &ranges);
+            (read, ranges)
+        })
+        .await
+        .map_err(|e| self.permanent(Op::Get, key, format!("the read stopped: {e}")))?;
+        match read {
+            Ok(out) => Ok(out),
+            Err((RangeRead::Missing, _)) => Err(self.not_found(key)),
+            Err((RangeRead::Short(size), i)) => Err(self.past_end(key, &ranges[i], size)),
+            Err((RangeRead::Io(e), _)) => Err(self.permanent(Op::Get, key, e.to_string())),
+        }
+    }
+
     /// What is known about the object under `key`, or `None` if there is none.
     /// (On S3 a missing bucket reads as `None` too: a HEAD answer has no body
     /// to tell the two apart.)
@@ -542,6 +583,41 @@ enum RangeRead {
     /// The object ends (at this size) before the range does.
     Short(u64),
     Io(std::io::Error),
+}
+
+/// Reads every range of the file at `path`, one after another, with
+/// positional reads of one open file; an error says which range failed.
+fn read_ranges(
+    path: &FsPath,
+    ranges: &[Range<u64>],
+) -> std::result::Result<Vec<u8>, (RangeRead, usize)> {
+    use std::os::unix::fs::FileExt as _;
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => RangeRead::Missing,
+        _ => RangeRead::Io(e),
+    };
+    let file = std::fs::File::open(path).map_err(|e| (io(e), 0))?;
+    let size = file.metadata().map_err(|e| (io(e), 0))?.len();
+    let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let mut out = vec![
+        0u8;
+        usize::try_from(total)
+            .map_err(|e| (RangeRead::Io(std::io::Error::other(e)), 0))?
+    ];
+    let mut at = 0usize;
+    for (i, r) in ranges.iter().enumerate() {
+        if size < r.end {
+            return Err((RangeRead::Short(size), i));
+        }
+        let len = (r.end - r.start) as usize;
+        file.read_exact_at(&mut out[at..at + len], r.start)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => (RangeRead::Short(size), i),
+                _ => (io(e), i),
+            })?;
+        at += len;
+    }
+    Ok(out)
 }
 
 /// Reads `range` of the file at `path` into `buf` (emptied first), with no

@@ -281,6 +281,34 @@ async fn ranges(fx: &Fixture) {
         assert!(matches!(err, Error::Permanent { .. }), "{bad:?}: {err:?}");
         assert_names(&err, fx, "r");
     }
+    // Many ranges at once: each one's bytes, one after another (overlaps
+    // and empty ranges too); one range past the end fails the call, naming
+    // the object.
+    let many = vec![0..10u64, 95..100, 5..5, 3..40, 0..100, 99..100];
+    let got = fx.store.get_ranges("r", many.clone()).await.unwrap();
+    let want: Vec<u8> = many
+        .iter()
+        .flat_map(|r| data[r.start as usize..r.end as usize].to_vec())
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        fx.store
+            .get_ranges("r", Vec::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for bad in [vec![0..10u64, 90..101], vec![100..110, 0..1]] {
+        let err = fx.store.get_ranges("r", bad.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::Permanent { .. }), "{bad:?}: {err:?}");
+        assert_names(&err, fx, "r");
+    }
+    let err = fx
+        .store
+        .get_ranges("none", vec![0..1, 1..2])
+        .await
+        .unwrap_err();
+    assert_names(&err, fx, "none");
 }
 
 async fn delete_is_idempotent(fx: &Fixture) {

@@ -666,6 +666,8 @@ fn a_host_pushes_alice_restores_her_scope_through_the_gateway_and_bob_is_refused
         "cbfs_gateway_requests_total{route=\"/v1/fs/{fs}/ls\",status=\"403\"} 1",
         "cbfs_gateway_bytes_total{direction=\"in\",route=\"push\"}",
         "cbfs_gateway_bytes_total{direction=\"out\",route=\"store\"}",
+        // The restore read its members' heads in one request per segment.
+        "cbfs_gateway_requests_total{route=\"/v1/fs/{fs}/ranges/{*key}\",status=\"200\"}",
         "cbfs_gateway_job_seconds_count{kind=\"push\",state=\"succeeded\"} 3",
         "cbfs_gateway_node_seconds",
         "cbfs_gateway_decisions_total{action=\"List\",decision=\"deny\"}",
@@ -799,6 +801,98 @@ fn bad_requests_get_clear_errors_and_commit_nothing() {
     // A missing object, and a range outside one.
     let a = site.call("alice", Method::GET, "/v1/fs/fs1/store/segments/none", b"");
     assert_eq!(a.status, 404, "{}", a.body);
+    // Many ranges of a segment in one request: the same bytes as a
+    // ranged GET of each; a range outside it, a bad body, too many ranges
+    // and a missing object are refused, naming the problem.
+    let listed = site.call(
+        "alice",
+        Method::GET,
+        "/v1/fs/fs1/store?prefix=segments/",
+        b"",
+    );
+    let seg = &listed.body["objects"][0];
+    let (key, size) = (seg["key"].as_str().unwrap(), seg["size"].as_u64().unwrap());
+    let whole = site.call(
+        "alice",
+        Method::GET,
+        &format!("/v1/fs/fs1/store/{key}"),
+        b"",
+    );
+    assert_eq!(whole.bytes.len() as u64, size);
+    let ranges_path = format!("/v1/fs/fs1/ranges/{key}");
+    let asked = [(0u64, 10u64), (size - 7, size), (512, 1536)];
+    let body =
+        serde_json::json!({ "ranges": asked.iter().map(|(a, b)| [a, b]).collect::<Vec<_>>() });
+    let a = site.call(
+        "alice",
+        Method::POST,
+        &ranges_path,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(a.status, 200);
+    let expected: Vec<u8> = asked
+        .iter()
+        .flat_map(|&(s, e)| whole.bytes[s as usize..e as usize].to_vec())
+        .collect();
+    assert_eq!(a.bytes, expected);
+    let past = serde_json::json!({ "ranges": [[0, 10], [size - 5, size + 1]] });
+    let a = site.call(
+        "alice",
+        Method::POST,
+        &ranges_path,
+        past.to_string().as_bytes(),
+    );
+    a.expect(416, "bad_range");
+    assert!(
+        a.body["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}", size + 1))
+    );
+    let a = site.call(
+        "alice",
+        Method::POST,
+        &ranges_path,
+        b"{\"ranges\": [[5, 5]]}",
+    );
+    a.expect(416, "bad_range");
+    let a = site.call("alice", Method::POST, &ranges_path, b"[1, 2]");
+    a.expect(400, "bad_request");
+    // More bytes than one answer may hold (16 MiB): the whole object,
+    // again and again.
+    let n = (16u64 << 20) / size + 1;
+    let many = serde_json::json!({ "ranges": vec![[0, size]; n as usize] });
+    let many = many.to_string();
+    assert!(
+        many.len() < MAX_BODY,
+        "{n} ranges of a {size}-byte segment fit a body"
+    );
+    let a = site.call("alice", Method::POST, &ranges_path, many.as_bytes());
+    a.expect(400, "too_many_ranges");
+    // More ranges than a body of this gateway holds.
+    let many = serde_json::json!({ "ranges": vec![[0, 1]; 5000] });
+    let a = site.call(
+        "alice",
+        Method::POST,
+        &ranges_path,
+        many.to_string().as_bytes(),
+    );
+    a.expect(413, "too_large");
+    let a = site.call(
+        "alice",
+        Method::POST,
+        "/v1/fs/fs1/ranges/segments/none",
+        br#"{"ranges": [[0, 1]]}"#,
+    );
+    a.expect(404, "missing_object");
+    // A host may not read the store.
+    let a = site.call(
+        "host1",
+        Method::POST,
+        &ranges_path,
+        body.to_string().as_bytes(),
+    );
+    a.expect(403, "denied");
 
     // Malicious and broken pushes are refused whole: no new snapshot, no
     // object in the store, no file written anywhere.
