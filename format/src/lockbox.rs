@@ -52,6 +52,41 @@ pub struct Header {
 }
 
 impl Header {
+    /// The header of a lockbox to seal: a label of 1 to 64 bytes, a key
+    /// version from 1.
+    fn new(
+        scope: &str,
+        key_version: u32,
+        group: GroupId,
+        segment: SegmentId,
+    ) -> Result<Header, Error> {
+        check_label(scope)?;
+        if key_version == 0 {
+            return Err(Error::InvalidInput {
+                reason: "key versions start at 1".into(),
+            });
+        }
+        Ok(Header {
+            scope: scope.to_owned(),
+            key_version,
+            group,
+            segment,
+        })
+    }
+
+    /// The hash binding the sealed key to this header.
+    fn binding(&self) -> [u8; 32] {
+        binding(&self.scope, self.key_version, &self.group, &self.segment)
+    }
+
+    /// What a lockbox seals: the group key, then the binding.
+    fn sealed(&self, key: &GroupKey) -> zeroize::Zeroizing<[u8; SEALED_LEN]> {
+        let mut sealed = zeroize::Zeroizing::new([0u8; SEALED_LEN]);
+        sealed[..GROUP_KEY_LEN].copy_from_slice(key.expose_secret());
+        sealed[GROUP_KEY_LEN..].copy_from_slice(&self.binding());
+        sealed
+    }
+
     /// The scope label.
     pub fn scope(&self) -> &str {
         &self.scope
@@ -82,10 +117,7 @@ impl Header {
     /// The group key out of a lockbox's sealed bytes, once the binding
     /// hash after it matches the header.
     fn unseal(&self, plain: &[u8]) -> Result<GroupKey, Error> {
-        if plain.len() != SEALED_LEN
-            || plain[GROUP_KEY_LEN..]
-                != binding(&self.scope, self.key_version, &self.group, &self.segment)
-        {
+        if plain.len() != SEALED_LEN || plain[GROUP_KEY_LEN..] != self.binding() {
             return Err(self.failure("its header does not match the sealed contents (altered)"));
         }
         let key = SecretBox::init_with_mut(|k: &mut [u8; GROUP_KEY_LEN]| {
@@ -206,27 +238,15 @@ impl Lockbox {
         segment: SegmentId,
         key: &GroupKey,
     ) -> Result<Lockbox, Error> {
-        check_label(scope)?;
-        if key_version == 0 {
-            return Err(Error::InvalidInput {
-                reason: "key versions start at 1".into(),
-            });
-        }
-        let group = key.id();
-        let mut sealed = zeroize::Zeroizing::new([0u8; SEALED_LEN]);
-        sealed[..GROUP_KEY_LEN].copy_from_slice(key.expose_secret());
-        sealed[GROUP_KEY_LEN..].copy_from_slice(&binding(scope, key_version, &group, &segment));
-        let (capsule, ciphertext) = umbral_pre::encrypt_with_rng(rng, scope_pk, &sealed[..])
-            .map_err(|e| Error::InvalidInput {
-                reason: format!("Umbral encryption failed: {e}"),
+        let header = Header::new(scope, key_version, key.id(), segment)?;
+        let (capsule, ciphertext) =
+            umbral_pre::encrypt_with_rng(rng, scope_pk, &header.sealed(key)[..]).map_err(|e| {
+                Error::InvalidInput {
+                    reason: format!("Umbral encryption failed: {e}"),
+                }
             })?;
         Ok(Lockbox {
-            header: Header {
-                scope: scope.to_owned(),
-                key_version,
-                group,
-                segment,
-            },
+            header,
             capsule,
             ciphertext,
         })
@@ -335,28 +355,12 @@ impl Lockbox {
         segment: SegmentId,
         key: &GroupKey,
     ) -> Result<Vec<u8>, Error> {
-        check_label(scope)?;
-        if key_version == 0 {
-            return Err(Error::InvalidInput {
-                reason: "key versions start at 1".into(),
-            });
-        }
-        let header = Header {
-            scope: scope.to_owned(),
-            key_version,
-            group: key.id(),
-            segment,
-        };
-        let mut sealed = zeroize::Zeroizing::new([0u8; SEALED_LEN]);
-        sealed[..GROUP_KEY_LEN].copy_from_slice(key.expose_secret());
-        sealed[GROUP_KEY_LEN..].copy_from_slice(&binding(
-            scope,
-            key_version,
-            &header.group,
-            &segment,
-        ));
-        let (capsule, ciphertext) =
-            kem::seal(&mut rand::rngs::OsRng, scope_pk.table(), &sealed[..]);
+        let header = Header::new(scope, key_version, key.id(), segment)?;
+        let (capsule, ciphertext) = kem::seal(
+            &mut rand::rngs::OsRng,
+            scope_pk.table(),
+            &header.sealed(key)[..],
+        );
         Ok(encode(&header, &capsule, &ciphertext))
     }
 }
