@@ -71,44 +71,85 @@ struct Filling {
     moved: BTreeMap<SegmentId, Vec<SummaryEntry>>,
     /// The groups its members need, and the old segment each came from.
     groups: BTreeMap<GroupId, SegmentId>,
-    /// A flush of what is written so far, under way on another thread
-    /// while the copying goes on: the flush that publishes the segment
-    /// then has only the rest to write back.
-    early: Option<std::thread::JoinHandle<()>>,
+    /// Flushes what is written so far, on another thread while the
+    /// copying goes on: the flush that publishes the segment then has
+    /// only the rest to write back.
+    early: Option<Flusher>,
+}
+
+/// A thread that flushes a spool file to disk whenever more of it was
+/// written since its last flush: the disk writes back one part while the
+/// next is being copied. Its file is a descriptor of its own, so that a
+/// write-back error it meets is still reported to the flush that publishes
+/// the segment, which is the one that counts.
+struct Flusher {
+    kick: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl Filling {
-    /// Starts writing back what the spool holds so far, unless a flush is
-    /// still under way. Its errors are the final flush's to report.
+    /// Asks for a flush of what the spool holds so far: at once if none is
+    /// under way, else as soon as that one ends.
     fn flush_early(&mut self) {
-        if self.early.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
+        if self.early.is_none() {
+            let Ok(file) = self.spool.reopen() else {
+                return;
+            };
+            let (kick, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let thread = std::thread::spawn(move || {
+                while rx.recv().is_ok() {
+                    file.sync_data()?;
+                }
+                Ok(())
+            });
+            self.early = Some(Flusher { kick, thread });
         }
-        if let Some(h) = self.early.take() {
-            let _ = h.join();
-        }
-        if let Ok(file) = self.spool.as_file().try_clone() {
-            self.early = Some(std::thread::spawn(move || {
-                let _ = file.sync_data();
-            }));
+        if let Some(f) = &self.early {
+            // Full: a flush is asked for already, and covers this part.
+            let _ = f.kick.try_send(());
         }
     }
 }
 
-/// State of one compaction.
+impl Flusher {
+    /// Waits for the flush under way, if any; the first error of any.
+    fn finish(self) -> std::io::Result<()> {
+        drop(self.kick);
+        self.thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// State of one compaction: the copying, on the calling thread.
 struct Compactor<'a> {
     mark: &'a Mark,
-    lease: &'a mut Held,
     spool_dir: &'a Path,
     segment_size: u64,
-    hooks: &'a TestHooks,
-    closed: u32,
     report: CompactReport,
     /// Old segments some member of which failed to copy.
     failed: BTreeSet<SegmentId>,
     /// Read buffers given back (two circulate: the run being copied and
     /// the next one being read).
     spare: Vec<Vec<u8>>,
+    /// Full segments, to the thread that publishes them (until the
+    /// copying is over).
+    closer: Option<std::sync::mpsc::SyncSender<Filling>>,
+}
+
+/// The publishing of full segments, on a thread of its own: a segment's
+/// flush to disk and its upload overlap the copying into the next one.
+/// One segment is published at a time, in the order they filled; the
+/// copying waits for the thread when the next one is full, so at most two
+/// spool files exist at once.
+struct Closer<'a> {
+    mark: &'a Mark,
+    lease: &'a mut Held,
+    hooks: &'a TestHooks,
+    closed: u32,
+    segments_written: u64,
+    members_copied: u64,
+    failed: Vec<(String, String)>,
 }
 
 fn spool_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -141,6 +182,22 @@ impl Compactor<'_> {
         })
     }
 
+    /// Hands a full segment to the thread that publishes it. That thread
+    /// stops at its first error, which [`compact`] reports: this one then
+    /// only says that the copying stopped.
+    fn close(&self, f: Filling) -> Result<()> {
+        if f.writer.is_empty() {
+            return Ok(());
+        }
+        let closer = self.closer.as_ref().expect("the copying is not over");
+        closer.send(f).map_err(|_| Error::Unsafe {
+            object: "new segments".into(),
+            reason: "their publishing stopped".into(),
+        })
+    }
+}
+
+impl Closer<'_> {
     fn crash(&self, point: CrashPoint) {
         self.hooks.at(point);
     }
@@ -159,8 +216,8 @@ impl Compactor<'_> {
             groups,
             early,
         } = f;
-        if let Some(h) = early {
-            let _ = h.join();
+        if let Some(f) = early {
+            f.finish().map_err(spool_err(spool.path()))?;
         }
         let (mut file, summary) = writer.finish().map_err(writer_err(id, spool.path()))?;
         file.set_len(summary.segment_len())
@@ -189,7 +246,7 @@ impl Compactor<'_> {
                 })
                 .collect();
             if copies.is_empty() {
-                self.report.failed.push((
+                self.failed.push((
                     layout::lockbox(from, group),
                     format!("missing: members of group {group} moved to segment {id} cannot be opened there either"),
                 ));
@@ -204,7 +261,7 @@ impl Compactor<'_> {
         rt.block_on(store.put_new(&layout::summary(&id), summary.to_bytes()))?;
         self.crash(CrashPoint::AfterSummary(n));
         for (i, (old, entries)) in moved.into_iter().enumerate() {
-            self.report.members_copied += entries.len() as u64;
+            self.members_copied += entries.len() as u64;
             let record = Relocation::new(old, id, summary.mode(), entries)
                 .map_err(|e| Error::format(layout::relocation(&old, &id), e))?;
             rt.block_on(store.put_new(&layout::relocation(&old, &id), record.to_bytes()))?;
@@ -212,11 +269,13 @@ impl Compactor<'_> {
                 self.crash(CrashPoint::AfterRelocation(n));
             }
         }
-        self.report.segments_written += 1;
+        self.segments_written += 1;
         tracing::info!(segment = %id, bytes = summary.segment_len(), "compacted segment written");
         Ok(())
     }
+}
 
+impl Compactor<'_> {
     /// Copies the live members of one old segment into `into`, closing
     /// and starting new segments as they fill.
     fn copy(&mut self, v: &Victim, into: &mut Option<Filling>) -> Result<()> {
@@ -337,26 +396,61 @@ pub(crate) fn compact(
     hooks: &TestHooks,
 ) -> Result<(BTreeSet<SegmentId>, CompactReport)> {
     let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Filling>(0);
     let mut c = Compactor {
         mark,
-        lease,
         spool_dir,
         segment_size,
-        hooks,
-        closed: 0,
         report: CompactReport::default(),
         failed: BTreeSet::new(),
         spare: Vec::new(),
+        closer: Some(tx),
     };
-    for mode in [SegmentMode::Encrypted, SegmentMode::Plain] {
-        let mut filling: Option<Filling> = None;
-        for v in victims.iter().filter(|v| v.summary.mode() == mode) {
-            c.copy(v, &mut filling)?;
-        }
-        if let Some(f) = filling {
-            c.close(f)?;
-        }
-    }
+    let mut closer = Closer {
+        mark,
+        lease,
+        hooks,
+        closed: 0,
+        segments_written: 0,
+        members_copied: 0,
+        failed: Vec::new(),
+    };
+    let (copied, published) = std::thread::scope(|scope| {
+        let publishing = scope.spawn(|| -> Result<()> {
+            // Its first error ends it; the copying learns of it at its
+            // next hand-over.
+            for f in rx {
+                closer.close(f)?;
+            }
+            Ok(())
+        });
+        let copied = (|| -> Result<()> {
+            for mode in [SegmentMode::Encrypted, SegmentMode::Plain] {
+                let mut filling: Option<Filling> = None;
+                for v in victims.iter().filter(|v| v.summary.mode() == mode) {
+                    c.copy(v, &mut filling)?;
+                }
+                if let Some(f) = filling {
+                    c.close(f)?;
+                }
+            }
+            Ok(())
+        })();
+        // Whatever was handed over is published (or fails) before this
+        // returns.
+        c.closer = None;
+        let published = publishing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (copied, published)
+    });
+    // The publishing's error is the cause; the copying's, if that is all,
+    // its own.
+    published?;
+    copied?;
+    c.report.segments_written = closer.segments_written;
+    c.report.members_copied = closer.members_copied;
+    c.report.failed.extend(closer.failed);
     let done: BTreeSet<SegmentId> = victims
         .iter()
         .map(|v| v.segment)
