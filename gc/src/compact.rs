@@ -15,10 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use cbfs_format::{
     GroupId, Relocation, SegmentId, SegmentMode, SegmentWriter, Summary, SummaryEntry, check_copy,
     layout,
 };
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use tempfile::NamedTempFile;
 
@@ -35,6 +37,24 @@ const MAX_RANGE: u64 = 16 << 20;
 const FIRST_RANGE: u64 = 2 << 20;
 /// Members checked ahead of the one being written.
 const CHECKED_AHEAD: usize = 8;
+/// Small objects (lockboxes, relocation records) read or written at once.
+const IN_FLIGHT: usize = 8;
+
+/// Writes new small objects together ([`cbfs_store::Store::put_many_new`]:
+/// on a local store one flush for all of them); the first error, if any.
+fn put_all(
+    store: &cbfs_store::Store,
+    rt: &tokio::runtime::Handle,
+    items: Vec<(String, Bytes)>,
+) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    for outcome in rt.block_on(store.put_many_new(items, IN_FLIGHT)) {
+        outcome?;
+    }
+    Ok(())
+}
 
 /// A segment to compact: its summary and its live members, in order.
 pub(crate) struct Victim {
@@ -231,44 +251,53 @@ impl Closer<'_> {
         let n = self.closed;
         rt.block_on(store.put_file_new(&layout::segment(&id), spool.path()))?;
         self.crash(CrashPoint::AfterSegment(n));
+        // The lockboxes of the groups whose members moved: read from the
+        // old segment's and written under the new one's, several at a time.
+        let mut copies: Vec<(&String, String)> = Vec::new();
         for (group, from) in &groups {
             let wanted = group.to_string();
-            let copies: Vec<&String> = self
-                .mark
-                .lockboxes
-                .get(from)
-                .into_iter()
-                .flatten()
-                .filter(|k| {
-                    k.rsplit('/')
-                        .next()
-                        .is_some_and(|name| name.starts_with(&wanted))
-                })
-                .collect();
-            if copies.is_empty() {
+            let before = copies.len();
+            for key in self.mark.lockboxes.get(from).into_iter().flatten() {
+                let name = key.rsplit('/').next().expect("a key has a last part");
+                if name.starts_with(&wanted) {
+                    copies.push((key, format!("{}{name}", layout::lockboxes_of(&id))));
+                }
+            }
+            if copies.len() == before {
                 self.failed.push((
                     layout::lockbox(from, group),
                     format!("missing: members of group {group} moved to segment {id} cannot be opened there either"),
                 ));
             }
-            for key in copies {
-                let name = key.rsplit('/').next().expect("a key has a last part");
-                let bytes = rt.block_on(store.get(key))?;
-                rt.block_on(store.put_new(&format!("{}{name}", layout::lockboxes_of(&id)), bytes))?;
-            }
         }
+        let read: Vec<Bytes> = rt.block_on(
+            futures::stream::iter(copies.iter().map(|(from, _)| store.get(from)))
+                .buffered(IN_FLIGHT)
+                .try_collect(),
+        )?;
+        let lockboxes = copies.into_iter().map(|(_, to)| to).zip(read).collect();
+        put_all(store, rt, lockboxes)?;
         self.crash(CrashPoint::AfterLockboxes(n));
         rt.block_on(store.put_new(&layout::summary(&id), summary.to_bytes()))?;
         self.crash(CrashPoint::AfterSummary(n));
-        for (i, (old, entries)) in moved.into_iter().enumerate() {
+        // The relocation records: the first on its own (a crash test stops
+        // between it and the others), the others together.
+        let mut records = Vec::new();
+        for (old, entries) in moved {
             self.members_copied += entries.len() as u64;
             let record = Relocation::new(old, id, summary.mode(), entries)
                 .map_err(|e| Error::format(layout::relocation(&old, &id), e))?;
-            rt.block_on(store.put_new(&layout::relocation(&old, &id), record.to_bytes()))?;
-            if i == 0 {
-                self.crash(CrashPoint::AfterRelocation(n));
-            }
+            records.push((
+                layout::relocation(&old, &id),
+                Bytes::from(record.to_bytes()),
+            ));
         }
+        let rest = records.split_off(records.len().min(1));
+        for (key, bytes) in records {
+            rt.block_on(store.put_new(&key, bytes))?;
+            self.crash(CrashPoint::AfterRelocation(n));
+        }
+        put_all(store, rt, rest)?;
         self.segments_written += 1;
         tracing::info!(segment = %id, bytes = summary.segment_len(), "compacted segment written");
         Ok(())
