@@ -132,7 +132,8 @@ impl Filling {
 }
 
 impl Flusher {
-    /// Waits for the flush under way, if any; the first error of any.
+    /// Waits for the flushes under way and asked for, if any; the first
+    /// error of any.
     fn finish(self) -> std::io::Result<()> {
         drop(self.kick);
         self.thread
@@ -155,13 +156,16 @@ struct Compactor<'a> {
     /// Full segments, to the thread that publishes them (until the
     /// copying is over).
     closer: Option<std::sync::mpsc::SyncSender<Filling>>,
+    /// Set by that thread when it stops at an error: the copying stops at
+    /// its next run of members instead of at its next hand-over.
+    stopped: &'a std::sync::atomic::AtomicBool,
 }
 
 /// The publishing of full segments, on a thread of its own: a segment's
 /// flush to disk and its upload overlap the copying into the next one.
 /// One segment is published at a time, in the order they filled; the
 /// copying waits for the thread when the next one is full, so at most two
-/// spool files exist at once.
+/// spool files exist at once (the spool needs room for two segments).
 struct Closer<'a> {
     mark: &'a Mark,
     lease: &'a mut Held,
@@ -210,10 +214,16 @@ impl Compactor<'_> {
             return Ok(());
         }
         let closer = self.closer.as_ref().expect("the copying is not over");
-        closer.send(f).map_err(|_| Error::Unsafe {
+        closer.send(f).map_err(|_| Self::publishing_stopped())
+    }
+
+    /// What the copying returns once the publishing stopped at an error
+    /// (never shown: [`compact`] reports that error instead).
+    fn publishing_stopped() -> Error {
+        Error::Unsafe {
             object: "new segments".into(),
             reason: "their publishing stopped".into(),
-        })
+        }
     }
 }
 
@@ -342,6 +352,9 @@ impl Compactor<'_> {
             .first()
             .map(|(_, range)| fetch(range, self.spare.pop().unwrap_or_default()));
         for (k, (members, range)) in runs.iter().enumerate() {
+            if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Self::publishing_stopped());
+            }
             let read = next.take().expect("a read per run");
             let bytes = mark
                 .rt
@@ -426,6 +439,7 @@ pub(crate) fn compact(
 ) -> Result<(BTreeSet<SegmentId>, CompactReport)> {
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Filling>(0);
+    let stopped = std::sync::atomic::AtomicBool::new(false);
     let mut c = Compactor {
         mark,
         spool_dir,
@@ -434,6 +448,7 @@ pub(crate) fn compact(
         failed: BTreeSet::new(),
         spare: Vec::new(),
         closer: Some(tx),
+        stopped: &stopped,
     };
     let mut closer = Closer {
         mark,
@@ -449,11 +464,16 @@ pub(crate) fn compact(
             // Its first error ends it; the copying learns of it at its
             // next hand-over.
             for f in rx {
-                closer.close(f)?;
+                if let Err(e) = closer.close(f) {
+                    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(e);
+                }
             }
             Ok(())
         });
-        let copied = (|| -> Result<()> {
+        // A panic of the copying must still end the publishing thread (by
+        // dropping the channel) before the scope waits for it.
+        let copied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
             for mode in [SegmentMode::Encrypted, SegmentMode::Plain] {
                 let mut filling: Option<Filling> = None;
                 for v in victims.iter().filter(|v| v.summary.mode() == mode) {
@@ -464,13 +484,13 @@ pub(crate) fn compact(
                 }
             }
             Ok(())
-        })();
+        }));
         // Whatever was handed over is published (or fails) before this
         // returns.
         c.closer = None;
-        let published = publishing
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let published = publishing.join();
+        let copied = copied.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let published = published.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (copied, published)
     });
     // The publishing's error is the cause; the copying's, if that is all,

@@ -64,7 +64,9 @@ struct Cli {
     /// How long the lease lasts unless renewed (s, m, h, d).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     lease_ttl: i64,
-    /// Where new segments are spooled (default: the temporary directory).
+    /// Where new segments are spooled (default: the temporary directory);
+    /// it needs room for two segments (one is published while the next
+    /// fills).
     #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,
     /// Say what would be done; write and delete nothing.

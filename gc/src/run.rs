@@ -49,7 +49,8 @@ pub struct GcOptions {
     /// Decide and report only: no lease, no write, no deletion.
     pub dry_run: bool,
     /// Where new segments are spooled (default: the system's temporary
-    /// directory).
+    /// directory): room for two segments, one published while the next
+    /// fills.
     pub spool: Option<PathBuf>,
     /// Test builds only: die or wait at a point.
     pub hooks: TestHooks,
