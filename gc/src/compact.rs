@@ -302,12 +302,12 @@ impl Closer<'_> {
                 Bytes::from(record.to_bytes()),
             ));
         }
-        let rest = records.split_off(records.len().min(1));
-        for (key, bytes) in records {
+        let mut records = records.into_iter();
+        if let Some((key, bytes)) = records.next() {
             rt.block_on(store.put_new(&key, bytes))?;
             self.crash(CrashPoint::AfterRelocation(n));
         }
-        put_all(store, rt, rest)?;
+        put_all(store, rt, records.collect())?;
         self.segments_written += 1;
         tracing::info!(segment = %id, bytes = summary.segment_len(), "compacted segment written");
         Ok(())
@@ -461,8 +461,8 @@ pub(crate) fn compact(
     };
     let (copied, published) = std::thread::scope(|scope| {
         let publishing = scope.spawn(|| -> Result<()> {
-            // Its first error ends it; the copying learns of it at its
-            // next hand-over.
+            // Its first error ends it; the copying stops at its next run
+            // of members (or hand-over).
             for f in rx {
                 if let Err(e) = closer.close(f) {
                     stopped.store(true, std::sync::atomic::Ordering::SeqCst);
