@@ -6,6 +6,8 @@
 //! check of one member's stored bytes, for a release that must not drop a
 //! file whose stored copy is not there.
 
+use std::collections::HashMap;
+
 use cbfs_format::{ManifestEntry, MemberId, SegmentId, Slots, Summary, layout};
 use sha2::{Digest, Sha256};
 
@@ -83,14 +85,17 @@ pub fn restore_files(
     engine.report.snapshot = Some(snapshot.info());
     engine.report.complete_by_manifest = true;
     let mut entries: Vec<ManifestEntry> = Vec::new();
+    // Where each member's entry is in `entries`: a recall asks for
+    // thousands of files at once, several of them in one pack.
+    let mut at: HashMap<(SegmentId, MemberId), usize> = HashMap::with_capacity(wanted.len());
     for file in wanted {
         match entry_of(snapshot, file) {
-            Ok(e) => match entries
-                .iter_mut()
-                .find(|x| x.segment == e.segment && x.member == e.member)
-            {
-                Some(x) => x.slots.insert(usize::from(file.slot)),
-                None => {
+            Ok(e) => match at.entry((e.segment, e.member)) {
+                std::collections::hash_map::Entry::Occupied(i) => {
+                    entries[*i.get()].slots.insert(usize::from(file.slot))
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(entries.len());
                     let mut slots = Slots::empty();
                     slots.insert(usize::from(file.slot));
                     entries.push(ManifestEntry { slots, ..e });

@@ -658,7 +658,13 @@ impl Index {
     /// The stored versions of many paths at once (one batched lookup:
     /// cheaper than as many single ones), in the order given.
     pub fn files(&self, paths: &[&[u8]]) -> Result<Vec<Option<FileRecord>>> {
-        let keys: Vec<Vec<u8>> = paths.iter().map(|p| key(FILE, p)).collect();
+        self.get_many(FILE, paths)
+    }
+
+    /// The records of one kind for many keys at once (one batched lookup),
+    /// in the order given.
+    fn get_many<T: Record>(&self, tag: u8, names: &[&[u8]]) -> Result<Vec<Option<T>>> {
+        let keys: Vec<Vec<u8>> = names.iter().map(|p| key(tag, p)).collect();
         let cf = self
             .db
             .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
@@ -668,9 +674,7 @@ impl Index {
             .into_iter()
             .zip(&keys)
             .map(|(got, k)| match got.map_err(|e| self.err(e))? {
-                Some(v) => FileRecord::decode(&v)
-                    .map(Some)
-                    .map_err(|e| self.corrupt(k, e)),
+                Some(v) => T::decode(&v).map(Some).map_err(|e| self.corrupt(k, e)),
                 None => Ok(None),
             })
             .collect()
@@ -727,6 +731,11 @@ impl Index {
     /// The tiering flags and losses of a path.
     pub fn hsm(&self, path: &[u8]) -> Result<Option<HsmRecord>> {
         self.get(key(HSM, path))
+    }
+
+    /// The tiering records of many paths at once, in the order given.
+    pub fn hsms(&self, paths: &[&[u8]]) -> Result<Vec<Option<HsmRecord>>> {
+        self.get_many(HSM, paths)
     }
 
     /// Every path with tiering flags or losses, in byte order.

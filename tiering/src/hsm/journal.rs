@@ -134,27 +134,41 @@ impl Journal {
         if entries.is_empty() {
             return Ok(0);
         }
+        // Each path's records looked up once, all at a time: a recall of
+        // thousands of files journals two entries for each.
+        let mut paths: Vec<Vec<u8>> = Vec::new();
+        let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
+        let of: Vec<Option<usize>> = entries
+            .iter()
+            .map(|e| {
+                let path = e.path_bytes()?;
+                Some(*at.entry(path).or_insert_with_key(|p| {
+                    paths.push(p.clone());
+                    paths.len() - 1
+                }))
+            })
+            .collect();
+        let names: Vec<&[u8]> = paths.iter().map(Vec::as_slice).collect();
+        let files = index.files(&names)?;
+        let mut hsms = index.hsms(&names)?;
+        let mut touched = vec![false; paths.len()];
         let mut batch = Batch::default();
-        let mut hsm: HashMap<Vec<u8>, HsmRecord> = HashMap::new();
-        for e in &entries {
-            let Some(path) = e.path_bytes() else { continue };
-            let Some(mut rec) = index.file(&path)? else {
+        for (e, k) in entries.iter().zip(of) {
+            let Some(k) = k else { continue };
+            // The record as the index holds it: each entry is checked
+            // against that, not against what an earlier entry made of it.
+            let Some(mut rec) = files[k].clone() else {
                 continue;
             };
             if rec.member.to_string() != e.member || rec.slot != e.slot || rec.stat.ino != e.ino {
                 continue;
             }
-            let h = match hsm.get_mut(&path) {
-                Some(h) => h,
-                None => {
-                    let h = index.hsm(&path)?.unwrap_or_default();
-                    hsm.entry(path.clone()).or_insert(h)
-                }
-            };
+            touched[k] = true;
+            let h = hsms[k].get_or_insert_with(HsmRecord::default);
             match (&e.stat, &e.lost) {
                 (Some(stat), _) => {
                     rec.stat = *stat;
-                    batch.put_file(&path, &rec);
+                    batch.put_file(&paths[k], &rec);
                     h.lost = None;
                     h.lost_at = None;
                     h.recalling = None;
@@ -168,8 +182,13 @@ impl Journal {
                 (None, None) => {}
             }
         }
-        for (path, h) in &hsm {
-            batch.put_hsm(path, h);
+        let hsm = paths
+            .iter()
+            .zip(hsms)
+            .zip(touched)
+            .filter_map(|((path, h), touched)| Some((path, h?)).filter(|_| touched));
+        for (path, h) in hsm {
+            batch.put_hsm(path, &h);
         }
         if !batch.is_empty() {
             index.commit(batch)?;

@@ -832,7 +832,7 @@ pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathR
 
 /// [`recall_path`] for many paths: the stubs among them are filled in
 /// passes of up to [`BATCH`] files and [`PASS_BYTES`] bytes (one restore
-/// pass per snapshot each), a run of passes per core at a time. The names
+/// pass per snapshot each), two runs of passes per core at a time. The names
 /// of one inode (hard links) go into one pass, which fills the inode once.
 /// One result per path, in order.
 ///
@@ -842,15 +842,17 @@ pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathR
 /// that ends one pass (its cleared records) is the one that begins the
 /// next (its marks): two flushes a pass instead of three.
 pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
-    let cores = std::thread::available_parallelism()
+    // Two workers per core: while one waits for a flush (most of a pass
+    // of small files is spent waiting for the disk), the other computes.
+    let workers = 2 * std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4);
     let tree = crate::source_tree::SourceTree::open(root)
         .map_err(|e| Error::io("cannot open", root, e))?;
-    // Each core holds two passes open at once: one closing, the next
+    // Each worker holds two passes open at once: one closing, the next
     // beginning.
-    let batches = batches(root, rels, pass_size(2 * cores));
-    let workers = cores.min(batches.len());
+    let batches = batches(root, rels, pass_size(2 * workers));
+    let workers = workers.min(batches.len());
     let done: Vec<Mutex<Option<Result<Vec<PathRecall>>>>> =
         batches.iter().map(|_| Mutex::new(None)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
