@@ -209,16 +209,40 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// One pax record: `LEN KEY=VALUE\n`, its length counting itself.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let rest = format!(" {key}={value}\n");
+    let mut len = rest.len() + 1;
+    while len.to_string().len() + rest.len() != len {
+        len += 1;
+    }
+    format!("{len}{rest}").into_bytes()
+}
+
 /// Writes the tree at `dir` as a pax tar stream: entries in name order,
 /// never following a symbolic link, with their modes, owners (ids and
 /// names), times to the nanosecond and extended attributes, hard links as
-/// links to the first name seen. A file that changes size while it is read
+/// links to the first name seen (each file with more than one name marked
+/// with the pax record `CBFS.linked=1`, as the global header
+/// `CBFS.links=marked` at the start promises). A file that changes size while it is read
 /// ends the stream with an error (the gateway then commits nothing).
 /// Sockets are not stored; they are left out.
 pub fn write_tree(dir: &std::path::Path, out: impl std::io::Write) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     let mut b = tar::Builder::new(out);
+    // The stream says that it marks each file with more than one name:
+    // the gateway then keeps only those files' content on its spool (a
+    // hard link may need it again), and takes the others in memory.
+    let (key, value) = crate::out::LINKS_DECLARED;
+    let mut global = tar::Header::new_ustar();
+    let record = pax_record(key, value);
+    global.set_entry_type(tar::EntryType::XGlobalHeader);
+    global.set_path("pax_global_header")?;
+    global.set_mode(0o644);
+    global.set_size(record.len() as u64);
+    global.set_cksum();
+    b.append(&global, record.as_slice())?;
     let mut names = crate::scan::Names::default();
     let mut first_names: std::collections::HashMap<(u64, u64), std::path::PathBuf> =
         std::collections::HashMap::new();
@@ -261,6 +285,10 @@ pub fn write_tree(dir: &std::path::Path, out: impl std::io::Write) -> std::io::R
                 if String::from_utf8(attr).is_ok() {
                     pax.push((key, value));
                 }
+            }
+            if kind.is_file() && meta.nlink() > 1 {
+                let (key, value) = crate::out::LINKED;
+                pax.push((key.into(), value.into()));
             }
             b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
                 .map_err(|e| context(&abs, e))?;

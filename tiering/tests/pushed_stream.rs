@@ -2,8 +2,11 @@
 //! the stream restores to the tree it was made from; a second push of the
 //! same tree stores nothing; an unsorted stream (GNU tar) works as well,
 //! deletions included; a hard link into another scope is stored as a file
-//! of that scope; and a stream refused after segments were already written
-//! leaves the store and the index exactly as they were.
+//! of that scope; small files held in memory (a stream that marks its
+//! linked files) wait for the workers when the memory is spent; a link to a
+//! file such a stream did not mark is refused; and a stream refused after
+//! segments were already written leaves the store and the index exactly as
+//! they were.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -62,12 +65,45 @@ impl Fs {
     }
 
     fn push(&self, agent: &Arc<Agent>, stream: Vec<u8>, prefix: &str) -> Result<OutReport, Error> {
+        self.push_with(agent, stream, self.opts(prefix))
+    }
+
+    fn push_with(
+        &self,
+        agent: &Arc<Agent>,
+        stream: Vec<u8>,
+        opts: OutOptions,
+    ) -> Result<OutReport, Error> {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(agent.tier_out_stream(
             Box::new(std::io::Cursor::new(stream)),
-            self.opts(prefix),
+            opts,
             Arc::new(Quiet),
         ))
+    }
+
+    /// A tree of `files` files (from `seed`) and a file with two names.
+    fn tree_with_a_link(&self, seed: u64, files: usize) -> (PathBuf, TreeGen) {
+        let src = self.work.path("src");
+        let mut tree = TreeGen::new(&src, seed);
+        tree.populate(files);
+        // Hard links and a nanosecond time survive the stream.
+        fs::write(src.join("linked"), b"one inode").unwrap();
+        fs::hard_link(src.join("linked"), src.join("linked-too")).unwrap();
+        (src, tree)
+    }
+
+    /// Restores everything (pushed under `data`) and checks that it is
+    /// `src`, the hard link a link again. The restored `data` folder.
+    fn restored_like(&self, src: &Path) -> PathBuf {
+        let dest = self.work.path("restored");
+        self.restore(&dest);
+        let data = dest.join("data");
+        assert_same_tree(src, &data, Compare::default());
+        let a = fs::metadata(data.join("linked")).unwrap();
+        let b = fs::metadata(data.join("linked-too")).unwrap();
+        assert_eq!(a.ino(), b.ino(), "the hard link was restored as a link");
+        data
     }
 
     /// Restores everything with the administrator's key into `dest`.
@@ -105,26 +141,16 @@ fn tar_of_tree(dir: &Path) -> Vec<u8> {
 #[test]
 fn a_pushed_stream_restores_to_its_tree_and_a_second_push_stores_nothing() {
     let fs = Fs::new();
-    let src = fs.work.path("src");
-    let mut tree = TreeGen::new(&src, 7);
-    tree.populate(120);
-    // Hard links and a nanosecond time survive the stream.
-    fs::write(src.join("linked"), b"one inode").unwrap();
-    fs::hard_link(src.join("linked"), src.join("linked-too")).unwrap();
+    let (src, tree) = fs.tree_with_a_link(7, 120);
     let agent = fs.agent();
 
     let first = fs.push(&agent, tar_of_tree(&src), "data").unwrap();
     assert!(first.files > 100, "{first:?}");
     assert!(first.new_segments > 1, "small segments: {first:?}");
     assert!(first.snapshot.is_some());
-    let dest = fs.work.path("restored");
-    fs.restore(&dest);
-    assert_same_tree(&src, &dest.join("data"), Compare::default());
-    let a = fs::metadata(dest.join("data/linked")).unwrap();
-    let b = fs::metadata(dest.join("data/linked-too")).unwrap();
-    assert_eq!(a.ino(), b.ino(), "the hard link was restored as a link");
+    let data = fs.restored_like(&src);
     assert_eq!(
-        a.mtime_nsec(),
+        fs::metadata(data.join("linked")).unwrap().mtime_nsec(),
         fs::metadata(src.join("linked")).unwrap().mtime_nsec(),
         "times to the nanosecond"
     );
@@ -275,4 +301,76 @@ fn a_stream_refused_after_segments_were_written_commits_nothing() {
         done.files, 40,
         "40 files (their folder is implied): {done:?}"
     );
+}
+
+/// A pax global header with one record.
+fn global_header(key: &str, value: &str) -> (tar::Header, Vec<u8>) {
+    let rest = format!(" {key}={value}\n");
+    let len = (1..)
+        .find(|n: &usize| n.to_string().len() + rest.len() == *n)
+        .unwrap();
+    let record = format!("{len}{rest}").into_bytes();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XGlobalHeader);
+    h.set_path("pax_global_header").unwrap();
+    h.set_mode(0o644);
+    h.set_size(record.len() as u64);
+    h.set_cksum();
+    (h, record)
+}
+
+#[test]
+fn small_files_in_memory_wait_for_the_workers_once_the_memory_is_spent() {
+    let fs = Fs::new();
+    let (src, _) = fs.tree_with_a_link(5, 150);
+    let agent = fs.agent();
+    let stream = tar_of_tree(&src);
+    assert!(
+        stream.windows(16).any(|w| w == b"CBFS.links=marke"),
+        "cbfs-tier push marks its linked files"
+    );
+    let mut opts = fs.opts("data");
+    // Far less than the tree: the stream waits for the workers many times.
+    opts.push_memory = 32 << 10;
+    let report = fs.push_with(&agent, stream, opts).unwrap();
+    assert!(report.files > 150, "{report:?}");
+    fs.restored_like(&src);
+}
+
+#[test]
+fn a_link_to_a_file_that_a_marking_stream_did_not_mark_is_refused() {
+    let fs = Fs::new();
+    let agent = fs.agent();
+    let snapshots = agent.index.snapshots().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let (h, record) = global_header("CBFS.links", "marked");
+    b.append(&h, record.as_slice()).unwrap();
+    let mut h = plain_header(5);
+    b.append_data(&mut h, "unmarked", &b"hello"[..]).unwrap();
+    let mut h = plain_header(0);
+    h.set_entry_type(tar::EntryType::Link);
+    b.append_link(&mut h, "link", "unmarked").unwrap();
+    let stream = b.into_inner().unwrap();
+    match fs.push(&agent, stream.clone(), "data") {
+        Err(Error::Refused(why)) => {
+            assert!(
+                why.contains("\"link\"") && why.contains("did not mark"),
+                "{why}"
+            )
+        }
+        other => panic!("the stream must be refused: {other:?}"),
+    }
+    assert_eq!(agent.index.snapshots().unwrap(), snapshots);
+    assert!(agent.index.file(b"data/unmarked").unwrap().is_none());
+
+    // The same stream without the global header: every file is kept on
+    // the spool, and the link is fine.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = plain_header(5);
+    b.append_data(&mut h, "unmarked", &b"hello"[..]).unwrap();
+    let mut h = plain_header(0);
+    h.set_entry_type(tar::EntryType::Link);
+    b.append_link(&mut h, "link", "unmarked").unwrap();
+    let report = fs.push(&agent, b.into_inner().unwrap(), "data").unwrap();
+    assert_eq!(report.files, 2, "{report:?}");
 }

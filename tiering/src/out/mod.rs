@@ -23,6 +23,7 @@ mod rekey;
 mod repack;
 mod segment;
 mod stream;
+pub(crate) use stream::{LINKED, LINKS_DECLARED};
 mod stubs;
 mod worker;
 
@@ -80,6 +81,10 @@ pub struct OutOptions {
     /// Set to stop the run at the next safe point: what was committed
     /// stays, the snapshot is finished by the next run.
     pub cancel: Option<std::sync::Arc<AtomicBool>>,
+    /// For a pushed stream that marks its linked files (as `cbfs-tier
+    /// push` does): the bytes of small files' content held in memory at
+    /// most, between the stream and the workers, instead of on the spool.
+    pub push_memory: u64,
     /// For tests of crash safety: stop the process abruptly at this point.
     #[cfg(feature = "crash-points")]
     pub crash_at: Option<CrashPoint>,
@@ -100,6 +105,7 @@ impl OutOptions {
             change_test: ChangeTest::Inode,
             min_live: 50,
             cancel: None,
+            push_memory: 64 << 20,
             #[cfg(feature = "crash-points")]
             crash_at: None,
         }
@@ -257,9 +263,7 @@ impl ResealedFile {
 /// the members found malformed once decrypted (they stay under their old
 /// keys, and the re-key reports them).
 pub(crate) struct FrameBudget {
-    used: std::sync::Mutex<u64>,
-    freed: std::sync::Condvar,
-    limit: u64,
+    bytes: ByteBudget,
     pub(crate) failures: std::sync::Mutex<Vec<cbfs_restore::Failure>>,
     /// Members sealed again as they were.
     pub(crate) resealed: AtomicU64,
@@ -268,9 +272,7 @@ pub(crate) struct FrameBudget {
 impl FrameBudget {
     pub(crate) fn new(limit: u64) -> Self {
         FrameBudget {
-            used: std::sync::Mutex::new(0),
-            freed: std::sync::Condvar::new(),
-            limit,
+            bytes: ByteBudget::new(limit),
             failures: std::sync::Mutex::new(Vec::new()),
             resealed: AtomicU64::new(0),
         }
@@ -279,19 +281,57 @@ impl FrameBudget {
     /// Takes `n` bytes, waiting while they would exceed the limit (not
     /// once `stop` is set: the run is ending).
     pub(crate) fn take(&self, n: u64, stop: &std::sync::atomic::AtomicBool) {
-        let mut used = self.used.lock().expect("frame budget");
+        self.bytes.take(n, stop);
+    }
+
+    fn give(&self, n: u64) {
+        self.bytes.give(n);
+    }
+}
+
+/// Bytes held in memory at once, at most: a taker waits while more would
+/// not fit (one larger take still goes alone, when nothing else is held).
+pub(crate) struct ByteBudget {
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+    limit: u64,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(limit: u64) -> Self {
+        ByteBudget {
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            limit,
+        }
+    }
+
+    /// Takes `n` bytes if they fit now.
+    pub(crate) fn try_take(&self, n: u64) -> bool {
+        let mut used = self.used.lock().expect("byte budget");
+        if *used > 0 && *used + n > self.limit {
+            return false;
+        }
+        *used += n;
+        true
+    }
+
+    /// Takes `n` bytes, waiting while they would not fit (not once `stop`
+    /// is set: the run is ending).
+    pub(crate) fn take(&self, n: u64, stop: &std::sync::atomic::AtomicBool) {
+        let mut used = self.used.lock().expect("byte budget");
         while *used > 0 && *used + n > self.limit && !stop.load(Ordering::SeqCst) {
             used = self
                 .freed
                 .wait_timeout(used, std::time::Duration::from_millis(100))
-                .expect("frame budget")
+                .expect("byte budget")
                 .0;
         }
         *used += n;
     }
 
-    fn give(&self, n: u64) {
-        let mut used = self.used.lock().expect("frame budget");
+    pub(crate) fn give(&self, n: u64) {
+        let mut used = self.used.lock().expect("byte budget");
         *used = used.saturating_sub(n);
         drop(used);
         self.freed.notify_all();
@@ -299,11 +339,10 @@ impl FrameBudget {
 }
 
 /// What a pushed stream said of an entry: its metadata as it is stored
-/// (path, kind and all), and the bytes of the stream's spool that hold its
-/// content.
+/// (path, kind and all), and where its content is.
 pub(crate) struct Pushed {
     meta: cbfs_format::Metadata,
-    data: std::ops::Range<u64>,
+    data: stream::Data,
     /// For a re-key: the spool that holds the content (instead of the
     /// stream's), deleted once no entry needs it any more.
     chunk: Option<std::sync::Arc<stream::Spool>>,
@@ -430,7 +469,7 @@ pub(crate) fn run(
     let (stream, deferred) = match &input {
         Input::Tree | Input::Rekey(_) => (None, None),
         Input::Stream(_) => (
-            Some(stream::Spool::create(&spool_dir)?),
+            Some(stream::Spool::create(&spool_dir, opts.push_memory)?),
             Some(segment::Deferred::default()),
         ),
     };

@@ -18,6 +18,12 @@
 //!
 //! The content is stored while the stream arrives: workers compress and
 //! encrypt from the spool the stream is written to, as they do from files.
+//! A stream that marks its linked files (`cbfs-tier push` does, with the
+//! pax records [`LINKS_DECLARED`] and [`LINKED`]) spares the spool its
+//! small unlinked files: their content goes to the workers in memory, up
+//! to [`OutOptions::push_memory`](super::OutOptions::push_memory) bytes at
+//! once. Only a linked file's content can be needed again later (by a
+//! hard link into another scope), and only that is kept on the spool.
 //! But nothing is committed before the whole stream has arrived and passed:
 //! closed segments wait on the spool ([`super::segment::Deferred`]), and a
 //! refused stream leaves neither an object in the store nor a change in the
@@ -25,10 +31,12 @@
 //! checks need are kept in the index (scratch rows, see
 //! [`Index::pushed_put`]), not in memory.
 
+use std::cell::Cell;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use cbfs_format::{EntryKind, Metadata, Timestamp};
@@ -40,25 +48,47 @@ use crate::scan::{Entry, Stat};
 
 use super::diff::{Dispatch, unchanged};
 use super::queue::{CloseOnDrop, WorkQueue};
-use super::{OutReport, Pushed, Shared, Work};
+use super::{ByteBudget, OutReport, Pushed, Shared, Work};
 
 /// Entries looked up in the index at a time.
 const BATCH: usize = 256;
 
-/// The stream as it arrived, on the run's spool: workers read content from
-/// it by offset while the stream goes on.
+/// The pax record of a global header by which a stream says that it marks
+/// each regular file with more than one name with [`LINKED`].
+pub(crate) const LINKS_DECLARED: (&str, &str) = ("CBFS.links", "marked");
+/// The pax record that marks a regular file with more than one name (in a
+/// stream that declares [`LINKS_DECLARED`]).
+pub(crate) const LINKED: (&str, &str) = ("CBFS.linked", "1");
+/// The largest file whose content goes to the workers in memory.
+const MEMORY_FILE_MAX: u64 = 1 << 20;
+/// The largest pax global header read.
+const GLOBAL_HEADER_MAX: u64 = 1 << 20;
+
+/// The stream's content as it arrived, on the run's spool, each byte at
+/// its offset in the stream: workers read content from it by offset while
+/// the stream goes on. What is not needed there (headers, content held in
+/// memory) is a hole.
 pub(crate) struct Spool {
     file: File,
     path: PathBuf,
+    /// The content held in memory instead (between the stream and the
+    /// workers).
+    memory: Arc<ByteBudget>,
 }
 
 impl Spool {
-    pub(crate) fn create(dir: &Path) -> Result<Self> {
-        Self::create_named(dir, "pushed.tar")
+    /// The spool of a pushed stream, which may hold up to `memory` bytes
+    /// of content in memory instead.
+    pub(crate) fn create(dir: &Path, memory: u64) -> Result<Self> {
+        Self::create_in(dir, "pushed.tar", memory)
     }
 
     /// A spool file `name` in `dir`, deleted when dropped.
     pub(crate) fn create_named(dir: &Path, name: &str) -> Result<Self> {
+        Self::create_in(dir, name, 0)
+    }
+
+    fn create_in(dir: &Path, name: &str, memory: u64) -> Result<Self> {
         let path = dir.join(name);
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -66,13 +96,17 @@ impl Spool {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io("cannot create the push spool", &path, e))?;
-        Ok(Spool { file, path })
+        Ok(Spool {
+            file,
+            path,
+            memory: Arc::new(ByteBudget::new(memory)),
+        })
     }
 
-    /// Adds `data` at its end (the spool is written in order, and read by
-    /// offset).
+    /// Adds `data` at its end (such a spool is written in order, and read
+    /// by offset).
     pub(crate) fn append(&self, data: &[u8]) -> io::Result<()> {
-        (&self.file).write_all(data)
+        io::Write::write_all(&mut &self.file, data)
     }
 
     /// Where it is.
@@ -94,6 +128,35 @@ impl Drop for Spool {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A file's content held in memory; its bytes go back to the budget when
+/// a worker takes them (or when it is dropped unused).
+pub(crate) struct InMemory {
+    bytes: Vec<u8>,
+    held: u64,
+    budget: Arc<ByteBudget>,
+}
+
+impl InMemory {
+    /// The content, for the worker that stores it.
+    pub(crate) fn into_bytes(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+impl Drop for InMemory {
+    fn drop(&mut self) {
+        self.budget.give(self.held);
+    }
+}
+
+/// Where a pushed entry's content is.
+pub(crate) enum Data {
+    /// These bytes of the spool.
+    Spool(std::ops::Range<u64>),
+    /// In memory.
+    Memory(InMemory),
 }
 
 /// A range of the spool, read by offset.
@@ -122,12 +185,16 @@ impl Read for SpoolReader<'_> {
     }
 }
 
-/// Reads the stream and writes what it read to the spool.
+/// Reads the stream, and writes what it reads while `spooling` to the
+/// spool, at its offset in the stream.
 struct Tee<'a> {
     inner: &'a mut (dyn Read + Send),
     spool: &'a File,
     spool_path: &'a Path,
     pos: u64,
+    /// Whether what is read now goes to the spool (the content of an
+    /// entry that a worker or a later hard link reads from there).
+    spooling: &'a Cell<bool>,
     /// Why the spool could not be written (a full disk, say).
     spool_error: Option<io::Error>,
 }
@@ -135,7 +202,11 @@ struct Tee<'a> {
 impl Read for Tee<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Err(e) = (&*self.spool).write_all(&buf[..n]) {
+        if !self.spooling.get() {
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        if let Err(e) = self.spool.write_all_at(&buf[..n], self.pos) {
             let kind = e.kind();
             let message = format!("{}: {e}", self.spool_path.display());
             self.spool_error = Some(e);
@@ -149,9 +220,11 @@ impl Read for Tee<'_> {
 /// What the push noted of a name, kept in the index while it runs.
 #[derive(Debug, PartialEq)]
 enum Noted {
-    /// A regular file: its content in the spool, and its metadata.
+    /// A regular file: its content in the spool (`None`: not kept there,
+    /// an unlinked file of a stream that marks its linked ones), and its
+    /// metadata.
     File {
-        data: std::ops::Range<u64>,
+        data: Option<std::ops::Range<u64>>,
         meta: Metadata,
     },
     Dir,
@@ -176,9 +249,16 @@ impl Noted {
             out.extend_from_slice(&meta.to_record().expect("checked before it was noted"));
         };
         match self {
-            Noted::File { data, meta } => {
+            Noted::File {
+                data: Some(data),
+                meta,
+            } => {
                 out.push(1);
                 file(&mut out, data, meta);
+            }
+            Noted::File { data: None, meta } => {
+                out.push(6);
+                out.extend_from_slice(&meta.to_record().expect("checked before it was noted"));
             }
             Noted::Dir => out.push(2),
             Noted::Symlink => out.push(3),
@@ -208,8 +288,15 @@ impl Noted {
         Ok(match tag {
             1 => {
                 let (data, meta) = file(rest)?;
-                Noted::File { data, meta }
+                Noted::File {
+                    data: Some(data),
+                    meta,
+                }
             }
+            6 => Noted::File {
+                data: None,
+                meta: Metadata::from_record(rest).map_err(|e| e.to_string())?,
+            },
             2 => Noted::Dir,
             3 => Noted::Symlink,
             4 => Noted::Other,
@@ -226,10 +313,12 @@ impl Noted {
         })
     }
 
-    /// The file a hard link to this name stores: its content and metadata.
-    fn linked_file(self) -> Option<(std::ops::Range<u64>, Metadata)> {
+    /// The file a hard link to this name stores: its content (if the
+    /// spool kept it) and metadata.
+    fn linked_file(self) -> Option<(Option<std::ops::Range<u64>>, Metadata)> {
         match self {
-            Noted::File { data, meta } | Noted::Link { data, meta, .. } => Some((data, meta)),
+            Noted::File { data, meta } => Some((data, meta)),
+            Noted::Link { data, meta, .. } => Some((Some(data), meta)),
             _ => None,
         }
     }
@@ -268,6 +357,8 @@ struct Checked {
     stat: Stat,
     meta: Metadata,
     data: std::ops::Range<u64>,
+    /// A file's content, if it is held in memory rather than in `data`.
+    memory: Option<InMemory>,
     /// For a hard link: the name it links to.
     link_to: Option<Vec<u8>>,
 }
@@ -307,12 +398,14 @@ impl<N: Names> Checker<N> {
         }
     }
 
-    /// Checks one entry whose content (if any) is `data` of the spool;
-    /// `None` for what is not stored (the root, pax global headers).
+    /// Checks one entry whose content (if any) is `data` of the stream,
+    /// kept on the spool if `kept`; `None` for what is not stored (the
+    /// root, pax global headers).
     fn check<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         data: std::ops::Range<u64>,
+        kept: bool,
     ) -> Result<Option<Checked>> {
         use tar::EntryType as T;
         let raw = entry.path_bytes().into_owned();
@@ -343,7 +436,7 @@ impl<N: Names> Checker<N> {
             T::Regular | T::Continuous => {
                 meta.kind = EntryKind::File;
                 let noted = Noted::File {
-                    data: data.clone(),
+                    data: kept.then(|| data.clone()),
                     meta: meta.clone(),
                 };
                 (noted, None, data)
@@ -390,6 +483,18 @@ impl<N: Names> Checker<N> {
                     return Err(refused(format!(
                         "hard link {shown:?} names {:?}, which is not a file pushed before it",
                         String::from_utf8_lossy(&target)
+                    )));
+                };
+                let Some(data) = data else {
+                    return Err(refused(format!(
+                        "hard link {shown:?} names {:?}, which the stream did not mark as linked \
+                         (pax record {}={}, promised by its global header {}={}): its content was \
+                         not kept",
+                        String::from_utf8_lossy(&target),
+                        LINKED.0,
+                        LINKED.1,
+                        LINKS_DECLARED.0,
+                        LINKS_DECLARED.1
                     )));
                 };
                 // One inode: the link has its target's attributes.
@@ -440,6 +545,7 @@ impl<N: Names> Checker<N> {
             stat,
             meta,
             data,
+            memory: None,
             link_to,
         }))
     }
@@ -624,13 +730,17 @@ pub(crate) fn store_stream(
             .is_some_and(|c| c.load(Ordering::SeqCst))
     };
     let queue = WorkQueue::default();
+    let spooling = Cell::new(false);
     let mut tee = Tee {
         inner: input.as_mut(),
         spool: &spool.file,
         spool_path: &spool.path,
         pos: 0,
+        spooling: &spooling,
         spool_error: None,
     };
+    // Whether the stream marks its linked files (see LINKS_DECLARED).
+    let mut declared = false;
     let mut content_end = 0u64;
     let (parsed, stored) = std::thread::scope(|s| {
         let _closing = CloseOnDrop(shared, &queue);
@@ -656,21 +766,85 @@ pub(crate) fn store_stream(
                 let mut entry = entry.map_err(|e| refused(format!("a broken tar stream: {e}")))?;
                 let start = entry.raw_file_position();
                 let size = entry.size();
-                // The content goes to the spool on its way through.
-                let got = io::copy(&mut entry, &mut io::sink()).map_err(|e| {
+                let kind = entry.header().entry_type();
+                let shown = |entry: &tar::Entry<'_, _>| {
+                    String::from_utf8_lossy(&entry.path_bytes()).into_owned()
+                };
+                let broke = |entry: &tar::Entry<'_, _>, e: io::Error| {
+                    refused(format!("entry {:?}: the stream broke: {e}", shown(entry)))
+                };
+                let short = |entry: &tar::Entry<'_, _>, got: u64| {
                     refused(format!(
-                        "entry {:?}: the stream broke: {e}",
-                        String::from_utf8_lossy(&entry.path_bytes())
-                    ))
-                })?;
-                if got != size {
-                    return Err(refused(format!(
                         "entry {:?}: its header says {size} bytes, the stream ends after {got}",
-                        String::from_utf8_lossy(&entry.path_bytes())
-                    )));
-                }
+                        shown(entry)
+                    ))
+                };
                 content_end = start + size.div_ceil(512) * 512;
-                if let Some(checked) = checker.check(&mut entry, start..start + size)? {
+                if kind == tar::EntryType::XGlobalHeader {
+                    if size > GLOBAL_HEADER_MAX {
+                        return Err(refused(format!(
+                            "a pax global header of {size} bytes (at most {GLOBAL_HEADER_MAX})"
+                        )));
+                    }
+                    let mut records = Vec::with_capacity(size as usize);
+                    let got = entry
+                        .read_to_end(&mut records)
+                        .map_err(|e| broke(&entry, e))? as u64;
+                    if got != size {
+                        return Err(short(&entry, got));
+                    }
+                    declared |= tar::PaxExtensions::new(&records).flatten().any(|x| {
+                        x.key_bytes() == LINKS_DECLARED.0.as_bytes()
+                            && x.value_bytes() == LINKS_DECLARED.1.as_bytes()
+                    });
+                    continue;
+                }
+                let file = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
+                let in_memory = declared && file && size <= MEMORY_FILE_MAX && {
+                    let marked = match entry.pax_extensions() {
+                        Ok(x) => x.is_some_and(|mut x| {
+                            x.any(|x| x.is_ok_and(|x| x.key_bytes() == LINKED.0.as_bytes()))
+                        }),
+                        Err(e) => {
+                            return Err(refused(format!("entry {:?}: {e}", shown(&entry))));
+                        }
+                    };
+                    !marked
+                };
+                let memory = if in_memory {
+                    // What the scan holds must reach the workers before it
+                    // waits for them to give memory back.
+                    if !spool.memory.try_take(size) {
+                        let work = changed(shared, std::mem::take(&mut batch), report)?;
+                        dispatch.hand_over(work);
+                        spool.memory.take(size, &shared.stop);
+                    }
+                    let mut held = InMemory {
+                        bytes: Vec::with_capacity(size as usize),
+                        held: size,
+                        budget: spool.memory.clone(),
+                    };
+                    let got = entry
+                        .read_to_end(&mut held.bytes)
+                        .map_err(|e| broke(&entry, e))? as u64;
+                    if got != size {
+                        return Err(short(&entry, got));
+                    }
+                    Some(held)
+                } else {
+                    // The content goes to the spool on its way through.
+                    spooling.set(true);
+                    let got = io::copy(&mut entry, &mut io::sink());
+                    spooling.set(false);
+                    let got = got.map_err(|e| broke(&entry, e))?;
+                    if got != size {
+                        return Err(short(&entry, got));
+                    }
+                    None
+                };
+                let kept = memory.is_none();
+                if let Some(mut checked) = checker.check(&mut entry, start..start + size, kept)? {
+                    checked.memory = memory;
                     batch.push(checked);
                 }
                 if batch.len() >= BATCH {
@@ -773,7 +947,10 @@ fn changed(shared: &Shared<'_>, batch: Vec<Checked>, report: &mut OutReport) -> 
             reseal: None,
             pushed: Some(Pushed {
                 meta,
-                data: c.data,
+                data: match c.memory {
+                    Some(m) => Data::Memory(m),
+                    None => Data::Spool(c.data),
+                },
                 chunk: None,
             }),
         });
@@ -793,7 +970,8 @@ pub(crate) fn relinked(
     let Some(noted) = Names::get(&index, path)? else {
         return Ok(None);
     };
-    let Some((data, file)) = noted.linked_file() else {
+    // A link's target was kept on the spool, or the link was refused.
+    let Some((Some(data), file)) = noted.linked_file() else {
         return Ok(None);
     };
     let meta = Metadata {
@@ -812,7 +990,7 @@ pub(crate) fn relinked(
         reseal: None,
         pushed: Some(Pushed {
             meta,
-            data,
+            data: Data::Spool(data),
             chunk: None,
         }),
     }))
@@ -891,7 +1069,7 @@ mod tests {
             if got != size {
                 return Err(refused("short".into()));
             }
-            if let Some(c) = checker.check(&mut entry, start..start + size)? {
+            if let Some(c) = checker.check(&mut entry, start..start + size, true)? {
                 out.push(c);
             }
         }
@@ -1050,7 +1228,11 @@ mod tests {
         let meta = Metadata::new(b"a/b".to_vec(), EntryKind::File);
         for n in [
             Noted::File {
-                data: 512..1024,
+                data: Some(512..1024),
+                meta: meta.clone(),
+            },
+            Noted::File {
+                data: None,
                 meta: meta.clone(),
             },
             Noted::Dir,

@@ -215,24 +215,32 @@ fn store_one(
     let regular = entry.stat.is_file() && hardlink_to.is_none();
     // A re-key's content is in a spool of its own, kept while it is read.
     let chunk = pushed.as_ref().and_then(|p| p.chunk.clone());
-    let (entry, meta, file, spooled) = match pushed {
+    let (entry, meta, file, pushed) = match pushed {
         // Checked when the stream came in (or read back from the store and
-        // verified, for a re-key); the content is in its spool.
+        // verified, for a re-key); the content is in its spool, or in
+        // memory.
         Some(p) => {
             let spool = match &chunk {
                 Some(c) => &**c,
                 None => shared.stream.as_ref().expect("a stream run has a spool"),
             };
-            (entry, p.meta, None, regular.then(|| spool.reader(p.data)))
+            let content = match p.data {
+                _ if !regular => Content::None,
+                super::stream::Data::Spool(range) => Content::Spool(spool.reader(range)),
+                super::stream::Data::Memory(m) => {
+                    Content::Memory(std::io::Cursor::new(m.into_bytes()))
+                }
+            };
+            (entry, p.meta, None, Some(content))
         }
         None => match from_tree(shared, names, entry, hardlink_to.as_deref(), regular) {
             Some((entry, meta, file)) => (entry, meta, file, None),
             None => return Ok(()),
         },
     };
-    let content = match (&file, spooled) {
+    let content = match (&file, pushed) {
         (Some(f), _) => Content::File(f),
-        (None, Some(r)) => Content::Spool(r),
+        (None, Some(c)) => c,
         (None, None) => Content::None,
     };
     if hardlink_to.is_some() {
@@ -432,6 +440,8 @@ pub(crate) enum Content<'a> {
     File(&'a File),
     /// Bytes of a pushed stream's spool.
     Spool(super::stream::SpoolReader<'a>),
+    /// A pushed file's content, held in memory.
+    Memory(std::io::Cursor<Vec<u8>>),
 }
 
 /// Whether an I/O error is this machine running out of room.
@@ -456,35 +466,43 @@ fn add_to_pack(
 ) -> Result<()> {
     let stat = entry.stat;
     let mut content = Vec::new();
-    let file = match &content_from {
-        Content::File(f) => Some(*f),
-        _ => None,
+    let pushed = match content_from {
+        Content::None => false,
+        Content::File(mut f) => {
+            content.reserve_exact(meta.size as usize + 1);
+            let read = std::io::Read::read_to_end(
+                &mut std::io::Read::take(&mut f, meta.size + 1),
+                &mut content,
+            );
+            if let Err(e) = read {
+                shared.skip(&entry, format!("cannot read: {e}"));
+                return Ok(());
+            }
+            shared
+                .bytes_read
+                .fetch_add(content.len() as u64, Ordering::Relaxed);
+            shared.observer.bytes_read(content.len() as u64);
+            let after = f.metadata().map(|m| Stat::from_metadata(&m));
+            if content.len() as u64 != meta.size || after.map(|a| a != stat).unwrap_or(true) {
+                shared.skip(&entry, "changed while being read".into());
+                return Ok(());
+            }
+            false
+        }
+        Content::Spool(mut r) => {
+            content.reserve_exact(meta.size as usize);
+            std::io::Read::read_to_end(&mut r, &mut content).map_err(|e| {
+                let path = shared.spool_dir.clone();
+                Error::io("cannot read the push spool", path, e)
+            })?;
+            true
+        }
+        Content::Memory(c) => {
+            content = c.into_inner();
+            true
+        }
     };
-    if let Some(mut f) = file {
-        content.reserve_exact(meta.size as usize + 1);
-        let read = std::io::Read::read_to_end(
-            &mut std::io::Read::take(&mut f, meta.size + 1),
-            &mut content,
-        );
-        if let Err(e) = read {
-            shared.skip(&entry, format!("cannot read: {e}"));
-            return Ok(());
-        }
-        shared
-            .bytes_read
-            .fetch_add(content.len() as u64, Ordering::Relaxed);
-        shared.observer.bytes_read(content.len() as u64);
-        let after = f.metadata().map(|m| Stat::from_metadata(&m));
-        if content.len() as u64 != meta.size || after.map(|a| a != stat).unwrap_or(true) {
-            shared.skip(&entry, "changed while being read".into());
-            return Ok(());
-        }
-    } else if let Content::Spool(mut r) = content_from {
-        content.reserve_exact(meta.size as usize);
-        std::io::Read::read_to_end(&mut r, &mut content).map_err(|e| {
-            let path = shared.spool_dir.clone();
-            Error::io("cannot read the push spool", path, e)
-        })?;
+    if pushed {
         if content.len() as u64 != meta.size {
             return Err(Error::Usage(format!(
                 "{}: the push spool holds {} of its {} bytes",
@@ -611,6 +629,7 @@ impl std::io::Read for CountingReader<'_, '_> {
             Content::None => return Ok(0),
             Content::File(f) => std::io::Read::read(f, buf)?,
             Content::Spool(r) => r.read(buf)?,
+            Content::Memory(c) => c.read(buf)?,
         };
         self.shared
             .bytes_read

@@ -305,7 +305,7 @@ impl ChunkSink<'_> {
             reseal: None,
             pushed: Some(Pushed {
                 meta,
-                data,
+                data: crate::out::stream::Data::Spool(data),
                 chunk: Some(self.chunk.clone()),
             }),
         });
