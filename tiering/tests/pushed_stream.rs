@@ -374,3 +374,26 @@ fn a_link_to_a_file_that_a_marking_stream_did_not_mark_is_refused() {
     let report = fs.push(&agent, b.into_inner().unwrap(), "data").unwrap();
     assert_eq!(report.files, 2, "{report:?}");
 }
+
+#[test]
+fn an_entry_whose_headers_pass_the_limit_is_refused_before_they_fill_memory() {
+    let fs = Fs::new();
+    let agent = fs.agent();
+    // A GNU long name of 9 MiB: the tar reader would hold it whole.
+    let mut b = tar::Builder::new(Vec::new());
+    let name = vec![b'a'; 9 << 20];
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_path("././@LongLink").unwrap();
+    h.set_mode(0o644);
+    h.set_size(name.len() as u64);
+    h.set_cksum();
+    b.append(&h, name.as_slice()).unwrap();
+    let mut h = plain_header(5);
+    b.append_data(&mut h, "short", &b"hello"[..]).unwrap();
+    match fs.push(&agent, b.into_inner().unwrap(), "data") {
+        Err(Error::Refused(why)) => assert!(why.contains("headers"), "{why}"),
+        other => panic!("the stream must be refused: {other:?}"),
+    }
+    assert!(agent.index.snapshots().unwrap().is_empty());
+}

@@ -150,23 +150,36 @@ impl Journal {
             .collect();
         let names: Vec<&[u8]> = paths.iter().map(Vec::as_slice).collect();
         let files = index.files(&names)?;
-        let mut hsms = index.hsms(&names)?;
-        let mut touched = vec![false; paths.len()];
+        // The entries that apply: each checked against the record as the
+        // index holds it, not against what an earlier entry made of it.
+        let applies: Vec<Option<usize>> = entries
+            .iter()
+            .zip(of)
+            .map(|(e, k)| {
+                let k = k?;
+                let rec = files[k].as_ref()?;
+                (rec.member.to_string() == e.member && rec.slot == e.slot && rec.stat.ino == e.ino)
+                    .then_some(k)
+            })
+            .collect();
+        // The tiering records of the paths they touch, and only those.
+        let mut touched: Vec<usize> = applies.iter().flatten().copied().collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let touched_names: Vec<&[u8]> = touched.iter().map(|&k| paths[k].as_slice()).collect();
+        let mut hsm: HashMap<usize, HsmRecord> = touched
+            .iter()
+            .copied()
+            .zip(index.hsms(&touched_names)?)
+            .map(|(k, h)| (k, h.unwrap_or_default()))
+            .collect();
         let mut batch = Batch::default();
-        for (e, k) in entries.iter().zip(of) {
+        for (e, k) in entries.iter().zip(applies) {
             let Some(k) = k else { continue };
-            // The record as the index holds it: each entry is checked
-            // against that, not against what an earlier entry made of it.
-            let Some(mut rec) = files[k].clone() else {
-                continue;
-            };
-            if rec.member.to_string() != e.member || rec.slot != e.slot || rec.stat.ino != e.ino {
-                continue;
-            }
-            touched[k] = true;
-            let h = hsms[k].get_or_insert_with(HsmRecord::default);
+            let h = hsm.get_mut(&k).expect("a touched path");
             match (&e.stat, &e.lost) {
                 (Some(stat), _) => {
+                    let mut rec = files[k].clone().expect("checked above");
                     rec.stat = *stat;
                     batch.put_file(&paths[k], &rec);
                     h.lost = None;
@@ -182,13 +195,8 @@ impl Journal {
                 (None, None) => {}
             }
         }
-        let hsm = paths
-            .iter()
-            .zip(hsms)
-            .zip(touched)
-            .filter_map(|((path, h), touched)| Some((path, h?)).filter(|_| touched));
-        for (path, h) in hsm {
-            batch.put_hsm(path, &h);
+        for k in touched {
+            batch.put_hsm(&paths[k], &hsm[&k]);
         }
         if !batch.is_empty() {
             index.commit(batch)?;

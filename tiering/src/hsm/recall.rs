@@ -833,12 +833,13 @@ pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathR
 /// [`recall_path`] for many paths: the stubs among them are filled in
 /// passes of up to [`BATCH`] files and [`PASS_BYTES`] bytes (one restore
 /// pass per snapshot each), two runs of passes per core at a time. The names
-/// of one inode (hard links) go into one pass, which fills the inode once.
+/// of one inode (hard links, a path given twice) go into one pass, which
+/// fills the inode once.
 /// One result per path, in order.
 ///
 /// Each pass is made durable in three steps (see [`Recaller::recall_files`]):
 /// its stubs marked as being recalled, then its content, then its cleared
-/// stub records before the journal names them. On each core the flush
+/// stub records before the journal names them. In each worker the flush
 /// that ends one pass (its cleared records) is the one that begins the
 /// next (its marks): two flushes a pass instead of three.
 pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
@@ -937,8 +938,10 @@ fn pass_size(passes: usize) -> usize {
 
 /// `rels` (by index) in passes of about `size` files and at most
 /// [`PASS_BYTES`] (unless one file is larger), in order, with every name
-/// of a multiply linked inode in the pass of its first name: passes run at
-/// once, and two passes must never fill one inode together.
+/// of an inode (hard links, or a path given twice) in the pass of its
+/// first name: passes run at once, and two passes must never fill one
+/// inode together (a claim is a lock of the process, which both would
+/// hold).
 fn batches(root: &Path, rels: &[Vec<u8>], size: usize) -> Vec<Vec<usize>> {
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut bytes = 0u64;
@@ -947,10 +950,7 @@ fn batches(root: &Path, rels: &[Vec<u8>], size: usize) -> Vec<Vec<usize>> {
         let meta = std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(rel)))
             .ok()
             .filter(|m| m.is_file());
-        let linked = meta
-            .as_ref()
-            .filter(|m| m.nlink() > 1)
-            .map(|m| (m.dev(), m.ino()));
+        let linked = meta.as_ref().map(|m| (m.dev(), m.ino()));
         if let Some(inode) = linked
             && let Some(&b) = inodes.get(&inode)
         {

@@ -133,9 +133,9 @@ pub fn clear(file: &File) -> io::Result<()> {
 /// are on is synced once (`syncfs`, which reports write-back errors), which
 /// costs a batch of thousands of small files one flush instead of one each.
 pub fn make_durable(files: &[&File]) -> io::Result<()> {
-    match files {
-        [] => Ok(()),
-        [one] => Ok(rustix::fs::fsync(one)?),
+    let flushed = match files {
+        [] => return Ok(()),
+        [one] => rustix::fs::fsync(one).map_err(io::Error::from),
         many => {
             let mut devices = std::collections::HashSet::new();
             for f in many {
@@ -146,15 +146,47 @@ pub fn make_durable(files: &[&File]) -> io::Result<()> {
             }
             Ok(())
         }
+    };
+    flushed?;
+    // A write-back kicked while the content was written shares the written
+    // file's open description, and a `syncfs` reports an error once per
+    // description: what a kick met (or is meeting) is this flush's error too.
+    let mut kicks = KICKS.lock().expect("kicks");
+    while kicks.running > 0 {
+        kicks = KICK_ENDED.wait(kicks).expect("kicks");
+    }
+    match &kicks.failed {
+        Some((kind, what)) => Err(io::Error::new(
+            *kind,
+            format!("a write-back started during the recall failed: {what}"),
+        )),
+        None => Ok(()),
     }
 }
+
+/// The kicked write-backs of this process: how many are under way, and
+/// the first error one met. That error is kept for good: the data it
+/// concerned may be any file's written before it, so every later flush
+/// fails (stubs stay stubs) rather than pass unsure.
+struct Kicks {
+    running: usize,
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+static KICKS: Mutex<Kicks> = Mutex::new(Kicks {
+    running: 0,
+    failed: None,
+});
+static KICK_ENDED: Condvar = Condvar::new();
 
 /// Starts the write-back of what a recall writes while it goes on writing:
 /// every [`Writeback::KICK`] bytes, a `syncfs` on a thread of its own. The
 /// flush that makes the content durable before its stub records go (see
 /// [`make_durable`]) then finds most of it on disk already, instead of all
 /// of it still to write after the last byte. Nothing is promised by a
-/// kick: only that flush counts.
+/// kick: only that flush counts, and it waits for the kicks under way and
+/// fails if one met an error (the kick may have taken the error that
+/// flush would otherwise have seen).
 #[derive(Default)]
 pub struct Writeback {
     /// Bytes written since the last kick.
@@ -187,7 +219,15 @@ impl Writeback {
             let flag = busy.clone();
             std::thread::spawn(move || {
                 for f in rx {
-                    let _ = rustix::fs::syncfs(&f);
+                    let result = rustix::fs::syncfs(&f);
+                    let mut kicks = KICKS.lock().expect("kicks");
+                    if let Err(e) = result {
+                        let e = io::Error::from(e);
+                        kicks.failed.get_or_insert((e.kind(), e.to_string()));
+                    }
+                    kicks.running -= 1;
+                    drop(kicks);
+                    KICK_ENDED.notify_all();
                     flag.store(false, Ordering::Release);
                 }
             });
@@ -197,6 +237,9 @@ impl Writeback {
         if kicker.busy.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Counted as under way from before it is sent: a flush that ends
+        // meanwhile waits for it.
+        KICKS.lock().expect("kicks").running += 1;
         let sent = file
             .try_clone()
             .is_ok_and(|dup| kicker.files.try_send(dup).is_ok());
@@ -204,6 +247,8 @@ impl Writeback {
             self.unkicked = 0;
             self.kicked += 1;
         } else {
+            KICKS.lock().expect("kicks").running -= 1;
+            KICK_ENDED.notify_all();
             kicker.busy.store(false, Ordering::Release);
         }
     }

@@ -1,8 +1,8 @@
 //! A pushed tar stream as the source of a run.
 //!
 //! ```text
-//! stream ─▶ spool file (as it arrives) ─▶ per entry: check, note its name ─▶ index lookup
-//!        ─▶ workers read content from the spool ─▶ segments wait (deferred)
+//! stream ─▶ content to the spool (or memory) ─▶ per entry: check, note its name ─▶ index lookup
+//!        ─▶ workers take content from there ─▶ segments wait (deferred)
 //!        ─▶ end of stream, all checked: upload and commit the waiting segments
 //!        ─▶ what is gone: the index below the prefix, less the names noted
 //! ```
@@ -12,18 +12,23 @@
 //! refused whole at the first entry that is not safe: a name that is
 //! absolute or climbs with `..`, a name that appears twice, an entry below
 //! a symbolic link of the stream, a symbolic link that leads out of the
-//! pushed tree, a hard link to anything but a file pushed before it, a kind
-//! of entry that is not stored, a stream that ends inside an entry (a header
-//! that lies about its size) or without the end-of-archive marker.
+//! pushed tree, a hard link to anything but a file pushed before it (and,
+//! in a stream that marks its linked files, to a file it did not mark), a
+//! kind of entry that is not stored, headers of one entry (long names, pax
+//! records) over [`HEADERS_MAX`], a stream that ends inside an entry (a
+//! header that lies about its size) or without the end-of-archive marker.
 //!
 //! The content is stored while the stream arrives: workers compress and
 //! encrypt from the spool the stream is written to, as they do from files.
 //! A stream that marks its linked files (`cbfs-tier push` does, with the
 //! pax records [`LINKS_DECLARED`] and [`LINKED`]) spares the spool its
 //! small unlinked files: their content goes to the workers in memory, up
-//! to [`OutOptions::push_memory`](super::OutOptions::push_memory) bytes at
-//! once. Only a linked file's content can be needed again later (by a
-//! hard link into another scope), and only that is kept on the spool.
+//! to [`OutOptions::push_memory`](super::OutOptions::push_memory) bytes
+//! waiting at once. Only a linked file's content can be needed again later
+//! (by a hard link into another scope, or one whose target was not
+//! stored), and only that, with files over [`MEMORY_FILE_MAX`], is kept on
+//! the spool. A file with a `CBFS.linked` record of any value counts as
+//! marked.
 //! But nothing is committed before the whole stream has arrived and passed:
 //! closed segments wait on the spool ([`super::segment::Deferred`]), and a
 //! refused stream leaves neither an object in the store nor a change in the
@@ -63,6 +68,9 @@ pub(crate) const LINKED: (&str, &str) = ("CBFS.linked", "1");
 const MEMORY_FILE_MAX: u64 = 1 << 20;
 /// The largest pax global header read.
 const GLOBAL_HEADER_MAX: u64 = 1 << 20;
+/// The most bytes of headers one entry may have (its tar header, a long
+/// name or link name, pax records): the tar reader holds them in memory.
+pub(crate) const HEADERS_MAX: u64 = 8 << 20;
 
 /// The stream's content as it arrived, on the run's spool, each byte at
 /// its offset in the stream: workers read content from it by offset while
@@ -195,6 +203,10 @@ struct Tee<'a> {
     /// Whether what is read now goes to the spool (the content of an
     /// entry that a worker or a later hard link reads from there).
     spooling: &'a Cell<bool>,
+    /// Whether what is read now is an entry's content (else its headers).
+    in_content: &'a Cell<bool>,
+    /// Bytes of headers read since the last entry came out.
+    headers: &'a Cell<u64>,
     /// Why the spool could not be written (a full disk, say).
     spool_error: Option<io::Error>,
 }
@@ -202,6 +214,17 @@ struct Tee<'a> {
 impl Read for Tee<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if !self.in_content.get() {
+            self.headers.set(self.headers.get() + n as u64);
+            if self.headers.get() > HEADERS_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "an entry's headers (long names, pax records) pass {HEADERS_MAX} bytes"
+                    ),
+                ));
+            }
+        }
         if !self.spooling.get() {
             self.pos += n as u64;
             return Ok(n);
@@ -731,12 +754,16 @@ pub(crate) fn store_stream(
     };
     let queue = WorkQueue::default();
     let spooling = Cell::new(false);
+    let in_content = Cell::new(false);
+    let headers = Cell::new(0u64);
     let mut tee = Tee {
         inner: input.as_mut(),
         spool: &spool.file,
         spool_path: &spool.path,
         pos: 0,
         spooling: &spooling,
+        in_content: &in_content,
+        headers: &headers,
         spool_error: None,
     };
     // Whether the stream marks its linked files (see LINKS_DECLARED).
@@ -764,6 +791,7 @@ pub(crate) fn store_stream(
                     });
                 }
                 let mut entry = entry.map_err(|e| refused(format!("a broken tar stream: {e}")))?;
+                headers.set(0);
                 let start = entry.raw_file_position();
                 let size = entry.size();
                 let kind = entry.header().entry_type();
@@ -824,9 +852,10 @@ pub(crate) fn store_stream(
                         held: size,
                         budget: spool.memory.clone(),
                     };
-                    let got = entry
-                        .read_to_end(&mut held.bytes)
-                        .map_err(|e| broke(&entry, e))? as u64;
+                    in_content.set(true);
+                    let got = entry.read_to_end(&mut held.bytes);
+                    in_content.set(false);
+                    let got = got.map_err(|e| broke(&entry, e))? as u64;
                     if got != size {
                         return Err(short(&entry, got));
                     }
@@ -834,8 +863,10 @@ pub(crate) fn store_stream(
                 } else {
                     // The content goes to the spool on its way through.
                     spooling.set(true);
+                    in_content.set(true);
                     let got = io::copy(&mut entry, &mut io::sink());
                     spooling.set(false);
+                    in_content.set(false);
                     let got = got.map_err(|e| broke(&entry, e))?;
                     if got != size {
                         return Err(short(&entry, got));
