@@ -133,9 +133,9 @@ pub fn clear(file: &File) -> io::Result<()> {
 /// are on is synced once (`syncfs`, which reports write-back errors), which
 /// costs a batch of thousands of small files one flush instead of one each.
 pub fn make_durable(files: &[&File]) -> io::Result<()> {
-    let flushed = match files {
-        [] => return Ok(()),
-        [one] => rustix::fs::fsync(one).map_err(io::Error::from),
+    match files {
+        [] => Ok(()),
+        [one] => Ok(rustix::fs::fsync(one)?),
         many => {
             let mut devices = std::collections::HashSet::new();
             for f in many {
@@ -146,47 +146,19 @@ pub fn make_durable(files: &[&File]) -> io::Result<()> {
             }
             Ok(())
         }
-    };
-    flushed?;
-    // A write-back kicked while the content was written shares the written
-    // file's open description, and a `syncfs` reports an error once per
-    // description: what a kick met (or is meeting) is this flush's error too.
-    let mut kicks = KICKS.lock().expect("kicks");
-    while kicks.running > 0 {
-        kicks = KICK_ENDED.wait(kicks).expect("kicks");
-    }
-    match &kicks.failed {
-        Some((kind, what)) => Err(io::Error::new(
-            *kind,
-            format!("a write-back started during the recall failed: {what}"),
-        )),
-        None => Ok(()),
     }
 }
-
-/// The kicked write-backs of this process: how many are under way, and
-/// the first error one met. That error is kept for good: the data it
-/// concerned may be any file's written before it, so every later flush
-/// fails (stubs stay stubs) rather than pass unsure.
-struct Kicks {
-    running: usize,
-    failed: Option<(io::ErrorKind, String)>,
-}
-
-static KICKS: Mutex<Kicks> = Mutex::new(Kicks {
-    running: 0,
-    failed: None,
-});
-static KICK_ENDED: Condvar = Condvar::new();
 
 /// Starts the write-back of what a recall writes while it goes on writing:
 /// every [`Writeback::KICK`] bytes, a `syncfs` on a thread of its own. The
 /// flush that makes the content durable before its stub records go (see
 /// [`make_durable`]) then finds most of it on disk already, instead of all
 /// of it still to write after the last byte. Nothing is promised by a
-/// kick: only that flush counts, and it waits for the kicks under way and
-/// fails if one met an error (the kick may have taken the error that
-/// flush would otherwise have seen).
+/// kick: only that flush counts. A kick's `syncfs` runs on a descriptor of
+/// its own (the written file's folder, opened anew): `syncfs` reports a
+/// write-back error once per open description, and on the written file's
+/// own (or a `dup` of it) a kick could take the error that the flush must
+/// report.
 #[derive(Default)]
 pub struct Writeback {
     /// Bytes written since the last kick.
@@ -198,7 +170,7 @@ pub struct Writeback {
 
 /// The thread that flushes, and whether a flush is under way.
 struct Kicker {
-    files: std::sync::mpsc::SyncSender<File>,
+    kicks: std::sync::mpsc::SyncSender<()>,
     busy: Arc<AtomicBool>,
 }
 
@@ -213,45 +185,53 @@ impl Writeback {
         if self.unkicked < Self::KICK {
             return;
         }
-        let kicker = self.kicker.get_or_insert_with(|| {
-            let (files, rx) = std::sync::mpsc::sync_channel::<File>(1);
+        if self.kicker.is_none() {
+            // Where the kicks flush from: the first written file's folder.
+            let Some(folder) = own_handle(file) else {
+                self.unkicked = 0;
+                return;
+            };
+            let (kicks, rx) = std::sync::mpsc::sync_channel::<()>(1);
             let busy = Arc::new(AtomicBool::new(false));
             let flag = busy.clone();
-            std::thread::spawn(move || {
-                for f in rx {
-                    let result = rustix::fs::syncfs(&f);
-                    let mut kicks = KICKS.lock().expect("kicks");
-                    if let Err(e) = result {
-                        let e = io::Error::from(e);
-                        kicks.failed.get_or_insert((e.kind(), e.to_string()));
-                    }
-                    kicks.running -= 1;
-                    drop(kicks);
-                    KICK_ENDED.notify_all();
+            let started = std::thread::Builder::new().spawn(move || {
+                for () in rx {
+                    // Its error is this descriptor's alone: the flush that
+                    // counts meets it on its own.
+                    let _ = rustix::fs::syncfs(&folder);
                     flag.store(false, Ordering::Release);
                 }
             });
-            Kicker { files, busy }
-        });
+            if started.is_err() {
+                self.unkicked = 0;
+                return;
+            }
+            self.kicker = Some(Kicker { kicks, busy });
+        }
+        let kicker = self.kicker.as_ref().expect("just made");
         // A write-back under way: a later write kicks again.
         if kicker.busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        // Counted as under way from before it is sent: a flush that ends
-        // meanwhile waits for it.
-        KICKS.lock().expect("kicks").running += 1;
-        let sent = file
-            .try_clone()
-            .is_ok_and(|dup| kicker.files.try_send(dup).is_ok());
-        if sent {
+        if kicker.kicks.try_send(()).is_ok() {
             self.unkicked = 0;
             self.kicked += 1;
         } else {
-            KICKS.lock().expect("kicks").running -= 1;
-            KICK_ENDED.notify_all();
             kicker.busy.store(false, Ordering::Release);
         }
     }
+}
+
+/// The folder of the file `file` is open as, opened anew (a descriptor of
+/// its own, on the same file system). A folder's open raises no fault-in
+/// event.
+fn own_handle(file: &File) -> Option<File> {
+    let link = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(file)
+    ))
+    .ok()?;
+    File::open(link.parent()?).ok()
 }
 
 /// The `syncfs` calls of this process, per file system: begun, ended,
@@ -274,7 +254,11 @@ struct Flushes {
 /// once a flush that began after it has ended, whichever thread began it.
 /// A caller that finds a flush under way waits for it, then begins the next
 /// one, or finds that another waiter already has (one flush then serves
-/// every pass that waited, instead of one each in a row).
+/// every pass that waited, instead of one each in a row). The error of a
+/// flush under way at the call is this caller's too. One that ended
+/// before the call is not: the caller's own descriptor, open since before
+/// its writes, reports it when the caller begins the next flush itself,
+/// but not when another caller's newer descriptor does.
 fn syncfs_shared(dev: u64, file: &File) -> io::Result<()> {
     static FLUSHES: OnceLock<Flushes> = OnceLock::new();
     let flushes = FLUSHES.get_or_init(|| Flushes {
@@ -282,13 +266,19 @@ fn syncfs_shared(dev: u64, file: &File) -> io::Result<()> {
         ended: Condvar::new(),
     });
     let mut all = flushes.state.lock().expect("flushes");
-    // A flush under way may have begun before this caller's writes.
-    let need = all.entry(dev).or_default().begun + 1;
+    // A flush under way may have begun before this caller's writes: the
+    // next one counts. But its error counts too: it may have written this
+    // caller's data back, and taken the error on its own descriptor.
+    let s = all.entry(dev).or_default();
+    let need = s.begun + 1;
+    let fails_from = if s.running { s.begun } else { need };
     loop {
         let s = all.get_mut(&dev).expect("entered above");
         if s.ended >= need {
             return match &s.failed {
-                Some((at, kind, what)) if *at >= need => Err(io::Error::new(*kind, what.clone())),
+                Some((at, kind, what)) if *at >= fails_from => {
+                    Err(io::Error::new(*kind, what.clone()))
+                }
                 _ => Ok(()),
             };
         }

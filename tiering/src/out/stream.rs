@@ -220,7 +220,8 @@ impl Read for Tee<'_> {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "an entry's headers (long names, pax records) pass {HEADERS_MAX} bytes"
+                        "an entry's headers (long names, pax records) pass {} MiB",
+                        HEADERS_MAX >> 20
                     ),
                 ));
             }
@@ -815,9 +816,10 @@ pub(crate) fn store_stream(
                         )));
                     }
                     let mut records = Vec::with_capacity(size as usize);
-                    let got = entry
-                        .read_to_end(&mut records)
-                        .map_err(|e| broke(&entry, e))? as u64;
+                    in_content.set(true);
+                    let got = entry.read_to_end(&mut records);
+                    in_content.set(false);
+                    let got = got.map_err(|e| broke(&entry, e))? as u64;
                     if got != size {
                         return Err(short(&entry, got));
                     }
