@@ -808,6 +808,23 @@ pub(crate) fn store_stream(
                         shown(entry)
                     ))
                 };
+                // The entry's content, all of it: into `into`, or (`None`)
+                // through to the spool.
+                let content = |entry: &mut tar::Entry<'_, _>, into: Option<&mut Vec<u8>>| {
+                    in_content.set(true);
+                    spooling.set(into.is_none());
+                    let got = match into {
+                        Some(v) => entry.read_to_end(v).map(|n| n as u64),
+                        None => io::copy(entry, &mut io::sink()),
+                    };
+                    spooling.set(false);
+                    in_content.set(false);
+                    let got = got.map_err(|e| broke(entry, e))?;
+                    if got != size {
+                        return Err(short(entry, got));
+                    }
+                    Ok(())
+                };
                 content_end = start + size.div_ceil(512) * 512;
                 if kind == tar::EntryType::XGlobalHeader {
                     if size > GLOBAL_HEADER_MAX {
@@ -816,13 +833,7 @@ pub(crate) fn store_stream(
                         )));
                     }
                     let mut records = Vec::with_capacity(size as usize);
-                    in_content.set(true);
-                    let got = entry.read_to_end(&mut records);
-                    in_content.set(false);
-                    let got = got.map_err(|e| broke(&entry, e))? as u64;
-                    if got != size {
-                        return Err(short(&entry, got));
-                    }
+                    content(&mut entry, Some(&mut records))?;
                     declared |= tar::PaxExtensions::new(&records).flatten().any(|x| {
                         x.key_bytes() == LINKS_DECLARED.0.as_bytes()
                             && x.value_bytes() == LINKS_DECLARED.1.as_bytes()
@@ -854,25 +865,11 @@ pub(crate) fn store_stream(
                         held: size,
                         budget: spool.memory.clone(),
                     };
-                    in_content.set(true);
-                    let got = entry.read_to_end(&mut held.bytes);
-                    in_content.set(false);
-                    let got = got.map_err(|e| broke(&entry, e))? as u64;
-                    if got != size {
-                        return Err(short(&entry, got));
-                    }
+                    content(&mut entry, Some(&mut held.bytes))?;
                     Some(held)
                 } else {
                     // The content goes to the spool on its way through.
-                    spooling.set(true);
-                    in_content.set(true);
-                    let got = io::copy(&mut entry, &mut io::sink());
-                    spooling.set(false);
-                    in_content.set(false);
-                    let got = got.map_err(|e| broke(&entry, e))?;
-                    if got != size {
-                        return Err(short(&entry, got));
-                    }
+                    content(&mut entry, None)?;
                     None
                 };
                 let kept = memory.is_none();
