@@ -4,9 +4,10 @@
 //! deletions included; a hard link into another scope is stored as a file
 //! of that scope; small files held in memory (a stream that marks its
 //! linked files) wait for the workers when the memory is spent; a link to a
-//! file such a stream did not mark is refused; and a stream refused after
+//! file such a stream did not mark is refused; a stream refused after
 //! segments were already written leaves the store and the index exactly as
-//! they were.
+//! they were; and a pushed tree keeps its devices (with their numbers),
+//! FIFOs and symbolic links, and leaves its sockets out.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -396,4 +397,69 @@ fn an_entry_whose_headers_pass_the_limit_is_refused_before_they_fill_memory() {
         other => panic!("the stream must be refused: {other:?}"),
     }
     assert!(agent.index.snapshots().unwrap().is_empty());
+}
+
+#[test]
+fn a_pushed_tree_keeps_its_special_files_and_leaves_sockets_out() {
+    use std::os::unix::fs::{FileTypeExt, symlink};
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test makes a device file: run it as root"
+    );
+    let fs = Fs::new();
+    let src = fs.work.path("src");
+    fs::create_dir_all(src.join("dev")).unwrap();
+    fs::write(src.join("dev/plain"), b"plain").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("dev/full"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        rustix::fs::makedev(1, 7),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("dev/pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    symlink("plain", src.join("dev/to-plain")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(src.join("dev/socket")).unwrap();
+    assert!(
+        fs::symlink_metadata(src.join("dev/socket"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+
+    let stream = tar_of_tree(&src);
+    let mut seen = std::collections::BTreeMap::new();
+    for entry in tar::Archive::new(stream.as_slice()).entries().unwrap() {
+        let entry = entry.unwrap();
+        let h = entry.header();
+        let path = entry.path().unwrap().display().to_string();
+        // (The global header's device fields are left empty.)
+        let numbers = (
+            h.device_major().ok().flatten(),
+            h.device_minor().ok().flatten(),
+        );
+        seen.insert(path, (h.entry_type(), h.mode().unwrap(), numbers));
+    }
+    let (kind, mode, numbers) = seen["dev/full"];
+    assert_eq!(kind, tar::EntryType::Char);
+    assert_eq!(mode, 0o640, "permission bits only");
+    assert_eq!(numbers, (Some(1), Some(7)), "the device's numbers");
+    assert_eq!(seen["dev/pipe"].0, tar::EntryType::Fifo);
+    assert_eq!(seen["dev/to-plain"].0, tar::EntryType::Symlink);
+    assert_eq!(seen["dev/plain"].0, tar::EntryType::Regular);
+    assert!(!seen.contains_key("dev/socket"), "a socket is left out");
+
+    // The gateway's side takes them all.
+    let agent = fs.agent();
+    let report = fs.push(&agent, stream, "data").unwrap();
+    assert!(report.snapshot.is_some(), "{report:?}");
+    assert!(agent.index.file(b"data/dev/full").unwrap().is_some());
 }
