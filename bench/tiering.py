@@ -127,7 +127,7 @@ class Tiering:
         from bench import run_once, rm, log, median_sample
         b = self.b
         tree = os.path.join(self.mnt, kind)
-        recalls, restores, dests = [], [], []
+        recalls, restores, dests, synced = [], [], [], []
         for i in range(b.runs):
             run_once(self.tier("release", tree), env=b.env)
             os.sync()
@@ -143,11 +143,17 @@ class Tiering:
             t = run_once([b.b("cbfs-tier"), "restore", "--store", self.store, "--identity", self.admin(),
                           "--index", self.index, "--trust-file", b.p("tiering-trust.json"), kind, dest],
                          env=b.env)
-            log(f"cbfs-tier restore {kind} run {i + 1}/{b.runs}: {t.wall:.2f} s")
+            # The sync that follows makes the restored files as durable
+            # as a recall's are when it returns: timed apart, for the
+            # note (the row's ratio is against the restore alone).
+            started = time.perf_counter()
+            os.sync()
+            synced.append(t.wall + time.perf_counter() - started)
+            log(f"cbfs-tier restore {kind} run {i + 1}/{b.runs}: {t.wall:.2f} s, {synced[-1]:.2f} s with its sync")
             restores.append(t)
         rm(*dests)
         os.sync()
-        return median_sample(recalls), median_sample(restores)
+        return median_sample(recalls), median_sample(restores), statistics.median(synced)
 
     def delegate_2_of_3(self):
         """Three nodes on 127.0.0.1 and the agent's own user key, delegated
@@ -248,13 +254,16 @@ def rows(bench):
         bench.row("release, small", "cbfs-tier release (every file)", Sample(wall, None, max(s.rss for s in samples)),
                   None, None, None, None, None, f"{rate:.0f} files/s over {files} files")
         for kind in ("small", "large"):
-            recall, restore = t.recall_vs_restore(kind)
+            recall, restore, durable = t.recall_vs_restore(kind)
             size = bench.data[kind]["bytes"]
             r = restore.wall / recall.wall
             bench.row(f"recall, {kind}", "cbfs-tier recall (in place, verified)", recall, size)
             bench.row(f"recall, {kind}", "cbfs-tier restore of the same files, into the same file system", restore,
                       size, None, r,
-                      ">= 0.9x restore", r >= 0.9, "ratio = restore time / recall time")
+                      ">= 0.9x restore", r >= 0.9,
+                      f"ratio = restore time / recall time; a recall returns with its files durable (flushed "
+                      f"before their stub records go), a restore does not: with the sync that follows it, "
+                      f"{durable:.2f} s ({durable / recall.wall:.2f}x the recall)")
         lat = t.fault_in()
         for label, name in (("64k", "64 KiB"), ("1m", "1 MiB"), ("64m", "64 MiB")):
             p50, p99, c50, c99, n = lat[label]
