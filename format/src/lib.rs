@@ -148,6 +148,7 @@ pub use metadata::{
     MAX_XATTR_VALUE_LEN, Metadata, Timestamp,
 };
 pub use peek::{PEEK_LEN, peek_metadata};
+pub use plain::format_mtime as pax_mtime;
 pub use relocation::Relocation;
 pub use retention::{ForgottenSnapshot, MAX_POLICY_LEN, RetentionRecord};
 pub use run_record::RunRecord;

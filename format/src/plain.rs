@@ -36,7 +36,10 @@ fn split_name(name: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
         .map(|i| (name[..i].to_vec(), name[i + 1..].to_vec()))
 }
 
-fn format_mtime(t: Timestamp) -> String {
+/// A time as a pax `mtime` record's value: seconds, and a fraction only
+/// when there is one; a time before 1970 with a fraction is written as the
+/// negative decimal it is (`-1.5`, not `-2.500000000`).
+pub fn format_mtime(t: Timestamp) -> String {
     if t.nanos == 0 {
         return t.secs.to_string();
     }

@@ -37,7 +37,7 @@ use cbfs_tests::reqwest::blocking::Client;
 use cbfs_tests::reqwest::{Certificate, Identity, Method};
 use cbfs_tests::tls::ServerTls;
 use cbfs_tests::{
-    Compare, S3Server, ServerProcess, Workdir, cbfs_bin, cbfs_cmd, random_bytes, run_ok,
+    Compare, S3Server, ServerProcess, Workdir, cbfs_bin, cbfs_cmd, random_bytes, run_fail, run_ok,
 };
 use cluster::{NodeProc, keytool, text, words};
 use serde_json::Value;
@@ -388,20 +388,31 @@ nodes = [{}]
         Self::send(self.request_as(&self.client(), &auth, method, path, body, now()))
     }
 
+    /// `cbfs-tier push DIR` to fs1 as `user`.
+    fn push_command(&self, dir: &Path, prefix: &str, user: &str) -> std::process::Command {
+        let mut cmd = cbfs_cmd("cbfs-tier");
+        cmd.arg("--json")
+            .arg("push")
+            .arg(dir)
+            .args(["--gateway", &self.url(), "--fs", "fs1", "--prefix", prefix])
+            .args(self.identity_args(user))
+            .envs(self.envs());
+        cmd
+    }
+
+    /// `--identity KEY --user NAME.pub` of `user`'s own key.
+    fn identity_args(&self, user: &str) -> [std::ffi::OsString; 4] {
+        [
+            "--identity".into(),
+            format!("file:{}", self.work.path(format!("{user}.key")).display()).into(),
+            "--user".into(),
+            self.work.path(format!("{user}.pub")).into(),
+        ]
+    }
+
     /// `cbfs-tier push DIR` to fs1 as host1.
     fn push(&self, dir: &Path, prefix: &str) -> Value {
-        let out = run_ok(
-            cbfs_cmd("cbfs-tier")
-                .arg("--json")
-                .arg("push")
-                .arg(dir)
-                .args(["--gateway", &self.url(), "--fs", "fs1", "--prefix", prefix])
-                .arg("--identity")
-                .arg(format!("file:{}", self.work.path("host1.key").display()))
-                .arg("--user")
-                .arg(self.work.path("host1.pub"))
-                .envs(self.envs()),
-        );
+        let out = run_ok(&mut self.push_command(dir, prefix, "host1"));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!("no job record ({e}): {}", text(&out.stdout));
         })
@@ -413,13 +424,7 @@ nodes = [{}]
         let mut cmd = cbfs_cmd("cbfs-tier");
         cmd.args(["--json", "restore", "--store"])
             .arg(format!("{}/v1/fs/{fs}", self.url()))
-            .arg("--identity")
-            .arg(format!(
-                "file:{}",
-                self.work.path(format!("{user}.key")).display()
-            ))
-            .arg("--user")
-            .arg(self.work.path(format!("{user}.pub")))
+            .args(self.identity_args(user))
             .arg("--keyset")
             .arg(self.work.path("keyset.json"))
             .args(["--node-timeout", "30"])
@@ -795,6 +800,18 @@ fn bad_requests_get_clear_errors_and_commit_nothing() {
     }
     let a = Site::send(request);
     a.expect(403, "denied");
+    // Refused before the gateway reads the stream: `cbfs-tier push` of a
+    // tree of 24 MiB still shows the gateway's answer, not a broken pipe.
+    let big = site.work.mkdir("big");
+    for i in 0..3 {
+        fs::write(big.join(format!("part-{i}")), random_bytes(8 << 20)).unwrap();
+    }
+    let out = run_fail(&mut site.push_command(&big, "/../x", "host1"));
+    let err = text(&out.stderr);
+    assert!(err.contains("400") && err.contains("bad_path"), "{err}");
+    let out = run_fail(&mut site.push_command(&big, "/home", "alice"));
+    let err = text(&out.stderr);
+    assert!(err.contains("403") && err.contains("denied"), "{err}");
     // A streamed body must say so: a push signed as a small body is refused.
     let a = site.call("host1", Method::PUT, "/v1/fs/fs1/push?prefix=/home", b"");
     a.expect(400, "bad_request");

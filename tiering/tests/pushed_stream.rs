@@ -7,7 +7,8 @@
 //! file such a stream did not mark is refused; a stream refused after
 //! segments were already written leaves the store and the index exactly as
 //! they were; and a pushed tree keeps its devices (with their numbers),
-//! FIFOs and symbolic links, and leaves its sockets out.
+//! FIFOs, symbolic links and times before 1970, and leaves its sockets
+//! out.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -427,6 +428,24 @@ fn a_pushed_tree_keeps_its_special_files_and_leaves_sockets_out() {
     )
     .unwrap();
     symlink("plain", src.join("dev/to-plain")).unwrap();
+    // A time before 1970 with a fraction: 1.5 s before.
+    let before_1970 = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: -2,
+            tv_nsec: 500_000_000,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: -2,
+            tv_nsec: 500_000_000,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        src.join("dev/plain"),
+        &before_1970,
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
     let _socket = std::os::unix::net::UnixListener::bind(src.join("dev/socket")).unwrap();
     assert!(
         fs::symlink_metadata(src.join("dev/socket"))
@@ -461,5 +480,16 @@ fn a_pushed_tree_keeps_its_special_files_and_leaves_sockets_out() {
     let agent = fs.agent();
     let report = fs.push(&agent, stream, "data").unwrap();
     assert!(report.snapshot.is_some(), "{report:?}");
-    assert!(agent.index.file(b"data/dev/full").unwrap().is_some());
+    let full = agent.index.file(b"data/dev/full").unwrap().unwrap();
+    assert_eq!(
+        full.stat.rdev,
+        rustix::fs::makedev(1, 7),
+        "the numbers kept"
+    );
+    let plain = agent.index.file(b"data/dev/plain").unwrap().unwrap();
+    assert_eq!(
+        (plain.stat.mtime, plain.stat.mtime_ns),
+        (-2, 500_000_000),
+        "1.5 s before 1970, not 2.5"
+    );
 }
