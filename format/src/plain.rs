@@ -38,7 +38,7 @@ fn split_name(name: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 
 /// A time as a pax `mtime` record's value: seconds, and a fraction only
 /// when there is one; a time before 1970 with a fraction is written as the
-/// negative decimal it is (`-1.5`, not `-2.500000000`).
+/// negative decimal it is (`-1.500000000`, not `-2.500000000`).
 pub fn format_mtime(t: Timestamp) -> String {
     if t.nanos == 0 {
         return t.secs.to_string();

@@ -245,10 +245,11 @@ async fn connection<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout);
     // A large upload (a push) comes in frames of up to 256 KiB rather than
-    // HTTP/2's default 16 KiB: each frame is handed on and acknowledged on
-    // its own, and at 16 KiB the thread switches cost a push about a tenth
-    // of the gateway's CPU. The windows (how much a client may send ahead)
-    // stay at 1 MiB a stream.
+    // HTTP/2's default 16 KiB: each frame is handed on (a wake-up of the
+    // thread that reads the body) on its own, and at 16 KiB the thread
+    // switches cost a push about a tenth of the gateway's CPU. The windows
+    // (how much a client may send ahead) stay at 1 MiB a stream; a
+    // connection may hold one frame of 256 KiB partly received.
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -176,6 +176,9 @@ pub use cbfs_restore::gateway::{is_gateway_store, refusal};
 struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     buf: Vec<u8>,
+    /// Set when the body stopped taking chunks (the gateway stopped
+    /// reading: it answered before the end of the stream).
+    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 const CHUNK: usize = 256 << 10;
@@ -187,6 +190,7 @@ impl ChannelWriter {
         }
         let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            self.gone.store(true, std::sync::atomic::Ordering::SeqCst);
             std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
                 "the gateway stopped reading the push",
@@ -236,7 +240,7 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
 /// resolved again from `/` (three walks per file were a quarter of the
 /// client's CPU on a tree of 20,000 small files).
 pub fn write_tree(dir: &std::path::Path, out: impl std::io::Write) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, Mode, OFlags};
+    use rustix::fs::AtFlags;
     use std::os::unix::ffi::OsStrExt;
     let mut b = tar::Builder::new(out);
     // The stream says that it marks each file with more than one name:
@@ -297,41 +301,7 @@ pub fn write_tree(dir: &std::path::Path, out: impl std::io::Write) -> std::io::R
             // A file is read through its own descriptor, opened here (its
             // attributes too); it must be the inode just stated.
             let file = if kind == libc::S_IFREG {
-                // Not blocking: a FIFO swapped in is not waited on (and
-                // fails the check below).
-                let opened = rustix::fs::openat(
-                    folder,
-                    &name,
-                    OFlags::RDONLY
-                        | OFlags::NOFOLLOW
-                        | OFlags::NONBLOCK
-                        | OFlags::NOCTTY
-                        | OFlags::CLOEXEC,
-                    Mode::empty(),
-                );
-                let fd = match opened {
-                    Ok(fd) => fd,
-                    // A lease (a release under way, a file server's) is
-                    // broken by that open, which does not wait for it:
-                    // opened as the tree's walk opens files, waiting.
-                    Err(rustix::io::Errno::WOULDBLOCK) => tree
-                        .open_checked(
-                            rel.as_os_str().as_bytes(),
-                            &crate::scan::Stat::from_rustix(&st),
-                        )
-                        .map_err(|e| context(&abs, unchecked(e)))?
-                        .into(),
-                    Err(e) => return Err(context(&abs, e.into())),
-                };
-                let now = rustix::fs::fstat(&fd).map_err(|e| context(&abs, e.into()))?;
-                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
-                    return Err(context(
-                        &abs,
-                        std::io::Error::other(
-                            "another entry took its place between its listing and its reading",
-                        ),
-                    ));
-                }
+                let fd = open_file(folder, &name, &st).map_err(|e| context(&abs, e))?;
                 Some(std::fs::File::from(fd))
             } else {
                 None
@@ -363,7 +333,13 @@ pub fn write_tree(dir: &std::path::Path, out: impl std::io::Write) -> std::io::R
                 vec![("mtime".into(), cbfs_format::pax_mtime(mtime).into_bytes())];
             let xattrs = match &file {
                 Some(f) => crate::scan::read_fd_xattrs(f),
-                None => tree.xattrs_beside(rel.as_os_str().as_bytes()),
+                // Through the folder checked above, never following a
+                // link.
+                None => crate::scan::read_xattrs(
+                    &std::path::Path::new("/proc/self/fd")
+                        .join(std::os::fd::AsRawFd::as_raw_fd(&folder).to_string())
+                        .join(std::ffi::OsStr::from_bytes(name.to_bytes())),
+                ),
             }
             .map_err(|e| context(&abs, e))?;
             for (attr, value) in xattrs {
@@ -421,6 +397,58 @@ pub fn write_tree(dir: &std::path::Path, out: impl std::io::Write) -> std::io::R
     }
     b.finish()?;
     b.into_inner()?.flush()
+}
+
+/// Opens the regular file `name` of `folder` for reading, and checks it is
+/// the inode `st` describes.
+///
+/// It is opened without blocking: a FIFO swapped in since the listing is
+/// not waited on (and fails the check). A lease on the file (a release
+/// under way, a file server's) makes that open fail at once, after it has
+/// started breaking the lease: the file is then opened as a path only,
+/// checked, and opened again through its descriptor, waiting for the lease
+/// to go. `O_NONBLOCK` is cleared before the content is read (a network or
+/// FUSE file system could honour it).
+fn open_file(
+    folder: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    st: &rustix::fs::Stat,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let same = |fd: &std::os::fd::OwnedFd| -> std::io::Result<()> {
+        let now = rustix::fs::fstat(fd)?;
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino)
+            || now.st_mode & libc::S_IFMT != libc::S_IFREG
+        {
+            return Err(std::io::Error::other(
+                "another entry took its place between its listing and its reading",
+            ));
+        }
+        Ok(())
+    };
+    let how = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(folder, name, how | OFlags::NONBLOCK, Mode::empty()) {
+        Ok(fd) => {
+            same(&fd)?;
+            rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
+            fd
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let handle = rustix::fs::openat(
+                folder,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            same(&handle)?;
+            let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+            let fd = rustix::fs::open(via.as_str(), how - OFlags::NOFOLLOW, Mode::empty())?;
+            same(&fd)?;
+            fd
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(fd)
 }
 
 /// The buffer a file's content is read into on its way to the stream.
@@ -482,10 +510,13 @@ pub async fn push(
     input: PushInput,
 ) -> Result<serde_json::Value> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer_gone = gone.clone();
     let producer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let mut w = ChannelWriter {
             tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
+            gone: producer_gone,
         };
         let made = match input {
             PushInput::Dir(dir) => write_tree(&dir, &mut w),
@@ -517,22 +548,29 @@ pub async fn push(
     let made = producer
         .await
         .map_err(|e| Error::Usage(format!("the push stream failed: {e}")))?;
+    // A stream that could not be made here (a file unreadable, or changed
+    // while it was read) ended the request: that is the cause, whatever
+    // the connection says. A stream cut short because the gateway stopped
+    // reading is not: the gateway's answer says why, below.
+    if let Err(e) = &made
+        && !gone.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(Error::Usage(format!(
+            "the push stream could not be made: {e}"
+        )));
+    }
     let response = sent.map_err(|e| client.down("/push", &e))?;
     let status = response.status().as_u16();
     let body = response
         .bytes()
         .await
         .map_err(|e| client.down("/push", &e))?;
-    match made {
-        // The gateway answered before it had read the whole stream (a
-        // refusal): its answer says why, below.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && status != 200 => {}
-        Err(e) => {
-            return Err(Error::Usage(format!(
-                "the push stream could not be made: {e}"
-            )));
-        }
-        Ok(()) => {}
+    if let Err(e) = made
+        && status == 200
+    {
+        return Err(Error::Usage(format!(
+            "the push stream could not be made: {e}"
+        )));
     }
     if status == 200 {
         return client.json(status, &body, "/push");

@@ -493,3 +493,48 @@ fn a_pushed_tree_keeps_its_special_files_and_leaves_sockets_out() {
         "1.5 s before 1970, not 2.5"
     );
 }
+
+#[test]
+fn a_file_under_a_lease_is_read_once_the_lease_is_given_back() {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The lease's break is signalled to this process (SIGIO): ignored.
+    unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+    let fs = Fs::new();
+    let src = fs.work.mkdir("src");
+    fs::write(src.join("leased"), b"leased content").unwrap();
+    let holder = fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("leased"))
+        .unwrap();
+    let taken = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) };
+    assert_eq!(taken, 0, "{}", std::io::Error::last_os_error());
+    let given_back = Arc::new(AtomicBool::new(false));
+    let giver = {
+        let given_back = given_back.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            given_back.store(true, Ordering::SeqCst);
+            let r = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+            assert_eq!(r, 0);
+        })
+    };
+    // The push's open meets the lease, waits for it, then reads the file.
+    let stream = tar_of_tree(&src);
+    assert!(
+        given_back.load(Ordering::SeqCst),
+        "read before the lease went"
+    );
+    giver.join().unwrap();
+    let mut found = false;
+    for entry in tar::Archive::new(stream.as_slice()).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some("leased") {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+            assert_eq!(content, b"leased content");
+            found = true;
+        }
+    }
+    assert!(found, "the leased file is in the stream");
+}
