@@ -293,17 +293,19 @@ impl CephServer {
         };
         // The user is there once a signed request gets through.
         let deadline = Instant::now() + Duration::from_secs(30);
+        // A connection radosgw drops while it settles is tried again too.
         loop {
-            let answer = server.send(Method::GET, "", "", &[], &[], Vec::new());
-            if answer.status.is_success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
+            let why = match server.try_send(Method::GET, "", "", &[], &[], Vec::new()) {
+                Ok(answer) if answer.status.is_success() => break,
+                Ok(answer) => format!(
                     "radosgw refuses the new user's requests ({}): {}",
                     answer.status,
                     String::from_utf8_lossy(&answer.body)
-                ));
+                ),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                return Err(why);
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -428,6 +430,21 @@ impl CephServer {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Answer {
+        self.try_send(method, bucket, key, query, headers, body)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`send`](Self::send), with a server that could not be reached (or
+    /// dropped the connection) as an error.
+    fn try_send(
+        &self,
+        method: Method,
+        bucket: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Answer, String> {
         let mut path = format!("/{}", encode_path(bucket));
         if !key.is_empty() {
             path.push('/');
@@ -488,18 +505,18 @@ impl CephServer {
         let response = request
             .body(body)
             .send()
-            .unwrap_or_else(|e| panic!("S3 {method} {url}: {e}"));
+            .map_err(|e| format!("S3 {method} {url}: {e}"))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .bytes()
-            .unwrap_or_else(|e| panic!("S3 {method} {url}: reading the answer: {e}"))
+            .map_err(|e| format!("S3 {method} {url}: reading the answer: {e}"))?
             .to_vec();
-        Answer {
+        Ok(Answer {
             status,
             headers,
             body,
-        }
+        })
     }
 }
 
