@@ -281,9 +281,33 @@ fn release_by_policy(kind: FsKind) {
     assert_eq!(r["files"], 1, "{r}");
     assert_eq!(t.state("old/a.bin"), "archived");
 
-    // Everything still released recalls to its content.
+    // Everything still released recalls to its content. The answer names
+    // the stubs the walk found; the resident files beside them are left
+    // out.
     let out = t.recall(&["."], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rep = json(&out, "recall");
+    let files = rep["files"].as_array().unwrap();
+    assert!(
+        files.iter().all(|f| f["result"]["outcome"] == "recalled"),
+        "{rep}"
+    );
+    let named: std::collections::BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            let p = f["path"].as_str().unwrap();
+            p.strip_prefix(&format!("{}/", root.display()))
+                .unwrap_or(p)
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        named,
+        ["alice/notes.bin", "new/linked-too", "old/linked"]
+            .map(String::from)
+            .into(),
+        "the stubs, and no resident file: {rep}"
+    );
     let after = sums(root);
     for p in [
         "old/linked",

@@ -30,12 +30,13 @@ use cbfs_restore::{Anchors, ObjectSource, Trust, trusted_keyset};
 use crate::agent::Agent;
 use crate::error::{Error, Result, restore_error};
 use crate::index::{Batch, FileRecord, HsmRecord, Index};
-use crate::scan::{Walked, walk_parallel};
+use crate::scan::{Stat, Walked, walk_parallel};
 use crate::source_tree::SourceTree;
 
 pub use journal::{Entry as JournalEntry, JOURNAL, Journal};
 pub use recall::{
-    BATCH, PathRecall, RecallFailure, RecallIdentity, Recalled, Recaller, recall_path, recall_paths,
+    BATCH, PathRecall, RecallFailure, RecallIdentity, Recalled, Recaller, recall_path,
+    recall_paths, recall_targets_in,
 };
 pub use release::{Kept, ReleaseOptions, ReleaseReport, ReleaseStep, ReleasedFile, free_percent};
 pub use state::{FileState, FileStatus, StatusReport, Totals};
@@ -348,36 +349,63 @@ pub fn open_recaller(opts: &RecallerOptions, rt: tokio::runtime::Handle) -> Resu
     )
 }
 
-/// The regular files at or below `rel` (a path of the tree) that carry a
-/// stub record.
-pub fn stubs_below(tree: &Path, rel: &[u8]) -> Vec<Vec<u8>> {
+/// A path of the tree to recall: a file named, or a regular file found
+/// below a folder named (with the stat the walk found).
+#[derive(Clone, Debug)]
+pub struct RecallTarget {
+    /// Its path in the tree.
+    pub rel: Vec<u8>,
+    /// Its stat when it was listed (a walk found it), if known.
+    pub stat: Option<Stat>,
+    /// Named by the caller, rather than found below a named folder: a
+    /// found file that is not released is no news.
+    pub named: bool,
+}
+
+/// What a recall of `rel` (a path of the tree) covers: the path itself
+/// when it names a file (or nothing that exists: the recall then says
+/// why), else every regular file at or below it. Whether each is released
+/// is for the recall to find out, on its workers: reading every file's
+/// stub record here would take a walk's time again before the first
+/// recall begins.
+pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
+    let named = || {
+        vec![RecallTarget {
+            rel: rel.to_vec(),
+            stat: None,
+            named: true,
+        }]
+    };
     let abs = if rel.is_empty() {
         tree.to_owned()
     } else {
         tree.join(std::ffi::OsStr::from_bytes(rel))
     };
     let Ok(meta) = std::fs::symlink_metadata(&abs) else {
-        return vec![rel.to_vec()];
+        return named();
     };
     if !meta.is_dir() {
-        return vec![rel.to_vec()];
+        return named();
     }
     let Ok(sub) = SourceTree::open(&abs) else {
-        return vec![rel.to_vec()];
+        return named();
     };
     let mut out = Vec::new();
     walk_parallel(&sub, &abs, 2, 512, |items| {
         for w in items {
             if let Walked::Entry(e) = w
                 && e.stat.is_file()
-                && matches!(stub::read_at(&e.abs), Ok(StubAttr::Stub(_)))
             {
                 let mut full = rel.to_vec();
                 if !full.is_empty() {
                     full.push(b'/');
                 }
                 full.extend_from_slice(&e.rel);
-                out.push(full);
+                out.push(RecallTarget {
+                    rel: full,
+                    stat: Some(e.stat),
+                    named: false,
+                });
             }
         }
     });

@@ -848,6 +848,30 @@ pub fn recall_path(recaller: &Recaller, root: &Path, rel: &[u8]) -> Result<PathR
 /// that ends one pass (its cleared records) is the one that begins the
 /// next (its marks): two flushes a pass instead of three.
 pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Result<Vec<PathRecall>> {
+    recall_listed(recaller, root, rels, &vec![None; rels.len()])
+}
+
+/// [`recall_paths`] for what [`recall_targets`](super::recall_targets)
+/// listed: the stats the walk found spare a `stat` of each path before
+/// the passes are made. One result per target, in order.
+pub fn recall_targets_in(
+    recaller: &Recaller,
+    root: &Path,
+    targets: &[super::RecallTarget],
+) -> Result<Vec<PathRecall>> {
+    let rels: Vec<Vec<u8>> = targets.iter().map(|t| t.rel.clone()).collect();
+    let stats: Vec<Option<Stat>> = targets.iter().map(|t| t.stat).collect();
+    recall_listed(recaller, root, &rels, &stats)
+}
+
+/// [`recall_paths`], with the stat of each path where it is known
+/// (`stats[i]` for `rels[i]`; a regular file's, listed beneath `root`).
+fn recall_listed(
+    recaller: &Recaller,
+    root: &Path,
+    rels: &[Vec<u8>],
+    stats: &[Option<Stat>],
+) -> Result<Vec<PathRecall>> {
     // Two workers per core: while one waits for a flush (most of a pass
     // of small files is spent waiting for the disk), the other computes.
     let workers = 2 * std::thread::available_parallelism()
@@ -857,7 +881,7 @@ pub fn recall_paths(recaller: &Recaller, root: &Path, rels: &[Vec<u8>]) -> Resul
         .map_err(|e| Error::io("cannot open", root, e))?;
     // Each worker holds two passes open at once: one closing, the next
     // beginning.
-    let batches = batches(root, rels, pass_size(2 * workers));
+    let batches = batches(root, rels, stats, pass_size(2 * workers));
     let workers = workers.min(batches.len());
     // Passes on several workers at once each decode their members on their
     // own worker's thread. With decoding threads of their own (one per
@@ -953,22 +977,27 @@ fn pass_size(passes: usize) -> usize {
 /// first name: passes run at once, and two passes must never fill one
 /// inode together (a claim is a lock of the process, which both would
 /// hold).
-fn batches(root: &Path, rels: &[Vec<u8>], size: usize) -> Vec<Vec<usize>> {
+/// `stats[i]`, where known, is the stat of `rels[i]` (a regular file).
+fn batches(root: &Path, rels: &[Vec<u8>], stats: &[Option<Stat>], size: usize) -> Vec<Vec<usize>> {
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut bytes = 0u64;
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     for (i, rel) in rels.iter().enumerate() {
-        let meta = std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(rel)))
-            .ok()
-            .filter(|m| m.is_file());
-        let linked = meta.as_ref().map(|m| (m.dev(), m.ino()));
+        let meta = match stats.get(i).copied().flatten() {
+            Some(st) => Some((st.dev, st.ino, st.size)),
+            None => std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(rel)))
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| (m.dev(), m.ino(), m.len())),
+        };
+        let linked = meta.map(|(dev, ino, _)| (dev, ino));
         if let Some(inode) = linked
             && let Some(&b) = inodes.get(&inode)
         {
             batches[b].push(i);
             continue;
         }
-        let len = meta.map_or(0, |m| m.len());
+        let len = meta.map_or(0, |(_, _, len)| len);
         if batches
             .last()
             .is_none_or(|b| b.len() >= size || (!b.is_empty() && bytes + len > PASS_BYTES))

@@ -1051,17 +1051,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     let recaller = hsm::open_recaller(&opts, rt)?;
                     let mut files = Vec::new();
                     for rel in hsm::relative_paths_of(&tree, &paths)? {
-                        files.extend(hsm::stubs_below(&tree, &rel));
+                        files.extend(hsm::recall_targets(&tree, &rel));
                     }
-                    let outcomes = hsm::recall_paths(&recaller, &tree, &files)?;
+                    let outcomes = hsm::recall_targets_in(&recaller, &tree, &files)?;
+                    // A file found below a folder named, and not released,
+                    // is left out: the answer names the stubs, and what
+                    // the caller named.
                     let results: Vec<(String, hsm::PathRecall)> = files
                         .iter()
-                        .map(|f| {
-                            tree.join(std::ffi::OsStr::from_bytes(f))
-                                .display()
-                                .to_string()
-                        })
                         .zip(outcomes)
+                        .filter(|(f, r)| f.named || !matches!(r, hsm::PathRecall::Resident))
+                        .map(|(f, r)| {
+                            let name = tree.join(std::ffi::OsStr::from_bytes(&f.rel));
+                            (name.display().to_string(), r)
+                        })
                         .collect();
                     hsm::absorb_if_free(&opts.index)?;
                     Ok(results)
