@@ -199,6 +199,67 @@ impl ChannelWriter {
     }
 }
 
+/// Where [`write_tree`] writes its stream: a writer that can also take a
+/// file's content read straight into a buffer of its own.
+pub trait TreeOut: std::io::Write {
+    /// Reads at most `want` bytes of `file` into the stream, and says how
+    /// many (0 at its end). By default through `scratch`.
+    fn read_in(
+        &mut self,
+        file: &mut std::fs::File,
+        want: usize,
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<usize> {
+        use std::io::Read;
+        scratch.resize(want.min(CONTENT_BUF), 0);
+        let n = file.read(scratch)?;
+        self.write_all(&scratch[..n])?;
+        Ok(n)
+    }
+}
+
+impl<T: TreeOut + ?Sized> TreeOut for &mut T {
+    fn read_in(
+        &mut self,
+        file: &mut std::fs::File,
+        want: usize,
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<usize> {
+        (**self).read_in(file, want, scratch)
+    }
+}
+
+impl TreeOut for Vec<u8> {}
+
+impl TreeOut for ChannelWriter {
+    /// Into the chunk being filled: one copy of the content fewer.
+    fn read_in(
+        &mut self,
+        file: &mut std::fs::File,
+        want: usize,
+        _: &mut Vec<u8>,
+    ) -> std::io::Result<usize> {
+        if self.buf.len() >= CHUNK {
+            self.flush_chunk()?;
+        }
+        let room = (CHUNK - self.buf.len()).min(want);
+        self.buf.reserve(room);
+        let len = self.buf.len();
+        let (read, _) = rustix::io::read(&*file, &mut self.buf.spare_capacity_mut()[..room])?;
+        let n = read.len();
+        // SAFETY: `read` initialised the first `n` bytes of the spare
+        // capacity, right after the `len` bytes already there.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.buf.set_len(len + n)
+        };
+        if self.buf.len() >= CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(n)
+    }
+}
+
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
@@ -239,7 +300,7 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
 /// extended attributes are read through its own. No entry's path is
 /// resolved again from `/` (three walks per file were a quarter of the
 /// client's CPU on a tree of 20,000 small files).
-pub fn write_tree(dir: &std::path::Path, out: impl std::io::Write) -> std::io::Result<()> {
+pub fn write_tree(dir: &std::path::Path, out: impl TreeOut) -> std::io::Result<()> {
     use rustix::fs::AtFlags;
     use std::os::unix::ffi::OsStrExt;
     let mut b = tar::Builder::new(out);
@@ -429,8 +490,10 @@ fn open_file(
     let how = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(folder, name, how | OFlags::NONBLOCK, Mode::empty()) {
         Ok(fd) => {
+            // Left without blocking: a regular file's reads ignore the
+            // flag on local file systems (`copy_exact` clears it where a
+            // read would block all the same).
             same(&fd)?;
-            rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
             fd
         }
         Err(rustix::io::Errno::WOULDBLOCK) => {
@@ -460,30 +523,47 @@ const CONTENT_BUF: usize = 256 << 10;
 fn copy_exact(
     mut file: std::fs::File,
     size: u64,
-    buf: &mut [u8],
-    out: &mut impl std::io::Write,
+    scratch: &mut Vec<u8>,
+    out: &mut impl TreeOut,
 ) -> std::io::Result<()> {
-    use std::io::Read;
-    let mut read = |buf: &mut [u8]| loop {
-        match file.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            done => return done,
+    // The file was opened without blocking (a lease holder is waited for
+    // at the open, not here); a read that would block all the same (a
+    // file system that honours the flag on regular files) turns blocking
+    // and is tried again.
+    let mut blocking = false;
+    let mut read = |file: &mut std::fs::File,
+                    want: usize,
+                    into: &mut dyn FnMut(&mut std::fs::File, usize) -> std::io::Result<usize>|
+     -> std::io::Result<usize> {
+        loop {
+            match into(file, want) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !blocking => {
+                    let flags = rustix::fs::fcntl_getfl(&*file)?;
+                    rustix::fs::fcntl_setfl(&*file, flags - rustix::fs::OFlags::NONBLOCK)?;
+                    blocking = true;
+                }
+                done => return done,
+            }
         }
     };
     let mut left = size;
     while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = read(&mut buf[..want])?;
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(CONTENT_BUF);
+        let n = read(&mut file, want, &mut |f, want| {
+            out.read_in(f, want, scratch)
+        })?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the file shrank while it was read",
             ));
         }
-        out.write_all(&buf[..n])?;
         left -= n as u64;
     }
-    if read(&mut buf[..1])? != 0 {
+    let mut probe = [0u8; 1];
+    let grew = read(&mut file, 1, &mut |f, _| std::io::Read::read(f, &mut probe))?;
+    if grew != 0 {
         return Err(std::io::Error::other("the file grew while it was read"));
     }
     let pad = (512 - size % 512) % 512;
