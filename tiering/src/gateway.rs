@@ -213,7 +213,10 @@ pub trait TreeOut: std::io::Write {
         use std::io::Read;
         scratch.resize(want.min(CONTENT_BUF), 0);
         let n = file.read(scratch)?;
-        self.write_all(&scratch[..n])?;
+        // A failure of the stream is not one of the file's reads, which
+        // the caller would try again (the bytes read would be lost).
+        self.write_all(&scratch[..n])
+            .map_err(|e| std::io::Error::other(format!("the stream: {e}")))?;
         Ok(n)
     }
 }
@@ -468,8 +471,10 @@ pub fn write_tree(dir: &std::path::Path, out: impl TreeOut) -> std::io::Result<(
 /// under way, a file server's) makes that open fail at once, after it has
 /// started breaking the lease: the file is then opened as a path only,
 /// checked, and opened again through its descriptor, waiting for the lease
-/// to go. `O_NONBLOCK` is cleared before the content is read (a network or
-/// FUSE file system could honour it).
+/// to go. A file opened at once keeps `O_NONBLOCK` (local file systems
+/// ignore it for a regular file's reads); `copy_exact` clears it if a read
+/// would block all the same (a network or FUSE file system could honour
+/// it).
 fn open_file(
     folder: std::os::fd::BorrowedFd<'_>,
     name: &std::ffi::CStr,
@@ -671,4 +676,62 @@ pub async fn push(
         client.base,
         refusal(status, &body)
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream a push sends (content read straight into its chunks) is
+    /// byte for byte the one written through `Write` alone, whatever
+    /// falls on a chunk's edge.
+    #[test]
+    fn a_tree_streamed_in_chunks_is_the_tree_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        let sizes = [
+            0,
+            1,
+            511,
+            CHUNK - 700,
+            CHUNK,
+            CHUNK + 1,
+            3 * CHUNK - 5,
+            CONTENT_BUF + 4096,
+        ];
+        for (i, size) in sizes.iter().enumerate() {
+            let content: Vec<u8> = (0..*size).map(|b| (b * 31 + i) as u8).collect();
+            let at = if i % 2 == 0 { "" } else { "sub/" };
+            std::fs::write(root.join(format!("{at}f{i}")), content).unwrap();
+        }
+        let mut whole = Vec::new();
+        write_tree(&root, &mut whole).unwrap();
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(1024);
+        let mut w = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            gone: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        let writer = std::thread::spawn(move || {
+            write_tree(&root, &mut w)?;
+            std::io::Write::flush(&mut w)
+        });
+        let mut chunked = Vec::new();
+        let mut sizes_sent = Vec::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            let chunk = chunk.unwrap();
+            sizes_sent.push(chunk.len());
+            chunked.extend_from_slice(&chunk);
+        }
+        writer.join().unwrap().unwrap();
+        assert!(chunked == whole, "the chunked stream differs");
+        assert!(
+            sizes_sent[..sizes_sent.len() - 1]
+                .iter()
+                .all(|&n| n >= CHUNK),
+            "every chunk but the last is full: {sizes_sent:?}"
+        );
+    }
 }

@@ -364,10 +364,15 @@ pub struct RecallTarget {
 
 /// What a recall of `rel` (a path of the tree) covers: the path itself
 /// when it names a file (or nothing that exists: the recall then says
-/// why), else every regular file at or below it. Whether each is released
-/// is for the recall to find out, on its workers: reading every file's
-/// stub record here would take a walk's time again before the first
-/// recall begins.
+/// why), else every regular file at or below it that carries a stub
+/// record, with the stat the walk found (the passes group the names of an
+/// inode by it, instead of a `stat` of each path).
+///
+/// The records are read on several threads once the walk has listed the
+/// files: read one by one as the walk went, they took 0.3–0.45 s of a
+/// 20,000-file recall with a core idle, before its first pass began.
+/// Resident files are left out here, not in the passes: a pass is sized
+/// and flushed by the files it holds.
 pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
     let named = || {
         vec![RecallTarget {
@@ -390,7 +395,7 @@ pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
     let Ok(sub) = SourceTree::open(&abs) else {
         return named();
     };
-    let mut out = Vec::new();
+    let mut files: Vec<(RecallTarget, PathBuf)> = Vec::new();
     walk_parallel(&sub, &abs, 2, 512, |items| {
         for w in items {
             if let Walked::Entry(e) = w
@@ -401,13 +406,38 @@ pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
                     full.push(b'/');
                 }
                 full.extend_from_slice(&e.rel);
-                out.push(RecallTarget {
+                let target = RecallTarget {
                     rel: full,
                     stat: Some(e.stat),
                     named: false,
-                });
+                };
+                files.push((target, e.abs));
             }
         }
     });
-    out
+    // Two threads per core: reading a record that is not cached waits for
+    // the disk.
+    let threads = 2 * std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let share = files.len().div_ceil(threads).max(1);
+    let stubs: Vec<bool> = std::thread::scope(|s| {
+        let checks: Vec<_> = files
+            .chunks(share)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(_, abs)| matches!(stub::read_at(abs), Ok(StubAttr::Stub(_))))
+                        .collect::<Vec<bool>>()
+                })
+            })
+            .collect();
+        checks
+            .into_iter()
+            .flat_map(|c| c.join().expect("a stub check"))
+            .collect()
+    });
+    files
+        .into_iter()
+        .zip(stubs)
+        .filter_map(|((target, _), is)| is.then_some(target))
+        .collect()
 }

@@ -881,7 +881,7 @@ fn recall_listed(
         .map_err(|e| Error::io("cannot open", root, e))?;
     // Each worker holds two passes open at once: one closing, the next
     // beginning.
-    let batches = batches(root, rels, stats, pass_size(2 * workers));
+    let (batches, grouped_by) = batches(root, rels, stats, pass_size(2 * workers));
     let workers = workers.min(batches.len());
     // Passes on several workers at once each decode their members on their
     // own worker's thread. With decoding threads of their own (one per
@@ -902,7 +902,7 @@ fn recall_listed(
             if !failed.load(Ordering::SeqCst) {
                 let b = next.fetch_add(1, Ordering::SeqCst);
                 if let Some(batch) = batches.get(b) {
-                    match PathPass::open(recaller, &tree, root, rels, batch) {
+                    match PathPass::open(recaller, &tree, root, rels, &grouped_by, batch) {
                         Ok(p) => opening = Some((b, p)),
                         Err(e) => {
                             // Stop taking passes; those under way finish.
@@ -978,7 +978,15 @@ fn pass_size(passes: usize) -> usize {
 /// inode together (a claim is a lock of the process, which both would
 /// hold).
 /// `stats[i]`, where known, is the stat of `rels[i]` (a regular file).
-fn batches(root: &Path, rels: &[Vec<u8>], stats: &[Option<Stat>], size: usize) -> Vec<Vec<usize>> {
+/// Also the inode each path was grouped by (`None`: not a regular file
+/// then): a pass fills a path only if it still names that inode.
+fn batches(
+    root: &Path,
+    rels: &[Vec<u8>],
+    stats: &[Option<Stat>],
+    size: usize,
+) -> (Vec<Vec<usize>>, Vec<Option<Inode>>) {
+    let mut grouped_by = vec![None; rels.len()];
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut bytes = 0u64;
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
@@ -991,6 +999,7 @@ fn batches(root: &Path, rels: &[Vec<u8>], stats: &[Option<Stat>], size: usize) -
                 .map(|m| (m.dev(), m.ino(), m.len())),
         };
         let linked = meta.map(|(dev, ino, _)| (dev, ino));
+        grouped_by[i] = linked;
         if let Some(inode) = linked
             && let Some(&b) = inodes.get(&inode)
         {
@@ -1012,8 +1021,11 @@ fn batches(root: &Path, rels: &[Vec<u8>], stats: &[Option<Stat>], size: usize) -
             inodes.insert(inode, b);
         }
     }
-    batches
+    (batches, grouped_by)
 }
+
+/// A file's device and inode numbers.
+type Inode = (u64, u64);
 
 /// Files recalled in one pass at most: each is held open (and claimed)
 /// until the pass ends, which makes it durable with one flush per step.
@@ -1054,11 +1066,13 @@ struct PathPass {
 impl PathPass {
     /// Opens and claims the paths `batch` names (indices into `rels`), and
     /// marks the stubs among them as being recalled (not durable yet).
+    /// `grouped_by[r]`: the inode `rels[r]` was put in its pass by.
     fn open(
         recaller: &Recaller,
         tree: &crate::source_tree::SourceTree,
         root: &Path,
         rels: &[Vec<u8>],
+        grouped_by: &[Option<Inode>],
         batch: &[usize],
     ) -> Result<PathPass> {
         let mut out: Vec<Option<PathRecall>> = batch.iter().map(|_| None).collect();
@@ -1066,7 +1080,17 @@ impl PathPass {
         for (at, &r) in batch.iter().enumerate() {
             let rel = &rels[r];
             let abs = || root.join(std::ffi::OsStr::from_bytes(rel));
-            let handle = open_path_in(tree, rel).map_err(|e| Error::io("cannot open", abs(), e))?;
+            let (handle, inode) =
+                open_path_in(tree, rel).map_err(|e| Error::io("cannot open", abs(), e))?;
+            if grouped_by[r] != Some(inode) {
+                // Another file took its name since the passes were made:
+                // its other names may be in another pass, which would
+                // fill it at the same time.
+                out[at] = Some(PathRecall::Failed(RecallFailure::Unavailable(
+                    "another file took its name while the recall began; try again".into(),
+                )));
+                continue;
+            }
             match stub::read_handle(handle.as_fd())
                 .map_err(|e| Error::io("cannot read the stub record of", abs(), e))?
             {
@@ -1190,20 +1214,20 @@ impl PathPass {
 }
 
 /// [`open_path`] through a tree opened once.
+/// With the inode (device, number) opened.
 fn open_path_in(
     tree: &crate::source_tree::SourceTree,
     rel: &[u8],
-) -> std::io::Result<std::os::fd::OwnedFd> {
+) -> std::io::Result<(std::os::fd::OwnedFd, Inode)> {
     let fd = tree.open_path_beneath(rel)?;
-    if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode)
-        != rustix::fs::FileType::RegularFile
-    {
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    Ok(fd)
+    Ok((fd, (st.st_dev, st.st_ino)))
 }
 
 /// Opens `rel` beneath `root` as a path only (no open of the file itself:
