@@ -330,7 +330,8 @@ pub fn write_tree(dir: &std::path::Path, out: impl TreeOut) -> std::io::Result<(
         changed => std::io::Error::other(changed.to_string()),
     };
     let tree = crate::source_tree::SourceTree::open(dir).map_err(|e| context(dir, e))?;
-    let mut content = vec![0u8; CONTENT_BUF];
+    // What a writer without a buffer of its own reads content through.
+    let mut scratch = Vec::new();
     // Depth first, each folder's entries in name order; a folder with what
     // its parent's listing found of it.
     let mut stack: Vec<(std::path::PathBuf, Option<crate::scan::Stat>)> =
@@ -449,7 +450,7 @@ pub fn write_tree(dir: &std::path::Path, out: impl TreeOut) -> std::io::Result<(
                 // a large buffer rather than through an 8 KiB copy loop).
                 b.append_data(&mut header, &rel, std::io::empty())
                     .map_err(|e| context(&abs, e))?;
-                copy_exact(file, size, &mut content, b.get_mut()).map_err(|e| context(&abs, e))?;
+                copy_exact(file, size, &mut scratch, b.get_mut()).map_err(|e| context(&abs, e))?;
             } else {
                 // FIFOs and devices: their header says it all.
                 b.append_data(&mut header, &rel, std::io::empty())

@@ -349,17 +349,14 @@ pub fn open_recaller(opts: &RecallerOptions, rt: tokio::runtime::Handle) -> Resu
     )
 }
 
-/// A path of the tree to recall: a file named, or a regular file found
-/// below a folder named (with the stat the walk found).
+/// A path of the tree to recall: a file named, or a stub found below a
+/// folder named (with the stat the walk found).
 #[derive(Clone, Debug)]
 pub struct RecallTarget {
     /// Its path in the tree.
     pub rel: Vec<u8>,
     /// Its stat when it was listed (a walk found it), if known.
     pub stat: Option<Stat>,
-    /// Named by the caller, rather than found below a named folder: a
-    /// found file that is not released is no news.
-    pub named: bool,
 }
 
 /// What a recall of `rel` (a path of the tree) covers: the path itself
@@ -378,7 +375,6 @@ pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
         vec![RecallTarget {
             rel: rel.to_vec(),
             stat: None,
-            named: true,
         }]
     };
     let abs = if rel.is_empty() {
@@ -409,7 +405,6 @@ pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
                 let target = RecallTarget {
                     rel: full,
                     stat: Some(e.stat),
-                    named: false,
                 };
                 files.push((target, e.abs));
             }

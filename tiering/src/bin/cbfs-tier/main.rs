@@ -1054,13 +1054,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         files.extend(hsm::recall_targets(&tree, &rel));
                     }
                     let outcomes = hsm::recall_targets_in(&recaller, &tree, &files)?;
-                    // A file found below a folder named, and not released,
-                    // is left out: the answer names the stubs, and what
-                    // the caller named.
                     let results: Vec<(String, hsm::PathRecall)> = files
                         .iter()
                         .zip(outcomes)
-                        .filter(|(f, r)| f.named || !matches!(r, hsm::PathRecall::Resident))
                         .map(|(f, r)| {
                             let name = tree.join(std::ffi::OsStr::from_bytes(&f.rel));
                             (name.display().to_string(), r)
