@@ -156,7 +156,7 @@ pub use segment_reader::{
     MemberInfo, RawData, SegmentMember, SegmentReader, open_member_at, open_member_files_at,
 };
 pub use segment_writer::{CheckedCopy, SegmentMode, SegmentWriter, check_copy};
-pub use stub::{STUB_XATTR, StubPhase, StubRecord};
+pub use stub::{RECALL_XATTR, STUB_XATTR, StubPhase, StubRecord};
 pub use summary::{Summary, SummaryEntry};
 
 /// Re-exported so callers name the same Umbral types this crate uses.

@@ -36,6 +36,14 @@ pub(crate) const VERSION: u16 = 1;
 /// a user cannot forge a stub that points at another user's member.
 pub const STUB_XATTR: &str = "trusted.cbfs.stub";
 
+/// The extended attribute that marks a stub as being recalled: present,
+/// and empty, from before the content is filled back until the record
+/// goes. A record that says [`StubPhase::Released`] beside it reads as
+/// [`StubPhase::Recalling`]. It is small enough to live in the inode itself
+/// (ext4's 256-byte inodes, xfs), where the record often is not: marking a
+/// stub then rewrites no attribute block of its own.
+pub const RECALL_XATTR: &str = "trusted.cbfs.recall";
+
 /// How far the release of a file got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StubPhase {

@@ -16,6 +16,8 @@
 //!   one pass (both names of a hard link) when one stored copy is bad.
 //! - `--until-free` releases the least recently used files first; a dry
 //!   run changes nothing.
+//! - A recall killed mid-fill leaves the stub marked as being recalled,
+//!   which reads as released (not written), and the next recall fills it.
 //! - Release killed at each of its steps leaves whole files or valid stubs
 //!   (every one recalls to its content), and the next release finishes.
 
@@ -496,6 +498,87 @@ fn a_recall_killed_before_its_journal_entry_leaves_archived_files() {
     for p in before.keys() {
         assert!(is_stub(&t.path(p)), "{p} released again");
     }
+}
+
+/// A recall killed while it fills a stub: the stub stays one, marked as
+/// being recalled (its record as it was, its time the fill's), and reads
+/// as released, not written; the next recall fills it and takes record and
+/// mark away, and the next tier-out stores nothing.
+#[test]
+fn a_recall_killed_mid_fill_leaves_a_marked_stub_the_next_recall_fills() {
+    let t = Tiered::new(FsKind::Ext4, 64);
+    let data = random_bytes(2 << 20);
+    std::fs::write(t.path("big.bin"), &data).unwrap();
+    let before = sums(t.tree());
+    t.tier_out();
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let released = identity(&t.path("big.bin"));
+    let record = xattr::get(t.path("big.bin"), "trusted.cbfs.stub")
+        .unwrap()
+        .expect("a stub record");
+    let empty = allocated(&t.path("big.bin"));
+
+    // Each 64 KiB of the fill takes 100 ms more: time to kill it midway.
+    let mut cmd = cbfs_cmd("cbfs-tier");
+    cmd.args(["recall", "--store", &t.store])
+        .arg("--index")
+        .arg(&t.index)
+        .arg("--tree")
+        .arg(t.tree())
+        .args(["--identity", &t.keys.admin()])
+        .arg(t.path("big.bin"))
+        .envs(t.envs.clone())
+        .env("CBFS_TEST_FILL_DELAY_MS", "100")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("cbfs-tier recall");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while allocated(&t.path("big.bin")) <= empty + (64 << 10) {
+        assert!(std::time::Instant::now() < deadline, "the fill never began");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let p = t.path("big.bin");
+    assert_eq!(
+        xattr::get(&p, "trusted.cbfs.stub").unwrap().as_ref(),
+        Some(&record),
+        "the record is left as it was"
+    );
+    assert!(
+        xattr::get(&p, "trusted.cbfs.recall").unwrap().is_some(),
+        "the stub is marked as being recalled"
+    );
+    let now = identity(&p);
+    assert_eq!(now.ino, released.ino);
+    assert_ne!(now.mtime, released.mtime, "the fill moved its time");
+    let status = t.status(&["big.bin"]);
+    assert_eq!(status["files"][0]["state"], "released", "{status}");
+    assert!(
+        status["files"][0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("recall of it was cut short")),
+        "{status}"
+    );
+
+    let out = t.recall(&["big.bin"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(sums(t.tree()), before, "the file is whole");
+    assert!(!is_stub(&p));
+    assert!(
+        xattr::get(&p, "trusted.cbfs.recall").unwrap().is_none(),
+        "the mark is gone"
+    );
+    assert_eq!(
+        identity(&p).mtime,
+        released.mtime,
+        "its time is the archived one"
+    );
+    assert_eq!(t.state("big.bin"), "archived");
+    let r = t.tier_out();
+    assert_eq!(r["files"], 0, "nothing is stored again: {r}");
 }
 
 /// The result of each path of a recall report, by its name beneath the

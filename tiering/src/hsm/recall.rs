@@ -329,14 +329,12 @@ impl Recaller {
                     continue;
                 }
             };
-            // The fill changes the file's times: the record says a recall
-            // is at work, so that a fill cut short is still a stub, not a
-            // file written while released.
-            let recalling = StubRecord {
-                phase: StubPhase::Recalling,
-                ..(*record).clone()
-            };
-            if let Err(e) = stub::set(file, &recalling) {
+            // The fill changes the file's times: the stub is marked as
+            // being recalled, so that a fill cut short is still a stub, not
+            // a file written while released. The mark is an attribute of
+            // its own, small enough to fit in the inode: the record, often
+            // too large for it, is left as it is.
+            if let Err(e) = stub::mark_recalling(file) {
                 pass.results[i] = Some(Err(RecallFailure::Refused(format!(
                     "cannot mark the stub as being recalled: {e}"
                 ))));

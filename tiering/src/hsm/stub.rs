@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cbfs_format::{STUB_XATTR, StubRecord, Timestamp};
+use cbfs_format::{RECALL_XATTR, STUB_XATTR, StubPhase, StubRecord, Timestamp};
 use rustix::fs::{FallocateFlags, Timespec, Timestamps, XattrFlags};
 
 use crate::faultin::sys;
@@ -30,14 +30,34 @@ pub enum StubAttr {
 }
 
 impl StubAttr {
-    fn from_value(value: Option<Vec<u8>>) -> StubAttr {
-        match value {
+    /// The attribute's value, read as a record; `marked` says whether the
+    /// stub carries [`RECALL_XATTR`] (asked only of a record that says
+    /// released: the other phases already say the content is not settled).
+    fn from_value(
+        value: Option<Vec<u8>>,
+        marked: impl FnOnce() -> io::Result<bool>,
+    ) -> io::Result<StubAttr> {
+        Ok(match value {
             None => StubAttr::None,
             Some(bytes) => match StubRecord::from_bytes(&bytes) {
-                Ok(r) => StubAttr::Stub(r),
+                Ok(mut r) => {
+                    if r.phase == StubPhase::Released && marked()? {
+                        r.phase = StubPhase::Recalling;
+                    }
+                    StubAttr::Stub(r)
+                }
                 Err(e) => StubAttr::Damaged(e.to_string()),
             },
-        }
+        })
+    }
+}
+
+/// Whether an attribute's lookup found it (its value is not wanted).
+fn found(got: rustix::io::Result<usize>) -> io::Result<bool> {
+    match got {
+        Ok(_) | Err(rustix::io::Errno::RANGE) => Ok(true),
+        Err(e) if absent(&e) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -46,14 +66,17 @@ fn absent(e: &rustix::io::Errno) -> bool {
 }
 
 /// The stub record of an open file (reading an attribute raises no
-/// fault-in event).
+/// fault-in event), with the phase [`StubPhase::Recalling`] if the stub is
+/// marked as being recalled ([`RECALL_XATTR`]).
 pub fn read(fd: BorrowedFd<'_>) -> io::Result<StubAttr> {
     let mut buf = vec![0u8; 4096];
     loop {
         match rustix::fs::fgetxattr(fd, STUB_XATTR, &mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
-                return Ok(StubAttr::from_value(Some(buf)));
+                return StubAttr::from_value(Some(buf), || {
+                    found(rustix::fs::fgetxattr(fd, RECALL_XATTR, &mut [0u8; 0][..]))
+                });
             }
             Err(e) if absent(&e) => return Ok(StubAttr::None),
             Err(rustix::io::Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
@@ -86,7 +109,13 @@ fn read_path(path: &Path, follow: bool) -> io::Result<StubAttr> {
         match got {
             Ok(n) => {
                 buf.truncate(n);
-                return Ok(StubAttr::from_value(Some(buf)));
+                return StubAttr::from_value(Some(buf), || {
+                    found(if follow {
+                        rustix::fs::getxattr(path, RECALL_XATTR, &mut [0u8; 0][..])
+                    } else {
+                        rustix::fs::lgetxattr(path, RECALL_XATTR, &mut [0u8; 0][..])
+                    })
+                });
             }
             Err(e) if absent(&e) => return Ok(StubAttr::None),
             Err(rustix::io::Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
@@ -103,13 +132,36 @@ pub fn write(file: &File, record: &StubRecord) -> io::Result<()> {
 }
 
 /// Writes the stub record; durable only after [`make_durable`] (a batch
-/// makes many records durable at once).
+/// makes many records durable at once). A record that says released takes
+/// the stub's recall mark away (after it: never a moment with neither).
 pub fn set(file: &File, record: &StubRecord) -> io::Result<()> {
     let bytes = record
         .to_bytes()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     rustix::fs::fsetxattr(file, STUB_XATTR, &bytes, XattrFlags::empty())?;
+    if record.phase == StubPhase::Released
+        && found(rustix::fs::fgetxattr(file, RECALL_XATTR, &mut [0u8; 0][..]))?
+    {
+        unmark(file)?;
+    }
     Ok(())
+}
+
+/// Marks the stub as being recalled ([`RECALL_XATTR`]): its record, left
+/// as it is, now reads as [`StubPhase::Recalling`]. Durable only after
+/// [`make_durable`].
+pub fn mark_recalling(file: &File) -> io::Result<()> {
+    rustix::fs::fsetxattr(file, RECALL_XATTR, &[], XattrFlags::empty())?;
+    Ok(())
+}
+
+/// Takes the recall mark away, if the file has one.
+fn unmark(file: &File) -> io::Result<()> {
+    match rustix::fs::fremovexattr(file, RECALL_XATTR) {
+        Ok(()) => Ok(()),
+        Err(e) if absent(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Removes the stub record (the file is resident again) durably.
@@ -119,13 +171,16 @@ pub fn remove(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes the stub record; durable only after [`make_durable`].
+/// Removes the stub record, then the recall mark if there is one (a mark
+/// left beside no record means nothing); durable only after
+/// [`make_durable`].
 pub fn clear(file: &File) -> io::Result<()> {
     match rustix::fs::fremovexattr(file, STUB_XATTR) {
-        Ok(()) => Ok(()),
-        Err(e) if absent(&e) => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(()) => {}
+        Err(e) if absent(&e) => {}
+        Err(e) => return Err(e.into()),
     }
+    unmark(file)
 }
 
 /// Makes what was written to `files` (content, extended attributes, times)
