@@ -16,6 +16,8 @@
 //!   one pass (both names of a hard link) when one stored copy is bad.
 //! - `--until-free` releases the least recently used files first; a dry
 //!   run changes nothing.
+//! - A file removed while its folder is recalled is reported gone, and
+//!   the others are filled.
 //! - A recall killed mid-fill leaves the stub marked as being recalled,
 //!   which reads as released (not written), and the next recall fills it.
 //! - Release killed at each of its steps leaves whole files or valid stubs
@@ -579,6 +581,95 @@ fn a_recall_killed_mid_fill_leaves_a_marked_stub_the_next_recall_fills() {
     assert_eq!(t.state("big.bin"), "archived");
     let r = t.tier_out();
     assert_eq!(r["files"], 0, "nothing is stored again: {r}");
+}
+
+/// Files removed while a recall of their folder is under way, before the
+/// pass that holds them opens them, are reported gone; the recall goes on
+/// and fills every other stub.
+#[test]
+fn a_file_removed_while_its_folder_is_recalled_is_gone_and_the_others_are_filled() {
+    let t = Tiered::new(FsKind::Ext4, 64);
+    std::fs::create_dir(t.path("d")).unwrap();
+    for i in 0..80 {
+        std::fs::write(t.path(&format!("d/f{i:02}")), random_bytes(64 << 10)).unwrap();
+    }
+    let before = sums(t.tree());
+    t.tier_out();
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // A stub's blocks: its record's, if it has a block of its own.
+    let empty: Vec<u64> = (0..80)
+        .map(|i| allocated(&t.path(&format!("d/f{i:02}"))))
+        .collect();
+
+    // Few descriptors make passes of 16 files, four of them open at first;
+    // each 64 KiB filled takes 100 ms more, so the fifth opens seconds
+    // later.
+    let mut cmd = cbfs_cmd("cbfs-tier");
+    let bin = cmd.get_program().to_owned();
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg("ulimit -n 300 && exec \"$@\"")
+        .arg("sh")
+        .arg(bin)
+        .args(["--json", "recall", "--store", &t.store])
+        .arg("--index")
+        .arg(&t.index)
+        .arg("--tree")
+        .arg(t.tree())
+        .args(["--identity", &t.keys.admin()])
+        .arg(t.path("d"))
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .envs(t.envs.clone())
+        .env("CBFS_TEST_FILL_DELAY_MS", "100")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = sh.spawn().expect("cbfs-tier recall");
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !(0..80).any(|i| allocated(&t.path(&format!("d/f{i:02}"))) > empty[i] + (32 << 10)) {
+        assert!(std::time::Instant::now() < deadline, "the fill never began");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The files no pass holds open yet.
+    let open: std::collections::BTreeSet<std::path::PathBuf> =
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .collect();
+    let mut removed = Vec::new();
+    for i in 0..80 {
+        let rel = format!("d/f{i:02}");
+        if !open.contains(&std::fs::canonicalize(t.path(&rel)).unwrap()) {
+            std::fs::remove_file(t.path(&rel)).unwrap();
+            removed.push(rel);
+        }
+    }
+    assert!(
+        !removed.is_empty() && removed.len() < 80,
+        "some files, not all, wait for a later pass: {} of 80",
+        removed.len()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = outcomes(&rep, &t);
+    for rel in &removed {
+        assert_eq!(got[rel].0, "gone", "{rel}: {rep}");
+    }
+    let left: BTreeMap<String, String> = before
+        .into_iter()
+        .filter(|(p, _)| !removed.contains(p))
+        .collect();
+    assert_eq!(sums(t.tree()), left, "every other file is whole");
+    for rel in left.keys() {
+        assert_eq!(got[rel].0, "recalled", "{rel}: {rep}");
+        assert!(!is_stub(&t.path(rel)), "{rel}");
+    }
 }
 
 /// The result of each path of a recall report, by its name beneath the

@@ -420,7 +420,7 @@ pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|(_, abs)| matches!(stub::read_at(abs), Ok(StubAttr::Stub(_))))
+                        .map(|(_, abs)| matches!(stub::read_record_at(abs), Ok(StubAttr::Stub(_))))
                         .collect::<Vec<bool>>()
                 })
             })

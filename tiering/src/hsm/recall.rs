@@ -282,21 +282,24 @@ impl Recaller {
         &self,
         stubs: &[(&File, &StubRecord)],
     ) -> Vec<std::result::Result<Recalled, RecallFailure>> {
-        let mut pass = self.mark(stubs);
-        let flushed = stub::make_durable(&pass.marked(stubs));
+        let mut pass = self.mark(stubs, None);
+        let flushed = stub::make_durable_on(&pass.marked(stubs));
         self.fill(stubs, &mut pass, flushed.as_ref().err(), None);
-        let flushed = stub::make_durable(&pass.cleared(stubs));
+        let flushed = stub::make_durable_on(&pass.cleared(stubs));
         self.close(stubs, pass, flushed.as_ref().err())
     }
 
     /// The first step of a recall of `stubs`: each stub record says a
     /// recall is at work (not durable yet: the caller makes
     /// [`StubPass::marked`] durable before [`fill`](Self::fill)).
-    fn mark(&self, stubs: &[(&File, &StubRecord)]) -> StubPass {
+    /// `known`: each stub's inode, where the caller has it (else each file
+    /// is `stat`ed).
+    fn mark(&self, stubs: &[(&File, &StubRecord)], known: Option<&[Inode]>) -> StubPass {
         let mut pass = StubPass {
             started: Instant::now(),
             results: stubs.iter().map(|_| None).collect(),
             same_as: vec![None; stubs.len()],
+            devs: Vec::with_capacity(stubs.len()),
             groups: Vec::new(),
             cleared: Vec::new(),
         };
@@ -304,8 +307,13 @@ impl Recaller {
         // once, and each name gets that fill's result.
         let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
         for (i, (file, record)) in stubs.iter().enumerate() {
-            if let Ok(m) = rustix::fs::fstat(file) {
-                match inodes.entry((m.st_dev, m.st_ino)) {
+            let inode = match known {
+                Some(known) => Some(known[i]),
+                None => rustix::fs::fstat(file).ok().map(|m| (m.st_dev, m.st_ino)),
+            };
+            pass.devs.push(inode.map(|(dev, _)| dev));
+            if let Some(inode) = inode {
+                match inodes.entry(inode) {
                     std::collections::hash_map::Entry::Occupied(e) => {
                         pass.same_as[i] = Some(*e.get());
                         continue;
@@ -429,8 +437,11 @@ impl Recaller {
         }
         // The content is durable before the stub records go: one flush for
         // every snapshot's files.
-        let files: Vec<&File> = filled.iter().map(|&(i, _)| stubs[i].0).collect();
-        if let Err(e) = stub::make_durable(&files) {
+        let files: Vec<(Option<u64>, &File)> = filled
+            .iter()
+            .map(|&(i, _)| (pass.devs[i], stubs[i].0))
+            .collect();
+        if let Err(e) = stub::make_durable_on(&files) {
             for (i, _) in filled {
                 pass.results[i] = Some(Err(unfinished(&e)));
             }
@@ -680,6 +691,8 @@ struct StubPass {
     results: Vec<Option<std::result::Result<Recalled, RecallFailure>>>,
     /// The first name of the same inode, for each other name.
     same_as: Vec<Option<usize>>,
+    /// The device each stub is on, where known.
+    devs: Vec<Option<u64>>,
     /// Marked, by snapshot, in order of first appearance.
     groups: Vec<(Arc<Snapshot>, Vec<usize>)>,
     /// Filled, their times restored and stub records removed.
@@ -688,17 +701,22 @@ struct StubPass {
 
 impl StubPass {
     /// The files whose marks must be durable before they are filled.
-    fn marked<'f>(&self, stubs: &[(&'f File, &StubRecord)]) -> Vec<&'f File> {
+    /// With the device each is on, where known.
+    fn marked<'f>(&self, stubs: &[(&'f File, &StubRecord)]) -> Vec<(Option<u64>, &'f File)> {
         self.groups
             .iter()
-            .flat_map(|(_, at)| at.iter().map(|&i| stubs[i].0))
+            .flat_map(|(_, at)| at.iter().map(|&i| (self.devs[i], stubs[i].0)))
             .collect()
     }
 
     /// The files whose cleared records must be durable before the journal
     /// names them.
-    fn cleared<'f>(&self, stubs: &[(&'f File, &StubRecord)]) -> Vec<&'f File> {
-        self.cleared.iter().map(|&(i, _, _)| stubs[i].0).collect()
+    /// With the device each is on, where known.
+    fn cleared<'f>(&self, stubs: &[(&'f File, &StubRecord)]) -> Vec<(Option<u64>, &'f File)> {
+        self.cleared
+            .iter()
+            .map(|&(i, _, _)| (self.devs[i], stubs[i].0))
+            .collect()
     }
 }
 
@@ -816,6 +834,9 @@ pub enum PathRecall {
     Recalled(Recalled),
     /// It was not released.
     Resident,
+    /// It was there when the recall began, and was removed or renamed
+    /// before its pass opened it: nothing to recall.
+    Gone,
     /// A fault-in handler watching it filled it when this call opened it.
     FilledOnOpen,
     /// The recall failed; the stub is as it was.
@@ -920,7 +941,7 @@ fn recall_listed(
             if let Some((_, p)) = &opening {
                 files.extend(p.recall.marked(&p.stubs()));
             }
-            let flushed = stub::make_durable(&files);
+            let flushed = stub::make_durable_on(&files);
             if let Some((b, p)) = closing.take() {
                 let outcomes = p.close(recaller, flushed.as_ref().err());
                 *done[b].lock().expect("recall results") = Some(Ok(outcomes));
@@ -1038,6 +1059,8 @@ pub const PASS_BYTES: u64 = 1 << 30;
 /// closes). Its claim, if taken, goes with it.
 struct Opened {
     at: usize,
+    /// The inode opened.
+    inode: Inode,
     _handle: std::os::fd::OwnedFd,
     file: File,
     claimed: bool,
@@ -1078,8 +1101,17 @@ impl PathPass {
         for (at, &r) in batch.iter().enumerate() {
             let rel = &rels[r];
             let abs = || root.join(std::ffi::OsStr::from_bytes(rel));
-            let (handle, inode) =
-                open_path_in(tree, rel).map_err(|e| Error::io("cannot open", abs(), e))?;
+            let (handle, inode) = match open_path_in(tree, rel) {
+                Ok(found) => found,
+                // Listed as a file when the recall began, and gone since
+                // (its name removed, or taken by a folder or a link): the
+                // other files are recalled all the same.
+                Err(e) if grouped_by[r].is_some() && vanished(&e) => {
+                    out[at] = Some(PathRecall::Gone);
+                    continue;
+                }
+                Err(e) => return Err(Error::io("cannot open", abs(), e)),
+            };
             if grouped_by[r] != Some(inode) {
                 // Another file took its name since the passes were made:
                 // its other names may be in another pass, which would
@@ -1113,6 +1145,7 @@ impl PathPass {
             {
                 Ok(file) => opened.push(Opened {
                     at,
+                    inode,
                     _handle: handle,
                     file,
                     claimed: false,
@@ -1140,7 +1173,7 @@ impl PathPass {
                     continue;
                 }
             }
-            match stub::read(o.file.as_fd())
+            match stub::read_record(o.file.as_fd())
                 .map_err(|e| Error::io("cannot read the stub record of", root, e))?
             {
                 StubAttr::None => out[o.at] = Some(PathRecall::FilledOnOpen),
@@ -1154,7 +1187,8 @@ impl PathPass {
         }
         let pairs: Vec<(&File, &StubRecord)> =
             todo.iter().map(|(k, r)| (&opened[*k].file, r)).collect();
-        let recall = recaller.mark(&pairs);
+        let inodes: Vec<Inode> = todo.iter().map(|(k, _)| opened[*k].inode).collect();
+        let recall = recaller.mark(&pairs, Some(&inodes));
         Ok(PathPass {
             out,
             opened,
@@ -1209,6 +1243,14 @@ impl PathPass {
             .map(|o| o.expect("a result per path"))
             .collect()
     }
+}
+
+/// Whether opening a path that named a file failed because the file is no
+/// longer there under that name.
+fn vanished(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+        || e.kind() == std::io::ErrorKind::InvalidInput
+        || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
 }
 
 /// [`open_path`] through a tree opened once.

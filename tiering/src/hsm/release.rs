@@ -361,7 +361,7 @@ pub(crate) fn run(
         if !rec.stat.same_version(&st)
             && let Some(h) = recalling.get(rel)
             && super::state::recall_ended(Some(h), &rec, &st)
-            && matches!(stub::read_at(&abs), Ok(StubAttr::None))
+            && matches!(stub::read_record_at(&abs), Ok(StubAttr::None))
         {
             rec.stat = st;
             recalled.put_file(rel, &rec);
@@ -385,7 +385,7 @@ pub(crate) fn run(
             return Ok(());
         }
         // Released already (the index took the stub's stat): nothing to do.
-        if let Ok(StubAttr::Stub(_)) = stub::read_at(&abs) {
+        if let Ok(StubAttr::Stub(_)) = stub::read_record_at(&abs) {
             return Ok(());
         }
         report.considered += 1;

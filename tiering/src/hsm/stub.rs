@@ -69,13 +69,24 @@ fn absent(e: &rustix::io::Errno) -> bool {
 /// fault-in event), with the phase [`StubPhase::Recalling`] if the stub is
 /// marked as being recalled ([`RECALL_XATTR`]).
 pub fn read(fd: BorrowedFd<'_>) -> io::Result<StubAttr> {
+    read_fd(fd, true)
+}
+
+/// The stub record of an open file as it is written, its phase not read
+/// with the recall mark: for a recall, to which the phase does not matter.
+pub fn read_record(fd: BorrowedFd<'_>) -> io::Result<StubAttr> {
+    read_fd(fd, false)
+}
+
+fn read_fd(fd: BorrowedFd<'_>, with_mark: bool) -> io::Result<StubAttr> {
     let mut buf = vec![0u8; 4096];
     loop {
         match rustix::fs::fgetxattr(fd, STUB_XATTR, &mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
                 return StubAttr::from_value(Some(buf), || {
-                    found(rustix::fs::fgetxattr(fd, RECALL_XATTR, &mut [0u8; 0][..]))
+                    Ok(with_mark
+                        && found(rustix::fs::fgetxattr(fd, RECALL_XATTR, &mut [0u8; 0][..]))?)
                 });
             }
             Err(e) if absent(&e) => return Ok(StubAttr::None),
@@ -88,17 +99,23 @@ pub fn read(fd: BorrowedFd<'_>) -> io::Result<StubAttr> {
 /// The stub record of the entry at `path`, not following a symbolic link
 /// and without opening it (so without raising a fault-in event).
 pub fn read_at(path: &Path) -> io::Result<StubAttr> {
-    read_path(path, false)
+    read_path(path, false, true)
+}
+
+/// [`read_at`], the record as it is written (as [`read_record`]).
+pub fn read_record_at(path: &Path) -> io::Result<StubAttr> {
+    read_path(path, false, false)
 }
 
 /// The stub record of the file a path-only descriptor (`O_PATH`) holds,
-/// through its `/proc/self/fd` link (no open: no fault-in event).
+/// through its `/proc/self/fd` link (no open: no fault-in event), as it is
+/// written (as [`read_record`]).
 pub fn read_handle(handle: BorrowedFd<'_>) -> io::Result<StubAttr> {
     let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
-    read_path(Path::new(&link), true)
+    read_path(Path::new(&link), true, false)
 }
 
-fn read_path(path: &Path, follow: bool) -> io::Result<StubAttr> {
+fn read_path(path: &Path, follow: bool, with_mark: bool) -> io::Result<StubAttr> {
     let mut buf = vec![0u8; 4096];
     loop {
         let got = if follow {
@@ -110,6 +127,9 @@ fn read_path(path: &Path, follow: bool) -> io::Result<StubAttr> {
             Ok(n) => {
                 buf.truncate(n);
                 return StubAttr::from_value(Some(buf), || {
+                    if !with_mark {
+                        return Ok(false);
+                    }
                     found(if follow {
                         rustix::fs::getxattr(path, RECALL_XATTR, &mut [0u8; 0][..])
                     } else {
@@ -188,13 +208,23 @@ pub fn clear(file: &File) -> io::Result<()> {
 /// are on is synced once (`syncfs`, which reports write-back errors), which
 /// costs a batch of thousands of small files one flush instead of one each.
 pub fn make_durable(files: &[&File]) -> io::Result<()> {
+    let unknown: Vec<(Option<u64>, &File)> = files.iter().map(|f| (None, *f)).collect();
+    make_durable_on(&unknown)
+}
+
+/// [`make_durable`], with the device each file is on where the caller
+/// knows it (a `stat` of each file spared).
+pub fn make_durable_on(files: &[(Option<u64>, &File)]) -> io::Result<()> {
     match files {
         [] => Ok(()),
-        [one] => Ok(rustix::fs::fsync(one)?),
+        [(_, one)] => Ok(rustix::fs::fsync(one)?),
         many => {
             let mut devices = std::collections::HashSet::new();
-            for f in many {
-                let dev = rustix::fs::fstat(f)?.st_dev;
+            for &(dev, f) in many {
+                let dev = match dev {
+                    Some(dev) => dev,
+                    None => rustix::fs::fstat(f)?.st_dev,
+                };
                 if devices.insert(dev) {
                     syncfs_shared(dev, f)?;
                 }

@@ -125,7 +125,7 @@ pub(crate) fn store_sparse_packs(shared: &Shared<'_>, report: &mut OutReport) ->
                     .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(local));
                 // A released file's content is not on disk; a flagged one
                 // stays where it is.
-                if stat.is_file() && !matches!(stub::read_at(&abs), Ok(StubAttr::None)) {
+                if stat.is_file() && !matches!(stub::read_record_at(&abs), Ok(StubAttr::None)) {
                     continue;
                 }
                 if agent.index.hsm(path)?.is_some_and(|h| h.no_archive) {

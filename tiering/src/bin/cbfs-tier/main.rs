@@ -1097,6 +1097,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         hsm::PathRecall::Resident => {
                             writeln!(err, "{name}: resident (not released)")
                         }
+                        hsm::PathRecall::Gone => {
+                            writeln!(err, "{name}: gone (removed or renamed as the recall began)")
+                        }
                         hsm::PathRecall::FilledOnOpen => {
                             writeln!(err, "recalled {name}: by the fault-in handler watching it")
                         }
