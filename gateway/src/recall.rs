@@ -92,7 +92,8 @@ impl RecallJob {
         let record = {
             let mut r = self.record.lock().expect("recall record");
             r.state = match &result {
-                PathRecall::Failed(_) => RecallState::Failed,
+                // Removed or renamed as the recall began: not recalled.
+                PathRecall::Failed(_) | PathRecall::Gone => RecallState::Failed,
                 _ => RecallState::Succeeded,
             };
             r.ended = Some(now());

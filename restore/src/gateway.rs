@@ -549,6 +549,74 @@ mod tests {
         assert!(matches!(src.get("../x"), Err(Error::BadKey { .. })));
     }
 
+    /// A one-connection-at-a-time HTTP/1.1 server on loopback that answers
+    /// every request with `status` and `body` (its length as said), and
+    /// the source it serves.
+    fn answering(status: &'static str, body: Vec<u8>) -> GatewaySource {
+        use std::io::{BufRead as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    // The request's head, to its blank line.
+                    let mut line = String::new();
+                    let mut first = None;
+                    let mut ended = false;
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                        if line == "\r\n" {
+                            ended = true;
+                            break;
+                        }
+                        first.get_or_insert_with(|| line.clone());
+                        line.clear();
+                    }
+                    if !ended {
+                        break;
+                    }
+                    // A HEAD learns the size, with no body.
+                    let head_only = first.is_some_and(|l| l.starts_with("HEAD "));
+                    let head = format!(
+                        "HTTP/1.1 {}\r\ncontent-length: {}\r\n\r\n",
+                        if head_only { "200 OK" } else { status },
+                        body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).is_err()
+                        || (!head_only && conn.write_all(&body).is_err())
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+        let (u, s) = user();
+        GatewaySource::open(&format!("http://127.0.0.1:{port}/v1/fs/fs1"), u, s).unwrap()
+    }
+
+    #[test]
+    fn a_range_is_read_whole_and_a_longer_answer_is_refused_naming_the_object() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let src = answering("206 Partial Content", body.clone());
+        assert_eq!(src.get_range("segments/a.tar", 5..100_005).unwrap(), body);
+        assert_eq!(src.fetched(), 100_000);
+        // At the object's end the answer is shorter than the range.
+        assert_eq!(src.get_range("segments/a.tar", 5..100_010).unwrap(), body);
+        // A gateway that answers more than was asked is refused.
+        match src.get_range("segments/a.tar", 0..1000) {
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("segments/a.tar"), "{e}");
+                assert!(e.contains("longer than the 1000 bytes"), "{e}");
+            }
+            Ok(got) => panic!("a longer answer was taken ({} bytes)", got.len()),
+        }
+        // Its size is what a HEAD says.
+        assert_eq!(src.size("segments/a.tar").unwrap(), 100_000);
+    }
+
     #[test]
     fn queries_are_percent_encoded() {
         assert_eq!(percent("segments/a b&c"), "segments%2Fa%20b%26c");

@@ -279,7 +279,7 @@ fn serve_until(group: &Group, deadline: Instant) -> std::io::Result<()> {
             // this process; nothing else owns it.
             #[allow(unsafe_code)]
             let fd = unsafe { sys::event_fd(e.fd) };
-            let deny = match stub::read(fd.as_fd()) {
+            let deny = match stub::read_record(fd.as_fd()) {
                 Ok(StubAttr::None) => false,
                 Ok(StubAttr::Stub(_)) => {
                     let holder = std::fs::File::from(fd.try_clone()?)

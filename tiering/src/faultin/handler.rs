@@ -270,7 +270,7 @@ fn dispatch(shared: &Arc<Shared>, e: sys::RawEvent, h: Held, jobs: &mpsc::Sender
         }
     };
     let key = (meta.dev(), meta.ino());
-    let attr = stub::read(std::os::fd::AsFd::as_fd(&file));
+    let attr = stub::read_record(std::os::fd::AsFd::as_fd(&file));
     drop(file);
     let record = match attr {
         Ok(StubAttr::None) => return allow_resident(shared, h),
@@ -334,7 +334,10 @@ fn recall(shared: &Shared, job: Job) {
     };
     // Filled already (by the recall this event came in behind): nothing to do.
     if let Some(f) = &file
-        && matches!(stub::read(std::os::fd::AsFd::as_fd(f)), Ok(StubAttr::None))
+        && matches!(
+            stub::read_record(std::os::fd::AsFd::as_fd(f)),
+            Ok(StubAttr::None)
+        )
     {
         drop(claim);
         answer_all(shared, &job.key, false);

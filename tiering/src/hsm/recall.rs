@@ -1104,10 +1104,18 @@ impl PathPass {
             let (handle, inode) = match open_path_in(tree, rel) {
                 Ok(found) => found,
                 // Listed as a file when the recall began, and gone since
-                // (its name removed, or taken by a folder or a link): the
-                // other files are recalled all the same.
+                // (its name removed, or taken by another kind of entry):
+                // the other files are recalled all the same.
                 Err(e) if grouped_by[r].is_some() && vanished(&e) => {
                     out[at] = Some(PathRecall::Gone);
+                    continue;
+                }
+                // Nothing is opened through a link: this path is refused,
+                // the others are recalled.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) => {
+                    out[at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
+                        "a symbolic link is on its way beneath the tree ({e}): not followed"
+                    ))));
                     continue;
                 }
                 Err(e) => return Err(Error::io("cannot open", abs(), e)),
@@ -1246,12 +1254,24 @@ impl PathPass {
 }
 
 /// Whether opening a path that named a file failed because the file is no
-/// longer there under that name.
+/// longer there under that name: the name, or a folder on its way, is
+/// gone, or the name is now another kind of entry ([`open_path_in`]).
 fn vanished(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::NotFound
-        || e.kind() == std::io::ErrorKind::InvalidInput
-        || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+        || e.get_ref().is_some_and(|inner| inner.is::<NotAFile>())
 }
+
+/// What [`open_path_in`] says of a path that is not a regular file.
+#[derive(Debug)]
+struct NotAFile;
+
+impl std::fmt::Display for NotAFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a regular file")
+    }
+}
+
+impl std::error::Error for NotAFile {}
 
 /// [`open_path`] through a tree opened once.
 /// With the inode (device, number) opened.
@@ -1264,7 +1284,7 @@ fn open_path_in(
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "not a regular file",
+            NotAFile,
         ));
     }
     Ok((fd, (st.st_dev, st.st_ino)))

@@ -384,8 +384,14 @@ pub(crate) fn run(
             }
             return Ok(());
         }
-        // Released already (the index took the stub's stat): nothing to do.
-        if let Ok(StubAttr::Stub(_)) = stub::read_record_at(&abs) {
+        // Released already (the index took the stub's stat): nothing to do,
+        // unless its release or a recall of it was cut short (a tier-out
+        // since took its stat as it was): that is finished, the blocks the
+        // fill wrote freed.
+        if let Ok(StubAttr::Stub(s)) = stub::read_at(&abs) {
+            if s.phase != StubPhase::Released && super::state::record_matches(&s, &rec, &st) {
+                repairs.push((rel.to_vec(), rec));
+            }
             return Ok(());
         }
         report.considered += 1;
@@ -668,7 +674,7 @@ fn prepare<'f>(
         return Err(Keep("in use (another process has it open)".into()));
     };
     same(file)?;
-    match stub::read(file.as_fd())? {
+    match stub::read_record(file.as_fd())? {
         StubAttr::None => {}
         _ => return Err(Keep("it already carries a stub record".into())),
     }

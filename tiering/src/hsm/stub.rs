@@ -30,25 +30,14 @@ pub enum StubAttr {
 }
 
 impl StubAttr {
-    /// The attribute's value, read as a record; `marked` says whether the
-    /// stub carries [`RECALL_XATTR`] (asked only of a record that says
-    /// released: the other phases already say the content is not settled).
-    fn from_value(
-        value: Option<Vec<u8>>,
-        marked: impl FnOnce() -> io::Result<bool>,
-    ) -> io::Result<StubAttr> {
-        Ok(match value {
+    fn from_value(value: Option<Vec<u8>>) -> StubAttr {
+        match value {
             None => StubAttr::None,
             Some(bytes) => match StubRecord::from_bytes(&bytes) {
-                Ok(mut r) => {
-                    if r.phase == StubPhase::Released && marked()? {
-                        r.phase = StubPhase::Recalling;
-                    }
-                    StubAttr::Stub(r)
-                }
+                Ok(r) => StubAttr::Stub(r),
                 Err(e) => StubAttr::Damaged(e.to_string()),
             },
-        })
+        }
     }
 }
 
@@ -65,46 +54,93 @@ fn absent(e: &rustix::io::Errno) -> bool {
     *e == rustix::io::Errno::NODATA || *e == rustix::io::Errno::NOTSUP
 }
 
-/// The stub record of an open file (reading an attribute raises no
-/// fault-in event), with the phase [`StubPhase::Recalling`] if the stub is
-/// marked as being recalled ([`RECALL_XATTR`]).
-pub fn read(fd: BorrowedFd<'_>) -> io::Result<StubAttr> {
-    read_fd(fd, true)
-}
-
-/// The stub record of an open file as it is written, its phase not read
-/// with the recall mark: for a recall, to which the phase does not matter.
-pub fn read_record(fd: BorrowedFd<'_>) -> io::Result<StubAttr> {
-    read_fd(fd, false)
-}
-
-fn read_fd(fd: BorrowedFd<'_>, with_mark: bool) -> io::Result<StubAttr> {
+/// The value of the attribute `name` as `get` reads it (a `getxattr` into
+/// the buffer given), `None` if there is none.
+fn value_of(
+    name: &str,
+    get: &dyn Fn(&str, &mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; 4096];
     loop {
-        match rustix::fs::fgetxattr(fd, STUB_XATTR, &mut buf[..]) {
+        match get(name, &mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
-                return StubAttr::from_value(Some(buf), || {
-                    Ok(with_mark
-                        && found(rustix::fs::fgetxattr(fd, RECALL_XATTR, &mut [0u8; 0][..]))?)
-                });
+                return Ok(Some(buf));
             }
-            Err(e) if absent(&e) => return Ok(StubAttr::None),
+            Err(e) if absent(&e) => return Ok(None),
             Err(rustix::io::Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
             Err(e) => return Err(e.into()),
         }
     }
 }
 
+/// The stub record `get` reads; with `with_mark`, a record that says
+/// released beside the recall mark ([`RECALL_XATTR`]) says recalling.
+///
+/// The record is read before the mark, and again if there is no mark: a
+/// recall marks a stub before it fills it and removes the record before
+/// the mark, so the same record on both sides of an absent mark was not
+/// being filled in between (a recall that ended in between would have
+/// removed it; one that began after began after the caller's `stat`).
+fn read_with(
+    get: &dyn Fn(&str, &mut [u8]) -> rustix::io::Result<usize>,
+    with_mark: bool,
+) -> io::Result<StubAttr> {
+    let mut value = value_of(STUB_XATTR, get)?;
+    for _ in 0..3 {
+        let attr = StubAttr::from_value(value.clone());
+        let StubAttr::Stub(mut r) = attr else {
+            return Ok(attr);
+        };
+        if !with_mark || r.phase != StubPhase::Released {
+            return Ok(StubAttr::Stub(r));
+        }
+        if found(get(RECALL_XATTR, &mut [0u8; 0][..]))? {
+            r.phase = StubPhase::Recalling;
+            return Ok(StubAttr::Stub(r));
+        }
+        let again = value_of(STUB_XATTR, get)?;
+        if again == value {
+            return Ok(StubAttr::Stub(r));
+        }
+        value = again;
+    }
+    // Changed on every look: a stub in the middle of a release or recall.
+    Ok(match StubAttr::from_value(value) {
+        StubAttr::Stub(mut r) => {
+            if r.phase == StubPhase::Released {
+                r.phase = StubPhase::Recalling;
+            }
+            StubAttr::Stub(r)
+        }
+        other => other,
+    })
+}
+
+/// The stub record of an open file (reading an attribute raises no
+/// fault-in event), with the phase [`StubPhase::Recalling`] if the stub is
+/// marked as being recalled ([`RECALL_XATTR`]).
+pub fn read(fd: BorrowedFd<'_>) -> io::Result<StubAttr> {
+    read_with(&|name, buf| rustix::fs::fgetxattr(fd, name, buf), true)
+}
+
+/// The stub record of an open file as it is written, its phase not read
+/// with the recall mark: for a caller to which the phase does not matter
+/// (a recall, the fault-in handler, a check that a file is a stub).
+pub fn read_record(fd: BorrowedFd<'_>) -> io::Result<StubAttr> {
+    read_with(&|name, buf| rustix::fs::fgetxattr(fd, name, buf), false)
+}
+
 /// The stub record of the entry at `path`, not following a symbolic link
-/// and without opening it (so without raising a fault-in event).
+/// and without opening it (so without raising a fault-in event), as
+/// [`read`] gives it.
 pub fn read_at(path: &Path) -> io::Result<StubAttr> {
-    read_path(path, false, true)
+    read_with(&|name, buf| rustix::fs::lgetxattr(path, name, buf), true)
 }
 
 /// [`read_at`], the record as it is written (as [`read_record`]).
 pub fn read_record_at(path: &Path) -> io::Result<StubAttr> {
-    read_path(path, false, false)
+    read_with(&|name, buf| rustix::fs::lgetxattr(path, name, buf), false)
 }
 
 /// The stub record of the file a path-only descriptor (`O_PATH`) holds,
@@ -112,36 +148,8 @@ pub fn read_record_at(path: &Path) -> io::Result<StubAttr> {
 /// written (as [`read_record`]).
 pub fn read_handle(handle: BorrowedFd<'_>) -> io::Result<StubAttr> {
     let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
-    read_path(Path::new(&link), true, false)
-}
-
-fn read_path(path: &Path, follow: bool, with_mark: bool) -> io::Result<StubAttr> {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let got = if follow {
-            rustix::fs::getxattr(path, STUB_XATTR, &mut buf[..])
-        } else {
-            rustix::fs::lgetxattr(path, STUB_XATTR, &mut buf[..])
-        };
-        match got {
-            Ok(n) => {
-                buf.truncate(n);
-                return StubAttr::from_value(Some(buf), || {
-                    if !with_mark {
-                        return Ok(false);
-                    }
-                    found(if follow {
-                        rustix::fs::getxattr(path, RECALL_XATTR, &mut [0u8; 0][..])
-                    } else {
-                        rustix::fs::lgetxattr(path, RECALL_XATTR, &mut [0u8; 0][..])
-                    })
-                });
-            }
-            Err(e) if absent(&e) => return Ok(StubAttr::None),
-            Err(rustix::io::Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let link = Path::new(&link);
+    read_with(&|name, buf| rustix::fs::getxattr(link, name, buf), false)
 }
 
 /// Writes the stub record and makes it durable.
@@ -152,14 +160,16 @@ pub fn write(file: &File, record: &StubRecord) -> io::Result<()> {
 }
 
 /// Writes the stub record; durable only after [`make_durable`] (a batch
-/// makes many records durable at once). A record that says released takes
-/// the stub's recall mark away (after it: never a moment with neither).
+/// makes many records durable at once). A record that says releasing or
+/// released takes away a recall mark the file still has (after it: never
+/// a moment with neither), so that no mark left by a recall cut short
+/// outlives the record it was set beside.
 pub fn set(file: &File, record: &StubRecord) -> io::Result<()> {
     let bytes = record
         .to_bytes()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     rustix::fs::fsetxattr(file, STUB_XATTR, &bytes, XattrFlags::empty())?;
-    if record.phase == StubPhase::Released
+    if record.phase != StubPhase::Recalling
         && found(rustix::fs::fgetxattr(file, RECALL_XATTR, &mut [0u8; 0][..]))?
     {
         unmark(file)?;
