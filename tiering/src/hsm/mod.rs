@@ -355,7 +355,9 @@ pub fn open_recaller(opts: &RecallerOptions, rt: tokio::runtime::Handle) -> Resu
 pub struct RecallTarget {
     /// Its path in the tree.
     pub rel: Vec<u8>,
-    /// Its stat when it was listed (a walk found it), if known.
+    /// Its stat when a walk listed it as a stub; `None` for a path named
+    /// (a recall of it first checks that it is a stub: a resident file is
+    /// not opened for writing).
     pub stat: Option<Stat>,
 }
 
