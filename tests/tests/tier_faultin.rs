@@ -49,16 +49,40 @@ fn readers_see_the_real_bytes(kind: FsKind) {
         std::fs::write(t.path(f), &data).unwrap();
         content.insert(*f, data);
     }
+    // A folder to recall while the handler watches.
+    std::fs::create_dir(t.path("d")).unwrap();
+    for f in ["d/a.bin", "d/b.bin"] {
+        let data = random_bytes(300_000);
+        std::fs::write(t.path(f), &data).unwrap();
+        content.insert(f, data);
+    }
     // A program to run from a stub.
     let echo = require_tool("echo", "apt-get install coreutils");
     std::fs::copy(&echo, t.path("tool")).unwrap();
     t.tier_out();
     let out = t.release(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for f in files.iter().chain(["tool"].iter()) {
+    for f in files.iter().chain(["tool", "d/a.bin", "d/b.bin"].iter()) {
         assert!(is_stub(&t.path(f)), "{f}");
     }
     let watch = t.watch(&[], &[]);
+
+    // A recall of a folder opens each stub it listed: the handler fills it
+    // at that open, and the recall says so.
+    let out = t.recall(&["d"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcomes: Vec<&str> = rep["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["result"]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["filled-on-open"; 2], "{rep}");
+    for f in ["d/a.bin", "d/b.bin"] {
+        assert!(!is_stub(&t.path(f)), "{f}");
+        assert_eq!(std::fs::read(t.path(f)).unwrap(), content[f], "{f}");
+    }
 
     let cat = run_ok(
         Command::new(require_tool("cat", "apt-get install coreutils")).arg(t.path("cat.bin")),
