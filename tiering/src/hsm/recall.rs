@@ -1113,9 +1113,15 @@ impl PathPass {
                 }
                 // Nothing is opened through a link: this path is refused,
                 // the others are recalled.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) => {
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                     out[at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
                         "a symbolic link is on its way beneath the tree ({e}): not followed"
+                    ))));
+                    continue;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    out[at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
+                        "its way leaves the tree or crosses into another file system ({e})"
                     ))));
                     continue;
                 }
@@ -1173,6 +1179,20 @@ impl PathPass {
                         "the fault-in handler watching this file could not recall it (its log says why)"
                             .into(),
                     )));
+                }
+                // A listed stub filled since (resident now) can be in use in
+                // ways that refuse an open for writing: it is resident.
+                Err(_)
+                    if listed
+                        && matches!(stub::read_handle(handle.as_fd()), Ok(StubAttr::None)) =>
+                {
+                    out[at] = Some(PathRecall::Resident);
+                }
+                // Another process holds a lease on it, or runs it.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EWOULDBLOCK | libc::ETXTBSY)) => {
+                    out[at] = Some(PathRecall::Failed(RecallFailure::Unavailable(format!(
+                        "another process holds it ({e}); try again"
+                    ))));
                 }
                 Err(e) => return Err(Error::io("cannot open", abs(), e)),
             }

@@ -380,17 +380,19 @@ pub(crate) fn run(
                 && super::state::record_matches(&s, &rec, &st)
                 && super::state::times_kept(&s, &st)
             {
-                repairs.push((rel.to_vec(), rec));
+                repairs.push((rel.to_vec(), rec, st));
             }
             return Ok(());
         }
         // Released already (the index took the stub's stat): nothing to do,
-        // unless its release or a recall of it was cut short (a tier-out
-        // since took its stat as it was): that is finished, the blocks the
-        // fill wrote freed.
-        if let Ok(StubAttr::Stub(s)) = stub::read_at(&abs) {
-            if s.phase != StubPhase::Released && super::state::record_matches(&s, &rec, &st) {
-                repairs.push((rel.to_vec(), rec));
+        // unless a recall of it was cut short (a tier-out since took its
+        // stat as it was): it is made a stub again, the blocks the fill
+        // wrote freed.
+        if let Ok(StubAttr::Stub(s)) = stub::read_record_at(&abs) {
+            let recalling = s.phase == StubPhase::Recalling
+                || (s.phase == StubPhase::Released && stub::marked_at(&abs).unwrap_or(false));
+            if recalling && super::state::record_matches(&s, &rec, &st) {
+                repairs.push((rel.to_vec(), rec, st));
             }
             return Ok(());
         }
@@ -813,15 +815,16 @@ use std::os::unix::fs::OpenOptionsExt;
 /// Finishes the releases a crash cut short (their stubs say `releasing`;
 /// a recall cut short, `recalling`, is dropped back to a stub),
 /// and gives the index the stat of stubs whose record lags behind (a
-/// release that died before its index commit).
-fn repair(agent: &Agent, tree: &Path, stubs: Vec<(Vec<u8>, FileRecord)>) -> Result<()> {
+/// release that died before its index commit). Each is punched only as
+/// the scan saw it (`Stat`), under a write lease, as a release would.
+fn repair(agent: &Agent, tree: &Path, stubs: Vec<(Vec<u8>, FileRecord, Stat)>) -> Result<()> {
     if stubs.is_empty() {
         return Ok(());
     }
     let tree = crate::source_tree::SourceTree::open(tree)
         .map_err(|e| Error::io("cannot open the tree", tree, e))?;
     let mut batch = Batch::default();
-    for (rel, rec) in stubs {
+    for (rel, rec, seen) in stubs {
         let path = String::from_utf8_lossy(&rel).into_owned();
         let fixed = (|| -> std::result::Result<Stat, Keep> {
             let handle = tree.open_path_beneath(&rel)?;
@@ -838,6 +841,15 @@ fn repair(agent: &Agent, tree: &Path, stubs: Vec<(Vec<u8>, FileRecord)>) -> Resu
                 return Err(Keep("no longer a stub".into()));
             };
             if record.phase != StubPhase::Released {
+                // Nobody else has it open, and it is what the scan saw: a
+                // process holding it open, or one that wrote it since,
+                // keeps its bytes.
+                let Some(leased) = stub::lease(&file, Duration::from_secs(1))? else {
+                    return Err(Keep("in use (another process has it open)".into()));
+                };
+                if !Stat::from_metadata(&file.metadata()?).same_version(&seen) || !leased.intact() {
+                    return Err(Keep("changed since the scan".into()));
+                }
                 stub::punch(&file, record.size)?;
                 stub::set_mtime(&file, record.mtime)?;
                 let done = StubRecord {

@@ -138,6 +138,12 @@ pub fn read_at(path: &Path) -> io::Result<StubAttr> {
     read_with(&|name, buf| rustix::fs::lgetxattr(path, name, buf), true)
 }
 
+/// Whether the entry at `path` (not following a symbolic link) carries
+/// the recall mark ([`RECALL_XATTR`]).
+pub fn marked_at(path: &Path) -> io::Result<bool> {
+    found(rustix::fs::lgetxattr(path, RECALL_XATTR, &mut [0u8; 0][..]))
+}
+
 /// [`read_at`], the record as it is written (as [`read_record`]).
 pub fn read_record_at(path: &Path) -> io::Result<StubAttr> {
     read_with(&|name, buf| rustix::fs::lgetxattr(path, name, buf), false)
