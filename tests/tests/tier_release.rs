@@ -569,6 +569,17 @@ fn a_recall_killed_mid_fill_leaves_a_marked_stub_the_next_recall_fills() {
     // (and the index, its stat as it is).
     let r = t.tier_out();
     assert_eq!(r["files"], 0, "nothing is stored: {r}");
+    // Not while another process has it open: that process keeps the
+    // bytes it may be reading.
+    let held = std::fs::File::open(&p).unwrap();
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        xattr::get(&p, "trusted.cbfs.recall").unwrap().is_some(),
+        "kept as it was while in use"
+    );
+    assert!(allocated(&p) > empty, "{}", text(&out.stderr));
+    drop(held);
     // A release finishes it as a stub again: what the fill wrote is
     // dropped, the time is the archived one, and the mark is gone.
     let out = t.release(&[]);
