@@ -579,6 +579,11 @@ fn a_recall_killed_mid_fill_leaves_a_marked_stub_the_next_recall_fills() {
         "kept as it was while in use"
     );
     assert!(allocated(&p) > empty, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("in use"),
+        "{}",
+        text(&out.stderr)
+    );
     drop(held);
     // A release finishes it as a stub again: what the fill wrote is
     // dropped, the time is the archived one, and the mark is gone.

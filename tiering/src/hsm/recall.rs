@@ -289,9 +289,9 @@ impl Recaller {
         self.close(stubs, pass, flushed.as_ref().err())
     }
 
-    /// The first step of a recall of `stubs`: each stub record says a
-    /// recall is at work (not durable yet: the caller makes
-    /// [`StubPass::marked`] durable before [`fill`](Self::fill)).
+    /// The first step of a recall of `stubs`: each stub is marked as being
+    /// recalled ([`cbfs_format::RECALL_XATTR`]; not durable yet: the caller
+    /// makes [`StubPass::marked`] durable before [`fill`](Self::fill)).
     /// `known`: each stub's inode, where the caller has it (else each file
     /// is `stat`ed).
     fn mark(&self, stubs: &[(&File, &StubRecord)], known: Option<&[Inode]>) -> StubPass {
@@ -837,7 +837,9 @@ pub enum PathRecall {
     /// It was there when the recall began, and was removed or renamed
     /// before its pass opened it: nothing to recall.
     Gone,
-    /// A fault-in handler watching it filled it when this call opened it.
+    /// Filled by the time this call opened it (or came to open it): by a
+    /// fault-in handler watching it, which fills a stub as it is opened,
+    /// or by another recall since the folder it is in was listed.
     FilledOnOpen,
     /// The recall failed; the stub is as it was.
     Failed(RecallFailure),
@@ -1121,7 +1123,7 @@ impl PathPass {
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                     out[at] = Some(PathRecall::Failed(RecallFailure::Refused(format!(
-                        "its way leaves the tree or crosses into another file system ({e})"
+                        "its way leaves the tree ({e})"
                     ))));
                     continue;
                 }
@@ -1181,12 +1183,12 @@ impl PathPass {
                     )));
                 }
                 // A listed stub filled since (resident now) can be in use in
-                // ways that refuse an open for writing: it is resident.
+                // ways that refuse an open for writing.
                 Err(_)
                     if listed
                         && matches!(stub::read_handle(handle.as_fd()), Ok(StubAttr::None)) =>
                 {
-                    out[at] = Some(PathRecall::Resident);
+                    out[at] = Some(PathRecall::FilledOnOpen);
                 }
                 // Another process holds a lease on it, or runs it.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EWOULDBLOCK | libc::ETXTBSY)) => {

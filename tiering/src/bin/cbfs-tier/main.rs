@@ -1101,7 +1101,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                             writeln!(err, "{name}: gone (removed or renamed as the recall began)")
                         }
                         hsm::PathRecall::FilledOnOpen => {
-                            writeln!(err, "recalled {name}: by the fault-in handler watching it")
+                            writeln!(
+                                err,
+                                "recalled {name}: filled by the time this recall opened it \
+                                 (by the fault-in handler watching it, or another recall)"
+                            )
                         }
                         hsm::PathRecall::Failed(f) => writeln!(
                             err,
