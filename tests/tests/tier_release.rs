@@ -33,7 +33,7 @@ mod keys;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cbfs_tests::{FsKind, cbfs_cmd, random_bytes, run};
+use cbfs_tests::{FsKind, random_bytes, run};
 use hsm::{Tiered, age, allocated, identity, is_stub, json, released};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -457,16 +457,8 @@ fn a_recall_killed_before_its_journal_entry_leaves_archived_files() {
         .keys()
         .map(|p| (p.clone(), identity(&t.path(p)).ino))
         .collect();
-    let mut cmd = cbfs_cmd("cbfs-tier");
-    cmd.args(["--json", "recall", "--store", &t.store])
-        .arg("--index")
-        .arg(&t.index)
-        .arg("--tree")
-        .arg(t.tree())
-        .args(["--identity", &t.keys.admin()])
-        .arg(t.path("."))
-        .envs(t.envs.clone())
-        .env("CBFS_TEST_RECALL_CRASH", "cleared");
+    let mut cmd = t.recall_cmd(&["."], &[]);
+    cmd.env("CBFS_TEST_RECALL_CRASH", "cleared");
     let out = run(&mut cmd);
     assert!(!out.status.success(), "the recall was to die");
     assert!(
@@ -523,16 +515,8 @@ fn a_recall_killed_mid_fill_leaves_a_marked_stub_the_next_recall_fills() {
     let empty = allocated(&t.path("big.bin"));
 
     // Each 64 KiB of the fill takes 100 ms more: time to kill it midway.
-    let mut cmd = cbfs_cmd("cbfs-tier");
-    cmd.args(["recall", "--store", &t.store])
-        .arg("--index")
-        .arg(&t.index)
-        .arg("--tree")
-        .arg(t.tree())
-        .args(["--identity", &t.keys.admin()])
-        .arg(t.path("big.bin"))
-        .envs(t.envs.clone())
-        .env("CBFS_TEST_FILL_DELAY_MS", "100")
+    let mut cmd = t.recall_cmd(&["big.bin"], &[]);
+    cmd.env("CBFS_TEST_FILL_DELAY_MS", "100")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().expect("cbfs-tier recall");
@@ -644,25 +628,17 @@ fn a_file_removed_while_its_folder_is_recalled_is_gone_and_the_others_are_filled
     // sixteen passes): 200 files always leave passes that open only once
     // a first one is filled, which takes 0.85 s or more (each 64 KiB
     // filled takes 50 ms more).
-    let cmd = cbfs_cmd("cbfs-tier");
-    let bin = cmd.get_program().to_owned();
+    let cmd = t.recall_cmd(&["d"], &[]);
     let mut sh = std::process::Command::new("sh");
     sh.arg("-c")
         .arg("ulimit -n 800 && exec \"$@\"")
         .arg("sh")
-        .arg(bin)
-        .args(["--json", "recall", "--store", &t.store])
-        .arg("--index")
-        .arg(&t.index)
-        .arg("--tree")
-        .arg(t.tree())
-        .args(["--identity", &t.keys.admin()])
-        .arg(t.path("d"))
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
         .envs(
             cmd.get_envs()
                 .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
         )
-        .envs(t.envs.clone())
         .env("CBFS_TEST_FILL_DELAY_MS", "50")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());

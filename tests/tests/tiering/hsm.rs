@@ -110,12 +110,18 @@ impl Tiered {
 
     /// `cbfs-tier recall` of `paths` with the administrator's key.
     pub fn recall(&self, paths: &[&str], extra: &[&str]) -> Output {
+        run(&mut self.recall_cmd(paths, extra))
+    }
+
+    /// The command [`recall`](Self::recall) runs, for a test to run its
+    /// own way (killed, in the background, under limits).
+    pub fn recall_cmd(&self, paths: &[&str], extra: &[&str]) -> Command {
         let mut cmd = self.tree_cmd("recall");
         cmd.args(["--identity", &self.keys.admin()]).args(extra);
         for p in paths {
             cmd.arg(self.path(p));
         }
-        run(&mut cmd)
+        cmd
     }
 
     /// Starts `cbfs-tier watch` (guarded unless `--no-guard` is in
