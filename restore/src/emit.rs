@@ -350,13 +350,19 @@ impl Engine<'_> {
         let (job_tx, job_rx) = mpsc::channel::<Vec<Job>>();
         let (done_tx, done_rx) = mpsc::channel::<Vec<(usize, Decoded)>>();
         let job_rx = Mutex::new(job_rx);
+        let spans = source.reads_by_request();
         let result = std::thread::scope(|scope| {
             for _ in 0..workers {
                 let (job_rx, done_tx, keys) = (&job_rx, done_tx.clone(), &keys);
-                scope.spawn(move || decode_ahead(source, keys, job_rx, done_tx));
+                scope.spawn(move || decode_ahead(source, keys, job_rx, done_tx, spans));
             }
             drop(done_tx);
             let mut ahead = Ahead::new((workers > 0).then_some(job_tx), done_rx, &others);
+            ahead.batches = if spans {
+                Batches::SPANS
+            } else {
+                Batches::READER
+            };
             self.emit_all(sink, &keys, &others, &links, &mut ahead)
         });
         self.keys = keys;
@@ -474,10 +480,38 @@ const AHEAD_MEMBER_MAX: u64 = 4 << 20;
 const AHEAD_BYTES: u64 = 64 << 20;
 /// Files waiting for the sink, at most.
 const AHEAD_MEMBERS: usize = 4096;
-/// Files handed to a worker at a time (one wake-up each way per batch,
-/// not per file), and the content size that closes a batch early.
-const BATCH_MEMBERS: usize = 32;
-const BATCH_BYTES: u64 = 1 << 20;
+/// What closes a batch of members handed to a worker (one wake-up each
+/// way per batch, not per file): its files, its content, and the bytes
+/// its members take in the store.
+#[derive(Clone, Copy, Debug)]
+struct Batches {
+    files: usize,
+    bytes: u64,
+    stored: u64,
+}
+
+impl Batches {
+    /// Read through a reader of the segment: small batches.
+    const READER: Batches = Batches {
+        files: 32,
+        bytes: 1 << 20,
+        stored: u64::MAX,
+    };
+    /// Fetched as laid out in the store, a request or a few per batch
+    /// ([`ObjectSource::reads_by_request`]): batches of a few MiB stored,
+    /// so that requests stay few.
+    const SPANS: Batches = Batches {
+        files: 1024,
+        bytes: 16 << 20,
+        stored: 4 << 20,
+    };
+}
+
+/// Bytes between two members of a batch that are fetched with them rather
+/// than asked for apart: more than the padding and headers between two
+/// members written one after the other, and little enough that the bytes
+/// of members left out (by a path filter) cost a batch at most 4 MiB.
+const SPAN_GAP: u64 = 4 << 10;
 
 fn ahead_eligible(p: &Planned) -> bool {
     !matches!(p.kind, EntryKind::Hardlink { .. }) && p.size <= AHEAD_MEMBER_MAX
@@ -557,11 +591,14 @@ impl Visit for Collect {
 }
 
 /// A worker: decodes the members it is given, whole, until the queue closes.
+/// With `spans`, the bytes of each batch's members are fetched first, as
+/// laid out in the store ([`fetch_spans`]).
 fn decode_ahead(
     source: &dyn ObjectSource,
     keys: &Keyring,
     jobs: &Mutex<mpsc::Receiver<Vec<Job>>>,
     done: mpsc::Sender<Vec<(usize, Decoded)>>,
+    spans: bool,
 ) {
     let mut readers = Readers {
         source,
@@ -571,9 +608,14 @@ fn decode_ahead(
     loop {
         let job = jobs.lock().map(|rx| rx.recv());
         let Ok(Ok(batch)) = job else { return };
+        let held = if spans {
+            fetch_spans(source, &batch)
+        } else {
+            HashMap::new()
+        };
         let decoded = batch
             .iter()
-            .flat_map(|job| decode_job(&mut readers, keys, job))
+            .flat_map(|job| decode_job(&mut readers, keys, job, held.get(job.loc.key.as_str())))
             .collect();
         if done.send(decoded).is_err() {
             return;
@@ -581,9 +623,73 @@ fn decode_ahead(
     }
 }
 
-/// Reads one member whole, keeping the files the job wants. The files of
-/// a member stand or fall together: one failure is every wanted file's.
-fn decode_job(readers: &mut Readers<'_>, keys: &Keyring, job: &Job) -> Vec<(usize, Decoded)> {
+/// The bytes of a batch's members, by segment key and offset: each
+/// segment's member extents (header to end of data) in order, those less
+/// than [`SPAN_GAP`] apart fetched as one span, the spans of a segment in
+/// one request where the source can ([`ObjectSource::get_ranges`]). A
+/// span that cannot be fetched is left out: its members are then read
+/// through the segment's reader, which reports the failure as it would
+/// have.
+fn fetch_spans<'j>(
+    source: &dyn ObjectSource,
+    batch: &'j [Job],
+) -> HashMap<&'j str, std::collections::BTreeMap<u64, Vec<u8>>> {
+    let mut extents: HashMap<&str, Vec<std::ops::Range<u64>>> = HashMap::new();
+    for job in batch {
+        let (start, end) = (
+            job.loc.header_offset,
+            job.loc.data_offset.saturating_add(job.loc.data_len),
+        );
+        if start < end {
+            extents
+                .entry(job.loc.key.as_str())
+                .or_default()
+                .push(start..end);
+        }
+    }
+    let mut held = HashMap::new();
+    for (key, mut ranges) in extents {
+        ranges.sort_by_key(|r| r.start);
+        let mut spans: Vec<std::ops::Range<u64>> = Vec::new();
+        for r in ranges {
+            match spans.last_mut() {
+                Some(last) if r.start <= last.end.saturating_add(SPAN_GAP) => {
+                    last.end = last.end.max(r.end);
+                }
+                _ => spans.push(r),
+            }
+        }
+        let together = match spans.len() {
+            1 => None,
+            _ => source.get_ranges(key, &spans).ok().flatten(),
+        };
+        let fetched: Vec<Option<Vec<u8>>> = match together {
+            Some(all) if all.len() == spans.len() => all.into_iter().map(Some).collect(),
+            _ => spans
+                .iter()
+                .map(|r| source.get_range(key, r.clone()).ok())
+                .collect(),
+        };
+        let bytes: std::collections::BTreeMap<u64, Vec<u8>> = spans
+            .iter()
+            .zip(fetched)
+            .filter_map(|(r, b)| Some((r.start, b?)))
+            .collect();
+        held.insert(key, bytes);
+    }
+    held
+}
+
+/// Reads one member whole, keeping the files the job wants, from `held`
+/// where it holds the member's bytes (else from the segment's reader). The
+/// files of a member stand or fall together: one failure is every wanted
+/// file's.
+fn decode_job(
+    readers: &mut Readers<'_>,
+    keys: &Keyring,
+    job: &Job,
+    held: Option<&std::collections::BTreeMap<u64, Vec<u8>>>,
+) -> Vec<(usize, Decoded)> {
     let failed = |e: &MemberError, meta: Option<Metadata>, slot| Decoded {
         result: Err(e.clone()),
         meta,
@@ -608,7 +714,13 @@ fn decode_job(readers: &mut Readers<'_>, keys: &Keyring, job: &Job) -> Vec<(usiz
             .collect(),
         got: HashMap::new(),
     };
-    let result = read_member(reader, &job.loc, keys, &mut collect, false);
+    let result = match held {
+        Some(held) => {
+            let mut from = crate::source::Overlay::new(reader, held);
+            read_member(&mut from, &job.loc, keys, &mut collect, false)
+        }
+        None => read_member(reader, &job.loc, keys, &mut collect, false),
+    };
     job.wanted
         .iter()
         .map(|&(i, slot, _)| {
@@ -663,6 +775,8 @@ struct Ahead {
     member_of: Vec<usize>,
     /// Per member, its files in the restore (indices, in order).
     members: Vec<Vec<usize>>,
+    /// What closes a batch.
+    batches: Batches,
 }
 
 impl Ahead {
@@ -691,6 +805,7 @@ impl Ahead {
             waiting: HashMap::new(),
             in_flight: 0,
             in_flight_bytes: 0,
+            batches: Batches::READER,
             given: vec![false; planned.len()],
             member_of,
             members,
@@ -753,7 +868,7 @@ impl Ahead {
         let full = self.in_flight >= AHEAD_MEMBERS || self.in_flight_bytes >= AHEAD_BYTES;
         if let Some((job, bytes)) = self.job_of(i, planned, full) {
             self.mark_given(&job, bytes);
-            let decoded = decode_job(readers, keys, &job);
+            let decoded = decode_job(readers, keys, &job, None);
             self.waiting.extend(decoded);
         }
     }
@@ -766,13 +881,13 @@ impl Ahead {
         // Wait until a whole batch fits: refilling one member at a time
         // would wake a worker per member.
         if self.in_flight > 0
-            && (self.in_flight + BATCH_MEMBERS > AHEAD_MEMBERS
-                || self.in_flight_bytes + BATCH_BYTES > AHEAD_BYTES)
+            && (self.in_flight + self.batches.files > AHEAD_MEMBERS
+                || self.in_flight_bytes + self.batches.bytes > AHEAD_BYTES)
         {
             return;
         }
         let mut batch = Vec::new();
-        let (mut batch_files, mut batch_bytes) = (0, 0);
+        let (mut batch_files, mut batch_bytes, mut batch_stored) = (0, 0, 0u64);
         while self.next < planned.len() {
             let i = self.next;
             if self.given[i] {
@@ -791,13 +906,19 @@ impl Ahead {
                 self.mark_given(&job, bytes);
                 batch_files += job.wanted.len();
                 batch_bytes += bytes;
+                batch_stored += (job.loc.data_offset)
+                    .saturating_add(job.loc.data_len)
+                    .saturating_sub(job.loc.header_offset);
                 batch.push(job);
             }
-            if batch_files >= BATCH_MEMBERS || batch_bytes >= BATCH_BYTES {
+            if batch_files >= self.batches.files
+                || batch_bytes >= self.batches.bytes
+                || batch_stored >= self.batches.stored
+            {
                 if !self.send(std::mem::take(&mut batch)) {
                     return;
                 }
-                (batch_files, batch_bytes) = (0, 0);
+                (batch_files, batch_bytes, batch_stored) = (0, 0, 0);
             }
         }
         if !batch.is_empty() {

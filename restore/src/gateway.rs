@@ -39,6 +39,8 @@ const WHOLE_OBJECT_LIMIT: u64 = 1 << 30;
 /// [`ObjectSource::get_ranges`] (the gateway takes 4096 and 16 MiB).
 const RANGES_PER_REQUEST: usize = 2048;
 const RANGES_BYTES_PER_REQUEST: u64 = 8 << 20;
+/// Most bytes of an answer made room for before it is read.
+const PREALLOCATED: u64 = 8 << 20;
 /// How much of an error answer is read.
 const ERROR_BODY_LIMIT: u64 = 64 << 10;
 
@@ -224,9 +226,17 @@ impl GatewaySource {
                 .ok_or_else(|| Failure::Refused("the gateway did not say the size".into()))?;
             return Ok(size.as_bytes().to_vec());
         }
+        // Room for the answer as long as it says it is, up front (growing
+        // the vector copied each answer once more).
+        let said = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
         let mut body = response.into_body();
         let mut read = |limit: u64| -> std::result::Result<Vec<u8>, Failure> {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(said.min(limit).min(PREALLOCATED) as usize);
             body.as_reader()
                 .take(limit + 1)
                 .read_to_end(&mut out)

@@ -167,6 +167,10 @@ impl ObjectSource for LooseFiles {
             .map_err(|e| Error::read(path.display().to_string(), e))
     }
 
+    fn reads_by_request(&self) -> bool {
+        false
+    }
+
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>> {
         let path = self.path(key)?;
         let file = File::open(path).map_err(|e| Error::read(path.display().to_string(), e))?;

@@ -44,6 +44,16 @@ pub trait ObjectSource: Sync {
         let _ = (key, ranges);
         Ok(None)
     }
+    /// Whether each read of this source is a request of its own (a store
+    /// over the network, or through a client library), as with the default
+    /// [`open`](Self::open). A restore then fetches the bytes of the members
+    /// a worker decodes together as they are laid out, in one request or a
+    /// few, rather than through a reader that guesses how far to read
+    /// ahead: two workers reading one segment that way each fetched most of
+    /// it. `false` where a read is a system call (a local directory).
+    fn reads_by_request(&self) -> bool {
+        true
+    }
     /// A large object (a segment), read with seeks, by ranges.
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>> {
         Ok(Box::new(Buffered::remote(ObjectRanges {
@@ -329,6 +339,10 @@ impl ObjectSource for LocalDir {
         std::fs::metadata(path)
             .map(|m| m.len())
             .map_err(|e| Error::read(key, e))
+    }
+
+    fn reads_by_request(&self) -> bool {
+        false
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn ReadSeek + '_>> {

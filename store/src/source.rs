@@ -123,6 +123,40 @@ impl ObjectSource for StoreSource {
         Ok(bytes)
     }
 
+    /// On a local directory: the file opened once and every range read
+    /// from it (a restore's first pass reads the heads of a segment's
+    /// members this way, instead of the whole segment through a reader).
+    /// `None` on S3, where each range would be a request of its own.
+    fn get_ranges(
+        &self,
+        key: &str,
+        ranges: &[Range<u64>],
+    ) -> cbfs_restore::Result<Option<Vec<Vec<u8>>>> {
+        if !self.store.is_local() {
+            return Ok(None);
+        }
+        let all = self.call(key, self.store.get_ranges(key, ranges.to_vec()))?;
+        self.count(all.len());
+        let mut out = Vec::with_capacity(ranges.len());
+        let mut at = 0usize;
+        for r in ranges {
+            let len = usize::try_from(r.end.saturating_sub(r.start)).unwrap_or(usize::MAX);
+            let Some(piece) = all.get(at..at.saturating_add(len)) else {
+                return Err(RestoreError::Read {
+                    key: key.to_owned(),
+                    source: std::io::Error::other(format!(
+                        "{} bytes read for {} ranges, fewer than asked for",
+                        all.len(),
+                        ranges.len()
+                    )),
+                });
+            };
+            out.push(piece.to_vec());
+            at += len;
+        }
+        Ok(Some(out))
+    }
+
     fn size(&self, key: &str) -> cbfs_restore::Result<u64> {
         match self.call(key, self.store.head(key))? {
             Some(info) => Ok(info.size),

@@ -451,6 +451,12 @@ impl Store {
         })
     }
 
+    /// Whether the store is a local directory (a read is a system call,
+    /// not a request).
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner.backend, Backend::Local { .. })
+    }
+
     pub(crate) fn local_path(&self, key: &str) -> Option<PathBuf> {
         match &self.inner.backend {
             Backend::Local { root, .. } => Some(root.join(key)),
