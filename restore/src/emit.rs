@@ -359,7 +359,7 @@ impl Engine<'_> {
             drop(done_tx);
             let mut ahead = Ahead::new((workers > 0).then_some(job_tx), done_rx, &others);
             ahead.batches = if spans {
-                Batches::SPANS
+                Batches::spans(workers)
             } else {
                 Batches::READER
             };
@@ -499,13 +499,23 @@ impl Batches {
     };
     /// Fetched as laid out in the store, a request or a few per batch
     /// ([`ObjectSource::reads_by_request`]): batches of a few MiB stored,
-    /// so that requests stay few.
-    const SPANS: Batches = Batches {
-        files: 1024,
-        bytes: 16 << 20,
-        stored: 4 << 20,
-    };
+    /// so that requests stay few, and small enough that the window holds
+    /// two for each of `workers`.
+    fn spans(workers: usize) -> Batches {
+        let share = 2 * workers.max(1);
+        Batches {
+            files: (AHEAD_MEMBERS / share).clamp(Self::READER.files, 1024),
+            bytes: (AHEAD_BYTES / share as u64).clamp(Self::READER.bytes, 16 << 20),
+            stored: SPAN_MAX / 2,
+        }
+    }
 }
+
+/// The longest span of a segment fetched as one: a member whose bytes the
+/// segment's summary makes longer is read through the segment's reader
+/// (a summary is not signed: a lying one must not make a worker hold a
+/// whole segment), and a span that would grow past it is cut.
+const SPAN_MAX: u64 = 8 << 20;
 
 /// Bytes between two members of a batch that are fetched with them rather
 /// than asked for apart: more than the padding and headers between two
@@ -640,7 +650,7 @@ fn fetch_spans<'j>(
             job.loc.header_offset,
             job.loc.data_offset.saturating_add(job.loc.data_len),
         );
-        if start < end {
+        if start < end && end - start <= SPAN_MAX {
             extents
                 .entry(job.loc.key.as_str())
                 .or_default()
@@ -653,23 +663,40 @@ fn fetch_spans<'j>(
         let mut spans: Vec<std::ops::Range<u64>> = Vec::new();
         for r in ranges {
             match spans.last_mut() {
-                Some(last) if r.start <= last.end.saturating_add(SPAN_GAP) => {
+                Some(last)
+                    if r.start <= last.end.saturating_add(SPAN_GAP)
+                        && r.end.max(last.end) - last.start <= SPAN_MAX =>
+                {
                     last.end = last.end.max(r.end);
                 }
                 _ => spans.push(r),
             }
         }
+        // A store that is down, or an object that is gone, is met once
+        // here: the members are then read through the reader, which
+        // reports it as it would have.
+        let gave_up = |e: &Error| {
+            tracing::debug!(key, "the members of a batch were not read together: {e}");
+            e.is_transient() || matches!(e, Error::Missing { .. })
+        };
+        let mut fetched: Vec<Option<Vec<u8>>> = Vec::with_capacity(spans.len());
         let together = match spans.len() {
-            1 => None,
-            _ => source.get_ranges(key, &spans).ok().flatten(),
+            1 => Ok(None),
+            _ => source.get_ranges(key, &spans),
         };
-        let fetched: Vec<Option<Vec<u8>>> = match together {
-            Some(all) if all.len() == spans.len() => all.into_iter().map(Some).collect(),
-            _ => spans
-                .iter()
-                .map(|r| source.get_range(key, r.clone()).ok())
-                .collect(),
-        };
+        match together {
+            Ok(Some(all)) if all.len() == spans.len() => fetched.extend(all.into_iter().map(Some)),
+            Err(e) if gave_up(&e) => {}
+            _ => {
+                for r in &spans {
+                    match source.get_range(key, r.clone()) {
+                        Ok(bytes) => fetched.push(Some(bytes)),
+                        Err(e) if gave_up(&e) => break,
+                        Err(_) => fetched.push(None),
+                    }
+                }
+            }
+        }
         let bytes: std::collections::BTreeMap<u64, Vec<u8>> = spans
             .iter()
             .zip(fetched)
@@ -1042,6 +1069,116 @@ mod tests {
             "files given to a worker after they were written: {late:?}"
         );
         assert_eq!(in_flight, 0, "in_flight leaked");
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// An object of `len` zero bytes, counting what is asked of it; down
+    /// (every read unavailable) with `down`.
+    struct Counted {
+        len: u64,
+        down: bool,
+        calls: AtomicU64,
+        bytes: AtomicU64,
+    }
+
+    impl ObjectSource for Counted {
+        fn describe(&self) -> String {
+            "counted".into()
+        }
+        fn list(&self, _: &str) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+        fn get(&self, _: &str) -> Result<Vec<u8>> {
+            unreachable!("no whole object is read")
+        }
+        fn get_range(&self, key: &str, r: std::ops::Range<u64>) -> Result<Vec<u8>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.down {
+                return Err(Error::Unavailable {
+                    store: "counted".into(),
+                    key: key.into(),
+                    reason: "down".into(),
+                });
+            }
+            let end = r.end.min(self.len);
+            let n = end.saturating_sub(r.start);
+            self.bytes.fetch_add(n, Ordering::SeqCst);
+            Ok(vec![0; n as usize])
+        }
+        fn size(&self, _: &str) -> Result<u64> {
+            Ok(self.len)
+        }
+    }
+
+    fn job(key: &str, header: u64, data: u64, len: u64) -> Job {
+        Job {
+            loc: Location {
+                key: key.into(),
+                object: key.into(),
+                segment: cbfs_format::SegmentId::from_bytes([1; 16]),
+                member: None,
+                mode: cbfs_format::SegmentMode::Encrypted,
+                header_offset: header,
+                data_offset: data,
+                data_len: len,
+                sha256: None,
+                via: None,
+            },
+            wanted: Vec::new(),
+        }
+    }
+
+    /// Members close together are fetched as one span, those apart as
+    /// spans of their own, and one the summary makes longer than a span
+    /// may be is left to the segment's reader: a lying summary does not
+    /// make a worker hold a whole segment.
+    #[test]
+    fn spans_join_neighbours_and_leave_an_overlong_member_to_the_reader() {
+        let source = Counted {
+            len: 1 << 30,
+            down: false,
+            calls: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        };
+        let batch = vec![
+            job("seg", 1024, 1536, 1000),
+            job("seg", 3000, 3512, 500),
+            job("seg", 1 << 20, (1 << 20) + 512, 100),
+            job("seg", 100 << 20, (100 << 20) + 512, SPAN_MAX),
+            job("other", 0, 512, 10),
+        ];
+        let held = fetch_spans(&source, &batch);
+        let seg: Vec<(u64, usize)> = held["seg"].iter().map(|(&at, b)| (at, b.len())).collect();
+        assert_eq!(seg, vec![(1024, 4012 - 1024), (1 << 20, 612)]);
+        let other: Vec<(u64, usize)> = held["other"].iter().map(|(&at, b)| (at, b.len())).collect();
+        assert_eq!(other, vec![(0, 522)]);
+        assert_eq!(
+            source.bytes.load(Ordering::SeqCst),
+            (4012 - 1024) + 612 + 522
+        );
+    }
+
+    /// A store that is down is asked once per segment of a batch, not once
+    /// per span: its members then go to the reader, which reports it.
+    #[test]
+    fn a_store_that_is_down_is_asked_once_per_segment() {
+        let source = Counted {
+            len: 1 << 30,
+            down: true,
+            calls: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        };
+        let batch: Vec<Job> = (0..10u64)
+            .map(|i| job("seg", i << 20, (i << 20) + 512, 100))
+            .collect();
+        let held = fetch_spans(&source, &batch);
+        assert!(held.get("seg").is_none_or(|h| h.is_empty()));
+        assert_eq!(source.calls.load(Ordering::SeqCst), 1);
     }
 }
 

@@ -50,7 +50,9 @@ pub trait ObjectSource: Sync {
     /// a worker decodes together as they are laid out, in one request or a
     /// few, rather than through a reader that guesses how far to read
     /// ahead: two workers reading one segment that way each fetched most of
-    /// it. `false` where a read is a system call (a local directory).
+    /// it. `false` where a read is a system call (a local directory read
+    /// as files; the agent's store client reads even a local store by
+    /// requests, and says `true`).
     fn reads_by_request(&self) -> bool {
         true
     }
