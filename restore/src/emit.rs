@@ -500,7 +500,8 @@ impl Batches {
     /// Fetched as laid out in the store, a request or a few per batch
     /// ([`ObjectSource::reads_by_request`]): batches of a few MiB stored,
     /// so that requests stay few, and small enough that the window holds
-    /// two for each of `workers`.
+    /// two for each of up to 8 `workers` (a restore's most by default;
+    /// more only share the window).
     fn spans(workers: usize) -> Batches {
         let share = 2 * workers.max(1);
         Batches {
@@ -634,12 +635,14 @@ fn decode_ahead(
 }
 
 /// The bytes of a batch's members, by segment key and offset: each
-/// segment's member extents (header to end of data) in order, those less
-/// than [`SPAN_GAP`] apart fetched as one span, the spans of a segment in
-/// one request where the source can ([`ObjectSource::get_ranges`]). A
-/// span that cannot be fetched is left out: its members are then read
-/// through the segment's reader, which reports the failure as it would
-/// have.
+/// segment's member extents (header to end of data) in order, those at
+/// most [`SPAN_GAP`] apart fetched as one span of at most [`SPAN_MAX`], the
+/// spans of a segment in one request where the source can
+/// ([`ObjectSource::get_ranges`]). A member longer than [`SPAN_MAX`] is
+/// not fetched here, nor is a span that cannot be: their members are read
+/// through the segment's reader, which reports a failure as it would have.
+/// A store that is down, or a segment that is gone, is asked no further
+/// for that segment's spans.
 fn fetch_spans<'j>(
     source: &dyn ObjectSource,
     batch: &'j [Job],
@@ -1160,6 +1163,37 @@ mod span_tests {
         assert_eq!(
             source.bytes.load(Ordering::SeqCst),
             (4012 - 1024) + 612 + 522
+        );
+    }
+
+    /// Two neighbours whose span would grow past [`SPAN_MAX`] are fetched
+    /// as two spans; a member of exactly [`SPAN_MAX`] is still fetched.
+    #[test]
+    fn a_span_is_cut_at_its_most_and_a_member_of_that_length_is_fetched() {
+        let source = Counted {
+            len: 1 << 30,
+            down: false,
+            calls: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        };
+        let half = SPAN_MAX / 2;
+        let batch = vec![
+            job("seg", 0, 512, half),
+            job("seg", half + 512, half + 1024, half),
+            job("seg", 64 << 20, (64 << 20) + 512, SPAN_MAX - 512),
+        ];
+        let held = fetch_spans(&source, &batch);
+        let seg: Vec<(u64, u64)> = held["seg"]
+            .iter()
+            .map(|(&at, b)| (at, b.len() as u64))
+            .collect();
+        assert_eq!(
+            seg,
+            vec![
+                (0, half + 512),
+                (half + 512, half + 512),
+                (64 << 20, SPAN_MAX)
+            ]
         );
     }
 
