@@ -149,24 +149,27 @@ impl Agent {
         Ok(())
     }
 
-    /// Binds the index to the keyset and makes sure the store holds it.
+    /// Binds the index to the keyset, then makes sure the store holds it:
+    /// in that order, a run killed in between leaves a store that this
+    /// index can verify (an index that trusted no administrator could not
+    /// verify a store that holds a keyset).
     pub async fn publish_keyset(&self) -> Result<()> {
         let Some(ks) = &self.keyset else {
             return Ok(());
         };
         let mut state = self.index.state()?;
         let admin_hex = public_key_hex(ks.admin_verifying_key());
-        let key = layout::keyset(ks.serial());
-        if self.store.head(&key).await?.is_none() {
-            let bytes = ks.signed_bytes().to_vec();
-            self.store.put_new(&key, bytes).await?;
-        }
         if state.admin_key.as_deref() != Some(&admin_hex) || state.keyset_serial != ks.serial() {
             state.admin_key = Some(admin_hex);
             state.keyset_serial = ks.serial();
             let mut b = Batch::default();
             b.put_state(&state);
             self.index.commit(b)?;
+        }
+        let key = layout::keyset(ks.serial());
+        if self.store.head(&key).await?.is_none() {
+            let bytes = ks.signed_bytes().to_vec();
+            self.store.put_new(&key, bytes).await?;
         }
         Ok(())
     }
