@@ -281,6 +281,18 @@ pub fn allocated(p: &Path) -> u64 {
     std::fs::symlink_metadata(p).unwrap().blocks() * 512
 }
 
+/// Whether a file holds no data at all: its first data, sought from the
+/// start, is past its end (a stub's content is all hole). Opens the file:
+/// not for a file a fault-in handler watches.
+pub fn holds_no_data(p: &Path) -> bool {
+    let f = std::fs::File::open(p).unwrap();
+    match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(0)) {
+        Err(rustix::io::Errno::NXIO) => true,
+        Ok(_) => false,
+        Err(e) => panic!("{}: cannot seek its data: {e}", p.display()),
+    }
+}
+
 /// Sets a file's access and modification times to `atime_ago` and
 /// `mtime_ago` seconds before now.
 pub fn age(p: &Path, atime_ago: u64, mtime_ago: u64) {

@@ -902,7 +902,8 @@ fn recall_listed(
         .map_err(|e| Error::io("cannot open", root, e))?;
     // Each worker holds two passes open at once: one closing, the next
     // beginning.
-    let (batches, grouped_by) = batches(root, rels, stats, pass_size(2 * workers));
+    let size = balanced(rels.len(), workers, pass_size(2 * workers));
+    let (batches, grouped_by) = batches(root, rels, stats, size);
     let workers = workers.min(batches.len());
     // Passes on several workers at once each decode their members on their
     // own worker's thread. With decoding threads of their own (one per
@@ -981,16 +982,38 @@ fn recall_listed(
         .collect())
 }
 
-/// How many files a pass holds when `passes` are open at once: [`BATCH`],
-/// or fewer when the descriptor limit is low (a pass holds two descriptors
-/// per file until it ends).
+/// How many files a pass holds at most when `passes` are open at once:
+/// [`BATCH`], or fewer when the descriptor limit is low (a pass holds a
+/// descriptor per file until it ends).
 fn pass_size(passes: usize) -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
     let spare = usize::try_from(soft.saturating_sub(256)).unwrap_or(usize::MAX);
-    (spare / (2 * passes.max(1))).clamp(16, BATCH)
+    (spare / passes.max(1)).clamp(16, BATCH)
 }
+
+/// The size of the passes of a recall of `files` on `workers`, at most
+/// `most`: as many passes as a whole number of rounds of the workers
+/// needs, all of about the same size. Passes of the largest size would
+/// leave a last round of a few passes, or one, while the other workers
+/// have nothing to do (20,000 files in passes of 1,234 made 16 full
+/// passes, four rounds, and a seventeenth alone). Never fewer than
+/// [`FEWEST`] files (unless `most` is lower).
+fn balanced(files: usize, workers: usize, most: usize) -> usize {
+    let workers = workers.max(1);
+    let most = most.max(1);
+    let rounds = files.div_ceil(workers * most).max(1);
+    files
+        .div_ceil(rounds * workers)
+        .max(FEWEST)
+        .clamp(1, most)
+}
+
+/// The fewest files a pass is given when there are more: each pass costs
+/// its flushes, and one pass alone decodes on every core, so a recall of
+/// a few files is one pass.
+const FEWEST: usize = 64;
 
 /// `rels` (by index) in passes of about `size` files and at most
 /// [`PASS_BYTES`] (unless one file is larger), in order, with every name
@@ -1056,14 +1079,11 @@ pub const BATCH: usize = 4096;
 /// a process that opens a file of the pass waits until the pass ends.
 pub const PASS_BYTES: u64 = 1 << 30;
 
-/// A stub opened for a recall, and the path-only handle it was opened
-/// through (kept open: a record lock goes when any descriptor of the file
-/// closes). Its claim, if taken, goes with it.
+/// A stub opened for a recall. Its claim, if taken, goes with it.
 struct Opened {
     at: usize,
     /// The inode opened.
     inode: Inode,
-    _handle: std::os::fd::OwnedFd,
     file: File,
     claimed: bool,
 }
@@ -1172,7 +1192,6 @@ impl PathPass {
                 Ok(file) => opened.push(Opened {
                     at,
                     inode,
-                    _handle: handle,
                     file,
                     claimed: false,
                 }),
@@ -1336,4 +1355,51 @@ pub(crate) fn open_path(root: &Path, rel: &[u8]) -> std::io::Result<(std::os::fd
         ));
     }
     Ok((fd, st))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced;
+
+    #[test]
+    fn passes_make_whole_rounds_of_the_workers() {
+        // 20,000 files, four workers, 2,468 at most: three rounds of four
+        // passes of 1,667 (the last 1,663), not eight full passes and a
+        // ninth alone.
+        assert_eq!(balanced(20_000, 4, 2_468), 1_667);
+        assert_eq!(balanced(20_000, 4, 4_096), 2_500);
+        // Fewer files than a round holds: one pass per worker, of 64 files
+        // at least.
+        assert_eq!(balanced(1_000, 4, 4_096), 250);
+        assert_eq!(balanced(100, 4, 4_096), 64);
+        assert_eq!(balanced(5, 4, 4_096), 64);
+        // Never above the most, never empty.
+        assert_eq!(balanced(1_000_000, 8, 16), 16);
+        assert_eq!(balanced(200, 4, 17), 17);
+        assert_eq!(balanced(0, 4, 4_096), 64);
+        assert_eq!(balanced(10, 0, 0), 1);
+        for files in [1, 7, 97, 1_000, 20_000, 123_457] {
+            for workers in 1..=8 {
+                for most in [1, 9, 17, 1_234, 4_096] {
+                    let size = balanced(files, workers, most);
+                    assert!((1..=most).contains(&size));
+                    if size == super::FEWEST.min(most) {
+                        continue;
+                    }
+                    // As few rounds as passes of the most would take, in
+                    // passes as small as fit in them: one file fewer each
+                    // would take a round more.
+                    let passes = files.div_ceil(size);
+                    let fewest = files.div_ceil(workers * most);
+                    let what = format!(
+                        "{files} files, {workers} workers, at most {most}: {passes} passes of {size}"
+                    );
+                    assert_eq!(passes.div_ceil(workers), fewest, "{what}");
+                    if size > 1 {
+                        assert!(files.div_ceil(size - 1) > fewest * workers, "{what}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -137,6 +137,10 @@ pub struct ReleaseReport {
     pub no_release: u64,
     /// Disk bytes freed.
     pub freed: u64,
+    /// Disk bytes the released files' stubs still take: on a file system
+    /// whose inodes cannot hold a stub record (ext4's 256-byte inodes),
+    /// each record takes a block of its own.
+    pub stub_bytes: u64,
     /// Percentage of the file system free before and after.
     pub free_before: Option<f64>,
     /// After.
@@ -469,12 +473,18 @@ pub(crate) fn run(
         for (c, outcome) in group.drain(..).zip(outcomes) {
             let path = String::from_utf8_lossy(&c.rel).into_owned();
             match outcome {
-                Ok(Released { stat, freed, at }) => {
+                Ok(Released {
+                    stat,
+                    freed,
+                    held,
+                    at,
+                }) => {
                     let rec = FileRecord { stat, ..c.rec };
                     batch.put_file(&c.rel, &rec);
                     *pending += 1;
                     crash_if(opts, ReleaseStep::Released(at));
                     report.freed += freed;
+                    report.stub_bytes += held;
                     report.released.push(ReleasedFile {
                         path,
                         size: c.st.size,
@@ -594,6 +604,8 @@ fn group_size() -> usize {
 struct Released {
     stat: Stat,
     freed: u64,
+    /// Disk bytes the stub takes (its record's block, if any).
+    held: u64,
     /// Its number in the run (for the crash points).
     at: u32,
 }
@@ -801,6 +813,7 @@ fn release_group(
             (Ok(()), Ok(meta)) => Ok(Released {
                 stat: Stat::from_metadata(&meta),
                 freed: before.saturating_sub(meta.blocks()) * 512,
+                held: meta.blocks() * 512,
                 at,
             }),
         });

@@ -403,16 +403,21 @@ fn syncfs_shared(dev: u64, file: &File) -> io::Result<()> {
     }
 }
 
-/// Frees the blocks of the file's first `size` bytes, keeping its size.
+/// Frees the blocks of the file's first `size` bytes (its content, `size`
+/// being its length), keeping its size. The hole ends on a block boundary
+/// past the end: a hole that ends inside a block frees the blocks before
+/// it and only zeroes the rest of that one, which a release of a file whose
+/// length is not a whole number of blocks would then keep allocated.
 pub fn punch(file: &File, size: u64) -> io::Result<()> {
     if size == 0 {
         return Ok(());
     }
+    let block = rustix::fs::fstatvfs(file)?.f_frsize.max(512);
     rustix::fs::fallocate(
         file,
         FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
         0,
-        size,
+        size.div_ceil(block).saturating_mul(block),
     )?;
     Ok(())
 }

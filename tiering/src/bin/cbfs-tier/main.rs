@@ -1020,6 +1020,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         _ => String::new(),
                     }
                 ));
+                if report.stub_bytes > 0 {
+                    s.push_str(&format!(
+                        "the stubs still take {} bytes: a stub record that does not fit in its \
+                         inode takes a block of its own (on ext4, `mkfs.ext4 -I 512` makes inodes \
+                         that hold one)\n",
+                        report.stub_bytes
+                    ));
+                }
                 out(&s);
                 for k in &report.kept {
                     eprintln!("kept {}: {}", k.path, k.reason);
