@@ -639,15 +639,16 @@ fn a_file_removed_while_its_folder_is_recalled_is_gone_and_the_others_are_filled
         .collect();
 
     // Few descriptors make small passes (a pass holds one per file; 256
-    // are kept for the rest): 18 files with two cores (four workers, two
-    // passes open each), 9 with four or more (eight workers): 200 files in
-    // twelve or 23 passes, three rounds of the workers, always leave
-    // passes that open only once a first one is filled, which takes 0.45 s
-    // or more (each 64 KiB filled takes 50 ms more).
+    // are kept for the rest): with two cores, four workers and two passes
+    // open each, 32 files at most, and 25 a pass make two whole rounds of
+    // eight passes; with four or more, eight workers, 16 at most, and 13 a
+    // pass two rounds of 16. Either way passes open only once a first one
+    // is filled, which takes 0.65 s or more (each 64 KiB filled takes
+    // 50 ms more).
     let cmd = t.recall_cmd(&["d"], &[]);
     let mut sh = std::process::Command::new("sh");
     sh.arg("-c")
-        .arg("ulimit -n 400 && exec \"$@\"")
+        .arg("ulimit -n 512 && exec \"$@\"")
         .arg("sh")
         .arg(cmd.get_program())
         .args(cmd.get_args())

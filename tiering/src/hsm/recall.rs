@@ -998,16 +998,21 @@ fn pass_size(passes: usize) -> usize {
 /// needs, all of about the same size. Passes of the largest size would
 /// leave a last round of a few passes, or one, while the other workers
 /// have nothing to do (20,000 files in passes of 1,234 made 16 full
-/// passes, four rounds, and a seventeenth alone). Never fewer than
-/// [`FEWEST`] files (unless `most` is lower).
+/// passes, four rounds, and a seventeenth alone). When that makes passes
+/// of fewer than [`FEWEST`] files (and `most` allows as many), a pass gets
+/// that many: fewer passes than workers, in one round.
 fn balanced(files: usize, workers: usize, most: usize) -> usize {
     let workers = workers.max(1);
     let most = most.max(1);
-    let rounds = files.div_ceil(workers * most).max(1);
-    files
-        .div_ceil(rounds * workers)
-        .max(FEWEST)
-        .clamp(1, most)
+    let rounds = files.div_ceil(workers.saturating_mul(most)).max(1);
+    let even = files
+        .div_ceil(rounds.saturating_mul(workers))
+        .clamp(1, most);
+    if even < FEWEST && FEWEST <= most {
+        FEWEST
+    } else {
+        even
+    }
 }
 
 /// The fewest files a pass is given when there are more: each pass costs
@@ -1368,34 +1373,37 @@ mod tests {
         // ninth alone.
         assert_eq!(balanced(20_000, 4, 2_468), 1_667);
         assert_eq!(balanced(20_000, 4, 4_096), 2_500);
-        // Fewer files than a round holds: one pass per worker, of 64 files
-        // at least.
         assert_eq!(balanced(1_000, 4, 4_096), 250);
+        // A few files: passes of 64 (fewer passes than workers).
         assert_eq!(balanced(100, 4, 4_096), 64);
         assert_eq!(balanced(5, 4, 4_096), 64);
-        // Never above the most, never empty.
-        assert_eq!(balanced(1_000_000, 8, 16), 16);
-        assert_eq!(balanced(200, 4, 17), 17);
         assert_eq!(balanced(0, 4, 4_096), 64);
+        // Below 64 at most (few descriptors): whole rounds all the same.
+        assert_eq!(balanced(200, 4, 18), 17);
+        assert_eq!(balanced(200, 8, 16), 13);
+        // Never above the most, never empty, no overflow.
+        assert_eq!(balanced(1_000_000, 8, 16), 16);
         assert_eq!(balanced(10, 0, 0), 1);
-        for files in [1, 7, 97, 1_000, 20_000, 123_457] {
+        assert_eq!(balanced(usize::MAX, usize::MAX, usize::MAX), 64);
+        assert_eq!(balanced(usize::MAX, 1, usize::MAX), usize::MAX);
+        for files in [1, 7, 97, 200, 1_000, 20_000, 123_457] {
             for workers in 1..=8 {
-                for most in [1, 9, 17, 1_234, 4_096] {
+                for most in [1, 9, 17, 63, 64, 80, 100, 300, 1_234, 4_096] {
                     let size = balanced(files, workers, most);
-                    assert!((1..=most).contains(&size));
-                    if size == super::FEWEST.min(most) {
-                        continue;
-                    }
-                    // As few rounds as passes of the most would take, in
-                    // passes as small as fit in them: one file fewer each
-                    // would take a round more.
                     let passes = files.div_ceil(size);
-                    let fewest = files.div_ceil(workers * most);
+                    let fewest = files.div_ceil(workers * most).max(1);
                     let what = format!(
                         "{files} files, {workers} workers, at most {most}: {passes} passes of {size}"
                     );
-                    assert_eq!(passes.div_ceil(workers), fewest, "{what}");
-                    if size > 1 {
+                    assert!((1..=most).contains(&size), "{what}");
+                    // As few rounds as passes of the most would take.
+                    assert_eq!(passes.div_ceil(workers).max(1), fewest, "{what}");
+                    let raised = size == super::FEWEST
+                        && most >= super::FEWEST
+                        && files.div_ceil(fewest * workers) < super::FEWEST;
+                    if !raised && size > 1 {
+                        // Passes as small as fit in those rounds: one
+                        // file fewer each would take a round more.
                         assert!(files.div_ceil(size - 1) > fewest * workers, "{what}");
                     }
                 }

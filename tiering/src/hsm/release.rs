@@ -139,7 +139,7 @@ pub struct ReleaseReport {
     pub freed: u64,
     /// Disk bytes the released files' stubs still take: on a file system
     /// whose inodes cannot hold a stub record (ext4's 256-byte inodes),
-    /// each record takes a block of its own.
+    /// each record takes a block of its own. 0 in a dry run.
     pub stub_bytes: u64,
     /// Percentage of the file system free before and after.
     pub free_before: Option<f64>,

@@ -405,14 +405,20 @@ fn syncfs_shared(dev: u64, file: &File) -> io::Result<()> {
 
 /// Frees the blocks of the file's first `size` bytes (its content, `size`
 /// being its length), keeping its size. The hole ends on a block boundary
-/// past the end: a hole that ends inside a block frees the blocks before
-/// it and only zeroes the rest of that one, which a release of a file whose
-/// length is not a whole number of blocks would then keep allocated.
+/// past the end (of the file's preferred I/O size, 4 KiB at least: a whole
+/// number of blocks on ext4, xfs and btrfs): a hole that ends inside a
+/// block frees the blocks before it and only zeroes the rest of that one,
+/// which a release of a file whose length is not a whole number of blocks
+/// would then keep allocated.
 pub fn punch(file: &File, size: u64) -> io::Result<()> {
     if size == 0 {
         return Ok(());
     }
-    let block = rustix::fs::fstatvfs(file)?.f_frsize.max(512);
+    let block = rustix::fs::fstat(file)
+        .ok()
+        .and_then(|st| u64::try_from(st.st_blksize).ok())
+        .unwrap_or(0)
+        .max(4096);
     rustix::fs::fallocate(
         file,
         FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
