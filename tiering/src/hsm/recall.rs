@@ -1000,7 +1000,8 @@ fn pass_size(passes: usize) -> usize {
 /// have nothing to do (20,000 files in passes of 1,234 made 16 full
 /// passes, four rounds, and a seventeenth alone). When that makes passes
 /// of fewer than [`FEWEST`] files (and `most` allows as many), a pass gets
-/// that many: fewer passes than workers, in one round.
+/// that many, in as few rounds: a few files make fewer passes than there
+/// are workers.
 fn balanced(files: usize, workers: usize, most: usize) -> usize {
     let workers = workers.max(1);
     let most = most.max(1);
