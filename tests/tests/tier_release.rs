@@ -509,6 +509,83 @@ fn a_recall_killed_before_its_journal_entry_leaves_archived_files() {
     }
 }
 
+/// The lines of the recall journal beside the index.
+fn journal_lines(t: &Tiered) -> Vec<Value> {
+    match std::fs::read_to_string(t.index.join("recalls.journal")) {
+        Ok(s) => s
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("the recall journal: {e}"),
+    }
+}
+
+/// `cbfs-tier recall` leaves what it did in the recall journal: `status`
+/// reads it, and the next holder of the index (here a tier-out, then a
+/// release) takes it in, with nothing stored again. Once the journal has
+/// grown past its bound, the recall that finds it so takes it in itself.
+#[test]
+fn a_recall_leaves_its_journal_to_the_next_holder_of_the_index() {
+    let t = Tiered::new(FsKind::Ext4, 64);
+    for i in 0..4 {
+        std::fs::write(t.path(&format!("f{i}")), random_bytes(100_000 + i * 999)).unwrap();
+    }
+    let before = sums(t.tree());
+    t.tier_out();
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = t.recall(&["."], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(sums(t.tree()), before);
+
+    // Two entries per file: that each recall is ending, then its new stat.
+    let lines = journal_lines(&t);
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| l["recalling"] == true).count(),
+        4,
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["recalling"] != true)
+            .all(|l| l["stat"]["ino"].is_u64()),
+        "{lines:?}"
+    );
+    let status = t.status(&[]);
+    for (p, state) in states(&status, &t) {
+        assert_eq!(state, "archived", "{p}: {status}");
+    }
+    let r = t.tier_out();
+    assert_eq!(r["files"], 0, "nothing is stored again: {r}");
+    assert!(
+        journal_lines(&t).is_empty(),
+        "the tier-out took the journal in"
+    );
+
+    // A journal past its bound (64 MiB; here of lines that do not parse,
+    // as a write cut short leaves them, which a reader skips) is taken in
+    // by the recall that finds it so, its own entries with it.
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let journal = t.index.join("recalls.journal");
+    let mut junk = b"x".repeat((64 << 20) + 1);
+    junk.push(b'\n');
+    std::fs::write(&journal, &junk).unwrap();
+    let out = t.recall(&["."], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(sums(t.tree()), before);
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    let status = t.status(&[]);
+    for (p, state) in states(&status, &t) {
+        assert_eq!(state, "archived", "{p}: {status}");
+    }
+    let r = t.tier_out();
+    assert_eq!(r["files"], 0, "nothing is stored again: {r}");
+}
+
 /// A recall killed while it fills a stub: the stub stays one, marked as
 /// being recalled (its record as it was, its time the fill's), and reads
 /// as released, not written: a tier-out stores nothing, a release (even

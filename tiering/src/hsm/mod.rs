@@ -284,22 +284,42 @@ fn overlay(
 
 use std::os::unix::ffi::OsStrExt;
 
+/// The size of the recall journal past which a recall outside the agent
+/// ([`absorb_if_grown`]) takes it in: about 120,000 files recalled.
+pub const JOURNAL_TAKE_IN: u64 = 64 << 20;
+
+/// The recall journal of the index in `index_dir`, taken in if it holds
+/// more than [`JOURNAL_TAKE_IN`] bytes and no other process holds that
+/// index. A recall is waited for, and taking the journal in is not: below
+/// that size it is left to the next holder of the index (a tier-out, a
+/// release, the agent), as a fault-in handler's entries are, and `status`
+/// reads it meanwhile. Taking in the 40,000 entries of a recall of 20,000
+/// files took 0.13 s, a tenth of that recall. Whether it was taken in.
+pub fn absorb_if_grown(index_dir: &Path) -> Result<bool> {
+    let size = std::fs::metadata(index_dir.join(JOURNAL)).map_or(0, |m| m.len());
+    if size <= JOURNAL_TAKE_IN {
+        return Ok(false);
+    }
+    absorb_if_free(index_dir)
+}
+
 /// The recall journal of the index in `index_dir`, taken in if no other
-/// process holds that index (else its holder takes it in later).
-pub fn absorb_if_free(index_dir: &Path) -> Result<()> {
+/// process holds that index (else its holder takes it in later). Whether
+/// it was taken in.
+pub fn absorb_if_free(index_dir: &Path) -> Result<bool> {
     if !index_dir.join("CURRENT").exists() {
-        return Ok(());
+        return Ok(false);
     }
     let lock = match crate::lock::IndexLock::acquire(index_dir) {
         Ok(l) => l,
-        Err(Error::Busy { .. }) => return Ok(()),
+        Err(Error::Busy { .. }) => return Ok(false),
         Err(e) => return Err(e),
     };
     let index = Index::open(index_dir)?;
     Journal::new(index_dir).absorb(&index)?;
     drop(index);
     drop(lock);
-    Ok(())
+    Ok(true)
 }
 
 /// Where a recaller outside a running agent (`cbfs-tier recall`, `watch`)
@@ -359,6 +379,22 @@ pub struct RecallTarget {
     /// (a recall of it first checks that it is a stub: a resident file is
     /// not opened for writing).
     pub stat: Option<Stat>,
+    /// Where its content is stored, as its stub record said when the walk
+    /// listed it: the passes of a recall follow the store's order.
+    pub stored: Option<StoredAt>,
+}
+
+/// Where a released file's content is stored, as its stub record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredAt {
+    /// The sequence of the snapshot it was released from.
+    pub sequence: u64,
+    /// Its segment.
+    pub segment: cbfs_format::SegmentId,
+    /// Its member.
+    pub member: cbfs_format::MemberId,
+    /// Its slot in the member.
+    pub slot: u16,
 }
 
 /// What a recall of `rel` (a path of the tree) covers: the path itself
@@ -377,6 +413,7 @@ pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
         vec![RecallTarget {
             rel: rel.to_vec(),
             stat: None,
+            stored: None,
         }]
     };
     let abs = if rel.is_empty() {
@@ -407,6 +444,7 @@ pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
                 let target = RecallTarget {
                     rel: full,
                     stat: Some(e.stat),
+                    stored: None,
                 };
                 files.push((target, e.abs));
             }
@@ -416,14 +454,22 @@ pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
     // the disk.
     let threads = 2 * std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     let share = files.len().div_ceil(threads).max(1);
-    let stubs: Vec<bool> = std::thread::scope(|s| {
+    let stubs: Vec<Option<StoredAt>> = std::thread::scope(|s| {
         let checks: Vec<_> = files
             .chunks(share)
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|(_, abs)| matches!(stub::read_record_at(abs), Ok(StubAttr::Stub(_))))
-                        .collect::<Vec<bool>>()
+                        .map(|(_, abs)| match stub::read_record_at(abs) {
+                            Ok(StubAttr::Stub(r)) => Some(StoredAt {
+                                sequence: r.sequence,
+                                segment: r.segment,
+                                member: r.member,
+                                slot: r.slot,
+                            }),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -435,6 +481,11 @@ pub fn recall_targets(tree: &Path, rel: &[u8]) -> Vec<RecallTarget> {
     files
         .into_iter()
         .zip(stubs)
-        .filter_map(|((target, _), is)| is.then_some(target))
+        .filter_map(|((target, _), stored)| {
+            stored.map(|stored| RecallTarget {
+                stored: Some(stored),
+                ..target
+            })
+        })
         .collect()
 }

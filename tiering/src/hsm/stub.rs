@@ -498,8 +498,8 @@ pub struct Claim<'f> {
 }
 
 impl Claim<'_> {
-    /// Keeps the claim beyond this value: it goes with [`unclaim`], or
-    /// when this process closes any descriptor of the file.
+    /// Keeps the claim beyond this value: it goes when this process closes
+    /// any descriptor of the file.
     pub fn keep(self) {
         std::mem::forget(self);
     }
@@ -509,11 +509,6 @@ impl Drop for Claim<'_> {
     fn drop(&mut self) {
         let _ = sys::release_claim(self.fd);
     }
-}
-
-/// Drops this process's claim on `file` (one kept with [`Claim::keep`]).
-pub fn unclaim(file: &File) {
-    let _ = sys::release_claim(file.as_fd());
 }
 
 /// Claims a file open for writing for a release or a recall: a record

@@ -1056,11 +1056,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let rt = tokio::runtime::Handle::current();
             let results = tokio::task::spawn_blocking(
                 move || -> anyhow::Result<Vec<(String, hsm::PathRecall)>> {
-                    let recaller = hsm::open_recaller(&opts, rt)?;
-                    let mut files = Vec::new();
-                    for rel in hsm::relative_paths_of(&tree, &paths)? {
-                        files.extend(hsm::recall_targets(&tree, &rel));
-                    }
+                    // The walk goes on while the store's trust is checked
+                    // (a remote store answers in its own time).
+                    let (files, recaller) = std::thread::scope(|s| {
+                        let walk = s.spawn(|| -> anyhow::Result<Vec<hsm::RecallTarget>> {
+                            let mut files = Vec::new();
+                            for rel in hsm::relative_paths_of(&tree, &paths)? {
+                                files.extend(hsm::recall_targets(&tree, &rel));
+                            }
+                            Ok(files)
+                        });
+                        let recaller = hsm::open_recaller(&opts, rt);
+                        (walk.join().expect("the walk"), recaller)
+                    });
+                    let files = files?;
+                    let recaller = recaller?;
                     let outcomes = hsm::recall_targets_in(&recaller, &tree, &files)?;
                     let results: Vec<(String, hsm::PathRecall)> = files
                         .iter()
@@ -1070,7 +1080,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                             (name.display().to_string(), r)
                         })
                         .collect();
-                    hsm::absorb_if_free(&opts.index)?;
+                    hsm::absorb_if_grown(&opts.index)?;
                     Ok(results)
                 },
             )
