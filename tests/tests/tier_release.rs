@@ -522,8 +522,8 @@ fn journal_lines(t: &Tiered) -> Vec<Value> {
 }
 
 /// `cbfs-tier recall` leaves what it did in the recall journal: `status`
-/// reads it, and the next holder of the index (here a tier-out, then a
-/// release) takes it in, with nothing stored again. Once the journal has
+/// reads it, and the next holder of the index (here a tier-out) takes it
+/// in, with nothing stored again. Once the journal has
 /// grown past its bound, the recall that finds it so takes it in itself.
 #[test]
 fn a_recall_leaves_its_journal_to_the_next_holder_of_the_index() {
@@ -584,6 +584,48 @@ fn a_recall_leaves_its_journal_to_the_next_holder_of_the_index() {
     }
     let r = t.tier_out();
     assert_eq!(r["files"], 0, "nothing is stored again: {r}");
+}
+
+/// A recall of a folder takes its files in the order of the segments'
+/// summaries. A summary that is damaged, or gone, leaves that segment's
+/// files in the order listed, and the recall fills every file all the
+/// same (the restore beneath it finds the members by reading the segment).
+#[test]
+fn a_recall_fills_every_file_when_a_segment_summary_is_damaged_or_gone() {
+    let t = Tiered::new(FsKind::Ext4, 64);
+    for run in 0..2 {
+        for i in 0..12 {
+            // Small files share packs; the larger ones are members alone.
+            let size = if i % 3 == 0 {
+                300_000
+            } else {
+                20_000 + i * 777
+            };
+            std::fs::write(t.path(&format!("r{run}-{i:02}")), random_bytes(size)).unwrap();
+        }
+        t.tier_out();
+    }
+    let before = sums(t.tree());
+    let out = t.release(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut summaries: Vec<std::path::PathBuf> =
+        std::fs::read_dir(Path::new(&t.store).join("summaries"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    summaries.sort();
+    assert_eq!(summaries.len(), 2, "a segment per run: {summaries:?}");
+    std::fs::write(&summaries[0], b"not a summary").unwrap();
+    std::fs::remove_file(&summaries[1]).unwrap();
+    let out = t.recall(&["."], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rep = json(&out, "recall");
+    let got = outcomes(&rep, &t);
+    assert_eq!(got.len(), 24, "{rep}");
+    for (p, (outcome, _)) in &got {
+        assert_eq!(outcome, "recalled", "{p}: {rep}");
+    }
+    assert_eq!(sums(t.tree()), before);
 }
 
 /// A recall killed while it fills a stub: the stub stays one, marked as

@@ -1,6 +1,6 @@
-//! The recall journal: what recalls did while another process held the
-//! index (a fault-in handler, `cbfs-tier recall` beside a gateway), kept
-//! in `INDEX/recalls.journal` until the next process that holds the index
+//! The recall journal: what recalls did in a process that does not hold
+//! the index (a fault-in handler, `cbfs-tier recall`), kept in
+//! `INDEX/recalls.journal` until the next process that holds the index
 //! takes it in.
 //!
 //! A recall changes the file's change time (its content and attributes

@@ -10,9 +10,9 @@
 //! file is released is read from the file itself and checked against the
 //! index's record of it.
 //!
-//! Recalls may happen in a process that does not hold the index (a
-//! fault-in handler): they leave what they did in the recall journal,
-//! which the next holder of the index takes in ([`absorb`]).
+//! Recalls happen in processes that do not hold the index (a fault-in
+//! handler, `cbfs-tier recall`): they leave what they did in the recall
+//! journal, which the next holder of the index takes in ([`absorb`]).
 
 mod journal;
 mod recall;

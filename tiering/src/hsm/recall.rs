@@ -894,54 +894,69 @@ const SUMMARY_READERS: usize = 8;
 /// their content, by snapshot, segment and place in the segment (from the
 /// segments' summaries), then those whose place is not known, as listed.
 /// A pass reads each member it wants, and each pack (a member of many small
-/// files) up to the last file it wants from it: passes of files in the
-/// order a walk lists them wanted parts of the same members and segments,
-/// and read 1.8 times what a restore of the same files reads (2.7 times in
-/// the order of the members' ids).
+/// files) up to the last file it wants from it: in the order a walk lists
+/// them, passes wanted parts of the same packs and segments, and read half
+/// as much again as in this order.
 fn storage_order(recaller: &Recaller, targets: &[super::RecallTarget]) -> Vec<usize> {
-    let mut segments: Vec<cbfs_format::SegmentId> = targets
-        .iter()
-        .filter_map(|t| t.stored.map(|s| s.segment))
-        .collect();
-    segments.sort_unstable();
-    segments.dedup();
+    let mut wanted: HashMap<
+        cbfs_format::SegmentId,
+        std::collections::HashSet<cbfs_format::MemberId>,
+    > = HashMap::new();
+    for s in targets.iter().filter_map(|t| t.stored) {
+        wanted.entry(s.segment).or_default().insert(s.member);
+    }
+    let segments: Vec<_> = wanted.iter().collect();
     // A summary that cannot be read leaves its members' places unknown: the
-    // recall itself then says what is wrong with the segment. Fetched a few
-    // at a time: a store may be remote.
-    let read = |seg: &cbfs_format::SegmentId| -> Option<cbfs_format::Summary> {
-        let key = cbfs_format::layout::summary(seg);
-        let bytes = cbfs_restore::ObjectSource::get(&recaller.source, &key).ok()?;
-        let summary = cbfs_format::Summary::from_bytes(&bytes).ok()?;
-        (summary.segment_id() == *seg).then_some(summary)
+    // recall itself then says what is wrong with the segment. Read a few at
+    // a time (a store may be remote), and no more once the store has not
+    // answered: the order is not worth a timeout per segment.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let down = std::sync::atomic::AtomicBool::new(false);
+    let read = || {
+        use std::sync::atomic::Ordering;
+        let mut found: Vec<((cbfs_format::SegmentId, cbfs_format::MemberId), u64)> = Vec::new();
+        while !down.load(Ordering::SeqCst) {
+            let Some((seg, members)) = segments.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                break;
+            };
+            let key = cbfs_format::layout::summary(seg);
+            let summary = match cbfs_restore::ObjectSource::get(&recaller.source, &key) {
+                Ok(bytes) => cbfs_format::Summary::from_bytes(&bytes),
+                Err(e) => {
+                    tracing::debug!("{key}: {e}; its files are recalled in the order listed");
+                    if e.is_transient() {
+                        down.store(true, Ordering::SeqCst);
+                    }
+                    continue;
+                }
+            };
+            match summary {
+                Ok(summary) if summary.segment_id() == **seg => found.extend(
+                    members
+                        .iter()
+                        .filter_map(|m| summary.entry(m).map(|e| ((**seg, *m), e.header_offset))),
+                ),
+                _ => tracing::debug!("{key} does not parse as its segment's summary"),
+            }
+        }
+        found
     };
-    let share = segments.len().div_ceil(SUMMARY_READERS).max(1);
-    let places: HashMap<cbfs_format::SegmentId, cbfs_format::Summary> = std::thread::scope(|s| {
-        let readers: Vec<_> = segments
-            .chunks(share)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .filter_map(|seg| read(seg).map(|summary| (*seg, summary)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        readers
-            .into_iter()
-            .flat_map(|r| r.join().expect("a summary reader"))
-            .collect()
-    });
-    in_place_order(targets, |s| {
-        places
-            .get(&s.segment)
-            .and_then(|summary| summary.entry(&s.member))
-            .map(|e| e.header_offset)
-    })
+    let readers = SUMMARY_READERS.min(segments.len());
+    let places: HashMap<(cbfs_format::SegmentId, cbfs_format::MemberId), u64> =
+        std::thread::scope(|s| {
+            let readers: Vec<_> = (0..readers).map(|_| s.spawn(read)).collect();
+            readers
+                .into_iter()
+                .flat_map(|r| r.join().expect("a summary reader"))
+                .collect()
+        });
+    in_place_order(targets, |s| places.get(&(s.segment, s.member)).copied())
 }
 
-/// `targets` (indices) by snapshot, segment, the member's offset in it
-/// (`offset`; unknown last), member and slot; those whose place is not
-/// known last, in their order.
+/// `targets` (indices) by snapshot, segment, then the member's offset in
+/// it (`offset`), member and slot; in a segment, those whose offset is not
+/// known after the others, in their order; those whose place is not known
+/// at all last, in their order.
 fn in_place_order(
     targets: &[super::RecallTarget],
     offset: impl Fn(&super::StoredAt) -> Option<u64>,
@@ -949,8 +964,8 @@ fn in_place_order(
     let mut order: Vec<usize> = (0..targets.len()).collect();
     order.sort_by_cached_key(|&i| {
         let at = targets[i].stored.map(|s| {
-            let offset = offset(&s).unwrap_or(u64::MAX);
-            (s.sequence, s.segment, offset, s.member, s.slot)
+            let at = offset(&s).map(|o| (o, s.member, s.slot));
+            (s.sequence, s.segment, at.is_none(), at)
         });
         (at.is_none(), at, i)
     });
@@ -1472,9 +1487,10 @@ mod tests {
             target("other-segment", Some((1, 2, 3, 0))),
             target("unplaced", Some((1, 1, 4, 0))),
             target("also-named", None),
+            target("unplaced-too", Some((1, 1, 0, 0))),
         ];
-        // Member 2 is stored before member 1 in segment 1; member 4 is not
-        // in its segment's summary.
+        // Member 2 is stored before member 1 in segment 1; members 4 and 0
+        // are not in its segment's summary (they stay in the order listed).
         let order = in_place_order(&targets, |s| match s.member.as_bytes()[0] {
             1 => Some(9_000),
             2 => Some(512),
@@ -1492,6 +1508,7 @@ mod tests {
                 "near-slot-1",
                 "far",
                 "unplaced",
+                "unplaced-too",
                 "other-segment",
                 "late",
                 "named",
