@@ -294,32 +294,31 @@ pub const JOURNAL_TAKE_IN: u64 = 64 << 20;
 /// that size it is left to the next holder of the index (a tier-out, a
 /// release, the agent), as a fault-in handler's entries are, and `status`
 /// reads it meanwhile. Taking in the 40,000 entries of a recall of 20,000
-/// files took 0.13 s, a tenth of that recall. Whether it was taken in.
-pub fn absorb_if_grown(index_dir: &Path) -> Result<bool> {
+/// files took 0.13 s, a tenth of that recall.
+pub fn absorb_if_grown(index_dir: &Path) -> Result<()> {
     let size = std::fs::metadata(index_dir.join(JOURNAL)).map_or(0, |m| m.len());
     if size <= JOURNAL_TAKE_IN {
-        return Ok(false);
+        return Ok(());
     }
     absorb_if_free(index_dir)
 }
 
 /// The recall journal of the index in `index_dir`, taken in if no other
-/// process holds that index (else its holder takes it in later). Whether
-/// it was taken in.
-pub fn absorb_if_free(index_dir: &Path) -> Result<bool> {
+/// process holds that index (else its holder takes it in later).
+pub fn absorb_if_free(index_dir: &Path) -> Result<()> {
     if !index_dir.join("CURRENT").exists() {
-        return Ok(false);
+        return Ok(());
     }
     let lock = match crate::lock::IndexLock::acquire(index_dir) {
         Ok(l) => l,
-        Err(Error::Busy { .. }) => return Ok(false),
+        Err(Error::Busy { .. }) => return Ok(()),
         Err(e) => return Err(e),
     };
     let index = Index::open(index_dir)?;
     Journal::new(index_dir).absorb(&index)?;
     drop(index);
     drop(lock);
-    Ok(true)
+    Ok(())
 }
 
 /// Where a recaller outside a running agent (`cbfs-tier recall`, `watch`)

@@ -883,7 +883,13 @@ pub fn recall_targets_in(
 ) -> Result<Vec<PathRecall>> {
     let rels: Vec<Vec<u8>> = targets.iter().map(|t| t.rel.clone()).collect();
     let stats: Vec<Option<Stat>> = targets.iter().map(|t| t.stat).collect();
-    let order = storage_order(recaller, targets);
+    // A few files make one pass, which reads each member it wants once in
+    // any order: the summaries are not worth reading for them.
+    let order = if targets.len() <= FEWEST {
+        (0..targets.len()).collect()
+    } else {
+        storage_order(recaller, targets)
+    };
     recall_listed(recaller, root, &rels, &stats, &order)
 }
 
